@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what kiln needs to build, test and benchmark on Debian (run as root).
+# Idempotent: packages already present are skipped by apt.
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config clang
+      libopenblas-pthread-dev libopenblas0-pthread
+      libyaml-dev libjansson-dev zlib1g-dev libpng-dev
+      dataset-fashion-mnist)
+[ "${KILN_BENCH:-0}" = 1 ] && pkgs+=(python3-torch)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Python test tools (reference readers for file formats).
+if [ "${KILN_PYTEST:-0}" = 1 ]; then
+  python3 -m pip install -q --disable-pip-version-check safetensors numpy tensorboard 2>&1 | tail -n 2 || true
+fi
