@@ -45,7 +45,8 @@ kl_status kl_fail_prefix(kl_status s, const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, tl_msg, sizeof old);
-    snprintf(tl_msg, sizeof tl_msg, "%s: %s", prefix, old);
+    int k = snprintf(tl_msg, sizeof tl_msg, "%s: ", prefix);
+    if (k > 0 && (size_t)k < sizeof tl_msg) memcpy(tl_msg + k, old, strnlen(old, sizeof tl_msg - (size_t)k - 1) + 1), tl_msg[sizeof tl_msg - 1] = 0;
     return s;
 }
 

@@ -1,0 +1,60 @@
+/* kiln optimizers: the update is an op of the training graph, run over the
+ * ctx's flat parameter and gradient buffers, so a step is one graph.
+ *
+ *   kl_optim_opts o = {.kind = KL_OPTIM_ADAM, .lr = 1e-3};
+ *   kl_optim *opt;  kl_optim_new(ctx, &o, &opt);
+ *   kl_backward(g, loss);
+ *   kl_optim_step(g, opt);        // records the update after the gradients
+ *   for (...) { kl_tensor_set(x, ...); kl_graph_run(g); }
+ *
+ * Semantics follow PyTorch's torch.optim (SGD with dampening 0, Adam with
+ * L2 weight decay added to the gradient, AdamW with decoupled decay).
+ */
+#ifndef KILN_OPTIM_H
+#define KILN_OPTIM_H
+
+#include "kiln/graph.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct kl_optim kl_optim; /* caller-owned; belongs to one ctx */
+
+typedef enum kl_optim_kind { KL_OPTIM_SGD = 0, KL_OPTIM_ADAM, KL_OPTIM_ADAMW, KL_OPTIM_KIND_COUNT } kl_optim_kind;
+
+typedef struct kl_optim_opts {
+    kl_optim_kind kind;
+    double lr;
+    double momentum;     /* SGD */
+    int nesterov;        /* SGD; needs momentum > 0 */
+    double weight_decay;
+    double beta1, beta2; /* Adam/AdamW; 0 means 0.9, 0.999 */
+    double eps;          /* Adam/AdamW; 0 means 1e-8 */
+} kl_optim_opts;
+
+/* Creates an optimizer for every trainable parameter of ctx (also ones
+ * created later). Bad hyperparameters are KL_EINVAL. */
+KL_API kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim **out);
+/* NULL: no-op. Free graphs that use it first. */
+KL_API void kl_optim_free(kl_optim *opt);
+/* Records the update of every parameter whose gradient g computes; call
+ * after kl_backward. */
+KL_API kl_status kl_optim_step(kl_graph *g, kl_optim *opt);
+/* The learning rate used by the next run (schedules set it per step). */
+KL_API kl_status kl_optim_set_lr(kl_optim *opt, double lr);
+KL_API double kl_optim_lr(const kl_optim *opt);
+/* Updates done so far (Adam's t). */
+KL_API int64_t kl_optim_steps(const kl_optim *opt);
+KL_API kl_status kl_optim_set_steps(kl_optim *opt, int64_t steps);
+
+/* Optimizer state, for checkpoints: named flat tensors in the parameters'
+ * layout ("exp_avg", "exp_avg_sq" for Adam; "momentum_buffer" for SGD). */
+KL_API int kl_optim_state_count(const kl_optim *opt);
+/* Borrowed name and host pointer to the state's bytes (size in *bytes). */
+KL_API kl_status kl_optim_state(kl_optim *opt, int i, const char **name, void **data, size_t *bytes);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,57 @@
+/* The CPU backend: host memory, OpenMP threads for kiln's own loops and
+ * OpenBLAS threads for GEMMs. */
+#include "backends/backend.h"
+#include "backends/cpu/cpu.h"
+#include "core/error.h"
+
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static kl_status cpu_alloc(void **p, size_t bytes)
+{
+    *p = NULL;
+    if (posix_memalign(p, 256, bytes ? bytes : 256) != 0)
+        return kl_fail(KL_ENOMEM, "out of host memory allocating %zu bytes", bytes);
+    return KL_OK;
+}
+
+static void cpu_free(void *p) { free(p); }
+
+static kl_status cpu_copy(void *dst, const void *src, size_t bytes)
+{
+    memcpy(dst, src, bytes);
+    return KL_OK;
+}
+
+static kl_status cpu_memset0(void *p, size_t bytes)
+{
+    memset(p, 0, bytes);
+    return KL_OK;
+}
+
+static kl_status cpu_sync(void) { return KL_OK; }
+
+static void cpu_begin_run(int threads)
+{
+    omp_set_num_threads(threads);
+    kl_blas_set_threads(threads);
+}
+
+const kl_backend kl_backend_cpu = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .h2d = cpu_copy,
+    .d2h = cpu_copy,
+    .memset0 = cpu_memset0,
+    .sync = cpu_sync,
+    .begin_run = cpu_begin_run,
+};
+
+int kl_cpu_cores(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}

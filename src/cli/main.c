@@ -1,0 +1,28 @@
+/* The kiln command. */
+#include "kiln/kiln.h"
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: kiln <command> [options]\n\n"
+               "commands:\n"
+               "  train [CONFIG.yaml]   train a model (default: the reference CNN on Fashion-MNIST)\n"
+               "  --version             print the version\n"
+               "  --help                this message\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("kiln %s\n", KILN_VERSION);
+        return 0;
+    }
+    fprintf(stderr, "kiln: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

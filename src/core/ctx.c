@@ -1,0 +1,218 @@
+/* Contexts: device, threads, seed, and the flat parameter store.
+ *
+ * Trainable parameters live back to back (each slot 256-byte aligned) in one
+ * buffer, their gradients in a second buffer of the same layout, and
+ * non-trainable buffers (running statistics) in a third, so one optimizer
+ * kernel and one all-reduce cover every parameter. */
+#include "core/graph.h"
+#include "core/philox.h"
+#include "backends/backend.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+static int default_threads(void)
+{
+    const char *e = getenv("KILN_THREADS");
+    if (e && atoi(e) > 0) return atoi(e);
+    return kl_cpu_cores();
+}
+
+kl_status kl_ctx_new(const kl_ctx_opts *opts, kl_ctx **out)
+{
+    if (!out) return kl_fail(KL_EMISUSE, "kl_ctx_new: out is NULL");
+    *out = NULL;
+    kl_ctx_opts o = opts ? *opts : (kl_ctx_opts){0};
+    if (o.device.type == KL_DEVICE_CUDA) {
+        KL_TRY(kl_cuda_available(o.device.index));
+        return kl_fail(KL_EUNSUPPORTED, "cuda:%d: the CUDA backend cannot run graphs yet in this build; use --device cpu",
+                       o.device.index);
+    }
+    if (o.device.type != KL_DEVICE_CPU)
+        return kl_fail(KL_EINVAL, "kl_ctx_new: unknown device type %d", (int)o.device.type);
+    if (o.threads < 0) return kl_fail(KL_EINVAL, "kl_ctx_new: threads must be >= 0, got %d", o.threads);
+    kl_ctx *c = kl_calloc(1, sizeof *c);
+    if (!c) return KL_ENOMEM;
+    c->device = o.device;
+    c->backend = KL_BACKEND_CPU;
+    c->threads = o.threads ? o.threads : default_threads();
+    c->seed = o.seed;
+    *out = c;
+    return KL_OK;
+}
+
+void kl_ctx_free(kl_ctx *c)
+{
+    if (!c) return;
+    for (int i = 0; i < c->n_slots; i++) kl_free(c->slots[i].name);
+    kl_free(c->slots);
+    free(c->params);
+    free(c->grads);
+    free(c->buffers);
+    kl_free(c);
+}
+
+kl_status kl_ctx_set_threads(kl_ctx *c, int threads)
+{
+    if (!c) return kl_fail(KL_EMISUSE, "kl_ctx_set_threads: ctx is NULL");
+    if (threads < 0) return kl_fail(KL_EINVAL, "kl_ctx_set_threads: threads must be >= 0, got %d", threads);
+    c->threads = threads ? threads : default_threads();
+    return KL_OK;
+}
+
+int kl_ctx_threads(const kl_ctx *c) { return c ? c->threads : 0; }
+kl_device kl_ctx_device(const kl_ctx *c) { return c ? c->device : (kl_device){KL_DEVICE_CPU, 0}; }
+int kl_ctx_param_count(const kl_ctx *c) { return c ? c->n_slots : 0; }
+
+static size_t align_up(size_t n) { return (n + KL_ALIGN - 1) / KL_ALIGN * KL_ALIGN; }
+
+/* Grows an aligned buffer, keeping its contents and zeroing the rest. */
+static kl_status grow(unsigned char **buf, size_t *cap, size_t used, size_t need)
+{
+    if (need <= *cap) return KL_OK;
+    size_t ncap = *cap ? *cap : 4096;
+    while (ncap < need) ncap *= 2;
+    void *p = NULL;
+    if (posix_memalign(&p, KL_ALIGN, ncap) != 0)
+        return kl_fail(KL_ENOMEM, "out of host memory growing parameter storage to %zu bytes", ncap);
+    if (*buf) memcpy(p, *buf, used);
+    memset((unsigned char *)p + used, 0, ncap - used);
+    free(*buf);
+    *buf = p;
+    *cap = ncap;
+    return KL_OK;
+}
+
+unsigned char *kl_slot_data(const kl_ctx *c, int slot)
+{
+    const kl_param_slot *s = &c->slots[slot];
+    return (s->trainable ? c->params : c->buffers) + s->off;
+}
+
+unsigned char *kl_slot_grad(const kl_ctx *c, int slot) { return c->grads + c->slots[slot].off; }
+
+static void init_values(kl_ctx *c, kl_param_slot *s, const kl_init *init, void *data)
+{
+    int64_t n = (int64_t)(s->nbytes / kl_dtype_size(s->dtype));
+    kl_init_kind kind = init ? init->kind : KL_INIT_DEFAULT;
+    double a = init ? init->a : 0;
+    if (kind == KL_INIT_DEFAULT) kind = s->ndim >= 2 ? KL_INIT_KAIMING_UNIFORM : KL_INIT_ZEROS;
+    if (kind == KL_INIT_KAIMING_UNIFORM) {
+        double fan_in = a;
+        if (fan_in <= 0) {
+            fan_in = 1;
+            for (int i = 1; i < s->ndim; i++) fan_in *= (double)s->ne[i];
+        }
+        a = 1.0 / sqrt(fan_in);
+        kind = KL_INIT_UNIFORM;
+    }
+    uint64_t stream = c->init_stream++;
+    for (int64_t i = 0; i < n; i++) {
+        double v = 0;
+        if (kind == KL_INIT_ONES) v = 1;
+        else if (kind == KL_INIT_UNIFORM)
+            v = (2 * kl_u32_to_unit(kl_philox_word(c->seed, 0x1417, stream, (uint64_t)i)) - 1) * a;
+        else if (kind == KL_INIT_NORMAL) {
+            double u1 = kl_u32_to_unit(kl_philox_word(c->seed, 0x1417, stream, 2 * (uint64_t)i));
+            double u2 = kl_u32_to_unit(kl_philox_word(c->seed, 0x1417, stream, 2 * (uint64_t)i + 1));
+            v = a * sqrt(-2 * log(u1)) * cos(2 * M_PI * u2);
+        }
+        if (s->dtype == KL_F64) ((double *)data)[i] = v;
+        else if (s->dtype == KL_F32) ((float *)data)[i] = (float)v;
+        else if (s->dtype == KL_I32) ((int32_t *)data)[i] = (int32_t)v;
+    }
+}
+
+kl_status kl_ctx_slot_new(kl_ctx *c, const char *name, kl_dtype dt, int ndim, const int64_t *ne,
+                          bool trainable, const kl_init *init, int *slot)
+{
+    if (init && (unsigned)init->kind >= KL_INIT_KIND_COUNT)
+        return kl_fail(KL_EINVAL, "parameter '%s': unknown init kind %d", name, (int)init->kind);
+    if (trainable && dt != KL_F32 && dt != KL_F64)
+        return kl_fail(KL_EUNSUPPORTED, "parameter '%s': trainable parameters must be f32 or f64, got %s", name,
+                       kl_dtype_name(dt));
+    if (c->n_slots == c->cap_slots) {
+        int ncap = c->cap_slots ? 2 * c->cap_slots : 16;
+        kl_param_slot *ns = kl_realloc(c->slots, (size_t)ncap * sizeof *ns);
+        if (!ns) return KL_ENOMEM;
+        c->slots = ns;
+        c->cap_slots = ncap;
+    }
+    kl_param_slot s = {.dtype = dt, .ndim = ndim, .trainable = trainable};
+    memcpy(s.ne, ne, (size_t)ndim * sizeof *ne);
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= ne[i];
+    s.nbytes = (size_t)n * kl_dtype_size(dt);
+    size_t *used = trainable ? &c->params_bytes : &c->buffers_bytes;
+    s.off = *used;
+    size_t need = s.off + align_up(s.nbytes);
+    if (trainable) {
+        size_t gcap = c->params_cap;
+        KL_TRY(grow(&c->params, &c->params_cap, *used, need));
+        KL_TRY(grow(&c->grads, &gcap, *used, c->params_cap));
+    } else {
+        KL_TRY(grow(&c->buffers, &c->buffers_cap, *used, need));
+    }
+    s.name = kl_strdup(name);
+    if (!s.name) return KL_ENOMEM;
+    *used = need;
+    c->slots[c->n_slots] = s;
+    init_values(c, &c->slots[c->n_slots], init, kl_slot_data(c, c->n_slots));
+    *slot = c->n_slots++;
+    return KL_OK;
+}
+
+int kl_ctx_param_find(const kl_ctx *c, const char *name)
+{
+    if (!c || !name) return -1;
+    for (int i = 0; i < c->n_slots; i++)
+        if (!strcmp(c->slots[i].name, name)) return i;
+    return -1;
+}
+
+kl_status kl_ctx_param_info(const kl_ctx *c, int i, const char **name, kl_dtype *dt, int *ndim,
+                            int64_t dims[KL_MAX_DIMS], int *trainable)
+{
+    if (!c) return kl_fail(KL_EMISUSE, "kl_ctx_param_info: ctx is NULL");
+    if (i < 0 || i >= c->n_slots)
+        return kl_fail(KL_EINVAL, "kl_ctx_param_info: index %d out of range [0,%d)", i, c->n_slots);
+    const kl_param_slot *s = &c->slots[i];
+    if (name) *name = s->name;
+    if (dt) *dt = s->dtype;
+    if (ndim) *ndim = s->ndim;
+    if (dims) memcpy(dims, s->ne, (size_t)s->ndim * sizeof *dims);
+    if (trainable) *trainable = s->trainable;
+    return KL_OK;
+}
+
+static kl_status check_copy(const kl_ctx *c, int i, size_t bytes, const char *fn)
+{
+    if (!c) return kl_fail(KL_EMISUSE, "%s: ctx is NULL", fn);
+    if (i < 0 || i >= c->n_slots) return kl_fail(KL_EINVAL, "%s: index %d out of range [0,%d)", fn, i, c->n_slots);
+    if (bytes != c->slots[i].nbytes)
+        return kl_fail(KL_EINVAL, "%s: '%s' holds %zu bytes, got %zu", fn, c->slots[i].name, c->slots[i].nbytes,
+                       bytes);
+    return KL_OK;
+}
+
+kl_status kl_ctx_param_get(const kl_ctx *c, int i, void *dst, size_t bytes)
+{
+    KL_TRY(check_copy(c, i, bytes, "kl_ctx_param_get"));
+    memcpy(dst, kl_slot_data(c, i), bytes);
+    return KL_OK;
+}
+
+kl_status kl_ctx_param_set(kl_ctx *c, int i, const void *src, size_t bytes)
+{
+    KL_TRY(check_copy(c, i, bytes, "kl_ctx_param_set"));
+    memcpy(kl_slot_data(c, i), src, bytes);
+    return KL_OK;
+}
+
+kl_status kl_ctx_grad_get(const kl_ctx *c, int i, void *dst, size_t bytes)
+{
+    KL_TRY(check_copy(c, i, bytes, "kl_ctx_grad_get"));
+    if (!c->slots[i].trainable) return kl_fail(KL_EINVAL, "kl_ctx_grad_get: '%s' is a buffer, not trainable", c->slots[i].name);
+    memcpy(dst, kl_slot_grad(c, i), bytes);
+    return KL_OK;
+}

@@ -1,0 +1,195 @@
+/* Internal graph representation: nodes, storage, the op table, execution.
+ *
+ * A node (kl_tensor) is one op application. Nodes are kept in creation order,
+ * which is a valid execution order (an op's inputs exist before it). Storage:
+ *   ARENA  - an intermediate: planned offset in the graph's arena
+ *   VIEW   - aliases base's storage with its own strides and offset
+ *   PARAM / BUFFER - the ctx's flat parameter / buffer storage (slot)
+ *   GRAD   - the ctx's flat gradient storage for parameter slot
+ *   NONE   - no value (the optimizer update node)
+ */
+#ifndef KL_CORE_GRAPH_H
+#define KL_CORE_GRAPH_H
+
+#include "kiln/graph.h"
+#include "kiln/ops.h"
+#include "kiln/optim.h"
+#include "core/error.h"
+
+#include <stdbool.h>
+#include <string.h>
+
+#define KL_MAX_SRC 16
+#define KL_MAX_EXTRA 3
+#define KL_ATTR_BYTES 192
+#define KL_ALIGN 256 /* arena and parameter slots: cuBLASLt's default alignment */
+
+typedef enum kl_op_id {
+#define KL_OP(name) KL_OP_##name,
+#include "ops/ops.def"
+#undef KL_OP
+    KL_OP_COUNT
+} kl_op_id;
+
+typedef enum kl_backend_id { KL_BACKEND_CPU = 0, KL_BACKEND_CUDA, KL_BACKEND_COUNT } kl_backend_id;
+
+typedef enum kl_storage {
+    KL_ST_ARENA = 0,
+    KL_ST_VIEW,
+    KL_ST_PARAM,
+    KL_ST_BUFFER,
+    KL_ST_GRAD,
+    KL_ST_NONE
+} kl_storage;
+
+struct kl_tensor {
+    kl_graph *g;
+    int id;  /* index in g->nodes: execution order */
+    kl_op_id op;
+    kl_dtype dtype;
+    int ndim;
+    int64_t ne[KL_MAX_DIMS]; /* dims */
+    int64_t st[KL_MAX_DIMS]; /* strides in elements */
+    int64_t offs;            /* element offset into base's storage (views) */
+    int n_src;
+    kl_tensor *src[KL_MAX_SRC];
+    _Alignas(8) unsigned char attr[KL_ATTR_BYTES]; /* the op's own struct */
+    char name[64];
+
+    kl_storage sk;
+    kl_tensor *base; /* storage owner (self unless VIEW) */
+    int slot;        /* ctx parameter index for PARAM/BUFFER/GRAD */
+    size_t aux_bytes;     /* saved for backward; lives as long as the node */
+    size_t scratch_bytes; /* needed only while the kernel runs */
+    size_t off, aux_off, scratch_off; /* arena offsets, set by the plan */
+
+    int n_extra;
+    kl_tensor *extra[KL_MAX_EXTRA]; /* secondary outputs (op KL_OP_extra) */
+
+    bool requires_grad;
+    bool is_output; /* value must survive to the end of the run */
+    kl_tensor *grad; /* while kl_backward runs */
+};
+
+/* The op's attribute struct inside a node. */
+#define KL_ATTR(t, type) ((type *)(void *)(t)->attr)
+#define KL_ATTR_C(t, type) ((const type *)(const void *)(t)->attr)
+
+typedef struct kl_param_slot {
+    char *name;
+    kl_dtype dtype;
+    int ndim;
+    int64_t ne[KL_MAX_DIMS];
+    size_t nbytes;
+    size_t off; /* byte offset in the params (and grads) or buffers region */
+    bool trainable;
+} kl_param_slot;
+
+struct kl_ctx {
+    kl_device device;
+    kl_backend_id backend;
+    int threads;
+    uint64_t seed;
+    uint64_t init_stream; /* counter for parameter init draws */
+    kl_param_slot *slots;
+    int n_slots, cap_slots;
+    unsigned char *params, *grads, *buffers; /* host copies on the CPU backend */
+    size_t params_bytes, buffers_bytes;      /* used */
+    size_t params_cap, buffers_cap;          /* allocated */
+    int n_graphs;
+};
+
+struct kl_exec;
+typedef kl_status (*kl_kernel_fn)(const struct kl_exec *ex, const kl_tensor *t);
+
+typedef struct kl_op_def {
+    const char *name;
+    /* Checks t->src and t->attr, sets t->dtype, t->ndim, t->ne (and t->st for
+     * views, aux/scratch bytes); the message names the op and shapes. */
+    kl_status (*shape)(kl_tensor *t);
+    /* Appends nodes computing the inputs' gradients from dy (kl_grad_acc). */
+    kl_status (*backward)(kl_graph *g, kl_tensor *t, kl_tensor *dy);
+    kl_kernel_fn fwd[KL_BACKEND_COUNT];
+} kl_op_def;
+
+#define KL_OP(name) extern const kl_op_def kl_op_##name;
+#include "ops/ops.def"
+#undef KL_OP
+extern const kl_op_def *const kl_ops[KL_OP_COUNT];
+
+typedef struct kl_plan {
+    bool valid;
+    int n_nodes;  /* graph size when planned */
+    bool no_reuse;
+    size_t arena_bytes, tensor_bytes;
+} kl_plan;
+
+struct kl_graph {
+    kl_ctx *ctx;
+    kl_tensor **nodes;
+    int n_nodes, cap_nodes;
+    bool has_backward;
+    kl_plan plan;
+    unsigned char *arena;
+    size_t arena_cap;
+    uint64_t runs;
+    bool *grad_written; /* per ctx slot: this graph writes the gradient */
+    int grad_written_n;
+};
+
+/* What a kernel sees while the graph runs. */
+typedef struct kl_exec {
+    kl_graph *g;
+    kl_ctx *ctx;
+    unsigned char *arena;
+    int threads;
+    uint64_t run; /* the graph's run counter (dropout stream) */
+} kl_exec;
+
+/* ---- building ---- */
+/* Creates a node of op with the given inputs and attributes, runs the op's
+ * shape function and appends it; on failure nothing is added. */
+kl_status kl_node_new(kl_graph *g, kl_op_id op, int n_src, kl_tensor *const *src,
+                      const void *attr, size_t attr_size, kl_tensor **out);
+/* Adds a secondary output of t with its own shape (called from shape fns). */
+kl_status kl_node_add_extra(kl_tensor *t, kl_dtype dt, int ndim, const int64_t *ne, kl_tensor **out);
+/* Checks that the arguments are non-null tensors of g; names op in the message. */
+kl_status kl_check_args(kl_graph *g, const char *op, int n, kl_tensor *const *ts);
+/* Accumulates dx into x's gradient during kl_backward (no-op if x needs none). */
+kl_status kl_grad_acc(kl_graph *g, kl_tensor *x, kl_tensor *dx);
+/* dy reduced (summed) over broadcast axes to shape of x (for broadcasting ops). */
+kl_status kl_reduce_to(kl_graph *g, kl_tensor *dy, const kl_tensor *x, kl_tensor **out);
+/* A constant-filled tensor. */
+kl_status kl_fill(kl_graph *g, kl_dtype dt, int ndim, const int64_t *ne, double value, kl_tensor **out);
+
+/* ---- shapes ---- */
+int64_t kl_numel(const kl_tensor *t);
+size_t kl_nbytes(const kl_tensor *t); /* numel * dtype size */
+void kl_set_contiguous(kl_tensor *t); /* row-major strides from ne */
+bool kl_is_contiguous(const kl_tensor *t);
+bool kl_same_shape(const kl_tensor *a, const kl_tensor *b);
+bool kl_is_float(kl_dtype dt); /* f32, f16, bf16, f64 */
+/* "[128,784] f32" for messages; one of 4 rotating thread-local buffers. */
+const char *kl_desc(const kl_tensor *t);
+/* Normalises a possibly negative axis; fails naming op when out of range. */
+kl_status kl_axis(const char *op, const kl_tensor *t, int axis, int *out);
+
+/* ---- running ---- */
+/* Pointer to t's first element (views resolved). */
+void *kl_data(const kl_exec *ex, const kl_tensor *t);
+void *kl_aux(const kl_exec *ex, const kl_tensor *t);
+void *kl_scratch(const kl_exec *ex, const kl_tensor *t);
+kl_status kl_plan_build(kl_graph *g, const kl_plan_opts *opts);
+
+/* ---- ctx internals ---- */
+kl_status kl_ctx_slot_new(kl_ctx *ctx, const char *name, kl_dtype dt, int ndim, const int64_t *ne,
+                          bool trainable, const kl_init *init, int *slot);
+unsigned char *kl_slot_data(const kl_ctx *ctx, int slot);
+unsigned char *kl_slot_grad(const kl_ctx *ctx, int slot);
+
+/* Element-type dispatch for CPU kernels written once for float and double:
+ *   #define K(T) static void relu_##T(const T *x, T *y, int64_t n) { ... }
+ *   KL_FOR_REAL(K)   -> relu_float, relu_double */
+#define KL_FOR_REAL(X) X(float) X(double)
+
+#endif

@@ -1,0 +1,172 @@
+/* Whole-file reads, atomic writes and directory helpers (POSIX). */
+#include "io/fileio.h"
+#include "core/error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+/* Writes all n bytes, retrying short writes and EINTR. Returns 0 or errno. */
+static int write_all(int fd, const unsigned char *p, size_t n)
+{
+    while (n > 0) {
+        size_t step = n > (1u << 30) ? (1u << 30) : n;
+        ssize_t k = write(fd, p, step);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            return errno;
+        }
+        if (k == 0) return EIO;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* The directory part of path ("." when there is none); buf has PATH_MAX. */
+static const char *dir_of(const char *path, char *buf, size_t n)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash) return ".";
+    if (slash == path) return "/";
+    size_t len = (size_t)(slash - path);
+    if (len >= n) len = n - 1;
+    memcpy(buf, path, len);
+    buf[len] = 0;
+    return buf;
+}
+
+kl_status kl_fsync_dir(const char *dir)
+{
+    if (!dir) return kl_fail(KL_EMISUSE, "kl_fsync_dir: null path");
+    if (!*dir) dir = ".";
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return kl_fail(KL_EIO, "%s: cannot open directory to sync it: %s", dir,
+                       strerror(errno));
+    int rc = fsync(fd), err = errno;
+    close(fd);
+    /* Some filesystems cannot sync directories; that is not a failure. */
+    if (rc != 0 && err != EINVAL && err != ENOTSUP && err != EROFS)
+        return kl_fail(KL_EIO, "%s: cannot sync directory: %s", dir, strerror(err));
+    return KL_OK;
+}
+
+kl_status kl_write_file_atomic(const char *path, const void *const *chunks,
+                               const size_t *sizes, int nchunks)
+{
+    if (!path || !*path || nchunks < 0 || (nchunks > 0 && (!chunks || !sizes)))
+        return kl_fail(KL_EMISUSE, "kl_write_file_atomic: null or empty argument");
+    char tmp[PATH_MAX + 32], dirbuf[PATH_MAX];
+    if (strlen(path) >= PATH_MAX)
+        return kl_fail(KL_EIO, "%.200s...: path longer than %d bytes", path, PATH_MAX);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return kl_fail(KL_EIO, "%s: cannot create temporary file %s: %s", path, tmp,
+                       strerror(errno));
+    const char *what = "write";
+    int err = 0;
+    for (int i = 0; i < nchunks && !err; i++) {
+        if (sizes[i] == 0) continue;
+        if (!chunks[i]) {
+            close(fd);
+            unlink(tmp);
+            return kl_fail(KL_EMISUSE, "kl_write_file_atomic: chunk %d is NULL", i);
+        }
+        err = write_all(fd, chunks[i], sizes[i]);
+    }
+    if (!err && fsync(fd) != 0) { what = "sync"; err = errno; }
+    if (close(fd) != 0 && !err) { what = "close"; err = errno; }
+    if (!err && rename(tmp, path) != 0) { what = "rename"; err = errno; }
+    if (err) {
+        unlink(tmp);
+        if (!strcmp(what, "rename"))
+            return kl_fail(KL_EIO, "%s: cannot rename %s over it: %s (old file left as "
+                           "it was)", path, tmp, strerror(err));
+        return kl_fail(KL_EIO, "%s: cannot %s temporary file %s: %s (old file left as "
+                       "it was)", path, what, tmp, strerror(err));
+    }
+    return kl_fsync_dir(dir_of(path, dirbuf, sizeof dirbuf));
+}
+
+kl_status kl_read_file(const char *path, void **data, size_t *n)
+{
+    if (data) *data = NULL;
+    if (n) *n = 0;
+    if (!path || !data || !n) return kl_fail(KL_EMISUSE, "kl_read_file: null argument");
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return kl_fail(KL_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return kl_fail(KL_EIO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (S_ISDIR(st.st_mode)) {
+        close(fd);
+        return kl_fail(KL_EIO, "%s: is a directory, expected a file", path);
+    }
+    /* Regular files are read in one go; pipes and devices grow the buffer. */
+    size_t cap = S_ISREG(st.st_mode) ? (size_t)st.st_size + 1 : 65536, len = 0;
+    unsigned char *buf = kl_malloc(cap);
+    if (!buf) { close(fd); return KL_ENOMEM; }
+    for (;;) {
+        if (len + 1 >= cap) {
+            unsigned char *nb = cap > SIZE_MAX / 2 ? NULL : kl_realloc(buf, cap * 2);
+            if (!nb) { kl_free(buf); close(fd); return KL_ENOMEM; }
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t k = read(fd, buf + len, cap - 1 - len);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            kl_free(buf);
+            close(fd);
+            return kl_fail(KL_EIO, "%s: read failed after %zu bytes: %s", path, len, strerror(e));
+        }
+        if (k == 0) break;
+        len += (size_t)k;
+    }
+    close(fd);
+    buf[len] = 0;
+    *data = buf;
+    *n = len;
+    return KL_OK;
+}
+
+kl_status kl_mkdir_p(const char *path)
+{
+    if (!path || !*path) return kl_fail(KL_EMISUSE, "kl_mkdir_p: null or empty path");
+    char buf[PATH_MAX];
+    size_t len = strlen(path);
+    if (len >= sizeof buf)
+        return kl_fail(KL_EIO, "%.200s...: path longer than %d bytes", path, PATH_MAX);
+    memcpy(buf, path, len + 1);
+    /* Create each prefix ending before a '/', then the whole path. */
+    for (size_t i = 1; i <= len; i++) {
+        if (buf[i] != '/' && buf[i] != 0) continue;
+        if (buf[i - 1] == '/') continue; /* "a//b" */
+        char saved = buf[i];
+        buf[i] = 0;
+        if (mkdir(buf, 0777) != 0) {
+            int e = errno;
+            struct stat st;
+            if (e != EEXIST || stat(buf, &st) != 0)
+                return kl_fail(KL_EIO, "%s: cannot create directory %s: %s", path, buf,
+                               strerror(e));
+            if (!S_ISDIR(st.st_mode))
+                return kl_fail(KL_EIO, "%s: cannot create directory: %s exists and is "
+                               "not a directory", path, buf);
+        }
+        buf[i] = saved;
+    }
+    return KL_OK;
+}

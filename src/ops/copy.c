@@ -1,0 +1,175 @@
+/* copy (make contiguous), fill (a constant) and cast (change dtype).
+ * copy and cast read any strided view and write contiguous output. */
+#include "ops/ops.h"
+#include "core/half.h"
+#include "backends/cpu/cpu.h"
+#include "backends/cpu/iter.h"
+
+/* Copies a strided src into dst laid out with strides dst_st (same shape). */
+kl_status kl_copy_strided(const kl_exec *ex, const kl_tensor *src, void *dst, const int64_t *dst_st)
+{
+    int64_t st[2][8];
+    memcpy(st[0], dst_st, sizeof st[0]);
+    memcpy(st[1], src->st, sizeof st[1]);
+    kl_iter it;
+    kl_iter_init(&it, src->ndim, src->ne, 2, (const int64_t(*)[8])st);
+    size_t es = kl_dtype_size(src->dtype);
+    const unsigned char *x = kl_data(ex, src);
+    unsigned char *y = dst;
+    int64_t sy = kl_iter_inner_st(&it, 0), sx = kl_iter_inner_st(&it, 1);
+#pragma omp parallel for schedule(static) if (it.rows * it.inner > KL_PAR_MIN)
+    for (int64_t r = 0; r < it.rows; r++) {
+        int64_t o[2];
+        kl_iter_row(&it, r, o);
+        if (sx == 1 && sy == 1) {
+            memcpy(y + o[0] * es, x + o[1] * es, (size_t)it.inner * es);
+            continue;
+        }
+        for (int64_t i = 0; i < it.inner; i++) memcpy(y + (o[0] + i * sy) * es, x + (o[1] + i * sx) * es, es);
+    }
+    return KL_OK;
+}
+
+static kl_status copy_shape(kl_tensor *t)
+{
+    const kl_tensor *x = t->src[0];
+    t->dtype = x->dtype;
+    t->ndim = x->ndim;
+    memcpy(t->ne, x->ne, sizeof t->ne);
+    return KL_OK;
+}
+
+static kl_status copy_cpu(const kl_exec *ex, const kl_tensor *t)
+{
+    return kl_copy_strided(ex, t->src[0], kl_data(ex, t), t->st);
+}
+
+static kl_status pass_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy) { return kl_grad_acc(g, t->src[0], dy); }
+
+const kl_op_def kl_op_copy = {
+    .name = "copy", .shape = copy_shape, .backward = pass_backward, .fwd = {[KL_BACKEND_CPU] = copy_cpu}};
+
+kl_status kl_contiguous(kl_graph *g, kl_tensor *x, kl_tensor **out)
+{
+    if (!out) return kl_fail(KL_EMISUSE, "contiguous: out is NULL");
+    *out = NULL;
+    KL_TRY(kl_check_args(g, "contiguous", 1, &x));
+    if (kl_is_contiguous(x)) {
+        *out = x;
+        return KL_OK;
+    }
+    return kl_node_new(g, KL_OP_copy, 1, &x, NULL, 0, out);
+}
+
+/* ---- fill ---- */
+
+typedef struct { kl_dtype dt; int ndim; int64_t ne[KL_MAX_DIMS]; double v; } fill_attr;
+
+static kl_status fill_shape(kl_tensor *t)
+{
+    const fill_attr *a = KL_ATTR(t, fill_attr);
+    t->dtype = a->dt;
+    t->ndim = a->ndim;
+    memcpy(t->ne, a->ne, sizeof t->ne);
+    return KL_OK;
+}
+
+static kl_status fill_cpu(const kl_exec *ex, const kl_tensor *t)
+{
+    double v = KL_ATTR_C(t, fill_attr)->v;
+    int64_t n = kl_numel(t);
+    void *y = kl_data(ex, t);
+    switch (t->dtype) {
+    case KL_F32: for (int64_t i = 0; i < n; i++) ((float *)y)[i] = (float)v; break;
+    case KL_F64: for (int64_t i = 0; i < n; i++) ((double *)y)[i] = v; break;
+    case KL_I32: for (int64_t i = 0; i < n; i++) ((int32_t *)y)[i] = (int32_t)v; break;
+    default: return kl_fail(KL_EUNSUPPORTED, "fill: dtype %s", kl_dtype_name(t->dtype));
+    }
+    return KL_OK;
+}
+
+const kl_op_def kl_op_fill = {.name = "fill", .shape = fill_shape, .fwd = {[KL_BACKEND_CPU] = fill_cpu}};
+
+/* ---- cast ---- */
+
+typedef struct { kl_dtype to; } cast_attr;
+
+static kl_status cast_shape(kl_tensor *t)
+{
+    const kl_tensor *x = t->src[0];
+    kl_dtype to = KL_ATTR(t, cast_attr)->to;
+    bool ok = (x->dtype == KL_F32 && kl_is_float(to)) || (kl_is_float(x->dtype) && to == KL_F32) ||
+              (x->dtype == KL_U8 && to == KL_F32) || (x->dtype == KL_I32 && to == KL_F32);
+    if (!ok)
+        return kl_fail(KL_EUNSUPPORTED, "cast: %s to %s is not supported (f32 <-> f16/bf16/f64, u8/i32 -> f32)",
+                       kl_desc(x), kl_dtype_name(to));
+    copy_shape(t);
+    t->dtype = to;
+    return KL_OK;
+}
+
+static double load(const void *p, kl_dtype dt, int64_t i)
+{
+    switch (dt) {
+    case KL_F32: return ((const float *)p)[i];
+    case KL_F64: return ((const double *)p)[i];
+    case KL_F16: return kl_f16_to_f32(((const uint16_t *)p)[i]);
+    case KL_BF16: return kl_bf16_to_f32(((const uint16_t *)p)[i]);
+    case KL_I32: return ((const int32_t *)p)[i];
+    default: return ((const uint8_t *)p)[i];
+    }
+}
+
+static void store(void *p, kl_dtype dt, int64_t i, double v)
+{
+    switch (dt) {
+    case KL_F32: ((float *)p)[i] = (float)v; break;
+    case KL_F64: ((double *)p)[i] = v; break;
+    case KL_F16: ((uint16_t *)p)[i] = kl_f32_to_f16((float)v); break;
+    default: ((uint16_t *)p)[i] = kl_f32_to_bf16((float)v); break;
+    }
+}
+
+static kl_status cast_cpu(const kl_exec *ex, const kl_tensor *t)
+{
+    const kl_tensor *x = t->src[0];
+    int64_t st[2][8];
+    memcpy(st[0], t->st, sizeof st[0]);
+    memcpy(st[1], x->st, sizeof st[1]);
+    kl_iter it;
+    kl_iter_init(&it, t->ndim, t->ne, 2, (const int64_t(*)[8])st);
+    const void *xp = kl_data(ex, x);
+    void *yp = kl_data(ex, t);
+    int64_t sx = kl_iter_inner_st(&it, 1);
+#pragma omp parallel for schedule(static) if (it.rows * it.inner > KL_PAR_MIN)
+    for (int64_t r = 0; r < it.rows; r++) {
+        int64_t o[2];
+        kl_iter_row(&it, r, o);
+        for (int64_t i = 0; i < it.inner; i++) store(yp, t->dtype, o[0] + i, load(xp, x->dtype, o[1] + i * sx));
+    }
+    return KL_OK;
+}
+
+static kl_status cast_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
+{
+    kl_tensor *x = t->src[0], *dx;
+    if (!kl_is_float(x->dtype)) return KL_OK;
+    KL_TRY(kl_cast(g, dy, x->dtype, &dx));
+    return kl_grad_acc(g, x, dx);
+}
+
+const kl_op_def kl_op_cast = {
+    .name = "cast", .shape = cast_shape, .backward = cast_backward, .fwd = {[KL_BACKEND_CPU] = cast_cpu}};
+
+kl_status kl_cast(kl_graph *g, kl_tensor *x, kl_dtype dt, kl_tensor **out)
+{
+    if (!out) return kl_fail(KL_EMISUSE, "cast: out is NULL");
+    *out = NULL;
+    KL_TRY(kl_check_args(g, "cast", 1, &x));
+    if (x->dtype == dt) {
+        *out = x;
+        return KL_OK;
+    }
+    cast_attr a = {dt};
+    return kl_node_new(g, KL_OP_cast, 1, &x, &a, sizeof a, out);
+}

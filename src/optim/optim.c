@@ -1,0 +1,168 @@
+/* Optimizer objects and the update op. The state (momentum or Adam's two
+ * moments) is flat, in the layout of the ctx's parameter buffer, so the
+ * update is one pass over contiguous memory. */
+#include "core/graph.h"
+#include "optim/optim_elem.h"
+#include "backends/cpu/cpu.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+struct kl_optim {
+    kl_ctx *ctx;
+    kl_optim_opts o;
+    int64_t steps;
+    unsigned char *m, *v; /* zero-initialised; v only for Adam */
+    size_t bytes;
+};
+
+static const char *kind_names[KL_OPTIM_KIND_COUNT] = {"sgd", "adam", "adamw"};
+
+kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim **out)
+{
+    if (!out) return kl_fail(KL_EMISUSE, "kl_optim_new: out is NULL");
+    *out = NULL;
+    if (!ctx || !opts) return kl_fail(KL_EMISUSE, "kl_optim_new: %s is NULL", ctx ? "opts" : "ctx");
+    kl_optim_opts o = *opts;
+    if ((unsigned)o.kind >= KL_OPTIM_KIND_COUNT) return kl_fail(KL_EINVAL, "optimizer: unknown kind %d", (int)o.kind);
+    const char *k = kind_names[o.kind];
+    if (!(o.lr > 0) || !isfinite(o.lr)) return kl_fail(KL_EINVAL, "%s: lr must be a positive number, got %g", k, o.lr);
+    if (o.weight_decay < 0 || !isfinite(o.weight_decay))
+        return kl_fail(KL_EINVAL, "%s: weight_decay must be >= 0, got %g", k, o.weight_decay);
+    if (o.momentum < 0 || o.momentum >= 1) return kl_fail(KL_EINVAL, "%s: momentum must be in [0,1), got %g", k, o.momentum);
+    if (o.nesterov && o.momentum == 0) return kl_fail(KL_EINVAL, "%s: nesterov needs momentum > 0", k);
+    if (o.beta1 == 0) o.beta1 = 0.9;
+    if (o.beta2 == 0) o.beta2 = 0.999;
+    if (o.eps == 0) o.eps = 1e-8;
+    if (o.beta1 < 0 || o.beta1 >= 1 || o.beta2 < 0 || o.beta2 >= 1)
+        return kl_fail(KL_EINVAL, "%s: betas must be in [0,1), got (%g, %g)", k, o.beta1, o.beta2);
+    if (o.eps < 0) return kl_fail(KL_EINVAL, "%s: eps must be >= 0, got %g", k, o.eps);
+    kl_optim *opt = kl_calloc(1, sizeof *opt);
+    if (!opt) return KL_ENOMEM;
+    opt->ctx = ctx;
+    opt->o = o;
+    *out = opt;
+    return KL_OK;
+}
+
+void kl_optim_free(kl_optim *opt)
+{
+    if (!opt) return;
+    free(opt->m);
+    free(opt->v);
+    kl_free(opt);
+}
+
+/* Grows the state to cover every parameter of the ctx (new ones start at 0). */
+static kl_status ensure_state(kl_optim *opt)
+{
+    size_t need = opt->ctx->params_bytes;
+    if (need <= opt->bytes) return KL_OK;
+    bool adam = opt->o.kind != KL_OPTIM_SGD;
+    unsigned char *m = calloc(1, need), *v = adam ? calloc(1, need) : NULL;
+    if (!m || (adam && !v)) {
+        free(m);
+        free(v);
+        return kl_fail(KL_ENOMEM, "optimizer: out of memory for %zu bytes of state", need);
+    }
+    if (opt->m) memcpy(m, opt->m, opt->bytes);
+    if (opt->v) memcpy(v, opt->v, opt->bytes);
+    free(opt->m);
+    free(opt->v);
+    opt->m = m;
+    opt->v = v;
+    opt->bytes = need;
+    return KL_OK;
+}
+
+typedef struct { kl_optim *opt; } optim_attr;
+
+static kl_status optim_shape(kl_tensor *t)
+{
+    t->sk = KL_ST_NONE;
+    t->dtype = KL_F32;
+    t->ndim = 0;
+    return KL_OK;
+}
+
+static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
+{
+    kl_optim *opt = KL_ATTR_C(t, optim_attr)->opt;
+    KL_TRY(ensure_state(opt));
+    const kl_optim_opts *o = &opt->o;
+    int64_t step = opt->steps + 1;
+    kl_optim_hp h = {.kind = o->kind, .lr = o->lr, .momentum = o->momentum, .weight_decay = o->weight_decay,
+                     .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps, .nesterov = o->nesterov,
+                     .first = step == 1, .bc1 = 1 - pow(o->beta1, (double)step), .bc2 = 1 - pow(o->beta2, (double)step)};
+    kl_ctx *c = ex->ctx;
+    const kl_graph *g = ex->g;
+    for (int s = 0; s < c->n_slots && s < g->grad_written_n; s++) {
+        const kl_param_slot *sl = &c->slots[s];
+        if (!sl->trainable || !g->grad_written[s]) continue;
+        int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
+        unsigned char *p = c->params + sl->off, *gr = c->grads + sl->off, *m = opt->m + sl->off;
+        unsigned char *v = opt->v ? opt->v + sl->off : m; /* SGD never reads v */
+        if (sl->dtype == KL_F32) {
+#pragma omp parallel for schedule(static) if (n > KL_PAR_MIN)
+            for (int64_t i = 0; i < n; i++)
+                kl_optim_elem_float(&h, (float *)p + i, ((float *)gr)[i], (float *)m + i, (float *)v + i);
+        } else {
+#pragma omp parallel for schedule(static) if (n > KL_PAR_MIN)
+            for (int64_t i = 0; i < n; i++)
+                kl_optim_elem_double(&h, (double *)p + i, ((double *)gr)[i], (double *)m + i, (double *)v + i);
+        }
+    }
+    opt->steps = step;
+    return KL_OK;
+}
+
+const kl_op_def kl_op_optim = {.name = "optim", .shape = optim_shape, .fwd = {[KL_BACKEND_CPU] = optim_cpu}};
+
+kl_status kl_optim_step(kl_graph *g, kl_optim *opt)
+{
+    if (!g || !opt) return kl_fail(KL_EMISUSE, "kl_optim_step: %s is NULL", g ? "optimizer" : "graph");
+    if (opt->ctx != g->ctx) return kl_fail(KL_EMISUSE, "kl_optim_step: optimizer and graph belong to different contexts");
+    if (!g->has_backward) return kl_fail(KL_EMISUSE, "kl_optim_step: call kl_backward on the graph first");
+    KL_TRY(ensure_state(opt));
+    optim_attr a = {opt};
+    kl_tensor *t;
+    return kl_node_new(g, KL_OP_optim, 0, NULL, &a, sizeof a, &t);
+}
+
+kl_status kl_optim_set_lr(kl_optim *opt, double lr)
+{
+    if (!opt) return kl_fail(KL_EMISUSE, "kl_optim_set_lr: optimizer is NULL");
+    if (!(lr >= 0) || !isfinite(lr)) return kl_fail(KL_EINVAL, "kl_optim_set_lr: lr must be >= 0, got %g", lr);
+    opt->o.lr = lr;
+    return KL_OK;
+}
+
+double kl_optim_lr(const kl_optim *opt) { return opt ? opt->o.lr : 0; }
+int64_t kl_optim_steps(const kl_optim *opt) { return opt ? opt->steps : 0; }
+
+kl_status kl_optim_set_steps(kl_optim *opt, int64_t steps)
+{
+    if (!opt) return kl_fail(KL_EMISUSE, "kl_optim_set_steps: optimizer is NULL");
+    if (steps < 0) return kl_fail(KL_EINVAL, "kl_optim_set_steps: steps must be >= 0, got %lld", (long long)steps);
+    opt->steps = steps;
+    return KL_OK;
+}
+
+int kl_optim_state_count(const kl_optim *opt)
+{
+    if (!opt) return 0;
+    return opt->o.kind == KL_OPTIM_SGD ? (opt->o.momentum != 0) : 2;
+}
+
+kl_status kl_optim_state(kl_optim *opt, int i, const char **name, void **data, size_t *bytes)
+{
+    if (!opt) return kl_fail(KL_EMISUSE, "kl_optim_state: optimizer is NULL");
+    if (i < 0 || i >= kl_optim_state_count(opt))
+        return kl_fail(KL_EINVAL, "kl_optim_state: index %d out of range [0,%d)", i, kl_optim_state_count(opt));
+    KL_TRY(ensure_state(opt));
+    bool sgd = opt->o.kind == KL_OPTIM_SGD;
+    if (name) *name = sgd ? "momentum_buffer" : (i == 0 ? "exp_avg" : "exp_avg_sq");
+    if (data) *data = i == 0 ? opt->m : opt->v;
+    if (bytes) *bytes = opt->bytes;
+    return KL_OK;
+}

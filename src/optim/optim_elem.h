@@ -1,0 +1,44 @@
+/* Optimizer updates for one element, shared by the CPU loop and the CUDA
+ * kernel. Semantics follow torch.optim (SGD dampening 0; Adam's L2 decay is
+ * added to the gradient; AdamW decays the weight directly). */
+#ifndef KL_OPTIM_ELEM_H
+#define KL_OPTIM_ELEM_H
+
+#include "core/philox.h" /* KL_HD */
+#ifdef __CUDACC__
+#include <cmath>
+#else
+#include <tgmath.h>
+#endif
+
+typedef struct kl_optim_hp {
+    int kind; /* kl_optim_kind */
+    double lr, momentum, weight_decay, beta1, beta2, eps;
+    int nesterov;
+    int first;       /* first SGD step: momentum buffer starts as the gradient */
+    double bc1, bc2; /* Adam bias corrections 1 - beta^t */
+} kl_optim_hp;
+
+#define KL_DEF_OPTIM_ELEM(T)                                                                       \
+    KL_HD static inline void kl_optim_elem_##T(const kl_optim_hp *h, T *p, T g, T *m, T *v)      \
+    {                                                                                              \
+        if (h->kind == 0) { /* SGD */                                                              \
+            g += (T)h->weight_decay * *p;                                                          \
+            if (h->momentum != 0) {                                                                \
+                *m = h->first ? g : (T)h->momentum * *m + g;                                       \
+                g = h->nesterov ? g + (T)h->momentum * *m : *m;                                    \
+            }                                                                                      \
+            *p -= (T)h->lr * g;                                                                    \
+            return;                                                                                \
+        }                                                                                          \
+        if (h->kind == 1) g += (T)h->weight_decay * *p;                                            \
+        else *p *= (T)(1 - h->lr * h->weight_decay);                                               \
+        *m = (T)h->beta1 * *m + (T)(1 - h->beta1) * g;                                             \
+        *v = (T)h->beta2 * *v + (T)(1 - h->beta2) * g * g;                                         \
+        T denom = sqrt(*v) / (T)sqrt(h->bc2) + (T)h->eps;                                          \
+        *p -= (T)(h->lr / h->bc1) * *m / denom;                                                    \
+    }
+KL_DEF_OPTIM_ELEM(float)
+KL_DEF_OPTIM_ELEM(double)
+
+#endif
