@@ -171,6 +171,27 @@ static void test_overrides(void)
             "items; --set cannot add items)");
     kl_cfg_free(c);
 
+    /* Overrides nest exactly as deep as files may, and the result re-reads. */
+    for (int keys = 63; keys <= 64; keys++)
+        for (int list = 0; list <= 1; list++) {
+            char a[300] = "k", *text;
+            kl_cfg *e, *back;
+            for (int i = 1; i < keys; i++) strcat(a, ".k");
+            strcat(a, list ? "=[]" : "=1");
+            CHECK_OK(kl_cfg_new_empty("deep", &e));
+            if (keys == 64 && list) {
+                set_err(e, a, "would nest deeper than 64 levels");
+            } else {
+                CHECK_OK(kl_cfg_set(e, a));
+                CHECK_OK(kl_cfg_to_string(e, &text));
+                CHECK_OK(kl_cfg_parse(text, strlen(text), "deep", &back));
+                CHECK(kl_cfg_equal(kl_cfg_root(e), kl_cfg_root(back)));
+                kl_cfg_free(back);
+                free(text);
+            }
+            kl_cfg_free(e);
+        }
+
     /* Building a config from flags alone. */
     CHECK_OK(kl_cfg_new_empty("flags", &c));
     CHECK_OK(kl_cfg_set_scalar(c, "train.epochs", "3"));

@@ -28,7 +28,7 @@ static void test_atomic_write_and_read(void)
     CHECK_OK(kl_write_file_atomic(path, chunks, sizes, 4));
     void *data;
     size_t n;
-    CHECK_OK(kl_read_file(path, &data, &n));
+    CHECK_OK(kl_read_file_raw(path, &data, &n));
     CHECK(n == 9 && !memcmp(data, "head:body", 9) && ((char *)data)[9] == 0);
     kl_free(data);
 
@@ -38,7 +38,7 @@ static void test_atomic_write_and_read(void)
     for (size_t i = 0; i < big; i++) buf[i] = (unsigned char)(i * 2654435761u >> 13);
     const void *c1[1] = {buf};
     CHECK_OK(kl_write_file_atomic(path, c1, &big, 1));
-    CHECK_OK(kl_read_file(path, &data, &n));
+    CHECK_OK(kl_read_file_raw(path, &data, &n));
     CHECK(n == big && !memcmp(data, buf, big));
     kl_free(data);
     free(buf);
@@ -47,7 +47,7 @@ static void test_atomic_write_and_read(void)
     CHECK(access(tmp, F_OK) != 0);
 
     CHECK_OK(kl_write_file_atomic(in_dir("empty"), NULL, NULL, 0));
-    CHECK_OK(kl_read_file(in_dir("empty"), &data, &n));
+    CHECK_OK(kl_read_file_raw(in_dir("empty"), &data, &n));
     CHECK(n == 0 && data && ((char *)data)[0] == 0);
     kl_free(data);
 
@@ -59,26 +59,29 @@ static void test_atomic_write_and_read(void)
     size_t one = 1;
     CHECK_ERR(kl_write_file_atomic(path, nullchunk, &one, 1), KL_EMISUSE, "chunk 0 is NULL");
     CHECK(access(tmp, F_OK) != 0);
-    CHECK_OK(kl_read_file(path, &data, &n));
+    CHECK_OK(kl_read_file_raw(path, &data, &n));
     CHECK(n == big);
     kl_free(data);
     CHECK_ERR(kl_write_file_atomic("", chunks, sizes, 1), KL_EMISUSE, "null or empty");
 
     data = (void *)1;
-    CHECK_ERR(kl_read_file(in_dir("missing"), &data, &n), KL_EIO,
+    CHECK_ERR(kl_read_file_raw(in_dir("missing"), &data, &n), KL_EIO,
               "missing: cannot open: No such file or directory");
     CHECK(data == NULL && n == 0);
-    CHECK_ERR(kl_read_file(g_dir, &data, &n), KL_EIO, "is a directory, expected a file");
-    CHECK_ERR(kl_read_file(NULL, &data, &n), KL_EMISUSE, "null argument");
+    CHECK_ERR(kl_read_file_raw(g_dir, &data, &n), KL_EIO, "is a directory, expected a file");
+    CHECK_ERR(kl_read_file_raw(NULL, &data, &n), KL_EMISUSE, "null argument");
 
-    /* Not a regular file: read until end of file. */
-    CHECK_OK(kl_read_file("/dev/null", &data, &n));
+    /* Not a regular file, or one whose size says 0: read until end of file. */
+    CHECK_OK(kl_read_file_raw("/dev/null", &data, &n));
     CHECK(n == 0);
+    kl_free(data);
+    CHECK_OK(kl_read_file_raw("/proc/self/status", &data, &n));
+    CHECK(n > 10 && strstr(data, "Name:") && strlen(data) == n);
     kl_free(data);
 
     /* Allocation failure while reading. */
     kl_test_fail_alloc(1);
-    CHECK_ERR(kl_read_file(path, &data, &n), KL_ENOMEM, "out of host memory");
+    CHECK_ERR(kl_read_file_raw(path, &data, &n), KL_ENOMEM, "out of host memory");
     kl_test_fail_alloc(0);
     CHECK(data == NULL);
 }

@@ -147,7 +147,7 @@ static void test_round_trip(void)
     /* Header padded so the data section starts at a multiple of 8. */
     void *raw;
     size_t n1, n2;
-    CHECK_OK(kl_read_file(path, &raw, &n1));
+    CHECK_OK(kl_read_file_raw(path, &raw, &n1));
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | ((unsigned char *)raw)[i];
     CHECK(hlen % 8 == 0 && ((char *)raw)[8] == '{');
@@ -159,7 +159,7 @@ static void test_round_trip(void)
     CHECK_OK(kl_st_writer_save(w2, path2));
     CHECK_OK(kl_st_writer_save(w2, path2));
     void *raw2;
-    CHECK_OK(kl_read_file(path2, &raw2, &n2));
+    CHECK_OK(kl_read_file_raw(path2, &raw2, &n2));
     CHECK(n1 == n2 && !memcmp(raw, raw2, n1));
     CHECK_OK(kl_st_open_mem(raw2, n2, "copy", &f));
     check_file_matches(f, data);

@@ -192,7 +192,7 @@ static void test_torn_file(void)
     kl_st_writer_free(w);
     void *raw;
     size_t n;
-    CHECK_OK(kl_read_file(path, &raw, &n));
+    CHECK_OK(kl_read_file_raw(path, &raw, &n));
     int refused = 0;
     for (size_t cut = 0; cut < n; cut++) {
         write_bytes(path, raw, cut);

@@ -9,21 +9,23 @@
  *   char img[512], lab[512];
  *   kl_dataset *all, *train, *val;
  *   kl_loader *ld;
- *   KL_TRY(kl_fashion_mnist_paths("train", img, lab, sizeof img));
- *   KL_TRY(kl_dataset_load_idx(img, lab, &all));      // [60000] x [1,28,28]
- *   KL_TRY(kl_dataset_check_labels(all, 10));
  *   float mean, std;
- *   KL_TRY(kl_dataset_stats(all, &mean, &std));
- *   KL_TRY(kl_dataset_normalize(all, mean, std));
- *   KL_TRY(kl_dataset_split(all, 5000, 42, &train, &val));
+ *   if (kl_fashion_mnist_paths("train", img, lab, sizeof img) ||
+ *       kl_dataset_load_idx(img, lab, &all) ||         // [60000] x [1,28,28]
+ *       kl_dataset_check_labels(all, 10) ||
+ *       kl_dataset_stats(all, &mean, &std) ||
+ *       kl_dataset_normalize(all, mean, std) ||
+ *       kl_dataset_split(all, 5000, 42, &train, &val))
+ *       fprintf(stderr, "kiln: %s\n", kl_last_error()); // says which file, why
  *   kl_loader_opts o = {.batch = 128, .shuffle = 1, .seed = 42};
- *   KL_TRY(kl_loader_new(train, &o, &ld));
+ *   kl_loader_new(train, &o, &ld);
  *   for (int64_t epoch = 0; epoch < 10; epoch++) {
  *       kl_batch b;
  *       while (kl_loader_next(ld, &b) == KL_OK && b.n > 0)
- *           train_step(b.x, b.y, b.n);                // b.x: [b.n,1,28,28]
+ *           train_step(b.x, b.y, b.n);                  // b.x: [b.n,1,28,28]
  *   }
- *   kl_loader_free(ld); kl_dataset_free(train); ...
+ *   kl_loader_free(ld);
+ *   kl_dataset_free(train); kl_dataset_free(val); kl_dataset_free(all);
  *
  * Shuffles are Fisher-Yates driven by splitmix64 seeded from (seed, epoch):
  * the order is a pure function of those two numbers, the same on every
@@ -153,12 +155,14 @@ KL_API kl_status kl_dataset_stats(const kl_dataset *ds, float *mean,
  * Do not call while a loader reads the dataset. */
 KL_API kl_status kl_dataset_normalize(kl_dataset *ds, float mean, float std);
 /* Shuffles the sample indices with kl_shuffle_indices(seed, epoch 0); the
- * first n_val go to *val, the rest (in shuffled order) to *train. Copies;
- * either output may be empty. KL_EINVAL unless 0 <= n_val <= count. */
+ * first n_val go to *val, the rest (in shuffled order) to *train. Copies
+ * that keep the source's class count, class names and label source; either
+ * may be empty. KL_EINVAL unless 0 <= n_val <= count; both NULL on failure. */
 KL_API kl_status kl_dataset_split(const kl_dataset *ds, int64_t n_val,
                                   uint64_t seed, kl_dataset **train,
                                   kl_dataset **val);
-/* Copies samples [first, first + n). KL_EINVAL if out of range. */
+/* Copies samples [first, first + n) (class count and names kept).
+ * KL_EINVAL if out of range; *out = NULL on failure. */
 KL_API kl_status kl_dataset_subset(const kl_dataset *ds, int64_t first,
                                    int64_t n, kl_dataset **out);
 /* Frees the dataset; NULL is a no-op. */

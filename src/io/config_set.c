@@ -12,10 +12,12 @@ typedef struct step {
     long index;
 } step;
 
-/* Levels below n (0 for a scalar). */
+/* Collection levels from n down (0 for a scalar, 1 for a flat list): a node
+ * at depth d fits when d + height <= KL_CFG_MAX_DEPTH, as in the parser. */
 static int height(const kl_cfg_node *n)
 {
-    int h = 0;
+    if (n->kind != KL_CFG_MAP && n->kind != KL_CFG_SEQ) return 0;
+    int h = 1;
     for (int i = 0; i < n->n; i++) {
         const kl_cfg_node *k = n->kind == KL_CFG_MAP ? n->entries[i].value : n->items[i];
         int hk = height(k) + 1;

@@ -96,11 +96,11 @@ kl_status kl_write_file_atomic(const char *path, const void *const *chunks,
     return kl_fsync_dir(dir_of(path, dirbuf, sizeof dirbuf));
 }
 
-kl_status kl_read_file(const char *path, void **data, size_t *n)
+kl_status kl_read_file_raw(const char *path, void **data, size_t *n)
 {
     if (data) *data = NULL;
     if (n) *n = 0;
-    if (!path || !data || !n) return kl_fail(KL_EMISUSE, "kl_read_file: null argument");
+    if (!path || !data || !n) return kl_fail(KL_EMISUSE, "kl_read_file_raw: null argument");
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return kl_fail(KL_EIO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
@@ -113,14 +113,21 @@ kl_status kl_read_file(const char *path, void **data, size_t *n)
         close(fd);
         return kl_fail(KL_EIO, "%s: is a directory, expected a file", path);
     }
-    /* Regular files are read in one go; pipes and devices grow the buffer. */
-    size_t cap = S_ISREG(st.st_mode) ? (size_t)st.st_size + 1 : 65536, len = 0;
+    /* Regular files: st_size bytes (less if it shrinks meanwhile). Pipes,
+     * devices and size-0 files (/proc): until end of file, growing. */
+    int regular = S_ISREG(st.st_mode) && st.st_size > 0;
+    size_t cap = regular ? (size_t)st.st_size + 1 : 65536, len = 0;
     unsigned char *buf = kl_malloc(cap);
     if (!buf) { close(fd); return KL_ENOMEM; }
     for (;;) {
+        if (regular && len + 1 == cap) break;
         if (len + 1 >= cap) {
             unsigned char *nb = cap > SIZE_MAX / 2 ? NULL : kl_realloc(buf, cap * 2);
-            if (!nb) { kl_free(buf); close(fd); return KL_ENOMEM; }
+            if (!nb) {
+                kl_free(buf);
+                close(fd);
+                return kl_fail_prefix(KL_ENOMEM, "%s: reading %zu bytes", path, len);
+            }
             buf = nb;
             cap *= 2;
         }

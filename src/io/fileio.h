@@ -18,10 +18,11 @@
 kl_status kl_write_file_atomic(const char *path, const void *const *chunks,
                                const size_t *sizes, int nchunks);
 
-/* Reads the whole file at path into *data (n bytes plus a NUL terminator not
- * counted in *n, so text can be parsed in place). Caller frees *data with
+/* Reads the whole file at path, byte for byte (no gunzip, unlike data's
+ * kl_read_file), into *data: n bytes plus a NUL terminator not counted in
+ * *n, so text can be parsed in place. Caller frees *data with
  * kl_free; on failure *data = NULL and KL_EIO/KL_ENOMEM naming path. */
-kl_status kl_read_file(const char *path, void **data, size_t *n);
+kl_status kl_read_file_raw(const char *path, void **data, size_t *n);
 
 /* Creates path and any missing parents (like mkdir -p). KL_EIO if a part
  * exists and is not a directory or cannot be created. */

@@ -284,7 +284,7 @@ kl_status kl_st_open(const char *path, kl_st_file **out)
     if (!path || !out) return kl_fail(KL_EMISUSE, "kl_st_open: null argument");
     void *buf;
     size_t n;
-    KL_TRY(kl_read_file(path, &buf, &n));
+    KL_TRY(kl_read_file_raw(path, &buf, &n));
     return open_buffer(buf, n, path, out);
 }
 

@@ -1,0 +1,221 @@
+/* Engine tests: an MLP learns the two-spiral task; planning on and off give
+ * bit-identical training; the plan reuses memory and never overlaps live
+ * tensors; bad input is refused with a readable message; allocation
+ * failures while building are reported, not crashed on. */
+#include "kiln/kiln.h"
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#define NPTS 200
+
+static void spirals(float *x, int32_t *y)
+{
+    for (int i = 0; i < NPTS; i++) {
+        int cls = i & 1;
+        double t = (double)(i / 2) / (NPTS / 2) * 3.0 * M_PI + 0.3;
+        double r = t / (3.0 * M_PI) * 1.0;
+        x[2 * i] = (float)((cls ? -1 : 1) * r * cos(t));
+        x[2 * i + 1] = (float)((cls ? -1 : 1) * r * sin(t));
+        y[i] = cls;
+    }
+}
+
+typedef struct {
+    kl_ctx *ctx;
+    kl_graph *g;
+    kl_optim *opt;
+    kl_tensor *x, *y, *logits, *loss;
+} mlp;
+
+static void mlp_build(mlp *m, uint64_t seed, double lr)
+{
+    kl_ctx_opts co = {.seed = seed};
+    int64_t xd[2] = {NPTS, 2}, yd[1] = {NPTS}, w1[2] = {64, 2}, b1[1] = {64}, w2[2] = {64, 64}, w3[2] = {2, 64}, b3[1] = {2};
+    kl_tensor *W1, *B1, *W2, *B2, *W3, *B3, *h;
+    CHECK_OK(kl_ctx_new(&co, &m->ctx));
+    CHECK_OK(kl_graph_new(m->ctx, &m->g));
+    kl_graph *g = m->g;
+    CHECK_OK(kl_input(g, "x", KL_F32, 2, xd, &m->x));
+    CHECK_OK(kl_input(g, "y", KL_I32, 1, yd, &m->y));
+    CHECK_OK(kl_param(g, "fc1.weight", KL_F32, 2, w1, NULL, &W1));
+    CHECK_OK(kl_param(g, "fc1.bias", KL_F32, 1, b1, NULL, &B1));
+    CHECK_OK(kl_param(g, "fc2.weight", KL_F32, 2, w2, NULL, &W2));
+    CHECK_OK(kl_param(g, "fc2.bias", KL_F32, 1, b1, NULL, &B2));
+    CHECK_OK(kl_param(g, "fc3.weight", KL_F32, 2, w3, NULL, &W3));
+    CHECK_OK(kl_param(g, "fc3.bias", KL_F32, 1, b3, NULL, &B3));
+    CHECK_OK(kl_linear(g, m->x, W1, B1, KL_ACT_TANH, &h));
+    CHECK_OK(kl_linear(g, h, W2, B2, KL_ACT_RELU, &h));
+    CHECK_OK(kl_linear(g, h, W3, B3, KL_ACT_NONE, &m->logits));
+    CHECK_OK(kl_output(g, m->logits));
+    CHECK_OK(kl_softmax_cross_entropy(g, m->logits, m->y, &m->loss));
+    CHECK_OK(kl_backward(g, m->loss));
+    kl_optim_opts oo = {.kind = KL_OPTIM_ADAM, .lr = lr};
+    CHECK_OK(kl_optim_new(m->ctx, &oo, &m->opt));
+    CHECK_OK(kl_optim_step(g, m->opt));
+}
+
+static void mlp_free(mlp *m)
+{
+    kl_graph_free(m->g);
+    kl_optim_free(m->opt);
+    kl_ctx_free(m->ctx);
+}
+
+static double accuracy(mlp *m, const int32_t *y)
+{
+    float lg[NPTS * 2];
+    CHECK_OK(kl_tensor_get(m->logits, lg, sizeof lg));
+    int ok = 0;
+    for (int i = 0; i < NPTS; i++) ok += (lg[2 * i + 1] > lg[2 * i]) == (y[i] == 1);
+    return (double)ok / NPTS;
+}
+
+static void test_spirals(void)
+{
+    float x[NPTS * 2];
+    int32_t y[NPTS];
+    spirals(x, y);
+    mlp m;
+    mlp_build(&m, 1, 0.01);
+    CHECK_OK(kl_graph_plan(m.g, NULL));
+    CHECK_OK(kl_tensor_set(m.x, x, sizeof x));
+    CHECK_OK(kl_tensor_set(m.y, y, sizeof y));
+    double acc = 0;
+    float loss = 0;
+    for (int step = 0; step < 3000 && acc < 1.0; step++) {
+        CHECK_OK(kl_graph_run(m.g));
+        if (step % 50 == 49) acc = accuracy(&m, y);
+    }
+    CHECK_OK(kl_tensor_get(m.loss, &loss, sizeof loss));
+    printf("two spirals: accuracy %.3f, loss %.4f\n", acc, loss);
+    CHECK(acc == 1.0);
+    mlp_free(&m);
+}
+
+static void test_plan_on_off(void)
+{
+    float x[NPTS * 2];
+    int32_t y[NPTS];
+    spirals(x, y);
+    float losses[2][20];
+    kl_graph_stats st[2];
+    for (int mode = 0; mode < 2; mode++) {
+        mlp m;
+        mlp_build(&m, 3, 0.01);
+        kl_plan_opts po = {.no_reuse = mode, .check = 1};
+        CHECK_OK(kl_graph_plan(m.g, &po));
+        CHECK_OK(kl_tensor_set(m.x, x, sizeof x));
+        CHECK_OK(kl_tensor_set(m.y, y, sizeof y));
+        for (int s = 0; s < 20; s++) {
+            CHECK_OK(kl_graph_run(m.g));
+            CHECK_OK(kl_tensor_get(m.loss, &losses[mode][s], sizeof(float)));
+        }
+        CHECK_OK(kl_graph_stats_get(m.g, &st[mode]));
+        mlp_free(&m);
+    }
+    CHECK(memcmp(losses[0], losses[1], sizeof losses[0]) == 0);
+    CHECK(st[0].arena_bytes < st[1].arena_bytes);
+    CHECK(st[1].arena_bytes == st[1].tensor_bytes);
+    printf("plan: arena %zu bytes with reuse, %zu without (sum of tensors %zu)\n", st[0].arena_bytes,
+           st[1].arena_bytes, st[0].tensor_bytes);
+}
+
+static void test_errors(void)
+{
+    kl_ctx *ctx;
+    kl_graph *g;
+    kl_tensor *a, *b, *c, *out = (kl_tensor *)1;
+    int64_t ad[2] = {128, 784}, bd[2] = {512, 10}, cd[1] = {10};
+    CHECK_OK(kl_ctx_new(NULL, &ctx));
+    CHECK_OK(kl_graph_new(ctx, &g));
+    CHECK_OK(kl_input(g, "a", KL_F32, 2, ad, &a));
+    CHECK_OK(kl_input(g, "b", KL_F32, 2, bd, &b));
+    CHECK_OK(kl_input(g, "labels", KL_I32, 1, cd, &c));
+    CHECK_ERR(kl_matmul(g, a, b, &out), KL_EINVAL, "matmul: inner dims differ: [128,784] f32 x [512,10] f32");
+    CHECK(out == NULL);
+    CHECK_ERR(kl_add(g, a, b, &out), KL_EINVAL, "add: shapes do not broadcast: [128,784] f32 vs [512,10] f32");
+    CHECK_ERR(kl_add(g, a, c, &out), KL_EINVAL, "add: dtypes must match and be f32 or f64: [128,784] f32, [10] i32");
+    CHECK_ERR(kl_relu(g, NULL, &out), KL_EMISUSE, "relu: input 0 is NULL");
+    CHECK_ERR(kl_relu(NULL, a, &out), KL_EMISUSE, "relu: graph is NULL");
+    CHECK_ERR(kl_softmax_cross_entropy(g, a, c, &out), KL_EINVAL, "softmax_cross_entropy: labels must be i32 [128], got [10] i32");
+    CHECK_ERR(kl_reshape(g, a, 2, bd, &out), KL_EINVAL, "reshape: cannot view [128,784] f32 (100352 elements) as [512,10]");
+    CHECK_ERR(kl_linear(g, a, b, NULL, KL_ACT_NONE, &out), KL_EINVAL, "linear: input [128,784] f32 does not match weight [512,10] f32");
+    CHECK_ERR(kl_transpose(g, a, 0, 2, &out), KL_EINVAL, "transpose: axis 2 out of range for [128,784] f32");
+    CHECK_ERR(kl_backward(g, a), KL_EINVAL, "backward: loss 'a' must be a float scalar, got [128,784] f32");
+    CHECK_ERR(kl_tensor_set(a, ad, sizeof ad), KL_EINVAL, "kl_tensor_set: tensor 'a' [128,784] f32 holds 401408 bytes, got 16");
+    int64_t bad[2] = {3, 0};
+    CHECK_ERR(kl_input(g, "z", KL_F32, 2, bad, &out), KL_EINVAL, "input 'z': dim 1 is 0 in [3,0]; dims must be positive");
+    CHECK_ERR(kl_param(g, "w", KL_I32, 2, ad, NULL, &out), KL_EUNSUPPORTED, "parameter 'w': trainable parameters must be f32 or f64, got i32");
+    CHECK_OK(kl_param(g, "w", KL_F32, 2, ad, NULL, &out));
+    CHECK_ERR(kl_param(g, "w", KL_F32, 2, bd, NULL, &out), KL_EINVAL, "param 'w': exists as param [128,784] f32, asked for param [512,10] f32");
+    kl_ctx_opts co = {.device = {KL_DEVICE_CUDA, 0}};
+    kl_ctx *cc = (kl_ctx *)1;
+    CHECK(kl_ctx_new(&co, &cc) != KL_OK && cc == NULL);
+    CHECK(strstr(kl_last_error(), "cuda:0") != NULL);
+    /* intermediates are not readable unless marked as outputs */
+    kl_tensor *r;
+    CHECK_OK(kl_relu(g, a, &r));
+    CHECK_OK(kl_tanh(g, r, &r));
+    CHECK_OK(kl_graph_run(g));
+    CHECK_ERR(kl_tensor_get(r, NULL, 0), KL_EMISUSE, "kl_tensor_get: dst is NULL");
+    float *big = malloc(kl_tensor_numel(r) * sizeof(float));
+    CHECK_ERR(kl_tensor_get(r, big, kl_tensor_numel(r) * sizeof(float)), KL_EMISUSE, "is an intermediate whose memory is reused");
+    free(big);
+    CHECK(strcmp(kl_status_str(KL_EFORMAT), "KL_EFORMAT") == 0);
+    kl_graph_free(g);
+    kl_ctx_free(ctx);
+}
+
+/* Fault loop: fail the n-th allocation while building and planning a graph,
+ * for n = 1, 2, ... until building succeeds; every failure must be KL_ENOMEM
+ * with a message, and everything stays freeable (ASan checks for leaks). */
+void kl_test_fail_alloc(long n);
+static kl_status build_once(void)
+{
+    kl_ctx *ctx = NULL;
+    kl_graph *g = NULL;
+    kl_optim *opt = NULL;
+    kl_tensor *x, *w, *h, *l;
+    int64_t xd[2] = {4, 3}, wd[2] = {5, 3};
+    kl_status s = kl_ctx_new(NULL, &ctx);
+    if (!s) s = kl_graph_new(ctx, &g);
+    if (!s) s = kl_input(g, "x", KL_F32, 2, xd, &x);
+    if (!s) s = kl_param(g, "w", KL_F32, 2, wd, NULL, &w);
+    if (!s) s = kl_linear(g, x, w, NULL, KL_ACT_RELU, &h);
+    if (!s) s = kl_sum(g, h, 0, NULL, 0, &l);
+    if (!s) s = kl_backward(g, l);
+    if (!s) s = kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.1}, &opt);
+    if (!s) s = kl_optim_step(g, opt);
+    if (!s) s = kl_graph_plan(g, NULL);
+    if (!s) s = kl_graph_run(g);
+    kl_graph_free(g);
+    kl_optim_free(opt);
+    kl_ctx_free(ctx);
+    return s;
+}
+
+static void test_alloc_failures(void)
+{
+    int n;
+    for (n = 1; n < 1000; n++) {
+        kl_test_fail_alloc(n);
+        kl_status s = build_once();
+        kl_test_fail_alloc(0);
+        if (s == KL_OK) break;
+        CHECK(s == KL_ENOMEM);
+        CHECK(strstr(kl_last_error(), "out of host memory") != NULL);
+    }
+    printf("alloc fault loop: succeeded after %d injected failures\n", n - 1);
+    CHECK(n > 5);
+}
+
+int main(void)
+{
+    test_spirals();
+    test_plan_on_off();
+    test_errors();
+    test_alloc_failures();
+    return kl_test_done("test_engine");
+}

@@ -1,0 +1,123 @@
+/* Optimizer updates against values computed by hand for 3 steps.
+ * Loss = 0.5 * sum(p^2), so the gradient at each step is p itself. */
+#include "kiln/kiln.h"
+#include "testutil.h"
+
+#include <math.h>
+
+#define N 3
+
+/* Reference update of one element (written out from the PyTorch docs). */
+static void ref_step(const kl_optim_opts *o, int t, double *p, double *m, double *v)
+{
+    double g = *p;
+    if (o->kind == KL_OPTIM_SGD) {
+        g += o->weight_decay * *p;
+        if (o->momentum) {
+            *m = t == 1 ? g : o->momentum * *m + g;
+            g = o->nesterov ? g + o->momentum * *m : *m;
+        }
+        *p -= o->lr * g;
+        return;
+    }
+    double b1 = o->beta1 ? o->beta1 : 0.9, b2 = o->beta2 ? o->beta2 : 0.999, eps = o->eps ? o->eps : 1e-8;
+    if (o->kind == KL_OPTIM_ADAM) g += o->weight_decay * *p;
+    else *p *= 1 - o->lr * o->weight_decay;
+    *m = b1 * *m + (1 - b1) * g;
+    *v = b2 * *v + (1 - b2) * g * g;
+    double mh = *m / (1 - pow(b1, t)), vh = *v / (1 - pow(b2, t));
+    *p -= o->lr * mh / (sqrt(vh) + eps);
+}
+
+static void run_case(const char *name, kl_optim_opts o, kl_dtype dt)
+{
+    kl_ctx *ctx;
+    kl_graph *g;
+    kl_optim *opt;
+    kl_tensor *p, *l;
+    int64_t d[1] = {N};
+    double p0[N] = {1.5, -0.75, 0.3}, ref[N], m[N] = {0}, v[N] = {0};
+    CHECK_OK(kl_ctx_new(NULL, &ctx));
+    CHECK_OK(kl_graph_new(ctx, &g));
+    CHECK_OK(kl_param(g, "p", dt, 1, d, NULL, &p));
+    CHECK_OK(kl_square(g, p, &l));
+    CHECK_OK(kl_sum(g, l, 0, NULL, 0, &l));
+    CHECK_OK(kl_scale(g, l, 0.5, &l));
+    CHECK_OK(kl_backward(g, l));
+    CHECK_OK(kl_optim_new(ctx, &o, &opt));
+    CHECK_OK(kl_optim_step(g, opt));
+    if (dt == KL_F64) {
+        CHECK_OK(kl_tensor_set(p, p0, sizeof p0));
+    } else {
+        float f[N] = {1.5f, -0.75f, 0.3f};
+        CHECK_OK(kl_tensor_set(p, f, sizeof f));
+        for (int i = 0; i < N; i++) p0[i] = f[i];
+    }
+    for (int i = 0; i < N; i++) ref[i] = p0[i];
+    int bad = 0;
+    for (int t = 1; t <= 3; t++) {
+        CHECK_OK(kl_graph_run(g));
+        for (int i = 0; i < N; i++) ref_step(&o, t, &ref[i], &m[i], &v[i]);
+        double got[N];
+        if (dt == KL_F64) {
+            CHECK_OK(kl_tensor_get(p, got, sizeof got));
+        } else {
+            float f[N];
+            CHECK_OK(kl_tensor_get(p, f, sizeof f));
+            for (int i = 0; i < N; i++) got[i] = f[i];
+        }
+        double tol = dt == KL_F64 ? 1e-12 : 1e-6;
+        for (int i = 0; i < N; i++)
+            if (fabs(got[i] - ref[i]) > tol * (1 + fabs(ref[i]))) {
+                fprintf(stderr, "%s step %d elem %d: got %.12g expected %.12g\n", name, t, i, got[i], ref[i]);
+                bad++;
+            }
+    }
+    CHECK(bad == 0);
+    CHECK(kl_optim_steps(opt) == 3);
+    printf("%-20s %s\n", name, bad ? "FAIL" : "ok");
+    kl_graph_free(g);
+    kl_optim_free(opt);
+    kl_ctx_free(ctx);
+}
+
+int main(void)
+{
+    run_case("sgd", (kl_optim_opts){.kind = KL_OPTIM_SGD, .lr = 0.1}, KL_F64);
+    run_case("sgd_momentum_wd", (kl_optim_opts){.kind = KL_OPTIM_SGD, .lr = 0.1, .momentum = 0.9, .weight_decay = 0.01}, KL_F64);
+    run_case("sgd_nesterov", (kl_optim_opts){.kind = KL_OPTIM_SGD, .lr = 0.05, .momentum = 0.8, .nesterov = 1}, KL_F64);
+    run_case("adam", (kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.1}, KL_F64);
+    run_case("adam_wd", (kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.01, .weight_decay = 0.1, .beta1 = 0.8, .beta2 = 0.99}, KL_F64);
+    run_case("adamw", (kl_optim_opts){.kind = KL_OPTIM_ADAMW, .lr = 0.01, .weight_decay = 0.1}, KL_F64);
+    run_case("adam_f32", (kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.1}, KL_F32);
+
+    /* Literal values worked by hand: Adam, p = 1.5, g = p, lr 0.1. Step 1:
+     * m = 0.15, v = 0.00225, mhat = 1.5, vhat = 2.25 -> p = 1.5 - 0.1 = 1.4
+     * (to 1e-8: eps adds 0.1 * 1.5 * 1e-8 / 1.5^2). SGD lr 0.1, momentum 0.9:
+     * p1 = 1.5 - 0.15 = 1.35; buf2 = 0.9*1.5 + 1.35 = 2.7; p2 = 1.35 - 0.27 = 1.08. */
+    {
+        double p = 1.5, m = 0, v = 0;
+        kl_optim_opts o = {.kind = KL_OPTIM_ADAM, .lr = 0.1};
+        ref_step(&o, 1, &p, &m, &v);
+        CHECK(fabs(p - 1.4) < 1e-8);
+        kl_optim_opts s = {.kind = KL_OPTIM_SGD, .lr = 0.1, .momentum = 0.9};
+        p = 1.5, m = 0;
+        ref_step(&s, 1, &p, &m, &v);
+        ref_step(&s, 2, &p, &m, &v);
+        CHECK(fabs(p - 1.08) < 1e-12);
+    }
+
+    /* bad hyperparameters */
+    kl_ctx *ctx;
+    kl_optim *opt;
+    CHECK_OK(kl_ctx_new(NULL, &ctx));
+    CHECK_ERR(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = -1}, &opt), KL_EINVAL,
+              "adam: lr must be a positive number, got -1");
+    CHECK(opt == NULL);
+    CHECK_ERR(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_SGD, .lr = 0.1, .nesterov = 1}, &opt), KL_EINVAL,
+              "sgd: nesterov needs momentum > 0");
+    CHECK_ERR(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAMW, .lr = 0.1, .beta1 = 1.5}, &opt), KL_EINVAL,
+              "adamw: betas must be in [0,1), got (1.5, 0.999)");
+    kl_ctx_free(ctx);
+    return kl_test_done("test_optim");
+}
