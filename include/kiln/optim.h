@@ -31,6 +31,7 @@ typedef struct kl_optim_opts {
     double weight_decay;
     double beta1, beta2; /* Adam/AdamW; 0 means 0.9, 0.999 */
     double eps;          /* Adam/AdamW; 0 means 1e-8 */
+    double max_grad_norm; /* > 0: scale gradients so their global L2 norm is at most this */
 } kl_optim_opts;
 
 /* Creates an optimizer for every trainable parameter of ctx (also ones
@@ -46,6 +47,8 @@ KL_API kl_status kl_optim_set_lr(kl_optim *opt, double lr);
 KL_API double kl_optim_lr(const kl_optim *opt);
 /* Updates done so far (Adam's t). */
 KL_API int64_t kl_optim_steps(const kl_optim *opt);
+/* Global L2 norm of the gradients at the last update (before clipping). */
+KL_API double kl_optim_last_grad_norm(const kl_optim *opt);
 KL_API kl_status kl_optim_set_steps(kl_optim *opt, int64_t steps);
 
 /* Optimizer state, for checkpoints: named flat tensors in the parameters'

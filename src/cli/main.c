@@ -1,5 +1,5 @@
 /* The kiln command. */
-#include "kiln/kiln.h"
+#include "cli/cli.h"
 #include <stdio.h>
 #include <string.h>
 
@@ -8,6 +8,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: kiln <command> [options]\n\n"
                "commands:\n"
                "  train [CONFIG.yaml]   train a model (default: the reference CNN on Fashion-MNIST)\n"
+               "  inspect FILE          what a checkpoint, safetensors or IDX file holds\n"
                "  --version             print the version\n"
                "  --help                this message\n");
 }
@@ -18,6 +19,8 @@ int main(int argc, char **argv)
         usage(stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (!strcmp(argv[1], "train")) return kl_cmd_train(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "inspect")) return kl_cmd_inspect(argc - 2, argv + 2);
     if (!strcmp(argv[1], "--version")) {
         printf("kiln %s\n", KILN_VERSION);
         return 0;

@@ -12,6 +12,7 @@ struct kl_optim {
     kl_ctx *ctx;
     kl_optim_opts o;
     int64_t steps;
+    double last_norm;
     unsigned char *m, *v; /* zero-initialised; v only for Adam */
     size_t bytes;
 };
@@ -36,6 +37,8 @@ kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim **out)
     if (o.eps == 0) o.eps = 1e-8;
     if (o.beta1 < 0 || o.beta1 >= 1 || o.beta2 < 0 || o.beta2 >= 1)
         return kl_fail(KL_EINVAL, "%s: betas must be in [0,1), got (%g, %g)", k, o.beta1, o.beta2);
+    if (o.max_grad_norm < 0 || !isfinite(o.max_grad_norm))
+        return kl_fail(KL_EINVAL, "%s: max_grad_norm must be >= 0, got %g", k, o.max_grad_norm);
     if (o.eps < 0) return kl_fail(KL_EINVAL, "%s: eps must be >= 0, got %g", k, o.eps);
     kl_optim *opt = kl_calloc(1, sizeof *opt);
     if (!opt) return KL_ENOMEM;
@@ -96,6 +99,22 @@ static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
                      .first = step == 1, .bc1 = 1 - pow(o->beta1, (double)step), .bc2 = 1 - pow(o->beta2, (double)step)};
     kl_ctx *c = ex->ctx;
     const kl_graph *g = ex->g;
+    h.gscale = 1;
+    if (o->max_grad_norm > 0) { /* global-norm clipping over every gradient of this graph */
+        double ss = 0;
+        for (int s = 0; s < c->n_slots && s < g->grad_written_n; s++) {
+            const kl_param_slot *sl = &c->slots[s];
+            if (!sl->trainable || !g->grad_written[s]) continue;
+            int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
+            const unsigned char *gr = c->grads + sl->off;
+            for (int64_t i = 0; i < n; i++) {
+                double x = sl->dtype == KL_F32 ? ((const float *)gr)[i] : ((const double *)gr)[i];
+                ss += x * x;
+            }
+        }
+        opt->last_norm = sqrt(ss);
+        if (opt->last_norm > o->max_grad_norm) h.gscale = o->max_grad_norm / (opt->last_norm + 1e-6);
+    }
     for (int s = 0; s < c->n_slots && s < g->grad_written_n; s++) {
         const kl_param_slot *sl = &c->slots[s];
         if (!sl->trainable || !g->grad_written[s]) continue;
@@ -139,6 +158,7 @@ kl_status kl_optim_set_lr(kl_optim *opt, double lr)
 
 double kl_optim_lr(const kl_optim *opt) { return opt ? opt->o.lr : 0; }
 int64_t kl_optim_steps(const kl_optim *opt) { return opt ? opt->steps : 0; }
+double kl_optim_last_grad_norm(const kl_optim *opt) { return opt ? opt->last_norm : 0; }
 
 kl_status kl_optim_set_steps(kl_optim *opt, int64_t steps)
 {

@@ -17,11 +17,13 @@ typedef struct kl_optim_hp {
     int nesterov;
     int first;       /* first SGD step: momentum buffer starts as the gradient */
     double bc1, bc2; /* Adam bias corrections 1 - beta^t */
+    double gscale;   /* gradient clipping factor (1: none) */
 } kl_optim_hp;
 
 #define KL_DEF_OPTIM_ELEM(T)                                                                       \
     KL_HD static inline void kl_optim_elem_##T(const kl_optim_hp *h, T *p, T g, T *m, T *v)      \
     {                                                                                              \
+        g *= (T)h->gscale;                                                                         \
         if (h->kind == 0) { /* SGD */                                                              \
             g += (T)h->weight_decay * *p;                                                          \
             if (h->momentum != 0) {                                                                \

@@ -1,0 +1,60 @@
+"""PyTorch reference for bench/bench_mlp.c: one training step of an MLP
+784-1024-1024-10 (ReLU, cross-entropy, Adam lr 1e-3), batch 256, on the CPU.
+
+    python3 bench/mlp_torch.py [--steps N] [--warmup N] [--threads N] [--batch N]
+
+A step is zero_grad(set_to_none=True), forward, backward, optimizer step on
+a random batch (fixed seed) that is the same every step. Prints ms/step
+(median and mean after warmup) and a line starting "torch_ms_per_step=".
+Run it through bench/run_cpu.sh, which sets the environment the comparison
+needs (Debian's python3-torch, OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset).
+"""
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=256)
+    a = ap.parse_args()
+    if a.steps < 1 or a.warmup < 0 or a.threads < 1 or a.batch < 1:
+        ap.error("steps, threads and batch must be >= 1, warmup >= 0")
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(42)
+    model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    loss_fn = nn.CrossEntropyLoss()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.rand(a.batch, 784)
+    y = torch.randint(0, 10, (a.batch,))
+
+    ms = []
+    loss0 = None
+    for s in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        t1 = time.perf_counter()
+        if s >= a.warmup:
+            ms.append((t1 - t0) * 1e3)
+        if s == 0:
+            loss0 = loss.item()
+    med, mean = statistics.median(ms), statistics.fmean(ms)
+    print(f"torch {torch.__version__} MLP 784-1024-1024-10, batch {a.batch}, Adam lr 1e-3, "
+          f"{torch.get_num_threads()} threads, {a.steps} steps after {a.warmup} warmup")
+    print(f"  ms/step: median {med:.2f}, mean {mean:.2f}, min {min(ms):.2f}, max {max(ms):.2f}")
+    print(f"  loss: {loss0:.4f} at step 1, {loss.item():.4f} after step {a.warmup + a.steps}")
+    print(f"torch_ms_per_step={med:.3f} torch_ms_mean={mean:.3f} torch_ms_min={min(ms):.3f} threads={torch.get_num_threads()} steps={a.steps}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+/* The kiln command's subcommands and shared helpers. */
+#ifndef KL_CLI_H
+#define KL_CLI_H
+
+#include "kiln/kiln.h"
+
+int kl_cmd_train(int argc, char **argv);
+int kl_cmd_inspect(int argc, char **argv);
+
+/* The built-in default config: the reference CNN on Fashion-MNIST. */
+extern const char kl_default_config[];
+
+#endif

@@ -1,0 +1,69 @@
+/* kiln inspect FILE: what a safetensors file, a checkpoint directory or an
+ * IDX file holds. */
+#include "cli/cli.h"
+#include "kiln/data.h"
+#include "kiln/io.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static int inspect_safetensors(const char *path)
+{
+    kl_st_file *f;
+    if (kl_st_open(path, &f) != KL_OK) {
+        fprintf(stderr, "kiln inspect: %s\n", kl_last_error());
+        return 1;
+    }
+    static const char *meta[] = {"format", "step", "epoch", "batch", "optim", "kiln_version", NULL};
+    printf("%s: safetensors, %d tensors\n", path, kl_st_count(f));
+    for (int i = 0; meta[i]; i++)
+        if (kl_st_meta(f, meta[i])) printf("  %s: %s\n", meta[i], kl_st_meta(f, meta[i]));
+    for (int i = 0; i < kl_st_count(f); i++) {
+        const char *name;
+        kl_dtype dt;
+        int nd;
+        int64_t d[KL_MAX_DIMS];
+        char sh[128];
+        kl_st_info(f, i, &name, &dt, &nd, d);
+        printf("  %-40s %-5s %s\n", name, kl_dtype_name(dt), kl_shape_str(sh, sizeof sh, nd, d));
+    }
+    kl_st_close(f);
+    return 0;
+}
+
+int kl_cmd_inspect(int argc, char **argv)
+{
+    if (argc < 1 || !strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) {
+        printf("usage: kiln inspect FILE\n\nPrints what a checkpoint directory, a safetensors file or an IDX "
+               "dataset file holds.\n");
+        return argc < 1 ? 2 : 0;
+    }
+    const char *path = argv[0];
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        fprintf(stderr, "kiln inspect: %s: no such file or directory\n", path);
+        return 1;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        char p[4200];
+        int rc = 0;
+        snprintf(p, sizeof p, "%s/model.safetensors", path);
+        rc |= inspect_safetensors(p);
+        snprintf(p, sizeof p, "%s/state.safetensors", path);
+        rc |= inspect_safetensors(p);
+        return rc;
+    }
+    size_t n = strlen(path);
+    if (n > 12 && !strcmp(path + n - 12, ".safetensors")) return inspect_safetensors(path);
+    kl_idx *a;
+    if (kl_idx_load(path, &a) != KL_OK) {
+        fprintf(stderr, "kiln inspect: %s\n", kl_last_error());
+        return 1;
+    }
+    char sh[128];
+    printf("%s: IDX, %s, %lld items\n", path, kl_shape_str(sh, sizeof sh, kl_idx_ndim(a), kl_idx_dims(a)),
+           (long long)kl_idx_count(a));
+    kl_idx_free(a);
+    return 0;
+}

@@ -1,0 +1,167 @@
+/* Reading `kiln train`'s config sections. Each value read with its default
+ * is written back, so the run's config.yaml is fully resolved. */
+#include "cli/train_opts.h"
+#include "core/error.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static kl_status section(kl_cfg *cfg, const char *name, const char *const *keys, kl_cfg_node **out)
+{
+    KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), name, 0, out));
+    return kl_cfg_check_keys(*out, keys);
+}
+
+/* Writes a resolved value back into the tree. */
+static kl_status put(kl_cfg *cfg, const char *sec, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static kl_status put(kl_cfg *cfg, const char *sec, const char *key, const char *fmt, ...)
+{
+    char path[96], val[128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(val, sizeof val, fmt, ap);
+    va_end(ap);
+    snprintf(path, sizeof path, "%s.%s", sec, key);
+    return kl_cfg_set_scalar(cfg, path, val);
+}
+
+#define GET_INT(sec, key, def, lo, hi, dst)                                                        \
+    do {                                                                                           \
+        int64_t v_;                                                                                \
+        KL_TRY(kl_cfg_int_range(m, key, 0, def, lo, hi, &v_));                                     \
+        dst = v_;                                                                                  \
+        KL_TRY(put(cfg, sec, key, "%lld", (long long)v_));                                         \
+    } while (0)
+#define GET_FLOAT(sec, key, def, dst)                                                              \
+    do {                                                                                           \
+        KL_TRY(kl_cfg_float(m, key, 0, def, &dst));                                                \
+        KL_TRY(put(cfg, sec, key, "%.17g", dst));                                                  \
+    } while (0)
+#define GET_BOOL(sec, key, def, dst)                                                               \
+    do {                                                                                           \
+        KL_TRY(kl_cfg_bool(m, key, 0, def, &dst));                                                 \
+        KL_TRY(put(cfg, sec, key, "%s", dst ? "true" : "false"));                                  \
+    } while (0)
+
+static kl_status read_data(kl_cfg *cfg, train_opts *o)
+{
+    static const char *const keys[] = {"kind", "train_images", "train_labels", "test_images", "test_labels", "path",
+                                       "test_path", "label_col", "normalize", "mean", "std", "val_split", "shuffle",
+                                       "limit", NULL};
+    static const char *const kinds[] = {"fashion_mnist", "idx", "csv", "pngdir", NULL};
+    kl_cfg_node *m;
+    KL_TRY(section(cfg, "data", keys, &m));
+    KL_TRY(kl_cfg_enum(m, "kind", 0, kinds, 0, &o->data_kind));
+    KL_TRY(put(cfg, "data", "kind", "%s", kinds[o->data_kind]));
+    const char **paths[] = {&o->train_images, &o->train_labels, &o->test_images, &o->test_labels, &o->path, &o->test_path};
+    for (int i = 0; i < 6; i++) KL_TRY(kl_cfg_string(m, keys[1 + i], 0, NULL, paths[i]));
+    if (o->data_kind == 1 && (!o->train_images || !o->train_labels))
+        return kl_cfg_fail(m, KL_EINVAL, "data: kind idx needs train_images and train_labels");
+    if (o->data_kind >= 2 && !o->path) return kl_cfg_fail(m, KL_EINVAL, "data: kind %s needs path", kinds[o->data_kind]);
+    GET_INT("data", "label_col", -1, -2, 1 << 20, o->label_col);
+    GET_BOOL("data", "normalize", 1, o->normalize);
+    KL_TRY(kl_cfg_float(m, "mean", 0, 0, &o->mean));
+    KL_TRY(kl_cfg_float(m, "std", 0, 0, &o->std));
+    if (o->std < 0) return kl_cfg_fail(kl_cfg_get(m, "std"), KL_EINVAL, "data: std must be > 0");
+    GET_INT("data", "val_split", 0, 0, INT64_MAX / 2, o->val_split);
+    GET_BOOL("data", "shuffle", 1, o->shuffle);
+    GET_INT("data", "limit", 0, 0, INT64_MAX / 2, o->limit);
+    return KL_OK;
+}
+
+static kl_status read_optim(kl_cfg *cfg, train_opts *o)
+{
+    static const char *const keys[] = {"kind", "lr", "momentum", "nesterov", "weight_decay", "betas", "eps", NULL};
+    static const char *const kinds[] = {"sgd", "adam", "adamw", NULL};
+    kl_cfg_node *m;
+    int kind, nest;
+    double betas[2] = {0.9, 0.999};
+    int nb;
+    KL_TRY(section(cfg, "optim", keys, &m));
+    KL_TRY(kl_cfg_enum(m, "kind", 0, kinds, 1, &kind));
+    KL_TRY(put(cfg, "optim", "kind", "%s", kinds[kind]));
+    o->optim.kind = (kl_optim_kind)kind;
+    GET_FLOAT("optim", "lr", 1e-3, o->optim.lr);
+    GET_FLOAT("optim", "momentum", 0, o->optim.momentum);
+    GET_BOOL("optim", "nesterov", 0, nest);
+    o->optim.nesterov = nest;
+    GET_FLOAT("optim", "weight_decay", 0, o->optim.weight_decay);
+    GET_FLOAT("optim", "eps", 1e-8, o->optim.eps);
+    KL_TRY(kl_cfg_float_list(m, "betas", 0, 2, betas, &nb));
+    if (nb == 1) return kl_cfg_fail(kl_cfg_get(m, "betas"), KL_EINVAL, "optim: betas needs two values, e.g. [0.9, 0.999]");
+    if (nb == 0) betas[0] = 0.9, betas[1] = 0.999;
+    o->optim.beta1 = betas[0];
+    o->optim.beta2 = betas[1];
+    char b[96];
+    snprintf(b, sizeof b, "optim.betas=[%.17g, %.17g]", betas[0], betas[1]);
+    return kl_cfg_set(cfg, b);
+}
+
+static kl_status read_schedule(kl_cfg *cfg, train_opts *o)
+{
+    static const char *const keys[] = {"kind", "warmup_steps", "step_size", "gamma", "min_lr", NULL};
+    static const char *const kinds[] = {"constant", "step", "cosine", NULL};
+    kl_cfg_node *m;
+    int kind;
+    KL_TRY(section(cfg, "schedule", keys, &m));
+    KL_TRY(kl_cfg_enum(m, "kind", 0, kinds, 0, &kind));
+    KL_TRY(put(cfg, "schedule", "kind", "%s", kinds[kind]));
+    o->sched = (sched_kind)kind;
+    GET_INT("schedule", "warmup_steps", 0, 0, INT64_MAX / 2, o->warmup);
+    GET_INT("schedule", "step_size", 1000, 1, INT64_MAX / 2, o->step_size);
+    GET_FLOAT("schedule", "gamma", 0.1, o->gamma);
+    GET_FLOAT("schedule", "min_lr", 0, o->min_lr);
+    return KL_OK;
+}
+
+static kl_status read_train(kl_cfg *cfg, train_opts *o)
+{
+    static const char *const keys[] = {"epochs", "steps", "batch", "seed", "log_every", "checkpoint_every",
+                                       "threads", "eval_every_epoch", "checkpoint_every_epoch", NULL};
+    kl_cfg_node *m;
+    int64_t seed;
+    KL_TRY(section(cfg, "train", keys, &m));
+    GET_INT("train", "epochs", 5, 0, 1 << 20, o->epochs);
+    GET_INT("train", "steps", 0, 0, INT64_MAX / 2, o->steps);
+    if (!o->epochs && !o->steps) return kl_cfg_fail(m, KL_EINVAL, "train: set epochs or steps");
+    GET_INT("train", "batch", 128, 1, 1 << 24, o->batch);
+    GET_INT("train", "seed", 1, 0, INT64_MAX, seed);
+    o->seed = (uint64_t)seed;
+    GET_INT("train", "log_every", 50, 1, INT64_MAX / 2, o->log_every);
+    GET_INT("train", "checkpoint_every", 0, 0, INT64_MAX / 2, o->checkpoint_every);
+    GET_INT("train", "threads", 0, 0, 4096, o->threads);
+    return KL_OK;
+}
+
+kl_status train_opts_read(kl_cfg *cfg, train_opts *o)
+{
+    static const char *const top[] = {"name", "model", "data", "optim", "schedule", "clip", "train", NULL};
+    static const char *const clip_keys[] = {"max_norm", NULL};
+    memset(o, 0, sizeof *o);
+    KL_TRY(kl_cfg_check_keys(kl_cfg_root(cfg), top));
+    KL_TRY(kl_cfg_string(kl_cfg_root(cfg), "name", 0, "run", &o->name));
+    KL_TRY(read_data(cfg, o));
+    KL_TRY(read_optim(cfg, o));
+    KL_TRY(read_schedule(cfg, o));
+    kl_cfg_node *m;
+    KL_TRY(section(cfg, "clip", clip_keys, &m));
+    GET_FLOAT("clip", "max_norm", 0, o->optim.max_grad_norm);
+    return read_train(cfg, o);
+}
+
+double train_lr(const train_opts *o, int64_t step, int64_t total)
+{
+    double lr = o->optim.lr;
+    if (o->warmup > 0 && step < o->warmup) return lr * (double)(step + 1) / (double)o->warmup;
+    int64_t s = step - o->warmup, n = total - o->warmup;
+    switch (o->sched) {
+    case SCHED_STEP: return lr * pow(o->gamma, (double)(step / o->step_size));
+    case SCHED_COSINE:
+        if (n <= 0) return lr;
+        return o->min_lr + 0.5 * (lr - o->min_lr) * (1 + cos(M_PI * (double)s / (double)n));
+    default: return lr;
+    }
+}

@@ -1,0 +1,319 @@
+/* The training loop: graphs for training and evaluation sharing one ctx,
+ * a prefetching loader, per-step metrics, per-epoch validation, checkpoints
+ * and exact resume (same parameters, optimizer state, data position and
+ * dropout counter give the same losses, bit for bit, on the CPU). */
+#include "cli/train_run.h"
+#include "cli/train_opts.h"
+#include "core/error.h"
+#include "io/fileio.h"
+#include "nn/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct {
+    kl_graph *g;
+    kl_tensor *x, *y, *logits, *loss;
+    int64_t batch;
+} step_graph;
+
+typedef struct {
+    train_opts o;
+    kl_model *model;
+    kl_ctx *ctx;
+    kl_optim *opt;
+    step_graph train, eval[2];
+    kl_dataset *tr, *va, *te;
+    kl_loader *ld;
+    char run_dir[4096], ckpt_root[4200];
+    FILE *metrics;
+    double t0;
+} runner;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static kl_status build_graph(runner *r, step_graph *sg, int64_t batch, int training)
+{
+    int64_t xd[5] = {batch};
+    int nd = kl_model_input_ndim(r->model);
+    memcpy(xd + 1, kl_model_input_shape(r->model), (size_t)nd * sizeof *xd);
+    sg->batch = batch;
+    KL_TRY(kl_graph_new(r->ctx, &sg->g));
+    KL_TRY(kl_input(sg->g, "x", KL_F32, nd + 1, xd, &sg->x));
+    KL_TRY(kl_input(sg->g, "y", KL_I32, 1, &batch, &sg->y));
+    KL_TRY(kl_model_forward(r->model, sg->g, sg->x, training, &sg->logits));
+    KL_TRY(kl_output(sg->g, sg->logits));
+    KL_TRY(kl_softmax_cross_entropy(sg->g, sg->logits, sg->y, &sg->loss));
+    KL_TRY(kl_output(sg->g, sg->loss));
+    if (training) {
+        KL_TRY(kl_backward(sg->g, sg->loss));
+        KL_TRY(kl_optim_step(sg->g, r->opt));
+    }
+    return kl_graph_plan(sg->g, NULL);
+}
+
+/* Runs g on rows [first, first + g->batch) of ds; adds loss*n and correct. */
+static kl_status run_batch(runner *r, step_graph *sg, const float *x, const int32_t *y, double *loss_sum,
+                           int64_t *correct)
+{
+    int64_t b = sg->batch, C = kl_model_outputs(r->model), ss = kl_tensor_numel(sg->x) / b;
+    KL_TRY(kl_tensor_set(sg->x, x, (size_t)(b * ss) * sizeof(float)));
+    KL_TRY(kl_tensor_set(sg->y, y, (size_t)b * sizeof(int32_t)));
+    KL_TRY(kl_graph_run(sg->g));
+    float l, *lg = malloc((size_t)(b * C) * sizeof *lg);
+    if (!lg) return kl_fail(KL_ENOMEM, "out of memory reading logits");
+    kl_status s = kl_tensor_get(sg->loss, &l, sizeof l);
+    if (s == KL_OK) s = kl_tensor_get(sg->logits, lg, (size_t)(b * C) * sizeof *lg);
+    for (int64_t i = 0; s == KL_OK && i < b; i++) {
+        int64_t best = 0;
+        for (int64_t c = 1; c < C; c++)
+            if (lg[i * C + c] > lg[i * C + best]) best = c;
+        *correct += best == y[i];
+    }
+    free(lg);
+    if (s == KL_OK && !isfinite(l))
+        s = kl_fail(KL_ENUMERIC, "loss is %g: training diverged (try a lower learning rate or clip.max_norm)", l);
+    *loss_sum += (double)l * (double)b;
+    return s;
+}
+
+static kl_status evaluate(runner *r, const kl_dataset *ds, double *loss, double *acc)
+{
+    int64_t n = kl_dataset_count(ds), ss = kl_dataset_sample_size(ds), B = r->o.batch, correct = 0;
+    double sum = 0;
+    const float *x = kl_dataset_features(ds);
+    const int32_t *y = kl_dataset_labels(ds);
+    for (int64_t at = 0; at < n;) {
+        int64_t b = n - at < B ? n - at : B;
+        step_graph *sg = &r->eval[b == B ? 0 : 1];
+        if (sg->g && sg->batch != b) {
+            kl_graph_free(sg->g);
+            sg->g = NULL;
+        }
+        if (!sg->g) KL_TRY(build_graph(r, sg, b, 0));
+        KL_TRY(run_batch(r, sg, x + at * ss, y + at, &sum, &correct));
+        at += b;
+    }
+    *loss = n ? sum / (double)n : 0;
+    *acc = n ? (double)correct / (double)n : 0;
+    return KL_OK;
+}
+
+static kl_status save_ckpt(runner *r, kl_cfg *cfg, const kl_train_state *st, char *path, size_t n)
+{
+    char tag[64], *text = NULL;
+    snprintf(tag, sizeof tag, "step-%09lld", (long long)st->step);
+    KL_TRY(kl_cfg_to_string(cfg, &text));
+    kl_status s = kl_checkpoint_save(r->ckpt_root, tag, r->ctx, r->opt, st, text, path, n);
+    free(text);
+    return s;
+}
+
+static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
+{
+    kl_cfg_node *model;
+    KL_TRY(train_opts_read(cfg, &r->o));
+    KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &model));
+    KL_TRY(kl_model_from_cfg(model, &r->model));
+    kl_device dev = {KL_DEVICE_CPU, 0};
+    if (strcmp(a->device, "auto")) KL_TRY(kl_device_parse(a->device, &dev));
+    kl_ctx_opts co = {.device = dev, .threads = (int)r->o.threads, .seed = r->o.seed};
+    KL_TRY(kl_ctx_new(&co, &r->ctx));
+    printf("device: %s%s, %d threads\n", dev.type == KL_DEVICE_CPU ? "cpu" : "cuda",
+           strcmp(a->device, "auto") ? "" : " (auto: this build has no CUDA backend)", kl_ctx_threads(r->ctx));
+    KL_TRY(train_load_data(&r->o, &r->tr, &r->va, &r->te));
+    int64_t C = kl_model_outputs(r->model);
+    const int64_t *in = kl_model_input_shape(r->model);
+    int nd = kl_model_input_ndim(r->model);
+    if (kl_dataset_sample_ndim(r->tr) != nd || memcmp(kl_dataset_sample_dims(r->tr), in, (size_t)nd * sizeof *in)) {
+        char a1[64], a2[64];
+        return kl_fail(KL_EINVAL, "model.input %s does not match the data's samples %s",
+                       kl_shape_str(a1, sizeof a1, nd, in),
+                       kl_shape_str(a2, sizeof a2, kl_dataset_sample_ndim(r->tr), kl_dataset_sample_dims(r->tr)));
+    }
+    KL_TRY(kl_dataset_check_labels(r->tr, (int)C));
+    if (r->va) KL_TRY(kl_dataset_check_labels(r->va, (int)C));
+    if (r->te) KL_TRY(kl_dataset_check_labels(r->te, (int)C));
+    if (kl_dataset_count(r->tr) < r->o.batch)
+        return kl_fail(KL_EINVAL, "train.batch %lld is larger than the training set (%lld samples)",
+                       (long long)r->o.batch, (long long)kl_dataset_count(r->tr));
+    KL_TRY(kl_optim_new(r->ctx, &r->o.optim, &r->opt));
+    KL_TRY(build_graph(r, &r->train, r->o.batch, 1));
+    if (a->init) KL_TRY(kl_weights_load(a->init, r->ctx));
+    kl_loader_opts lo = {.batch = r->o.batch, .shuffle = r->o.shuffle, .seed = r->o.seed, .drop_last = 1, .prefetch = 2};
+    KL_TRY(kl_loader_new(r->tr, &lo, &r->ld));
+    /* the run directory */
+    if (a->out) snprintf(r->run_dir, sizeof r->run_dir, "%s", a->out);
+    else if (a->resume) { /* <run>/checkpoints/<tag> */
+        snprintf(r->run_dir, sizeof r->run_dir, "%.4000s/../..", a->ckpt_dir);
+    } else {
+        char ts[32];
+        time_t t = time(NULL);
+        strftime(ts, sizeof ts, "%Y%m%d-%H%M%S", localtime(&t));
+        snprintf(r->run_dir, sizeof r->run_dir, "runs/%s-%s", ts, r->o.name);
+    }
+    snprintf(r->ckpt_root, sizeof r->ckpt_root, "%s/checkpoints", r->run_dir);
+    KL_TRY(kl_mkdir_p(r->ckpt_root));
+    char path[4300];
+    snprintf(path, sizeof path, "%s/config.yaml", r->run_dir);
+    KL_TRY(kl_cfg_write(cfg, path));
+    snprintf(path, sizeof path, "%s/metrics.jsonl", r->run_dir);
+    r->metrics = fopen(path, a->resume ? "a" : "w");
+    if (!r->metrics) return kl_fail(KL_EIO, "%s: cannot open for writing", path);
+    return KL_OK;
+}
+
+static void teardown(runner *r)
+{
+    if (r->metrics) fclose(r->metrics);
+    kl_loader_free(r->ld);
+    kl_graph_free(r->train.g);
+    kl_graph_free(r->eval[0].g);
+    kl_graph_free(r->eval[1].g);
+    kl_optim_free(r->opt);
+    kl_ctx_free(r->ctx);
+    kl_dataset_free(r->tr);
+    kl_dataset_free(r->va);
+    kl_dataset_free(r->te);
+    kl_model_free(r->model);
+}
+
+static void progress(const runner *r, int tty, int64_t step, int64_t total, int64_t epoch, double loss, double sps)
+{
+    double eta = sps > 0 ? (double)(total - step) * (double)r->o.batch / sps : 0;
+    if (tty)
+        fprintf(stderr, "\r  epoch %lld  step %lld/%lld  loss %.4f  %.0f samples/s  ETA %dm%02ds   ", (long long)epoch + 1,
+                (long long)step, (long long)total, loss, sps, (int)eta / 60, (int)eta % 60);
+    else
+        printf("epoch %lld step %lld/%lld loss %.4f samples/s %.0f eta %.0fs\n", (long long)epoch + 1,
+               (long long)step, (long long)total, loss, sps, eta);
+    fflush(tty ? stderr : stdout);
+}
+
+typedef struct { double loss; int64_t correct, n; } epoch_acc;
+
+/* End of an epoch: validation, the epoch's metrics line, a checkpoint at
+ * the start of the next epoch. */
+static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, epoch_acc *ep)
+{
+    double vl = 0, vacc = 0, l = ep->n ? ep->loss / (double)ep->n : 0, acc = ep->n ? (double)ep->correct / (double)ep->n : 0;
+    char ck[4400];
+    if (r->va) KL_TRY(evaluate(r, r->va, &vl, &vacc));
+    if (tty) fprintf(stderr, "\n");
+    printf("epoch %lld: train loss %.4f acc %.4f", (long long)st->epoch + 1, l, acc);
+    if (r->va) printf("  val loss %.4f acc %.4f", vl, vacc);
+    printf("  (%.1f s)\n", now() - r->t0);
+    fflush(stdout);
+    fprintf(r->metrics,
+            "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"val_loss\":%.9g,"
+            "\"val_accuracy\":%.6f,\"lr\":%.9g,\"wall_s\":%.3f}\n",
+            (long long)st->epoch + 1, (long long)st->step, l, acc, vl, vacc, kl_optim_lr(r->opt), now() - r->t0);
+    fflush(r->metrics);
+    *ep = (epoch_acc){0};
+    st->epoch++;
+    st->batch = 0;
+    KL_TRY(kl_loader_seek(r->ld, st->epoch, 0));
+    return save_ckpt(r, cfg, st, ck, sizeof ck);
+}
+
+static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop, int *interrupted)
+{
+    kl_train_state st = {.seed = r->o.seed};
+    static const char *const kinds[] = {"sgd", "adam", "adamw"};
+    snprintf(st.optim_kind, sizeof st.optim_kind, "%s", kinds[r->o.optim.kind]);
+    if (a->resume) {
+        KL_TRY(kl_checkpoint_load(a->ckpt_dir, r->ctx, r->opt, &st, NULL));
+        KL_TRY(kl_graph_set_runs(r->train.g, st.graph_runs));
+        printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", a->ckpt_dir, (long long)st.step,
+               (long long)st.epoch + 1, (long long)st.batch);
+    }
+    int64_t per_epoch = kl_loader_batches(r->ld);
+    int64_t total = r->o.steps ? r->o.steps : r->o.epochs * per_epoch;
+    KL_TRY(kl_loader_seek(r->ld, st.epoch, st.batch));
+    int tty = isatty(2);
+    epoch_acc ep = {0};
+    double win_loss = 0, t_win = now();
+    int64_t win_n = 0;
+    char ck[4400];
+    while (st.step < total) {
+        kl_batch b;
+        KL_TRY(kl_loader_next(r->ld, &b));
+        if (b.n == 0) { /* end of epoch: validate, log, checkpoint */
+            KL_TRY(end_epoch(r, cfg, &st, tty, &ep));
+            continue;
+        }
+        KL_TRY(kl_optim_set_lr(r->opt, train_lr(&r->o, st.step, total)));
+        double l = 0;
+        int64_t corr = 0;
+        KL_TRY(run_batch(r, &r->train, b.x, b.y, &l, &corr));
+        st.step++;
+        st.batch = b.index + 1;
+        st.graph_runs = st.step;
+        ep.loss += l, ep.correct += corr, ep.n += b.n, win_loss += l, win_n += b.n;
+        fprintf(r->metrics,
+                "{\"type\":\"step\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"lr\":%.9g,\"wall_s\":%.3f}\n",
+                (long long)st.step, (long long)st.epoch + 1, l / (double)b.n, (double)corr / (double)b.n,
+                kl_optim_lr(r->opt), now() - r->t0);
+        if (st.step % r->o.log_every == 0 || st.step == total) {
+            double t = now(), sps = (double)win_n / (t - t_win);
+            fprintf(r->metrics, "{\"type\":\"throughput\",\"step\":%lld,\"samples_per_s\":%.1f}\n", (long long)st.step, sps);
+            progress(r, tty, st.step, total, st.epoch, win_loss / (double)win_n, sps);
+            win_loss = 0, win_n = 0, t_win = t;
+        }
+        if (r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) {
+            fflush(r->metrics);
+            KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
+        }
+        if (*stop) {
+            fflush(r->metrics);
+            KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
+            if (tty) fprintf(stderr, "\n");
+            printf("interrupted at step %lld; checkpoint %s\nresume with: kiln train --resume %s\n", (long long)st.step,
+                   ck, r->run_dir);
+            *interrupted = 1;
+            return KL_OK;
+        }
+    }
+    /* the last epoch ends with the last step: validate it too */
+    if (ep.n && st.batch == per_epoch) return end_epoch(r, cfg, &st, tty, &ep);
+    if (tty) fprintf(stderr, "\n");
+    return save_ckpt(r, cfg, &st, ck, sizeof ck);
+}
+
+int train_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop)
+{
+    runner r = {0};
+    r.t0 = now();
+    int interrupted = 0;
+    kl_status s = setup(&r, cfg, a);
+    if (s == KL_OK) {
+        printf("model %s: %lld parameters; %lld training samples, %lld validation, batch %lld\n", r.o.name,
+               (long long)kl_model_param_count(r.model), (long long)kl_dataset_count(r.tr),
+               r.va ? (long long)kl_dataset_count(r.va) : 0LL, (long long)r.o.batch);
+        printf("run directory: %s (first step after %.2f s)\n", r.run_dir, now() - r.t0);
+        fflush(stdout);
+        s = loop(&r, cfg, a, stop, &interrupted);
+    }
+    if (s == KL_OK && !interrupted && r.te) {
+        double tl, tacc;
+        s = evaluate(&r, r.te, &tl, &tacc);
+        if (s == KL_OK) {
+            printf("test: loss %.4f accuracy %.4f (%lld samples); total %.1f s\n", tl, tacc,
+                   (long long)kl_dataset_count(r.te), now() - r.t0);
+            fprintf(r.metrics, "{\"type\":\"test\",\"loss\":%.9g,\"accuracy\":%.6f,\"wall_s\":%.3f}\n", tl, tacc,
+                    now() - r.t0);
+        }
+    }
+    if (s != KL_OK) fprintf(stderr, "kiln train: %s\n", kl_last_error());
+    teardown(&r);
+    return s != KL_OK ? 1 : interrupted ? 130 : 0;
+}

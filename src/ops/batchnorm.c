@@ -1,0 +1,280 @@
+/* Batch normalisation over x [N, C, S...] (S: any trailing dims, maybe none),
+ * per channel c over the M = N * prod(S) values of that channel:
+ *   training: mean, var = biased batch variance; y = (x - mean) / sqrt(var + eps) * gamma + beta;
+ *             running_mean = (1 - m) running_mean + m mean,
+ *             running_var  = (1 - m) running_var  + m var * M / (M - 1)   (unbiased, as PyTorch)
+ *             updated in place in the ctx's buffers on every run.
+ *   eval:     mean, var = running_mean, running_var (nothing updated).
+ * Forward saves mean and invstd per channel in aux ([2, C] of the dtype).
+ * batchnorm_bwd (srcs dy, x, forward node, gamma?) writes dx (primary output)
+ * and dgamma, dbeta (extras) in one pass; see ops/norm.h for the formulas.
+ * Per-channel sums are each made by one thread in a fixed order, so results
+ * do not depend on the thread count. */
+#include "ops/ops.h"
+#include "ops/norm.h"
+#include "backends/cpu/cpu.h"
+
+#include <math.h>
+
+typedef struct {
+    double eps, momentum;
+    int training;
+    int ig, ib, irm, irv;            /* source index of gamma, beta, running mean/var; -1: none */
+    int need_dx, need_dg, need_db;   /* bwd: which gradients the kernel writes */
+} bn_attr;
+
+/* channels per block for the statistics pass: one when each (n, c) plane is
+ * long, else enough that the inner loop over channels is contiguous */
+#define BN_CBLK(S) ((S) >= 32 ? 1 : 64)
+
+static kl_status check_channel_vec(const kl_tensor *x, const kl_tensor *v, const char *what)
+{
+    if (v->dtype != x->dtype || v->ndim != 1 || v->ne[0] != x->ne[1])
+        return kl_fail(KL_EINVAL, "batchnorm: %s is %s, expected [%lld] %s for input %s (%lld channels)", what,
+                       kl_desc(v), (long long)x->ne[1], kl_dtype_name(x->dtype), kl_desc(x), (long long)x->ne[1]);
+    return KL_OK;
+}
+
+static kl_status bn_shape(kl_tensor *t)
+{
+    const bn_attr *a = KL_ATTR(t, bn_attr);
+    const kl_tensor *x = t->src[0];
+    if (x->dtype != KL_F32 && x->dtype != KL_F64)
+        return kl_fail(KL_EINVAL, "batchnorm: expected f32 or f64 input, got %s", kl_desc(x));
+    if (x->ndim < 2) return kl_fail(KL_EINVAL, "batchnorm: input must be [N, C, ...], got %s", kl_desc(x));
+    if (a->ig >= 0) KL_TRY(check_channel_vec(x, t->src[a->ig], "gamma"));
+    if (a->ib >= 0) KL_TRY(check_channel_vec(x, t->src[a->ib], "beta"));
+    if (a->irm >= 0) KL_TRY(check_channel_vec(x, t->src[a->irm], "running_mean"));
+    if (a->irv >= 0) KL_TRY(check_channel_vec(x, t->src[a->irv], "running_var"));
+    int64_t M = kl_numel(x) / x->ne[1];
+    if (a->training && M < 2)
+        return kl_fail(KL_EINVAL, "batchnorm: training needs more than 1 value per channel, input %s has %lld",
+                       kl_desc(x), (long long)M);
+    t->dtype = x->dtype;
+    t->ndim = x->ndim;
+    memcpy(t->ne, x->ne, sizeof t->ne);
+    t->aux_bytes = 2 * (size_t)x->ne[1] * kl_dtype_size(x->dtype);
+    return KL_OK;
+}
+
+/* Sums over channel c's values of f(x) (and of dy * (x - k) for bwd), each
+ * channel by one thread: s1 = sum(x - k), s2 = sum((x - k)^2) with k a value
+ * of the channel (shifting keeps the variance free of cancellation), or for
+ * bwd s1 = sum(dy), s2 = sum(dy * (x - k)) with k = mean. */
+#define BN_KERNELS(T)                                                                              \
+    static void bn_sums_##T(const T *x, const T *dy, const T *k, double *s1, double *s2, int64_t N, \
+                            int64_t C, int64_t S)                                                  \
+    {                                                                                              \
+        int64_t cb = BN_CBLK(S), nblk = (C + cb - 1) / cb;                                         \
+        _Pragma("omp parallel for schedule(static) if (N * C * S > KL_PAR_MIN && nblk > 1)")       \
+        for (int64_t blk = 0; blk < nblk; blk++) {                                                 \
+            int64_t c0 = blk * cb, c1 = c0 + cb < C ? c0 + cb : C;                                 \
+            for (int64_t c = c0; c < c1; c++) s1[c] = s2[c] = 0;                                   \
+            for (int64_t n = 0; n < N; n++)                                                        \
+                for (int64_t c = c0; c < c1; c++) {                                                \
+                    const T *xr = x + (n * C + c) * S, *dr = dy ? dy + (n * C + c) * S : NULL;     \
+                    double a1 = 0, a2 = 0, kc = (double)k[c];                                      \
+                    if (dr) {                                                                      \
+                        _Pragma("omp simd reduction(+ : a1, a2)")                                  \
+                        for (int64_t s = 0; s < S; s++) {                                          \
+                            a1 += (double)dr[s];                                                   \
+                            a2 += (double)dr[s] * ((double)xr[s] - kc);                            \
+                        }                                                                          \
+                    } else {                                                                       \
+                        _Pragma("omp simd reduction(+ : a1, a2)")                                  \
+                        for (int64_t s = 0; s < S; s++) {                                          \
+                            double d = (double)xr[s] - kc;                                         \
+                            a1 += d;                                                               \
+                            a2 += d * d;                                                           \
+                        }                                                                          \
+                    }                                                                              \
+                    s1[c] += a1;                                                                   \
+                    s2[c] += a2;                                                                   \
+                }                                                                                  \
+        }                                                                                          \
+    }                                                                                              \
+    static void bn_fwd_##T(const kl_exec *ex, const kl_tensor *t)                                  \
+    {                                                                                              \
+        const bn_attr *a = KL_ATTR_C(t, bn_attr);                                                  \
+        const T *x = kl_data(ex, t->src[0]);                                                       \
+        const T *gm = a->ig >= 0 ? kl_data(ex, t->src[a->ig]) : NULL;                              \
+        const T *bt = a->ib >= 0 ? kl_data(ex, t->src[a->ib]) : NULL;                              \
+        T *rm = a->irm >= 0 ? kl_data(ex, t->src[a->irm]) : NULL;                                  \
+        T *rv = a->irv >= 0 ? kl_data(ex, t->src[a->irv]) : NULL;                                  \
+        T *y = kl_data(ex, t), *mean = kl_aux(ex, t);                                              \
+        int64_t N = t->ne[0], C = t->ne[1], S = kl_numel(t) / (N * C), M = N * S;                  \
+        T *invstd = mean + C;                                                                      \
+        if (a->training) {                                                                         \
+            double *s = kl_scratch(ex, t);                                                         \
+            for (int64_t c = 0; c < C; c++) mean[c] = x[c * S]; /* the shift: x[0, c, 0] */        \
+            bn_sums_##T(x, NULL, mean, s, s + C, N, C, S);                                         \
+            double mom = a->momentum;                                                              \
+            for (int64_t c = 0; c < C; c++) {                                                      \
+                double d = s[c] / (double)M, var = s[C + c] / (double)M - d * d;                   \
+                if (var < 0) var = 0;                                                              \
+                double mu = (double)mean[c] + d;                                                   \
+                mean[c] = (T)mu;                                                                   \
+                invstd[c] = (T)(1.0 / sqrt(var + a->eps));                                         \
+                if (rm) rm[c] = (T)((1 - mom) * (double)rm[c] + mom * mu);                         \
+                if (rv) rv[c] = (T)((1 - mom) * (double)rv[c] + mom * var * (double)M / (double)(M - 1)); \
+            }                                                                                      \
+        } else {                                                                                   \
+            for (int64_t c = 0; c < C; c++) {                                                      \
+                mean[c] = rm[c];                                                                   \
+                invstd[c] = (T)(1.0 / sqrt((double)rv[c] + a->eps));                               \
+            }                                                                                      \
+        }                                                                                          \
+        _Pragma("omp parallel for collapse(2) schedule(static) if (N * C * S > KL_PAR_MIN)")       \
+        for (int64_t n = 0; n < N; n++)                                                            \
+            for (int64_t c = 0; c < C; c++) {                                                      \
+                const T *xr = x + (n * C + c) * S;                                                 \
+                T *yr = y + (n * C + c) * S, mu = mean[c], is = invstd[c];                         \
+                T g = gm ? gm[c] : (T)1, b = bt ? bt[c] : (T)0;                                    \
+                for (int64_t s = 0; s < S; s++) yr[s] = kl_norm_fwd_##T(xr[s], mu, is, g, b);       \
+            }                                                                                      \
+    }                                                                                              \
+    static void bn_bwd_##T(const kl_exec *ex, const kl_tensor *t)                                  \
+    {                                                                                              \
+        const bn_attr *a = KL_ATTR_C(t, bn_attr);                                                  \
+        const kl_tensor *fw = t->src[2];                                                           \
+        const T *dy = kl_data(ex, t->src[0]), *x = kl_data(ex, t->src[1]);                         \
+        const T *mean = kl_aux(ex, fw), *invstd = mean + fw->ne[1];                                \
+        const T *gm = t->n_src > 3 ? kl_data(ex, t->src[3]) : NULL;                                \
+        int e = 0;                                                                                 \
+        T *dg = a->need_dg ? kl_data(ex, t->extra[e++]) : NULL;                                    \
+        T *db = a->need_db ? kl_data(ex, t->extra[e++]) : NULL;                                    \
+        T *dx = kl_data(ex, t);                                                                    \
+        int64_t N = t->ne[0], C = t->ne[1], S = kl_numel(t) / (N * C), M = N * S;                  \
+        double *sdy = kl_scratch(ex, t), *sdyx = sdy + C;                                          \
+        bool sums = a->training || dg || db;                                                       \
+        if (sums) bn_sums_##T(x, dy, mean, sdy, sdyx, N, C, S);                                    \
+        for (int64_t c = 0; sums && c < C; c++) {                                                  \
+            sdyx[c] *= (double)invstd[c]; /* sum(dy * xhat) */                                     \
+            if (dg) dg[c] = (T)sdyx[c];                                                            \
+            if (db) db[c] = (T)sdy[c];                                                             \
+        }                                                                                          \
+        if (!a->need_dx) return;                                                                   \
+        _Pragma("omp parallel for collapse(2) schedule(static) if (N * C * S > KL_PAR_MIN)")       \
+        for (int64_t n = 0; n < N; n++)                                                            \
+            for (int64_t c = 0; c < C; c++) {                                                      \
+                const T *xr = x + (n * C + c) * S, *dr = dy + (n * C + c) * S;                     \
+                T *or_ = dx + (n * C + c) * S, g = gm ? gm[c] : (T)1, mu = mean[c], is = invstd[c]; \
+                if (!a->training) {                                                                \
+                    T k = g * is;                                                                  \
+                    for (int64_t s = 0; s < S; s++) or_[s] = dr[s] * k;                            \
+                } else {                                                                           \
+                    T mg = (T)(sdy[c] / (double)M) * g, mgx = (T)(sdyx[c] / (double)M) * g;        \
+                    for (int64_t s = 0; s < S; s++)                                                \
+                        or_[s] = kl_norm_bwd_##T(xr[s], dr[s] * g, mu, is, mg, mgx);               \
+                }                                                                                  \
+            }                                                                                      \
+    }
+KL_FOR_REAL(BN_KERNELS)
+
+static kl_status bn_cpu(const kl_exec *ex, const kl_tensor *t)
+{
+    if (t->dtype == KL_F32) bn_fwd_float(ex, t);
+    else bn_fwd_double(ex, t);
+    return KL_OK;
+}
+
+static kl_status bn_bwd_cpu(const kl_exec *ex, const kl_tensor *t)
+{
+    if (t->dtype == KL_F32) bn_bwd_float(ex, t);
+    else bn_bwd_double(ex, t);
+    return KL_OK;
+}
+
+/* srcs: dy, x, forward node, gamma (if any); extras dgamma, dbeta as asked */
+static kl_status bn_bwd_shape(kl_tensor *t)
+{
+    const bn_attr *a = KL_ATTR(t, bn_attr);
+    const kl_tensor *dy = t->src[0], *x = t->src[1];
+    if (!kl_same_shape(dy, x) || dy->dtype != x->dtype)
+        return kl_fail(KL_EINTERNAL, "batchnorm_bwd: dy %s vs x %s", kl_desc(dy), kl_desc(x));
+    t->dtype = x->dtype;
+    t->ndim = x->ndim;
+    memcpy(t->ne, x->ne, sizeof t->ne);
+    t->scratch_bytes = 2 * (size_t)x->ne[1] * sizeof(double);
+    kl_tensor *e;
+    if (a->need_dg) KL_TRY(kl_node_add_extra(t, x->dtype, 1, &x->ne[1], &e));
+    if (a->need_db) KL_TRY(kl_node_add_extra(t, x->dtype, 1, &x->ne[1], &e));
+    return KL_OK;
+}
+
+static kl_status bn_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
+{
+    bn_attr a = *KL_ATTR(t, bn_attr);
+    kl_tensor *x = t->src[0], *gm = a.ig >= 0 ? t->src[a.ig] : NULL, *bt = a.ib >= 0 ? t->src[a.ib] : NULL;
+    a.need_dx = x->requires_grad;
+    a.need_dg = gm && gm->requires_grad;
+    a.need_db = bt && bt->requires_grad;
+    if (!a.need_dx && !a.need_dg && !a.need_db) return KL_OK;
+    kl_tensor *src[4] = {dy, x, t, gm}, *dx;
+    KL_TRY(kl_contiguous(g, dy, &src[0]));
+    KL_TRY(kl_node_new(g, KL_OP_batchnorm_bwd, gm ? 4 : 3, src, &a, sizeof a, &dx));
+    int e = 0;
+    if (a.need_dx) KL_TRY(kl_grad_acc(g, x, dx));
+    if (a.need_dg) KL_TRY(kl_grad_acc(g, gm, dx->extra[e++]));
+    if (a.need_db) KL_TRY(kl_grad_acc(g, bt, dx->extra[e++]));
+    return KL_OK;
+}
+
+/* scratch for the training statistics */
+static kl_status bn_fwd_shape(kl_tensor *t)
+{
+    KL_TRY(bn_shape(t));
+    if (KL_ATTR(t, bn_attr)->training) t->scratch_bytes = 2 * (size_t)t->ne[1] * sizeof(double);
+    return KL_OK;
+}
+
+const kl_op_def kl_op_batchnorm = {
+    .name = "batchnorm", .shape = bn_fwd_shape, .backward = bn_backward, .fwd = {[KL_BACKEND_CPU] = bn_cpu}};
+const kl_op_def kl_op_batchnorm_bwd = {
+    .name = "batchnorm_bwd", .shape = bn_bwd_shape, .fwd = {[KL_BACKEND_CPU] = bn_bwd_cpu}};
+
+static kl_status check_buffer(const kl_tensor *v, const char *what)
+{
+    if (v->sk != KL_ST_BUFFER)
+        return kl_fail(KL_EINVAL, "batchnorm: %s '%s' %s must be a buffer (kl_buffer) to be updated in training",
+                       what, v->name, kl_desc(v));
+    return KL_OK;
+}
+
+kl_status kl_batchnorm(kl_graph *g, kl_tensor *x, kl_tensor *gamma, kl_tensor *beta, kl_tensor *running_mean,
+                       kl_tensor *running_var, const kl_batchnorm_opts *opts, kl_tensor **out)
+{
+    if (!out) return kl_fail(KL_EMISUSE, "batchnorm: out is NULL");
+    *out = NULL;
+    KL_TRY(kl_check_args(g, "batchnorm", 1, &x));
+    if (!opts)
+        return kl_fail(KL_EMISUSE, "batchnorm: opts is NULL; pass {.training = 1} for batch statistics or "
+                                   "{.training = 0} for running statistics");
+    if (!(opts->eps >= 0) || !(opts->momentum >= 0 && opts->momentum <= 1))
+        return kl_fail(KL_EINVAL, "batchnorm: eps %g must be >= 0 and momentum %g in [0, 1]", opts->eps,
+                       opts->momentum);
+    if (!running_mean != !running_var)
+        return kl_fail(KL_EINVAL, "batchnorm: pass both running_mean and running_var or neither (got %s only)",
+                       running_mean ? "running_mean" : "running_var");
+    if (running_mean && running_mean == running_var)
+        return kl_fail(KL_EINVAL, "batchnorm: running_mean and running_var are the same tensor '%s'", running_mean->name);
+    if (!opts->training && !running_mean)
+        return kl_fail(KL_EINVAL, "batchnorm: eval mode (training 0) needs running_mean and running_var");
+    bn_attr a = {.eps = opts->eps > 0 ? opts->eps : 1e-5,
+                 .momentum = opts->momentum > 0 ? opts->momentum : 0.1,
+                 .training = opts->training != 0,
+                 .ig = -1, .ib = -1, .irm = -1, .irv = -1};
+    kl_tensor *src[5] = {x};
+    int n = 1;
+    if (gamma) a.ig = n, src[n++] = gamma;
+    if (beta) a.ib = n, src[n++] = beta;
+    if (running_mean) a.irm = n, src[n++] = running_mean;
+    if (running_var) a.irv = n, src[n++] = running_var;
+    KL_TRY(kl_check_args(g, "batchnorm", n, src));
+    if (a.training && running_mean) {
+        KL_TRY(check_buffer(running_mean, "running_mean"));
+        KL_TRY(check_buffer(running_var, "running_var"));
+    }
+    for (int i = 0; i < n; i++) KL_TRY(kl_contiguous(g, src[i], &src[i]));
+    return kl_node_new(g, KL_OP_batchnorm, n, src, &a, sizeof a, out);
+}

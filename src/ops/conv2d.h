@@ -1,0 +1,73 @@
+/* 2-D convolution internals shared by the op definitions (conv2d.c) and the
+ * CPU kernels (conv2d_cpu.c).
+ *
+ * Layout: x [N, C, H, W], w [O, C/groups, KH, KW], y [N, O, OH, OW]. Per
+ * sample n and group g the convolution is one GEMM over the unfolded input
+ * (im2col) col [Kg = C/groups*KH*KW, P = OH*OW]:
+ *   forward      y_n[g]  = W[g] [Og, Kg] x col_n[g]            (+ bias, act)
+ *   bwd_data     dcol    = W[g]^T x dy_n[g];  dx_n = col2im(dcol)
+ *   bwd_filter   dW[g]   = sum_n dy_n[g] [Og, P] x col_n[g]^T   (+ db = sum dy)
+ * Samples are processed in parallel (one im2col buffer per worker slot, BLAS
+ * single-threaded inside); with one slot the GEMMs use BLAS's own threads. */
+#ifndef KL_OPS_CONV2D_H
+#define KL_OPS_CONV2D_H
+
+#include "core/graph.h"
+
+#define KL_CONV_MAX_SLOTS 16                       /* parallel workers with own scratch */
+#define KL_CONV_SCRATCH_BUDGET ((size_t)256 << 20) /* cap on im2col scratch */
+
+typedef struct kl_conv_attr {
+    int sh, sw, ph, pw, dh, dw; /* stride, padding, dilation */
+    int groups;
+    int act;      /* kl_act applied in the forward output pass (y-based ones only) */
+    int has_bias; /* bwd_filter: also writes db [O] as its extra output */
+    int nslots;   /* worker slots, each with its own im2col buffer in scratch */
+    int nchunks;  /* bwd_filter: fixed batch chunks, each with its own partial dW */
+    int64_t N, C, H, W, O, KH, KW, OH, OW; /* geometry (set by the shape fns) */
+} kl_conv_attr;
+
+/* Per-sample sizes derived from the attributes. */
+typedef struct kl_conv_geom {
+    int64_t Cg, Og, Kg, P, HW; /* channels per group, Kg = Cg*KH*KW, P = OH*OW */
+    int direct;                /* 1x1, stride 1, no padding: col_n is x_n itself */
+} kl_conv_geom;
+
+static inline kl_conv_geom kl_conv_geom_of(const kl_conv_attr *a)
+{
+    kl_conv_geom g;
+    g.Cg = a->C / a->groups;
+    g.Og = a->O / a->groups;
+    g.Kg = g.Cg * a->KH * a->KW;
+    g.P = a->OH * a->OW;
+    g.HW = a->H * a->W;
+    g.direct = a->KH == 1 && a->KW == 1 && a->sh == 1 && a->sw == 1 && a->ph == 0 && a->pw == 0;
+    return g;
+}
+
+static inline size_t kl_conv_round64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* Scratch bytes of a conv node (op: KL_OP_conv2d / _bwd_data / _bwd_filter);
+ * the kernels carve it the same way: nslots im2col buffers, then (bwd_filter)
+ * nchunks partial dW when nchunks > 1, then nchunks*O double bias sums. */
+static inline size_t kl_conv_scratch(const kl_conv_attr *a, int op, size_t dsize)
+{
+    kl_conv_geom g = kl_conv_geom_of(a);
+    size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * dsize), n = (size_t)a->nslots * colb;
+    if (op != KL_OP_conv2d_bwd_filter) return n;
+    if (a->nchunks > 1) n += (size_t)a->nchunks * kl_conv_round64((size_t)(a->O * g.Kg) * dsize);
+    if (a->has_bias) n += (size_t)a->nchunks * (size_t)a->O * sizeof(double);
+    return n;
+}
+
+/* Internal builder: conv2d with an activation fused into its output pass
+ * (KL_ACT_NONE, RELU, TANH or SIGMOID: those whose gradient needs only y). */
+kl_status kl_conv2d_act(kl_graph *g, kl_tensor *x, kl_tensor *w, kl_tensor *bias, const kl_conv2d_opts *opts,
+                        kl_act act, kl_tensor **out);
+
+/* CPU kernels (conv2d_cpu.c). */
+kl_status kl_conv2d_fwd_cpu(const kl_exec *ex, const kl_tensor *t);
+kl_status kl_conv2d_bwd_data_cpu(const kl_exec *ex, const kl_tensor *t);
+kl_status kl_conv2d_bwd_filter_cpu(const kl_exec *ex, const kl_tensor *t);
+
+#endif

@@ -1,0 +1,213 @@
+/* CPU kernels of conv2d, conv2d_bwd_data and conv2d_bwd_filter: im2col /
+ * col2im per sample and group plus one GEMM (see conv2d.h). Samples run in
+ * parallel, each worker with its own im2col buffer in the node's scratch and
+ * BLAS single-threaded; bwd_filter sums into fixed batch chunks (independent
+ * of the thread count) that are then added in order, so results do not depend
+ * on the number of threads. */
+#include "ops/conv2d.h"
+#include "ops/elem.h"
+#include "backends/cpu/cpu.h"
+
+#include <omp.h>
+
+/* Output positions o in [0, n) with 0 <= o*step + start < lim: [*lo, *hi). */
+static void valid_range(int64_t start, int64_t step, int64_t n, int64_t lim, int64_t *lo, int64_t *hi)
+{
+    int64_t l = start >= 0 ? 0 : (-start + step - 1) / step;
+    int64_t h = start >= lim ? 0 : (lim - 1 - start) / step + 1;
+    if (h > n) h = n;
+    if (l > h) l = h;
+    *lo = l;
+    *hi = h;
+}
+
+/* Worker count for a batch loop, and BLAS threads to match. */
+static int workers_begin(const kl_exec *ex, int nslots, int64_t N)
+{
+    int nt = ex->threads < nslots ? ex->threads : nslots;
+    if (nt > N) nt = (int)N;
+    if (nt < 1) nt = 1;
+    if (nt > 1) kl_blas_set_threads(1); /* the parallelism is across samples */
+    return nt;
+}
+
+static void workers_end(const kl_exec *ex, int nt)
+{
+    if (nt > 1) kl_blas_set_threads(ex->threads);
+}
+
+#define CONV_KERNELS(T)                                                                            \
+    /* col [Cg*KH*KW, P] from x_g [Cg, H, W] (zeros where the window is in the padding) */        \
+    static void im2col_##T(const kl_conv_attr *a, int64_t Cg, const T *x, T *col)                   \
+    {                                                                                              \
+        int64_t OW = a->OW, P = a->OH * a->OW;                                                     \
+        for (int64_t c = 0; c < Cg; c++)                                                           \
+            for (int64_t kh = 0; kh < a->KH; kh++) {                                               \
+                int64_t oh0, oh1;                                                                  \
+                valid_range(kh * a->dh - a->ph, a->sh, a->OH, a->H, &oh0, &oh1);                    \
+                for (int64_t kw = 0; kw < a->KW; kw++) {                                           \
+                    T *row = col + ((c * a->KH + kh) * a->KW + kw) * P;                             \
+                    int64_t iw0 = kw * a->dw - a->pw, ow0, ow1;                                    \
+                    valid_range(iw0, a->sw, OW, a->W, &ow0, &ow1);                                  \
+                    if (oh0 > 0) memset(row, 0, (size_t)(oh0 * OW) * sizeof(T));                   \
+                    for (int64_t oh = oh0; oh < oh1; oh++) {                                       \
+                        T *r = row + oh * OW;                                                      \
+                        const T *xr = x + (c * a->H + oh * a->sh + kh * a->dh - a->ph) * a->W + iw0; \
+                        for (int64_t ow = 0; ow < ow0; ow++) r[ow] = 0;                            \
+                        if (a->sw == 1)                                                            \
+                            memcpy(r + ow0, xr + ow0, (size_t)(ow1 - ow0) * sizeof(T));             \
+                        else                                                                       \
+                            for (int64_t ow = ow0; ow < ow1; ow++) r[ow] = xr[ow * a->sw];         \
+                        for (int64_t ow = ow1; ow < OW; ow++) r[ow] = 0;                           \
+                    }                                                                              \
+                    if (oh1 < a->OH) memset(row + oh1 * OW, 0, (size_t)((a->OH - oh1) * OW) * sizeof(T)); \
+                }                                                                                  \
+            }                                                                                      \
+    }                                                                                              \
+    /* dx_g [Cg, H, W] = col2im(col): written (zeroed first), overlaps summed */                   \
+    static void col2im_##T(const kl_conv_attr *a, int64_t Cg, const T *col, T *dx)                  \
+    {                                                                                              \
+        int64_t OW = a->OW, P = a->OH * a->OW;                                                     \
+        memset(dx, 0, (size_t)(Cg * a->H * a->W) * sizeof(T));                                      \
+        for (int64_t c = 0; c < Cg; c++)                                                           \
+            for (int64_t kh = 0; kh < a->KH; kh++) {                                               \
+                int64_t oh0, oh1;                                                                  \
+                valid_range(kh * a->dh - a->ph, a->sh, a->OH, a->H, &oh0, &oh1);                    \
+                for (int64_t kw = 0; kw < a->KW; kw++) {                                           \
+                    const T *row = col + ((c * a->KH + kh) * a->KW + kw) * P;                       \
+                    int64_t iw0 = kw * a->dw - a->pw, ow0, ow1;                                    \
+                    valid_range(iw0, a->sw, OW, a->W, &ow0, &ow1);                                  \
+                    for (int64_t oh = oh0; oh < oh1; oh++) {                                       \
+                        const T *r = row + oh * OW;                                                \
+                        T *xr = dx + (c * a->H + oh * a->sh + kh * a->dh - a->ph) * a->W + iw0;     \
+                        if (a->sw == 1)                                                            \
+                            for (int64_t ow = ow0; ow < ow1; ow++) xr[ow] += r[ow];                \
+                        else                                                                       \
+                            for (int64_t ow = ow0; ow < ow1; ow++) xr[ow * a->sw] += r[ow];        \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+    }                                                                                              \
+    static void conv_fwd_##T(const kl_exec *ex, const kl_conv_attr *a, const T *x, const T *w,      \
+                             const T *bias, T *y, unsigned char *scratch)                          \
+    {                                                                                              \
+        kl_conv_geom g = kl_conv_geom_of(a);                                                       \
+        size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));                                   \
+        int kind = a->act == KL_ACT_RELU ? KL_UN_RELU : a->act == KL_ACT_TANH ? KL_UN_TANH : KL_UN_SIGMOID; \
+        int nt = workers_begin(ex, a->nslots, a->N);                                               \
+        _Pragma("omp parallel for num_threads(nt) schedule(static)")                               \
+        for (int64_t n = 0; n < a->N; n++) {                                                       \
+            T *col = (T *)(void *)(scratch + (size_t)omp_get_thread_num() * colb);                 \
+            for (int gi = 0; gi < a->groups; gi++) {                                               \
+                const T *xg = x + (n * a->C + gi * g.Cg) * g.HW;                                   \
+                if (!g.direct) im2col_##T(a, g.Cg, xg, col);                                       \
+                kl_gemm_##T(false, false, g.Og, g.P, g.Kg, 1, w + gi * g.Og * g.Kg, g.Kg,          \
+                            g.direct ? xg : col, g.P, 0, y + (n * a->O + gi * g.Og) * g.P, g.P);    \
+            }                                                                                      \
+            if (!bias && a->act == KL_ACT_NONE) continue;                                          \
+            for (int64_t o = 0; o < a->O; o++) { /* output pass while y_n is in cache */           \
+                T *yr = y + (n * a->O + o) * g.P, b = bias ? bias[o] : 0;                          \
+                if (a->act == KL_ACT_NONE)                                                         \
+                    for (int64_t p = 0; p < g.P; p++) yr[p] += b;                                  \
+                else if (a->act == KL_ACT_RELU)                                                    \
+                    for (int64_t p = 0; p < g.P; p++) yr[p] = yr[p] + b > 0 ? yr[p] + b : 0;       \
+                else                                                                               \
+                    for (int64_t p = 0; p < g.P; p++) yr[p] = kl_unary_##T(kind, yr[p] + b, 0);    \
+            }                                                                                      \
+        }                                                                                          \
+        workers_end(ex, nt);                                                                       \
+    }                                                                                              \
+    static void conv_bwd_data_##T(const kl_exec *ex, const kl_conv_attr *a, const T *dy, const T *w, \
+                                  T *dx, unsigned char *scratch)                                   \
+    {                                                                                              \
+        kl_conv_geom g = kl_conv_geom_of(a);                                                       \
+        size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));                                   \
+        int nt = workers_begin(ex, a->nslots, a->N);                                               \
+        _Pragma("omp parallel for num_threads(nt) schedule(static)")                               \
+        for (int64_t n = 0; n < a->N; n++) {                                                       \
+            T *col = (T *)(void *)(scratch + (size_t)omp_get_thread_num() * colb);                 \
+            for (int gi = 0; gi < a->groups; gi++) {                                               \
+                const T *dyg = dy + (n * a->O + gi * g.Og) * g.P, *wg = w + gi * g.Og * g.Kg;      \
+                T *dxg = dx + (n * a->C + gi * g.Cg) * g.HW;                                       \
+                kl_gemm_##T(true, false, g.Kg, g.P, g.Og, 1, wg, g.Kg, dyg, g.P, 0, g.direct ? dxg : col, g.P); \
+                if (!g.direct) col2im_##T(a, g.Cg, col, dxg);                                      \
+            }                                                                                      \
+        }                                                                                          \
+        workers_end(ex, nt);                                                                       \
+    }                                                                                              \
+    static void conv_bwd_filter_##T(const kl_exec *ex, const kl_conv_attr *a, const T *dy, const T *x, \
+                                    T *dw, T *db, unsigned char *scratch)                          \
+    {                                                                                              \
+        kl_conv_geom g = kl_conv_geom_of(a);                                                       \
+        int64_t nw = a->O * g.Kg, nch = a->nchunks;                                                \
+        size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));                    \
+        size_t partb = kl_conv_round64((size_t)nw * sizeof(T));                                            \
+        unsigned char *parts = scratch + (size_t)a->nslots * colb;                                 \
+        double *bsum = (double *)(void *)(parts + (nch > 1 ? (size_t)nch * partb : 0));            \
+        int nt = workers_begin(ex, a->nslots, nch);                                                \
+        _Pragma("omp parallel for num_threads(nt) schedule(static)")                               \
+        for (int64_t c = 0; c < nch; c++) {                                                        \
+            T *col = (T *)(void *)(scratch + (size_t)omp_get_thread_num() * colb);                 \
+            T *pw = nch > 1 ? (T *)(void *)(parts + (size_t)c * partb) : dw;                       \
+            double *pb = bsum + c * a->O;                                                          \
+            int64_t n0 = c * a->N / nch, n1 = (c + 1) * a->N / nch;                                \
+            for (int64_t n = n0; n < n1; n++) {                                                    \
+                for (int gi = 0; gi < a->groups; gi++) {                                           \
+                    const T *xg = x + (n * a->C + gi * g.Cg) * g.HW;                               \
+                    if (!g.direct) im2col_##T(a, g.Cg, xg, col);                                   \
+                    kl_gemm_##T(false, true, g.Og, g.Kg, g.P, 1, dy + (n * a->O + gi * g.Og) * g.P, g.P, \
+                                g.direct ? xg : col, g.P, n == n0 ? 0 : 1, pw + gi * g.Og * g.Kg, g.Kg); \
+                }                                                                                  \
+                for (int64_t o = 0; db && o < a->O; o++) {                                         \
+                    const T *r = dy + (n * a->O + o) * g.P;                                        \
+                    T s = 0; /* per row in T (vectorises), across rows in double */                \
+                    for (int64_t p = 0; p < g.P; p++) s += r[p];                                   \
+                    pb[o] = (n == n0 ? 0 : pb[o]) + (double)s;                                     \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        workers_end(ex, nt);                                                                       \
+        if (nch > 1) {                                                                             \
+            _Pragma("omp parallel for schedule(static) if (nw * nch > KL_PAR_MIN)")                 \
+            for (int64_t i = 0; i < nw; i++) {                                                     \
+                T s = 0;                                                                           \
+                for (int64_t c = 0; c < nch; c++) s += ((const T *)(const void *)(parts + (size_t)c * partb))[i]; \
+                dw[i] = s;                                                                         \
+            }                                                                                      \
+        }                                                                                          \
+        for (int64_t o = 0; db && o < a->O; o++) {                                                 \
+            double s = 0;                                                                          \
+            for (int64_t c = 0; c < nch; c++) s += bsum[c * a->O + o];                             \
+            db[o] = (T)s;                                                                          \
+        }                                                                                          \
+    }
+KL_FOR_REAL(CONV_KERNELS)
+
+kl_status kl_conv2d_fwd_cpu(const kl_exec *ex, const kl_tensor *t)
+{
+    const kl_conv_attr *a = KL_ATTR_C(t, kl_conv_attr);
+    const void *x = kl_data(ex, t->src[0]), *w = kl_data(ex, t->src[1]);
+    const void *b = t->n_src > 2 ? kl_data(ex, t->src[2]) : NULL;
+    if (t->dtype == KL_F32) conv_fwd_float(ex, a, x, w, b, kl_data(ex, t), kl_scratch(ex, t));
+    else conv_fwd_double(ex, a, x, w, b, kl_data(ex, t), kl_scratch(ex, t));
+    return KL_OK;
+}
+
+kl_status kl_conv2d_bwd_data_cpu(const kl_exec *ex, const kl_tensor *t)
+{
+    const kl_conv_attr *a = KL_ATTR_C(t, kl_conv_attr);
+    const void *dy = kl_data(ex, t->src[0]), *w = kl_data(ex, t->src[1]);
+    if (t->dtype == KL_F32) conv_bwd_data_float(ex, a, dy, w, kl_data(ex, t), kl_scratch(ex, t));
+    else conv_bwd_data_double(ex, a, dy, w, kl_data(ex, t), kl_scratch(ex, t));
+    return KL_OK;
+}
+
+kl_status kl_conv2d_bwd_filter_cpu(const kl_exec *ex, const kl_tensor *t)
+{
+    const kl_conv_attr *a = KL_ATTR_C(t, kl_conv_attr);
+    const void *dy = kl_data(ex, t->src[0]), *x = kl_data(ex, t->src[1]);
+    void *db = a->has_bias ? kl_data(ex, t->extra[0]) : NULL;
+    if (t->dtype == KL_F32) conv_bwd_filter_float(ex, a, dy, x, kl_data(ex, t), db, kl_scratch(ex, t));
+    else conv_bwd_filter_double(ex, a, dy, x, kl_data(ex, t), db, kl_scratch(ex, t));
+    return KL_OK;
+}

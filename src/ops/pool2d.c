@@ -1,0 +1,269 @@
+/* 2-D max and average pooling (NCHW, floor mode as PyTorch) and their
+ * gradient op, plus global average pooling (a mean over H and W).
+ *   max:  y = max over the window (padding ignored); the forward saves the
+ *         argmax's position within the window in aux (u8 when the window has
+ *         <= 255 elements, else i32), so backward scatters dy without
+ *         recomputing: dx[argmax] += dy.
+ *   avg:  y = sum over the window / (KH*KW) (padding counts as zeros, like
+ *         PyTorch's count_include_pad=True); dx += dy / (KH*KW) over the window.
+ * pool2d_bwd: src {dy, forward node} (max: reads the forward node's aux) or
+ * {dy} (avg). Planes (n, c) run in parallel; each is written by one thread. */
+#include "ops/ops.h"
+#include "backends/cpu/cpu.h"
+
+#include <limits.h>
+#include <math.h>
+
+enum { POOL_MAX = 0, POOL_AVG = 1 };
+
+typedef struct {
+    int kind;
+    int kh, kw, sh, sw, ph, pw;
+    int idx32; /* max: argmax saved as int32 (window > 255 elements) */
+    int64_t N, C, H, W, OH, OW;
+} pool_attr;
+
+static const char *pool_name(const pool_attr *a) { return a->kind == POOL_MAX ? "maxpool2d" : "avgpool2d"; }
+
+static kl_status pool2d_shape(kl_tensor *t)
+{
+    pool_attr *a = KL_ATTR(t, pool_attr);
+    const kl_tensor *x = t->src[0];
+    const char *nm = pool_name(a);
+    if (x->dtype != KL_F32 && x->dtype != KL_F64)
+        return kl_fail(KL_EINVAL, "%s: expected f32 or f64 input, got %s", nm, kl_desc(x));
+    if (x->ndim != 4) return kl_fail(KL_EINVAL, "%s: input must be 4-D [N, C, H, W], got %s", nm, kl_desc(x));
+    if (a->kh < 1 || a->kw < 1 || a->sh < 1 || a->sw < 1 || a->ph < 0 || a->pw < 0)
+        return kl_fail(KL_EINVAL, "%s: kernel %dx%d and stride %dx%d must be >= 1 and padding %dx%d >= 0", nm, a->kh,
+                       a->kw, a->sh, a->sw, a->ph, a->pw);
+    if (a->ph > a->kh / 2 || a->pw > a->kw / 2)
+        return kl_fail(KL_EINVAL, "%s: padding %dx%d must be at most half the kernel %dx%d", nm, a->ph, a->pw, a->kh,
+                       a->kw);
+    int64_t H = x->ne[2], W = x->ne[3];
+    int64_t nh = H + 2 * (int64_t)a->ph - a->kh, nw = W + 2 * (int64_t)a->pw - a->kw;
+    int64_t OH = nh >= 0 ? nh / a->sh + 1 : 0, OW = nw >= 0 ? nw / a->sw + 1 : 0;
+    if (OH <= 0 || OW <= 0)
+        return kl_fail(KL_EINVAL, "%s: output size <= 0: input %s (HxW %lldx%lld) is smaller than kernel %dx%d with padding %dx%d",
+                       nm, kl_desc(x), (long long)H, (long long)W, a->kh, a->kw, a->ph, a->pw);
+    a->N = x->ne[0], a->C = x->ne[1], a->H = H, a->W = W, a->OH = OH, a->OW = OW;
+    a->idx32 = (int64_t)a->kh * a->kw > 255;
+    t->dtype = x->dtype;
+    t->ndim = 4;
+    int64_t ne[4] = {a->N, a->C, OH, OW};
+    memcpy(t->ne, ne, sizeof ne);
+    if (a->kind == POOL_MAX) t->aux_bytes = (size_t)(a->N * a->C * OH * OW) * (a->idx32 ? 4 : 1);
+    return KL_OK;
+}
+
+static kl_status pool2d_bwd_shape(kl_tensor *t)
+{
+    const pool_attr *a = KL_ATTR(t, pool_attr);
+    const kl_tensor *dy = t->src[0];
+    if (dy->ndim != 4 || dy->ne[0] != a->N || dy->ne[1] != a->C || dy->ne[2] != a->OH || dy->ne[3] != a->OW ||
+        !kl_is_contiguous(dy))
+        return kl_fail(KL_EINTERNAL, "pool2d_bwd: dy %s does not match [%lld,%lld,%lld,%lld]", kl_desc(dy),
+                       (long long)a->N, (long long)a->C, (long long)a->OH, (long long)a->OW);
+    int64_t ne[4] = {a->N, a->C, a->H, a->W};
+    t->dtype = dy->dtype;
+    t->ndim = 4;
+    memcpy(t->ne, ne, sizeof ne);
+    return KL_OK;
+}
+
+/* Window rows (or cols) k in [*k0, *k1) of output o that lie inside [0, n). */
+static inline void win(int64_t o, int s, int p, int k, int64_t n, int64_t *k0, int64_t *k1)
+{
+    int64_t start = o * s - p;
+    *k0 = start < 0 ? -start : 0;
+    *k1 = start + k > n ? n - start : k;
+}
+
+#define POOL_KERNELS(T)                                                                            \
+    static void maxpool_##T(const pool_attr *a, const T *x, T *y, void *idx)                       \
+    {                                                                                              \
+        int64_t planes = a->N * a->C, H = a->H, W = a->W, OH = a->OH, OW = a->OW;                  \
+        bool fast = a->kh == 2 && a->kw == 2 && a->sh == 2 && a->sw == 2 && a->ph == 0 && a->pw == 0; \
+        _Pragma("omp parallel for schedule(static) if (planes * H * W > KL_PAR_MIN)")              \
+        for (int64_t pl = 0; pl < planes; pl++) {                                                  \
+            const T *xp = x + pl * H * W;                                                          \
+            T *yp = y + pl * OH * OW;                                                              \
+            uint8_t *i8 = (uint8_t *)idx + pl * OH * OW;                                           \
+            int32_t *i32 = (int32_t *)idx + pl * OH * OW;                                          \
+            for (int64_t oh = 0; oh < OH; oh++) {                                                  \
+                if (fast) { /* 2x2 stride 2: the common CNN case */                                \
+                    const T *r0 = xp + 2 * oh * W, *r1 = r0 + W;                                   \
+                    for (int64_t ow = 0; ow < OW; ow++) {                                          \
+                        T v0 = r0[2 * ow], v1 = r0[2 * ow + 1], v2 = r1[2 * ow], v3 = r1[2 * ow + 1]; \
+                        T m = v0;                                                                  \
+                        int k = 0;                                                                 \
+                        if (v1 > m || isnan(v1)) m = v1, k = 1;                                    \
+                        if (v2 > m || isnan(v2)) m = v2, k = 2;                                    \
+                        if (v3 > m || isnan(v3)) m = v3, k = 3;                                    \
+                        if (isnan(v0)) m = v0, k = 0;                                              \
+                        yp[oh * OW + ow] = m;                                                      \
+                        i8[oh * OW + ow] = (uint8_t)k;                                             \
+                    }                                                                              \
+                    continue;                                                                      \
+                }                                                                                  \
+                int64_t h0, h1;                                                                    \
+                win(oh, a->sh, a->ph, a->kh, H, &h0, &h1);                                         \
+                for (int64_t ow = 0; ow < OW; ow++) {                                              \
+                    int64_t w0, w1, bk = -1;                                                       \
+                    win(ow, a->sw, a->pw, a->kw, W, &w0, &w1);                                     \
+                    const T *xw = xp + (oh * a->sh - a->ph) * W + ow * a->sw - a->pw;              \
+                    T m = 0;                                                                       \
+                    for (int64_t i = h0; i < h1; i++)                                              \
+                        for (int64_t j = w0; j < w1; j++) {                                        \
+                            T v = xw[i * W + j];                                                   \
+                            if (bk < 0 || v > m || (isnan(v) && !isnan(m))) m = v, bk = i * a->kw + j; \
+                        }                                                                          \
+                    yp[oh * OW + ow] = m;                                                          \
+                    if (a->idx32) i32[oh * OW + ow] = (int32_t)bk;                                 \
+                    else i8[oh * OW + ow] = (uint8_t)bk;                                           \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    static void avgpool_##T(const pool_attr *a, const T *x, T *y)                                  \
+    {                                                                                              \
+        int64_t planes = a->N * a->C, H = a->H, W = a->W, OH = a->OH, OW = a->OW;                  \
+        T inv = (T)1 / (T)((int64_t)a->kh * a->kw);                                                \
+        _Pragma("omp parallel for schedule(static) if (planes * H * W > KL_PAR_MIN)")              \
+        for (int64_t pl = 0; pl < planes; pl++) {                                                  \
+            const T *xp = x + pl * H * W;                                                          \
+            T *yp = y + pl * OH * OW;                                                              \
+            for (int64_t oh = 0; oh < OH; oh++) {                                                  \
+                int64_t h0, h1;                                                                    \
+                win(oh, a->sh, a->ph, a->kh, H, &h0, &h1);                                         \
+                for (int64_t ow = 0; ow < OW; ow++) {                                              \
+                    int64_t w0, w1;                                                                \
+                    win(ow, a->sw, a->pw, a->kw, W, &w0, &w1);                                     \
+                    const T *xw = xp + (oh * a->sh - a->ph) * W + ow * a->sw - a->pw;              \
+                    T s = 0;                                                                       \
+                    for (int64_t i = h0; i < h1; i++)                                              \
+                        for (int64_t j = w0; j < w1; j++) s += xw[i * W + j];                      \
+                    yp[oh * OW + ow] = s * inv;                                                    \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    static void pool_bwd_##T(const pool_attr *a, const T *dy, const void *idx, T *dx)              \
+    {                                                                                              \
+        int64_t planes = a->N * a->C, H = a->H, W = a->W, OH = a->OH, OW = a->OW;                  \
+        bool fast = a->kind == POOL_MAX && a->kh == 2 && a->kw == 2 && a->sh == 2 && a->sw == 2 &&  \
+                    a->ph == 0 && a->pw == 0;                                                      \
+        T inv = (T)1 / (T)((int64_t)a->kh * a->kw);                                                \
+        _Pragma("omp parallel for schedule(static) if (planes * H * W > KL_PAR_MIN)")              \
+        for (int64_t pl = 0; pl < planes; pl++) {                                                  \
+            const T *gp = dy + pl * OH * OW;                                                       \
+            T *xp = dx + pl * H * W;                                                               \
+            const uint8_t *i8 = (const uint8_t *)idx + pl * OH * OW;                               \
+            const int32_t *i32 = (const int32_t *)idx + pl * OH * OW;                              \
+            if (fast) { /* windows tile the plane: write every element once, no zero-fill */       \
+                for (int64_t oh = 0; oh < OH; oh++) {                                              \
+                    T *r0 = xp + 2 * oh * W, *r1 = r0 + W;                                         \
+                    for (int64_t ow = 0; ow < OW; ow++) {                                          \
+                        T gv = gp[oh * OW + ow];                                                   \
+                        int k = i8[oh * OW + ow];                                                  \
+                        r0[2 * ow] = k == 0 ? gv : 0;                                              \
+                        r0[2 * ow + 1] = k == 1 ? gv : 0;                                          \
+                        r1[2 * ow] = k == 2 ? gv : 0;                                              \
+                        r1[2 * ow + 1] = k == 3 ? gv : 0;                                          \
+                    }                                                                              \
+                    for (int64_t w = 2 * OW; w < W; w++) r0[w] = r1[w] = 0;                        \
+                }                                                                                  \
+                if (2 * OH < H) memset(xp + 2 * OH * W, 0, (size_t)((H - 2 * OH) * W) * sizeof(T)); \
+                continue;                                                                          \
+            }                                                                                      \
+            memset(xp, 0, (size_t)(H * W) * sizeof(T));                                            \
+            for (int64_t oh = 0; oh < OH; oh++) {                                                  \
+                int64_t h0, h1;                                                                    \
+                win(oh, a->sh, a->ph, a->kh, H, &h0, &h1);                                         \
+                for (int64_t ow = 0; ow < OW; ow++) {                                              \
+                    T *xw = xp + (oh * a->sh - a->ph) * W + ow * a->sw - a->pw;                    \
+                    T gv = gp[oh * OW + ow];                                                       \
+                    if (a->kind == POOL_MAX) {                                                     \
+                        int64_t k = a->idx32 ? i32[oh * OW + ow] : i8[oh * OW + ow];               \
+                        xw[(k / a->kw) * W + k % a->kw] += gv;                                     \
+                        continue;                                                                  \
+                    }                                                                              \
+                    int64_t w0, w1;                                                                \
+                    win(ow, a->sw, a->pw, a->kw, W, &w0, &w1);                                     \
+                    for (int64_t i = h0; i < h1; i++)                                              \
+                        for (int64_t j = w0; j < w1; j++) xw[i * W + j] += gv * inv;               \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }
+KL_FOR_REAL(POOL_KERNELS)
+
+static kl_status pool2d_cpu(const kl_exec *ex, const kl_tensor *t)
+{
+    const pool_attr *a = KL_ATTR_C(t, pool_attr);
+    const void *x = kl_data(ex, t->src[0]);
+    bool f32 = t->dtype == KL_F32;
+    if (a->kind == POOL_MAX) {
+        if (f32) maxpool_float(a, x, kl_data(ex, t), kl_aux(ex, t));
+        else maxpool_double(a, x, kl_data(ex, t), kl_aux(ex, t));
+    } else {
+        if (f32) avgpool_float(a, x, kl_data(ex, t));
+        else avgpool_double(a, x, kl_data(ex, t));
+    }
+    return KL_OK;
+}
+
+static kl_status pool2d_bwd_cpu(const kl_exec *ex, const kl_tensor *t)
+{
+    const pool_attr *a = KL_ATTR_C(t, pool_attr);
+    const void *idx = a->kind == POOL_MAX ? kl_aux(ex, t->src[1]) : NULL;
+    if (t->dtype == KL_F32) pool_bwd_float(a, kl_data(ex, t->src[0]), idx, kl_data(ex, t));
+    else pool_bwd_double(a, kl_data(ex, t->src[0]), idx, kl_data(ex, t));
+    return KL_OK;
+}
+
+static kl_status pool2d_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
+{
+    const pool_attr *a = KL_ATTR(t, pool_attr);
+    kl_tensor *src[2] = {dy, t}, *dx;
+    KL_TRY(kl_contiguous(g, dy, &src[0]));
+    KL_TRY(kl_node_new(g, KL_OP_pool2d_bwd, a->kind == POOL_MAX ? 2 : 1, src, a, sizeof *a, &dx));
+    return kl_grad_acc(g, t->src[0], dx);
+}
+
+const kl_op_def kl_op_pool2d = {
+    .name = "pool2d", .shape = pool2d_shape, .backward = pool2d_backward, .fwd = {[KL_BACKEND_CPU] = pool2d_cpu}};
+const kl_op_def kl_op_pool2d_bwd = {.name = "pool2d_bwd", .shape = pool2d_bwd_shape, .fwd = {[KL_BACKEND_CPU] = pool2d_bwd_cpu}};
+
+static kl_status pool_pub(kl_graph *g, kl_tensor *x, const kl_pool2d_opts *o, int kind, kl_tensor **out)
+{
+    const char *nm = kind == POOL_MAX ? "maxpool2d" : "avgpool2d";
+    if (!out) return kl_fail(KL_EMISUSE, "%s: out is NULL", nm);
+    *out = NULL;
+    KL_TRY(kl_check_args(g, nm, 1, &x));
+    if (!o) return kl_fail(KL_EMISUSE, "%s: opts is NULL (the kernel size is required)", nm);
+    pool_attr a = {.kind = kind, .kh = o->kernel[0], .kw = o->kernel[1], .sh = o->stride[0] ? o->stride[0] : o->kernel[0],
+                   .sw = o->stride[1] ? o->stride[1] : o->kernel[1], .ph = o->padding[0], .pw = o->padding[1]};
+    KL_TRY(kl_contiguous(g, x, &x));
+    return kl_node_new(g, KL_OP_pool2d, 1, &x, &a, sizeof a, out);
+}
+
+kl_status kl_maxpool2d(kl_graph *g, kl_tensor *x, const kl_pool2d_opts *opts, kl_tensor **out)
+{
+    return pool_pub(g, x, opts, POOL_MAX, out);
+}
+
+kl_status kl_avgpool2d(kl_graph *g, kl_tensor *x, const kl_pool2d_opts *opts, kl_tensor **out)
+{
+    return pool_pub(g, x, opts, POOL_AVG, out);
+}
+
+kl_status kl_global_avgpool(kl_graph *g, kl_tensor *x, kl_tensor **out)
+{
+    if (!out) return kl_fail(KL_EMISUSE, "global_avgpool: out is NULL");
+    *out = NULL;
+    KL_TRY(kl_check_args(g, "global_avgpool", 1, &x));
+    if (x->ndim != 4 || (x->dtype != KL_F32 && x->dtype != KL_F64))
+        return kl_fail(KL_EINVAL, "global_avgpool: input must be 4-D [N, C, H, W] f32 or f64, got %s", kl_desc(x));
+    int axes[2] = {2, 3};
+    return kl_mean(g, x, 2, axes, 0, out);
+}
