@@ -3,7 +3,7 @@
 # Idempotent: packages already present are skipped by apt.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config clang
-      libopenblas-pthread-dev libopenblas0-pthread
+      libopenblas-openmp-dev libopenblas0-pthread
       libyaml-dev libjansson-dev zlib1g-dev libpng-dev
       dataset-fashion-mnist)
 [ "${KILN_BENCH:-0}" = 1 ] && pkgs+=(python3-torch)

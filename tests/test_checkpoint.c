@@ -440,6 +440,17 @@ static void write_text(const char *path, const char *text)
     CHECK_OK(kl_write_file_atomic(path, c, &n, 1));
 }
 
+static int latest_is(const char *root, const char *tag)
+{
+    char p[600], want[64];
+    snprintf(p, sizeof p, "%s/latest", root);
+    snprintf(want, sizeof want, "%s\n", tag);
+    char *t = slurp(p);
+    int ok = t && !strcmp(t, want);
+    kl_free(t);
+    return ok;
+}
+
 static void test_crash_and_resolve(void)
 {
     net a, m;
@@ -515,19 +526,13 @@ static void test_crash_and_resolve(void)
               "checkpoint tag '../x': must be a plain file name");
     CHECK_ERR(kl_checkpoint_save(in_dir("cs"), "latest", a.ctx, a.opt, &g_st, NULL, NULL, 0), KL_EINVAL, "'latest'");
     CHECK_ERR(kl_checkpoint_save(in_dir("cs"), ".h", a.ctx, a.opt, &g_st, NULL, NULL, 0), KL_EINVAL, "'.h'");
+    kl_train_state bad = g_st;
+    strcpy(bad.optim_kind, "sgd");
+    CHECK_ERR(kl_checkpoint_save(in_dir("cs"), "x", a.ctx, a.opt, &bad, NULL, NULL, 0), KL_EINVAL,
+              "train state says optimizer 'sgd' but the optimizer keeps adam state");
+    CHECK(!exists(in_dir("cs/x")) && !exists(in_dir("cs/.x.tmp")) && latest_is(in_dir("cs"), "step-2"));
     net_free(&a);
     net_free(&m);
-}
-
-static int latest_is(const char *root, const char *tag)
-{
-    char p[600], want[64];
-    snprintf(p, sizeof p, "%s/latest", root);
-    snprintf(want, sizeof want, "%s\n", tag);
-    char *t = slurp(p);
-    int ok = t && !strcmp(t, want);
-    kl_free(t);
-    return ok;
 }
 
 /* Fail the k-th allocation of a save (and of a load), k = 1, 2, ...: every

@@ -97,7 +97,7 @@ static void fill_rand(float *v, int64_t n)
     for (int64_t i = 0; i < n; i++) v[i] = frand();
 }
 
-typedef struct { int64_t N, C, H, W, O, KH, KW; kl_conv2d_opts o; int act, x_param; } ref_case;
+typedef struct { int64_t N, C, H, W, O, KH, KW; kl_conv2d_opts o; int act, x_param, w_fixed; } ref_case;
 
 /* |got - want| <= tol * scale per element (scale: sum of |terms|); counts failures. */
 static int close_all(const char *what, const float *got, const double *want, const double *scale, int64_t n, double tol)
@@ -173,7 +173,7 @@ static void ref_check(const char *name, const ref_case *rc, int threads, float *
     CHECK_OK(kl_ctx_new(&co, &ctx));
     CHECK_OK(kl_graph_new(ctx, &g));
     CHECK_OK(rc->x_param ? kl_param(g, "x", KL_F32, 4, xd, NULL, &tx) : kl_input(g, "x", KL_F32, 4, xd, &tx));
-    CHECK_OK(kl_param(g, "w", KL_F32, 4, wd, NULL, &tw));
+    CHECK_OK(rc->w_fixed ? kl_buffer(g, "w", KL_F32, 4, wd, NULL, &tw) : kl_param(g, "w", KL_F32, 4, wd, NULL, &tw));
     CHECK_OK(kl_param(g, "b", KL_F32, 1, &O, NULL, &tb));
     CHECK_OK(kl_input(g, "R", KL_F32, 4, yd, &tr));
     CHECK_OK(kl_conv2d_act(g, tx, tw, tb, &rc->o, (kl_act)rc->act, &ty));
@@ -189,9 +189,10 @@ static void ref_check(const char *name, const ref_case *rc, int threads, float *
     CHECK_OK(kl_graph_run(g));
     CHECK_OK(kl_graph_run(g)); /* a second run must give the same (written, not accumulated) gradients */
     CHECK_OK(kl_tensor_get(ty, y, ny * 4));
-    CHECK_OK(kl_ctx_grad_get(ctx, iw, gw, nw * 4));
+    if (rc->w_fixed) memcpy(gw, w, nw * 4); /* not trained: no gradient */
+    else CHECK_OK(kl_ctx_grad_get(ctx, iw, gw, nw * 4));
     CHECK_OK(kl_ctx_grad_get(ctx, ib, gb, O * 4));
-    int bad = close_all("y", y, ry, sy, ny, 1e-5) + close_all("dW", gw, rw, sw, nw, 1e-5) +
+    int bad = close_all("y", y, ry, sy, ny, 1e-5) + (rc->w_fixed ? 0 : close_all("dW", gw, rw, sw, nw, 1e-5)) +
               close_all("db", gb, rb, sb, O, 1e-5);
     if (rc->x_param) {
         CHECK_OK(kl_ctx_grad_get(ctx, ix, gx, nx * 4));
@@ -209,14 +210,16 @@ static void ref_check(const char *name, const ref_case *rc, int threads, float *
 static void value_checks(void)
 {
     static const struct { const char *name; ref_case c; } rc[] = {
-        {"ref_3x3_pad1_n19", {19, 4, 9, 8, 6, 3, 3, CONV(1, 1, 1, 1, 1, 1, 1), 0, 1}},
-        {"ref_input_no_dx", {18, 1, 12, 11, 8, 3, 3, CONV(1, 1, 1, 1, 1, 1, 1), 0, 0}},
-        {"ref_mixed_groups2", {3, 4, 11, 10, 6, 3, 2, CONV(2, 1, 2, 0, 2, 1, 2), 0, 1}},
-        {"ref_depthwise", {4, 6, 7, 7, 12, 3, 3, CONV(1, 1, 1, 1, 1, 1, 6), 0, 1}},
-        {"ref_1x1_direct", {17, 8, 6, 5, 8, 1, 1, CONV(1, 1, 0, 0, 1, 1, 1), 0, 1}},
-        {"ref_1x1_stride2", {5, 3, 7, 6, 4, 1, 1, CONV(2, 2, 0, 0, 1, 1, 1), 0, 1}},
-        {"ref_relu_fused", {20, 3, 8, 8, 5, 3, 3, CONV(1, 1, 1, 1, 1, 1, 1), KL_ACT_RELU, 1}},
-        {"ref_5x5_stride3", {2, 3, 13, 12, 4, 5, 5, CONV(3, 3, 2, 1, 1, 1, 1), 0, 1}},
+        {"ref_3x3_pad1_n19", {19, 4, 9, 8, 6, 3, 3, CONV(1, 1, 1, 1, 1, 1, 1), 0, 1, 0}},
+        {"ref_input_no_dx", {18, 1, 12, 11, 8, 3, 3, CONV(1, 1, 1, 1, 1, 1, 1), 0, 0, 0}},
+        {"ref_mixed_groups2", {3, 4, 11, 10, 6, 3, 2, CONV(2, 1, 2, 0, 2, 1, 2), 0, 1, 0}},
+        {"ref_depthwise", {4, 6, 7, 7, 12, 3, 3, CONV(1, 1, 1, 1, 1, 1, 6), 0, 1, 0}},
+        {"ref_1x1_direct", {17, 8, 6, 5, 8, 1, 1, CONV(1, 1, 0, 0, 1, 1, 1), 0, 1, 0}},
+        {"ref_1x1_stride2", {5, 3, 7, 6, 4, 1, 1, CONV(2, 2, 0, 0, 1, 1, 1), 0, 1, 0}},
+        {"ref_relu_fused", {20, 3, 8, 8, 5, 3, 3, CONV(1, 1, 1, 1, 1, 1, 1), KL_ACT_RELU, 1, 0}},
+        {"ref_relu_fixed_w", {6, 3, 7, 9, 4, 3, 3, CONV(1, 1, 1, 1, 1, 1, 1), KL_ACT_RELU, 1, 1}},
+        {"ref_fixed_w", {3, 2, 5, 6, 4, 3, 3, CONV(2, 1, 0, 1, 1, 1, 1), 0, 1, 1}},
+        {"ref_5x5_stride3", {2, 3, 13, 12, 4, 5, 5, CONV(3, 3, 2, 1, 1, 1, 1), 0, 1, 0}},
     };
     for (size_t i = 0; i < sizeof rc / sizeof rc[0]; i++) ref_check(rc[i].name, &rc[i].c, 2, NULL);
     /* dW must not depend on the thread count (fixed batch chunks) */

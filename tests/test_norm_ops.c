@@ -271,6 +271,8 @@ static void test_errors(void)
     CHECK_ERR(kl_batchnorm(g, x4, NULL, NULL, g3, rv, &tr, &y), KL_EINVAL,
               "batchnorm: running_mean 'g3' [3] f32 must be a buffer (kl_buffer)");
     CHECK_ERR(kl_batchnorm(g, x4, NULL, NULL, rm, rv, NULL, &y), KL_EMISUSE, "batchnorm: opts is NULL");
+    CHECK_ERR(kl_batchnorm(g, x4, NULL, NULL, rm, rm, &tr, &y), KL_EINVAL,
+              "running_mean and running_var are the same tensor 'rm'");
     CHECK_ERR(kl_batchnorm(g, xi, NULL, NULL, NULL, NULL, &tr, &y), KL_EINVAL,
               "batchnorm: expected f32 or f64 input, got [2,5] i32");
     CHECK_ERR(kl_batchnorm(g, idx, NULL, NULL, NULL, NULL, &tr, &y), KL_EINVAL, "expected f32 or f64 input");

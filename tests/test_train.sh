@@ -47,6 +47,24 @@ losses "$tmp/killed/metrics.jsonl" >"$tmp/b.txt"
 check "120 steps logged" '[ "$(wc -l <"$tmp/a.txt")" -eq 120 ]'
 check "resumed losses identical to uninterrupted" 'cmp -s "$tmp/a.txt" "$tmp/b.txt"'
 
+# eval, predict, inspect on the trained run
+"$kiln" eval "$tmp/acc" --data val --confusion >"$tmp/eval.log" 2>&1
+check "eval matches the last validation accuracy" 'grep -q "val: 2000 samples .*accuracy $(printf %.4f "$acc")" "$tmp/eval.log" && grep -q "confusion" "$tmp/eval.log"'
+imgs=$(dpkg -L dataset-fashion-mnist | grep t10k-images | head -n 1)
+"$kiln" predict "$tmp/acc" "$imgs" --top-k 2 >"$tmp/pred.log" 2>&1
+check "predict prints top-k for every image" '[ "$(grep -cE "t10k-images.*\[[0-9]+\]  [0-9] \([01]\.[0-9]{3}\)  [0-9] \([01]\.[0-9]{3}\)$" "$tmp/pred.log")" -eq 10000 ]'
+"$kiln" inspect "$tmp/acc/checkpoints/$(cat "$tmp/acc/checkpoints/latest")" >"$tmp/inspect.log" 2>&1
+check "inspect lists tensors and step" 'grep -q "layers.1.weight *f32 *\[256,784\]" "$tmp/inspect.log" && grep -q "step: " "$tmp/inspect.log"'
+
+# SIGINT finishes the step, writes a checkpoint and says how to resume
+"$kiln" train "${common[@]}" --steps 100000 --out "$tmp/int" >"$tmp/int.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 200); do grep -q '"step":5,' "$tmp/int/metrics.jsonl" 2>/dev/null && break; sleep 0.05; done
+kill -INT "$pid"
+wait "$pid"
+rc=$?
+check "SIGINT exits 130 with a checkpoint and a resume hint" '[ $rc -eq 130 ] && grep -q "resume with: kiln train --resume" "$tmp/int.log" && [ -s "$tmp/int/checkpoints/latest" ]'
+
 # 3. error messages
 printf 'name: bad\nmodel:\n  input: [1, 28, 28]\n  layers:\n    - {type: flatten}\n    - {type: linear, out: 10, in_features: 100}\ntrain: {epochs: 1}\n' >"$tmp/bad1.yaml"
 "$kiln" train "$tmp/bad1.yaml" --out "$tmp/x" >"$tmp/e1.log" 2>&1

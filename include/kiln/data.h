@@ -184,6 +184,10 @@ KL_API kl_status kl_fashion_mnist_paths(const char *split, char *images,
 
 /* ---- batch loader -------------------------------------------------------- */
 
+/* One PNG image as f32 [channels, H, W] in [0, 1]; channels 0 keeps the
+ * file's (1 for gray, 3 for color; alpha dropped). Free *out with free(). */
+KL_API kl_status kl_png_load(const char *path, int channels, float **out, int64_t dims[3]);
+
 typedef struct kl_loader kl_loader;
 
 typedef struct kl_loader_opts {

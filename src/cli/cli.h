@@ -6,6 +6,8 @@
 
 int kl_cmd_train(int argc, char **argv);
 int kl_cmd_inspect(int argc, char **argv);
+int kl_cmd_eval(int argc, char **argv);
+int kl_cmd_predict(int argc, char **argv);
 
 /* The built-in default config: the reference CNN on Fashion-MNIST. */
 extern const char kl_default_config[];

@@ -27,7 +27,8 @@ static kl_status load_one(const train_opts *o, int test, kl_dataset **out)
     }
 }
 
-kl_status train_load_data(const train_opts *o, kl_dataset **train, kl_dataset **val, kl_dataset **test)
+kl_status train_load_data(const train_opts *o, kl_dataset **train, kl_dataset **val, kl_dataset **test, float *mean_out,
+                          float *std_out)
 {
     kl_dataset *all = NULL, *tr = NULL, *va = NULL, *te = NULL;
     *train = *val = *test = NULL;
@@ -58,6 +59,8 @@ kl_status train_load_data(const train_opts *o, kl_dataset **train, kl_dataset **
         if (s == KL_OK) s = kl_dataset_normalize(tr, mean, std);
         if (s == KL_OK && va) s = kl_dataset_normalize(va, mean, std);
         if (s == KL_OK && te) s = kl_dataset_normalize(te, mean, std);
+        *mean_out = mean;
+        *std_out = std;
     }
     if (s != KL_OK) {
         kl_dataset_free(tr);

@@ -31,7 +31,9 @@ typedef struct train_opts {
 kl_status train_opts_read(kl_cfg *cfg, train_opts *o);
 /* Learning rate at optimizer step `step` (0-based) of `total`. */
 double train_lr(const train_opts *o, int64_t step, int64_t total);
-/* Loads train / validation / test sets as the config says. */
-kl_status train_load_data(const train_opts *o, kl_dataset **train, kl_dataset **val, kl_dataset **test);
+/* Loads train / validation / test sets as the config says; *mean, *std get
+ * the normalisation used (computed from the training set unless given). */
+kl_status train_load_data(const train_opts *o, kl_dataset **train, kl_dataset **val, kl_dataset **test, float *mean,
+                          float *std);
 
 #endif

@@ -4,6 +4,7 @@
  * dropout counter give the same losses, bit for bit, on the CPU). */
 #include "cli/train_run.h"
 #include "cli/train_opts.h"
+#include "cli/evaluator.h"
 #include "core/error.h"
 #include "io/fileio.h"
 #include "nn/model.h"
@@ -16,17 +17,12 @@
 #include <unistd.h>
 
 typedef struct {
-    kl_graph *g;
-    kl_tensor *x, *y, *logits, *loss;
-    int64_t batch;
-} step_graph;
-
-typedef struct {
     train_opts o;
     kl_model *model;
     kl_ctx *ctx;
     kl_optim *opt;
-    step_graph train, eval[2];
+    step_graph train;
+    evaluator eval;
     kl_dataset *tr, *va, *te;
     kl_loader *ld;
     char run_dir[4096], ckpt_root[4200];
@@ -39,73 +35,6 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static kl_status build_graph(runner *r, step_graph *sg, int64_t batch, int training)
-{
-    int64_t xd[5] = {batch};
-    int nd = kl_model_input_ndim(r->model);
-    memcpy(xd + 1, kl_model_input_shape(r->model), (size_t)nd * sizeof *xd);
-    sg->batch = batch;
-    KL_TRY(kl_graph_new(r->ctx, &sg->g));
-    KL_TRY(kl_input(sg->g, "x", KL_F32, nd + 1, xd, &sg->x));
-    KL_TRY(kl_input(sg->g, "y", KL_I32, 1, &batch, &sg->y));
-    KL_TRY(kl_model_forward(r->model, sg->g, sg->x, training, &sg->logits));
-    KL_TRY(kl_output(sg->g, sg->logits));
-    KL_TRY(kl_softmax_cross_entropy(sg->g, sg->logits, sg->y, &sg->loss));
-    KL_TRY(kl_output(sg->g, sg->loss));
-    if (training) {
-        KL_TRY(kl_backward(sg->g, sg->loss));
-        KL_TRY(kl_optim_step(sg->g, r->opt));
-    }
-    return kl_graph_plan(sg->g, NULL);
-}
-
-/* Runs g on rows [first, first + g->batch) of ds; adds loss*n and correct. */
-static kl_status run_batch(runner *r, step_graph *sg, const float *x, const int32_t *y, double *loss_sum,
-                           int64_t *correct)
-{
-    int64_t b = sg->batch, C = kl_model_outputs(r->model), ss = kl_tensor_numel(sg->x) / b;
-    KL_TRY(kl_tensor_set(sg->x, x, (size_t)(b * ss) * sizeof(float)));
-    KL_TRY(kl_tensor_set(sg->y, y, (size_t)b * sizeof(int32_t)));
-    KL_TRY(kl_graph_run(sg->g));
-    float l, *lg = malloc((size_t)(b * C) * sizeof *lg);
-    if (!lg) return kl_fail(KL_ENOMEM, "out of memory reading logits");
-    kl_status s = kl_tensor_get(sg->loss, &l, sizeof l);
-    if (s == KL_OK) s = kl_tensor_get(sg->logits, lg, (size_t)(b * C) * sizeof *lg);
-    for (int64_t i = 0; s == KL_OK && i < b; i++) {
-        int64_t best = 0;
-        for (int64_t c = 1; c < C; c++)
-            if (lg[i * C + c] > lg[i * C + best]) best = c;
-        *correct += best == y[i];
-    }
-    free(lg);
-    if (s == KL_OK && !isfinite(l))
-        s = kl_fail(KL_ENUMERIC, "loss is %g: training diverged (try a lower learning rate or clip.max_norm)", l);
-    *loss_sum += (double)l * (double)b;
-    return s;
-}
-
-static kl_status evaluate(runner *r, const kl_dataset *ds, double *loss, double *acc)
-{
-    int64_t n = kl_dataset_count(ds), ss = kl_dataset_sample_size(ds), B = r->o.batch, correct = 0;
-    double sum = 0;
-    const float *x = kl_dataset_features(ds);
-    const int32_t *y = kl_dataset_labels(ds);
-    for (int64_t at = 0; at < n;) {
-        int64_t b = n - at < B ? n - at : B;
-        step_graph *sg = &r->eval[b == B ? 0 : 1];
-        if (sg->g && sg->batch != b) {
-            kl_graph_free(sg->g);
-            sg->g = NULL;
-        }
-        if (!sg->g) KL_TRY(build_graph(r, sg, b, 0));
-        KL_TRY(run_batch(r, sg, x + at * ss, y + at, &sum, &correct));
-        at += b;
-    }
-    *loss = n ? sum / (double)n : 0;
-    *acc = n ? (double)correct / (double)n : 0;
-    return KL_OK;
 }
 
 static kl_status save_ckpt(runner *r, kl_cfg *cfg, const kl_train_state *st, char *path, size_t n)
@@ -130,7 +59,15 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(kl_ctx_new(&co, &r->ctx));
     printf("device: %s%s, %d threads\n", dev.type == KL_DEVICE_CPU ? "cpu" : "cuda",
            strcmp(a->device, "auto") ? "" : " (auto: this build has no CUDA backend)", kl_ctx_threads(r->ctx));
-    KL_TRY(train_load_data(&r->o, &r->tr, &r->va, &r->te));
+    float mean = 0, std = 1;
+    KL_TRY(train_load_data(&r->o, &r->tr, &r->va, &r->te, &mean, &std));
+    if (r->o.normalize) { /* recorded so evaluation and prediction normalise the same way */
+        char v[32];
+        snprintf(v, sizeof v, "%.9g", mean);
+        KL_TRY(kl_cfg_set_scalar(cfg, "data.mean", v));
+        snprintf(v, sizeof v, "%.9g", std);
+        KL_TRY(kl_cfg_set_scalar(cfg, "data.std", v));
+    }
     int64_t C = kl_model_outputs(r->model);
     const int64_t *in = kl_model_input_shape(r->model);
     int nd = kl_model_input_ndim(r->model);
@@ -147,7 +84,8 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
         return kl_fail(KL_EINVAL, "train.batch %lld is larger than the training set (%lld samples)",
                        (long long)r->o.batch, (long long)kl_dataset_count(r->tr));
     KL_TRY(kl_optim_new(r->ctx, &r->o.optim, &r->opt));
-    KL_TRY(build_graph(r, &r->train, r->o.batch, 1));
+    KL_TRY(step_graph_build(&r->train, r->model, r->ctx, r->opt, r->o.batch));
+    r->eval = (evaluator){.model = r->model, .ctx = r->ctx, .batch = r->o.batch};
     if (a->init) KL_TRY(kl_weights_load(a->init, r->ctx));
     kl_loader_opts lo = {.batch = r->o.batch, .shuffle = r->o.shuffle, .seed = r->o.seed, .drop_last = 1, .prefetch = 2};
     KL_TRY(kl_loader_new(r->tr, &lo, &r->ld));
@@ -176,9 +114,8 @@ static void teardown(runner *r)
 {
     if (r->metrics) fclose(r->metrics);
     kl_loader_free(r->ld);
-    kl_graph_free(r->train.g);
-    kl_graph_free(r->eval[0].g);
-    kl_graph_free(r->eval[1].g);
+    step_graph_free(&r->train);
+    evaluator_free(&r->eval);
     kl_optim_free(r->opt);
     kl_ctx_free(r->ctx);
     kl_dataset_free(r->tr);
@@ -207,7 +144,7 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
 {
     double vl = 0, vacc = 0, l = ep->n ? ep->loss / (double)ep->n : 0, acc = ep->n ? (double)ep->correct / (double)ep->n : 0;
     char ck[4400];
-    if (r->va) KL_TRY(evaluate(r, r->va, &vl, &vacc));
+    if (r->va) KL_TRY(evaluator_run(&r->eval, r->va, &vl, &vacc, NULL));
     if (tty) fprintf(stderr, "\n");
     printf("epoch %lld: train loss %.4f acc %.4f", (long long)st->epoch + 1, l, acc);
     if (r->va) printf("  val loss %.4f acc %.4f", vl, vacc);
@@ -254,7 +191,7 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         KL_TRY(kl_optim_set_lr(r->opt, train_lr(&r->o, st.step, total)));
         double l = 0;
         int64_t corr = 0;
-        KL_TRY(run_batch(r, &r->train, b.x, b.y, &l, &corr));
+        KL_TRY(step_graph_run(&r->train, r->model, b.x, b.y, &l, &corr, NULL, NULL));
         st.step++;
         st.batch = b.index + 1;
         st.graph_runs = st.step;
@@ -305,7 +242,7 @@ int train_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop)
     }
     if (s == KL_OK && !interrupted && r.te) {
         double tl, tacc;
-        s = evaluate(&r, r.te, &tl, &tacc);
+        s = evaluator_run(&r.eval, r.te, &tl, &tacc, NULL);
         if (s == KL_OK) {
             printf("test: loss %.4f accuracy %.4f (%lld samples); total %.1f s\n", tl, tacc,
                    (long long)kl_dataset_count(r.te), now() - r.t0);

@@ -271,3 +271,23 @@ kl_status kl_dataset_load_pngdir(const char *dir, kl_dataset **out)
     kl_free(l.cls);
     return s;
 }
+
+kl_status kl_png_load(const char *path, int channels, float **out, int64_t dims[3])
+{
+    if (!path || !out || !dims) return kl_fail(KL_EINVAL, "kl_png_load: null argument");
+    *out = NULL;
+    png_hdr h;
+    KL_TRY(read_png(path, &h, 0, NULL));
+    int ch = channels > 0 ? channels : (h.color ? 3 : 1);
+    if (ch != 1 && ch != 3) return kl_fail(KL_EINVAL, "%s: channels must be 1 or 3, got %d", path, channels);
+    float *x = kl_malloc((size_t)ch * h.h * h.w * sizeof *x);
+    if (!x) return KL_ENOMEM;
+    kl_status s = read_png(path, &h, ch, x);
+    if (s != KL_OK) {
+        kl_free(x);
+        return s;
+    }
+    dims[0] = ch, dims[1] = h.h, dims[2] = h.w;
+    *out = x;
+    return KL_OK;
+}

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -205,8 +206,12 @@ static kl_status meta_num(kl_st_writer *w, const char *key, unsigned long long v
  * "<state>.<param>" slices of the flat buffers (borrowed by the writer). */
 static kl_status state_fill(kl_st_writer *w, kl_ctx *c, kl_optim *opt, const kl_train_state *st)
 {
-    const char *kind = st->optim_kind;
-    if (!kind[0] && opt) KL_TRY(kl_ckpt_optim_family(opt, &kind));
+    const char *kind = st->optim_kind, *family = NULL;
+    if (opt) KL_TRY(kl_ckpt_optim_family(opt, &family));
+    if (!kind[0] && opt) kind = family;
+    if (family && strcmp(kl_ckpt_kind_family(kind), family))
+        return kl_fail(KL_EINVAL, "kl_checkpoint_save: train state says optimizer '%s' but the optimizer keeps "
+                       "%s state", kind, family);
     KL_TRY(kl_st_writer_meta(w, "format", KL_CKPT_FORMAT));
     KL_TRY(kl_st_writer_meta(w, "kiln_version", KILN_VERSION));
     KL_TRY(meta_num(w, "step", (unsigned long long)st->step, true));
@@ -217,8 +222,11 @@ static kl_status state_fill(kl_st_writer *w, kl_ctx *c, kl_optim *opt, const kl_
     KL_TRY(kl_st_writer_meta(w, "optimizer", kind));
     if (!opt) return KL_OK;
     KL_TRY(meta_num(w, "optim_steps", (unsigned long long)kl_optim_steps(opt), true));
-    char lr[40];
-    snprintf(lr, sizeof lr, "%.17g", kl_optim_lr(opt)); /* informational: the config sets it */
+    char lr[40]; /* informational (the config sets it): shortest text that reads back exactly */
+    for (int prec = 6; prec <= 17; prec++) {
+        snprintf(lr, sizeof lr, "%.*g", prec, kl_optim_lr(opt));
+        if (strtod(lr, NULL) == kl_optim_lr(opt)) break;
+    }
     KL_TRY(kl_st_writer_meta(w, "lr", lr));
     for (int k = 0; k < kl_optim_state_count(opt); k++) {
         const char *sname;

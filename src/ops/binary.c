@@ -50,16 +50,19 @@ static void bcast_strides(const kl_tensor *t, const kl_tensor *x, int64_t *st)
         kl_iter_init(&it, t->ndim, t->ne, 3, (const int64_t(*)[8])st);                             \
         int64_t sa = kl_iter_inner_st(&it, 1), sb = kl_iter_inner_st(&it, 2);                      \
         int kind = KL_ATTR_C(t, binary_attr)->kind;                                                \
+        kl_iter_blocks bl = kl_iter_split(&it);                                                    \
         _Pragma("omp parallel for schedule(static) if (it.rows * it.inner > KL_PAR_MIN)")           \
-        for (int64_t r = 0; r < it.rows; r++) {                                                    \
-            int64_t o[3];                                                                          \
-            kl_iter_row(&it, r, o);                                                                \
+        for (int64_t w = 0; w < bl.items; w++) {                                                   \
+            int64_t o[3], i0, i1;                                                                  \
+            kl_iter_item(&it, &bl, w, o, &i0, &i1);                                                \
             T *yr = y + o[0];                                                                      \
             const T *ar = a + o[1], *br = b + o[2];                                                \
             if (sa == 1 && sb == 1 && kind == KL_BIN_ADD)                                          \
-                for (int64_t i = 0; i < it.inner; i++) yr[i] = ar[i] + br[i];                      \
+                for (int64_t i = i0; i < i1; i++) yr[i] = ar[i] + br[i];                           \
+            else if (sa == 1 && sb == 1 && kind == KL_BIN_MUL)                                     \
+                for (int64_t i = i0; i < i1; i++) yr[i] = ar[i] * br[i];                           \
             else                                                                                   \
-                for (int64_t i = 0; i < it.inner; i++) yr[i] = kl_binary_##T(kind, ar[i * sa], br[i * sb]); \
+                for (int64_t i = i0; i < i1; i++) yr[i] = kl_binary_##T(kind, ar[i * sa], br[i * sb]); \
         }                                                                                          \
     }
 KL_FOR_REAL(BINARY_KERNEL)

@@ -106,6 +106,8 @@ static kl_status conv2d_bwd_shape(kl_tensor *t)
         return kl_fail(KL_EINTERNAL, "%s: dy %s does not match [%lld,%lld,%lld,%lld] (other input %s)",
                        kl_ops[t->op]->name, kl_desc(dy), (long long)a->N, (long long)a->O, (long long)a->OH,
                        (long long)a->OW, kl_desc(s));
+    if (a->act != KL_ACT_NONE && (t->n_src < 3 || !kl_same_shape(t->src[2], dy) || t->src[2]->dtype != dy->dtype))
+        return kl_fail(KL_EINTERNAL, "%s: fused activation needs y like dy %s", kl_ops[t->op]->name, kl_desc(dy));
     int64_t dx[4] = {a->N, a->C, a->H, a->W}, dw[4] = {a->O, a->C / a->groups, a->KH, a->KW};
     t->dtype = dy->dtype;
     t->ndim = 4;
@@ -121,32 +123,32 @@ static kl_status conv2d_bwd_shape(kl_tensor *t)
 static kl_status conv2d_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 {
     const kl_conv_attr *a = KL_ATTR(t, kl_conv_attr);
-    kl_tensor *x = t->src[0], *w = t->src[1], *b = t->n_src > 2 ? t->src[2] : NULL, *dz = dy, *d;
-    bool bias_grad = b && b->requires_grad;
-    if (a->act != KL_ACT_NONE) { /* fused activation: dz = act'(y) * dy */
-        static const int kinds[KL_ACT_COUNT] = {-1, KL_UN_RELU, KL_UN_GELU, KL_UN_TANH, KL_UN_SIGMOID};
-        struct { int kind; double alpha; } ua = {kinds[a->act], 0};
-        kl_tensor *src[2] = {dy, t};
-        KL_TRY(kl_node_new(g, KL_OP_unary_bwd, 2, src, &ua, sizeof ua, &dz));
-    }
-    KL_TRY(kl_contiguous(g, dz, &dz));
+    kl_tensor *x = t->src[0], *w = t->src[1], *b = t->n_src > 2 ? t->src[2] : NULL, *d;
+    bool bias_grad = b && b->requires_grad, fused = a->act != KL_ACT_NONE;
+    int nsrc = fused ? 3 : 2; /* a fused activation's gradient is formed inside the gradient ops from y */
+    KL_TRY(kl_contiguous(g, dy, &dy));
     kl_conv_attr ba = *a;
-    ba.act = KL_ACT_NONE;
     if (x->requires_grad) {
-        kl_tensor *src[2] = {dz, w};
+        kl_tensor *src[3] = {dy, w, t};
         ba.has_bias = 0;
-        KL_TRY(kl_node_new(g, KL_OP_conv2d_bwd_data, 2, src, &ba, sizeof ba, &d));
+        KL_TRY(kl_node_new(g, KL_OP_conv2d_bwd_data, nsrc, src, &ba, sizeof ba, &d));
         KL_TRY(kl_grad_acc(g, x, d));
     }
     if (w->requires_grad) {
-        kl_tensor *src[2] = {dz, x};
+        kl_tensor *src[3] = {dy, x, t};
         ba.has_bias = bias_grad;
-        KL_TRY(kl_node_new(g, KL_OP_conv2d_bwd_filter, 2, src, &ba, sizeof ba, &d));
+        KL_TRY(kl_node_new(g, KL_OP_conv2d_bwd_filter, nsrc, src, &ba, sizeof ba, &d));
         KL_TRY(kl_grad_acc(g, w, d));
         if (bias_grad) KL_TRY(kl_grad_acc(g, b, d->extra[0]));
     } else if (bias_grad) {
         int axes[3] = {0, 2, 3};
-        KL_TRY(kl_sum(g, dz, 3, axes, 0, &d));
+        if (fused) { /* dz = act'(y) * dy */
+            static const int kinds[KL_ACT_COUNT] = {-1, KL_UN_RELU, KL_UN_GELU, KL_UN_TANH, KL_UN_SIGMOID};
+            struct { int kind; double alpha; } ua = {kinds[a->act], 0};
+            kl_tensor *src[2] = {dy, t};
+            KL_TRY(kl_node_new(g, KL_OP_unary_bwd, 2, src, &ua, sizeof ua, &dy));
+        }
+        KL_TRY(kl_sum(g, dy, 3, axes, 0, &d));
         KL_TRY(kl_grad_acc(g, b, d));
     }
     return KL_OK;

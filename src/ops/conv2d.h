@@ -7,7 +7,7 @@
  *   forward      y_n[g]  = W[g] [Og, Kg] x col_n[g]            (+ bias, act)
  *   bwd_data     dcol    = W[g]^T x dy_n[g];  dx_n = col2im(dcol)
  *   bwd_filter   dW[g]   = sum_n dy_n[g] [Og, P] x col_n[g]^T   (+ db = sum dy)
- * Samples are processed in parallel (one im2col buffer per worker slot, BLAS
+ * (with a fused activation, dy above is dz = act'(y) * dy, formed per sample).  * Samples are processed in parallel (one im2col buffer per worker slot, BLAS
  * single-threaded inside); with one slot the GEMMs use BLAS's own threads. */
 #ifndef KL_OPS_CONV2D_H
 #define KL_OPS_CONV2D_H
@@ -20,7 +20,9 @@
 typedef struct kl_conv_attr {
     int sh, sw, ph, pw, dh, dw; /* stride, padding, dilation */
     int groups;
-    int act;      /* kl_act applied in the forward output pass (y-based ones only) */
+    int act;      /* kl_act fused into the forward output pass (one whose gradient
+                   * needs only y); the gradient ops then read y (src[2]) and
+                   * form dz = act'(y) * dy per sample themselves */
     int has_bias; /* bwd_filter: also writes db [O] as its extra output */
     int nslots;   /* worker slots, each with its own im2col buffer in scratch */
     int nchunks;  /* bwd_filter: fixed batch chunks, each with its own partial dW */
@@ -47,15 +49,24 @@ static inline kl_conv_geom kl_conv_geom_of(const kl_conv_attr *a)
 
 static inline size_t kl_conv_round64(size_t n) { return (n + 63) & ~(size_t)63; }
 
+/* Bytes of one worker slot: an im2col buffer (none for direct 1x1) and, in
+ * the gradient ops of a conv with a fused activation, dz_n = act'(y_n) dy_n. */
+static inline size_t kl_conv_slot_bytes(const kl_conv_attr *a, int op, size_t dsize)
+{
+    kl_conv_geom g = kl_conv_geom_of(a);
+    size_t n = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * dsize);
+    if (op != KL_OP_conv2d && a->act != KL_ACT_NONE) n += kl_conv_round64((size_t)(a->O * g.P) * dsize);
+    return n;
+}
+
 /* Scratch bytes of a conv node (op: KL_OP_conv2d / _bwd_data / _bwd_filter);
- * the kernels carve it the same way: nslots im2col buffers, then (bwd_filter)
+ * the kernels carve it the same way: nslots worker slots, then (bwd_filter)
  * nchunks partial dW when nchunks > 1, then nchunks*O double bias sums. */
 static inline size_t kl_conv_scratch(const kl_conv_attr *a, int op, size_t dsize)
 {
-    kl_conv_geom g = kl_conv_geom_of(a);
-    size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * dsize), n = (size_t)a->nslots * colb;
+    size_t n = (size_t)a->nslots * kl_conv_slot_bytes(a, op, dsize);
     if (op != KL_OP_conv2d_bwd_filter) return n;
-    if (a->nchunks > 1) n += (size_t)a->nchunks * kl_conv_round64((size_t)(a->O * g.Kg) * dsize);
+    if (a->nchunks > 1) n += (size_t)a->nchunks * kl_conv_round64((size_t)(a->O * kl_conv_geom_of(a).Kg) * dsize);
     if (a->has_bias) n += (size_t)a->nchunks * (size_t)a->O * sizeof(double);
     return n;
 }

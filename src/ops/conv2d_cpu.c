@@ -36,11 +36,40 @@ static void workers_end(const kl_exec *ex, int nt)
     if (nt > 1) kl_blas_set_threads(ex->threads);
 }
 
+static int act_kind(int act) { return act == KL_ACT_RELU ? KL_UN_RELU : act == KL_ACT_TANH ? KL_UN_TANH : KL_UN_SIGMOID; }
+
 #define CONV_KERNELS(T)                                                                            \
-    /* col [Cg*KH*KW, P] from x_g [Cg, H, W] (zeros where the window is in the padding) */        \
+    /* dy_n itself, or dz = act'(y_n) * dy_n formed in buf (fused activation) */                  \
+    static const T *grad_in_##T(const kl_conv_attr *a, int64_t n, const T *dy, const T *y, T *buf) \
+    {                                                                                              \
+        int64_t m = a->O * a->OH * a->OW;                                                          \
+        const T *d = dy + n * m;                                                                   \
+        if (a->act == KL_ACT_NONE) return d;                                                       \
+        const T *yn = y + n * m;                                                                   \
+        if (a->act == KL_ACT_RELU)                                                                 \
+            for (int64_t i = 0; i < m; i++) buf[i] = yn[i] > 0 ? d[i] : 0;                         \
+        else                                                                                       \
+            for (int64_t i = 0; i < m; i++) buf[i] = kl_unary_grad_##T(act_kind(a->act), yn[i], d[i], 0); \
+        return buf;                                                                                \
+    }                                                                                              \
+    /* sum of a row in 16 independent lanes (vectorises; fixed order) */                          \
+    static T rowsum_##T(const T *r, int64_t n)                                                     \
+    {                                                                                              \
+        T acc[16] = {0}, s = 0;                                                                    \
+        int64_t p = 0;                                                                             \
+        for (; p + 16 <= n; p += 16)                                                               \
+            for (int j = 0; j < 16; j++) acc[j] += r[p + j];                                       \
+        for (; p < n; p++) s += r[p];                                                              \
+        for (int j = 0; j < 16; j++) s += acc[j];                                                  \
+        return s;                                                                                  \
+    }                                                                                              \
+    /* col [Cg*KH*KW, P] from x_g [Cg, H, W] (zeros where the window is in the padding).          \
+     * flat (stride 1, OW == W): a col row is the plane shifted by a constant, so it is one      \
+     * contiguous copy with the wrapped edge columns zeroed afterwards. */                         \
     static void im2col_##T(const kl_conv_attr *a, int64_t Cg, const T *x, T *col)                   \
     {                                                                                              \
         int64_t OW = a->OW, P = a->OH * a->OW;                                                     \
+        bool flat = a->sh == 1 && a->sw == 1 && a->OW == a->W;                                     \
         for (int64_t c = 0; c < Cg; c++)                                                           \
             for (int64_t kh = 0; kh < a->KH; kh++) {                                               \
                 int64_t oh0, oh1;                                                                  \
@@ -49,41 +78,62 @@ static void workers_end(const kl_exec *ex, int nt)
                     T *row = col + ((c * a->KH + kh) * a->KW + kw) * P;                             \
                     int64_t iw0 = kw * a->dw - a->pw, ow0, ow1;                                    \
                     valid_range(iw0, a->sw, OW, a->W, &ow0, &ow1);                                  \
-                    if (oh0 > 0) memset(row, 0, (size_t)(oh0 * OW) * sizeof(T));                   \
-                    for (int64_t oh = oh0; oh < oh1; oh++) {                                       \
-                        T *r = row + oh * OW;                                                      \
-                        const T *xr = x + (c * a->H + oh * a->sh + kh * a->dh - a->ph) * a->W + iw0; \
-                        for (int64_t ow = 0; ow < ow0; ow++) r[ow] = 0;                            \
-                        if (a->sw == 1)                                                            \
-                            memcpy(r + ow0, xr + ow0, (size_t)(ow1 - ow0) * sizeof(T));             \
-                        else                                                                       \
+                    const T *xs = x + (c * a->H + kh * a->dh - a->ph) * a->W + iw0; /* at oh=ow=0 */ \
+                    if (oh0 >= oh1 || ow0 >= ow1) {                                                \
+                        memset(row, 0, (size_t)P * sizeof(T));                                     \
+                    } else if (flat) {                                                             \
+                        int64_t f0 = oh0 * OW + ow0, f1 = (oh1 - 1) * OW + ow1;                    \
+                        memset(row, 0, (size_t)f0 * sizeof(T));                                    \
+                        memcpy(row + f0, xs + f0, (size_t)(f1 - f0) * sizeof(T));                  \
+                        memset(row + f1, 0, (size_t)(P - f1) * sizeof(T));                         \
+                        for (int64_t oh = oh0; oh < oh1; oh++) {                                   \
+                            for (int64_t ow = 0; ow < ow0; ow++) row[oh * OW + ow] = 0;            \
+                            for (int64_t ow = ow1; ow < OW; ow++) row[oh * OW + ow] = 0;           \
+                        }                                                                          \
+                    } else {                                                                       \
+                        memset(row, 0, (size_t)(oh0 * OW) * sizeof(T));                            \
+                        for (int64_t oh = oh0; oh < oh1; oh++) {                                   \
+                            T *r = row + oh * OW;                                                  \
+                            const T *xr = xs + oh * a->sh * a->W;                                  \
+                            for (int64_t ow = 0; ow < ow0; ow++) r[ow] = 0;                        \
                             for (int64_t ow = ow0; ow < ow1; ow++) r[ow] = xr[ow * a->sw];         \
-                        for (int64_t ow = ow1; ow < OW; ow++) r[ow] = 0;                           \
+                            for (int64_t ow = ow1; ow < OW; ow++) r[ow] = 0;                       \
+                        }                                                                          \
+                        memset(row + oh1 * OW, 0, (size_t)((a->OH - oh1) * OW) * sizeof(T));       \
                     }                                                                              \
-                    if (oh1 < a->OH) memset(row + oh1 * OW, 0, (size_t)((a->OH - oh1) * OW) * sizeof(T)); \
                 }                                                                                  \
             }                                                                                      \
     }                                                                                              \
-    /* dx_g [Cg, H, W] = col2im(col): written (zeroed first), overlaps summed */                   \
-    static void col2im_##T(const kl_conv_attr *a, int64_t Cg, const T *col, T *dx)                  \
+    /* dx_g [Cg, H, W] = col2im(col): written (zeroed first), overlaps summed. flat: one          \
+     * contiguous add per col row after zeroing its wrapped edge columns (col is consumed). */     \
+    static void col2im_##T(const kl_conv_attr *a, int64_t Cg, T *col, T *dx)                        \
     {                                                                                              \
         int64_t OW = a->OW, P = a->OH * a->OW;                                                     \
+        bool flat = a->sh == 1 && a->sw == 1 && a->OW == a->W;                                     \
         memset(dx, 0, (size_t)(Cg * a->H * a->W) * sizeof(T));                                      \
         for (int64_t c = 0; c < Cg; c++)                                                           \
             for (int64_t kh = 0; kh < a->KH; kh++) {                                               \
                 int64_t oh0, oh1;                                                                  \
                 valid_range(kh * a->dh - a->ph, a->sh, a->OH, a->H, &oh0, &oh1);                    \
                 for (int64_t kw = 0; kw < a->KW; kw++) {                                           \
-                    const T *row = col + ((c * a->KH + kh) * a->KW + kw) * P;                       \
+                    T *row = col + ((c * a->KH + kh) * a->KW + kw) * P;                             \
                     int64_t iw0 = kw * a->dw - a->pw, ow0, ow1;                                    \
                     valid_range(iw0, a->sw, OW, a->W, &ow0, &ow1);                                  \
+                    T *xs = dx + (c * a->H + kh * a->dh - a->ph) * a->W + iw0;                     \
+                    if (oh0 >= oh1 || ow0 >= ow1) continue;                                        \
+                    if (flat) {                                                                    \
+                        int64_t f0 = oh0 * OW + ow0, f1 = (oh1 - 1) * OW + ow1;                    \
+                        for (int64_t oh = oh0; oh < oh1; oh++) {                                   \
+                            for (int64_t ow = 0; ow < ow0; ow++) row[oh * OW + ow] = 0;            \
+                            for (int64_t ow = ow1; ow < OW; ow++) row[oh * OW + ow] = 0;           \
+                        }                                                                          \
+                        for (int64_t f = f0; f < f1; f++) xs[f] += row[f];                         \
+                        continue;                                                                  \
+                    }                                                                              \
                     for (int64_t oh = oh0; oh < oh1; oh++) {                                       \
                         const T *r = row + oh * OW;                                                \
-                        T *xr = dx + (c * a->H + oh * a->sh + kh * a->dh - a->ph) * a->W + iw0;     \
-                        if (a->sw == 1)                                                            \
-                            for (int64_t ow = ow0; ow < ow1; ow++) xr[ow] += r[ow];                \
-                        else                                                                       \
-                            for (int64_t ow = ow0; ow < ow1; ow++) xr[ow * a->sw] += r[ow];        \
+                        T *xr = xs + oh * a->sh * a->W;                                            \
+                        for (int64_t ow = ow0; ow < ow1; ow++) xr[ow * a->sw] += r[ow];            \
                     }                                                                              \
                 }                                                                                  \
             }                                                                                      \
@@ -93,7 +143,7 @@ static void workers_end(const kl_exec *ex, int nt)
     {                                                                                              \
         kl_conv_geom g = kl_conv_geom_of(a);                                                       \
         size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));                                   \
-        int kind = a->act == KL_ACT_RELU ? KL_UN_RELU : a->act == KL_ACT_TANH ? KL_UN_TANH : KL_UN_SIGMOID; \
+        int kind = act_kind(a->act);                                                               \
         int nt = workers_begin(ex, a->nslots, a->N);                                               \
         _Pragma("omp parallel for num_threads(nt) schedule(static)")                               \
         for (int64_t n = 0; n < a->N; n++) {                                                       \
@@ -118,16 +168,19 @@ static void workers_end(const kl_exec *ex, int nt)
         workers_end(ex, nt);                                                                       \
     }                                                                                              \
     static void conv_bwd_data_##T(const kl_exec *ex, const kl_conv_attr *a, const T *dy, const T *w, \
-                                  T *dx, unsigned char *scratch)                                   \
+                                  const T *y, T *dx, unsigned char *scratch)                       \
     {                                                                                              \
         kl_conv_geom g = kl_conv_geom_of(a);                                                       \
-        size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));                                   \
+        size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));           \
+        size_t slotb = kl_conv_slot_bytes(a, KL_OP_conv2d_bwd_data, sizeof(T));                    \
         int nt = workers_begin(ex, a->nslots, a->N);                                               \
         _Pragma("omp parallel for num_threads(nt) schedule(static)")                               \
         for (int64_t n = 0; n < a->N; n++) {                                                       \
-            T *col = (T *)(void *)(scratch + (size_t)omp_get_thread_num() * colb);                 \
+            unsigned char *slot = scratch + (size_t)omp_get_thread_num() * slotb;                  \
+            T *col = (T *)(void *)slot;                                                            \
+            const T *dyn = grad_in_##T(a, n, dy, y, (T *)(void *)(slot + colb));                   \
             for (int gi = 0; gi < a->groups; gi++) {                                               \
-                const T *dyg = dy + (n * a->O + gi * g.Og) * g.P, *wg = w + gi * g.Og * g.Kg;      \
+                const T *dyg = dyn + gi * g.Og * g.P, *wg = w + gi * g.Og * g.Kg;                  \
                 T *dxg = dx + (n * a->C + gi * g.Cg) * g.HW;                                       \
                 kl_gemm_##T(true, false, g.Kg, g.P, g.Og, 1, wg, g.Kg, dyg, g.P, 0, g.direct ? dxg : col, g.P); \
                 if (!g.direct) col2im_##T(a, g.Cg, col, dxg);                                      \
@@ -136,34 +189,33 @@ static void workers_end(const kl_exec *ex, int nt)
         workers_end(ex, nt);                                                                       \
     }                                                                                              \
     static void conv_bwd_filter_##T(const kl_exec *ex, const kl_conv_attr *a, const T *dy, const T *x, \
-                                    T *dw, T *db, unsigned char *scratch)                          \
+                                    const T *y, T *dw, T *db, unsigned char *scratch)              \
     {                                                                                              \
         kl_conv_geom g = kl_conv_geom_of(a);                                                       \
         int64_t nw = a->O * g.Kg, nch = a->nchunks;                                                \
-        size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));                    \
-        size_t partb = kl_conv_round64((size_t)nw * sizeof(T));                                            \
-        unsigned char *parts = scratch + (size_t)a->nslots * colb;                                 \
+        size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));           \
+        size_t slotb = kl_conv_slot_bytes(a, KL_OP_conv2d_bwd_filter, sizeof(T));                  \
+        size_t partb = kl_conv_round64((size_t)nw * sizeof(T));                                    \
+        unsigned char *parts = scratch + (size_t)a->nslots * slotb;                                \
         double *bsum = (double *)(void *)(parts + (nch > 1 ? (size_t)nch * partb : 0));            \
         int nt = workers_begin(ex, a->nslots, nch);                                                \
         _Pragma("omp parallel for num_threads(nt) schedule(static)")                               \
         for (int64_t c = 0; c < nch; c++) {                                                        \
-            T *col = (T *)(void *)(scratch + (size_t)omp_get_thread_num() * colb);                 \
+            unsigned char *slot = scratch + (size_t)omp_get_thread_num() * slotb;                  \
+            T *col = (T *)(void *)slot;                                                            \
             T *pw = nch > 1 ? (T *)(void *)(parts + (size_t)c * partb) : dw;                       \
             double *pb = bsum + c * a->O;                                                          \
             int64_t n0 = c * a->N / nch, n1 = (c + 1) * a->N / nch;                                \
             for (int64_t n = n0; n < n1; n++) {                                                    \
+                const T *dyn = grad_in_##T(a, n, dy, y, (T *)(void *)(slot + colb));               \
                 for (int gi = 0; gi < a->groups; gi++) {                                           \
                     const T *xg = x + (n * a->C + gi * g.Cg) * g.HW;                               \
                     if (!g.direct) im2col_##T(a, g.Cg, xg, col);                                   \
-                    kl_gemm_##T(false, true, g.Og, g.Kg, g.P, 1, dy + (n * a->O + gi * g.Og) * g.P, g.P, \
+                    kl_gemm_##T(false, true, g.Og, g.Kg, g.P, 1, dyn + gi * g.Og * g.P, g.P,       \
                                 g.direct ? xg : col, g.P, n == n0 ? 0 : 1, pw + gi * g.Og * g.Kg, g.Kg); \
                 }                                                                                  \
-                for (int64_t o = 0; db && o < a->O; o++) {                                         \
-                    const T *r = dy + (n * a->O + o) * g.P;                                        \
-                    T s = 0; /* per row in T (vectorises), across rows in double */                \
-                    for (int64_t p = 0; p < g.P; p++) s += r[p];                                   \
-                    pb[o] = (n == n0 ? 0 : pb[o]) + (double)s;                                     \
-                }                                                                                  \
+                for (int64_t o = 0; db && o < a->O; o++) /* per row in T, across rows in double */ \
+                    pb[o] = (n == n0 ? 0 : pb[o]) + (double)rowsum_##T(dyn + o * g.P, g.P);        \
             }                                                                                      \
         }                                                                                          \
         workers_end(ex, nt);                                                                       \
@@ -197,8 +249,9 @@ kl_status kl_conv2d_bwd_data_cpu(const kl_exec *ex, const kl_tensor *t)
 {
     const kl_conv_attr *a = KL_ATTR_C(t, kl_conv_attr);
     const void *dy = kl_data(ex, t->src[0]), *w = kl_data(ex, t->src[1]);
-    if (t->dtype == KL_F32) conv_bwd_data_float(ex, a, dy, w, kl_data(ex, t), kl_scratch(ex, t));
-    else conv_bwd_data_double(ex, a, dy, w, kl_data(ex, t), kl_scratch(ex, t));
+    const void *y = a->act != KL_ACT_NONE ? kl_data(ex, t->src[2]) : NULL;
+    if (t->dtype == KL_F32) conv_bwd_data_float(ex, a, dy, w, y, kl_data(ex, t), kl_scratch(ex, t));
+    else conv_bwd_data_double(ex, a, dy, w, y, kl_data(ex, t), kl_scratch(ex, t));
     return KL_OK;
 }
 
@@ -206,8 +259,9 @@ kl_status kl_conv2d_bwd_filter_cpu(const kl_exec *ex, const kl_tensor *t)
 {
     const kl_conv_attr *a = KL_ATTR_C(t, kl_conv_attr);
     const void *dy = kl_data(ex, t->src[0]), *x = kl_data(ex, t->src[1]);
+    const void *y = a->act != KL_ACT_NONE ? kl_data(ex, t->src[2]) : NULL;
     void *db = a->has_bias ? kl_data(ex, t->extra[0]) : NULL;
-    if (t->dtype == KL_F32) conv_bwd_filter_float(ex, a, dy, x, kl_data(ex, t), db, kl_scratch(ex, t));
-    else conv_bwd_filter_double(ex, a, dy, x, kl_data(ex, t), db, kl_scratch(ex, t));
+    if (t->dtype == KL_F32) conv_bwd_filter_float(ex, a, dy, x, y, kl_data(ex, t), db, kl_scratch(ex, t));
+    else conv_bwd_filter_double(ex, a, dy, x, y, kl_data(ex, t), db, kl_scratch(ex, t));
     return KL_OK;
 }

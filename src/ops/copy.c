@@ -17,15 +17,16 @@ kl_status kl_copy_strided(const kl_exec *ex, const kl_tensor *src, void *dst, co
     const unsigned char *x = kl_data(ex, src);
     unsigned char *y = dst;
     int64_t sy = kl_iter_inner_st(&it, 0), sx = kl_iter_inner_st(&it, 1);
+    kl_iter_blocks bl = kl_iter_split(&it);
 #pragma omp parallel for schedule(static) if (it.rows * it.inner > KL_PAR_MIN)
-    for (int64_t r = 0; r < it.rows; r++) {
-        int64_t o[2];
-        kl_iter_row(&it, r, o);
+    for (int64_t w = 0; w < bl.items; w++) {
+        int64_t o[2], i0, i1;
+        kl_iter_item(&it, &bl, w, o, &i0, &i1);
         if (sx == 1 && sy == 1) {
-            memcpy(y + o[0] * es, x + o[1] * es, (size_t)it.inner * es);
+            memcpy(y + (o[0] + i0) * es, x + (o[1] + i0) * es, (size_t)(i1 - i0) * es);
             continue;
         }
-        for (int64_t i = 0; i < it.inner; i++) memcpy(y + (o[0] + i * sy) * es, x + (o[1] + i * sx) * es, es);
+        for (int64_t i = i0; i < i1; i++) memcpy(y + (o[0] + i * sy) * es, x + (o[1] + i * sx) * es, es);
     }
     return KL_OK;
 }

@@ -29,7 +29,18 @@ static kl_status unary_bwd_shape(kl_tensor *t)
     return unary_shape(t);
 }
 
-/* f applied over a strided x (and saved s for backward) into contiguous y. */
+/* f applied over a strided x (and saved s for backward) into contiguous y.
+ * The kind is switched on outside the loops so each loop inlines its math
+ * and vectorises. */
+#define UNARY_LOOPS(T, K)                                                                          \
+    case K:                                                                                        \
+        if (bwd)                                                                                   \
+            for (int64_t i = i0; i < i1; i++) yr[i] = kl_unary_grad_##T(K, sr[i * ss2], xr[i * sx], alpha); \
+        else if (sx == 1)                                                                          \
+            for (int64_t i = i0; i < i1; i++) yr[i] = kl_unary_##T(K, xr[i], alpha);              \
+        else                                                                                       \
+            for (int64_t i = i0; i < i1; i++) yr[i] = kl_unary_##T(K, xr[i * sx], alpha);         \
+        break;
 #define UNARY_KERNEL(T)                                                                            \
     static void unary_cpu_##T(const kl_tensor *t, const T *x, const T *s, T *y, int bwd)          \
     {                                                                                              \
@@ -43,20 +54,24 @@ static kl_status unary_bwd_shape(kl_tensor *t)
         }                                                                                          \
         kl_iter it;                                                                                \
         kl_iter_init(&it, t->ndim, t->ne, 3, (const int64_t(*)[8])st);                             \
+        kl_iter_blocks bl = kl_iter_split(&it);                                                    \
         int64_t sx = kl_iter_inner_st(&it, 1), ss2 = kl_iter_inner_st(&it, 2);                     \
         T alpha = (T)a->alpha;                                                                     \
         int kind = a->kind;                                                                        \
         _Pragma("omp parallel for schedule(static) if (it.rows * it.inner > KL_PAR_MIN)")           \
-        for (int64_t r = 0; r < it.rows; r++) {                                                    \
-            int64_t o[3];                                                                          \
-            kl_iter_row(&it, r, o);                                                                \
+        for (int64_t w = 0; w < bl.items; w++) {                                                   \
+            int64_t o[3], i0, i1;                                                                  \
+            kl_iter_item(&it, &bl, w, o, &i0, &i1);                                                \
             T *yr = y + o[0];                                                                      \
             const T *xr = x + o[1], *sr = s + o[2];                                                \
-            if (bwd)                                                                               \
-                for (int64_t i = 0; i < it.inner; i++)                                             \
-                    yr[i] = kl_unary_grad_##T(kind, sr[i * ss2], xr[i * sx], alpha);               \
-            else                                                                                   \
-                for (int64_t i = 0; i < it.inner; i++) yr[i] = kl_unary_##T(kind, xr[i * sx], alpha); \
+            switch (kind) {                                                                        \
+                UNARY_LOOPS(T, KL_UN_RELU)                                                         \
+                UNARY_LOOPS(T, KL_UN_GELU)                                                         \
+                UNARY_LOOPS(T, KL_UN_TANH)                                                         \
+                UNARY_LOOPS(T, KL_UN_SIGMOID)                                                      \
+                UNARY_LOOPS(T, KL_UN_SCALE)                                                        \
+                UNARY_LOOPS(T, KL_UN_SQUARE)                                                       \
+            }                                                                                      \
         }                                                                                          \
     }
 KL_FOR_REAL(UNARY_KERNEL)

@@ -66,6 +66,31 @@ static inline void kl_iter_row(const kl_iter *it, int64_t r, int64_t *off)
     }
 }
 
+/* Work items for a parallel loop: each row is cut into blocks so that a
+ * fully collapsed (one-row) tensor still spreads over all threads. Item w
+ * covers row w / nblk, elements [b0, b1) of it. */
+typedef struct kl_iter_blocks { int64_t nblk, bs, items; } kl_iter_blocks;
+
+static inline kl_iter_blocks kl_iter_split(const kl_iter *it)
+{
+    kl_iter_blocks b;
+    b.bs = it->rows >= 64 || it->inner <= 8192 ? it->inner : 8192;
+    if (b.bs < 1) b.bs = 1;
+    b.nblk = (it->inner + b.bs - 1) / b.bs;
+    if (b.nblk < 1) b.nblk = 1;
+    b.items = it->rows * b.nblk;
+    return b;
+}
+
+static inline void kl_iter_item(const kl_iter *it, const kl_iter_blocks *b, int64_t w, int64_t *off, int64_t *i0,
+                                int64_t *i1)
+{
+    int64_t blk = w % b->nblk;
+    kl_iter_row(it, w / b->nblk, off);
+    *i0 = blk * b->bs;
+    *i1 = *i0 + b->bs < it->inner ? *i0 + b->bs : it->inner;
+}
+
 /* Inner stride of operand k. */
 static inline int64_t kl_iter_inner_st(const kl_iter *it, int k) { return it->st[k][it->ndim - 1]; }
 

@@ -1,0 +1,215 @@
+/* kiln eval CKPT and kiln predict CKPT INPUT...: a trained model from its
+ * checkpoint (weights + the run's resolved config, which records the
+ * normalisation), evaluated on a dataset or applied to images and rows. */
+#include "cli/cli.h"
+#include "cli/evaluator.h"
+#include "cli/train_opts.h"
+#include "core/error.h"
+#include "io/checkpoint.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    kl_cfg *cfg;
+    train_opts o;
+    kl_model *model;
+    kl_ctx *ctx;
+} loaded;
+
+static void loaded_free(loaded *l)
+{
+    kl_ctx_free(l->ctx);
+    kl_model_free(l->model);
+    kl_cfg_free(l->cfg);
+}
+
+static kl_status open_ckpt(const char *path, const char **sets, int nsets, loaded *l)
+{
+    char dir[4096], cfgp[4200];
+    kl_train_state st;
+    kl_cfg_node *model;
+    KL_TRY(kl_checkpoint_resolve(path, dir, sizeof dir));
+    snprintf(cfgp, sizeof cfgp, "%s/config.yaml", dir);
+    KL_TRY(kl_cfg_load(cfgp, &l->cfg));
+    for (int i = 0; i < nsets; i++) KL_TRY(kl_cfg_set(l->cfg, sets[i]));
+    KL_TRY(train_opts_read(l->cfg, &l->o));
+    KL_TRY(kl_cfg_get_map(kl_cfg_root(l->cfg), "model", 1, &model));
+    KL_TRY(kl_model_from_cfg(model, &l->model));
+    kl_ctx_opts co = {.seed = l->o.seed, .threads = (int)l->o.threads};
+    KL_TRY(kl_ctx_new(&co, &l->ctx));
+    step_graph sg = {0}; /* creates the parameters, then the checkpoint fills them */
+    kl_status s = step_graph_build(&sg, l->model, l->ctx, NULL, 1);
+    step_graph_free(&sg);
+    KL_TRY(s);
+    return kl_checkpoint_load(dir, l->ctx, NULL, &st, NULL);
+}
+
+int kl_cmd_eval(int argc, char **argv)
+{
+    const char *ckpt = NULL, *split = "test", *sets[32];
+    int nsets = 0, confusion = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: kiln eval CKPT [--data test|val|train] [--confusion] [--set KEY=VALUE]\n\n"
+                   "Prints loss and accuracy of a checkpoint (or run directory) on a dataset split.\n"
+                   "--set data.* changes the data, e.g. --set data.kind=idx --set data.test_images=...\n");
+            return 0;
+        }
+        if (!strcmp(argv[i], "--confusion")) confusion = 1;
+        else if (!strcmp(argv[i], "--data") && i + 1 < argc) split = argv[++i];
+        else if (!strcmp(argv[i], "--set") && i + 1 < argc && nsets < 32) sets[nsets++] = argv[++i];
+        else if (argv[i][0] == '-') {
+            fprintf(stderr, "kiln eval: unknown option '%s' (see kiln eval --help)\n", argv[i]);
+            return 2;
+        } else ckpt = argv[i];
+    }
+    if (!ckpt) {
+        fprintf(stderr, "kiln eval: which checkpoint? (kiln eval CKPT)\n");
+        return 2;
+    }
+    if (strcmp(split, "test") && strcmp(split, "val") && strcmp(split, "train")) {
+        fprintf(stderr, "kiln eval: --data must be test, val or train, got '%s'\n", split);
+        return 2;
+    }
+    loaded l = {0};
+    kl_dataset *tr = NULL, *va = NULL, *te = NULL;
+    int64_t *cm = NULL;
+    float mean, std;
+    kl_status s = open_ckpt(ckpt, sets, nsets, &l);
+    if (s == KL_OK) s = train_load_data(&l.o, &tr, &va, &te, &mean, &std);
+    const kl_dataset *ds = !strcmp(split, "test") ? te : !strcmp(split, "val") ? va : tr;
+    if (s == KL_OK && !ds) s = kl_fail(KL_EINVAL, "the run's data has no %s split", split);
+    int64_t C = s == KL_OK ? kl_model_outputs(l.model) : 0;
+    if (s == KL_OK) s = kl_dataset_check_labels(ds, (int)C);
+    if (s == KL_OK && !(cm = calloc((size_t)(C * C), sizeof *cm))) s = kl_fail(KL_ENOMEM, "out of memory");
+    double loss = 0, acc = 0;
+    evaluator e = {.model = l.model, .ctx = l.ctx, .batch = l.o.batch};
+    if (s == KL_OK) s = evaluator_run(&e, ds, &loss, &acc, cm);
+    if (s == KL_OK) {
+        printf("%s: %lld samples  loss %.4f  accuracy %.4f\n", split, (long long)kl_dataset_count(ds), loss, acc);
+        if (confusion) {
+            printf("confusion (rows: true class, columns: predicted)\n      ");
+            for (int64_t c = 0; c < C; c++) printf("%6lld", (long long)c);
+            printf("\n");
+            for (int64_t r = 0; r < C; r++) {
+                printf("%6lld", (long long)r);
+                for (int64_t c = 0; c < C; c++) printf("%6lld", (long long)cm[r * C + c]);
+                printf("\n");
+            }
+        }
+    } else {
+        fprintf(stderr, "kiln eval: %s\n", kl_last_error());
+    }
+    evaluator_free(&e);
+    free(cm);
+    kl_dataset_free(tr);
+    kl_dataset_free(va);
+    kl_dataset_free(te);
+    loaded_free(&l);
+    return s == KL_OK ? 0 : 1;
+}
+
+/* The samples of one INPUT: an IDX image file, a PNG image, or a CSV file
+ * of feature rows (no label column). */
+static kl_status read_input(const char *path, const kl_model *m, float **x, int64_t *n)
+{
+    size_t len = strlen(path);
+    int64_t need = 1, d[3];
+    for (int i = 0; i < kl_model_input_ndim(m); i++) need *= kl_model_input_shape(m)[i];
+    if (len > 4 && !strcmp(path + len - 4, ".png")) {
+        KL_TRY(kl_png_load(path, (int)kl_model_input_shape(m)[0], x, d));
+        *n = 1;
+        if (d[0] * d[1] * d[2] != need) {
+            free(*x);
+            return kl_fail(KL_EINVAL, "%s: image is [%lld,%lld,%lld], the model takes %lld values per sample", path,
+                           (long long)d[0], (long long)d[1], (long long)d[2], (long long)need);
+        }
+        return KL_OK;
+    }
+    kl_dataset *ds;
+    if (len > 4 && (!strcmp(path + len - 4, ".csv") || !strcmp(path + len - 7, ".csv.gz"))) {
+        kl_csv_opts co = {.label_col = -2, .header = -1, .delim = ','};
+        KL_TRY(kl_dataset_load_csv(path, &co, &ds));
+    } else {
+        KL_TRY(kl_dataset_load_idx(path, NULL, &ds));
+    }
+    kl_status s = KL_OK;
+    if (kl_dataset_sample_size(ds) != need)
+        s = kl_fail(KL_EINVAL, "%s: %lld values per sample, the model takes %lld", path,
+                    (long long)kl_dataset_sample_size(ds), (long long)need);
+    *n = kl_dataset_count(ds);
+    *x = s == KL_OK ? malloc((size_t)(*n * need) * sizeof **x) : NULL;
+    if (s == KL_OK && !*x) s = kl_fail(KL_ENOMEM, "out of memory");
+    if (s == KL_OK) memcpy(*x, kl_dataset_features(ds), (size_t)(*n * need) * sizeof **x);
+    kl_dataset_free(ds);
+    return s;
+}
+
+int kl_cmd_predict(int argc, char **argv)
+{
+    const char *ckpt = NULL, *inputs[256];
+    int ninputs = 0, topk = 3;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: kiln predict CKPT INPUT... [--top-k K]\n\n"
+                   "Prints the top-K classes for each sample of each INPUT: a PNG image, an IDX image\n"
+                   "file, or a CSV file of feature rows.\n");
+            return 0;
+        }
+        if (!strcmp(argv[i], "--top-k") && i + 1 < argc) topk = atoi(argv[++i]);
+        else if (argv[i][0] == '-') {
+            fprintf(stderr, "kiln predict: unknown option '%s' (see kiln predict --help)\n", argv[i]);
+            return 2;
+        } else if (!ckpt) ckpt = argv[i];
+        else if (ninputs < 256) inputs[ninputs++] = argv[i];
+    }
+    if (!ckpt || !ninputs) {
+        fprintf(stderr, "kiln predict: usage: kiln predict CKPT INPUT...\n");
+        return 2;
+    }
+    loaded l = {0};
+    kl_status s = open_ckpt(ckpt, NULL, 0, &l);
+    int64_t C = s == KL_OK ? kl_model_outputs(l.model) : 0;
+    if (topk < 1 || topk > C) topk = (int)(C < 3 ? C : 3);
+    for (int f = 0; f < ninputs && s == KL_OK; f++) {
+        float *x = NULL;
+        int64_t n = 0, ss = 1;
+        s = read_input(inputs[f], l.model, &x, &n);
+        for (int i = 0; i < kl_model_input_ndim(l.model); i++) ss *= kl_model_input_shape(l.model)[i];
+        if (s == KL_OK && l.o.normalize)
+            for (int64_t i = 0; i < n * ss; i++) x[i] = (x[i] - (float)l.o.mean) / (float)(l.o.std ? l.o.std : 1);
+        step_graph sg = {0};
+        float *lg = s == KL_OK ? malloc((size_t)(n * C) * sizeof *lg) : NULL;
+        int32_t *y = s == KL_OK ? calloc((size_t)n, sizeof *y) : NULL;
+        if (s == KL_OK && (!lg || !y)) s = kl_fail(KL_ENOMEM, "out of memory");
+        if (s == KL_OK) s = step_graph_build(&sg, l.model, l.ctx, NULL, n);
+        double lsum = 0;
+        int64_t corr = 0;
+        if (s == KL_OK) s = step_graph_run(&sg, l.model, x, y, &lsum, &corr, NULL, lg);
+        for (int64_t i = 0; s == KL_OK && i < n; i++) { /* softmax, then the k best */
+            float *r = lg + i * C, mx = r[0], sum = 0;
+            for (int64_t c = 1; c < C; c++) mx = r[c] > mx ? r[c] : mx;
+            for (int64_t c = 0; c < C; c++) sum += r[c] = expf(r[c] - mx);
+            printf("%s", inputs[f]);
+            if (n > 1) printf("[%lld]", (long long)i);
+            for (int k = 0; k < topk; k++) {
+                int64_t best = 0;
+                for (int64_t c = 1; c < C; c++)
+                    if (r[c] > r[best]) best = c;
+                printf("  %lld (%.3f)", (long long)best, r[best] / sum);
+                r[best] = -1;
+            }
+            printf("\n");
+        }
+        step_graph_free(&sg);
+        free(x);
+        free(lg);
+        free(y);
+    }
+    if (s != KL_OK) fprintf(stderr, "kiln predict: %s\n", kl_last_error());
+    loaded_free(&l);
+    return s == KL_OK ? 0 : 1;
+}

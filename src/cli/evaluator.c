@@ -1,0 +1,83 @@
+/* Step graphs and whole-dataset evaluation. */
+#include "cli/evaluator.h"
+#include "core/error.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+kl_status step_graph_build(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *opt, int64_t batch)
+{
+    int64_t xd[5] = {batch};
+    int nd = kl_model_input_ndim(m);
+    memcpy(xd + 1, kl_model_input_shape(m), (size_t)nd * sizeof *xd);
+    sg->batch = batch;
+    KL_TRY(kl_graph_new(ctx, &sg->g));
+    KL_TRY(kl_input(sg->g, "x", KL_F32, nd + 1, xd, &sg->x));
+    KL_TRY(kl_input(sg->g, "y", KL_I32, 1, &batch, &sg->y));
+    KL_TRY(kl_model_forward(m, sg->g, sg->x, opt != NULL, &sg->logits));
+    KL_TRY(kl_output(sg->g, sg->logits));
+    KL_TRY(kl_softmax_cross_entropy(sg->g, sg->logits, sg->y, &sg->loss));
+    KL_TRY(kl_output(sg->g, sg->loss));
+    if (opt) {
+        KL_TRY(kl_backward(sg->g, sg->loss));
+        KL_TRY(kl_optim_step(sg->g, opt));
+    }
+    return kl_graph_plan(sg->g, NULL);
+}
+
+kl_status step_graph_run(step_graph *sg, const kl_model *m, const float *x, const int32_t *y, double *loss_sum,
+                         int64_t *correct, int64_t *confusion, float *logits_out)
+{
+    int64_t b = sg->batch, C = kl_model_outputs(m), ss = kl_tensor_numel(sg->x) / b;
+    KL_TRY(kl_tensor_set(sg->x, x, (size_t)(b * ss) * sizeof(float)));
+    KL_TRY(kl_tensor_set(sg->y, y, (size_t)b * sizeof(int32_t)));
+    KL_TRY(kl_graph_run(sg->g));
+    float l, *lg = logits_out ? logits_out : malloc((size_t)(b * C) * sizeof *lg);
+    if (!lg) return kl_fail(KL_ENOMEM, "out of memory reading logits");
+    kl_status s = kl_tensor_get(sg->loss, &l, sizeof l);
+    if (s == KL_OK) s = kl_tensor_get(sg->logits, lg, (size_t)(b * C) * sizeof *lg);
+    for (int64_t i = 0; s == KL_OK && i < b; i++) {
+        int64_t best = 0;
+        for (int64_t c = 1; c < C; c++)
+            if (lg[i * C + c] > lg[i * C + best]) best = c;
+        *correct += best == y[i];
+        if (confusion) confusion[y[i] * C + best]++;
+    }
+    if (!logits_out) free(lg);
+    if (s == KL_OK && !isfinite(l))
+        s = kl_fail(KL_ENUMERIC, "loss is %g: training diverged (try a lower learning rate or clip.max_norm)", l);
+    *loss_sum += (double)l * (double)b;
+    return s;
+}
+
+void step_graph_free(step_graph *sg)
+{
+    kl_graph_free(sg->g);
+    memset(sg, 0, sizeof *sg);
+}
+
+kl_status evaluator_run(evaluator *e, const kl_dataset *ds, double *loss, double *acc, int64_t *confusion)
+{
+    int64_t n = kl_dataset_count(ds), ss = kl_dataset_sample_size(ds), B = e->batch, correct = 0;
+    double sum = 0;
+    const float *x = kl_dataset_features(ds);
+    const int32_t *y = kl_dataset_labels(ds);
+    for (int64_t at = 0; at < n;) {
+        int64_t b = n - at < B ? n - at : B;
+        step_graph *sg = b == B ? &e->full : &e->rest;
+        if (sg->g && sg->batch != b) step_graph_free(sg);
+        if (!sg->g) KL_TRY(step_graph_build(sg, e->model, e->ctx, NULL, b));
+        KL_TRY(step_graph_run(sg, e->model, x + at * ss, y + at, &sum, &correct, confusion, NULL));
+        at += b;
+    }
+    *loss = n ? sum / (double)n : 0;
+    *acc = n ? (double)correct / (double)n : 0;
+    return KL_OK;
+}
+
+void evaluator_free(evaluator *e)
+{
+    step_graph_free(&e->full);
+    step_graph_free(&e->rest);
+}

@@ -1,0 +1,35 @@
+/* Step graphs shared by training, evaluation and prediction: a model's
+ * forward (and, for training, backward and update) at a fixed batch size. */
+#ifndef KL_CLI_EVALUATOR_H
+#define KL_CLI_EVALUATOR_H
+
+#include "kiln/data.h"
+#include "nn/model.h"
+
+typedef struct step_graph {
+    kl_graph *g;
+    kl_tensor *x, *y, *logits, *loss;
+    int64_t batch;
+} step_graph;
+
+/* Builds and plans the graph; opt non-NULL adds backward and the update. */
+kl_status step_graph_build(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *opt, int64_t batch);
+/* Runs one batch of sg->batch rows: adds loss * rows to *loss_sum, counts
+ * correct predictions, and (if confusion is non-NULL) fills a C x C
+ * confusion matrix (true class rows). logits_out (may be NULL) gets the logits. */
+kl_status step_graph_run(step_graph *sg, const kl_model *m, const float *x, const int32_t *y, double *loss_sum,
+                         int64_t *correct, int64_t *confusion, float *logits_out);
+void step_graph_free(step_graph *sg);
+
+typedef struct evaluator {
+    kl_model *model;
+    kl_ctx *ctx;
+    int64_t batch;
+    step_graph full, rest; /* batches of `batch` rows, and the last partial one */
+} evaluator;
+
+/* Mean loss and accuracy of the model over ds (confusion as above). */
+kl_status evaluator_run(evaluator *e, const kl_dataset *ds, double *loss, double *acc, int64_t *confusion);
+void evaluator_free(evaluator *e);
+
+#endif
