@@ -129,6 +129,11 @@ typedef struct kl_graph_stats {
 KL_API kl_status kl_graph_stats_get(const kl_graph *g, kl_graph_stats *out);
 /* Sets the run counter (restoring a checkpoint reproduces dropout masks). */
 KL_API kl_status kl_graph_set_runs(kl_graph *g, uint64_t runs);
+/* Profiling: while on, each run adds every op's wall time to a per-op
+ * total; kl_graph_profile_print prints the totals by op kind, largest first
+ * (also on when the environment has KILN_PROFILE=1). */
+KL_API kl_status kl_graph_profile(kl_graph *g, int on);
+KL_API void kl_graph_profile_print(const kl_graph *g, void *file /* FILE* */);
 /* Prints the graph's ops, shapes and arena offsets (debugging). */
 KL_API void kl_graph_print(const kl_graph *g, void *file /* FILE* */);
 

@@ -2,6 +2,10 @@
 #include "core/graph.h"
 #include "backends/backend.h"
 
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
 const kl_op_def *const kl_ops[KL_OP_COUNT] = {
 #define KL_OP(name) &kl_op_##name,
 #include "ops/ops.def"
@@ -37,6 +41,7 @@ kl_status kl_graph_run(kl_graph *g)
     kl_ctx *c = g->ctx;
     kl_exec ex = {.g = g, .ctx = c, .arena = g->arena, .threads = c->threads, .run = g->runs};
     kl_backend_cpu.begin_run(c->threads);
+    if (!g->prof && g->runs == 0 && getenv("KILN_PROFILE") && atoi(getenv("KILN_PROFILE")) > 0) KL_TRY(kl_graph_profile(g, 1));
     for (int i = 0; i < g->n_nodes; i++) {
         const kl_tensor *t = g->nodes[i];
         kl_kernel_fn fn = kl_ops[t->op]->fwd[c->backend];
@@ -45,9 +50,47 @@ kl_status kl_graph_run(kl_graph *g)
             return kl_fail(KL_EUNSUPPORTED, "%s '%s' %s: no kernel on %s", kl_ops[t->op]->name, t->name, kl_desc(t),
                            c->backend == KL_BACKEND_CPU ? "cpu" : "cuda");
         }
+        struct timespec t0, t1;
+        if (g->prof) clock_gettime(CLOCK_MONOTONIC, &t0);
         kl_status s = fn(&ex, t);
+        if (g->prof) {
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            g->prof[i] += (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        }
         if (s != KL_OK) return kl_fail_prefix(s, "%s '%s'", kl_ops[t->op]->name, t->name);
     }
     g->runs++;
     return KL_OK;
+}
+
+kl_status kl_graph_profile(kl_graph *g, int on)
+{
+    if (!g) return kl_fail(KL_EMISUSE, "kl_graph_profile: graph is NULL");
+    kl_free(g->prof);
+    g->prof = on ? kl_calloc((size_t)g->n_nodes + 1, sizeof *g->prof) : NULL;
+    return on && !g->prof ? KL_ENOMEM : KL_OK;
+}
+
+void kl_graph_profile_print(const kl_graph *g, void *file)
+{
+    FILE *f = file ? file : stderr;
+    if (!g || !g->prof) return;
+    double by_op[KL_OP_COUNT] = {0}, total = 0;
+    int count[KL_OP_COUNT] = {0};
+    for (int i = 0; i < g->n_nodes; i++) {
+        by_op[g->nodes[i]->op] += g->prof[i];
+        count[g->nodes[i]->op]++;
+        total += g->prof[i];
+    }
+    fprintf(f, "profile over %llu runs: %.3f ms per run\n", (unsigned long long)g->runs,
+            g->runs ? 1e3 * total / (double)g->runs : 0.0);
+    for (;;) {
+        int best = -1;
+        for (int k = 0; k < KL_OP_COUNT; k++)
+            if (by_op[k] > 0 && (best < 0 || by_op[k] > by_op[best])) best = k;
+        if (best < 0) break;
+        fprintf(f, "  %-18s %4d nodes %9.3f ms/run %5.1f%%\n", kl_ops[best]->name, count[best],
+                g->runs ? 1e3 * by_op[best] / (double)g->runs : 0.0, 100 * by_op[best] / (total > 0 ? total : 1));
+        by_op[best] = 0;
+    }
 }

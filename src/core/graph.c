@@ -23,6 +23,7 @@ void kl_graph_free(kl_graph *g)
     for (int i = 0; i < g->n_nodes; i++) kl_free(g->nodes[i]);
     kl_free(g->nodes);
     kl_free(g->grad_written);
+    kl_free(g->prof);
     kl_backend_cpu.free(g->arena);
     g->ctx->n_graphs--;
     kl_free(g);
@@ -50,6 +51,8 @@ static kl_status push_node(kl_graph *g, kl_tensor *t)
     t->id = g->n_nodes;
     g->nodes[g->n_nodes++] = t;
     g->plan.valid = false;
+    kl_free(g->prof); /* per-node times no longer line up */
+    g->prof = NULL;
     return KL_OK;
 }
 

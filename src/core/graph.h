@@ -135,6 +135,7 @@ struct kl_graph {
     uint64_t runs;
     bool *grad_written; /* per ctx slot: this graph writes the gradient */
     int grad_written_n;
+    double *prof; /* seconds per node, accumulated while profiling is on */
 };
 
 /* What a kernel sees while the graph runs. */

@@ -88,13 +88,34 @@ static kl_status optim_shape(kl_tensor *t)
     return KL_OK;
 }
 
+/* One parameter's update; the kind is a constant in each loop. */
+#define UPDATE(T)                                                                                  \
+    static void update_##T(const kl_optim_hp *h, int kind, int64_t n, T *p, const T *g, T *m, T *v) \
+    {                                                                                              \
+        switch (kind) {                                                                            \
+        case KL_OPTIM_SGD:                                                                         \
+            _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")                        \
+            for (int64_t i = 0; i < n; i++) kl_optim_elem_##T(h, KL_OPTIM_SGD, p + i, g[i], m + i, v + i); \
+            break;                                                                                 \
+        case KL_OPTIM_ADAM:                                                                        \
+            _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")                        \
+            for (int64_t i = 0; i < n; i++) kl_optim_elem_##T(h, KL_OPTIM_ADAM, p + i, g[i], m + i, v + i); \
+            break;                                                                                 \
+        default:                                                                                   \
+            _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")                        \
+            for (int64_t i = 0; i < n; i++) kl_optim_elem_##T(h, KL_OPTIM_ADAMW, p + i, g[i], m + i, v + i); \
+            break;                                                                                 \
+        }                                                                                          \
+    }
+KL_FOR_REAL(UPDATE)
+
 static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
 {
     kl_optim *opt = KL_ATTR_C(t, optim_attr)->opt;
     KL_TRY(ensure_state(opt));
     const kl_optim_opts *o = &opt->o;
     int64_t step = opt->steps + 1;
-    kl_optim_hp h = {.kind = o->kind, .lr = o->lr, .momentum = o->momentum, .weight_decay = o->weight_decay,
+    kl_optim_hp h = {.lr = o->lr, .momentum = o->momentum, .weight_decay = o->weight_decay,
                      .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps, .nesterov = o->nesterov,
                      .first = step == 1, .bc1 = 1 - pow(o->beta1, (double)step), .bc2 = 1 - pow(o->beta2, (double)step)};
     kl_ctx *c = ex->ctx;
@@ -121,15 +142,8 @@ static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
         int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
         unsigned char *p = c->params + sl->off, *gr = c->grads + sl->off, *m = opt->m + sl->off;
         unsigned char *v = opt->v ? opt->v + sl->off : m; /* SGD never reads v */
-        if (sl->dtype == KL_F32) {
-#pragma omp parallel for schedule(static) if (n > KL_PAR_MIN)
-            for (int64_t i = 0; i < n; i++)
-                kl_optim_elem_float(&h, (float *)p + i, ((float *)gr)[i], (float *)m + i, (float *)v + i);
-        } else {
-#pragma omp parallel for schedule(static) if (n > KL_PAR_MIN)
-            for (int64_t i = 0; i < n; i++)
-                kl_optim_elem_double(&h, (double *)p + i, ((double *)gr)[i], (double *)m + i, (double *)v + i);
-        }
+        if (sl->dtype == KL_F32) update_float(&h, o->kind, n, (float *)p, (const float *)gr, (float *)m, (float *)v);
+        else update_double(&h, o->kind, n, (double *)p, (const double *)gr, (double *)m, (double *)v);
     }
     opt->steps = step;
     return KL_OK;

@@ -1,5 +1,6 @@
 /* Optimizer updates for one element, shared by the CPU loop and the CUDA
- * kernel. Semantics follow torch.optim (SGD dampening 0; Adam's L2 decay is
+ * kernel. kind (kl_optim_kind) is passed as a constant by callers so each
+ * kind's loop is specialised and vectorised. Semantics follow torch.optim (SGD dampening 0; Adam's L2 decay is
  * added to the gradient; AdamW decays the weight directly). */
 #ifndef KL_OPTIM_ELEM_H
 #define KL_OPTIM_ELEM_H
@@ -12,7 +13,6 @@
 #endif
 
 typedef struct kl_optim_hp {
-    int kind; /* kl_optim_kind */
     double lr, momentum, weight_decay, beta1, beta2, eps;
     int nesterov;
     int first;       /* first SGD step: momentum buffer starts as the gradient */
@@ -21,10 +21,10 @@ typedef struct kl_optim_hp {
 } kl_optim_hp;
 
 #define KL_DEF_OPTIM_ELEM(T)                                                                       \
-    KL_HD static inline void kl_optim_elem_##T(const kl_optim_hp *h, T *p, T g, T *m, T *v)      \
+    KL_HD static inline void kl_optim_elem_##T(const kl_optim_hp *h, int kind, T *p, T g, T *m, T *v) \
     {                                                                                              \
         g *= (T)h->gscale;                                                                         \
-        if (h->kind == 0) { /* SGD */                                                              \
+        if (kind == 0) { /* SGD */                                                                  \
             g += (T)h->weight_decay * *p;                                                          \
             if (h->momentum != 0) {                                                                \
                 *m = h->first ? g : (T)h->momentum * *m + g;                                       \
@@ -33,7 +33,7 @@ typedef struct kl_optim_hp {
             *p -= (T)h->lr * g;                                                                    \
             return;                                                                                \
         }                                                                                          \
-        if (h->kind == 1) g += (T)h->weight_decay * *p;                                            \
+        if (kind == 1) g += (T)h->weight_decay * *p;                                               \
         else *p *= (T)(1 - h->lr * h->weight_decay);                                               \
         *m = (T)h->beta1 * *m + (T)(1 - h->beta1) * g;                                             \
         *v = (T)h->beta2 * *v + (T)(1 - h->beta2) * g * g;                                         \
