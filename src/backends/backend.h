@@ -15,6 +15,7 @@ typedef struct kl_backend {
     void (*free)(void *p);
     kl_status (*h2d)(void *dst, const void *src, size_t bytes);
     kl_status (*d2h)(void *dst, const void *src, size_t bytes);
+    kl_status (*d2d)(void *dst, const void *src, size_t bytes);
     kl_status (*memset0)(void *p, size_t bytes);
     kl_status (*sync)(void);
     /* Called before a graph runs: thread counts, streams. */
@@ -22,6 +23,9 @@ typedef struct kl_backend {
 } kl_backend;
 
 extern const kl_backend kl_backend_cpu;
+
+/* The backend of a ctx: kl_backends[ctx->backend]; NULL where not built. */
+extern const kl_backend *const kl_backends[];
 
 /* Number of CPU cores available to this process. */
 int kl_cpu_cores(void);

@@ -35,6 +35,7 @@ kl_status kl_ctx_new(const kl_ctx_opts *opts, kl_ctx **out)
     if (!c) return KL_ENOMEM;
     c->device = o.device;
     c->backend = KL_BACKEND_CPU;
+    c->be = kl_backends[KL_BACKEND_CPU];
     c->threads = o.threads ? o.threads : default_threads();
     c->seed = o.seed;
     *out = c;
@@ -46,9 +47,9 @@ void kl_ctx_free(kl_ctx *c)
     if (!c) return;
     for (int i = 0; i < c->n_slots; i++) kl_free(c->slots[i].name);
     kl_free(c->slots);
-    free(c->params);
-    free(c->grads);
-    free(c->buffers);
+    c->be->free(c->params);
+    c->be->free(c->grads);
+    c->be->free(c->buffers);
     kl_free(c);
 }
 
@@ -66,18 +67,21 @@ int kl_ctx_param_count(const kl_ctx *c) { return c ? c->n_slots : 0; }
 
 static size_t align_up(size_t n) { return (n + KL_ALIGN - 1) / KL_ALIGN * KL_ALIGN; }
 
-/* Grows an aligned buffer, keeping its contents and zeroing the rest. */
-static kl_status grow(unsigned char **buf, size_t *cap, size_t used, size_t need)
+/* Grows a device buffer, keeping its contents and zeroing the rest. */
+static kl_status grow(const kl_backend *be, unsigned char **buf, size_t *cap, size_t used, size_t need)
 {
     if (need <= *cap) return KL_OK;
     size_t ncap = *cap ? *cap : 4096;
     while (ncap < need) ncap *= 2;
     void *p = NULL;
-    if (posix_memalign(&p, KL_ALIGN, ncap) != 0)
-        return kl_fail(KL_ENOMEM, "out of host memory growing parameter storage to %zu bytes", ncap);
-    if (*buf) memcpy(p, *buf, used);
-    memset((unsigned char *)p + used, 0, ncap - used);
-    free(*buf);
+    KL_TRY(be->alloc(&p, ncap));
+    kl_status s = *buf ? be->d2d(p, *buf, used) : KL_OK;
+    if (s == KL_OK) s = be->memset0((unsigned char *)p + used, ncap - used);
+    if (s != KL_OK) {
+        be->free(p);
+        return s;
+    }
+    be->free(*buf);
     *buf = p;
     *cap = ncap;
     return KL_OK;
@@ -91,6 +95,7 @@ unsigned char *kl_slot_data(const kl_ctx *c, int slot)
 
 unsigned char *kl_slot_grad(const kl_ctx *c, int slot) { return c->grads + c->slots[slot].off; }
 
+/* Initial values, drawn on the host (so every device starts alike). */
 static void init_values(kl_ctx *c, kl_param_slot *s, const kl_init *init, void *data)
 {
     int64_t n = (int64_t)(s->nbytes / kl_dtype_size(s->dtype));
@@ -148,16 +153,27 @@ kl_status kl_ctx_slot_new(kl_ctx *c, const char *name, kl_dtype dt, int ndim, co
     size_t need = s.off + align_up(s.nbytes);
     if (trainable) {
         size_t gcap = c->params_cap;
-        KL_TRY(grow(&c->params, &c->params_cap, *used, need));
-        KL_TRY(grow(&c->grads, &gcap, *used, c->params_cap));
+        KL_TRY(grow(c->be, &c->params, &c->params_cap, *used, need));
+        KL_TRY(grow(c->be, &c->grads, &gcap, *used, c->params_cap));
     } else {
-        KL_TRY(grow(&c->buffers, &c->buffers_cap, *used, need));
+        KL_TRY(grow(c->be, &c->buffers, &c->buffers_cap, *used, need));
     }
+    void *host = kl_calloc(1, s.nbytes ? s.nbytes : 1);
+    if (!host) return KL_ENOMEM;
     s.name = kl_strdup(name);
-    if (!s.name) return KL_ENOMEM;
-    *used = need;
+    if (!s.name) {
+        kl_free(host);
+        return KL_ENOMEM;
+    }
     c->slots[c->n_slots] = s;
-    init_values(c, &c->slots[c->n_slots], init, kl_slot_data(c, c->n_slots));
+    init_values(c, &c->slots[c->n_slots], init, host);
+    kl_status st = c->be->h2d((trainable ? c->params : c->buffers) + s.off, host, s.nbytes);
+    kl_free(host);
+    if (st != KL_OK) {
+        kl_free(s.name);
+        return st;
+    }
+    *used = need;
     *slot = c->n_slots++;
     return KL_OK;
 }
@@ -198,21 +214,18 @@ static kl_status check_copy(const kl_ctx *c, int i, size_t bytes, const char *fn
 kl_status kl_ctx_param_get(const kl_ctx *c, int i, void *dst, size_t bytes)
 {
     KL_TRY(check_copy(c, i, bytes, "kl_ctx_param_get"));
-    memcpy(dst, kl_slot_data(c, i), bytes);
-    return KL_OK;
+    return c->be->d2h(dst, kl_slot_data(c, i), bytes);
 }
 
 kl_status kl_ctx_param_set(kl_ctx *c, int i, const void *src, size_t bytes)
 {
     KL_TRY(check_copy(c, i, bytes, "kl_ctx_param_set"));
-    memcpy(kl_slot_data(c, i), src, bytes);
-    return KL_OK;
+    return c->be->h2d(kl_slot_data(c, i), src, bytes);
 }
 
 kl_status kl_ctx_grad_get(const kl_ctx *c, int i, void *dst, size_t bytes)
 {
     KL_TRY(check_copy(c, i, bytes, "kl_ctx_grad_get"));
     if (!c->slots[i].trainable) return kl_fail(KL_EINVAL, "kl_ctx_grad_get: '%s' is a buffer, not trainable", c->slots[i].name);
-    memcpy(dst, kl_slot_grad(c, i), bytes);
-    return KL_OK;
+    return c->be->d2h(dst, kl_slot_grad(c, i), bytes);
 }

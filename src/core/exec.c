@@ -40,7 +40,7 @@ kl_status kl_graph_run(kl_graph *g)
     if (!g->plan.valid || g->plan.n_nodes != g->n_nodes) KL_TRY(kl_plan_build(g, NULL));
     kl_ctx *c = g->ctx;
     kl_exec ex = {.g = g, .ctx = c, .arena = g->arena, .threads = c->threads, .run = g->runs};
-    kl_backend_cpu.begin_run(c->threads);
+    c->be->begin_run(c->threads);
     if (!g->prof && g->runs == 0 && getenv("KILN_PROFILE") && atoi(getenv("KILN_PROFILE")) > 0) KL_TRY(kl_graph_profile(g, 1));
     for (int i = 0; i < g->n_nodes; i++) {
         const kl_tensor *t = g->nodes[i];

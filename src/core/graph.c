@@ -24,7 +24,7 @@ void kl_graph_free(kl_graph *g)
     kl_free(g->nodes);
     kl_free(g->grad_written);
     kl_free(g->prof);
-    kl_backend_cpu.free(g->arena);
+    g->ctx->be->free(g->arena);
     g->ctx->n_graphs--;
     kl_free(g);
 }
@@ -267,8 +267,7 @@ kl_status kl_tensor_set(kl_tensor *t, const void *src, size_t bytes)
     if (t->base->sk == KL_ST_ARENA && !t->g->plan.valid) KL_TRY(kl_graph_plan(t->g, NULL));
     unsigned char *p;
     KL_TRY(storage_ptr(t, true, &p));
-    memcpy(p, src, bytes);
-    return KL_OK;
+    return t->g->ctx->be->h2d(p, src, bytes);
 }
 
 kl_status kl_tensor_get(const kl_tensor *t, void *dst, size_t bytes)
@@ -279,8 +278,7 @@ kl_status kl_tensor_get(const kl_tensor *t, void *dst, size_t bytes)
                        kl_nbytes(t), bytes);
     unsigned char *p;
     KL_TRY(storage_ptr(t, false, &p));
-    memcpy(dst, p, bytes);
-    return KL_OK;
+    return t->g->ctx->be->d2h(dst, p, bytes);
 }
 
 int kl_tensor_ndim(const kl_tensor *t) { return t ? t->ndim : 0; }

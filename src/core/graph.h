@@ -85,15 +85,18 @@ typedef struct kl_param_slot {
     bool trainable;
 } kl_param_slot;
 
+struct kl_backend;
+
 struct kl_ctx {
     kl_device device;
     kl_backend_id backend;
+    const struct kl_backend *be; /* memory and copies for this device */
     int threads;
     uint64_t seed;
     uint64_t init_stream; /* counter for parameter init draws */
     kl_param_slot *slots;
     int n_slots, cap_slots;
-    unsigned char *params, *grads, *buffers; /* host copies on the CPU backend */
+    unsigned char *params, *grads, *buffers; /* device memory (host memory on the CPU) */
     size_t params_bytes, buffers_bytes;      /* used */
     size_t params_cap, buffers_cap;          /* allocated */
     int n_graphs;

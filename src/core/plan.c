@@ -168,10 +168,10 @@ kl_status kl_plan_build(kl_graph *g, const kl_plan_opts *opts)
         size_t need = a.end ? a.end : KL_ALIGN;
         if (need > g->arena_cap) {
             void *p;
-            kl_backend_cpu.free(g->arena);
+            g->ctx->be->free(g->arena);
             g->arena = NULL;
             g->arena_cap = 0;
-            s = kl_backend_cpu.alloc(&p, need);
+            s = g->ctx->be->alloc(&p, need);
             if (s == KL_OK) {
                 g->arena = p;
                 g->arena_cap = need;

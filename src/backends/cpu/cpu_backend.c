@@ -45,6 +45,7 @@ const kl_backend kl_backend_cpu = {
     .free = cpu_free,
     .h2d = cpu_copy,
     .d2h = cpu_copy,
+    .d2d = cpu_copy,
     .memset0 = cpu_memset0,
     .sync = cpu_sync,
     .begin_run = cpu_begin_run,
@@ -55,3 +56,10 @@ int kl_cpu_cores(void)
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
 }
+
+#ifdef KILN_HAVE_CUDA
+extern const kl_backend kl_backend_cuda;
+const kl_backend *const kl_backends[] = {&kl_backend_cpu, &kl_backend_cuda};
+#else
+const kl_backend *const kl_backends[] = {&kl_backend_cpu, NULL};
+#endif
