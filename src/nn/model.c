@@ -1,6 +1,7 @@
 /* Sequential models from configs: parsing, shape inference, forward. */
 #include "nn/model.h"
 #include "core/error.h"
+#include "ops/conv2d.h" /* kl_conv2d_act: conv with a fused activation */
 
 #include <stdio.h>
 #include <string.h>
@@ -332,7 +333,11 @@ static kl_status forward_layers(layer *ls, int n, kl_graph *g, kl_tensor *x, int
             KL_TRY(param(g, li, "weight", 4, wd, KL_INIT_KAIMING_UNIFORM, 0, &w));
             if (li->bias) KL_TRY(param(g, li, "bias", 1, &li->features, KL_INIT_KAIMING_UNIFORM, fan_in, &b));
             kl_conv2d_opts o = {{li->stride[0], li->stride[1]}, {li->pad[0], li->pad[1]}, {li->dil[0], li->dil[1]}, li->groups};
-            KL_TRY(kl_conv2d(g, x, w, b, &o, &x));
+            /* like linear: relu/tanh/sigmoid right after run in the conv's output pass */
+            kl_act act = i + 1 < n ? act_of(ls[i + 1].kind) : KL_ACT_NONE;
+            if (act == KL_ACT_GELU) act = KL_ACT_NONE;
+            KL_TRY(kl_conv2d_act(g, x, w, b, &o, act, &x));
+            if (act != KL_ACT_NONE) i++;
             break;
         }
         case L_MAXPOOL2D:

@@ -154,8 +154,10 @@ static kl_status conv2d_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
     return KL_OK;
 }
 
-const kl_op_def kl_op_conv2d = {
-    .name = "conv2d", .shape = conv2d_shape, .backward = conv2d_backward, .fwd = {[KL_BACKEND_CPU] = kl_conv2d_fwd_cpu}};
+const kl_op_def kl_op_conv2d = {.name = "conv2d",
+                                 .shape = conv2d_shape,
+                                 .backward = conv2d_backward,
+                                 .fwd = {[KL_BACKEND_CPU] = kl_conv2d_fwd_cpu}};
 const kl_op_def kl_op_conv2d_bwd_data = {
     .name = "conv2d_bwd_data", .shape = conv2d_bwd_shape, .fwd = {[KL_BACKEND_CPU] = kl_conv2d_bwd_data_cpu}};
 const kl_op_def kl_op_conv2d_bwd_filter = {

@@ -7,7 +7,8 @@
  *   forward      y_n[g]  = W[g] [Og, Kg] x col_n[g]            (+ bias, act)
  *   bwd_data     dcol    = W[g]^T x dy_n[g];  dx_n = col2im(dcol)
  *   bwd_filter   dW[g]   = sum_n dy_n[g] [Og, P] x col_n[g]^T   (+ db = sum dy)
- * (with a fused activation, dy above is dz = act'(y) * dy, formed per sample).  * Samples are processed in parallel (one im2col buffer per worker slot, BLAS
+ * (with a fused activation, dy above is dz = act'(y) * dy, formed per sample).
+ * Samples are processed in parallel (one im2col buffer per worker slot, BLAS
  * single-threaded inside); with one slot the GEMMs use BLAS's own threads. */
 #ifndef KL_OPS_CONV2D_H
 #define KL_OPS_CONV2D_H

@@ -36,10 +36,13 @@ static void workers_end(const kl_exec *ex, int nt)
     if (nt > 1) kl_blas_set_threads(ex->threads);
 }
 
-static int act_kind(int act) { return act == KL_ACT_RELU ? KL_UN_RELU : act == KL_ACT_TANH ? KL_UN_TANH : KL_UN_SIGMOID; }
+static int act_kind(int act)
+{
+    return act == KL_ACT_RELU ? KL_UN_RELU : act == KL_ACT_TANH ? KL_UN_TANH : KL_UN_SIGMOID;
+}
 
 #define CONV_KERNELS(T)                                                                            \
-    /* dy_n itself, or dz = act'(y_n) * dy_n formed in buf (fused activation) */                  \
+    /* dy_n itself, or dz = act'(y_n) * dy_n formed in buf (fused activation) */                   \
     static const T *grad_in_##T(const kl_conv_attr *a, int64_t n, const T *dy, const T *y, T *buf) \
     {                                                                                              \
         int64_t m = a->O * a->OH * a->OW;                                                          \
@@ -52,7 +55,7 @@ static int act_kind(int act) { return act == KL_ACT_RELU ? KL_UN_RELU : act == K
             for (int64_t i = 0; i < m; i++) buf[i] = kl_unary_grad_##T(act_kind(a->act), yn[i], d[i], 0); \
         return buf;                                                                                \
     }                                                                                              \
-    /* sum of a row in 16 independent lanes (vectorises; fixed order) */                          \
+    /* sum of a row in 16 independent lanes (vectorises; fixed order) */                           \
     static T rowsum_##T(const T *r, int64_t n)                                                     \
     {                                                                                              \
         T acc[16] = {0}, s = 0;                                                                    \
@@ -63,29 +66,29 @@ static int act_kind(int act) { return act == KL_ACT_RELU ? KL_UN_RELU : act == K
         for (int j = 0; j < 16; j++) s += acc[j];                                                  \
         return s;                                                                                  \
     }                                                                                              \
-    /* col [Cg*KH*KW, P] from x_g [Cg, H, W] (zeros where the window is in the padding).          \
-     * flat (stride 1, OW == W): a col row is the plane shifted by a constant, so it is one      \
+    /* col [Cg*KH*KW, P] from x_g [Cg, H, W] (zeros where the window is in the padding).           \
+     * flat (stride 1, OW == W): a col row is the plane shifted by a constant, so it is one        \
      * contiguous copy with the wrapped edge columns zeroed afterwards. */                         \
-    static void im2col_##T(const kl_conv_attr *a, int64_t Cg, const T *x, T *col)                   \
+    static void im2col_##T(const kl_conv_attr *a, int64_t Cg, const T *x, T *col)                  \
     {                                                                                              \
         int64_t OW = a->OW, P = a->OH * a->OW;                                                     \
         bool flat = a->sh == 1 && a->sw == 1 && a->OW == a->W;                                     \
         for (int64_t c = 0; c < Cg; c++)                                                           \
             for (int64_t kh = 0; kh < a->KH; kh++) {                                               \
                 int64_t oh0, oh1;                                                                  \
-                valid_range(kh * a->dh - a->ph, a->sh, a->OH, a->H, &oh0, &oh1);                    \
+                valid_range(kh * a->dh - a->ph, a->sh, a->OH, a->H, &oh0, &oh1);                   \
                 for (int64_t kw = 0; kw < a->KW; kw++) {                                           \
-                    T *row = col + ((c * a->KH + kh) * a->KW + kw) * P;                             \
+                    T *row = col + ((c * a->KH + kh) * a->KW + kw) * P;                            \
                     int64_t iw0 = kw * a->dw - a->pw, ow0, ow1;                                    \
-                    valid_range(iw0, a->sw, OW, a->W, &ow0, &ow1);                                  \
-                    const T *xs = x + (c * a->H + kh * a->dh - a->ph) * a->W + iw0; /* at oh=ow=0 */ \
+                    valid_range(iw0, a->sw, OW, a->W, &ow0, &ow1);                                 \
+                    int64_t xo = (c * a->H + kh * a->dh - a->ph) * a->W + iw0; /* x offset at oh=ow=0 */ \
                     if (oh0 >= oh1 || ow0 >= ow1) {                                                \
                         memset(row, 0, (size_t)P * sizeof(T));                                     \
                     } else if (flat) {                                                             \
                         int64_t f0 = oh0 * OW + ow0, f1 = (oh1 - 1) * OW + ow1;                    \
-                        memset(row, 0, (size_t)f0 * sizeof(T));                                    \
-                        memcpy(row + f0, xs + f0, (size_t)(f1 - f0) * sizeof(T));                  \
-                        memset(row + f1, 0, (size_t)(P - f1) * sizeof(T));                         \
+                        for (int64_t f = 0; f < f0; f++) row[f] = 0; /* short: no call */          \
+                        memcpy(row + f0, x + (xo + f0), (size_t)(f1 - f0) * sizeof(T));            \
+                        for (int64_t f = f1; f < P; f++) row[f] = 0;                               \
                         for (int64_t oh = oh0; oh < oh1; oh++) {                                   \
                             for (int64_t ow = 0; ow < ow0; ow++) row[oh * OW + ow] = 0;            \
                             for (int64_t ow = ow1; ow < OW; ow++) row[oh * OW + ow] = 0;           \
@@ -94,9 +97,9 @@ static int act_kind(int act) { return act == KL_ACT_RELU ? KL_UN_RELU : act == K
                         memset(row, 0, (size_t)(oh0 * OW) * sizeof(T));                            \
                         for (int64_t oh = oh0; oh < oh1; oh++) {                                   \
                             T *r = row + oh * OW;                                                  \
-                            const T *xr = xs + oh * a->sh * a->W;                                  \
+                            const T *xr = x + (xo + oh * a->sh * a->W + ow0 * a->sw);              \
                             for (int64_t ow = 0; ow < ow0; ow++) r[ow] = 0;                        \
-                            for (int64_t ow = ow0; ow < ow1; ow++) r[ow] = xr[ow * a->sw];         \
+                            for (int64_t ow = ow0; ow < ow1; ow++) r[ow] = xr[(ow - ow0) * a->sw]; \
                             for (int64_t ow = ow1; ow < OW; ow++) r[ow] = 0;                       \
                         }                                                                          \
                         memset(row + oh1 * OW, 0, (size_t)((a->OH - oh1) * OW) * sizeof(T));       \
@@ -104,22 +107,22 @@ static int act_kind(int act) { return act == KL_ACT_RELU ? KL_UN_RELU : act == K
                 }                                                                                  \
             }                                                                                      \
     }                                                                                              \
-    /* dx_g [Cg, H, W] = col2im(col): written (zeroed first), overlaps summed. flat: one          \
+    /* dx_g [Cg, H, W] = col2im(col): written (zeroed first), overlaps summed. flat: one           \
      * contiguous add per col row after zeroing its wrapped edge columns (col is consumed). */     \
-    static void col2im_##T(const kl_conv_attr *a, int64_t Cg, T *col, T *dx)                        \
+    static void col2im_##T(const kl_conv_attr *a, int64_t Cg, T *col, T *dx)                       \
     {                                                                                              \
         int64_t OW = a->OW, P = a->OH * a->OW;                                                     \
         bool flat = a->sh == 1 && a->sw == 1 && a->OW == a->W;                                     \
-        memset(dx, 0, (size_t)(Cg * a->H * a->W) * sizeof(T));                                      \
+        memset(dx, 0, (size_t)(Cg * a->H * a->W) * sizeof(T));                                     \
         for (int64_t c = 0; c < Cg; c++)                                                           \
             for (int64_t kh = 0; kh < a->KH; kh++) {                                               \
                 int64_t oh0, oh1;                                                                  \
-                valid_range(kh * a->dh - a->ph, a->sh, a->OH, a->H, &oh0, &oh1);                    \
+                valid_range(kh * a->dh - a->ph, a->sh, a->OH, a->H, &oh0, &oh1);                   \
                 for (int64_t kw = 0; kw < a->KW; kw++) {                                           \
-                    T *row = col + ((c * a->KH + kh) * a->KW + kw) * P;                             \
+                    T *row = col + ((c * a->KH + kh) * a->KW + kw) * P;                            \
                     int64_t iw0 = kw * a->dw - a->pw, ow0, ow1;                                    \
-                    valid_range(iw0, a->sw, OW, a->W, &ow0, &ow1);                                  \
-                    T *xs = dx + (c * a->H + kh * a->dh - a->ph) * a->W + iw0;                     \
+                    valid_range(iw0, a->sw, OW, a->W, &ow0, &ow1);                                 \
+                    int64_t xo = (c * a->H + kh * a->dh - a->ph) * a->W + iw0;                     \
                     if (oh0 >= oh1 || ow0 >= ow1) continue;                                        \
                     if (flat) {                                                                    \
                         int64_t f0 = oh0 * OW + ow0, f1 = (oh1 - 1) * OW + ow1;                    \
@@ -127,22 +130,22 @@ static int act_kind(int act) { return act == KL_ACT_RELU ? KL_UN_RELU : act == K
                             for (int64_t ow = 0; ow < ow0; ow++) row[oh * OW + ow] = 0;            \
                             for (int64_t ow = ow1; ow < OW; ow++) row[oh * OW + ow] = 0;           \
                         }                                                                          \
-                        for (int64_t f = f0; f < f1; f++) xs[f] += row[f];                         \
+                        for (int64_t f = f0; f < f1; f++) dx[xo + f] += row[f];                    \
                         continue;                                                                  \
                     }                                                                              \
                     for (int64_t oh = oh0; oh < oh1; oh++) {                                       \
                         const T *r = row + oh * OW;                                                \
-                        T *xr = xs + oh * a->sh * a->W;                                            \
-                        for (int64_t ow = ow0; ow < ow1; ow++) xr[ow * a->sw] += r[ow];            \
+                        T *xr = dx + (xo + oh * a->sh * a->W + ow0 * a->sw);                       \
+                        for (int64_t ow = ow0; ow < ow1; ow++) xr[(ow - ow0) * a->sw] += r[ow];    \
                     }                                                                              \
                 }                                                                                  \
             }                                                                                      \
     }                                                                                              \
-    static void conv_fwd_##T(const kl_exec *ex, const kl_conv_attr *a, const T *x, const T *w,      \
+    static void conv_fwd_##T(const kl_exec *ex, const kl_conv_attr *a, const T *x, const T *w,     \
                              const T *bias, T *y, unsigned char *scratch)                          \
     {                                                                                              \
         kl_conv_geom g = kl_conv_geom_of(a);                                                       \
-        size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));                                   \
+        size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));            \
         int kind = act_kind(a->act);                                                               \
         int nt = workers_begin(ex, a->nslots, a->N);                                               \
         _Pragma("omp parallel for num_threads(nt) schedule(static)")                               \
@@ -152,7 +155,7 @@ static int act_kind(int act) { return act == KL_ACT_RELU ? KL_UN_RELU : act == K
                 const T *xg = x + (n * a->C + gi * g.Cg) * g.HW;                                   \
                 if (!g.direct) im2col_##T(a, g.Cg, xg, col);                                       \
                 kl_gemm_##T(false, false, g.Og, g.P, g.Kg, 1, w + gi * g.Og * g.Kg, g.Kg,          \
-                            g.direct ? xg : col, g.P, 0, y + (n * a->O + gi * g.Og) * g.P, g.P);    \
+                            g.direct ? xg : col, g.P, 0, y + (n * a->O + gi * g.Og) * g.P, g.P);   \
             }                                                                                      \
             if (!bias && a->act == KL_ACT_NONE) continue;                                          \
             for (int64_t o = 0; o < a->O; o++) { /* output pass while y_n is in cache */           \
@@ -171,7 +174,7 @@ static int act_kind(int act) { return act == KL_ACT_RELU ? KL_UN_RELU : act == K
                                   const T *y, T *dx, unsigned char *scratch)                       \
     {                                                                                              \
         kl_conv_geom g = kl_conv_geom_of(a);                                                       \
-        size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));           \
+        size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));            \
         size_t slotb = kl_conv_slot_bytes(a, KL_OP_conv2d_bwd_data, sizeof(T));                    \
         int nt = workers_begin(ex, a->nslots, a->N);                                               \
         _Pragma("omp parallel for num_threads(nt) schedule(static)")                               \
@@ -193,7 +196,7 @@ static int act_kind(int act) { return act == KL_ACT_RELU ? KL_UN_RELU : act == K
     {                                                                                              \
         kl_conv_geom g = kl_conv_geom_of(a);                                                       \
         int64_t nw = a->O * g.Kg, nch = a->nchunks;                                                \
-        size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));           \
+        size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));            \
         size_t slotb = kl_conv_slot_bytes(a, KL_OP_conv2d_bwd_filter, sizeof(T));                  \
         size_t partb = kl_conv_round64((size_t)nw * sizeof(T));                                    \
         unsigned char *parts = scratch + (size_t)a->nslots * slotb;                                \
@@ -220,7 +223,7 @@ static int act_kind(int act) { return act == KL_ACT_RELU ? KL_UN_RELU : act == K
         }                                                                                          \
         workers_end(ex, nt);                                                                       \
         if (nch > 1) {                                                                             \
-            _Pragma("omp parallel for schedule(static) if (nw * nch > KL_PAR_MIN)")                 \
+            _Pragma("omp parallel for schedule(static) if (nw * nch > KL_PAR_MIN)")                \
             for (int64_t i = 0; i < nw; i++) {                                                     \
                 T s = 0;                                                                           \
                 for (int64_t c = 0; c < nch; c++) s += ((const T *)(const void *)(parts + (size_t)c * partb))[i]; \

@@ -3,7 +3,9 @@
  *   max:  y = max over the window (padding ignored); the forward saves the
  *         argmax's position within the window in aux (u8 when the window has
  *         <= 255 elements, else i32), so backward scatters dy without
- *         recomputing: dx[argmax] += dy.
+ *         recomputing: dx[argmax] += dy. Ties go to the first maximum; a NaN
+ *         wins on the general path (as in PyTorch), not on the vectorised
+ *         2x2 stride-2 path.
  *   avg:  y = sum over the window / (KH*KW) (padding counts as zeros, like
  *         PyTorch's count_include_pad=True); dx += dy / (KH*KW) over the window.
  * pool2d_bwd: src {dy, forward node} (max: reads the forward node's aux) or
@@ -15,6 +17,7 @@
 #include <math.h>
 
 enum { POOL_MAX = 0, POOL_AVG = 1 };
+#define POOL_BLOCK 256 /* outputs per block of the 2x2 fast path's int32 index buffer */
 
 typedef struct {
     int kind;
@@ -36,6 +39,8 @@ static kl_status pool2d_shape(kl_tensor *t)
     if (a->kh < 1 || a->kw < 1 || a->sh < 1 || a->sw < 1 || a->ph < 0 || a->pw < 0)
         return kl_fail(KL_EINVAL, "%s: kernel %dx%d and stride %dx%d must be >= 1 and padding %dx%d >= 0", nm, a->kh,
                        a->kw, a->sh, a->sw, a->ph, a->pw);
+    if ((int64_t)a->kh * a->kw > INT32_MAX)
+        return kl_fail(KL_EINVAL, "%s: kernel %dx%d has more than %d elements", nm, a->kh, a->kw, INT32_MAX);
     if (a->ph > a->kh / 2 || a->pw > a->kw / 2)
         return kl_fail(KL_EINVAL, "%s: padding %dx%d must be at most half the kernel %dx%d", nm, a->ph, a->pw, a->kh,
                        a->kw);
@@ -43,7 +48,8 @@ static kl_status pool2d_shape(kl_tensor *t)
     int64_t nh = H + 2 * (int64_t)a->ph - a->kh, nw = W + 2 * (int64_t)a->pw - a->kw;
     int64_t OH = nh >= 0 ? nh / a->sh + 1 : 0, OW = nw >= 0 ? nw / a->sw + 1 : 0;
     if (OH <= 0 || OW <= 0)
-        return kl_fail(KL_EINVAL, "%s: output size <= 0: input %s (HxW %lldx%lld) is smaller than kernel %dx%d with padding %dx%d",
+        return kl_fail(KL_EINVAL,
+                       "%s: output size <= 0: input %s (HxW %lldx%lld) is smaller than kernel %dx%d with padding %dx%d",
                        nm, kl_desc(x), (long long)H, (long long)W, a->kh, a->kw, a->ph, a->pw);
     a->N = x->ne[0], a->C = x->ne[1], a->H = H, a->W = W, a->OH = OH, a->OW = OW;
     a->idx32 = (int64_t)a->kh * a->kw > 255;
@@ -79,6 +85,50 @@ static inline void win(int64_t o, int s, int p, int k, int64_t n, int64_t *k0, i
 }
 
 #define POOL_KERNELS(T)                                                                            \
+    /* 2x2 stride 2 (the common CNN case), written so GCC vectorises it: branch-free selects       \
+     * and int32 indices in a block buffer, narrowed to u8 in a second loop. First maximum wins    \
+     * ties. (NaN inputs are not propagated on this path.) */                                      \
+    static void max2x2_row_##T(const T *restrict r0, const T *restrict r1, T *restrict y,          \
+                               uint8_t *restrict idx, int64_t OW)                                  \
+    {                                                                                              \
+        int32_t k[POOL_BLOCK];                                                                     \
+        for (int64_t b = 0; b < OW; b += POOL_BLOCK) {                                             \
+            int64_t n = OW - b < POOL_BLOCK ? OW - b : POOL_BLOCK;                                 \
+            const T *p0 = r0 + 2 * b, *p1 = r1 + 2 * b;                                            \
+            for (int64_t i = 0; i < n; i++) {                                                      \
+                T v0 = p0[2 * i], v1 = p0[2 * i + 1], v2 = p1[2 * i], v3 = p1[2 * i + 1];          \
+                int32_t c01 = v1 > v0, c23 = v3 > v2;                                              \
+                T m01 = v1 > v0 ? v1 : v0, m23 = v3 > v2 ? v3 : v2;                                \
+                int32_t c = m23 > m01;                                                             \
+                y[b + i] = m23 > m01 ? m23 : m01;                                                  \
+                k[i] = c01 + c * (2 + c23 - c01);                                                  \
+            }                                                                                      \
+            for (int64_t i = 0; i < n; i++) idx[b + i] = (uint8_t)k[i];                            \
+        }                                                                                          \
+    }                                                                                              \
+    /* one input row r of a 2x2/2 window row: r[2i + j] = dy[i] where the argmax is base + j */    \
+    static void max2x2_bwd_half_##T(const T *restrict g, const int32_t *restrict k, int32_t base,  \
+                                    T *restrict r, int64_t n)                                      \
+    {                                                                                              \
+        for (int64_t i = 0; i < n; i++) {                                                          \
+            T gv = g[i];                                                                           \
+            int32_t d = k[i] - base;                                                               \
+            T a = d == 0 ? gv : (T)0, b = d == 1 ? gv : (T)0;                                      \
+            r[2 * i] = a;                                                                          \
+            r[2 * i + 1] = b;                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    static void max2x2_bwd_row_##T(const T *restrict g, const uint8_t *restrict idx, T *restrict r0, \
+                                   T *restrict r1, int64_t OW)                                     \
+    {                                                                                              \
+        int32_t k[POOL_BLOCK];                                                                     \
+        for (int64_t b = 0; b < OW; b += POOL_BLOCK) {                                             \
+            int64_t n = OW - b < POOL_BLOCK ? OW - b : POOL_BLOCK;                                 \
+            for (int64_t i = 0; i < n; i++) k[i] = idx[b + i];                                     \
+            max2x2_bwd_half_##T(g + b, k, 0, r0 + 2 * b, n);                                       \
+            max2x2_bwd_half_##T(g + b, k, 2, r1 + 2 * b, n);                                       \
+        }                                                                                          \
+    }                                                                                              \
     static void maxpool_##T(const pool_attr *a, const T *x, T *y, void *idx)                       \
     {                                                                                              \
         int64_t planes = a->N * a->C, H = a->H, W = a->W, OH = a->OH, OW = a->OW;                  \
@@ -87,35 +137,27 @@ static inline void win(int64_t o, int s, int p, int k, int64_t n, int64_t *k0, i
         for (int64_t pl = 0; pl < planes; pl++) {                                                  \
             const T *xp = x + pl * H * W;                                                          \
             T *yp = y + pl * OH * OW;                                                              \
-            uint8_t *i8 = (uint8_t *)idx + pl * OH * OW;                                           \
-            int32_t *i32 = (int32_t *)idx + pl * OH * OW;                                          \
+            uint8_t *i8 = a->idx32 ? NULL : (uint8_t *)idx + pl * OH * OW;                         \
+            int32_t *i32 = a->idx32 ? (int32_t *)idx + pl * OH * OW : NULL;                        \
             for (int64_t oh = 0; oh < OH; oh++) {                                                  \
-                if (fast) { /* 2x2 stride 2: the common CNN case */                                \
-                    const T *r0 = xp + 2 * oh * W, *r1 = r0 + W;                                   \
-                    for (int64_t ow = 0; ow < OW; ow++) {                                          \
-                        T v0 = r0[2 * ow], v1 = r0[2 * ow + 1], v2 = r1[2 * ow], v3 = r1[2 * ow + 1]; \
-                        T m = v0;                                                                  \
-                        int k = 0;                                                                 \
-                        if (v1 > m || isnan(v1)) m = v1, k = 1;                                    \
-                        if (v2 > m || isnan(v2)) m = v2, k = 2;                                    \
-                        if (v3 > m || isnan(v3)) m = v3, k = 3;                                    \
-                        if (isnan(v0)) m = v0, k = 0;                                              \
-                        yp[oh * OW + ow] = m;                                                      \
-                        i8[oh * OW + ow] = (uint8_t)k;                                             \
-                    }                                                                              \
+                if (fast) {                                                                        \
+                    max2x2_row_##T(xp + 2 * oh * W, xp + (2 * oh + 1) * W, yp + oh * OW, i8 + oh * OW, OW); \
                     continue;                                                                      \
                 }                                                                                  \
                 int64_t h0, h1;                                                                    \
                 win(oh, a->sh, a->ph, a->kh, H, &h0, &h1);                                         \
                 for (int64_t ow = 0; ow < OW; ow++) {                                              \
-                    int64_t w0, w1, bk = -1;                                                       \
+                    int64_t w0, w1;                                                                \
                     win(ow, a->sw, a->pw, a->kw, W, &w0, &w1);                                     \
-                    const T *xw = xp + (oh * a->sh - a->ph) * W + ow * a->sw - a->pw;              \
-                    T m = 0;                                                                       \
+                    int64_t xo = (oh * a->sh - a->ph) * W + ow * a->sw - a->pw;                    \
+                    T m = xp[xo + h0 * W + w0]; /* windows are never empty (padding <= kernel/2) */ \
+                    int64_t bk = h0 * a->kw + w0;                                                  \
                     for (int64_t i = h0; i < h1; i++)                                              \
-                        for (int64_t j = w0; j < w1; j++) {                                        \
-                            T v = xw[i * W + j];                                                   \
-                            if (bk < 0 || v > m || (isnan(v) && !isnan(m))) m = v, bk = i * a->kw + j; \
+                        for (int64_t j = w0; j < w1; j++) { /* selects, not branches */            \
+                            T v = xp[xo + i * W + j];                                              \
+                            int take = (v > m) | ((v != v) & (m == m));                            \
+                            m = take ? v : m;                                                      \
+                            bk = take ? i * a->kw + j : bk;                                        \
                         }                                                                          \
                     yp[oh * OW + ow] = m;                                                          \
                     if (a->idx32) i32[oh * OW + ow] = (int32_t)bk;                                 \
@@ -138,10 +180,10 @@ static inline void win(int64_t o, int s, int p, int k, int64_t n, int64_t *k0, i
                 for (int64_t ow = 0; ow < OW; ow++) {                                              \
                     int64_t w0, w1;                                                                \
                     win(ow, a->sw, a->pw, a->kw, W, &w0, &w1);                                     \
-                    const T *xw = xp + (oh * a->sh - a->ph) * W + ow * a->sw - a->pw;              \
+                    int64_t xo = (oh * a->sh - a->ph) * W + ow * a->sw - a->pw;                    \
                     T s = 0;                                                                       \
                     for (int64_t i = h0; i < h1; i++)                                              \
-                        for (int64_t j = w0; j < w1; j++) s += xw[i * W + j];                      \
+                        for (int64_t j = w0; j < w1; j++) s += xp[xo + i * W + j];                 \
                     yp[oh * OW + ow] = s * inv;                                                    \
                 }                                                                                  \
             }                                                                                      \
@@ -150,26 +192,19 @@ static inline void win(int64_t o, int s, int p, int k, int64_t n, int64_t *k0, i
     static void pool_bwd_##T(const pool_attr *a, const T *dy, const void *idx, T *dx)              \
     {                                                                                              \
         int64_t planes = a->N * a->C, H = a->H, W = a->W, OH = a->OH, OW = a->OW;                  \
-        bool fast = a->kind == POOL_MAX && a->kh == 2 && a->kw == 2 && a->sh == 2 && a->sw == 2 &&  \
+        bool fast = a->kind == POOL_MAX && a->kh == 2 && a->kw == 2 && a->sh == 2 && a->sw == 2 && \
                     a->ph == 0 && a->pw == 0;                                                      \
         T inv = (T)1 / (T)((int64_t)a->kh * a->kw);                                                \
         _Pragma("omp parallel for schedule(static) if (planes * H * W > KL_PAR_MIN)")              \
         for (int64_t pl = 0; pl < planes; pl++) {                                                  \
             const T *gp = dy + pl * OH * OW;                                                       \
             T *xp = dx + pl * H * W;                                                               \
-            const uint8_t *i8 = (const uint8_t *)idx + pl * OH * OW;                               \
-            const int32_t *i32 = (const int32_t *)idx + pl * OH * OW;                              \
+            const uint8_t *i8 = idx && !a->idx32 ? (const uint8_t *)idx + pl * OH * OW : NULL;     \
+            const int32_t *i32 = idx && a->idx32 ? (const int32_t *)idx + pl * OH * OW : NULL;     \
             if (fast) { /* windows tile the plane: write every element once, no zero-fill */       \
                 for (int64_t oh = 0; oh < OH; oh++) {                                              \
                     T *r0 = xp + 2 * oh * W, *r1 = r0 + W;                                         \
-                    for (int64_t ow = 0; ow < OW; ow++) {                                          \
-                        T gv = gp[oh * OW + ow];                                                   \
-                        int k = i8[oh * OW + ow];                                                  \
-                        r0[2 * ow] = k == 0 ? gv : 0;                                              \
-                        r0[2 * ow + 1] = k == 1 ? gv : 0;                                          \
-                        r1[2 * ow] = k == 2 ? gv : 0;                                              \
-                        r1[2 * ow + 1] = k == 3 ? gv : 0;                                          \
-                    }                                                                              \
+                    max2x2_bwd_row_##T(gp + oh * OW, i8 + oh * OW, r0, r1, OW);                    \
                     for (int64_t w = 2 * OW; w < W; w++) r0[w] = r1[w] = 0;                        \
                 }                                                                                  \
                 if (2 * OH < H) memset(xp + 2 * OH * W, 0, (size_t)((H - 2 * OH) * W) * sizeof(T)); \
@@ -180,17 +215,17 @@ static inline void win(int64_t o, int s, int p, int k, int64_t n, int64_t *k0, i
                 int64_t h0, h1;                                                                    \
                 win(oh, a->sh, a->ph, a->kh, H, &h0, &h1);                                         \
                 for (int64_t ow = 0; ow < OW; ow++) {                                              \
-                    T *xw = xp + (oh * a->sh - a->ph) * W + ow * a->sw - a->pw;                    \
+                    int64_t xo = (oh * a->sh - a->ph) * W + ow * a->sw - a->pw;                    \
                     T gv = gp[oh * OW + ow];                                                       \
                     if (a->kind == POOL_MAX) {                                                     \
                         int64_t k = a->idx32 ? i32[oh * OW + ow] : i8[oh * OW + ow];               \
-                        xw[(k / a->kw) * W + k % a->kw] += gv;                                     \
+                        xp[xo + (k / a->kw) * W + k % a->kw] += gv;                                \
                         continue;                                                                  \
                     }                                                                              \
                     int64_t w0, w1;                                                                \
                     win(ow, a->sw, a->pw, a->kw, W, &w0, &w1);                                     \
                     for (int64_t i = h0; i < h1; i++)                                              \
-                        for (int64_t j = w0; j < w1; j++) xw[i * W + j] += gv * inv;               \
+                        for (int64_t j = w0; j < w1; j++) xp[xo + i * W + j] += gv * inv;          \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
@@ -232,7 +267,8 @@ static kl_status pool2d_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 
 const kl_op_def kl_op_pool2d = {
     .name = "pool2d", .shape = pool2d_shape, .backward = pool2d_backward, .fwd = {[KL_BACKEND_CPU] = pool2d_cpu}};
-const kl_op_def kl_op_pool2d_bwd = {.name = "pool2d_bwd", .shape = pool2d_bwd_shape, .fwd = {[KL_BACKEND_CPU] = pool2d_bwd_cpu}};
+const kl_op_def kl_op_pool2d_bwd = {
+    .name = "pool2d_bwd", .shape = pool2d_bwd_shape, .fwd = {[KL_BACKEND_CPU] = pool2d_bwd_cpu}};
 
 static kl_status pool_pub(kl_graph *g, kl_tensor *x, const kl_pool2d_opts *o, int kind, kl_tensor **out)
 {
@@ -241,8 +277,9 @@ static kl_status pool_pub(kl_graph *g, kl_tensor *x, const kl_pool2d_opts *o, in
     *out = NULL;
     KL_TRY(kl_check_args(g, nm, 1, &x));
     if (!o) return kl_fail(KL_EMISUSE, "%s: opts is NULL (the kernel size is required)", nm);
-    pool_attr a = {.kind = kind, .kh = o->kernel[0], .kw = o->kernel[1], .sh = o->stride[0] ? o->stride[0] : o->kernel[0],
-                   .sw = o->stride[1] ? o->stride[1] : o->kernel[1], .ph = o->padding[0], .pw = o->padding[1]};
+    pool_attr a = {.kind = kind, .kh = o->kernel[0], .kw = o->kernel[1],
+                   .sh = o->stride[0] ? o->stride[0] : o->kernel[0], .sw = o->stride[1] ? o->stride[1] : o->kernel[1],
+                   .ph = o->padding[0], .pw = o->padding[1]};
     KL_TRY(kl_contiguous(g, x, &x));
     return kl_node_new(g, KL_OP_pool2d, 1, &x, &a, sizeof a, out);
 }
