@@ -3,13 +3,14 @@
  * bench/mlp_torch.py does the same work in PyTorch; bench/run_cpu.sh runs
  * both in one run and prints the ratio.
  *
- *   bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N]
+ *   bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--profile]
  *
  * A step is: copy the batch into the inputs, run the graph (forward,
  * backward, Adam update). The batch is random (fixed seed) and the same
  * every step, as in the PyTorch script. Prints ms/step (median and mean
  * over the steps after warmup), the memory plan, and one machine-readable
- * line starting with "kiln_ms_per_step=". */
+ * line starting with "kiln_ms_per_step=". --profile also prints the time
+ * per op kind over the timed steps (kl_graph_profile; adds a clock read per op). */
 #include "kiln/kiln.h"
 
 #include <math.h>
@@ -68,15 +69,16 @@ static int parse_int(const char *flag, const char *v, int min, int *out)
 
 int main(int argc, char **argv)
 {
-    int steps = 50, warmup = 5, threads = 2, batch = 256;
+    int steps = 50, warmup = 5, threads = 2, batch = 256, profile = 0;
     for (int i = 1; i < argc; i++) {
         int rc = 0;
         if (!strcmp(argv[i], "--steps")) rc = parse_int("--steps", i + 1 < argc ? argv[++i] : NULL, 1, &steps);
         else if (!strcmp(argv[i], "--warmup")) rc = parse_int("--warmup", i + 1 < argc ? argv[++i] : NULL, 0, &warmup);
         else if (!strcmp(argv[i], "--threads")) rc = parse_int("--threads", i + 1 < argc ? argv[++i] : NULL, 1, &threads);
         else if (!strcmp(argv[i], "--batch")) rc = parse_int("--batch", i + 1 < argc ? argv[++i] : NULL, 1, &batch);
+        else if (!strcmp(argv[i], "--profile")) profile = 1;
         else {
-            fprintf(stderr, "usage: bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N]\n");
+            fprintf(stderr, "usage: bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--profile]\n");
             return 2;
         }
         if (rc) return 2;
@@ -122,6 +124,10 @@ int main(int argc, char **argv)
 
     float loss0 = NAN, loss1 = NAN;
     for (int s = 0; s < warmup + steps; s++) {
+        if (profile && s == warmup) { /* time the measured steps only; the printout divides by the run count */
+            TRY(kl_graph_profile(g, 1));
+            TRY(kl_graph_set_runs(g, 0)); /* no dropout here, so the counter is free to reset */
+        }
         double t0 = now_ms();
         TRY(kl_tensor_set(x, xs, nx * sizeof *xs));
         TRY(kl_tensor_set(y, ys, (size_t)batch * sizeof *ys));
@@ -150,6 +156,7 @@ int main(int argc, char **argv)
            "parameters %.2f MiB (+ the same again for gradients)\n",
            st.arena_bytes / mib, st.tensor_bytes / mib, st.arena_bytes ? (double)st.tensor_bytes / st.arena_bytes : 0.0,
            st.param_bytes / mib);
+    if (profile) kl_graph_profile_print(g, stdout);
     printf("kiln_ms_per_step=%.3f kiln_ms_mean=%.3f kiln_ms_min=%.3f arena_bytes=%zu tensor_bytes=%zu param_bytes=%zu threads=%d "
            "steps=%d\n",
            median, mean, ms[0], st.arena_bytes, st.tensor_bytes, st.param_bytes, kl_ctx_threads(ctx), steps);

@@ -5,7 +5,9 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config clang
       libopenblas-openmp-dev libopenblas0-pthread
       libyaml-dev libjansson-dev zlib1g-dev libpng-dev
-      dataset-fashion-mnist)
+      dataset-fashion-mnist
+      fortunes  # sequence models: the text corpus of models/char_lstm.yaml, gpt_small.yaml
+      gnuplot-nox)  # monitoring: kiln report's plots
 [ "${KILN_BENCH:-0}" = 1 ] && pkgs+=(python3-torch)
 missing=()
 for p in "${pkgs[@]}"; do

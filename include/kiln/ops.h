@@ -117,6 +117,48 @@ KL_API kl_status kl_slice(kl_graph *g, kl_tensor *x, int axis, int64_t start, in
 /* A contiguous copy of x (x itself if already contiguous). */
 KL_API kl_status kl_contiguous(kl_graph *g, kl_tensor *x, kl_tensor **out);
 
+/* ---- sequence ----
+ * Recurrent layers are one layer each, batch first; stack layers by feeding
+ * y to the next call. Weights use PyTorch's layout, so nn.LSTM / nn.GRU
+ * state_dicts (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0) load as is:
+ *   LSTM  w_ih [4H, I], w_hh [4H, H], b_ih, b_hh [4H]; row blocks of H in the
+ *         gate order i, f, g, o:
+ *           i, f, o = sigmoid(x W_ih^T + b_ih + h W_hh^T + b_hh) (their blocks)
+ *           g = tanh(same, g block);  c' = f c + i g;  h' = o tanh(c')
+ *   GRU   w_ih [3H, I], w_hh [3H, H], b_ih, b_hh [3H]; gate order r, z, n:
+ *           r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+ *           z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+ *           n = tanh(W_in x + b_in + r * (W_hn h + b_hn));  h' = (1 - z) n + z h
+ *
+ *   kl_tensor *y, *h_n, *c_n, *y2;
+ *   kl_lstm(g, x, NULL, NULL, w_ih0, w_hh0, b_ih0, b_hh0, &y, NULL, NULL);
+ *   kl_lstm(g, y, NULL, NULL, w_ih1, w_hh1, b_ih1, b_hh1, &y2, &h_n, &c_n);
+ */
+/* LSTM layer: x [B, T, I] -> y [B, T, H] (every step's h), h_n, c_n [B, H]
+ * (last step). h0, c0 [B, H], b_ih, b_hh: each may be NULL (zeros).
+ * Results belong to g; h_n and c_n may be NULL when not wanted. */
+KL_API kl_status kl_lstm(kl_graph *g, kl_tensor *x, kl_tensor *h0, kl_tensor *c0, kl_tensor *w_ih,
+                         kl_tensor *w_hh, kl_tensor *b_ih, kl_tensor *b_hh, kl_tensor **y,
+                         kl_tensor **h_n, kl_tensor **c_n);
+/* GRU layer: x [B, T, I] -> y [B, T, H], h_n [B, H]; h0, b_ih, b_hh may be NULL.
+ * Results belong to g; h_n may be NULL when not wanted. */
+KL_API kl_status kl_gru(kl_graph *g, kl_tensor *x, kl_tensor *h0, kl_tensor *w_ih, kl_tensor *w_hh,
+                        kl_tensor *b_ih, kl_tensor *b_hh, kl_tensor **y, kl_tensor **h_n);
+/* Scaled dot-product attention softmax(q k^T / sqrt(D)) v per batch and head:
+ * q [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv] -> [B, H, Tq, Dv]. causal:
+ * query i sees keys j <= i (PyTorch's is_causal). Any strides (a permuted
+ * view of a fused qkv projection is read in place). Memory: O(Tq) saved,
+ * never the Tq x Tk matrix. Result belongs to g. */
+KL_API kl_status kl_attention(kl_graph *g, kl_tensor *q, kl_tensor *k, kl_tensor *v, int causal,
+                              kl_tensor **out);
+/* RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * weight; weight [D]
+ * or NULL; eps 0 means 1e-5. Result belongs to g. */
+KL_API kl_status kl_rmsnorm(kl_graph *g, kl_tensor *x, kl_tensor *weight, double eps, kl_tensor **out);
+/* Rotary position embedding, GPT-NeoX style: x [..., T, D] (D even; position
+ * = index along axis -2), pairs (x[i], x[i + D/2]) rotated by angle
+ * pos * base^(-2i/D); base 0 means 10000. Result belongs to g. */
+KL_API kl_status kl_rope(kl_graph *g, kl_tensor *x, double base, kl_tensor **out);
+
 #ifdef __cplusplus
 }
 #endif

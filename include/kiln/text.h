@@ -23,7 +23,9 @@ typedef struct kl_vocab kl_vocab;   /* byte -> id and back */
 typedef struct kl_tokens kl_tokens; /* a token sequence */
 
 /* Every regular file of dir (sorted by name, skipping fortune's *.dat index
- * files and hidden files), or one file, concatenated. */
+ * files and hidden files; a file linked under two names, like fortune's
+ * "art.u8 -> art", is read once, under its first name), or one file,
+ * concatenated. */
 KL_API kl_status kl_text_load_dir(const char *dir, kl_text **out);
 KL_API kl_status kl_text_load_file(const char *path, kl_text **out);
 KL_API const uint8_t *kl_text_data(const kl_text *t);

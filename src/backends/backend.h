@@ -32,5 +32,23 @@ int kl_cpu_cores(void);
 /* KL_OK if cuda:index can be used; otherwise a message saying why (no CUDA
  * in this build, no driver, no such device). */
 kl_status kl_cuda_available(int index);
+/* Makes cuda:index this process's CUDA device (one per process): sets it
+ * current and creates kiln's stream, cuBLASLt handle and workspace. Fails
+ * if another device is in use already or in CPU-only builds. */
+kl_status kl_cuda_use(int index);
+
+/* What `kiln devices` shows about one CUDA device. */
+typedef struct kl_cuda_device_info {
+    char name[256];
+    int major, minor; /* compute capability */
+    int sm_count;
+    size_t total_bytes, free_bytes;
+    int driver_version, runtime_version; /* 13000 means 13.0 */
+} kl_cuda_device_info;
+/* Number of CUDA devices: 0 when the driver sees none. Fails with a message
+ * when no driver can be loaded, and (KL_EUNSUPPORTED) in CPU-only builds. */
+kl_status kl_cuda_device_count(int *n);
+/* Properties and free memory of cuda:index (the device's context is created). */
+kl_status kl_cuda_device_info_get(int index, kl_cuda_device_info *out);
 
 #endif

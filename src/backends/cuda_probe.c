@@ -1,13 +1,28 @@
 /* Whether a CUDA device can be used. Without the CUDA backend compiled in,
  * the answer is a clear "no" naming the build; with it, the CUDA runtime
- * decides (src/backends/cuda). */
+ * decides (src/backends/cuda/cuda_backend.cu). */
 #include "backends/backend.h"
 #include "core/error.h"
 
 #ifndef KILN_HAVE_CUDA
+#define NO_CUDA "this kiln was built without CUDA (rebuild with nvcc available and -DKILN_CUDA=ON)"
+
 kl_status kl_cuda_available(int index)
 {
-    return kl_fail(KL_EUNSUPPORTED, "cuda:%d requested but this kiln was built without CUDA (rebuild with nvcc "
-                   "available and -DKILN_CUDA=ON)", index);
+    return kl_fail(KL_EUNSUPPORTED, "cuda:%d requested but " NO_CUDA, index);
+}
+
+kl_status kl_cuda_use(int index) { return kl_cuda_available(index); }
+
+kl_status kl_cuda_device_count(int *n)
+{
+    if (n) *n = 0;
+    return kl_fail(KL_EUNSUPPORTED, NO_CUDA);
+}
+
+kl_status kl_cuda_device_info_get(int index, kl_cuda_device_info *out)
+{
+    (void)out;
+    return kl_cuda_available(index);
 }
 #endif

@@ -8,6 +8,11 @@ int kl_cmd_train(int argc, char **argv);
 int kl_cmd_inspect(int argc, char **argv);
 int kl_cmd_eval(int argc, char **argv);
 int kl_cmd_predict(int argc, char **argv);
+int kl_cmd_generate(int argc, char **argv); /* generate.c: sampling from language models */
+int kl_cmd_devices(int argc, char **argv); /* devices.c */
+/* monitoring hooks: report.c, plan.c */
+int kl_cmd_report(int argc, char **argv);
+int kl_cmd_plan(int argc, char **argv);
 
 /* The built-in default config: the reference CNN on Fashion-MNIST. */
 extern const char kl_default_config[];

@@ -6,12 +6,38 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A token model's step: x, y i32 [B, T]; loss over the B*T positions. */
+static kl_status build_lm(step_graph *sg, kl_model *m, kl_optim *opt, int64_t batch)
+{
+    int64_t T = kl_model_tokens(m), V = kl_model_outputs(m), xd[2] = {batch, T}, flat[2] = {batch * T, V};
+    kl_tensor *logits, *y;
+    sg->rows = batch * T;
+    KL_TRY(kl_input(sg->g, "x", KL_I32, 2, xd, &sg->x));
+    KL_TRY(kl_input(sg->g, "y", KL_I32, 2, xd, &sg->y));
+    KL_TRY(kl_model_forward(m, sg->g, sg->x, opt != NULL, &logits));
+    KL_TRY(kl_reshape(sg->g, logits, 2, flat, &logits));
+    KL_TRY(kl_reshape(sg->g, sg->y, 1, &sg->rows, &y));
+    KL_TRY(kl_softmax_cross_entropy(sg->g, logits, y, &sg->loss));
+    return kl_output(sg->g, sg->loss);
+}
+
 kl_status step_graph_build(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *opt, int64_t batch)
 {
+    if (kl_model_tokens(m)) {
+        sg->batch = batch;
+        KL_TRY(kl_graph_new(ctx, &sg->g));
+        KL_TRY(build_lm(sg, m, opt, batch));
+        if (opt) {
+            KL_TRY(kl_backward(sg->g, sg->loss));
+            KL_TRY(kl_optim_step(sg->g, opt));
+        }
+        return kl_graph_plan(sg->g, NULL);
+    }
     int64_t xd[5] = {batch};
     int nd = kl_model_input_ndim(m);
     memcpy(xd + 1, kl_model_input_shape(m), (size_t)nd * sizeof *xd);
     sg->batch = batch;
+    sg->rows = batch;
     KL_TRY(kl_graph_new(ctx, &sg->g));
     KL_TRY(kl_input(sg->g, "x", KL_F32, nd + 1, xd, &sg->x));
     KL_TRY(kl_input(sg->g, "y", KL_I32, 1, &batch, &sg->y));
@@ -26,9 +52,24 @@ kl_status step_graph_build(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *o
     return kl_graph_plan(sg->g, NULL);
 }
 
-kl_status step_graph_run(step_graph *sg, const kl_model *m, const float *x, const int32_t *y, double *loss_sum,
+/* A token model's batch: the loss only. */
+static kl_status run_lm(step_graph *sg, const void *x, const int32_t *y, double *loss_sum)
+{
+    float l;
+    KL_TRY(kl_tensor_set(sg->x, x, (size_t)sg->rows * sizeof(int32_t)));
+    KL_TRY(kl_tensor_set(sg->y, y, (size_t)sg->rows * sizeof(int32_t)));
+    KL_TRY(kl_graph_run(sg->g));
+    KL_TRY(kl_tensor_get(sg->loss, &l, sizeof l));
+    *loss_sum += (double)l * (double)sg->rows;
+    if (!isfinite(l))
+        return kl_fail(KL_ENUMERIC, "loss is %g: training diverged (try a lower learning rate or clip.max_norm)", l);
+    return KL_OK;
+}
+
+kl_status step_graph_run(step_graph *sg, const kl_model *m, const void *x, const int32_t *y, double *loss_sum,
                          int64_t *correct, int64_t *confusion, float *logits_out)
 {
+    if (!sg->logits) return run_lm(sg, x, y, loss_sum);
     int64_t b = sg->batch, C = kl_model_outputs(m), ss = kl_tensor_numel(sg->x) / b;
     KL_TRY(kl_tensor_set(sg->x, x, (size_t)(b * ss) * sizeof(float)));
     KL_TRY(kl_tensor_set(sg->y, y, (size_t)b * sizeof(int32_t)));

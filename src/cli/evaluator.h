@@ -1,5 +1,8 @@
 /* Step graphs shared by training, evaluation and prediction: a model's
- * forward (and, for training, backward and update) at a fixed batch size. */
+ * forward (and, for training, backward and update) at a fixed batch size.
+ * Token models (kl_model_tokens > 0) take x, y i32 [B, T]; their loss is the
+ * mean cross-entropy over all B*T positions (logits [B, T, V] viewed as
+ * [B*T, V]) and their graphs keep no logits. */
 #ifndef KL_CLI_EVALUATOR_H
 #define KL_CLI_EVALUATOR_H
 
@@ -8,16 +11,19 @@
 
 typedef struct step_graph {
     kl_graph *g;
-    kl_tensor *x, *y, *logits, *loss;
+    kl_tensor *x, *y, *logits, *loss; /* logits NULL for token models */
     int64_t batch;
+    int64_t rows; /* cross-entropy rows: batch, or batch * T for token models */
 } step_graph;
 
 /* Builds and plans the graph; opt non-NULL adds backward and the update. */
 kl_status step_graph_build(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *opt, int64_t batch);
-/* Runs one batch of sg->batch rows: adds loss * rows to *loss_sum, counts
- * correct predictions, and (if confusion is non-NULL) fills a C x C
- * confusion matrix (true class rows). logits_out (may be NULL) gets the logits. */
-kl_status step_graph_run(step_graph *sg, const kl_model *m, const float *x, const int32_t *y, double *loss_sum,
+/* Runs one batch of sg->batch samples (x f32, or i32 tokens): adds loss *
+ * sg->rows to *loss_sum, counts correct predictions, and (if confusion is
+ * non-NULL) fills a C x C confusion matrix (true class rows). logits_out
+ * (may be NULL) gets the logits. Token models: only the loss (correct,
+ * confusion and logits_out are left alone). */
+kl_status step_graph_run(step_graph *sg, const kl_model *m, const void *x, const int32_t *y, double *loss_sum,
                          int64_t *correct, int64_t *confusion, float *logits_out);
 void step_graph_free(step_graph *sg);
 

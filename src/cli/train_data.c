@@ -32,6 +32,9 @@ kl_status train_load_data(const train_opts *o, kl_dataset **train, kl_dataset **
 {
     kl_dataset *all = NULL, *tr = NULL, *va = NULL, *te = NULL;
     *train = *val = *test = NULL;
+    if (o->data_kind == DATA_TEXT) /* text corpora are read by cli/train_text.c */
+        return kl_fail(KL_EUNSUPPORTED, "data.kind text is a corpus for token models, not a dataset of samples "
+                       "(kiln train reads it; use kiln generate to sample from the model)");
     kl_status s = load_one(o, 0, &all);
     if (s == KL_OK && o->limit > 0 && o->limit < kl_dataset_count(all)) {
         kl_dataset *sub;

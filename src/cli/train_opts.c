@@ -46,16 +46,34 @@ static kl_status put(kl_cfg *cfg, const char *sec, const char *key, const char *
         KL_TRY(put(cfg, sec, key, "%s", dst ? "true" : "false"));                                  \
     } while (0)
 
+/* data.kind text: a corpus (file or folder) and its held-out tail. */
+static kl_status read_text_data(kl_cfg *cfg, kl_cfg_node *m, train_opts *o)
+{
+    static const char *const keys[] = {"kind", "path", "val_fraction", NULL};
+    KL_TRY(kl_cfg_check_keys(m, keys));
+    if (!kl_cfg_get(m, "path")) KL_TRY(put(cfg, "data", "path", "%s", DATA_TEXT_DEFAULT_PATH));
+    KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m)); /* put may have made the map */
+    KL_TRY(kl_cfg_string(m, "path", 1, NULL, &o->path));     /* borrowed from the tree: read after any put */
+    KL_TRY(kl_cfg_float(m, "val_fraction", 0, 0.1, &o->val_fraction));
+    if (o->val_fraction < 0 || o->val_fraction >= 1) /* checked before the write-back, so located in the file */
+        return kl_cfg_fail(kl_cfg_get(m, "val_fraction"), KL_EINVAL, "data: val_fraction must be in [0, 1), got %g",
+                           o->val_fraction);
+    return put(cfg, "data", "val_fraction", "%.17g", o->val_fraction);
+}
+
 static kl_status read_data(kl_cfg *cfg, train_opts *o)
 {
     static const char *const keys[] = {"kind", "train_images", "train_labels", "test_images", "test_labels", "path",
                                        "test_path", "label_col", "normalize", "mean", "std", "val_split", "shuffle",
                                        "limit", NULL};
-    static const char *const kinds[] = {"fashion_mnist", "idx", "csv", "pngdir", NULL};
+    static const char *const kinds[] = {"fashion_mnist", "idx", "csv", "pngdir", "text", NULL};
     kl_cfg_node *m;
-    KL_TRY(section(cfg, "data", keys, &m));
+    KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m));
     KL_TRY(kl_cfg_enum(m, "kind", 0, kinds, 0, &o->data_kind));
     KL_TRY(put(cfg, "data", "kind", "%s", kinds[o->data_kind]));
+    KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m));
+    if (o->data_kind == DATA_TEXT) return read_text_data(cfg, m, o);
+    KL_TRY(kl_cfg_check_keys(m, keys));
     const char **paths[] = {&o->train_images, &o->train_labels, &o->test_images, &o->test_labels, &o->path, &o->test_path};
     for (int i = 0; i < 6; i++) KL_TRY(kl_cfg_string(m, keys[1 + i], 0, NULL, paths[i]));
     if (o->data_kind == 1 && (!o->train_images || !o->train_labels))
@@ -120,7 +138,10 @@ static kl_status read_schedule(kl_cfg *cfg, train_opts *o)
 static kl_status read_train(kl_cfg *cfg, train_opts *o)
 {
     static const char *const keys[] = {"epochs", "steps", "batch", "seed", "log_every", "checkpoint_every",
-                                       "threads", "eval_every_epoch", "checkpoint_every_epoch", NULL};
+                                       "threads", "eval_every_epoch", "checkpoint_every_epoch", "steps_per_epoch",
+                                       "val_batches",
+                                       /* read by the monitoring (cli/train_monitor.c) */
+                                       "histogram_every", "telemetry_interval", "nan_watch", NULL};
     kl_cfg_node *m;
     int64_t seed;
     KL_TRY(section(cfg, "train", keys, &m));
@@ -133,6 +154,15 @@ static kl_status read_train(kl_cfg *cfg, train_opts *o)
     GET_INT("train", "log_every", 50, 1, INT64_MAX / 2, o->log_every);
     GET_INT("train", "checkpoint_every", 0, 0, INT64_MAX / 2, o->checkpoint_every);
     GET_INT("train", "threads", 0, 0, 4096, o->threads);
+    if (o->data_kind == DATA_TEXT) { /* text has no natural epoch: a fixed number of steps */
+        GET_INT("train", "steps_per_epoch", 200, 1, INT64_MAX / 2, o->steps_per_epoch);
+        GET_INT("train", "val_batches", 8, 1, 1 << 20, o->val_batches);
+    } else {
+        static const char *const text_only[] = {"steps_per_epoch", "val_batches"};
+        for (int i = 0; i < 2; i++)
+            if (kl_cfg_get(m, text_only[i]))
+                return kl_cfg_fail(kl_cfg_get(m, text_only[i]), KL_EINVAL, "train: %s is for data.kind text", text_only[i]);
+    }
     return KL_OK;
 }
 

@@ -9,14 +9,18 @@
 
 typedef enum { SCHED_CONSTANT, SCHED_STEP, SCHED_COSINE } sched_kind;
 
+#define DATA_TEXT 4 /* data.kind text: a character-level corpus (cli/train_text.c) */
+#define DATA_TEXT_DEFAULT_PATH "/usr/share/games/fortunes"
+
 typedef struct train_opts {
     const char *name;
     /* data */
-    int data_kind; /* 0 fashion_mnist, 1 idx, 2 csv, 3 pngdir */
+    int data_kind; /* 0 fashion_mnist, 1 idx, 2 csv, 3 pngdir, 4 text (DATA_TEXT) */
     const char *train_images, *train_labels, *test_images, *test_labels, *path, *test_path;
     int64_t label_col, val_split, limit;
     int normalize, shuffle;
     double mean, std; /* normalisation; 0/0 means computed from the training set */
+    double val_fraction; /* text: the held-out tail of the corpus */
     /* optimizer and schedule */
     kl_optim_opts optim;
     sched_kind sched;
@@ -24,6 +28,7 @@ typedef struct train_opts {
     double gamma, min_lr;
     /* train */
     int64_t epochs, steps, batch, log_every, checkpoint_every, threads;
+    int64_t steps_per_epoch, val_batches; /* text: an epoch's steps; validation batches */
     uint64_t seed;
 } train_opts;
 
@@ -31,7 +36,8 @@ typedef struct train_opts {
 kl_status train_opts_read(kl_cfg *cfg, train_opts *o);
 /* Learning rate at optimizer step `step` (0-based) of `total`. */
 double train_lr(const train_opts *o, int64_t step, int64_t total);
-/* Loads train / validation / test sets as the config says; *mean, *std get
+/* Loads train / validation / test sets as the config says (not for
+ * data.kind text, which cli/train_text.c reads); *mean, *std get
  * the normalisation used (computed from the training set unless given). */
 kl_status train_load_data(const train_opts *o, kl_dataset **train, kl_dataset **val, kl_dataset **test, float *mean,
                           float *std);

@@ -5,6 +5,10 @@
 #include "cli/train_run.h"
 #include "cli/train_opts.h"
 #include "cli/evaluator.h"
+#include "cli/train_monitor.h"
+#include "cli/plan.h"
+#include "cli/train_text.h" /* sequence models: data.kind text */
+#include "backends/backend.h" /* kl_cuda_available */
 #include "core/error.h"
 #include "io/fileio.h"
 #include "nn/model.h"
@@ -28,6 +32,7 @@ typedef struct {
     char run_dir[4096], ckpt_root[4200];
     FILE *metrics;
     double t0;
+    train_monitor mon; /* monitoring: TensorBoard, telemetry (cli/train_monitor.h) */
 } runner;
 
 static double now(void)
@@ -50,15 +55,21 @@ static kl_status save_ckpt(runner *r, kl_cfg *cfg, const kl_train_state *st, cha
 static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
 {
     kl_cfg_node *model;
+    KL_TRY(monitor_cfg_take(cfg, &r->mon.o)); /* monitoring hook: train.histogram_every etc. */
     KL_TRY(train_opts_read(cfg, &r->o));
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &model));
     KL_TRY(kl_model_from_cfg(model, &r->model));
+    /* monitoring hook: with --mem-limit, refuse before loading data when the step will not fit */
+    KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch));
     kl_device dev = {KL_DEVICE_CPU, 0};
     if (strcmp(a->device, "auto")) KL_TRY(kl_device_parse(a->device, &dev));
     kl_ctx_opts co = {.device = dev, .threads = (int)r->o.threads, .seed = r->o.seed};
     KL_TRY(kl_ctx_new(&co, &r->ctx));
     printf("device: %s%s, %d threads\n", dev.type == KL_DEVICE_CPU ? "cpu" : "cuda",
-           strcmp(a->device, "auto") ? "" : " (auto: this build has no CUDA backend)", kl_ctx_threads(r->ctx));
+           strcmp(a->device, "auto") ? ""
+           : kl_cuda_available(0) == KL_OK ? " (auto: a GPU is present, but the CUDA backend cannot run whole models yet)"
+                                           : " (auto: no usable GPU)",
+           kl_ctx_threads(r->ctx));
     float mean = 0, std = 1;
     KL_TRY(train_load_data(&r->o, &r->tr, &r->va, &r->te, &mean, &std));
     if (r->o.normalize) { /* recorded so evaluation and prediction normalise the same way */
@@ -107,11 +118,13 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     snprintf(path, sizeof path, "%s/metrics.jsonl", r->run_dir);
     r->metrics = fopen(path, a->resume ? "a" : "w");
     if (!r->metrics) return kl_fail(KL_EIO, "%s: cannot open for writing", path);
-    return KL_OK;
+    return train_monitor_open(&r->mon, r->run_dir, r->ctx, r->metrics, r->t0); /* monitoring hook */
 }
 
 static void teardown(runner *r)
 {
+    if (r->train.g) kl_graph_profile_print(r->train.g, stderr);
+    train_monitor_close(&r->mon); /* monitoring hook */
     if (r->metrics) fclose(r->metrics);
     kl_loader_free(r->ld);
     step_graph_free(&r->train);
@@ -127,12 +140,14 @@ static void teardown(runner *r)
 static void progress(const runner *r, int tty, int64_t step, int64_t total, int64_t epoch, double loss, double sps)
 {
     double eta = sps > 0 ? (double)(total - step) * (double)r->o.batch / sps : 0;
+    char tel[160];
+    train_monitor_progress(&r->mon, tel, sizeof tel); /* monitoring hook: telemetry suffix */
     if (tty)
-        fprintf(stderr, "\r  epoch %lld  step %lld/%lld  loss %.4f  %.0f samples/s  ETA %dm%02ds   ", (long long)epoch + 1,
-                (long long)step, (long long)total, loss, sps, (int)eta / 60, (int)eta % 60);
+        fprintf(stderr, "\r  epoch %lld  step %lld/%lld  loss %.4f  %.0f samples/s  ETA %dm%02ds%s   ", (long long)epoch + 1,
+                (long long)step, (long long)total, loss, sps, (int)eta / 60, (int)eta % 60, tel);
     else
-        printf("epoch %lld step %lld/%lld loss %.4f samples/s %.0f eta %.0fs\n", (long long)epoch + 1,
-               (long long)step, (long long)total, loss, sps, eta);
+        printf("epoch %lld step %lld/%lld loss %.4f samples/s %.0f eta %.0fs%s\n", (long long)epoch + 1,
+               (long long)step, (long long)total, loss, sps, eta, tel);
     fflush(tty ? stderr : stdout);
 }
 
@@ -154,6 +169,8 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
             "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"val_loss\":%.9g,"
             "\"val_accuracy\":%.6f,\"lr\":%.9g,\"wall_s\":%.3f}\n",
             (long long)st->epoch + 1, (long long)st->step, l, acc, vl, vacc, kl_optim_lr(r->opt), now() - r->t0);
+    /* monitoring hook */
+    train_monitor_epoch(&r->mon, st->epoch + 1, st->step, l, acc, r->va != NULL, vl, vacc, kl_optim_lr(r->opt));
     fflush(r->metrics);
     *ep = (epoch_acc){0};
     st->epoch++;
@@ -191,7 +208,12 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         KL_TRY(kl_optim_set_lr(r->opt, train_lr(&r->o, st.step, total)));
         double l = 0;
         int64_t corr = 0;
-        KL_TRY(step_graph_run(&r->train, r->model, b.x, b.y, &l, &corr, NULL, NULL));
+        /* monitoring hook: NaN watch (parameters copied before the step; a non-finite loss is re-run and explained) */
+        KL_TRY(nan_watch_before(&r->mon.nan, r->ctx));
+        kl_status ss = step_graph_run(&r->train, r->model, b.x, b.y, &l, &corr, NULL, NULL);
+        nan_step ns = {.model = r->model, .ctx = r->ctx, .opt = r->opt, .cfg = cfg, .x = b.x, .y = b.y,
+                       .batch = b.n, .step = st.step + 1, .metrics = r->metrics};
+        KL_TRY(nan_watch_after(&r->mon.nan, ss, &ns));
         st.step++;
         st.batch = b.index + 1;
         st.graph_runs = st.step;
@@ -200,9 +222,12 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
                 "{\"type\":\"step\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"lr\":%.9g,\"wall_s\":%.3f}\n",
                 (long long)st.step, (long long)st.epoch + 1, l / (double)b.n, (double)corr / (double)b.n,
                 kl_optim_lr(r->opt), now() - r->t0);
+        /* monitoring hook */
+        train_monitor_step(&r->mon, st.step, l / (double)b.n, (double)corr / (double)b.n, kl_optim_lr(r->opt));
         if (st.step % r->o.log_every == 0 || st.step == total) {
             double t = now(), sps = (double)win_n / (t - t_win);
             fprintf(r->metrics, "{\"type\":\"throughput\",\"step\":%lld,\"samples_per_s\":%.1f}\n", (long long)st.step, sps);
+            train_monitor_throughput(&r->mon, st.step, sps); /* monitoring hook */
             progress(r, tty, st.step, total, st.epoch, win_loss / (double)win_n, sps);
             win_loss = 0, win_n = 0, t_win = t;
         }
@@ -228,6 +253,7 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
 
 int train_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop)
 {
+    if (train_text_wanted(cfg)) return train_text_run(cfg, a, stop); /* sequence models: language models on text */
     runner r = {0};
     r.t0 = now();
     int interrupted = 0;
@@ -239,6 +265,7 @@ int train_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop)
         printf("run directory: %s (first step after %.2f s)\n", r.run_dir, now() - r.t0);
         fflush(stdout);
         s = loop(&r, cfg, a, stop, &interrupted);
+        if (s == KL_OK) train_monitor_end(&r.mon); /* monitoring hook: last histograms */
     }
     if (s == KL_OK && !interrupted && r.te) {
         double tl, tacc;
@@ -248,6 +275,7 @@ int train_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop)
                    (long long)kl_dataset_count(r.te), now() - r.t0);
             fprintf(r.metrics, "{\"type\":\"test\",\"loss\":%.9g,\"accuracy\":%.6f,\"wall_s\":%.3f}\n", tl, tacc,
                     now() - r.t0);
+            train_monitor_test(&r.mon, tl, tacc); /* monitoring hook */
         }
     }
     if (s != KL_OK) fprintf(stderr, "kiln train: %s\n", kl_last_error());

@@ -23,19 +23,21 @@ kl_status kl_ctx_new(const kl_ctx_opts *opts, kl_ctx **out)
     if (!out) return kl_fail(KL_EMISUSE, "kl_ctx_new: out is NULL");
     *out = NULL;
     kl_ctx_opts o = opts ? *opts : (kl_ctx_opts){0};
+    kl_backend_id backend = KL_BACKEND_CPU;
     if (o.device.type == KL_DEVICE_CUDA) {
         KL_TRY(kl_cuda_available(o.device.index));
-        return kl_fail(KL_EUNSUPPORTED, "cuda:%d: the CUDA backend cannot run graphs yet in this build; use --device cpu",
-                       o.device.index);
-    }
-    if (o.device.type != KL_DEVICE_CPU)
+        KL_TRY(kl_cuda_use(o.device.index)); /* stream, cuBLASLt handle, workspace */
+        backend = KL_BACKEND_CUDA;
+    } else if (o.device.type != KL_DEVICE_CPU) {
         return kl_fail(KL_EINVAL, "kl_ctx_new: unknown device type %d", (int)o.device.type);
+    }
     if (o.threads < 0) return kl_fail(KL_EINVAL, "kl_ctx_new: threads must be >= 0, got %d", o.threads);
+    if (!kl_backends[backend]) return kl_fail(KL_EINTERNAL, "kl_ctx_new: backend %d is not built in", (int)backend);
     kl_ctx *c = kl_calloc(1, sizeof *c);
     if (!c) return KL_ENOMEM;
     c->device = o.device;
-    c->backend = KL_BACKEND_CPU;
-    c->be = kl_backends[KL_BACKEND_CPU];
+    c->backend = backend;
+    c->be = kl_backends[backend];
     c->threads = o.threads ? o.threads : default_threads();
     c->seed = o.seed;
     *out = c;

@@ -18,6 +18,21 @@ NO_KERNEL(input);
 NO_KERNEL(param);
 NO_KERNEL(extra);
 
+#ifdef KILN_HAVE_CUDA
+/* CUDA kernels by op, for ops whose kl_op_def has none (src/backends/cuda/registry.cu). */
+extern const kl_kernel_fn kl_cuda_kernels[KL_OP_COUNT];
+#endif
+
+kl_kernel_fn kl_backend_kernel(kl_backend_id b, kl_op_id op)
+{
+    if ((unsigned)b >= KL_BACKEND_COUNT || (unsigned)op >= KL_OP_COUNT) return NULL;
+    kl_kernel_fn fn = kl_ops[op]->fwd[b];
+#ifdef KILN_HAVE_CUDA
+    if (!fn && b == KL_BACKEND_CUDA) fn = kl_cuda_kernels[op];
+#endif
+    return fn;
+}
+
 void *kl_data(const kl_exec *ex, const kl_tensor *t)
 {
     const kl_tensor *b = t->base;
@@ -44,11 +59,13 @@ kl_status kl_graph_run(kl_graph *g)
     if (!g->prof && g->runs == 0 && getenv("KILN_PROFILE") && atoi(getenv("KILN_PROFILE")) > 0) KL_TRY(kl_graph_profile(g, 1));
     for (int i = 0; i < g->n_nodes; i++) {
         const kl_tensor *t = g->nodes[i];
-        kl_kernel_fn fn = kl_ops[t->op]->fwd[c->backend];
+        kl_kernel_fn fn = kl_backend_kernel(c->backend, t->op);
         if (!fn) {
             if (t->op == KL_OP_input || t->op == KL_OP_param || t->op == KL_OP_extra || t->op == KL_OP_view) continue;
-            return kl_fail(KL_EUNSUPPORTED, "%s '%s' %s: no kernel on %s", kl_ops[t->op]->name, t->name, kl_desc(t),
-                           c->backend == KL_BACKEND_CPU ? "cpu" : "cuda");
+            if (c->backend == KL_BACKEND_CPU)
+                return kl_fail(KL_EUNSUPPORTED, "%s '%s' %s: no kernel on cpu", kl_ops[t->op]->name, t->name, kl_desc(t));
+            return kl_fail(KL_EUNSUPPORTED, "%s '%s' %s: no kernel on cuda:%d yet (docs/CUDA.md lists the CUDA ops)",
+                           kl_ops[t->op]->name, t->name, kl_desc(t), c->device.index);
         }
         struct timespec t0, t1;
         if (g->prof) clock_gettime(CLOCK_MONOTONIC, &t0);

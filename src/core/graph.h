@@ -119,6 +119,9 @@ typedef struct kl_op_def {
 #include "ops/ops.def"
 #undef KL_OP
 extern const kl_op_def *const kl_ops[KL_OP_COUNT];
+/* The kernel of op on backend b: kl_ops[op]->fwd[b], else (CUDA builds) the
+ * entry of the CUDA kernel table (src/backends/cuda/registry.cu); NULL: none. */
+kl_kernel_fn kl_backend_kernel(kl_backend_id b, kl_op_id op);
 
 typedef struct kl_plan {
     bool valid;

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #ifdef __CUDACC__
-#define KL_HD __host__ __device__ __forceinline__
+#define KL_HD __host__ __device__
 #else
 #define KL_HD
 #endif

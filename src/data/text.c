@@ -60,6 +60,10 @@ kl_status kl_text_load_dir(const char *dir, kl_text **out)
     char **names = NULL;
     int n = 0, cap = 0;
     kl_status s = KL_OK;
+    /* files reached twice (fortune's "art.u8 -> art" symlinks, hard links)
+     * are read once, by the first name in sort order: a duplicate would put
+     * held-out text into the training part */
+    struct { dev_t dev; ino_t ino; } *seen = NULL;
     for (struct dirent *e; s == KL_OK && (e = readdir(d));) {
         size_t len = strlen(e->d_name);
         if (e->d_name[0] == '.' || (len > 4 && !strcmp(e->d_name + len - 4, ".dat"))) continue;
@@ -71,12 +75,28 @@ kl_status kl_text_load_dir(const char *dir, kl_text **out)
             char **nn = kl_realloc(names, (size_t)cap * sizeof *nn);
             if (!nn) { s = KL_ENOMEM; break; }
             names = nn;
+            void *ns = kl_realloc(seen, (size_t)cap * sizeof *seen);
+            if (!ns) { s = KL_ENOMEM; break; }
+            seen = ns;
         }
         if (!(names[n] = kl_strdup(path))) s = KL_ENOMEM;
         else n++;
     }
     closedir(d);
     if (n) qsort(names, (size_t)n, sizeof *names, cmp_str);
+    int kept = 0;
+    for (int i = 0; i < n && s == KL_OK; i++) { /* drop later names of a file already listed */
+        int dup = stat(names[i], &st) != 0;
+        for (int j = 0; !dup && j < kept; j++) dup = seen[j].dev == st.st_dev && seen[j].ino == st.st_ino;
+        if (dup) {
+            kl_free(names[i]);
+            continue;
+        }
+        seen[kept].dev = st.st_dev, seen[kept].ino = st.st_ino;
+        names[kept++] = names[i];
+    }
+    if (s == KL_OK) n = kept;
+    kl_free(seen);
     kl_text *t = s == KL_OK ? kl_calloc(1, sizeof *t) : NULL;
     if (s == KL_OK && !t) s = KL_ENOMEM;
     for (int i = 0; i < n && s == KL_OK; i++) s = append_file(t, names[i]);

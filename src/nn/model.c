@@ -1,41 +1,17 @@
-/* Sequential models from configs: parsing, shape inference, forward. */
-#include "nn/model.h"
+/* Sequential models from configs: parsing, shape inference, forward. The
+ * sequence layers live in model_seq.c. */
+#include "nn/model_internal.h"
 #include "core/error.h"
 #include "ops/conv2d.h" /* kl_conv2d_act: conv with a fused activation */
 
 #include <stdio.h>
 #include <string.h>
 
-typedef enum {
-    L_LINEAR, L_CONV2D, L_MAXPOOL2D, L_AVGPOOL2D, L_GLOBAL_AVGPOOL, L_BATCHNORM, L_LAYERNORM, L_DROPOUT,
-    L_RELU, L_GELU, L_TANH, L_SIGMOID, L_FLATTEN, L_RESIDUAL, L_COUNT
-} layer_kind;
-
-static const char *const kind_names[] = {"linear", "conv2d", "maxpool2d", "avgpool2d", "global_avgpool",
-                                         "batchnorm", "layernorm", "dropout", "relu", "gelu", "tanh",
-                                         "sigmoid", "flatten", "residual", NULL};
-
-typedef struct layer {
-    layer_kind kind;
-    char name[96];         /* parameter prefix: "layers.3" */
-    int in_ndim, out_ndim; /* shapes without the batch dim */
-    int64_t in[4], out[4];
-    int64_t features;      /* linear / conv out */
-    int kernel[2], stride[2], pad[2], dil[2], groups;
-    int bias;
-    double p, eps, momentum;
-    struct layer *body;    /* residual */
-    int n_body;
-    int64_t params;
-} layer;
-
-struct kl_model {
-    layer *layers;
-    int n;
-    int in_ndim;
-    int64_t in[4];
-    int64_t params;
-};
+const char *const kl_layer_kind_names[] = {"linear", "conv2d", "maxpool2d", "avgpool2d", "global_avgpool",
+                                           "batchnorm", "layernorm", "dropout", "relu", "gelu", "tanh",
+                                           "sigmoid", "flatten", "residual", "embedding", "pos_embedding",
+                                           "lstm", "gru", "transformer_block", NULL};
+#define kind_names kl_layer_kind_names
 
 static int64_t prod(const int64_t *d, int n)
 {
@@ -63,33 +39,38 @@ static kl_status pair(const kl_cfg_node *n, const char *key, int def, int lo, in
 }
 
 static kl_status parse_layers(const kl_cfg_node *seq, const char *prefix, int in_ndim, const int64_t *in,
-                              layer **out, int *n_out, int *out_ndim, int64_t *out_shape);
+                              parse_ctx *pc, layer **out, int *n_out, int *out_ndim, int64_t *out_shape);
 
 /* Checks one layer's keys and infers its output shape from li->in. */
-static kl_status parse_layer(const kl_cfg_node *n, layer *li)
+static kl_status parse_layer(const kl_cfg_node *n, layer *li, parse_ctx *pc)
 {
     static const char *const common[] = {"type", NULL};
     char a[64], b[64];
     const char *kname = kind_names[li->kind];
     li->out_ndim = li->in_ndim;
     memcpy(li->out, li->in, sizeof li->out);
+    if (pc->tokens_in && li->kind != L_EMBEDDING)
+        return kl_cfg_fail(n, KL_EINVAL, "%s: the input is token ids %s; a token model starts with {type: embedding, dim: D}",
+                           kname, shape(a, li->in_ndim, li->in));
+    if (li->kind >= L_EMBEDDING) return kl_seq_layer_parse(n, li, pc);
     switch (li->kind) {
-    case L_LINEAR: {
-        static const char *const keys[] = {"type", "out", "out_features", "in_features", "bias", NULL};
-        int64_t inf;
+    case L_LINEAR: { /* on the last dim: [in] -> [out] or [T, in] -> [T, out] */
+        static const char *const keys[] = {"type", "out", "out_features", "in_features", "bias", "tie", NULL};
+        int64_t inf, in = li->in[li->in_ndim - 1];
         KL_TRY(kl_cfg_check_keys(n, keys));
-        if (li->in_ndim != 1)
+        if (li->in_ndim > 2)
             return kl_cfg_fail(n, KL_EINVAL, "linear: expects a flat input, got %s; add {type: flatten} before it",
                                shape(a, li->in_ndim, li->in));
-        KL_TRY(kl_cfg_int_range(n, kl_cfg_get(n, "out_features") ? "out_features" : "out", 1, 0, 1, 1 << 24, &li->features));
-        KL_TRY(kl_cfg_int(n, "in_features", 0, li->in[0], &inf));
-        if (inf != li->in[0])
+        KL_TRY(kl_linear_out(n, pc, &li->features));
+        KL_TRY(kl_cfg_int(n, "in_features", 0, in, &inf));
+        if (inf != in)
             return kl_cfg_fail(kl_cfg_get(n, "in_features"), KL_EINVAL,
                                "linear: in_features %lld does not match inferred input %lld", (long long)inf,
-                               (long long)li->in[0]);
+                               (long long)in);
         KL_TRY(kl_cfg_bool(n, "bias", 0, 1, &li->bias));
-        li->out[0] = li->features;
-        li->params = li->features * li->in[0] + (li->bias ? li->features : 0);
+        li->out[li->in_ndim - 1] = li->features;
+        KL_TRY(kl_linear_tie(n, li, pc));
+        li->params = (li->tie[0] ? 0 : li->features * in) + (li->bias ? li->features : 0);
         return KL_OK;
     }
     case L_CONV2D: {
@@ -123,7 +104,11 @@ static kl_status parse_layer(const kl_cfg_node *n, layer *li)
                 return kl_cfg_fail(n, KL_EINVAL, "conv2d: kernel %dx%d does not fit input %s", li->kernel[0],
                                    li->kernel[1], shape(a, li->in_ndim, li->in));
         }
-        li->params = li->features * (li->in[0] / g) * li->kernel[0] * li->kernel[1] + (li->bias ? li->features : 0);
+        int64_t w;
+        if (__builtin_mul_overflow(li->features * (li->in[0] / g), (int64_t)li->kernel[0] * li->kernel[1], &w) || w > KL_MODEL_MAX_PARAMS)
+            return kl_cfg_fail(n, KL_EINVAL, "conv2d: %lld x %lld x %dx%d weights are too many", (long long)li->features,
+                               (long long)(li->in[0] / g), li->kernel[0], li->kernel[1]);
+        li->params = w + (li->bias ? li->features : 0);
         return KL_OK;
     }
     case L_MAXPOOL2D:
@@ -183,7 +168,7 @@ static kl_status parse_layer(const kl_cfg_node *n, layer *li)
         kl_cfg_node *body;
         KL_TRY(kl_cfg_check_keys(n, keys));
         KL_TRY(kl_cfg_get_seq(n, "layers", 1, &body));
-        KL_TRY(parse_layers(body, li->name, li->in_ndim, li->in, &li->body, &li->n_body, &li->out_ndim, li->out));
+        KL_TRY(parse_layers(body, li->name, li->in_ndim, li->in, pc, &li->body, &li->n_body, &li->out_ndim, li->out));
         if (li->out_ndim != li->in_ndim || memcmp(li->out, li->in, sizeof li->in))
             return kl_cfg_fail(n, KL_EINVAL, "residual: body maps %s to %s; a residual block must keep the shape",
                                shape(a, li->in_ndim, li->in), shape(b, li->out_ndim, li->out));
@@ -202,7 +187,7 @@ static void free_layers(layer *ls, int n)
 }
 
 static kl_status parse_layers(const kl_cfg_node *seq, const char *prefix, int in_ndim, const int64_t *in,
-                              layer **out, int *n_out, int *out_ndim, int64_t *out_shape)
+                              parse_ctx *pc, layer **out, int *n_out, int *out_ndim, int64_t *out_shape)
 {
     int n = kl_cfg_len(seq);
     if (n <= 0) return kl_cfg_fail(seq, KL_EINVAL, "expected a non-empty list of layers");
@@ -227,14 +212,16 @@ static kl_status parse_layers(const kl_cfg_node *seq, const char *prefix, int in
         snprintf(li->name, sizeof li->name, "%s.%d", prefix, i);
         li->in_ndim = nd;
         memcpy(li->in, cur, sizeof cur);
-        s = parse_layer(item, li);
+        s = parse_layer(item, li, pc);
         if (s != KL_OK) {
             free_layers(li->body, li->n_body);
             li->body = NULL;
             break;
         }
+        if ((s = kl_model_check_size(item, li)) != KL_OK) break;
         nd = li->out_ndim;
         memcpy(cur, li->out, sizeof cur);
+        pc->tokens_in = 0;
     }
     if (s != KL_OK) {
         free_layers(ls, i);
@@ -249,37 +236,31 @@ static kl_status parse_layers(const kl_cfg_node *seq, const char *prefix, int in
 
 kl_status kl_model_from_cfg(const kl_cfg_node *model, kl_model **out)
 {
-    static const char *const keys[] = {"input", "layers", NULL};
+    static const char *const keys[] = {"input", "vocab", "layers", NULL};
     *out = NULL;
     if (!model || kl_cfg_kind_of(model) != KL_CFG_MAP) return kl_cfg_fail(model, KL_EINVAL, "model: expected a map with input and layers");
     KL_TRY(kl_cfg_check_keys(model, keys));
     kl_model *m = kl_calloc(1, sizeof *m);
     if (!m) return KL_ENOMEM;
-    int64_t in[4];
-    int nin;
+    parse_ctx pc = {0};
     kl_cfg_node *seq;
-    kl_status s = kl_cfg_int_list(model, "input", 1, 3, in, &nin);
-    for (int i = 0; s == KL_OK && i < nin; i++)
-        if (in[i] <= 0) s = kl_cfg_fail(kl_cfg_get(model, "input"), KL_EINVAL, "input dims must be positive");
-    if (s == KL_OK) s = kl_cfg_get_seq(model, "layers", 1, &seq);
     int out_nd;
     int64_t out_sh[4];
+    kl_status s = kl_model_parse_input(model, m, &pc);
+    if (s == KL_OK) s = kl_cfg_get_seq(model, "layers", 1, &seq);
+    if (s == KL_OK) s = parse_layers(seq, "layers", m->in_ndim, m->in, &pc, &m->layers, &m->n, &out_nd, out_sh);
     if (s == KL_OK) {
-        m->in_ndim = nin;
-        memcpy(m->in, in, sizeof in);
-        s = parse_layers(seq, "layers", nin, in, &m->layers, &m->n, &out_nd, out_sh);
-    }
-    if (s == KL_OK && out_nd != 1) {
-        char a[64];
-        s = kl_cfg_fail(seq, KL_EINVAL, "the last layer must give [classes] per sample, got %s; end with flatten/linear",
-                        shape(a, out_nd, out_sh));
-        free_layers(m->layers, m->n);
+        s = kl_model_check_output(m, seq, out_nd, out_sh);
+        if (s != KL_OK) free_layers(m->layers, m->n);
     }
     if (s != KL_OK) {
         kl_free(m);
         return s;
     }
     for (int i = 0; i < m->n; i++) m->params += m->layers[i].params;
+    m->windowed = pc.windowed;
+    m->n_state = pc.n_state;
+    kl_set_proj_std(m->layers, m->n, pc.blocks);
     *out = m;
     return KL_OK;
 }
@@ -293,11 +274,19 @@ void kl_model_free(kl_model *m)
 
 int kl_model_input_ndim(const kl_model *m) { return m->in_ndim; }
 const int64_t *kl_model_input_shape(const kl_model *m) { return m->in; }
-int64_t kl_model_outputs(const kl_model *m) { return m->layers[m->n - 1].out[0]; }
+int64_t kl_model_outputs(const kl_model *m)
+{
+    const layer *l = &m->layers[m->n - 1];
+    return l->out[l->out_ndim - 1];
+}
 int64_t kl_model_param_count(const kl_model *m) { return m->params; }
+int64_t kl_model_tokens(const kl_model *m) { return m->tokens; }
+int64_t kl_model_vocab(const kl_model *m) { return m->vocab; }
+int kl_model_windowed(const kl_model *m) { return m->windowed; }
+int kl_model_state_count(const kl_model *m) { return m->n_state; }
 
-static kl_status param(kl_graph *g, const layer *li, const char *what, int nd, const int64_t *d, kl_init_kind init,
-                       double a, kl_tensor **out)
+kl_status kl_layer_param(kl_graph *g, const layer *li, const char *what, int nd, const int64_t *d, kl_init_kind init,
+                         double a, kl_tensor **out)
 {
     char name[128];
     snprintf(name, sizeof name, "%s.%s", li->name, what);
@@ -310,17 +299,20 @@ static kl_act act_of(layer_kind k)
     return k == L_RELU ? KL_ACT_RELU : k == L_GELU ? KL_ACT_GELU : k == L_TANH ? KL_ACT_TANH : k == L_SIGMOID ? KL_ACT_SIGMOID : KL_ACT_NONE;
 }
 
-static kl_status forward_layers(layer *ls, int n, kl_graph *g, kl_tensor *x, int training, kl_tensor **out)
+static kl_status forward_layers(layer *ls, int n, kl_graph *g, kl_tensor *x, int training, kl_model_state *st,
+                                kl_tensor **out)
 {
     for (int i = 0; i < n; i++) {
         layer *li = &ls[i];
         kl_tensor *w = NULL, *b = NULL;
         switch (li->kind) {
         case L_LINEAR: {
-            int64_t wd[2] = {li->features, li->in[0]};
-            /* PyTorch's Linear init: U(+-1/sqrt(fan_in)) for weight and bias */
-            KL_TRY(param(g, li, "weight", 2, wd, KL_INIT_KAIMING_UNIFORM, 0, &w));
-            if (li->bias) KL_TRY(param(g, li, "bias", 1, &li->features, KL_INIT_KAIMING_UNIFORM, (double)li->in[0], &b));
+            int64_t in = li->in[li->in_ndim - 1], wd[2] = {li->features, in};
+            /* PyTorch's Linear init: U(+-1/sqrt(fan_in)) for weight and bias; a tied
+             * weight is the embedding's (created by it, found by name) */
+            if (li->tie[0]) KL_TRY(kl_param(g, li->tie, KL_F32, 2, wd, NULL, &w));
+            else KL_TRY(kl_layer_param(g, li, "weight", 2, wd, KL_INIT_KAIMING_UNIFORM, 0, &w));
+            if (li->bias) KL_TRY(kl_layer_param(g, li, "bias", 1, &li->features, KL_INIT_KAIMING_UNIFORM, (double)in, &b));
             /* a following activation is fused into the GEMM's output pass */
             kl_act act = i + 1 < n ? act_of(ls[i + 1].kind) : KL_ACT_NONE;
             KL_TRY(kl_linear(g, x, w, b, act, &x));
@@ -330,8 +322,8 @@ static kl_status forward_layers(layer *ls, int n, kl_graph *g, kl_tensor *x, int
         case L_CONV2D: {
             int64_t wd[4] = {li->features, li->in[0] / li->groups, li->kernel[0], li->kernel[1]};
             double fan_in = (double)(wd[1] * wd[2] * wd[3]);
-            KL_TRY(param(g, li, "weight", 4, wd, KL_INIT_KAIMING_UNIFORM, 0, &w));
-            if (li->bias) KL_TRY(param(g, li, "bias", 1, &li->features, KL_INIT_KAIMING_UNIFORM, fan_in, &b));
+            KL_TRY(kl_layer_param(g, li, "weight", 4, wd, KL_INIT_KAIMING_UNIFORM, 0, &w));
+            if (li->bias) KL_TRY(kl_layer_param(g, li, "bias", 1, &li->features, KL_INIT_KAIMING_UNIFORM, fan_in, &b));
             kl_conv2d_opts o = {{li->stride[0], li->stride[1]}, {li->pad[0], li->pad[1]}, {li->dil[0], li->dil[1]}, li->groups};
             /* like linear: relu/tanh/sigmoid right after run in the conv's output pass */
             kl_act act = i + 1 < n ? act_of(ls[i + 1].kind) : KL_ACT_NONE;
@@ -351,8 +343,8 @@ static kl_status forward_layers(layer *ls, int n, kl_graph *g, kl_tensor *x, int
             kl_tensor *rm, *rv;
             int64_t c = li->in[0];
             char name[128];
-            KL_TRY(param(g, li, "weight", 1, &c, KL_INIT_ONES, 0, &w));
-            KL_TRY(param(g, li, "bias", 1, &c, KL_INIT_ZEROS, 0, &b));
+            KL_TRY(kl_layer_param(g, li, "weight", 1, &c, KL_INIT_ONES, 0, &w));
+            KL_TRY(kl_layer_param(g, li, "bias", 1, &c, KL_INIT_ZEROS, 0, &b));
             snprintf(name, sizeof name, "%s.running_mean", li->name);
             KL_TRY(kl_buffer(g, name, KL_F32, 1, &c, &(kl_init){KL_INIT_ZEROS, 0}, &rm));
             snprintf(name, sizeof name, "%s.running_var", li->name);
@@ -363,8 +355,8 @@ static kl_status forward_layers(layer *ls, int n, kl_graph *g, kl_tensor *x, int
         }
         case L_LAYERNORM: {
             int64_t d = li->in[li->in_ndim - 1];
-            KL_TRY(param(g, li, "weight", 1, &d, KL_INIT_ONES, 0, &w));
-            KL_TRY(param(g, li, "bias", 1, &d, KL_INIT_ZEROS, 0, &b));
+            KL_TRY(kl_layer_param(g, li, "weight", 1, &d, KL_INIT_ONES, 0, &w));
+            KL_TRY(kl_layer_param(g, li, "bias", 1, &d, KL_INIT_ZEROS, 0, &b));
             KL_TRY(kl_layernorm(g, x, w, b, li->eps, &x));
             break;
         }
@@ -378,10 +370,15 @@ static kl_status forward_layers(layer *ls, int n, kl_graph *g, kl_tensor *x, int
         }
         case L_RESIDUAL: {
             kl_tensor *y;
-            KL_TRY(forward_layers(li->body, li->n_body, g, x, training, &y));
+            KL_TRY(forward_layers(li->body, li->n_body, g, x, training, st, &y));
             KL_TRY(kl_add(g, x, y, &x));
             break;
         }
+        case L_EMBEDDING:
+        case L_POS_EMBEDDING:
+        case L_LSTM:
+        case L_GRU:
+        case L_TRANSFORMER_BLOCK: KL_TRY(kl_seq_layer_forward(li, g, x, training, st, &x)); break;
         default: KL_TRY(kl_activation(g, x, act_of(li->kind), &x)); break;
         }
     }
@@ -392,7 +389,17 @@ static kl_status forward_layers(layer *ls, int n, kl_graph *g, kl_tensor *x, int
 kl_status kl_model_forward(kl_model *m, kl_graph *g, kl_tensor *x, int training, kl_tensor **out)
 {
     if (!m || !g || !x || !out) return kl_fail(KL_EMISUSE, "kl_model_forward: null argument");
-    return forward_layers(m->layers, m->n, g, x, training, out);
+    return forward_layers(m->layers, m->n, g, x, training, NULL, out);
+}
+
+kl_status kl_model_forward_state(kl_model *m, kl_graph *g, kl_tensor *x, kl_model_state *st, kl_tensor **out)
+{
+    if (!m || !g || !x || !st || !out) return kl_fail(KL_EMISUSE, "kl_model_forward_state: null argument");
+    if (m->n_state > KL_MODEL_MAX_STATE)
+        return kl_fail(KL_EINVAL, "the model has %d recurrent layers; step-by-step generation handles %d", m->n_state,
+                       KL_MODEL_MAX_STATE);
+    memset(st, 0, sizeof *st);
+    return forward_layers(m->layers, m->n, g, x, 0, st, out);
 }
 
 static void summary(const layer *ls, int n, FILE *f, int depth)

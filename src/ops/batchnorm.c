@@ -16,12 +16,7 @@
 
 #include <math.h>
 
-typedef struct {
-    double eps, momentum;
-    int training;
-    int ig, ib, irm, irv;            /* source index of gamma, beta, running mean/var; -1: none */
-    int need_dx, need_dg, need_db;   /* bwd: which gradients the kernel writes */
-} bn_attr;
+#include "ops/attrs.h" /* the attribute structs */
 
 /* channels per block for the statistics pass: one when each (n, c) plane is
  * long, else enough that the inner loop over channels is contiguous */

@@ -6,7 +6,7 @@
 #include "backends/cpu/cpu.h"
 #include "backends/cpu/iter.h"
 
-typedef struct { int kind; } binary_attr;
+#include "ops/attrs.h" /* the attribute structs */
 
 static const char *binary_names[KL_BIN_COUNT] = {"add", "sub", "mul", "div"};
 

@@ -5,7 +5,7 @@
 #include "ops/ops.h"
 #include "backends/cpu/cpu.h"
 
-typedef struct { int axis; } concat_attr;
+#include "ops/attrs.h" /* the attribute structs */
 
 kl_status kl_copy_strided(const kl_exec *ex, const kl_tensor *src, void *dst, const int64_t *dst_st); /* copy.c */
 

@@ -64,7 +64,7 @@ kl_status kl_contiguous(kl_graph *g, kl_tensor *x, kl_tensor **out)
 
 /* ---- fill ---- */
 
-typedef struct { kl_dtype dt; int ndim; int64_t ne[KL_MAX_DIMS]; double v; } fill_attr;
+#include "ops/attrs.h" /* the attribute structs */
 
 static kl_status fill_shape(kl_tensor *t)
 {
@@ -92,8 +92,6 @@ static kl_status fill_cpu(const kl_exec *ex, const kl_tensor *t)
 const kl_op_def kl_op_fill = {.name = "fill", .shape = fill_shape, .fwd = {[KL_BACKEND_CPU] = fill_cpu}};
 
 /* ---- cast ---- */
-
-typedef struct { kl_dtype to; } cast_attr;
 
 static kl_status cast_shape(kl_tensor *t)
 {

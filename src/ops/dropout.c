@@ -11,11 +11,7 @@
 
 #include <math.h>
 
-typedef struct {
-    double p;
-    uint32_t threshold; /* floor(p * 2^32) */
-    uint32_t salt;
-} dropout_attr;
+#include "ops/attrs.h" /* the attribute structs */
 
 static kl_status dropout_shape(kl_tensor *t)
 {

@@ -14,7 +14,7 @@
 #define KL_OMP_IDS(nt, id) ((void)0)
 #endif
 
-typedef struct { int64_t V; } emb_attr; /* bwd: rows of dW */
+#include "ops/attrs.h" /* the attribute structs */
 
 static kl_status emb_shape(kl_tensor *t)
 {

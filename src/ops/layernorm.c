@@ -12,11 +12,7 @@
 
 #include <math.h>
 
-typedef struct {
-    double eps;
-    int ig, ib;                    /* source index of gamma, beta; -1: none */
-    int need_dx, need_dg, need_db; /* bwd: which gradients the kernel writes */
-} ln_attr;
+#include "ops/attrs.h" /* the attribute structs */
 
 #define LN_COLS 256 /* columns per block for the dgamma/dbeta sums */
 

@@ -10,7 +10,7 @@
 #include "backends/cpu/cpu.h"
 #include "backends/cpu/iter.h"
 
-typedef struct { int act; /* kl_act */ } matmul_attr;
+#include "ops/attrs.h" /* the attribute structs */
 
 static const int act_unary[KL_ACT_COUNT] = {-1, KL_UN_RELU, KL_UN_GELU, KL_UN_TANH, KL_UN_SIGMOID};
 

@@ -7,7 +7,7 @@
 #include "backends/cpu/cpu.h"
 #include "backends/cpu/iter.h"
 
-typedef struct { unsigned mask; double scale; } reduce_attr;
+#include "ops/attrs.h" /* the attribute structs */
 
 static kl_status reduce_shape(kl_tensor *t)
 {
@@ -54,8 +54,50 @@ static kl_status reduce_shape(kl_tensor *t)
     }
 KL_FOR_REAL(REDUCE_KERNEL)
 
+/* Sum over the leading axes of a contiguous [R, C] input (bias gradients):
+ * rows are streamed in order into per-column accumulators, columns split
+ * across threads, so it vectorises and each column's order is fixed. */
+#define COLSUM_KERNEL(T)                                                                           \
+    static void colsum_##T(const T *x, T *y, int64_t R, int64_t C, double scale)                  \
+    {                                                                                              \
+        enum { CB = 256 };                                                                         \
+        int64_t nb = (C + CB - 1) / CB;                                                            \
+        _Pragma("omp parallel for schedule(static) if (R * C > KL_PAR_MIN && nb > 1)")              \
+        for (int64_t b = 0; b < nb; b++) {                                                         \
+            double acc[CB] = {0};                                                                  \
+            int64_t c0 = b * CB, w = C - c0 < CB ? C - c0 : CB;                                    \
+            for (int64_t r = 0; r < R; r++) {                                                      \
+                const T *xr = x + r * C + c0;                                                      \
+                for (int64_t j = 0; j < w; j++) acc[j] += xr[j];                                   \
+            }                                                                                      \
+            for (int64_t j = 0; j < w; j++) y[c0 + j] = (T)(acc[j] * scale);                       \
+        }                                                                                          \
+    }
+KL_FOR_REAL(COLSUM_KERNEL)
+
+/* The reduced axes are exactly the leading k of a contiguous input. */
+static bool leading_axes(const kl_tensor *t, int64_t *R, int64_t *C)
+{
+    const kl_tensor *x = t->src[0];
+    unsigned mask = KL_ATTR_C(t, reduce_attr)->mask;
+    int k = 0;
+    while (k < x->ndim && (mask >> k & 1)) k++;
+    if (k == 0 || k == x->ndim || (mask >> k) || !kl_is_contiguous(x)) return false;
+    *R = 1;
+    for (int d = 0; d < k; d++) *R *= x->ne[d];
+    *C = kl_numel(x) / *R;
+    return true;
+}
+
 static kl_status reduce_cpu(const kl_exec *ex, const kl_tensor *t)
 {
+    int64_t R, C;
+    double scale = KL_ATTR_C(t, reduce_attr)->scale;
+    if (leading_axes(t, &R, &C)) {
+        if (t->dtype == KL_F32) colsum_float(kl_data(ex, t->src[0]), kl_data(ex, t), R, C, scale);
+        else colsum_double(kl_data(ex, t->src[0]), kl_data(ex, t), R, C, scale);
+        return KL_OK;
+    }
     if (t->dtype == KL_F32) reduce_cpu_float(t, kl_data(ex, t->src[0]), kl_data(ex, t));
     else reduce_cpu_double(t, kl_data(ex, t->src[0]), kl_data(ex, t));
     return KL_OK;

@@ -11,7 +11,7 @@
 
 #include <math.h>
 
-typedef struct { int log; } softmax_attr;
+#include "ops/attrs.h" /* the attribute structs */
 
 static kl_status softmax_shape(kl_tensor *t)
 {

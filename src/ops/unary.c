@@ -6,7 +6,7 @@
 #include "backends/cpu/cpu.h"
 #include "backends/cpu/iter.h"
 
-typedef struct { int kind; double alpha; } unary_attr;
+#include "ops/attrs.h" /* the attribute structs */
 
 static const char *unary_names[KL_UN_COUNT] = {"relu", "gelu", "tanh", "sigmoid", "scale", "square"};
 

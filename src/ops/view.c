@@ -5,16 +5,7 @@
 #include "ops/ops.h"
 #include "backends/cpu/cpu.h"
 
-typedef enum { VIEW_RESHAPE, VIEW_PERMUTE, VIEW_SLICE, VIEW_EXPAND } view_kind;
-
-typedef struct {
-    view_kind kind;
-    int ndim;              /* reshape / expand target rank */
-    int64_t ne[KL_MAX_DIMS]; /* reshape / expand target dims */
-    int perm[KL_MAX_DIMS];
-    int axis;
-    int64_t start, end;
-} view_attr;
+#include "ops/attrs.h" /* the attribute structs */
 
 static kl_status view_shape(kl_tensor *t)
 {

@@ -1,21 +1,12 @@
 /* Optimizer objects and the update op. The state (momentum or Adam's two
  * moments) is flat, in the layout of the ctx's parameter buffer, so the
  * update is one pass over contiguous memory. */
-#include "core/graph.h"
-#include "optim/optim_elem.h"
+#include "optim/optim_impl.h"
+#include "backends/backend.h"
 #include "backends/cpu/cpu.h"
 
 #include <math.h>
 #include <stdlib.h>
-
-struct kl_optim {
-    kl_ctx *ctx;
-    kl_optim_opts o;
-    int64_t steps;
-    double last_norm;
-    unsigned char *m, *v; /* zero-initialised; v only for Adam */
-    size_t bytes;
-};
 
 static const char *kind_names[KL_OPTIM_KIND_COUNT] = {"sgd", "adam", "adamw"};
 
@@ -43,6 +34,7 @@ kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim **out)
     kl_optim *opt = kl_calloc(1, sizeof *opt);
     if (!opt) return KL_ENOMEM;
     opt->ctx = ctx;
+    opt->be = ctx->be;
     opt->o = o;
     *out = opt;
     return KL_OK;
@@ -51,34 +43,61 @@ kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim **out)
 void kl_optim_free(kl_optim *opt)
 {
     if (!opt) return;
-    free(opt->m);
-    free(opt->v);
+    opt->be->free(opt->m); /* the backend, not the ctx: it may be freed already */
+    opt->be->free(opt->v);
+    kl_free(opt->host[0]);
+    kl_free(opt->host[1]);
     kl_free(opt);
 }
 
-/* Grows the state to cover every parameter of the ctx (new ones start at 0). */
-static kl_status ensure_state(kl_optim *opt)
+/* One state buffer of need bytes in the ctx backend's memory: the old
+ * contents (old bytes) then zeros. */
+static kl_status grow_buffer(const kl_backend *be, unsigned char **buf, size_t old, size_t need)
+{
+    void *p = NULL;
+    kl_status s = be->alloc(&p, need);
+    if (s == KL_OK && old) s = be->d2d(p, *buf, old);
+    if (s == KL_OK) s = be->memset0((unsigned char *)p + old, need - old);
+    if (s != KL_OK) {
+        be->free(p);
+        return kl_fail_prefix(s, "optimizer: %zu bytes of state", need);
+    }
+    be->free(*buf);
+    *buf = p;
+    return KL_OK;
+}
+
+kl_status kl_optim_ensure_state(kl_optim *opt)
 {
     size_t need = opt->ctx->params_bytes;
     if (need <= opt->bytes) return KL_OK;
-    bool adam = opt->o.kind != KL_OPTIM_SGD;
-    unsigned char *m = calloc(1, need), *v = adam ? calloc(1, need) : NULL;
-    if (!m || (adam && !v)) {
-        free(m);
-        free(v);
-        return kl_fail(KL_ENOMEM, "optimizer: out of memory for %zu bytes of state", need);
-    }
-    if (opt->m) memcpy(m, opt->m, opt->bytes);
-    if (opt->v) memcpy(v, opt->v, opt->bytes);
-    free(opt->m);
-    free(opt->v);
-    opt->m = m;
-    opt->v = v;
+    const kl_backend *be = opt->ctx->be;
+    KL_TRY(grow_buffer(be, &opt->m, opt->bytes, need));
+    if (opt->o.kind != KL_OPTIM_SGD) KL_TRY(grow_buffer(be, &opt->v, opt->bytes, need));
     opt->bytes = need;
     return KL_OK;
 }
 
-typedef struct { kl_optim *opt; } optim_attr;
+kl_optim_hp kl_optim_hparams(const kl_optim *opt)
+{
+    const kl_optim_opts *o = &opt->o;
+    int64_t step = opt->steps + 1;
+    kl_optim_hp h = {.lr = o->lr, .momentum = o->momentum, .weight_decay = o->weight_decay,
+                     .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps, .nesterov = o->nesterov,
+                     .first = step == 1, .bc1 = 1 - pow(o->beta1, (double)step), .bc2 = 1 - pow(o->beta2, (double)step),
+                     .gscale = 1};
+    return h;
+}
+
+kl_status kl_optim_upload_host_state(kl_optim *opt)
+{
+    for (int k = 0; k < 2; k++) {
+        if (!opt->host_out[k]) continue;
+        KL_TRY(opt->ctx->be->h2d(k == 0 ? opt->m : opt->v, opt->host[k], opt->host_bytes));
+        opt->host_out[k] = false;
+    }
+    return KL_OK;
+}
 
 static kl_status optim_shape(kl_tensor *t)
 {
@@ -112,15 +131,11 @@ KL_FOR_REAL(UPDATE)
 static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
 {
     kl_optim *opt = KL_ATTR_C(t, optim_attr)->opt;
-    KL_TRY(ensure_state(opt));
+    KL_TRY(kl_optim_ensure_state(opt));
     const kl_optim_opts *o = &opt->o;
-    int64_t step = opt->steps + 1;
-    kl_optim_hp h = {.lr = o->lr, .momentum = o->momentum, .weight_decay = o->weight_decay,
-                     .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps, .nesterov = o->nesterov,
-                     .first = step == 1, .bc1 = 1 - pow(o->beta1, (double)step), .bc2 = 1 - pow(o->beta2, (double)step)};
+    kl_optim_hp h = kl_optim_hparams(opt);
     kl_ctx *c = ex->ctx;
     const kl_graph *g = ex->g;
-    h.gscale = 1;
     if (o->max_grad_norm > 0) { /* global-norm clipping over every gradient of this graph */
         double ss = 0;
         for (int s = 0; s < c->n_slots && s < g->grad_written_n; s++) {
@@ -145,7 +160,7 @@ static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
         if (sl->dtype == KL_F32) update_float(&h, o->kind, n, (float *)p, (const float *)gr, (float *)m, (float *)v);
         else update_double(&h, o->kind, n, (double *)p, (const double *)gr, (double *)m, (double *)v);
     }
-    opt->steps = step;
+    opt->steps++;
     return KL_OK;
 }
 
@@ -156,7 +171,7 @@ kl_status kl_optim_step(kl_graph *g, kl_optim *opt)
     if (!g || !opt) return kl_fail(KL_EMISUSE, "kl_optim_step: %s is NULL", g ? "optimizer" : "graph");
     if (opt->ctx != g->ctx) return kl_fail(KL_EMISUSE, "kl_optim_step: optimizer and graph belong to different contexts");
     if (!g->has_backward) return kl_fail(KL_EMISUSE, "kl_optim_step: call kl_backward on the graph first");
-    KL_TRY(ensure_state(opt));
+    KL_TRY(kl_optim_ensure_state(opt));
     optim_attr a = {opt};
     kl_tensor *t;
     return kl_node_new(g, KL_OP_optim, 0, NULL, &a, sizeof a, &t);
@@ -193,10 +208,28 @@ kl_status kl_optim_state(kl_optim *opt, int i, const char **name, void **data, s
     if (!opt) return kl_fail(KL_EMISUSE, "kl_optim_state: optimizer is NULL");
     if (i < 0 || i >= kl_optim_state_count(opt))
         return kl_fail(KL_EINVAL, "kl_optim_state: index %d out of range [0,%d)", i, kl_optim_state_count(opt));
-    KL_TRY(ensure_state(opt));
+    KL_TRY(kl_optim_ensure_state(opt));
     bool sgd = opt->o.kind == KL_OPTIM_SGD;
     if (name) *name = sgd ? "momentum_buffer" : (i == 0 ? "exp_avg" : "exp_avg_sq");
-    if (data) *data = i == 0 ? opt->m : opt->v;
     if (bytes) *bytes = opt->bytes;
+    if (!data) return KL_OK;
+    if (opt->ctx->backend == KL_BACKEND_CPU) {
+        *data = i == 0 ? opt->m : opt->v;
+        return KL_OK;
+    }
+    /* device state: a host copy, uploaded again before the next update in
+     * case the caller writes it (checkpoint loading) */
+    KL_TRY(kl_optim_upload_host_state(opt)); /* pending writes to the other copy first */
+    if (opt->host_bytes != opt->bytes) {
+        for (int k = 0; k < 2; k++) {
+            unsigned char *p = kl_realloc(opt->host[k], opt->bytes ? opt->bytes : 1);
+            if (!p) return KL_ENOMEM;
+            opt->host[k] = p;
+        }
+        opt->host_bytes = opt->bytes;
+    }
+    KL_TRY(opt->ctx->be->d2h(opt->host[i], i == 0 ? opt->m : opt->v, opt->bytes));
+    opt->host_out[i] = true;
+    *data = opt->host[i];
     return KL_OK;
 }

@@ -1,0 +1,274 @@
+/* The CUDA backend: device memory, copies on kiln's stream, device probing
+ * and the per-process device state (stream, cuBLASLt handle and workspace,
+ * the error record kernels report bad labels and indices in).
+ *
+ * One CUDA device per process (kl_cuda_use): multi-GPU runs use one process
+ * per GPU. Every copy goes through one non-blocking stream, so copies and
+ * kernels run in issue order; d2h waits for the stream, so the host reads
+ * what the kernels before it wrote. */
+#include "backends/cuda/cuda_internal.cuh"
+
+#include <cublasLt.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+#define KL_CU_WORKSPACE (32u << 20) /* cuBLASLt workspace: 32 MiB recommended on sm90 */
+
+static struct {
+    int ready;
+    int device;
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    void *workspace;
+    kl_cuda_err *err_host, *err_dev;
+    double *red;
+    int tf32;
+} g_cu;
+static pthread_mutex_t g_cu_lock = PTHREAD_MUTEX_INITIALIZER;
+
+kl_status kl_cu_fail(cudaError_t e, const char *op, const char *kernel, const char *file, int line)
+{
+    int dev = g_cu.ready ? g_cu.device : -1;
+    (void)cudaGetLastError(); /* clear a non-sticky error so later calls can go on */
+    const char *base = strrchr(file, '/');
+    kl_status s = e == cudaErrorMemoryAllocation ? KL_EDEVMEM : KL_EDEVICE;
+    return kl_fail(s, "%s: %s on cuda:%d failed: %s (%s) [%s:%d]", op, kernel, dev, cudaGetErrorString(e),
+                   cudaGetErrorName(e), base ? base + 1 : file, line);
+}
+
+cudaStream_t kl_cu_stream(void) { return g_cu.stream; }
+int kl_cu_device(void) { return g_cu.device; }
+kl_cuda_err *kl_cu_err(void) { return g_cu.err_dev; }
+void *kl_cu_lt(void) { return g_cu.lt; }
+int kl_cu_tf32(void) { return g_cu.tf32; }
+double *kl_cu_reduce_buf(void) { return g_cu.red; }
+void *kl_cu_workspace(size_t *bytes)
+{
+    *bytes = KL_CU_WORKSPACE;
+    return g_cu.workspace;
+}
+
+/* ---- probing ---- */
+
+static void runtime_version_str(char *buf, size_t n)
+{
+    int rt = 0;
+    cudaRuntimeGetVersion(&rt);
+    snprintf(buf, n, "%d.%d", rt / 1000, rt % 1000 / 10);
+}
+
+/* Number of devices, or a message saying why none can be used. */
+static kl_status device_count(int *n, const char *who)
+{
+    *n = 0;
+    cudaError_t e = cudaGetDeviceCount(n);
+    if (e == cudaSuccess) return KL_OK;
+    (void)cudaGetLastError();
+    *n = 0;
+    char rt[32];
+    runtime_version_str(rt, sizeof rt);
+    if (e == cudaErrorNoDevice) return KL_OK;
+    if (e == cudaErrorInsufficientDriver || e == cudaErrorCompatNotSupportedOnDevice) {
+        int drv = 0;
+        cudaDriverGetVersion(&drv);
+        if (drv == 0)
+            return kl_fail(KL_EDEVICE, "%sno CUDA driver found (libcuda.so.1 could not be loaded; kiln uses CUDA runtime %s)",
+                           who, rt);
+        return kl_fail(KL_EDEVICE, "%sthe CUDA driver (supports CUDA %d.%d) is older than kiln's CUDA runtime %s",
+                       who, drv / 1000, drv % 1000 / 10, rt);
+    }
+    return kl_fail(KL_EDEVICE, "%sCUDA cannot list devices: %s (%s; CUDA runtime %s)", who, cudaGetErrorString(e),
+                   cudaGetErrorName(e), rt);
+}
+
+extern "C" kl_status kl_cuda_device_count(int *n)
+{
+    int tmp;
+    return device_count(n ? n : &tmp, "");
+}
+
+extern "C" kl_status kl_cuda_available(int index)
+{
+    char who[32];
+    snprintf(who, sizeof who, "cuda:%d: ", index);
+    if (index < 0) return kl_fail(KL_EINVAL, "cuda:%d: device index must be >= 0", index);
+    int n;
+    KL_TRY(device_count(&n, who));
+    if (n == 0) return kl_fail(KL_EDEVICE, "cuda:%d: no CUDA device found (the driver is loaded but lists none)", index);
+    if (index >= n) {
+        if (n == 1) return kl_fail(KL_EINVAL, "cuda:%d: index out of range: 1 CUDA device present (cuda:0)", index);
+        return kl_fail(KL_EINVAL, "cuda:%d: index out of range: %d CUDA devices present (cuda:0 .. cuda:%d)", index, n,
+                       n - 1);
+    }
+    return KL_OK;
+}
+
+extern "C" kl_status kl_cuda_device_info_get(int index, kl_cuda_device_info *out)
+{
+    if (!out) return kl_fail(KL_EMISUSE, "kl_cuda_device_info_get: out is NULL");
+    memset(out, 0, sizeof *out);
+    KL_TRY(kl_cuda_available(index));
+    cudaDeviceProp p;
+    KL_CUDA_CHECK(cudaGetDeviceProperties(&p, index), "devices", "cudaGetDeviceProperties");
+    snprintf(out->name, sizeof out->name, "%s", p.name);
+    out->major = p.major;
+    out->minor = p.minor;
+    out->sm_count = p.multiProcessorCount;
+    out->total_bytes = p.totalGlobalMem;
+    cudaDriverGetVersion(&out->driver_version);
+    cudaRuntimeGetVersion(&out->runtime_version);
+    int cur = 0;
+    KL_CUDA_CHECK(cudaGetDevice(&cur), "devices", "cudaGetDevice");
+    KL_CUDA_CHECK(cudaSetDevice(index), "devices", "cudaSetDevice");
+    size_t fr = 0, tot = 0;
+    cudaError_t e = cudaMemGetInfo(&fr, &tot);
+    cudaSetDevice(cur);
+    KL_CUDA_CHECK(e, "devices", "cudaMemGetInfo");
+    out->free_bytes = fr;
+    return KL_OK;
+}
+
+/* ---- the process's device ---- */
+
+static void release_state(void)
+{
+    if (g_cu.lt) cublasLtDestroy(g_cu.lt);
+    if (g_cu.workspace) cudaFree(g_cu.workspace);
+    if (g_cu.red) cudaFree(g_cu.red);
+    if (g_cu.err_host) cudaFreeHost(g_cu.err_host);
+    if (g_cu.stream) cudaStreamDestroy(g_cu.stream);
+    memset(&g_cu, 0, sizeof g_cu);
+}
+
+static kl_status init_state(int index)
+{
+    const char *op = "cuda init";
+    KL_CUDA_CHECK(cudaSetDevice(index), op, "cudaSetDevice");
+    g_cu.device = index;
+    KL_CUDA_CHECK(cudaStreamCreateWithFlags(&g_cu.stream, cudaStreamNonBlocking), op, "cudaStreamCreateWithFlags");
+    KL_CUDA_CHECK(cudaMalloc(&g_cu.workspace, KL_CU_WORKSPACE), op, "cudaMalloc(cuBLASLt workspace)");
+    KL_CUDA_CHECK(cudaMalloc((void **)&g_cu.red, (KL_CU_RED_BLOCKS + 1) * sizeof(double)), op, "cudaMalloc(reduction scratch)");
+    KL_CUDA_CHECK(cudaHostAlloc((void **)&g_cu.err_host, sizeof(kl_cuda_err), cudaHostAllocMapped | cudaHostAllocPortable),
+                  op, "cudaHostAlloc(error record)");
+    memset(g_cu.err_host, 0, sizeof(kl_cuda_err));
+    if (cudaHostGetDevicePointer((void **)&g_cu.err_dev, g_cu.err_host, 0) != cudaSuccess) {
+        (void)cudaGetLastError();
+        g_cu.err_dev = g_cu.err_host; /* unified addressing: the host pointer works on the device */
+    }
+    cublasStatus_t bs = cublasLtCreate(&g_cu.lt);
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return kl_fail(KL_EDEVICE, "cuda:%d: cublasLtCreate failed: %s", index, cublasLtGetStatusString(bs));
+    const char *e = getenv("KILN_TF32");
+    g_cu.tf32 = !(e && !strcmp(e, "0"));
+    g_cu.ready = 1;
+    return KL_OK;
+}
+
+extern "C" kl_status kl_cuda_use(int index)
+{
+    KL_TRY(kl_cuda_available(index));
+    pthread_mutex_lock(&g_cu_lock);
+    kl_status s = KL_OK;
+    if (g_cu.ready && g_cu.device != index)
+        s = kl_fail(KL_EUNSUPPORTED, "cuda:%d: this process already uses cuda:%d; kiln drives one CUDA device per "
+                    "process (start one process per GPU)", index, g_cu.device);
+    else if (g_cu.ready)
+        s = cudaSetDevice(index) == cudaSuccess ? KL_OK : kl_cu_fail(cudaGetLastError(), "cuda init", "cudaSetDevice", __FILE__, __LINE__);
+    else if ((s = init_state(index)) != KL_OK)
+        release_state();
+    pthread_mutex_unlock(&g_cu_lock);
+    return s;
+}
+
+/* ---- kl_backend ---- */
+
+static kl_status need_ready(const char *what)
+{
+    if (g_cu.ready) return KL_OK;
+    return kl_fail(KL_EMISUSE, "cuda %s: no CUDA device selected (create a ctx with device cuda:N first)", what);
+}
+
+/* Reports (once) the first data error a kernel recorded; call after a sync. */
+static kl_status check_kernel_errors(void)
+{
+    kl_cuda_err *e = g_cu.err_host;
+    if (!e || e->code == KL_CUERR_NONE) return KL_OK;
+    kl_cuda_err r = *e;
+    memset(e, 0, sizeof *e);
+    if (r.code == KL_CUERR_LABEL)
+        return kl_fail(KL_EINVAL, "softmax_cross_entropy: label %d of row %lld out of range [0,%lld) (found on cuda:%d)",
+                       r.value, r.where, r.limit, g_cu.device);
+    if (r.code == KL_CUERR_INDEX)
+        return kl_fail(KL_EINVAL, "embedding: index %d at position %lld out of range [0,%lld) (found on cuda:%d)", r.value,
+                       r.where, r.limit, g_cu.device);
+    return kl_fail(KL_EINTERNAL, "cuda:%d: a kernel reported unknown error %d", g_cu.device, r.code);
+}
+
+static kl_status cu_alloc(void **p, size_t bytes)
+{
+    *p = NULL;
+    KL_TRY(need_ready("alloc"));
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 256); /* cudaMalloc aligns to 256 bytes */
+    if (e == cudaSuccess) return KL_OK;
+    (void)cudaGetLastError();
+    *p = NULL;
+    size_t fr = 0, tot = 0;
+    cudaMemGetInfo(&fr, &tot);
+    return kl_fail(KL_EDEVMEM, "out of memory on cuda:%d allocating %zu bytes (%zu of %zu bytes free): %s", g_cu.device,
+                   bytes, fr, tot, cudaGetErrorString(e));
+}
+
+static void cu_free(void *p)
+{
+    if (p) cudaFree(p); /* waits for work using it */
+}
+
+static kl_status cu_h2d(void *dst, const void *src, size_t bytes)
+{
+    KL_TRY(need_ready("h2d"));
+    if (!bytes) return KL_OK;
+    /* from pageable memory the call returns once src has been staged */
+    KL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_cu.stream), "copy to device", "cudaMemcpyAsync");
+    return KL_OK;
+}
+
+static kl_status cu_d2h(void *dst, const void *src, size_t bytes)
+{
+    KL_TRY(need_ready("d2h"));
+    if (bytes) KL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_cu.stream), "copy to host", "cudaMemcpyAsync");
+    KL_CUDA_CHECK(cudaStreamSynchronize(g_cu.stream), "copy to host", "cudaStreamSynchronize");
+    return check_kernel_errors();
+}
+
+static kl_status cu_d2d(void *dst, const void *src, size_t bytes)
+{
+    KL_TRY(need_ready("d2d"));
+    if (bytes) KL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_cu.stream), "copy on device", "cudaMemcpyAsync");
+    return KL_OK;
+}
+
+static kl_status cu_memset0(void *p, size_t bytes)
+{
+    KL_TRY(need_ready("memset"));
+    if (bytes) KL_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, g_cu.stream), "memset", "cudaMemsetAsync");
+    return KL_OK;
+}
+
+static kl_status cu_sync(void)
+{
+    KL_TRY(need_ready("sync"));
+    KL_CUDA_CHECK(cudaStreamSynchronize(g_cu.stream), "sync", "cudaStreamSynchronize");
+    return check_kernel_errors();
+}
+
+/* Host threads other than the ctx's creator may run graphs: make the
+ * device current on this one. */
+static void cu_begin_run(int threads)
+{
+    (void)threads;
+    if (g_cu.ready) cudaSetDevice(g_cu.device);
+}
+
+extern "C" const kl_backend kl_backend_cuda = {
+    "cuda", cu_alloc, cu_free, cu_h2d, cu_d2h, cu_d2d, cu_memset0, cu_sync, cu_begin_run,
+};

@@ -1,0 +1,279 @@
+/* matmul on cuBLASLt: y[..., M, N] = act(a[..., M, K] @ b[..., K, N] + bias).
+ *
+ * Row-major through column-major cuBLASLt: y^T = b^T a^T, so Lt's A is kiln's
+ * b, Lt's B is kiln's a and D (N x M, ld N) is y as stored. A transposed
+ * view (gemm_layout's trans flag) becomes Lt's transpose op, no copy.
+ * f32 uses TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32: inputs rounded to
+ * 10-bit mantissas, f32 accumulation) unless KILN_TF32=0; f64 is exact FP64.
+ * Bias and ReLU ride on the epilogue (f32); other activations, and f64's
+ * bias, run as one extra elementwise kernel.
+ *
+ * Plans (descriptors, layouts and the heuristic's algorithm) are cached by
+ * GEMM shape, layout, epilogue and pointer alignment: the heuristic runs
+ * once per distinct GEMM, at the graph's first run (before any capture). */
+#include "backends/cuda/cuda_internal.cuh"
+#include "ops/elem.h"
+
+#include <cublasLt.h>
+#include <pthread.h>
+#include <stdint.h>
+
+typedef struct gemm_key {
+    int dtype, tf32, epi;
+    int op_a, op_b;             /* Lt transpose ops of Lt's A (kiln b) and B (kiln a) */
+    int64_t M, N, K, lda, ldb;  /* kiln's view: a [M,K] ld lda, b [K,N] ld ldb; y ld N */
+    int64_t batch, sa, sb, sy;  /* strided batch (batch 1: none) */
+    unsigned align_a, align_b, align_y, align_bias;
+} gemm_key;
+
+typedef struct gemm_plan {
+    gemm_key key;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, ly; /* Lt's A (b), Lt's B (a), C = D (y) */
+    cublasLtMatmulAlgo_t algo;
+    size_t ws;
+} gemm_plan;
+
+static gemm_plan **g_plans; /* each allocated once: pointers stay valid */
+static int g_nplans, g_capplans;
+static pthread_mutex_t g_plan_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static kl_status lt_fail(cublasStatus_t s, const kl_tensor *t, const char *call)
+{
+    return kl_fail(KL_EDEVICE, "matmul %s: %s on cuda:%d failed: %s (%s)", kl_desc(t), call, kl_cu_device(),
+                   cublasLtGetStatusString(s), cublasLtGetStatusName(s));
+}
+
+#define LT_CHECK(call, t)                                          \
+    do {                                                           \
+        cublasStatus_t lt_s_ = (call);                             \
+        if (lt_s_ != CUBLAS_STATUS_SUCCESS) return lt_fail(lt_s_, t, #call); \
+    } while (0)
+
+static void plan_destroy(gemm_plan *p)
+{
+    if (p->la) cublasLtMatrixLayoutDestroy(p->la);
+    if (p->lb) cublasLtMatrixLayoutDestroy(p->lb);
+    if (p->ly) cublasLtMatrixLayoutDestroy(p->ly);
+    if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+}
+
+static kl_status layout(cublasLtMatrixLayout_t *l, cudaDataType dt, int64_t rows, int64_t cols, int64_t ld, int64_t batch,
+                        int64_t stride, const kl_tensor *t)
+{
+    LT_CHECK(cublasLtMatrixLayoutCreate(l, dt, (uint64_t)rows, (uint64_t)cols, ld), t);
+    if (batch > 1) {
+        int32_t bc = (int32_t)batch;
+        LT_CHECK(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc), t);
+        LT_CHECK(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride), t);
+    }
+    return KL_OK;
+}
+
+/* Descriptors and the heuristic's best algorithm for k. */
+static kl_status plan_make(const gemm_key *k, const void *bias, const kl_tensor *t, gemm_plan *p)
+{
+    memset(p, 0, sizeof *p);
+    p->key = *k;
+    bool f64 = k->dtype == KL_F64;
+    cudaDataType dt = f64 ? CUDA_R_64F : CUDA_R_32F;
+    cublasComputeType_t ct = f64 ? CUBLAS_COMPUTE_64F : k->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    LT_CHECK(cublasLtMatmulDescCreate(&p->desc, ct, dt), t);
+    int32_t opa = k->op_a, opb = k->op_b;
+    LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa), t);
+    LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb), t);
+    uint32_t epi = (uint32_t)k->epi;
+    LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi), t);
+    if (bias) /* the heuristic reads the pointer for its alignment */
+        LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), t);
+    /* Lt's A = b^T as stored: N x K (ld ldb) unless b is a transposed view (K x N, op T) */
+    if (k->op_a == CUBLAS_OP_N) KL_TRY(layout(&p->la, dt, k->N, k->K, k->ldb, k->batch, k->sb, t));
+    else KL_TRY(layout(&p->la, dt, k->K, k->N, k->ldb, k->batch, k->sb, t));
+    /* Lt's B = a^T as stored: K x M (ld lda) unless a is a transposed view (M x K, op T) */
+    if (k->op_b == CUBLAS_OP_N) KL_TRY(layout(&p->lb, dt, k->K, k->M, k->lda, k->batch, k->sa, t));
+    else KL_TRY(layout(&p->lb, dt, k->M, k->K, k->lda, k->batch, k->sa, t));
+    KL_TRY(layout(&p->ly, dt, k->N, k->M, k->N, k->batch, k->sy, t));
+
+    size_t ws_max;
+    kl_cu_workspace(&ws_max);
+    cublasLtMatmulPreference_t pref;
+    LT_CHECK(cublasLtMatmulPreferenceCreate(&pref), t);
+    uint64_t wsb = ws_max;
+    uint32_t al[4] = {k->align_b, k->align_a, k->align_y, k->align_y}; /* Lt's A, B, C, D */
+    cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
+    for (int i = 0; i < 4 && s == CUBLAS_STATUS_SUCCESS; i++)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, (cublasLtMatmulPreferenceAttributes_t)(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES + i),
+                                                 &al[i], sizeof al[i]);
+    cublasLtMatmulHeuristicResult_t res;
+    int n = 0;
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulAlgoGetHeuristic((cublasLtHandle_t)kl_cu_lt(), p->desc, p->la, p->lb, p->ly, p->ly, pref, 1, &res, &n);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (s != CUBLAS_STATUS_SUCCESS) return lt_fail(s, t, "cublasLtMatmulAlgoGetHeuristic");
+    if (n < 1)
+        return kl_fail(KL_EUNSUPPORTED, "matmul %s: cuBLASLt has no algorithm for M %lld N %lld K %lld (%s, epilogue %d, "
+                       "alignment %u/%u/%u bytes) on cuda:%d", kl_desc(t), (long long)k->M, (long long)k->N,
+                       (long long)k->K, f64 ? "f64" : k->tf32 ? "f32 tf32" : "f32", k->epi, k->align_a, k->align_b,
+                       k->align_y, kl_cu_device());
+    p->algo = res.algo;
+    p->ws = res.workspaceSize;
+    return KL_OK;
+}
+
+/* The cached plan for k (made on first use). */
+static kl_status plan_get(const gemm_key *k, const void *bias, const kl_tensor *t, const gemm_plan **out)
+{
+    pthread_mutex_lock(&g_plan_lock);
+    for (int i = 0; i < g_nplans; i++)
+        if (!memcmp(&g_plans[i]->key, k, sizeof *k)) {
+            *out = g_plans[i];
+            pthread_mutex_unlock(&g_plan_lock);
+            return KL_OK;
+        }
+    kl_status s = KL_OK;
+    if (g_nplans == g_capplans) {
+        int ncap = g_capplans ? 2 * g_capplans : 32;
+        gemm_plan **np = (gemm_plan **)kl_realloc(g_plans, (size_t)ncap * sizeof *np);
+        if (!np) s = KL_ENOMEM;
+        else g_plans = np, g_capplans = ncap;
+    }
+    gemm_plan *p = s == KL_OK ? (gemm_plan *)kl_calloc(1, sizeof *p) : NULL;
+    if (s == KL_OK && !p) s = KL_ENOMEM;
+    if (s == KL_OK) s = plan_make(k, bias, t, p);
+    if (s == KL_OK) {
+        g_plans[g_nplans++] = p;
+        *out = p;
+    } else if (p) {
+        plan_destroy(p);
+        kl_free(p);
+    }
+    pthread_mutex_unlock(&g_plan_lock);
+    return s;
+}
+
+/* ---- kiln's operand layout (as the CPU kernel in src/ops/matmul.c) ---- */
+
+static void gemm_layout(const kl_tensor *t, bool *trans, int64_t *ld)
+{
+    int n = t->ndim;
+    int64_t rows = t->ne[n - 2], cols = t->ne[n - 1];
+    if (t->st[n - 1] == 1 && (rows == 1 || t->st[n - 2] >= cols)) {
+        *trans = false;
+        *ld = rows == 1 ? (cols > 0 ? cols : 1) : t->st[n - 2];
+    } else {
+        *trans = true;
+        *ld = cols == 1 ? (rows > 0 ? rows : 1) : t->st[n - 1];
+    }
+}
+
+static void batch_strides(const kl_tensor *t, const kl_tensor *x, int64_t *st)
+{
+    int nb = t->ndim - 2, xb = x->ndim - 2;
+    for (int i = 0; i < nb; i++) {
+        int ix = i - (nb - xb);
+        st[i] = (ix >= 0 && x->ne[ix] == t->ne[i]) ? x->st[ix] : 0;
+    }
+}
+
+/* Largest power of two <= 256 dividing v. */
+static unsigned align_of(uint64_t v)
+{
+    unsigned a = 256;
+    while (a > 1 && v % a) a >>= 1;
+    return a;
+}
+
+static const int act_unary[KL_ACT_COUNT] = {-1, KL_UN_RELU, KL_UN_GELU, KL_UN_TANH, KL_UN_SIGMOID};
+
+extern "C" kl_status kl_cuda_matmul(const kl_exec *ex, const kl_tensor *t)
+{
+    const kl_tensor *a = t->src[0], *b = t->src[1], *bt = t->n_src > 2 ? t->src[2] : NULL;
+    if (t->dtype != KL_F32 && t->dtype != KL_F64)
+        return kl_fail(KL_EUNSUPPORTED, "matmul: no CUDA kernel for %s", kl_desc(t));
+    int n = t->ndim, act = KL_ATTR_C(t, matmul_attr)->act;
+    size_t es = kl_dtype_size(t->dtype);
+    bool ta, tb, f32 = t->dtype == KL_F32;
+    gemm_key k;
+    memset(&k, 0, sizeof k); /* padding too: keys are compared with memcmp */
+    k.dtype = t->dtype;
+    k.tf32 = f32 && kl_cu_tf32();
+    k.M = t->ne[n - 2];
+    k.N = t->ne[n - 1];
+    k.K = a->ne[a->ndim - 1];
+    gemm_layout(a, &ta, &k.lda);
+    gemm_layout(b, &tb, &k.ldb);
+    k.op_a = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    k.op_b = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+
+    /* epilogue: bias and ReLU fused for f32; the rest afterwards */
+    bool epi_bias = f32 && bt != NULL, epi_relu = f32 && act == KL_ACT_RELU;
+    k.epi = epi_bias && epi_relu ? CUBLASLT_EPILOGUE_RELU_BIAS
+            : epi_bias           ? CUBLASLT_EPILOGUE_BIAS
+            : epi_relu           ? CUBLASLT_EPILOGUE_RELU
+                                 : CUBLASLT_EPILOGUE_DEFAULT;
+    const void *bias = bt ? kl_data(ex, bt) : NULL;
+    int post_kind = epi_relu ? -1 : act_unary[act];
+    const void *post_bias = epi_bias ? NULL : bias;
+
+    /* batch dims: one strided-batched call when they collapse to one dim
+     * with nonzero strides, else a call per matrix */
+    const unsigned char *A = (const unsigned char *)kl_data(ex, a), *B = (const unsigned char *)kl_data(ex, b);
+    unsigned char *Y = (unsigned char *)kl_data(ex, t);
+    int64_t st[3][8];
+    memset(st, 0, sizeof st);
+    for (int i = 0; i < n - 2; i++) st[0][i] = t->st[i];
+    batch_strides(t, a, st[1]);
+    batch_strides(t, b, st[2]);
+    kl_cu_iter it = kl_cu_iter_make(n - 2, t->ne, 3, (const int64_t(*)[8])st);
+    bool one_call = it.n == 1 || (it.ndim == 1 && it.st[0][0] && it.st[1][0] && it.st[2][0]);
+    if (one_call && it.n > 1) {
+        k.batch = it.n;
+        k.sy = it.st[0][0];
+        k.sa = it.st[1][0];
+        k.sb = it.st[2][0];
+    } else {
+        k.batch = 1;
+    }
+    /* alignment every call's pointers share */
+    uint64_t ga = (uintptr_t)A, gb = (uintptr_t)B, gy = (uintptr_t)Y;
+    for (int d = 0; (!one_call || k.batch > 1) && d < it.ndim; d++) {
+        ga |= (uint64_t)(it.st[1][d] * (int64_t)es);
+        gb |= (uint64_t)(it.st[2][d] * (int64_t)es);
+        gy |= (uint64_t)(it.st[0][d] * (int64_t)es);
+    }
+    k.align_a = align_of(ga);
+    k.align_b = align_of(gb);
+    k.align_y = align_of(gy);
+    k.align_bias = epi_bias ? align_of((uintptr_t)bias) : 0;
+
+    const gemm_plan *p;
+    KL_TRY(plan_get(&k, epi_bias ? bias : NULL, t, &p));
+    if (epi_bias)
+        LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), t);
+    size_t ws_bytes;
+    void *ws = kl_cu_workspace(&ws_bytes);
+    float one_f = 1, zero_f = 0;
+    double one_d = 1, zero_d = 0;
+    const void *alpha = f32 ? (const void *)&one_f : (const void *)&one_d;
+    const void *beta = f32 ? (const void *)&zero_f : (const void *)&zero_d;
+    cudaStream_t s = kl_cu_stream();
+    cublasLtHandle_t lt = (cublasLtHandle_t)kl_cu_lt();
+    int64_t calls = one_call ? 1 : it.n;
+    for (int64_t c = 0; c < calls; c++) {
+        int64_t o[3] = {0, 0, 0};
+        if (!one_call) { /* offsets of matrix c (row-major over the batch dims) */
+            int64_t rem = c;
+            for (int d = it.ndim - 1; d >= 0; d--) {
+                int64_t i = rem % it.ne[d];
+                rem /= it.ne[d];
+                for (int q = 0; q < 3; q++) o[q] += i * it.st[q][d];
+            }
+        }
+        const void *pa = A + o[1] * (int64_t)es, *pb = B + o[2] * (int64_t)es;
+        void *py = Y + o[0] * (int64_t)es;
+        LT_CHECK(cublasLtMatmul(lt, p->desc, alpha, pb, p->la, pa, p->lb, beta, py, p->ly, py, p->ly, &p->algo, ws,
+                                p->ws, s), t);
+    }
+    if (post_kind >= 0 || post_bias) KL_TRY(kl_cu_bias_act(t, Y, post_bias, kl_numel(t) / k.N, k.N, post_kind));
+    return KL_OK;
+}

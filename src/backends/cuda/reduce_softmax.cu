@@ -1,0 +1,221 @@
+/* Reductions and row-wise kernels: reduce (sum over axes, times a scale),
+ * softmax / log-softmax and their gradient, the fused softmax cross-entropy
+ * (loss and gradient). Sums are made in double in a fixed order (block and
+ * warp trees), so results do not change from run to run. */
+#include "backends/cuda/cuda_internal.cuh"
+
+#include <math.h>
+
+static kl_status bad_dtype(const kl_tensor *t)
+{
+    return kl_fail(KL_EUNSUPPORTED, "%s: no CUDA kernel for %s", kl_ops[t->op]->name, kl_desc(t));
+}
+
+/* ---- reduce: block per output element ---- */
+
+/* out: offsets in x of each output's first value (over t's dims);
+ * red: offsets of the reduced values from there */
+template <typename T> __global__ void reduce_k(const T *x, T *y, kl_cu_iter out, kl_cu_iter red, double scale)
+{
+    for (int64_t o = blockIdx.x; o < out.n; o += gridDim.x) {
+        int64_t base;
+        kl_cu_offsets<1>(out, o, &base);
+        double acc = 0;
+        for (int64_t r = threadIdx.x; r < red.n; r += blockDim.x) {
+            int64_t off;
+            kl_cu_offsets<1>(red, r, &off);
+            acc += (double)x[base + off];
+        }
+        acc = kl_cu_block_reduce<double, 0>(acc);
+        if (threadIdx.x == 0) y[o] = (T)(acc * scale);
+    }
+}
+
+extern "C" kl_status kl_cuda_reduce(const kl_exec *ex, const kl_tensor *t)
+{
+    const kl_tensor *xs = t->src[0];
+    const reduce_attr *a = KL_ATTR_C(t, reduce_attr);
+    int64_t rne[8], rst[1][8], ost[1][8];
+    int rn = 0;
+    memset(rst, 0, sizeof rst);
+    memset(ost, 0, sizeof ost);
+    for (int d = 0; d < xs->ndim; d++) {
+        ost[0][d] = xs->st[d]; /* t->ne[d] is 1 on reduced axes */
+        if (a->mask >> d & 1) {
+            rne[rn] = xs->ne[d];
+            rst[0][rn++] = xs->st[d];
+        }
+    }
+    kl_cu_iter out = kl_cu_iter_make(t->ndim, t->ne, 1, (const int64_t(*)[8])ost);
+    kl_cu_iter red = kl_cu_iter_make(rn, rne, 1, (const int64_t(*)[8])rst);
+    int threads = kl_cu_red_threads(red.n);
+    unsigned nb = (unsigned)(out.n < 65535 * 16 ? out.n : 65535 * 16);
+    cudaStream_t s = kl_cu_stream();
+    if (t->dtype == KL_F32)
+        reduce_k<float><<<nb, threads, 0, s>>>((const float *)kl_data(ex, xs), (float *)kl_data(ex, t), out, red, a->scale);
+    else if (t->dtype == KL_F64)
+        reduce_k<double><<<nb, threads, 0, s>>>((const double *)kl_data(ex, xs), (double *)kl_data(ex, t), out, red, a->scale);
+    else
+        return bad_dtype(t);
+    KL_CUDA_LAUNCHED(t, "reduce_k");
+    return KL_OK;
+}
+
+/* ---- softmax: block per row (rows of C, contiguous) ---- */
+
+template <typename T> __global__ void softmax_k(const T *x, T *y, int64_t rows, int64_t C, int is_log)
+{
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T *xr = x + r * C;
+        T *yr = y + r * C;
+        T mx = xr[0];
+        for (int64_t i = threadIdx.x; i < C; i += blockDim.x) mx = xr[i] > mx ? xr[i] : mx;
+        mx = kl_cu_block_reduce<T, 1>(mx);
+        double s = 0;
+        for (int64_t i = threadIdx.x; i < C; i += blockDim.x) s += (double)exp(xr[i] - mx);
+        s = kl_cu_block_reduce<double, 0>(s);
+        if (is_log) {
+            T ls = (T)log(s);
+            for (int64_t i = threadIdx.x; i < C; i += blockDim.x) yr[i] = xr[i] - mx - ls;
+        } else {
+            for (int64_t i = threadIdx.x; i < C; i += blockDim.x) yr[i] = (T)((double)exp(xr[i] - mx) / s);
+        }
+    }
+}
+
+/* dx = y * (dy - sum(dy * y)), or for log-softmax dx = dy - exp(y) * sum(dy) */
+template <typename T> __global__ void softmax_bwd_k(const T *dy, const T *y, T *dx, int64_t rows, int64_t C, int is_log)
+{
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T *dr = dy + r * C, *yr = y + r * C;
+        T *xr = dx + r * C;
+        double s = 0;
+        for (int64_t i = threadIdx.x; i < C; i += blockDim.x) s += is_log ? (double)dr[i] : (double)dr[i] * (double)yr[i];
+        s = kl_cu_block_reduce<double, 0>(s);
+        for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
+            xr[i] = is_log ? (T)((double)dr[i] - (double)exp(yr[i]) * s) : (T)((double)yr[i] * ((double)dr[i] - s));
+    }
+}
+
+static kl_status softmax_run(const kl_exec *ex, const kl_tensor *t, int bwd)
+{
+    int64_t C = t->ne[t->ndim - 1], rows = kl_numel(t) / C;
+    int is_log = KL_ATTR_C(t, softmax_attr)->log, threads = kl_cu_red_threads(C);
+    unsigned nb = (unsigned)(rows < 65535 * 16 ? rows : 65535 * 16);
+    cudaStream_t s = kl_cu_stream();
+    const void *a = kl_data(ex, t->src[0]), *b = bwd ? kl_data(ex, t->src[1]) : NULL;
+    void *y = kl_data(ex, t);
+    if (t->dtype == KL_F32) {
+        if (bwd) softmax_bwd_k<float><<<nb, threads, 0, s>>>((const float *)a, (const float *)b, (float *)y, rows, C, is_log);
+        else softmax_k<float><<<nb, threads, 0, s>>>((const float *)a, (float *)y, rows, C, is_log);
+    } else if (t->dtype == KL_F64) {
+        if (bwd) softmax_bwd_k<double><<<nb, threads, 0, s>>>((const double *)a, (const double *)b, (double *)y, rows, C, is_log);
+        else softmax_k<double><<<nb, threads, 0, s>>>((const double *)a, (double *)y, rows, C, is_log);
+    } else {
+        return bad_dtype(t);
+    }
+    KL_CUDA_LAUNCHED(t, bwd ? "softmax_bwd_k" : "softmax_k");
+    return KL_OK;
+}
+
+extern "C" kl_status kl_cuda_softmax(const kl_exec *ex, const kl_tensor *t) { return softmax_run(ex, t, 0); }
+extern "C" kl_status kl_cuda_softmax_bwd(const kl_exec *ex, const kl_tensor *t) { return softmax_run(ex, t, 1); }
+
+/* ---- softmax cross-entropy: warp per row ---- */
+
+/* Row n's max and sum(exp(x - max)), in every lane of the warp. */
+template <typename T> __device__ void ce_row_stats(const T *xr, int64_t C, int lane, T *mx_out, double *s_out)
+{
+    T mx = xr[0];
+    for (int64_t i = lane; i < C; i += 32) mx = xr[i] > mx ? xr[i] : mx;
+    mx = kl_cu_warp_max(mx);
+    double s = 0;
+    for (int64_t i = lane; i < C; i += 32) s += (double)exp(xr[i] - mx);
+    *mx_out = mx;
+    *s_out = kl_cu_warp_sum(s);
+}
+
+#define CE_THREADS 1024
+
+/* loss = mean over rows of log(sum exp) + max - x[label]: one block, each
+ * warp a strided set of rows, then the warps' totals in order. A bad label
+ * is reported (KL_CUERR_LABEL) and its row left out. */
+template <typename T> __global__ void ce_fwd_k(const T *x, const int32_t *lab, T *out, int64_t N, int64_t C, kl_cuda_err *err)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    double total = 0;
+    for (int64_t n = w; n < N; n += nw) {
+        int32_t l = lab[n];
+        if (l < 0 || l >= C) {
+            if (lane == 0) kl_cu_report(err, KL_CUERR_LABEL, l, n, C);
+            continue;
+        }
+        const T *xr = x + n * C;
+        T mx;
+        double s;
+        ce_row_stats(xr, C, lane, &mx, &s);
+        total += log(s) + (double)mx - (double)xr[l];
+    }
+    /* lanes of a warp hold the same total: sum lane 0 of each warp */
+    double v = lane == 0 ? total : 0.0;
+    v = kl_cu_block_reduce<double, 0>(v);
+    if (threadIdx.x == 0) out[0] = (T)(v / (double)N);
+}
+
+/* dx = (softmax(x) - onehot(label)) * dloss / N */
+template <typename T> __global__ void ce_bwd_k(const T *x, const int32_t *lab, const T *dl, T *dx, int64_t N, int64_t C, kl_cuda_err *err)
+{
+    int lane = threadIdx.x & 31;
+    int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+    double scale = (double)dl[0] / (double)N;
+    for (int64_t n = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); n < N; n += warps) {
+        const T *xr = x + n * C;
+        T *dr = dx + n * C;
+        int32_t l = lab[n];
+        if (l < 0 || l >= C) {
+            if (lane == 0) kl_cu_report(err, KL_CUERR_LABEL, l, n, C);
+            for (int64_t i = lane; i < C; i += 32) dr[i] = (T)0;
+            continue;
+        }
+        T mx;
+        double s;
+        ce_row_stats(xr, C, lane, &mx, &s);
+        for (int64_t i = lane; i < C; i += 32) dr[i] = (T)(((double)exp(xr[i] - mx) / s - (i == l)) * scale);
+    }
+}
+
+extern "C" kl_status kl_cuda_softmax_ce(const kl_exec *ex, const kl_tensor *t)
+{
+    int64_t N = t->src[0]->ne[0], C = t->src[0]->ne[1];
+    const void *x = kl_data(ex, t->src[0]);
+    const int32_t *lab = (const int32_t *)kl_data(ex, t->src[1]);
+    cudaStream_t s = kl_cu_stream();
+    if (t->dtype == KL_F32)
+        ce_fwd_k<float><<<1, CE_THREADS, 0, s>>>((const float *)x, lab, (float *)kl_data(ex, t), N, C, kl_cu_err());
+    else if (t->dtype == KL_F64)
+        ce_fwd_k<double><<<1, CE_THREADS, 0, s>>>((const double *)x, lab, (double *)kl_data(ex, t), N, C, kl_cu_err());
+    else
+        return bad_dtype(t);
+    KL_CUDA_LAUNCHED(t, "ce_fwd_k");
+    return KL_OK;
+}
+
+extern "C" kl_status kl_cuda_softmax_ce_bwd(const kl_exec *ex, const kl_tensor *t)
+{
+    int64_t N = t->src[0]->ne[0], C = t->src[0]->ne[1];
+    const void *x = kl_data(ex, t->src[0]), *dl = kl_data(ex, t->src[2]);
+    const int32_t *lab = (const int32_t *)kl_data(ex, t->src[1]);
+    int warps_per_block = KL_CU_THREADS / 32;
+    unsigned nb = kl_cu_blocks(N, warps_per_block);
+    cudaStream_t s = kl_cu_stream();
+    if (t->dtype == KL_F32)
+        ce_bwd_k<float><<<nb, KL_CU_THREADS, 0, s>>>((const float *)x, lab, (const float *)dl, (float *)kl_data(ex, t), N, C,
+                                                    kl_cu_err());
+    else if (t->dtype == KL_F64)
+        ce_bwd_k<double><<<nb, KL_CU_THREADS, 0, s>>>((const double *)x, lab, (const double *)dl, (double *)kl_data(ex, t), N,
+                                                     C, kl_cu_err());
+    else
+        return bad_dtype(t);
+    KL_CUDA_LAUNCHED(t, "ce_bwd_k");
+    return KL_OK;
+}

@@ -1,0 +1,46 @@
+/* NaN watch for the training loop: the parameters are copied before each
+ * step; when a step's loss (or, with clipping on, its gradient norm) is
+ * NaN/Inf, the step is re-run from that copy with checks on, layer by
+ * layer (a debug graph per model prefix whose output is kept), then the
+ * gradients, and the first layer and op that produced a non-finite value
+ * are named in the error, on stderr and as a {"type":"nan"} record.
+ *
+ * kiln has no per-op finiteness hook in the engine, so the check works at
+ * layer granularity: a layer is one op (linear, conv2d, batchnorm, ...),
+ * except that a linear's following activation is fused into it. */
+#ifndef KL_CLI_NAN_WATCH_H
+#define KL_CLI_NAN_WATCH_H
+
+#include <stdio.h>
+#include "kiln/kiln.h"
+#include "io/config.h"
+#include "nn/model.h"
+
+typedef struct nan_watch {
+    int off;           /* train.nan_watch: false */
+    unsigned char *snap; /* every parameter and buffer of the ctx, in order */
+    size_t cap;
+    int valid;
+} nan_watch;
+
+/* What the failing step had. */
+typedef struct nan_step {
+    kl_model *model;
+    kl_ctx *ctx;
+    kl_optim *opt;
+    const kl_cfg *cfg; /* for the layers' config locations */
+    const void *x; /* f32 samples, or i32 tokens for token models */
+    const int32_t *y;
+    int64_t batch, step;
+    FILE *metrics;
+} nan_step;
+
+/* Copies the parameters (before a step). */
+kl_status nan_watch_before(nan_watch *w, kl_ctx *ctx);
+/* After a step that returned s: s unless the loss was non-finite
+ * (KL_ENUMERIC) or the gradient norm is; then the diagnosis, returned as
+ * KL_ENUMERIC with the finding in the message. */
+kl_status nan_watch_after(nan_watch *w, kl_status s, const nan_step *st);
+void nan_watch_free(nan_watch *w);
+
+#endif

@@ -1,0 +1,153 @@
+/* kiln plan: the memory a training step of a config needs, against a limit,
+ * and the largest batch that fits. */
+#include "cli/cli.h"
+#include "cli/plan.h"
+#include "cli/train_monitor.h"
+#include "cli/train_opts.h"
+#include "core/error.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch)
+{
+    if (!g_monitor_flags.mem_limit) return KL_OK;
+    size_t limit;
+    KL_TRY(parse_size("--mem-limit", g_monitor_flags.mem_limit, &limit));
+    planner p;
+    mem_plan mp, best_plan;
+    int64_t best = 0;
+    kl_status s = planner_init(&p, m, oo, threads);
+    if (s == KL_OK) s = planner_at(&p, batch, &mp);
+    if (s == KL_OK && mp.total > limit) s = planner_max_batch(&p, limit, batch, &best, &best_plan);
+    planner_free(&p);
+    KL_TRY(s);
+    if (mp.total <= limit) return KL_OK;
+    char a[32], b[32];
+    fprintf(stderr, "kiln train: memory plan for batch %lld:\n", (long long)batch);
+    mem_plan_print(stderr, &mp, oo);
+    if (best)
+        return kl_fail(KL_EINVAL, "the training step needs %s (%zu bytes), over --mem-limit %s (%zu bytes); "
+                       "the largest batch that fits is %lld (--batch %lld)", fmt_bytes(a, sizeof a, (double)mp.total),
+                       mp.total, fmt_bytes(b, sizeof b, (double)limit), limit, (long long)best, (long long)best);
+    return kl_fail(KL_EINVAL, "the training step needs %s (%zu bytes), over --mem-limit %s (%zu bytes); "
+                   "not even batch 1 fits", fmt_bytes(a, sizeof a, (double)mp.total), mp.total,
+                   fmt_bytes(b, sizeof b, (double)limit), limit);
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: kiln plan [CONFIG.yaml] [options]\n\n"
+               "Builds the training step graph of CONFIG (default: the reference CNN) and prints\n"
+               "the memory it needs: parameters, gradients, optimizer state and the activation\n"
+               "arena of the step's memory plan; the total against a limit; and the largest\n"
+               "batch that fits. The dataset and loader buffers are not counted.\n\n"
+               "options:\n"
+               "  --batch N         batch size (default: train.batch)\n"
+               "  --mem-limit SIZE  the limit (bytes, or 512M, 2G; default: MemAvailable)\n"
+               "  --threads N       CPU threads (conv scratch space depends on them)\n"
+               "  --max-batch N     search the largest fitting batch up to N (default 16777216)\n"
+               "  --set KEY=VALUE   override a config key\n");
+}
+
+static int run(kl_cfg *cfg, const char *config, const char *limit_text, int threads, int64_t max_batch)
+{
+    train_opts o;
+    monitor_opts mo;
+    kl_cfg_node *mnode;
+    kl_model *m = NULL;
+    planner p = {0};
+    mem_plan mp, bp;
+    size_t limit;
+    int64_t best = 0;
+    char a[32], b[32];
+    static const char *const kinds[] = {"sgd", "adam", "adamw"};
+    kl_status s = monitor_cfg_take(cfg, &mo);
+    if (s == KL_OK) s = train_opts_read(cfg, &o);
+    if (s == KL_OK) s = kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &mnode);
+    if (s == KL_OK) s = kl_model_from_cfg(mnode, &m);
+    if (s == KL_OK && limit_text) s = parse_size("--mem-limit", limit_text, &limit);
+    else if (s == KL_OK) s = mem_available(&limit);
+    if (s == KL_OK) s = planner_init(&p, m, &o.optim, threads >= 0 ? threads : (int)o.threads);
+    if (s == KL_OK) s = planner_at(&p, o.batch, &mp);
+    if (s == KL_OK) {
+        printf("memory plan for %s (%s): batch %lld, %s, cpu with %d threads\n", o.name, config,
+               (long long)o.batch, kinds[o.optim.kind], kl_ctx_threads(p.ctx));
+        mem_plan_print(stdout, &mp, &o.optim);
+        printf("  limit                %12s  %14zu bytes  (%s)\n", fmt_bytes(a, sizeof a, (double)limit), limit,
+               limit_text ? "--mem-limit" : "available RAM, MemAvailable in /proc/meminfo");
+        printf("  %s: %.1f%% of the limit\n", mp.total <= limit ? "fits" : "DOES NOT FIT",
+               100.0 * (double)mp.total / (double)(limit ? limit : 1));
+        fflush(stdout);
+        s = planner_max_batch(&p, limit, max_batch, &best, &bp);
+    }
+    if (s == KL_OK) {
+        if (best)
+            printf("largest batch that fits: %lld (total %s, %zu bytes)%s\n", (long long)best,
+                   fmt_bytes(b, sizeof b, (double)bp.total), bp.total, best == max_batch ? " (the search's upper end, --max-batch)" : "");
+        else printf("largest batch that fits: none (batch 1 needs %s)\n", fmt_bytes(b, sizeof b, (double)bp.total));
+    }
+    planner_free(&p);
+    kl_model_free(m);
+    if (s != KL_OK) {
+        fprintf(stderr, "kiln plan: %s\n", kl_last_error());
+        return 1;
+    }
+    return 0;
+}
+
+int kl_cmd_plan(int argc, char **argv)
+{
+    const char *config = NULL, *limit = NULL, *sets[64];
+    int nsets = 0, threads = -1;
+    int64_t max_batch = 1 << 24;
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(arg, "--batch") || !strcmp(arg, "--mem-limit") || !strcmp(arg, "--threads") || !strcmp(arg, "--set") ||
+            !strcmp(arg, "--max-batch")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "kiln plan: %s needs a value\n", arg);
+                return 2;
+            }
+            const char *v = argv[++i];
+            char buf[64];
+            if (!strcmp(arg, "--mem-limit")) limit = v;
+            else if (!strcmp(arg, "--threads")) threads = atoi(v) > 0 ? atoi(v) : 0;
+            else if (!strcmp(arg, "--max-batch")) {
+                char *end;
+                long long mb = strtoll(v, &end, 10);
+                if (*end || mb < 1 || mb > 1 << 24) {
+                    fprintf(stderr, "kiln plan: --max-batch must be 1 to 16777216, got '%s'\n", v);
+                    return 2;
+                }
+                max_batch = mb;
+            }
+            else if (!strcmp(arg, "--batch") && nsets < 64) {
+                snprintf(buf, sizeof buf, "train.batch=%.40s", v);
+                sets[nsets++] = strdup(buf);
+            } else if (nsets < 64) sets[nsets++] = strdup(v);
+        } else if (arg[0] == '-') {
+            fprintf(stderr, "kiln plan: unknown option '%s' (see kiln plan --help)\n", arg);
+            return 2;
+        } else if (!config) config = arg;
+        else {
+            fprintf(stderr, "kiln plan: unexpected argument '%s' (one config file at most)\n", arg);
+            return 2;
+        }
+    }
+    kl_cfg *cfg = NULL;
+    kl_status s = config ? kl_cfg_load(config, &cfg)
+                         : kl_cfg_parse(kl_default_config, strlen(kl_default_config), "<default cnn>", &cfg);
+    for (int i = 0; s == KL_OK && i < nsets; i++) s = kl_cfg_set(cfg, sets[i]);
+    for (int i = 0; i < nsets; i++) free((void *)sets[i]);
+    int rc = 1;
+    if (s != KL_OK) fprintf(stderr, "kiln plan: %s\n", kl_last_error());
+    else rc = run(cfg, config ? config : "built-in default", limit, threads, max_batch);
+    kl_cfg_free(cfg);
+    return rc;
+}

@@ -1,0 +1,57 @@
+/* Memory planning for training: what one training step of a model needs
+ * (parameters, buffers, gradients, optimizer state, and the activation
+ * arena from the step graph's memory plan), and the largest batch that fits
+ * a limit. Used by `kiln plan` and by `kiln train --mem-limit`. */
+#ifndef KL_CLI_PLAN_H
+#define KL_CLI_PLAN_H
+
+#include <stdio.h>
+#include "kiln/kiln.h"
+#include "nn/model.h"
+
+typedef struct mem_plan {
+    int64_t batch;
+    size_t params, buffers, grads, optim, arena, arena_no_reuse, total;
+    int nodes;
+    int64_t param_count;
+} mem_plan;
+
+/* A context and optimizer in which step graphs are built, at any batch. */
+typedef struct planner {
+    kl_model *model;
+    kl_ctx *ctx;
+    kl_optim *opt;
+    kl_optim_opts oo;
+} planner;
+
+/* threads as kiln train uses them (0: all cores / $KILN_THREADS), since
+ * conv scratch space depends on them. The model stays the caller's. */
+kl_status planner_init(planner *p, kl_model *m, const kl_optim_opts *oo, int threads);
+void planner_free(planner *p);
+/* Builds and plans the training step at batch (then frees the graph). */
+kl_status planner_at(planner *p, int64_t batch, mem_plan *out);
+/* The largest batch in [1, max_batch] whose total is <= limit (0 if even
+ * batch 1 does not fit), found by building graphs at a few batch sizes
+ * (the arena grows about linearly with the batch). at_best gets its plan. */
+kl_status planner_max_batch(planner *p, size_t limit, int64_t max_batch, int64_t *best, mem_plan *at_best);
+
+/* Optimizer state as a multiple of the parameters: Adam/AdamW 2, SGD with
+ * momentum 1, plain SGD 0. */
+int optim_state_factor(const kl_optim_opts *oo);
+
+/* "123", "512K", "1.5G", "2GB", "2GiB" (binary units) -> bytes. KL_EINVAL
+ * naming what (e.g. "--mem-limit") and the text otherwise. */
+kl_status parse_size(const char *what, const char *s, size_t *out);
+/* MemAvailable from /proc/meminfo. KL_EIO when unreadable. */
+kl_status mem_available(size_t *out);
+/* "1.50 GiB" style, into buf. */
+const char *fmt_bytes(char *buf, size_t cap, double bytes);
+
+/* The figures, one per line, each with its exact byte count. */
+void mem_plan_print(FILE *f, const mem_plan *p, const kl_optim_opts *oo);
+
+/* kiln train's check (plan.c): with --mem-limit, plans the step before any
+ * data is loaded and fails (printing the figures) when over. */
+kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch);
+
+#endif

@@ -1,0 +1,265 @@
+/* Monitoring hooks of the training loop: TensorBoard mirroring of the
+ * metrics records, parameter/gradient histograms and telemetry. */
+#include "cli/train_monitor.h"
+#include "core/error.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+monitor_flags g_monitor_flags;
+
+int monitor_flags_take(int *argc, char **argv)
+{
+    int n = 0;
+    for (int i = 0; i < *argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--no-tensorboard")) {
+            g_monitor_flags.no_tensorboard = 1;
+        } else if (!strcmp(a, "--mem-limit") || !strncmp(a, "--mem-limit=", 12)) {
+            if (a[11] == '=') g_monitor_flags.mem_limit = a + 12;
+            else if (i + 1 < *argc) g_monitor_flags.mem_limit = argv[++i];
+            else {
+                fprintf(stderr, "kiln train: --mem-limit needs a value (bytes, or e.g. 512M, 2G)\n");
+                return 2;
+            }
+        } else {
+            if (!strcmp(a, "--help") || !strcmp(a, "-h")) g_monitor_flags.help = 1;
+            argv[n++] = argv[i];
+        }
+    }
+    *argc = n;
+    return 0;
+}
+
+void monitor_flags_usage(FILE *f)
+{
+    fprintf(f, "monitoring:\n"
+               "  --no-tensorboard  do not write TensorBoard event files to <run>/tb\n"
+               "  --mem-limit SIZE  refuse to start when the planned memory exceeds SIZE\n"
+               "                    (bytes, or 512M, 2G; see kiln plan)\n"
+               "  config keys: train.histogram_every (steps; 0 = each epoch end),\n"
+               "               train.telemetry_interval (seconds; 0 = off; default 1),\n"
+               "               train.nan_watch (default true: name the layer that made a NaN/Inf)\n");
+}
+
+/* Removes key from a map node (the node and its entry are freed). */
+
+kl_status monitor_cfg_take(kl_cfg *cfg, monitor_opts *o)
+{
+    o->histogram_every = 0;
+    o->telemetry_interval = 1.0;
+    o->nan_watch = 1;
+    kl_cfg_node *train = kl_cfg_get(kl_cfg_root(cfg), "train");
+    if (!train || kl_cfg_kind_of(train) != KL_CFG_MAP) return KL_OK; /* train_opts_read reports the form */
+    KL_TRY(kl_cfg_int_range(train, "histogram_every", 0, 0, 0, INT64_MAX / 2, &o->histogram_every));
+    KL_TRY(kl_cfg_float(train, "telemetry_interval", 0, 1.0, &o->telemetry_interval));
+    KL_TRY(kl_cfg_bool(train, "nan_watch", 0, 1, &o->nan_watch));
+    if (o->telemetry_interval < 0 || o->telemetry_interval > 86400)
+        return kl_cfg_fail(kl_cfg_get(train, "telemetry_interval"), KL_EINVAL,
+                           "telemetry_interval must be 0 (off) to 86400 seconds, got %g", o->telemetry_interval);
+    /* written back resolved, so config.yaml and checkpoints carry them */
+    char v[64];
+    snprintf(v, sizeof v, "%lld", (long long)o->histogram_every);
+    KL_TRY(kl_cfg_set_scalar(cfg, "train.histogram_every", v));
+    snprintf(v, sizeof v, "%.17g", o->telemetry_interval);
+    KL_TRY(kl_cfg_set_scalar(cfg, "train.telemetry_interval", v));
+    return kl_cfg_set_scalar(cfg, "train.nan_watch", o->nan_watch ? "true" : "false");
+}
+
+/* A TensorBoard write failed: say so once and stop writing. */
+static void tb_failed(train_monitor *m)
+{
+    fprintf(stderr, "kiln train: warning: TensorBoard output disabled: %s\n", kl_last_error());
+    tb_writer_close(m->tb);
+    m->tb = NULL;
+}
+
+static void scalar(train_monitor *m, const char *tag, int64_t step, double v)
+{
+    if (m->tb && tb_scalar(m->tb, tag, step, v) != KL_OK) tb_failed(m);
+}
+
+static void flush(train_monitor *m)
+{
+    if (m->tb && tb_writer_flush(m->tb) != KL_OK) tb_failed(m);
+}
+
+kl_status train_monitor_open(train_monitor *m, const char *run_dir, kl_ctx *ctx, FILE *metrics, double run_t0)
+{
+    m->ctx = ctx;
+    m->metrics = metrics;
+    m->last_hist_step = -1;
+    m->nan.off = !m->o.nan_watch;
+    if (!g_monitor_flags.no_tensorboard) {
+        size_t n = strlen(run_dir) + 8;
+        char *dir = kl_malloc(n);
+        if (!dir) return KL_ENOMEM;
+        snprintf(dir, n, "%s/tb", run_dir);
+        kl_status s = tb_writer_open(dir, &m->tb);
+        kl_free(dir);
+        KL_TRY(s);
+    }
+    if (m->o.telemetry_interval > 0) {
+        kl_device dev = kl_ctx_device(ctx);
+        telemetry_opts to = {.interval_s = m->o.telemetry_interval,
+                             .gpu_index = dev.type == KL_DEVICE_CPU ? 0 : dev.index,
+                             .log = stdout};
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        m->t_offset = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec - run_t0;
+        KL_TRY(telemetry_start(&to, &m->tel));
+    }
+    return KL_OK;
+}
+
+/* Writes the samples taken since the last call: metrics.jsonl and sys/... */
+static void telemetry_out(train_monitor *m, int64_t step)
+{
+    telemetry_sample s[16];
+    int n = m->tel ? telemetry_drain(m->tel, s, 16) : 0;
+    for (int i = 0; i < n; i++) {
+        const telemetry_sample *t = &s[i];
+        fprintf(m->metrics,
+                "{\"type\":\"telemetry\",\"step\":%lld,\"wall_s\":%.3f,\"cpu_s\":%.3f,\"cpu_util\":%.3f,"
+                "\"rss_mb\":%.1f,\"rss_peak_mb\":%.1f",
+                (long long)step, t->wall_s + m->t_offset, t->cpu_s, t->cpu_util, t->rss_mb, t->rss_peak_mb);
+        if (t->gpu)
+            fprintf(m->metrics,
+                    ",\"gpu_util\":%.0f,\"gpu_mem_util\":%.0f,\"gpu_mem_mb\":%.1f,\"gpu_mem_total_mb\":%.1f,"
+                    "\"gpu_power_w\":%.3f,\"gpu_temp_c\":%.0f,\"gpu_sm_mhz\":%.0f,\"gpu_mem_mhz\":%.0f,"
+                    "\"gpu_energy_j\":%.3f",
+                    t->gpu_util, t->gpu_mem_util, t->gpu_mem_mb, t->gpu_mem_total_mb, t->gpu_power_w, t->gpu_temp_c,
+                    t->gpu_sm_mhz, t->gpu_mem_mhz, t->gpu_energy_j);
+        fprintf(m->metrics, "}\n");
+        scalar(m, "sys/cpu_util", step, t->cpu_util);
+        scalar(m, "sys/rss_mb", step, t->rss_mb);
+        scalar(m, "sys/rss_peak_mb", step, t->rss_peak_mb);
+        if (t->gpu) {
+            scalar(m, "sys/gpu_util", step, t->gpu_util);
+            scalar(m, "sys/gpu_mem_util", step, t->gpu_mem_util);
+            scalar(m, "sys/gpu_mem_mb", step, t->gpu_mem_mb);
+            scalar(m, "sys/gpu_power_w", step, t->gpu_power_w);
+            scalar(m, "sys/gpu_temp_c", step, t->gpu_temp_c);
+            scalar(m, "sys/gpu_sm_mhz", step, t->gpu_sm_mhz);
+            scalar(m, "sys/gpu_energy_j", step, t->gpu_energy_j);
+        }
+        m->last = *t;
+    }
+}
+
+/* One energy record (GPU only): scope "epoch" (since the last epoch end) or "run". */
+static void energy_out(train_monitor *m, const char *scope, int64_t epoch, int64_t step)
+{
+    if (!telemetry_has_gpu(m->tel)) return;
+    const char *src;
+    double e = telemetry_energy(m->tel, &src), j = strcmp(scope, "run") ? e - m->energy_epoch0 : e;
+    if (strcmp(scope, "run")) m->energy_epoch0 = e;
+    fprintf(m->metrics, "{\"type\":\"energy\",\"scope\":\"%s\",\"epoch\":%lld,\"step\":%lld,\"joules\":%.3f,"
+            "\"source\":\"%s\"}\n", scope, (long long)epoch, (long long)step, j, src);
+    scalar(m, strcmp(scope, "run") ? "sys/epoch_energy_j" : "sys/run_energy_j", step, j);
+}
+
+void train_monitor_close(train_monitor *m)
+{
+    telemetry_stop(m->tel);
+    m->tel = NULL;
+    flush(m);
+    tb_writer_close(m->tb);
+    m->tb = NULL;
+    free(m->buf);
+    m->buf = NULL;
+    nan_watch_free(&m->nan);
+}
+
+/* params/<name> and grads/<name> histograms of every parameter and buffer. */
+static void histograms(train_monitor *m, int64_t step)
+{
+    if (!m->tb || step == m->last_hist_step) return;
+    m->last_hist_step = step;
+    for (int i = 0; m->tb && i < kl_ctx_param_count(m->ctx); i++) {
+        const char *name;
+        kl_dtype dt;
+        int nd, trainable;
+        int64_t d[KL_MAX_DIMS], numel = 1;
+        if (kl_ctx_param_info(m->ctx, i, &name, &dt, &nd, d, &trainable) != KL_OK || dt != KL_F32) continue;
+        for (int k = 0; k < nd; k++) numel *= d[k];
+        size_t bytes = (size_t)numel * sizeof(float);
+        if (bytes > m->buf_cap) {
+            float *b = realloc(m->buf, bytes);
+            if (!b) continue;
+            m->buf = b, m->buf_cap = bytes;
+        }
+        char tag[300];
+        for (int g = 0; g < 1 + trainable && m->tb; g++) {
+            kl_status s = g ? kl_ctx_grad_get(m->ctx, i, m->buf, bytes) : kl_ctx_param_get(m->ctx, i, m->buf, bytes);
+            if (s != KL_OK) continue;
+            snprintf(tag, sizeof tag, "%s/%s", g ? "grads" : "params", name);
+            if (tb_histogram(m->tb, tag, step, m->buf, numel) != KL_OK) tb_failed(m);
+        }
+    }
+}
+
+void train_monitor_step(train_monitor *m, int64_t step, double loss, double acc, double lr)
+{
+    m->step = step;
+    telemetry_out(m, step);
+    scalar(m, "train/loss", step, loss);
+    scalar(m, "train/accuracy", step, acc);
+    scalar(m, "train/lr", step, lr);
+    if (m->o.histogram_every && step % m->o.histogram_every == 0) histograms(m, step);
+}
+
+void train_monitor_throughput(train_monitor *m, int64_t step, double samples_per_s)
+{
+    scalar(m, "train/samples_per_s", step, round(samples_per_s * 10) / 10); /* as metrics.jsonl's %.1f */
+    flush(m);
+}
+
+void train_monitor_epoch(train_monitor *m, int64_t epoch, int64_t step, double loss, double acc, int has_val,
+                         double val_loss, double val_acc, double lr)
+{
+    scalar(m, "epoch/loss", step, loss);
+    scalar(m, "epoch/accuracy", step, acc);
+    scalar(m, "epoch/lr", step, lr);
+    if (has_val) {
+        scalar(m, "val/loss", step, val_loss);
+        scalar(m, "val/accuracy", step, val_acc);
+    }
+    if (!m->o.histogram_every) histograms(m, step);
+    energy_out(m, "epoch", epoch, step);
+    m->epoch = epoch;
+    flush(m);
+}
+
+void train_monitor_test(train_monitor *m, double loss, double acc)
+{
+    scalar(m, "test/loss", m->step, loss);
+    scalar(m, "test/accuracy", m->step, acc);
+    flush(m);
+}
+
+void train_monitor_end(train_monitor *m)
+{
+    if (m->step > 0) histograms(m, m->step);
+    if (m->tel) {
+        telemetry_sample s;
+        telemetry_sample_now(m->tel, &s);
+        telemetry_out(m, m->step);
+        energy_out(m, "run", m->epoch, m->step);
+    }
+    fflush(m->metrics);
+    flush(m);
+}
+
+void train_monitor_progress(const train_monitor *m, char *buf, size_t cap)
+{
+    const telemetry_sample *t = &m->last;
+    if (!cap) return;
+    buf[0] = 0;
+    if (!m->tel || t->wall_s <= 0) return;
+    int n = snprintf(buf, cap, "  cpu %.1f cores  rss %.0f MB", t->cpu_util, t->rss_mb);
+    if (t->gpu && n > 0 && (size_t)n < cap)
+        snprintf(buf + n, cap - (size_t)n, "  gpu %.0f%% %.1f GB %.0f W", t->gpu_util, t->gpu_mem_mb / 1024, t->gpu_power_w);
+}

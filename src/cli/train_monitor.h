@@ -1,0 +1,84 @@
+/* Monitoring for `kiln train`: TensorBoard scalars and histograms, system
+ * telemetry, the memory check and the NaN watch. train_run.c calls these
+ * through small hooks; every record written to metrics.jsonl is mirrored
+ * to <run>/tb/ (unless --no-tensorboard).
+ *
+ * Tags: train/loss, train/accuracy, train/lr (every step),
+ * train/samples_per_s (every log_every steps), epoch/loss, epoch/accuracy,
+ * epoch/lr, val/loss, val/accuracy (epoch ends), test/loss, test/accuracy
+ * (after training), sys/... (telemetry), params/<name> and grads/<name>
+ * histograms (train.histogram_every steps; 0: at epoch ends). */
+#ifndef KL_CLI_TRAIN_MONITOR_H
+#define KL_CLI_TRAIN_MONITOR_H
+
+#include <stdio.h>
+#include "kiln/kiln.h"
+#include "io/config.h"
+#include "monitor/tb_writer.h"
+#include "monitor/telemetry.h"
+#include "cli/nan_watch.h"
+
+/* Flags of `kiln train` handled here (main.c takes them out of argv). */
+typedef struct monitor_flags {
+    int no_tensorboard;
+    const char *mem_limit; /* --mem-limit BYTES|2G */
+    int help;
+} monitor_flags;
+extern monitor_flags g_monitor_flags;
+
+/* Removes --no-tensorboard and --mem-limit X from argv (*argc updated) into
+ * g_monitor_flags. Returns 0, or 2 after printing a message. */
+int monitor_flags_take(int *argc, char **argv);
+/* The usage lines for those flags. */
+void monitor_flags_usage(FILE *f);
+
+/* Config keys read here: train.histogram_every (steps; 0 = at each epoch
+ * end), train.telemetry_interval (seconds; 0 = off; default 1),
+ * train.nan_watch (default true). */
+typedef struct monitor_opts {
+    int64_t histogram_every;
+    double telemetry_interval;
+    int nan_watch;
+} monitor_opts;
+
+/* Reads the keys above and takes them out of cfg, so train_opts_read (which
+ * rejects unknown keys) and kiln eval see the config they know.
+ * TODO(lead): once train_opts.c lists these keys, read them there. */
+kl_status monitor_cfg_take(kl_cfg *cfg, monitor_opts *o);
+
+typedef struct train_monitor {
+    monitor_opts o;
+    tb_writer *tb;
+    telemetry *tel;
+    telemetry_sample last; /* the newest telemetry sample (last.wall_s 0: none yet) */
+    double t_offset;       /* run start to telemetry start, seconds */
+    kl_ctx *ctx;
+    FILE *metrics;
+    int64_t step, last_hist_step, epoch; /* step: the last one logged */
+    double energy_epoch0; /* energy counter at the start of the epoch */
+    float *buf;
+    size_t buf_cap;
+    nan_watch nan; /* used by train_run.c around each step */
+    int warned;
+} train_monitor;
+
+/* Opens <run_dir>/tb (unless disabled) and starts telemetry; run_t0 is the
+ * run's start on CLOCK_MONOTONIC (telemetry wall_s counts from it). */
+kl_status train_monitor_open(train_monitor *m, const char *run_dir, kl_ctx *ctx, FILE *metrics, double run_t0);
+void train_monitor_close(train_monitor *m);
+
+/* One call per metrics.jsonl record; failures to write TensorBoard files
+ * print one warning and turn TensorBoard off (training goes on). */
+void train_monitor_step(train_monitor *m, int64_t step, double loss, double acc, double lr);
+void train_monitor_throughput(train_monitor *m, int64_t step, double samples_per_s);
+void train_monitor_epoch(train_monitor *m, int64_t epoch, int64_t step, double loss, double acc, int has_val,
+                         double val_loss, double val_acc, double lr);
+/* Test results, logged at the last step. */
+void train_monitor_test(train_monitor *m, double loss, double acc);
+/* End of training: the last step's histograms (unless already written), a
+ * last telemetry sample and the run's energy. */
+void train_monitor_end(train_monitor *m);
+/* Appends " | cpu 180% rss 312 MB ..." for the progress line (empty when off). */
+void train_monitor_progress(const train_monitor *m, char *buf, size_t cap);
+
+#endif

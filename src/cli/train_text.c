@@ -1,0 +1,326 @@
+/* The training loop for language models on text (see train_text.h). One
+ * optimizer step = one batch of B random windows of T+1 tokens from the
+ * training part of the corpus, drawn by kl_tokens_batch(seed, step): the
+ * step number alone fixes the batch, so a resumed run (same parameters,
+ * optimizer state and dropout counter) logs the same losses bit for bit. */
+#include "cli/train_text.h"
+#include "cli/evaluator.h"
+#include "cli/plan.h"
+#include "cli/train_monitor.h"
+#include "cli/train_opts.h"
+#include "core/error.h"
+#include "io/fileio.h"
+#include "kiln/text.h"
+#include "nn/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define VAL_SEED_SALT 0x76616c69646174ull /* validation windows: their own fixed stream */
+
+typedef struct {
+    train_opts o;
+    train_monitor mon;
+    kl_model *model;
+    kl_ctx *ctx;
+    kl_optim *opt;
+    step_graph train, val;
+    kl_vocab *vocab;
+    kl_tokens *tok;
+    int64_t n_train, n_val, T;
+    int32_t *x, *y;
+    char run_dir[4096], ckpt_root[4200];
+    FILE *metrics;
+    double t0;
+} lm_runner;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int train_text_wanted(const kl_cfg *cfg)
+{
+    const char *k = kl_cfg_str_value(kl_cfg_at(kl_cfg_root(cfg), "data.kind"));
+    return k && !strcmp(k, "text");
+}
+
+/* The corpus as tokens and its vocabulary: the checkpoint's vocab.txt when
+ * resuming (ids must not move), else built from the corpus. model.vocab
+ * `auto` becomes the vocabulary's size; a number must cover it. */
+static kl_status load_corpus(lm_runner *r, kl_cfg *cfg, const train_args *a)
+{
+    kl_text *text = NULL;
+    char vp[4200];
+    KL_TRY(kl_text_load_dir(r->o.path, &text));
+    kl_status s = KL_OK;
+    snprintf(vp, sizeof vp, "%s/vocab.txt", a->ckpt_dir);
+    if (a->resume && access(vp, F_OK) == 0) s = kl_vocab_load(vp, &r->vocab);
+    else s = kl_vocab_build(kl_text_data(text), kl_text_size(text), &r->vocab);
+    if (s == KL_OK) {
+        s = kl_tokens_encode(r->vocab, kl_text_data(text), kl_text_size(text), &r->tok);
+        if (s != KL_OK && a->resume) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", kl_last_error());
+            s = kl_fail(s, "data.path %s: %s (the vocabulary is the checkpoint's %s)", r->o.path, msg, vp);
+        }
+    }
+    kl_text_free(text);
+    KL_TRY(s);
+    int V = kl_vocab_size(r->vocab);
+    kl_cfg_node *vn = kl_cfg_at(kl_cfg_root(cfg), "model.vocab");
+    const char *vt = kl_cfg_str_value(vn);
+    if (!vn || (vt && !strcmp(vt, "auto"))) {
+        char v[16];
+        snprintf(v, sizeof v, "%d", V);
+        return kl_cfg_set_scalar(cfg, "model.vocab", v);
+    }
+    int64_t given;
+    KL_TRY(kl_cfg_int(kl_cfg_at(kl_cfg_root(cfg), "model"), "vocab", 1, 0, &given));
+    if (given < V)
+        return kl_cfg_fail(vn, KL_EINVAL, "model.vocab %lld is smaller than the corpus's %d distinct characters (%s); use auto",
+                           (long long)given, V, r->o.path);
+    return KL_OK;
+}
+
+/* The held-out tail and the training part must each hold a window. */
+static kl_status split_corpus(lm_runner *r)
+{
+    int64_t n = kl_tokens_count(r->tok), T = r->T;
+    r->n_val = (int64_t)((double)n * r->o.val_fraction);
+    r->n_train = n - r->n_val;
+    if (r->n_train < T + 1)
+        return kl_fail(KL_EINVAL, "data.path %s: the training part has %lld characters, fewer than one window of "
+                       "model.input.tokens + 1 = %lld", r->o.path, (long long)r->n_train, (long long)(T + 1));
+    if (r->n_val && r->n_val < T + 1)
+        return kl_fail(KL_EINVAL, "data.path %s: the held-out tail (val_fraction %g) has %lld characters, fewer than one "
+                       "window of %lld; raise data.val_fraction or shorten the context", r->o.path, r->o.val_fraction,
+                       (long long)r->n_val, (long long)(T + 1));
+    return KL_OK;
+}
+
+static kl_status run_dir_open(lm_runner *r, kl_cfg *cfg, const train_args *a)
+{
+    if (a->out) snprintf(r->run_dir, sizeof r->run_dir, "%s", a->out);
+    else if (a->resume) snprintf(r->run_dir, sizeof r->run_dir, "%.4000s/../..", a->ckpt_dir);
+    else {
+        char ts[32];
+        time_t t = time(NULL);
+        strftime(ts, sizeof ts, "%Y%m%d-%H%M%S", localtime(&t));
+        snprintf(r->run_dir, sizeof r->run_dir, "runs/%s-%s", ts, r->o.name);
+    }
+    snprintf(r->ckpt_root, sizeof r->ckpt_root, "%s/checkpoints", r->run_dir);
+    KL_TRY(kl_mkdir_p(r->ckpt_root));
+    char path[4300];
+    snprintf(path, sizeof path, "%s/config.yaml", r->run_dir);
+    KL_TRY(kl_cfg_write(cfg, path));
+    snprintf(path, sizeof path, "%s/vocab.txt", r->run_dir);
+    KL_TRY(kl_vocab_save(r->vocab, path));
+    snprintf(path, sizeof path, "%s/metrics.jsonl", r->run_dir);
+    r->metrics = fopen(path, a->resume ? "a" : "w");
+    if (!r->metrics) return kl_fail(KL_EIO, "%s: cannot open for writing", path);
+    return train_monitor_open(&r->mon, r->run_dir, r->ctx, r->metrics, r->t0);
+}
+
+static kl_status setup(lm_runner *r, kl_cfg *cfg, const train_args *a)
+{
+    kl_cfg_node *model;
+    KL_TRY(monitor_cfg_take(cfg, &r->mon.o));
+    KL_TRY(train_opts_read(cfg, &r->o));
+    kl_cfg_node *in = kl_cfg_at(kl_cfg_root(cfg), "model.input");
+    if (in && kl_cfg_kind_of(in) != KL_CFG_MAP)
+        return kl_cfg_fail(in, KL_EINVAL,
+                           "data.kind text trains token models: set model.input to {tokens: T} and start with an embedding");
+    KL_TRY(load_corpus(r, cfg, a));
+    KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &model));
+    KL_TRY(kl_model_from_cfg(model, &r->model));
+    r->T = kl_model_tokens(r->model);
+    KL_TRY(split_corpus(r));
+    KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch)); /* --mem-limit */
+    kl_device dev = {KL_DEVICE_CPU, 0};
+    if (strcmp(a->device, "auto")) KL_TRY(kl_device_parse(a->device, &dev));
+    kl_ctx_opts co = {.device = dev, .threads = (int)r->o.threads, .seed = r->o.seed};
+    KL_TRY(kl_ctx_new(&co, &r->ctx));
+    printf("device: %s%s, %d threads\n", dev.type == KL_DEVICE_CPU ? "cpu" : "cuda",
+           strcmp(a->device, "auto") ? "" : " (auto: this build has no CUDA backend)", kl_ctx_threads(r->ctx));
+    KL_TRY(kl_optim_new(r->ctx, &r->o.optim, &r->opt));
+    KL_TRY(step_graph_build(&r->train, r->model, r->ctx, r->opt, r->o.batch));
+    if (r->n_val) KL_TRY(step_graph_build(&r->val, r->model, r->ctx, NULL, r->o.batch));
+    if (a->init) KL_TRY(kl_weights_load(a->init, r->ctx));
+    size_t n = (size_t)(r->o.batch * r->T);
+    r->x = malloc(n * sizeof *r->x);
+    r->y = malloc(n * sizeof *r->y);
+    if (!r->x || !r->y) return kl_fail(KL_ENOMEM, "out of memory for a batch of %zu tokens", n);
+    return run_dir_open(r, cfg, a);
+}
+
+static void teardown(lm_runner *r)
+{
+    if (r->train.g) kl_graph_profile_print(r->train.g, stderr);
+    train_monitor_close(&r->mon);
+    if (r->metrics) fclose(r->metrics);
+    step_graph_free(&r->train);
+    step_graph_free(&r->val);
+    kl_optim_free(r->opt);
+    kl_ctx_free(r->ctx);
+    kl_model_free(r->model);
+    kl_tokens_free(r->tok);
+    kl_vocab_free(r->vocab);
+    free(r->x);
+    free(r->y);
+}
+
+/* A checkpoint, with the vocabulary beside model.safetensors. */
+static kl_status save_ckpt(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, char *path, size_t n)
+{
+    char tag[64], *text = NULL, vp[4500];
+    snprintf(tag, sizeof tag, "step-%09lld", (long long)st->step);
+    KL_TRY(kl_cfg_to_string(cfg, &text));
+    kl_status s = kl_checkpoint_save(r->ckpt_root, tag, r->ctx, r->opt, st, text, path, n);
+    free(text);
+    KL_TRY(s);
+    snprintf(vp, sizeof vp, "%s/vocab.txt", path);
+    return kl_vocab_save(r->vocab, vp);
+}
+
+/* Mean loss over the fixed validation windows (the same every time). */
+static kl_status validate(lm_runner *r, double *loss)
+{
+    double sum = 0;
+    int64_t dummy = 0;
+    for (int64_t k = 0; k < r->o.val_batches; k++) {
+        KL_TRY(kl_tokens_batch(r->tok, r->n_train, r->n_val, r->o.seed ^ VAL_SEED_SALT, k, r->o.batch, r->T, r->x, r->y));
+        KL_TRY(step_graph_run(&r->val, r->model, r->x, r->y, &sum, &dummy, NULL, NULL));
+    }
+    *loss = sum / (double)(r->o.val_batches * r->val.rows);
+    return KL_OK;
+}
+
+/* "loss":L,"perplexity":P,"bpc":B with a key prefix ("" or "val_"). */
+static void lm_fields(FILE *f, const char *pre, double l)
+{
+    fprintf(f, "\"%sloss\":%.9g,\"%sperplexity\":%.9g,\"%sbpc\":%.9g", pre, l, pre, exp(l), pre, l / M_LN2);
+}
+
+typedef struct { double sum; int64_t n; } mean_acc;
+
+/* End of an epoch (steps_per_epoch steps, or the last step): validation,
+ * the epoch's metrics line, a checkpoint. */
+static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, int tty, mean_acc *ep, char *ck, size_t n)
+{
+    double vl = 0, l = ep->n ? ep->sum / (double)ep->n : 0;
+    int64_t epoch = (st->step - 1) / r->o.steps_per_epoch + 1;
+    if (r->n_val) KL_TRY(validate(r, &vl));
+    if (tty) fprintf(stderr, "\n");
+    printf("epoch %lld (step %lld): train loss %.4f bpc %.3f", (long long)epoch, (long long)st->step, l, l / M_LN2);
+    if (r->n_val) printf("  val loss %.4f perplexity %.3f bpc %.3f", vl, exp(vl), vl / M_LN2);
+    printf("  (%.1f s)\n", now() - r->t0);
+    fflush(stdout);
+    fprintf(r->metrics, "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,", (long long)epoch, (long long)st->step);
+    lm_fields(r->metrics, "", l);
+    if (r->n_val) {
+        fputc(',', r->metrics);
+        lm_fields(r->metrics, "val_", vl);
+    }
+    fprintf(r->metrics, ",\"lr\":%.9g,\"wall_s\":%.3f}\n", kl_optim_lr(r->opt), now() - r->t0);
+    train_monitor_epoch(&r->mon, epoch, st->step, l, NAN, r->n_val > 0, vl, NAN, kl_optim_lr(r->opt));
+    fflush(r->metrics);
+    *ep = (mean_acc){0};
+    return save_ckpt(r, cfg, st, ck, n);
+}
+
+static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop, int *interrupted)
+{
+    kl_train_state st = {.seed = r->o.seed};
+    static const char *const kinds[] = {"sgd", "adam", "adamw"};
+    snprintf(st.optim_kind, sizeof st.optim_kind, "%s", kinds[r->o.optim.kind]);
+    if (a->resume) {
+        KL_TRY(kl_checkpoint_load(a->ckpt_dir, r->ctx, r->opt, &st, NULL));
+        KL_TRY(kl_graph_set_runs(r->train.g, st.graph_runs));
+        printf("resumed from %s at step %lld\n", a->ckpt_dir, (long long)st.step);
+    }
+    int64_t spe = r->o.steps_per_epoch, total = r->o.steps ? r->o.steps : r->o.epochs * spe, B = r->o.batch;
+    int tty = isatty(2);
+    mean_acc ep = {0}, win = {0};
+    double t_win = now();
+    char ck[4400];
+    while (st.step < total) {
+        double l = 0;
+        int64_t dummy = 0;
+        KL_TRY(kl_optim_set_lr(r->opt, train_lr(&r->o, st.step, total)));
+        KL_TRY(kl_tokens_batch(r->tok, 0, r->n_train, r->o.seed, st.step, B, r->T, r->x, r->y));
+        KL_TRY(step_graph_run(&r->train, r->model, r->x, r->y, &l, &dummy, NULL, NULL));
+        l /= (double)r->train.rows;
+        st.step++;
+        st.graph_runs = st.step;
+        st.epoch = st.step / spe;
+        st.batch = st.step % spe;
+        ep.sum += l, ep.n++, win.sum += l, win.n++;
+        int64_t epoch = (st.step - 1) / spe + 1;
+        fprintf(r->metrics, "{\"type\":\"step\",\"step\":%lld,\"epoch\":%lld,", (long long)st.step, (long long)epoch);
+        lm_fields(r->metrics, "", l);
+        fprintf(r->metrics, ",\"lr\":%.9g,\"wall_s\":%.3f}\n", kl_optim_lr(r->opt), now() - r->t0);
+        train_monitor_step(&r->mon, st.step, l, NAN, kl_optim_lr(r->opt));
+        if (st.step % r->o.log_every == 0 || st.step == total) {
+            double t = now(), wps = (double)(win.n * B) / (t - t_win), ml = win.sum / (double)win.n;
+            double eta = wps > 0 ? (double)((total - st.step) * B) / wps : 0;
+            char tel[160];
+            fprintf(r->metrics, "{\"type\":\"throughput\",\"step\":%lld,\"samples_per_s\":%.1f,\"tokens_per_s\":%.1f}\n",
+                    (long long)st.step, wps, wps * (double)r->T);
+            train_monitor_throughput(&r->mon, st.step, wps);
+            train_monitor_progress(&r->mon, tel, sizeof tel);
+            if (tty)
+                fprintf(stderr, "\r  epoch %lld  step %lld/%lld  loss %.4f  bpc %.3f  %.0f tokens/s  ETA %dm%02ds%s   ",
+                        (long long)epoch, (long long)st.step, (long long)total, ml, ml / M_LN2, wps * (double)r->T,
+                        (int)eta / 60, (int)eta % 60, tel);
+            else
+                printf("epoch %lld step %lld/%lld loss %.4f bpc %.3f tokens/s %.0f eta %.0fs%s\n", (long long)epoch,
+                       (long long)st.step, (long long)total, ml, ml / M_LN2, wps * (double)r->T, eta, tel);
+            fflush(tty ? stderr : stdout);
+            win = (mean_acc){0}, t_win = t;
+        }
+        if (st.step % spe == 0 || st.step == total) KL_TRY(end_epoch(r, cfg, &st, tty, &ep, ck, sizeof ck));
+        else if (r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) {
+            fflush(r->metrics);
+            KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
+        }
+        if (*stop) {
+            fflush(r->metrics);
+            KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
+            if (tty) fprintf(stderr, "\n");
+            printf("interrupted at step %lld; checkpoint %s\nresume with: kiln train --resume %s\n", (long long)st.step,
+                   ck, r->run_dir);
+            *interrupted = 1;
+            return KL_OK;
+        }
+    }
+    printf("sample from it with: kiln generate %s --prompt \"...\"\n", r->run_dir);
+    return KL_OK;
+}
+
+int train_text_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop)
+{
+    lm_runner r = {0};
+    r.t0 = now();
+    int interrupted = 0;
+    kl_status s = setup(&r, cfg, a);
+    if (s == KL_OK) {
+        printf("model %s: %lld parameters; corpus %s: %lld characters, vocabulary %d; %lld training, %lld held out; "
+               "batch %lld x %lld tokens\n", r.o.name, (long long)kl_model_param_count(r.model), r.o.path,
+               (long long)kl_tokens_count(r.tok), kl_vocab_size(r.vocab), (long long)r.n_train, (long long)r.n_val,
+               (long long)r.o.batch, (long long)r.T);
+        printf("run directory: %s (first step after %.2f s)\n", r.run_dir, now() - r.t0);
+        fflush(stdout);
+        s = loop(&r, cfg, a, stop, &interrupted);
+        if (s == KL_OK) train_monitor_end(&r.mon);
+    }
+    if (s != KL_OK) fprintf(stderr, "kiln train: %s\n", kl_last_error());
+    teardown(&r);
+    return s != KL_OK ? 1 : interrupted ? 130 : 0;
+}

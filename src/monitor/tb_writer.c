@@ -1,0 +1,283 @@
+/* TensorBoard event files written by hand: protobuf wire format (varints,
+ * fixed64/fixed32, length-delimited fields) for Event, Summary,
+ * Summary.Value and HistogramProto, each event framed as a TFRecord. */
+#include "monitor/tb_writer.h"
+#include "core/error.h"
+#include "io/fileio.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HIST_BUCKETS 30
+
+struct tb_writer {
+    FILE *f;
+    char *path;
+};
+
+/* ---- CRC-32C and TFRecord framing ---------------------------------------- */
+
+static uint32_t crc_table[256];
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1; /* reflected Castagnoli */
+        crc_table[i] = c;
+    }
+}
+
+uint32_t tb_crc32c(const void *data, size_t n)
+{
+    if (!crc_table[1]) crc_init(); /* idempotent: concurrent first calls write equal values */
+    const unsigned char *p = data;
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+uint32_t tb_masked_crc32c(const void *data, size_t n)
+{
+    uint32_t c = tb_crc32c(data, n);
+    return ((c >> 15) | (c << 17)) + 0xa282ead8u;
+}
+
+static void le64(unsigned char *o, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) o[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void le32(unsigned char *o, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) o[i] = (unsigned char)(v >> (8 * i));
+}
+
+void tb_frame(const void *data, size_t n, unsigned char *out)
+{
+    le64(out, (uint64_t)n);
+    le32(out + 8, tb_masked_crc32c(out, 8));
+    if (n) memcpy(out + 12, data, n);
+    le32(out + 12 + n, tb_masked_crc32c(data, n));
+}
+
+/* ---- protobuf encoding ------------------------------------------------------ */
+
+typedef struct {
+    unsigned char *p;
+    size_t n, cap;
+    int oom;
+} pbuf;
+
+static void put(pbuf *b, const void *src, size_t n)
+{
+    if (b->oom || n == 0) return;
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n) cap *= 2;
+        unsigned char *p = kl_realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p, b->cap = cap;
+    }
+    memcpy(b->p + b->n, src, n);
+    b->n += n;
+}
+
+static void put_varint(pbuf *b, uint64_t v)
+{
+    unsigned char t[10];
+    int k = 0;
+    do {
+        t[k] = (unsigned char)(v & 0x7F);
+        v >>= 7;
+        if (v) t[k] |= 0x80;
+        k++;
+    } while (v);
+    put(b, t, (size_t)k);
+}
+
+static void put_tag(pbuf *b, int field, int wire) { put_varint(b, (uint64_t)field << 3 | (uint64_t)wire); }
+
+static void put_double(pbuf *b, int field, double v)
+{
+    uint64_t u;
+    unsigned char t[8];
+    memcpy(&u, &v, 8);
+    le64(t, u);
+    put_tag(b, field, 1);
+    put(b, t, 8);
+}
+
+static void put_bytes(pbuf *b, int field, const void *data, size_t n)
+{
+    put_tag(b, field, 2);
+    put_varint(b, n);
+    put(b, data, n);
+}
+
+static void put_packed_doubles(pbuf *b, int field, const double *v, int n)
+{
+    put_tag(b, field, 2);
+    put_varint(b, (uint64_t)n * 8);
+    for (int i = 0; i < n; i++) {
+        uint64_t u;
+        unsigned char t[8];
+        memcpy(&u, &v[i], 8);
+        le64(t, u);
+        put(b, t, 8);
+    }
+}
+
+/* An Event with wall_time and step, plus either file_version or a Summary
+ * holding one Value (value: the Value's encoded fields), framed and written. */
+static kl_status write_event(tb_writer *w, int64_t step, const char *file_version, const pbuf *value)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    pbuf ev = {0}, sum = {0};
+    put_double(&ev, 1, (double)tv.tv_sec + 1e-6 * (double)tv.tv_usec);
+    put_tag(&ev, 2, 0);
+    put_varint(&ev, (uint64_t)step); /* int64: negative values as 10-byte two's complement */
+    if (file_version) put_bytes(&ev, 3, file_version, strlen(file_version));
+    if (value) {
+        put_bytes(&sum, 1, value->p, value->n); /* Summary.value (repeated Value) */
+        put_bytes(&ev, 5, sum.p, sum.n);        /* Event.summary */
+    }
+    kl_status s = ev.oom || sum.oom ? kl_fail(KL_ENOMEM, "out of memory encoding a TensorBoard event") : KL_OK;
+    unsigned char *rec = s == KL_OK ? kl_malloc(ev.n + 16) : NULL;
+    if (s == KL_OK && !rec) s = KL_ENOMEM;
+    if (s == KL_OK) {
+        tb_frame(ev.p, ev.n, rec);
+        if (fwrite(rec, 1, ev.n + 16, w->f) != ev.n + 16)
+            s = kl_fail(KL_EIO, "%s: write failed: %s", w->path, strerror(errno));
+    }
+    kl_free(rec);
+    kl_free(ev.p);
+    kl_free(sum.p);
+    return s;
+}
+
+kl_status tb_writer_open(const char *dir, tb_writer **out)
+{
+    if (!out) return kl_fail(KL_EMISUSE, "tb_writer_open: out is NULL");
+    *out = NULL;
+    if (!dir) return kl_fail(KL_EMISUSE, "tb_writer_open: dir is NULL");
+    KL_TRY(kl_mkdir_p(dir));
+    char host[256] = "localhost";
+    if (gethostname(host, sizeof host - 1) != 0 || !host[0]) snprintf(host, sizeof host, "localhost");
+    host[sizeof host - 1] = 0;
+    for (char *c = host; *c; c++)
+        if (*c == '/') *c = '_';
+    size_t n = strlen(dir) + strlen(host) + 64;
+    tb_writer *w = kl_calloc(1, sizeof *w);
+    char *path = kl_malloc(n);
+    if (!w || !path) {
+        kl_free(w);
+        kl_free(path);
+        return KL_ENOMEM;
+    }
+    snprintf(path, n, "%s/events.out.tfevents.%lld.%s", dir, (long long)time(NULL), host);
+    w->path = path;
+    w->f = fopen(path, "ab"); /* append: a second writer in the same second adds to the file */
+    if (!w->f) {
+        kl_status s = kl_fail(KL_EIO, "%s: cannot open for writing: %s", path, strerror(errno));
+        tb_writer_close(w);
+        return s;
+    }
+    kl_status s = write_event(w, 0, "brain.Event:2", NULL);
+    if (s == KL_OK) s = tb_writer_flush(w);
+    if (s != KL_OK) {
+        tb_writer_close(w);
+        return s;
+    }
+    *out = w;
+    return KL_OK;
+}
+
+void tb_writer_close(tb_writer *w)
+{
+    if (!w) return;
+    if (w->f) fclose(w->f);
+    kl_free(w->path);
+    kl_free(w);
+}
+
+const char *tb_writer_path(const tb_writer *w) { return w ? w->path : NULL; }
+
+kl_status tb_writer_flush(tb_writer *w)
+{
+    if (!w) return kl_fail(KL_EMISUSE, "tb_writer_flush: writer is NULL");
+    if (fflush(w->f) != 0 || ferror(w->f)) return kl_fail(KL_EIO, "%s: write failed: %s", w->path, strerror(errno));
+    return KL_OK;
+}
+
+kl_status tb_scalar(tb_writer *w, const char *tag, int64_t step, double value)
+{
+    if (!w || !tag) return kl_fail(KL_EMISUSE, "tb_scalar: %s is NULL", w ? "tag" : "writer");
+    pbuf v = {0};
+    float f = (float)value;
+    uint32_t u;
+    unsigned char t[4];
+    memcpy(&u, &f, 4);
+    le32(t, u);
+    put_bytes(&v, 1, tag, strlen(tag)); /* Value.tag */
+    put_tag(&v, 2, 5);                  /* Value.simple_value: fixed32 float */
+    put(&v, t, 4);
+    kl_status s = v.oom ? kl_fail(KL_ENOMEM, "out of memory encoding scalar '%s'", tag) : write_event(w, step, NULL, &v);
+    kl_free(v.p);
+    return s;
+}
+
+kl_status tb_histogram(tb_writer *w, const char *tag, int64_t step, const float *x, int64_t n)
+{
+    if (!w || !tag || (!x && n > 0)) return kl_fail(KL_EMISUSE, "tb_histogram: null argument");
+    double lo = INFINITY, hi = -INFINITY, sum = 0, sq = 0;
+    int64_t finite = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = x[i];
+        if (!isfinite(d)) continue;
+        finite++;
+        lo = d < lo ? d : lo;
+        hi = d > hi ? d : hi;
+        sum += d, sq += d * d;
+    }
+    if (!finite) lo = hi = 0;
+    /* equal-width buckets over [lo, hi]; bucket i holds (limit[i-1], limit[i]] */
+    int nb = !finite ? 0 : hi > lo ? HIST_BUCKETS : 1;
+    double limit[HIST_BUCKETS], count[HIST_BUCKETS] = {0}, width = nb > 1 ? (hi - lo) / nb : 0;
+    for (int i = 0; i < nb; i++) limit[i] = i == nb - 1 ? hi : lo + width * (i + 1);
+    for (int64_t i = 0; i < n && nb; i++) {
+        double d = x[i];
+        if (!isfinite(d)) continue;
+        int k = nb > 1 ? (int)((d - lo) / width) : 0;
+        if (k >= nb) k = nb - 1;
+        while (k > 0 && d <= limit[k - 1]) k--; /* rounding at the edges */
+        while (k < nb - 1 && d > limit[k]) k++;
+        count[k] += 1;
+    }
+    pbuf h = {0}, v = {0};
+    put_double(&h, 1, lo);
+    put_double(&h, 2, hi);
+    put_double(&h, 3, (double)n);
+    put_double(&h, 4, sum);
+    put_double(&h, 5, sq);
+    if (nb) {
+        put_packed_doubles(&h, 6, limit, nb);
+        put_packed_doubles(&h, 7, count, nb);
+    }
+    put_bytes(&v, 1, tag, strlen(tag)); /* Value.tag */
+    put_bytes(&v, 5, h.p, h.n);         /* Value.histo */
+    kl_status s = h.oom || v.oom ? kl_fail(KL_ENOMEM, "out of memory encoding histogram '%s'", tag)
+                                 : write_event(w, step, NULL, &v);
+    kl_free(h.p);
+    kl_free(v.p);
+    return s;
+}

@@ -1,0 +1,71 @@
+/* Attribute structs of ops (stored in the node, KL_ATTR), shared by the op
+ * files and the CUDA kernels (src/backends/cuda), so both read the same
+ * layout. Each struct is <= KL_ATTR_BYTES. Ops whose kernels exist only on
+ * the CPU keep theirs file-local. Plain C, also compiled as CUDA C++. */
+#ifndef KL_OPS_ATTRS_H
+#define KL_OPS_ATTRS_H
+
+#include "kiln/tensor.h" /* kl_dtype, KL_MAX_DIMS */
+#include <stdint.h>
+
+/* fill: a constant tensor (core/graph.c kl_fill builds the same layout) */
+typedef struct { kl_dtype dt; int ndim; int64_t ne[KL_MAX_DIMS]; double v; } fill_attr;
+
+/* cast: convert to dtype `to` */
+typedef struct { kl_dtype to; } cast_attr;
+
+/* unary / unary_bwd: kind is kl_unary_kind (ops/elem.h); alpha for scale */
+typedef struct { int kind; double alpha; } unary_attr;
+
+/* binary: kind is kl_binary_kind (ops/elem.h) */
+typedef struct { int kind; } binary_attr;
+
+/* reduce: sum over axes in mask (kept as size 1), times scale */
+typedef struct { unsigned mask; double scale; } reduce_attr;
+
+/* matmul: fused activation (kl_act) after the optional bias */
+typedef struct { int act; } matmul_attr;
+
+/* softmax / softmax_bwd: log = 1 for log-softmax */
+typedef struct { int log; } softmax_attr;
+
+/* dropout: keep iff Philox word >= threshold (ops/norm.h) */
+typedef struct {
+    double p;
+    uint32_t threshold; /* floor(p * 2^32) */
+    uint32_t salt;
+} dropout_attr;
+
+/* embedding_bwd: rows of dW */
+typedef struct { int64_t V; } emb_attr;
+
+/* concat: along axis */
+typedef struct { int axis; } concat_attr;
+
+/* view and slice_bwd */
+typedef enum { VIEW_RESHAPE, VIEW_PERMUTE, VIEW_SLICE, VIEW_EXPAND } view_kind;
+typedef struct {
+    view_kind kind;
+    int ndim;                /* reshape / expand target rank (slice_bwd: source rank) */
+    int64_t ne[KL_MAX_DIMS]; /* reshape / expand target dims (slice_bwd: source dims) */
+    int perm[KL_MAX_DIMS];
+    int axis;
+    int64_t start, end;
+} view_attr;
+
+/* batchnorm / batchnorm_bwd */
+typedef struct {
+    double eps, momentum;
+    int training;
+    int ig, ib, irm, irv;          /* source index of gamma, beta, running mean/var; -1: none */
+    int need_dx, need_dg, need_db; /* bwd: which gradients the kernel writes */
+} bn_attr;
+
+/* layernorm / layernorm_bwd */
+typedef struct {
+    double eps;
+    int ig, ib;                    /* source index of gamma, beta; -1: none */
+    int need_dx, need_dg, need_db; /* bwd: which gradients the kernel writes */
+} ln_attr;
+
+#endif

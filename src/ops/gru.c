@@ -1,0 +1,181 @@
+/* One GRU layer, batch first, PyTorch's gate layout (r, z, n) and its
+ * n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) (cell math in ops/seq.h).
+ * Sources and checks: ops/rnn.h.
+ *
+ * Forward: one GEMM projects all timesteps, A = x W_ih^T [B*T, 3H]; per step
+ * one GEMM gives gh = h_{t-1} W_hh^T [B, 3H] (scratch) and one elementwise
+ * pass adds the biases, applies the gates and writes h_t = y[:, t]. The aux
+ * keeps the activated gates r, z, n [B,T,3H] (A, overwritten in place) and
+ * W_hn h + b_hn [B,T,H], so the backward recomputes nothing. Extra: h_n.
+ *
+ * gru_bwd (sources dy, forward node, w_hh, then h0, dh_n where present) runs
+ * the recurrence backwards: per step one elementwise pass writes the
+ * input-side pre-activation gradients dGi[:, t] = (dr, dz, dn) and the
+ * hidden-side ones dGh[:, t] = (dr, dz, r dn), then one GEMM adds
+ * dGh_t W_hh to dh_{t-1} = z dh_t. Primary output dGi [B,T,3H]; extras (as
+ * needed) dGh [B,T,3H] (for db_hh and dW_hh; else a per-step scratch), dh0
+ * and dW_hh = dGh^T [h0; y[:, :-1]]. dx, dW_ih, db_ih, db_hh: rnn.c. */
+#include "ops/rnn.h"
+#include "ops/seq.h"
+#include "backends/cpu/cpu.h"
+
+typedef struct {
+    int ih0, idhn;                     /* bwd source indices; -1: absent */
+    int need_dgh, need_dh0, need_dwhh; /* extras, in this order */
+} gru_bwd_attr;
+
+static kl_status gru_shape(kl_tensor *t)
+{
+    int64_t B, T, NI, H;
+    KL_TRY(kl_rnn_check(t, "gru", &B, &T, &NI, &H));
+    int64_t bh[2] = {B, H};
+    kl_tensor *e;
+    KL_TRY(kl_node_add_extra(t, t->dtype, 2, bh, &e)); /* h_n */
+    size_t es = kl_dtype_size(t->dtype);
+    t->aux_bytes = (size_t)(B * T * 4 * H) * es;
+    t->scratch_bytes = (size_t)(B * 3 * H) * es;
+    return KL_OK;
+}
+
+#define GRU_KERNELS(T_)                                                                            \
+    static void gru_fwd_##T_(const kl_exec *ex, const kl_tensor *t)                                \
+    {                                                                                              \
+        const kl_rnn_attr *a = KL_ATTR_C(t, kl_rnn_attr);                                          \
+        const T_ *x = kl_data(ex, t->src[0]), *wih = kl_data(ex, t->src[1]), *whh = kl_data(ex, t->src[2]); \
+        const T_ *bih = a->ib_ih >= 0 ? kl_data(ex, t->src[a->ib_ih]) : NULL;                      \
+        const T_ *bhh = a->ib_hh >= 0 ? kl_data(ex, t->src[a->ib_hh]) : NULL;                      \
+        const T_ *h0 = a->ih0 >= 0 ? kl_data(ex, t->src[a->ih0]) : NULL;                           \
+        int64_t B = t->ne[0], T = t->ne[1], H = t->ne[2], NI = t->src[0]->ne[2], G3 = 3 * H;       \
+        T_ *y = kl_data(ex, t), *A = kl_aux(ex, t), *HN = A + B * T * G3, *gh = kl_scratch(ex, t); \
+        T_ *hn = kl_data(ex, t->extra[0]);                                                         \
+        kl_gemm_##T_(false, true, B * T, G3, NI, 1, x, NI, wih, NI, 0, A, G3);                     \
+        for (int64_t s = 0; s < T; s++) {                                                          \
+            const T_ *hp = s ? y + (s - 1) * H : h0;                                               \
+            int64_t ldh = s ? T * H : H;                                                           \
+            if (hp) kl_gemm_##T_(false, true, B, G3, H, 1, hp, ldh, whh, H, 0, gh, G3);            \
+            _Pragma("omp parallel for schedule(static) if (B * H >= KL_RNN_PAR_MIN)")              \
+            for (int64_t n = 0; n < B * H; n++) {                                                  \
+                int64_t b = n / H, j = n % H, r = b * T + s;                                       \
+                T_ *gt = A + r * G3, hh[3];                                                        \
+                for (int k = 0; k < 3; k++) {                                                      \
+                    gt[k * H + j] += bih ? bih[k * H + j] : (T_)0;                                 \
+                    hh[k] = (hp ? gh[b * G3 + k * H + j] : (T_)0) + (bhh ? bhh[k * H + j] : (T_)0); \
+                }                                                                                  \
+                HN[r * H + j] = hh[2];                                                             \
+                y[r * H + j] = kl_gru_cell_##T_(gt[j], gt[H + j], gt[2 * H + j], hh[0], hh[1], hh[2], \
+                                                hp ? hp[b * ldh + j] : (T_)0, &gt[j], &gt[H + j], &gt[2 * H + j]); \
+            }                                                                                      \
+        }                                                                                          \
+        for (int64_t b = 0; b < B; b++) memcpy(hn + b * H, y + (b * T + T - 1) * H, (size_t)H * sizeof(T_)); \
+    }                                                                                              \
+    static void gru_bwd_##T_(const kl_exec *ex, const kl_tensor *t)                                \
+    {                                                                                              \
+        const gru_bwd_attr *a = KL_ATTR_C(t, gru_bwd_attr);                                        \
+        const kl_tensor *fw = t->src[1];                                                           \
+        int64_t B = fw->ne[0], T = fw->ne[1], H = fw->ne[2], G3 = 3 * H;                           \
+        const T_ *dy = kl_data(ex, t->src[0]), *y = kl_data(ex, fw), *whh = kl_data(ex, t->src[2]); \
+        const T_ *A = kl_aux(ex, fw), *HN = A + B * T * G3;                                        \
+        const T_ *h0 = a->ih0 >= 0 ? kl_data(ex, t->src[a->ih0]) : NULL;                           \
+        const T_ *dhn = a->idhn >= 0 ? kl_data(ex, t->src[a->idhn]) : NULL;                        \
+        T_ *dGi = kl_data(ex, t), *dh = kl_scratch(ex, t), *more = dh + B * H;                     \
+        int e = 0;                                                                                 \
+        T_ *dGh = a->need_dgh ? kl_data(ex, t->extra[e++]) : NULL;                                 \
+        T_ *dh0 = a->need_dh0 ? kl_data(ex, t->extra[e++]) : NULL;                                 \
+        T_ *dwhh = a->need_dwhh ? kl_data(ex, t->extra[e++]) : NULL;                               \
+        int64_t ldg = dGh ? T * G3 : G3; /* dGh rows of one step: the extra, or scratch */         \
+        for (int64_t n = 0; n < B * H; n++) dh[n] = dhn ? dhn[n] : (T_)0;                          \
+        for (int64_t s = T - 1; s >= 0; s--) {                                                     \
+            T_ *ght = dGh ? dGh + s * G3 : more;                                                   \
+            _Pragma("omp parallel for schedule(static) if (B * H >= KL_RNN_PAR_MIN)")              \
+            for (int64_t n = 0; n < B * H; n++) {                                                  \
+                int64_t b = n / H, j = n % H, r = b * T + s;                                       \
+                const T_ *gt = A + r * G3;                                                         \
+                T_ *di = dGi + r * G3, *dg = ght + b * ldg;                                        \
+                T_ hp = s ? y[(r - 1) * H + j] : (h0 ? h0[n] : (T_)0);                             \
+                dh[n] = kl_gru_cell_bwd_##T_(gt[j], gt[H + j], gt[2 * H + j], HN[r * H + j], hp,   \
+                                             dy[r * H + j] + dh[n], &di[j], &di[H + j], &di[2 * H + j]); \
+                dg[j] = di[j];                                                                     \
+                dg[H + j] = di[H + j];                                                             \
+                dg[2 * H + j] = di[2 * H + j] * gt[j];                                             \
+            }                                                                                      \
+            if (s > 0 || dh0) kl_gemm_##T_(false, false, B, H, G3, 1, ght, ldg, whh, H, 1, dh, H); \
+        }                                                                                          \
+        if (dh0) memcpy(dh0, dh, (size_t)(B * H) * sizeof(T_));                                    \
+        if (!dwhh) return;                                                                         \
+        for (int64_t b = 0; b < B; b++) { /* hp = [h0; y[:, :-1]] per sample */                    \
+            T_ *row = more + b * T * H;                                                            \
+            if (h0) memcpy(row, h0 + b * H, (size_t)H * sizeof(T_));                               \
+            else memset(row, 0, (size_t)H * sizeof(T_));                                           \
+            if (T > 1) memcpy(row + H, y + b * T * H, (size_t)((T - 1) * H) * sizeof(T_));         \
+        }                                                                                          \
+        kl_gemm_##T_(true, false, G3, H, B * T, 1, dGh, G3, more, H, 0, dwhh, H);                  \
+    }
+KL_FOR_REAL(GRU_KERNELS)
+
+static kl_status gru_cpu(const kl_exec *ex, const kl_tensor *t)
+{
+    if (t->dtype == KL_F32) gru_fwd_float(ex, t);
+    else gru_fwd_double(ex, t);
+    return KL_OK;
+}
+
+static kl_status gru_bwd_cpu(const kl_exec *ex, const kl_tensor *t)
+{
+    if (t->dtype == KL_F32) gru_bwd_float(ex, t);
+    else gru_bwd_double(ex, t);
+    return KL_OK;
+}
+
+static kl_status gru_bwd_shape(kl_tensor *t)
+{
+    const gru_bwd_attr *a = KL_ATTR_C(t, gru_bwd_attr);
+    const kl_tensor *dy = t->src[0], *fw = t->src[1];
+    if (fw->op != KL_OP_gru || !kl_same_shape(dy, fw) || dy->dtype != fw->dtype || (a->need_dwhh && !a->need_dgh))
+        return kl_fail(KL_EINTERNAL, "gru_bwd: dy %s vs forward %s", kl_desc(dy), kl_desc(fw));
+    int64_t B = fw->ne[0], T = fw->ne[1], H = fw->ne[2], bh[2] = {B, H}, wd[2] = {3 * H, H};
+    t->dtype = fw->dtype;
+    t->ndim = 3;
+    t->ne[0] = B, t->ne[1] = T, t->ne[2] = 3 * H;
+    kl_tensor *e;
+    if (a->need_dgh) KL_TRY(kl_node_add_extra(t, t->dtype, 3, t->ne, &e));
+    if (a->need_dh0) KL_TRY(kl_node_add_extra(t, t->dtype, 2, bh, &e));
+    if (a->need_dwhh) KL_TRY(kl_node_add_extra(t, t->dtype, 2, wd, &e));
+    /* dh [B,H], then the step's dGh [B,3H] (no dGh extra) or [h0; y[:, :-1]] (for dW_hh) */
+    int64_t more = a->need_dwhh ? B * T * H : a->need_dgh ? 0 : B * 3 * H;
+    t->scratch_bytes = (size_t)(B * H + more) * kl_dtype_size(t->dtype);
+    return KL_OK;
+}
+
+static kl_status gru_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
+{
+    const kl_rnn_attr *fa = KL_ATTR_C(t, kl_rnn_attr);
+    kl_tensor *h0 = fa->ih0 >= 0 ? t->src[fa->ih0] : NULL, *dhn = t->extra[0]->grad, *dGi;
+    kl_tensor *whh = t->src[2], *bhh = fa->ib_hh >= 0 ? t->src[fa->ib_hh] : NULL;
+    gru_bwd_attr a = {.ih0 = -1, .idhn = -1, .need_dh0 = h0 && h0->requires_grad, .need_dwhh = whh->requires_grad};
+    a.need_dgh = a.need_dwhh || (bhh && bhh->requires_grad);
+    bool need_in = kl_rnn_needs_input_grads(t);
+    if (!need_in && !a.need_dh0 && !a.need_dwhh) return KL_OK;
+    kl_tensor *src[5] = {dy, t, whh};
+    int n = 3;
+    KL_TRY(kl_contiguous(g, dy, &src[0]));
+    if (h0) a.ih0 = n, src[n++] = h0;
+    if (dhn) a.idhn = n, src[n++] = dhn;
+    for (int i = 3; i < n; i++) KL_TRY(kl_contiguous(g, src[i], &src[i]));
+    KL_TRY(kl_node_new(g, KL_OP_gru_bwd, n, src, &a, sizeof a, &dGi));
+    int e = 0;
+    kl_tensor *dGh = a.need_dgh ? dGi->extra[e++] : NULL;
+    if (a.need_dh0) KL_TRY(kl_grad_acc(g, h0, dGi->extra[e++]));
+    if (a.need_dwhh) KL_TRY(kl_grad_acc(g, whh, dGi->extra[e++]));
+    return need_in ? kl_rnn_input_grads(g, t, dGi, dGh) : KL_OK;
+}
+
+const kl_op_def kl_op_gru = {
+    .name = "gru", .shape = gru_shape, .backward = gru_backward, .fwd = {[KL_BACKEND_CPU] = gru_cpu}};
+const kl_op_def kl_op_gru_bwd = {
+    .name = "gru_bwd", .shape = gru_bwd_shape, .fwd = {[KL_BACKEND_CPU] = gru_bwd_cpu}};
+
+kl_status kl_gru(kl_graph *g, kl_tensor *x, kl_tensor *h0, kl_tensor *w_ih, kl_tensor *w_hh, kl_tensor *b_ih,
+                 kl_tensor *b_hh, kl_tensor **y, kl_tensor **h_n)
+{
+    return kl_rnn_build(g, KL_OP_gru, 3, x, h0, NULL, w_ih, w_hh, b_ih, b_hh, y, h_n, NULL);
+}

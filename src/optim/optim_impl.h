@@ -1,0 +1,38 @@
+/* Optimizer internals shared by the CPU update (optim.c) and the CUDA one
+ * (src/backends/cuda/optim.cu). The state lives in the ctx backend's memory
+ * (device memory on CUDA) in the layout of the flat parameter buffer. */
+#ifndef KL_OPTIM_IMPL_H
+#define KL_OPTIM_IMPL_H
+
+#include "core/graph.h"
+#include "optim/optim_elem.h"
+
+#include <stdbool.h>
+
+struct kl_optim {
+    kl_ctx *ctx;
+    const struct kl_backend *be; /* ctx->be, kept for kl_optim_free */
+    kl_optim_opts o;
+    int64_t steps;
+    double last_norm;
+    unsigned char *m, *v; /* backend memory, zero-initialised; v only for Adam */
+    size_t bytes;
+    /* Non-CPU backends: host copies handed out by kl_optim_state (for
+     * checkpoints); host_out[k] says copy k may have been written and is
+     * uploaded before the next update. */
+    unsigned char *host[2];
+    size_t host_bytes;
+    bool host_out[2];
+};
+
+/* The optim op's attribute: the optimizer it runs. */
+typedef struct { kl_optim *opt; } optim_attr;
+
+/* Grows the state to cover every parameter of the ctx (new ones start at 0). */
+kl_status kl_optim_ensure_state(kl_optim *opt);
+/* Hyperparameters of the next update (number opt->steps + 1); gscale = 1. */
+kl_optim_hp kl_optim_hparams(const kl_optim *opt);
+/* Uploads host copies handed out by kl_optim_state (non-CPU backends). */
+kl_status kl_optim_upload_host_state(kl_optim *opt);
+
+#endif

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# NaN watch in `kiln train` ($1 = build dir): models made to overflow stop
+# with the first layer and op that produced a non-finite value, its config
+# line, and a {"type":"nan"} record:
+#  1. the MLP with a huge learning rate: the second linear (layers.4) overflows;
+#  2. the CNN with SGD and lr 1e20: the first linear after the convolutions;
+#  3. weights with an Inf loaded with --init: the parameter is named;
+#  4. train.nan_watch=false: the plain divergence message only;
+# and kiln report shows the finding.
+set -u
+kiln="$1/kiln"
+py=${PYTHON:-python3}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
+small=(--set data.limit=1000 --set data.val_split=200 --set train.log_every=1 --threads 2 --no-tensorboard)
+
+"$kiln" train models/mlp.yaml --steps 10 --lr 1e30 "${small[@]}" --out "$tmp/mlp" >"$tmp/mlp.log" 2>&1
+check "mlp lr 1e30 stops with an error" '[ $? -eq 1 ] && grep -q "kiln train: step 2: loss is .*nan: training diverged" "$tmp/mlp.log"'
+check "names layers.4, op linear, at mlp.yaml:10" \
+  'grep -q "^NaN watch: first non-finite values in the output of layers.4 (op linear, models/mlp.yaml:10): [0-9]* of 16384 values" "$tmp/mlp.log"'
+check "reports the input and weight magnitudes" 'grep -q "its input has max |x| = [0-9.e+]*, its parameters max |w| = 1e+28" "$tmp/mlp.log"'
+check "nan record in metrics.jsonl" \
+  'grep -q "{\"type\":\"nan\",\"step\":2,\"trigger\":\"loss\",\"phase\":\"forward\",\"layer\":\"layers.4\",\"op\":\"linear\",\"where\":\"models/mlp.yaml:10\"" "$tmp/mlp/metrics.jsonl"'
+sed -n 's/^NaN watch: /     /p' "$tmp/mlp.log"
+KILN_GNUPLOT=/nonexistent "$kiln" report "$tmp/mlp" >"$tmp/report.log" 2>&1
+check "kiln report shows the finding" 'grep -q "diverged (NaN watch)  *step 2: forward pass, layers.4 (op linear) at models/mlp.yaml:10" "$tmp/report.log"'
+
+"$kiln" train models/cnn.yaml --steps 10 --lr 1e20 --set optim.kind=sgd "${small[@]}" --out "$tmp/cnn" >"$tmp/cnn.log" 2>&1
+check "cnn sgd lr 1e20: names layers.7 (linear, cnn.yaml:13)" \
+  '[ $? -eq 1 ] && grep -q "^NaN watch: first non-finite values in the output of layers.7 (op linear, models/cnn.yaml:13)" "$tmp/cnn.log"'
+sed -n 's/^NaN watch: /     /p' "$tmp/cnn.log"
+
+"$kiln" train models/mlp.yaml --steps 10 --lr 1e30 "${small[@]}" --set train.nan_watch=false --out "$tmp/off" >"$tmp/off.log" 2>&1
+check "nan_watch=false: plain message" '[ $? -eq 1 ] && grep -q "loss is .*nan: training diverged" "$tmp/off.log" && ! grep -q "NaN watch" "$tmp/off.log" && ! grep -q "\"type\":\"nan\"" "$tmp/off/metrics.jsonl"'
+
+# weights with one Inf (a trained checkpoint's model.safetensors, patched)
+"$kiln" train models/mlp.yaml --steps 1 "${small[@]}" --out "$tmp/ok" >"$tmp/ok.log" 2>&1
+ck="$tmp/ok/checkpoints/$(cat "$tmp/ok/checkpoints/latest")/model.safetensors"
+"$py" - "$ck" "$tmp/inf.safetensors" <<'EOF'
+import json, struct, sys
+b = bytearray(open(sys.argv[1], "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+start = h["layers.6.weight"]["data_offsets"][0] + 8 + n + 4 * 77
+b[start:start + 4] = struct.pack("<f", float("inf"))
+open(sys.argv[2], "wb").write(b)
+EOF
+"$kiln" train models/mlp.yaml --steps 3 --init "$tmp/inf.safetensors" "${small[@]}" --out "$tmp/inf" >"$tmp/inf.log" 2>&1
+check "an Inf in the loaded weights: the parameter is named" \
+  '[ $? -eq 1 ] && grep -q "^NaN watch: parameter .layers.6.weight. was already non-finite before this step (0 nan, 1 inf of 1280 values)" "$tmp/inf.log" &&
+   grep -q "\"phase\":\"parameters\",\"layer\":\"layers.6\"" "$tmp/inf/metrics.jsonl"'
+sed -n 's/^NaN watch: /     /p' "$tmp/inf.log"
+[ $fail -eq 0 ] || { echo "$fail failed"; exit 1; }
+echo "all passed"

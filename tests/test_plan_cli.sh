@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# kiln plan and kiln train --mem-limit ($1 = build dir): the printed figures
+# add up, the optimizer state follows the optimizer, the largest batch
+# reported fits and one more does not, and training refuses (before loading
+# data, with the figures) when over the limit. tests/test_plan.c checks the
+# figures against kl_graph_stats of an independently built step.
+set -u
+kiln="$1/kiln"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
+bytes() { grep "^  $2 " "$1" | sed 's/.*  \([0-9]*\) bytes.*/\1/'; }
+
+for cfg in mlp cnn; do
+  "$kiln" plan models/$cfg.yaml --batch 64 --mem-limit 100M --threads 2 >"$tmp/$cfg.log" 2>&1
+  check "plan $cfg" '[ $? -eq 0 ] && grep -q "^memory plan for $cfg (models/$cfg.yaml): batch 64, adam, cpu with 2 threads" "$tmp/$cfg.log"'
+  p=$(bytes "$tmp/$cfg.log" parameters); g=$(bytes "$tmp/$cfg.log" gradients); o=$(bytes "$tmp/$cfg.log" "optimizer state")
+  a=$(bytes "$tmp/$cfg.log" "activations (arena)"); t=$(bytes "$tmp/$cfg.log" total)
+  check "$cfg: total = parameters + gradients + 2 x parameters (adam) + arena" \
+    '[ -n "$a" ] && [ "$a" -gt 0 ] && [ "$g" -eq "$p" ] && [ "$o" -eq $((2 * p)) ] && [ "$t" -eq $((p + g + o + a)) ]'
+  check "$cfg: limit line" 'grep -q "limit .* 104857600 bytes  (--mem-limit)" "$tmp/$cfg.log" && grep -q "^  fits: " "$tmp/$cfg.log"'
+  best=$(sed -n 's/^largest batch that fits: \([0-9]*\) .*/\1/p' "$tmp/$cfg.log")
+  echo "     $cfg: batch 64 needs $t bytes (arena $a); largest batch under 100M: $best"
+  "$kiln" plan models/$cfg.yaml --batch "$best" --mem-limit 100M --threads 2 >"$tmp/b1.log" 2>&1
+  "$kiln" plan models/$cfg.yaml --batch $((best + 1)) --mem-limit 100M --threads 2 >"$tmp/b2.log" 2>&1
+  check "$cfg: the largest batch fits, one more does not" 'grep -q "^  fits: " "$tmp/b1.log" && grep -q "^  DOES NOT FIT: " "$tmp/b2.log"'
+  check "$cfg: the arena grows with the batch" '[ "$(bytes "$tmp/b1.log" "activations (arena)")" -gt "$a" ]'
+done
+# (--max-batch keeps the search's arenas small: sanitizer builds are slow to map many GiB)
+"$kiln" plan models/mlp.yaml --batch 64 --threads 2 --set optim.kind=sgd --set optim.momentum=0.9 --max-batch 4096 >"$tmp/sgd.log" 2>&1
+check "sgd with momentum: 1 x parameters" \
+  '[ "$(bytes "$tmp/sgd.log" "optimizer state")" -eq "$(bytes "$tmp/sgd.log" parameters)" ] && grep -q "(sgd: 1 x parameters)" "$tmp/sgd.log"'
+check "default limit: available RAM" 'grep -q "(available RAM, MemAvailable in /proc/meminfo)" "$tmp/sgd.log"'
+check "--max-batch caps the search" 'grep -q "^largest batch that fits: 4096 .*(the search.s upper end, --max-batch)" "$tmp/sgd.log"'
+"$kiln" plan models/cnn_bn.yaml --batch 16 --threads 2 --mem-limit 100M >"$tmp/bn.log" 2>&1
+check "batchnorm buffers listed" '[ "$(bytes "$tmp/bn.log" buffers)" -gt 0 ]'
+
+# kiln train refuses over --mem-limit, before loading data or creating the run
+"$kiln" train models/cnn.yaml --mem-limit 20M --threads 2 --out "$tmp/run" >"$tmp/refuse.log" 2>&1
+rc=$?
+check "train refuses over --mem-limit" '[ $rc -eq 1 ] && grep -q "kiln train: the training step needs [0-9.]* MiB ([0-9]* bytes), over --mem-limit 20.00 MiB (20971520 bytes); the largest batch that fits is [0-9]* (--batch [0-9]*)" "$tmp/refuse.log"'
+check "refusal shows the figures" 'grep -q "memory plan for batch 128" "$tmp/refuse.log" && grep -q "activations (arena)" "$tmp/refuse.log" && [ ! -e "$tmp/run" ]'
+fit=$(sed -n 's/.*the largest batch that fits is \([0-9]*\) .*/\1/p' "$tmp/refuse.log")
+"$kiln" train models/cnn.yaml --mem-limit 20M --batch "$fit" --steps 2 --set data.limit=1000 --set data.val_split=100 \
+  --threads 2 --no-tensorboard --out "$tmp/run2" >"$tmp/fit.log" 2>&1
+check "train at the suggested batch runs" '[ $? -eq 0 ] && [ -s "$tmp/run2/metrics.jsonl" ]'
+"$kiln" train models/cnn.yaml --mem-limit 1K --batch 1 --threads 2 --out "$tmp/run3" >"$tmp/tiny.log" 2>&1
+check "no batch fits" '[ $? -eq 1 ] && grep -q "not even batch 1 fits" "$tmp/tiny.log"'
+"$kiln" train models/cnn.yaml --mem-limit 12Q --out "$tmp/run4" >"$tmp/bad.log" 2>&1
+check "bad --mem-limit" '[ $? -eq 1 ] && grep -q "mem-limit: expected a size in bytes or with a unit (512M, 1.5G, 2GiB); got .12Q." "$tmp/bad.log"'
+"$kiln" plan >/dev/null 2>&1 --bogus
+check "unknown plan option" '[ $? -eq 2 ]'
+[ $fail -eq 0 ] || { echo "$fail failed"; exit 1; }
+echo "all passed"

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Telemetry in `kiln train` ($1 = build dir):
+#  1. CPU-only: {"type":"telemetry"} records with CPU time and memory in
+#     metrics.jsonl at about train.telemetry_interval, values in the progress line;
+#  2. $KILN_NVML_LIB pointing at a non-library: "no GPU telemetry" printed
+#     once, training goes on; train.telemetry_interval=0 turns telemetry off;
+#  3. a fake NVML library (tests/fixtures/fake_nvml.c, built here with cc):
+#     GPU fields, per-epoch and run energy (from the energy counter, and
+#     integrated from power when the counter is unsupported), sys/ scalars in
+#     TensorBoard (when the tensorboard package is installed).
+set -u
+kiln="$1/kiln"
+py=${PYTHON:-python3}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
+common=(models/mlp.yaml --steps 30 --set data.limit=2000 --set data.val_split=500 --set train.log_every=5 --threads 2)
+field() { grep "\"type\":\"$2\"" "$1" | tail -n 1 | sed "s/.*\"$3\":\([^,}]*\).*/\1/"; }
+
+# 1 + 2: CPU only, NVML path is not a library
+echo "not a library" >"$tmp/libfake.so"
+KILN_NVML_LIB="$tmp/libfake.so" "$kiln" train "${common[@]}" --set train.telemetry_interval=0.2 --out "$tmp/cpu" >"$tmp/cpu.log" 2>&1
+check "trains without NVML" '[ $? -eq 0 ] && grep -q "^test: loss" "$tmp/cpu.log"'
+check "one 'no GPU telemetry' message naming the library" \
+  '[ "$(grep -c "no GPU telemetry" "$tmp/cpu.log")" -eq 1 ] && grep -q "no GPU telemetry (.*libfake.so" "$tmp/cpu.log"'
+n=$(grep -c '"type":"telemetry"' "$tmp/cpu/metrics.jsonl")
+echo "     $n telemetry records"
+check "telemetry records in metrics.jsonl" '[ "$n" -ge 2 ]'
+check "CPU time and peak RSS recorded" \
+  'awk -v c="$(field "$tmp/cpu/metrics.jsonl" telemetry cpu_s)" -v r="$(field "$tmp/cpu/metrics.jsonl" telemetry rss_peak_mb)" "BEGIN{exit !(c > 0.1 && r > 10)}"'
+check "no GPU fields or energy records" '! grep -q "gpu_util\|\"type\":\"energy\"" "$tmp/cpu/metrics.jsonl"'
+check "progress line shows cpu and rss" 'grep -q "step 30/30 .* cpu [0-9.]* cores  rss [0-9]* MB" "$tmp/cpu.log"'
+
+"$kiln" train "${common[@]}" --steps 5 --set train.telemetry_interval=0 --out "$tmp/off" >"$tmp/off.log" 2>&1
+check "telemetry_interval=0: no records, no message" \
+  '[ $? -eq 0 ] && ! grep -q "\"type\":\"telemetry\"" "$tmp/off/metrics.jsonl" && ! grep -q "GPU telemetry" "$tmp/off.log"'
+"$kiln" train "${common[@]}" --steps 5 --set train.telemetry_interval=-1 --out "$tmp/bad" >"$tmp/bad.log" 2>&1
+check "negative telemetry_interval message" '[ $? -ne 0 ] && grep -q "telemetry_interval must be 0 (off) to 86400 seconds, got -1" "$tmp/bad.log"'
+
+# 3: a fake NVML
+cc=${CC:-cc}
+if ! command -v "$cc" >/dev/null || ! "$cc" -shared -fPIC -o "$tmp/libnvml_fake.so" tests/fixtures/fake_nvml.c 2>"$tmp/cc.log"; then
+  echo "skip fake NVML checks (no C compiler)"
+else
+  KILN_NVML_LIB="$tmp/libnvml_fake.so" "$kiln" train "${common[@]}" --set train.telemetry_interval=0.2 --out "$tmp/gpu" >"$tmp/gpu.log" 2>&1
+  check "trains with the fake NVML" '[ $? -eq 0 ] && ! grep -q "no GPU telemetry" "$tmp/gpu.log"'
+  m="$tmp/gpu/metrics.jsonl"
+  check "GPU fields from NVML" 'grep -q "\"gpu_util\":42,\"gpu_mem_util\":17,\"gpu_mem_mb\":1024.0,\"gpu_mem_total_mb\":81920.0,\"gpu_power_w\":250.000,\"gpu_temp_c\":61,\"gpu_sm_mhz\":1755,\"gpu_mem_mhz\":2619" "$m"'
+  check "energy per epoch (2) and per run, from the counter" \
+    '[ "$(grep -c "\"type\":\"energy\",\"scope\":\"epoch\".*nvml_energy_counter" "$m")" -eq 2 ] && grep -q "\"scope\":\"run\".*nvml_energy_counter" "$m"'
+  # 250 W for the run's wall time (the fake counter follows the clock)
+  wall=$(grep '"type":"telemetry"' "$m" | tail -n 1 | sed 's/.*"wall_s":\([^,]*\).*/\1/')
+  j=$(field "$m" energy joules)
+  echo "     run energy $j J over ~$wall s"
+  check "run energy ~ 250 W x time" 'awk -v j="$j" -v w="$wall" "BEGIN{exit !(j > 0 && j <= 250 * (w + 0.5) && j >= 250 * (w - 1.0) * 0.5)}"'
+  check "progress line shows the GPU" 'grep -q "gpu 42% 1.0 GB 250 W" "$tmp/gpu.log"'
+  FAKE_NVML_NO_ENERGY=1 KILN_NVML_LIB="$tmp/libnvml_fake.so" "$kiln" train "${common[@]}" --set train.telemetry_interval=0.1 \
+    --out "$tmp/gpu2" >"$tmp/gpu2.log" 2>&1
+  j2=$(field "$tmp/gpu2/metrics.jsonl" energy joules)
+  echo "     integrated energy $j2 J"
+  check "energy integrated from power without the counter" \
+    '[ $? -eq 0 ] && grep -q "\"scope\":\"run\".*nvml_power_integral" "$tmp/gpu2/metrics.jsonl" && awk -v j="$j2" "BEGIN{exit !(j > 10)}"'
+  FAKE_NVML_INIT_FAIL=1 KILN_NVML_LIB="$tmp/libnvml_fake.so" "$kiln" train "${common[@]}" --steps 3 --out "$tmp/gpu3" >"$tmp/gpu3.log" 2>&1
+  check "nvmlInit failure reported once" '[ $? -eq 0 ] && [ "$(grep -c "no GPU telemetry (nvmlInit_v2 failed (NVML error 9))" "$tmp/gpu3.log")" -eq 1 ]'
+  if "$py" -c "import tensorboard" 2>/dev/null; then
+    "$py" - "$tmp/gpu/tb" >"$tmp/tb.log" 2>&1 <<'EOF'
+import sys
+from tensorboard.backend.event_processing import event_accumulator as ea
+a = ea.EventAccumulator(sys.argv[1], size_guidance={ea.SCALARS: 0}); a.Reload()
+t = a.Tags()["scalars"]
+need = ["sys/cpu_util", "sys/rss_mb", "sys/gpu_util", "sys/gpu_power_w", "sys/gpu_energy_j", "sys/epoch_energy_j"]
+miss = [x for x in need if x not in t]
+assert not miss, "missing %s in %s" % (miss, t)
+assert all(e.value == 42 for e in a.Scalars("sys/gpu_util"))
+print("sys tags ok")
+EOF
+    check "sys/ scalars in TensorBoard" '[ $? -eq 0 ]'
+    sed 's/^/     /' "$tmp/tb.log"
+  fi
+fi
+[ $fail -eq 0 ] || { echo "$fail failed"; exit 1; }
+echo "all passed"

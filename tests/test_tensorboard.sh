@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# TensorBoard event files from `kiln train` ($1 = build dir), read back with
+# TensorBoard's own EventAccumulator: every scalar tag, step and value equals
+# metrics.jsonl (float32), parameter and gradient histograms exist (at epoch
+# ends by default, every N steps with train.histogram_every), and
+# --no-tensorboard writes none. Skipped (77) without the tensorboard package.
+set -u
+kiln="$1/kiln"
+py=${PYTHON:-python3}
+"$py" -c "import tensorboard.backend.event_processing.event_accumulator" 2>/dev/null || {
+  echo "skip: python package tensorboard not installed (KILN_PYTEST=1 scripts/setup.sh)"; exit 77; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
+common=(models/mlp.yaml --steps 30 --set data.limit=2000 --set data.val_split=500 --set train.log_every=5 --threads 2)
+
+"$kiln" train "${common[@]}" --out "$tmp/run" >"$tmp/run.log" 2>&1
+check "train with tensorboard" '[ $? -eq 0 ] && [ "$(ls "$tmp/run/tb" | grep -c "^events\.out\.tfevents\.[0-9]*\.")" -eq 1 ]'
+
+cat >"$tmp/cmp.py" <<'EOF'
+import json, sys, math
+import numpy as np
+from tensorboard.backend.event_processing import event_accumulator as ea
+run, hist_steps = sys.argv[1], [int(s) for s in sys.argv[2].split(",")]
+acc = ea.EventAccumulator(run + "/tb", size_guidance={ea.SCALARS: 0, ea.HISTOGRAMS: 0})
+acc.Reload()
+want = {}  # tag -> {step: value}
+def put(tag, step, v): want.setdefault(tag, {})[step] = v
+last = 0
+for line in open(run + "/metrics.jsonl"):
+    r = json.loads(line)
+    if r["type"] == "step":
+        last = r["step"]
+        put("train/loss", r["step"], r["loss"]); put("train/accuracy", r["step"], r["accuracy"])
+        put("train/lr", r["step"], r["lr"])
+    elif r["type"] == "throughput":
+        put("train/samples_per_s", r["step"], r["samples_per_s"])
+    elif r["type"] == "epoch":
+        put("epoch/loss", r["step"], r["loss"]); put("epoch/accuracy", r["step"], r["accuracy"])
+        put("epoch/lr", r["step"], r["lr"])
+        put("val/loss", r["step"], r["val_loss"]); put("val/accuracy", r["step"], r["val_accuracy"])
+    elif r["type"] == "test":
+        put("test/loss", last, r["loss"]); put("test/accuracy", last, r["accuracy"])
+tags = acc.Tags()
+bad = []
+scalars = set(t for t in tags["scalars"] if not t.startswith("sys/"))
+if scalars != set(want):
+    bad.append("scalar tags differ: extra %s missing %s" % (sorted(scalars - set(want)), sorted(set(want) - scalars)))
+n = 0
+for tag, steps in want.items():
+    got = {e.step: e.value for e in acc.Scalars(tag)} if tag in scalars else {}
+    if sorted(got) != sorted(steps):
+        bad.append("%s: steps %s, metrics.jsonl has %s" % (tag, sorted(got), sorted(steps)))
+        continue
+    for s, v in steps.items():
+        n += 1
+        if got[s] != np.float32(v) and not math.isclose(got[s], v, rel_tol=1e-6, abs_tol=1e-6):
+            bad.append("%s step %d: %r vs %r" % (tag, s, got[s], v))
+h = tags["histograms"]
+need = ["params/layers.1.weight", "params/layers.1.bias", "grads/layers.1.weight", "params/layers.6.weight", "grads/layers.6.bias"]
+for t in need:
+    if t not in h:
+        bad.append("histogram %s missing (have %s)" % (t, sorted(h)[:6]))
+        continue
+    ev = acc.Histograms(t)
+    if [e.step for e in ev] != hist_steps:
+        bad.append("%s: histogram steps %s, expected %s" % (t, [e.step for e in ev], hist_steps))
+    hv = ev[-1].histogram_value
+    if hv.num <= 0 or not hv.min <= hv.max or abs(sum(hv.bucket) - hv.num) > 0.5:
+        bad.append("%s: bad histogram num %s min %s max %s" % (t, hv.num, hv.min, hv.max))
+w = acc.Histograms("params/layers.1.weight")[-1].histogram_value
+if w.num != 256 * 784: bad.append("params/layers.1.weight: num %s, expected %d" % (w.num, 256 * 784))
+print("\n".join(bad[:20]) if bad else "%d scalar values and %d histogram tags match" % (n, len(h)))
+sys.exit(1 if bad else 0)
+EOF
+# 1500 training samples, batch 128: epochs end at steps 11 and 22; training at 30
+"$py" "$tmp/cmp.py" "$tmp/run" 11,22,30 >"$tmp/cmp.log" 2>&1
+check "scalars equal metrics.jsonl; histograms at epoch ends and the end" '[ $? -eq 0 ]'
+sed 's/^/     /' "$tmp/cmp.log"
+
+"$kiln" train "${common[@]}" --steps 12 --set train.histogram_every=4 --out "$tmp/h" >"$tmp/h.log" 2>&1
+check "train.histogram_every=4" '[ $? -eq 0 ]'
+"$py" "$tmp/cmp.py" "$tmp/h" 4,8,12 >"$tmp/cmp2.log" 2>&1
+check "histograms every 4 steps" '[ $? -eq 0 ]'
+sed 's/^/     /' "$tmp/cmp2.log"
+check "config.yaml still readable by kiln eval" '"$kiln" eval "$tmp/h" --data val >/dev/null 2>&1'
+
+"$kiln" train "${common[@]}" --steps 3 --no-tensorboard --out "$tmp/off" >"$tmp/off.log" 2>&1
+check "--no-tensorboard writes no event file" '[ $? -eq 0 ] && [ ! -e "$tmp/off/tb" ]'
+"$kiln" train "${common[@]}" --steps 3 --set train.histogram_every=-1 --out "$tmp/bad" >"$tmp/bad.log" 2>&1
+check "bad histogram_every message" '[ $? -ne 0 ] && grep -q "histogram_every" "$tmp/bad.log"'
+"$kiln" train --help >"$tmp/help.log" 2>&1
+check "help lists monitoring flags" 'grep -q -- "--no-tensorboard" "$tmp/help.log"'
+[ $fail -eq 0 ] || { echo "$fail failed"; exit 1; }
+echo "all passed"
