@@ -3,7 +3,7 @@
  * small enough are also built and run (forward with dropout, backward, and
  * for recurrent token models the step-by-step state graph) with valid
  * inputs, so the layers' graph code meets odd but accepted shapes. Seeds:
- * models/*.yaml; dictionary: fuzz/model.dict. */
+ * the models/ configs; dictionary: fuzz/model.dict. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -77,6 +77,7 @@ kl_status kl_graph_run(kl_graph *g)
         if (s != KL_OK) return kl_fail_prefix(s, "%s '%s'", kl_ops[t->op]->name, t->name);
     }
     g->runs++;
+    if (g->prof) g->prof_runs++;
     return KL_OK;
 }
 
@@ -85,6 +86,7 @@ kl_status kl_graph_profile(kl_graph *g, int on)
     if (!g) return kl_fail(KL_EMISUSE, "kl_graph_profile: graph is NULL");
     kl_free(g->prof);
     g->prof = on ? kl_calloc((size_t)g->n_nodes + 1, sizeof *g->prof) : NULL;
+    g->prof_runs = 0;
     return on && !g->prof ? KL_ENOMEM : KL_OK;
 }
 
@@ -99,15 +101,16 @@ void kl_graph_profile_print(const kl_graph *g, void *file)
         count[g->nodes[i]->op]++;
         total += g->prof[i];
     }
-    fprintf(f, "profile over %llu runs: %.3f ms per run\n", (unsigned long long)g->runs,
-            g->runs ? 1e3 * total / (double)g->runs : 0.0);
+    double runs = (double)g->prof_runs;
+    fprintf(f, "profile over %llu runs: %.3f ms per run\n", (unsigned long long)g->prof_runs,
+            runs ? 1e3 * total / runs : 0.0);
     for (;;) {
         int best = -1;
         for (int k = 0; k < KL_OP_COUNT; k++)
             if (by_op[k] > 0 && (best < 0 || by_op[k] > by_op[best])) best = k;
         if (best < 0) break;
         fprintf(f, "  %-18s %4d nodes %9.3f ms/run %5.1f%%\n", kl_ops[best]->name, count[best],
-                g->runs ? 1e3 * by_op[best] / (double)g->runs : 0.0, 100 * by_op[best] / (total > 0 ? total : 1));
+                runs ? 1e3 * by_op[best] / runs : 0.0, 100 * by_op[best] / (total > 0 ? total : 1));
         by_op[best] = 0;
     }
 }

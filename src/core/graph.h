@@ -142,6 +142,7 @@ struct kl_graph {
     bool *grad_written; /* per ctx slot: this graph writes the gradient */
     int grad_written_n;
     double *prof; /* seconds per node, accumulated while profiling is on */
+    uint64_t prof_runs; /* runs timed into prof */
 };
 
 /* What a kernel sees while the graph runs. */
