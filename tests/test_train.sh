@@ -65,6 +65,13 @@ wait "$pid"
 rc=$?
 check "SIGINT exits 130 with a checkpoint and a resume hint" '[ $rc -eq 130 ] && grep -q "resume with: kiln train --resume" "$tmp/int.log" && [ -s "$tmp/int/checkpoints/latest" ]'
 
+# last-batch handling: 900 samples at batch 128 are 7 full batches and one of 4
+"$kiln" train models/mlp.yaml --epochs 1 --set data.limit=1000 --set data.val_split=100 --set data.drop_last=false \
+  --threads 2 --out "$tmp/keep" >"$tmp/keep.log" 2>&1
+check "drop_last: false keeps the partial batch" '[ "$(grep -c "\"type\":\"step\"" "$tmp/keep/metrics.jsonl")" -eq 8 ] && grep -q "\"step\":8,.*\"accuracy\":0.[0-9]*,.*samples_per_s" "$tmp/keep/metrics.jsonl"'
+"$kiln" train models/mlp.yaml --epochs 1 --set data.limit=1000 --set data.val_split=100 --threads 2 --out "$tmp/drop" >"$tmp/drop.log" 2>&1
+check "drop_last (default) drops it" '[ "$(grep -c "\"type\":\"step\"" "$tmp/drop/metrics.jsonl")" -eq 7 ]'
+
 # 3. error messages
 printf 'name: bad\nmodel:\n  input: [1, 28, 28]\n  layers:\n    - {type: flatten}\n    - {type: linear, out: 10, in_features: 100}\ntrain: {epochs: 1}\n' >"$tmp/bad1.yaml"
 "$kiln" train "$tmp/bad1.yaml" --out "$tmp/x" >"$tmp/e1.log" 2>&1

@@ -52,6 +52,14 @@ int kl_cmd_inspect(int argc, char **argv)
         rc |= inspect_safetensors(p);
         snprintf(p, sizeof p, "%s/state.safetensors", path);
         rc |= inspect_safetensors(p);
+        snprintf(p, sizeof p, "%s/config.yaml", path); /* the run's resolved config */
+        FILE *f = fopen(p, "r");
+        if (f) {
+            char line[1024];
+            printf("%s:\n", p);
+            while (fgets(line, sizeof line, f)) printf("  %s", line);
+            fclose(f);
+        }
         return rc;
     }
     size_t n = strlen(path);

@@ -65,7 +65,7 @@ static kl_status read_data(kl_cfg *cfg, train_opts *o)
 {
     static const char *const keys[] = {"kind", "train_images", "train_labels", "test_images", "test_labels", "path",
                                        "test_path", "label_col", "normalize", "mean", "std", "val_split", "shuffle",
-                                       "limit", NULL};
+                                       "limit", "drop_last", NULL};
     static const char *const kinds[] = {"fashion_mnist", "idx", "csv", "pngdir", "text", NULL};
     kl_cfg_node *m;
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m));
@@ -87,6 +87,7 @@ static kl_status read_data(kl_cfg *cfg, train_opts *o)
     GET_INT("data", "val_split", 0, 0, INT64_MAX / 2, o->val_split);
     GET_BOOL("data", "shuffle", 1, o->shuffle);
     GET_INT("data", "limit", 0, 0, INT64_MAX / 2, o->limit);
+    GET_BOOL("data", "drop_last", 1, o->drop_last);
     return KL_OK;
 }
 

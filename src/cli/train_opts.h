@@ -18,7 +18,7 @@ typedef struct train_opts {
     int data_kind; /* 0 fashion_mnist, 1 idx, 2 csv, 3 pngdir, 4 text (DATA_TEXT) */
     const char *train_images, *train_labels, *test_images, *test_labels, *path, *test_path;
     int64_t label_col, val_split, limit;
-    int normalize, shuffle;
+    int normalize, shuffle, drop_last;
     double mean, std; /* normalisation; 0/0 means computed from the training set */
     double val_fraction; /* text: the held-out tail of the corpus */
     /* optimizer and schedule */

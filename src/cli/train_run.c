@@ -25,7 +25,7 @@ typedef struct {
     kl_model *model;
     kl_ctx *ctx;
     kl_optim *opt;
-    step_graph train;
+    step_graph train, train_rest; /* full batches, and a last partial one */
     evaluator eval;
     kl_dataset *tr, *va, *te;
     kl_loader *ld;
@@ -98,7 +98,8 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(step_graph_build(&r->train, r->model, r->ctx, r->opt, r->o.batch));
     r->eval = (evaluator){.model = r->model, .ctx = r->ctx, .batch = r->o.batch};
     if (a->init) KL_TRY(kl_weights_load(a->init, r->ctx));
-    kl_loader_opts lo = {.batch = r->o.batch, .shuffle = r->o.shuffle, .seed = r->o.seed, .drop_last = 1, .prefetch = 2};
+    kl_loader_opts lo = {.batch = r->o.batch, .shuffle = r->o.shuffle, .seed = r->o.seed, .drop_last = r->o.drop_last,
+                         .prefetch = 2};
     KL_TRY(kl_loader_new(r->tr, &lo, &r->ld));
     /* the run directory */
     if (a->out) snprintf(r->run_dir, sizeof r->run_dir, "%s", a->out);
@@ -128,6 +129,7 @@ static void teardown(runner *r)
     if (r->metrics) fclose(r->metrics);
     kl_loader_free(r->ld);
     step_graph_free(&r->train);
+    step_graph_free(&r->train_rest);
     evaluator_free(&r->eval);
     kl_optim_free(r->opt);
     kl_ctx_free(r->ctx);
@@ -151,7 +153,7 @@ static void progress(const runner *r, int tty, int64_t step, int64_t total, int6
     fflush(tty ? stderr : stdout);
 }
 
-typedef struct { double loss; int64_t correct, n; } epoch_acc;
+typedef struct { double loss, t0; int64_t correct, n; } epoch_acc;
 
 /* End of an epoch: validation, the epoch's metrics line, a checkpoint at
  * the start of the next epoch. */
@@ -167,8 +169,9 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
     fflush(stdout);
     fprintf(r->metrics,
             "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"val_loss\":%.9g,"
-            "\"val_accuracy\":%.6f,\"lr\":%.9g,\"wall_s\":%.3f}\n",
-            (long long)st->epoch + 1, (long long)st->step, l, acc, vl, vacc, kl_optim_lr(r->opt), now() - r->t0);
+            "\"val_accuracy\":%.6f,\"lr\":%.9g,\"samples_per_s\":%.1f,\"wall_s\":%.3f}\n",
+            (long long)st->epoch + 1, (long long)st->step, l, acc, vl, vacc, kl_optim_lr(r->opt),
+            ep->n ? (double)ep->n / (now() - ep->t0) : 0.0, now() - r->t0);
     /* monitoring hook */
     train_monitor_epoch(&r->mon, st->epoch + 1, st->step, l, acc, r->va != NULL, vl, vacc, kl_optim_lr(r->opt));
     fflush(r->metrics);
@@ -210,18 +213,31 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         int64_t corr = 0;
         /* monitoring hook: NaN watch (parameters copied before the step; a non-finite loss is re-run and explained) */
         KL_TRY(nan_watch_before(&r->mon.nan, r->ctx));
-        kl_status ss = step_graph_run(&r->train, r->model, b.x, b.y, &l, &corr, NULL, NULL);
+        /* a last partial batch (data.drop_last: false) runs its own graph, sharing
+         * parameters and optimizer; both follow the step counter for dropout */
+        step_graph *sg = &r->train;
+        if (b.n != r->o.batch) {
+            sg = &r->train_rest;
+            if (sg->g && sg->batch != b.n) step_graph_free(sg);
+            if (!sg->g) KL_TRY(step_graph_build(sg, r->model, r->ctx, r->opt, b.n));
+        }
+        KL_TRY(kl_graph_set_runs(sg->g, (uint64_t)st.step));
+        double t_step = now();
+        kl_status ss = step_graph_run(sg, r->model, b.x, b.y, &l, &corr, NULL, NULL);
+        t_step = now() - t_step;
         nan_step ns = {.model = r->model, .ctx = r->ctx, .opt = r->opt, .cfg = cfg, .x = b.x, .y = b.y,
                        .batch = b.n, .step = st.step + 1, .metrics = r->metrics};
         KL_TRY(nan_watch_after(&r->mon.nan, ss, &ns));
         st.step++;
         st.batch = b.index + 1;
         st.graph_runs = st.step;
+        if (ep.n == 0) ep.t0 = now() - t_step;
         ep.loss += l, ep.correct += corr, ep.n += b.n, win_loss += l, win_n += b.n;
         fprintf(r->metrics,
-                "{\"type\":\"step\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"lr\":%.9g,\"wall_s\":%.3f}\n",
+                "{\"type\":\"step\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"lr\":%.9g,"
+                "\"samples_per_s\":%.1f,\"wall_s\":%.3f}\n",
                 (long long)st.step, (long long)st.epoch + 1, l / (double)b.n, (double)corr / (double)b.n,
-                kl_optim_lr(r->opt), now() - r->t0);
+                kl_optim_lr(r->opt), t_step > 0 ? (double)b.n / t_step : 0.0, now() - r->t0);
         /* monitoring hook */
         train_monitor_step(&r->mon, st.step, l / (double)b.n, (double)corr / (double)b.n, kl_optim_lr(r->opt));
         if (st.step % r->o.log_every == 0 || st.step == total) {
