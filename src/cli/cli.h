@@ -13,6 +13,7 @@ int kl_cmd_devices(int argc, char **argv); /* devices.c */
 /* monitoring hooks: report.c, plan.c */
 int kl_cmd_report(int argc, char **argv);
 int kl_cmd_plan(int argc, char **argv);
+int kl_cmd_bench(int argc, char **argv); /* bench.c: inference latency and throughput */
 
 /* The built-in default config: the reference CNN on Fashion-MNIST. */
 extern const char kl_default_config[];

@@ -3,11 +3,15 @@
  *
  * Recurrent models (no attention or learned positions) run a T = 1 graph
  * whose LSTM/GRU states are inputs and outputs, carried from step to step,
- * so each character costs one step. Transformers have no KV cache here:
- * each character re-runs the forward on the context window (the last T
- * characters at most), in graphs of power-of-two lengths (the window
- * left-aligned, padding after it; causal attention keeps the padding out),
- * so a short context costs a short forward.
+ * so each character costs one step. Transformers decode with a KV cache
+ * (nn/model_kv.h): the prompt and then each sampled character go through a
+ * one-token graph that attends over the cached keys and values, O(T) a
+ * character. Token i sits at position i, so once the text outgrows the
+ * context T (and with --no-kv-cache throughout) each character re-runs the
+ * forward on the window (the last T characters), in graphs of power-of-two
+ * lengths (the window left-aligned, padding after it; causal attention
+ * keeps the padding out), so a short context costs a short forward. Both
+ * give the same logits up to float rounding, so the same text.
  *
  * Sampling: logits / temperature, the top-k kept (0: all), softmax, and a
  * draw from Philox(seed, character index); temperature 0 is greedy. Same
@@ -19,6 +23,7 @@
 #include "io/config.h"
 #include "kiln/text.h"
 #include "nn/model.h"
+#include "nn/model_kv.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -44,6 +49,7 @@ typedef struct {
     kl_vocab *vocab;
     kl_ctx *ctx;
     gen_graph step, win[MAX_BUCKETS]; /* recurrent: step; windowed: win[log2 T] */
+    kl_kv_decoder *kv;                /* transformers: the KV-cache decoder (NULL: --no-kv-cache) */
     float *logits, **h, **c;          /* host copies: the last logits, recurrent states */
     int64_t V;
 } generator;
@@ -51,12 +57,14 @@ typedef struct {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kiln generate CKPT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
-               "                          [--threads N]\n\n"
+               "                          [--threads N] [--no-kv-cache]\n\n"
                "Samples N characters (default 200) from a language model trained with data.kind text.\n"
                "CKPT is a checkpoint directory or a run directory (its latest checkpoint). The prompt\n"
                "(default: a newline) is printed first, then the sampled text. temperature (default 1)\n"
                "divides the logits, 0 picks the most likely character; --top-k K samples among the K\n"
-               "most likely only (default 0: all). The same --seed gives the same text.\n");
+               "most likely only (default 0: all). The same --seed gives the same text.\n"
+               "Transformers cache keys and values while the text fits the context; --no-kv-cache\n"
+               "re-runs the whole window for every character instead (slower, the same text).\n");
 }
 
 static kl_status gen_graph_build(generator *gn, gen_graph *gg, int64_t T, int state)
@@ -80,7 +88,7 @@ static int64_t bucket(int64_t L, int64_t T, int *k)
 }
 
 /* The checkpoint's model, vocabulary and weights. */
-static kl_status gen_open(generator *gn, const char *path, int threads, int64_t first_len)
+static kl_status gen_open(generator *gn, const char *path, int threads, int64_t first_len, int kv)
 {
     char dir[4096], p[4300];
     KL_TRY(kl_checkpoint_resolve(path, dir, sizeof dir));
@@ -102,10 +110,17 @@ static kl_status gen_open(generator *gn, const char *path, int threads, int64_t 
     kl_ctx_opts co = {.threads = threads, .seed = 1};
     KL_TRY(kl_ctx_new(&co, &gn->ctx));
     int k;
-    /* a first graph creates the parameters; the checkpoint fills them */
+    /* a first graph (or the KV decoder's) creates the parameters; the checkpoint fills them */
     if (kl_model_windowed(gn->model)) {
-        int64_t T = bucket(first_len, kl_model_tokens(gn->model), &k);
-        KL_TRY(gen_graph_build(gn, &gn->win[k], T, 0));
+        int64_t T = kl_model_tokens(gn->model);
+        if (kv && first_len <= T) { /* models it cannot decode (KL_EUNSUPPORTED) re-run the window */
+            kl_status s = kl_kv_decoder_new(gn->model, gn->ctx, &gn->kv);
+            if (s != KL_OK && s != KL_EUNSUPPORTED) return s;
+        }
+        if (!gn->kv) {
+            T = bucket(first_len, T, &k);
+            KL_TRY(gen_graph_build(gn, &gn->win[k], T, 0));
+        }
     } else {
         KL_TRY(gen_graph_build(gn, &gn->step, 1, 1));
         int n = gn->step.st.n;
@@ -124,6 +139,7 @@ static kl_status gen_open(generator *gn, const char *path, int threads, int64_t 
 
 static void gen_free(generator *gn)
 {
+    kl_kv_decoder_free(gn->kv);
     kl_graph_free(gn->step.g);
     for (int i = 0; i < MAX_BUCKETS; i++) kl_graph_free(gn->win[i].g);
     for (int i = 0; gn->h && i < gn->step.st.n; i++) free(gn->h[i]), free(gn->c[i]);
@@ -216,6 +232,7 @@ static kl_status sample(const float *logits, int n, double temp, int top_k, uint
 typedef struct {
     const char *ckpt, *prompt;
     int64_t tokens, top_k, threads;
+    int no_kv;
     double temp;
     uint64_t seed;
 } gen_args;
@@ -226,7 +243,7 @@ static kl_status generate(const gen_args *a)
     size_t plen = strlen(a->prompt);
     int32_t *toks = malloc((plen + (size_t)a->tokens + 1) * sizeof *toks);
     int64_t n = 0;
-    kl_status s = toks ? gen_open(&gn, a->ckpt, (int)a->threads, plen ? (int64_t)plen : 1) : kl_fail(KL_ENOMEM, "out of memory");
+    kl_status s = toks ? gen_open(&gn, a->ckpt, (int)a->threads, plen ? (int64_t)plen : 1, !a->no_kv) : kl_fail(KL_ENOMEM, "out of memory");
     for (size_t i = 0; s == KL_OK && i < plen; i++) {
         int id = kl_vocab_id(gn.vocab, (uint8_t)a->prompt[i]);
         if (id < 0) {
@@ -243,19 +260,22 @@ static kl_status generate(const gen_args *a)
     }
     int windowed = s == KL_OK && kl_model_windowed(gn.model), V = s == KL_OK ? kl_vocab_size(gn.vocab) : 0;
     for (int64_t i = 0; s == KL_OK && !windowed && i < n; i++) s = feed_step(&gn, toks[i]);
+    for (int64_t i = 0; s == KL_OK && gn.kv && i < n; i++) s = kl_kv_decoder_feed(gn.kv, toks[i], gn.logits);
     if (s == KL_OK) {
         fwrite(a->prompt, 1, plen, stdout);
         fflush(stdout);
     }
     for (int64_t i = 0; s == KL_OK && i < a->tokens; i++) {
         int id = 0;
-        if (windowed) s = feed_window(&gn, toks, n);
+        if (windowed && (!gn.kv || kl_kv_decoder_len(gn.kv) < n)) s = feed_window(&gn, toks, n);
         if (s == KL_OK) s = sample(gn.logits, V, a->temp, (int)a->top_k, a->seed, (uint64_t)i, &id);
         if (s != KL_OK) break;
         toks[n++] = id;
         putchar(kl_vocab_byte(gn.vocab, id));
         if (i % 16 == 15) fflush(stdout);
         if (!windowed && i + 1 < a->tokens) s = feed_step(&gn, id);
+        /* the cache holds the text while it fits the context; past that, the window */
+        if (gn.kv && n <= kl_kv_decoder_capacity(gn.kv) && i + 1 < a->tokens) s = kl_kv_decoder_feed(gn.kv, id, gn.logits);
     }
     if (s == KL_OK) putchar('\n');
     fflush(stdout);
@@ -287,6 +307,10 @@ int kl_cmd_generate(int argc, char **argv)
         if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
             usage(stdout);
             return 0;
+        }
+        if (!strcmp(arg, "--no-kv-cache")) {
+            a.no_kv = 1;
+            continue;
         }
         int takes = !strcmp(arg, "--prompt") || !strcmp(arg, "--tokens") || !strcmp(arg, "--temperature") ||
                     !strcmp(arg, "--top-k") || !strcmp(arg, "--seed") || !strcmp(arg, "--threads");

@@ -16,6 +16,7 @@ static void usage(FILE *f)
                "  devices               the CPU and the CUDA devices kiln can use\n"
                "  report RUN_DIR        summary table, report.md and plots of a training run\n"
                "  plan CONFIG           memory a training step needs, and the largest batch that fits\n"
+               "  bench CKPT            inference latency (p50, p99) and throughput of a checkpoint\n"
                "  --version             print the version\n"
                "  --help                this message\n");
 }
@@ -41,6 +42,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "generate")) return kl_cmd_generate(argc - 2, argv + 2); /* sequence models */
     if (!strcmp(argv[1], "report")) return kl_cmd_report(argc - 2, argv + 2); /* monitoring hook */
     if (!strcmp(argv[1], "plan")) return kl_cmd_plan(argc - 2, argv + 2);     /* monitoring hook */
+    if (!strcmp(argv[1], "bench")) return kl_cmd_bench(argc - 2, argv + 2);   /* monitoring hook */
     if (!strcmp(argv[1], "--version")) {
         printf("kiln %s\n", KILN_VERSION);
         return 0;

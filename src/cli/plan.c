@@ -36,6 +36,34 @@ kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, in
                    fmt_bytes(b, sizeof b, (double)limit), limit);
 }
 
+kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, kl_cfg *cfg, int64_t *batch)
+{
+    if (!g_monitor_flags.batch_auto) return KL_OK;
+    size_t limit;
+    if (g_monitor_flags.mem_limit) KL_TRY(parse_size("--mem-limit", g_monitor_flags.mem_limit, &limit));
+    else KL_TRY(mem_available(&limit));
+    planner p;
+    mem_plan bp;
+    int64_t best = 0, pow2 = 1;
+    kl_status s = planner_init(&p, m, oo, threads);
+    if (s == KL_OK) s = planner_max_batch(&p, limit, AUTO_BATCH_MAX, &best, &bp);
+    while (pow2 * 2 <= best) pow2 *= 2;
+    if (s == KL_OK && pow2 != best) s = planner_at(&p, pow2, &bp); /* (best 0: batch 1's figures) */
+    planner_free(&p);
+    KL_TRY(s);
+    char a[32], b[32], v[32];
+    if (!best)
+        return kl_fail(KL_EINVAL, "--batch auto: not even batch 1 fits %s (%s, %zu bytes): its step needs %s",
+                       g_monitor_flags.mem_limit ? "--mem-limit" : "the available RAM", fmt_bytes(a, sizeof a, (double)limit),
+                       limit, fmt_bytes(b, sizeof b, (double)bp.total));
+    printf("batch auto: %lld, the largest power of two whose training step fits %s %s (needs %s)%s\n", (long long)pow2,
+           g_monitor_flags.mem_limit ? "--mem-limit" : "the available RAM", fmt_bytes(a, sizeof a, (double)limit),
+           fmt_bytes(b, sizeof b, (double)bp.total), pow2 == AUTO_BATCH_MAX ? " (the search's upper end)" : "");
+    *batch = pow2;
+    snprintf(v, sizeof v, "%lld", (long long)pow2);
+    return kl_cfg_set_scalar(cfg, "train.batch", v);
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kiln plan [CONFIG.yaml] [options]\n\n"

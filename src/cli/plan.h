@@ -54,4 +54,12 @@ void mem_plan_print(FILE *f, const mem_plan *p, const kl_optim_opts *oo);
  * data is loaded and fails (printing the figures) when over. */
 kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch);
 
+#define AUTO_BATCH_MAX 4096 /* --batch auto searches up to this */
+/* kiln train --batch auto (plan.c): with g_monitor_flags.batch_auto, sets
+ * *batch to the largest power of two (up to AUTO_BATCH_MAX) whose training
+ * step fits --mem-limit (else MemAvailable), writes it to cfg's train.batch
+ * and prints the choice; otherwise does nothing. Fails when not even batch
+ * 1 fits. */
+kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, kl_cfg *cfg, int64_t *batch);
+
 #endif

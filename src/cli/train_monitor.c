@@ -24,6 +24,20 @@ int monitor_flags_take(int *argc, char **argv)
                 fprintf(stderr, "kiln train: --mem-limit needs a value (bytes, or e.g. 512M, 2G)\n");
                 return 2;
             }
+        } else if (!strcmp(a, "--profile")) {
+            g_monitor_flags.profile_steps = 20;
+            if (i + 1 < *argc && argv[i + 1][0] >= '0' && argv[i + 1][0] <= '9') {
+                char *end;
+                long long n = strtoll(argv[++i], &end, 10);
+                if (*end || n < 1 || n > 1000000000) {
+                    fprintf(stderr, "kiln train: --profile takes a number of steps from 1 up, got '%s'\n", argv[i]);
+                    return 2;
+                }
+                g_monitor_flags.profile_steps = n;
+            }
+        } else if (!strcmp(a, "--batch") && i + 1 < *argc && !strcmp(argv[i + 1], "auto")) {
+            g_monitor_flags.batch_auto = 1;
+            i++;
         } else {
             if (!strcmp(a, "--help") || !strcmp(a, "-h")) g_monitor_flags.help = 1;
             argv[n++] = argv[i];
@@ -39,9 +53,14 @@ void monitor_flags_usage(FILE *f)
                "  --no-tensorboard  do not write TensorBoard event files to <run>/tb\n"
                "  --mem-limit SIZE  refuse to start when the planned memory exceeds SIZE\n"
                "                    (bytes, or 512M, 2G; see kiln plan)\n"
+               "  --batch auto      the largest power-of-two batch whose step fits --mem-limit\n"
+               "                    (else the available RAM)\n"
+               "  --profile [N]     after N steps (default 20) print the per-op time table and\n"
+               "                    the data-loading wait; also a \"profile\" record in metrics.jsonl\n"
                "  config keys: train.histogram_every (steps; 0 = each epoch end),\n"
                "               train.telemetry_interval (seconds; 0 = off; default 1),\n"
-               "               train.nan_watch (default true: name the layer that made a NaN/Inf)\n");
+               "               train.nan_watch (default true: name the layer that made a NaN/Inf),\n"
+               "               train.plateau_patience, train.early_stop, train.grad_norm_warn\n");
 }
 
 /* Removes key from a map node (the node and its entry are freed). */

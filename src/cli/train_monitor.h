@@ -23,10 +23,12 @@ typedef struct monitor_flags {
     int no_tensorboard;
     const char *mem_limit; /* --mem-limit BYTES|2G */
     int help;
+    int64_t profile_steps; /* --profile [N]: per-op table after N steps (cli/train_watch.c) */
+    int batch_auto;        /* --batch auto: the largest power of two that fits (plan_auto_batch) */
 } monitor_flags;
 extern monitor_flags g_monitor_flags;
 
-/* Removes --no-tensorboard and --mem-limit X from argv (*argc updated) into
+/* Removes --no-tensorboard, --mem-limit X, --profile [N] and --batch auto from argv (*argc updated) into
  * g_monitor_flags. Returns 0, or 2 after printing a message. */
 int monitor_flags_take(int *argc, char **argv);
 /* The usage lines for those flags. */

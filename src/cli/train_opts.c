@@ -140,7 +140,7 @@ static kl_status read_train(kl_cfg *cfg, train_opts *o)
 {
     static const char *const keys[] = {"epochs", "steps", "batch", "seed", "log_every", "checkpoint_every",
                                        "threads", "eval_every_epoch", "checkpoint_every_epoch", "steps_per_epoch",
-                                       "val_batches",
+                                       "val_batches", "plateau_patience", "early_stop", "grad_norm_warn",
                                        /* read by the monitoring (cli/train_monitor.c) */
                                        "histogram_every", "telemetry_interval", "nan_watch", NULL};
     kl_cfg_node *m;
@@ -155,6 +155,18 @@ static kl_status read_train(kl_cfg *cfg, train_opts *o)
     GET_INT("train", "log_every", 50, 1, INT64_MAX / 2, o->log_every);
     GET_INT("train", "checkpoint_every", 0, 0, INT64_MAX / 2, o->checkpoint_every);
     GET_INT("train", "threads", 0, 0, 4096, o->threads);
+    GET_INT("train", "plateau_patience", 0, 0, 1 << 30, o->plateau_patience);
+    GET_BOOL("train", "early_stop", 0, o->early_stop);
+    KL_TRY(kl_cfg_float(m, "grad_norm_warn", 0, 0, &o->grad_norm_warn));
+    if (o->grad_norm_warn < 0)
+        return kl_cfg_fail(kl_cfg_get(m, "grad_norm_warn"), KL_EINVAL,
+                           "train: grad_norm_warn must be >= 0 (0: off), got %g", o->grad_norm_warn);
+    if (o->grad_norm_warn > 0 && o->optim.max_grad_norm <= 0) /* the norm is computed only while clipping */
+        return kl_cfg_fail(kl_cfg_get(m, "grad_norm_warn"), KL_EINVAL,
+                           "train: grad_norm_warn %g needs clip.max_norm > 0: the optimizer computes the global "
+                           "gradient norm while clipping (a large max_norm, e.g. 1e9, measures it without clipping)",
+                           o->grad_norm_warn);
+    KL_TRY(put(cfg, "train", "grad_norm_warn", "%.17g", o->grad_norm_warn));
     if (o->data_kind == DATA_TEXT) { /* text has no natural epoch: a fixed number of steps */
         GET_INT("train", "steps_per_epoch", 200, 1, INT64_MAX / 2, o->steps_per_epoch);
         GET_INT("train", "val_batches", 8, 1, 1 << 20, o->val_batches);

@@ -29,6 +29,10 @@ typedef struct train_opts {
     /* train */
     int64_t epochs, steps, batch, log_every, checkpoint_every, threads;
     int64_t steps_per_epoch, val_batches; /* text: an epoch's steps; validation batches */
+    /* convergence watch (cli/train_watch.c) */
+    int64_t plateau_patience; /* evaluations without improvement before a warning (0: off) */
+    int early_stop;           /* stop (after a checkpoint) when the patience runs out */
+    double grad_norm_warn;    /* warn when the gradient norm exceeds this x its running median (0: off) */
     uint64_t seed;
 } train_opts;
 

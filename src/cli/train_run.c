@@ -6,6 +6,7 @@
 #include "cli/train_opts.h"
 #include "cli/evaluator.h"
 #include "cli/train_monitor.h"
+#include "cli/train_watch.h"
 #include "cli/plan.h"
 #include "cli/train_text.h" /* sequence models: data.kind text */
 #include "backends/backend.h" /* kl_cuda_available */
@@ -33,6 +34,8 @@ typedef struct {
     FILE *metrics;
     double t0;
     train_monitor mon; /* monitoring: TensorBoard, telemetry (cli/train_monitor.h) */
+    train_watch watch; /* --profile, plateau and gradient-norm warnings (cli/train_watch.h) */
+    int early_stopped;
 } runner;
 
 static double now(void)
@@ -59,7 +62,8 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(train_opts_read(cfg, &r->o));
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &model));
     KL_TRY(kl_model_from_cfg(model, &r->model));
-    /* monitoring hook: with --mem-limit, refuse before loading data when the step will not fit */
+    /* monitoring hooks: --batch auto; with --mem-limit, refuse before loading data when the step will not fit */
+    KL_TRY(plan_auto_batch(r->model, &r->o.optim, (int)r->o.threads, cfg, &r->o.batch));
     KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch));
     kl_device dev = {KL_DEVICE_CPU, 0};
     if (strcmp(a->device, "auto")) KL_TRY(kl_device_parse(a->device, &dev));
@@ -91,6 +95,14 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(kl_dataset_check_labels(r->tr, (int)C));
     if (r->va) KL_TRY(kl_dataset_check_labels(r->va, (int)C));
     if (r->te) KL_TRY(kl_dataset_check_labels(r->te, (int)C));
+    if (g_monitor_flags.batch_auto && kl_dataset_count(r->tr) < r->o.batch) { /* --batch auto: not above the data */
+        while (r->o.batch > 1 && kl_dataset_count(r->tr) < r->o.batch) r->o.batch /= 2;
+        char v[32];
+        snprintf(v, sizeof v, "%lld", (long long)r->o.batch);
+        KL_TRY(kl_cfg_set_scalar(cfg, "train.batch", v));
+        printf("batch auto: %lld, the largest power of two not above the %lld training samples\n", (long long)r->o.batch,
+               (long long)kl_dataset_count(r->tr));
+    }
     if (kl_dataset_count(r->tr) < r->o.batch)
         return kl_fail(KL_EINVAL, "train.batch %lld is larger than the training set (%lld samples)",
                        (long long)r->o.batch, (long long)kl_dataset_count(r->tr));
@@ -119,6 +131,7 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     snprintf(path, sizeof path, "%s/metrics.jsonl", r->run_dir);
     r->metrics = fopen(path, a->resume ? "a" : "w");
     if (!r->metrics) return kl_fail(KL_EIO, "%s: cannot open for writing", path);
+    KL_TRY(watch_init(&r->watch, &r->o, r->train.g, r->metrics)); /* monitoring hook */
     return train_monitor_open(&r->mon, r->run_dir, r->ctx, r->metrics, r->t0); /* monitoring hook */
 }
 
@@ -179,7 +192,13 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
     st->epoch++;
     st->batch = 0;
     KL_TRY(kl_loader_seek(r->ld, st->epoch, 0));
-    return save_ckpt(r, cfg, st, ck, sizeof ck);
+    KL_TRY(save_ckpt(r, cfg, st, ck, sizeof ck));
+    /* monitoring hook: plateau warning / early stop, after the checkpoint */
+    if (watch_eval(&r->watch, st->epoch, st->step, r->va ? vl : l, r->va != NULL)) {
+        r->early_stopped = 1;
+        printf("stopped early; checkpoint %s\n", ck);
+    }
+    return KL_OK;
 }
 
 static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop, int *interrupted)
@@ -203,9 +222,12 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
     char ck[4400];
     while (st.step < total) {
         kl_batch b;
+        double t_iter = now(); /* monitoring: the step's time and its wait for data (--profile) */
         KL_TRY(kl_loader_next(r->ld, &b));
+        double t_data = now() - t_iter;
         if (b.n == 0) { /* end of epoch: validate, log, checkpoint */
             KL_TRY(end_epoch(r, cfg, &st, tty, &ep));
+            if (r->early_stopped) return KL_OK;
             continue;
         }
         KL_TRY(kl_optim_set_lr(r->opt, train_lr(&r->o, st.step, total)));
@@ -240,6 +262,7 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
                 kl_optim_lr(r->opt), t_step > 0 ? (double)b.n / t_step : 0.0, now() - r->t0);
         /* monitoring hook */
         train_monitor_step(&r->mon, st.step, l / (double)b.n, (double)corr / (double)b.n, kl_optim_lr(r->opt));
+        watch_step(&r->watch, r->train.g, r->opt, st.step, now() - t_iter, t_data); /* monitoring hook */
         if (st.step % r->o.log_every == 0 || st.step == total) {
             double t = now(), sps = (double)win_n / (t - t_win);
             fprintf(r->metrics, "{\"type\":\"throughput\",\"step\":%lld,\"samples_per_s\":%.1f}\n", (long long)st.step, sps);
@@ -261,6 +284,7 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
             return KL_OK;
         }
     }
+    watch_end(&r->watch, r->train.g, st.step); /* monitoring hook: --profile N beyond the last step */
     /* the last epoch ends with the last step: validate it too */
     if (ep.n && st.batch == per_epoch) return end_epoch(r, cfg, &st, tty, &ep);
     if (tty) fprintf(stderr, "\n");

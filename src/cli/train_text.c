@@ -142,6 +142,7 @@ static kl_status setup(lm_runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(kl_model_from_cfg(model, &r->model));
     r->T = kl_model_tokens(r->model);
     KL_TRY(split_corpus(r));
+    KL_TRY(plan_auto_batch(r->model, &r->o.optim, (int)r->o.threads, cfg, &r->o.batch)); /* --batch auto */
     KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch)); /* --mem-limit */
     kl_device dev = {KL_DEVICE_CPU, 0};
     if (strcmp(a->device, "auto")) KL_TRY(kl_device_parse(a->device, &dev));

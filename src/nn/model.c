@@ -299,8 +299,8 @@ static kl_act act_of(layer_kind k)
     return k == L_RELU ? KL_ACT_RELU : k == L_GELU ? KL_ACT_GELU : k == L_TANH ? KL_ACT_TANH : k == L_SIGMOID ? KL_ACT_SIGMOID : KL_ACT_NONE;
 }
 
-static kl_status forward_layers(layer *ls, int n, kl_graph *g, kl_tensor *x, int training, kl_model_state *st,
-                                kl_tensor **out)
+kl_status kl_layers_forward(layer *ls, int n, kl_graph *g, kl_tensor *x, int training, kl_model_state *st,
+                            kl_tensor **out)
 {
     for (int i = 0; i < n; i++) {
         layer *li = &ls[i];
@@ -370,7 +370,7 @@ static kl_status forward_layers(layer *ls, int n, kl_graph *g, kl_tensor *x, int
         }
         case L_RESIDUAL: {
             kl_tensor *y;
-            KL_TRY(forward_layers(li->body, li->n_body, g, x, training, st, &y));
+            KL_TRY(kl_layers_forward(li->body, li->n_body, g, x, training, st, &y));
             KL_TRY(kl_add(g, x, y, &x));
             break;
         }
@@ -389,7 +389,7 @@ static kl_status forward_layers(layer *ls, int n, kl_graph *g, kl_tensor *x, int
 kl_status kl_model_forward(kl_model *m, kl_graph *g, kl_tensor *x, int training, kl_tensor **out)
 {
     if (!m || !g || !x || !out) return kl_fail(KL_EMISUSE, "kl_model_forward: null argument");
-    return forward_layers(m->layers, m->n, g, x, training, NULL, out);
+    return kl_layers_forward(m->layers, m->n, g, x, training, NULL, out);
 }
 
 kl_status kl_model_forward_state(kl_model *m, kl_graph *g, kl_tensor *x, kl_model_state *st, kl_tensor **out)
@@ -399,7 +399,7 @@ kl_status kl_model_forward_state(kl_model *m, kl_graph *g, kl_tensor *x, kl_mode
         return kl_fail(KL_EINVAL, "the model has %d recurrent layers; step-by-step generation handles %d", m->n_state,
                        KL_MODEL_MAX_STATE);
     memset(st, 0, sizeof *st);
-    return forward_layers(m->layers, m->n, g, x, 0, st, out);
+    return kl_layers_forward(m->layers, m->n, g, x, 0, st, out);
 }
 
 static void summary(const layer *ls, int n, FILE *f, int depth)

@@ -65,6 +65,16 @@ kl_status kl_seq_layer_parse(const kl_cfg_node *n, layer *li, parse_ctx *pc);
 kl_status kl_seq_layer_forward(const layer *li, kl_graph *g, kl_tensor *x, int training, kl_model_state *st,
                                kl_tensor **out);
 
+/* Records layers ls[0..n) on x (kl_model_forward over a part of a model;
+ * the KV-cache decoder runs the layers between blocks through it). */
+kl_status kl_layers_forward(layer *ls, int n, kl_graph *g, kl_tensor *x, int training, kl_model_state *st,
+                            kl_tensor **out);
+/* A transformer block's sub-modules: layernorm "<layer>.<sub>" on x, and
+ * act(x W^T + b) with the block's parameters "<layer>.<sub>.weight|bias". */
+kl_status kl_block_ln(const layer *li, kl_graph *g, const char *sub, kl_tensor *x, kl_tensor **out);
+kl_status kl_block_linear(const layer *li, kl_graph *g, const char *sub, kl_tensor *x, int64_t out_f, int64_t in_f,
+                          double std, kl_act act, kl_tensor **out);
+
 /* Bounds that keep shape and parameter arithmetic far from int64 overflow:
  * values per sample (input and every layer's output) and per layer. */
 #define KL_MODEL_MAX_VALUES ((int64_t)1 << 31)

@@ -291,7 +291,7 @@ static kl_status sub_param(kl_graph *g, const layer *li, const char *sub, const 
     return kl_layer_param(g, li, nm, nd, d, k, a, out);
 }
 
-static kl_status block_ln(const layer *li, kl_graph *g, const char *sub, kl_tensor *x, kl_tensor **out)
+kl_status kl_block_ln(const layer *li, kl_graph *g, const char *sub, kl_tensor *x, kl_tensor **out)
 {
     kl_tensor *w, *b;
     int64_t D = li->features;
@@ -301,8 +301,8 @@ static kl_status block_ln(const layer *li, kl_graph *g, const char *sub, kl_tens
 }
 
 /* act(x W^T + b) with W [out, in] ~ N(0, std^2) and b zeros (GPT-2's init). */
-static kl_status block_linear(const layer *li, kl_graph *g, const char *sub, kl_tensor *x, int64_t out_f, int64_t in_f,
-                              double std, kl_act act, kl_tensor **out)
+kl_status kl_block_linear(const layer *li, kl_graph *g, const char *sub, kl_tensor *x, int64_t out_f, int64_t in_f,
+                          double std, kl_act act, kl_tensor **out)
 {
     kl_tensor *w, *b = NULL;
     int64_t wd[2] = {out_f, in_f};
@@ -316,8 +316,8 @@ static kl_status forward_block(const layer *li, kl_graph *g, kl_tensor *x, int t
 {
     int64_t B = kl_tensor_dim(x, 0), T = kl_tensor_dim(x, 1), D = li->features, H = li->heads, hd = D / H;
     kl_tensor *h, *qkv, *q, *k, *v, *a, *m;
-    KL_TRY(block_ln(li, g, "ln_1", x, &h));
-    KL_TRY(block_linear(li, g, "attn.c_attn", h, 3 * D, D, li->std, KL_ACT_NONE, &qkv));
+    KL_TRY(kl_block_ln(li, g, "ln_1", x, &h));
+    KL_TRY(kl_block_linear(li, g, "attn.c_attn", h, 3 * D, D, li->std, KL_ACT_NONE, &qkv));
     /* [B, T, 3D] -> [B, T, 3H, hd] -> [B, 3H, T, hd]: q, k, v are views of it */
     int64_t d4[4] = {B, T, 3 * H, hd};
     static const int to_heads[4] = {0, 2, 1, 3};
@@ -334,12 +334,12 @@ static kl_status forward_block(const layer *li, kl_graph *g, kl_tensor *x, int t
     int64_t d3[3] = {B, T, D};
     KL_TRY(kl_permute(g, a, to_heads, &a)); /* [B, H, T, hd] -> [B, T, H, hd] */
     KL_TRY(kl_reshape(g, a, 3, d3, &a));
-    KL_TRY(block_linear(li, g, "attn.c_proj", a, D, D, li->proj_std, KL_ACT_NONE, &a));
+    KL_TRY(kl_block_linear(li, g, "attn.c_proj", a, D, D, li->proj_std, KL_ACT_NONE, &a));
     if (training && li->p > 0) KL_TRY(kl_dropout(g, a, li->p, &a));
     KL_TRY(kl_add(g, x, a, &x));
-    KL_TRY(block_ln(li, g, "ln_2", x, &h));
-    KL_TRY(block_linear(li, g, "mlp.c_fc", h, li->mlp, D, li->std, KL_ACT_GELU, &m));
-    KL_TRY(block_linear(li, g, "mlp.c_proj", m, D, li->mlp, li->proj_std, KL_ACT_NONE, &m));
+    KL_TRY(kl_block_ln(li, g, "ln_2", x, &h));
+    KL_TRY(kl_block_linear(li, g, "mlp.c_fc", h, li->mlp, D, li->std, KL_ACT_GELU, &m));
+    KL_TRY(kl_block_linear(li, g, "mlp.c_proj", m, D, li->mlp, li->proj_std, KL_ACT_NONE, &m));
     if (training && li->p > 0) KL_TRY(kl_dropout(g, m, li->p, &m));
     return kl_add(g, x, m, out);
 }

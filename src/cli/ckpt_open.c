@@ -1,0 +1,36 @@
+/* Opening a checkpoint for kiln eval, predict and bench. */
+#include "cli/ckpt_open.h"
+#include "cli/evaluator.h"
+#include "core/error.h"
+#include "io/checkpoint.h"
+
+#include <stdio.h>
+
+void loaded_free(loaded *l)
+{
+    kl_ctx_free(l->ctx);
+    kl_model_free(l->model);
+    kl_cfg_free(l->cfg);
+    l->ctx = NULL, l->model = NULL, l->cfg = NULL;
+}
+
+kl_status open_ckpt(const char *path, const char **sets, int nsets, loaded *l)
+{
+    char dir[4096], cfgp[4200];
+    kl_train_state st;
+    kl_cfg_node *model;
+    KL_TRY(kl_checkpoint_resolve(path, dir, sizeof dir));
+    snprintf(cfgp, sizeof cfgp, "%s/config.yaml", dir);
+    KL_TRY(kl_cfg_load(cfgp, &l->cfg));
+    for (int i = 0; i < nsets; i++) KL_TRY(kl_cfg_set(l->cfg, sets[i]));
+    KL_TRY(train_opts_read(l->cfg, &l->o));
+    KL_TRY(kl_cfg_get_map(kl_cfg_root(l->cfg), "model", 1, &model));
+    KL_TRY(kl_model_from_cfg(model, &l->model));
+    kl_ctx_opts co = {.seed = l->o.seed, .threads = (int)l->o.threads};
+    KL_TRY(kl_ctx_new(&co, &l->ctx));
+    step_graph sg = {0}; /* creates the parameters, then the checkpoint fills them */
+    kl_status s = step_graph_build(&sg, l->model, l->ctx, NULL, 1);
+    step_graph_free(&sg);
+    KL_TRY(s);
+    return kl_checkpoint_load(dir, l->ctx, NULL, &st, NULL);
+}

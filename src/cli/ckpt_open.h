@@ -1,0 +1,22 @@
+/* A trained model from its checkpoint (or run directory), for kiln eval,
+ * predict and bench: the run's resolved config (with --set overrides), the
+ * model built from it and a ctx holding the checkpoint's weights. */
+#ifndef KL_CLI_CKPT_OPEN_H
+#define KL_CLI_CKPT_OPEN_H
+
+#include "cli/train_opts.h"
+#include "nn/model.h"
+
+typedef struct loaded {
+    kl_cfg *cfg;
+    train_opts o;
+    kl_model *model;
+    kl_ctx *ctx;
+} loaded;
+
+/* Fills *l (zeroed by the caller); on failure what was made stays in *l for
+ * loaded_free, and the message names the path. */
+kl_status open_ckpt(const char *path, const char **sets, int nsets, loaded *l);
+void loaded_free(loaded *l);
+
+#endif
