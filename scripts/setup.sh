@@ -2,7 +2,7 @@
 # Installs what kiln needs to build, test and benchmark on Debian (run as root).
 # Idempotent: packages already present are skipped by apt.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config clang
+pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev  # clang + libFuzzer for the fuzz smoke
       libopenblas-openmp-dev libopenblas0-pthread
       libyaml-dev libjansson-dev zlib1g-dev libpng-dev
       dataset-fashion-mnist
