@@ -12,6 +12,8 @@
  * do not depend on the thread count. */
 #include "ops/ops.h"
 #include "ops/norm.h"
+#include "ops/norm_grad.h"
+#include "ops/cpu_kernel.h"
 #include "backends/cpu/cpu.h"
 
 #include <math.h>
@@ -159,60 +161,29 @@ static kl_status bn_shape(kl_tensor *t)
                     for (int64_t s = 0; s < S; s++) or_[s] = dr[s] * k;                            \
                 } else {                                                                           \
                     T mg = (T)(sdy[c] / (double)M) * g, mgx = (T)(sdyx[c] / (double)M) * g;        \
-                    for (int64_t s = 0; s < S; s++)                                                \
-                        or_[s] = kl_norm_bwd_##T(xr[s], dr[s] * g, mu, is, mg, mgx);               \
+                    kl_norm_bwd_run_##T(xr, dr, gm ? gm + c : NULL, 0, mu, is, mg, mgx, S, or_);   \
                 }                                                                                  \
             }                                                                                      \
     }
 KL_FOR_REAL(BN_KERNELS)
 
-static kl_status bn_cpu(const kl_exec *ex, const kl_tensor *t)
-{
-    if (t->dtype == KL_F32) bn_fwd_float(ex, t);
-    else bn_fwd_double(ex, t);
-    return KL_OK;
-}
-
-static kl_status bn_bwd_cpu(const kl_exec *ex, const kl_tensor *t)
-{
-    if (t->dtype == KL_F32) bn_bwd_float(ex, t);
-    else bn_bwd_double(ex, t);
-    return KL_OK;
-}
+KL_CPU_REAL_KERNEL(bn_cpu, bn_fwd)
+KL_CPU_REAL_KERNEL(bn_bwd_cpu, bn_bwd)
 
 /* srcs: dy, x, forward node, gamma (if any); extras dgamma, dbeta as asked */
 static kl_status bn_bwd_shape(kl_tensor *t)
 {
     const bn_attr *a = KL_ATTR(t, bn_attr);
-    const kl_tensor *dy = t->src[0], *x = t->src[1];
-    if (!kl_same_shape(dy, x) || dy->dtype != x->dtype)
-        return kl_fail(KL_EINTERNAL, "batchnorm_bwd: dy %s vs x %s", kl_desc(dy), kl_desc(x));
-    t->dtype = x->dtype;
-    t->ndim = x->ndim;
-    memcpy(t->ne, x->ne, sizeof t->ne);
-    t->scratch_bytes = 2 * (size_t)x->ne[1] * sizeof(double);
-    kl_tensor *e;
-    if (a->need_dg) KL_TRY(kl_node_add_extra(t, x->dtype, 1, &x->ne[1], &e));
-    if (a->need_db) KL_TRY(kl_node_add_extra(t, x->dtype, 1, &x->ne[1], &e));
+    KL_TRY(kl_norm_bwd_shape(t, "batchnorm_bwd", &t->src[1]->ne[1], a->need_dg, a->need_db));
+    t->scratch_bytes = 2 * (size_t)t->ne[1] * sizeof(double);
     return KL_OK;
 }
 
 static kl_status bn_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 {
     bn_attr a = *KL_ATTR(t, bn_attr);
-    kl_tensor *x = t->src[0], *gm = a.ig >= 0 ? t->src[a.ig] : NULL, *bt = a.ib >= 0 ? t->src[a.ib] : NULL;
-    a.need_dx = x->requires_grad;
-    a.need_dg = gm && gm->requires_grad;
-    a.need_db = bt && bt->requires_grad;
-    if (!a.need_dx && !a.need_dg && !a.need_db) return KL_OK;
-    kl_tensor *src[4] = {dy, x, t, gm}, *dx;
-    KL_TRY(kl_contiguous(g, dy, &src[0]));
-    KL_TRY(kl_node_new(g, KL_OP_batchnorm_bwd, gm ? 4 : 3, src, &a, sizeof a, &dx));
-    int e = 0;
-    if (a.need_dx) KL_TRY(kl_grad_acc(g, x, dx));
-    if (a.need_dg) KL_TRY(kl_grad_acc(g, gm, dx->extra[e++]));
-    if (a.need_db) KL_TRY(kl_grad_acc(g, bt, dx->extra[e++]));
-    return KL_OK;
+    return kl_norm_backward(g, t, dy, KL_OP_batchnorm_bwd, a.ig, a.ib, &a, sizeof a, &a.need_dx, &a.need_dg,
+                            &a.need_db);
 }
 
 /* scratch for the training statistics */

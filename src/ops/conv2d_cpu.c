@@ -41,6 +41,23 @@ static int act_kind(int act)
     return act == KL_ACT_RELU ? KL_UN_RELU : act == KL_ACT_TANH ? KL_UN_TANH : KL_UN_SIGMOID;
 }
 
+/* Col row k = (c * KH + kh) * KW + kw of a group's im2col [Cg*KH*KW, P]: its
+ * values at output rows [oh0, oh1) and columns [ow0, ow1) come from x_g at
+ * xo + oh * sh * W + ow * sw; the rest lie in the padding (zeros). */
+typedef struct {
+    int64_t oh0, oh1, ow0, ow1, xo;
+} col_span;
+
+static col_span col_span_of(const kl_conv_attr *a, int64_t k)
+{
+    int64_t kw = k % a->KW, kh = k / a->KW % a->KH, c = k / (a->KW * a->KH), iw0 = kw * a->dw - a->pw;
+    col_span s;
+    valid_range(kh * a->dh - a->ph, a->sh, a->OH, a->H, &s.oh0, &s.oh1);
+    valid_range(iw0, a->sw, a->OW, a->W, &s.ow0, &s.ow1);
+    s.xo = (c * a->H + kh * a->dh - a->ph) * a->W + iw0; /* x offset at oh = ow = 0 */
+    return s;
+}
+
 #define CONV_KERNELS(T)                                                                            \
     /* dy_n itself, or dz = act'(y_n) * dy_n formed in buf (fused activation) */                   \
     static const T *grad_in_##T(const kl_conv_attr *a, int64_t n, const T *dy, const T *y, T *buf) \
@@ -66,6 +83,15 @@ static int act_kind(int act)
         for (int j = 0; j < 16; j++) s += acc[j];                                                  \
         return s;                                                                                  \
     }                                                                                              \
+    /* zeros a flat col row's columns outside [ow0, ow1) of its valid rows (the values that        \
+     * wrapped in from the neighbouring image rows) */                                             \
+    static void zero_edges_##T(T *row, int64_t OW, col_span s)                                     \
+    {                                                                                              \
+        for (int64_t oh = s.oh0; oh < s.oh1; oh++) {                                               \
+            for (int64_t ow = 0; ow < s.ow0; ow++) row[oh * OW + ow] = 0;                          \
+            for (int64_t ow = s.ow1; ow < OW; ow++) row[oh * OW + ow] = 0;                         \
+        }                                                                                          \
+    }                                                                                              \
     /* col [Cg*KH*KW, P] from x_g [Cg, H, W] (zeros where the window is in the padding).           \
      * flat (stride 1, OW == W): a col row is the plane shifted by a constant, so it is one        \
      * contiguous copy with the wrapped edge columns zeroed afterwards. */                         \
@@ -73,39 +99,29 @@ static int act_kind(int act)
     {                                                                                              \
         int64_t OW = a->OW, P = a->OH * a->OW;                                                     \
         bool flat = a->sh == 1 && a->sw == 1 && a->OW == a->W;                                     \
-        for (int64_t c = 0; c < Cg; c++)                                                           \
-            for (int64_t kh = 0; kh < a->KH; kh++) {                                               \
-                int64_t oh0, oh1;                                                                  \
-                valid_range(kh * a->dh - a->ph, a->sh, a->OH, a->H, &oh0, &oh1);                   \
-                for (int64_t kw = 0; kw < a->KW; kw++) {                                           \
-                    T *row = col + ((c * a->KH + kh) * a->KW + kw) * P;                            \
-                    int64_t iw0 = kw * a->dw - a->pw, ow0, ow1;                                    \
-                    valid_range(iw0, a->sw, OW, a->W, &ow0, &ow1);                                 \
-                    int64_t xo = (c * a->H + kh * a->dh - a->ph) * a->W + iw0; /* x offset at oh=ow=0 */ \
-                    if (oh0 >= oh1 || ow0 >= ow1) {                                                \
-                        memset(row, 0, (size_t)P * sizeof(T));                                     \
-                    } else if (flat) {                                                             \
-                        int64_t f0 = oh0 * OW + ow0, f1 = (oh1 - 1) * OW + ow1;                    \
-                        for (int64_t f = 0; f < f0; f++) row[f] = 0; /* short: no call */          \
-                        memcpy(row + f0, x + (xo + f0), (size_t)(f1 - f0) * sizeof(T));            \
-                        for (int64_t f = f1; f < P; f++) row[f] = 0;                               \
-                        for (int64_t oh = oh0; oh < oh1; oh++) {                                   \
-                            for (int64_t ow = 0; ow < ow0; ow++) row[oh * OW + ow] = 0;            \
-                            for (int64_t ow = ow1; ow < OW; ow++) row[oh * OW + ow] = 0;           \
-                        }                                                                          \
-                    } else {                                                                       \
-                        memset(row, 0, (size_t)(oh0 * OW) * sizeof(T));                            \
-                        for (int64_t oh = oh0; oh < oh1; oh++) {                                   \
-                            T *r = row + oh * OW;                                                  \
-                            const T *xr = x + (xo + oh * a->sh * a->W + ow0 * a->sw);              \
-                            for (int64_t ow = 0; ow < ow0; ow++) r[ow] = 0;                        \
-                            for (int64_t ow = ow0; ow < ow1; ow++) r[ow] = xr[(ow - ow0) * a->sw]; \
-                            for (int64_t ow = ow1; ow < OW; ow++) r[ow] = 0;                       \
-                        }                                                                          \
-                        memset(row + oh1 * OW, 0, (size_t)((a->OH - oh1) * OW) * sizeof(T));       \
-                    }                                                                              \
+        for (int64_t k = 0; k < Cg * a->KH * a->KW; k++) {                                         \
+            T *row = col + k * P;                                                                  \
+            col_span s = col_span_of(a, k);                                                        \
+            if (s.oh0 >= s.oh1 || s.ow0 >= s.ow1) {                                                \
+                memset(row, 0, (size_t)P * sizeof(T));                                             \
+            } else if (flat) {                                                                     \
+                int64_t f0 = s.oh0 * OW + s.ow0, f1 = (s.oh1 - 1) * OW + s.ow1;                    \
+                for (int64_t f = 0; f < f0; f++) row[f] = 0; /* short: no call */                  \
+                memcpy(row + f0, x + (s.xo + f0), (size_t)(f1 - f0) * sizeof(T));                  \
+                for (int64_t f = f1; f < P; f++) row[f] = 0;                                       \
+                zero_edges_##T(row, OW, s);                                                        \
+            } else {                                                                               \
+                memset(row, 0, (size_t)(s.oh0 * OW) * sizeof(T));                                  \
+                for (int64_t oh = s.oh0; oh < s.oh1; oh++) {                                       \
+                    T *r = row + oh * OW;                                                          \
+                    const T *xr = x + (s.xo + oh * a->sh * a->W + s.ow0 * a->sw);                  \
+                    for (int64_t ow = 0; ow < s.ow0; ow++) r[ow] = 0;                              \
+                    for (int64_t ow = s.ow0; ow < s.ow1; ow++) r[ow] = xr[(ow - s.ow0) * a->sw];   \
+                    for (int64_t ow = s.ow1; ow < OW; ow++) r[ow] = 0;                             \
                 }                                                                                  \
+                memset(row + s.oh1 * OW, 0, (size_t)((a->OH - s.oh1) * OW) * sizeof(T));           \
             }                                                                                      \
+        }                                                                                          \
     }                                                                                              \
     /* dx_g [Cg, H, W] = col2im(col): written (zeroed first), overlaps summed. flat: one           \
      * contiguous add per col row after zeroing its wrapped edge columns (col is consumed). */     \
@@ -114,32 +130,22 @@ static int act_kind(int act)
         int64_t OW = a->OW, P = a->OH * a->OW;                                                     \
         bool flat = a->sh == 1 && a->sw == 1 && a->OW == a->W;                                     \
         memset(dx, 0, (size_t)(Cg * a->H * a->W) * sizeof(T));                                     \
-        for (int64_t c = 0; c < Cg; c++)                                                           \
-            for (int64_t kh = 0; kh < a->KH; kh++) {                                               \
-                int64_t oh0, oh1;                                                                  \
-                valid_range(kh * a->dh - a->ph, a->sh, a->OH, a->H, &oh0, &oh1);                   \
-                for (int64_t kw = 0; kw < a->KW; kw++) {                                           \
-                    T *row = col + ((c * a->KH + kh) * a->KW + kw) * P;                            \
-                    int64_t iw0 = kw * a->dw - a->pw, ow0, ow1;                                    \
-                    valid_range(iw0, a->sw, OW, a->W, &ow0, &ow1);                                 \
-                    int64_t xo = (c * a->H + kh * a->dh - a->ph) * a->W + iw0;                     \
-                    if (oh0 >= oh1 || ow0 >= ow1) continue;                                        \
-                    if (flat) {                                                                    \
-                        int64_t f0 = oh0 * OW + ow0, f1 = (oh1 - 1) * OW + ow1;                    \
-                        for (int64_t oh = oh0; oh < oh1; oh++) {                                   \
-                            for (int64_t ow = 0; ow < ow0; ow++) row[oh * OW + ow] = 0;            \
-                            for (int64_t ow = ow1; ow < OW; ow++) row[oh * OW + ow] = 0;           \
-                        }                                                                          \
-                        for (int64_t f = f0; f < f1; f++) dx[xo + f] += row[f];                    \
-                        continue;                                                                  \
-                    }                                                                              \
-                    for (int64_t oh = oh0; oh < oh1; oh++) {                                       \
-                        const T *r = row + oh * OW;                                                \
-                        T *xr = dx + (xo + oh * a->sh * a->W + ow0 * a->sw);                       \
-                        for (int64_t ow = ow0; ow < ow1; ow++) xr[(ow - ow0) * a->sw] += r[ow];    \
-                    }                                                                              \
-                }                                                                                  \
+        for (int64_t k = 0; k < Cg * a->KH * a->KW; k++) {                                         \
+            T *row = col + k * P;                                                                  \
+            col_span s = col_span_of(a, k);                                                        \
+            if (s.oh0 >= s.oh1 || s.ow0 >= s.ow1) continue;                                        \
+            if (flat) {                                                                            \
+                int64_t f0 = s.oh0 * OW + s.ow0, f1 = (s.oh1 - 1) * OW + s.ow1;                    \
+                zero_edges_##T(row, OW, s);                                                        \
+                for (int64_t f = f0; f < f1; f++) dx[s.xo + f] += row[f];                          \
+                continue;                                                                          \
             }                                                                                      \
+            for (int64_t oh = s.oh0; oh < s.oh1; oh++) {                                           \
+                const T *r = row + oh * OW;                                                        \
+                T *xr = dx + (s.xo + oh * a->sh * a->W + s.ow0 * a->sw);                           \
+                for (int64_t ow = s.ow0; ow < s.ow1; ow++) xr[(ow - s.ow0) * a->sw] += r[ow];      \
+            }                                                                                      \
+        }                                                                                          \
     }                                                                                              \
     static void conv_fwd_##T(const kl_exec *ex, const kl_conv_attr *a, const T *x, const T *w,     \
                              const T *bias, T *y, unsigned char *scratch)                          \
@@ -238,33 +244,42 @@ static int act_kind(int act)
     }
 KL_FOR_REAL(CONV_KERNELS)
 
+/* Runs kernel fn_float or fn_double by t's dtype on (ex, a, ...) (the data
+ * pointers convert from void *). */
+#define CONV_RUN(t, fn, ...)                                                                       \
+    do {                                                                                           \
+        if ((t)->dtype == KL_F32) fn##_float(ex, a, __VA_ARGS__);                                  \
+        else fn##_double(ex, a, __VA_ARGS__);                                                      \
+    } while (0)
+
+/* The forward's activated output y (src 2) that a backward node reads; NULL
+ * without an activation. */
+static const void *act_out(const kl_exec *ex, const kl_tensor *t, const kl_conv_attr *a)
+{
+    return a->act != KL_ACT_NONE ? kl_data(ex, t->src[2]) : NULL;
+}
+
 kl_status kl_conv2d_fwd_cpu(const kl_exec *ex, const kl_tensor *t)
 {
     const kl_conv_attr *a = KL_ATTR_C(t, kl_conv_attr);
-    const void *x = kl_data(ex, t->src[0]), *w = kl_data(ex, t->src[1]);
     const void *b = t->n_src > 2 ? kl_data(ex, t->src[2]) : NULL;
-    if (t->dtype == KL_F32) conv_fwd_float(ex, a, x, w, b, kl_data(ex, t), kl_scratch(ex, t));
-    else conv_fwd_double(ex, a, x, w, b, kl_data(ex, t), kl_scratch(ex, t));
+    CONV_RUN(t, conv_fwd, kl_data(ex, t->src[0]), kl_data(ex, t->src[1]), b, kl_data(ex, t), kl_scratch(ex, t));
     return KL_OK;
 }
 
 kl_status kl_conv2d_bwd_data_cpu(const kl_exec *ex, const kl_tensor *t)
 {
     const kl_conv_attr *a = KL_ATTR_C(t, kl_conv_attr);
-    const void *dy = kl_data(ex, t->src[0]), *w = kl_data(ex, t->src[1]);
-    const void *y = a->act != KL_ACT_NONE ? kl_data(ex, t->src[2]) : NULL;
-    if (t->dtype == KL_F32) conv_bwd_data_float(ex, a, dy, w, y, kl_data(ex, t), kl_scratch(ex, t));
-    else conv_bwd_data_double(ex, a, dy, w, y, kl_data(ex, t), kl_scratch(ex, t));
+    CONV_RUN(t, conv_bwd_data, kl_data(ex, t->src[0]), kl_data(ex, t->src[1]), act_out(ex, t, a), kl_data(ex, t),
+             kl_scratch(ex, t));
     return KL_OK;
 }
 
 kl_status kl_conv2d_bwd_filter_cpu(const kl_exec *ex, const kl_tensor *t)
 {
     const kl_conv_attr *a = KL_ATTR_C(t, kl_conv_attr);
-    const void *dy = kl_data(ex, t->src[0]), *x = kl_data(ex, t->src[1]);
-    const void *y = a->act != KL_ACT_NONE ? kl_data(ex, t->src[2]) : NULL;
     void *db = a->has_bias ? kl_data(ex, t->extra[0]) : NULL;
-    if (t->dtype == KL_F32) conv_bwd_filter_float(ex, a, dy, x, y, kl_data(ex, t), db, kl_scratch(ex, t));
-    else conv_bwd_filter_double(ex, a, dy, x, y, kl_data(ex, t), db, kl_scratch(ex, t));
+    CONV_RUN(t, conv_bwd_filter, kl_data(ex, t->src[0]), kl_data(ex, t->src[1]), act_out(ex, t, a), kl_data(ex, t),
+             db, kl_scratch(ex, t));
     return KL_OK;
 }

@@ -16,13 +16,9 @@
  * needed) dGh [B,T,3H] (for db_hh and dW_hh; else a per-step scratch), dh0
  * and dW_hh = dGh^T [h0; y[:, :-1]]. dx, dW_ih, db_ih, db_hh: rnn.c. */
 #include "ops/rnn.h"
+#include "ops/cpu_kernel.h"
 #include "ops/seq.h"
 #include "backends/cpu/cpu.h"
-
-typedef struct {
-    int ih0, idhn;                     /* bwd source indices; -1: absent */
-    int need_dgh, need_dh0, need_dwhh; /* extras, in this order */
-} gru_bwd_attr;
 
 static kl_status gru_shape(kl_tensor *t)
 {
@@ -42,12 +38,10 @@ static kl_status gru_shape(kl_tensor *t)
     {                                                                                              \
         const kl_rnn_attr *a = KL_ATTR_C(t, kl_rnn_attr);                                          \
         const T_ *x = kl_data(ex, t->src[0]), *wih = kl_data(ex, t->src[1]), *whh = kl_data(ex, t->src[2]); \
-        const T_ *bih = a->ib_ih >= 0 ? kl_data(ex, t->src[a->ib_ih]) : NULL;                      \
-        const T_ *bhh = a->ib_hh >= 0 ? kl_data(ex, t->src[a->ib_hh]) : NULL;                      \
-        const T_ *h0 = a->ih0 >= 0 ? kl_data(ex, t->src[a->ih0]) : NULL;                           \
+        const T_ *bih = kl_rnn_src(ex, t, a->ib_ih), *bhh = kl_rnn_src(ex, t, a->ib_hh);           \
+        const T_ *h0 = kl_rnn_src(ex, t, a->ih0);                                                  \
         int64_t B = t->ne[0], T = t->ne[1], H = t->ne[2], NI = t->src[0]->ne[2], G3 = 3 * H;       \
         T_ *y = kl_data(ex, t), *A = kl_aux(ex, t), *HN = A + B * T * G3, *gh = kl_scratch(ex, t); \
-        T_ *hn = kl_data(ex, t->extra[0]);                                                         \
         kl_gemm_##T_(false, true, B * T, G3, NI, 1, x, NI, wih, NI, 0, A, G3);                     \
         for (int64_t s = 0; s < T; s++) {                                                          \
             const T_ *hp = s ? y + (s - 1) * H : h0;                                               \
@@ -66,17 +60,16 @@ static kl_status gru_shape(kl_tensor *t)
                                                 hp ? hp[b * ldh + j] : (T_)0, &gt[j], &gt[H + j], &gt[2 * H + j]); \
             }                                                                                      \
         }                                                                                          \
-        for (int64_t b = 0; b < B; b++) memcpy(hn + b * H, y + (b * T + T - 1) * H, (size_t)H * sizeof(T_)); \
+        kl_rnn_last_step(y, B, T, H, sizeof(T_), kl_data(ex, t->extra[0])); /* h_n */              \
     }                                                                                              \
     static void gru_bwd_##T_(const kl_exec *ex, const kl_tensor *t)                                \
     {                                                                                              \
-        const gru_bwd_attr *a = KL_ATTR_C(t, gru_bwd_attr);                                        \
+        const kl_rnn_bwd_attr *a = KL_ATTR_C(t, kl_rnn_bwd_attr);                                  \
         const kl_tensor *fw = t->src[1];                                                           \
         int64_t B = fw->ne[0], T = fw->ne[1], H = fw->ne[2], G3 = 3 * H;                           \
         const T_ *dy = kl_data(ex, t->src[0]), *y = kl_data(ex, fw), *whh = kl_data(ex, t->src[2]); \
         const T_ *A = kl_aux(ex, fw), *HN = A + B * T * G3;                                        \
-        const T_ *h0 = a->ih0 >= 0 ? kl_data(ex, t->src[a->ih0]) : NULL;                           \
-        const T_ *dhn = a->idhn >= 0 ? kl_data(ex, t->src[a->idhn]) : NULL;                        \
+        const T_ *h0 = kl_rnn_src(ex, t, a->ih0), *dhn = kl_rnn_src(ex, t, a->idhn);               \
         T_ *dGi = kl_data(ex, t), *dh = kl_scratch(ex, t), *more = dh + B * H;                     \
         int e = 0;                                                                                 \
         T_ *dGh = a->need_dgh ? kl_data(ex, t->extra[e++]) : NULL;                                 \
@@ -101,45 +94,18 @@ static kl_status gru_shape(kl_tensor *t)
             if (s > 0 || dh0) kl_gemm_##T_(false, false, B, H, G3, 1, ght, ldg, whh, H, 1, dh, H); \
         }                                                                                          \
         if (dh0) memcpy(dh0, dh, (size_t)(B * H) * sizeof(T_));                                    \
-        if (!dwhh) return;                                                                         \
-        for (int64_t b = 0; b < B; b++) { /* hp = [h0; y[:, :-1]] per sample */                    \
-            T_ *row = more + b * T * H;                                                            \
-            if (h0) memcpy(row, h0 + b * H, (size_t)H * sizeof(T_));                               \
-            else memset(row, 0, (size_t)H * sizeof(T_));                                           \
-            if (T > 1) memcpy(row + H, y + b * T * H, (size_t)((T - 1) * H) * sizeof(T_));         \
-        }                                                                                          \
-        kl_gemm_##T_(true, false, G3, H, B * T, 1, dGh, G3, more, H, 0, dwhh, H);                  \
+        if (dwhh) kl_rnn_dwhh_##T_(dGh, h0, y, B, T, H, G3, more, dwhh);                           \
     }
 KL_FOR_REAL(GRU_KERNELS)
 
-static kl_status gru_cpu(const kl_exec *ex, const kl_tensor *t)
-{
-    if (t->dtype == KL_F32) gru_fwd_float(ex, t);
-    else gru_fwd_double(ex, t);
-    return KL_OK;
-}
-
-static kl_status gru_bwd_cpu(const kl_exec *ex, const kl_tensor *t)
-{
-    if (t->dtype == KL_F32) gru_bwd_float(ex, t);
-    else gru_bwd_double(ex, t);
-    return KL_OK;
-}
+KL_CPU_REAL_KERNEL(gru_cpu, gru_fwd)
+KL_CPU_REAL_KERNEL(gru_bwd_cpu, gru_bwd)
 
 static kl_status gru_bwd_shape(kl_tensor *t)
 {
-    const gru_bwd_attr *a = KL_ATTR_C(t, gru_bwd_attr);
-    const kl_tensor *dy = t->src[0], *fw = t->src[1];
-    if (fw->op != KL_OP_gru || !kl_same_shape(dy, fw) || dy->dtype != fw->dtype || (a->need_dwhh && !a->need_dgh))
-        return kl_fail(KL_EINTERNAL, "gru_bwd: dy %s vs forward %s", kl_desc(dy), kl_desc(fw));
-    int64_t B = fw->ne[0], T = fw->ne[1], H = fw->ne[2], bh[2] = {B, H}, wd[2] = {3 * H, H};
-    t->dtype = fw->dtype;
-    t->ndim = 3;
-    t->ne[0] = B, t->ne[1] = T, t->ne[2] = 3 * H;
-    kl_tensor *e;
-    if (a->need_dgh) KL_TRY(kl_node_add_extra(t, t->dtype, 3, t->ne, &e));
-    if (a->need_dh0) KL_TRY(kl_node_add_extra(t, t->dtype, 2, bh, &e));
-    if (a->need_dwhh) KL_TRY(kl_node_add_extra(t, t->dtype, 2, wd, &e));
+    const kl_rnn_bwd_attr *a = KL_ATTR_C(t, kl_rnn_bwd_attr);
+    KL_TRY(kl_rnn_bwd_shape(t, KL_OP_gru, "gru_bwd", 3, a->need_dwhh && !a->need_dgh));
+    int64_t B = t->ne[0], T = t->ne[1], H = t->ne[2] / 3;
     /* dh [B,H], then the step's dGh [B,3H] (no dGh extra) or [h0; y[:, :-1]] (for dW_hh) */
     int64_t more = a->need_dwhh ? B * T * H : a->need_dgh ? 0 : B * 3 * H;
     t->scratch_bytes = (size_t)(B * H + more) * kl_dtype_size(t->dtype);
@@ -149,24 +115,10 @@ static kl_status gru_bwd_shape(kl_tensor *t)
 static kl_status gru_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 {
     const kl_rnn_attr *fa = KL_ATTR_C(t, kl_rnn_attr);
-    kl_tensor *h0 = fa->ih0 >= 0 ? t->src[fa->ih0] : NULL, *dhn = t->extra[0]->grad, *dGi;
-    kl_tensor *whh = t->src[2], *bhh = fa->ib_hh >= 0 ? t->src[fa->ib_hh] : NULL;
-    gru_bwd_attr a = {.ih0 = -1, .idhn = -1, .need_dh0 = h0 && h0->requires_grad, .need_dwhh = whh->requires_grad};
+    kl_tensor *h0 = fa->ih0 >= 0 ? t->src[fa->ih0] : NULL, *bhh = fa->ib_hh >= 0 ? t->src[fa->ib_hh] : NULL;
+    kl_rnn_bwd_attr a = {.need_dh0 = h0 && h0->requires_grad, .need_dwhh = t->src[2]->requires_grad};
     a.need_dgh = a.need_dwhh || (bhh && bhh->requires_grad);
-    bool need_in = kl_rnn_needs_input_grads(t);
-    if (!need_in && !a.need_dh0 && !a.need_dwhh) return KL_OK;
-    kl_tensor *src[5] = {dy, t, whh};
-    int n = 3;
-    KL_TRY(kl_contiguous(g, dy, &src[0]));
-    if (h0) a.ih0 = n, src[n++] = h0;
-    if (dhn) a.idhn = n, src[n++] = dhn;
-    for (int i = 3; i < n; i++) KL_TRY(kl_contiguous(g, src[i], &src[i]));
-    KL_TRY(kl_node_new(g, KL_OP_gru_bwd, n, src, &a, sizeof a, &dGi));
-    int e = 0;
-    kl_tensor *dGh = a.need_dgh ? dGi->extra[e++] : NULL;
-    if (a.need_dh0) KL_TRY(kl_grad_acc(g, h0, dGi->extra[e++]));
-    if (a.need_dwhh) KL_TRY(kl_grad_acc(g, whh, dGi->extra[e++]));
-    return need_in ? kl_rnn_input_grads(g, t, dGi, dGh) : KL_OK;
+    return kl_rnn_backward(g, t, dy, KL_OP_gru_bwd, a);
 }
 
 const kl_op_def kl_op_gru = {

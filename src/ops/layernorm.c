@@ -8,6 +8,8 @@
  * results do not depend on the thread count. */
 #include "ops/ops.h"
 #include "ops/norm.h"
+#include "ops/norm_grad.h"
+#include "ops/cpu_kernel.h"
 #include "backends/cpu/cpu.h"
 
 #include <math.h>
@@ -94,8 +96,7 @@ static kl_status ln_shape(kl_tensor *t)
                     sgx += gi * ((double)xr[i] - (double)m);                                       \
                 }                                                                                  \
                 T mg = (T)(sg / (double)D), mgx = (T)(sgx * (double)is / (double)D);               \
-                for (int64_t i = 0; i < D; i++)                                                    \
-                    or_[i] = kl_norm_bwd_##T(xr[i], dr[i] * (gm ? gm[i] : (T)1), m, is, mg, mgx);  \
+                kl_norm_bwd_run_##T(xr, dr, gm, 1, m, is, mg, mgx, D, or_);                        \
             }                                                                                      \
         }                                                                                          \
         if (!dg && !db) return;                                                                    \
@@ -120,53 +121,22 @@ static kl_status ln_shape(kl_tensor *t)
     }
 KL_FOR_REAL(LN_KERNELS)
 
-static kl_status ln_cpu(const kl_exec *ex, const kl_tensor *t)
-{
-    if (t->dtype == KL_F32) ln_fwd_float(ex, t);
-    else ln_fwd_double(ex, t);
-    return KL_OK;
-}
-
-static kl_status ln_bwd_cpu(const kl_exec *ex, const kl_tensor *t)
-{
-    if (t->dtype == KL_F32) ln_bwd_float(ex, t);
-    else ln_bwd_double(ex, t);
-    return KL_OK;
-}
+KL_CPU_REAL_KERNEL(ln_cpu, ln_fwd)
+KL_CPU_REAL_KERNEL(ln_bwd_cpu, ln_bwd)
 
 /* srcs: dy, x, forward node, gamma (if any); extras dgamma, dbeta as asked */
 static kl_status ln_bwd_shape(kl_tensor *t)
 {
     const ln_attr *a = KL_ATTR(t, ln_attr);
-    const kl_tensor *dy = t->src[0], *x = t->src[1];
-    if (!kl_same_shape(dy, x) || dy->dtype != x->dtype)
-        return kl_fail(KL_EINTERNAL, "layernorm_bwd: dy %s vs x %s", kl_desc(dy), kl_desc(x));
-    t->dtype = x->dtype;
-    t->ndim = x->ndim;
-    memcpy(t->ne, x->ne, sizeof t->ne);
-    kl_tensor *e;
-    const int64_t *D = &x->ne[x->ndim - 1];
-    if (a->need_dg) KL_TRY(kl_node_add_extra(t, x->dtype, 1, D, &e));
-    if (a->need_db) KL_TRY(kl_node_add_extra(t, x->dtype, 1, D, &e));
-    return KL_OK;
+    const kl_tensor *x = t->src[1];
+    return kl_norm_bwd_shape(t, "layernorm_bwd", &x->ne[x->ndim - 1], a->need_dg, a->need_db);
 }
 
 static kl_status ln_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 {
     ln_attr a = *KL_ATTR(t, ln_attr);
-    kl_tensor *x = t->src[0], *gm = a.ig >= 0 ? t->src[a.ig] : NULL, *bt = a.ib >= 0 ? t->src[a.ib] : NULL;
-    a.need_dx = x->requires_grad;
-    a.need_dg = gm && gm->requires_grad;
-    a.need_db = bt && bt->requires_grad;
-    if (!a.need_dx && !a.need_dg && !a.need_db) return KL_OK;
-    kl_tensor *src[4] = {dy, x, t, gm}, *dx;
-    KL_TRY(kl_contiguous(g, dy, &src[0]));
-    KL_TRY(kl_node_new(g, KL_OP_layernorm_bwd, gm ? 4 : 3, src, &a, sizeof a, &dx));
-    int e = 0;
-    if (a.need_dx) KL_TRY(kl_grad_acc(g, x, dx));
-    if (a.need_dg) KL_TRY(kl_grad_acc(g, gm, dx->extra[e++]));
-    if (a.need_db) KL_TRY(kl_grad_acc(g, bt, dx->extra[e++]));
-    return KL_OK;
+    return kl_norm_backward(g, t, dy, KL_OP_layernorm_bwd, a.ig, a.ib, &a, sizeof a, &a.need_dx, &a.need_dg,
+                            &a.need_db);
 }
 
 const kl_op_def kl_op_layernorm = {

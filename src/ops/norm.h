@@ -35,6 +35,15 @@ KL_HD static inline int kl_dropout_keep(uint64_t seed, uint32_t salt, uint64_t r
     {                                                                                              \
         T xhat = (x - mean) * invstd;                                                              \
         return invstd * (g - mg - xhat * mgx);                                                     \
+    }                                                                                              \
+    /* training-mode dx of n values sharing mean and invstd (a batchnorm      */                 \
+    /* channel's plane, a layernorm row); g_i = dy_i * gamma[i * gs]: gs 0    */                 \
+    /* for one gamma, 1 for one per value; gamma NULL: 1 */                                      \
+    KL_HD static inline void kl_norm_bwd_run_##T(const T *x, const T *dy, const T *gamma, int64_t gs, \
+                                                 T mean, T invstd, T mg, T mgx, int64_t n, T *__restrict__ dx) \
+    {                                                                                              \
+        for (int64_t i = 0; i < n; i++)                                                            \
+            dx[i] = kl_norm_bwd_##T(x[i], dy[i] * (gamma ? gamma[i * gs] : (T)1), mean, invstd, mg, mgx); \
     }
 KL_DEF_NORM_ELEM(float)
 KL_DEF_NORM_ELEM(double)

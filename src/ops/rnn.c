@@ -1,7 +1,8 @@
-/* Shared checks, builder and input-side gradients of the LSTM and GRU layer
- * ops (see rnn.h). */
+/* Shared checks, builder, backward node and input-side gradients of the
+ * LSTM and GRU layer ops (see rnn.h). */
 #include "ops/rnn.h"
 #include "ops/seq.h"
+#include "backends/cpu/cpu.h"
 
 #include <limits.h>
 
@@ -120,3 +121,68 @@ kl_status kl_rnn_input_grads(kl_graph *g, kl_tensor *t, kl_tensor *dgi, kl_tenso
     }
     return KL_OK;
 }
+
+kl_status kl_rnn_bwd_shape(kl_tensor *t, kl_op_id fwd_op, const char *op, int G, bool bad)
+{
+    const kl_rnn_bwd_attr *a = KL_ATTR_C(t, kl_rnn_bwd_attr);
+    const kl_tensor *dy = t->src[0], *fw = t->src[1];
+    if (fw->op != fwd_op || !kl_same_shape(dy, fw) || dy->dtype != fw->dtype || bad)
+        return kl_fail(KL_EINTERNAL, "%s: dy %s vs forward %s", op, kl_desc(dy), kl_desc(fw));
+    int64_t B = fw->ne[0], T = fw->ne[1], H = fw->ne[2], bh[2] = {B, H}, wd[2] = {G * H, H};
+    t->dtype = fw->dtype;
+    t->ndim = 3;
+    t->ne[0] = B, t->ne[1] = T, t->ne[2] = G * H;
+    kl_tensor *e;
+    if (a->need_dgh) KL_TRY(kl_node_add_extra(t, t->dtype, 3, t->ne, &e));
+    if (a->need_dh0) KL_TRY(kl_node_add_extra(t, t->dtype, 2, bh, &e));
+    if (a->need_dc0) KL_TRY(kl_node_add_extra(t, t->dtype, 2, bh, &e));
+    if (a->need_dwhh) KL_TRY(kl_node_add_extra(t, t->dtype, 2, wd, &e));
+    return KL_OK;
+}
+
+kl_status kl_rnn_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy, kl_op_id op, kl_rnn_bwd_attr a)
+{
+    const kl_rnn_attr *fa = KL_ATTR_C(t, kl_rnn_attr);
+    kl_tensor *h0 = fa->ih0 >= 0 ? t->src[fa->ih0] : NULL, *c0 = fa->ic0 >= 0 ? t->src[fa->ic0] : NULL;
+    kl_tensor *dhn = t->extra[0]->grad, *dcn = fa->gates == 4 ? t->extra[1]->grad : NULL, *dG;
+    a.ih0 = a.ic0 = a.idhn = a.idcn = -1;
+    bool need_in = kl_rnn_needs_input_grads(t);
+    if (!need_in && !a.need_dh0 && !a.need_dc0 && !a.need_dwhh) return KL_OK;
+    kl_tensor *src[7] = {dy, t, t->src[2]};
+    int n = 3;
+    KL_TRY(kl_contiguous(g, dy, &src[0]));
+    if (h0) a.ih0 = n, src[n++] = h0;
+    if (c0) a.ic0 = n, src[n++] = c0;
+    if (dhn) a.idhn = n, src[n++] = dhn;
+    if (dcn) a.idcn = n, src[n++] = dcn;
+    for (int i = 3; i < n; i++) KL_TRY(kl_contiguous(g, src[i], &src[i]));
+    KL_TRY(kl_node_new(g, op, n, src, &a, sizeof a, &dG));
+    int e = 0;
+    /* no dGh extra: the LSTM's hidden-side gradients are dG itself; the GRU needs none */
+    kl_tensor *dGh = a.need_dgh ? dG->extra[e++] : fa->gates == 4 ? dG : NULL;
+    if (a.need_dh0) KL_TRY(kl_grad_acc(g, h0, dG->extra[e++]));
+    if (a.need_dc0) KL_TRY(kl_grad_acc(g, c0, dG->extra[e++]));
+    if (a.need_dwhh) KL_TRY(kl_grad_acc(g, t->src[2], dG->extra[e++]));
+    return need_in ? kl_rnn_input_grads(g, t, dG, dGh) : KL_OK;
+}
+
+void kl_rnn_last_step(const void *seq, int64_t B, int64_t T, int64_t H, size_t es, void *out)
+{
+    for (int64_t b = 0; b < B; b++)
+        memcpy((char *)out + (size_t)(b * H) * es, (const char *)seq + (size_t)((b * T + T - 1) * H) * es,
+               (size_t)H * es);
+}
+
+#define RNN_DWHH(T_)                                                                               \
+    void kl_rnn_dwhh_##T_(const T_ *dG, const T_ *h0, const T_ *y, int64_t B, int64_t T, int64_t H, \
+                          int64_t GH, T_ *rows, T_ *dwhh)                                          \
+    {                                                                                              \
+        for (int64_t b = 0; b < B; b++) { /* [h0; y[:, :-1]] per sample */                         \
+            T_ *row = rows + b * T * H;                                                            \
+            if (h0) memcpy(row, h0 + b * H, (size_t)H * sizeof(T_));                               \
+            else memset(row, 0, (size_t)H * sizeof(T_));                                           \
+            if (T > 1) memcpy(row + H, y + b * T * H, (size_t)((T - 1) * H) * sizeof(T_));         \
+        }                                                                                          \
+        kl_gemm_##T_(true, false, GH, H, B * T, 1, dG, GH, rows, H, 0, dwhh, H);                   \
+    }
+KL_FOR_REAL(RNN_DWHH)

@@ -18,6 +18,24 @@ typedef struct {
     int ib_ih, ib_hh, ih0, ic0;    /* source indices; -1: absent */
 } kl_rnn_attr;
 
+/* Backward node (gru_bwd, lstm_bwd): sources dy, forward node, w_hh, then
+ * those present of h0, c0, dh_n, dc_n (at these indices; -1: absent); primary
+ * output dG [B,T,G*H]; extras, in this order, those asked of dGh [B,T,G*H]
+ * (GRU: the hidden-side pre-activation gradients), dh0, dc0 (LSTM), dW_hh. */
+typedef struct {
+    int ih0, ic0, idhn, idcn;
+    int need_dgh, need_dh0, need_dc0, need_dwhh;
+} kl_rnn_bwd_attr;
+
+/* Data of source i of node t for a CPU kernel; NULL when i < 0 (absent). */
+static inline void *kl_rnn_src(const kl_exec *ex, const kl_tensor *t, int i)
+{
+    return i >= 0 ? kl_data(ex, t->src[i]) : NULL;
+}
+
+/* out [B,H] = seq[:, T-1] of seq [B,T,H] (elements of es bytes): h_n, c_n. */
+void kl_rnn_last_step(const void *seq, int64_t B, int64_t T, int64_t H, size_t es, void *out);
+
 /* Checks a forward node's sources and sets y [B,T,H] (dtype, ndim, ne);
  * op names the op in messages. Outputs B, T, I, H. */
 kl_status kl_rnn_check(kl_tensor *t, const char *op, int64_t *B, int64_t *T, int64_t *NI, int64_t *H);
@@ -35,5 +53,22 @@ bool kl_rnn_needs_input_grads(const kl_tensor *t);
  * the hidden-side ones dgh (same as dgi for the LSTM): dx = dgi W_ih,
  * dW_ih = dgi^T x, db_ih = sum dgi, db_hh = sum dgh. */
 kl_status kl_rnn_input_grads(kl_graph *g, kl_tensor *t, kl_tensor *dgi, kl_tensor *dgh);
+
+/* Shape of a backward node t (kl_rnn_bwd_attr) of forward op fwd_op with G
+ * gates: checks dy against the forward node (bad: an op-specific failure of
+ * the same check), sets dG and adds the extras asked. op names t's op. */
+kl_status kl_rnn_bwd_shape(kl_tensor *t, kl_op_id fwd_op, const char *op, int G, bool bad);
+
+/* Records backward node op of forward node t, with a's need_* set by the
+ * caller (this fills the source indices), and accumulates the gradients of
+ * h0, c0, w_hh and of the inputs (kl_rnn_input_grads). */
+kl_status kl_rnn_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy, kl_op_id op, kl_rnn_bwd_attr a);
+
+/* dW_hh [GH,H] = dG^T [h0; y[:, :-1]] over all B*T rows (dG [B*T,GH]); rows
+ * [B*T,H] is scratch for the right factor; h0 may be NULL (zeros). */
+#define KL_RNN_DWHH_DECL(T_)                                                                       \
+    void kl_rnn_dwhh_##T_(const T_ *dG, const T_ *h0, const T_ *y, int64_t B, int64_t T, int64_t H, \
+                          int64_t GH, T_ *rows, T_ *dwhh);
+KL_FOR_REAL(KL_RNN_DWHH_DECL)
 
 #endif
