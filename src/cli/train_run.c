@@ -55,6 +55,28 @@ static kl_status save_ckpt(runner *r, kl_cfg *cfg, const kl_train_state *st, cha
     return s;
 }
 
+kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg, char *run_dir, char *ckpt_root,
+                             FILE **metrics)
+{
+    if (a->out) snprintf(run_dir, 4096, "%s", a->out);
+    else if (a->resume) snprintf(run_dir, 4096, "%.4000s/../..", a->ckpt_dir); /* <run>/checkpoints/<tag> */
+    else {
+        char ts[32];
+        time_t t = time(NULL);
+        strftime(ts, sizeof ts, "%Y%m%d-%H%M%S", localtime(&t));
+        snprintf(run_dir, 4096, "runs/%s-%.200s", ts, name);
+    }
+    snprintf(ckpt_root, 4200, "%s/checkpoints", run_dir);
+    KL_TRY(kl_mkdir_p(ckpt_root));
+    char path[4300];
+    snprintf(path, sizeof path, "%s/config.yaml", run_dir);
+    KL_TRY(kl_cfg_write(cfg, path));
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run_dir);
+    *metrics = fopen(path, a->resume ? "a" : "w");
+    if (!*metrics) return kl_fail(KL_EIO, "%s: cannot open for writing", path);
+    return KL_OK;
+}
+
 static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
 {
     kl_cfg_node *model;
@@ -113,24 +135,7 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     kl_loader_opts lo = {.batch = r->o.batch, .shuffle = r->o.shuffle, .seed = r->o.seed, .drop_last = r->o.drop_last,
                          .prefetch = 2};
     KL_TRY(kl_loader_new(r->tr, &lo, &r->ld));
-    /* the run directory */
-    if (a->out) snprintf(r->run_dir, sizeof r->run_dir, "%s", a->out);
-    else if (a->resume) { /* <run>/checkpoints/<tag> */
-        snprintf(r->run_dir, sizeof r->run_dir, "%.4000s/../..", a->ckpt_dir);
-    } else {
-        char ts[32];
-        time_t t = time(NULL);
-        strftime(ts, sizeof ts, "%Y%m%d-%H%M%S", localtime(&t));
-        snprintf(r->run_dir, sizeof r->run_dir, "runs/%s-%s", ts, r->o.name);
-    }
-    snprintf(r->ckpt_root, sizeof r->ckpt_root, "%s/checkpoints", r->run_dir);
-    KL_TRY(kl_mkdir_p(r->ckpt_root));
-    char path[4300];
-    snprintf(path, sizeof path, "%s/config.yaml", r->run_dir);
-    KL_TRY(kl_cfg_write(cfg, path));
-    snprintf(path, sizeof path, "%s/metrics.jsonl", r->run_dir);
-    r->metrics = fopen(path, a->resume ? "a" : "w");
-    if (!r->metrics) return kl_fail(KL_EIO, "%s: cannot open for writing", path);
+    KL_TRY(train_run_dir_open(a, r->o.name, cfg, r->run_dir, r->ckpt_root, &r->metrics));
     KL_TRY(watch_init(&r->watch, &r->o, r->train.g, r->metrics)); /* monitoring hook */
     return train_monitor_open(&r->mon, r->run_dir, r->ctx, r->metrics, r->t0); /* monitoring hook */
 }

@@ -3,6 +3,7 @@
 #define KL_CLI_TRAIN_RUN_H
 
 #include <signal.h>
+#include <stdio.h>
 #include "io/config.h"
 #include "io/checkpoint.h"
 
@@ -11,6 +12,13 @@ typedef struct train_args {
     int resume;
     char ckpt_dir[4096]; /* resolved --resume checkpoint */
 } train_args;
+
+/* Opens the run directory: --out, the resumed checkpoint's run, or
+ * runs/<time>-<name>; creates checkpoints/, writes the resolved config.yaml
+ * and opens metrics.jsonl (appending when resuming). run_dir holds 4096
+ * bytes, ckpt_root 4200. */
+kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg, char *run_dir, char *ckpt_root,
+                             FILE **metrics);
 
 /* Runs training as cfg says; returns the process exit code. *stop becomes
  * non-zero on SIGINT/SIGTERM: the current step finishes, a checkpoint is

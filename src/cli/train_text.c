@@ -107,24 +107,10 @@ static kl_status split_corpus(lm_runner *r)
 
 static kl_status run_dir_open(lm_runner *r, kl_cfg *cfg, const train_args *a)
 {
-    if (a->out) snprintf(r->run_dir, sizeof r->run_dir, "%s", a->out);
-    else if (a->resume) snprintf(r->run_dir, sizeof r->run_dir, "%.4000s/../..", a->ckpt_dir);
-    else {
-        char ts[32];
-        time_t t = time(NULL);
-        strftime(ts, sizeof ts, "%Y%m%d-%H%M%S", localtime(&t));
-        snprintf(r->run_dir, sizeof r->run_dir, "runs/%s-%s", ts, r->o.name);
-    }
-    snprintf(r->ckpt_root, sizeof r->ckpt_root, "%s/checkpoints", r->run_dir);
-    KL_TRY(kl_mkdir_p(r->ckpt_root));
     char path[4300];
-    snprintf(path, sizeof path, "%s/config.yaml", r->run_dir);
-    KL_TRY(kl_cfg_write(cfg, path));
+    KL_TRY(train_run_dir_open(a, r->o.name, cfg, r->run_dir, r->ckpt_root, &r->metrics));
     snprintf(path, sizeof path, "%s/vocab.txt", r->run_dir);
     KL_TRY(kl_vocab_save(r->vocab, path));
-    snprintf(path, sizeof path, "%s/metrics.jsonl", r->run_dir);
-    r->metrics = fopen(path, a->resume ? "a" : "w");
-    if (!r->metrics) return kl_fail(KL_EIO, "%s: cannot open for writing", path);
     return train_monitor_open(&r->mon, r->run_dir, r->ctx, r->metrics, r->t0);
 }
 
