@@ -77,6 +77,13 @@ kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg,
     return KL_OK;
 }
 
+void train_say_interrupted(int tty, int64_t step, const char *ckpt, const char *run_dir)
+{
+    if (tty) fprintf(stderr, "\n");
+    printf("interrupted at step %lld; checkpoint %s\nresume with: kiln train --resume %s\n", (long long)step, ckpt,
+           run_dir);
+}
+
 static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
 {
     kl_cfg_node *model;
@@ -282,9 +289,7 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         if (*stop) {
             fflush(r->metrics);
             KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
-            if (tty) fprintf(stderr, "\n");
-            printf("interrupted at step %lld; checkpoint %s\nresume with: kiln train --resume %s\n", (long long)st.step,
-                   ck, r->run_dir);
+            train_say_interrupted(tty, st.step, ck, r->run_dir);
             *interrupted = 1;
             return KL_OK;
         }

@@ -20,6 +20,10 @@ typedef struct train_args {
 kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg, char *run_dir, char *ckpt_root,
                              FILE **metrics);
 
+/* Tells the user a signal stopped the run at step, where the checkpoint
+ * is, and how to resume. */
+void train_say_interrupted(int tty, int64_t step, const char *ckpt, const char *run_dir);
+
 /* Runs training as cfg says; returns the process exit code. *stop becomes
  * non-zero on SIGINT/SIGTERM: the current step finishes, a checkpoint is
  * written, and the run ends saying how to resume. */

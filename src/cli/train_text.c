@@ -280,9 +280,7 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
         if (*stop) {
             fflush(r->metrics);
             KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
-            if (tty) fprintf(stderr, "\n");
-            printf("interrupted at step %lld; checkpoint %s\nresume with: kiln train --resume %s\n", (long long)st.step,
-                   ck, r->run_dir);
+            train_say_interrupted(tty, st.step, ck, r->run_dir);
             *interrupted = 1;
             return KL_OK;
         }
