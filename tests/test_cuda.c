@@ -14,6 +14,7 @@
  * kernel failing with a message naming it. */
 #include "kiln/kiln.h"
 #include "testutil.h"
+#include "cuda_parity.h"
 #include "core/graph.h"       /* kl_backend_kernel */
 #include "backends/backend.h" /* kl_cuda_available */
 
@@ -21,152 +22,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- GPU vs CPU harness ---- */
-
-typedef struct { kl_tensor *t; const void *data; size_t bytes; } in_set;
-typedef struct { in_set v[4]; int n; } in_list;
-typedef kl_status (*build_fn)(kl_graph *g, kl_dtype dt, int arg, in_list *in, kl_tensor **y);
-
-typedef struct {
-    double *y;        /* output */
-    int64_t ny;
-    double *p[16];    /* per ctx slot: gradient (trainable) or value (buffer) */
-    int64_t np[16];
-    int nslots;
-} result;
-
-static const kl_init U1 = {KL_INIT_UNIFORM, 1.0};
-
-static kl_status P(kl_graph *g, const char *name, kl_dtype dt, int nd, const int64_t *ne, kl_tensor **out)
-{
-    return kl_param(g, name, dt, nd, ne, &U1, out);
-}
-
-static void to_double(const void *src, kl_dtype dt, int64_t n, double *dst)
-{
-    for (int64_t i = 0; i < n; i++)
-        dst[i] = dt == KL_F32 ? ((const float *)src)[i] : dt == KL_F64 ? ((const double *)src)[i] : ((const int32_t *)src)[i];
-}
-
-static void result_free(result *r)
-{
-    free(r->y);
-    for (int i = 0; i < r->nslots; i++) free(r->p[i]);
-    memset(r, 0, sizeof *r);
-}
-
-/* Builds the case on device dev, runs it once, reads everything back. */
-static kl_status run_on(kl_device dev, build_fn build, kl_dtype dt, int arg, result *r)
-{
-    memset(r, 0, sizeof *r);
-    kl_ctx_opts co = {.device = dev, .seed = 1234};
-    kl_ctx *ctx = NULL;
-    kl_graph *g = NULL;
-    in_list in = {.n = 0};
-    kl_tensor *y, *w, *loss;
-    kl_status s = kl_ctx_new(&co, &ctx);
-    if (s == KL_OK) s = kl_graph_new(ctx, &g);
-    if (s == KL_OK) s = build(g, dt, arg, &in, &y);
-    if (s == KL_OK) s = kl_contiguous(g, y, &y);
-    if (s == KL_OK) s = kl_output(g, y);
-    kl_dtype yt = s == KL_OK ? kl_tensor_dtype(y) : KL_F32;
-    int64_t dims[KL_MAX_DIMS];
-    for (int d = 0; s == KL_OK && d < kl_tensor_ndim(y); d++) dims[d] = kl_tensor_dim(y, d);
-    if (s == KL_OK) s = kl_buffer(g, "dy_weights", yt, kl_tensor_ndim(y), dims, &U1, &w);
-    if (s == KL_OK) s = kl_mul(g, y, w, &loss);
-    if (s == KL_OK) s = kl_sum(g, loss, 0, NULL, 0, &loss);
-    if (s == KL_OK) s = kl_backward(g, loss);
-    if (s == KL_OK) s = kl_graph_plan(g, NULL);
-    for (int i = 0; s == KL_OK && i < in.n; i++) s = kl_tensor_set(in.v[i].t, in.v[i].data, in.v[i].bytes);
-    if (s == KL_OK) s = kl_graph_run(g);
-    if (s == KL_OK) {
-        r->ny = kl_tensor_numel(y);
-        size_t es = yt == KL_F64 ? 8 : 4;
-        void *tmp = malloc((size_t)r->ny * es);
-        r->y = malloc((size_t)r->ny * sizeof(double));
-        s = kl_tensor_get(y, tmp, (size_t)r->ny * es);
-        if (s == KL_OK) to_double(tmp, yt, r->ny, r->y);
-        free(tmp);
-    }
-    for (int i = 0; s == KL_OK && i < kl_ctx_param_count(ctx) && i < 16; i++) {
-        const char *name;
-        kl_dtype pdt;
-        int nd, tr;
-        int64_t ne[KL_MAX_DIMS], n = 1;
-        s = kl_ctx_param_info(ctx, i, &name, &pdt, &nd, ne, &tr);
-        for (int d = 0; d < nd; d++) n *= ne[d];
-        size_t bytes = (size_t)n * kl_dtype_size(pdt);
-        void *tmp = malloc(bytes ? bytes : 1);
-        r->p[i] = malloc((size_t)n * sizeof(double) + 1);
-        r->np[i] = n;
-        r->nslots = i + 1;
-        if (s == KL_OK) s = tr ? kl_ctx_grad_get(ctx, i, tmp, bytes) : kl_ctx_param_get(ctx, i, tmp, bytes);
-        if (s == KL_OK) to_double(tmp, pdt, n, r->p[i]);
-        free(tmp);
-    }
-    kl_graph_free(g);
-    kl_ctx_free(ctx);
-    return s;
-}
-
-/* max |gpu - cpu| relative to max |cpu|; prints the first mismatches */
-static void compare(const char *cs, const char *what, const double *cpu, const double *gpu, int64_t n, double tol)
-{
-    double scale = 0, worst = 0;
-    for (int64_t i = 0; i < n; i++) scale = fabs(cpu[i]) > scale ? fabs(cpu[i]) : scale;
-    if (scale < 1e-30) scale = 1;
-    int64_t bad = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double e = fabs(gpu[i] - cpu[i]) / scale;
-        if (!(e <= tol)) {
-            if (bad < 5) fprintf(stderr, "  %s %s[%lld]: cpu %.9g gpu %.9g (rel err %.2e > %.0e)\n", cs, what, (long long)i,
-                                 cpu[i], gpu[i], e, tol);
-            bad++;
-        }
-        if (e > worst || e != e) worst = e;
-    }
-    kl_test_checks++;
-    if (bad) {
-        kl_test_failures++;
-        fprintf(stderr, "  %s %s: %lld of %lld values off, max rel err %.2e\n", cs, what, (long long)bad, (long long)n, worst);
-    }
-}
-
-typedef struct { const char *name; build_fn build; int arg; double tol32, tol64; int f32_only; } tcase;
-
-static void run_case(const tcase *c, kl_device gpu)
-{
-    for (int k = 0; k < (c->f32_only ? 1 : 2); k++) {
-        kl_dtype dt = k ? KL_F64 : KL_F32;
-        double tol = k ? c->tol64 : c->tol32;
-        char cs[96];
-        snprintf(cs, sizeof cs, "%s/%s", c->name, kl_dtype_name(dt));
-        result rc, rg;
-        kl_status s1 = run_on((kl_device){KL_DEVICE_CPU, 0}, c->build, dt, c->arg, &rc);
-        if (s1 != KL_OK) fprintf(stderr, "  %s on cpu: %s\n", cs, kl_last_error());
-        kl_status s2 = s1 == KL_OK ? run_on(gpu, c->build, dt, c->arg, &rg) : KL_EINTERNAL;
-        if (s1 == KL_OK && s2 != KL_OK) fprintf(stderr, "  %s on cuda: %s\n", cs, kl_last_error());
-        CHECK(s1 == KL_OK && s2 == KL_OK);
-        if (s1 == KL_OK && s2 == KL_OK) {
-            compare(cs, "y", rc.y, rg.y, rc.ny, tol);
-            for (int i = 0; i < rc.nslots; i++) {
-                char what[32];
-                snprintf(what, sizeof what, "slot%d", i);
-                compare(cs, what, rc.p[i], rg.p[i], rc.np[i], tol);
-            }
-            printf("  ok %s\n", cs);
-        }
-        result_free(&rc);
-        if (s1 == KL_OK) result_free(&rg);
-    }
-}
-
 /* ---- the cases ---- */
 
-static kl_status b_unary(kl_graph *g, kl_dtype dt, int kind, in_list *in, kl_tensor **y)
+static kl_status b_unary(kl_graph *g, kl_dtype dt, int kind, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *x;
-    KL_TRY(P(g, "x", dt, 2, (int64_t[]){7, 13}, &x));
+    KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){7, 13}, &x));
     KL_TRY(kl_transpose(g, x, 0, 1, &x)); /* a strided view */
     switch (kind) {
     case 0: return kl_relu(g, x, y);
@@ -180,11 +41,11 @@ static kl_status b_unary(kl_graph *g, kl_dtype dt, int kind, in_list *in, kl_ten
 
 static const kl_init ONES = {KL_INIT_ONES, 0};
 
-static kl_status b_binary(kl_graph *g, kl_dtype dt, int kind, in_list *in, kl_tensor **y)
+static kl_status b_binary(kl_graph *g, kl_dtype dt, int kind, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *a, *b, *one;
-    KL_TRY(P(g, "a", dt, 3, (int64_t[]){5, 1, 7}, &a));
-    KL_TRY(P(g, "b", dt, 2, (int64_t[]){3, 1}, &b));
+    KL_TRY(kl_parity_param(g, "a", dt, 3, (int64_t[]){5, 1, 7}, &a));
+    KL_TRY(kl_parity_param(g, "b", dt, 2, (int64_t[]){3, 1}, &b));
     switch (kind) {
     case 0: return kl_add(g, a, b, y);
     case 1: return kl_sub(g, a, b, y);
@@ -197,134 +58,134 @@ static kl_status b_binary(kl_graph *g, kl_dtype dt, int kind, in_list *in, kl_te
     }
 }
 
-static kl_status b_reduce(kl_graph *g, kl_dtype dt, int arg, in_list *in, kl_tensor **y)
+static kl_status b_reduce(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *x;
     if (arg == 0) { /* sum over axes 0 and 2 of a permuted view */
-        KL_TRY(P(g, "x", dt, 3, (int64_t[]){4, 5, 6}, &x));
+        KL_TRY(kl_parity_param(g, "x", dt, 3, (int64_t[]){4, 5, 6}, &x));
         KL_TRY(kl_permute(g, x, (int[]){2, 0, 1}, &x));
         return kl_sum(g, x, 2, (int[]){0, 2}, 1, y);
     }
-    KL_TRY(P(g, "x", dt, 2, (int64_t[]){300, 7}, &x)); /* mean of everything: one long reduction */
+    KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){300, 7}, &x)); /* mean of everything: one long reduction */
     return kl_mean(g, x, 0, NULL, 0, y);
 }
 
-static kl_status b_matmul(kl_graph *g, kl_dtype dt, int arg, in_list *in, kl_tensor **y)
+static kl_status b_matmul(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *a, *b, *bias;
     switch (arg) {
     case 0: /* linear + bias + relu (epilogue) */
     case 1: /* linear + bias + tanh (extra kernel) */
-        KL_TRY(P(g, "x", dt, 2, (int64_t[]){33, 17}, &a));
-        KL_TRY(P(g, "w", dt, 2, (int64_t[]){29, 17}, &b));
-        KL_TRY(P(g, "bias", dt, 1, (int64_t[]){29}, &bias));
+        KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){33, 17}, &a));
+        KL_TRY(kl_parity_param(g, "w", dt, 2, (int64_t[]){29, 17}, &b));
+        KL_TRY(kl_parity_param(g, "bias", dt, 1, (int64_t[]){29}, &bias));
         return kl_linear(g, a, b, bias, arg == 0 ? KL_ACT_RELU : KL_ACT_TANH, y);
     case 2: /* strided batch */
-        KL_TRY(P(g, "a", dt, 3, (int64_t[]){3, 5, 7}, &a));
-        KL_TRY(P(g, "b", dt, 3, (int64_t[]){3, 7, 4}, &b));
+        KL_TRY(kl_parity_param(g, "a", dt, 3, (int64_t[]){3, 5, 7}, &a));
+        KL_TRY(kl_parity_param(g, "b", dt, 3, (int64_t[]){3, 7, 4}, &b));
         return kl_matmul(g, a, b, y);
     case 3: /* broadcast batch dims: one GEMM per matrix */
-        KL_TRY(P(g, "a", dt, 4, (int64_t[]){2, 1, 5, 7}, &a));
-        KL_TRY(P(g, "b", dt, 3, (int64_t[]){3, 7, 4}, &b));
+        KL_TRY(kl_parity_param(g, "a", dt, 4, (int64_t[]){2, 1, 5, 7}, &a));
+        KL_TRY(kl_parity_param(g, "b", dt, 3, (int64_t[]){3, 7, 4}, &b));
         return kl_matmul(g, a, b, y);
     default: /* transposed a */
-        KL_TRY(P(g, "a", dt, 2, (int64_t[]){7, 5}, &a));
-        KL_TRY(P(g, "b", dt, 2, (int64_t[]){7, 4}, &b));
+        KL_TRY(kl_parity_param(g, "a", dt, 2, (int64_t[]){7, 5}, &a));
+        KL_TRY(kl_parity_param(g, "b", dt, 2, (int64_t[]){7, 4}, &b));
         KL_TRY(kl_transpose(g, a, 0, 1, &a));
         return kl_matmul(g, a, b, y);
     }
 }
 
-static kl_status b_softmax(kl_graph *g, kl_dtype dt, int arg, in_list *in, kl_tensor **y)
+static kl_status b_softmax(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *x;
-    KL_TRY(P(g, "x", dt, 2, (int64_t[]){9, 37}, &x));
+    KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){9, 37}, &x));
     return arg ? kl_log_softmax(g, x, y) : kl_softmax(g, x, y);
 }
 
 static int32_t g_labels[16] = {3, 0, 9, 7, 1, 1, 4, 8, 2, 6, 5, 9, 0, 3, 7, 2};
 
-static kl_status b_ce(kl_graph *g, kl_dtype dt, int arg, in_list *in, kl_tensor **y)
+static kl_status b_ce(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *x, *lab;
-    KL_TRY(P(g, "logits", dt, 2, (int64_t[]){16, 10}, &x));
+    KL_TRY(kl_parity_param(g, "logits", dt, 2, (int64_t[]){16, 10}, &x));
     KL_TRY(kl_input(g, "labels", KL_I32, 1, (int64_t[]){16}, &lab));
-    in->v[in->n++] = (in_set){lab, g_labels, sizeof g_labels};
+    in->v[in->n++] = (kl_in_set){lab, g_labels, sizeof g_labels};
     return kl_softmax_cross_entropy(g, x, lab, y);
 }
 
-static kl_status b_dropout(kl_graph *g, kl_dtype dt, int arg, in_list *in, kl_tensor **y)
+static kl_status b_dropout(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *x;
-    KL_TRY(P(g, "x", dt, 1, (int64_t[]){1001}, &x));
+    KL_TRY(kl_parity_param(g, "x", dt, 1, (int64_t[]){1001}, &x));
     return kl_dropout(g, x, 0.3, y);
 }
 
-static kl_status b_batchnorm(kl_graph *g, kl_dtype dt, int training, in_list *in, kl_tensor **y)
+static kl_status b_batchnorm(kl_graph *g, kl_dtype dt, int training, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *x, *gm, *bt, *rm, *rv;
     const kl_init half = {KL_INIT_UNIFORM, 0.5};
-    KL_TRY(P(g, "x", dt, 4, (int64_t[]){8, 6, 5, 5}, &x));
-    KL_TRY(P(g, "gamma", dt, 1, (int64_t[]){6}, &gm));
-    KL_TRY(P(g, "beta", dt, 1, (int64_t[]){6}, &bt));
+    KL_TRY(kl_parity_param(g, "x", dt, 4, (int64_t[]){8, 6, 5, 5}, &x));
+    KL_TRY(kl_parity_param(g, "gamma", dt, 1, (int64_t[]){6}, &gm));
+    KL_TRY(kl_parity_param(g, "beta", dt, 1, (int64_t[]){6}, &bt));
     KL_TRY(kl_buffer(g, "running_mean", dt, 1, (int64_t[]){6}, &half, &rm));
     KL_TRY(kl_buffer(g, "running_var", dt, 1, (int64_t[]){6}, &ONES, &rv));
     kl_batchnorm_opts o = {.training = training, .momentum = 0.2};
     return kl_batchnorm(g, x, gm, bt, rm, rv, &o, y);
 }
 
-static kl_status b_layernorm(kl_graph *g, kl_dtype dt, int arg, in_list *in, kl_tensor **y)
+static kl_status b_layernorm(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *x, *gm, *bt;
-    KL_TRY(P(g, "x", dt, 2, (int64_t[]){12, 33}, &x));
-    KL_TRY(P(g, "gamma", dt, 1, (int64_t[]){33}, &gm));
-    KL_TRY(P(g, "beta", dt, 1, (int64_t[]){33}, &bt));
+    KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){12, 33}, &x));
+    KL_TRY(kl_parity_param(g, "gamma", dt, 1, (int64_t[]){33}, &gm));
+    KL_TRY(kl_parity_param(g, "beta", dt, 1, (int64_t[]){33}, &bt));
     return kl_layernorm(g, x, gm, bt, 1e-5, y);
 }
 
 static int32_t g_idx[24];
 
-static kl_status b_embedding(kl_graph *g, kl_dtype dt, int arg, in_list *in, kl_tensor **y)
+static kl_status b_embedding(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *w, *idx;
     for (int i = 0; i < 24; i++) g_idx[i] = (i * 7 + 3) % 20; /* repeats: dW sums */
-    KL_TRY(P(g, "w", dt, 2, (int64_t[]){20, 7}, &w));
+    KL_TRY(kl_parity_param(g, "w", dt, 2, (int64_t[]){20, 7}, &w));
     KL_TRY(kl_input(g, "idx", KL_I32, 2, (int64_t[]){4, 6}, &idx));
-    in->v[in->n++] = (in_set){idx, g_idx, sizeof g_idx};
+    in->v[in->n++] = (kl_in_set){idx, g_idx, sizeof g_idx};
     return kl_embedding(g, w, idx, y);
 }
 
-static kl_status b_concat_slice(kl_graph *g, kl_dtype dt, int arg, in_list *in, kl_tensor **y)
+static kl_status b_concat_slice(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *x[3], *c;
-    KL_TRY(P(g, "a", dt, 2, (int64_t[]){4, 3}, &x[0]));
-    KL_TRY(P(g, "b", dt, 2, (int64_t[]){5, 4}, &x[1]));
-    KL_TRY(P(g, "c", dt, 2, (int64_t[]){4, 2}, &x[2]));
+    KL_TRY(kl_parity_param(g, "a", dt, 2, (int64_t[]){4, 3}, &x[0]));
+    KL_TRY(kl_parity_param(g, "b", dt, 2, (int64_t[]){5, 4}, &x[1]));
+    KL_TRY(kl_parity_param(g, "c", dt, 2, (int64_t[]){4, 2}, &x[2]));
     KL_TRY(kl_transpose(g, x[1], 0, 1, &x[1])); /* strided input */
     KL_TRY(kl_concat(g, 3, x, 1, &c));
     return kl_slice(g, c, 1, 2, 8, y); /* backward: slice_bwd */
 }
 
-static kl_status b_cast(kl_graph *g, kl_dtype dt, int arg, in_list *in, kl_tensor **y)
+static kl_status b_cast(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *x;
-    KL_TRY(P(g, "x", dt, 2, (int64_t[]){6, 9}, &x));
+    KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){6, 9}, &x));
     KL_TRY(kl_transpose(g, x, 0, 1, &x));
     kl_dtype mid = dt == KL_F64 ? KL_F32 : arg ? KL_BF16 : KL_F16;
     KL_TRY(kl_cast(g, x, mid, &x));
     return kl_cast(g, x, dt, y);
 }
 
-static kl_status b_copy(kl_graph *g, kl_dtype dt, int arg, in_list *in, kl_tensor **y)
+static kl_status b_copy(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *x;
-    KL_TRY(P(g, "x", dt, 3, (int64_t[]){3, 6, 9}, &x));
+    KL_TRY(kl_parity_param(g, "x", dt, 3, (int64_t[]){3, 6, 9}, &x));
     KL_TRY(kl_permute(g, x, (int[]){2, 0, 1}, &x));
     return kl_contiguous(g, x, y);
 }
 
 #define TF32_TOL 1e-2 /* TF32 rounds GEMM inputs to 10-bit mantissas */
-static const tcase cases[] = {
+static const kl_parity_case cases[] = {
     {"relu", b_unary, 0, 1e-6, 1e-13, 0},        {"gelu", b_unary, 1, 1e-5, 1e-13, 0},
     {"tanh", b_unary, 2, 1e-5, 1e-13, 0},        {"sigmoid", b_unary, 3, 1e-5, 1e-13, 0},
     {"scale", b_unary, 4, 1e-6, 1e-13, 0},       {"square", b_unary, 5, 1e-6, 1e-13, 0},
@@ -368,9 +229,9 @@ static kl_status mlp_build(mlp *m, kl_device dev, kl_dtype dt, const kl_optim_op
     KL_TRY(kl_input(g, "x", dt, 2, (int64_t[]){MB, MIN}, &m->x));
     KL_TRY(kl_input(g, "y", KL_I32, 1, (int64_t[]){MB}, &m->y));
     KL_TRY(kl_param(g, "fc1.weight", dt, 2, (int64_t[]){MH, MIN}, NULL, &w1));
-    KL_TRY(kl_param(g, "fc1.bias", dt, 1, (int64_t[]){MH}, &U1, &b1));
+    KL_TRY(kl_param(g, "fc1.bias", dt, 1, (int64_t[]){MH}, &kl_parity_u1, &b1));
     KL_TRY(kl_param(g, "fc2.weight", dt, 2, (int64_t[]){MC, MH}, NULL, &w2));
-    KL_TRY(kl_param(g, "fc2.bias", dt, 1, (int64_t[]){MC}, &U1, &b2));
+    KL_TRY(kl_param(g, "fc2.bias", dt, 1, (int64_t[]){MC}, &kl_parity_u1, &b2));
     KL_TRY(kl_linear(g, m->x, w1, b1, KL_ACT_RELU, &h));
     KL_TRY(kl_linear(g, h, w2, b2, KL_ACT_NONE, &h));
     KL_TRY(kl_softmax_cross_entropy(g, h, m->y, &m->loss));
@@ -423,8 +284,8 @@ static void compare_params(const char *cs, mlp *c, mlp *gp, kl_dtype dt, double 
         double *da = malloc((size_t)n * sizeof *da), *db = malloc((size_t)n * sizeof *db);
         CHECK_OK(kl_ctx_param_get(c->ctx, i, a, bytes));
         CHECK_OK(kl_ctx_param_get(gp->ctx, i, b, bytes));
-        to_double(a, pdt, n, da);
-        to_double(b, pdt, n, db);
+        kl_parity_to_double(a, pdt, n, da);
+        kl_parity_to_double(b, pdt, n, db);
         double ss = 0, sd = 0, mx = 0;
         for (int64_t k = 0; k < n; k++) {
             double d = fabs(da[k] - db[k]);
@@ -473,9 +334,9 @@ static void test_training(kl_device gpu, kl_dtype dt, const kl_optim_opts *oo, c
         CHECK(bc == bg);
         if (f64 && bc == bg) {
             double *a = malloc(bc), *b = malloc(bc);
-            to_double(dc, KL_F64, (int64_t)(bc / 8), a);
-            to_double(dg, KL_F64, (int64_t)(bg / 8), b);
-            compare(cs, "optim state", a, b, (int64_t)(bc / 8), 1e-11);
+            kl_parity_to_double(dc, KL_F64, (int64_t)(bc / 8), a);
+            kl_parity_to_double(dg, KL_F64, (int64_t)(bg / 8), b);
+            kl_parity_compare(cs, "optim state", a, b, (int64_t)(bc / 8), 1e-11);
             free(a), free(b);
         }
         /* written host copies reach the device before the next update */
@@ -502,10 +363,10 @@ static void test_device_errors(kl_device gpu)
     kl_tensor *x, *lab, *loss, *w, *idx, *e;
     CHECK_OK(kl_ctx_new(&co, &ctx));
     CHECK_OK(kl_graph_new(ctx, &g));
-    CHECK_OK(P(g, "logits", KL_F32, 2, (int64_t[]){8, 10}, &x));
+    CHECK_OK(kl_parity_param(g, "logits", KL_F32, 2, (int64_t[]){8, 10}, &x));
     CHECK_OK(kl_input(g, "labels", KL_I32, 1, (int64_t[]){8}, &lab));
     CHECK_OK(kl_softmax_cross_entropy(g, x, lab, &loss));
-    CHECK_OK(P(g, "emb", KL_F32, 2, (int64_t[]){20, 3}, &w));
+    CHECK_OK(kl_parity_param(g, "emb", KL_F32, 2, (int64_t[]){20, 3}, &w));
     CHECK_OK(kl_input(g, "idx", KL_I32, 1, (int64_t[]){4}, &idx));
     CHECK_OK(kl_embedding(g, w, idx, &e));
     CHECK_OK(kl_output(g, e));
@@ -529,7 +390,7 @@ static void test_device_errors(kl_device gpu)
     /* an op without a CUDA kernel */
     kl_tensor *p, *y;
     CHECK_OK(kl_graph_new(ctx, &g));
-    CHECK_OK(P(g, "img", KL_F32, 4, (int64_t[]){2, 3, 4, 4}, &p));
+    CHECK_OK(kl_parity_param(g, "img", KL_F32, 4, (int64_t[]){2, 3, 4, 4}, &p));
     CHECK_OK(kl_global_avgpool(g, p, &y));
     CHECK_ERR(kl_graph_run(g), KL_EUNSUPPORTED, "no kernel on cuda:0");
     kl_graph_free(g);
@@ -590,7 +451,7 @@ int main(void)
         return 77;
     }
     kl_device gpu = {KL_DEVICE_CUDA, 0};
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_case(&cases[i], gpu);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) kl_parity_case_run(&cases[i], gpu);
     kl_optim_opts adam = {.kind = KL_OPTIM_ADAM, .lr = 1e-3};
     test_training(gpu, KL_F32, &adam, "mlp adam f32");
     test_training(gpu, KL_F64, &adam, "mlp adam f64");

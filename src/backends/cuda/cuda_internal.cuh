@@ -179,6 +179,33 @@ template <typename T, int MAX> __device__ T kl_cu_block_reduce(T v)
 
 /* ---- shared host helpers ---- */
 
+/* One GEMM, or a strided batch of them, on cuBLASLt (matmul.cu), row-major:
+ *   y[M, N] (ld ldy) = a[M, K] @ b[K, N] (+ bias[N]) (ReLU) + beta * y
+ * ta / tb: the operand is stored transposed (a as [K, M] with ld lda, b as
+ * [N, K] with ld ldb). batch > 1: matrix i at a + i*sa, b + i*sb, y + i*sy
+ * (element strides; 0 shares one matrix). bias and relu ride on the
+ * epilogue and need f32. f32 uses TF32 unless KILN_TF32=0. Plans are cached
+ * per shape, layout and alignment (the heuristic runs at the first call). */
+typedef struct kl_cu_gemm {
+    kl_dtype dt; /* f32 or f64 */
+    int64_t M, N, K;
+    const void *a;
+    int64_t lda;
+    int ta;
+    const void *b;
+    int64_t ldb;
+    int tb;
+    void *y;
+    int64_t ldy;
+    int64_t batch, sa, sb, sy;
+    const void *bias;
+    int relu;
+    double beta; /* 0: overwrite y; 1: accumulate */
+} kl_cu_gemm;
+/* t names the op in messages. */
+extern "C" kl_status kl_cu_gemm_run(const kl_tensor *t, const kl_cu_gemm *g);
+
+
 /* Copies a strided src (ne, src_st) into dst laid out with dst_st; any dtype
  * (by element size). elementwise.cu */
 kl_status kl_cu_copy_strided(const kl_tensor *t, int ndim, const int64_t *ne, size_t es, const void *src,

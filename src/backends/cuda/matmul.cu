@@ -21,7 +21,7 @@
 typedef struct gemm_key {
     int dtype, tf32, epi;
     int op_a, op_b;             /* Lt transpose ops of Lt's A (kiln b) and B (kiln a) */
-    int64_t M, N, K, lda, ldb;  /* kiln's view: a [M,K] ld lda, b [K,N] ld ldb; y ld N */
+    int64_t M, N, K, lda, ldb, ldy; /* kiln's view: a [M,K] ld lda, b [K,N] ld ldb, y [M,N] ld ldy */
     int64_t batch, sa, sb, sy;  /* strided batch (batch 1: none) */
     unsigned align_a, align_b, align_y, align_bias;
 } gemm_key;
@@ -92,7 +92,7 @@ static kl_status plan_make(const gemm_key *k, const void *bias, const kl_tensor 
     /* Lt's B = a^T as stored: K x M (ld lda) unless a is a transposed view (M x K, op T) */
     if (k->op_b == CUBLAS_OP_N) KL_TRY(layout(&p->lb, dt, k->K, k->M, k->lda, k->batch, k->sa, t));
     else KL_TRY(layout(&p->lb, dt, k->M, k->K, k->lda, k->batch, k->sa, t));
-    KL_TRY(layout(&p->ly, dt, k->N, k->M, k->N, k->batch, k->sy, t));
+    KL_TRY(layout(&p->ly, dt, k->N, k->M, k->ldy, k->batch, k->sy, t));
 
     size_t ws_max;
     kl_cu_workspace(&ws_max);
@@ -151,17 +151,73 @@ static kl_status plan_get(const gemm_key *k, const void *bias, const kl_tensor *
     return s;
 }
 
-/* ---- kiln's operand layout (as the CPU kernel in src/ops/matmul.c) ---- */
+/* ---- one GEMM (or a strided batch of them) ---- */
 
-static void gemm_layout(const kl_tensor *t, bool *trans, int64_t *ld)
+/* Largest power of two <= 256 dividing v. */
+static unsigned align_of(uint64_t v)
+{
+    unsigned a = 256;
+    while (a > 1 && v % a) a >>= 1;
+    return a;
+}
+
+extern "C" kl_status kl_cu_gemm_run(const kl_tensor *t, const kl_cu_gemm *g)
+{
+    if (g->dt != KL_F32 && g->dt != KL_F64) return kl_fail(KL_EUNSUPPORTED, "%s: no CUDA GEMM for %s", kl_ops[t->op]->name, kl_desc(t));
+    bool f32 = g->dt == KL_F32;
+    size_t es = kl_dtype_size(g->dt);
+    gemm_key k;
+    memset(&k, 0, sizeof k); /* padding too: keys are compared with memcmp */
+    k.dtype = g->dt;
+    k.tf32 = f32 && kl_cu_tf32();
+    k.M = g->M, k.N = g->N, k.K = g->K;
+    k.lda = g->lda, k.ldb = g->ldb, k.ldy = g->ldy;
+    k.op_a = g->tb ? CUBLAS_OP_T : CUBLAS_OP_N; /* Lt's A is kiln's b */
+    k.op_b = g->ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    bool bias = f32 && g->bias, relu = f32 && g->relu;
+    k.epi = bias && relu ? CUBLASLT_EPILOGUE_RELU_BIAS
+            : bias       ? CUBLASLT_EPILOGUE_BIAS
+            : relu       ? CUBLASLT_EPILOGUE_RELU
+                         : CUBLASLT_EPILOGUE_DEFAULT;
+    k.batch = g->batch > 1 ? g->batch : 1;
+    if (k.batch > 1) k.sa = g->sa, k.sb = g->sb, k.sy = g->sy;
+    uint64_t ga = (uintptr_t)g->a, gb = (uintptr_t)g->b, gy = (uintptr_t)g->y;
+    if (k.batch > 1) { /* every matrix of the batch shares the alignment */
+        ga |= (uint64_t)(k.sa * (int64_t)es);
+        gb |= (uint64_t)(k.sb * (int64_t)es);
+        gy |= (uint64_t)(k.sy * (int64_t)es);
+    }
+    k.align_a = align_of(ga);
+    k.align_b = align_of(gb);
+    k.align_y = align_of(gy);
+    k.align_bias = bias ? align_of((uintptr_t)g->bias) : 0;
+
+    const gemm_plan *p;
+    KL_TRY(plan_get(&k, bias ? g->bias : NULL, t, &p));
+    if (bias) LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias, sizeof g->bias), t);
+    size_t ws_bytes;
+    void *ws = kl_cu_workspace(&ws_bytes);
+    /* host scalars: their values are read at the call (and baked into a captured graph) */
+    float alpha_f = 1, beta_f = (float)g->beta;
+    double alpha_d = 1, beta_d = g->beta;
+    const void *alpha = f32 ? (const void *)&alpha_f : (const void *)&alpha_d;
+    const void *beta = f32 ? (const void *)&beta_f : (const void *)&beta_d;
+    LT_CHECK(cublasLtMatmul((cublasLtHandle_t)kl_cu_lt(), p->desc, alpha, g->b, p->la, g->a, p->lb, beta, g->y, p->ly,
+                            g->y, p->ly, &p->algo, ws, p->ws, kl_cu_stream()), t);
+    return KL_OK;
+}
+
+/* ---- the matmul op: kiln's operand layout (as the CPU kernel in src/ops/matmul.c) ---- */
+
+static void gemm_layout(const kl_tensor *t, int *trans, int64_t *ld)
 {
     int n = t->ndim;
     int64_t rows = t->ne[n - 2], cols = t->ne[n - 1];
     if (t->st[n - 1] == 1 && (rows == 1 || t->st[n - 2] >= cols)) {
-        *trans = false;
+        *trans = 0;
         *ld = rows == 1 ? (cols > 0 ? cols : 1) : t->st[n - 2];
     } else {
-        *trans = true;
+        *trans = 1;
         *ld = cols == 1 ? (rows > 0 ? rows : 1) : t->st[n - 1];
     }
 }
@@ -175,14 +231,6 @@ static void batch_strides(const kl_tensor *t, const kl_tensor *x, int64_t *st)
     }
 }
 
-/* Largest power of two <= 256 dividing v. */
-static unsigned align_of(uint64_t v)
-{
-    unsigned a = 256;
-    while (a > 1 && v % a) a >>= 1;
-    return a;
-}
-
 static const int act_unary[KL_ACT_COUNT] = {-1, KL_UN_RELU, KL_UN_GELU, KL_UN_TANH, KL_UN_SIGMOID};
 
 extern "C" kl_status kl_cuda_matmul(const kl_exec *ex, const kl_tensor *t)
@@ -192,28 +240,22 @@ extern "C" kl_status kl_cuda_matmul(const kl_exec *ex, const kl_tensor *t)
         return kl_fail(KL_EUNSUPPORTED, "matmul: no CUDA kernel for %s", kl_desc(t));
     int n = t->ndim, act = KL_ATTR_C(t, matmul_attr)->act;
     size_t es = kl_dtype_size(t->dtype);
-    bool ta, tb, f32 = t->dtype == KL_F32;
-    gemm_key k;
-    memset(&k, 0, sizeof k); /* padding too: keys are compared with memcmp */
-    k.dtype = t->dtype;
-    k.tf32 = f32 && kl_cu_tf32();
-    k.M = t->ne[n - 2];
-    k.N = t->ne[n - 1];
-    k.K = a->ne[a->ndim - 1];
-    gemm_layout(a, &ta, &k.lda);
-    gemm_layout(b, &tb, &k.ldb);
-    k.op_a = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    k.op_b = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-
+    bool f32 = t->dtype == KL_F32;
+    kl_cu_gemm g;
+    memset(&g, 0, sizeof g);
+    g.dt = t->dtype;
+    g.M = t->ne[n - 2];
+    g.N = t->ne[n - 1];
+    g.K = a->ne[a->ndim - 1];
+    g.ldy = g.N;
+    gemm_layout(a, &g.ta, &g.lda);
+    gemm_layout(b, &g.tb, &g.ldb);
     /* epilogue: bias and ReLU fused for f32; the rest afterwards */
-    bool epi_bias = f32 && bt != NULL, epi_relu = f32 && act == KL_ACT_RELU;
-    k.epi = epi_bias && epi_relu ? CUBLASLT_EPILOGUE_RELU_BIAS
-            : epi_bias           ? CUBLASLT_EPILOGUE_BIAS
-            : epi_relu           ? CUBLASLT_EPILOGUE_RELU
-                                 : CUBLASLT_EPILOGUE_DEFAULT;
     const void *bias = bt ? kl_data(ex, bt) : NULL;
-    int post_kind = epi_relu ? -1 : act_unary[act];
-    const void *post_bias = epi_bias ? NULL : bias;
+    g.bias = f32 ? bias : NULL;
+    g.relu = f32 && act == KL_ACT_RELU;
+    int post_kind = g.relu ? -1 : act_unary[act];
+    const void *post_bias = g.bias ? NULL : bias;
 
     /* batch dims: one strided-batched call when they collapse to one dim
      * with nonzero strides, else a call per matrix */
@@ -226,38 +268,8 @@ extern "C" kl_status kl_cuda_matmul(const kl_exec *ex, const kl_tensor *t)
     batch_strides(t, b, st[2]);
     kl_cu_iter it = kl_cu_iter_make(n - 2, t->ne, 3, (const int64_t(*)[8])st);
     bool one_call = it.n == 1 || (it.ndim == 1 && it.st[0][0] && it.st[1][0] && it.st[2][0]);
-    if (one_call && it.n > 1) {
-        k.batch = it.n;
-        k.sy = it.st[0][0];
-        k.sa = it.st[1][0];
-        k.sb = it.st[2][0];
-    } else {
-        k.batch = 1;
-    }
-    /* alignment every call's pointers share */
-    uint64_t ga = (uintptr_t)A, gb = (uintptr_t)B, gy = (uintptr_t)Y;
-    for (int d = 0; (!one_call || k.batch > 1) && d < it.ndim; d++) {
-        ga |= (uint64_t)(it.st[1][d] * (int64_t)es);
-        gb |= (uint64_t)(it.st[2][d] * (int64_t)es);
-        gy |= (uint64_t)(it.st[0][d] * (int64_t)es);
-    }
-    k.align_a = align_of(ga);
-    k.align_b = align_of(gb);
-    k.align_y = align_of(gy);
-    k.align_bias = epi_bias ? align_of((uintptr_t)bias) : 0;
-
-    const gemm_plan *p;
-    KL_TRY(plan_get(&k, epi_bias ? bias : NULL, t, &p));
-    if (epi_bias)
-        LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), t);
-    size_t ws_bytes;
-    void *ws = kl_cu_workspace(&ws_bytes);
-    float one_f = 1, zero_f = 0;
-    double one_d = 1, zero_d = 0;
-    const void *alpha = f32 ? (const void *)&one_f : (const void *)&one_d;
-    const void *beta = f32 ? (const void *)&zero_f : (const void *)&zero_d;
-    cudaStream_t s = kl_cu_stream();
-    cublasLtHandle_t lt = (cublasLtHandle_t)kl_cu_lt();
+    g.batch = one_call ? it.n : 1;
+    if (g.batch > 1) g.sy = it.st[0][0], g.sa = it.st[1][0], g.sb = it.st[2][0];
     int64_t calls = one_call ? 1 : it.n;
     for (int64_t c = 0; c < calls; c++) {
         int64_t o[3] = {0, 0, 0};
@@ -269,11 +281,11 @@ extern "C" kl_status kl_cuda_matmul(const kl_exec *ex, const kl_tensor *t)
                 for (int q = 0; q < 3; q++) o[q] += i * it.st[q][d];
             }
         }
-        const void *pa = A + o[1] * (int64_t)es, *pb = B + o[2] * (int64_t)es;
-        void *py = Y + o[0] * (int64_t)es;
-        LT_CHECK(cublasLtMatmul(lt, p->desc, alpha, pb, p->la, pa, p->lb, beta, py, p->ly, py, p->ly, &p->algo, ws,
-                                p->ws, s), t);
+        g.a = A + o[1] * (int64_t)es;
+        g.b = B + o[2] * (int64_t)es;
+        g.y = Y + o[0] * (int64_t)es;
+        KL_TRY(kl_cu_gemm_run(t, &g));
     }
-    if (post_kind >= 0 || post_bias) KL_TRY(kl_cu_bias_act(t, Y, post_bias, kl_numel(t) / k.N, k.N, post_kind));
+    if (post_kind >= 0 || post_bias) KL_TRY(kl_cu_bias_act(t, Y, post_bias, kl_numel(t) / g.N, g.N, post_kind));
     return KL_OK;
 }

@@ -1,0 +1,138 @@
+/* GPU-vs-CPU parity harness (see cuda_parity.h). */
+#include "cuda_parity.h"
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    double *y; /* output */
+    int64_t ny;
+    double *p[16]; /* per ctx slot: gradient (trainable) or value (buffer) */
+    int64_t np[16];
+    int nslots;
+} result;
+
+const kl_init kl_parity_u1 = {KL_INIT_UNIFORM, 1.0};
+
+kl_status kl_parity_param(kl_graph *g, const char *name, kl_dtype dt, int nd, const int64_t *ne, kl_tensor **out)
+{
+    return kl_param(g, name, dt, nd, ne, &kl_parity_u1, out);
+}
+
+void kl_parity_to_double(const void *src, kl_dtype dt, int64_t n, double *dst)
+{
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = dt == KL_F32 ? ((const float *)src)[i] : dt == KL_F64 ? ((const double *)src)[i] : ((const int32_t *)src)[i];
+}
+
+static void result_free(result *r)
+{
+    free(r->y);
+    for (int i = 0; i < r->nslots; i++) free(r->p[i]);
+    memset(r, 0, sizeof *r);
+}
+
+/* Builds the case on device dev, runs it once, reads everything back. */
+static kl_status run_on(kl_device dev, kl_build_fn build, kl_dtype dt, int arg, result *r)
+{
+    memset(r, 0, sizeof *r);
+    kl_ctx_opts co = {.device = dev, .seed = 1234};
+    kl_ctx *ctx = NULL;
+    kl_graph *g = NULL;
+    kl_in_list in = {.n = 0};
+    kl_tensor *y, *w, *loss;
+    kl_status s = kl_ctx_new(&co, &ctx);
+    if (s == KL_OK) s = kl_graph_new(ctx, &g);
+    if (s == KL_OK) s = build(g, dt, arg, &in, &y);
+    if (s == KL_OK) s = kl_contiguous(g, y, &y);
+    if (s == KL_OK) s = kl_output(g, y);
+    kl_dtype yt = s == KL_OK ? kl_tensor_dtype(y) : KL_F32;
+    int64_t dims[KL_MAX_DIMS];
+    for (int d = 0; s == KL_OK && d < kl_tensor_ndim(y); d++) dims[d] = kl_tensor_dim(y, d);
+    if (s == KL_OK) s = kl_buffer(g, "dy_weights", yt, kl_tensor_ndim(y), dims, &kl_parity_u1, &w);
+    if (s == KL_OK) s = kl_mul(g, y, w, &loss);
+    if (s == KL_OK) s = kl_sum(g, loss, 0, NULL, 0, &loss);
+    if (s == KL_OK) s = kl_backward(g, loss);
+    if (s == KL_OK) s = kl_graph_plan(g, NULL);
+    for (int i = 0; s == KL_OK && i < in.n; i++) s = kl_tensor_set(in.v[i].t, in.v[i].data, in.v[i].bytes);
+    if (s == KL_OK) s = kl_graph_run(g);
+    if (s == KL_OK) {
+        r->ny = kl_tensor_numel(y);
+        size_t es = yt == KL_F64 ? 8 : 4;
+        void *tmp = malloc((size_t)r->ny * es);
+        r->y = malloc((size_t)r->ny * sizeof(double));
+        s = kl_tensor_get(y, tmp, (size_t)r->ny * es);
+        if (s == KL_OK) kl_parity_to_double(tmp, yt, r->ny, r->y);
+        free(tmp);
+    }
+    for (int i = 0; s == KL_OK && i < kl_ctx_param_count(ctx) && i < 16; i++) {
+        const char *name;
+        kl_dtype pdt;
+        int nd, tr;
+        int64_t ne[KL_MAX_DIMS], n = 1;
+        s = kl_ctx_param_info(ctx, i, &name, &pdt, &nd, ne, &tr);
+        for (int d = 0; d < nd; d++) n *= ne[d];
+        size_t bytes = (size_t)n * kl_dtype_size(pdt);
+        void *tmp = malloc(bytes ? bytes : 1);
+        r->p[i] = malloc((size_t)n * sizeof(double) + 1);
+        r->np[i] = n;
+        r->nslots = i + 1;
+        if (s == KL_OK) s = tr ? kl_ctx_grad_get(ctx, i, tmp, bytes) : kl_ctx_param_get(ctx, i, tmp, bytes);
+        if (s == KL_OK) kl_parity_to_double(tmp, pdt, n, r->p[i]);
+        free(tmp);
+    }
+    kl_graph_free(g);
+    kl_ctx_free(ctx);
+    return s;
+}
+
+void kl_parity_compare(const char *cs, const char *what, const double *cpu, const double *gpu, int64_t n, double tol)
+{
+    double scale = 0, worst = 0;
+    for (int64_t i = 0; i < n; i++) scale = fabs(cpu[i]) > scale ? fabs(cpu[i]) : scale;
+    if (scale < 1e-30) scale = 1;
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs(gpu[i] - cpu[i]) / scale;
+        if (!(e <= tol)) {
+            if (bad < 5) fprintf(stderr, "  %s %s[%lld]: cpu %.9g gpu %.9g (rel err %.2e > %.0e)\n", cs, what, (long long)i,
+                                 cpu[i], gpu[i], e, tol);
+            bad++;
+        }
+        if (e > worst || e != e) worst = e;
+    }
+    kl_test_checks++;
+    if (bad) {
+        kl_test_failures++;
+        fprintf(stderr, "  %s %s: %lld of %lld values off, max rel err %.2e\n", cs, what, (long long)bad, (long long)n, worst);
+    }
+}
+
+void kl_parity_case_run(const kl_parity_case *c, kl_device gpu)
+{
+    for (int k = 0; k < (c->f32_only ? 1 : 2); k++) {
+        kl_dtype dt = k ? KL_F64 : KL_F32;
+        double tol = k ? c->tol64 : c->tol32;
+        char cs[96];
+        snprintf(cs, sizeof cs, "%s/%s", c->name, kl_dtype_name(dt));
+        result rc, rg;
+        kl_status s1 = run_on((kl_device){KL_DEVICE_CPU, 0}, c->build, dt, c->arg, &rc);
+        if (s1 != KL_OK) fprintf(stderr, "  %s on cpu: %s\n", cs, kl_last_error());
+        kl_status s2 = s1 == KL_OK ? run_on(gpu, c->build, dt, c->arg, &rg) : KL_EINTERNAL;
+        if (s1 == KL_OK && s2 != KL_OK) fprintf(stderr, "  %s on cuda: %s\n", cs, kl_last_error());
+        CHECK(s1 == KL_OK && s2 == KL_OK);
+        if (s1 == KL_OK && s2 == KL_OK) {
+            kl_parity_compare(cs, "y", rc.y, rg.y, rc.ny, tol);
+            for (int i = 0; i < rc.nslots; i++) {
+                char what[32];
+                snprintf(what, sizeof what, "slot%d", i);
+                kl_parity_compare(cs, what, rc.p[i], rg.p[i], rc.np[i], tol);
+            }
+            printf("  ok %s\n", cs);
+        }
+        result_free(&rc);
+        if (s1 == KL_OK) result_free(&rg);
+    }
+}

@@ -1,0 +1,38 @@
+/* GPU-vs-CPU parity harness shared by the CUDA tests (test_cuda*.c).
+ *
+ * A case is a builder that records some ops on a graph (parameters drawn
+ * uniformly from [-1, 1], inputs listed in `in`). kl_parity_case builds it
+ * on the CPU and on the GPU, adds loss = sum(y * r) for a random buffer r,
+ * runs forward and backward once, and compares y, every gradient and every
+ * buffer, relative to the largest CPU value, in f32 and (unless f32_only)
+ * f64. Failures are counted in kl_test_failures with the first mismatches
+ * printed. */
+#ifndef KL_TEST_CUDA_PARITY_H
+#define KL_TEST_CUDA_PARITY_H
+
+#include "kiln/kiln.h"
+
+typedef struct { kl_tensor *t; const void *data; size_t bytes; } kl_in_set;
+typedef struct { kl_in_set v[4]; int n; } kl_in_list;
+typedef kl_status (*kl_build_fn)(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y);
+
+typedef struct {
+    const char *name;
+    kl_build_fn build;
+    int arg;
+    double tol32, tol64;
+    int f32_only;
+} kl_parity_case;
+
+/* U(-1, 1), the harness's parameter init. */
+extern const kl_init kl_parity_u1;
+/* A parameter initialised from kl_parity_u1. */
+kl_status kl_parity_param(kl_graph *g, const char *name, kl_dtype dt, int nd, const int64_t *ne, kl_tensor **out);
+/* n values of dtype dt (f32, f64 or i32) as doubles. */
+void kl_parity_to_double(const void *src, kl_dtype dt, int64_t n, double *dst);
+/* max |gpu - cpu| relative to max |cpu| must be <= tol; prints the first mismatches. */
+void kl_parity_compare(const char *cs, const char *what, const double *cpu, const double *gpu, int64_t n, double tol);
+/* Runs one case on the CPU and on gpu and compares (see above). */
+void kl_parity_case_run(const kl_parity_case *c, kl_device gpu);
+
+#endif
