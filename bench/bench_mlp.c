@@ -107,7 +107,7 @@ int main(int argc, char **argv)
     TRY(kl_softmax_cross_entropy(g, logits, y, &loss));
     TRY(kl_backward(g, loss));
     TRY(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 1e-3}, &opt));
-    TRY(kl_optim_step(g, opt));
+    TRY(kl_optim_step(g, opt, NULL));
     TRY(kl_graph_plan(g, NULL));
 
     size_t nx = (size_t)batch * IN;

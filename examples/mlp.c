@@ -53,7 +53,7 @@ int main(void)
     TRY(kl_backward(g, loss));                       /* gradient ops join the graph */
     kl_optim_opts oo = {.kind = KL_OPTIM_ADAM, .lr = 0.01};
     TRY(kl_optim_new(ctx, &oo, &opt));
-    TRY(kl_optim_step(g, opt));                      /* and so does the update */
+    TRY(kl_optim_step(g, opt, NULL));                      /* and so does the update */
 
     TRY(kl_tensor_set(in, x, sizeof x));
     TRY(kl_tensor_set(labels, y, sizeof y));

@@ -44,7 +44,7 @@ static void setup(void)
         kl_buffer(g_g, "layers.1.count", KL_I32, 1, one, NULL, &t) ||
         kl_linear(g_g, x, w, b, KL_ACT_NONE, &y) || kl_sum(g_g, y, 0, NULL, 0, &l) || kl_backward(g_g, l) ||
         kl_optim_new(g_ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.1}, &g_opt) ||
-        kl_optim_step(g_g, g_opt))
+        kl_optim_step(g_g, g_opt, NULL))
         abort();
     kl_train_state st = {.step = 1, .optim_kind = "adam"};
     if (kl_checkpoint_save(g_ck, "s", g_ctx, g_opt, &st, "a: 1\n", NULL, 0)) abort();

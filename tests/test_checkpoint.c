@@ -85,7 +85,7 @@ static void net_build(net *m, uint64_t seed, int64_t in, int variant)
     kl_optim_opts o = {.kind = KL_OPTIM_ADAM, .lr = 0.05};
     if (variant & VAR_SGD) o = (kl_optim_opts){.kind = KL_OPTIM_SGD, .lr = 0.05, .momentum = 0.9};
     CHECK_OK(kl_optim_new(m->ctx, &o, &m->opt));
-    CHECK_OK(kl_optim_step(m->g, m->opt));
+    CHECK_OK(kl_optim_step(m->g, m->opt, NULL));
     /* Random buffers, so a load that skipped them would show. */
     for (int i = 0; i < kl_ctx_param_count(m->ctx); i++) {
         const char *name;

@@ -53,7 +53,7 @@ static void mlp_build(mlp *m, uint64_t seed, double lr)
     CHECK_OK(kl_backward(g, m->loss));
     kl_optim_opts oo = {.kind = KL_OPTIM_ADAM, .lr = lr};
     CHECK_OK(kl_optim_new(m->ctx, &oo, &m->opt));
-    CHECK_OK(kl_optim_step(g, m->opt));
+    CHECK_OK(kl_optim_step(g, m->opt, NULL));
 }
 
 static void mlp_free(mlp *m)
@@ -187,7 +187,7 @@ static kl_status build_once(void)
     if (!s) s = kl_sum(g, h, 0, NULL, 0, &l);
     if (!s) s = kl_backward(g, l);
     if (!s) s = kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.1}, &opt);
-    if (!s) s = kl_optim_step(g, opt);
+    if (!s) s = kl_optim_step(g, opt, NULL);
     if (!s) s = kl_graph_plan(g, NULL);
     if (!s) s = kl_graph_run(g);
     kl_graph_free(g);

@@ -45,7 +45,7 @@ static void run_case(const char *name, kl_optim_opts o, kl_dtype dt)
     CHECK_OK(kl_scale(g, l, 0.5, &l));
     CHECK_OK(kl_backward(g, l));
     CHECK_OK(kl_optim_new(ctx, &o, &opt));
-    CHECK_OK(kl_optim_step(g, opt));
+    CHECK_OK(kl_optim_step(g, opt, NULL));
     if (dt == KL_F64) {
         CHECK_OK(kl_tensor_set(p, p0, sizeof p0));
     } else {

@@ -31,7 +31,7 @@ static void reference(kl_model *m, const kl_optim_opts *oo, int64_t B, kl_graph_
     CHECK_OK(kl_softmax_cross_entropy(g, logits, y, &loss));
     CHECK_OK(kl_output(g, loss));
     CHECK_OK(kl_backward(g, loss));
-    CHECK_OK(kl_optim_step(g, opt));
+    CHECK_OK(kl_optim_step(g, opt, NULL));
     CHECK_OK(kl_graph_plan(g, NULL));
     CHECK_OK(kl_graph_stats_get(g, st));
     kl_graph_free(g);

@@ -72,6 +72,13 @@ KL_API void kl_graph_free(kl_graph *g);
 KL_API kl_status kl_input(kl_graph *g, const char *name, kl_dtype dt, int ndim,
                           const int64_t *dims, kl_tensor **out);
 
+/* A tensor over memory the caller owns, in the ctx's device memory (host
+ * memory on the CPU): read and written in place, never copied. data must
+ * stay valid, and keep its size, as long as the graph. A dataset kept on
+ * the GPU is one (data.h, kl_device_data). */
+KL_API kl_status kl_external(kl_graph *g, const char *name, kl_dtype dt, int ndim,
+                             const int64_t *dims, void *data, kl_tensor **out);
+
 typedef enum kl_init_kind {
     KL_INIT_DEFAULT = 0, /* kaiming-uniform for ndim >= 2 (PyTorch's Linear/Conv default), zeros for 1-D */
     KL_INIT_ZEROS,
@@ -118,6 +125,37 @@ KL_API kl_status kl_graph_plan(kl_graph *g, const kl_plan_opts *opts);
 /* Runs every op in order. Fails with the op and tensor named on a kernel
  * error (e.g. an embedding index out of range). */
 KL_API kl_status kl_graph_run(kl_graph *g);
+
+/* CUDA graphs: on a CUDA ctx a graph's second run is captured as one CUDA
+ * graph, and later runs replay it with a single launch (per-run values such
+ * as the step, the learning rate and dropout's counter are read from device
+ * memory, so replays see each run's values). Re-captured when the plan or
+ * the storage changes. on = 0 runs every kernel eagerly (debugging);
+ * KILN_CUDA_GRAPH=0 in the environment does the same for every graph.
+ * Profiling runs eagerly. */
+KL_API kl_status kl_graph_set_capture(kl_graph *g, int on);
+/* 1 if the graph's last run replayed (or captured) a CUDA graph. */
+KL_API int kl_graph_captured(const kl_graph *g);
+
+/* Asynchronous read-back: the values of a few scalar tensors after every
+ * run, delivered to the host without making it wait for the device. The
+ * ring holds `capacity` records (one per run); it is appended to g as a
+ * node, so add it after kl_optim_step to see the whole step's values. Owned
+ * by g. A run fails (KL_EMISUSE) while the ring holds `capacity` records
+ * nobody popped. On the CPU each record is ready when kl_graph_run returns.
+ *
+ *   kl_tensor *ts[2] = {loss, correct};
+ *   kl_readback *rb;  kl_readback_new(g, 2, ts, 64, &rb);
+ *   for (...) { kl_graph_run(g); double v[2]; int ready;
+ *               while (kl_readback_pop(rb, 0, v, &ready) == KL_OK && ready) log(v); } */
+typedef struct kl_readback kl_readback;
+KL_API kl_status kl_readback_new(kl_graph *g, int n, kl_tensor *const *ts, int capacity, kl_readback **out);
+/* Pops the oldest record into vals[0..n) (as doubles). *ready = 0 when its
+ * run has not finished (wait = 0) or no run is pending; wait = 1 blocks
+ * until the oldest pending record is ready. Device errors surface here. */
+KL_API kl_status kl_readback_pop(kl_readback *rb, int wait, double *vals, int *ready);
+/* Records written or pending but not popped yet. */
+KL_API int kl_readback_pending(const kl_readback *rb);
 
 typedef struct kl_graph_stats {
     int nodes;            /* ops recorded */

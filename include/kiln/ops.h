@@ -63,6 +63,10 @@ KL_API kl_status kl_log_softmax(kl_graph *g, kl_tensor *x, kl_tensor **out);
 KL_API kl_status kl_softmax_cross_entropy(kl_graph *g, kl_tensor *logits, kl_tensor *labels, kl_tensor **out);
 /* mean((pred - target)^2) over all elements; same shapes. */
 KL_API kl_status kl_mse(kl_graph *g, kl_tensor *pred, kl_tensor *target, kl_tensor **out);
+/* Correct predictions: the number of rows of logits [N, C] whose largest
+ * value (the first, on ties) is at labels[n] (i32 [N]); an i32 scalar, no
+ * gradient. Lets a training step count accuracy without reading logits. */
+KL_API kl_status kl_argmax_match(kl_graph *g, kl_tensor *logits, kl_tensor *labels, kl_tensor **out);
 
 /* ---- convolution and pooling (NCHW) ---- */
 typedef struct kl_conv2d_opts {
@@ -105,6 +109,13 @@ KL_API kl_status kl_dropout(kl_graph *g, kl_tensor *x, double p, kl_tensor **out
 /* ---- indexing and shapes ---- */
 /* weight [V, D], idx i32 [...] -> [..., D] */
 KL_API kl_status kl_embedding(kl_graph *g, kl_tensor *weight, kl_tensor *idx, kl_tensor **out);
+/* rows rows of src [M, ...] picked by index: out[r] = src[idx[start + r]],
+ * with idx i32 [K] and start an i32 [1] tensor (an input set before each
+ * run, so one graph walks a whole epoch). No gradient. An index out of
+ * range fails the run (on a GPU: reported at the next synchronisation,
+ * that row zeroed). */
+KL_API kl_status kl_gather_rows(kl_graph *g, kl_tensor *src, kl_tensor *idx, kl_tensor *start, int64_t rows,
+                                kl_tensor **out);
 KL_API kl_status kl_concat(kl_graph *g, int n, kl_tensor *const *xs, int axis, kl_tensor **out);
 /* Splits along axis into n parts of the given sizes (views, no copy). */
 KL_API kl_status kl_split(kl_graph *g, kl_tensor *x, int axis, int n, const int64_t *sizes, kl_tensor **outs);

@@ -9,6 +9,12 @@
  *
  * Semantics follow PyTorch's torch.optim (SGD with dampening 0, Adam with
  * L2 weight decay added to the gradient, AdamW with decoupled decay).
+ *
+ * Non-finite guard: a run whose loss (or, with clipping, gradient norm) is
+ * NaN or Inf does not update anything, and the optimizer halts: later runs
+ * skip their updates too until kl_optim_clear_halt. So the parameters stay
+ * those before the bad step, also on a GPU where the host learns of the
+ * loss some steps later.
  */
 #ifndef KILN_OPTIM_H
 #define KILN_OPTIM_H
@@ -40,15 +46,22 @@ KL_API kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim *
 /* NULL: no-op. Free graphs that use it first. */
 KL_API void kl_optim_free(kl_optim *opt);
 /* Records the update of every parameter whose gradient g computes; call
- * after kl_backward. */
-KL_API kl_status kl_optim_step(kl_graph *g, kl_optim *opt);
+ * after kl_backward. norm (may be NULL) gets an f64 scalar tensor holding
+ * each run's global gradient norm before clipping (computed when
+ * max_grad_norm > 0, else 0), to read back like any output. */
+KL_API kl_status kl_optim_step(kl_graph *g, kl_optim *opt, kl_tensor **norm);
 /* The learning rate used by the next run (schedules set it per step). */
 KL_API kl_status kl_optim_set_lr(kl_optim *opt, double lr);
 KL_API double kl_optim_lr(const kl_optim *opt);
 /* Updates done so far (Adam's t). */
 KL_API int64_t kl_optim_steps(const kl_optim *opt);
-/* Global L2 norm of the gradients at the last update (before clipping). */
+/* Global L2 norm of the gradients at the last update (before clipping); on
+ * a GPU as of the last synchronisation (kl_tensor_get, a waiting pop). */
 KL_API double kl_optim_last_grad_norm(const kl_optim *opt);
+/* 1 once a non-finite loss or gradient norm stopped the updates (on a GPU
+ * as of the last synchronisation); kl_optim_clear_halt lets them go on. */
+KL_API int kl_optim_halted(const kl_optim *opt);
+KL_API kl_status kl_optim_clear_halt(kl_optim *opt);
 KL_API kl_status kl_optim_set_steps(kl_optim *opt, int64_t steps);
 
 /* Optimizer state, for checkpoints: named flat tensors in the parameters'

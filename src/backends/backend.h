@@ -7,12 +7,16 @@
 
 #include "kiln/status.h"
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct kl_backend {
     const char *name;
     /* Memory: 256-byte aligned; free(NULL) is a no-op. */
     kl_status (*alloc)(void **p, size_t bytes);
     void (*free)(void *p);
+    /* Copies are ordered with the kernels issued before and after them; the
+     * host may reuse src as soon as h2d returns, and h2d of a few KiB (per-run
+     * values, a batch offset) never waits for the device. */
     kl_status (*h2d)(void *dst, const void *src, size_t bytes);
     kl_status (*d2h)(void *dst, const void *src, size_t bytes);
     kl_status (*d2d)(void *dst, const void *src, size_t bytes);
@@ -20,6 +24,28 @@ typedef struct kl_backend {
     kl_status (*sync)(void);
     /* Called before a graph runs: thread counts, streams. */
     void (*begin_run)(int threads);
+    /* Host memory kernels can write (pinned and mapped on CUDA): *host for
+     * the host, *dev for kernels; host_free(NULL) is a no-op. */
+    kl_status (*host_alloc)(void **host, void **dev, size_t bytes);
+    void (*host_free)(void *host);
+    /* Waits until *seq (host memory written by kernels) is >= want; fails
+     * on a device error instead of waiting forever. */
+    kl_status (*wait_seq)(const volatile uint64_t *seq, uint64_t want);
+    /* Capture of a whole run as one replayable graph; NULL where the backend
+     * has none. capture_end leaves nothing capturing, also when it fails. */
+    kl_status (*capture_begin)(void);
+    kl_status (*capture_end)(void **exec);
+    kl_status (*capture_launch)(void *exec);
+    void (*capture_free)(void *exec);
+    /* Per-op timing while profiling (NULL: the host clock times ops):
+     * timer_mark(i) records point i after the work issued so far;
+     * timer_read(n, secs) waits and gives the n - 1 intervals between
+     * points 0 .. n-1 in seconds. */
+    kl_status (*timer_mark)(int i);
+    kl_status (*timer_read)(int n, double *secs);
+    /* Named ranges for a profiler's timeline (NVTX on CUDA); NULL: none. */
+    void (*range_push)(const char *name);
+    void (*range_pop)(void);
 } kl_backend;
 
 extern const kl_backend kl_backend_cpu;
@@ -40,6 +66,7 @@ kl_status kl_cuda_use(int index);
 /* What `kiln devices` shows about one CUDA device. */
 typedef struct kl_cuda_device_info {
     char name[256];
+    char pci_bus_id[32]; /* "0000:3b:00.0": how NVML finds the same device */
     int major, minor; /* compute capability */
     int sm_count;
     size_t total_bytes, free_bytes;

@@ -29,7 +29,7 @@ kl_status step_graph_build(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *o
         KL_TRY(build_lm(sg, m, opt, batch));
         if (opt) {
             KL_TRY(kl_backward(sg->g, sg->loss));
-            KL_TRY(kl_optim_step(sg->g, opt));
+            KL_TRY(kl_optim_step(sg->g, opt, NULL));
         }
         return kl_graph_plan(sg->g, NULL);
     }
@@ -47,7 +47,7 @@ kl_status step_graph_build(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *o
     KL_TRY(kl_output(sg->g, sg->loss));
     if (opt) {
         KL_TRY(kl_backward(sg->g, sg->loss));
-        KL_TRY(kl_optim_step(sg->g, opt));
+        KL_TRY(kl_optim_step(sg->g, opt, NULL));
     }
     return kl_graph_plan(sg->g, NULL);
 }

@@ -83,6 +83,7 @@ kl_status kl_backward(kl_graph *g, kl_tensor *loss)
     g->grad_written = written;
     g->grad_written_n = c->n_slots;
     g->has_backward = true;
+    g->loss = loss;
     return KL_OK;
 }
 

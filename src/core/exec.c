@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 const kl_op_def *const kl_ops[KL_OP_COUNT] = {
@@ -41,6 +42,7 @@ void *kl_data(const kl_exec *ex, const kl_tensor *t)
     case KL_ST_PARAM:
     case KL_ST_BUFFER: p = kl_slot_data(ex->ctx, b->slot); break;
     case KL_ST_GRAD: p = kl_slot_grad(ex->ctx, b->slot); break;
+    case KL_ST_EXTERNAL: p = b->ext; break;
     default: p = ex->arena + b->off; break;
     }
     return p + t->offs * (int64_t)kl_dtype_size(t->dtype);
@@ -49,37 +51,160 @@ void *kl_data(const kl_exec *ex, const kl_tensor *t)
 void *kl_aux(const kl_exec *ex, const kl_tensor *t) { return ex->arena + t->aux_off; }
 void *kl_scratch(const kl_exec *ex, const kl_tensor *t) { return ex->arena + t->scratch_off; }
 
+void *kl_run_vals(const kl_exec *ex, const kl_tensor *t) { return ex->run_vals + t->run_off; }
+
+static kl_status no_kernel(const kl_ctx *c, const kl_tensor *t)
+{
+    if (c->backend == KL_BACKEND_CPU)
+        return kl_fail(KL_EUNSUPPORTED, "%s '%s' %s: no kernel on cpu", kl_ops[t->op]->name, t->name, kl_desc(t));
+    return kl_fail(KL_EUNSUPPORTED, "%s '%s' %s: no kernel on cuda:%d yet (docs/CUDA.md lists the CUDA ops)",
+                   kl_ops[t->op]->name, t->name, kl_desc(t), c->device.index);
+}
+
+static bool storage_only(kl_op_id op)
+{
+    return op == KL_OP_input || op == KL_OP_param || op == KL_OP_extra || op == KL_OP_view;
+}
+
+static double seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Issues every node's kernel in order (on CUDA: launches them, or records
+ * them into the graph being captured). While profiling, each node is timed:
+ * by the backend's timer (CUDA events) or by the host clock. */
+static kl_status issue_nodes(kl_graph *g, const kl_exec *ex)
+{
+    kl_ctx *c = g->ctx;
+    const kl_backend *be = c->be;
+    bool timed = g->prof && be->timer_mark;
+    double t0 = 0;
+    if (timed) KL_TRY(be->timer_mark(0));
+    for (int i = 0; i < g->n_nodes; i++) {
+        const kl_tensor *t = g->nodes[i];
+        kl_kernel_fn fn = kl_backend_kernel(c->backend, t->op);
+        if (!fn) {
+            if (!storage_only(t->op)) return no_kernel(c, t);
+            if (timed) KL_TRY(be->timer_mark(i + 1));
+            continue;
+        }
+        if (g->prof && !timed) t0 = seconds();
+        if (be->range_push) be->range_push(t->name); /* Nsight Systems shows each op by name */
+        kl_status s = fn(ex, t);
+        if (be->range_pop) be->range_pop();
+        if (s != KL_OK) return kl_fail_prefix(s, "%s '%s'", kl_ops[t->op]->name, t->name);
+        if (timed) KL_TRY(be->timer_mark(i + 1));
+        else if (g->prof) g->prof[i] += seconds() - t0;
+    }
+    if (!timed) return KL_OK;
+    double *iv = kl_calloc((size_t)g->n_nodes + 1, sizeof *iv);
+    if (!iv) return KL_ENOMEM;
+    kl_status s = be->timer_read(g->n_nodes + 1, iv);
+    for (int i = 0; s == KL_OK && i < g->n_nodes; i++) g->prof[i] += iv[i];
+    kl_free(iv);
+    return s;
+}
+
+/* What a captured graph depends on besides the plan: where the storage is. */
+static uint64_t storage_key(const kl_graph *g)
+{
+    const kl_ctx *c = g->ctx;
+    uintptr_t v[] = {(uintptr_t)g->arena, (uintptr_t)c->params, (uintptr_t)c->grads, (uintptr_t)c->buffers,
+                     (uintptr_t)g->run_dev, (uintptr_t)c->params_bytes, (uintptr_t)c->buffers_bytes,
+                     (uintptr_t)g->plan.id};
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over the words */
+    for (size_t i = 0; i < sizeof v / sizeof *v; i++) h = (h ^ (uint64_t)v[i]) * 1099511628211ull;
+    return h;
+}
+
+static void drop_capture(kl_graph *g)
+{
+    if (g->captured) g->ctx->be->capture_free(g->captured);
+    g->captured = NULL;
+}
+
+/* Captures the run's kernels as one graph and launches it. A failed capture
+ * (an op that cannot be captured) is reported once and the graph runs
+ * eagerly from then on: slower, never wrong. */
+static kl_status capture_and_launch(kl_graph *g, const kl_exec *ex)
+{
+    const kl_backend *be = g->ctx->be;
+    drop_capture(g);
+    KL_TRY(be->capture_begin());
+    kl_status s = issue_nodes(g, ex);
+    void *exec = NULL;
+    kl_status e = be->capture_end(&exec);
+    if (s != KL_OK) { /* a kernel's own error (say, an unsupported shape): report it as eager would */
+        if (exec) be->capture_free(exec);
+        return s;
+    }
+    if (e != KL_OK) {
+        fprintf(stderr, "kiln: note: running graph (%d ops) without CUDA graph capture: %s\n", g->n_nodes, kl_last_error());
+        g->capture_failed = 1;
+        return issue_nodes(g, ex);
+    }
+    g->captured = exec;
+    g->captured_key = storage_key(g);
+    return be->capture_launch(exec);
+}
+
+static bool capture_wanted(const kl_graph *g)
+{
+    if (!g->capture || g->capture_failed || g->prof || !g->ctx->be->capture_begin) return false;
+    const char *e = getenv("KILN_CUDA_GRAPH");
+    return !(e && !strcmp(e, "0"));
+}
+
 kl_status kl_graph_run(kl_graph *g)
 {
     if (!g) return kl_fail(KL_EMISUSE, "kl_graph_run: graph is NULL");
     if (!g->plan.valid || g->plan.n_nodes != g->n_nodes) KL_TRY(kl_plan_build(g, NULL));
     kl_ctx *c = g->ctx;
-    kl_exec ex = {.g = g, .ctx = c, .arena = g->arena, .threads = c->threads, .run = g->runs};
+    kl_exec ex = {.g = g, .ctx = c, .arena = g->arena, .threads = c->threads, .run = g->runs, .run_vals = g->run_dev};
     c->be->begin_run(c->threads);
     if (!g->prof && g->runs == 0 && getenv("KILN_PROFILE") && atoi(getenv("KILN_PROFILE")) > 0) KL_TRY(kl_graph_profile(g, 1));
+    KL_TRY(kl_readback_reserve(g)); /* every ring has room for this run's record */
+    /* per-run values: written on the host, one copy to the device */
     for (int i = 0; i < g->n_nodes; i++) {
         const kl_tensor *t = g->nodes[i];
-        kl_kernel_fn fn = kl_backend_kernel(c->backend, t->op);
-        if (!fn) {
-            if (t->op == KL_OP_input || t->op == KL_OP_param || t->op == KL_OP_extra || t->op == KL_OP_view) continue;
-            if (c->backend == KL_BACKEND_CPU)
-                return kl_fail(KL_EUNSUPPORTED, "%s '%s' %s: no kernel on cpu", kl_ops[t->op]->name, t->name, kl_desc(t));
-            return kl_fail(KL_EUNSUPPORTED, "%s '%s' %s: no kernel on cuda:%d yet (docs/CUDA.md lists the CUDA ops)",
-                           kl_ops[t->op]->name, t->name, kl_desc(t), c->device.index);
-        }
-        struct timespec t0, t1;
-        if (g->prof) clock_gettime(CLOCK_MONOTONIC, &t0);
-        kl_status s = fn(&ex, t);
-        if (g->prof) {
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            g->prof[i] += (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-        }
+        kl_status (*prep)(const kl_exec *, const kl_tensor *, void *) = kl_ops[t->op]->prepare;
+        if (!prep) continue;
+        kl_status s = prep(&ex, t, g->run_host + t->run_off);
         if (s != KL_OK) return kl_fail_prefix(s, "%s '%s'", kl_ops[t->op]->name, t->name);
     }
+    if (g->plan.run_bytes) KL_TRY(c->be->h2d(g->run_dev, g->run_host, g->plan.run_bytes));
+    kl_status s;
+    if (!capture_wanted(g)) {
+        drop_capture(g);
+        s = issue_nodes(g, &ex);
+    } else if (g->captured && g->captured_key == storage_key(g)) {
+        s = c->be->capture_launch(g->captured);
+    } else if (g->runs_eager == 0 || g->captured) {
+        /* first run eager: lazy library set-up (GEMM plans) happens outside capture */
+        drop_capture(g);
+        s = issue_nodes(g, &ex);
+    } else {
+        s = capture_and_launch(g, &ex);
+    }
+    if (s != KL_OK) return s;
+    if (!g->captured) g->runs_eager++;
     g->runs++;
     if (g->prof) g->prof_runs++;
     return KL_OK;
 }
+
+kl_status kl_graph_set_capture(kl_graph *g, int on)
+{
+    if (!g) return kl_fail(KL_EMISUSE, "kl_graph_set_capture: graph is NULL");
+    g->capture = on != 0;
+    if (!on) drop_capture(g);
+    return KL_OK;
+}
+
+int kl_graph_captured(const kl_graph *g) { return g && g->captured != NULL; }
 
 kl_status kl_graph_profile(kl_graph *g, int on)
 {

@@ -12,6 +12,7 @@ kl_status kl_graph_new(kl_ctx *ctx, kl_graph **out)
     kl_graph *g = kl_calloc(1, sizeof *g);
     if (!g) return KL_ENOMEM;
     g->ctx = ctx;
+    g->capture = 1;
     ctx->n_graphs++;
     *out = g;
     return KL_OK;
@@ -24,6 +25,10 @@ void kl_graph_free(kl_graph *g)
     kl_free(g->nodes);
     kl_free(g->grad_written);
     kl_free(g->prof);
+    kl_readback_free_all(g);
+    if (g->captured) g->ctx->be->capture_free(g->captured);
+    kl_free(g->run_host);
+    g->ctx->be->free(g->run_dev);
     g->ctx->be->free(g->arena);
     g->ctx->n_graphs--;
     kl_free(g);
@@ -167,6 +172,23 @@ kl_status kl_input(kl_graph *g, const char *name, kl_dtype dt, int ndim, const i
     return KL_OK;
 }
 
+kl_status kl_external(kl_graph *g, const char *name, kl_dtype dt, int ndim, const int64_t *dims, void *data,
+                      kl_tensor **out)
+{
+    if (!out) return kl_fail(KL_EMISUSE, "kl_external: out is NULL");
+    *out = NULL;
+    if (!g) return kl_fail(KL_EMISUSE, "kl_external: graph is NULL");
+    KL_TRY(check_dims("external", name, dt, ndim, dims));
+    if (!data) return kl_fail(KL_EMISUSE, "external '%s': data is NULL", name);
+    if ((uintptr_t)data % kl_dtype_size(dt))
+        return kl_fail(KL_EINVAL, "external '%s': data %p is not aligned to its %s elements", name, data, kl_dtype_name(dt));
+    KL_TRY(leaf(g, KL_OP_input, name, dt, ndim, dims, out)); /* no kernel, not in the arena */
+    (*out)->sk = KL_ST_EXTERNAL;
+    (*out)->ext = data;
+    (*out)->is_output = true;
+    return KL_OK;
+}
+
 static kl_status param_or_buffer(kl_graph *g, const char *name, kl_dtype dt, int ndim, const int64_t *dims,
                                  const kl_init *init, bool trainable, kl_tensor **out)
 {
@@ -242,6 +264,9 @@ static kl_status storage_ptr(const kl_tensor *t, bool writing, unsigned char **p
     case KL_ST_GRAD:
         if (writing) break;
         *p = kl_slot_grad(g->ctx, b->slot) + t->offs * es;
+        return KL_OK;
+    case KL_ST_EXTERNAL:
+        *p = (unsigned char *)b->ext + t->offs * es;
         return KL_OK;
     case KL_ST_ARENA:
         if (writing && b->op != KL_OP_input) break;
@@ -321,7 +346,7 @@ kl_status kl_graph_set_runs(kl_graph *g, uint64_t runs)
 void kl_graph_print(const kl_graph *g, void *file)
 {
     FILE *f = file ? file : stdout;
-    static const char *sk[] = {"arena", "view", "param", "buffer", "grad", "none"};
+    static const char *sk[] = {"arena", "view", "param", "buffer", "grad", "extern", "none"};
     for (int i = 0; i < g->n_nodes; i++) {
         const kl_tensor *t = g->nodes[i];
         fprintf(f, "%4d %-16s %-22s %-6s", i, kl_ops[t->op]->name, kl_desc(t), sk[t->sk]);

@@ -6,7 +6,8 @@
  *   VIEW   - aliases base's storage with its own strides and offset
  *   PARAM / BUFFER - the ctx's flat parameter / buffer storage (slot)
  *   GRAD   - the ctx's flat gradient storage for parameter slot
- *   NONE   - no value (the optimizer update node)
+ *   EXTERNAL - memory the caller owns (kl_external), at t->ext
+ *   NONE   - no value
  */
 #ifndef KL_CORE_GRAPH_H
 #define KL_CORE_GRAPH_H
@@ -39,6 +40,7 @@ typedef enum kl_storage {
     KL_ST_PARAM,
     KL_ST_BUFFER,
     KL_ST_GRAD,
+    KL_ST_EXTERNAL,
     KL_ST_NONE
 } kl_storage;
 
@@ -62,6 +64,9 @@ struct kl_tensor {
     size_t aux_bytes;     /* saved for backward; lives as long as the node */
     size_t scratch_bytes; /* needed only while the kernel runs */
     size_t off, aux_off, scratch_off; /* arena offsets, set by the plan */
+    size_t run_bytes; /* per-run values written by the op's prepare (see kl_op_def) */
+    size_t run_off;   /* their offset in the graph's run block, set by the plan */
+    void *ext;        /* EXTERNAL: the caller's memory */
 
     int n_extra;
     kl_tensor *extra[KL_MAX_EXTRA]; /* secondary outputs (op KL_OP_extra) */
@@ -113,6 +118,12 @@ typedef struct kl_op_def {
     /* Appends nodes computing the inputs' gradients from dy (kl_grad_acc). */
     kl_status (*backward)(kl_graph *g, kl_tensor *t, kl_tensor *dy);
     kl_kernel_fn fwd[KL_BACKEND_COUNT];
+    /* Host work before every run, outside any captured CUDA graph: writes
+     * the node's t->run_bytes of per-run values (a step counter, learning
+     * rate, ...) into vals; kernels read them with kl_run_vals, from device
+     * memory, so a replayed graph sees each run's values. May also grow
+     * state. NULL: none. */
+    kl_status (*prepare)(const struct kl_exec *ex, const kl_tensor *t, void *vals);
 } kl_op_def;
 
 #define KL_OP(name) extern const kl_op_def kl_op_##name;
@@ -128,6 +139,8 @@ typedef struct kl_plan {
     int n_nodes;  /* graph size when planned */
     bool no_reuse;
     size_t arena_bytes, tensor_bytes;
+    size_t run_bytes; /* the run block: every node's per-run values */
+    uint64_t id;      /* changes with every plan (captured graphs compare it) */
 } kl_plan;
 
 struct kl_graph {
@@ -143,6 +156,17 @@ struct kl_graph {
     int grad_written_n;
     double *prof; /* seconds per node, accumulated while profiling is on */
     uint64_t prof_runs; /* runs timed into prof */
+    kl_tensor *loss;   /* what kl_backward differentiated */
+    /* per-run values: host staging and its device copy (kl_op_def.prepare) */
+    unsigned char *run_host, *run_dev;
+    size_t run_cap;
+    /* a captured CUDA graph of the whole run (exec.c, the backend's capture) */
+    void *captured;
+    uint64_t captured_key; /* storage addresses it was captured with */
+    int capture;           /* 1: capture after a first eager run (default), 0: never */
+    uint64_t runs_eager;   /* runs that issued kernels one by one */
+    int capture_failed;    /* capturing failed once: run eagerly from now on */
+    struct kl_readback *readbacks; /* asynchronous read-back rings (readback.c) */
 };
 
 /* What a kernel sees while the graph runs. */
@@ -152,6 +176,7 @@ typedef struct kl_exec {
     unsigned char *arena;
     int threads;
     uint64_t run; /* the graph's run counter (dropout stream) */
+    unsigned char *run_vals; /* the run block in the backend's memory */
 } kl_exec;
 
 /* ---- building ---- */
@@ -187,7 +212,13 @@ kl_status kl_axis(const char *op, const kl_tensor *t, int axis, int *out);
 void *kl_data(const kl_exec *ex, const kl_tensor *t);
 void *kl_aux(const kl_exec *ex, const kl_tensor *t);
 void *kl_scratch(const kl_exec *ex, const kl_tensor *t);
+/* t's per-run values (kl_op_def.prepare), in the backend's memory. */
+void *kl_run_vals(const kl_exec *ex, const kl_tensor *t);
 kl_status kl_plan_build(kl_graph *g, const kl_plan_opts *opts);
+/* Fails unless each read-back ring of g has room for one more record. */
+kl_status kl_readback_reserve(kl_graph *g);
+/* Frees g's read-back rings (kl_graph_free). */
+void kl_readback_free_all(kl_graph *g);
 
 /* ---- ctx internals ---- */
 kl_status kl_ctx_slot_new(kl_ctx *ctx, const char *name, kl_dtype dt, int ndim, const int64_t *ne,

@@ -1,10 +1,12 @@
-/* f16 and bf16 conversions (round to nearest even), shared by CPU and CUDA. */
+/* f16 and bf16 conversions (round to nearest even), shared by CPU and CUDA,
+ * and element i of an array of any dtype read as a double. */
 #ifndef KL_HALF_H
 #define KL_HALF_H
 
 #include <stdint.h>
 #include <string.h>
 #include "core/philox.h" /* KL_HD */
+#include "kiln/tensor.h"  /* kl_dtype */
 
 KL_HD static inline uint32_t kl_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 KL_HD static inline float kl_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
@@ -47,6 +49,20 @@ KL_HD static inline float kl_f16_to_f32(uint16_t h)
     }
     if (e == 31) return kl_bits_f32(sign | 0x7f800000u | (m << 13));
     return kl_bits_f32(sign | ((e + 112) << 23) | (m << 13));
+}
+
+/* Element i of p (kl_dtype dt) as a double. */
+KL_HD static inline double kl_load_double(const void *p, int dt, int64_t i)
+{
+    switch (dt) {
+    case KL_F32: return ((const float *)p)[i];
+    case KL_F64: return ((const double *)p)[i];
+    case KL_F16: return kl_f16_to_f32(((const uint16_t *)p)[i]);
+    case KL_BF16: return kl_bf16_to_f32(((const uint16_t *)p)[i]);
+    case KL_I32: return ((const int32_t *)p)[i];
+    case KL_I64: return (double)((const int64_t *)p)[i];
+    default /* KL_U8 */: return ((const uint8_t *)p)[i];
+    }
 }
 
 #endif

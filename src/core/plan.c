@@ -98,6 +98,39 @@ static kl_status check_overlaps(const kl_graph *g, const int *def, const int *la
     return KL_OK;
 }
 
+/* The run block: each node's per-run values at 16-byte aligned offsets, a
+ * host staging copy and one in the backend's memory (kl_op_def.prepare). */
+static kl_status plan_run_block(kl_graph *g, size_t *total)
+{
+    size_t at = 0;
+    for (int i = 0; i < g->n_nodes; i++) {
+        kl_tensor *t = g->nodes[i];
+        if (!t->run_bytes) continue;
+        t->run_off = at;
+        at += (t->run_bytes + 15) & ~(size_t)15;
+    }
+    *total = at;
+    if (at <= g->run_cap) return KL_OK;
+    const kl_backend *be = g->ctx->be;
+    kl_free(g->run_host);
+    be->free(g->run_dev);
+    g->run_host = NULL;
+    g->run_dev = NULL;
+    g->run_cap = 0;
+    void *d = NULL;
+    unsigned char *h = kl_calloc(1, at);
+    if (!h) return KL_ENOMEM;
+    kl_status s = be->alloc(&d, at);
+    if (s != KL_OK) {
+        kl_free(h);
+        return s;
+    }
+    g->run_host = h;
+    g->run_dev = d;
+    g->run_cap = at;
+    return KL_OK;
+}
+
 kl_status kl_plan_build(kl_graph *g, const kl_plan_opts *opts)
 {
     int n = g->n_nodes;
@@ -178,9 +211,12 @@ kl_status kl_plan_build(kl_graph *g, const kl_plan_opts *opts)
             }
         }
     }
+    size_t run_bytes = 0;
+    if (s == KL_OK) s = plan_run_block(g, &run_bytes);
     if (s == KL_OK) {
+        static uint64_t plans; /* ids differ across graphs, so a captured graph never matches a stale plan */
         g->plan = (kl_plan){.valid = true, .n_nodes = n, .no_reuse = a.no_reuse, .arena_bytes = a.end,
-                            .tensor_bytes = total};
+                            .tensor_bytes = total, .run_bytes = run_bytes, .id = __atomic_add_fetch(&plans, 1, __ATOMIC_RELAXED)};
     }
     kl_free(a.free);
     kl_free(def);

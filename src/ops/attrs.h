@@ -68,4 +68,17 @@ typedef struct {
     int need_dx, need_dg, need_db; /* bwd: which gradients the kernel writes */
 } ln_attr;
 
+/* record (core/readback.c): each run writes its sources' values, as
+ * doubles, then its sequence number into one record of a ring in host
+ * memory the device can write; the host pops records whose seq arrived. */
+#define KL_RECORD_MAX 8
+typedef struct { uint64_t seq; double v[KL_RECORD_MAX]; } kl_record;
+typedef struct { struct kl_readback *rb; kl_record *ring_dev; } record_attr;
+typedef struct { uint64_t slot, seq; } record_vals; /* the run's values (prepare) */
+
+/* argmax_match: count of rows whose first largest logit is at the label */
+/* gather_rows: y[r] = src[idx[start + r]] for r < rows (start: an i32 [1]
+ * input, set before each run); a bad index is reported and its row zeroed */
+typedef struct { int64_t rows; } gather_attr;
+
 #endif

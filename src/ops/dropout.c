@@ -2,7 +2,9 @@
  * iff Philox word i of stream (ctx seed, salt, graph run) >= floor(p * 2^32)
  * (kl_dropout_keep in ops/norm.h, shared with the CUDA kernel). salt is the
  * forward node's id, so two dropout layers draw different masks; the run
- * counter gives each step a new mask. No mask is stored: the gradient is
+ * counter gives each step a new mask; it is a per-run value (prepare), read
+ * from memory by the kernels, so a replayed CUDA graph draws each run's
+ * mask. No mask is stored: the gradient is
  * the same op with the same salt applied to dy (dx = dy * mask / (1 - p)),
  * which redraws the identical mask in the same run. */
 #include "ops/ops.h"
@@ -21,6 +23,13 @@ static kl_status dropout_shape(kl_tensor *t)
     t->dtype = x->dtype;
     t->ndim = x->ndim;
     memcpy(t->ne, x->ne, sizeof t->ne);
+    t->run_bytes = sizeof(uint64_t);
+    return KL_OK;
+}
+
+static kl_status dropout_prepare(const kl_exec *ex, const kl_tensor *t, void *vals)
+{
+    memcpy(vals, &ex->run, sizeof ex->run);
     return KL_OK;
 }
 
@@ -80,8 +89,9 @@ static kl_status dropout_cpu(const kl_exec *ex, const kl_tensor *t)
 {
     const dropout_attr *a = KL_ATTR_C(t, dropout_attr);
     int64_t n = kl_numel(t);
-    if (t->dtype == KL_F32) dropout_float(kl_data(ex, t->src[0]), kl_data(ex, t), n, ex->ctx->seed, ex->run, a);
-    else dropout_double(kl_data(ex, t->src[0]), kl_data(ex, t), n, ex->ctx->seed, ex->run, a);
+    uint64_t run = *(const uint64_t *)kl_run_vals(ex, t);
+    if (t->dtype == KL_F32) dropout_float(kl_data(ex, t->src[0]), kl_data(ex, t), n, ex->ctx->seed, run, a);
+    else dropout_double(kl_data(ex, t->src[0]), kl_data(ex, t), n, ex->ctx->seed, run, a);
     return KL_OK;
 }
 
@@ -93,8 +103,11 @@ static kl_status dropout_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
     return kl_grad_acc(g, t->src[0], dx);
 }
 
-const kl_op_def kl_op_dropout = {
-    .name = "dropout", .shape = dropout_shape, .backward = dropout_backward, .fwd = {[KL_BACKEND_CPU] = dropout_cpu}};
+const kl_op_def kl_op_dropout = {.name = "dropout",
+                                  .shape = dropout_shape,
+                                  .backward = dropout_backward,
+                                  .prepare = dropout_prepare,
+                                  .fwd = {[KL_BACKEND_CPU] = dropout_cpu}};
 
 kl_status kl_dropout(kl_graph *g, kl_tensor *x, double p, kl_tensor **out)
 {

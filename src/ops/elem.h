@@ -73,4 +73,16 @@ KL_HD static inline int kl_unary_bwd_uses_y(int kind)
 KL_DEF_ELEM(float)
 KL_DEF_ELEM(double)
 
+/* Index of the first largest of x[0..n) (NaN never wins: `>` is false). */
+#define KL_DEF_ARGMAX(T)                                                                   \
+    KL_HD static inline int64_t kl_argmax_##T(const T *x, int64_t n)                       \
+    {                                                                                      \
+        int64_t best = 0;                                                                  \
+        for (int64_t i = 1; i < n; i++)                                                    \
+            if (x[i] > x[best]) best = i;                                                  \
+        return best;                                                                       \
+    }
+KL_DEF_ARGMAX(float)
+KL_DEF_ARGMAX(double)
+
 #endif

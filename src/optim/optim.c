@@ -4,8 +4,10 @@
 #include "optim/optim_impl.h"
 #include "backends/backend.h"
 #include "backends/cpu/cpu.h"
+#include "core/half.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 static const char *kind_names[KL_OPTIM_KIND_COUNT] = {"sgd", "adam", "adamw"};
@@ -45,6 +47,8 @@ void kl_optim_free(kl_optim *opt)
     if (!opt) return;
     opt->be->free(opt->m); /* the backend, not the ctx: it may be freed already */
     opt->be->free(opt->v);
+    if (opt->flags != opt->seen) opt->be->free(opt->flags);
+    opt->be->host_free(opt->seen);
     kl_free(opt->host[0]);
     kl_free(opt->host[1]);
     kl_free(opt);
@@ -67,8 +71,28 @@ static kl_status grow_buffer(const kl_backend *be, unsigned char **buf, size_t o
     return KL_OK;
 }
 
+/* The flags: on the CPU one block of host memory serves both sides. */
+static kl_status ensure_flags(kl_optim *opt)
+{
+    if (opt->seen) return KL_OK;
+    const kl_backend *be = opt->ctx->be;
+    void *host = NULL, *dev = NULL, *flags = NULL;
+    KL_TRY(be->host_alloc(&host, &dev, sizeof(kl_optim_flags)));
+    kl_status s = opt->ctx->backend == KL_BACKEND_CPU ? (flags = host, KL_OK) : be->alloc(&flags, sizeof(kl_optim_flags));
+    if (s == KL_OK && flags != host) s = be->memset0(flags, sizeof(kl_optim_flags));
+    if (s != KL_OK) {
+        be->host_free(host);
+        return s;
+    }
+    opt->seen = host;
+    opt->seen_dev = dev;
+    opt->flags = flags;
+    return KL_OK;
+}
+
 kl_status kl_optim_ensure_state(kl_optim *opt)
 {
+    KL_TRY(ensure_flags(opt));
     size_t need = opt->ctx->params_bytes;
     if (need <= opt->bytes) return KL_OK;
     const kl_backend *be = opt->ctx->be;
@@ -101,9 +125,23 @@ kl_status kl_optim_upload_host_state(kl_optim *opt)
 
 static kl_status optim_shape(kl_tensor *t)
 {
-    t->sk = KL_ST_NONE;
-    t->dtype = KL_F32;
+    t->dtype = KL_F64; /* the gradient norm */
     t->ndim = 0;
+    t->is_output = true;
+    t->run_bytes = sizeof(kl_optim_hp);
+    return KL_OK;
+}
+
+/* Before each run (outside a captured graph): state sized, host copies
+ * uploaded, this update's hyperparameters into the run block. */
+static kl_status optim_prepare(const kl_exec *ex, const kl_tensor *t, void *vals)
+{
+    kl_optim *opt = KL_ATTR_C(t, optim_attr)->opt;
+    KL_TRY(kl_optim_ensure_state(opt));
+    KL_TRY(kl_optim_upload_host_state(opt)); /* a checkpoint may have written the host copies */
+    kl_optim_hp h = kl_optim_hparams(opt);
+    memcpy(vals, &h, sizeof h);
+    opt->steps++;
     return KL_OK;
 }
 
@@ -131,13 +169,13 @@ KL_FOR_REAL(UPDATE)
 static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
 {
     kl_optim *opt = KL_ATTR_C(t, optim_attr)->opt;
-    KL_TRY(kl_optim_ensure_state(opt));
     const kl_optim_opts *o = &opt->o;
-    kl_optim_hp h = kl_optim_hparams(opt);
+    kl_optim_hp h;
+    memcpy(&h, kl_run_vals(ex, t), sizeof h);
     kl_ctx *c = ex->ctx;
     const kl_graph *g = ex->g;
-    if (o->max_grad_norm > 0) { /* global-norm clipping over every gradient of this graph */
-        double ss = 0;
+    double ss = 0;
+    if (o->max_grad_norm > 0) /* global-norm clipping over every gradient of this graph */
         for (int s = 0; s < c->n_slots && s < g->grad_written_n; s++) {
             const kl_param_slot *sl = &c->slots[s];
             if (!sl->trainable || !g->grad_written[s]) continue;
@@ -148,9 +186,11 @@ static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
                 ss += x * x;
             }
         }
-        opt->last_norm = sqrt(ss);
-        if (opt->last_norm > o->max_grad_norm) h.gscale = o->max_grad_norm / (opt->last_norm + 1e-6);
-    }
+    const kl_tensor *loss = t->src[0];
+    kl_optim_decide(kl_load_double(kl_data(ex, loss), loss->dtype, 0), o->max_grad_norm > 0, ss, o->max_grad_norm, opt->flags);
+    *(double *)kl_data(ex, t) = opt->flags->norm;
+    if (!opt->flags->apply) return KL_OK;
+    h.gscale = opt->flags->gscale;
     for (int s = 0; s < c->n_slots && s < g->grad_written_n; s++) {
         const kl_param_slot *sl = &c->slots[s];
         if (!sl->trainable || !g->grad_written[s]) continue;
@@ -160,21 +200,25 @@ static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
         if (sl->dtype == KL_F32) update_float(&h, o->kind, n, (float *)p, (const float *)gr, (float *)m, (float *)v);
         else update_double(&h, o->kind, n, (double *)p, (const double *)gr, (double *)m, (double *)v);
     }
-    opt->steps++;
     return KL_OK;
 }
 
-const kl_op_def kl_op_optim = {.name = "optim", .shape = optim_shape, .fwd = {[KL_BACKEND_CPU] = optim_cpu}};
+const kl_op_def kl_op_optim = {
+    .name = "optim", .shape = optim_shape, .prepare = optim_prepare, .fwd = {[KL_BACKEND_CPU] = optim_cpu}};
 
-kl_status kl_optim_step(kl_graph *g, kl_optim *opt)
+kl_status kl_optim_step(kl_graph *g, kl_optim *opt, kl_tensor **norm)
 {
+    if (norm) *norm = NULL;
     if (!g || !opt) return kl_fail(KL_EMISUSE, "kl_optim_step: %s is NULL", g ? "optimizer" : "graph");
     if (opt->ctx != g->ctx) return kl_fail(KL_EMISUSE, "kl_optim_step: optimizer and graph belong to different contexts");
     if (!g->has_backward) return kl_fail(KL_EMISUSE, "kl_optim_step: call kl_backward on the graph first");
     KL_TRY(kl_optim_ensure_state(opt));
     optim_attr a = {opt};
     kl_tensor *t;
-    return kl_node_new(g, KL_OP_optim, 0, NULL, &a, sizeof a, &t);
+    KL_TRY(kl_node_new(g, KL_OP_optim, 1, &g->loss, &a, sizeof a, &t));
+    snprintf(t->name, sizeof t->name, "grad_norm");
+    if (norm) *norm = t;
+    return KL_OK;
 }
 
 kl_status kl_optim_set_lr(kl_optim *opt, double lr)
@@ -187,7 +231,18 @@ kl_status kl_optim_set_lr(kl_optim *opt, double lr)
 
 double kl_optim_lr(const kl_optim *opt) { return opt ? opt->o.lr : 0; }
 int64_t kl_optim_steps(const kl_optim *opt) { return opt ? opt->steps : 0; }
-double kl_optim_last_grad_norm(const kl_optim *opt) { return opt ? opt->last_norm : 0; }
+double kl_optim_last_grad_norm(const kl_optim *opt) { return opt && opt->seen ? opt->seen->norm : 0; }
+
+int kl_optim_halted(const kl_optim *opt) { return opt && opt->seen ? opt->seen->halted : 0; }
+
+kl_status kl_optim_clear_halt(kl_optim *opt)
+{
+    if (!opt) return kl_fail(KL_EMISUSE, "kl_optim_clear_halt: optimizer is NULL");
+    KL_TRY(ensure_flags(opt));
+    opt->seen->halted = 0;
+    int zero = 0; /* the device's copy, ordered after the runs issued so far */
+    return opt->ctx->be->h2d(&opt->flags->halted, &zero, sizeof zero);
+}
 
 kl_status kl_optim_set_steps(kl_optim *opt, int64_t steps)
 {

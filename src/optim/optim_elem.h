@@ -43,4 +43,25 @@ typedef struct kl_optim_hp {
 KL_DEF_OPTIM_ELEM(float)
 KL_DEF_OPTIM_ELEM(double)
 
+/* What a run's update does, decided once per run (on a GPU by a one-thread
+ * kernel that the update kernels then read). */
+typedef struct kl_optim_flags {
+    double gscale; /* clipping factor */
+    double norm;   /* global gradient norm before clipping (0: not computed) */
+    int apply;     /* 0: skip this update */
+    int halted;    /* sticky: a non-finite loss or norm was seen */
+} kl_optim_flags;
+
+/* From the loss, the gradients' sum of squares ss (when have_ss) and the
+ * clipping bound (0: none): the update's flags. A non-finite loss or norm
+ * halts the optimizer; a halted one applies nothing. */
+KL_HD static inline void kl_optim_decide(double loss, int have_ss, double ss, double max_norm, kl_optim_flags *f)
+{
+    double norm = have_ss ? sqrt(ss) : 0;
+    f->norm = norm;
+    if (!isfinite(loss) || !isfinite(norm)) f->halted = 1;
+    f->apply = !f->halted;
+    f->gscale = max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1;
+}
+
 #endif

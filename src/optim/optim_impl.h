@@ -14,7 +14,6 @@ struct kl_optim {
     const struct kl_backend *be; /* ctx->be, kept for kl_optim_free */
     kl_optim_opts o;
     int64_t steps;
-    double last_norm;
     unsigned char *m, *v; /* backend memory, zero-initialised; v only for Adam */
     size_t bytes;
     /* Non-CPU backends: host copies handed out by kl_optim_state (for
@@ -23,12 +22,18 @@ struct kl_optim {
     unsigned char *host[2];
     size_t host_bytes;
     bool host_out[2];
+    /* The last update's flags (optim_elem.h): flags in the backend's memory,
+     * written by the update; seen, a copy the host can read (mapped pinned
+     * memory on CUDA; the same memory on the CPU), seen_dev as kernels see it. */
+    kl_optim_flags *flags, *seen, *seen_dev;
 };
 
-/* The optim op's attribute: the optimizer it runs. */
+/* The optim op's attribute: the optimizer it runs. Sources: the loss. Value:
+ * the gradient norm (f64). Per-run values: the kl_optim_hp of the update. */
 typedef struct { kl_optim *opt; } optim_attr;
 
-/* Grows the state to cover every parameter of the ctx (new ones start at 0). */
+/* Grows the state to cover every parameter of the ctx (new ones start at 0);
+ * allocates the flags on first use. */
 kl_status kl_optim_ensure_state(kl_optim *opt);
 /* Hyperparameters of the next update (number opt->steps + 1); gscale = 1. */
 kl_optim_hp kl_optim_hparams(const kl_optim *opt);

@@ -33,6 +33,22 @@ static kl_status cpu_memset0(void *p, size_t bytes)
 
 static kl_status cpu_sync(void) { return KL_OK; }
 
+static kl_status cpu_host_alloc(void **host, void **dev, size_t bytes)
+{
+    KL_TRY(cpu_alloc(host, bytes));
+    memset(*host, 0, bytes ? bytes : 256);
+    *dev = *host;
+    return KL_OK;
+}
+
+/* Kernels run on the calling thread: what they write is there already. */
+static kl_status cpu_wait_seq(const volatile uint64_t *seq, uint64_t want)
+{
+    if (*seq >= want) return KL_OK;
+    return kl_fail(KL_EINTERNAL, "cpu: waiting for record %llu, which no run wrote (last %llu)",
+                   (unsigned long long)want, (unsigned long long)*seq);
+}
+
 static void cpu_begin_run(int threads)
 {
     omp_set_num_threads(threads);
@@ -49,6 +65,9 @@ const kl_backend kl_backend_cpu = {
     .memset0 = cpu_memset0,
     .sync = cpu_sync,
     .begin_run = cpu_begin_run,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_free,
+    .wait_seq = cpu_wait_seq,
 };
 
 int kl_cpu_cores(void)

@@ -9,8 +9,11 @@
 #include "backends/cuda/cuda_internal.cuh"
 
 #include <cublasLt.h>
+#include <nvtx3/nvToolsExt.h> /* header-only: a no-op unless a profiler injects itself */
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define KL_CU_WORKSPACE (32u << 20) /* cuBLASLt workspace: 32 MiB recommended on sm90 */
 
@@ -111,6 +114,10 @@ extern "C" kl_status kl_cuda_device_info_get(int index, kl_cuda_device_info *out
     cudaDeviceProp p;
     KL_CUDA_CHECK(cudaGetDeviceProperties(&p, index), "devices", "cudaGetDeviceProperties");
     snprintf(out->name, sizeof out->name, "%s", p.name);
+    if (cudaDeviceGetPCIBusId(out->pci_bus_id, (int)sizeof out->pci_bus_id, index) != cudaSuccess) {
+        (void)cudaGetLastError();
+        out->pci_bus_id[0] = 0;
+    }
     out->major = p.major;
     out->minor = p.minor;
     out->sm_count = p.multiProcessorCount;
@@ -201,6 +208,9 @@ static kl_status check_kernel_errors(void)
     if (r.code == KL_CUERR_INDEX)
         return kl_fail(KL_EINVAL, "embedding: index %d at position %lld out of range [0,%lld) (found on cuda:%d)", r.value,
                        r.where, r.limit, g_cu.device);
+    if (r.code == KL_CUERR_GATHER)
+        return kl_fail(KL_EINVAL, "gather_rows: index %d at position %lld out of range [0,%lld) (found on cuda:%d)",
+                       r.value, r.where, r.limit, g_cu.device);
     return kl_fail(KL_EINTERNAL, "cuda:%d: a kernel reported unknown error %d", g_cu.device, r.code);
 }
 
@@ -223,10 +233,29 @@ static void cu_free(void *p)
     if (p) cudaFree(p); /* waits for work using it */
 }
 
+/* A few KiB travel as a kernel argument: the launch copies them at once, so
+ * the call never waits for the device (a pageable cudaMemcpyAsync may) and
+ * src can be reused at once. Per-run values and batch offsets go this way
+ * before every replay of a captured graph. */
+#define KL_CU_SMALL 2048
+typedef struct { unsigned char b[KL_CU_SMALL]; } small_blob;
+
+__global__ void small_copy_k(unsigned char *dst, small_blob src, unsigned n)
+{
+    for (unsigned i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src.b[i];
+}
+
 static kl_status cu_h2d(void *dst, const void *src, size_t bytes)
 {
     KL_TRY(need_ready("h2d"));
     if (!bytes) return KL_OK;
+    if (bytes <= KL_CU_SMALL) {
+        small_blob b;
+        memcpy(b.b, src, bytes);
+        small_copy_k<<<1, 256, 0, g_cu.stream>>>((unsigned char *)dst, b, (unsigned)bytes);
+        KL_CUDA_CHECK(cudaGetLastError(), "copy to device", "small_copy_k");
+        return KL_OK;
+    }
     /* from pageable memory the call returns once src has been staged */
     KL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_cu.stream), "copy to device", "cudaMemcpyAsync");
     return KL_OK;
@@ -261,6 +290,122 @@ static kl_status cu_sync(void)
     return check_kernel_errors();
 }
 
+static kl_status cu_host_alloc(void **host, void **dev, size_t bytes)
+{
+    *host = *dev = NULL;
+    KL_TRY(need_ready("host alloc"));
+    KL_CUDA_CHECK(cudaHostAlloc(host, bytes ? bytes : 256, cudaHostAllocMapped | cudaHostAllocPortable), "host memory",
+                  "cudaHostAlloc");
+    memset(*host, 0, bytes ? bytes : 256);
+    if (cudaHostGetDevicePointer(dev, *host, 0) != cudaSuccess) {
+        (void)cudaGetLastError();
+        *dev = *host; /* unified addressing: the host pointer works on the device */
+    }
+    return KL_OK;
+}
+
+static void cu_host_free(void *host)
+{
+    if (host) cudaFreeHost(host);
+}
+
+/* Polls host memory a kernel writes; sleeps a little between polls. When the
+ * stream has gone idle without the value arriving, the run that should have
+ * written it failed: say so instead of waiting forever. */
+static kl_status cu_wait_seq(const volatile uint64_t *seq, uint64_t want)
+{
+    KL_TRY(need_ready("wait"));
+    for (long spin = 0;; spin++) {
+        if (*seq >= want) return check_kernel_errors();
+        cudaError_t e = cudaStreamQuery(g_cu.stream);
+        if (e == cudaSuccess) {
+            if (*seq >= want) return check_kernel_errors();
+            KL_TRY(check_kernel_errors());
+            return kl_fail(KL_EDEVICE, "cuda:%d: the device finished without writing record %llu (its run failed)",
+                           g_cu.device, (unsigned long long)want);
+        }
+        if (e != cudaErrorNotReady) return kl_cu_fail(e, "read-back", "cudaStreamQuery", __FILE__, __LINE__);
+        if (spin < 64) sched_yield();
+        else usleep(20);
+    }
+}
+
+/* ---- whole-run capture (CUDA graphs) ---- */
+
+/* Thread-local mode: only this thread's unsafe calls (a sync, a cudaMalloc)
+ * break the capture; the loader's and telemetry's threads go on. */
+static kl_status cu_capture_begin(void)
+{
+    KL_TRY(need_ready("capture"));
+    KL_CUDA_CHECK(cudaStreamBeginCapture(g_cu.stream, cudaStreamCaptureModeThreadLocal), "graph capture",
+                  "cudaStreamBeginCapture");
+    return KL_OK;
+}
+
+static kl_status cu_capture_end(void **exec)
+{
+    *exec = NULL;
+    cudaGraph_t graph = NULL;
+    cudaError_t e = cudaStreamEndCapture(g_cu.stream, &graph);
+    if (e == cudaSuccess && !graph) e = cudaErrorStreamCaptureInvalidated;
+    if (e != cudaSuccess) {
+        if (graph) cudaGraphDestroy(graph);
+        return kl_cu_fail(e, "graph capture", "cudaStreamEndCapture", __FILE__, __LINE__);
+    }
+    cudaGraphExec_t ge = NULL;
+    e = cudaGraphInstantiate(&ge, graph, 0);
+    cudaGraphDestroy(graph);
+    if (e != cudaSuccess) return kl_cu_fail(e, "graph capture", "cudaGraphInstantiate", __FILE__, __LINE__);
+    *exec = ge;
+    return KL_OK;
+}
+
+static kl_status cu_capture_launch(void *exec)
+{
+    KL_CUDA_CHECK(cudaGraphLaunch((cudaGraphExec_t)exec, g_cu.stream), "graph replay", "cudaGraphLaunch");
+    return KL_OK;
+}
+
+/* An executable graph still running is freed when it completes. */
+static void cu_capture_free(void *exec)
+{
+    if (exec) cudaGraphExecDestroy((cudaGraphExec_t)exec);
+}
+
+/* ---- per-op timing while profiling: one event per point ---- */
+
+static cudaEvent_t *g_ev;
+static int g_nev;
+
+static kl_status cu_timer_mark(int i)
+{
+    if (i >= g_nev) {
+        int n = g_nev ? g_nev : 256;
+        while (n <= i) n *= 2;
+        cudaEvent_t *ev = (cudaEvent_t *)kl_realloc(g_ev, (size_t)n * sizeof *ev);
+        if (!ev) return KL_ENOMEM;
+        g_ev = ev;
+        for (; g_nev < n; g_nev++) KL_CUDA_CHECK(cudaEventCreate(&g_ev[g_nev]), "profile", "cudaEventCreate");
+    }
+    KL_CUDA_CHECK(cudaEventRecord(g_ev[i], g_cu.stream), "profile", "cudaEventRecord");
+    return KL_OK;
+}
+
+static kl_status cu_timer_read(int n, double *secs)
+{
+    if (n < 2 || n > g_nev) return KL_OK;
+    KL_CUDA_CHECK(cudaEventSynchronize(g_ev[n - 1]), "profile", "cudaEventSynchronize");
+    for (int k = 0; k + 1 < n; k++) {
+        float ms = 0;
+        KL_CUDA_CHECK(cudaEventElapsedTime(&ms, g_ev[k], g_ev[k + 1]), "profile", "cudaEventElapsedTime");
+        secs[k] = 1e-3 * ms;
+    }
+    return check_kernel_errors();
+}
+
+static void cu_range_push(const char *name) { nvtxRangePushA(name); }
+static void cu_range_pop(void) { nvtxRangePop(); }
+
 /* Host threads other than the ctx's creator may run graphs: make the
  * device current on this one. */
 static void cu_begin_run(int threads)
@@ -270,5 +415,8 @@ static void cu_begin_run(int threads)
 }
 
 extern "C" const kl_backend kl_backend_cuda = {
-    "cuda", cu_alloc, cu_free, cu_h2d, cu_d2h, cu_d2d, cu_memset0, cu_sync, cu_begin_run,
+    "cuda",           cu_alloc,        cu_free,           cu_h2d,           cu_d2h,        cu_d2d,
+    cu_memset0,       cu_sync,         cu_begin_run,      cu_host_alloc,    cu_host_free,  cu_wait_seq,
+    cu_capture_begin, cu_capture_end,  cu_capture_launch, cu_capture_free,  cu_timer_mark, cu_timer_read,
+    cu_range_push,    cu_range_pop,
 };

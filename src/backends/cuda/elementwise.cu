@@ -114,18 +114,6 @@ extern "C" kl_status kl_cuda_slice_bwd(const kl_exec *ex, const kl_tensor *t)
 
 /* ---- cast ---- */
 
-static __device__ double cast_load(const void *p, int dt, int64_t i)
-{
-    switch (dt) {
-    case KL_F32: return ((const float *)p)[i];
-    case KL_F64: return ((const double *)p)[i];
-    case KL_F16: return kl_f16_to_f32(((const uint16_t *)p)[i]);
-    case KL_BF16: return kl_bf16_to_f32(((const uint16_t *)p)[i]);
-    case KL_I32: return ((const int32_t *)p)[i];
-    default: return ((const uint8_t *)p)[i];
-    }
-}
-
 static __device__ void cast_store(void *p, int dt, int64_t i, double v)
 {
     switch (dt) {
@@ -142,7 +130,7 @@ __global__ void cast_k(kl_cu_iter it, const void *x, int xdt, void *y, int ydt)
     {
         int64_t o[2];
         kl_cu_offsets<2>(it, i, o);
-        cast_store(y, ydt, o[0], cast_load(x, xdt, o[1]));
+        cast_store(y, ydt, o[0], kl_load_double(x, xdt, o[1]));
     }
 }
 
@@ -269,10 +257,12 @@ extern "C" kl_status kl_cuda_binary(const kl_exec *ex, const kl_tensor *t)
 
 /* ---- dropout: the CPU's mask (Philox word i of (seed, salt, run)) ---- */
 
-/* thread per counter q: its four words decide elements 4q .. 4q+3 */
+/* thread per counter q: its four words decide elements 4q .. 4q+3; the run
+ * counter is read from the run block, so a replayed graph draws a new mask */
 template <typename T>
-__global__ void dropout_k(const T *x, T *y, int64_t n, uint64_t seed, uint32_t salt, uint64_t run, uint32_t thr, T scale)
+__global__ void dropout_k(const T *x, T *y, int64_t n, uint64_t seed, uint32_t salt, const uint64_t *runp, uint32_t thr, T scale)
 {
+    uint64_t run = *runp;
     KL_CU_FOR(q, (n + 3) / 4)
     {
         kl_u32x4 c = {{(uint32_t)q, salt, (uint32_t)run, (uint32_t)(run >> 32)}};
@@ -291,7 +281,8 @@ extern "C" kl_status kl_cuda_dropout(const kl_exec *ex, const kl_tensor *t)
     int64_t n = kl_numel(t);
     unsigned nb = kl_cu_blocks((n + 3) / 4, KL_CU_THREADS);
     cudaStream_t s = kl_cu_stream();
-    uint64_t seed = ex->ctx->seed, run = ex->run;
+    uint64_t seed = ex->ctx->seed;
+    const uint64_t *run = (const uint64_t *)kl_run_vals(ex, t);
     if (t->dtype == KL_F32)
         dropout_k<float><<<nb, KL_CU_THREADS, 0, s>>>((const float *)kl_data(ex, t->src[0]), (float *)kl_data(ex, t), n,
                                                      seed, a->salt, run, a->threshold, (float)(1.0 / (1.0 - a->p)));

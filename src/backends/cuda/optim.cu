@@ -1,11 +1,16 @@
 /* The optimizer update on the device: one kernel per run of adjacent
  * parameters of one dtype over the flat parameter, gradient and state
  * buffers (the per-element update is the CPU's, optim/optim_elem.h).
- * Gradient clipping sums the squares in double by block partials added in
- * order, then reads the norm back (one synchronisation per step; a
- * device-side scale is next, for graph capture). */
+ * Nothing is decided on the host, so the update replays in a captured
+ * graph: the hyperparameters come from the run block (optim_prepare); with
+ * clipping the squares are summed in double by block partials added in
+ * order; a one-thread kernel then decides (kl_optim_decide: the clipping
+ * scale, and the non-finite guard from the loss and the norm) into the
+ * optimizer's flags, which the update kernels read. The norm also goes to
+ * the node's value and to host-visible memory (kl_optim_last_grad_norm). */
 #include "backends/cuda/cuda_internal.cuh"
 #include "optim/optim_elem.h"
+#include "core/half.h"
 extern "C" {
 #include "optim/optim_impl.h"
 }
@@ -21,10 +26,23 @@ static __device__ __forceinline__ void elem(const kl_optim_hp *h, int kind, doub
     kl_optim_elem_double(h, kind, p, g, m, v);
 }
 
-template <typename T, int KIND> __global__ void optim_k(kl_optim_hp h, int64_t n, T *p, const T *g, T *m, T *v)
+template <typename T, int KIND>
+__global__ void optim_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t n, T *p, const T *g, T *m, T *v)
 {
-    kl_optim_hp hh = h;
-    KL_CU_FOR(i, n) elem(&hh, KIND, p + i, g[i], m + i, v + i);
+    if (!f->apply) return;
+    kl_optim_hp h = *hp;
+    h.gscale = f->gscale;
+    KL_CU_FOR(i, n) elem(&h, KIND, p + i, g[i], m + i, v + i);
+}
+
+/* one thread: the update's flags from the loss and the summed squares */
+__global__ void decide_k(const void *loss, int loss_dt, const double *ss, double max_norm, kl_optim_flags *f,
+                         kl_optim_flags *seen, double *norm_out)
+{
+    kl_optim_decide(kl_load_double(loss, loss_dt, 0), ss != NULL, ss ? *ss : 0.0, max_norm, f);
+    *norm_out = f->norm;
+    seen->norm = f->norm;
+    seen->halted = f->halted;
 }
 
 /* part[block] = sum of g^2 over the block's grid-stride share */
@@ -75,22 +93,22 @@ static int next_span(const kl_ctx *c, const kl_graph *g, int *i, span *out)
 }
 
 template <typename T>
-static void update(const kl_optim_hp *h, int kind, int64_t n, unsigned char *p, const unsigned char *g, unsigned char *m,
-                   unsigned char *v, cudaStream_t s)
+static void update(const kl_optim_hp *hp, const kl_optim_flags *f, int kind, int64_t n, unsigned char *p,
+                   const unsigned char *g, unsigned char *m, unsigned char *v, cudaStream_t s)
 {
     unsigned nb = kl_cu_blocks(n, KL_CU_THREADS);
     T *pp = (T *)p, *mm = (T *)m, *vv = (T *)v;
     const T *gg = (const T *)g;
-    if (kind == KL_OPTIM_SGD) optim_k<T, KL_OPTIM_SGD><<<nb, KL_CU_THREADS, 0, s>>>(*h, n, pp, gg, mm, vv);
-    else if (kind == KL_OPTIM_ADAM) optim_k<T, KL_OPTIM_ADAM><<<nb, KL_CU_THREADS, 0, s>>>(*h, n, pp, gg, mm, vv);
-    else optim_k<T, KL_OPTIM_ADAMW><<<nb, KL_CU_THREADS, 0, s>>>(*h, n, pp, gg, mm, vv);
+    if (kind == KL_OPTIM_SGD) optim_k<T, KL_OPTIM_SGD><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, mm, vv);
+    else if (kind == KL_OPTIM_ADAM) optim_k<T, KL_OPTIM_ADAM><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, mm, vv);
+    else optim_k<T, KL_OPTIM_ADAMW><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, mm, vv);
 }
 
-/* Global L2 norm of the gradients this graph writes. */
-static kl_status grad_norm(const kl_tensor *t, kl_ctx *c, const kl_graph *g, double *norm)
+/* Sum of squares of the gradients this graph writes, into *acc (device). */
+static kl_status grad_sumsq(const kl_tensor *t, kl_ctx *c, const kl_graph *g, double *acc)
 {
     cudaStream_t s = kl_cu_stream();
-    double *part = kl_cu_reduce_buf(), *acc = part + KL_CU_RED_BLOCKS;
+    double *part = kl_cu_reduce_buf();
     KL_CUDA_CHECK(cudaMemsetAsync(acc, 0, sizeof *acc, s), "optim", "cudaMemsetAsync");
     span sp;
     for (int i = 0; next_span(c, g, &i, &sp);) {
@@ -103,35 +121,34 @@ static kl_status grad_norm(const kl_tensor *t, kl_ctx *c, const kl_graph *g, dou
         sumsq_add_k<<<1, 1, 0, s>>>(part, (int)nb, acc);
         KL_CUDA_LAUNCHED(t, "sumsq_add_k");
     }
-    double ss = 0;
-    KL_TRY(c->be->d2h(&ss, acc, sizeof ss));
-    *norm = sqrt(ss);
     return KL_OK;
 }
 
 extern "C" kl_status kl_cuda_optim(const kl_exec *ex, const kl_tensor *t)
 {
     kl_optim *opt = KL_ATTR_C(t, optim_attr)->opt;
-    KL_TRY(kl_optim_ensure_state(opt));
-    KL_TRY(kl_optim_upload_host_state(opt)); /* a checkpoint may have written the host copies */
     const kl_optim_opts *o = &opt->o;
-    kl_optim_hp h = kl_optim_hparams(opt);
+    const kl_optim_hp *hp = (const kl_optim_hp *)kl_run_vals(ex, t);
     kl_ctx *c = ex->ctx;
     const kl_graph *g = ex->g;
-    if (o->max_grad_norm > 0) {
-        KL_TRY(grad_norm(t, c, g, &opt->last_norm));
-        if (opt->last_norm > o->max_grad_norm) h.gscale = o->max_grad_norm / (opt->last_norm + 1e-6);
-    }
     cudaStream_t s = kl_cu_stream();
+    double *ss = NULL;
+    if (o->max_grad_norm > 0) {
+        ss = kl_cu_reduce_buf() + KL_CU_RED_BLOCKS;
+        KL_TRY(grad_sumsq(t, c, g, ss));
+    }
+    const kl_tensor *loss = t->src[0];
+    decide_k<<<1, 1, 0, s>>>(kl_data(ex, loss), (int)loss->dtype, ss, o->max_grad_norm, opt->flags, opt->seen_dev,
+                             (double *)kl_data(ex, t));
+    KL_CUDA_LAUNCHED(t, "decide_k");
     span sp;
     for (int i = 0; next_span(c, g, &i, &sp);) {
         int64_t n = (int64_t)(sp.bytes / kl_dtype_size(sp.dt));
         unsigned char *p = c->params + sp.off, *gr = c->grads + sp.off, *m = opt->m + sp.off;
         unsigned char *v = opt->v ? opt->v + sp.off : m; /* SGD never reads v */
-        if (sp.dt == KL_F32) update<float>(&h, o->kind, n, p, gr, m, v, s);
-        else update<double>(&h, o->kind, n, p, gr, m, v, s);
+        if (sp.dt == KL_F32) update<float>(hp, opt->flags, o->kind, n, p, gr, m, v, s);
+        else update<double>(hp, opt->flags, o->kind, n, p, gr, m, v, s);
         KL_CUDA_LAUNCHED(t, "optim_k");
     }
-    opt->steps++;
     return KL_OK;
 }
