@@ -37,6 +37,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "kiln/status.h"
+#include "kiln/graph.h" /* kl_ctx, kl_graph, kl_tensor */
 
 #ifdef __cplusplus
 extern "C" {
@@ -181,6 +182,40 @@ KL_API void kl_shuffle_indices(int64_t *idx, int64_t n, uint64_t seed,
  * KL_EINVAL for another split or too small a buffer. */
 KL_API kl_status kl_fashion_mnist_paths(const char *split, char *images,
                                         char *labels, size_t n);
+
+/* ---- datasets kept in device memory ------------------------------------- */
+
+/* A dataset's features and labels in a ctx's device memory, so a training
+ * step takes its batch there (kl_gather_rows) with nothing copied per step:
+ *
+ *   kl_device_data *dd;  kl_device_data_new(ctx, train, &dd);
+ *   kl_tensor *start, *x, *y;
+ *   kl_device_data_batch(g, dd, 128, &start, &x, &y);   // x [128, ...], y [128]
+ *   ... model on x, loss on y, backward, update ...
+ *   kl_device_data_order(dd, 1, seed, epoch);          // once per epoch
+ *   for (int32_t k = 0; k < batches; k++) {
+ *       int32_t at = k * 128;  kl_tensor_set(start, &at, sizeof at);
+ *       kl_graph_run(g);
+ *   }
+ */
+typedef struct kl_device_data kl_device_data;
+/* Copies ds (labels required) to ctx's device once; on the CPU it reads
+ * ds's own arrays, so ds must outlive dd there. KL_EDEVMEM with the sizes
+ * when it does not fit; KL_EINVAL without labels or above 2^31 samples. */
+KL_API kl_status kl_device_data_new(kl_ctx *ctx, const kl_dataset *ds, kl_device_data **out);
+/* Frees the device copy; NULL is a no-op. Free graphs that read it first. */
+KL_API void kl_device_data_free(kl_device_data *dd);
+/* The order of the samples from now on: kl_shuffle_indices(seed, epoch)
+ * when shuffle, else 0..n-1 (what a kl_loader with the same options walks).
+ * Ordered after the runs issued before it. */
+KL_API kl_status kl_device_data_order(kl_device_data *dd, int shuffle, uint64_t seed, int64_t epoch);
+/* The current order on the host: the sample at each position (n of them). */
+KL_API const int32_t *kl_device_data_order_host(const kl_device_data *dd);
+/* Adds to g a batch of `rows` samples: positions [*start, *start + rows)
+ * of the current order. *start is an i32 [1] input to set before each run;
+ * x [rows, sample dims] f32 and y [rows] i32 are g's. */
+KL_API kl_status kl_device_data_batch(kl_graph *g, kl_device_data *dd, int64_t rows, kl_tensor **start,
+                                      kl_tensor **x, kl_tensor **y);
 
 /* ---- batch loader -------------------------------------------------------- */
 

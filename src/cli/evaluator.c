@@ -52,6 +52,33 @@ kl_status step_graph_build(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *o
     return kl_graph_plan(sg->g, NULL);
 }
 
+kl_status step_graph_build_train(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *opt, int64_t batch,
+                                 kl_device_data *dd, int ring)
+{
+    int64_t xd[5] = {batch};
+    int nd = kl_model_input_ndim(m);
+    memcpy(xd + 1, kl_model_input_shape(m), (size_t)nd * sizeof *xd);
+    sg->batch = batch;
+    sg->rows = batch;
+    KL_TRY(kl_graph_new(ctx, &sg->g));
+    kl_graph *g = sg->g;
+    if (dd) {
+        KL_TRY(kl_device_data_batch(g, dd, batch, &sg->start, &sg->x, &sg->y));
+    } else {
+        KL_TRY(kl_input(g, "x", KL_F32, nd + 1, xd, &sg->x));
+        KL_TRY(kl_input(g, "y", KL_I32, 1, &batch, &sg->y));
+    }
+    kl_tensor *correct, *norm;
+    KL_TRY(kl_model_forward(m, g, sg->x, 1, &sg->logits));
+    KL_TRY(kl_softmax_cross_entropy(g, sg->logits, sg->y, &sg->loss));
+    KL_TRY(kl_argmax_match(g, sg->logits, sg->y, &correct));
+    KL_TRY(kl_backward(g, sg->loss));
+    KL_TRY(kl_optim_step(g, opt, &norm));
+    kl_tensor *rec[3] = {sg->loss, correct, norm};
+    KL_TRY(kl_readback_new(g, 3, rec, ring, &sg->rb));
+    return kl_graph_plan(g, NULL);
+}
+
 /* A token model's batch: the loss only. */
 static kl_status run_lm(step_graph *sg, const void *x, const int32_t *y, double *loss_sum)
 {

@@ -14,10 +14,19 @@ typedef struct step_graph {
     kl_tensor *x, *y, *logits, *loss; /* logits NULL for token models */
     int64_t batch;
     int64_t rows; /* cross-entropy rows: batch, or batch * T for token models */
+    /* training steps that never wait for the device (step_graph_build_train) */
+    kl_tensor *start;   /* the batch's offset in the epoch (device data), else NULL: x, y are inputs */
+    kl_readback *rb;    /* per step: loss, correct predictions, gradient norm */
 } step_graph;
 
 /* Builds and plans the graph; opt non-NULL adds backward and the update. */
 kl_status step_graph_build(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *opt, int64_t batch);
+/* A training step of an image/tabular model whose loss, correct count and
+ * gradient norm come back through sg->rb (ring records) instead of waiting
+ * for the device: the batch is gathered from dd at sg->start, or (dd NULL)
+ * x and y are inputs to set before each run. */
+kl_status step_graph_build_train(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *opt, int64_t batch,
+                                 kl_device_data *dd, int ring);
 /* Runs one batch of sg->batch samples (x f32, or i32 tokens): adds loss *
  * sg->rows to *loss_sum, counts correct predictions, and (if confusion is
  * non-NULL) fills a C x C confusion matrix (true class rows). logits_out

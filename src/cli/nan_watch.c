@@ -1,5 +1,5 @@
-/* NaN watch: parameter snapshots and the layer-by-layer re-run of a step
- * whose loss or gradients were not finite (see nan_watch.h). */
+/* NaN watch: the layer-by-layer re-run of a step whose loss or gradients
+ * were not finite (see nan_watch.h). */
 #define _GNU_SOURCE /* open_memstream */
 #include "cli/nan_watch.h"
 #include "cli/evaluator.h"
@@ -19,33 +19,6 @@ static size_t param_bytes(const kl_ctx *ctx, int i, int *trainable)
     if (kl_ctx_param_info(ctx, i, &name, &dt, &nd, d, trainable) != KL_OK) return 0;
     for (int k = 0; k < nd; k++) n *= d[k];
     return (size_t)n * kl_dtype_size(dt);
-}
-
-kl_status nan_watch_before(nan_watch *w, kl_ctx *ctx)
-{
-    if (w->off) return KL_OK;
-    size_t total = 0;
-    int tr;
-    for (int i = 0; i < kl_ctx_param_count(ctx); i++) total += param_bytes(ctx, i, &tr);
-    if (total > w->cap) {
-        unsigned char *p = kl_realloc(w->snap, total);
-        if (!p) return KL_ENOMEM;
-        w->snap = p, w->cap = total;
-    }
-    size_t at = 0;
-    for (int i = 0; i < kl_ctx_param_count(ctx); i++) {
-        size_t b = param_bytes(ctx, i, &tr);
-        KL_TRY(kl_ctx_param_get(ctx, i, w->snap + at, b));
-        at += b;
-    }
-    w->valid = 1;
-    return KL_OK;
-}
-
-void nan_watch_free(nan_watch *w)
-{
-    kl_free(w->snap);
-    memset(w, 0, sizeof *w);
 }
 
 typedef struct {
@@ -226,21 +199,11 @@ static void record(const nan_step *st, const char *trigger, const char *phase, c
     fflush(st->metrics);
 }
 
-/* The re-run: restore the copy, then parameters, forward layer by layer,
+/* The re-run: parameters (as the guard kept them), forward layer by layer,
  * loss, backward. The finding goes to msg. */
-static kl_status diagnose(nan_watch *w, const nan_step *st, const char *trigger, char *msg, size_t cap)
+static kl_status diagnose(const nan_step *st, const char *trigger, char *msg, size_t cap)
 {
     kl_ctx *ctx = st->ctx;
-    if (w->valid) {
-        size_t at = 0;
-        int tr;
-        for (int i = 0; i < kl_ctx_param_count(ctx); i++) {
-            size_t b = param_bytes(ctx, i, &tr);
-            if (at + b > w->cap) break; /* parameters created after the copy */
-            KL_TRY(kl_ctx_param_set(ctx, i, w->snap + at, b));
-            at += b;
-        }
-    }
     int last = -1;
     finite_stats fs;
     const char *name = "?", *type = "?";
@@ -324,7 +287,7 @@ static kl_status diagnose(nan_watch *w, const nan_step *st, const char *trigger,
 
 kl_status nan_watch_after(nan_watch *w, kl_status s, const nan_step *st)
 {
-    double gn = st->opt ? kl_optim_last_grad_norm(st->opt) : 0;
+    double gn = st->grad_norm;
     const char *trigger = s == KL_ENUMERIC ? "loss" : s == KL_OK && !isfinite(gn) ? "grad_norm" : NULL;
     if (!trigger || w->off) {
         if (s == KL_OK && trigger) /* watch off: still stop on a non-finite gradient */
@@ -334,7 +297,7 @@ kl_status nan_watch_after(nan_watch *w, kl_status s, const nan_step *st)
     char first[512], msg[1024];
     if (s == KL_ENUMERIC) snprintf(first, sizeof first, "%s", kl_last_error());
     else snprintf(first, sizeof first, "gradient norm is %g (the loss is finite)", gn);
-    kl_status d = diagnose(w, st, trigger, msg, sizeof msg);
+    kl_status d = diagnose(st, trigger, msg, sizeof msg);
     if (d != KL_OK) snprintf(msg, sizeof msg, "the re-run failed: %s", kl_last_error());
     return kl_fail(KL_ENUMERIC, "step %lld: %s\nNaN watch: %s", (long long)st->step, first, msg);
 }

@@ -1,6 +1,8 @@
-/* NaN watch for the training loop: the parameters are copied before each
- * step; when a step's loss (or, with clipping on, its gradient norm) is
- * NaN/Inf, the step is re-run from that copy with checks on, layer by
+/* NaN watch for the training loop: when a step's loss (or, with clipping
+ * on, its gradient norm) is NaN/Inf, the optimizer's non-finite guard has
+ * kept the parameters of before that step (also when later steps already
+ * ran on a GPU: they updated nothing), and the step is re-run from them
+ * with checks on, layer by
  * layer (a debug graph per model prefix whose output is kept), then the
  * gradients, and the first layer and op that produced a non-finite value
  * are named in the error, on stderr and as a {"type":"nan"} record.
@@ -17,10 +19,7 @@
 #include "nn/model.h"
 
 typedef struct nan_watch {
-    int off;           /* train.nan_watch: false */
-    unsigned char *snap; /* every parameter and buffer of the ctx, in order */
-    size_t cap;
-    int valid;
+    int off; /* train.nan_watch: false */
 } nan_watch;
 
 /* What the failing step had. */
@@ -32,15 +31,13 @@ typedef struct nan_step {
     const void *x; /* f32 samples, or i32 tokens for token models */
     const int32_t *y;
     int64_t batch, step;
+    double grad_norm; /* the step's, from the optimizer (0: not computed) */
     FILE *metrics;
 } nan_step;
 
-/* Copies the parameters (before a step). */
-kl_status nan_watch_before(nan_watch *w, kl_ctx *ctx);
 /* After a step that returned s: s unless the loss was non-finite
  * (KL_ENUMERIC) or the gradient norm is; then the diagnosis, returned as
  * KL_ENUMERIC with the finding in the message. */
 kl_status nan_watch_after(nan_watch *w, kl_status s, const nan_step *st);
-void nan_watch_free(nan_watch *w);
 
 #endif

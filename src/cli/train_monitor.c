@@ -35,6 +35,8 @@ int monitor_flags_take(int *argc, char **argv)
                 }
                 g_monitor_flags.profile_steps = n;
             }
+        } else if (!strcmp(a, "--no-graph")) {
+            g_monitor_flags.no_graph = 1;
         } else if (!strcmp(a, "--batch") && i + 1 < *argc && !strcmp(argv[i + 1], "auto")) {
             g_monitor_flags.batch_auto = 1;
             i++;
@@ -57,6 +59,8 @@ void monitor_flags_usage(FILE *f)
                "                    (else the available RAM)\n"
                "  --profile [N]     after N steps (default 20) print the per-op time table and\n"
                "                    the data-loading wait; also a \"profile\" record in metrics.jsonl\n"
+               "  --no-graph        on a GPU, launch every kernel of a step (no CUDA graph\n"
+               "                    capture and replay; for debugging)\n"
                "  config keys: train.histogram_every (steps; 0 = each epoch end),\n"
                "               train.telemetry_interval (seconds; 0 = off; default 1),\n"
                "               train.nan_watch (default true: name the layer that made a NaN/Inf),\n"
@@ -189,7 +193,6 @@ void train_monitor_close(train_monitor *m)
     m->tb = NULL;
     free(m->buf);
     m->buf = NULL;
-    nan_watch_free(&m->nan);
 }
 
 /* params/<name> and grads/<name> histograms of every parameter and buffer. */

@@ -25,10 +25,11 @@ typedef struct monitor_flags {
     int help;
     int64_t profile_steps; /* --profile [N]: per-op table after N steps (cli/train_watch.c) */
     int batch_auto;        /* --batch auto: the largest power of two that fits (plan_auto_batch) */
+    int no_graph;          /* --no-graph: no CUDA graph capture (every kernel launched eagerly) */
 } monitor_flags;
 extern monitor_flags g_monitor_flags;
 
-/* Removes --no-tensorboard, --mem-limit X, --profile [N] and --batch auto from argv (*argc updated) into
+/* Removes --no-tensorboard, --mem-limit X, --profile [N], --batch auto and --no-graph from argv (*argc updated) into
  * g_monitor_flags. Returns 0, or 2 after printing a message. */
 int monitor_flags_take(int *argc, char **argv);
 /* The usage lines for those flags. */

@@ -1,7 +1,14 @@
 /* The training loop: graphs for training and evaluation sharing one ctx,
- * a prefetching loader, per-step metrics, per-epoch validation, checkpoints
+ * the training set kept in device memory (or, when it does not fit, a
+ * prefetching loader), per-step metrics, per-epoch validation, checkpoints
  * and exact resume (same parameters, optimizer state, data position and
- * dropout counter give the same losses, bit for bit, on the CPU). */
+ * dropout counter give the same losses, bit for bit, on the CPU).
+ *
+ * Steps are issued without waiting for the device: each step's loss,
+ * correct count and gradient norm come back through a read-back ring and
+ * are handled (metrics, monitoring, the NaN watch) when they arrive, up to
+ * PIPE_DEPTH steps later on a GPU and at once on the CPU. Epoch ends,
+ * checkpoints and interrupts drain the pipeline first. */
 #include "cli/train_run.h"
 #include "cli/train_opts.h"
 #include "cli/evaluator.h"
@@ -21,6 +28,10 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Steps in flight at most on a GPU (each read-back ring holds PIPE_RING). */
+#define PIPE_DEPTH 32
+#define PIPE_RING 64
+
 typedef struct {
     train_opts o;
     kl_model *model;
@@ -29,7 +40,8 @@ typedef struct {
     step_graph train, train_rest; /* full batches, and a last partial one */
     evaluator eval;
     kl_dataset *tr, *va, *te;
-    kl_loader *ld;
+    kl_device_data *dd; /* the training set in device memory (host memory on the CPU) */
+    kl_loader *ld;      /* else: batches from the host, copied in each step */
     char run_dir[4096], ckpt_root[4200];
     FILE *metrics;
     double t0;
@@ -136,12 +148,22 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
         return kl_fail(KL_EINVAL, "train.batch %lld is larger than the training set (%lld samples)",
                        (long long)r->o.batch, (long long)kl_dataset_count(r->tr));
     KL_TRY(kl_optim_new(r->ctx, &r->o.optim, &r->opt));
-    KL_TRY(step_graph_build(&r->train, r->model, r->ctx, r->opt, r->o.batch));
+    kl_status ds = kl_device_data_new(r->ctx, r->tr, &r->dd);
+    if (ds == KL_EDEVMEM) { /* too big for the GPU: batches come from the host */
+        printf("note: the training set does not fit in device memory (%s); batches are copied in each step\n",
+               kl_last_error());
+    } else if (ds != KL_OK) {
+        return ds;
+    }
+    if (!r->dd) {
+        kl_loader_opts lo = {.batch = r->o.batch, .shuffle = r->o.shuffle, .seed = r->o.seed,
+                             .drop_last = r->o.drop_last, .prefetch = 2};
+        KL_TRY(kl_loader_new(r->tr, &lo, &r->ld));
+    }
+    KL_TRY(step_graph_build_train(&r->train, r->model, r->ctx, r->opt, r->o.batch, r->dd, PIPE_RING));
+    if (g_monitor_flags.no_graph) KL_TRY(kl_graph_set_capture(r->train.g, 0));
     r->eval = (evaluator){.model = r->model, .ctx = r->ctx, .batch = r->o.batch};
     if (a->init) KL_TRY(kl_weights_load(a->init, r->ctx));
-    kl_loader_opts lo = {.batch = r->o.batch, .shuffle = r->o.shuffle, .seed = r->o.seed, .drop_last = r->o.drop_last,
-                         .prefetch = 2};
-    KL_TRY(kl_loader_new(r->tr, &lo, &r->ld));
     KL_TRY(train_run_dir_open(a, r->o.name, cfg, r->run_dir, r->ckpt_root, &r->metrics));
     KL_TRY(watch_init(&r->watch, &r->o, r->train.g, r->metrics)); /* monitoring hook */
     return train_monitor_open(&r->mon, r->run_dir, r->ctx, r->metrics, r->t0); /* monitoring hook */
@@ -154,6 +176,7 @@ static void teardown(runner *r)
     if (r->metrics) fclose(r->metrics);
     kl_loader_free(r->ld);
     step_graph_free(&r->train);
+    kl_device_data_free(r->dd); /* after the graphs that read it */
     step_graph_free(&r->train_rest);
     evaluator_free(&r->eval);
     kl_optim_free(r->opt);
@@ -180,6 +203,14 @@ static void progress(const runner *r, int tty, int64_t step, int64_t total, int6
 
 typedef struct { double loss, t0; int64_t correct, n; } epoch_acc;
 
+/* Positions the data at (epoch, batch): the epoch's order on the device. */
+static kl_status data_seek(runner *r, int64_t epoch, int64_t batch)
+{
+    if (r->ld) return kl_loader_seek(r->ld, epoch, batch);
+    return kl_device_data_order(r->dd, r->o.shuffle, r->o.seed, epoch);
+}
+
+
 /* End of an epoch: validation, the epoch's metrics line, a checkpoint at
  * the start of the next epoch. */
 static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, epoch_acc *ep)
@@ -203,13 +234,127 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
     *ep = (epoch_acc){0};
     st->epoch++;
     st->batch = 0;
-    KL_TRY(kl_loader_seek(r->ld, st->epoch, 0));
+    KL_TRY(data_seek(r, st->epoch, 0));
     KL_TRY(save_ckpt(r, cfg, st, ck, sizeof ck));
     /* monitoring hook: plateau warning / early stop, after the checkpoint */
     if (watch_eval(&r->watch, st->epoch, st->step, r->va ? vl : l, r->va != NULL)) {
         r->early_stopped = 1;
         printf("stopped early; checkpoint %s\n", ck);
     }
+    return KL_OK;
+}
+
+/* Steps issued whose records have not been handled, oldest first. */
+typedef struct {
+    int64_t step, epoch, batch, n; /* step number (1-based), position, rows */
+    double lr;
+    step_graph *sg;
+} issued;
+
+typedef struct {
+    issued q[PIPE_RING];
+    int head, len;
+    double t_last;          /* when the last record was handled */
+    double win_loss, t_win; /* the log_every window */
+    double data_wait;       /* waiting for host batches since the last handled step */
+    int64_t win_n;
+    epoch_acc ep;
+    int tty;
+    int64_t total;
+} pipe_state;
+
+/* The rows of step it's batch, gathered on the host (for the NaN watch). */
+static kl_status host_batch(const runner *r, const issued *it, float **x, int32_t **y)
+{
+    int64_t ss = kl_dataset_sample_size(r->tr);
+    const int32_t *order = kl_device_data_order_host(r->dd);
+    *x = malloc((size_t)(it->n * ss) * sizeof **x);
+    *y = malloc((size_t)it->n * sizeof **y);
+    if (!*x || !*y) return kl_fail(KL_ENOMEM, "NaN watch: out of memory for the batch");
+    for (int64_t i = 0; i < it->n; i++) {
+        int64_t src = order[it->batch * r->o.batch + i];
+        memcpy(*x + i * ss, kl_dataset_features(r->tr) + src * ss, (size_t)ss * sizeof **x);
+        (*y)[i] = kl_dataset_labels(r->tr)[src];
+    }
+    return KL_OK;
+}
+
+/* A non-finite loss or gradient norm at step it: the optimizer's guard kept
+ * the parameters of before it (later steps updated nothing), so the NaN
+ * watch can re-run it. Returns the error that ends training. */
+static kl_status diverged(runner *r, kl_cfg *cfg, const issued *it, double loss, double norm,
+                          const float *hx, const int32_t *hy)
+{
+    kl_status s = isfinite(loss) ? KL_OK
+                                 : kl_fail(KL_ENUMERIC, "loss is %g: training diverged (try a lower learning rate or "
+                                           "clip.max_norm)", loss);
+    float *x = NULL;
+    int32_t *y = NULL;
+    kl_status hs = hx ? KL_OK : host_batch(r, it, &x, &y);
+    if (hs != KL_OK) return hs;
+    nan_step ns = {.model = r->model, .ctx = r->ctx, .opt = r->opt, .cfg = cfg, .x = hx ? hx : x, .y = hy ? hy : y,
+                   .batch = it->n, .step = it->step, .grad_norm = norm, .metrics = r->metrics};
+    s = nan_watch_after(&r->mon.nan, s, &ns);
+    free(x);
+    free(y);
+    return s;
+}
+
+/* Handles the oldest issued step's record: waits for it when wait, else
+ * returns *done = 0 if it has not arrived. */
+static kl_status handle_one(runner *r, kl_cfg *cfg, pipe_state *p, int wait, int *done, const float *hx,
+                            const int32_t *hy)
+{
+    *done = 0;
+    if (!p->len) return KL_OK;
+    issued *it = &p->q[p->head];
+    double v[3];
+    int ready;
+    KL_TRY(kl_readback_pop(it->sg->rb, wait, v, &ready));
+    if (!ready) return KL_OK;
+    *done = 1;
+    p->head = (p->head + 1) % PIPE_RING;
+    p->len--;
+    double mean = v[0], l = mean * (double)it->n, now_s = now(), t_step = now_s - p->t_last;
+    int64_t corr = (int64_t)v[1];
+    p->t_last = now_s;
+    if (!isfinite(mean) || (r->o.optim.max_grad_norm > 0 && !isfinite(v[2]))) {
+        /* the device finishes the steps after it (their updates were skipped), then the watch explains */
+        while (p->len) {
+            double w[3];
+            int rd;
+            kl_status s = kl_readback_pop(p->q[p->head].sg->rb, 1, w, &rd);
+            p->head = (p->head + 1) % PIPE_RING;
+            p->len--;
+            if (s != KL_OK) return s;
+        }
+        return diverged(r, cfg, it, mean, v[2], hx, hy);
+    }
+    if (p->ep.n == 0) p->ep.t0 = now_s - t_step;
+    p->ep.loss += l, p->ep.correct += corr, p->ep.n += it->n, p->win_loss += l, p->win_n += it->n;
+    double lr = it->lr;
+    fprintf(r->metrics,
+            "{\"type\":\"step\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"lr\":%.9g,"
+            "\"samples_per_s\":%.1f,\"wall_s\":%.3f}\n",
+            (long long)it->step, (long long)it->epoch + 1, mean, (double)corr / (double)it->n, lr,
+            t_step > 0 ? (double)it->n / t_step : 0.0, now_s - r->t0);
+    train_monitor_step(&r->mon, it->step, mean, (double)corr / (double)it->n, lr); /* monitoring hook */
+    watch_step(&r->watch, r->train.g, v[2], it->step, t_step, p->data_wait); /* monitoring hook */
+    p->data_wait = 0;
+    if (it->step % r->o.log_every == 0 || it->step == p->total) {
+        double sps = (double)p->win_n / (now_s - p->t_win);
+        fprintf(r->metrics, "{\"type\":\"throughput\",\"step\":%lld,\"samples_per_s\":%.1f}\n", (long long)it->step, sps);
+        train_monitor_throughput(&r->mon, it->step, sps); /* monitoring hook */
+        progress(r, p->tty, it->step, p->total, it->epoch, p->win_loss / (double)p->win_n, sps);
+        p->win_loss = 0, p->win_n = 0, p->t_win = now_s;
+    }
+    return KL_OK;
+}
+
+/* Handles every issued step (waiting for each). */
+static kl_status drain(runner *r, kl_cfg *cfg, pipe_state *p)
+{
+    for (int done = 1; p->len && done;) KL_TRY(handle_one(r, cfg, p, 1, &done, NULL, NULL));
     return KL_OK;
 }
 
@@ -220,84 +365,69 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
     snprintf(st.optim_kind, sizeof st.optim_kind, "%s", kinds[r->o.optim.kind]);
     if (a->resume) {
         KL_TRY(kl_checkpoint_load(a->ckpt_dir, r->ctx, r->opt, &st, NULL));
-        KL_TRY(kl_graph_set_runs(r->train.g, st.graph_runs));
         printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", a->ckpt_dir, (long long)st.step,
                (long long)st.epoch + 1, (long long)st.batch);
     }
-    int64_t per_epoch = kl_loader_batches(r->ld);
-    int64_t total = r->o.steps ? r->o.steps : r->o.epochs * per_epoch;
-    KL_TRY(kl_loader_seek(r->ld, st.epoch, st.batch));
-    int tty = isatty(2);
-    epoch_acc ep = {0};
-    double win_loss = 0, t_win = now();
-    int64_t win_n = 0;
+    int64_t count = kl_dataset_count(r->tr), B = r->o.batch;
+    int64_t per_epoch = r->o.drop_last ? count / B : (count + B - 1) / B;
+    pipe_state p = {.tty = isatty(2), .total = r->o.steps ? r->o.steps : r->o.epochs * per_epoch};
+    p.t_last = p.t_win = now();
+    KL_TRY(data_seek(r, st.epoch, st.batch));
     char ck[4400];
-    while (st.step < total) {
-        kl_batch b;
-        double t_iter = now(); /* monitoring: the step's time and its wait for data (--profile) */
-        KL_TRY(kl_loader_next(r->ld, &b));
-        double t_data = now() - t_iter;
-        if (b.n == 0) { /* end of epoch: validate, log, checkpoint */
-            KL_TRY(end_epoch(r, cfg, &st, tty, &ep));
+    while (st.step < p.total) {
+        if (st.batch == per_epoch) { /* end of epoch: validate, log, checkpoint */
+            KL_TRY(drain(r, cfg, &p));
+            KL_TRY(end_epoch(r, cfg, &st, p.tty, &p.ep));
             if (r->early_stopped) return KL_OK;
             continue;
         }
-        KL_TRY(kl_optim_set_lr(r->opt, train_lr(&r->o, st.step, total)));
-        double l = 0;
-        int64_t corr = 0;
-        /* monitoring hook: NaN watch (parameters copied before the step; a non-finite loss is re-run and explained) */
-        KL_TRY(nan_watch_before(&r->mon.nan, r->ctx));
+        int64_t n = count - st.batch * B < B ? count - st.batch * B : B;
         /* a last partial batch (data.drop_last: false) runs its own graph, sharing
          * parameters and optimizer; both follow the step counter for dropout */
         step_graph *sg = &r->train;
-        if (b.n != r->o.batch) {
+        if (n != B) {
             sg = &r->train_rest;
-            if (sg->g && sg->batch != b.n) step_graph_free(sg);
-            if (!sg->g) KL_TRY(step_graph_build(sg, r->model, r->ctx, r->opt, b.n));
+            if (!sg->g) KL_TRY(step_graph_build_train(sg, r->model, r->ctx, r->opt, n, r->dd, PIPE_RING));
         }
+        kl_batch b = {0};
+        if (r->ld) { /* batches from the host */
+            double t0 = now();
+            KL_TRY(kl_loader_next(r->ld, &b));
+            p.data_wait += now() - t0;
+            KL_TRY(kl_tensor_set(sg->x, b.x, (size_t)(b.n * kl_dataset_sample_size(r->tr)) * sizeof(float)));
+            KL_TRY(kl_tensor_set(sg->y, b.y, (size_t)b.n * sizeof(int32_t)));
+        } else {
+            int32_t at = (int32_t)(st.batch * B);
+            KL_TRY(kl_tensor_set(sg->start, &at, sizeof at));
+        }
+        KL_TRY(kl_optim_set_lr(r->opt, train_lr(&r->o, st.step, p.total)));
         KL_TRY(kl_graph_set_runs(sg->g, (uint64_t)st.step));
-        double t_step = now();
-        kl_status ss = step_graph_run(sg, r->model, b.x, b.y, &l, &corr, NULL, NULL);
-        t_step = now() - t_step;
-        nan_step ns = {.model = r->model, .ctx = r->ctx, .opt = r->opt, .cfg = cfg, .x = b.x, .y = b.y,
-                       .batch = b.n, .step = st.step + 1, .metrics = r->metrics};
-        KL_TRY(nan_watch_after(&r->mon.nan, ss, &ns));
+        KL_TRY(kl_graph_run(sg->g));
+        p.q[(p.head + p.len) % PIPE_RING] = (issued){st.step + 1, st.epoch, st.batch, n, kl_optim_lr(r->opt), sg};
+        p.len++;
         st.step++;
-        st.batch = b.index + 1;
+        st.batch++;
         st.graph_runs = st.step;
-        if (ep.n == 0) ep.t0 = now() - t_step;
-        ep.loss += l, ep.correct += corr, ep.n += b.n, win_loss += l, win_n += b.n;
-        fprintf(r->metrics,
-                "{\"type\":\"step\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"lr\":%.9g,"
-                "\"samples_per_s\":%.1f,\"wall_s\":%.3f}\n",
-                (long long)st.step, (long long)st.epoch + 1, l / (double)b.n, (double)corr / (double)b.n,
-                kl_optim_lr(r->opt), t_step > 0 ? (double)b.n / t_step : 0.0, now() - r->t0);
-        /* monitoring hook */
-        train_monitor_step(&r->mon, st.step, l / (double)b.n, (double)corr / (double)b.n, kl_optim_lr(r->opt));
-        watch_step(&r->watch, r->train.g, r->opt, st.step, now() - t_iter, t_data); /* monitoring hook */
-        if (st.step % r->o.log_every == 0 || st.step == total) {
-            double t = now(), sps = (double)win_n / (t - t_win);
-            fprintf(r->metrics, "{\"type\":\"throughput\",\"step\":%lld,\"samples_per_s\":%.1f}\n", (long long)st.step, sps);
-            train_monitor_throughput(&r->mon, st.step, sps); /* monitoring hook */
-            progress(r, tty, st.step, total, st.epoch, win_loss / (double)win_n, sps);
-            win_loss = 0, win_n = 0, t_win = t;
-        }
-        if (r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) {
+        /* handle what has arrived; wait for the oldest when PIPE_DEPTH are out (always with host batches,
+         * whose buffers the next kl_loader_next reuses) */
+        for (int done = 1; done && p.len;)
+            KL_TRY(handle_one(r, cfg, &p, p.len >= PIPE_DEPTH || r->ld, &done, r->ld ? b.x : NULL, r->ld ? b.y : NULL));
+        if ((r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) || *stop) {
+            KL_TRY(drain(r, cfg, &p));
             fflush(r->metrics);
             KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
         }
         if (*stop) {
-            fflush(r->metrics);
-            KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
-            train_say_interrupted(tty, st.step, ck, r->run_dir);
+            train_say_interrupted(p.tty, st.step, ck, r->run_dir);
             *interrupted = 1;
             return KL_OK;
         }
     }
+    KL_TRY(drain(r, cfg, &p));
     watch_end(&r->watch, r->train.g, st.step); /* monitoring hook: --profile N beyond the last step */
     /* the last epoch ends with the last step: validate it too */
-    if (ep.n && st.batch == per_epoch) return end_epoch(r, cfg, &st, tty, &ep);
-    if (tty) fprintf(stderr, "\n");
+    if (p.ep.n && st.batch == per_epoch) return end_epoch(r, cfg, &st, p.tty, &p.ep);
+    if (p.tty) fprintf(stderr, "\n");
     return save_ckpt(r, cfg, &st, ck, sizeof ck);
 }
 

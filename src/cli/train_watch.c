@@ -62,9 +62,9 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static void grad_check(train_watch *w, const kl_optim *opt, int64_t step)
+static void grad_check(train_watch *w, double norm, int64_t step)
 {
-    double norm = kl_optim_last_grad_norm(opt), v[WATCH_NORMS];
+    double v[WATCH_NORMS];
     if (!isfinite(norm)) return; /* the NaN watch explains those */
     if (w->n_norms >= 8) {
         memcpy(v, w->norms, (size_t)w->n_norms * sizeof *v);
@@ -88,7 +88,7 @@ static void grad_check(train_watch *w, const kl_optim *opt, int64_t step)
     if (w->n_norms < WATCH_NORMS) w->n_norms++;
 }
 
-void watch_step(train_watch *w, kl_graph *g, const kl_optim *opt, int64_t step, double step_s, double wait_s)
+void watch_step(train_watch *w, kl_graph *g, double grad_norm, int64_t step, double step_s, double wait_s)
 {
     if (w->profile_steps && !w->prof_done) {
         w->prof_n++;
@@ -96,7 +96,7 @@ void watch_step(train_watch *w, kl_graph *g, const kl_optim *opt, int64_t step, 
         w->prof_wait_s += wait_s;
         if (w->prof_n >= w->profile_steps) profile_out(w, g, step);
     }
-    if (w->grad_warn > 0) grad_check(w, opt, step);
+    if (w->grad_warn > 0) grad_check(w, grad_norm, step);
 }
 
 void watch_end(train_watch *w, kl_graph *g, int64_t step)

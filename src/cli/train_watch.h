@@ -1,7 +1,7 @@
 /* What `kiln train` watches while it runs, beyond the metrics:
  *  - --profile [N]: after N training steps, the per-op timing table of the
  *    training graph (kl_graph_profile) and the time each step waited for
- *    data (kl_loader_next), printed and written to metrics.jsonl as
+ *    data, printed and written to metrics.jsonl as
  *    {"type":"profile",...};
  *  - convergence: train.plateau_patience evaluations without a validation
  *    loss improvement warn ({"type":"warning","kind":"plateau"}), and with
@@ -39,9 +39,10 @@ typedef struct train_watch {
  * the training graph on when asked. */
 kl_status watch_init(train_watch *w, const train_opts *o, kl_graph *train_graph, FILE *metrics);
 /* After each training step: step_s is the step's wall time (data wait
- * included), wait_s its time in kl_loader_next. Prints the profile after
- * the N-th step and checks the gradient norm. */
-void watch_step(train_watch *w, kl_graph *g, const kl_optim *opt, int64_t step, double step_s, double wait_s);
+ * included), wait_s its time waiting for data, grad_norm the step's global
+ * gradient norm. Prints the profile after the N-th step and checks the
+ * gradient norm. */
+void watch_step(train_watch *w, kl_graph *g, double grad_norm, int64_t step, double step_s, double wait_s);
 /* At the end of training: the profile, if fewer than N steps ran. */
 void watch_end(train_watch *w, kl_graph *g, int64_t step);
 /* After an evaluation (loss: validation loss, or the epoch's training loss
