@@ -63,7 +63,7 @@ static void test_model(const char *path, int64_t B, int64_t params, size_t buffe
         planner p;
         mem_plan mp;
         kl_graph_stats st;
-        CHECK_OK(planner_init(&p, m, oos[k], 2));
+        CHECK_OK(planner_init(&p, m, oos[k], 2, (kl_device){KL_DEVICE_CPU, 0}));
         CHECK_OK(planner_at(&p, B, &mp));
         reference(m, oos[k], B, &st);
         CHECK(mp.arena == st.arena_bytes && mp.arena > 0);
@@ -81,7 +81,7 @@ static void test_model(const char *path, int64_t B, int64_t params, size_t buffe
     planner p;
     mem_plan a, b, best_plan;
     int64_t best = -1;
-    CHECK_OK(planner_init(&p, m, &adam, 2));
+    CHECK_OK(planner_init(&p, m, &adam, 2, (kl_device){KL_DEVICE_CPU, 0}));
     CHECK_OK(planner_at(&p, B, &a));
     size_t need = a.total, limit = a.total + (size_t)(rand() % 4000000) + 100000;
     CHECK_OK(planner_max_batch(&p, limit, 1 << 24, &best, &best_plan));
@@ -138,7 +138,7 @@ int main(void)
         mem_plan mp;
         kl_optim_opts adam = {.kind = KL_OPTIM_ADAM, .lr = 1e-3};
         kl_graph_stats st;
-        CHECK_OK(planner_init(&p, m, &adam, 2));
+        CHECK_OK(planner_init(&p, m, &adam, 2, (kl_device){KL_DEVICE_CPU, 0}));
         CHECK_OK(planner_at(&p, 48, &mp));
         reference(m, &adam, 48, &st);
         CHECK(mp.arena == st.arena_bytes && mp.buffers > 0 && mp.buffers % (2 * sizeof(float)) == 0);

@@ -117,6 +117,7 @@ KL_API kl_status kl_grad(kl_graph *g, const kl_tensor *t, kl_tensor **out);
 typedef struct kl_plan_opts {
     int no_reuse; /* 1: every tensor gets its own arena space (planning off) */
     int check;    /* 1: verify no two live tensors overlap (debug) */
+    int measure;  /* 1: only size the plan (kl_graph_stats_get), allocate nothing; runs plan again */
 } kl_plan_opts;
 
 /* Plans memory for the graph as it stands (optional: kl_graph_run plans on

@@ -6,4 +6,6 @@
 #include "kiln/graph.h"
 #include "kiln/ops.h"
 #include "kiln/optim.h"
+#include "kiln/data.h"
+#include "kiln/io.h"
 #endif

@@ -23,6 +23,12 @@ static kl_status build_lm(step_graph *sg, kl_model *m, kl_optim *opt, int64_t ba
 
 kl_status step_graph_build(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *opt, int64_t batch)
 {
+    return step_graph_build_opts(sg, m, ctx, opt, batch, NULL);
+}
+
+kl_status step_graph_build_opts(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *opt, int64_t batch,
+                                const kl_plan_opts *popts)
+{
     if (kl_model_tokens(m)) {
         sg->batch = batch;
         KL_TRY(kl_graph_new(ctx, &sg->g));
@@ -31,7 +37,7 @@ kl_status step_graph_build(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *o
             KL_TRY(kl_backward(sg->g, sg->loss));
             KL_TRY(kl_optim_step(sg->g, opt, NULL));
         }
-        return kl_graph_plan(sg->g, NULL);
+        return kl_graph_plan(sg->g, popts);
     }
     int64_t xd[5] = {batch};
     int nd = kl_model_input_ndim(m);
@@ -49,7 +55,7 @@ kl_status step_graph_build(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *o
         KL_TRY(kl_backward(sg->g, sg->loss));
         KL_TRY(kl_optim_step(sg->g, opt, NULL));
     }
-    return kl_graph_plan(sg->g, NULL);
+    return kl_graph_plan(sg->g, popts);
 }
 
 kl_status step_graph_build_train(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *opt, int64_t batch,

@@ -21,6 +21,9 @@ typedef struct step_graph {
 
 /* Builds and plans the graph; opt non-NULL adds backward and the update. */
 kl_status step_graph_build(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *opt, int64_t batch);
+/* The same, planned with popts (kiln plan measures without allocating). */
+kl_status step_graph_build_opts(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *opt, int64_t batch,
+                                const kl_plan_opts *popts);
 /* A training step of an image/tabular model whose loss, correct count and
  * gradient norm come back through sg->rb (ring records) instead of waiting
  * for the device: the batch is gathered from dd at sg->start, or (dd NULL)

@@ -5,20 +5,24 @@
 #include "cli/train_monitor.h"
 #include "cli/train_opts.h"
 #include "core/error.h"
+#include "backends/backend.h" /* kl_cuda_available */
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch)
+kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch, kl_device dev)
 {
-    if (!g_monitor_flags.mem_limit) return KL_OK;
+    if (!g_monitor_flags.mem_limit && dev.type != KL_DEVICE_CUDA) return KL_OK;
     size_t limit;
-    KL_TRY(parse_size("--mem-limit", g_monitor_flags.mem_limit, &limit));
+    char what[256] = "--mem-limit", desc[256];
+    if (g_monitor_flags.mem_limit) KL_TRY(parse_size("--mem-limit", g_monitor_flags.mem_limit, &limit));
+    else KL_TRY(device_mem_limit(dev, &limit, desc, sizeof desc));
+    if (!g_monitor_flags.mem_limit) snprintf(what, sizeof what, "the memory free on cuda:%d", dev.index);
     planner p;
     mem_plan mp, best_plan;
     int64_t best = 0;
-    kl_status s = planner_init(&p, m, oo, threads);
+    kl_status s = planner_init(&p, m, oo, threads, dev);
     if (s == KL_OK) s = planner_at(&p, batch, &mp);
     if (s == KL_OK && mp.total > limit) s = planner_max_batch(&p, limit, batch, &best, &best_plan);
     planner_free(&p);
@@ -28,24 +32,26 @@ kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, in
     fprintf(stderr, "kiln train: memory plan for batch %lld:\n", (long long)batch);
     mem_plan_print(stderr, &mp, oo);
     if (best)
-        return kl_fail(KL_EINVAL, "the training step needs %s (%zu bytes), over --mem-limit %s (%zu bytes); "
+        return kl_fail(KL_EINVAL, "the training step needs %s (%zu bytes), over %s %s (%zu bytes); "
                        "the largest batch that fits is %lld (--batch %lld)", fmt_bytes(a, sizeof a, (double)mp.total),
-                       mp.total, fmt_bytes(b, sizeof b, (double)limit), limit, (long long)best, (long long)best);
-    return kl_fail(KL_EINVAL, "the training step needs %s (%zu bytes), over --mem-limit %s (%zu bytes); "
-                   "not even batch 1 fits", fmt_bytes(a, sizeof a, (double)mp.total), mp.total,
+                       mp.total, what, fmt_bytes(b, sizeof b, (double)limit), limit, (long long)best, (long long)best);
+    return kl_fail(KL_EINVAL, "the training step needs %s (%zu bytes), over %s %s (%zu bytes); "
+                   "not even batch 1 fits", fmt_bytes(a, sizeof a, (double)mp.total), mp.total, what,
                    fmt_bytes(b, sizeof b, (double)limit), limit);
 }
 
-kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, kl_cfg *cfg, int64_t *batch)
+kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, kl_cfg *cfg, int64_t *batch,
+                          kl_device dev)
 {
     if (!g_monitor_flags.batch_auto) return KL_OK;
     size_t limit;
+    char what[256];
     if (g_monitor_flags.mem_limit) KL_TRY(parse_size("--mem-limit", g_monitor_flags.mem_limit, &limit));
-    else KL_TRY(mem_available(&limit));
+    else KL_TRY(device_mem_limit(dev, &limit, what, sizeof what));
     planner p;
     mem_plan bp;
     int64_t best = 0, pow2 = 1;
-    kl_status s = planner_init(&p, m, oo, threads);
+    kl_status s = planner_init(&p, m, oo, threads, dev);
     if (s == KL_OK) s = planner_max_batch(&p, limit, AUTO_BATCH_MAX, &best, &bp);
     while (pow2 * 2 <= best) pow2 *= 2;
     if (s == KL_OK && pow2 != best) s = planner_at(&p, pow2, &bp); /* (best 0: batch 1's figures) */
@@ -54,11 +60,12 @@ kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, kl_
     char a[32], b[32], v[32];
     if (!best)
         return kl_fail(KL_EINVAL, "--batch auto: not even batch 1 fits %s (%s, %zu bytes): its step needs %s",
-                       g_monitor_flags.mem_limit ? "--mem-limit" : "the available RAM", fmt_bytes(a, sizeof a, (double)limit),
-                       limit, fmt_bytes(b, sizeof b, (double)bp.total));
+                       g_monitor_flags.mem_limit ? "--mem-limit" : dev.type == KL_DEVICE_CUDA ? "the GPU's free memory" : "the available RAM",
+                       fmt_bytes(a, sizeof a, (double)limit), limit, fmt_bytes(b, sizeof b, (double)bp.total));
     printf("batch auto: %lld, the largest power of two whose training step fits %s %s (needs %s)%s\n", (long long)pow2,
-           g_monitor_flags.mem_limit ? "--mem-limit" : "the available RAM", fmt_bytes(a, sizeof a, (double)limit),
-           fmt_bytes(b, sizeof b, (double)bp.total), pow2 == AUTO_BATCH_MAX ? " (the search's upper end)" : "");
+           g_monitor_flags.mem_limit ? "--mem-limit" : dev.type == KL_DEVICE_CUDA ? "the GPU's free memory" : "the available RAM",
+           fmt_bytes(a, sizeof a, (double)limit), fmt_bytes(b, sizeof b, (double)bp.total),
+           pow2 == AUTO_BATCH_MAX ? " (the search's upper end)" : "");
     *batch = pow2;
     snprintf(v, sizeof v, "%lld", (long long)pow2);
     return kl_cfg_set_scalar(cfg, "train.batch", v);
@@ -73,13 +80,15 @@ static void usage(FILE *f)
                "batch that fits. The dataset and loader buffers are not counted.\n\n"
                "options:\n"
                "  --batch N         batch size (default: train.batch)\n"
-               "  --mem-limit SIZE  the limit (bytes, or 512M, 2G; default: MemAvailable)\n"
+               "  --mem-limit SIZE  the limit (bytes, or 512M, 2G; default: MemAvailable, or the\n"
+               "                    GPU's free memory with --device cuda:N)\n"
+               "  --device D        cpu (default) or cuda:N: plan for that device\n"
                "  --threads N       CPU threads (conv scratch space depends on them)\n"
                "  --max-batch N     search the largest fitting batch up to N (default 16777216)\n"
                "  --set KEY=VALUE   override a config key\n");
 }
 
-static int run(kl_cfg *cfg, const char *config, const char *limit_text, int threads, int64_t max_batch)
+static int run(kl_cfg *cfg, const char *config, const char *limit_text, int threads, int64_t max_batch, kl_device dev)
 {
     train_opts o;
     monitor_opts mo;
@@ -95,16 +104,20 @@ static int run(kl_cfg *cfg, const char *config, const char *limit_text, int thre
     if (s == KL_OK) s = train_opts_read(cfg, &o);
     if (s == KL_OK) s = kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &mnode);
     if (s == KL_OK) s = kl_model_from_cfg(mnode, &m);
+    char what[256] = "--mem-limit";
     if (s == KL_OK && limit_text) s = parse_size("--mem-limit", limit_text, &limit);
-    else if (s == KL_OK) s = mem_available(&limit);
-    if (s == KL_OK) s = planner_init(&p, m, &o.optim, threads >= 0 ? threads : (int)o.threads);
+    else if (s == KL_OK) s = device_mem_limit(dev, &limit, what, sizeof what);
+    if (s == KL_OK) s = planner_init(&p, m, &o.optim, threads >= 0 ? threads : (int)o.threads, dev);
     if (s == KL_OK) s = planner_at(&p, o.batch, &mp);
     if (s == KL_OK) {
-        printf("memory plan for %s (%s): batch %lld, %s, cpu with %d threads\n", o.name, config,
-               (long long)o.batch, kinds[o.optim.kind], kl_ctx_threads(p.ctx));
+        if (dev.type == KL_DEVICE_CUDA)
+            printf("memory plan for %s (%s): batch %lld, %s, cuda:%d\n", o.name, config, (long long)o.batch,
+                   kinds[o.optim.kind], dev.index);
+        else
+            printf("memory plan for %s (%s): batch %lld, %s, cpu with %d threads\n", o.name, config,
+                   (long long)o.batch, kinds[o.optim.kind], kl_ctx_threads(p.ctx));
         mem_plan_print(stdout, &mp, &o.optim);
-        printf("  limit                %12s  %14zu bytes  (%s)\n", fmt_bytes(a, sizeof a, (double)limit), limit,
-               limit_text ? "--mem-limit" : "available RAM, MemAvailable in /proc/meminfo");
+        printf("  limit                %12s  %14zu bytes  (%s)\n", fmt_bytes(a, sizeof a, (double)limit), limit, what);
         printf("  %s: %.1f%% of the limit\n", mp.total <= limit ? "fits" : "DOES NOT FIT",
                100.0 * (double)mp.total / (double)(limit ? limit : 1));
         fflush(stdout);
@@ -127,7 +140,7 @@ static int run(kl_cfg *cfg, const char *config, const char *limit_text, int thre
 
 int kl_cmd_plan(int argc, char **argv)
 {
-    const char *config = NULL, *limit = NULL, *sets[64];
+    const char *config = NULL, *limit = NULL, *sets[64], *device = "cpu";
     int nsets = 0, threads = -1;
     int64_t max_batch = 1 << 24;
     for (int i = 0; i < argc; i++) {
@@ -137,7 +150,7 @@ int kl_cmd_plan(int argc, char **argv)
             return 0;
         }
         if (!strcmp(arg, "--batch") || !strcmp(arg, "--mem-limit") || !strcmp(arg, "--threads") || !strcmp(arg, "--set") ||
-            !strcmp(arg, "--max-batch")) {
+            !strcmp(arg, "--max-batch") || !strcmp(arg, "--device")) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "kiln plan: %s needs a value\n", arg);
                 return 2;
@@ -145,6 +158,7 @@ int kl_cmd_plan(int argc, char **argv)
             const char *v = argv[++i];
             char buf[64];
             if (!strcmp(arg, "--mem-limit")) limit = v;
+            else if (!strcmp(arg, "--device")) device = v;
             else if (!strcmp(arg, "--threads")) threads = atoi(v) > 0 ? atoi(v) : 0;
             else if (!strcmp(arg, "--max-batch")) {
                 char *end;
@@ -168,6 +182,12 @@ int kl_cmd_plan(int argc, char **argv)
             return 2;
         }
     }
+    kl_device dev;
+    if (kl_device_parse(device, &dev) != KL_OK || (dev.type == KL_DEVICE_CUDA && kl_cuda_available(dev.index) != KL_OK)) {
+        fprintf(stderr, "kiln plan: %s\n", kl_last_error());
+        for (int i = 0; i < nsets; i++) free((void *)sets[i]);
+        return 1;
+    }
     kl_cfg *cfg = NULL;
     kl_status s = config ? kl_cfg_load(config, &cfg)
                          : kl_cfg_parse(kl_default_config, strlen(kl_default_config), "<default cnn>", &cfg);
@@ -175,7 +195,7 @@ int kl_cmd_plan(int argc, char **argv)
     for (int i = 0; i < nsets; i++) free((void *)sets[i]);
     int rc = 1;
     if (s != KL_OK) fprintf(stderr, "kiln plan: %s\n", kl_last_error());
-    else rc = run(cfg, config ? config : "built-in default", limit, threads, max_batch);
+    else rc = run(cfg, config ? config : "built-in default", limit, threads, max_batch, dev);
     kl_cfg_free(cfg);
     return rc;
 }

@@ -25,8 +25,10 @@ typedef struct planner {
 } planner;
 
 /* threads as kiln train uses them (0: all cores / $KILN_THREADS), since
- * conv scratch space depends on them. The model stays the caller's. */
-kl_status planner_init(planner *p, kl_model *m, const kl_optim_opts *oo, int threads);
+ * conv scratch space depends on them; dev the device planned for (kernels'
+ * scratch space depends on it too). Plans are measured, not allocated. The
+ * model stays the caller's. */
+kl_status planner_init(planner *p, kl_model *m, const kl_optim_opts *oo, int threads, kl_device dev);
 void planner_free(planner *p);
 /* Builds and plans the training step at batch (then frees the graph). */
 kl_status planner_at(planner *p, int64_t batch, mem_plan *out);
@@ -44,22 +46,28 @@ int optim_state_factor(const kl_optim_opts *oo);
 kl_status parse_size(const char *what, const char *s, size_t *out);
 /* MemAvailable from /proc/meminfo. KL_EIO when unreadable. */
 kl_status mem_available(size_t *out);
+/* What a training step may use on dev: MemAvailable on the CPU; on a GPU
+ * its free memory less PLAN_GPU_RESERVE. desc (n bytes) says which. */
+#define PLAN_GPU_RESERVE ((size_t)96 << 20) /* cuBLASLt workspace, reduction scratch, the training set's order, margin */
+kl_status device_mem_limit(kl_device dev, size_t *limit, char *desc, size_t n);
 /* "1.50 GiB" style, into buf. */
 const char *fmt_bytes(char *buf, size_t cap, double bytes);
 
 /* The figures, one per line, each with its exact byte count. */
 void mem_plan_print(FILE *f, const mem_plan *p, const kl_optim_opts *oo);
 
-/* kiln train's check (plan.c): with --mem-limit, plans the step before any
- * data is loaded and fails (printing the figures) when over. */
-kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch);
+/* kiln train's check (plan.c): with --mem-limit, or on a GPU (against its
+ * free memory), plans the step before any data is loaded and fails
+ * (printing the figures and the largest batch that fits) when over. */
+kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch, kl_device dev);
 
 #define AUTO_BATCH_MAX 4096 /* --batch auto searches up to this */
 /* kiln train --batch auto (plan.c): with g_monitor_flags.batch_auto, sets
  * *batch to the largest power of two (up to AUTO_BATCH_MAX) whose training
- * step fits --mem-limit (else MemAvailable), writes it to cfg's train.batch
+ * step fits --mem-limit (else device_mem_limit), writes it to cfg's train.batch
  * and prints the choice; otherwise does nothing. Fails when not even batch
  * 1 fits. */
-kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, kl_cfg *cfg, int64_t *batch);
+kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, kl_cfg *cfg, int64_t *batch,
+                          kl_device dev);
 
 #endif

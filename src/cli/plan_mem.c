@@ -2,6 +2,7 @@
 #include "cli/plan.h"
 #include "cli/evaluator.h"
 #include "core/error.h"
+#include "backends/backend.h" /* kl_cuda_device_info_get */
 
 #include <ctype.h>
 #include <errno.h>
@@ -15,12 +16,12 @@ int optim_state_factor(const kl_optim_opts *oo)
     return oo->momentum > 0 ? 1 : 0;
 }
 
-kl_status planner_init(planner *p, kl_model *m, const kl_optim_opts *oo, int threads)
+kl_status planner_init(planner *p, kl_model *m, const kl_optim_opts *oo, int threads, kl_device dev)
 {
     memset(p, 0, sizeof *p);
     p->model = m;
     p->oo = *oo;
-    kl_ctx_opts co = {.device = {KL_DEVICE_CPU, 0}, .threads = threads, .seed = 1};
+    kl_ctx_opts co = {.device = dev, .threads = threads, .seed = 1};
     KL_TRY(kl_ctx_new(&co, &p->ctx));
     return kl_optim_new(p->ctx, oo, &p->opt);
 }
@@ -35,7 +36,8 @@ void planner_free(planner *p)
 kl_status planner_at(planner *p, int64_t batch, mem_plan *out)
 {
     step_graph sg = {0};
-    kl_status s = step_graph_build(&sg, p->model, p->ctx, p->opt, batch);
+    kl_plan_opts po = {.measure = 1};
+    kl_status s = step_graph_build_opts(&sg, p->model, p->ctx, p->opt, batch, &po);
     kl_graph_stats st;
     if (s == KL_OK) s = kl_graph_stats_get(sg.g, &st);
     step_graph_free(&sg);
@@ -62,8 +64,8 @@ kl_status planner_at(planner *p, int64_t batch, mem_plan *out)
     return KL_OK;
 }
 
-/* Fits: planned and within the limit (a failed allocation of the arena
- * counts as not fitting). */
+/* Fits: planned and within the limit (a failed allocation, of a parameter
+ * say, counts as not fitting). */
 static kl_status fits(planner *p, int64_t b, size_t limit, int *ok, mem_plan *mp)
 {
     kl_status s = planner_at(p, b, mp);
@@ -88,8 +90,7 @@ kl_status planner_max_batch(planner *p, size_t limit, int64_t max_batch, int64_t
     KL_TRY(fits(p, 2, limit, &ok, &b));
     if (!ok) return KL_OK;
     *best = 2, *at_best = b;
-    /* guess from the line through batch 1 and 2, then bracket and bisect;
-     * never builds far above the limit (arena allocations are real) */
+    /* guess from the line through batch 1 and 2, then bracket and bisect */
     double per = (double)b.total - (double)a.total, guess = per > 0 ? 2 + ((double)limit - (double)b.total) / per : (double)max_batch;
     int64_t lo = 2, hi = max_batch + 1; /* lo fits, hi does not (or is past max) */
     int64_t g = guess >= (double)max_batch ? max_batch : (int64_t)guess;
@@ -186,4 +187,19 @@ void mem_plan_print(FILE *f, const mem_plan *p, const kl_optim_opts *oo)
             fmt_bytes(a, sizeof a, (double)p->arena), p->arena, p->nodes, (long long)p->batch);
     fprintf(f, " %s without reuse)\n", fmt_bytes(a, sizeof a, (double)p->arena_no_reuse));
     fprintf(f, "  total                %12s  %14zu bytes\n", fmt_bytes(a, sizeof a, (double)p->total), p->total);
+}
+
+kl_status device_mem_limit(kl_device dev, size_t *limit, char *desc, size_t n)
+{
+    if (dev.type != KL_DEVICE_CUDA) {
+        snprintf(desc, n, "available RAM, MemAvailable in /proc/meminfo");
+        return mem_available(limit);
+    }
+    kl_cuda_device_info info;
+    KL_TRY(kl_cuda_device_info_get(dev.index, &info));
+    *limit = info.free_bytes > PLAN_GPU_RESERVE ? info.free_bytes - PLAN_GPU_RESERVE : 0;
+    char fr[32];
+    snprintf(desc, n, "cuda:%d %s: %s free, less %d MiB for kiln's own buffers", dev.index, info.name,
+             fmt_bytes(fr, sizeof fr, (double)info.free_bytes), (int)(PLAN_GPU_RESERVE >> 20));
+    return KL_OK;
 }

@@ -1,6 +1,7 @@
 /* Reading `kiln train`'s config sections. Each value read with its default
  * is written back, so the run's config.yaml is fully resolved. */
 #include "cli/train_opts.h"
+#include "backends/backend.h" /* kl_cuda_available */
 #include "core/error.h"
 
 #include <math.h>
@@ -207,4 +208,18 @@ double train_lr(const train_opts *o, int64_t step, int64_t total)
         return o->min_lr + 0.5 * (lr - o->min_lr) * (1 + cos(M_PI * (double)s / (double)n));
     default: return lr;
     }
+}
+
+kl_status train_pick_device(const char *arg, kl_device *dev, char *note, size_t n)
+{
+    *dev = (kl_device){KL_DEVICE_CPU, 0};
+    note[0] = 0;
+    if (strcmp(arg, "auto")) return kl_device_parse(arg, dev);
+    if (kl_cuda_available(0) == KL_OK) {
+        *dev = (kl_device){KL_DEVICE_CUDA, 0};
+        snprintf(note, n, " (auto)");
+    } else {
+        snprintf(note, n, " (auto: no usable GPU: %.200s)", kl_last_error());
+    }
+    return KL_OK;
 }

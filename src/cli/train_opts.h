@@ -40,6 +40,9 @@ typedef struct train_opts {
 kl_status train_opts_read(kl_cfg *cfg, train_opts *o);
 /* Learning rate at optimizer step `step` (0-based) of `total`. */
 double train_lr(const train_opts *o, int64_t step, int64_t total);
+/* --device: "auto" is cuda:0 when a GPU can be used, else the CPU (note
+ * says why, n bytes); anything else as kl_device_parse. */
+kl_status train_pick_device(const char *arg, kl_device *dev, char *note, size_t n);
 /* Loads train / validation / test sets as the config says (not for
  * data.kind text, which cli/train_text.c reads); *mean, *std get
  * the normalisation used (computed from the training set unless given). */

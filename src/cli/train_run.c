@@ -104,17 +104,15 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &model));
     KL_TRY(kl_model_from_cfg(model, &r->model));
     /* monitoring hooks: --batch auto; with --mem-limit, refuse before loading data when the step will not fit */
-    KL_TRY(plan_auto_batch(r->model, &r->o.optim, (int)r->o.threads, cfg, &r->o.batch));
-    KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch));
-    kl_device dev = {KL_DEVICE_CPU, 0};
-    if (strcmp(a->device, "auto")) KL_TRY(kl_device_parse(a->device, &dev));
+    kl_device dev;
+    char note[256];
+    KL_TRY(train_pick_device(a->device, &dev, note, sizeof note));
+    KL_TRY(plan_auto_batch(r->model, &r->o.optim, (int)r->o.threads, cfg, &r->o.batch, dev));
+    KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch, dev));
     kl_ctx_opts co = {.device = dev, .threads = (int)r->o.threads, .seed = r->o.seed};
     KL_TRY(kl_ctx_new(&co, &r->ctx));
-    printf("device: %s%s, %d threads\n", dev.type == KL_DEVICE_CPU ? "cpu" : "cuda",
-           strcmp(a->device, "auto") ? ""
-           : kl_cuda_available(0) == KL_OK ? " (auto: a GPU is present, but the CUDA backend cannot run whole models yet)"
-                                           : " (auto: no usable GPU)",
-           kl_ctx_threads(r->ctx));
+    if (dev.type == KL_DEVICE_CPU) printf("device: cpu%s, %d threads\n", note, kl_ctx_threads(r->ctx));
+    else printf("device: cuda:%d%s\n", dev.index, note);
     float mean = 0, std = 1;
     KL_TRY(train_load_data(&r->o, &r->tr, &r->va, &r->te, &mean, &std));
     if (r->o.normalize) { /* recorded so evaluation and prediction normalise the same way */

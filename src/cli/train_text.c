@@ -128,14 +128,15 @@ static kl_status setup(lm_runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(kl_model_from_cfg(model, &r->model));
     r->T = kl_model_tokens(r->model);
     KL_TRY(split_corpus(r));
-    KL_TRY(plan_auto_batch(r->model, &r->o.optim, (int)r->o.threads, cfg, &r->o.batch)); /* --batch auto */
-    KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch)); /* --mem-limit */
-    kl_device dev = {KL_DEVICE_CPU, 0};
-    if (strcmp(a->device, "auto")) KL_TRY(kl_device_parse(a->device, &dev));
+    kl_device dev;
+    char note[256];
+    KL_TRY(train_pick_device(a->device, &dev, note, sizeof note));
+    KL_TRY(plan_auto_batch(r->model, &r->o.optim, (int)r->o.threads, cfg, &r->o.batch, dev)); /* --batch auto */
+    KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch, dev)); /* --mem-limit, GPU memory */
     kl_ctx_opts co = {.device = dev, .threads = (int)r->o.threads, .seed = r->o.seed};
     KL_TRY(kl_ctx_new(&co, &r->ctx));
-    printf("device: %s%s, %d threads\n", dev.type == KL_DEVICE_CPU ? "cpu" : "cuda",
-           strcmp(a->device, "auto") ? "" : " (auto: this build has no CUDA backend)", kl_ctx_threads(r->ctx));
+    if (dev.type == KL_DEVICE_CPU) printf("device: cpu%s, %d threads\n", note, kl_ctx_threads(r->ctx));
+    else printf("device: cuda:%d%s\n", dev.index, note);
     KL_TRY(kl_optim_new(r->ctx, &r->o.optim, &r->opt));
     KL_TRY(step_graph_build(&r->train, r->model, r->ctx, r->opt, r->o.batch));
     if (r->n_val) KL_TRY(step_graph_build(&r->val, r->model, r->ctx, NULL, r->o.batch));

@@ -197,7 +197,8 @@ kl_status kl_plan_build(kl_graph *g, const kl_plan_opts *opts)
             if (g->nodes[i]->sk == KL_ST_VIEW && last[g->nodes[i]->base->id] < last[i]) last[g->nodes[i]->base->id] = last[i];
         s = check_overlaps(g, def, last);
     }
-    if (s == KL_OK) {
+    bool measure = opts && opts->measure;
+    if (s == KL_OK && !measure) {
         size_t need = a.end ? a.end : KL_ALIGN;
         if (need > g->arena_cap) {
             void *p;
@@ -212,10 +213,10 @@ kl_status kl_plan_build(kl_graph *g, const kl_plan_opts *opts)
         }
     }
     size_t run_bytes = 0;
-    if (s == KL_OK) s = plan_run_block(g, &run_bytes);
+    if (s == KL_OK && !measure) s = plan_run_block(g, &run_bytes);
     if (s == KL_OK) {
         static uint64_t plans; /* ids differ across graphs, so a captured graph never matches a stale plan */
-        g->plan = (kl_plan){.valid = true, .n_nodes = n, .no_reuse = a.no_reuse, .arena_bytes = a.end,
+        g->plan = (kl_plan){.valid = !measure, .n_nodes = n, .no_reuse = a.no_reuse, .arena_bytes = a.end,
                             .tensor_bytes = total, .run_bytes = run_bytes, .id = __atomic_add_fetch(&plans, 1, __ATOMIC_RELAXED)};
     }
     kl_free(a.free);
