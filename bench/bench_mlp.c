@@ -1,16 +1,21 @@
-/* CPU benchmark: one training step of an MLP 784-1024-1024-10 (ReLU,
- * softmax cross-entropy, Adam lr 1e-3) at batch 256, as one kiln graph.
- * bench/mlp_torch.py does the same work in PyTorch; bench/run_cpu.sh runs
- * both in one run and prints the ratio.
+/* Benchmark: one training step of an MLP 784-1024-1024-10 (ReLU, softmax
+ * cross-entropy, Adam lr 1e-3) at batch 256, as one kiln graph.
+ * bench/mlp_torch.py does the same work in PyTorch; bench/run_cpu.sh and
+ * bench/run_gpu.sh run both in one run and print the ratio.
  *
- *   bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--profile]
+ *   bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--profile] [--device cuda:N]
  *
- * A step is: copy the batch into the inputs, run the graph (forward,
- * backward, Adam update). The batch is random (fixed seed) and the same
- * every step, as in the PyTorch script. Prints ms/step (median and mean
- * over the steps after warmup), the memory plan, and one machine-readable
- * line starting with "kiln_ms_per_step=". --profile also prints the time
- * per op kind over the timed steps (kl_graph_profile; adds a clock read per op). */
+ * CPU: a step is copy the batch into the inputs, run the graph (forward,
+ * backward, Adam update), timed one by one; ms/step is the median. GPU: the
+ * batch stays in device memory (as the PyTorch script keeps its tensors on
+ * the GPU) and steps are issued back to back (a captured CUDA graph after
+ * the warmup); ms/step is the wall time of all timed steps, up to the
+ * device finishing the last, divided by their number. The batch is random
+ * (fixed seed) and the same every step, as in the PyTorch script. Prints
+ * the memory plan and one machine-readable line starting with
+ * "kiln_ms_per_step=". --profile also prints the time per op kind over the
+ * timed steps (kl_graph_profile; on a GPU this runs every kernel eagerly
+ * between CUDA events). */
 #include "kiln/kiln.h"
 
 #include <math.h>
@@ -70,6 +75,7 @@ static int parse_int(const char *flag, const char *v, int min, int *out)
 int main(int argc, char **argv)
 {
     int steps = 50, warmup = 5, threads = 2, batch = 256, profile = 0;
+    const char *device = "cpu";
     for (int i = 1; i < argc; i++) {
         int rc = 0;
         if (!strcmp(argv[i], "--steps")) rc = parse_int("--steps", i + 1 < argc ? argv[++i] : NULL, 1, &steps);
@@ -77,8 +83,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--threads")) rc = parse_int("--threads", i + 1 < argc ? argv[++i] : NULL, 1, &threads);
         else if (!strcmp(argv[i], "--batch")) rc = parse_int("--batch", i + 1 < argc ? argv[++i] : NULL, 1, &batch);
         else if (!strcmp(argv[i], "--profile")) profile = 1;
+        else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
         else {
-            fprintf(stderr, "usage: bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--profile]\n");
+            fprintf(stderr, "usage: bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--profile] "
+                            "[--device cuda:N]\n");
             return 2;
         }
         if (rc) return 2;
@@ -89,6 +97,8 @@ int main(int argc, char **argv)
     kl_optim *opt;
     kl_tensor *x, *y, *w1, *b1, *w2, *b2, *w3, *b3, *h, *logits, *loss;
     kl_ctx_opts co = {.threads = threads, .seed = 42};
+    TRY(kl_device_parse(device, &co.device));
+    int gpu = co.device.type == KL_DEVICE_CUDA;
     int64_t xd[2] = {batch, IN}, yd[1] = {batch};
     int64_t w1d[2] = {HID, IN}, w2d[2] = {HID, HID}, w3d[2] = {OUT, HID}, hb[1] = {HID}, ob[1] = {OUT};
     TRY(kl_ctx_new(&co, &ctx));
@@ -123,7 +133,22 @@ int main(int argc, char **argv)
     for (int i = 0; i < batch; i++) ys[i] = (int32_t)(rng_next(&seed) % OUT);
 
     float loss0 = NAN, loss1 = NAN;
-    for (int s = 0; s < warmup + steps; s++) {
+    if (gpu) { /* the batch lives on the device; steps go back to back */
+        TRY(kl_tensor_set(x, xs, nx * sizeof *xs));
+        TRY(kl_tensor_set(y, ys, (size_t)batch * sizeof *ys));
+        for (int s = 0; s < warmup; s++) {
+            TRY(kl_graph_run(g));
+            if (s == 0) TRY(kl_tensor_get(loss, &loss0, sizeof loss0));
+        }
+        TRY(kl_tensor_get(loss, &loss1, sizeof loss1)); /* waits for the warmup */
+        if (profile) TRY(kl_graph_profile(g, 1));
+        double t0 = now_ms();
+        for (int s = 0; s < steps; s++) TRY(kl_graph_run(g));
+        TRY(kl_tensor_get(loss, &loss1, sizeof loss1)); /* waits for the last step */
+        double per = (now_ms() - t0) / steps;
+        for (int s = 0; s < steps; s++) ms[s] = per;
+    }
+    for (int s = 0; !gpu && s < warmup + steps; s++) {
         if (profile && s == warmup) { /* time the measured steps only; the printout divides by the run count */
             TRY(kl_graph_profile(g, 1));
             TRY(kl_graph_set_runs(g, 0)); /* no dropout here, so the counter is free to reset */
@@ -136,7 +161,7 @@ int main(int argc, char **argv)
         if (s >= warmup) ms[s - warmup] = t1 - t0;
         if (s == 0) TRY(kl_tensor_get(loss, &loss0, sizeof loss0));
     }
-    TRY(kl_tensor_get(loss, &loss1, sizeof loss1));
+    if (!gpu) TRY(kl_tensor_get(loss, &loss1, sizeof loss1));
 
     double mean = 0;
     for (int i = 0; i < steps; i++) mean += ms[i];
@@ -147,8 +172,12 @@ int main(int argc, char **argv)
     kl_graph_stats st;
     TRY(kl_graph_stats_get(g, &st));
     double mib = 1024.0 * 1024.0;
-    printf("kiln MLP %d-%d-%d-%d, batch %d, Adam lr 1e-3, %d threads, %d steps after %d warmup\n", IN, HID, HID, OUT,
-           batch, kl_ctx_threads(ctx), steps, warmup);
+    if (gpu)
+        printf("kiln MLP %d-%d-%d-%d, batch %d, Adam lr 1e-3, %s (%s), %d steps after %d warmup\n", IN, HID, HID, OUT,
+               batch, device, kl_graph_captured(g) ? "CUDA graph replay" : "eager launches", steps, warmup);
+    else
+        printf("kiln MLP %d-%d-%d-%d, batch %d, Adam lr 1e-3, %d threads, %d steps after %d warmup\n", IN, HID, HID,
+               OUT, batch, kl_ctx_threads(ctx), steps, warmup);
     printf("  ms/step: median %.2f, mean %.2f, min %.2f, max %.2f\n", median, mean, ms[0], ms[steps - 1]);
     printf("  loss: %.4f at step 1, %.4f after step %d\n", loss0, loss1, warmup + steps);
     printf("  graph: %d ops\n", st.nodes);

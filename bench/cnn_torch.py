@@ -1,8 +1,12 @@
 """PyTorch reference for kiln's CNN benchmark: the reference CNN on
 Fashion-MNIST, Adam lr 1e-3, batch 128, 55000 training samples (5000 held
-out for validation, as kiln's default config), one or more epochs on the CPU.
+out for validation, as kiln's default config), one or more epochs on the CPU
+or (--device cuda) a GPU with the whole dataset in device memory.
 Prints wall time for the whole run (data loading included, like timing the
-whole `kiln train` command) and per epoch, and the test accuracy."""
+whole `kiln train` command) and per epoch, and the test accuracy; on a GPU
+also the energy per epoch (NVML's total-energy counter, read through
+ctypes) and peak memory (PyTorch's allocator, and the device's used memory
+as NVML sees it)."""
 import argparse, gzip, os, time
 
 import numpy as np
@@ -14,9 +18,45 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--epochs", type=int, default=1)
 ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+ap.add_argument("--device", default="cpu")
+ap.add_argument("--channels-last", action="store_true")
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(1)
+dev = torch.device(args.device)
+gpu = dev.type == "cuda"
+
+
+class Nvml:
+    """Energy (mJ since driver load) and used memory of GPU 0 through libnvidia-ml."""
+    def __init__(self):
+        import ctypes
+        self.c = ctypes
+        try:
+            self.lib = ctypes.CDLL("libnvidia-ml.so.1")
+            self.lib.nvmlInit_v2()
+            self.h = ctypes.c_void_p()
+            if self.lib.nvmlDeviceGetHandleByIndex_v2(0, ctypes.byref(self.h)) != 0:
+                self.lib = None
+        except OSError:
+            self.lib = None
+
+    def energy_j(self):
+        if not self.lib:
+            return float("nan")
+        v = self.c.c_ulonglong()
+        return v.value / 1e3 if self.lib.nvmlDeviceGetTotalEnergyConsumption(self.h, self.c.byref(v)) == 0 else float("nan")
+
+    def used_mib(self):
+        if not self.lib:
+            return float("nan")
+        class Mem(self.c.Structure):
+            _fields_ = [("total", self.c.c_ulonglong), ("free", self.c.c_ulonglong), ("used", self.c.c_ulonglong)]
+        m = Mem()
+        return m.used / 2**20 if self.lib.nvmlDeviceGetMemoryInfo(self.h, self.c.byref(m)) == 0 else float("nan")
+
+
+nv = Nvml() if gpu else None
 
 
 def idx(name):
@@ -36,13 +76,16 @@ perm = np.random.default_rng(1).permutation(len(xtr))
 xva, yva, xtr, ytr = xtr[perm[:5000]], ytr[perm[:5000]], xtr[perm[5000:]], ytr[perm[5000:]]
 mean, std = xtr.mean(), xtr.std()
 to_t = lambda x: torch.from_numpy(((x - mean) / std)[:, None].copy())
-xtr, xva, xte = to_t(xtr), to_t(xva), to_t(xte)
-ytr, yva, yte = torch.from_numpy(ytr), torch.from_numpy(yva), torch.from_numpy(yte)
+xtr, xva, xte = to_t(xtr).to(dev), to_t(xva).to(dev), to_t(xte).to(dev)
+ytr, yva, yte = torch.from_numpy(ytr).to(dev), torch.from_numpy(yva).to(dev), torch.from_numpy(yte).to(dev)
+mf = torch.channels_last if args.channels_last else torch.contiguous_format
+if args.channels_last:
+    xtr, xva, xte = (t.contiguous(memory_format=mf) for t in (xtr, xva, xte))
 
 model = nn.Sequential(
     nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
     nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-    nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10))
+    nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10)).to(dev, memory_format=mf)
 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 loss_fn = nn.CrossEntropyLoss()
 
@@ -58,14 +101,27 @@ def evaluate(x, y):
 
 
 for epoch in range(args.epochs):
+    if gpu:
+        torch.cuda.synchronize()
+        e0 = nv.energy_j()
     t0 = time.time()
-    order = torch.randperm(len(xtr))
+    order = torch.randperm(len(xtr), device=dev)
     for i in range(0, len(xtr) - 127, 128):  # drop the last partial batch, like kiln
         b = order[i:i + 128]
         opt.zero_grad(set_to_none=True)
         loss_fn(model(xtr[b]), ytr[b]).backward()
         opt.step()
+    if gpu:
+        torch.cuda.synchronize()
+        train_s = time.time() - t0
     val = evaluate(xva, yva)
-    print(f"torch_epoch_s={time.time() - t0:.2f} val_accuracy={val:.4f}", flush=True)
+    if gpu:
+        print(f"torch_epoch_s={time.time() - t0:.3f} train_s={train_s:.3f} energy_j={nv.energy_j() - e0:.1f} "
+              f"val_accuracy={val:.4f}", flush=True)
+    else:
+        print(f"torch_epoch_s={time.time() - t0:.2f} val_accuracy={val:.4f}", flush=True)
 print(f"torch_test_accuracy={evaluate(xte, yte):.4f}")
 print(f"torch_total_s={time.time() - t_start:.2f}")
+if gpu:
+    print(f"torch_peak_allocated_mib={torch.cuda.max_memory_allocated() / 2**20:.1f} "
+          f"torch_device_used_mib={nv.used_mib():.1f} device={torch.cuda.get_device_name()}")

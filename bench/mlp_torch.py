@@ -1,11 +1,15 @@
 """PyTorch reference for bench/bench_mlp.c: one training step of an MLP
-784-1024-1024-10 (ReLU, cross-entropy, Adam lr 1e-3), batch 256, on the CPU.
+784-1024-1024-10 (ReLU, cross-entropy, Adam lr 1e-3), batch 256, on the CPU
+or (--device cuda) a GPU.
 
-    python3 bench/mlp_torch.py [--steps N] [--warmup N] [--threads N] [--batch N]
+    python3 bench/mlp_torch.py [--steps N] [--warmup N] [--threads N] [--batch N] [--device cuda]
 
 A step is zero_grad(set_to_none=True), forward, backward, optimizer step on
-a random batch (fixed seed) that is the same every step. Prints ms/step
-(median and mean after warmup) and a line starting "torch_ms_per_step=".
+a random batch (fixed seed) that is the same every step. CPU: ms/step is
+the median of the steps after warmup. GPU: the batch is on the device, the
+steps run back to back, and ms/step is the wall time of all of them (after
+a synchronize) over their number, as bench_mlp measures kiln. Prints a
+line starting "torch_ms_per_step=".
 Run it through bench/run_cpu.sh, which sets the environment the comparison
 needs (Debian's python3-torch, OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset).
 """
@@ -23,17 +27,42 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     if a.steps < 1 or a.warmup < 0 or a.threads < 1 or a.batch < 1:
         ap.error("steps, threads and batch must be >= 1, warmup >= 0")
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(42)
-    model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    dev = torch.device(a.device)
+    model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)).to(dev)
     loss_fn = nn.CrossEntropyLoss()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.rand(a.batch, 784)
-    y = torch.randint(0, 10, (a.batch,))
+    x = torch.rand(a.batch, 784).to(dev)
+    y = torch.randint(0, 10, (a.batch,)).to(dev)
+    if dev.type == "cuda":
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        loss0 = step().item()
+        for _ in range(a.warmup):
+            loss = step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            loss = step()
+        torch.cuda.synchronize()
+        per = (time.perf_counter() - t0) * 1e3 / a.steps
+        print(f"torch {torch.__version__} MLP 784-1024-1024-10, batch {a.batch}, Adam lr 1e-3, "
+              f"{torch.cuda.get_device_name()}, {a.steps} steps after {a.warmup} warmup "
+              f"(matmul precision {torch.get_float32_matmul_precision()})")
+        print(f"  ms/step: {per:.4f}; loss {loss0:.4f} at step 1, {loss.item():.4f} at the end; "
+              f"peak memory {torch.cuda.max_memory_allocated() / 2**20:.1f} MiB allocated")
+        print(f"torch_ms_per_step={per:.4f} steps={a.steps}")
+        return
 
     ms = []
     loss0 = None

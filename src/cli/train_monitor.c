@@ -2,6 +2,7 @@
  * metrics records, parameter/gradient histograms and telemetry. */
 #include "cli/train_monitor.h"
 #include "core/error.h"
+#include "backends/backend.h" /* kl_cuda_device_info_get */
 
 #include <math.h>
 #include <stdlib.h>
@@ -129,6 +130,9 @@ kl_status train_monitor_open(train_monitor *m, const char *run_dir, kl_ctx *ctx,
         telemetry_opts to = {.interval_s = m->o.telemetry_interval,
                              .gpu_index = dev.type == KL_DEVICE_CPU ? 0 : dev.index,
                              .log = stdout};
+        kl_cuda_device_info info; /* NVML's numbering may differ from CUDA's: find the GPU by its PCI address */
+        if (dev.type == KL_DEVICE_CUDA && kl_cuda_device_info_get(dev.index, &info) == KL_OK)
+            snprintf(to.pci_bus_id, sizeof to.pci_bus_id, "%s", info.pci_bus_id);
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         m->t_offset = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec - run_t0;

@@ -28,6 +28,7 @@ typedef struct {
     int (*init)(void);
     int (*shutdown)(void);
     int (*handle)(unsigned int, nvml_dev *);
+    int (*handle_pci)(const char *, nvml_dev *); /* optional */
     int (*util)(nvml_dev, nvml_util *);
     int (*mem)(nvml_dev, nvml_mem *);
     int (*power)(nvml_dev, unsigned int *);                /* mW */
@@ -60,7 +61,7 @@ static double mono(void)
 }
 
 /* Loads NVML; on failure says why (once per process) and leaves lib NULL. */
-static void nvml_load(nvml *nv, int index, FILE *log)
+static void nvml_load(nvml *nv, int index, const char *pci, FILE *log)
 {
     static int said;
     const char *path = getenv("KILN_NVML_LIB");
@@ -89,9 +90,12 @@ static void nvml_load(nvml *nv, int index, FILE *log)
             memcpy(&nv->energy, &fn[6], sizeof fn[6]);
             memcpy(&nv->temp, &fn[7], sizeof fn[7]);
             memcpy(&nv->clock, &fn[8], sizeof fn[8]);
+            void *bypci = dlsym(nv->lib, "nvmlDeviceGetHandleByPciBusId_v2");
+            memcpy(&nv->handle_pci, &bypci, sizeof bypci);
             int rc = nv->init();
             if (rc != 0) snprintf(why, sizeof why, "nvmlInit_v2 failed (NVML error %d)", rc);
-            else if ((rc = nv->handle((unsigned)index, &nv->dev)) != 0) {
+            else if (!(pci && pci[0] && nv->handle_pci && nv->handle_pci(pci, &nv->dev) == 0) &&
+                     (rc = nv->handle((unsigned)index, &nv->dev)) != 0) {
                 snprintf(why, sizeof why, "no NVML device %d (NVML error %d)", index, rc);
                 nv->shutdown();
             }
@@ -200,7 +204,7 @@ kl_status telemetry_start(const telemetry_opts *o, telemetry **out)
     getrusage(RUSAGE_SELF, &ru);
     t->last_cpu = (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
                   1e-6 * (double)ru.ru_stime.tv_usec;
-    nvml_load(&t->nv, o ? o->gpu_index : 0, o ? o->log : NULL);
+    nvml_load(&t->nv, o ? o->gpu_index : 0, o ? o->pci_bus_id : NULL, o ? o->log : NULL);
     int rc = pthread_create(&t->th, NULL, run, t);
     if (rc != 0) {
         telemetry_stop(t);

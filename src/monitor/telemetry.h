@@ -35,7 +35,8 @@ typedef struct telemetry_sample {
 
 typedef struct telemetry_opts {
     double interval_s; /* sampling period; <= 0 means 1 s */
-    int gpu_index;     /* NVML device index */
+    int gpu_index;     /* NVML device index, used when pci_bus_id is empty */
+    char pci_bus_id[32]; /* the GPU's PCI address ("0000:3b:00.0"), as CUDA reports it */
     FILE *log;         /* where "no GPU telemetry" goes (NULL: stderr) */
 } telemetry_opts;
 

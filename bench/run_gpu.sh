@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# kiln vs PyTorch on a GPU, in one run (the same machine, the same minutes):
+#   1. MLP 784-1024-1024-10, batch 256, Adam: ms per training step, data on
+#      the GPU (bench_mlp --device vs bench/mlp_torch.py --device cuda);
+#   2. the reference CNN on Fashion-MNIST, batch 128, Adam, 5 epochs, data on
+#      the GPU: seconds per warm epoch, test accuracy, time to the first step,
+#      energy per epoch (NVML) and peak device memory (kiln train --device vs
+#      bench/cnn_torch.py --device cuda).
+#
+#   bash bench/run_gpu.sh [BUILD_DIR] [OUT_DIR]
+#
+# BUILD_DIR (default build) must hold a CUDA build of kiln and bench_mlp; the
+# machine needs PyTorch with CUDA for python3. Prints every figure and the
+# ratios, and writes them to OUT_DIR/bench_gpu.txt (default: a temp dir).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build}
+out=${2:-$(mktemp -d)}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+log="$out/bench_gpu.txt"
+: >"$log"
+say() { echo "$*" | tee -a "$log"; }
+
+say "== machine"
+say "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit --format=csv,noheader 2>/dev/null | head -1)"
+say "cuda: $("$build/kiln" devices 2>&1 | grep -m1 -i 'runtime' || true)"
+say "torch: $("$py" -c 'import torch; print(torch.__version__, torch.version.cuda, "cudnn", torch.backends.cudnn.version())' 2>&1)"
+say "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
+
+say "== MLP 784-1024-1024-10, batch 256, Adam (data on the GPU)"
+"$build/bench_mlp" --device cuda:0 --steps 2000 --warmup 50 >"$out/mlp_kiln.txt" 2>&1
+sed 's/^/  /' "$out/mlp_kiln.txt" | tee -a "$log"
+"$py" bench/mlp_torch.py --device cuda --steps 1000 --warmup 50 >"$out/mlp_torch.txt" 2>&1
+sed 's/^/  /' "$out/mlp_torch.txt" | tee -a "$log"
+k=$(sed -n 's/^kiln_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlp_kiln.txt")
+t=$(sed -n 's/^torch_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlp_torch.txt")
+[ -n "$k" ] && [ -n "$t" ] && say "$(awk -v k="$k" -v t="$t" 'BEGIN{printf "MLP: kiln %.4f ms/step, torch %.4f ms/step: kiln is %.1fx faster (target: <= 0.12 ms/step)", k, t, t / k}')"
+
+say "== reference CNN, Fashion-MNIST, batch 128, Adam, 5 epochs (data on the GPU)"
+t0=$(date +%s.%N)
+"$build/kiln" train --device cuda:0 --epochs 5 --out "$out/cnn_kiln" >"$out/cnn_kiln.log" 2>&1
+rc=$?
+t1=$(date +%s.%N)
+tail -n 12 "$out/cnn_kiln.log" | sed 's/^/  /' | tee -a "$log"
+[ $rc -eq 0 ] || say "kiln train failed (exit $rc)"
+"$py" - "$out/cnn_kiln" "$t0" "$t1" <<'EOF' 2>&1 | tee -a "$log"
+import json, sys
+run, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+ep, en, tel, test = [], {}, [], None
+for line in open(run + "/metrics.jsonl"):
+    r = json.loads(line)
+    if r["type"] == "epoch": ep.append(r)
+    elif r["type"] == "energy" and r["scope"] == "epoch": en[r["epoch"]] = r["joules"]
+    elif r["type"] == "telemetry": tel.append(r)
+    elif r["type"] == "test": test = r
+walls = [e["wall_s"] for e in ep]
+for i, e in enumerate(ep):
+    dt = walls[i] - (walls[i - 1] if i else 0)
+    train = 55000 / e["samples_per_s"] if e["samples_per_s"] else float("nan")
+    print(f"  kiln epoch {e['epoch']}: {dt:.3f} s with validation and checkpoint, {train:.3f} s training; "
+          f"val acc {e['val_accuracy']:.4f}; energy {en.get(e['epoch'], float('nan')):.1f} J")
+warm = [walls[i] - walls[i - 1] for i in range(1, len(walls))]
+peak = max((t.get("gpu_mem_mb", 0) for t in tel), default=float("nan"))
+print(f"kiln_warm_epoch_s={sum(warm) / max(len(warm), 1):.4f} kiln_test_accuracy={test['accuracy'] if test else float('nan'):.4f} "
+      f"kiln_total_s={t1 - t0:.2f} kiln_device_used_mib={peak:.0f}")
+EOF
+grep -m1 "first step after" "$out/cnn_kiln.log" | sed 's/^/  kiln: /' | tee -a "$log"
+"$py" bench/cnn_torch.py --device cuda --epochs 5 >"$out/cnn_torch.txt" 2>&1
+sed 's/^/  /' "$out/cnn_torch.txt" | tee -a "$log"
+"$py" - "$out" <<'EOF' 2>&1 | tee -a "$log"
+import re, sys
+d = sys.argv[1]
+txt = open(d + "/bench_gpu.txt").read()
+k = re.search(r"kiln_warm_epoch_s=([0-9.]+)", txt)
+t = [float(x) for x in re.findall(r"torch_epoch_s=([0-9.]+)", open(d + "/cnn_torch.txt").read())]
+if k and len(t) > 1:
+    tw = sum(t[1:]) / len(t[1:])
+    kw = float(k.group(1))
+    print(f"CNN: kiln {kw:.3f} s per warm epoch, torch {tw:.3f} s: kiln is {tw / kw:.1f}x faster (target: <= 0.10 s, >= 91 % accuracy)")
+EOF
+say "results: $log"
