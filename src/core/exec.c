@@ -126,29 +126,32 @@ static void drop_capture(kl_graph *g)
     g->captured = NULL;
 }
 
-/* Captures the run's kernels as one graph and launches it. A failed capture
- * (an op that cannot be captured) is reported once and the graph runs
- * eagerly from then on: slower, never wrong. */
+/* Captures the run's kernels as one graph and launches it. When capturing
+ * fails (an op that cannot be captured, or a kernel's own error), the run
+ * is issued eagerly instead: a kernel's error then shows as it would have,
+ * and a graph that only cannot be captured runs eagerly from then on
+ * (slower, never wrong), with a note saying why. */
 static kl_status capture_and_launch(kl_graph *g, const kl_exec *ex)
 {
     const kl_backend *be = g->ctx->be;
     drop_capture(g);
     KL_TRY(be->capture_begin());
     kl_status s = issue_nodes(g, ex);
+    char why[512];
+    snprintf(why, sizeof why, "%s", s != KL_OK ? kl_last_error() : "");
     void *exec = NULL;
     kl_status e = be->capture_end(&exec);
-    if (s != KL_OK) { /* a kernel's own error (say, an unsupported shape): report it as eager would */
-        if (exec) be->capture_free(exec);
-        return s;
+    if (s == KL_OK && e == KL_OK) {
+        g->captured = exec;
+        g->captured_key = storage_key(g);
+        return be->capture_launch(exec);
     }
-    if (e != KL_OK) {
-        fprintf(stderr, "kiln: note: running graph (%d ops) without CUDA graph capture: %s\n", g->n_nodes, kl_last_error());
-        g->capture_failed = 1;
-        return issue_nodes(g, ex);
-    }
-    g->captured = exec;
-    g->captured_key = storage_key(g);
-    return be->capture_launch(exec);
+    if (exec) be->capture_free(exec);
+    if (s == KL_OK) snprintf(why, sizeof why, "%s", kl_last_error());
+    g->capture_failed = 1;
+    KL_TRY(issue_nodes(g, ex));
+    fprintf(stderr, "kiln: note: this graph (%d ops) runs without CUDA graph capture: %s\n", g->n_nodes, why);
+    return KL_OK;
 }
 
 static bool capture_wanted(const kl_graph *g)

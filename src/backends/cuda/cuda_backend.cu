@@ -35,8 +35,15 @@ kl_status kl_cu_fail(cudaError_t e, const char *op, const char *kernel, const ch
     (void)cudaGetLastError(); /* clear a non-sticky error so later calls can go on */
     const char *base = strrchr(file, '/');
     kl_status s = e == cudaErrorMemoryAllocation ? KL_EDEVMEM : KL_EDEVICE;
-    return kl_fail(s, "%s: %s on cuda:%d failed: %s (%s) [%s:%d]", op, kernel, dev, cudaGetErrorString(e),
-                   cudaGetErrorName(e), base ? base + 1 : file, line);
+    /* a fault inside a kernel surfaces at a later synchronisation, or in a
+     * replayed graph, where the op is unknown: say how to find it */
+    bool later = strstr(kernel, "Synchronize") || strstr(kernel, "Query") || strstr(kernel, "GraphLaunch");
+    return kl_fail(s, "%s: %s on cuda:%d failed: %s (%s) [%s:%d]%s", op, kernel, dev, cudaGetErrorString(e),
+                   cudaGetErrorName(e), base ? base + 1 : file, line,
+                   later && e != cudaErrorMemoryAllocation
+                       ? "; kernels run asynchronously: run again with KILN_CUDA_GRAPH=0 CUDA_LAUNCH_BLOCKING=1 to "
+                         "have the failing op named"
+                       : "");
 }
 
 cudaStream_t kl_cu_stream(void) { return g_cu.stream; }
