@@ -188,13 +188,19 @@ template <typename T> static kl_status conv_bwd_filter(const kl_exec *ex, const 
     return KL_OK;
 }
 
-static kl_status bad_dtype(const kl_tensor *t)
+/* A node whose shape fn did not size it for CUDA (no chunk size) or an unsupported dtype. */
+static kl_status not_runnable(const kl_tensor *t)
 {
+    if (KL_ATTR_C(t, kl_conv_attr)->cu_nc < 1)
+        return kl_fail(KL_EINTERNAL, "%s %s: node was not planned for CUDA (no chunk size)", kl_ops[t->op]->name, kl_desc(t));
     return kl_fail(KL_EUNSUPPORTED, "%s: no CUDA kernel for %s", kl_ops[t->op]->name, kl_desc(t));
 }
 
-#define DISPATCH(fn) \
-    (t->dtype == KL_F32 ? fn<float>(ex, t) : t->dtype == KL_F64 ? fn<double>(ex, t) : bad_dtype(t))
+#define DISPATCH(fn)                                                                               \
+    (KL_ATTR_C(t, kl_conv_attr)->cu_nc < 1 ? not_runnable(t)                                       \
+     : t->dtype == KL_F32                  ? fn<float>(ex, t)                                      \
+     : t->dtype == KL_F64                  ? fn<double>(ex, t)                                     \
+                                           : not_runnable(t))
 
 extern "C" kl_status kl_cuda_conv2d(const kl_exec *ex, const kl_tensor *t) { return DISPATCH(conv_fwd); }
 extern "C" kl_status kl_cuda_conv2d_bwd_data(const kl_exec *ex, const kl_tensor *t) { return DISPATCH(conv_bwd_data); }
