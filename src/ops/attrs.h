@@ -61,6 +61,15 @@ typedef struct {
     int need_dx, need_dg, need_db; /* bwd: which gradients the kernel writes */
 } bn_attr;
 
+/* pool2d / pool2d_bwd (ops/pool2d.c; window math in ops/pool2d.h) */
+enum { POOL_MAX = 0, POOL_AVG = 1 };
+typedef struct {
+    int kind; /* POOL_MAX or POOL_AVG */
+    int kh, kw, sh, sw, ph, pw;
+    int idx32; /* max: argmax saved as int32 (window > 255 elements), else u8 */
+    int64_t N, C, H, W, OH, OW;
+} pool_attr;
+
 /* layernorm / layernorm_bwd */
 typedef struct {
     double eps;

@@ -6,6 +6,7 @@
  *                      accumulated; db = sum dy as its extra output (src: dy, x)
  * Kernels: conv2d_cpu.c; layout and GEMM shapes: conv2d.h. */
 #include "ops/conv2d.h"
+#include "ops/conv2d_index.h" /* the CUDA kernels' chunks and scratch layout */
 #include "ops/ops.h"
 #include "ops/elem.h"
 #include "backends/cpu/cpu.h"
@@ -29,6 +30,18 @@ static bool prod_le(int n, const int64_t *v, int64_t lim)
         if (v[i] > lim / p) return false;
         else p *= v[i];
     return true;
+}
+
+size_t kl_conv_cu_budget = KL_CONV_SCRATCH_BUDGET;
+
+/* On the CUDA backend the kernels take the batch in chunks (ops/conv2d_index.h):
+ * the chunk size and that scratch replace the CPU's worker slots. */
+static void cuda_scratch(kl_tensor *t, kl_conv_attr *a)
+{
+    if (t->g->ctx->backend != KL_BACKEND_CUDA) return;
+    size_t es = kl_dtype_size(t->dtype);
+    a->cu_nc = kl_conv_cu_chunk(a, es, kl_conv_cu_budget);
+    t->scratch_bytes = kl_conv_cu_layout_of(a, t->op, es, a->cu_nc).bytes;
 }
 
 /* Worker slots for N samples with per-slot bytes, within the scratch budget. */
@@ -92,13 +105,14 @@ static kl_status conv2d_shape(kl_tensor *t)
     t->ndim = 4;
     memcpy(t->ne, out, sizeof out);
     t->scratch_bytes = kl_conv_scratch(a, KL_OP_conv2d, ds);
+    cuda_scratch(t, a);
     return KL_OK;
 }
 
 /* Gradient ops: the attributes come from the forward node (geometry set). */
 static kl_status conv2d_bwd_shape(kl_tensor *t)
 {
-    const kl_conv_attr *a = KL_ATTR(t, kl_conv_attr);
+    kl_conv_attr *a = KL_ATTR(t, kl_conv_attr);
     const kl_tensor *dy = t->src[0], *s = t->src[1];
     bool data = t->op == KL_OP_conv2d_bwd_data;
     if (dy->ndim != 4 || dy->ne[0] != a->N || dy->ne[1] != a->O || dy->ne[2] != a->OH || dy->ne[3] != a->OW ||
@@ -113,6 +127,7 @@ static kl_status conv2d_bwd_shape(kl_tensor *t)
     t->ndim = 4;
     memcpy(t->ne, data ? dx : dw, sizeof dx);
     t->scratch_bytes = kl_conv_scratch(a, t->op, kl_dtype_size(t->dtype));
+    cuda_scratch(t, a);
     if (!data && a->has_bias) {
         kl_tensor *db;
         KL_TRY(kl_node_add_extra(t, t->dtype, 1, &a->O, &db));

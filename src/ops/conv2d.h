@@ -9,7 +9,8 @@
  *   bwd_filter   dW[g]   = sum_n dy_n[g] [Og, P] x col_n[g]^T   (+ db = sum dy)
  * (with a fused activation, dy above is dz = act'(y) * dy, formed per sample).
  * Samples are processed in parallel (one im2col buffer per worker slot, BLAS
- * single-threaded inside); with one slot the GEMMs use BLAS's own threads. */
+ * single-threaded inside); with one slot the GEMMs use BLAS's own threads.
+ * The CUDA kernels work on chunks of samples instead (ops/conv2d_index.h). */
 #ifndef KL_OPS_CONV2D_H
 #define KL_OPS_CONV2D_H
 
@@ -28,6 +29,7 @@ typedef struct kl_conv_attr {
     int nslots;   /* worker slots, each with its own im2col buffer in scratch */
     int nchunks;  /* bwd_filter: fixed batch chunks, each with its own partial dW */
     int64_t N, C, H, W, O, KH, KW, OH, OW; /* geometry (set by the shape fns) */
+    int64_t cu_nc; /* CUDA: samples per chunk (ops/conv2d_index.h; set by the shape fns on CUDA) */
 } kl_conv_attr;
 
 /* Per-sample sizes derived from the attributes. */
@@ -71,6 +73,11 @@ static inline size_t kl_conv_scratch(const kl_conv_attr *a, int op, size_t dsize
     if (a->has_bias) n += (size_t)a->nchunks * (size_t)a->O * sizeof(double);
     return n;
 }
+
+/* Cap on a CUDA conv node's chunk buffers (bytes; KL_CONV_SCRATCH_BUDGET):
+ * read by the shape fns when a node is made. Tests lower it to force
+ * several chunks. */
+extern size_t kl_conv_cu_budget;
 
 /* Internal builder: conv2d with an activation fused into its output pass
  * (KL_ACT_NONE, RELU, TANH or SIGMOID: those whose gradient needs only y). */

@@ -9,22 +9,17 @@
  *   avg:  y = sum over the window / (KH*KW) (padding counts as zeros, like
  *         PyTorch's count_include_pad=True); dx += dy / (KH*KW) over the window.
  * pool2d_bwd: src {dy, forward node} (max: reads the forward node's aux) or
- * {dy} (avg). Planes (n, c) run in parallel; each is written by one thread. */
+ * {dy} (avg). Planes (n, c) run in parallel; each is written by one thread.
+ * The general path's window math is ops/pool2d.h, shared with the CUDA
+ * kernels (backends/cuda/pool.cu). */
 #include "ops/ops.h"
+#include "ops/pool2d.h" /* pool_attr (ops/attrs.h) and the window math shared with CUDA */
 #include "backends/cpu/cpu.h"
 
 #include <limits.h>
 #include <math.h>
 
-enum { POOL_MAX = 0, POOL_AVG = 1 };
 #define POOL_BLOCK 256 /* outputs per block of the 2x2 fast path's int32 index buffer */
-
-typedef struct {
-    int kind;
-    int kh, kw, sh, sw, ph, pw;
-    int idx32; /* max: argmax saved as int32 (window > 255 elements) */
-    int64_t N, C, H, W, OH, OW;
-} pool_attr;
 
 static const char *pool_name(const pool_attr *a) { return a->kind == POOL_MAX ? "maxpool2d" : "avgpool2d"; }
 
@@ -74,14 +69,6 @@ static kl_status pool2d_bwd_shape(kl_tensor *t)
     t->ndim = 4;
     memcpy(t->ne, ne, sizeof ne);
     return KL_OK;
-}
-
-/* Window rows (or cols) k in [*k0, *k1) of output o that lie inside [0, n). */
-static inline void win(int64_t o, int s, int p, int k, int64_t n, int64_t *k0, int64_t *k1)
-{
-    int64_t start = o * s - p;
-    *k0 = start < 0 ? -start : 0;
-    *k1 = start + k > n ? n - start : k;
 }
 
 #define POOL_KERNELS(T)                                                                            \
@@ -144,23 +131,10 @@ static inline void win(int64_t o, int s, int p, int k, int64_t n, int64_t *k0, i
                     max2x2_row_##T(xp + 2 * oh * W, xp + (2 * oh + 1) * W, yp + oh * OW, i8 + oh * OW, OW); \
                     continue;                                                                      \
                 }                                                                                  \
-                int64_t h0, h1;                                                                    \
-                win(oh, a->sh, a->ph, a->kh, H, &h0, &h1);                                         \
-                for (int64_t ow = 0; ow < OW; ow++) {                                              \
-                    int64_t w0, w1;                                                                \
-                    win(ow, a->sw, a->pw, a->kw, W, &w0, &w1);                                     \
-                    int64_t xo = (oh * a->sh - a->ph) * W + ow * a->sw - a->pw;                    \
-                    T m = xp[xo + h0 * W + w0]; /* windows are never empty (padding <= kernel/2) */ \
-                    int64_t bk = h0 * a->kw + w0;                                                  \
-                    for (int64_t i = h0; i < h1; i++)                                              \
-                        for (int64_t j = w0; j < w1; j++) { /* selects, not branches */            \
-                            T v = xp[xo + i * W + j];                                              \
-                            int take = (v > m) | ((v != v) & (m == m));                            \
-                            m = take ? v : m;                                                      \
-                            bk = take ? i * a->kw + j : bk;                                        \
-                        }                                                                          \
-                    yp[oh * OW + ow] = m;                                                          \
-                    if (a->idx32) i32[oh * OW + ow] = (int32_t)bk;                                 \
+                for (int64_t ow = 0; ow < OW; ow++) { /* ops/pool2d.h, as the CUDA kernel */       \
+                    int32_t bk;                                                                    \
+                    yp[oh * OW + ow] = kl_pool_max_win_##T(a, xp, oh, ow, &bk);                    \
+                    if (a->idx32) i32[oh * OW + ow] = bk;                                          \
                     else i8[oh * OW + ow] = (uint8_t)bk;                                           \
                 }                                                                                  \
             }                                                                                      \
@@ -169,24 +143,12 @@ static inline void win(int64_t o, int s, int p, int k, int64_t n, int64_t *k0, i
     static void avgpool_##T(const pool_attr *a, const T *x, T *y)                                  \
     {                                                                                              \
         int64_t planes = a->N * a->C, H = a->H, W = a->W, OH = a->OH, OW = a->OW;                  \
-        T inv = (T)1 / (T)((int64_t)a->kh * a->kw);                                                \
         _Pragma("omp parallel for schedule(static) if (planes * H * W > KL_PAR_MIN)")              \
         for (int64_t pl = 0; pl < planes; pl++) {                                                  \
             const T *xp = x + pl * H * W;                                                          \
             T *yp = y + pl * OH * OW;                                                              \
-            for (int64_t oh = 0; oh < OH; oh++) {                                                  \
-                int64_t h0, h1;                                                                    \
-                win(oh, a->sh, a->ph, a->kh, H, &h0, &h1);                                         \
-                for (int64_t ow = 0; ow < OW; ow++) {                                              \
-                    int64_t w0, w1;                                                                \
-                    win(ow, a->sw, a->pw, a->kw, W, &w0, &w1);                                     \
-                    int64_t xo = (oh * a->sh - a->ph) * W + ow * a->sw - a->pw;                    \
-                    T s = 0;                                                                       \
-                    for (int64_t i = h0; i < h1; i++)                                              \
-                        for (int64_t j = w0; j < w1; j++) s += xp[xo + i * W + j];                 \
-                    yp[oh * OW + ow] = s * inv;                                                    \
-                }                                                                                  \
-            }                                                                                      \
+            for (int64_t oh = 0; oh < OH; oh++)                                                    \
+                for (int64_t ow = 0; ow < OW; ow++) yp[oh * OW + ow] = kl_pool_avg_win_##T(a, xp, oh, ow); \
         }                                                                                          \
     }                                                                                              \
     static void pool_bwd_##T(const pool_attr *a, const T *dy, const void *idx, T *dx)              \
@@ -213,7 +175,7 @@ static inline void win(int64_t o, int s, int p, int k, int64_t n, int64_t *k0, i
             memset(xp, 0, (size_t)(H * W) * sizeof(T));                                            \
             for (int64_t oh = 0; oh < OH; oh++) {                                                  \
                 int64_t h0, h1;                                                                    \
-                win(oh, a->sh, a->ph, a->kh, H, &h0, &h1);                                         \
+                kl_pool_win(oh, a->sh, a->ph, a->kh, H, &h0, &h1);                                 \
                 for (int64_t ow = 0; ow < OW; ow++) {                                              \
                     int64_t xo = (oh * a->sh - a->ph) * W + ow * a->sw - a->pw;                    \
                     T gv = gp[oh * OW + ow];                                                       \
@@ -223,7 +185,7 @@ static inline void win(int64_t o, int s, int p, int k, int64_t n, int64_t *k0, i
                         continue;                                                                  \
                     }                                                                              \
                     int64_t w0, w1;                                                                \
-                    win(ow, a->sw, a->pw, a->kw, W, &w0, &w1);                                     \
+                    kl_pool_win(ow, a->sw, a->pw, a->kw, W, &w0, &w1);                             \
                     for (int64_t i = h0; i < h1; i++)                                              \
                         for (int64_t j = w0; j < w1; j++) xp[xo + i * W + j] += gv * inv;          \
                 }                                                                                  \

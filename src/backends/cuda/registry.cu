@@ -9,6 +9,7 @@
 #define KL_CUDA_KERNELS(X)                                                     \
     X(fill) X(copy) X(cast) X(unary) X(unary_bwd) X(binary) X(reduce)          \
     X(matmul) X(softmax) X(softmax_bwd) X(softmax_ce) X(softmax_ce_bwd)        \
+    X(conv2d) X(conv2d_bwd_data) X(conv2d_bwd_filter) X(pool2d) X(pool2d_bwd)  \
     X(batchnorm) X(batchnorm_bwd) X(layernorm) X(layernorm_bwd) X(dropout)     \
     X(embedding) X(embedding_bwd) X(concat) X(slice_bwd) X(optim)              \
     X(gather_rows) X(argmax_match) X(record)
