@@ -156,7 +156,7 @@ static kl_status cnn_build(cnn *m, kl_device dev, kl_dtype dt, const kl_optim_op
     KL_TRY(kl_softmax_cross_entropy(g, h, m->y, &m->loss));
     KL_TRY(kl_backward(g, m->loss));
     KL_TRY(kl_optim_new(m->ctx, oo, &m->opt));
-    return kl_optim_step(g, m->opt);
+    return kl_optim_step(g, m->opt, NULL);
 }
 
 static void cnn_free(cnn *m)
