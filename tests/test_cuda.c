@@ -420,7 +420,9 @@ static void test_cpu_side(void)
                                     KL_OP_reduce, KL_OP_matmul, KL_OP_softmax, KL_OP_softmax_bwd, KL_OP_softmax_ce,
                                     KL_OP_softmax_ce_bwd, KL_OP_batchnorm, KL_OP_batchnorm_bwd, KL_OP_layernorm,
                                     KL_OP_layernorm_bwd, KL_OP_dropout, KL_OP_embedding, KL_OP_embedding_bwd,
-                                    KL_OP_concat, KL_OP_slice_bwd, KL_OP_optim};
+                                    KL_OP_concat, KL_OP_slice_bwd, KL_OP_optim, KL_OP_lstm, KL_OP_lstm_bwd,
+                                    KL_OP_gru, KL_OP_gru_bwd, KL_OP_attention, KL_OP_attention_bwd,
+                                    KL_OP_rmsnorm, KL_OP_rmsnorm_bwd, KL_OP_rope};
     for (size_t i = 0; i < sizeof have / sizeof *have; i++) CHECK(kl_backend_kernel(KL_BACKEND_CUDA, have[i]) != NULL);
     CHECK(kl_backend_kernel(KL_BACKEND_CUDA, KL_OP_pool2d) == NULL);
     CHECK(kl_backend_kernel(KL_BACKEND_CUDA, KL_OP_input) == NULL);

@@ -198,6 +198,12 @@ KL_HD static inline int64_t kl_rms_chunk_rows(int64_t R) { return (R + kl_rms_ch
         int64_t p = (r % steps) * half + i;                                                        \
         kl_rope_pair_##T_(xr[i], xr[i + half], cs[p], sn[p], &yr[i], &yr[i + half]);               \
     }                                                                                              \
+    /* RoPE pair idx = r * half + i: one CUDA thread */                                           \
+    KL_HD static inline void kl_rope_idx_##T_(const T_ *x, T_ *y, const T_ *cs, const T_ *sn, int64_t steps, \
+                                              int64_t half, int64_t idx)                           \
+    {                                                                                              \
+        kl_rope_at_##T_(x, y, cs, sn, steps, half, idx / half, idx % half);                        \
+    }                                                                                              \
     /* RMSNorm row pieces: rstd from the row's sum of squares (in double); y; the mean of          \
      * g * xhat from sum(dy * w * x) (in double) */                                                \
     KL_HD static inline T_ kl_rmsnorm_rstd_##T_(double ss, int64_t D, double eps)                  \

@@ -10,7 +10,9 @@
     X(fill) X(copy) X(cast) X(unary) X(unary_bwd) X(binary) X(reduce)          \
     X(matmul) X(softmax) X(softmax_bwd) X(softmax_ce) X(softmax_ce_bwd)        \
     X(batchnorm) X(batchnorm_bwd) X(layernorm) X(layernorm_bwd) X(dropout)     \
-    X(embedding) X(embedding_bwd) X(concat) X(slice_bwd) X(optim)
+    X(embedding) X(embedding_bwd) X(concat) X(slice_bwd) X(optim)              \
+    X(lstm) X(lstm_bwd) X(gru) X(gru_bwd) X(attention) X(attention_bwd)       \
+    X(rmsnorm) X(rmsnorm_bwd) X(rope)
 
 #define DECLARE(op) extern "C" kl_status kl_cuda_##op(const kl_exec *ex, const kl_tensor *t);
 KL_CUDA_KERNELS(DECLARE)
