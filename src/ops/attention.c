@@ -105,7 +105,7 @@ static void workers_end(const kl_exec *ex, int nt)
 }
 
 /* Pointer to row 0 of (b, h) of a [B,H,T,D] operand read in place. */
-#define ATT_AT(p, x, bh) ((p) + ((bh) / (x)->ne[1]) * (x)->st[0] + ((bh) % (x)->ne[1]) * (x)->st[1])
+#define ATT_AT(p, x, bh) ((p) + kl_att_base((x)->st, (x)->ne[1], (bh)))
 
 #define ATT_KERNELS(T_)                                                                            \
     static void att_fwd_##T_(const kl_exec *ex, const kl_tensor *t)                                \

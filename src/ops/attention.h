@@ -23,6 +23,11 @@ KL_HD static inline int64_t kl_att_key_end(int64_t i0, int64_t nq, int64_t Tk, i
 }
 /* Whether query i sees key j (j < Tk). */
 KL_HD static inline int kl_att_visible(int64_t i, int64_t j, int causal) { return !causal || j <= i; }
+/* Element offset of (batch, head) bh of a [B, H, T, D] operand with strides st. */
+KL_HD static inline int64_t kl_att_base(const int64_t *st, int64_t H, int64_t bh)
+{
+    return (bh / H) * st[0] + (bh % H) * st[1];
+}
 /* First query that sees a key >= j0: where the dK/dV loop over queries starts. */
 KL_HD static inline int64_t kl_att_query_begin(int64_t j0, int causal) { return causal ? j0 : 0; }
 

@@ -32,7 +32,7 @@ template <typename T>
 __device__ __forceinline__ att_mat<T> att_at(const T *p, const int64_t *st, int64_t H, int64_t bh, int64_t rows,
                                              int64_t cols)
 {
-    att_mat<T> m = {p + (bh / H) * st[0] + (bh % H) * st[1], st[2], st[3], rows, cols};
+    att_mat<T> m = {p + kl_att_base(st, H, bh), st[2], st[3], rows, cols};
     return m;
 }
 
