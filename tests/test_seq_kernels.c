@@ -15,7 +15,8 @@
  *    against the CPU op, forward and inverse (the backward);
  *  - rmsnorm_bwd's chunked dw sums (kl_rms_chunks, the partial and final
  *    kernels' loops) against the CPU op, at chunk boundaries and the cap;
- *  - [h0; y[:, :-1]], the right factor of dW_hh (kl_rnn_prev_h). */
+ *  - [h0; y[:, :-1]], the right factor of dW_hh (kl_rnn_prev_h), and the
+ *    RNN backward's CUDA scratch layout (kl_rnn_bwd_scratch_cuda). */
 #include "kiln/kiln.h"
 #include "testutil.h"
 #include "core/graph.h"
@@ -350,8 +351,30 @@ static void test_prev_h(void)
     CHECK(bad == 0);
 }
 
+/* ---- lstm_bwd / gru_bwd scratch on CUDA: aligned, disjoint, inside ---- */
+
+static void test_rnn_scratch(void)
+{
+    int bad = 0;
+    for (int lstm = 0; lstm <= 1; lstm++)
+        for (int flags = 0; flags < 4; flags++)
+            for (size_t es = 4; es <= 8; es += 4)
+                for (int64_t B = 1; B <= 9; B += 4)
+                    for (int64_t H = 1; H <= 70; H += 23) {
+                        int64_t T = 3;
+                        int dwhh = flags & 1, dgh = lstm ? 0 : (flags >> 1 | dwhh);
+                        size_t off, tot = kl_rnn_bwd_scratch_cuda(lstm, B, T, H, es, dwhh, dgh, &off);
+                        size_t bh = (size_t)(B * H) * es, dc = kl_seq_al256(bh), need = 0;
+                        if (dwhh) need = (size_t)(B * T * H) * es; /* rows */
+                        else if (!lstm && !dgh) need = (size_t)(3 * B * H) * es; /* the step's dGh */
+                        bad += off % 256 || dc % 256 || off < (lstm ? dc + bh : bh) || tot < off + need;
+                    }
+    CHECK(bad == 0);
+}
+
 int main(void)
 {
+    test_rnn_scratch();
     test_att_geometry();
     for (int N = 32; N <= 64; N *= 2)
         for (int causal = 0; causal <= 1; causal++) {

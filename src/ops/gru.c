@@ -93,7 +93,7 @@ static kl_status gru_bwd_shape(kl_tensor *t)
     int64_t more = a->need_dwhh ? B * T * H : a->need_dgh ? 0 : B * 3 * H;
     size_t es = kl_dtype_size(t->dtype);
     if (t->g->ctx->backend == KL_BACKEND_CUDA) /* the second part at a 256-byte offset (a GEMM operand) */
-        t->scratch_bytes = kl_seq_al256((size_t)(B * H) * es) + (size_t)more * es;
+        t->scratch_bytes = kl_rnn_bwd_scratch_cuda(0, B, T, H, es, a->need_dwhh, a->need_dgh, NULL);
     else t->scratch_bytes = (size_t)(B * H + more) * es;
     return KL_OK;
 }

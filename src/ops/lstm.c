@@ -93,7 +93,7 @@ static kl_status lstm_bwd_shape(kl_tensor *t)
     int64_t B = t->ne[0], T = t->ne[1], H = t->ne[2] / 4;
     size_t es = kl_dtype_size(t->dtype), rows = a->need_dwhh ? (size_t)(B * T * H) * es : 0;
     /* dh, dc [B,H], then [h0; y[:, :-1]] [B,T,H] for dW_hh; CUDA: at 256-byte offsets (GEMM operands) */
-    if (t->g->ctx->backend == KL_BACKEND_CUDA) t->scratch_bytes = 2 * kl_seq_al256((size_t)(B * H) * es) + rows;
+    if (t->g->ctx->backend == KL_BACKEND_CUDA) t->scratch_bytes = kl_rnn_bwd_scratch_cuda(1, B, T, H, es, a->need_dwhh, 0, NULL);
     else t->scratch_bytes = (size_t)(2 * B * H) * es + rows;
     return KL_OK;
 }

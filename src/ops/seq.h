@@ -88,6 +88,19 @@ KL_HD static inline double kl_rope_angle(double pos, int64_t i, int64_t D, doubl
 /* n bytes rounded up to 256: scratch carved at 256-byte offsets (cuBLASLt's alignment) */
 KL_HD static inline size_t kl_seq_al256(size_t n) { return (n + 255) / 256 * 256; }
 
+/* Scratch of lstm_bwd / gru_bwd on CUDA: dh [B,H] at 0, dc [B,H] (LSTM) at
+ * the next 256-byte offset, then at *more_off the rows [h0; y[:, :-1]]
+ * [B*T,H] (dW_hh) or, for the GRU without a dGh extra, the step's dGh
+ * [B,3H]. Returns the bytes. */
+KL_HD static inline size_t kl_rnn_bwd_scratch_cuda(int lstm, int64_t B, int64_t T, int64_t H, size_t es,
+                                                   int need_dwhh, int need_dgh, size_t *more_off)
+{
+    size_t bh = kl_seq_al256((size_t)(B * H) * es), off = lstm ? 2 * bh : bh;
+    int64_t more = need_dwhh ? B * T * H : lstm || need_dgh ? 0 : 3 * B * H;
+    if (more_off) *more_off = off;
+    return off + (size_t)more * es;
+}
+
 /* rmsnorm_bwd on CUDA sums dw over row chunks (partials [chunks, D] of
  * double in scratch, then each column's partials in order): chunk count
  * and rows per chunk for R rows. */

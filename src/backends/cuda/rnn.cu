@@ -17,9 +17,9 @@
  * (accumulate onto the kernel's z dh). At the end dh0, dc0 are copied out
  * and dW_hh = dG^T [h0; y[:, :-1]] (GRU: dGh^T) is one GEMM over the B*T
  * rows, the right factor built in scratch. Every output is overwritten.
- * Scratch, at 256-byte offsets: LSTM dh [B,H], dc [B,H], rows [B*T,H];
- * GRU dh [B,H], then rows [B*T,H] (dW_hh) or the step's dGh [B,3H] (when no
- * dGh extra is asked). */
+ * Scratch (ops/seq.h kl_rnn_bwd_scratch_cuda, 256-byte offsets): dh [B,H],
+ * dc [B,H] (LSTM), then rows [B*T,H] (dW_hh) or the GRU step's dGh [B,3H]
+ * (when no dGh extra is asked). */
 #include "backends/cuda/cuda_internal.cuh"
 #include "ops/seq.h"
 
@@ -124,7 +124,8 @@ template <typename T> static kl_status rnn_bwd(const kl_exec *ex, const kl_tenso
     const char *op = kl_ops[t->op]->name;
     bool lstm = t->op == KL_OP_lstm_bwd;
     int64_t B = fw->ne[0], T_ = fw->ne[1], H = fw->ne[2], GH = (lstm ? 4 : 3) * H;
-    size_t bh_bytes = (size_t)(B * H) * sizeof(T), al = kl_seq_al256(bh_bytes);
+    size_t bh_bytes = (size_t)(B * H) * sizeof(T), more_off;
+    kl_rnn_bwd_scratch_cuda(lstm, B, T_, H, sizeof(T), at->need_dwhh, at->need_dgh, &more_off);
     unsigned char *scr = (unsigned char *)kl_scratch(ex, t);
     const T *whh = (const T *)kl_data(ex, t->src[2]);
     const T *dhn = src_or_null<T>(ex, t, at->idhn), *dcn = src_or_null<T>(ex, t, at->idcn);
@@ -138,9 +139,9 @@ template <typename T> static kl_status rnn_bwd(const kl_exec *ex, const kl_tenso
     a.c0 = src_or_null<T>(ex, t, at->ic0);
     a.dG = (T *)kl_data(ex, t);
     a.dh = (T *)scr;
-    a.dc = lstm ? (T *)(scr + al) : NULL;
+    a.dc = lstm ? (T *)(scr + kl_seq_al256(bh_bytes)) : NULL;
     a.B = B, a.steps = T_, a.H = H;
-    T *more = (T *)(scr + (lstm ? 2 * al : al)); /* rows for dW_hh, or the GRU step's dGh */
+    T *more = (T *)(scr + more_off); /* rows for dW_hh, or the GRU step's dGh */
     int e = 0;
     T *dGh = at->need_dgh ? (T *)kl_data(ex, t->extra[e++]) : NULL;
     T *dh0 = at->need_dh0 ? (T *)kl_data(ex, t->extra[e++]) : NULL;
