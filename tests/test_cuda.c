@@ -387,12 +387,12 @@ static void test_device_errors(kl_device gpu)
     CHECK_ERR(kl_tensor_get(loss, &l, sizeof l), KL_EINVAL, "index 25 at position 2 out of range [0,20)");
     kl_graph_free(g);
 
-    /* an op without a CUDA kernel */
-    kl_tensor *p, *y;
+    /* every op has a CUDA kernel (test_cpu_side), but not for every dtype: an f16 fill */
+    kl_tensor *y;
     CHECK_OK(kl_graph_new(ctx, &g));
-    CHECK_OK(kl_parity_param(g, "seq", KL_F32, 3, (int64_t[]){2, 3, 8}, &p));
-    CHECK_OK(kl_rmsnorm(g, p, NULL, 1e-5, &y));
-    CHECK_ERR(kl_graph_run(g), KL_EUNSUPPORTED, "no kernel on cuda:0");
+    CHECK_OK(kl_fill(g, KL_F16, 2, (int64_t[]){2, 3}, 1.0, &y));
+    CHECK_OK(kl_output(g, y));
+    CHECK_ERR(kl_graph_run(g), KL_EUNSUPPORTED, "fill: no CUDA kernel for [2,3] f16");
     kl_graph_free(g);
     kl_ctx_free(ctx);
 
@@ -421,8 +421,17 @@ static void test_cpu_side(void)
                                     KL_OP_softmax_ce_bwd, KL_OP_batchnorm, KL_OP_batchnorm_bwd, KL_OP_layernorm,
                                     KL_OP_layernorm_bwd, KL_OP_dropout, KL_OP_embedding, KL_OP_embedding_bwd,
                                     KL_OP_concat, KL_OP_slice_bwd, KL_OP_optim, KL_OP_conv2d,
-                                    KL_OP_conv2d_bwd_data, KL_OP_conv2d_bwd_filter, KL_OP_pool2d, KL_OP_pool2d_bwd};
+                                    KL_OP_conv2d_bwd_data, KL_OP_conv2d_bwd_filter, KL_OP_pool2d, KL_OP_pool2d_bwd,
+                                    KL_OP_lstm, KL_OP_lstm_bwd, KL_OP_gru, KL_OP_gru_bwd, KL_OP_attention,
+                                    KL_OP_attention_bwd, KL_OP_rmsnorm, KL_OP_rmsnorm_bwd, KL_OP_rope,
+                                    KL_OP_gather_rows, KL_OP_argmax_match, KL_OP_record};
     for (size_t i = 0; i < sizeof have / sizeof *have; i++) CHECK(kl_backend_kernel(KL_BACKEND_CUDA, have[i]) != NULL);
+    for (int op = 0; op < KL_OP_COUNT; op++) { /* every op that computes has a CUDA kernel */
+        bool storage = op == KL_OP_input || op == KL_OP_param || op == KL_OP_extra || op == KL_OP_view;
+        if (storage == (kl_backend_kernel(KL_BACKEND_CUDA, (kl_op_id)op) != NULL))
+            fprintf(stderr, "  op %s: %s CUDA kernel\n", kl_ops[op]->name, storage ? "unexpected" : "no");
+        CHECK(storage != (kl_backend_kernel(KL_BACKEND_CUDA, (kl_op_id)op) != NULL));
+    }
     CHECK(kl_backend_kernel(KL_BACKEND_CUDA, KL_OP_input) == NULL);
     CHECK(kl_backends[KL_BACKEND_CUDA] != NULL);
     if (kl_cuda_available(0) != KL_OK) { /* e.g. no driver: the message says so and names the device */

@@ -15,7 +15,9 @@
  * q, k, v are read in place when each row is contiguous (st[3] == 1), e.g. a
  * permuted view of a fused qkv projection; otherwise copied first. */
 #include "ops/ops.h"
+#include "ops/attrs.h"
 #include "ops/seq.h"
+#include "ops/attention.h"
 #include "backends/cpu/cpu.h"
 
 #include <limits.h>
@@ -26,10 +28,6 @@
 #define ATT_MAX_SLOTS 16                        /* parallel workers with own scratch */
 #define ATT_SCRATCH_BUDGET ((size_t)256 << 20)  /* cap on all workers' scratch */
 
-typedef struct {
-    int causal, slots;
-    double scale;
-} att_attr;
 
 /* Whether GEMM can read x [B,H,T,D] in place; ld: its row stride. */
 static bool att_direct(const kl_tensor *x)
@@ -71,11 +69,12 @@ static kl_status att_shape(kl_tensor *t)
     t->ndim = 4;
     t->ne[0] = B, t->ne[1] = H, t->ne[2] = Tq, t->ne[3] = bwd ? D : Dv;
     a->scale = 1.0 / sqrt((double)D);
+    bool cuda = t->g->ctx->backend == KL_BACKEND_CUDA; /* CUDA: no score blocks; the backward's Di [B,H,Tq] */
     if (!bwd) {
         size_t per = (size_t)ATT_QB * (size_t)Tk * es;
         a->slots = att_slots(B * H * nqb, per);
         t->aux_bytes = (size_t)(B * H * Tq) * es;
-        t->scratch_bytes = (size_t)a->slots * per;
+        t->scratch_bytes = cuda ? 0 : (size_t)a->slots * per;
         return KL_OK;
     }
     const kl_tensor *dO = t->src[0], *fw = t->src[4];
@@ -83,7 +82,7 @@ static kl_status att_shape(kl_tensor *t)
         return kl_fail(KL_EINTERNAL, "attention_bwd: dO %s vs forward %s", kl_desc(dO), kl_desc(fw));
     size_t per = (size_t)(2 * ATT_QB * Tk + ATT_QB) * es;
     a->slots = att_slots(B * H, per);
-    t->scratch_bytes = (size_t)a->slots * per;
+    t->scratch_bytes = cuda ? (size_t)(B * H * Tq) * es : (size_t)a->slots * per;
     kl_tensor *e;
     KL_TRY(kl_node_add_extra(t, t->dtype, 4, k->ne, &e)); /* dk */
     return kl_node_add_extra(t, t->dtype, 4, v->ne, &e);  /* dv */
@@ -106,7 +105,7 @@ static void workers_end(const kl_exec *ex, int nt)
 }
 
 /* Pointer to row 0 of (b, h) of a [B,H,T,D] operand read in place. */
-#define ATT_AT(p, x, bh) ((p) + ((bh) / (x)->ne[1]) * (x)->st[0] + ((bh) % (x)->ne[1]) * (x)->st[1])
+#define ATT_AT(p, x, bh) ((p) + kl_att_base((x)->st, (x)->ne[1], (bh)))
 
 #define ATT_KERNELS(T_)                                                                            \
     static void att_fwd_##T_(const kl_exec *ex, const kl_tensor *t)                                \
@@ -126,19 +125,19 @@ static void workers_end(const kl_exec *ex, int nt)
             T_ *S = (T_ *)(void *)(scr + (size_t)omp_get_thread_num() * ATT_QB * (size_t)Tk * sizeof(T_)); \
             int64_t bh = task / nqb, i0 = (task % nqb) * ATT_QB;                                   \
             int64_t nq = Tq - i0 < ATT_QB ? Tq - i0 : ATT_QB;                                      \
-            int64_t nk = a->causal && i0 + nq < Tk ? i0 + nq : Tk;                                 \
+            int64_t nk = kl_att_key_end(i0, nq, Tk, a->causal);                                    \
             kl_gemm_##T_(false, true, nq, nk, D, (T_)a->scale, ATT_AT(q, tq, bh) + i0 * ldq, ldq,  \
                          ATT_AT(k, tk, bh), ldk, 0, S, nk);                                        \
             for (int64_t r = 0; r < nq; r++) {                                                     \
                 T_ *sr = S + r * nk, mx = sr[0];                                                   \
-                int64_t lim = a->causal && i0 + r + 1 < nk ? i0 + r + 1 : nk;                      \
+                int64_t lim = kl_att_key_end(i0 + r, 1, nk, a->causal);                            \
                 for (int64_t j = 1; j < lim; j++) mx = sr[j] > mx ? sr[j] : mx;                    \
                 double s = 0;                                                                      \
-                for (int64_t j = 0; j < lim; j++) s += (double)(sr[j] = exp(sr[j] - mx));          \
+                for (int64_t j = 0; j < lim; j++) s += (double)(sr[j] = kl_att_prob_##T_(sr[j], mx)); \
                 T_ inv = (T_)(1 / s);                                                              \
                 for (int64_t j = 0; j < lim; j++) sr[j] *= inv;                                    \
                 for (int64_t j = lim; j < nk; j++) sr[j] = 0;                                      \
-                lse[bh * Tq + i0 + r] = mx + (T_)log(s);                                           \
+                lse[bh * Tq + i0 + r] = kl_att_lse_##T_(mx, s);                                    \
             }                                                                                      \
             kl_gemm_##T_(false, false, nq, Dv, nk, 1, S, nk, ATT_AT(v, tv, bh), ldv, 0,            \
                          o + (bh * Tq + i0) * Dv, Dv);                                             \
@@ -168,14 +167,14 @@ static void workers_end(const kl_exec *ex, int nt)
             memset(dvp, 0, (size_t)(Tk * Dv) * sizeof(T_));                                        \
             for (int64_t i0 = 0; i0 < Tq; i0 += ATT_QB) {                                          \
                 int64_t nq = Tq - i0 < ATT_QB ? Tq - i0 : ATT_QB;                                  \
-                int64_t nk = a->causal && i0 + nq < Tk ? i0 + nq : Tk;                             \
+                int64_t nk = kl_att_key_end(i0, nq, Tk, a->causal);                                \
                 const T_ *dOb = dO + (bh * Tq + i0) * Dv, *Ob = O + (bh * Tq + i0) * Dv;           \
                 kl_gemm_##T_(false, true, nq, nk, D, sc, qp + i0 * ldq, ldq, kp, ldk, 0, P, nk);   \
                 for (int64_t r = 0; r < nq; r++) {                                                 \
                     T_ *pr = P + r * nk, l = lse[bh * Tq + i0 + r];                                \
                     double s = 0;                                                                  \
-                    int64_t lim = a->causal && i0 + r + 1 < nk ? i0 + r + 1 : nk;                  \
-                    for (int64_t j = 0; j < lim; j++) pr[j] = exp(pr[j] - l);                      \
+                    int64_t lim = kl_att_key_end(i0 + r, 1, nk, a->causal);                        \
+                    for (int64_t j = 0; j < lim; j++) pr[j] = kl_att_prob_##T_(pr[j], l);          \
                     for (int64_t j = lim; j < nk; j++) pr[j] = 0;                                  \
                     for (int64_t d = 0; d < Dv; d++) s += (double)dOb[r * Dv + d] * Ob[r * Dv + d]; \
                     Di[r] = (T_)s;                                                                 \
@@ -184,7 +183,7 @@ static void workers_end(const kl_exec *ex, int nt)
                 kl_gemm_##T_(false, true, nq, nk, Dv, 1, dOb, Dv, vp, ldv, 0, dP, nk);             \
                 for (int64_t r = 0; r < nq; r++)                                                   \
                     for (int64_t j = 0; j < nk; j++)                                               \
-                        dP[r * nk + j] = P[r * nk + j] * (dP[r * nk + j] - Di[r]) * sc;            \
+                        dP[r * nk + j] = kl_att_dscore_##T_(P[r * nk + j], dP[r * nk + j], Di[r], sc); \
                 kl_gemm_##T_(false, false, nq, D, nk, 1, dP, nk, kp, ldk, 0, dq + (bh * Tq + i0) * D, D); \
                 kl_gemm_##T_(true, false, nk, D, nq, 1, dP, nk, qp + i0 * ldq, ldq, 1, dkp, D);    \
             }                                                                                      \

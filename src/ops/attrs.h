@@ -77,6 +77,37 @@ typedef struct {
     int need_dx, need_dg, need_db; /* bwd: which gradients the kernel writes */
 } ln_attr;
 
+/* rmsnorm / rmsnorm_bwd */
+typedef struct {
+    double eps;
+    int has_w;
+    int need_dx, need_dw; /* bwd: which gradients the kernel writes */
+} rms_attr;
+
+/* rope: rotate by +angle, or by -angle when inverse (the backward) */
+typedef struct {
+    double base;
+    int inverse;
+} rope_attr;
+
+/* attention / attention_bwd; slots: parallel CPU workers with own scratch */
+typedef struct {
+    int causal, slots;
+    double scale;
+} att_attr;
+
+/* lstm / gru forward node: source indices of the optional inputs (ops/rnn.h) */
+typedef struct {
+    int gates;                     /* G: 4 (LSTM) or 3 (GRU) */
+    int ib_ih, ib_hh, ih0, ic0;    /* source indices; -1: absent */
+} kl_rnn_attr;
+
+/* lstm_bwd / gru_bwd (ops/rnn.h): source indices and the extras asked */
+typedef struct {
+    int ih0, ic0, idhn, idcn;
+    int need_dgh, need_dh0, need_dc0, need_dwhh;
+} kl_rnn_bwd_attr;
+
 /* record (core/readback.c): each run writes its sources' values, as
  * doubles, then its sequence number into one record of a ring in host
  * memory the device can write; the host pops records whose seq arrived. */

@@ -42,25 +42,15 @@ static kl_status gru_shape(kl_tensor *t)
         const T_ *h0 = kl_rnn_src(ex, t, a->ih0);                                                  \
         int64_t B = t->ne[0], T = t->ne[1], H = t->ne[2], NI = t->src[0]->ne[2], G3 = 3 * H;       \
         T_ *y = kl_data(ex, t), *A = kl_aux(ex, t), *HN = A + B * T * G3, *gh = kl_scratch(ex, t); \
+        kl_rnn_fwd_##T_ u = {.A = A, .S = HN, .y = y, .bih = bih, .bhh = bhh, .h0 = h0, .gh = gh,  \
+                             .hn = kl_data(ex, t->extra[0]), .B = B, .steps = T, .H = H};          \
         kl_gemm_##T_(false, true, B * T, G3, NI, 1, x, NI, wih, NI, 0, A, G3);                     \
         for (int64_t s = 0; s < T; s++) {                                                          \
             const T_ *hp = s ? y + (s - 1) * H : h0;                                               \
-            int64_t ldh = s ? T * H : H;                                                           \
-            if (hp) kl_gemm_##T_(false, true, B, G3, H, 1, hp, ldh, whh, H, 0, gh, G3);            \
+            if (hp) kl_gemm_##T_(false, true, B, G3, H, 1, hp, s ? T * H : H, whh, H, 0, gh, G3);  \
             _Pragma("omp parallel for schedule(static) if (B * H >= KL_RNN_PAR_MIN)")              \
-            for (int64_t n = 0; n < B * H; n++) {                                                  \
-                int64_t b = n / H, j = n % H, r = b * T + s;                                       \
-                T_ *gt = A + r * G3, hh[3];                                                        \
-                for (int k = 0; k < 3; k++) {                                                      \
-                    gt[k * H + j] += bih ? bih[k * H + j] : (T_)0;                                 \
-                    hh[k] = (hp ? gh[b * G3 + k * H + j] : (T_)0) + (bhh ? bhh[k * H + j] : (T_)0); \
-                }                                                                                  \
-                HN[r * H + j] = hh[2];                                                             \
-                y[r * H + j] = kl_gru_cell_##T_(gt[j], gt[H + j], gt[2 * H + j], hh[0], hh[1], hh[2], \
-                                                hp ? hp[b * ldh + j] : (T_)0, &gt[j], &gt[H + j], &gt[2 * H + j]); \
-            }                                                                                      \
+            for (int64_t n = 0; n < B * H; n++) kl_gru_step_##T_(&u, s, n);                        \
         }                                                                                          \
-        kl_rnn_last_step(y, B, T, H, sizeof(T_), kl_data(ex, t->extra[0])); /* h_n */              \
     }                                                                                              \
     static void gru_bwd_##T_(const kl_exec *ex, const kl_tensor *t)                                \
     {                                                                                              \
@@ -77,20 +67,13 @@ static kl_status gru_shape(kl_tensor *t)
         T_ *dwhh = a->need_dwhh ? kl_data(ex, t->extra[e++]) : NULL;                               \
         int64_t ldg = dGh ? T * G3 : G3; /* dGh rows of one step: the extra, or scratch */         \
         for (int64_t n = 0; n < B * H; n++) dh[n] = dhn ? dhn[n] : (T_)0;                          \
+        kl_rnn_bwd_##T_ u = {.dy = dy, .y = y, .A = A, .S = HN, .h0 = h0, .dG = dGi, .dh = dh,     \
+                             .ldg = ldg, .B = B, .steps = T, .H = H};                              \
         for (int64_t s = T - 1; s >= 0; s--) {                                                     \
             T_ *ght = dGh ? dGh + s * G3 : more;                                                   \
+            u.dgh = ght;                                                                           \
             _Pragma("omp parallel for schedule(static) if (B * H >= KL_RNN_PAR_MIN)")              \
-            for (int64_t n = 0; n < B * H; n++) {                                                  \
-                int64_t b = n / H, j = n % H, r = b * T + s;                                       \
-                const T_ *gt = A + r * G3;                                                         \
-                T_ *di = dGi + r * G3, *dg = ght + b * ldg;                                        \
-                T_ hp = s ? y[(r - 1) * H + j] : (h0 ? h0[n] : (T_)0);                             \
-                dh[n] = kl_gru_cell_bwd_##T_(gt[j], gt[H + j], gt[2 * H + j], HN[r * H + j], hp,   \
-                                             dy[r * H + j] + dh[n], &di[j], &di[H + j], &di[2 * H + j]); \
-                dg[j] = di[j];                                                                     \
-                dg[H + j] = di[H + j];                                                             \
-                dg[2 * H + j] = di[2 * H + j] * gt[j];                                             \
-            }                                                                                      \
+            for (int64_t n = 0; n < B * H; n++) kl_gru_step_bwd_##T_(&u, s, n);                    \
             if (s > 0 || dh0) kl_gemm_##T_(false, false, B, H, G3, 1, ght, ldg, whh, H, 1, dh, H); \
         }                                                                                          \
         if (dh0) memcpy(dh0, dh, (size_t)(B * H) * sizeof(T_));                                    \
@@ -108,7 +91,10 @@ static kl_status gru_bwd_shape(kl_tensor *t)
     int64_t B = t->ne[0], T = t->ne[1], H = t->ne[2] / 3;
     /* dh [B,H], then the step's dGh [B,3H] (no dGh extra) or [h0; y[:, :-1]] (for dW_hh) */
     int64_t more = a->need_dwhh ? B * T * H : a->need_dgh ? 0 : B * 3 * H;
-    t->scratch_bytes = (size_t)(B * H + more) * kl_dtype_size(t->dtype);
+    size_t es = kl_dtype_size(t->dtype);
+    if (t->g->ctx->backend == KL_BACKEND_CUDA) /* the second part at a 256-byte offset (a GEMM operand) */
+        t->scratch_bytes = kl_rnn_bwd_scratch_cuda(0, B, T, H, es, a->need_dwhh, a->need_dgh, NULL);
+    else t->scratch_bytes = (size_t)(B * H + more) * es;
     return KL_OK;
 }
 

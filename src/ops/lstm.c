@@ -41,23 +41,16 @@ static kl_status lstm_shape(kl_tensor *t)
         const T_ *h0 = kl_rnn_src(ex, t, a->ih0), *c0 = kl_rnn_src(ex, t, a->ic0);                 \
         int64_t B = t->ne[0], T = t->ne[1], H = t->ne[2], NI = t->src[0]->ne[2], G4 = 4 * H;       \
         T_ *y = kl_data(ex, t), *A = kl_aux(ex, t), *C = A + B * T * G4;                           \
+        kl_rnn_fwd_##T_ u = {.A = A, .S = C, .y = y, .bih = bih, .bhh = bhh, .c0 = c0,             \
+                             .hn = kl_data(ex, t->extra[0]), .cn = kl_data(ex, t->extra[1]),       \
+                             .B = B, .steps = T, .H = H};                                          \
         kl_gemm_##T_(false, true, B * T, G4, NI, 1, x, NI, wih, NI, 0, A, G4);                     \
         for (int64_t s = 0; s < T; s++) {                                                          \
             const T_ *hp = s ? y + (s - 1) * H : h0;                                               \
             if (hp) kl_gemm_##T_(false, true, B, G4, H, 1, hp, s ? T * H : H, whh, H, 1, A + s * G4, T * G4); \
             _Pragma("omp parallel for schedule(static) if (B * H >= KL_RNN_PAR_MIN)")              \
-            for (int64_t n = 0; n < B * H; n++) {                                                  \
-                int64_t b = n / H, j = n % H, r = b * T + s;                                       \
-                T_ *gt = A + r * G4;                                                               \
-                for (int k = 0; k < 4; k++)                                                        \
-                    gt[k * H + j] += (bih ? bih[k * H + j] : (T_)0) + (bhh ? bhh[k * H + j] : (T_)0); \
-                T_ cp = s ? C[(r - 1) * H + j] : (c0 ? c0[n] : (T_)0);                             \
-                C[r * H + j] = kl_lstm_cell_##T_(&gt[j], &gt[H + j], &gt[2 * H + j], &gt[3 * H + j], cp, \
-                                                 &y[r * H + j]);                                   \
-            }                                                                                      \
+            for (int64_t n = 0; n < B * H; n++) kl_lstm_step_##T_(&u, s, n);                       \
         }                                                                                          \
-        kl_rnn_last_step(y, B, T, H, sizeof(T_), kl_data(ex, t->extra[0])); /* h_n */              \
-        kl_rnn_last_step(C, B, T, H, sizeof(T_), kl_data(ex, t->extra[1])); /* c_n */              \
     }                                                                                              \
     static void lstm_bwd_##T_(const kl_exec *ex, const kl_tensor *t)                               \
     {                                                                                              \
@@ -77,17 +70,11 @@ static kl_status lstm_shape(kl_tensor *t)
             dh[n] = dhn ? dhn[n] : (T_)0;                                                          \
             dc[n] = dcn ? dcn[n] : (T_)0;                                                          \
         }                                                                                          \
+        kl_rnn_bwd_##T_ u = {.dy = dy, .y = y, .A = A, .S = C, .h0 = h0, .c0 = c0, .dG = dG, .dh = dh, \
+                             .dc = dc, .B = B, .steps = T, .H = H};                                \
         for (int64_t s = T - 1; s >= 0; s--) {                                                     \
             _Pragma("omp parallel for schedule(static) if (B * H >= KL_RNN_PAR_MIN)")              \
-            for (int64_t n = 0; n < B * H; n++) {                                                  \
-                int64_t b = n / H, j = n % H, r = b * T + s;                                       \
-                const T_ *gt = A + r * G4;                                                         \
-                T_ *dg = dG + r * G4;                                                              \
-                T_ cp = s ? C[(r - 1) * H + j] : (c0 ? c0[n] : (T_)0);                             \
-                dc[n] = kl_lstm_cell_bwd_##T_(gt[j], gt[H + j], gt[2 * H + j], gt[3 * H + j], C[r * H + j], cp, \
-                                              dy[r * H + j] + dh[n], dc[n], &dg[j], &dg[H + j],    \
-                                              &dg[2 * H + j], &dg[3 * H + j]);                     \
-            }                                                                                      \
+            for (int64_t n = 0; n < B * H; n++) kl_lstm_step_bwd_##T_(&u, s, n);                   \
             if (s > 0 || dh0) kl_gemm_##T_(false, false, B, H, G4, 1, dG + s * G4, T * G4, whh, H, 0, dh, H); \
         }                                                                                          \
         if (dh0) memcpy(dh0, dh, (size_t)(B * H) * sizeof(T_));                                    \
@@ -104,7 +91,10 @@ static kl_status lstm_bwd_shape(kl_tensor *t)
     const kl_rnn_bwd_attr *a = KL_ATTR_C(t, kl_rnn_bwd_attr);
     KL_TRY(kl_rnn_bwd_shape(t, KL_OP_lstm, "lstm_bwd", 4, false));
     int64_t B = t->ne[0], T = t->ne[1], H = t->ne[2] / 4;
-    t->scratch_bytes = (size_t)(2 * B * H + (a->need_dwhh ? B * T * H : 0)) * kl_dtype_size(t->dtype);
+    size_t es = kl_dtype_size(t->dtype), rows = a->need_dwhh ? (size_t)(B * T * H) * es : 0;
+    /* dh, dc [B,H], then [h0; y[:, :-1]] [B,T,H] for dW_hh; CUDA: at 256-byte offsets (GEMM operands) */
+    if (t->g->ctx->backend == KL_BACKEND_CUDA) t->scratch_bytes = kl_rnn_bwd_scratch_cuda(1, B, T, H, es, a->need_dwhh, 0, NULL);
+    else t->scratch_bytes = (size_t)(2 * B * H) * es + rows;
     return KL_OK;
 }
 

@@ -5,18 +5,14 @@
  * formula in ops/seq.h) and dw = sum_r dy * x * rstd (extra). Rows run in
  * parallel for y and dx; dw columns are split between threads, each column
  * summed over rows in order by one thread, so results do not depend on the
- * thread count. */
+ * thread count. Row pieces in ops/seq.h (shared with the CUDA kernels). */
 #include "ops/ops.h"
+#include "ops/attrs.h"
 #include "ops/seq.h"
 #include "backends/cpu/cpu.h"
 
 #include <math.h>
 
-typedef struct {
-    double eps;
-    int has_w;
-    int need_dx, need_dw; /* bwd: which gradients the kernel writes */
-} rms_attr;
 
 #define RMS_COLS 256 /* columns per block for the dw sums */
 
@@ -39,6 +35,9 @@ static kl_status rms_shape(kl_tensor *t)
         t->aux_bytes = (size_t)(kl_numel(x) / D) * kl_dtype_size(x->dtype);
         return KL_OK;
     }
+    /* CUDA sums dw in row chunks: partials [chunks, D] of double (ops/seq.h) */
+    if (a->need_dw && t->g->ctx->backend == KL_BACKEND_CUDA)
+        t->scratch_bytes = (size_t)(kl_rms_chunks(kl_numel(x) / D) * D) * sizeof(double);
     const kl_tensor *dy = t->src[0];
     if (!kl_same_shape(dy, x) || dy->dtype != x->dtype)
         return kl_fail(KL_EINTERNAL, "rmsnorm_bwd: dy %s vs x %s", kl_desc(dy), kl_desc(x));
@@ -61,9 +60,9 @@ static kl_status rms_shape(kl_tensor *t)
             double ss = 0;                                                                         \
             _Pragma("omp simd reduction(+ : ss)")                                                  \
             for (int64_t i = 0; i < D; i++) ss += (double)xr[i] * (double)xr[i];                   \
-            T is = (T)(1.0 / sqrt(ss / (double)D + a->eps));                                       \
+            T is = kl_rmsnorm_rstd_##T(ss, D, a->eps);                                             \
             rstd[r] = is;                                                                          \
-            for (int64_t i = 0; i < D; i++) yr[i] = xr[i] * is * (w ? w[i] : (T)1);                \
+            for (int64_t i = 0; i < D; i++) yr[i] = kl_rmsnorm_y_##T(xr[i], is, w ? w[i] : (T)1);  \
         }                                                                                          \
     }                                                                                              \
     static void rms_bwd_##T(const kl_exec *ex, const kl_tensor *t)                                 \
@@ -82,7 +81,7 @@ static kl_status rms_shape(kl_tensor *t)
                 _Pragma("omp simd reduction(+ : sgx)")                                             \
                 for (int64_t i = 0; i < D; i++)                                                    \
                     sgx += (double)dr[i] * (w ? (double)w[i] : 1.0) * (double)xr[i];               \
-                T mgx = (T)(sgx * (double)is / (double)D);                                         \
+                T mgx = kl_rmsnorm_mgx_##T(sgx, is, D);                                            \
                 for (int64_t i = 0; i < D; i++)                                                    \
                     or_[i] = kl_rmsnorm_bwd_##T(xr[i], dr[i] * (w ? w[i] : (T)1), is, mgx);        \
             }                                                                                      \

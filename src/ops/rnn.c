@@ -166,23 +166,12 @@ kl_status kl_rnn_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy, kl_op_id op,
     return need_in ? kl_rnn_input_grads(g, t, dG, dGh) : KL_OK;
 }
 
-void kl_rnn_last_step(const void *seq, int64_t B, int64_t T, int64_t H, size_t es, void *out)
-{
-    for (int64_t b = 0; b < B; b++)
-        memcpy((char *)out + (size_t)(b * H) * es, (const char *)seq + (size_t)((b * T + T - 1) * H) * es,
-               (size_t)H * es);
-}
-
 #define RNN_DWHH(T_)                                                                               \
     void kl_rnn_dwhh_##T_(const T_ *dG, const T_ *h0, const T_ *y, int64_t B, int64_t T, int64_t H, \
                           int64_t GH, T_ *rows, T_ *dwhh)                                          \
     {                                                                                              \
-        for (int64_t b = 0; b < B; b++) { /* [h0; y[:, :-1]] per sample */                         \
-            T_ *row = rows + b * T * H;                                                            \
-            if (h0) memcpy(row, h0 + b * H, (size_t)H * sizeof(T_));                               \
-            else memset(row, 0, (size_t)H * sizeof(T_));                                           \
-            if (T > 1) memcpy(row + H, y + b * T * H, (size_t)((T - 1) * H) * sizeof(T_));         \
-        }                                                                                          \
+        _Pragma("omp parallel for schedule(static) if (B * T * H > KL_PAR_MIN)")                   \
+        for (int64_t i = 0; i < B * T * H; i++) rows[i] = kl_rnn_prev_h_##T_(h0, y, T, H, i);       \
         kl_gemm_##T_(true, false, GH, H, B * T, 1, dG, GH, rows, H, 0, dwhh, H);                   \
     }
 KL_FOR_REAL(RNN_DWHH)

@@ -9,32 +9,22 @@
 #define KL_OPS_RNN_H
 
 #include "ops/ops.h"
+#include "ops/attrs.h"
 
 /* Per-step elementwise loops run in parallel from this many units (B * H). */
 #define KL_RNN_PAR_MIN 2048
 
-typedef struct {
-    int gates;                     /* G */
-    int ib_ih, ib_hh, ih0, ic0;    /* source indices; -1: absent */
-} kl_rnn_attr;
-
-/* Backward node (gru_bwd, lstm_bwd): sources dy, forward node, w_hh, then
- * those present of h0, c0, dh_n, dc_n (at these indices; -1: absent); primary
- * output dG [B,T,G*H]; extras, in this order, those asked of dGh [B,T,G*H]
- * (GRU: the hidden-side pre-activation gradients), dh0, dc0 (LSTM), dW_hh. */
-typedef struct {
-    int ih0, ic0, idhn, idcn;
-    int need_dgh, need_dh0, need_dc0, need_dwhh;
-} kl_rnn_bwd_attr;
+/* kl_rnn_attr (forward node) and kl_rnn_bwd_attr (backward node: sources
+ * dy, forward node, w_hh, then those present of h0, c0, dh_n, dc_n at its
+ * indices, -1: absent; primary output dG [B,T,G*H]; extras, in this order,
+ * those asked of dGh [B,T,G*H] (GRU: the hidden-side pre-activation
+ * gradients), dh0, dc0 (LSTM), dW_hh) live in ops/attrs.h (CUDA reads them). */
 
 /* Data of source i of node t for a CPU kernel; NULL when i < 0 (absent). */
 static inline void *kl_rnn_src(const kl_exec *ex, const kl_tensor *t, int i)
 {
     return i >= 0 ? kl_data(ex, t->src[i]) : NULL;
 }
-
-/* out [B,H] = seq[:, T-1] of seq [B,T,H] (elements of es bytes): h_n, c_n. */
-void kl_rnn_last_step(const void *seq, int64_t B, int64_t T, int64_t H, size_t es, void *out);
 
 /* Checks a forward node's sources and sets y [B,T,H] (dtype, ndim, ne);
  * op names the op in messages. Outputs B, T, I, H. */

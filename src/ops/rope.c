@@ -1,19 +1,17 @@
 /* Rotary position embeddings, GPT-NeoX style: x [..., T, D], position p =
  * index along axis -2, pairs (x[i], x[i + D/2]) for i < D/2 rotated by
  * angle p * base^(-2i/D) (ops/seq.h). Angles, cosines and sines are computed
- * in double into a [T, D/2] table in scratch, then rounded to the dtype.
+ * in double into a [T, D/2] table in scratch, then rounded to the dtype
+ * (cosines, then sines; the CUDA kernel uses the same table and functions).
  * A rotation's gradient is the inverse rotation, so the backward is this op
  * again with `inverse` set (and its backward the forward). */
 #include "ops/ops.h"
+#include "ops/attrs.h"
 #include "ops/seq.h"
 #include "backends/cpu/cpu.h"
 
 #include <math.h>
 
-typedef struct {
-    double base;
-    int inverse; /* rotate by -angle */
-} rope_attr;
 
 static kl_status rope_shape(kl_tensor *t)
 {
@@ -38,20 +36,10 @@ static kl_status rope_shape(kl_tensor *t)
         int64_t T = t->ne[t->ndim - 2], D = t->ne[t->ndim - 1], half = D / 2;                      \
         int64_t rows = kl_numel(t) / D; /* (sequence, position) rows */                            \
         T_ *sn = cs + T * half;                                                                    \
-        double sign = a->inverse ? -1.0 : 1.0;                                                     \
-        for (int64_t p = 0; p < T; p++)                                                            \
-            for (int64_t i = 0; i < half; i++) {                                                   \
-                double ang = kl_rope_angle((double)p, i, D, a->base);                              \
-                cs[p * half + i] = (T_)cos(ang);                                                   \
-                sn[p * half + i] = (T_)(sign * sin(ang));                                          \
-            }                                                                                      \
+        for (int64_t i = 0; i < T * half; i++) kl_rope_table_##T_(cs, sn, half, D, a->base, a->inverse, i); \
         _Pragma("omp parallel for schedule(static) if (rows * D > KL_PAR_MIN)")                    \
-        for (int64_t r = 0; r < rows; r++) {                                                       \
-            const T_ *xr = x + r * D, *c = cs + (r % T) * half, *s = sn + (r % T) * half;          \
-            T_ *yr = y + r * D;                                                                    \
-            for (int64_t i = 0; i < half; i++)                                                     \
-                kl_rope_pair_##T_(xr[i], xr[i + half], c[i], s[i], &yr[i], &yr[i + half]);         \
-        }                                                                                          \
+        for (int64_t r = 0; r < rows; r++)                                                         \
+            for (int64_t i = 0; i < half; i++) kl_rope_at_##T_(x, y, cs, sn, T, half, r, i);       \
     }
 KL_FOR_REAL(ROPE_KERNEL)
 

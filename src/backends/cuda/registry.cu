@@ -12,7 +12,9 @@
     X(conv2d) X(conv2d_bwd_data) X(conv2d_bwd_filter) X(pool2d) X(pool2d_bwd)  \
     X(batchnorm) X(batchnorm_bwd) X(layernorm) X(layernorm_bwd) X(dropout)     \
     X(embedding) X(embedding_bwd) X(concat) X(slice_bwd) X(optim)              \
-    X(gather_rows) X(argmax_match) X(record)
+    X(gather_rows) X(argmax_match) X(record)                                  \
+    X(lstm) X(lstm_bwd) X(gru) X(gru_bwd) X(attention) X(attention_bwd)       \
+    X(rmsnorm) X(rmsnorm_bwd) X(rope)
 
 #define DECLARE(op) extern "C" kl_status kl_cuda_##op(const kl_exec *ex, const kl_tensor *t);
 KL_CUDA_KERNELS(DECLARE)
