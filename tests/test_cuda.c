@@ -269,39 +269,6 @@ static kl_status mlp_step(mlp *m, kl_dtype dt, double *loss)
     return KL_OK;
 }
 
-/* every parameter of both ctxs: max abs diff and rms diff relative to rms of the CPU's */
-static void compare_params(const char *cs, mlp *c, mlp *gp, kl_dtype dt, double tol_rms, double tol_max)
-{
-    for (int i = 0; i < kl_ctx_param_count(c->ctx); i++) {
-        const char *name;
-        int nd, tr;
-        int64_t ne[KL_MAX_DIMS], n = 1;
-        kl_dtype pdt;
-        CHECK_OK(kl_ctx_param_info(c->ctx, i, &name, &pdt, &nd, ne, &tr));
-        for (int d = 0; d < nd; d++) n *= ne[d];
-        size_t bytes = (size_t)n * kl_dtype_size(pdt);
-        void *a = malloc(bytes), *b = malloc(bytes);
-        double *da = malloc((size_t)n * sizeof *da), *db = malloc((size_t)n * sizeof *db);
-        CHECK_OK(kl_ctx_param_get(c->ctx, i, a, bytes));
-        CHECK_OK(kl_ctx_param_get(gp->ctx, i, b, bytes));
-        kl_parity_to_double(a, pdt, n, da);
-        kl_parity_to_double(b, pdt, n, db);
-        double ss = 0, sd = 0, mx = 0;
-        for (int64_t k = 0; k < n; k++) {
-            double d = fabs(da[k] - db[k]);
-            ss += da[k] * da[k];
-            sd += d * d;
-            mx = d > mx || d != d ? d : mx;
-        }
-        double rms = sqrt(sd / (ss > 0 ? ss : 1));
-        if (!(rms <= tol_rms && mx <= tol_max))
-            fprintf(stderr, "  %s %s: rms rel diff %.2e (tol %.0e), max abs diff %.2e (tol %.0e)\n", cs, name, rms, tol_rms,
-                    mx, tol_max);
-        CHECK(rms <= tol_rms && mx <= tol_max);
-        free(a), free(b), free(da), free(db);
-    }
-}
-
 static void test_training(kl_device gpu, kl_dtype dt, const kl_optim_opts *oo, const char *cs)
 {
     mlp c, g;
@@ -320,7 +287,7 @@ static void test_training(kl_device gpu, kl_dtype dt, const kl_optim_opts *oo, c
         CHECK(e <= (f64 ? 1e-12 : 1e-3));
     }
     /* f32: TF32 GEMMs, and Adam turns tiny gradient differences into +-lr */
-    compare_params(cs, &c, &g, dt, f64 ? 1e-11 : 5e-3, f64 ? 1e-11 : 10 * oo->lr);
+    kl_parity_params(cs, c.ctx, g.ctx, f64 ? 1e-11 : 5e-3, f64 ? 1e-11 : 10 * oo->lr);
     if (oo->max_grad_norm > 0) {
         double nc = kl_optim_last_grad_norm(c.opt), ng = kl_optim_last_grad_norm(g.opt);
         CHECK(nc > 0 && fabs(nc - ng) <= (f64 ? 1e-12 : 1e-3) * nc);
@@ -348,7 +315,7 @@ static void test_training(kl_device gpu, kl_dtype dt, const kl_optim_opts *oo, c
     double lc, lg;
     CHECK_OK(mlp_step(&c, dt, &lc));
     CHECK_OK(mlp_step(&g, dt, &lg));
-    compare_params(cs, &c, &g, dt, f64 ? 1e-11 : 5e-3, f64 ? 1e-11 : 12 * oo->lr);
+    kl_parity_params(cs, c.ctx, g.ctx, f64 ? 1e-11 : 5e-3, f64 ? 1e-11 : 12 * oo->lr);
     mlp_free(&c);
     mlp_free(&g);
 }

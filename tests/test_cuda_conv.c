@@ -201,33 +201,7 @@ static void test_cnn(kl_device gpu, kl_dtype dt)
         CHECK(e <= (f64 ? 1e-12 : 1e-3));
     }
     /* f32: TF32 GEMMs, and Adam turns tiny gradient differences into +-lr */
-    for (int i = 0; i < kl_ctx_param_count(c.ctx); i++) {
-        const char *name;
-        int nd, tr;
-        int64_t ne[KL_MAX_DIMS], n = 1;
-        kl_dtype pdt;
-        CHECK_OK(kl_ctx_param_info(c.ctx, i, &name, &pdt, &nd, ne, &tr));
-        for (int d = 0; d < nd; d++) n *= ne[d];
-        size_t bytes = (size_t)n * kl_dtype_size(pdt);
-        void *pa = malloc(bytes), *pb = malloc(bytes);
-        double *da = malloc((size_t)n * sizeof *da), *db = malloc((size_t)n * sizeof *db), ss = 0, sd = 0, mx = 0;
-        CHECK_OK(kl_ctx_param_get(c.ctx, i, pa, bytes));
-        CHECK_OK(kl_ctx_param_get(g.ctx, i, pb, bytes));
-        kl_parity_to_double(pa, pdt, n, da);
-        kl_parity_to_double(pb, pdt, n, db);
-        for (int64_t k = 0; k < n; k++) {
-            double d = fabs(da[k] - db[k]);
-            ss += da[k] * da[k];
-            sd += d * d;
-            mx = d > mx || d != d ? d : mx;
-        }
-        double rms = sqrt(sd / (ss > 0 ? ss : 1)), trms = f64 ? 1e-11 : 5e-3, tmax = f64 ? 1e-11 : 10 * oo.lr;
-        if (!(rms <= trms && mx <= tmax))
-            fprintf(stderr, "  %s %s: rms rel diff %.2e (tol %.0e), max abs diff %.2e (tol %.0e)\n", cs, name, rms, trms, mx,
-                    tmax);
-        CHECK(rms <= trms && mx <= tmax);
-        free(pa), free(pb), free(da), free(db);
-    }
+    kl_parity_params(cs, c.ctx, g.ctx, f64 ? 1e-11 : 5e-3, f64 ? 1e-11 : 10 * oo.lr);
     printf("  done %s\n", cs);
     cnn_free(&c);
     cnn_free(&g);

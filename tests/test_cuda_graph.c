@@ -11,6 +11,7 @@
  * Without a usable GPU: "skipped: <reason>", exit 77. */
 #include "kiln/kiln.h"
 #include "testutil.h"
+#include "cuda_parity.h"
 #include "backends/backend.h" /* kl_cuda_available */
 
 #include <math.h>
@@ -101,29 +102,6 @@ static kl_status train(net *m, double rec[STEPS][3])
     return KL_OK;
 }
 
-static int params_equal(net *a, net *b, double tol)
-{
-    int ok = 1;
-    for (int i = 0; i < kl_ctx_param_count(a->ctx); i++) {
-        float pa[HID * IN], pb[HID * IN];
-        const char *name;
-        kl_dtype dt;
-        int nd, tr;
-        int64_t d[KL_MAX_DIMS], n = 1;
-        CHECK_OK(kl_ctx_param_info(a->ctx, i, &name, &dt, &nd, d, &tr));
-        for (int k = 0; k < nd; k++) n *= d[k];
-        CHECK_OK(kl_ctx_param_get(a->ctx, i, pa, (size_t)n * sizeof(float)));
-        CHECK_OK(kl_ctx_param_get(b->ctx, i, pb, (size_t)n * sizeof(float)));
-        double mx = 0;
-        for (int64_t k = 0; k < n; k++) mx = fmax(mx, fabs((double)pa[k] - pb[k]));
-        if (!(mx <= tol)) {
-            fprintf(stderr, "  %s: max abs diff %.3g (tol %.1g)\n", name, mx, tol);
-            ok = 0;
-        }
-    }
-    return ok;
-}
-
 static void test_capture(kl_device gpu)
 {
     net cap, eag, cpu;
@@ -137,7 +115,7 @@ static void test_capture(kl_device gpu)
     CHECK(kl_graph_captured(eag.g) == 0);
     CHECK_OK(train(&cpu, rp));
     CHECK(!memcmp(rc, re, sizeof rc)); /* replay == eager, bit for bit */
-    CHECK(params_equal(&cap, &eag, 0));
+    kl_parity_params("capture vs eager", cap.ctx, eag.ctx, 0, 0);
     for (int s = 0; s < STEPS; s++) {
         printf("  step %d: loss %.6f/%.6f (gpu/cpu), correct %g/%g, norm %.5f/%.5f\n", s + 1, rc[s][0], rp[s][0],
                rc[s][1], rp[s][1], rc[s][2], rp[s][2]);
@@ -145,7 +123,7 @@ static void test_capture(kl_device gpu)
         CHECK(fabs(rc[s][2] - rp[s][2]) <= 2e-3 * fabs(rp[s][2]));
         CHECK(fabs(rc[s][1] - rp[s][1]) <= 2); /* a near tie may flip under TF32 */
     }
-    CHECK(params_equal(&cap, &cpu, 0.05)); /* Adam turns tiny TF32 differences into +-lr steps */
+    kl_parity_params("gpu vs cpu", cap.ctx, cpu.ctx, 5e-3, 0.05); /* Adam turns tiny TF32 differences into +-lr steps */
     /* the record agrees with the tensors, and the norm with the optimizer */
     float l;
     double n;

@@ -6,6 +6,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* An image/tabular model's input dims at batch: [batch, sample dims]; returns their count. */
+static int batch_dims(const kl_model *m, int64_t batch, int64_t *xd)
+{
+    int nd = kl_model_input_ndim(m);
+    xd[0] = batch;
+    memcpy(xd + 1, kl_model_input_shape(m), (size_t)nd * sizeof *xd);
+    return nd + 1;
+}
+
 /* A token model's step: x, y i32 [B, T]; loss over the B*T positions. */
 static kl_status build_lm(step_graph *sg, kl_model *m, kl_optim *opt, int64_t batch)
 {
@@ -39,13 +48,12 @@ kl_status step_graph_build_opts(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_opt
         }
         return kl_graph_plan(sg->g, popts);
     }
-    int64_t xd[5] = {batch};
-    int nd = kl_model_input_ndim(m);
-    memcpy(xd + 1, kl_model_input_shape(m), (size_t)nd * sizeof *xd);
+    int64_t xd[KL_MAX_DIMS];
+    int nd = batch_dims(m, batch, xd);
     sg->batch = batch;
     sg->rows = batch;
     KL_TRY(kl_graph_new(ctx, &sg->g));
-    KL_TRY(kl_input(sg->g, "x", KL_F32, nd + 1, xd, &sg->x));
+    KL_TRY(kl_input(sg->g, "x", KL_F32, nd, xd, &sg->x));
     KL_TRY(kl_input(sg->g, "y", KL_I32, 1, &batch, &sg->y));
     KL_TRY(kl_model_forward(m, sg->g, sg->x, opt != NULL, &sg->logits));
     KL_TRY(kl_output(sg->g, sg->logits));
@@ -61,9 +69,8 @@ kl_status step_graph_build_opts(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_opt
 kl_status step_graph_build_train(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *opt, int64_t batch,
                                  kl_device_data *dd, int ring)
 {
-    int64_t xd[5] = {batch};
-    int nd = kl_model_input_ndim(m);
-    memcpy(xd + 1, kl_model_input_shape(m), (size_t)nd * sizeof *xd);
+    int64_t xd[KL_MAX_DIMS];
+    int nd = batch_dims(m, batch, xd);
     sg->batch = batch;
     sg->rows = batch;
     KL_TRY(kl_graph_new(ctx, &sg->g));
@@ -71,7 +78,7 @@ kl_status step_graph_build_train(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_op
     if (dd) {
         KL_TRY(kl_device_data_batch(g, dd, batch, &sg->start, &sg->x, &sg->y));
     } else {
-        KL_TRY(kl_input(g, "x", KL_F32, nd + 1, xd, &sg->x));
+        KL_TRY(kl_input(g, "x", KL_F32, nd, xd, &sg->x));
         KL_TRY(kl_input(g, "y", KL_I32, 1, &batch, &sg->y));
     }
     kl_tensor *correct, *norm;

@@ -107,18 +107,6 @@ static kl_status cast_shape(kl_tensor *t)
     return KL_OK;
 }
 
-static double load(const void *p, kl_dtype dt, int64_t i)
-{
-    switch (dt) {
-    case KL_F32: return ((const float *)p)[i];
-    case KL_F64: return ((const double *)p)[i];
-    case KL_F16: return kl_f16_to_f32(((const uint16_t *)p)[i]);
-    case KL_BF16: return kl_bf16_to_f32(((const uint16_t *)p)[i]);
-    case KL_I32: return ((const int32_t *)p)[i];
-    default: return ((const uint8_t *)p)[i];
-    }
-}
-
 static void store(void *p, kl_dtype dt, int64_t i, double v)
 {
     switch (dt) {
@@ -144,7 +132,7 @@ static kl_status cast_cpu(const kl_exec *ex, const kl_tensor *t)
     for (int64_t r = 0; r < it.rows; r++) {
         int64_t o[2];
         kl_iter_row(&it, r, o);
-        for (int64_t i = 0; i < it.inner; i++) store(yp, t->dtype, o[0] + i, load(xp, x->dtype, o[1] + i * sx));
+        for (int64_t i = 0; i < it.inner; i++) store(yp, t->dtype, o[0] + i, kl_load_double(xp, x->dtype, o[1] + i * sx));
     }
     return KL_OK;
 }

@@ -110,6 +110,36 @@ void kl_parity_compare(const char *cs, const char *what, const double *cpu, cons
     }
 }
 
+void kl_parity_params(const char *cs, kl_ctx *a, kl_ctx *b, double tol_rms, double tol_max)
+{
+    for (int i = 0; i < kl_ctx_param_count(a); i++) {
+        const char *name;
+        int nd, tr;
+        int64_t ne[KL_MAX_DIMS], n = 1;
+        kl_dtype dt;
+        CHECK_OK(kl_ctx_param_info(a, i, &name, &dt, &nd, ne, &tr));
+        for (int d = 0; d < nd; d++) n *= ne[d];
+        size_t bytes = (size_t)n * kl_dtype_size(dt);
+        void *pa = malloc(bytes ? bytes : 1), *pb = malloc(bytes ? bytes : 1);
+        double *da = malloc((size_t)n * sizeof *da + 1), *db = malloc((size_t)n * sizeof *db + 1), ss = 0, sd = 0, mx = 0;
+        CHECK_OK(kl_ctx_param_get(a, i, pa, bytes));
+        CHECK_OK(kl_ctx_param_get(b, i, pb, bytes));
+        kl_parity_to_double(pa, dt, n, da);
+        kl_parity_to_double(pb, dt, n, db);
+        for (int64_t k = 0; k < n; k++) {
+            double d = fabs(da[k] - db[k]);
+            ss += da[k] * da[k], sd += d * d;
+            mx = d > mx || d != d ? d : mx;
+        }
+        double rms = sqrt(sd / (ss > 0 ? ss : 1));
+        if (!(rms <= tol_rms && mx <= tol_max))
+            fprintf(stderr, "  %s %s: rms rel diff %.2e (tol %.0e), max abs diff %.2e (tol %.0e)\n", cs, name, rms,
+                    tol_rms, mx, tol_max);
+        CHECK(rms <= tol_rms && mx <= tol_max);
+        free(pa), free(pb), free(da), free(db);
+    }
+}
+
 void kl_parity_case_run(const kl_parity_case *c, kl_device gpu)
 {
     for (int k = 0; k < (c->f32_only ? 1 : 2); k++) {

@@ -32,6 +32,10 @@ kl_status kl_parity_param(kl_graph *g, const char *name, kl_dtype dt, int nd, co
 void kl_parity_to_double(const void *src, kl_dtype dt, int64_t n, double *dst);
 /* max |gpu - cpu| relative to max |cpu| must be <= tol; prints the first mismatches. */
 void kl_parity_compare(const char *cs, const char *what, const double *cpu, const double *gpu, int64_t n, double tol);
+/* Every parameter and buffer of ctx b against ctx a (same layout): the rms
+ * difference relative to a's rms must be <= tol_rms and the largest
+ * absolute difference <= tol_max; prints the parameters off. */
+void kl_parity_params(const char *cs, kl_ctx *a, kl_ctx *b, double tol_rms, double tol_max);
 /* Runs one case on the CPU and on gpu and compares (see above). */
 void kl_parity_case_run(const kl_parity_case *c, kl_device gpu);
 
