@@ -5,6 +5,8 @@
  *  - read-back records equal the tensors; the ring-full error;
  *  - the non-finite guard on the device;
  *  - gather_rows and argmax_match against the CPU; kl_device_data;
+ *  - streamed data: 50 batches through 3 slots, copies on the copy stream
+ *    overlapping captured replays, against the host;
  *  - small (kernel-argument) and large host-to-device copies;
  *  - per-op profile times from CUDA events; capture dropped when the plan
  *    changes.
@@ -12,6 +14,7 @@
 #include "kiln/kiln.h"
 #include "testutil.h"
 #include "cuda_parity.h"
+#include "stream_case.h"
 #include "backends/backend.h" /* kl_cuda_available */
 
 #include <math.h>
@@ -289,6 +292,19 @@ static void test_copies(kl_device gpu)
     kl_ctx_free(ctx);
 }
 
+/* ---- streamed data: slots rewritten while earlier replays may still read them ---- */
+static void test_stream(kl_device gpu)
+{
+    enum { S = 50 };
+    double loss[S], corr[S], el[S], ec[S];
+    CHECK_OK(stream_case_run(gpu, S, loss, corr));
+    stream_case_expect(S, el, ec);
+    int bad = 0;
+    for (int k = 0; k < S; k++) bad += !(fabs(loss[k] - el[k]) <= 1e-5 * fabs(el[k]) + 1e-6 && corr[k] == ec[k]);
+    CHECK(bad == 0);
+    if (bad) printf("  streamed data: %d of %d steps differ from the host\n", bad, S);
+}
+
 int main(void)
 {
     if (kl_cuda_available(0) != KL_OK) {
@@ -299,5 +315,6 @@ int main(void)
     test_capture(gpu);
     test_rows(gpu);
     test_copies(gpu);
+    test_stream(gpu);
     return kl_test_done("test_cuda_graph");
 }

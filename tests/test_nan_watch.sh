@@ -6,6 +6,7 @@
 #  2. the CNN with SGD and lr 1e20: the first linear after the convolutions;
 #  3. weights with an Inf loaded with --init: the parameter is named;
 #  4. train.nan_watch=false: the plain divergence message only;
+#  5. the MLP case with streamed data (data.on_device=false): the same report;
 # and kiln report shows the finding.
 set -u
 kiln="$1/kiln"
@@ -26,6 +27,10 @@ check "nan record in metrics.jsonl" \
 sed -n 's/^NaN watch: /     /p' "$tmp/mlp.log"
 KILN_GNUPLOT=/nonexistent "$kiln" report "$tmp/mlp" >"$tmp/report.log" 2>&1
 check "kiln report shows the finding" 'grep -q "diverged (NaN watch)  *step 2: forward pass, layers.4 (op linear) at models/mlp.yaml:10" "$tmp/report.log"'
+
+"$kiln" train models/mlp.yaml --steps 10 --lr 1e30 "${small[@]}" --set data.on_device=false --out "$tmp/mlps" >"$tmp/mlps.log" 2>&1
+check "streamed data: the same finding, from the slot's host copy" \
+  '[ $? -eq 1 ] && [ "$(grep "^NaN watch" "$tmp/mlps.log")" = "$(grep "^NaN watch" "$tmp/mlp.log")" ]'
 
 "$kiln" train models/cnn.yaml --steps 10 --lr 1e20 --set optim.kind=sgd "${small[@]}" --out "$tmp/cnn" >"$tmp/cnn.log" 2>&1
 check "cnn sgd lr 1e20: names layers.7 (linear, cnn.yaml:13)" \

@@ -1,9 +1,11 @@
 /* The run-time machinery a captured GPU step relies on, checked on the CPU:
  * per-run values (dropout's counter), read-back rings, external tensors,
  * gather_rows, argmax_match, the optimizer's gradient-norm output and its
- * non-finite guard, and the capture switch (a no-op on the CPU). */
+ * non-finite guard, the capture switch (a no-op on the CPU), and streamed
+ * data (slots put and read in turn; its misuses). */
 #include "kiln/kiln.h"
 #include "testutil.h"
+#include "stream_case.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -291,6 +293,55 @@ static void test_readback_errors(void)
     kl_ctx_free(ctx);
 }
 
+/* ---- streamed data: the shared case against the host, then misuse ---- */
+static void test_stream(void)
+{
+    enum { S = 40 };
+    double loss[S], corr[S], el[S], ec[S];
+    CHECK_OK(stream_case_run((kl_device){KL_DEVICE_CPU, 0}, S, loss, corr));
+    stream_case_expect(S, el, ec);
+    for (int k = 0; k < S; k++) CHECK(fabs(loss[k] - el[k]) <= 1e-5 * fabs(el[k]) + 1e-6 && corr[k] == ec[k]);
+
+    float xs[12 * 2];
+    int32_t ys[12] = {0}, at;
+    for (int i = 0; i < 24; i++) xs[i] = frand();
+    kl_ctx *ctx;
+    kl_dataset *ds;
+    kl_device_data *dd, *res;
+    kl_graph *g;
+    kl_tensor *st, *x, *y;
+    const float *hx;
+    const int32_t *hy;
+    CHECK_OK(kl_ctx_new(NULL, &ctx));
+    CHECK_OK(kl_dataset_from_memory(12, 1, (int64_t[]){2}, xs, ys, &ds));
+    CHECK_ERR(kl_device_data_stream_new(ctx, ds, 4, 1, &dd), KL_EINVAL, "1 slots of 4 rows; 2 to 64 slots");
+    CHECK_ERR(kl_device_data_stream_new(ctx, ds, 0, 2, &dd), KL_EINVAL, "2 slots of 0 rows");
+    CHECK_OK(kl_device_data_stream_new(ctx, ds, 4, 2, &dd));
+    CHECK(kl_device_data_streamed(dd) && kl_device_data_count(dd) == 8);
+    CHECK_ERR(kl_device_data_order(dd, 1, 1, 0), KL_EMISUSE, "streamed data is read in the order put");
+    CHECK_ERR(kl_device_data_put(dd, xs, ys, 5, &at), KL_EINVAL, "5 rows into slots of 4");
+    CHECK_OK(kl_device_data_put(dd, xs, ys, 3, &at));
+    CHECK(at == 0);
+    CHECK_OK(kl_device_data_put(dd, xs + 6, ys, 4, &at));
+    CHECK(at == 4);
+    CHECK_OK(kl_device_data_slot_host(dd, 4, &hx, &hy));
+    CHECK(!memcmp(hx, xs + 6, 4 * 2 * sizeof *hx));
+    CHECK_ERR(kl_device_data_slot_host(dd, 2, &hx, &hy), KL_EINVAL, "2 is not a slot's start");
+    CHECK_OK(kl_device_data_put(dd, xs + 8, ys, 1, &at));
+    CHECK(at == 0); /* round robin */
+    CHECK_OK(kl_graph_new(ctx, &g));
+    CHECK_ERR(kl_device_data_batch(g, dd, 5, &st, &x, &y), KL_EINVAL, "5 rows from streamed slots of 4");
+    kl_graph_free(g);
+    CHECK_OK(kl_device_data_new(ctx, ds, &res));
+    CHECK(!kl_device_data_streamed(res) && kl_device_data_count(res) == 12);
+    CHECK_ERR(kl_device_data_put(res, xs, ys, 1, &at), KL_EMISUSE, "the data is not streamed");
+    CHECK_ERR(kl_device_data_slot_host(res, 0, &hx, &hy), KL_EINVAL, "0 is not a slot's start");
+    kl_device_data_free(res);
+    kl_device_data_free(dd);
+    kl_dataset_free(ds);
+    kl_ctx_free(ctx);
+}
+
 int main(void)
 {
     test_gather();
@@ -298,5 +349,6 @@ int main(void)
     test_training_readback();
     test_run_values();
     test_readback_errors();
+    test_stream();
     return kl_test_done("test_runtime");
 }

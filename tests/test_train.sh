@@ -47,6 +47,27 @@ losses "$tmp/killed/metrics.jsonl" >"$tmp/b.txt"
 check "120 steps logged" '[ "$(wc -l <"$tmp/a.txt")" -eq 120 ]'
 check "resumed losses identical to uninterrupted" 'cmp -s "$tmp/a.txt" "$tmp/b.txt"'
 
+# streamed training data (too big for the device, or data.on_device false): the same losses, bit for bit;
+# --mem-limit between the step's 4 MiB and step + data makes kiln stream instead of copying the set
+epochs() { grep '"type":"epoch"' "$1" | sed 's/.*"loss":\([^,]*\),"accuracy":\([^,]*\),"val_loss":\([^,]*\),"val_accuracy":\([^,]*\),.*/\1 \2 \3 \4/'; }
+"$kiln" train "${common[@]}" --set data.on_device=false --out "$tmp/stream" >"$tmp/stream.log" 2>&1
+check "data.on_device=false streams" '[ $? -eq 0 ] && grep -q "note: the training set streams from host memory through [0-9]* slots of 64 samples (data.on_device is false)" "$tmp/stream.log"'
+losses "$tmp/stream/metrics.jsonl" >"$tmp/c.txt"
+check "streamed losses identical to device-resident" 'cmp -s "$tmp/a.txt" "$tmp/c.txt"'
+check "streamed epochs identical (train and val)" '[ -n "$(epochs "$tmp/full/metrics.jsonl")" ] && [ "$(epochs "$tmp/full/metrics.jsonl")" = "$(epochs "$tmp/stream/metrics.jsonl")" ]'
+"$kiln" train "${common[@]}" --mem-limit 6M --out "$tmp/small" >"$tmp/small.log" 2>&1
+check "--mem-limit 6M: the data does not fit beside the step, so it streams" \
+  '[ $? -eq 0 ] && grep -q "streams from host memory .*(its 7.50 MiB do not fit beside the training step.s 4.07 MiB in 6.00 MiB)" "$tmp/small.log"'
+losses "$tmp/small/metrics.jsonl" >"$tmp/d.txt"
+check "--mem-limit 6M losses identical" 'cmp -s "$tmp/a.txt" "$tmp/d.txt"'
+check "--mem-limit 6M epochs identical (validation from the host)" '[ "$(epochs "$tmp/full/metrics.jsonl")" = "$(epochs "$tmp/small/metrics.jsonl")" ]'
+mkdir -p "$tmp/sres/checkpoints"   # resume the streamed run from its step-50 checkpoint (mid-epoch 2)
+cp -r "$tmp/stream/checkpoints/step-000000050" "$tmp/sres/checkpoints/" && echo step-000000050 >"$tmp/sres/checkpoints/latest"
+cp "$tmp/stream/config.yaml" "$tmp/sres/"
+"$kiln" train --resume "$tmp/sres" --threads 2 >"$tmp/sres.log" 2>&1
+losses "$tmp/sres/metrics.jsonl" >"$tmp/e.txt"
+check "streamed run resumed at step 50 (mid-epoch) gives the same losses" '[ "$(wc -l <"$tmp/e.txt")" -eq 70 ] && [ "$(tail -n 70 "$tmp/a.txt")" = "$(cat "$tmp/e.txt")" ]'
+
 # eval, predict, inspect on the trained run
 "$kiln" eval "$tmp/acc" --data val --confusion >"$tmp/eval.log" 2>&1
 check "eval matches the last validation accuracy" 'grep -q "val: 2000 samples .*accuracy $(printf %.4f "$acc")" "$tmp/eval.log" && grep -q "confusion" "$tmp/eval.log"'

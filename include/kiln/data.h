@@ -207,7 +207,7 @@ KL_API kl_status kl_device_data_new(kl_ctx *ctx, const kl_dataset *ds, kl_device
 KL_API void kl_device_data_free(kl_device_data *dd);
 /* The order of the samples from now on: kl_shuffle_indices(seed, epoch)
  * when shuffle, else 0..n-1 (what a kl_loader with the same options walks).
- * Ordered after the runs issued before it. */
+ * Ordered after the runs issued before it. KL_EMISUSE for streamed data. */
 KL_API kl_status kl_device_data_order(kl_device_data *dd, int shuffle, uint64_t seed, int64_t epoch);
 /* The current order on the host: the sample at each position (n of them). */
 KL_API const int32_t *kl_device_data_order_host(const kl_device_data *dd);
@@ -216,6 +216,37 @@ KL_API const int32_t *kl_device_data_order_host(const kl_device_data *dd);
  * x [rows, sample dims] f32 and y [rows] i32 are g's. */
 KL_API kl_status kl_device_data_batch(kl_graph *g, kl_device_data *dd, int64_t rows, kl_tensor **start,
                                       kl_tensor **x, kl_tensor **y);
+
+/* Streamed data, for a training set too big for device memory: `slots`
+ * slots of `rows` rows in device memory, each with a pinned host copy.
+ * kl_device_data_batch reads one slot (rows at most) at *start; each step
+ * puts its batch first (a kl_loader's, say), and the copy to the device
+ * overlaps the kernels of the steps before it:
+ *
+ *   kl_device_data_stream_new(ctx, train, 128, 4, &dd);
+ *   kl_device_data_batch(g, dd, 128, &start, &x, &y);
+ *   while (kl_loader_next(ld, &b) == KL_OK && b.n) {
+ *       int32_t at;  kl_device_data_put(dd, b.x, b.y, b.n, &at);
+ *       kl_tensor_set(start, &at, sizeof at);
+ *       kl_graph_run(g);
+ *   }
+ * ds gives the sample shape only. KL_EINVAL unless 2 <= slots <= 64. */
+#define KL_STREAM_SLOTS_MAX 64
+KL_API kl_status kl_device_data_stream_new(kl_ctx *ctx, const kl_dataset *ds, int64_t rows, int slots,
+                                           kl_device_data **out);
+/* Puts a batch of n <= rows samples into the next slot (round robin) and
+ * gives its start. The slot's previous batch counts as read by the runs
+ * issued before the put that followed it; a put waits (on the host) only
+ * for the copy of the slot's previous batch. */
+KL_API kl_status kl_device_data_put(kl_device_data *dd, const float *x, const int32_t *y, int64_t n,
+                                    int32_t *start);
+/* The host copy of the batch put at start, valid until slots - 1 more puts. */
+KL_API kl_status kl_device_data_slot_host(const kl_device_data *dd, int32_t start, const float **x,
+                                          const int32_t **y);
+/* Rows: the dataset's samples, or (streamed) slots * rows. */
+KL_API int64_t kl_device_data_count(const kl_device_data *dd);
+/* 1 for streamed data, else 0. */
+KL_API int kl_device_data_streamed(const kl_device_data *dd);
 
 /* ---- batch loader -------------------------------------------------------- */
 

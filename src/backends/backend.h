@@ -46,6 +46,19 @@ typedef struct kl_backend {
     /* Named ranges for a profiler's timeline (NVTX on CUDA); NULL: none. */
     void (*range_push)(const char *name);
     void (*range_pop)(void);
+    /* Streamed batches (kl_device_data_stream_new): copies from pinned host
+     * slots on a copy stream, overlapping the kernels. NULL where copies run
+     * in order anyway (h2d does them). A stage holds `slots` slots:
+     * stage_wait(k): the host waits for slot k's last copy, so its pinned
+     * source may be rewritten; stage_h2d(k, ...): copies pinned src to dst
+     * once the work issued before slot k's last stage_release is done, and
+     * the work issued after it waits for the copy; stage_release(k): slot k
+     * is read by the work issued so far. */
+    kl_status (*stage_new)(void **stage, int slots);
+    void (*stage_free)(void *stage);
+    kl_status (*stage_wait)(void *stage, int slot);
+    kl_status (*stage_h2d)(void *stage, int slot, void *dst, const void *src, size_t bytes);
+    kl_status (*stage_release)(void *stage, int slot);
 } kl_backend;
 
 extern const kl_backend kl_backend_cpu;

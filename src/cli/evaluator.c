@@ -81,14 +81,16 @@ kl_status step_graph_build_train(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_op
         KL_TRY(kl_input(g, "x", KL_F32, nd, xd, &sg->x));
         KL_TRY(kl_input(g, "y", KL_I32, 1, &batch, &sg->y));
     }
-    kl_tensor *correct, *norm;
-    KL_TRY(kl_model_forward(m, g, sg->x, 1, &sg->logits));
+    kl_tensor *rec[3];
+    KL_TRY(kl_model_forward(m, g, sg->x, opt != NULL, &sg->logits));
     KL_TRY(kl_softmax_cross_entropy(g, sg->logits, sg->y, &sg->loss));
-    KL_TRY(kl_argmax_match(g, sg->logits, sg->y, &correct));
-    KL_TRY(kl_backward(g, sg->loss));
-    KL_TRY(kl_optim_step(g, opt, &norm));
-    kl_tensor *rec[3] = {sg->loss, correct, norm};
-    KL_TRY(kl_readback_new(g, 3, rec, ring, &sg->rb));
+    rec[0] = sg->loss;
+    KL_TRY(kl_argmax_match(g, sg->logits, sg->y, &rec[1]));
+    if (opt) {
+        KL_TRY(kl_backward(g, sg->loss));
+        KL_TRY(kl_optim_step(g, opt, &rec[2]));
+    }
+    KL_TRY(kl_readback_new(g, opt ? 3 : 2, rec, ring, &sg->rb));
     return kl_graph_plan(g, NULL);
 }
 
@@ -157,8 +159,55 @@ kl_status evaluator_run(evaluator *e, const kl_dataset *ds, double *loss, double
     return KL_OK;
 }
 
+/* Adds the records that have arrived on sg's ring (waiting for all when
+ * all, else for the oldest while more than EVAL_DEPTH are out). */
+static kl_status collect(step_graph *sg, int all, double *sum, int64_t *correct)
+{
+    for (;;) {
+        int pending = sg->rb ? kl_readback_pending(sg->rb) : 0, ready;
+        if (!pending) return KL_OK;
+        double v[2];
+        KL_TRY(kl_readback_pop(sg->rb, all || pending > EVAL_DEPTH, v, &ready));
+        if (!ready) return KL_OK;
+        if (!isfinite(v[0]))
+            return kl_fail(KL_ENUMERIC, "loss is %g: training diverged (try a lower learning rate or clip.max_norm)", v[0]);
+        *sum += v[0] * (double)sg->rows;
+        *correct += (int64_t)v[1];
+    }
+}
+
+kl_status evaluator_run_device(evaluator *e, kl_device_data *dd, double *loss, double *acc)
+{
+    if (kl_device_data_streamed(dd)) return kl_fail(KL_EMISUSE, "evaluator_run_device: streamed data");
+    if (e->on != dd) {
+        step_graph_free(&e->dfull);
+        step_graph_free(&e->drest);
+        e->on = dd;
+    }
+    int64_t n = kl_device_data_count(dd), B = e->batch, correct = 0;
+    double sum = 0;
+    for (int64_t at = 0; at < n;) {
+        int64_t b = n - at < B ? n - at : B;
+        step_graph *sg = b == B ? &e->dfull : &e->drest;
+        if (sg->g && sg->batch != b) step_graph_free(sg);
+        if (!sg->g) KL_TRY(step_graph_build_train(sg, e->model, e->ctx, NULL, b, dd, EVAL_RING));
+        int32_t a32 = (int32_t)at;
+        KL_TRY(kl_tensor_set(sg->start, &a32, sizeof a32));
+        KL_TRY(kl_graph_run(sg->g));
+        KL_TRY(collect(sg, 0, &sum, &correct));
+        at += b;
+    }
+    KL_TRY(collect(&e->dfull, 1, &sum, &correct));
+    KL_TRY(collect(&e->drest, 1, &sum, &correct));
+    *loss = n ? sum / (double)n : 0;
+    *acc = n ? (double)correct / (double)n : 0;
+    return KL_OK;
+}
+
 void evaluator_free(evaluator *e)
 {
     step_graph_free(&e->full);
     step_graph_free(&e->rest);
+    step_graph_free(&e->dfull);
+    step_graph_free(&e->drest);
 }

@@ -27,7 +27,8 @@ kl_status step_graph_build_opts(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_opt
 /* A training step of an image/tabular model whose loss, correct count and
  * gradient norm come back through sg->rb (ring records) instead of waiting
  * for the device: the batch is gathered from dd at sg->start, or (dd NULL)
- * x and y are inputs to set before each run. */
+ * x and y are inputs to set before each run. opt NULL: an evaluation batch
+ * (forward in inference mode; records of loss and correct count only). */
 kl_status step_graph_build_train(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_optim *opt, int64_t batch,
                                  kl_device_data *dd, int ring);
 /* Runs one batch of sg->batch samples (x f32, or i32 tokens): adds loss *
@@ -44,10 +45,20 @@ typedef struct evaluator {
     kl_ctx *ctx;
     int64_t batch;
     step_graph full, rest; /* batches of `batch` rows, and the last partial one */
+    kl_device_data *on;    /* the data dfull and drest read */
+    step_graph dfull, drest;
 } evaluator;
 
 /* Mean loss and accuracy of the model over ds (confusion as above). */
 kl_status evaluator_run(evaluator *e, const kl_dataset *ds, double *loss, double *acc, int64_t *confusion);
+/* The same over data kept in device memory (kl_device_data_new): batches
+ * gathered on the device, losses and correct counts read back through
+ * rings, so a GPU is waited for once per pass, not per batch (and captured
+ * graphs replay). dd must outlive e's use of it (or e is run on other data
+ * first, which frees the graphs reading dd). */
+#define EVAL_RING 64
+#define EVAL_DEPTH 32 /* batches in flight at most */
+kl_status evaluator_run_device(evaluator *e, kl_device_data *dd, double *loss, double *acc);
 void evaluator_free(evaluator *e);
 
 #endif

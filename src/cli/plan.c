@@ -11,8 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch, kl_device dev)
+kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch, kl_device dev,
+                           plan_budget *out)
 {
+    if (out) *out = (plan_budget){0};
     if (!g_monitor_flags.mem_limit && dev.type != KL_DEVICE_CUDA) return KL_OK;
     size_t limit;
     char what[256] = "--mem-limit", desc[256];
@@ -27,6 +29,7 @@ kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, in
     if (s == KL_OK && mp.total > limit) s = planner_max_batch(&p, limit, batch, &best, &best_plan);
     planner_free(&p);
     KL_TRY(s);
+    if (out) *out = (plan_budget){.known = 1, .step = mp.total, .limit = limit};
     if (mp.total <= limit) return KL_OK;
     char a[32], b[32];
     fprintf(stderr, "kiln train: memory plan for batch %lld:\n", (long long)batch);
@@ -77,7 +80,8 @@ static void usage(FILE *f)
                "Builds the training step graph of CONFIG (default: the reference CNN) and prints\n"
                "the memory it needs: parameters, gradients, optimizer state and the activation\n"
                "arena of the step's memory plan; the total against a limit; and the largest\n"
-               "batch that fits. The dataset and loader buffers are not counted.\n\n"
+               "batch that fits. The dataset is not counted (kiln train streams a training\n"
+               "set that does not fit beside the step).\n\n"
                "options:\n"
                "  --batch N         batch size (default: train.batch)\n"
                "  --mem-limit SIZE  the limit (bytes, or 512M, 2G; default: MemAvailable, or the\n"

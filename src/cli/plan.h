@@ -56,10 +56,19 @@ const char *fmt_bytes(char *buf, size_t cap, double bytes);
 /* The figures, one per line, each with its exact byte count. */
 void mem_plan_print(FILE *f, const mem_plan *p, const kl_optim_opts *oo);
 
+/* What the check found: the step's total and the limit (known 0 where
+ * nothing was checked: the CPU without --mem-limit). */
+typedef struct plan_budget {
+    int known;
+    size_t step, limit;
+} plan_budget;
 /* kiln train's check (plan.c): with --mem-limit, or on a GPU (against its
  * free memory), plans the step before any data is loaded and fails
- * (printing the figures and the largest batch that fits) when over. */
-kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch, kl_device dev);
+ * (printing the figures and the largest batch that fits) when over. out
+ * (may be NULL) gets the figures, so the caller can tell whether the
+ * training set fits beside the step. */
+kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch, kl_device dev,
+                           plan_budget *out);
 
 #define AUTO_BATCH_MAX 4096 /* --batch auto searches up to this */
 /* kiln train --batch auto (plan.c): with g_monitor_flags.batch_auto, sets

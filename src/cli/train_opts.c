@@ -66,7 +66,7 @@ static kl_status read_data(kl_cfg *cfg, train_opts *o)
 {
     static const char *const keys[] = {"kind", "train_images", "train_labels", "test_images", "test_labels", "path",
                                        "test_path", "label_col", "normalize", "mean", "std", "val_split", "shuffle",
-                                       "limit", "drop_last", NULL};
+                                       "limit", "drop_last", "on_device", NULL};
     static const char *const kinds[] = {"fashion_mnist", "idx", "csv", "pngdir", "text", NULL};
     kl_cfg_node *m;
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m));
@@ -89,6 +89,7 @@ static kl_status read_data(kl_cfg *cfg, train_opts *o)
     GET_BOOL("data", "shuffle", 1, o->shuffle);
     GET_INT("data", "limit", 0, 0, INT64_MAX / 2, o->limit);
     GET_BOOL("data", "drop_last", 1, o->drop_last);
+    GET_BOOL("data", "on_device", 1, o->on_device);
     return KL_OK;
 }
 

@@ -19,6 +19,7 @@ typedef struct train_opts {
     const char *train_images, *train_labels, *test_images, *test_labels, *path, *test_path;
     int64_t label_col, val_split, limit;
     int normalize, shuffle, drop_last;
+    int on_device; /* data.on_device: keep the training set in device memory when it fits, else stream it */
     double mean, std; /* normalisation; 0/0 means computed from the training set */
     double val_fraction; /* text: the held-out tail of the corpus */
     /* optimizer and schedule */

@@ -1,6 +1,7 @@
 /* The training loop: graphs for training and evaluation sharing one ctx,
- * the training set kept in device memory (or, when it does not fit, a
- * prefetching loader), per-step metrics, per-epoch validation, checkpoints
+ * the training set kept in device memory (or, when it does not fit, streamed
+ * from a prefetching loader through pinned slots), per-step metrics,
+ * per-epoch validation (from device memory too), checkpoints
  * and exact resume (same parameters, optimizer state, data position and
  * dropout counter give the same losses, bit for bit, on the CPU).
  *
@@ -31,6 +32,8 @@
 /* Steps in flight at most on a GPU (each read-back ring holds PIPE_RING). */
 #define PIPE_DEPTH 32
 #define PIPE_RING 64
+/* Pinned slots for a streamed training set: up to this many bytes, PIPE_DEPTH + 1 slots at most. */
+#define STREAM_BYTES ((int64_t)256 << 20)
 
 typedef struct {
     train_opts o;
@@ -40,8 +43,11 @@ typedef struct {
     step_graph train, train_rest; /* full batches, and a last partial one */
     evaluator eval;
     kl_dataset *tr, *va, *te;
-    kl_device_data *dd; /* the training set in device memory (host memory on the CPU) */
-    kl_loader *ld;      /* else: batches from the host, copied in each step */
+    kl_device_data *dd; /* the training set in device memory (host memory on the CPU), or streamed slots */
+    kl_loader *ld;      /* streamed: the batches put into dd's slots */
+    kl_device_data *dva, *dte; /* validation and test sets in device memory, or NULL: evaluated from the host */
+    int depth;          /* steps in flight at most */
+    plan_budget budget; /* the step's memory and the limit, where checked */
     char run_dir[4096], ckpt_root[4200];
     FILE *metrics;
     double t0;
@@ -96,6 +102,64 @@ void train_say_interrupted(int tty, int64_t step, const char *ckpt, const char *
            run_dir);
 }
 
+/* Bytes a dataset's device copy takes (features, labels, order). */
+static size_t device_bytes(const kl_dataset *ds)
+{
+    return ds ? (size_t)kl_dataset_count(ds) * ((size_t)kl_dataset_sample_size(ds) * sizeof(float) + 2 * sizeof(int32_t))
+              : 0;
+}
+
+/* Keeps the training set in device memory when data.on_device and it fits
+ * beside the step (on a GPU, or under --mem-limit, which simulates one),
+ * else streams it: a loader's batches go through pinned slots, copied while
+ * earlier steps run. The validation and test sets go to the device too
+ * when they fit after that, else they are evaluated from the host. */
+static kl_status open_data(runner *r)
+{
+    const plan_budget *bu = &r->budget;
+    size_t need = device_bytes(r->tr), room = bu->known && bu->limit > bu->step ? bu->limit - bu->step : 0;
+    char why[512] = "", a[32], b[32], c[32];
+    if (!r->o.on_device) snprintf(why, sizeof why, "data.on_device is false");
+    else if (bu->known && need > room)
+        snprintf(why, sizeof why, "its %s do not fit beside the training step's %s in %s", fmt_bytes(a, sizeof a, (double)need),
+                 fmt_bytes(b, sizeof b, (double)bu->step), fmt_bytes(c, sizeof c, (double)bu->limit));
+    if (!why[0]) {
+        kl_status s = kl_device_data_new(r->ctx, r->tr, &r->dd);
+        if (s != KL_OK && s != KL_EDEVMEM) return s;
+        if (s != KL_OK) snprintf(why, sizeof why, "%s", kl_last_error());
+    }
+    if (r->dd) {
+        r->depth = PIPE_DEPTH;
+        room = room > need ? room - need : 0;
+        kl_dataset *ev[2] = {r->va, r->te};
+        kl_device_data **dev[2] = {&r->dva, &r->dte};
+        for (int i = 0; i < 2; i++) {
+            if (!ev[i] || (bu->known && device_bytes(ev[i]) > room)) continue;
+            kl_status s = kl_device_data_new(r->ctx, ev[i], dev[i]);
+            if (s != KL_OK && s != KL_EDEVMEM) return s;
+            if (bu->known && *dev[i]) room -= device_bytes(ev[i]);
+        }
+        return KL_OK;
+    }
+    int64_t B = r->o.batch, slot = B * (kl_dataset_sample_size(r->tr) * (int64_t)sizeof(float) + (int64_t)sizeof(int32_t));
+    int64_t slots = STREAM_BYTES / slot;
+    slots = slots < 2 ? 2 : slots > PIPE_DEPTH + 1 ? PIPE_DEPTH + 1 : slots;
+    printf("note: the training set streams from host memory through %d slots of %lld samples (%s)\n", (int)slots,
+           (long long)B, why);
+    KL_TRY(kl_device_data_stream_new(r->ctx, r->tr, B, (int)slots, &r->dd));
+    r->depth = (int)slots - 1; /* a step's slot (and its host copy) is rewritten only after it was handled */
+    kl_loader_opts lo = {.batch = B, .shuffle = r->o.shuffle, .seed = r->o.seed, .drop_last = r->o.drop_last,
+                         .prefetch = 2};
+    return kl_loader_new(r->tr, &lo, &r->ld);
+}
+
+/* Mean loss and accuracy over ds: from its device copy dd when there is one. */
+static kl_status evaluate(runner *r, const kl_dataset *ds, kl_device_data *dd, double *loss, double *acc)
+{
+    if (dd) return evaluator_run_device(&r->eval, dd, loss, acc);
+    return evaluator_run(&r->eval, ds, loss, acc, NULL);
+}
+
 static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
 {
     kl_cfg_node *model;
@@ -108,7 +172,7 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     char note[256];
     KL_TRY(train_pick_device(a->device, &dev, note, sizeof note));
     KL_TRY(plan_auto_batch(r->model, &r->o.optim, (int)r->o.threads, cfg, &r->o.batch, dev));
-    KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch, dev));
+    KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch, dev, &r->budget));
     kl_ctx_opts co = {.device = dev, .threads = (int)r->o.threads, .seed = r->o.seed};
     KL_TRY(kl_ctx_new(&co, &r->ctx));
     if (dev.type == KL_DEVICE_CPU) printf("device: cpu%s, %d threads\n", note, kl_ctx_threads(r->ctx));
@@ -146,18 +210,7 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
         return kl_fail(KL_EINVAL, "train.batch %lld is larger than the training set (%lld samples)",
                        (long long)r->o.batch, (long long)kl_dataset_count(r->tr));
     KL_TRY(kl_optim_new(r->ctx, &r->o.optim, &r->opt));
-    kl_status ds = kl_device_data_new(r->ctx, r->tr, &r->dd);
-    if (ds == KL_EDEVMEM) { /* too big for the GPU: batches come from the host */
-        printf("note: the training set does not fit in device memory (%s); batches are copied in each step\n",
-               kl_last_error());
-    } else if (ds != KL_OK) {
-        return ds;
-    }
-    if (!r->dd) {
-        kl_loader_opts lo = {.batch = r->o.batch, .shuffle = r->o.shuffle, .seed = r->o.seed,
-                             .drop_last = r->o.drop_last, .prefetch = 2};
-        KL_TRY(kl_loader_new(r->tr, &lo, &r->ld));
-    }
+    KL_TRY(open_data(r));
     KL_TRY(step_graph_build_train(&r->train, r->model, r->ctx, r->opt, r->o.batch, r->dd, PIPE_RING));
     if (g_monitor_flags.no_graph) KL_TRY(kl_graph_set_capture(r->train.g, 0));
     r->eval = (evaluator){.model = r->model, .ctx = r->ctx, .batch = r->o.batch};
@@ -174,9 +227,11 @@ static void teardown(runner *r)
     if (r->metrics) fclose(r->metrics);
     kl_loader_free(r->ld);
     step_graph_free(&r->train);
-    kl_device_data_free(r->dd); /* after the graphs that read it */
     step_graph_free(&r->train_rest);
     evaluator_free(&r->eval);
+    kl_device_data_free(r->dd); /* after the graphs that read them */
+    kl_device_data_free(r->dva);
+    kl_device_data_free(r->dte);
     kl_optim_free(r->opt);
     kl_ctx_free(r->ctx);
     kl_dataset_free(r->tr);
@@ -215,7 +270,7 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
 {
     double vl = 0, vacc = 0, l = ep->n ? ep->loss / (double)ep->n : 0, acc = ep->n ? (double)ep->correct / (double)ep->n : 0;
     char ck[4400];
-    if (r->va) KL_TRY(evaluator_run(&r->eval, r->va, &vl, &vacc, NULL));
+    if (r->va) KL_TRY(evaluate(r, r->va, r->dva, &vl, &vacc));
     if (tty) fprintf(stderr, "\n");
     printf("epoch %lld: train loss %.4f acc %.4f", (long long)st->epoch + 1, l, acc);
     if (r->va) printf("  val loss %.4f acc %.4f", vl, vacc);
@@ -245,6 +300,7 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
 /* Steps issued whose records have not been handled, oldest first. */
 typedef struct {
     int64_t step, epoch, batch, n; /* step number (1-based), position, rows */
+    int32_t start;                 /* the batch's offset in the data's order or slots */
     double lr;
     step_graph *sg;
 } issued;
@@ -261,18 +317,26 @@ typedef struct {
     int64_t total;
 } pipe_state;
 
-/* The rows of step it's batch, gathered on the host (for the NaN watch). */
+/* The rows of step it's batch on the host (for the NaN watch): copied from
+ * its slot's host copy when streamed (rewritten only after the step was
+ * handled), else gathered from the dataset in the epoch's order. */
 static kl_status host_batch(const runner *r, const issued *it, float **x, int32_t **y)
 {
     int64_t ss = kl_dataset_sample_size(r->tr);
-    const int32_t *order = kl_device_data_order_host(r->dd);
+    const float *fx = kl_dataset_features(r->tr);
+    const int32_t *fy = kl_dataset_labels(r->tr), *order = kl_device_data_order_host(r->dd);
+    int64_t at = (int64_t)it->start;
+    if (kl_device_data_streamed(r->dd)) {
+        KL_TRY(kl_device_data_slot_host(r->dd, it->start, &fx, &fy));
+        order = NULL, at = 0;
+    }
     *x = malloc((size_t)(it->n * ss) * sizeof **x);
     *y = malloc((size_t)it->n * sizeof **y);
     if (!*x || !*y) return kl_fail(KL_ENOMEM, "NaN watch: out of memory for the batch");
     for (int64_t i = 0; i < it->n; i++) {
-        int64_t src = order[it->batch * r->o.batch + i];
-        memcpy(*x + i * ss, kl_dataset_features(r->tr) + src * ss, (size_t)ss * sizeof **x);
-        (*y)[i] = kl_dataset_labels(r->tr)[src];
+        int64_t src = order ? order[at + i] : i;
+        memcpy(*x + i * ss, fx + src * ss, (size_t)ss * sizeof **x);
+        (*y)[i] = fy[src];
     }
     return KL_OK;
 }
@@ -280,17 +344,16 @@ static kl_status host_batch(const runner *r, const issued *it, float **x, int32_
 /* A non-finite loss or gradient norm at step it: the optimizer's guard kept
  * the parameters of before it (later steps updated nothing), so the NaN
  * watch can re-run it. Returns the error that ends training. */
-static kl_status diverged(runner *r, kl_cfg *cfg, const issued *it, double loss, double norm,
-                          const float *hx, const int32_t *hy)
+static kl_status diverged(runner *r, kl_cfg *cfg, const issued *it, double loss, double norm)
 {
     kl_status s = isfinite(loss) ? KL_OK
                                  : kl_fail(KL_ENUMERIC, "loss is %g: training diverged (try a lower learning rate or "
                                            "clip.max_norm)", loss);
     float *x = NULL;
     int32_t *y = NULL;
-    kl_status hs = hx ? KL_OK : host_batch(r, it, &x, &y);
+    kl_status hs = host_batch(r, it, &x, &y);
     if (hs != KL_OK) return hs;
-    nan_step ns = {.model = r->model, .ctx = r->ctx, .opt = r->opt, .cfg = cfg, .x = hx ? hx : x, .y = hy ? hy : y,
+    nan_step ns = {.model = r->model, .ctx = r->ctx, .opt = r->opt, .cfg = cfg, .x = x, .y = y,
                    .batch = it->n, .step = it->step, .grad_norm = norm, .metrics = r->metrics};
     s = nan_watch_after(&r->mon.nan, s, &ns);
     free(x);
@@ -300,8 +363,7 @@ static kl_status diverged(runner *r, kl_cfg *cfg, const issued *it, double loss,
 
 /* Handles the oldest issued step's record: waits for it when wait, else
  * returns *done = 0 if it has not arrived. */
-static kl_status handle_one(runner *r, kl_cfg *cfg, pipe_state *p, int wait, int *done, const float *hx,
-                            const int32_t *hy)
+static kl_status handle_one(runner *r, kl_cfg *cfg, pipe_state *p, int wait, int *done)
 {
     *done = 0;
     if (!p->len) return KL_OK;
@@ -326,7 +388,7 @@ static kl_status handle_one(runner *r, kl_cfg *cfg, pipe_state *p, int wait, int
             p->len--;
             if (s != KL_OK) return s;
         }
-        return diverged(r, cfg, it, mean, v[2], hx, hy);
+        return diverged(r, cfg, it, mean, v[2]);
     }
     if (p->ep.n == 0) p->ep.t0 = now_s - t_step;
     p->ep.loss += l, p->ep.correct += corr, p->ep.n += it->n, p->win_loss += l, p->win_n += it->n;
@@ -352,7 +414,7 @@ static kl_status handle_one(runner *r, kl_cfg *cfg, pipe_state *p, int wait, int
 /* Handles every issued step (waiting for each). */
 static kl_status drain(runner *r, kl_cfg *cfg, pipe_state *p)
 {
-    for (int done = 1; p->len && done;) KL_TRY(handle_one(r, cfg, p, 1, &done, NULL, NULL));
+    for (int done = 1; p->len && done;) KL_TRY(handle_one(r, cfg, p, 1, &done));
     return KL_OK;
 }
 
@@ -387,29 +449,25 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
             sg = &r->train_rest;
             if (!sg->g) KL_TRY(step_graph_build_train(sg, r->model, r->ctx, r->opt, n, r->dd, PIPE_RING));
         }
-        kl_batch b = {0};
-        if (r->ld) { /* batches from the host */
+        int32_t at = (int32_t)(st.batch * B);
+        if (r->ld) { /* streamed: the loader's batch into the next slot */
+            kl_batch b;
             double t0 = now();
             KL_TRY(kl_loader_next(r->ld, &b));
             p.data_wait += now() - t0;
-            KL_TRY(kl_tensor_set(sg->x, b.x, (size_t)(b.n * kl_dataset_sample_size(r->tr)) * sizeof(float)));
-            KL_TRY(kl_tensor_set(sg->y, b.y, (size_t)b.n * sizeof(int32_t)));
-        } else {
-            int32_t at = (int32_t)(st.batch * B);
-            KL_TRY(kl_tensor_set(sg->start, &at, sizeof at));
+            KL_TRY(kl_device_data_put(r->dd, b.x, b.y, b.n, &at));
         }
+        KL_TRY(kl_tensor_set(sg->start, &at, sizeof at));
         KL_TRY(kl_optim_set_lr(r->opt, train_lr(&r->o, st.step, p.total)));
         KL_TRY(kl_graph_set_runs(sg->g, (uint64_t)st.step));
         KL_TRY(kl_graph_run(sg->g));
-        p.q[(p.head + p.len) % PIPE_RING] = (issued){st.step + 1, st.epoch, st.batch, n, kl_optim_lr(r->opt), sg};
+        p.q[(p.head + p.len) % PIPE_RING] = (issued){st.step + 1, st.epoch, st.batch, n, at, kl_optim_lr(r->opt), sg};
         p.len++;
         st.step++;
         st.batch++;
         st.graph_runs = st.step;
-        /* handle what has arrived; wait for the oldest when PIPE_DEPTH are out (always with host batches,
-         * whose buffers the next kl_loader_next reuses) */
-        for (int done = 1; done && p.len;)
-            KL_TRY(handle_one(r, cfg, &p, p.len >= PIPE_DEPTH || r->ld, &done, r->ld ? b.x : NULL, r->ld ? b.y : NULL));
+        /* handle what has arrived; wait for the oldest when r->depth are out */
+        for (int done = 1; done && p.len;) KL_TRY(handle_one(r, cfg, &p, p.len >= r->depth, &done));
         if ((r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) || *stop) {
             KL_TRY(drain(r, cfg, &p));
             fflush(r->metrics);
@@ -447,7 +505,7 @@ int train_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop)
     }
     if (s == KL_OK && !interrupted && r.te) {
         double tl, tacc;
-        s = evaluator_run(&r.eval, r.te, &tl, &tacc, NULL);
+        s = evaluate(&r, r.te, r.dte, &tl, &tacc);
         if (s == KL_OK) {
             printf("test: loss %.4f accuracy %.4f (%lld samples); total %.1f s\n", tl, tacc,
                    (long long)kl_dataset_count(r.te), now() - r.t0);

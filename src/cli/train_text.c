@@ -132,7 +132,7 @@ static kl_status setup(lm_runner *r, kl_cfg *cfg, const train_args *a)
     char note[256];
     KL_TRY(train_pick_device(a->device, &dev, note, sizeof note));
     KL_TRY(plan_auto_batch(r->model, &r->o.optim, (int)r->o.threads, cfg, &r->o.batch, dev)); /* --batch auto */
-    KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch, dev)); /* --mem-limit, GPU memory */
+    KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch, dev, NULL)); /* --mem-limit, GPU memory */
     kl_ctx_opts co = {.device = dev, .threads = (int)r->o.threads, .seed = r->o.seed};
     KL_TRY(kl_ctx_new(&co, &r->ctx));
     if (dev.type == KL_DEVICE_CPU) printf("device: cpu%s, %d threads\n", note, kl_ctx_threads(r->ctx));

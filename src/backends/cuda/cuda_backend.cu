@@ -413,6 +413,88 @@ static kl_status cu_timer_read(int n, double *secs)
 static void cu_range_push(const char *name) { nvtxRangePushA(name); }
 static void cu_range_pop(void) { nvtxRangePop(); }
 
+/* ---- streamed batches: a copy stream, two events per slot ---- */
+
+static cudaStream_t g_copy_stream; /* created with the first stage; lives as long as the process's device state */
+
+typedef struct cu_stage {
+    int slots;
+    cudaEvent_t *copied, *released;
+    unsigned char *has_copy, *has_release; /* the event was recorded at least once */
+} cu_stage;
+
+static void cu_stage_free(void *st)
+{
+    cu_stage *g = (cu_stage *)st;
+    if (!g) return;
+    for (int k = 0; k < g->slots; k++) {
+        if (g->copied && g->copied[k]) cudaEventDestroy(g->copied[k]);
+        if (g->released && g->released[k]) cudaEventDestroy(g->released[k]);
+    }
+    kl_free(g->copied);
+    kl_free(g->released);
+    kl_free(g->has_copy);
+    kl_free(g->has_release);
+    kl_free(g);
+}
+
+static kl_status cu_stage_new(void **out, int slots)
+{
+    *out = NULL;
+    KL_TRY(need_ready("streamed batches"));
+    if (!g_copy_stream)
+        KL_CUDA_CHECK(cudaStreamCreateWithFlags(&g_copy_stream, cudaStreamNonBlocking), "streamed batches",
+                      "cudaStreamCreateWithFlags");
+    cu_stage *g = (cu_stage *)kl_calloc(1, sizeof *g);
+    if (!g) return KL_ENOMEM;
+    g->copied = (cudaEvent_t *)kl_calloc((size_t)slots, sizeof *g->copied);
+    g->released = (cudaEvent_t *)kl_calloc((size_t)slots, sizeof *g->released);
+    g->has_copy = (unsigned char *)kl_calloc((size_t)slots, 1);
+    g->has_release = (unsigned char *)kl_calloc((size_t)slots, 1);
+    g->slots = slots;
+    if (!g->copied || !g->released || !g->has_copy || !g->has_release) {
+        cu_stage_free(g);
+        return KL_ENOMEM;
+    }
+    for (int k = 0; k < slots; k++) {
+        cudaError_t e = cudaEventCreateWithFlags(&g->copied[k], cudaEventDisableTiming);
+        if (e == cudaSuccess) e = cudaEventCreateWithFlags(&g->released[k], cudaEventDisableTiming);
+        if (e != cudaSuccess) {
+            cu_stage_free(g);
+            return kl_cu_fail(e, "streamed batches", "cudaEventCreateWithFlags", __FILE__, __LINE__);
+        }
+    }
+    *out = g;
+    return KL_OK;
+}
+
+static kl_status cu_stage_wait(void *st, int k)
+{
+    cu_stage *g = (cu_stage *)st;
+    if (g->has_copy[k]) KL_CUDA_CHECK(cudaEventSynchronize(g->copied[k]), "streamed batch", "cudaEventSynchronize");
+    return KL_OK;
+}
+
+static kl_status cu_stage_h2d(void *st, int k, void *dst, const void *src, size_t bytes)
+{
+    cu_stage *g = (cu_stage *)st;
+    const char *op = "streamed batch";
+    if (g->has_release[k]) KL_CUDA_CHECK(cudaStreamWaitEvent(g_copy_stream, g->released[k], 0), op, "cudaStreamWaitEvent");
+    if (bytes) KL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_copy_stream), op, "cudaMemcpyAsync");
+    KL_CUDA_CHECK(cudaEventRecord(g->copied[k], g_copy_stream), op, "cudaEventRecord");
+    g->has_copy[k] = 1;
+    KL_CUDA_CHECK(cudaStreamWaitEvent(g_cu.stream, g->copied[k], 0), op, "cudaStreamWaitEvent");
+    return KL_OK;
+}
+
+static kl_status cu_stage_release(void *st, int k)
+{
+    cu_stage *g = (cu_stage *)st;
+    KL_CUDA_CHECK(cudaEventRecord(g->released[k], g_cu.stream), "streamed batch", "cudaEventRecord");
+    g->has_release[k] = 1;
+    return KL_OK;
+}
+
 /* Host threads other than the ctx's creator may run graphs: make the
  * device current on this one. */
 static void cu_begin_run(int threads)
@@ -425,5 +507,6 @@ extern "C" const kl_backend kl_backend_cuda = {
     "cuda",           cu_alloc,        cu_free,           cu_h2d,           cu_d2h,        cu_d2d,
     cu_memset0,       cu_sync,         cu_begin_run,      cu_host_alloc,    cu_host_free,  cu_wait_seq,
     cu_capture_begin, cu_capture_end,  cu_capture_launch, cu_capture_free,  cu_timer_mark, cu_timer_read,
-    cu_range_push,    cu_range_pop,
+    cu_range_push,    cu_range_pop,    cu_stage_new,      cu_stage_free,    cu_stage_wait, cu_stage_h2d,
+    cu_stage_release,
 };
