@@ -5,8 +5,9 @@
 #   bash scripts/gpu_check.sh [quick]
 # 1. the CUDA tests (every op vs the CPU, capture vs eager, conv, sequence ops);
 # 2. compute-sanitizer memcheck over the CUDA tests (skipped with quick);
-# 3. kiln train on the GPU: graph replay vs --no-graph give identical losses,
-#    and an interrupted run resumes exactly;
+# 3. kiln train on the GPU: graph replay vs --no-graph, and streamed data vs
+#    data on the device, give identical losses; an interrupted run resumes
+#    exactly;
 # 4. the benchmarks against PyTorch (bench/run_gpu.sh; skipped with quick).
 # Logs go to $OUT (the device tool brings them back); a summary table last.
 set -u
@@ -60,6 +61,11 @@ losses() { grep '"type":"step"' "$1/metrics.jsonl" | sed 's/.*"loss":\([^,]*\),.
 if [ -f "$out/r_graph/metrics.jsonl" ] && [ -f "$out/r_eager/metrics.jsonl" ]; then
   if [ "$(losses "$out/r_graph")" = "$(losses "$out/r_eager")" ]; then row "graph replay == eager (60 losses)" ok
   else row "graph replay == eager (60 losses)" "FAIL"; paste <(losses "$out/r_graph") <(losses "$out/r_eager") | head; fi
+fi
+run train_cnn_stream 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --set data.on_device=false --out "$out/r_stream"
+if [ -f "$out/r_graph/metrics.jsonl" ] && [ -f "$out/r_stream/metrics.jsonl" ]; then
+  if [ "$(losses "$out/r_graph")" = "$(losses "$out/r_stream")" ]; then row "streamed == on device (60 losses)" ok
+  else row "streamed == on device (60 losses)" "FAIL"; paste <(losses "$out/r_graph") <(losses "$out/r_stream") | head; fi
 fi
 run train_mlp_ckpt 300 "$b/bin/kiln" train models/mlp.yaml --device cuda:0 "${tr[@]}" --set train.checkpoint_every=30 --out "$out/r_full"
 if [ -d "$out/r_full/checkpoints/step-000000030" ]; then
