@@ -1,24 +1,34 @@
 #!/usr/bin/env bash
-# A GPU session's whole device check in one call (docs/CUDA.md, "Checking on
-# a GPU"). Prepare it here with `bash scripts/gpu_bundle.sh`, then run on the
-# device machine, carrying .gpu:
-#   bash scripts/gpu_check.sh [quick]
-# 1. the CUDA tests (every op vs the CPU, capture vs eager, conv, sequence ops);
-# 2. compute-sanitizer memcheck over the CUDA tests (skipped with quick);
-# 3. kiln train on the GPU: graph replay vs --no-graph, and streamed data vs
-#    data on the device, give identical losses; an interrupted run resumes
-#    exactly;
-# 4. the benchmarks against PyTorch (bench/run_gpu.sh; skipped with quick).
-# Logs go to $OUT (the device tool brings them back); a summary table last.
+# A GPU session's whole device check (docs/CUDA.md, "Checking on a GPU").
+# Prepare it here with `bash scripts/gpu_bundle.sh`, then run on the device
+# machine, carrying .gpu:
+#   bash scripts/gpu_check.sh [STAGE...]      STAGE: tests train memcheck bench
+# (default: all four, in that order; `quick` = tests train):
+#   tests:    the CUDA tests (every op vs the CPU, capture vs eager, conv,
+#             sequence ops, streamed data);
+#   train:    kiln train on the GPU: graph replay vs --no-graph, and streamed
+#             data vs data on the device, give identical losses; an
+#             interrupted run resumes exactly; LSTM and GPT configs train;
+#   memcheck: compute-sanitizer memcheck over the CUDA tests;
+#   bench:    the benchmarks against PyTorch (bench/run_gpu.sh).
+# Everything ends within KILN_CHECK_BUDGET seconds (default 560, under the
+# device tool's 600 s a call): a step that would not fit is cut short or
+# skipped, and says so. Logs and summary.txt go to $OUT (the device tool
+# brings them back) as they are written; the summary table is printed last.
 set -u
 cd "$(dirname "$0")/.."
-quick=${1:-}
+stages=" ${*:-tests train memcheck bench} "
+stages=${stages/ quick / tests train }
+want() { [[ "$stages" == *" $1 "* ]]; }
+budget=${KILN_CHECK_BUDGET:-560}
 out=${OUT:-/tmp/kiln-gpu-out}
-mkdir -p "$out"
+w=/tmp/kiln-check # logs and run directories; packed into $OUT at the end
+rm -rf "$w" && mkdir -p "$out" "$w"
+: >"$out/summary.txt"
 b=/tmp/kiln-gpu
 rm -rf "$b" && mkdir -p "$b"
 tar -C "$b" -xJf .gpu/bundle.tar.xz || { echo "no .gpu/bundle.tar.xz: run scripts/gpu_bundle.sh here and carry .gpu"; exit 1; }
-echo "bundle of commit $(cat "$b/commit"); tree at $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "bundle of commit $(cat "$b/commit"); tree at $(git rev-parse --short HEAD 2>/dev/null || echo '?'); stages:$stages"
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13.0/lib64 \
          $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
   [ -e "$d/libcublasLt.so.13" ] && { cudalib=$d; break; }
@@ -29,63 +39,79 @@ if ldd "$b/bin/kiln" | grep -q "not found"; then
   echo "missing libraries (cuda libs at '${cudalib:-none found}'):"; ldd "$b/bin/kiln" | grep "not found"; exit 1
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
-"$b/bin/kiln" devices 2>&1 | tee "$out/devices.txt"
+"$b/bin/kiln" devices 2>&1 | tee "$w/devices.txt"
 
 declare -a rows
-row() { rows+=("$(printf '%-34s %s' "$1" "$2")"); }
-run() { # name, timeout, command...
+row() { rows+=("$(printf '%-34s %s' "$1" "$2")"); printf '%-34s %s\n' "$1" "$2" >>"$out/summary.txt"; }
+run() { # name, timeout, command...: the timeout shrinks to what the budget has left
   local name=$1 lim=$2; shift 2
+  local left=$((budget - SECONDS - 5))
+  [ "$left" -lt "$lim" ] && lim=$left
+  if [ "$lim" -lt 15 ]; then row "$name" "SKIPPED (check budget of $budget s spent)"; return; fi
   local t0=$SECONDS
-  timeout "$lim" "$@" >"$out/$name.log" 2>&1
+  timeout "$lim" "$@" >"$w/$name.log" 2>&1
   local rc=$?
   local res=$([ $rc -eq 0 ] && echo ok || { [ $rc -eq 124 ] && echo "TIMEOUT" || echo "FAIL rc=$rc"; })
-  row "$name" "$res ($((SECONDS - t0)) s) $(grep -m1 -E 'checks,|ERROR SUMMARY' "$out/$name.log" | cut -c1-60)"
-  [ $rc -eq 0 ] || { echo "== $name: $res"; grep -v '^  ok ' "$out/$name.log" | tail -n 25; }
+  row "$name" "$res ($((SECONDS - t0)) s) $(grep -m1 -E 'checks,|ERROR SUMMARY' "$w/$name.log" | cut -c1-60)"
+  [ $rc -eq 0 ] || { echo "== $name: $res"; grep -v '^  ok ' "$w/$name.log" | tail -n 25; }
 }
 
 # 1. the CUDA tests
-for t in "$b"/bin/test_cuda*; do run "$(basename "$t")" 300 "$t"; done
-
-# 2. compute-sanitizer (memcheck): every access in bounds, no use of freed memory
-if [ -z "$quick" ] && command -v compute-sanitizer >/dev/null; then
-  for t in "$b"/bin/test_cuda*; do
-    run "memcheck_$(basename "$t")" 420 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 "$t"
-  done
+if want tests; then
+  for t in "$b"/bin/test_cuda*; do run "$(basename "$t")" 300 "$t"; done
 fi
 
-# 3. kiln train on the GPU
-tr=(--steps 60 --set train.log_every=10 --set data.limit=20000 --no-tensorboard)
-run train_cnn_graph 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --out "$out/r_graph"
-run train_cnn_eager 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --no-graph --out "$out/r_eager"
+# 2. kiln train on the GPU
 losses() { grep '"type":"step"' "$1/metrics.jsonl" | sed 's/.*"loss":\([^,]*\),.*/\1/'; }
-if [ -f "$out/r_graph/metrics.jsonl" ] && [ -f "$out/r_eager/metrics.jsonl" ]; then
-  if [ "$(losses "$out/r_graph")" = "$(losses "$out/r_eager")" ]; then row "graph replay == eager (60 losses)" ok
-  else row "graph replay == eager (60 losses)" "FAIL"; paste <(losses "$out/r_graph") <(losses "$out/r_eager") | head; fi
+same() { # label, run dir a, run dir b: their step losses are identical
+  [ -f "$w/$2/metrics.jsonl" ] && [ -f "$w/$3/metrics.jsonl" ] || return
+  if [ -n "$(losses "$w/$2")" ] && [ "$(losses "$w/$2")" = "$(losses "$w/$3")" ]; then row "$1" ok
+  else row "$1" "FAIL"; paste <(losses "$w/$2") <(losses "$w/$3") | head; fi
+}
+if want train; then
+  tr=(--steps 60 --set train.log_every=10 --set data.limit=20000 --no-tensorboard)
+  run train_cnn_graph 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --out "$w/r_graph"
+  run train_cnn_eager 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --no-graph --out "$w/r_eager"
+  same "graph replay == eager (60 losses)" r_graph r_eager
+  run train_cnn_stream 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --set data.on_device=false --out "$w/r_stream"
+  same "streamed == on device (60 losses)" r_graph r_stream
+  run train_mlp_ckpt 300 "$b/bin/kiln" train models/mlp.yaml --device cuda:0 "${tr[@]}" --set train.checkpoint_every=30 --out "$w/r_full"
+  if [ -d "$w/r_full/checkpoints/step-000000030" ]; then
+    mkdir -p "$w/r_res/checkpoints"
+    cp -r "$w/r_full/checkpoints/step-000000030" "$w/r_res/checkpoints/"
+    echo step-000000030 >"$w/r_res/checkpoints/latest"
+    cp "$w/r_full/config.yaml" "$w/r_res/"
+    : >"$w/r_res/metrics.jsonl"
+    run train_mlp_resume 300 "$b/bin/kiln" train --resume "$w/r_res" --device cuda:0 --no-tensorboard
+    if [ -n "$(losses "$w/r_res")" ] && [ "$(losses "$w/r_full" | tail -n 30)" = "$(losses "$w/r_res")" ]; then
+      row "resume == uninterrupted (30 losses)" ok
+    else row "resume == uninterrupted (30 losses)" "FAIL"; fi
+  fi
+  run train_lstm 300 "$b/bin/kiln" train models/char_lstm.yaml --device cuda:0 --steps 40 --no-tensorboard --out "$w/r_lstm"
+  run train_gpt 300 "$b/bin/kiln" train models/gpt_small.yaml --device cuda:0 --steps 40 --no-tensorboard --out "$w/r_gpt"
 fi
-run train_cnn_stream 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --set data.on_device=false --out "$out/r_stream"
-if [ -f "$out/r_graph/metrics.jsonl" ] && [ -f "$out/r_stream/metrics.jsonl" ]; then
-  if [ "$(losses "$out/r_graph")" = "$(losses "$out/r_stream")" ]; then row "streamed == on device (60 losses)" ok
-  else row "streamed == on device (60 losses)" "FAIL"; paste <(losses "$out/r_graph") <(losses "$out/r_stream") | head; fi
+
+# 3. compute-sanitizer (memcheck): every access in bounds, no use of freed memory
+if want memcheck; then
+  cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /usr/local/cuda*/compute-sanitizer/compute-sanitizer \
+       /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -n 1)
+  if [ -n "$cs" ]; then
+    for t in "$b"/bin/test_cuda*; do
+      run "memcheck_$(basename "$t")" 420 "$cs" --tool memcheck --error-exitcode 99 --print-limit 20 "$t"
+    done
+  else row memcheck "SKIPPED (no compute-sanitizer on PATH)"; fi
 fi
-run train_mlp_ckpt 300 "$b/bin/kiln" train models/mlp.yaml --device cuda:0 "${tr[@]}" --set train.checkpoint_every=30 --out "$out/r_full"
-if [ -d "$out/r_full/checkpoints/step-000000030" ]; then
-  mkdir -p "$out/r_res/checkpoints"
-  cp -r "$out/r_full/checkpoints/step-000000030" "$out/r_res/checkpoints/"
-  echo step-000000030 >"$out/r_res/checkpoints/latest"
-  cp "$out/r_full/config.yaml" "$out/r_res/"
-  : >"$out/r_res/metrics.jsonl"
-  run train_mlp_resume 300 "$b/bin/kiln" train --resume "$out/r_res" --device cuda:0 --no-tensorboard
-  if [ -n "$(losses "$out/r_res")" ] && [ "$(losses "$out/r_full" | tail -n 30)" = "$(losses "$out/r_res")" ]; then
-    row "resume == uninterrupted (30 losses)" ok
-  else row "resume == uninterrupted (30 losses)" "FAIL"; fi
-fi
-run train_lstm 300 "$b/bin/kiln" train models/char_lstm.yaml --device cuda:0 --steps 40 --no-tensorboard --out "$out/r_lstm"
-run train_gpt 300 "$b/bin/kiln" train models/gpt_small.yaml --device cuda:0 --steps 40 --no-tensorboard --out "$out/r_gpt"
 
 # 4. benchmarks
-[ -z "$quick" ] && run bench_gpu 600 bash bench/run_gpu.sh "$b/bin" "$out"
+if want bench; then
+  run bench_gpu 420 bash bench/run_gpu.sh "$b/bin" "$w"
+  cp "$w/bench_gpu.txt" "$out/" 2>/dev/null
+fi
 
+# what comes back (the device tool returns 8 files at most): summary.txt,
+# bench_gpu.txt, and one archive of the logs and the runs' metrics
+(cd "$w" && tar -czf "$out/logs.tar.gz" --exclude=checkpoints --exclude='*.safetensors' . 2>/dev/null)
 echo
-echo "== summary ($(date -u +%H:%M:%SZ))"
+echo "== summary ($(date -u +%H:%M:%SZ), $SECONDS s)"
 printf '%s\n' "${rows[@]}"
-grep -E "^(MLP|CNN):" "$out/bench_gpu.txt" 2>/dev/null
+grep -E "^(MLP|CNN):" "$w/bench_gpu.txt" 2>/dev/null
