@@ -1,6 +1,9 @@
 /* Loading `kiln train`'s datasets: training, validation (split off the
- * training set) and test sets, normalised with the training set's stats. */
+ * training set) and test sets, normalised with the training set's stats;
+ * and placing them on the device: in device memory when they fit, else the
+ * training set streamed through pinned slots. */
 #include "cli/train_opts.h"
+#include "cli/plan.h"
 #include "core/error.h"
 
 #include <stdio.h>
@@ -75,4 +78,65 @@ kl_status train_load_data(const train_opts *o, kl_dataset **train, kl_dataset **
     *val = va;
     *test = te;
     return KL_OK;
+}
+
+/* ---- where the data lives on the device ---- */
+
+/* Pinned slots for a streamed training set: up to this many bytes. */
+#define STREAM_BYTES ((int64_t)256 << 20)
+
+/* Bytes a dataset's device copy takes (features, labels, order). */
+static size_t device_bytes(const kl_dataset *ds)
+{
+    return ds ? (size_t)kl_dataset_count(ds) * ((size_t)kl_dataset_sample_size(ds) * sizeof(float) + 2 * sizeof(int32_t))
+              : 0;
+}
+
+kl_status train_data_place(kl_ctx *ctx, const train_opts *o, const plan_budget *bu, const kl_dataset *tr,
+                           const kl_dataset *va, const kl_dataset *te, int depth, train_data *d)
+{
+    *d = (train_data){0};
+    size_t need = device_bytes(tr), room = bu->known && bu->limit > bu->step ? bu->limit - bu->step : 0;
+    char why[512] = "", a[32], b[32], c[32];
+    if (!o->on_device) snprintf(why, sizeof why, "data.on_device is false");
+    else if (bu->known && need > room)
+        snprintf(why, sizeof why, "its %s do not fit beside the training step's %s in %s",
+                 fmt_bytes(a, sizeof a, (double)need), fmt_bytes(b, sizeof b, (double)bu->step),
+                 fmt_bytes(c, sizeof c, (double)bu->limit));
+    if (!why[0]) {
+        kl_status s = kl_device_data_new(ctx, tr, &d->train);
+        if (s != KL_OK && s != KL_EDEVMEM) return s;
+        if (s != KL_OK) snprintf(why, sizeof why, "%s", kl_last_error());
+    }
+    if (d->train) {
+        d->depth = depth;
+        room = room > need ? room - need : 0;
+        const kl_dataset *ev[2] = {va, te};
+        kl_device_data **dev[2] = {&d->val, &d->test};
+        for (int i = 0; i < 2; i++) { /* where they do not fit: evaluated from the host */
+            if (!ev[i] || (bu->known && device_bytes(ev[i]) > room)) continue;
+            kl_status s = kl_device_data_new(ctx, ev[i], dev[i]);
+            if (s != KL_OK && s != KL_EDEVMEM) return s;
+            if (bu->known && *dev[i]) room -= device_bytes(ev[i]);
+        }
+        return KL_OK;
+    }
+    int64_t B = o->batch, slot = B * (kl_dataset_sample_size(tr) * (int64_t)sizeof(float) + (int64_t)sizeof(int32_t));
+    int64_t slots = STREAM_BYTES / slot;
+    slots = slots < 2 ? 2 : slots > depth + 1 ? depth + 1 : slots;
+    printf("note: the training set streams from host memory through %d slots of %lld samples (%s)\n", (int)slots,
+           (long long)B, why);
+    KL_TRY(kl_device_data_stream_new(ctx, tr, B, (int)slots, &d->train));
+    d->depth = (int)slots - 1; /* a step's slot (and its host copy) is rewritten only after it was handled */
+    kl_loader_opts lo = {.batch = B, .shuffle = o->shuffle, .seed = o->seed, .drop_last = o->drop_last, .prefetch = 2};
+    return kl_loader_new(tr, &lo, &d->loader);
+}
+
+void train_data_free(train_data *d)
+{
+    kl_loader_free(d->loader);
+    kl_device_data_free(d->train);
+    kl_device_data_free(d->val);
+    kl_device_data_free(d->test);
+    *d = (train_data){0};
 }

@@ -50,4 +50,23 @@ kl_status train_pick_device(const char *arg, kl_device *dev, char *note, size_t 
 kl_status train_load_data(const train_opts *o, kl_dataset **train, kl_dataset **val, kl_dataset **test, float *mean,
                           float *std);
 
+/* Where kiln train's datasets live on its device. */
+typedef struct train_data {
+    kl_device_data *train;      /* in device memory, or streamed slots */
+    kl_loader *loader;          /* streamed: the batches put into train's slots */
+    kl_device_data *val, *test; /* in device memory, or NULL: evaluated from the host */
+    int depth;                  /* training steps in flight at most */
+} train_data;
+struct plan_budget;
+/* Keeps the training set in device memory when data.on_device and it fits
+ * beside the step (bu: on a GPU, or under --mem-limit, which simulates
+ * one), else streams it through pinned slots (depth + 1 at most) from a
+ * loader, copied while earlier steps run, and says so. Validation and test
+ * sets go to the device in the room left. depth: steps in flight at most
+ * with the data on the device (fewer when streamed: d->depth). */
+kl_status train_data_place(kl_ctx *ctx, const train_opts *o, const struct plan_budget *bu, const kl_dataset *tr,
+                           const kl_dataset *va, const kl_dataset *te, int depth, train_data *d);
+/* Frees what train_data_place made (after the graphs that read it). */
+void train_data_free(train_data *d);
+
 #endif

@@ -32,8 +32,6 @@
 /* Steps in flight at most on a GPU (each read-back ring holds PIPE_RING). */
 #define PIPE_DEPTH 32
 #define PIPE_RING 64
-/* Pinned slots for a streamed training set: up to this many bytes, PIPE_DEPTH + 1 slots at most. */
-#define STREAM_BYTES ((int64_t)256 << 20)
 
 typedef struct {
     train_opts o;
@@ -43,10 +41,7 @@ typedef struct {
     step_graph train, train_rest; /* full batches, and a last partial one */
     evaluator eval;
     kl_dataset *tr, *va, *te;
-    kl_device_data *dd; /* the training set in device memory (host memory on the CPU), or streamed slots */
-    kl_loader *ld;      /* streamed: the batches put into dd's slots */
-    kl_device_data *dva, *dte; /* validation and test sets in device memory, or NULL: evaluated from the host */
-    int depth;          /* steps in flight at most */
+    train_data d;       /* where the datasets live on the device (cli/train_opts.h) */
     plan_budget budget; /* the step's memory and the limit, where checked */
     char run_dir[4096], ckpt_root[4200];
     FILE *metrics;
@@ -100,57 +95,6 @@ void train_say_interrupted(int tty, int64_t step, const char *ckpt, const char *
     if (tty) fprintf(stderr, "\n");
     printf("interrupted at step %lld; checkpoint %s\nresume with: kiln train --resume %s\n", (long long)step, ckpt,
            run_dir);
-}
-
-/* Bytes a dataset's device copy takes (features, labels, order). */
-static size_t device_bytes(const kl_dataset *ds)
-{
-    return ds ? (size_t)kl_dataset_count(ds) * ((size_t)kl_dataset_sample_size(ds) * sizeof(float) + 2 * sizeof(int32_t))
-              : 0;
-}
-
-/* Keeps the training set in device memory when data.on_device and it fits
- * beside the step (on a GPU, or under --mem-limit, which simulates one),
- * else streams it: a loader's batches go through pinned slots, copied while
- * earlier steps run. The validation and test sets go to the device too
- * when they fit after that, else they are evaluated from the host. */
-static kl_status open_data(runner *r)
-{
-    const plan_budget *bu = &r->budget;
-    size_t need = device_bytes(r->tr), room = bu->known && bu->limit > bu->step ? bu->limit - bu->step : 0;
-    char why[512] = "", a[32], b[32], c[32];
-    if (!r->o.on_device) snprintf(why, sizeof why, "data.on_device is false");
-    else if (bu->known && need > room)
-        snprintf(why, sizeof why, "its %s do not fit beside the training step's %s in %s", fmt_bytes(a, sizeof a, (double)need),
-                 fmt_bytes(b, sizeof b, (double)bu->step), fmt_bytes(c, sizeof c, (double)bu->limit));
-    if (!why[0]) {
-        kl_status s = kl_device_data_new(r->ctx, r->tr, &r->dd);
-        if (s != KL_OK && s != KL_EDEVMEM) return s;
-        if (s != KL_OK) snprintf(why, sizeof why, "%s", kl_last_error());
-    }
-    if (r->dd) {
-        r->depth = PIPE_DEPTH;
-        room = room > need ? room - need : 0;
-        kl_dataset *ev[2] = {r->va, r->te};
-        kl_device_data **dev[2] = {&r->dva, &r->dte};
-        for (int i = 0; i < 2; i++) {
-            if (!ev[i] || (bu->known && device_bytes(ev[i]) > room)) continue;
-            kl_status s = kl_device_data_new(r->ctx, ev[i], dev[i]);
-            if (s != KL_OK && s != KL_EDEVMEM) return s;
-            if (bu->known && *dev[i]) room -= device_bytes(ev[i]);
-        }
-        return KL_OK;
-    }
-    int64_t B = r->o.batch, slot = B * (kl_dataset_sample_size(r->tr) * (int64_t)sizeof(float) + (int64_t)sizeof(int32_t));
-    int64_t slots = STREAM_BYTES / slot;
-    slots = slots < 2 ? 2 : slots > PIPE_DEPTH + 1 ? PIPE_DEPTH + 1 : slots;
-    printf("note: the training set streams from host memory through %d slots of %lld samples (%s)\n", (int)slots,
-           (long long)B, why);
-    KL_TRY(kl_device_data_stream_new(r->ctx, r->tr, B, (int)slots, &r->dd));
-    r->depth = (int)slots - 1; /* a step's slot (and its host copy) is rewritten only after it was handled */
-    kl_loader_opts lo = {.batch = B, .shuffle = r->o.shuffle, .seed = r->o.seed, .drop_last = r->o.drop_last,
-                         .prefetch = 2};
-    return kl_loader_new(r->tr, &lo, &r->ld);
 }
 
 /* Mean loss and accuracy over ds: from its device copy dd when there is one. */
@@ -210,8 +154,8 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
         return kl_fail(KL_EINVAL, "train.batch %lld is larger than the training set (%lld samples)",
                        (long long)r->o.batch, (long long)kl_dataset_count(r->tr));
     KL_TRY(kl_optim_new(r->ctx, &r->o.optim, &r->opt));
-    KL_TRY(open_data(r));
-    KL_TRY(step_graph_build_train(&r->train, r->model, r->ctx, r->opt, r->o.batch, r->dd, PIPE_RING));
+    KL_TRY(train_data_place(r->ctx, &r->o, &r->budget, r->tr, r->va, r->te, PIPE_DEPTH, &r->d));
+    KL_TRY(step_graph_build_train(&r->train, r->model, r->ctx, r->opt, r->o.batch, r->d.train, PIPE_RING));
     if (g_monitor_flags.no_graph) KL_TRY(kl_graph_set_capture(r->train.g, 0));
     r->eval = (evaluator){.model = r->model, .ctx = r->ctx, .batch = r->o.batch};
     if (a->init) KL_TRY(kl_weights_load(a->init, r->ctx));
@@ -225,13 +169,10 @@ static void teardown(runner *r)
     if (r->train.g) kl_graph_profile_print(r->train.g, stderr);
     train_monitor_close(&r->mon); /* monitoring hook */
     if (r->metrics) fclose(r->metrics);
-    kl_loader_free(r->ld);
     step_graph_free(&r->train);
     step_graph_free(&r->train_rest);
     evaluator_free(&r->eval);
-    kl_device_data_free(r->dd); /* after the graphs that read them */
-    kl_device_data_free(r->dva);
-    kl_device_data_free(r->dte);
+    train_data_free(&r->d); /* after the graphs that read it */
     kl_optim_free(r->opt);
     kl_ctx_free(r->ctx);
     kl_dataset_free(r->tr);
@@ -259,8 +200,8 @@ typedef struct { double loss, t0; int64_t correct, n; } epoch_acc;
 /* Positions the data at (epoch, batch): the epoch's order on the device. */
 static kl_status data_seek(runner *r, int64_t epoch, int64_t batch)
 {
-    if (r->ld) return kl_loader_seek(r->ld, epoch, batch);
-    return kl_device_data_order(r->dd, r->o.shuffle, r->o.seed, epoch);
+    if (r->d.loader) return kl_loader_seek(r->d.loader, epoch, batch);
+    return kl_device_data_order(r->d.train, r->o.shuffle, r->o.seed, epoch);
 }
 
 
@@ -270,7 +211,7 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
 {
     double vl = 0, vacc = 0, l = ep->n ? ep->loss / (double)ep->n : 0, acc = ep->n ? (double)ep->correct / (double)ep->n : 0;
     char ck[4400];
-    if (r->va) KL_TRY(evaluate(r, r->va, r->dva, &vl, &vacc));
+    if (r->va) KL_TRY(evaluate(r, r->va, r->d.val, &vl, &vacc));
     if (tty) fprintf(stderr, "\n");
     printf("epoch %lld: train loss %.4f acc %.4f", (long long)st->epoch + 1, l, acc);
     if (r->va) printf("  val loss %.4f acc %.4f", vl, vacc);
@@ -324,10 +265,10 @@ static kl_status host_batch(const runner *r, const issued *it, float **x, int32_
 {
     int64_t ss = kl_dataset_sample_size(r->tr);
     const float *fx = kl_dataset_features(r->tr);
-    const int32_t *fy = kl_dataset_labels(r->tr), *order = kl_device_data_order_host(r->dd);
+    const int32_t *fy = kl_dataset_labels(r->tr), *order = kl_device_data_order_host(r->d.train);
     int64_t at = (int64_t)it->start;
-    if (kl_device_data_streamed(r->dd)) {
-        KL_TRY(kl_device_data_slot_host(r->dd, it->start, &fx, &fy));
+    if (kl_device_data_streamed(r->d.train)) {
+        KL_TRY(kl_device_data_slot_host(r->d.train, it->start, &fx, &fy));
         order = NULL, at = 0;
     }
     *x = malloc((size_t)(it->n * ss) * sizeof **x);
@@ -447,15 +388,15 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         step_graph *sg = &r->train;
         if (n != B) {
             sg = &r->train_rest;
-            if (!sg->g) KL_TRY(step_graph_build_train(sg, r->model, r->ctx, r->opt, n, r->dd, PIPE_RING));
+            if (!sg->g) KL_TRY(step_graph_build_train(sg, r->model, r->ctx, r->opt, n, r->d.train, PIPE_RING));
         }
         int32_t at = (int32_t)(st.batch * B);
-        if (r->ld) { /* streamed: the loader's batch into the next slot */
+        if (r->d.loader) { /* streamed: the loader's batch into the next slot */
             kl_batch b;
             double t0 = now();
-            KL_TRY(kl_loader_next(r->ld, &b));
+            KL_TRY(kl_loader_next(r->d.loader, &b));
             p.data_wait += now() - t0;
-            KL_TRY(kl_device_data_put(r->dd, b.x, b.y, b.n, &at));
+            KL_TRY(kl_device_data_put(r->d.train, b.x, b.y, b.n, &at));
         }
         KL_TRY(kl_tensor_set(sg->start, &at, sizeof at));
         KL_TRY(kl_optim_set_lr(r->opt, train_lr(&r->o, st.step, p.total)));
@@ -466,8 +407,8 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         st.step++;
         st.batch++;
         st.graph_runs = st.step;
-        /* handle what has arrived; wait for the oldest when r->depth are out */
-        for (int done = 1; done && p.len;) KL_TRY(handle_one(r, cfg, &p, p.len >= r->depth, &done));
+        /* handle what has arrived; wait for the oldest when r->d.depth are out */
+        for (int done = 1; done && p.len;) KL_TRY(handle_one(r, cfg, &p, p.len >= r->d.depth, &done));
         if ((r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) || *stop) {
             KL_TRY(drain(r, cfg, &p));
             fflush(r->metrics);
@@ -505,7 +446,7 @@ int train_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop)
     }
     if (s == KL_OK && !interrupted && r.te) {
         double tl, tacc;
-        s = evaluate(&r, r.te, r.dte, &tl, &tacc);
+        s = evaluate(&r, r.te, r.d.test, &tl, &tacc);
         if (s == KL_OK) {
             printf("test: loss %.4f accuracy %.4f (%lld samples); total %.1f s\n", tl, tacc,
                    (long long)kl_dataset_count(r.te), now() - r.t0);
