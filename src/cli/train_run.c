@@ -23,6 +23,7 @@
 #include "nn/model.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,14 +105,30 @@ static kl_status evaluate(runner *r, const kl_dataset *ds, kl_device_data *dd, d
     return evaluator_run(&r->eval, ds, loss, acc, NULL);
 }
 
-static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
+/* The datasets, loaded off the main thread (its error message kept, since
+ * messages are per thread). */
+typedef struct {
+    const train_opts *o;
+    kl_dataset *tr, *va, *te;
+    float mean, std;
+    kl_status s;
+    char msg[2048];
+} load_job;
+
+static void *load_run(void *arg)
 {
-    kl_cfg_node *model;
-    KL_TRY(monitor_cfg_take(cfg, &r->mon.o)); /* monitoring hook: train.histogram_every etc. */
-    KL_TRY(train_opts_read(cfg, &r->o));
-    KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &model));
-    KL_TRY(kl_model_from_cfg(model, &r->model));
-    /* monitoring hooks: --batch auto; with --mem-limit, refuse before loading data when the step will not fit */
+    load_job *j = arg;
+    j->mean = 0, j->std = 1;
+    j->s = train_load_data(j->o, &j->tr, &j->va, &j->te, &j->mean, &j->std);
+    if (j->s != KL_OK) snprintf(j->msg, sizeof j->msg, "%s", kl_last_error());
+    return NULL;
+}
+
+/* The device, after the step's memory check: --batch auto; with
+ * --mem-limit or on a GPU, refuses a step that will not fit (monitoring
+ * hooks), before the run directory is made. */
+static kl_status setup_device(runner *r, kl_cfg *cfg, const train_args *a)
+{
     kl_device dev;
     char note[256];
     KL_TRY(train_pick_device(a->device, &dev, note, sizeof note));
@@ -121,8 +138,27 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(kl_ctx_new(&co, &r->ctx));
     if (dev.type == KL_DEVICE_CPU) printf("device: cpu%s, %d threads\n", note, kl_ctx_threads(r->ctx));
     else printf("device: cuda:%d%s\n", dev.index, note);
-    float mean = 0, std = 1;
-    KL_TRY(train_load_data(&r->o, &r->tr, &r->va, &r->te, &mean, &std));
+    return KL_OK;
+}
+
+static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
+{
+    kl_cfg_node *model;
+    KL_TRY(monitor_cfg_take(cfg, &r->mon.o)); /* monitoring hook: train.histogram_every etc. */
+    KL_TRY(train_opts_read(cfg, &r->o));
+    KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &model));
+    KL_TRY(kl_model_from_cfg(model, &r->model));
+    /* the data loads on a thread while the device starts (a GPU's context, the plan check) */
+    load_job job = {.o = &r->o};
+    pthread_t th;
+    int threaded = pthread_create(&th, NULL, load_run, &job) == 0;
+    if (!threaded) load_run(&job);
+    kl_status s = setup_device(r, cfg, a);
+    if (threaded) pthread_join(th, NULL);
+    r->tr = job.tr, r->va = job.va, r->te = job.te;
+    KL_TRY(s);
+    if (job.s != KL_OK) return kl_fail(job.s, "%s", job.msg);
+    float mean = job.mean, std = job.std;
     if (r->o.normalize) { /* recorded so evaluation and prediction normalise the same way */
         char v[32];
         snprintf(v, sizeof v, "%.9g", mean);

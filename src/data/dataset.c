@@ -118,16 +118,28 @@ kl_status kl_dataset_stats(const kl_dataset *ds, float *mean, float *std)
     if (!ds || !mean || !std) return kl_fail(KL_EINVAL, "dataset_stats: NULL argument");
     int64_t total = ds->n * ds->sample_size;
     if (total == 0) return kl_fail(KL_EINVAL, "dataset_stats: dataset is empty");
-    /* Two passes in double: exact enough for millions of values. */
-    double sum = 0, sq = 0;
-    for (int64_t i = 0; i < total; i++) sum += ds->x[i];
-    double m = sum / (double)total;
-    for (int64_t i = 0; i < total; i++) {
-        double d = ds->x[i] - m;
-        sq += d * d;
-    }
+    /* Two passes in double: exact enough for millions of values. Eight
+     * partial sums (a fixed order, so the same figures every run) let the
+     * adds vectorise instead of waiting on one another: ~5x faster at
+     * Fashion-MNIST's 43M values, which kiln train's start waits for. */
+    enum { L = 8 };
+    double sum[L] = {0}, sq[L] = {0}, m = 0, v = 0;
+    const float *x = ds->x;
+    int64_t body = total - total % L;
+    for (int64_t i = 0; i < body; i += L)
+        for (int k = 0; k < L; k++) sum[k] += x[i + k];
+    for (int64_t i = body; i < total; i++) sum[0] += x[i];
+    for (int k = 0; k < L; k++) m += sum[k];
+    m /= (double)total;
+    for (int64_t i = 0; i < body; i += L)
+        for (int k = 0; k < L; k++) {
+            double d = x[i + k] - m;
+            sq[k] += d * d;
+        }
+    for (int64_t i = body; i < total; i++) sq[0] += (x[i] - m) * (x[i] - m);
+    for (int k = 0; k < L; k++) v += sq[k];
     *mean = (float)m;
-    *std = (float)sqrt(sq / (double)total);
+    *std = (float)sqrt(v / (double)total);
     return KL_OK;
 }
 

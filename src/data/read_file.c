@@ -23,15 +23,25 @@ static kl_status reserve(unsigned char **buf, size_t *cap, size_t need)
     return KL_OK;
 }
 
-static kl_status read_gzip(const char *path, unsigned char **buf, size_t *n)
+/* gzip's trailer ends with the uncompressed size mod 2^32 (ISIZE, little
+ * endian): allocating that (plus a read's worth) up front saves the
+ * doubling's copies of a large file. A hint only: 0 when unreadable. */
+static size_t gzip_size_hint(FILE *f)
+{
+    unsigned char t[4];
+    if (fseek(f, -4, SEEK_END) != 0 || fread(t, 1, 4, f) != 4) return 0;
+    return (size_t)t[0] | (size_t)t[1] << 8 | (size_t)t[2] << 16 | (size_t)t[3] << 24;
+}
+
+static kl_status read_gzip(const char *path, size_t hint, unsigned char **buf, size_t *n)
 {
     gzFile gz = gzopen(path, "rb");
     if (!gz) return kl_fail(KL_EIO, "%s: cannot open: %s", path, strerror(errno));
     gzbuffer(gz, 1 << 17);
     size_t len = 0, cap = 0;
     unsigned char *b = NULL;
-    kl_status s = KL_OK;
-    for (;;) {
+    kl_status s = hint ? reserve(&b, &cap, hint + (1 << 20)) : KL_OK;
+    while (s == KL_OK) {
         if ((s = reserve(&b, &cap, len + (1 << 20))) != KL_OK) break;
         int r = gzread(gz, b + len, 1 << 20);
         int err;
@@ -64,14 +74,16 @@ kl_status kl_read_file(const char *path, unsigned char **buf, size_t *n)
     unsigned char magic[2] = {0, 0};
     size_t got = fread(magic, 1, 2, f);
     if (got == 2 && magic[0] == 0x1f && magic[1] == 0x8b) {
+        size_t hint = gzip_size_hint(f);
         fclose(f);
-        return read_gzip(path, buf, n);
+        return read_gzip(path, hint, buf, n);
     }
+    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
     rewind(f);
     size_t len = 0, cap = 0;
     unsigned char *b = NULL;
-    kl_status s = KL_OK;
-    for (;;) {
+    kl_status s = size > 0 ? reserve(&b, &cap, (size_t)size + (1 << 20)) : KL_OK;
+    while (s == KL_OK) {
         if ((s = reserve(&b, &cap, len + (1 << 20))) != KL_OK) break;
         size_t r = fread(b + len, 1, 1 << 20, f);
         len += r;
