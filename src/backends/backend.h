@@ -68,6 +68,9 @@ extern const kl_backend *const kl_backends[];
 
 /* Number of CPU cores available to this process. */
 int kl_cpu_cores(void);
+/* The CPU backend's GEMM library, e.g. "OpenBLAS (SkylakeX kernels)" or
+ * "BLIS (...why...)" (backends/cpu/blas.c). */
+const char *kl_cpu_blas_name(void);
 /* KL_OK if cuda:index can be used; otherwise a message saying why (no CUDA
  * in this build, no driver, no such device). */
 kl_status kl_cuda_available(int index);

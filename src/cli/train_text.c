@@ -8,6 +8,7 @@
 #include "cli/plan.h"
 #include "cli/train_monitor.h"
 #include "cli/train_opts.h"
+#include "backends/backend.h" /* kl_cpu_blas_name */
 #include "core/error.h"
 #include "io/fileio.h"
 #include "kiln/text.h"
@@ -135,7 +136,7 @@ static kl_status setup(lm_runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch, dev, NULL)); /* --mem-limit, GPU memory */
     kl_ctx_opts co = {.device = dev, .threads = (int)r->o.threads, .seed = r->o.seed};
     KL_TRY(kl_ctx_new(&co, &r->ctx));
-    if (dev.type == KL_DEVICE_CPU) printf("device: cpu%s, %d threads\n", note, kl_ctx_threads(r->ctx));
+    if (dev.type == KL_DEVICE_CPU) printf("device: cpu%s, %d threads, GEMM by %s\n", note, kl_ctx_threads(r->ctx), kl_cpu_blas_name());
     else printf("device: cuda:%d%s\n", dev.index, note);
     KL_TRY(kl_optim_new(r->ctx, &r->o.optim, &r->opt));
     KL_TRY(step_graph_build(&r->train, r->model, r->ctx, r->opt, r->o.batch));
