@@ -63,6 +63,10 @@ extern "C" kl_status kl_cuda_reduce(const kl_exec *ex, const kl_tensor *t)
 
 /* ---- softmax: block per row (rows of C, contiguous) ---- */
 
+/* exp is taken in double of the difference in T, as the CPU does
+ * (exp((double)(x - max))): for f32, expf would differ from the CPU by up
+ * to 2 ulp before the double sum. */
+
 template <typename T> __global__ void softmax_k(const T *x, T *y, int64_t rows, int64_t C, int is_log)
 {
     for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -72,13 +76,13 @@ template <typename T> __global__ void softmax_k(const T *x, T *y, int64_t rows, 
         for (int64_t i = threadIdx.x; i < C; i += blockDim.x) mx = xr[i] > mx ? xr[i] : mx;
         mx = kl_cu_block_reduce<T, 1>(mx);
         double s = 0;
-        for (int64_t i = threadIdx.x; i < C; i += blockDim.x) s += (double)exp(xr[i] - mx);
+        for (int64_t i = threadIdx.x; i < C; i += blockDim.x) s += exp((double)(xr[i] - mx));
         s = kl_cu_block_reduce<double, 0>(s);
         if (is_log) {
             T ls = (T)log(s);
             for (int64_t i = threadIdx.x; i < C; i += blockDim.x) yr[i] = xr[i] - mx - ls;
         } else {
-            for (int64_t i = threadIdx.x; i < C; i += blockDim.x) yr[i] = (T)((double)exp(xr[i] - mx) / s);
+            for (int64_t i = threadIdx.x; i < C; i += blockDim.x) yr[i] = (T)(exp((double)(xr[i] - mx)) / s);
         }
     }
 }
@@ -130,7 +134,7 @@ template <typename T> __device__ void ce_row_stats(const T *xr, int64_t C, int l
     for (int64_t i = lane; i < C; i += 32) mx = xr[i] > mx ? xr[i] : mx;
     mx = kl_cu_warp_max(mx);
     double s = 0;
-    for (int64_t i = lane; i < C; i += 32) s += (double)exp(xr[i] - mx);
+    for (int64_t i = lane; i < C; i += 32) s += exp((double)(xr[i] - mx));
     *mx_out = mx;
     *s_out = kl_cu_warp_sum(s);
 }
@@ -180,7 +184,7 @@ template <typename T> __global__ void ce_bwd_k(const T *x, const int32_t *lab, c
         T mx;
         double s;
         ce_row_stats(xr, C, lane, &mx, &s);
-        for (int64_t i = lane; i < C; i += 32) dr[i] = (T)(((double)exp(xr[i] - mx) / s - (i == l)) * scale);
+        for (int64_t i = lane; i < C; i += 32) dr[i] = (T)((exp((double)(xr[i] - mx)) / s - (i == l)) * scale);
     }
 }
 
