@@ -220,21 +220,41 @@ __global__ void ln_bwd_dx_k(const T *dy, const T *x, const T *gm, const T *mean,
     }
 }
 
-/* dgamma, dbeta: thread per column, rows summed in order */
+/* dgamma, dbeta: a block per LN_DGB_COLS columns, LN_DGB_ROWS threads per
+ * column (thread y sums rows y, y + LN_DGB_ROWS, ... in order), then the
+ * column's partials in order: fixed order, and every SM gets work (a thread
+ * per column over all R rows left most of the GPU idle and ran each thread
+ * through R dependent iterations). */
+#define LN_DGB_COLS 32
+#define LN_DGB_ROWS 32
 template <typename T>
 __global__ void ln_bwd_dgb_k(const T *dy, const T *x, const T *mean, T *dg, T *db, int64_t R, int64_t D)
 {
+    __shared__ double sg[LN_DGB_ROWS][LN_DGB_COLS + 1], sb[LN_DGB_ROWS][LN_DGB_COLS + 1];
     const T *rstd = mean + R;
-    KL_CU_FOR(c, D)
-    {
+    int tx = threadIdx.x, ty = threadIdx.y;
+    for (int64_t c0 = (int64_t)blockIdx.x * LN_DGB_COLS; c0 < D; c0 += (int64_t)gridDim.x * LN_DGB_COLS) {
+        int64_t c = c0 + tx;
         double ag = 0, ab = 0;
-        for (int64_t r = 0; r < R; r++) {
-            double d = (double)dy[r * D + c];
-            ag += d * ((double)x[r * D + c] - (double)mean[r]) * (double)rstd[r];
-            ab += d;
+        if (c < D)
+            for (int64_t r = ty; r < R; r += LN_DGB_ROWS) {
+                double d = (double)dy[r * D + c];
+                ag += d * ((double)x[r * D + c] - (double)mean[r]) * (double)rstd[r];
+                ab += d;
+            }
+        sg[ty][tx] = ag;
+        sb[ty][tx] = ab;
+        __syncthreads();
+        if (ty == 0 && c < D) {
+            double g = 0, b = 0;
+            for (int k = 0; k < LN_DGB_ROWS; k++) {
+                g += sg[k][tx];
+                b += sb[k][tx];
+            }
+            if (dg) dg[c] = (T)g;
+            if (db) db[c] = (T)b;
         }
-        if (dg) dg[c] = (T)ag;
-        if (db) db[c] = (T)ab;
+        __syncthreads(); /* sg, sb are rewritten for the next columns */
     }
 }
 
@@ -257,7 +277,10 @@ template <typename T> static void ln_launch(const kl_exec *ex, const kl_tensor *
     T *dg = at->need_dg ? (T *)kl_data(ex, t->extra[e++]) : NULL;
     T *db = at->need_db ? (T *)kl_data(ex, t->extra[e++]) : NULL;
     if (at->need_dx) ln_bwd_dx_k<T><<<nb, threads, 0, s>>>(dy, x, gm, mean, (T *)kl_data(ex, t), R, D);
-    if (dg || db) ln_bwd_dgb_k<T><<<kl_cu_blocks(D, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(dy, x, mean, dg, db, R, D);
+    if (dg || db) {
+        int64_t nc = (D + LN_DGB_COLS - 1) / LN_DGB_COLS;
+        ln_bwd_dgb_k<T><<<(unsigned)(nc < 65535 ? nc : 65535), dim3(LN_DGB_COLS, LN_DGB_ROWS), 0, s>>>(dy, x, mean, dg, db, R, D);
+    }
 }
 
 static kl_status ln_run(const kl_exec *ex, const kl_tensor *t, int bwd)

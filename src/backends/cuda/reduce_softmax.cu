@@ -63,6 +63,10 @@ extern "C" kl_status kl_cuda_reduce(const kl_exec *ex, const kl_tensor *t)
 
 /* ---- softmax: block per row (rows of C, contiguous) ---- */
 
+/* exp is taken in double of the difference in T, as the CPU does
+ * (exp((double)(x - max))): for f32, expf would differ from the CPU by up
+ * to 2 ulp before the double sum. */
+
 template <typename T> __global__ void softmax_k(const T *x, T *y, int64_t rows, int64_t C, int is_log)
 {
     for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -72,13 +76,13 @@ template <typename T> __global__ void softmax_k(const T *x, T *y, int64_t rows, 
         for (int64_t i = threadIdx.x; i < C; i += blockDim.x) mx = xr[i] > mx ? xr[i] : mx;
         mx = kl_cu_block_reduce<T, 1>(mx);
         double s = 0;
-        for (int64_t i = threadIdx.x; i < C; i += blockDim.x) s += (double)exp(xr[i] - mx);
+        for (int64_t i = threadIdx.x; i < C; i += blockDim.x) s += exp((double)(xr[i] - mx));
         s = kl_cu_block_reduce<double, 0>(s);
         if (is_log) {
             T ls = (T)log(s);
             for (int64_t i = threadIdx.x; i < C; i += blockDim.x) yr[i] = xr[i] - mx - ls;
         } else {
-            for (int64_t i = threadIdx.x; i < C; i += blockDim.x) yr[i] = (T)((double)exp(xr[i] - mx) / s);
+            for (int64_t i = threadIdx.x; i < C; i += blockDim.x) yr[i] = (T)(exp((double)(xr[i] - mx)) / s);
         }
     }
 }
@@ -130,21 +134,24 @@ template <typename T> __device__ void ce_row_stats(const T *xr, int64_t C, int l
     for (int64_t i = lane; i < C; i += 32) mx = xr[i] > mx ? xr[i] : mx;
     mx = kl_cu_warp_max(mx);
     double s = 0;
-    for (int64_t i = lane; i < C; i += 32) s += (double)exp(xr[i] - mx);
+    for (int64_t i = lane; i < C; i += 32) s += exp((double)(xr[i] - mx));
     *mx_out = mx;
     *s_out = kl_cu_warp_sum(s);
 }
 
-#define CE_THREADS 1024
-
-/* loss = mean over rows of log(sum exp) + max - x[label]: one block, each
- * warp a strided set of rows, then the warps' totals in order. A bad label
- * is reported (KL_CUERR_LABEL) and its row left out. */
-template <typename T> __global__ void ce_fwd_k(const T *x, const int32_t *lab, T *out, int64_t N, int64_t C, kl_cuda_err *err)
+/* loss = mean over rows of log(sum exp) + max - x[label], in two kernels
+ * (a single block would leave all but one SM idle on an LM's [B*T, vocab]
+ * logits): ce_fwd_k, warp per row over a grid of at most KL_CU_RED_BLOCKS
+ * blocks, each block's total (its warps' in order) into part[block]; then
+ * ce_mean_k sums the parts in a fixed tree. The block count depends on N
+ * only, so the sum's order is fixed. A bad label is reported
+ * (KL_CUERR_LABEL) and its row left out. */
+template <typename T> __global__ void ce_fwd_k(const T *x, const int32_t *lab, double *part, int64_t N, int64_t C, kl_cuda_err *err)
 {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int lane = threadIdx.x & 31;
+    int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
     double total = 0;
-    for (int64_t n = w; n < N; n += nw) {
+    for (int64_t n = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); n < N; n += warps) {
         int32_t l = lab[n];
         if (l < 0 || l >= C) {
             if (lane == 0) kl_cu_report(err, KL_CUERR_LABEL, l, n, C);
@@ -158,6 +165,15 @@ template <typename T> __global__ void ce_fwd_k(const T *x, const int32_t *lab, T
     }
     /* lanes of a warp hold the same total: sum lane 0 of each warp */
     double v = lane == 0 ? total : 0.0;
+    v = kl_cu_block_reduce<double, 0>(v);
+    if (threadIdx.x == 0) part[blockIdx.x] = v;
+}
+
+/* one block of KL_CU_RED_BLOCKS threads: out = sum(part[0 .. nparts)) / N */
+template <typename T> __global__ void ce_mean_k(const double *part, int nparts, T *out, int64_t N)
+{
+    double v = 0;
+    for (int i = threadIdx.x; i < nparts; i += blockDim.x) v += part[i];
     v = kl_cu_block_reduce<double, 0>(v);
     if (threadIdx.x == 0) out[0] = (T)(v / (double)N);
 }
@@ -180,7 +196,7 @@ template <typename T> __global__ void ce_bwd_k(const T *x, const int32_t *lab, c
         T mx;
         double s;
         ce_row_stats(xr, C, lane, &mx, &s);
-        for (int64_t i = lane; i < C; i += 32) dr[i] = (T)(((double)exp(xr[i] - mx) / s - (i == l)) * scale);
+        for (int64_t i = lane; i < C; i += 32) dr[i] = (T)((exp((double)(xr[i] - mx)) / s - (i == l)) * scale);
     }
 }
 
@@ -190,13 +206,23 @@ extern "C" kl_status kl_cuda_softmax_ce(const kl_exec *ex, const kl_tensor *t)
     const void *x = kl_data(ex, t->src[0]);
     const int32_t *lab = (const int32_t *)kl_data(ex, t->src[1]);
     cudaStream_t s = kl_cu_stream();
-    if (t->dtype == KL_F32)
-        ce_fwd_k<float><<<1, CE_THREADS, 0, s>>>((const float *)x, lab, (float *)kl_data(ex, t), N, C, kl_cu_err());
-    else if (t->dtype == KL_F64)
-        ce_fwd_k<double><<<1, CE_THREADS, 0, s>>>((const double *)x, lab, (double *)kl_data(ex, t), N, C, kl_cu_err());
-    else
+    /* the parts live in the shared reduction scratch: stream order keeps its
+     * users (this op, the optimizer's norm) apart */
+    double *part = kl_cu_reduce_buf();
+    unsigned nb = kl_cu_blocks(N, KL_CU_THREADS / 32);
+    if (nb > KL_CU_RED_BLOCKS) nb = KL_CU_RED_BLOCKS;
+    if (t->dtype == KL_F32) {
+        ce_fwd_k<float><<<nb, KL_CU_THREADS, 0, s>>>((const float *)x, lab, part, N, C, kl_cu_err());
+        KL_CUDA_LAUNCHED(t, "ce_fwd_k");
+        ce_mean_k<float><<<1, KL_CU_RED_BLOCKS, 0, s>>>(part, (int)nb, (float *)kl_data(ex, t), N);
+    } else if (t->dtype == KL_F64) {
+        ce_fwd_k<double><<<nb, KL_CU_THREADS, 0, s>>>((const double *)x, lab, part, N, C, kl_cu_err());
+        KL_CUDA_LAUNCHED(t, "ce_fwd_k");
+        ce_mean_k<double><<<1, KL_CU_RED_BLOCKS, 0, s>>>(part, (int)nb, (double *)kl_data(ex, t), N);
+    } else {
         return bad_dtype(t);
-    KL_CUDA_LAUNCHED(t, "ce_fwd_k");
+    }
+    KL_CUDA_LAUNCHED(t, "ce_mean_k");
     return KL_OK;
 }
 
