@@ -5,7 +5,9 @@
 #   2. the reference CNN on Fashion-MNIST, batch 128, Adam, 5 epochs, data on
 #      the GPU: seconds per warm epoch, test accuracy, time to the first step,
 #      energy per epoch (NVML) and peak device memory (kiln train --device vs
-#      bench/cnn_torch.py --device cuda).
+#      bench/cnn_torch.py --device cuda);
+#   3. the same CNN with its training set streamed through pinned slots
+#      (data.on_device false): warm epoch time against the resident run.
 #
 #   bash bench/run_gpu.sh [BUILD_DIR] [OUT_DIR]
 #
@@ -78,5 +80,18 @@ if k and len(t) > 1:
     tw = sum(t[1:]) / len(t[1:])
     kw = float(k.group(1))
     print(f"CNN: kiln {kw:.3f} s per warm epoch, torch {tw:.3f} s: kiln is {tw / kw:.1f}x faster (target: <= 0.10 s, >= 91 % accuracy)")
+EOF
+say "== the same CNN with its training set streamed from host memory (data.on_device false), 3 epochs"
+"$build/kiln" train --device cuda:0 --epochs 3 --set data.on_device=false --no-tensorboard --out "$out/cnn_stream" \
+  >"$out/cnn_stream.log" 2>&1 || say "kiln train (streamed) failed"
+grep -m1 "streams from host memory" "$out/cnn_stream.log" | sed 's/^/  /' | tee -a "$log"
+"$py" - "$out/cnn_stream" "$out/cnn_kiln" <<'EOF' 2>&1 | tee -a "$log"
+import json, sys
+def warm(run):
+    w = [json.loads(l)["wall_s"] for l in open(run + "/metrics.jsonl") if '"type":"epoch"' in l]
+    d = [b - a for a, b in zip(w, w[1:])]
+    return sum(d) / len(d) if d else float("nan")
+s, r = warm(sys.argv[1]), warm(sys.argv[2])
+print(f"CNN streamed: {s:.3f} s per warm epoch vs {r:.3f} s with the data on the GPU ({s / r:.2f}x)")
 EOF
 say "results: $log"

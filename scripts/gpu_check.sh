@@ -114,4 +114,4 @@ fi
 echo
 echo "== summary ($(date -u +%H:%M:%SZ), $SECONDS s)"
 printf '%s\n' "${rows[@]}"
-grep -E "^(MLP|CNN):" "$w/bench_gpu.txt" 2>/dev/null
+grep -E "^(MLP|CNN|CNN streamed):" "$w/bench_gpu.txt" 2>/dev/null
