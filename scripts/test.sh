@@ -24,6 +24,7 @@ echo "== fuzz smoke"
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DKILN_FUZZ=ON -DKILN_TESTS=OFF -DKILN_CUDA=OFF >/dev/null
 cmake --build build-fuzz -j"$jobs" >/dev/null
 for f in build-fuzz/fuzz_*; do
+  [ -f "$f" ] && [ -x "$f" ] || continue  # the targets only (not logs or corpora of earlier runs)
   name=$(basename "$f")
   corpus=tests/corpus/$name
   mkdir -p "build-fuzz/corpus-$name"
