@@ -135,7 +135,8 @@ kl_status train_monitor_open(train_monitor *m, const char *run_dir, kl_ctx *ctx,
             snprintf(to.pci_bus_id, sizeof to.pci_bus_id, "%s", info.pci_bus_id);
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        m->t_offset = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec - run_t0;
+        m->tel_t0 = m->epoch_t0 = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+        m->t_offset = m->tel_t0 - run_t0;
         KL_TRY(telemetry_start(&to, &m->tel));
     }
     return KL_OK;
@@ -176,15 +177,23 @@ static void telemetry_out(train_monitor *m, int64_t step)
     }
 }
 
-/* One energy record (GPU only): scope "epoch" (since the last epoch end) or "run". */
+/* One energy record (GPU only): scope "epoch" (since the last epoch end) or
+ * "run" (since telemetry started), with the seconds it covers and the mean
+ * power over them. */
 static void energy_out(train_monitor *m, const char *scope, int64_t epoch, int64_t step)
 {
     if (!telemetry_has_gpu(m->tel)) return;
     const char *src;
-    double e = telemetry_energy(m->tel, &src), j = strcmp(scope, "run") ? e - m->energy_epoch0 : e;
-    if (strcmp(scope, "run")) m->energy_epoch0 = e;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    int run = !strcmp(scope, "run");
+    double e = telemetry_energy(m->tel, &src), j = run ? e : e - m->energy_epoch0;
+    double secs = now - (run ? m->tel_t0 : m->epoch_t0);
+    if (!run) m->energy_epoch0 = e, m->epoch_t0 = now;
     fprintf(m->metrics, "{\"type\":\"energy\",\"scope\":\"%s\",\"epoch\":%lld,\"step\":%lld,\"joules\":%.3f,"
-            "\"source\":\"%s\"}\n", scope, (long long)epoch, (long long)step, j, src);
+            "\"seconds\":%.3f,\"mean_w\":%.3f,\"source\":\"%s\"}\n",
+            scope, (long long)epoch, (long long)step, j, secs, secs > 0 ? j / secs : 0.0, src);
     scalar(m, strcmp(scope, "run") ? "sys/epoch_energy_j" : "sys/run_energy_j", step, j);
 }
 

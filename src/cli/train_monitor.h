@@ -59,6 +59,7 @@ typedef struct train_monitor {
     FILE *metrics;
     int64_t step, last_hist_step, epoch; /* step: the last one logged */
     double energy_epoch0; /* energy counter at the start of the epoch */
+    double tel_t0, epoch_t0; /* CLOCK_MONOTONIC at telemetry start and at the epoch's start */
     float *buf;
     size_t buf_cap;
     nan_watch nan; /* used by train_run.c around each step */
