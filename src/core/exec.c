@@ -218,6 +218,8 @@ kl_status kl_graph_profile(kl_graph *g, int on)
     return on && !g->prof ? KL_ENOMEM : KL_OK;
 }
 
+enum { KL_PROFILE_TOP = 8 }; /* nodes listed by kl_graph_profile_print */
+
 void kl_graph_profile_print(const kl_graph *g, void *file)
 {
     FILE *f = file ? file : stderr;
@@ -240,5 +242,29 @@ void kl_graph_profile_print(const kl_graph *g, void *file)
         fprintf(f, "  %-18s %4d nodes %9.3f ms/run %5.1f%%\n", kl_ops[best]->name, count[best],
                 runs ? 1e3 * by_op[best] / runs : 0.0, 100 * by_op[best] / (total > 0 ? total : 1));
         by_op[best] = 0;
+    }
+    /* the slowest single nodes, with their output shapes and names (layers) */
+    int top[KL_PROFILE_TOP], ntop = 0;
+    for (int r = 0; r < KL_PROFILE_TOP; r++) {
+        int best = -1;
+        for (int i = 0; i < g->n_nodes; i++) {
+            bool taken = false;
+            for (int j = 0; j < ntop; j++) taken |= top[j] == i;
+            if (!taken && g->prof[i] > 0 && (best < 0 || g->prof[i] > g->prof[best])) best = i;
+        }
+        if (best < 0) break;
+        top[ntop++] = best;
+    }
+    if (ntop) fprintf(f, "  slowest nodes:\n");
+    for (int j = 0; j < ntop; j++) {
+        const kl_tensor *t = g->nodes[top[j]];
+        char shape[96];
+        int n = 0;
+        for (int d = 0; d < t->ndim && n < (int)sizeof shape - 24; d++)
+            n += snprintf(shape + n, sizeof shape - (size_t)n, d ? "x%lld" : "%lld", (long long)t->ne[d]);
+        if (!t->ndim) snprintf(shape, sizeof shape, "scalar");
+        fprintf(f, "    #%-4d %-18s %-16s %9.3f ms/run %5.1f%%  %s\n", top[j], kl_ops[t->op]->name, shape,
+                runs ? 1e3 * g->prof[top[j]] / runs : 0.0, 100 * g->prof[top[j]] / (total > 0 ? total : 1),
+                t->name);
     }
 }

@@ -62,16 +62,32 @@ static inline size_t kl_conv_slot_bytes(const kl_conv_attr *a, int op, size_t ds
     return n;
 }
 
-/* Scratch bytes of a conv node (op: KL_OP_conv2d / _bwd_data / _bwd_filter);
- * the kernels carve it the same way: nslots worker slots, then (bwd_filter)
- * nchunks partial dW when nchunks > 1, then nchunks*O double bias sums. */
-static inline size_t kl_conv_scratch(const kl_conv_attr *a, int op, size_t dsize)
+/* Col row k = (c * KH + kh) * KW + kw of a group's im2col [Cg*KH*KW, P]: its
+ * values at output rows [oh0, oh1) and columns [ow0, ow1) come from x_g at
+ * xo + oh * sh * W + ow * sw; the rest lie in the padding (zeros). The CPU
+ * kernels compute the Kg spans once per run (they cost ~10 integer divisions
+ * each, as much as the copy of a small row) and keep them in scratch. */
+typedef struct kl_conv_span {
+    int64_t oh0, oh1, ow0, ow1, xo;
+} kl_conv_span;
+
+/* Offset of the spans in a CPU conv node's scratch: the kernels carve it
+ * as nslots worker slots, then (bwd_filter) nchunks partial dW when
+ * nchunks > 1, then nchunks*O double bias sums, then the spans. */
+static inline size_t kl_conv_spans_off(const kl_conv_attr *a, int op, size_t dsize)
 {
     size_t n = (size_t)a->nslots * kl_conv_slot_bytes(a, op, dsize);
     if (op != KL_OP_conv2d_bwd_filter) return n;
     if (a->nchunks > 1) n += (size_t)a->nchunks * kl_conv_round64((size_t)(a->O * kl_conv_geom_of(a).Kg) * dsize);
-    if (a->has_bias) n += (size_t)a->nchunks * (size_t)a->O * sizeof(double);
+    if (a->has_bias) n += kl_conv_round64((size_t)a->nchunks * (size_t)a->O * sizeof(double));
     return n;
+}
+
+/* Scratch bytes of a CPU conv node (op: KL_OP_conv2d / _bwd_data / _bwd_filter). */
+static inline size_t kl_conv_scratch(const kl_conv_attr *a, int op, size_t dsize)
+{
+    kl_conv_geom g = kl_conv_geom_of(a);
+    return kl_conv_spans_off(a, op, dsize) + (g.direct ? 0 : (size_t)g.Kg * sizeof(kl_conv_span));
 }
 
 /* Cap on a CUDA conv node's chunk buffers (bytes; KL_CONV_SCRATCH_BUDGET):

@@ -41,21 +41,24 @@ static int act_kind(int act)
     return act == KL_ACT_RELU ? KL_UN_RELU : act == KL_ACT_TANH ? KL_UN_TANH : KL_UN_SIGMOID;
 }
 
-/* Col row k = (c * KH + kh) * KW + kw of a group's im2col [Cg*KH*KW, P]: its
- * values at output rows [oh0, oh1) and columns [ow0, ow1) come from x_g at
- * xo + oh * sh * W + ow * sw; the rest lie in the padding (zeros). */
-typedef struct {
-    int64_t oh0, oh1, ow0, ow1, xo;
-} col_span;
-
-static col_span col_span_of(const kl_conv_attr *a, int64_t k)
+static kl_conv_span span_of(const kl_conv_attr *a, int64_t k)
 {
     int64_t kw = k % a->KW, kh = k / a->KW % a->KH, c = k / (a->KW * a->KH), iw0 = kw * a->dw - a->pw;
-    col_span s;
+    kl_conv_span s;
     valid_range(kh * a->dh - a->ph, a->sh, a->OH, a->H, &s.oh0, &s.oh1);
     valid_range(iw0, a->sw, a->OW, a->W, &s.ow0, &s.ow1);
     s.xo = (c * a->H + kh * a->dh - a->ph) * a->W + iw0; /* x offset at oh = ow = 0 */
     return s;
+}
+
+/* The node's col spans (ops/conv2d.h), in its scratch; NULL for direct 1x1. */
+static const kl_conv_span *spans_fill(const kl_conv_attr *a, int op, size_t dsize, unsigned char *scratch)
+{
+    kl_conv_geom g = kl_conv_geom_of(a);
+    if (g.direct) return NULL;
+    kl_conv_span *sp = (kl_conv_span *)(void *)(scratch + kl_conv_spans_off(a, op, dsize));
+    for (int64_t k = 0; k < g.Kg; k++) sp[k] = span_of(a, k);
+    return sp;
 }
 
 #define CONV_KERNELS(T)                                                                            \
@@ -85,7 +88,7 @@ static col_span col_span_of(const kl_conv_attr *a, int64_t k)
     }                                                                                              \
     /* zeros a flat col row's columns outside [ow0, ow1) of its valid rows (the values that        \
      * wrapped in from the neighbouring image rows) */                                             \
-    static void zero_edges_##T(T *row, int64_t OW, col_span s)                                     \
+    static void zero_edges_##T(T *row, int64_t OW, kl_conv_span s)                                     \
     {                                                                                              \
         for (int64_t oh = s.oh0; oh < s.oh1; oh++) {                                               \
             for (int64_t ow = 0; ow < s.ow0; ow++) row[oh * OW + ow] = 0;                          \
@@ -95,13 +98,13 @@ static col_span col_span_of(const kl_conv_attr *a, int64_t k)
     /* col [Cg*KH*KW, P] from x_g [Cg, H, W] (zeros where the window is in the padding).           \
      * flat (stride 1, OW == W): a col row is the plane shifted by a constant, so it is one        \
      * contiguous copy with the wrapped edge columns zeroed afterwards. */                         \
-    static void im2col_##T(const kl_conv_attr *a, int64_t Cg, const T *x, T *col)                  \
+    static void im2col_##T(const kl_conv_attr *a, const kl_conv_span *sp, int64_t Cg, const T *x, T *col)                  \
     {                                                                                              \
         int64_t OW = a->OW, P = a->OH * a->OW;                                                     \
         bool flat = a->sh == 1 && a->sw == 1 && a->OW == a->W;                                     \
         for (int64_t k = 0; k < Cg * a->KH * a->KW; k++) {                                         \
             T *row = col + k * P;                                                                  \
-            col_span s = col_span_of(a, k);                                                        \
+            kl_conv_span s = sp[k];                                                        \
             if (s.oh0 >= s.oh1 || s.ow0 >= s.ow1) {                                                \
                 memset(row, 0, (size_t)P * sizeof(T));                                             \
             } else if (flat) {                                                                     \
@@ -125,14 +128,14 @@ static col_span col_span_of(const kl_conv_attr *a, int64_t k)
     }                                                                                              \
     /* dx_g [Cg, H, W] = col2im(col): written (zeroed first), overlaps summed. flat: one           \
      * contiguous add per col row after zeroing its wrapped edge columns (col is consumed). */     \
-    static void col2im_##T(const kl_conv_attr *a, int64_t Cg, T *col, T *dx)                       \
+    static void col2im_##T(const kl_conv_attr *a, const kl_conv_span *sp, int64_t Cg, T *col, T *dx)                       \
     {                                                                                              \
         int64_t OW = a->OW, P = a->OH * a->OW;                                                     \
         bool flat = a->sh == 1 && a->sw == 1 && a->OW == a->W;                                     \
         memset(dx, 0, (size_t)(Cg * a->H * a->W) * sizeof(T));                                     \
         for (int64_t k = 0; k < Cg * a->KH * a->KW; k++) {                                         \
             T *row = col + k * P;                                                                  \
-            col_span s = col_span_of(a, k);                                                        \
+            kl_conv_span s = sp[k];                                                        \
             if (s.oh0 >= s.oh1 || s.ow0 >= s.ow1) continue;                                        \
             if (flat) {                                                                            \
                 int64_t f0 = s.oh0 * OW + s.ow0, f1 = (s.oh1 - 1) * OW + s.ow1;                    \
@@ -153,13 +156,14 @@ static col_span col_span_of(const kl_conv_attr *a, int64_t k)
         kl_conv_geom g = kl_conv_geom_of(a);                                                       \
         size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));            \
         int kind = act_kind(a->act);                                                               \
+        const kl_conv_span *sp = spans_fill(a, KL_OP_conv2d, sizeof(T), scratch);                  \
         int nt = workers_begin(ex, a->nslots, a->N);                                               \
         _Pragma("omp parallel for num_threads(nt) schedule(static)")                               \
         for (int64_t n = 0; n < a->N; n++) {                                                       \
             T *col = (T *)(void *)(scratch + (size_t)omp_get_thread_num() * colb);                 \
             for (int gi = 0; gi < a->groups; gi++) {                                               \
                 const T *xg = x + (n * a->C + gi * g.Cg) * g.HW;                                   \
-                if (!g.direct) im2col_##T(a, g.Cg, xg, col);                                       \
+                if (!g.direct) im2col_##T(a, sp, g.Cg, xg, col);                                       \
                 kl_gemm_##T(false, false, g.Og, g.P, g.Kg, 1, w + gi * g.Og * g.Kg, g.Kg,          \
                             g.direct ? xg : col, g.P, 0, y + (n * a->O + gi * g.Og) * g.P, g.P);   \
             }                                                                                      \
@@ -182,6 +186,7 @@ static col_span col_span_of(const kl_conv_attr *a, int64_t k)
         kl_conv_geom g = kl_conv_geom_of(a);                                                       \
         size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));            \
         size_t slotb = kl_conv_slot_bytes(a, KL_OP_conv2d_bwd_data, sizeof(T));                    \
+        const kl_conv_span *sp = spans_fill(a, KL_OP_conv2d_bwd_data, sizeof(T), scratch);         \
         int nt = workers_begin(ex, a->nslots, a->N);                                               \
         _Pragma("omp parallel for num_threads(nt) schedule(static)")                               \
         for (int64_t n = 0; n < a->N; n++) {                                                       \
@@ -192,7 +197,7 @@ static col_span col_span_of(const kl_conv_attr *a, int64_t k)
                 const T *dyg = dyn + gi * g.Og * g.P, *wg = w + gi * g.Og * g.Kg;                  \
                 T *dxg = dx + (n * a->C + gi * g.Cg) * g.HW;                                       \
                 kl_gemm_##T(true, false, g.Kg, g.P, g.Og, 1, wg, g.Kg, dyg, g.P, 0, g.direct ? dxg : col, g.P); \
-                if (!g.direct) col2im_##T(a, g.Cg, col, dxg);                                      \
+                if (!g.direct) col2im_##T(a, sp, g.Cg, col, dxg);                                      \
             }                                                                                      \
         }                                                                                          \
         workers_end(ex, nt);                                                                       \
@@ -207,6 +212,7 @@ static col_span col_span_of(const kl_conv_attr *a, int64_t k)
         size_t partb = kl_conv_round64((size_t)nw * sizeof(T));                                    \
         unsigned char *parts = scratch + (size_t)a->nslots * slotb;                                \
         double *bsum = (double *)(void *)(parts + (nch > 1 ? (size_t)nch * partb : 0));            \
+        const kl_conv_span *sp = spans_fill(a, KL_OP_conv2d_bwd_filter, sizeof(T), scratch);       \
         int nt = workers_begin(ex, a->nslots, nch);                                                \
         _Pragma("omp parallel for num_threads(nt) schedule(static)")                               \
         for (int64_t c = 0; c < nch; c++) {                                                        \
@@ -219,7 +225,7 @@ static col_span col_span_of(const kl_conv_attr *a, int64_t k)
                 const T *dyn = grad_in_##T(a, n, dy, y, (T *)(void *)(slot + colb));               \
                 for (int gi = 0; gi < a->groups; gi++) {                                           \
                     const T *xg = x + (n * a->C + gi * g.Cg) * g.HW;                               \
-                    if (!g.direct) im2col_##T(a, g.Cg, xg, col);                                   \
+                    if (!g.direct) im2col_##T(a, sp, g.Cg, xg, col);                                   \
                     kl_gemm_##T(false, true, g.Og, g.Kg, g.P, 1, dyn + gi * g.Og * g.P, g.P,       \
                                 g.direct ? xg : col, g.P, n == n0 ? 0 : 1, pw + gi * g.Og * g.Kg, g.Kg); \
                 }                                                                                  \
