@@ -349,6 +349,31 @@ static void test_dataset_ops(void)
     kl_dataset_free(tr);
     kl_dataset_free(va);
 
+    /* split_take: the split's datasets, the training set in place of the source */
+    int64_t nvals[] = {0, 1, 10, 36, 37};
+    for (int k = 0; k < 5; k++) {
+        kl_dataset *cp, *va2 = NULL;
+        CHECK_OK(kl_dataset_subset(ds, 0, N, &cp));
+        CHECK_OK(kl_dataset_split(ds, nvals[k], 5 + k, &tr, &va));
+        CHECK_OK(kl_dataset_split_take(cp, nvals[k], 5 + k, &va2));
+        if (cp && tr && va && va2) {
+            int64_t nt = kl_dataset_count(tr), nv = kl_dataset_count(va);
+            CHECK(kl_dataset_count(cp) == nt && kl_dataset_count(va2) == nv && nt + nv == N);
+            CHECK(!memcmp(kl_dataset_features(cp), kl_dataset_features(tr), (size_t)(nt * S) * sizeof(float)));
+            CHECK(!memcmp(kl_dataset_labels(cp), kl_dataset_labels(tr), (size_t)nt * sizeof(int32_t)));
+            CHECK(!memcmp(kl_dataset_features(va2), kl_dataset_features(va), (size_t)(nv * S) * sizeof(float)));
+            CHECK(!memcmp(kl_dataset_labels(va2), kl_dataset_labels(va), (size_t)nv * sizeof(int32_t)));
+            CHECK(kl_dataset_classes(cp) == N && kl_dataset_classes(va2) == N);
+        }
+        kl_dataset_free(cp);
+        kl_dataset_free(tr);
+        kl_dataset_free(va);
+        kl_dataset_free(va2);
+    }
+    CHECK_ERR(kl_dataset_split_take(ds, 38, 1, &va), KL_EINVAL, "n_val 38 out of range [0,37]");
+    CHECK(va == NULL && kl_dataset_count(ds) == N);
+    CHECK_ERR(kl_dataset_split_take(NULL, 1, 1, &va), KL_EINVAL, "dataset is NULL");
+
     CHECK_OK(kl_dataset_normalize(ds, mean, std));
     float m2, s2;
     CHECK_OK(kl_dataset_stats(ds, &m2, &s2));

@@ -162,6 +162,12 @@ KL_API kl_status kl_dataset_normalize(kl_dataset *ds, float mean, float std);
 KL_API kl_status kl_dataset_split(const kl_dataset *ds, int64_t n_val,
                                   uint64_t seed, kl_dataset **train,
                                   kl_dataset **val);
+/* kl_dataset_split without the second copy of the training samples: *ds
+ * becomes the training set (the same samples, in the same order, as
+ * kl_dataset_split's *train), its rows permuted in place; *val is a new
+ * dataset. On failure *ds is unchanged and *val is NULL. */
+KL_API kl_status kl_dataset_split_take(kl_dataset *ds, int64_t n_val,
+                                       uint64_t seed, kl_dataset **val);
 /* Copies samples [first, first + n) (class count and names kept).
  * KL_EINVAL if out of range; *out = NULL on failure. */
 KL_API kl_status kl_dataset_subset(const kl_dataset *ds, int64_t first,

@@ -52,11 +52,10 @@ kl_status train_load_data(const train_opts *o, kl_dataset **train, kl_dataset **
             s = kl_fail(KL_EINVAL, "data.val_split %lld leaves no training samples (%lld in all)",
                         (long long)o->val_split, (long long)kl_dataset_count(all));
         else
-            s = kl_dataset_split(all, o->val_split, o->seed, &tr, &va);
-        kl_dataset_free(all);
-    } else {
-        tr = all;
+            s = kl_dataset_split_take(all, o->val_split, o->seed, &va);
     }
+    if (s == KL_OK) tr = all;
+    else kl_dataset_free(all);
     all = NULL;
     if (s == KL_OK) s = load_one(o, 1, &te);
     if (s == KL_OK && o->normalize) {

@@ -183,6 +183,57 @@ static void gather(const kl_dataset *src, const int64_t *idx, int64_t n, kl_data
     }
 }
 
+/* Rows i = p[i] of ds for a permutation p of 0..n-1 (p is consumed: each
+ * cycle is followed once, marking its entries -1), with one spare row. */
+static void permute_rows(kl_dataset *ds, int64_t *p, float *tmp)
+{
+    size_t row = (size_t)ds->sample_size * sizeof(float);
+    for (int64_t s = 0; s < ds->n; s++) {
+        if (p[s] < 0 || p[s] == s) continue;
+        memcpy(tmp, ds->x + s * ds->sample_size, row);
+        int32_t ty = ds->y ? ds->y[s] : 0;
+        int64_t j = s;
+        while (p[j] != s) { /* x[j] = x[p[j]], along the cycle */
+            int64_t k = p[j];
+            memcpy(ds->x + j * ds->sample_size, ds->x + k * ds->sample_size, row);
+            if (ds->y) ds->y[j] = ds->y[k];
+            p[j] = -1;
+            j = k;
+        }
+        memcpy(ds->x + j * ds->sample_size, tmp, row);
+        if (ds->y) ds->y[j] = ty;
+        p[j] = -1;
+    }
+}
+
+kl_status kl_dataset_split_take(kl_dataset *ds, int64_t n_val, uint64_t seed, kl_dataset **val)
+{
+    if (!val) return kl_fail(KL_EINVAL, "dataset_split_take: val is NULL");
+    *val = NULL;
+    if (!ds) return kl_fail(KL_EINVAL, "dataset_split_take: dataset is NULL");
+    if (n_val < 0 || n_val > ds->n)
+        return kl_fail(KL_EINVAL, "dataset_split_take: n_val %lld out of range [0,%lld]", (long long)n_val,
+                       (long long)ds->n);
+    int64_t n = ds->n, m = n - n_val;
+    int64_t *idx = kl_malloc((size_t)(n ? n : 1) * sizeof *idx), *p = kl_malloc((size_t)(n ? n : 1) * sizeof *p);
+    float *tmp = kl_malloc((size_t)ds->sample_size * sizeof(float));
+    kl_status s = idx && p && tmp ? alloc_like(ds, n_val, val) : KL_ENOMEM;
+    if (s == KL_OK) {
+        kl_shuffle_indices(idx, n, seed, 0); /* as kl_dataset_split */
+        gather(ds, idx, n_val, *val);
+        for (int64_t i = 0; i < m; i++) p[i] = idx[n_val + i]; /* training rows first, in split order */
+        for (int64_t j = 0; j < n_val; j++) p[m + j] = idx[j];  /* the validation rows behind them */
+        permute_rows(ds, p, tmp);
+        ds->n = m;
+        float *x = kl_realloc(ds->x, (size_t)(m ? m : 1) * (size_t)ds->sample_size * sizeof(float));
+        if (x) ds->x = x; /* shrinking: keep the larger block if it fails */
+    }
+    kl_free(idx);
+    kl_free(p);
+    kl_free(tmp);
+    return s;
+}
+
 kl_status kl_dataset_subset(const kl_dataset *ds, int64_t first, int64_t n, kl_dataset **out)
 {
     if (!out) return kl_fail(KL_EINVAL, "dataset_subset: out is NULL");
