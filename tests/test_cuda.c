@@ -66,6 +66,10 @@ static kl_status b_reduce(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_
         KL_TRY(kl_permute(g, x, (int[]){2, 0, 1}, &x));
         return kl_sum(g, x, 2, (int[]){0, 2}, 1, y);
     }
+    if (arg == 2) { /* column sums of [300, 70] (a bias gradient): the column kernel, a partial last block */
+        KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){300, 70}, &x));
+        return kl_sum(g, x, 1, (int[]){0}, 0, y);
+    }
     KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){300, 7}, &x)); /* mean of everything: one long reduction */
     return kl_mean(g, x, 0, NULL, 0, y);
 }
@@ -192,6 +196,7 @@ static const kl_parity_case cases[] = {
     {"add", b_binary, 0, 1e-6, 1e-13, 0},        {"sub", b_binary, 1, 1e-6, 1e-13, 0},
     {"mul", b_binary, 2, 1e-6, 1e-13, 0},        {"div", b_binary, 3, 1e-5, 1e-13, 0},
     {"sum", b_reduce, 0, 1e-5, 1e-13, 0},        {"mean", b_reduce, 1, 1e-5, 1e-13, 0},
+    {"sum_cols", b_reduce, 2, 1e-5, 1e-13, 0},
     {"linear_relu", b_matmul, 0, TF32_TOL, 1e-12, 0}, {"linear_tanh", b_matmul, 1, TF32_TOL, 1e-12, 0},
     {"matmul_batched", b_matmul, 2, TF32_TOL, 1e-12, 0}, {"matmul_bcast", b_matmul, 3, TF32_TOL, 1e-12, 0},
     {"matmul_trans", b_matmul, 4, TF32_TOL, 1e-12, 0},

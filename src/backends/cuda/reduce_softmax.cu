@@ -11,7 +11,7 @@ static kl_status bad_dtype(const kl_tensor *t)
     return kl_fail(KL_EUNSUPPORTED, "%s: no CUDA kernel for %s", kl_ops[t->op]->name, kl_desc(t));
 }
 
-/* ---- reduce: block per output element ---- */
+/* ---- reduce: block per output element (the general case) ---- */
 
 /* out: offsets in x of each output's first value (over t's dims);
  * red: offsets of the reduced values from there */
@@ -31,6 +31,43 @@ template <typename T> __global__ void reduce_k(const T *x, T *y, kl_cu_iter out,
     }
 }
 
+/* ---- reduce over rows of [R, C] (outputs consecutive in x: a bias
+ * gradient): 32 columns a block, so each warp loads 32 consecutive values;
+ * RED_ROWS row phases per column summed in order through shared memory ---- */
+
+#define RED_ROWS 8
+template <typename T> __global__ void reduce_cols_k(const T *x, T *y, int64_t ncols, kl_cu_iter red, double scale)
+{
+    __shared__ double part[RED_ROWS][33];
+    int tx = threadIdx.x, ty = threadIdx.y;
+    for (int64_t c0 = (int64_t)blockIdx.x * 32; c0 < ncols; c0 += (int64_t)gridDim.x * 32) {
+        int64_t c = c0 + tx;
+        double acc = 0;
+        for (int64_t r = ty; c < ncols && r < red.n; r += RED_ROWS) {
+            int64_t off;
+            kl_cu_offsets<1>(red, r, &off);
+            acc += (double)x[off + c];
+        }
+        part[ty][tx] = acc;
+        __syncthreads();
+        if (ty == 0 && c < ncols) {
+            double sum = 0;
+            for (int k = 0; k < RED_ROWS; k++) sum += part[k][tx];
+            y[c] = (T)(sum * scale);
+        }
+        __syncthreads(); /* part is rewritten by the next column block */
+    }
+}
+
+/* The column kernel wins while its blocks have work enough each: up to 1024
+ * rows a thread, or at least 64 blocks; otherwise a block per output keeps
+ * more of the GPU busy on a long reduction to few outputs. */
+static bool use_cols(const kl_cu_iter *out, const kl_cu_iter *red)
+{
+    if (out->ndim != 1 || out->st[0][0] != 1 || out->n < 32 || red->n < 2) return false;
+    return red->n / RED_ROWS <= 1024 || (out->n + 31) / 32 >= 64;
+}
+
 extern "C" kl_status kl_cuda_reduce(const kl_exec *ex, const kl_tensor *t)
 {
     const kl_tensor *xs = t->src[0];
@@ -48,9 +85,20 @@ extern "C" kl_status kl_cuda_reduce(const kl_exec *ex, const kl_tensor *t)
     }
     kl_cu_iter out = kl_cu_iter_make(t->ndim, t->ne, 1, (const int64_t(*)[8])ost);
     kl_cu_iter red = kl_cu_iter_make(rn, rne, 1, (const int64_t(*)[8])rst);
+    cudaStream_t s = kl_cu_stream();
+    if (use_cols(&out, &red) && (t->dtype == KL_F32 || t->dtype == KL_F64)) {
+        int64_t nbc = (out.n + 31) / 32;
+        unsigned nb = (unsigned)(nbc < 65535 * 16 ? nbc : 65535 * 16);
+        dim3 th(32, RED_ROWS);
+        if (t->dtype == KL_F32)
+            reduce_cols_k<float><<<nb, th, 0, s>>>((const float *)kl_data(ex, xs), (float *)kl_data(ex, t), out.n, red, a->scale);
+        else
+            reduce_cols_k<double><<<nb, th, 0, s>>>((const double *)kl_data(ex, xs), (double *)kl_data(ex, t), out.n, red, a->scale);
+        KL_CUDA_LAUNCHED(t, "reduce_cols_k");
+        return KL_OK;
+    }
     int threads = kl_cu_red_threads(red.n);
     unsigned nb = (unsigned)(out.n < 65535 * 16 ? out.n : 65535 * 16);
-    cudaStream_t s = kl_cu_stream();
     if (t->dtype == KL_F32)
         reduce_k<float><<<nb, threads, 0, s>>>((const float *)kl_data(ex, xs), (float *)kl_data(ex, t), out, red, a->scale);
     else if (t->dtype == KL_F64)
