@@ -5,6 +5,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev  # clang + libFuzzer for the fuzz smoke
       libopenblas-openmp-dev libopenblas0-pthread
       libblis4-openmp  # GEMM where OpenBLAS does not know the CPU (src/backends/cpu/blas.c)
+      libdnnl-dev  # oneDNN's f32 convolutions (src/backends/cpu/conv_dnnl.c)
       libyaml-dev libjansson-dev zlib1g-dev libpng-dev
       dataset-fashion-mnist
       fortunes  # sequence models: the text corpus of models/char_lstm.yaml, gpt_small.yaml

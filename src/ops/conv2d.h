@@ -90,6 +90,14 @@ static inline size_t kl_conv_scratch(const kl_conv_attr *a, int op, size_t dsize
     return kl_conv_spans_off(a, op, dsize) + (g.direct ? 0 : (size_t)g.Kg * sizeof(kl_conv_span));
 }
 
+/* f32 convolutions through oneDNN where it is loaded and faster
+ * (backends/cpu/conv_dnnl.c): _ok says whether node t goes there; _run runs
+ * it (KL_EUNSUPPORTED: oneDNN refused the geometry, run kiln's kernel). */
+bool kl_dnnl_conv_ok(const kl_conv_attr *a, const kl_tensor *t);
+kl_status kl_dnnl_conv_run(const kl_exec *ex, const kl_tensor *t);
+/* -1: oneDNN not loaded (or KILN_CONV=im2col), 0: auto, 1: KILN_CONV=dnnl */
+int kl_dnnl_conv_mode(void);
+
 /* Cap on a CUDA conv node's chunk buffers (bytes; KL_CONV_SCRATCH_BUDGET):
  * read by the shape fns when a node is made. Tests lower it to force
  * several chunks. */

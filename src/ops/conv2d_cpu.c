@@ -265,9 +265,17 @@ static const void *act_out(const kl_exec *ex, const kl_tensor *t, const kl_conv_
     return a->act != KL_ACT_NONE ? kl_data(ex, t->src[2]) : NULL;
 }
 
+/* oneDNN's kernel where it takes the node, else kiln's */
+#define KL_DNNL_FIRST(ex, t, a)                                                                    \
+    do {                                                                                           \
+        kl_status s_ = kl_dnnl_conv_ok(a, t) ? kl_dnnl_conv_run(ex, t) : KL_EUNSUPPORTED;           \
+        if (s_ != KL_EUNSUPPORTED) return s_;                                                      \
+    } while (0)
+
 kl_status kl_conv2d_fwd_cpu(const kl_exec *ex, const kl_tensor *t)
 {
     const kl_conv_attr *a = KL_ATTR_C(t, kl_conv_attr);
+    KL_DNNL_FIRST(ex, t, a);
     const void *b = t->n_src > 2 ? kl_data(ex, t->src[2]) : NULL;
     CONV_RUN(t, conv_fwd, kl_data(ex, t->src[0]), kl_data(ex, t->src[1]), b, kl_data(ex, t), kl_scratch(ex, t));
     return KL_OK;
@@ -276,6 +284,7 @@ kl_status kl_conv2d_fwd_cpu(const kl_exec *ex, const kl_tensor *t)
 kl_status kl_conv2d_bwd_data_cpu(const kl_exec *ex, const kl_tensor *t)
 {
     const kl_conv_attr *a = KL_ATTR_C(t, kl_conv_attr);
+    KL_DNNL_FIRST(ex, t, a);
     CONV_RUN(t, conv_bwd_data, kl_data(ex, t->src[0]), kl_data(ex, t->src[1]), act_out(ex, t, a), kl_data(ex, t),
              kl_scratch(ex, t));
     return KL_OK;
@@ -284,6 +293,7 @@ kl_status kl_conv2d_bwd_data_cpu(const kl_exec *ex, const kl_tensor *t)
 kl_status kl_conv2d_bwd_filter_cpu(const kl_exec *ex, const kl_tensor *t)
 {
     const kl_conv_attr *a = KL_ATTR_C(t, kl_conv_attr);
+    KL_DNNL_FIRST(ex, t, a);
     void *db = a->has_bias ? kl_data(ex, t->extra[0]) : NULL;
     CONV_RUN(t, conv_bwd_filter, kl_data(ex, t->src[0]), kl_data(ex, t->src[1]), act_out(ex, t, a), kl_data(ex, t),
              db, kl_scratch(ex, t));

@@ -1,0 +1,311 @@
+/* f32 convolutions through oneDNN (Debian's libdnnl2, loaded at run time).
+ *
+ * oneDNN's JIT convolutions, in its blocked layouts with reorders from and
+ * to kiln's NCHW, run the reference CNN's second convolution 2.3-3x faster
+ * than im2col + GEMM on the same two cores (bench/RESULTS.md), but 10x
+ * slower on the first one (one input channel, padded to 16 in the blocked
+ * layout): so they are used where both channel counts per group are >= 16.
+ * KILN_CONV=im2col turns them off, KILN_CONV=dnnl forces them for every f32
+ * convolution (tests); without libdnnl.so.2, in builds without its header
+ * and in AddressSanitizer builds (LeakSanitizer cannot see the library's
+ * JIT buffers) kiln keeps its own kernels.
+ *
+ * Each geometry gets one cache entry, made on its first run (outside the
+ * step's arena, like cuBLASLt's plans on a GPU) and kept for the process:
+ * the primitive, its reorders and its own copies of the operands in its
+ * layouts. Runs lock the entry. Results are the same from run to run; the
+ * filter gradient's last bits depend on the thread count (oneDNN splits the
+ * batch over threads), unlike kiln's own kernel. */
+#include "backends/cpu/cpu.h"
+#include "core/error.h"
+#include "ops/conv2d.h"
+#include "ops/elem.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KL_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define KL_ASAN 1
+#endif
+#if defined(__has_include) && !defined(KL_ASAN)
+#if __has_include(<dnnl.h>)
+#define KL_HAVE_DNNL 1
+#endif
+#endif
+
+#ifndef KL_HAVE_DNNL
+bool kl_dnnl_conv_ok(const kl_conv_attr *a, const kl_tensor *t) { return false; }
+kl_status kl_dnnl_conv_run(const kl_exec *ex, const kl_tensor *t) { return KL_EUNSUPPORTED; }
+int kl_dnnl_conv_mode(void) { return -1; }
+#else
+#include <dlfcn.h>
+#include <dnnl.h>
+#include <omp.h>
+#include <pthread.h>
+
+/* the oneDNN functions kiln calls, looked up in libdnnl.so.2 */
+#define DN_FUNCS(X)                                                                                \
+    X(dnnl_engine_create) X(dnnl_stream_create) X(dnnl_stream_wait) X(dnnl_memory_desc_init_by_tag) \
+    X(dnnl_memory_desc_equal) X(dnnl_dilated_convolution_forward_desc_init)                        \
+    X(dnnl_dilated_convolution_backward_data_desc_init)                                            \
+    X(dnnl_dilated_convolution_backward_weights_desc_init) X(dnnl_primitive_attr_create)           \
+    X(dnnl_primitive_attr_destroy) X(dnnl_post_ops_create) X(dnnl_post_ops_destroy)                \
+    X(dnnl_post_ops_append_eltwise) X(dnnl_primitive_attr_set_post_ops) X(dnnl_primitive_desc_create) \
+    X(dnnl_primitive_desc_destroy) X(dnnl_primitive_desc_query_md) X(dnnl_primitive_create)        \
+    X(dnnl_primitive_destroy) X(dnnl_primitive_execute) X(dnnl_memory_create)                      \
+    X(dnnl_memory_destroy) X(dnnl_memory_set_data_handle) X(dnnl_reorder_primitive_desc_create)
+
+static struct {
+#define DN_PTR(f) __typeof__(f) *f;
+    DN_FUNCS(DN_PTR)
+    int mode; /* -1 none (not loaded or off), 0 auto, 1 every f32 conv */
+    dnnl_engine_t eng;
+    dnnl_stream_t st;
+    pthread_mutex_t mu; /* the cache list */
+    struct dn_entry *cache;
+} g_dn = {.mode = -1, .mu = PTHREAD_MUTEX_INITIALIZER};
+static pthread_once_t g_dn_once = PTHREAD_ONCE_INIT;
+
+static void dn_load(void)
+{
+    const char *env = getenv("KILN_CONV");
+    if (env && !strcmp(env, "im2col")) return;
+    void *h = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_LOCAL);
+    if (!h) return;
+    bool ok = true;
+#define DN_SYM(f)                                                                                  \
+    {                                                                                              \
+        void *p = dlsym(h, #f);                                                                    \
+        ok &= p != NULL;                                                                           \
+        memcpy(&g_dn.f, &p, sizeof p); /* object-to-function pointer through memcpy (ISO C) */     \
+    }
+    DN_FUNCS(DN_SYM)
+    if (!ok || g_dn.dnnl_engine_create(&g_dn.eng, dnnl_cpu, 0) != dnnl_success) return;
+    if (g_dn.dnnl_stream_create(&g_dn.st, g_dn.eng, dnnl_stream_default_flags) != dnnl_success) return;
+    g_dn.mode = env && !strcmp(env, "dnnl") ? 1 : 0;
+}
+
+int kl_dnnl_conv_mode(void)
+{
+    pthread_once(&g_dn_once, dn_load);
+    return g_dn.mode;
+}
+
+bool kl_dnnl_conv_ok(const kl_conv_attr *a, const kl_tensor *t)
+{
+    if (t->dtype != KL_F32) return false;
+    pthread_once(&g_dn_once, dn_load);
+    if (g_dn.mode < 0) return false;
+    return g_dn.mode == 1 || (a->C / a->groups >= 16 && a->O / a->groups >= 16);
+}
+
+/* An operand in the primitive's layout: user memory (kiln's buffer, set per
+ * run), the primitive's own copy when the layouts differ, and the reorder
+ * between them (to_user: primitive's layout -> kiln's, for the output). */
+typedef struct {
+    dnnl_memory_t user, mem;
+    dnnl_primitive_t reorder;
+    bool to_user;
+} dn_mem;
+
+/* 1 when the node reads (conv2d) or writes (bwd_filter) a bias */
+static int bias_of(const kl_tensor *t, const kl_conv_attr *a)
+{
+    return t->op == KL_OP_conv2d ? t->n_src > 2 : t->op == KL_OP_conv2d_bwd_filter && a->has_bias;
+}
+
+/* What makes two nodes' primitives the same: op, threads and the geometry. */
+typedef struct dn_key {
+    int64_t v[24];
+} dn_key;
+
+static dn_key key_of(const kl_exec *ex, const kl_tensor *t, const kl_conv_attr *a)
+{
+    dn_key k = {{t->op, ex->threads, a->sh, a->sw, a->ph, a->pw, a->dh, a->dw, a->groups, a->act, bias_of(t, a),
+                 a->N, a->C, a->H, a->W, a->O, a->KH, a->KW, a->OH, a->OW}};
+    return k;
+}
+
+typedef struct dn_entry {
+    dn_key key;
+    int op, has_bias;
+    const kl_conv_attr *a; /* the first node's, while the entry is made */
+    bool failed; /* oneDNN refused the geometry: kiln's kernels run it */
+    dnnl_primitive_t prim;
+    dn_mem in0, in1, out;
+    dnnl_memory_t bias; /* bias or diff_bias, user memory */
+    float *dz;          /* act'(y) dy for the gradient ops of a fused activation */
+    pthread_mutex_t mu;
+    struct dn_entry *next;
+} dn_entry;
+
+#define DN_TRY(call)                                                                               \
+    do {                                                                                           \
+        if ((call) != dnnl_success) return false;                                                  \
+    } while (0)
+
+static bool mem_prep(dn_mem *m, const dnnl_memory_desc_t *user, const dnnl_memory_desc_t *want, bool to_user)
+{
+    m->to_user = to_user;
+    DN_TRY(g_dn.dnnl_memory_create(&m->user, user, g_dn.eng, DNNL_MEMORY_NONE));
+    m->mem = m->user;
+    if (g_dn.dnnl_memory_desc_equal(user, want)) return true;
+    DN_TRY(g_dn.dnnl_memory_create(&m->mem, want, g_dn.eng, DNNL_MEMORY_ALLOCATE));
+    dnnl_primitive_desc_t rpd;
+    DN_TRY(to_user ? g_dn.dnnl_reorder_primitive_desc_create(&rpd, want, g_dn.eng, user, g_dn.eng, NULL)
+                   : g_dn.dnnl_reorder_primitive_desc_create(&rpd, user, g_dn.eng, want, g_dn.eng, NULL));
+    dnnl_status_t s = g_dn.dnnl_primitive_create(&m->reorder, rpd);
+    g_dn.dnnl_primitive_desc_destroy(rpd);
+    return s == dnnl_success;
+}
+
+static bool mem_reorder(dn_mem *m)
+{
+    if (!m->reorder) return true;
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, m->to_user ? m->mem : m->user},
+                               {DNNL_ARG_TO, m->to_user ? m->user : m->mem}};
+    return g_dn.dnnl_primitive_execute(m->reorder, g_dn.st, 2, args) == dnnl_success;
+}
+
+static dnnl_alg_kind_t eltwise_of(int act)
+{
+    return act == KL_ACT_RELU ? dnnl_eltwise_relu : act == KL_ACT_TANH ? dnnl_eltwise_tanh : dnnl_eltwise_logistic;
+}
+
+/* The primitive for e->key, its operands and buffers. */
+static bool entry_make(dn_entry *e)
+{
+    const kl_conv_attr *a = e->a;
+    int op = e->op, G = a->groups;
+    dnnl_dims_t xd = {a->N, a->C, a->H, a->W}, yd = {a->N, a->O, a->OH, a->OW}, bd = {a->O};
+    dnnl_dims_t wd = {G, a->O / G, a->C / G, a->KH, a->KW}, st = {a->sh, a->sw}, dl = {a->dh - 1, a->dw - 1},
+                pd = {a->ph, a->pw};
+    /* the padding past the end: oneDNN wants the output size to come out exactly */
+    dnnl_dims_t pr = {(a->OH - 1) * a->sh + (a->KH - 1) * a->dh + 1 - a->H - a->ph,
+                      (a->OW - 1) * a->sw + (a->KW - 1) * a->dw + 1 - a->W - a->pw};
+    dnnl_memory_desc_t xu, yu, wu, bu, xa, ya, wa;
+    DN_TRY(g_dn.dnnl_memory_desc_init_by_tag(&xu, 4, xd, dnnl_f32, dnnl_nchw));
+    DN_TRY(g_dn.dnnl_memory_desc_init_by_tag(&yu, 4, yd, dnnl_f32, dnnl_nchw));
+    DN_TRY(g_dn.dnnl_memory_desc_init_by_tag(&wu, 5, wd, dnnl_f32, dnnl_goihw));
+    DN_TRY(g_dn.dnnl_memory_desc_init_by_tag(&bu, 1, bd, dnnl_f32, dnnl_x));
+    DN_TRY(g_dn.dnnl_memory_desc_init_by_tag(&xa, 4, xd, dnnl_f32, dnnl_format_tag_any));
+    DN_TRY(g_dn.dnnl_memory_desc_init_by_tag(&ya, 4, yd, dnnl_f32, dnnl_format_tag_any));
+    DN_TRY(g_dn.dnnl_memory_desc_init_by_tag(&wa, 5, wd, dnnl_f32, dnnl_format_tag_any));
+    bool bias = e->has_bias;
+    dnnl_convolution_desc_t fd, cd;
+    DN_TRY(g_dn.dnnl_dilated_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &xa,
+                                                            &wa, bias ? &bu : NULL, &ya, st, dl, pd, pr));
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    if (op == KL_OP_conv2d && a->act != KL_ACT_NONE) {
+        DN_TRY(g_dn.dnnl_primitive_attr_create(&attr));
+        DN_TRY(g_dn.dnnl_post_ops_create(&po));
+        DN_TRY(g_dn.dnnl_post_ops_append_eltwise(po, 1.0f, eltwise_of(a->act), 0.0f, 0.0f));
+        DN_TRY(g_dn.dnnl_primitive_attr_set_post_ops(attr, po));
+    }
+    dnnl_primitive_desc_t fpd = NULL, ppd = NULL;
+    dnnl_status_t s = g_dn.dnnl_primitive_desc_create(&fpd, &fd, attr, g_dn.eng, NULL);
+    if (po) g_dn.dnnl_post_ops_destroy(po);
+    if (attr) g_dn.dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success) return false;
+    if (op == KL_OP_conv2d) {
+        ppd = fpd;
+    } else { /* the gradient ops take the forward's descriptor as a hint */
+        if (op == KL_OP_conv2d_bwd_data)
+            s = g_dn.dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &xa, &wa, &ya, st,
+                                                                      dl, pd, pr);
+        else
+            s = g_dn.dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &xa, &wa,
+                                                                         bias ? &bu : NULL, &ya, st, dl, pd, pr);
+        if (s == dnnl_success) s = g_dn.dnnl_primitive_desc_create(&ppd, &cd, NULL, g_dn.eng, fpd);
+        g_dn.dnnl_primitive_desc_destroy(fpd);
+        if (s != dnnl_success) return false;
+    }
+#define MD(q) g_dn.dnnl_primitive_desc_query_md(ppd, q, 0)
+    bool ok = g_dn.dnnl_primitive_create(&e->prim, ppd) == dnnl_success;
+    if (op == KL_OP_conv2d)
+        ok = ok && mem_prep(&e->in0, &xu, MD(dnnl_query_src_md), false) &&
+             mem_prep(&e->in1, &wu, MD(dnnl_query_weights_md), false) &&
+             mem_prep(&e->out, &yu, MD(dnnl_query_dst_md), true);
+    else if (op == KL_OP_conv2d_bwd_data)
+        ok = ok && mem_prep(&e->in0, &yu, MD(dnnl_query_diff_dst_md), false) &&
+             mem_prep(&e->in1, &wu, MD(dnnl_query_weights_md), false) &&
+             mem_prep(&e->out, &xu, MD(dnnl_query_diff_src_md), true);
+    else
+        ok = ok && mem_prep(&e->in0, &xu, MD(dnnl_query_src_md), false) &&
+             mem_prep(&e->in1, &yu, MD(dnnl_query_diff_dst_md), false) &&
+             mem_prep(&e->out, &wu, MD(dnnl_query_diff_weights_md), true);
+#undef MD
+    g_dn.dnnl_primitive_desc_destroy(ppd);
+    if (ok && bias) ok = g_dn.dnnl_memory_create(&e->bias, &bu, g_dn.eng, DNNL_MEMORY_NONE) == dnnl_success;
+    if (ok && op != KL_OP_conv2d && a->act != KL_ACT_NONE)
+        ok = (e->dz = malloc((size_t)(a->N * a->O * a->OH * a->OW) * sizeof(float))) != NULL;
+    return ok;
+}
+
+/* The cache entry of t's geometry, made on first use (NULL: out of memory). */
+static dn_entry *entry_get(const kl_exec *ex, const kl_tensor *t, const kl_conv_attr *a)
+{
+    dn_key k = key_of(ex, t, a);
+    pthread_mutex_lock(&g_dn.mu);
+    dn_entry *e = g_dn.cache;
+    while (e && memcmp(&e->key, &k, sizeof k)) e = e->next;
+    if (!e && (e = calloc(1, sizeof *e))) {
+        e->key = k, e->op = t->op, e->a = a, e->has_bias = bias_of(t, a);
+        pthread_mutex_init(&e->mu, NULL);
+        int prev = omp_get_max_threads(); /* oneDNN sizes its blocking by the threads it will have */
+        omp_set_num_threads(ex->threads);
+        e->failed = !entry_make(e); /* a half-made entry is kept, marked failed (and leaked) */
+        omp_set_num_threads(prev);
+        e->a = NULL;
+        e->next = g_dn.cache;
+        g_dn.cache = e;
+    }
+    pthread_mutex_unlock(&g_dn.mu);
+    return e;
+}
+
+/* dz = act'(y) * dy over the whole batch (the CPU kernels' per-element rule). */
+static void form_dz(const kl_conv_attr *a, const float *dy, const float *y, float *dz)
+{
+    int64_t n = a->N * a->O * a->OH * a->OW;
+    int kind = a->act == KL_ACT_RELU ? KL_UN_RELU : a->act == KL_ACT_TANH ? KL_UN_TANH : KL_UN_SIGMOID;
+    _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")
+    for (int64_t i = 0; i < n; i++)
+        dz[i] = a->act == KL_ACT_RELU ? (y[i] > 0 ? dy[i] : 0) : kl_unary_grad_float(kind, y[i], dy[i], 0);
+}
+
+kl_status kl_dnnl_conv_run(const kl_exec *ex, const kl_tensor *t)
+{
+    const kl_conv_attr *a = KL_ATTR_C(t, kl_conv_attr);
+    dn_entry *e = entry_get(ex, t, a);
+    if (!e || e->failed) return KL_EUNSUPPORTED; /* the caller runs kiln's kernel */
+    int op = t->op;
+    const float *s0 = kl_data(ex, t->src[0]), *s1 = kl_data(ex, t->src[1]);
+    const float *y = op != KL_OP_conv2d && a->act != KL_ACT_NONE ? kl_data(ex, t->src[2]) : NULL;
+    void *bias = !e->has_bias ? NULL : op == KL_OP_conv2d ? kl_data(ex, t->src[2]) : kl_data(ex, t->extra[0]);
+    pthread_mutex_lock(&e->mu);
+    if (y) form_dz(a, s0, y, e->dz), s0 = e->dz;
+    /* srcs: conv2d x, w; bwd_data dy, w; bwd_filter dy, x (its primitive takes x first) */
+    const void *in0 = op == KL_OP_conv2d_bwd_filter ? s1 : s0, *in1 = op == KL_OP_conv2d_bwd_filter ? s0 : s1;
+    bool ok = g_dn.dnnl_memory_set_data_handle(e->in0.user, (void *)in0) == dnnl_success &&
+              g_dn.dnnl_memory_set_data_handle(e->in1.user, (void *)in1) == dnnl_success &&
+              g_dn.dnnl_memory_set_data_handle(e->out.user, kl_data(ex, t)) == dnnl_success &&
+              (!e->bias || g_dn.dnnl_memory_set_data_handle(e->bias, bias) == dnnl_success);
+    ok = ok && mem_reorder(&e->in0) && mem_reorder(&e->in1);
+    int A0 = op == KL_OP_conv2d_bwd_data ? DNNL_ARG_DIFF_DST : DNNL_ARG_SRC;
+    int A1 = op == KL_OP_conv2d_bwd_filter ? DNNL_ARG_DIFF_DST : DNNL_ARG_WEIGHTS;
+    int AO = op == KL_OP_conv2d ? DNNL_ARG_DST : op == KL_OP_conv2d_bwd_data ? DNNL_ARG_DIFF_SRC : DNNL_ARG_DIFF_WEIGHTS;
+    int AB = op == KL_OP_conv2d ? DNNL_ARG_BIAS : DNNL_ARG_DIFF_BIAS;
+    dnnl_exec_arg_t args[4] = {{A0, e->in0.mem}, {A1, e->in1.mem}, {AO, e->out.mem}, {AB, e->bias}};
+    ok = ok && g_dn.dnnl_primitive_execute(e->prim, g_dn.st, e->bias ? 4 : 3, args) == dnnl_success;
+    ok = ok && mem_reorder(&e->out) && g_dn.dnnl_stream_wait(g_dn.st) == dnnl_success;
+    pthread_mutex_unlock(&e->mu);
+    return ok ? KL_OK : kl_fail(KL_EINTERNAL, "%s: oneDNN failed to run %s", kl_ops[op]->name, kl_desc(t));
+}
+#endif
