@@ -332,6 +332,10 @@ static kl_status cu_wait_seq(const volatile uint64_t *seq, uint64_t want)
                            g_cu.device, (unsigned long long)want);
         }
         if (e != cudaErrorNotReady) return kl_cu_fail(e, "read-back", "cudaStreamQuery", __FILE__, __LINE__);
+        /* the runtime may keep "not ready" as this thread's last error (PyTorch
+         * clears it after its queries): clear it, or the next launch's
+         * cudaGetLastError check fails with "device not ready" */
+        if (cudaPeekAtLastError() == cudaErrorNotReady) (void)cudaGetLastError();
         if (spin < 64) sched_yield();
         else usleep(20);
     }
