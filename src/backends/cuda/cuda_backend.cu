@@ -35,9 +35,14 @@ kl_status kl_cu_fail(cudaError_t e, const char *op, const char *kernel, const ch
     (void)cudaGetLastError(); /* clear a non-sticky error so later calls can go on */
     const char *base = strrchr(file, '/');
     kl_status s = e == cudaErrorMemoryAllocation ? KL_EDEVMEM : KL_EDEVICE;
-    /* a fault inside a kernel surfaces at a later synchronisation, or in a
-     * replayed graph, where the op is unknown: say how to find it */
-    bool later = strstr(kernel, "Synchronize") || strstr(kernel, "Query") || strstr(kernel, "GraphLaunch");
+    /* a fault inside a kernel surfaces at a later synchronisation, in a
+     * replayed graph, or (sticky) at any later call, where the op named is
+     * not the one that faulted: say how to find it */
+    bool sticky = e == cudaErrorIllegalAddress || e == cudaErrorLaunchFailure || e == cudaErrorAssert ||
+                  e == cudaErrorIllegalInstruction || e == cudaErrorMisalignedAddress ||
+                  e == cudaErrorInvalidAddressSpace || e == cudaErrorInvalidPc || e == cudaErrorHardwareStackError ||
+                  e == cudaErrorLaunchTimeout;
+    bool later = sticky || strstr(kernel, "Synchronize") || strstr(kernel, "Query") || strstr(kernel, "GraphLaunch");
     return kl_fail(s, "%s: %s on cuda:%d failed: %s (%s) [%s:%d]%s", op, kernel, dev, cudaGetErrorString(e),
                    cudaGetErrorName(e), base ? base + 1 : file, line,
                    later && e != cudaErrorMemoryAllocation
