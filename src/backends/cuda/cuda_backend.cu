@@ -436,6 +436,8 @@ static void cu_stage_free(void *st)
 {
     cu_stage *g = (cu_stage *)st;
     if (!g) return;
+    /* the copies read the caller's pinned slots, freed after this returns */
+    if (g_copy_stream && cudaStreamSynchronize(g_copy_stream) != cudaSuccess) (void)cudaGetLastError();
     for (int k = 0; k < g->slots; k++) {
         if (g->copied && g->copied[k]) cudaEventDestroy(g->copied[k]);
         if (g->released && g->released[k]) cudaEventDestroy(g->released[k]);
