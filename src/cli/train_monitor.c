@@ -38,6 +38,9 @@ int monitor_flags_take(int *argc, char **argv)
             }
         } else if (!strcmp(a, "--no-graph")) {
             g_monitor_flags.no_graph = 1;
+            /* every graph of the run (a last partial batch's, evaluation's, a
+             * sequence model's), not only the training step's */
+            setenv("KILN_CUDA_GRAPH", "0", 1);
         } else if (!strcmp(a, "--batch") && i + 1 < *argc && !strcmp(argv[i + 1], "auto")) {
             g_monitor_flags.batch_auto = 1;
             i++;

@@ -135,12 +135,13 @@ static kl_status capture_and_launch(kl_graph *g, const kl_exec *ex)
 {
     const kl_backend *be = g->ctx->be;
     drop_capture(g);
-    KL_TRY(be->capture_begin());
-    kl_status s = issue_nodes(g, ex);
+    kl_status s = be->capture_begin();
+    bool began = s == KL_OK; /* a capture that cannot start runs eagerly too */
+    if (began) s = issue_nodes(g, ex);
     char why[512];
     snprintf(why, sizeof why, "%s", s != KL_OK ? kl_last_error() : "");
     void *exec = NULL;
-    kl_status e = be->capture_end(&exec);
+    kl_status e = began ? be->capture_end(&exec) : s;
     if (s == KL_OK && e == KL_OK) {
         g->captured = exec;
         g->captured_key = storage_key(g);

@@ -39,6 +39,7 @@ void kl_device_data_free(kl_device_data *dd)
 {
     if (!dd) return;
     const kl_backend *be = dd->ctx->be;
+    if (dd->stage) be->stage_free(dd->stage); /* waits for the copies from the pinned slots */
     if (dd->owns) {
         be->free(dd->x);
         be->free(dd->y);
@@ -46,7 +47,6 @@ void kl_device_data_free(kl_device_data *dd)
     be->free(dd->order);
     be->host_free(dd->hx);
     be->host_free(dd->hy);
-    if (dd->stage) be->stage_free(dd->stage);
     kl_free(dd->order_host);
     kl_free(dd->perm);
     kl_free(dd);

@@ -35,9 +35,14 @@ kl_status kl_cu_fail(cudaError_t e, const char *op, const char *kernel, const ch
     (void)cudaGetLastError(); /* clear a non-sticky error so later calls can go on */
     const char *base = strrchr(file, '/');
     kl_status s = e == cudaErrorMemoryAllocation ? KL_EDEVMEM : KL_EDEVICE;
-    /* a fault inside a kernel surfaces at a later synchronisation, or in a
-     * replayed graph, where the op is unknown: say how to find it */
-    bool later = strstr(kernel, "Synchronize") || strstr(kernel, "Query") || strstr(kernel, "GraphLaunch");
+    /* a fault inside a kernel surfaces at a later synchronisation, in a
+     * replayed graph, or (sticky) at any later call, where the op named is
+     * not the one that faulted: say how to find it */
+    bool sticky = e == cudaErrorIllegalAddress || e == cudaErrorLaunchFailure || e == cudaErrorAssert ||
+                  e == cudaErrorIllegalInstruction || e == cudaErrorMisalignedAddress ||
+                  e == cudaErrorInvalidAddressSpace || e == cudaErrorInvalidPc || e == cudaErrorHardwareStackError ||
+                  e == cudaErrorLaunchTimeout;
+    bool later = sticky || strstr(kernel, "Synchronize") || strstr(kernel, "Query") || strstr(kernel, "GraphLaunch");
     return kl_fail(s, "%s: %s on cuda:%d failed: %s (%s) [%s:%d]%s", op, kernel, dev, cudaGetErrorString(e),
                    cudaGetErrorName(e), base ? base + 1 : file, line,
                    later && e != cudaErrorMemoryAllocation
@@ -332,6 +337,10 @@ static kl_status cu_wait_seq(const volatile uint64_t *seq, uint64_t want)
                            g_cu.device, (unsigned long long)want);
         }
         if (e != cudaErrorNotReady) return kl_cu_fail(e, "read-back", "cudaStreamQuery", __FILE__, __LINE__);
+        /* the runtime may keep "not ready" as this thread's last error (PyTorch
+         * clears it after its queries): clear it, or the next launch's
+         * cudaGetLastError check fails with "device not ready" */
+        if (cudaPeekAtLastError() == cudaErrorNotReady) (void)cudaGetLastError();
         if (spin < 64) sched_yield();
         else usleep(20);
     }
@@ -427,6 +436,8 @@ static void cu_stage_free(void *st)
 {
     cu_stage *g = (cu_stage *)st;
     if (!g) return;
+    /* the copies read the caller's pinned slots, freed after this returns */
+    if (g_copy_stream && cudaStreamSynchronize(g_copy_stream) != cudaSuccess) (void)cudaGetLastError();
     for (int k = 0; k < g->slots; k++) {
         if (g->copied && g->copied[k]) cudaEventDestroy(g->copied[k]);
         if (g->released && g->released[k]) cudaEventDestroy(g->released[k]);
