@@ -95,6 +95,14 @@ kl_status monitor_cfg_take(kl_cfg *cfg, monitor_opts *o)
     return kl_cfg_set_scalar(cfg, "train.nan_watch", o->nan_watch ? "true" : "false");
 }
 
+/* CLOCK_MONOTONIC in seconds (run_t0's clock) */
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* A TensorBoard write failed: say so once and stop writing. */
 static void tb_failed(train_monitor *m)
 {
@@ -136,9 +144,7 @@ kl_status train_monitor_open(train_monitor *m, const char *run_dir, kl_ctx *ctx,
         kl_cuda_device_info info; /* NVML's numbering may differ from CUDA's: find the GPU by its PCI address */
         if (dev.type == KL_DEVICE_CUDA && kl_cuda_device_info_get(dev.index, &info) == KL_OK)
             snprintf(to.pci_bus_id, sizeof to.pci_bus_id, "%s", info.pci_bus_id);
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        m->tel_t0 = m->epoch_t0 = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+        m->tel_t0 = m->epoch_t0 = mono_s();
         m->t_offset = m->tel_t0 - run_t0;
         KL_TRY(telemetry_start(&to, &m->tel));
     }
@@ -187,9 +193,7 @@ static void energy_out(train_monitor *m, const char *scope, int64_t epoch, int64
 {
     if (!telemetry_has_gpu(m->tel)) return;
     const char *src;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double now = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    double now = mono_s();
     int run = !strcmp(scope, "run");
     double e = telemetry_energy(m->tel, &src), j = run ? e : e - m->energy_epoch0;
     double secs = now - (run ? m->tel_t0 : m->epoch_t0);
@@ -197,7 +201,7 @@ static void energy_out(train_monitor *m, const char *scope, int64_t epoch, int64
     fprintf(m->metrics, "{\"type\":\"energy\",\"scope\":\"%s\",\"epoch\":%lld,\"step\":%lld,\"joules\":%.3f,"
             "\"seconds\":%.3f,\"mean_w\":%.3f,\"source\":\"%s\"}\n",
             scope, (long long)epoch, (long long)step, j, secs, secs > 0 ? j / secs : 0.0, src);
-    scalar(m, strcmp(scope, "run") ? "sys/epoch_energy_j" : "sys/run_energy_j", step, j);
+    scalar(m, run ? "sys/run_energy_j" : "sys/epoch_energy_j", step, j);
 }
 
 void train_monitor_close(train_monitor *m)

@@ -36,7 +36,7 @@ static void workers_end(const kl_exec *ex, int nt)
     if (nt > 1) kl_blas_set_threads(ex->threads);
 }
 
-static int act_kind(int act)
+int kl_conv_act_unary(int act)
 {
     return act == KL_ACT_RELU ? KL_UN_RELU : act == KL_ACT_TANH ? KL_UN_TANH : KL_UN_SIGMOID;
 }
@@ -72,7 +72,8 @@ static const kl_conv_span *spans_fill(const kl_conv_attr *a, int op, size_t dsiz
         if (a->act == KL_ACT_RELU)                                                                 \
             for (int64_t i = 0; i < m; i++) buf[i] = yn[i] > 0 ? d[i] : 0;                         \
         else                                                                                       \
-            for (int64_t i = 0; i < m; i++) buf[i] = kl_unary_grad_##T(act_kind(a->act), yn[i], d[i], 0); \
+            for (int64_t i = 0; i < m; i++)                                                        \
+                buf[i] = kl_unary_grad_##T(kl_conv_act_unary(a->act), yn[i], d[i], 0);             \
         return buf;                                                                                \
     }                                                                                              \
     /* sum of a row in 16 independent lanes (vectorises; fixed order) */                           \
@@ -155,7 +156,7 @@ static const kl_conv_span *spans_fill(const kl_conv_attr *a, int op, size_t dsiz
     {                                                                                              \
         kl_conv_geom g = kl_conv_geom_of(a);                                                       \
         size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));            \
-        int kind = act_kind(a->act);                                                               \
+        int kind = kl_conv_act_unary(a->act);                                                      \
         const kl_conv_span *sp = spans_fill(a, KL_OP_conv2d, sizeof(T), scratch);                  \
         int nt = workers_begin(ex, a->nslots, a->N);                                               \
         _Pragma("omp parallel for num_threads(nt) schedule(static)")                               \

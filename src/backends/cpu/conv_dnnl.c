@@ -134,7 +134,6 @@ static dn_key key_of(const kl_exec *ex, const kl_tensor *t, const kl_conv_attr *
 typedef struct dn_entry {
     dn_key key;
     int op, has_bias;
-    const kl_conv_attr *a; /* the first node's, while the entry is made */
     bool failed; /* oneDNN refused the geometry: kiln's kernels run it */
     dnnl_primitive_t prim;
     dn_mem in0, in1, out;
@@ -177,10 +176,10 @@ static dnnl_alg_kind_t eltwise_of(int act)
     return act == KL_ACT_RELU ? dnnl_eltwise_relu : act == KL_ACT_TANH ? dnnl_eltwise_tanh : dnnl_eltwise_logistic;
 }
 
-/* The primitive for e->key, its operands and buffers. */
-static bool entry_make(dn_entry *e)
+/* The primitive for e->key (a: the attributes of a node with that key), its
+ * operands and buffers. */
+static bool entry_make(dn_entry *e, const kl_conv_attr *a)
 {
-    const kl_conv_attr *a = e->a;
     int op = e->op, G = a->groups;
     dnnl_dims_t xd = {a->N, a->C, a->H, a->W}, yd = {a->N, a->O, a->OH, a->OW}, bd = {a->O};
     dnnl_dims_t wd = {G, a->O / G, a->C / G, a->KH, a->KW}, st = {a->sh, a->sw}, dl = {a->dh - 1, a->dw - 1},
@@ -256,13 +255,12 @@ static dn_entry *entry_get(const kl_exec *ex, const kl_tensor *t, const kl_conv_
     dn_entry *e = g_dn.cache;
     while (e && memcmp(&e->key, &k, sizeof k)) e = e->next;
     if (!e && (e = calloc(1, sizeof *e))) {
-        e->key = k, e->op = t->op, e->a = a, e->has_bias = bias_of(t, a);
+        e->key = k, e->op = t->op, e->has_bias = bias_of(t, a);
         pthread_mutex_init(&e->mu, NULL);
         int prev = omp_get_max_threads(); /* oneDNN sizes its blocking by the threads it will have */
         omp_set_num_threads(ex->threads);
-        e->failed = !entry_make(e); /* a half-made entry is kept, marked failed (and leaked) */
+        e->failed = !entry_make(e, a); /* a half-made entry is kept, marked failed (and leaked) */
         omp_set_num_threads(prev);
-        e->a = NULL;
         e->next = g_dn.cache;
         g_dn.cache = e;
     }
@@ -274,7 +272,7 @@ static dn_entry *entry_get(const kl_exec *ex, const kl_tensor *t, const kl_conv_
 static void form_dz(const kl_conv_attr *a, const float *dy, const float *y, float *dz)
 {
     int64_t n = a->N * a->O * a->OH * a->OW;
-    int kind = a->act == KL_ACT_RELU ? KL_UN_RELU : a->act == KL_ACT_TANH ? KL_UN_TANH : KL_UN_SIGMOID;
+    int kind = kl_conv_act_unary(a->act);
     _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")
     for (int64_t i = 0; i < n; i++)
         dz[i] = a->act == KL_ACT_RELU ? (y[i] > 0 ? dy[i] : 0) : kl_unary_grad_float(kind, y[i], dy[i], 0);
