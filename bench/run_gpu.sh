@@ -7,7 +7,9 @@
 #      energy per epoch (NVML) and peak device memory (kiln train --device vs
 #      bench/cnn_torch.py --device cuda);
 #   3. the same CNN with its training set streamed through pinned slots
-#      (data.on_device false): warm epoch time against the resident run.
+#      (data.on_device false): warm epoch time against the resident run;
+#   4. the same CNN with its convolutions on cuDNN (KILN_CUDA_CONV=cudnn)
+#      against kiln's im2col + cuBLASLt kernels.
 #
 #   bash bench/run_gpu.sh [BUILD_DIR] [OUT_DIR]
 #
@@ -23,6 +25,18 @@ py=${PYTHON:-python3}
 log="$out/bench_gpu.txt"
 : >"$log"
 say() { echo "$*" | tee -a "$log"; }
+compare_warm() { # label, run dir, reference run dir, what the reference is: mean warm epochs
+  "$py" - "$@" <<'EOF' 2>&1 | tee -a "$log"
+import json, sys
+def warm(run):
+    w = [json.loads(l)["wall_s"] for l in open(run + "/metrics.jsonl") if '"type":"epoch"' in l]
+    d = [b - a for a, b in zip(w, w[1:])]
+    return sum(d) / len(d) if d else float("nan")
+label, run, ref, what = sys.argv[1:5]
+s, r = warm(run), warm(ref)
+print(f"{label}: {s:.3f} s per warm epoch vs {r:.3f} s {what} ({s / r:.2f}x)")
+EOF
+}
 
 say "== machine"
 say "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit --format=csv,noheader 2>/dev/null | head -1)"
@@ -85,13 +99,10 @@ say "== the same CNN with its training set streamed from host memory (data.on_de
 "$build/kiln" train --device cuda:0 --epochs 3 --set data.on_device=false --no-tensorboard --out "$out/cnn_stream" \
   >"$out/cnn_stream.log" 2>&1 || say "kiln train (streamed) failed"
 grep -m1 "streams from host memory" "$out/cnn_stream.log" | sed 's/^/  /' | tee -a "$log"
-"$py" - "$out/cnn_stream" "$out/cnn_kiln" <<'EOF' 2>&1 | tee -a "$log"
-import json, sys
-def warm(run):
-    w = [json.loads(l)["wall_s"] for l in open(run + "/metrics.jsonl") if '"type":"epoch"' in l]
-    d = [b - a for a, b in zip(w, w[1:])]
-    return sum(d) / len(d) if d else float("nan")
-s, r = warm(sys.argv[1]), warm(sys.argv[2])
-print(f"CNN streamed: {s:.3f} s per warm epoch vs {r:.3f} s with the data on the GPU ({s / r:.2f}x)")
-EOF
+compare_warm "CNN streamed" "$out/cnn_stream" "$out/cnn_kiln" "with the data on the GPU"
+say "== the same CNN with f32 convolutions on cuDNN (KILN_CUDA_CONV=cudnn), 3 epochs"
+KILN_CUDA_CONV=cudnn "$build/kiln" train --device cuda:0 --epochs 3 --no-tensorboard --out "$out/cnn_cudnn" \
+  >"$out/cnn_cudnn.log" 2>&1 || say "kiln train (cuDNN) failed"
+grep -m1 "convolutions by" "$out/cnn_cudnn.log" | sed 's/^/  /' | tee -a "$log"
+compare_warm "CNN cuDNN" "$out/cnn_cudnn" "$out/cnn_kiln" "with im2col + cuBLASLt"
 say "results: $log"

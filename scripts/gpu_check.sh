@@ -33,7 +33,12 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/loc
          $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
   [ -e "$d/libcublasLt.so.13" ] && { cudalib=$d; break; }
 done
-export LD_LIBRARY_PATH="$b/lib:${cudalib:-}:${LD_LIBRARY_PATH:-}"
+# cuDNN (loaded at run time with KILN_CUDA_CONV=cudnn): the system's, or PyTorch's wheel's
+for d in /usr/lib/x86_64-linux-gnu /usr/local/cuda/lib64 /usr/local/cuda-13.0/lib \
+         $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cudnn", "lib") for p in nvidia.__path__))' 2>/dev/null); do
+  [ -e "$d/libcudnn.so.9" ] && { cudnnlib=$d; break; }
+done
+export LD_LIBRARY_PATH="$b/lib:${cudalib:-}:${cudnnlib:-}:${LD_LIBRARY_PATH:-}"
 export KILN_DATA_DIR="$b/data"
 if ldd "$b/bin/kiln" | grep -q "not found"; then
   echo "missing libraries (cuda libs at '${cudalib:-none found}'):"; ldd "$b/bin/kiln" | grep "not found"; exit 1
@@ -59,6 +64,7 @@ run() { # name, timeout, command...: the timeout shrinks to what the budget has 
 # 1. the CUDA tests
 if want tests; then
   for t in "$b"/bin/test_cuda*; do run "$(basename "$t")" 300 "$t"; done
+  run test_cuda_conv_cudnn 300 env KILN_CUDA_CONV=cudnn "$b/bin/test_cuda_conv"
 fi
 
 # 2. kiln train on the GPU
@@ -73,6 +79,10 @@ if want train; then
   run train_cnn_graph 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --out "$w/r_graph"
   run train_cnn_eager 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --no-graph --out "$w/r_eager"
   same "graph replay == eager (60 losses)" r_graph r_eager
+  run train_cnn_cudnn_graph 300 env KILN_CUDA_CONV=cudnn "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --out "$w/r_dn_graph"
+  run train_cnn_cudnn_eager 300 env KILN_CUDA_CONV=cudnn "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --no-graph --out "$w/r_dn_eager"
+  same "cuDNN: graph replay == eager" r_dn_graph r_dn_eager
+  grep -m1 "convolutions by" "$w/train_cnn_cudnn_graph.log" >>"$out/summary.txt"
   run train_cnn_stream 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --set data.on_device=false --out "$w/r_stream"
   same "streamed == on device (60 losses)" r_graph r_stream
   run train_mlp_ckpt 300 "$b/bin/kiln" train models/mlp.yaml --device cuda:0 "${tr[@]}" --set train.checkpoint_every=30 --out "$w/r_full"
@@ -114,4 +124,4 @@ fi
 echo
 echo "== summary ($(date -u +%H:%M:%SZ), $SECONDS s)"
 printf '%s\n' "${rows[@]}"
-grep -E "^(MLP|CNN|CNN streamed):" "$w/bench_gpu.txt" 2>/dev/null
+grep -E "^(MLP|CNN|CNN streamed|CNN cuDNN):" "$w/bench_gpu.txt" 2>/dev/null

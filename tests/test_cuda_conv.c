@@ -207,9 +207,26 @@ static void test_cnn(kl_device gpu, kl_dtype dt)
     cnn_free(&g);
 }
 
+/* KILN_CUDA_CONV=cudnn (ctest's test_cuda_conv_cudnn): libcudnn.so.9 loads
+ * with every call kiln uses, or is absent and the engine says so; checked
+ * also without a GPU. */
+static int want_cudnn(void)
+{
+    const char *m = getenv("KILN_CUDA_CONV"), *e = kl_cuda_conv_engine();
+    int want = m && !strcmp(m, "cudnn");
+    printf("  convolutions by %s\n", e);
+#ifdef KILN_HAVE_CUDA
+    if (want) CHECK(!strncmp(e, "cuDNN 9.", 8) || strstr(e, "but: "));
+    else CHECK(!strncmp(e, "im2col", 6));
+#endif
+    return want && !strncmp(e, "cuDNN", 5);
+}
+
 int main(void)
 {
+    int cudnn = want_cudnn();
     if (kl_cuda_available(0) != KL_OK) {
+        if (kl_test_failures) return kl_test_done("test_cuda_conv");
         printf("skipped: %s\n", kl_last_error());
         return 77;
     }
@@ -226,5 +243,9 @@ int main(void)
     kl_conv_cu_budget = KL_CONV_SCRATCH_BUDGET;
     test_cnn(gpu, KL_F32);
     test_cnn(gpu, KL_F64);
+    if (cudnn) { /* the f32 cases went through cuDNN, not all back to im2col */
+        printf("  %lld conv nodes ran on cuDNN\n", kl_cuda_conv_cudnn_runs());
+        CHECK(kl_cuda_conv_cudnn_runs() > 0);
+    }
     return kl_test_done("test_cuda_conv");
 }

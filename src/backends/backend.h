@@ -71,6 +71,12 @@ int kl_cpu_cores(void);
 /* The CPU backend's GEMM library, e.g. "OpenBLAS (SkylakeX kernels)" or
  * "BLIS (...why...)" (backends/cpu/blas.c). */
 const char *kl_cpu_blas_name(void);
+/* What runs CUDA convolutions, e.g. "im2col + cuBLASLt" or "cuDNN 9.14.0
+ * (...)" (KILN_CUDA_CONV=cudnn; backends/cuda/conv_cudnn.cu); "none" in
+ * CPU-only builds. */
+const char *kl_cuda_conv_engine(void);
+/* Conv nodes run by cuDNN so far (0 in CPU-only builds). */
+long long kl_cuda_conv_cudnn_runs(void);
 /* KL_OK if cuda:index can be used; otherwise a message saying why (no CUDA
  * in this build, no driver, no such device). */
 kl_status kl_cuda_available(int index);

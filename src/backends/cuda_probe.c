@@ -14,6 +14,9 @@ kl_status kl_cuda_available(int index)
 
 kl_status kl_cuda_use(int index) { return kl_cuda_available(index); }
 
+const char *kl_cuda_conv_engine(void) { return "none"; }
+long long kl_cuda_conv_cudnn_runs(void) { return 0; }
+
 kl_status kl_cuda_device_count(int *n)
 {
     if (n) *n = 0;

@@ -45,5 +45,6 @@ int kl_cmd_devices(int argc, char **argv)
                d.driver_version / 1000, d.driver_version % 1000 / 10, d.runtime_version / 1000,
                d.runtime_version % 1000 / 10);
     }
+    printf("cuda convolutions: %s\n", kl_cuda_conv_engine());
     return 0;
 }

@@ -137,7 +137,7 @@ static kl_status setup_device(runner *r, kl_cfg *cfg, const train_args *a)
     kl_ctx_opts co = {.device = dev, .threads = (int)r->o.threads, .seed = r->o.seed};
     KL_TRY(kl_ctx_new(&co, &r->ctx));
     if (dev.type == KL_DEVICE_CPU) printf("device: cpu%s, %d threads, GEMM by %s\n", note, kl_ctx_threads(r->ctx), kl_cpu_blas_name());
-    else printf("device: cuda:%d%s\n", dev.index, note);
+    else printf("device: cuda:%d%s, convolutions by %s\n", dev.index, note, kl_cuda_conv_engine());
     return KL_OK;
 }
 

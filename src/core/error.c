@@ -20,6 +20,7 @@ const char *kl_status_str(kl_status s)
 
 const char *kl_last_error(void) { return tl_msg; }
 void kl_clear_error(void) { tl_msg[0] = 0; }
+void kl_error_restore(const char *msg) { snprintf(tl_msg, sizeof tl_msg, "%s", msg); }
 
 void kl_set_error_handler(kl_error_handler fn, void *user)
 {

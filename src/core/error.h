@@ -14,6 +14,10 @@ kl_status kl_fail(kl_status s, const char *fmt, ...)
 kl_status kl_fail_prefix(kl_status s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* Puts back a message saved before a clean-up step that may fail (the
+ * error handler is not called again). */
+void kl_error_restore(const char *msg);
+
 /* Propagate a failure: KL_TRY(kl_something(...)); */
 #define KL_TRY(call)                                                          \
     do {                                                                      \

@@ -80,6 +80,17 @@ KL_HD static inline int64_t kl_conv_cn_nchw(const kl_conv_ix *c, int64_t n0, int
 }
 
 #define KL_DEF_CONV_IX(T)                                                                          \
+    /* forward: output value v of channel o after the bias and the fused activation */           \
+    KL_HD static inline T kl_conv_post_##T(const kl_conv_ix *c, T v, const T *bias, int64_t o)     \
+    {                                                                                              \
+        if (bias) v += bias[o];                                                                    \
+        return c->act < 0 ? v : kl_unary_##T(c->act, v, (T)0);                                     \
+    }                                                                                              \
+    /* backward: dz = act'(y) * dy of one element (dy without an activation) */                    \
+    KL_HD static inline T kl_conv_dzv_##T(const kl_conv_ix *c, T dy, T y)                          \
+    {                                                                                              \
+        return c->act < 0 ? dy : kl_unary_grad_##T(c->act, y, dy, (T)0);                          \
+    }                                                                                              \
     /* im2col thread i: col element i of the chunk (n0, m) */                                      \
     KL_HD static inline T kl_conv_im2col_##T(const kl_conv_ix *c, const T *x, int64_t n0, int64_t m, int64_t i) \
     {                                                                                              \
@@ -91,16 +102,14 @@ KL_HD static inline int64_t kl_conv_cn_nchw(const kl_conv_ix *c, int64_t n0, int
     KL_HD static inline T kl_conv_out_##T(const kl_conv_ix *c, const T *cn, const T *bias, int64_t m, int64_t i) \
     {                                                                                              \
         int64_t OP = c->O * c->P, j = i / OP, r = i - j * OP, o = r / c->P, p = r - o * c->P;      \
-        T v = cn[(o * m + j) * c->P + p];                                                          \
-        if (bias) v += bias[o];                                                                    \
-        return c->act < 0 ? v : kl_unary_##T(c->act, v, (T)0);                                     \
+        return kl_conv_post_##T(c, cn[(o * m + j) * c->P + p], bias, o);                           \
     }                                                                                              \
     /* dz thread i: cn element i of the chunk (n0, m) = act'(y) * dy (dy without an activation) */ \
     KL_HD static inline T kl_conv_dz_##T(const kl_conv_ix *c, const T *dy, const T *y, int64_t n0, int64_t m, \
                                          int64_t i)                                                \
     {                                                                                              \
         int64_t s = kl_conv_cn_nchw(c, n0, m, i);                                                  \
-        return c->act < 0 ? dy[s] : kl_unary_grad_##T(c->act, y[s], dy[s], (T)0);                  \
+        return kl_conv_dzv_##T(c, dy[s], c->act < 0 ? (T)0 : y[s]);                                \
     }                                                                                              \
     /* col2im thread i: dx element i of the chunk ([m, C, H, W] from dx + n0*C*H*W) = the sum of   \
      * the dcol elements of every tap (kh, kw) that reads it, in the CPU's order (kh, then kw) */  \

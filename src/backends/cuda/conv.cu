@@ -202,6 +202,14 @@ static kl_status not_runnable(const kl_tensor *t)
      : t->dtype == KL_F64                  ? fn<double>(ex, t)                                     \
                                            : not_runnable(t))
 
-extern "C" kl_status kl_cuda_conv2d(const kl_exec *ex, const kl_tensor *t) { return DISPATCH(conv_fwd); }
-extern "C" kl_status kl_cuda_conv2d_bwd_data(const kl_exec *ex, const kl_tensor *t) { return DISPATCH(conv_bwd_data); }
-extern "C" kl_status kl_cuda_conv2d_bwd_filter(const kl_exec *ex, const kl_tensor *t) { return DISPATCH(conv_bwd_filter); }
+/* cuDNN first where it is chosen and takes the node (conv_cudnn.cu) */
+#define CONV_ENTRY(name, fn)                                                                       \
+    extern "C" kl_status name(const kl_exec *ex, const kl_tensor *t)                               \
+    {                                                                                              \
+        int done;                                                                                  \
+        KL_TRY(kl_cu_cudnn_conv(ex, t, &done));                                                    \
+        return done ? KL_OK : DISPATCH(fn);                                                        \
+    }
+CONV_ENTRY(kl_cuda_conv2d, conv_fwd)
+CONV_ENTRY(kl_cuda_conv2d_bwd_data, conv_bwd_data)
+CONV_ENTRY(kl_cuda_conv2d_bwd_filter, conv_bwd_filter)

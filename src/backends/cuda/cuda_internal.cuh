@@ -67,6 +67,10 @@ kl_cuda_err *kl_cu_err(void);          /* device-visible error record */
 void *kl_cu_workspace(size_t *bytes);  /* cuBLASLt workspace */
 void *kl_cu_lt(void);                  /* cublasLtHandle_t */
 int kl_cu_tf32(void);                  /* TF32 allowed for f32 GEMMs (KILN_TF32=0 turns it off) */
+/* cuDNN's convolution for conv node t when KILN_CUDA_CONV=cudnn and cuDNN
+ * takes it (conv_cudnn.cu): *done = 1, the work issued; else *done = 0 and
+ * kiln's kernels (conv.cu) run it. */
+extern "C" kl_status kl_cu_cudnn_conv(const kl_exec *ex, const kl_tensor *t, int *done);
 #define KL_CU_RED_BLOCKS 1024
 double *kl_cu_reduce_buf(void);        /* KL_CU_RED_BLOCKS + 1 doubles of device scratch */
 
