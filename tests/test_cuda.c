@@ -147,15 +147,24 @@ static kl_status b_layernorm(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, 
     return kl_layernorm(g, x, gm, bt, 1e-5, y);
 }
 
-static int32_t g_idx[24];
+static int32_t g_idx[64 * 50];
 
+/* arg 0: 24 positions over 20 rows; arg 1: 3200 positions over 300 rows,
+ * some rows named hundreds of times, some never (dW sorted by row, summed
+ * in position order: as the CPU) */
 static kl_status b_embedding(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *w, *idx;
-    for (int i = 0; i < 24; i++) g_idx[i] = (i * 7 + 3) % 20; /* repeats: dW sums */
-    KL_TRY(kl_parity_param(g, "w", dt, 2, (int64_t[]){20, 7}, &w));
-    KL_TRY(kl_input(g, "idx", KL_I32, 2, (int64_t[]){4, 6}, &idx));
-    in->v[in->n++] = (kl_in_set){idx, g_idx, sizeof g_idx};
+    int64_t V = arg ? 300 : 20, D = arg ? 40 : 7, B = arg ? 64 : 4, T = arg ? 50 : 6;
+    uint32_t r = 7;
+    for (int64_t i = 0; i < B * T; i++) {
+        r = r * 1664525u + 1013904223u;
+        g_idx[i] = arg ? (int32_t)((r >> 8) % 4 == 0 ? (r >> 12) % 3 : (r >> 12) % (uint32_t)(V - 40))
+                       : (int32_t)((i * 7 + 3) % 20);
+    }
+    KL_TRY(kl_parity_param(g, "w", dt, 2, (int64_t[]){V, D}, &w));
+    KL_TRY(kl_input(g, "idx", KL_I32, 2, (int64_t[]){B, T}, &idx));
+    in->v[in->n++] = (kl_in_set){idx, g_idx, (size_t)(B * T) * sizeof *g_idx};
     return kl_embedding(g, w, idx, y);
 }
 
@@ -204,6 +213,7 @@ static const kl_parity_case cases[] = {
     {"softmax_ce", b_ce, 0, 1e-5, 1e-12, 0},     {"dropout", b_dropout, 0, 1e-6, 1e-13, 0},
     {"batchnorm_train", b_batchnorm, 1, 1e-4, 1e-11, 0}, {"batchnorm_eval", b_batchnorm, 0, 1e-5, 1e-12, 0},
     {"layernorm", b_layernorm, 0, 1e-4, 1e-11, 0}, {"embedding", b_embedding, 0, 1e-5, 1e-12, 0},
+    {"embedding_big", b_embedding, 1, 1e-5, 1e-12, 0},
     {"concat_slice", b_concat_slice, 0, 1e-6, 1e-13, 0},
     {"cast_f16", b_cast, 0, 1e-6, 1e-13, 0},     {"cast_bf16", b_cast, 1, 1e-6, 1e-13, 1},
     {"copy", b_copy, 0, 1e-6, 1e-13, 0},
@@ -327,9 +337,23 @@ static void test_training(kl_device gpu, kl_dtype dt, const kl_optim_opts *oo, c
 
 /* ---- errors on the device ---- */
 
-static void test_device_errors(kl_device gpu)
+/* A run that fails with msg: at once on the CPU, at the next sync (here
+ * reading loss) on the GPU, which runs asynchronously. */
+static void run_fails(kl_graph *g, kl_tensor *loss, const char *msg)
 {
-    kl_ctx_opts co = {.device = gpu, .seed = 5};
+    float l;
+    kl_status s = kl_graph_run(g);
+    if (s == KL_OK) s = kl_tensor_get(loss, &l, sizeof l);
+    CHECK(s == KL_EINVAL && strstr(kl_last_error(), msg) != NULL);
+    if (s != KL_EINVAL || !strstr(kl_last_error(), msg)) fprintf(stderr, "  got %d: %s\n", (int)s, kl_last_error());
+}
+
+/* Bad labels and indices: the error names them (on the GPU at the next
+ * sync), and the step they are in changes no parameter (on the GPU the
+ * update is skipped on the device). Run on the CPU too. */
+static void test_failed_steps(kl_device dev)
+{
+    kl_ctx_opts co = {.device = dev, .seed = 5};
     kl_ctx *ctx;
     kl_graph *g;
     kl_tensor *x, *lab, *loss, *w, *idx, *e;
@@ -343,21 +367,42 @@ static void test_device_errors(kl_device gpu)
     CHECK_OK(kl_embedding(g, w, idx, &e));
     CHECK_OK(kl_output(g, e));
     CHECK_OK(kl_backward(g, loss));
+    kl_optim_opts oo = {.kind = KL_OPTIM_SGD, .lr = 0.1};
+    kl_optim *opt;
+    CHECK_OK(kl_optim_new(ctx, &oo, &opt));
+    CHECK_OK(kl_optim_step(g, opt, NULL));
     int32_t good[8] = {1, 2, 3, 4, 5, 6, 7, 8}, bad[8] = {1, 2, 3, 12, 5, 6, 7, 8};
     int32_t igood[4] = {0, 5, 19, 5}, ibad[4] = {0, 5, 25, 5};
     float l;
     CHECK_OK(kl_tensor_set(idx, igood, sizeof igood));
     CHECK_OK(kl_tensor_set(lab, bad, sizeof bad));
-    CHECK_OK(kl_graph_run(g)); /* asynchronous: found at the next sync */
-    CHECK_ERR(kl_tensor_get(loss, &l, sizeof l), KL_EINVAL, "label 12 of row 3 out of range [0,10)");
+    float p[4][80]; /* logits (param 0) before and after each run: a failed step changes nothing */
+    CHECK_OK(kl_ctx_param_get(ctx, 0, p[0], sizeof p[0]));
+    run_fails(g, loss, "label 12 of row 3 out of range [0,10)");
+    CHECK_OK(kl_ctx_param_get(ctx, 0, p[1], sizeof p[1]));
     CHECK_OK(kl_tensor_set(lab, good, sizeof good));
     CHECK_OK(kl_graph_run(g));
     CHECK_OK(kl_tensor_get(loss, &l, sizeof l));
     CHECK(l > 0 && isfinite(l));
+    CHECK_OK(kl_ctx_param_get(ctx, 0, p[2], sizeof p[2]));
     CHECK_OK(kl_tensor_set(idx, ibad, sizeof ibad));
-    CHECK_OK(kl_graph_run(g));
-    CHECK_ERR(kl_tensor_get(loss, &l, sizeof l), KL_EINVAL, "index 25 at position 2 out of range [0,20)");
+    run_fails(g, loss, "index 25 at position 2 out of range [0,20)");
+    CHECK_OK(kl_ctx_param_get(ctx, 0, p[3], sizeof p[3]));
+    CHECK(memcmp(p[0], p[1], sizeof p[0]) == 0);
+    CHECK(memcmp(p[1], p[2], sizeof p[0]) != 0); /* the good step did update */
+    CHECK(memcmp(p[2], p[3], sizeof p[0]) == 0);
     kl_graph_free(g);
+    kl_optim_free(opt);
+    kl_ctx_free(ctx);
+}
+
+static void test_device_errors(kl_device gpu)
+{
+    kl_ctx_opts co = {.device = gpu, .seed = 5};
+    kl_ctx *ctx;
+    kl_graph *g;
+    test_failed_steps(gpu);
+    CHECK_OK(kl_ctx_new(&co, &ctx));
 
     /* every op has a CUDA kernel (test_cpu_side), but not for every dtype: an f16 fill */
     kl_tensor *y;
@@ -426,6 +471,7 @@ static void test_cpu_side(void)
 int main(void)
 {
     test_cpu_side();
+    test_failed_steps((kl_device){KL_DEVICE_CPU, 0});
     if (kl_cuda_available(0) != KL_OK) {
         if (kl_test_failures) return kl_test_done("test_cuda");
         printf("skipped: %s\n", kl_last_error());

@@ -77,6 +77,10 @@ const char *kl_cpu_blas_name(void);
 const char *kl_cuda_conv_engine(void);
 /* Conv nodes run by cuDNN so far (0 in CPU-only builds). */
 long long kl_cuda_conv_cudnn_runs(void);
+/* Scratch bytes of a CUDA embedding_bwd node over P positions and V rows
+ * (its sort, backends/cuda/embedding.cu); 0 if CUB cannot size it or in
+ * CPU-only builds. */
+size_t kl_cuda_embedding_bwd_scratch(int64_t P, int64_t V);
 /* KL_OK if cuda:index can be used; otherwise a message saying why (no CUDA
  * in this build, no driver, no such device). */
 kl_status kl_cuda_available(int index);

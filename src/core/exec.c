@@ -181,19 +181,22 @@ kl_status kl_graph_run(kl_graph *g)
     }
     if (g->plan.run_bytes) KL_TRY(c->be->h2d(g->run_dev, g->run_host, g->plan.run_bytes));
     kl_status s;
+    uint64_t key = storage_key(g);
     if (!capture_wanted(g)) {
         drop_capture(g);
         s = issue_nodes(g, &ex);
-    } else if (g->captured && g->captured_key == storage_key(g)) {
+    } else if (g->captured && g->captured_key == key) {
         s = c->be->capture_launch(g->captured);
-    } else if (g->runs_eager == 0 || g->captured) {
-        /* first run eager: lazy library set-up (GEMM plans) happens outside capture */
+    } else if (g->eager_key != key) {
+        /* the first run of each plan and storage is eager: lazy library
+         * set-up (GEMM plans, cuDNN descriptors) happens outside capture */
         drop_capture(g);
         s = issue_nodes(g, &ex);
     } else {
         s = capture_and_launch(g, &ex);
     }
     if (s != KL_OK) return s;
+    if (!g->captured) g->eager_key = key;
     if (!g->captured) g->runs_eager++;
     g->runs++;
     if (g->prof) g->prof_runs++;

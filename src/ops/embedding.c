@@ -3,9 +3,11 @@
  * written). embedding_bwd (srcs dy, idx) writes dW [V, D] (not accumulated
  * across steps): zero, then dW[idx[p]] += dy[p] in position order. Threads
  * own disjoint ranges of dW rows and each scans all positions, so every row
- * is summed in the same order whatever the thread count. */
+ * is summed in the same order whatever the thread count (the CUDA kernel
+ * sums in the same order: backends/cuda/embedding.cu). */
 #include "ops/ops.h"
 #include "backends/cpu/cpu.h"
+#include "backends/backend.h" /* kl_cuda_embedding_bwd_scratch */
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -90,6 +92,15 @@ static kl_status emb_bwd_shape(kl_tensor *t)
     t->ndim = 2;
     t->ne[0] = V;
     t->ne[1] = dy->ne[dy->ndim - 1];
+    if (t->g->ctx->backend == KL_BACKEND_CUDA && kl_numel(idx) > 0) { /* the GPU sorts positions by row */
+        if (kl_numel(idx) > INT32_MAX)
+            return kl_fail(KL_EUNSUPPORTED, "embedding_bwd: %lld positions, the CUDA kernel takes at most %d",
+                           (long long)kl_numel(idx), INT32_MAX);
+        t->scratch_bytes = kl_cuda_embedding_bwd_scratch(kl_numel(idx), V);
+        if (!t->scratch_bytes)
+            return kl_fail(KL_EDEVICE, "embedding_bwd: cannot size the CUDA sort of %lld positions",
+                           (long long)kl_numel(idx));
+    }
     return KL_OK;
 }
 

@@ -95,5 +95,6 @@ kl_status kl_argmax_match(kl_graph *g, kl_tensor *logits, kl_tensor *labels, kl_
     kl_tensor *s[2] = {logits, labels};
     KL_TRY(kl_check_args(g, "argmax_match", 2, s));
     KL_TRY(kl_contiguous(g, logits, &s[0]));
+    KL_TRY(kl_contiguous(g, labels, &s[1]));
     return kl_node_new(g, KL_OP_argmax_match, 2, s, NULL, 0, out);
 }

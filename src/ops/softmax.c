@@ -184,6 +184,7 @@ kl_status kl_softmax_cross_entropy(kl_graph *g, kl_tensor *logits, kl_tensor *la
     kl_tensor *src[2] = {logits, labels};
     KL_TRY(kl_check_args(g, "softmax_cross_entropy", 2, src));
     KL_TRY(kl_contiguous(g, logits, &src[0]));
+    KL_TRY(kl_contiguous(g, labels, &src[1])); /* kernels read labels densely (an expanded view would not be) */
     return kl_node_new(g, KL_OP_softmax_ce, 2, src, NULL, 0, out);
 }
 

@@ -278,17 +278,13 @@ template <typename T> static kl_status att_bwd(const kl_exec *ex, const kl_tenso
     return KL_OK;
 }
 
-static kl_status bad_dtype(const kl_tensor *t)
-{
-    return kl_fail(KL_EUNSUPPORTED, "%s: no CUDA kernel for %s", kl_ops[t->op]->name, kl_desc(t));
-}
 
 extern "C" kl_status kl_cuda_attention(const kl_exec *ex, const kl_tensor *t)
 {
-    return t->dtype == KL_F32 ? att_fwd<float>(ex, t) : t->dtype == KL_F64 ? att_fwd<double>(ex, t) : bad_dtype(t);
+    return t->dtype == KL_F32 ? att_fwd<float>(ex, t) : t->dtype == KL_F64 ? att_fwd<double>(ex, t) : kl_cu_bad_dtype(t);
 }
 
 extern "C" kl_status kl_cuda_attention_bwd(const kl_exec *ex, const kl_tensor *t)
 {
-    return t->dtype == KL_F32 ? att_bwd<float>(ex, t) : t->dtype == KL_F64 ? att_bwd<double>(ex, t) : bad_dtype(t);
+    return t->dtype == KL_F32 ? att_bwd<float>(ex, t) : t->dtype == KL_F64 ? att_bwd<double>(ex, t) : kl_cu_bad_dtype(t);
 }

@@ -19,7 +19,8 @@
  * Descriptors and the choice are cached per geometry at the graph's first,
  * eager run; a captured graph replays the launches as recorded. A node
  * cuDNN does not take (f64, a batch in chunks, int overflow, no algorithm)
- * runs on kiln's kernels. */
+ * runs on kiln's kernels, as does one whose operands sit at unaligned offsets
+ * or whose call cuDNN refuses at the first, eager run. */
 #include "backends/cuda/cuda_internal.cuh"
 extern "C" {
 #include "ops/conv2d.h"
@@ -133,8 +134,11 @@ static void *workspace_of(const kl_exec *ex, const kl_tensor *t, const kl_conv_a
 
 /* The heuristics' best deterministic algorithm whose workspace (asked
  * for separately: the heuristics' figure is an estimate) fits in ws bytes;
- * -1: none. PERF: the op's perf-result type; QUERY, SIZE: its _v7 and
- * workspace-size calls; the operands in the calls' order. */
+ * -1: none. Each candidate is sized under its own math type, which the
+ * descriptor keeps once chosen; without TF32 (KILN_TF32=0) tensor-op
+ * entries are skipped and the descriptor stays on FMA math. PERF: the op's
+ * perf-result type; QUERY, SIZE: its _v7 and workspace-size calls; the
+ * operands in the calls' order. */
 #define PICK(PERF, ALGO, COUNT, QUERY, SIZE, ...)                                                  \
     {                                                                                              \
         PERF perf[COUNT];                                                                          \
@@ -142,11 +146,20 @@ static void *workspace_of(const kl_exec *ex, const kl_tensor *t, const kl_conv_a
         DN_CHECK(QUERY(g_dn.h, __VA_ARGS__, COUNT, &n, perf), t);                                  \
         for (int i = 0; i < n && e->algo < 0; i++) {                                               \
             size_t need = 0;                                                                       \
-            if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].determinism == CUDNN_DETERMINISTIC && \
-                g_dn.SIZE(g_dn.h, __VA_ARGS__, (ALGO)perf[i].algo, &need) == CUDNN_STATUS_SUCCESS && need <= ws) \
+            cudnnMathType_t m = tf32 ? perf[i].mathType : CUDNN_FMA_MATH;                          \
+            if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].determinism != CUDNN_DETERMINISTIC || \
+                (!tf32 && is_tensor_op(perf[i].mathType)) ||                                       \
+                g_dn.cudnnSetConvolutionMathType(e->conv, m) != CUDNN_STATUS_SUCCESS)              \
+                continue;                                                                          \
+            if (g_dn.SIZE(g_dn.h, __VA_ARGS__, (ALGO)perf[i].algo, &need) == CUDNN_STATUS_SUCCESS && need <= ws) \
                 e->algo = (int)perf[i].algo, e->ws = need;                                         \
         }                                                                                          \
     }
+
+static bool is_tensor_op(cudnnMathType_t m)
+{
+    return m == CUDNN_TENSOR_OP_MATH || m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+}
 
 static kl_status entry_make(const kl_tensor *t, const kl_conv_attr *a, size_t ws, dn_entry *e)
 {
@@ -163,7 +176,8 @@ static kl_status entry_make(const kl_tensor *t, const kl_conv_attr *a, size_t ws
     DN_CHECK(cudnnSetConvolution2dDescriptor(e->conv, a->ph, a->pw, a->sh, a->sw, a->dh, a->dw, CUDNN_CROSS_CORRELATION, f), t);
     DN_CHECK(cudnnSetConvolutionGroupCount(e->conv, a->groups), t);
     /* TF32 tensor cores as kiln's GEMMs (KILN_TF32=0: exact f32 FMA) */
-    DN_CHECK(cudnnSetConvolutionMathType(e->conv, kl_cu_tf32() ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH), t);
+    int tf32 = kl_cu_tf32();
+    DN_CHECK(cudnnSetConvolutionMathType(e->conv, tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH), t);
     if (t->op == KL_OP_conv2d)
         PICK(cudnnConvolutionFwdAlgoPerf_t, cudnnConvolutionFwdAlgo_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
              cudnnGetConvolutionForwardAlgorithm_v7, cudnnGetConvolutionForwardWorkspaceSize, e->x, e->w, e->conv, e->y)
@@ -178,8 +192,11 @@ static kl_status entry_make(const kl_tensor *t, const kl_conv_attr *a, size_t ws
     return KL_OK;
 }
 
-/* The cached entry of t's geometry (made on first use); NULL with *s set on failure. */
-static dn_entry *entry_get(const kl_tensor *t, const kl_conv_attr *a, size_t ws, kl_status *s)
+/* The cached entry of t's geometry (made on first use); NULL with *s set on
+ * failure. Entries are made in eager runs (every plan runs eagerly once
+ * before it is captured); a geometry first met while capturing, when
+ * cudnnCreate may not run, is left to kiln's kernels (NULL, KL_OK). */
+static dn_entry *entry_get(const kl_tensor *t, const kl_conv_attr *a, size_t ws, bool capturing, kl_status *s)
 {
     int64_t key[20] = {t->op, kl_cu_tf32(), a->N, a->C, a->H, a->W, a->O, a->KH, a->KW, a->sh, a->sw,
                        a->ph, a->pw, a->dh, a->dw, a->groups, (int64_t)ws};
@@ -187,7 +204,7 @@ static dn_entry *entry_get(const kl_tensor *t, const kl_conv_attr *a, size_t ws,
     pthread_mutex_lock(&g_dn.mu);
     dn_entry *e = g_dn.cache;
     while (e && memcmp(e->key, key, sizeof key)) e = e->next;
-    if (!e) {
+    if (!e && !capturing) {
         cudnnStatus_t c = g_dn.h ? CUDNN_STATUS_SUCCESS : g_dn.cudnnCreate(&g_dn.h);
         if (c != CUDNN_STATUS_SUCCESS) { /* e.g. a driver too old for this cuDNN: kiln's kernels run every conv */
             snprintf(g_dn.engine, sizeof g_dn.engine, "im2col + cuBLASLt (KILN_CUDA_CONV=cudnn, but cudnnCreate: %.80s)",
@@ -257,6 +274,21 @@ static bool fits_int(const kl_conv_attr *a)
     return big < INT_MAX;
 }
 
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* cuDNN refused to run e's geometry: in an eager run, kiln's kernels take
+ * this node and every later one of the geometry (nothing was written that
+ * they do not overwrite); while capturing, the step fails (the capture is
+ * broken). */
+static kl_status refused(const kl_tensor *t, dn_entry *e, cudnnStatus_t r, bool capturing, const char *call)
+{
+    if (capturing) return dn_fail(r, t, call);
+    pthread_mutex_lock(&g_dn.mu);
+    e->algo = -1;
+    pthread_mutex_unlock(&g_dn.mu);
+    return KL_OK;
+}
+
 extern "C" kl_status kl_cu_cudnn_conv(const kl_exec *ex, const kl_tensor *t, int *done)
 {
     *done = 0;
@@ -266,19 +298,27 @@ extern "C" kl_status kl_cu_cudnn_conv(const kl_exec *ex, const kl_tensor *t, int
     if (!g_dn.on || t->dtype != KL_F32 || a->cu_nc != a->N || !fits_int(a)) return KL_OK;
     size_t ws_max;
     void *ws = workspace_of(ex, t, a, &ws_max);
+    if (!aligned16(kl_data(ex, t)) || !aligned16(ws)) return KL_OK;
+    for (int i = 0; i < t->n_src; i++)
+        if (!aligned16(kl_data(ex, t->src[i]))) return KL_OK; /* a view at an odd offset: kiln's kernels take it */
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    KL_CUDA_CHECK(cudaStreamIsCapturing(kl_cu_stream(), &cs), kl_ops[t->op]->name, "cudaStreamIsCapturing");
+    bool capturing = cs != cudaStreamCaptureStatusNone;
     kl_status s;
-    dn_entry *e = entry_get(t, a, ws_max, &s);
+    dn_entry *e = entry_get(t, a, ws_max, capturing, &s);
     if (!e || e->algo < 0) return s;
     DN_CHECK(cudnnSetStream(g_dn.h, kl_cu_stream()), t);
     kl_conv_ix c = kl_conv_ix_of(a);
     const float one = 1, zero = 0;
     cudaStream_t st = kl_cu_stream();
+    cudnnStatus_t r;
     if (t->op == KL_OP_conv2d) {
         const void *x = kl_data(ex, t->src[0]), *w = kl_data(ex, t->src[1]);
         const float *bias = t->n_src > 2 ? (const float *)kl_data(ex, t->src[2]) : NULL;
         float *y = (float *)kl_data(ex, t);
-        DN_CHECK(cudnnConvolutionForward(g_dn.h, &one, e->x, x, e->w, w, e->conv, (cudnnConvolutionFwdAlgo_t)e->algo, ws,
-                                         e->ws, &zero, e->y, y), t);
+        r = g_dn.cudnnConvolutionForward(g_dn.h, &one, e->x, x, e->w, w, e->conv, (cudnnConvolutionFwdAlgo_t)e->algo, ws,
+                                         e->ws, &zero, e->y, y);
+        if (r != CUDNN_STATUS_SUCCESS) return refused(t, e, r, capturing, "cudnnConvolutionForward");
         if (bias || c.act >= 0) {
             post_nchw_k<<<kl_cu_blocks(c.N * c.O * c.P, KL_CU_THREADS), KL_CU_THREADS, 0, st>>>(c, y, bias);
             KL_CUDA_LAUNCHED(t, "post_nchw_k");
@@ -286,15 +326,17 @@ extern "C" kl_status kl_cu_cudnn_conv(const kl_exec *ex, const kl_tensor *t, int
     } else if (t->op == KL_OP_conv2d_bwd_data) {
         const float *dz;
         KL_TRY(dz_of(ex, t, a, c, &dz));
-        DN_CHECK(cudnnConvolutionBackwardData(g_dn.h, &one, e->w, kl_data(ex, t->src[1]), e->y, dz, e->conv,
+        r = g_dn.cudnnConvolutionBackwardData(g_dn.h, &one, e->w, kl_data(ex, t->src[1]), e->y, dz, e->conv,
                                               (cudnnConvolutionBwdDataAlgo_t)e->algo, ws, e->ws, &zero, e->x,
-                                              kl_data(ex, t)), t);
+                                              kl_data(ex, t));
+        if (r != CUDNN_STATUS_SUCCESS) return refused(t, e, r, capturing, "cudnnConvolutionBackwardData");
     } else {
         const float *dz;
         KL_TRY(dz_of(ex, t, a, c, &dz));
-        DN_CHECK(cudnnConvolutionBackwardFilter(g_dn.h, &one, e->x, kl_data(ex, t->src[1]), e->y, dz, e->conv,
+        r = g_dn.cudnnConvolutionBackwardFilter(g_dn.h, &one, e->x, kl_data(ex, t->src[1]), e->y, dz, e->conv,
                                                 (cudnnConvolutionBwdFilterAlgo_t)e->algo, ws, e->ws, &zero, e->w,
-                                                kl_data(ex, t)), t);
+                                                kl_data(ex, t));
+        if (r != CUDNN_STATUS_SUCCESS) return refused(t, e, r, capturing, "cudnnConvolutionBackwardFilter");
         if (a->has_bias) {
             unsigned nb = (unsigned)(c.O < 65535 ? c.O : 65535);
             db_nchw_k<<<nb, kl_cu_red_threads(c.N * c.P), 0, st>>>(c, dz, (float *)kl_data(ex, t->extra[0]));

@@ -38,6 +38,12 @@ kl_status kl_cu_fail(cudaError_t e, const char *op, const char *kernel, const ch
  * the kernel show at the next synchronisation). */
 #define KL_CUDA_LAUNCHED(t, kernel) KL_CUDA_CHECK(cudaGetLastError(), kl_ops[(t)->op]->name, kernel)
 
+/* "<op>: no CUDA kernel for <tensor>" (KL_EUNSUPPORTED) */
+static inline kl_status kl_cu_bad_dtype(const kl_tensor *t)
+{
+    return kl_fail(KL_EUNSUPPORTED, "%s: no CUDA kernel for %s", kl_ops[t->op]->name, kl_desc(t));
+}
+
 /* Data errors found by kernels (a label or index out of range): the first
  * one is recorded in host-mapped memory and reported as KL_EINVAL by the
  * next stream synchronisation (kl_tensor_get, kl_ctx_param_get, sync). */

@@ -1,5 +1,5 @@
 /* Elementwise CUDA kernels: fill, copy, cast, unary (+ bwd), binary,
- * dropout, embedding (+ bwd), concat, slice_bwd. The per-element math is
+ * dropout, concat, slice_bwd. The per-element math is
  * the CPU's (ops/elem.h, ops/norm.h, core/half.h); strided operands are
  * walked with dims collapsed on the host (kl_cu_iter). */
 #include "backends/cuda/cuda_internal.cuh"
@@ -14,10 +14,6 @@ static __device__ __forceinline__ double un_grad(int k, double s, double dy, dou
 static __device__ __forceinline__ float bin(int k, float a, float b) { return kl_binary_float(k, a, b); }
 static __device__ __forceinline__ double bin(int k, double a, double b) { return kl_binary_double(k, a, b); }
 
-static kl_status bad_dtype(const kl_tensor *t)
-{
-    return kl_fail(KL_EUNSUPPORTED, "%s: no CUDA kernel for %s", kl_ops[t->op]->name, kl_desc(t));
-}
 
 /* ---- fill ---- */
 
@@ -37,7 +33,7 @@ extern "C" kl_status kl_cuda_fill(const kl_exec *ex, const kl_tensor *t)
     case KL_F32: fill_k<float><<<nb, KL_CU_THREADS, 0, s>>>((float *)y, n, (float)v); break;
     case KL_F64: fill_k<double><<<nb, KL_CU_THREADS, 0, s>>>((double *)y, n, v); break;
     case KL_I32: fill_k<int32_t><<<nb, KL_CU_THREADS, 0, s>>>((int32_t *)y, n, (int32_t)v); break;
-    default: return bad_dtype(t);
+    default: return kl_cu_bad_dtype(t);
     }
     KL_CUDA_LAUNCHED(t, "fill_k");
     return KL_OK;
@@ -181,7 +177,7 @@ static kl_status unary_run(const kl_exec *ex, const kl_tensor *t, int bwd)
         unary_k<double><<<nb, KL_CU_THREADS, 0, s>>>(it, (const double *)kl_data(ex, xs), (const double *)kl_data(ex, ss),
                                                     (double *)kl_data(ex, t), a->kind, a->alpha, bwd);
     else
-        return bad_dtype(t);
+        return kl_cu_bad_dtype(t);
     KL_CUDA_LAUNCHED(t, "unary_k");
     return KL_OK;
 }
@@ -250,7 +246,7 @@ extern "C" kl_status kl_cuda_binary(const kl_exec *ex, const kl_tensor *t)
     else if (t->dtype == KL_F64)
         binary_k<double><<<nb, KL_CU_THREADS, 0, s>>>(it, (const double *)a, (const double *)b, (double *)kl_data(ex, t), kind);
     else
-        return bad_dtype(t);
+        return kl_cu_bad_dtype(t);
     KL_CUDA_LAUNCHED(t, "binary_k");
     return KL_OK;
 }
@@ -290,75 +286,7 @@ extern "C" kl_status kl_cuda_dropout(const kl_exec *ex, const kl_tensor *t)
         dropout_k<double><<<nb, KL_CU_THREADS, 0, s>>>((const double *)kl_data(ex, t->src[0]), (double *)kl_data(ex, t), n,
                                                       seed, a->salt, run, a->threshold, 1.0 / (1.0 - a->p));
     else
-        return bad_dtype(t);
+        return kl_cu_bad_dtype(t);
     KL_CUDA_LAUNCHED(t, "dropout_k");
-    return KL_OK;
-}
-
-/* ---- embedding ---- */
-
-/* y[p, d] = w[idx[p], d]; a bad index is reported (KL_CUERR_INDEX) and its row zeroed */
-template <typename T>
-__global__ void emb_k(const T *w, const int32_t *idx, T *y, int64_t P, int64_t D, int64_t V, kl_cuda_err *err)
-{
-    KL_CU_FOR(e, P * D)
-    {
-        int64_t p = e / D, d = e - p * D;
-        int32_t v = idx[p];
-        if (v < 0 || v >= V) {
-            if (d == 0) kl_cu_report(err, KL_CUERR_INDEX, v, p, V);
-            y[e] = (T)0;
-        } else {
-            y[e] = w[(int64_t)v * D + d];
-        }
-    }
-}
-
-extern "C" kl_status kl_cuda_embedding(const kl_exec *ex, const kl_tensor *t)
-{
-    const kl_tensor *w = t->src[0];
-    int64_t V = w->ne[0], D = w->ne[1], P = kl_numel(t->src[1]);
-    const int32_t *idx = (const int32_t *)kl_data(ex, t->src[1]);
-    unsigned nb = kl_cu_blocks(P * D, KL_CU_THREADS);
-    cudaStream_t s = kl_cu_stream();
-    if (t->dtype == KL_F32)
-        emb_k<float><<<nb, KL_CU_THREADS, 0, s>>>((const float *)kl_data(ex, w), idx, (float *)kl_data(ex, t), P, D, V,
-                                                 kl_cu_err());
-    else if (t->dtype == KL_F64)
-        emb_k<double><<<nb, KL_CU_THREADS, 0, s>>>((const double *)kl_data(ex, w), idx, (double *)kl_data(ex, t), P, D, V,
-                                                  kl_cu_err());
-    else
-        return bad_dtype(t);
-    KL_CUDA_LAUNCHED(t, "emb_k");
-    return KL_OK;
-}
-
-/* dW[idx[p]] += dy[p] with atomics: when an index repeats, the order of its
- * sums (so the last bits) can differ from run to run and from the CPU */
-template <typename T> __global__ void emb_bwd_k(const T *dy, const int32_t *idx, T *dw, int64_t P, int64_t D, int64_t V)
-{
-    KL_CU_FOR(e, P * D)
-    {
-        int64_t p = e / D, d = e - p * D;
-        int32_t v = idx[p];
-        if (v >= 0 && v < V) atomicAdd(&dw[(int64_t)v * D + d], dy[e]);
-    }
-}
-
-extern "C" kl_status kl_cuda_embedding_bwd(const kl_exec *ex, const kl_tensor *t)
-{
-    int64_t V = t->ne[0], D = t->ne[1], P = kl_numel(t->src[1]);
-    const int32_t *idx = (const int32_t *)kl_data(ex, t->src[1]);
-    void *dw = kl_data(ex, t);
-    cudaStream_t s = kl_cu_stream();
-    KL_CUDA_CHECK(cudaMemsetAsync(dw, 0, kl_nbytes(t), s), "embedding_bwd", "cudaMemsetAsync");
-    unsigned nb = kl_cu_blocks(P * D, KL_CU_THREADS);
-    if (t->dtype == KL_F32)
-        emb_bwd_k<float><<<nb, KL_CU_THREADS, 0, s>>>((const float *)kl_data(ex, t->src[0]), idx, (float *)dw, P, D, V);
-    else if (t->dtype == KL_F64)
-        emb_bwd_k<double><<<nb, KL_CU_THREADS, 0, s>>>((const double *)kl_data(ex, t->src[0]), idx, (double *)dw, P, D, V);
-    else
-        return bad_dtype(t);
-    KL_CUDA_LAUNCHED(t, "emb_bwd_k");
     return KL_OK;
 }

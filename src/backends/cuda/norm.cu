@@ -12,10 +12,6 @@ static __device__ __forceinline__ double norm_fwd(double x, double m, double is,
 static __device__ __forceinline__ float norm_bwd(float x, float g, float m, float is, float mg, float mgx) { return kl_norm_bwd_float(x, g, m, is, mg, mgx); }
 static __device__ __forceinline__ double norm_bwd(double x, double g, double m, double is, double mg, double mgx) { return kl_norm_bwd_double(x, g, m, is, mg, mgx); }
 
-static kl_status bad_dtype(const kl_tensor *t)
-{
-    return kl_fail(KL_EUNSUPPORTED, "%s: no CUDA kernel for %s", kl_ops[t->op]->name, kl_desc(t));
-}
 
 template <typename T> static const T *src_or_null(const kl_exec *ex, const kl_tensor *t, int i)
 {
@@ -102,7 +98,7 @@ extern "C" kl_status kl_cuda_batchnorm(const kl_exec *ex, const kl_tensor *t)
 {
     if (t->dtype == KL_F32) bn_fwd_launch<float>(ex, t);
     else if (t->dtype == KL_F64) bn_fwd_launch<double>(ex, t);
-    else return bad_dtype(t);
+    else return kl_cu_bad_dtype(t);
     KL_CUDA_LAUNCHED(t, "bn_fwd_k");
     return KL_OK;
 }
@@ -170,7 +166,7 @@ extern "C" kl_status kl_cuda_batchnorm_bwd(const kl_exec *ex, const kl_tensor *t
 {
     if (t->dtype == KL_F32) bn_bwd_launch<float>(ex, t);
     else if (t->dtype == KL_F64) bn_bwd_launch<double>(ex, t);
-    else return bad_dtype(t);
+    else return kl_cu_bad_dtype(t);
     KL_CUDA_LAUNCHED(t, "bn_bwd_k");
     return KL_OK;
 }
@@ -228,7 +224,7 @@ __global__ void ln_bwd_dx_k(const T *dy, const T *x, const T *gm, const T *mean,
 #define LN_DGB_COLS 32
 #define LN_DGB_ROWS 32
 template <typename T>
-__global__ void ln_bwd_dgb_k(const T *dy, const T *x, const T *mean, T *dg, T *db, int64_t R, int64_t D)
+__global__ void __launch_bounds__(LN_DGB_COLS * LN_DGB_ROWS) ln_bwd_dgb_k(const T *dy, const T *x, const T *mean, T *dg, T *db, int64_t R, int64_t D)
 {
     __shared__ double sg[LN_DGB_ROWS][LN_DGB_COLS + 1], sb[LN_DGB_ROWS][LN_DGB_COLS + 1];
     const T *rstd = mean + R;
@@ -287,7 +283,7 @@ static kl_status ln_run(const kl_exec *ex, const kl_tensor *t, int bwd)
 {
     if (t->dtype == KL_F32) ln_launch<float>(ex, t, bwd);
     else if (t->dtype == KL_F64) ln_launch<double>(ex, t, bwd);
-    else return bad_dtype(t);
+    else return kl_cu_bad_dtype(t);
     KL_CUDA_LAUNCHED(t, bwd ? "ln_bwd_k" : "ln_fwd_k");
     return KL_OK;
 }

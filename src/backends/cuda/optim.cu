@@ -35,11 +35,14 @@ __global__ void optim_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t 
     KL_CU_FOR(i, n) elem(&h, KIND, p + i, g[i], m + i, v + i);
 }
 
-/* one thread: the update's flags from the loss and the summed squares */
+/* one thread: the update's flags from the loss and the summed squares. A
+ * data error earlier in the step (a bad label or index: the CPU would have
+ * stopped there) skips this update, so nothing is changed by a failed step. */
 __global__ void decide_k(const void *loss, int loss_dt, const double *ss, double max_norm, kl_optim_flags *f,
-                         kl_optim_flags *seen, double *norm_out)
+                         kl_optim_flags *seen, double *norm_out, const kl_cuda_err *err)
 {
     kl_optim_decide(kl_load_double(loss, loss_dt, 0), ss != NULL, ss ? *ss : 0.0, max_norm, f);
+    if (*(const volatile int *)&err->code != 0) f->apply = 0;
     *norm_out = f->norm;
     seen->norm = f->norm;
     seen->halted = f->halted;
@@ -139,7 +142,7 @@ extern "C" kl_status kl_cuda_optim(const kl_exec *ex, const kl_tensor *t)
     }
     const kl_tensor *loss = t->src[0];
     decide_k<<<1, 1, 0, s>>>(kl_data(ex, loss), (int)loss->dtype, ss, o->max_grad_norm, opt->flags, opt->seen_dev,
-                             (double *)kl_data(ex, t));
+                             (double *)kl_data(ex, t), kl_cu_err());
     KL_CUDA_LAUNCHED(t, "decide_k");
     span sp;
     for (int i = 0; next_span(c, g, &i, &sp);) {

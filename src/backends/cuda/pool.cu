@@ -62,13 +62,9 @@ template <typename T> static kl_status pool_bwd(const kl_exec *ex, const kl_tens
     return KL_OK;
 }
 
-static kl_status bad_dtype(const kl_tensor *t)
-{
-    return kl_fail(KL_EUNSUPPORTED, "%s: no CUDA kernel for %s", kl_ops[t->op]->name, kl_desc(t));
-}
 
 #define DISPATCH(fn) \
-    (t->dtype == KL_F32 ? fn<float>(ex, t) : t->dtype == KL_F64 ? fn<double>(ex, t) : bad_dtype(t))
+    (t->dtype == KL_F32 ? fn<float>(ex, t) : t->dtype == KL_F64 ? fn<double>(ex, t) : kl_cu_bad_dtype(t))
 
 extern "C" kl_status kl_cuda_pool2d(const kl_exec *ex, const kl_tensor *t) { return DISPATCH(pool_fwd); }
 extern "C" kl_status kl_cuda_pool2d_bwd(const kl_exec *ex, const kl_tensor *t) { return DISPATCH(pool_bwd); }

@@ -6,10 +6,6 @@
 
 #include <math.h>
 
-static kl_status bad_dtype(const kl_tensor *t)
-{
-    return kl_fail(KL_EUNSUPPORTED, "%s: no CUDA kernel for %s", kl_ops[t->op]->name, kl_desc(t));
-}
 
 /* ---- reduce: block per output element (the general case) ---- */
 
@@ -104,7 +100,7 @@ extern "C" kl_status kl_cuda_reduce(const kl_exec *ex, const kl_tensor *t)
     else if (t->dtype == KL_F64)
         reduce_k<double><<<nb, threads, 0, s>>>((const double *)kl_data(ex, xs), (double *)kl_data(ex, t), out, red, a->scale);
     else
-        return bad_dtype(t);
+        return kl_cu_bad_dtype(t);
     KL_CUDA_LAUNCHED(t, "reduce_k");
     return KL_OK;
 }
@@ -145,7 +141,7 @@ template <typename T> __global__ void softmax_bwd_k(const T *dy, const T *y, T *
         for (int64_t i = threadIdx.x; i < C; i += blockDim.x) s += is_log ? (double)dr[i] : (double)dr[i] * (double)yr[i];
         s = kl_cu_block_reduce<double, 0>(s);
         for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
-            xr[i] = is_log ? (T)((double)dr[i] - (double)exp(yr[i]) * s) : (T)((double)yr[i] * ((double)dr[i] - s));
+            xr[i] = is_log ? (T)((double)dr[i] - exp((double)yr[i]) * s) : (T)((double)yr[i] * ((double)dr[i] - s));
     }
 }
 
@@ -164,7 +160,7 @@ static kl_status softmax_run(const kl_exec *ex, const kl_tensor *t, int bwd)
         if (bwd) softmax_bwd_k<double><<<nb, threads, 0, s>>>((const double *)a, (const double *)b, (double *)y, rows, C, is_log);
         else softmax_k<double><<<nb, threads, 0, s>>>((const double *)a, (double *)y, rows, C, is_log);
     } else {
-        return bad_dtype(t);
+        return kl_cu_bad_dtype(t);
     }
     KL_CUDA_LAUNCHED(t, bwd ? "softmax_bwd_k" : "softmax_k");
     return KL_OK;
@@ -218,7 +214,7 @@ template <typename T> __global__ void ce_fwd_k(const T *x, const int32_t *lab, d
 }
 
 /* one block of KL_CU_RED_BLOCKS threads: out = sum(part[0 .. nparts)) / N */
-template <typename T> __global__ void ce_mean_k(const double *part, int nparts, T *out, int64_t N)
+template <typename T> __global__ void __launch_bounds__(KL_CU_RED_BLOCKS) ce_mean_k(const double *part, int nparts, T *out, int64_t N)
 {
     double v = 0;
     for (int i = threadIdx.x; i < nparts; i += blockDim.x) v += part[i];
@@ -268,7 +264,7 @@ extern "C" kl_status kl_cuda_softmax_ce(const kl_exec *ex, const kl_tensor *t)
         KL_CUDA_LAUNCHED(t, "ce_fwd_k");
         ce_mean_k<double><<<1, KL_CU_RED_BLOCKS, 0, s>>>(part, (int)nb, (double *)kl_data(ex, t), N);
     } else {
-        return bad_dtype(t);
+        return kl_cu_bad_dtype(t);
     }
     KL_CUDA_LAUNCHED(t, "ce_mean_k");
     return KL_OK;
@@ -289,7 +285,7 @@ extern "C" kl_status kl_cuda_softmax_ce_bwd(const kl_exec *ex, const kl_tensor *
         ce_bwd_k<double><<<nb, KL_CU_THREADS, 0, s>>>((const double *)x, lab, (const double *)dl, (double *)kl_data(ex, t), N,
                                                      C, kl_cu_err());
     else
-        return bad_dtype(t);
+        return kl_cu_bad_dtype(t);
     KL_CUDA_LAUNCHED(t, "ce_bwd_k");
     return KL_OK;
 }

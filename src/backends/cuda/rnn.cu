@@ -174,19 +174,15 @@ template <typename T> static kl_status rnn_bwd(const kl_exec *ex, const kl_tenso
     return KL_OK;
 }
 
-static kl_status bad_dtype(const kl_tensor *t)
-{
-    return kl_fail(KL_EUNSUPPORTED, "%s: no CUDA kernel for %s", kl_ops[t->op]->name, kl_desc(t));
-}
 
 static kl_status rnn_fwd_run(const kl_exec *ex, const kl_tensor *t)
 {
-    return t->dtype == KL_F32 ? rnn_fwd<float>(ex, t) : t->dtype == KL_F64 ? rnn_fwd<double>(ex, t) : bad_dtype(t);
+    return t->dtype == KL_F32 ? rnn_fwd<float>(ex, t) : t->dtype == KL_F64 ? rnn_fwd<double>(ex, t) : kl_cu_bad_dtype(t);
 }
 
 static kl_status rnn_bwd_run(const kl_exec *ex, const kl_tensor *t)
 {
-    return t->dtype == KL_F32 ? rnn_bwd<float>(ex, t) : t->dtype == KL_F64 ? rnn_bwd<double>(ex, t) : bad_dtype(t);
+    return t->dtype == KL_F32 ? rnn_bwd<float>(ex, t) : t->dtype == KL_F64 ? rnn_bwd<double>(ex, t) : kl_cu_bad_dtype(t);
 }
 
 extern "C" kl_status kl_cuda_lstm(const kl_exec *ex, const kl_tensor *t) { return rnn_fwd_run(ex, t); }

@@ -36,10 +36,6 @@
 SEQ_NORM_FNS(float)
 SEQ_NORM_FNS(double)
 
-static kl_status bad_dtype(const kl_tensor *t)
-{
-    return kl_fail(KL_EUNSUPPORTED, "%s: no CUDA kernel for %s", kl_ops[t->op]->name, kl_desc(t));
-}
 
 /* ---- rmsnorm: block per row (grid-stride over rows) ---- */
 
@@ -139,12 +135,12 @@ template <typename T> static kl_status rms_run(const kl_exec *ex, const kl_tenso
 
 extern "C" kl_status kl_cuda_rmsnorm(const kl_exec *ex, const kl_tensor *t)
 {
-    return t->dtype == KL_F32 ? rms_run<float>(ex, t, 0) : t->dtype == KL_F64 ? rms_run<double>(ex, t, 0) : bad_dtype(t);
+    return t->dtype == KL_F32 ? rms_run<float>(ex, t, 0) : t->dtype == KL_F64 ? rms_run<double>(ex, t, 0) : kl_cu_bad_dtype(t);
 }
 
 extern "C" kl_status kl_cuda_rmsnorm_bwd(const kl_exec *ex, const kl_tensor *t)
 {
-    return t->dtype == KL_F32 ? rms_run<float>(ex, t, 1) : t->dtype == KL_F64 ? rms_run<double>(ex, t, 1) : bad_dtype(t);
+    return t->dtype == KL_F32 ? rms_run<float>(ex, t, 1) : t->dtype == KL_F64 ? rms_run<double>(ex, t, 1) : kl_cu_bad_dtype(t);
 }
 
 /* ---- rope: thread per table entry, then thread per pair ---- */
@@ -177,5 +173,5 @@ template <typename T> static kl_status rope_run(const kl_exec *ex, const kl_tens
 
 extern "C" kl_status kl_cuda_rope(const kl_exec *ex, const kl_tensor *t)
 {
-    return t->dtype == KL_F32 ? rope_run<float>(ex, t) : t->dtype == KL_F64 ? rope_run<double>(ex, t) : bad_dtype(t);
+    return t->dtype == KL_F32 ? rope_run<float>(ex, t) : t->dtype == KL_F64 ? rope_run<double>(ex, t) : kl_cu_bad_dtype(t);
 }
