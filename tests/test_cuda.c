@@ -70,6 +70,23 @@ static kl_status b_reduce(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_
         KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){300, 70}, &x));
         return kl_sum(g, x, 1, (int[]){0}, 0, y);
     }
+    if (arg == 3) { /* many columns: [300, 4200] over axis 0 */
+        KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){300, 4200}, &x));
+        return kl_sum(g, x, 1, (int[]){0}, 0, y);
+    }
+    if (arg == 4) { /* long columns: [16384, 512] over axis 0 */
+        KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){16384, 512}, &x));
+        return kl_sum(g, x, 1, (int[]){0}, 0, y);
+    }
+    if (arg == 5) { /* a permuted [40, 50, 60] over its axes 0 and 2 */
+        KL_TRY(kl_parity_param(g, "x", dt, 3, (int64_t[]){40, 50, 60}, &x));
+        KL_TRY(kl_permute(g, x, (int[]){1, 2, 0}, &x));
+        return kl_sum(g, x, 2, (int[]){0, 2}, 0, y);
+    }
+    if (arg == 6) { /* mean of 2^20 + 3 values */
+        KL_TRY(kl_parity_param(g, "x", dt, 1, (int64_t[]){(1 << 20) + 3}, &x));
+        return kl_mean(g, x, 0, NULL, 0, y);
+    }
     KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){300, 7}, &x)); /* mean of everything: one long reduction */
     return kl_mean(g, x, 0, NULL, 0, y);
 }
@@ -103,18 +120,22 @@ static kl_status b_matmul(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_
 static kl_status b_softmax(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *x;
-    KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){9, 37}, &x));
-    return arg ? kl_log_softmax(g, x, y) : kl_softmax(g, x, y);
+    int64_t C = arg & 2 ? 1000 : 37; /* arg bit 0: log-softmax; bit 1: rows of 1000 */
+    KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){arg & 2 ? 50 : 9, C}, &x));
+    return arg & 1 ? kl_log_softmax(g, x, y) : kl_softmax(g, x, y);
 }
 
-static int32_t g_labels[16] = {3, 0, 9, 7, 1, 1, 4, 8, 2, 6, 5, 9, 0, 3, 7, 2};
+static int32_t g_labels[20000];
 
+/* arg 0: [16, 10]; arg 1: [20000, 10] (many blocks of partial sums) */
 static kl_status b_ce(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *x, *lab;
-    KL_TRY(kl_parity_param(g, "logits", dt, 2, (int64_t[]){16, 10}, &x));
-    KL_TRY(kl_input(g, "labels", KL_I32, 1, (int64_t[]){16}, &lab));
-    in->v[in->n++] = (kl_in_set){lab, g_labels, sizeof g_labels};
+    int64_t N = arg ? 20000 : 16;
+    for (int64_t i = 0; i < N; i++) g_labels[i] = (int32_t)((i * 7 + i / 3) % 10);
+    KL_TRY(kl_parity_param(g, "logits", dt, 2, (int64_t[]){N, 10}, &x));
+    KL_TRY(kl_input(g, "labels", KL_I32, 1, (int64_t[]){N}, &lab));
+    in->v[in->n++] = (kl_in_set){lab, g_labels, (size_t)N * sizeof *g_labels};
     return kl_softmax_cross_entropy(g, x, lab, y);
 }
 
@@ -129,21 +150,25 @@ static kl_status b_batchnorm(kl_graph *g, kl_dtype dt, int training, kl_in_list 
 {
     kl_tensor *x, *gm, *bt, *rm, *rv;
     const kl_init half = {KL_INIT_UNIFORM, 0.5};
-    KL_TRY(kl_parity_param(g, "x", dt, 4, (int64_t[]){8, 6, 5, 5}, &x));
-    KL_TRY(kl_parity_param(g, "gamma", dt, 1, (int64_t[]){6}, &gm));
-    KL_TRY(kl_parity_param(g, "beta", dt, 1, (int64_t[]){6}, &bt));
-    KL_TRY(kl_buffer(g, "running_mean", dt, 1, (int64_t[]){6}, &half, &rm));
-    KL_TRY(kl_buffer(g, "running_var", dt, 1, (int64_t[]){6}, &ONES, &rv));
-    kl_batchnorm_opts o = {.training = training, .momentum = 0.2};
+    int wide = training == 2; /* [4096, 70]: one pixel per sample, long channels */
+    int64_t C = wide ? 70 : 6;
+    if (wide) KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){4096, 70}, &x));
+    else KL_TRY(kl_parity_param(g, "x", dt, 4, (int64_t[]){8, 6, 5, 5}, &x));
+    KL_TRY(kl_parity_param(g, "gamma", dt, 1, (int64_t[]){C}, &gm));
+    KL_TRY(kl_parity_param(g, "beta", dt, 1, (int64_t[]){C}, &bt));
+    KL_TRY(kl_buffer(g, "running_mean", dt, 1, (int64_t[]){C}, &half, &rm));
+    KL_TRY(kl_buffer(g, "running_var", dt, 1, (int64_t[]){C}, &ONES, &rv));
+    kl_batchnorm_opts o = {.training = training != 0, .momentum = 0.2};
     return kl_batchnorm(g, x, gm, bt, rm, rv, &o, y);
 }
 
 static kl_status b_layernorm(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *x, *gm, *bt;
-    KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){12, 33}, &x));
-    KL_TRY(kl_parity_param(g, "gamma", dt, 1, (int64_t[]){33}, &gm));
-    KL_TRY(kl_parity_param(g, "beta", dt, 1, (int64_t[]){33}, &bt));
+    int64_t R = arg ? 5000 : 12, D = arg ? 1000 : 33; /* arg 1: rows wider than a block, many of them */
+    KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){R, D}, &x));
+    KL_TRY(kl_parity_param(g, "gamma", dt, 1, (int64_t[]){D}, &gm));
+    KL_TRY(kl_parity_param(g, "beta", dt, 1, (int64_t[]){D}, &bt));
     return kl_layernorm(g, x, gm, bt, 1e-5, y);
 }
 
@@ -205,14 +230,19 @@ static const kl_parity_case cases[] = {
     {"add", b_binary, 0, 1e-6, 1e-13, 0},        {"sub", b_binary, 1, 1e-6, 1e-13, 0},
     {"mul", b_binary, 2, 1e-6, 1e-13, 0},        {"div", b_binary, 3, 1e-5, 1e-13, 0},
     {"sum", b_reduce, 0, 1e-5, 1e-13, 0},        {"mean", b_reduce, 1, 1e-5, 1e-13, 0},
-    {"sum_cols", b_reduce, 2, 1e-5, 1e-13, 0},
+    {"sum_cols", b_reduce, 2, 1e-5, 1e-13, 0},   {"sum_cols_wide", b_reduce, 3, 1e-5, 1e-13, 0},
+    {"sum_cols_long", b_reduce, 4, 1e-5, 1e-13, 0}, {"sum_permuted", b_reduce, 5, 1e-5, 1e-13, 0},
+    {"mean_long", b_reduce, 6, 1e-5, 1e-13, 0},
     {"linear_relu", b_matmul, 0, TF32_TOL, 1e-12, 0}, {"linear_tanh", b_matmul, 1, TF32_TOL, 1e-12, 0},
     {"matmul_batched", b_matmul, 2, TF32_TOL, 1e-12, 0}, {"matmul_bcast", b_matmul, 3, TF32_TOL, 1e-12, 0},
     {"matmul_trans", b_matmul, 4, TF32_TOL, 1e-12, 0},
     {"softmax", b_softmax, 0, 1e-5, 1e-12, 0},   {"log_softmax", b_softmax, 1, 1e-5, 1e-12, 0},
-    {"softmax_ce", b_ce, 0, 1e-5, 1e-12, 0},     {"dropout", b_dropout, 0, 1e-6, 1e-13, 0},
+    {"softmax_1000", b_softmax, 2, 1e-5, 1e-12, 0}, {"log_softmax_1000", b_softmax, 3, 1e-5, 1e-12, 0},
+    {"softmax_ce", b_ce, 0, 1e-5, 1e-12, 0},     {"softmax_ce_20000", b_ce, 1, 1e-5, 1e-12, 0},
+    {"dropout", b_dropout, 0, 1e-6, 1e-13, 0},
     {"batchnorm_train", b_batchnorm, 1, 1e-4, 1e-11, 0}, {"batchnorm_eval", b_batchnorm, 0, 1e-5, 1e-12, 0},
-    {"layernorm", b_layernorm, 0, 1e-4, 1e-11, 0}, {"embedding", b_embedding, 0, 1e-5, 1e-12, 0},
+    {"batchnorm_wide", b_batchnorm, 2, 1e-4, 1e-11, 0},
+    {"layernorm", b_layernorm, 0, 1e-4, 1e-11, 0}, {"layernorm_big", b_layernorm, 1, 1e-4, 1e-11, 0}, {"embedding", b_embedding, 0, 1e-5, 1e-12, 0},
     {"embedding_big", b_embedding, 1, 1e-5, 1e-12, 0},
     {"concat_slice", b_concat_slice, 0, 1e-6, 1e-13, 0},
     {"cast_f16", b_cast, 0, 1e-6, 1e-13, 0},     {"cast_bf16", b_cast, 1, 1e-6, 1e-13, 1},
@@ -333,6 +363,50 @@ static void test_training(kl_device gpu, kl_dtype dt, const kl_optim_opts *oo, c
     kl_parity_params(cs, c.ctx, g.ctx, f64 ? 1e-11 : 5e-3, f64 ? 1e-11 : 12 * oo->lr);
     mlp_free(&c);
     mlp_free(&g);
+}
+
+/* Many parameters (two runs of 420,000 and 33 values), clipped Adam: the
+ * squared-norm partial sums span many blocks, the update many grids. */
+static kl_status big_build(kl_device dev, kl_ctx **ctx, kl_graph **g, kl_optim **opt)
+{
+    kl_ctx_opts co = {.device = dev, .seed = 3};
+    kl_tensor *w, *b, *r, *y, *loss;
+    const kl_init ru = {KL_INIT_UNIFORM, 1.0};
+    KL_TRY(kl_ctx_new(&co, ctx));
+    KL_TRY(kl_graph_new(*ctx, g));
+    KL_TRY(kl_parity_param(*g, "w", KL_F32, 2, (int64_t[]){600, 700}, &w));
+    KL_TRY(kl_parity_param(*g, "b", KL_F32, 1, (int64_t[]){33}, &b));
+    KL_TRY(kl_buffer(*g, "r", KL_F32, 2, (int64_t[]){600, 700}, &ru, &r));
+    KL_TRY(kl_square(*g, w, &y));
+    KL_TRY(kl_mul(*g, y, r, &y));
+    KL_TRY(kl_sum(*g, y, 0, NULL, 0, &loss));
+    KL_TRY(kl_square(*g, b, &y));
+    KL_TRY(kl_sum(*g, y, 0, NULL, 0, &y));
+    KL_TRY(kl_add(*g, loss, y, &loss));
+    KL_TRY(kl_output(*g, loss));
+    KL_TRY(kl_backward(*g, loss));
+    kl_optim_opts oo = {.kind = KL_OPTIM_ADAM, .lr = 1e-2, .max_grad_norm = 1.0};
+    KL_TRY(kl_optim_new(*ctx, &oo, opt));
+    return kl_optim_step(*g, *opt, NULL);
+}
+
+static void test_big_optim(kl_device gpu)
+{
+    kl_ctx *cc = NULL, *gc = NULL;
+    kl_graph *cg = NULL, *gg = NULL;
+    kl_optim *co = NULL, *go = NULL;
+    CHECK_OK(big_build((kl_device){KL_DEVICE_CPU, 0}, &cc, &cg, &co));
+    CHECK_OK(big_build(gpu, &gc, &gg, &go));
+    for (int i = 0; i < 3 && cg && gg; i++) {
+        CHECK_OK(kl_graph_run(cg));
+        CHECK_OK(kl_graph_run(gg));
+        double nc = kl_optim_last_grad_norm(co), ng = kl_optim_last_grad_norm(go);
+        CHECK(nc > 1 && fabs(nc - ng) <= 1e-5 * nc); /* clipped: the norm is far above 1 */
+    }
+    if (cc && gc) kl_parity_params("big adam f32", cc, gc, 1e-4, 1e-4);
+    kl_graph_free(cg), kl_graph_free(gg);
+    kl_optim_free(co), kl_optim_free(go);
+    kl_ctx_free(cc), kl_ctx_free(gc);
 }
 
 /* ---- errors on the device ---- */
@@ -486,6 +560,7 @@ int main(void)
     test_training(gpu, KL_F64, &sgd, "mlp sgd f64");
     kl_optim_opts adamw = {.kind = KL_OPTIM_ADAMW, .lr = 1e-3, .weight_decay = 0.01, .max_grad_norm = 0.5};
     test_training(gpu, KL_F32, &adamw, "mlp adamw f32");
+    test_big_optim(gpu);
     test_device_errors(gpu);
     return kl_test_done("test_cuda");
 }
