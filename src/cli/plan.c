@@ -203,3 +203,20 @@ int kl_cmd_plan(int argc, char **argv)
     kl_cfg_free(cfg);
     return rc;
 }
+
+kl_status plan_open_ctx(const char *device_arg, kl_model *m, const kl_optim_opts *oo, int threads, uint64_t seed,
+                        kl_cfg *cfg, int64_t *batch, plan_budget *budget, kl_ctx **out)
+{
+    kl_device dev;
+    char note[256];
+    KL_TRY(train_pick_device(device_arg, &dev, note, sizeof note));
+    KL_TRY(plan_auto_batch(m, oo, threads, cfg, batch, dev));
+    KL_TRY(plan_check_train(m, oo, threads, *batch, dev, budget));
+    kl_ctx_opts co = {.device = dev, .threads = threads, .seed = seed};
+    KL_TRY(kl_ctx_new(&co, out));
+    if (dev.type == KL_DEVICE_CPU)
+        printf("device: cpu%s, %d threads, GEMM by %s\n", note, kl_ctx_threads(*out), kl_cpu_blas_name());
+    else
+        printf("device: cuda:%d%s, convolutions by %s\n", dev.index, note, kl_cuda_conv_engine());
+    return KL_OK;
+}

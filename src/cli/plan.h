@@ -79,4 +79,10 @@ kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, in
 kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, kl_cfg *cfg, int64_t *batch,
                           kl_device dev);
 
+/* kiln train's context: the device (--device, train_pick_device), --batch
+ * auto, the memory check (budget may be NULL), the ctx; prints the
+ * "device: ..." line. */
+kl_status plan_open_ctx(const char *device_arg, kl_model *m, const kl_optim_opts *oo, int threads, uint64_t seed,
+                        kl_cfg *cfg, int64_t *batch, plan_budget *budget, kl_ctx **out);
+
 #endif

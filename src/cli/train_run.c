@@ -17,7 +17,6 @@
 #include "cli/train_watch.h"
 #include "cli/plan.h"
 #include "cli/train_text.h" /* sequence models: data.kind text */
-#include "backends/backend.h" /* kl_cuda_available */
 #include "core/error.h"
 #include "io/fileio.h"
 #include "nn/model.h"
@@ -129,16 +128,8 @@ static void *load_run(void *arg)
  * hooks), before the run directory is made. */
 static kl_status setup_device(runner *r, kl_cfg *cfg, const train_args *a)
 {
-    kl_device dev;
-    char note[256];
-    KL_TRY(train_pick_device(a->device, &dev, note, sizeof note));
-    KL_TRY(plan_auto_batch(r->model, &r->o.optim, (int)r->o.threads, cfg, &r->o.batch, dev));
-    KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch, dev, &r->budget));
-    kl_ctx_opts co = {.device = dev, .threads = (int)r->o.threads, .seed = r->o.seed};
-    KL_TRY(kl_ctx_new(&co, &r->ctx));
-    if (dev.type == KL_DEVICE_CPU) printf("device: cpu%s, %d threads, GEMM by %s\n", note, kl_ctx_threads(r->ctx), kl_cpu_blas_name());
-    else printf("device: cuda:%d%s, convolutions by %s\n", dev.index, note, kl_cuda_conv_engine());
-    return KL_OK;
+    return plan_open_ctx(a->device, r->model, &r->o.optim, (int)r->o.threads, r->o.seed, cfg, &r->o.batch, &r->budget,
+                         &r->ctx);
 }
 
 static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)

@@ -8,7 +8,6 @@
 #include "cli/plan.h"
 #include "cli/train_monitor.h"
 #include "cli/train_opts.h"
-#include "backends/backend.h" /* kl_cpu_blas_name */
 #include "core/error.h"
 #include "io/fileio.h"
 #include "kiln/text.h"
@@ -129,15 +128,8 @@ static kl_status setup(lm_runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(kl_model_from_cfg(model, &r->model));
     r->T = kl_model_tokens(r->model);
     KL_TRY(split_corpus(r));
-    kl_device dev;
-    char note[256];
-    KL_TRY(train_pick_device(a->device, &dev, note, sizeof note));
-    KL_TRY(plan_auto_batch(r->model, &r->o.optim, (int)r->o.threads, cfg, &r->o.batch, dev)); /* --batch auto */
-    KL_TRY(plan_check_train(r->model, &r->o.optim, (int)r->o.threads, r->o.batch, dev, NULL)); /* --mem-limit, GPU memory */
-    kl_ctx_opts co = {.device = dev, .threads = (int)r->o.threads, .seed = r->o.seed};
-    KL_TRY(kl_ctx_new(&co, &r->ctx));
-    if (dev.type == KL_DEVICE_CPU) printf("device: cpu%s, %d threads, GEMM by %s\n", note, kl_ctx_threads(r->ctx), kl_cpu_blas_name());
-    else printf("device: cuda:%d%s, convolutions by %s\n", dev.index, note, kl_cuda_conv_engine());
+    KL_TRY(plan_open_ctx(a->device, r->model, &r->o.optim, (int)r->o.threads, r->o.seed, cfg, &r->o.batch, NULL,
+                         &r->ctx));
     KL_TRY(kl_optim_new(r->ctx, &r->o.optim, &r->opt));
     KL_TRY(step_graph_build(&r->train, r->model, r->ctx, r->opt, r->o.batch));
     if (r->n_val) KL_TRY(step_graph_build(&r->val, r->model, r->ctx, NULL, r->o.batch));
