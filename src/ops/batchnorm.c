@@ -170,12 +170,22 @@ KL_FOR_REAL(BN_KERNELS)
 KL_CPU_REAL_KERNEL(bn_cpu, bn_fwd)
 KL_CPU_REAL_KERNEL(bn_bwd_cpu, bn_bwd)
 
+/* Scratch in doubles: two per channel on the CPU; on CUDA two per chunk
+ * of each channel (kl_bn_cuda_chunks), and for the backward two more per
+ * channel (its finished sums). */
+static size_t bn_scratch(const kl_tensor *t, int bwd)
+{
+    int64_t C = t->ne[1], M = kl_numel(t) / C;
+    if (t->g->ctx->backend != KL_BACKEND_CUDA) return 2 * (size_t)C * sizeof(double);
+    return (size_t)(2 * C * kl_bn_cuda_chunks(M) + (bwd ? 2 * C : 0)) * sizeof(double);
+}
+
 /* srcs: dy, x, forward node, gamma (if any); extras dgamma, dbeta as asked */
 static kl_status bn_bwd_shape(kl_tensor *t)
 {
     const bn_attr *a = KL_ATTR(t, bn_attr);
     KL_TRY(kl_norm_bwd_shape(t, "batchnorm_bwd", &t->src[1]->ne[1], a->need_dg, a->need_db));
-    t->scratch_bytes = 2 * (size_t)t->ne[1] * sizeof(double);
+    t->scratch_bytes = bn_scratch(t, 1);
     return KL_OK;
 }
 
@@ -190,7 +200,7 @@ static kl_status bn_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 static kl_status bn_fwd_shape(kl_tensor *t)
 {
     KL_TRY(bn_shape(t));
-    if (KL_ATTR(t, bn_attr)->training) t->scratch_bytes = 2 * (size_t)t->ne[1] * sizeof(double);
+    if (KL_ATTR(t, bn_attr)->training) t->scratch_bytes = bn_scratch(t, 0);
     return KL_OK;
 }
 

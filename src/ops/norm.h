@@ -24,6 +24,16 @@ KL_HD static inline int kl_dropout_keep(uint64_t seed, uint32_t salt, uint64_t r
     return kl_philox_word(seed, salt, run, i) >= threshold;
 }
 
+/* CUDA batchnorm: each channel's M = N*S values are summed in this many
+ * chunks, a block each (partials in double in the node's scratch, then
+ * added in chunk order): enough blocks to fill the GPU for the few, long
+ * channels of a CNN. Depends on the shape only, so sums repeat run to run. */
+KL_HD static inline int64_t kl_bn_cuda_chunks(int64_t M)
+{
+    int64_t n = (M + 4095) / 4096;
+    return n < 1 ? 1 : n > 64 ? 64 : n;
+}
+
 #define KL_DEF_NORM_ELEM(T)                                                                        \
     /* y from x with the channel's / row's statistics and affine terms */                        \
     KL_HD static inline T kl_norm_fwd_##T(T x, T mean, T invstd, T gamma, T beta)                 \

@@ -1,7 +1,8 @@
 /* Batch and layer normalisation, forward and backward (formulas in
  * ops/norm.h, layouts and saved statistics as the CPU kernels in
  * src/ops/batchnorm.c and layernorm.c). Statistics are summed in double by
- * block trees: a block per channel (batchnorm) or per row (layernorm). */
+ * block trees in a fixed order: blocks per chunk of a channel (batchnorm)
+ * or a block per row (layernorm). */
 #include "backends/cuda/cuda_internal.cuh"
 #include "ops/norm.h"
 
@@ -18,62 +19,91 @@ template <typename T> static const T *src_or_null(const kl_exec *ex, const kl_te
     return i >= 0 ? (const T *)kl_data(ex, t->src[i]) : NULL;
 }
 
-/* ---- batchnorm: x [N, C, S], block per channel ---- */
+/* ---- batchnorm: x [N, C, S] ----
+ * Channel c's M = N*S values are summed in nch chunks (kl_bn_cuda_chunks),
+ * a block per (chunk, channel) writing two doubles of the node's scratch;
+ * a thread per channel then adds its chunks in order and finishes the
+ * statistics; a grid-stride pass over every element applies them. Fixed
+ * order throughout: results repeat run to run. */
+
+/* the j-th of channel c's M values, j in [0, M) */
+static __device__ __forceinline__ int64_t bn_index(int64_t j, int64_t c, int64_t C, int64_t S)
+{
+    int64_t n = j / S, s = j - n * S;
+    return (n * C + c) * S + s;
+}
 
 template <typename T> struct bn_args {
     const T *x, *gm, *bt;
     T *rm, *rv, *y, *mean; /* mean[C] then invstd[C] (the node's aux) */
-    int64_t N, C, S;
+    double *part;          /* [C, nch, 2] */
+    int64_t N, C, S, nch;
     double eps, mom;
-    int training;
 };
 
-template <typename T> __global__ void bn_fwd_k(bn_args<T> a)
+/* block (q, c): sums of d = x - k and d^2 over chunk q of channel c; the
+ * shift k = x[0, c, 0] keeps the variance free of cancellation */
+template <typename T> __global__ void bn_part_k(bn_args<T> a)
 {
     int64_t M = a.N * a.S;
-    T *invstd = a.mean + a.C;
-    for (int64_t c = blockIdx.x; c < a.C; c += gridDim.x) {
-        __shared__ double sh_mu, sh_is;
-        if (a.training) {
-            /* shifted sums: k = x[0, c, 0] keeps the variance free of cancellation */
-            T k = a.x[c * a.S];
-            double s1 = 0, s2 = 0;
-            for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
-                int64_t n = j / a.S, s = j - n * a.S;
-                double d = (double)a.x[(n * a.C + c) * a.S + s] - (double)k;
-                s1 += d;
-                s2 += d * d;
-            }
-            s1 = kl_cu_block_reduce<double, 0>(s1);
-            s2 = kl_cu_block_reduce<double, 0>(s2);
-            if (threadIdx.x == 0) {
-                double d = s1 / (double)M, var = s2 / (double)M - d * d;
-                if (var < 0) var = 0;
-                double mu = (double)k + d;
-                a.mean[c] = (T)mu;
-                invstd[c] = (T)(1.0 / sqrt(var + a.eps));
-                if (a.rm) a.rm[c] = (T)((1 - a.mom) * (double)a.rm[c] + a.mom * mu);
-                if (a.rv) a.rv[c] = (T)((1 - a.mom) * (double)a.rv[c] + a.mom * var * (double)M / (double)(M - 1));
-                sh_mu = (double)a.mean[c];
-                sh_is = (double)invstd[c];
-            }
-        } else if (threadIdx.x == 0) {
-            a.mean[c] = a.rm[c];
-            invstd[c] = (T)(1.0 / sqrt((double)a.rv[c] + a.eps));
-            sh_mu = (double)a.mean[c];
-            sh_is = (double)invstd[c];
+    for (int64_t c = blockIdx.y; c < a.C; c += gridDim.y) {
+        int64_t q = blockIdx.x, j0 = q * M / a.nch, j1 = (q + 1) * M / a.nch;
+        double k = (double)a.x[c * a.S], s1 = 0, s2 = 0;
+        for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
+            double d = (double)a.x[bn_index(j, c, a.C, a.S)] - k;
+            s1 += d;
+            s2 += d * d;
         }
-        __syncthreads();
-        T mu = (T)sh_mu, is = (T)sh_is, g = a.gm ? a.gm[c] : (T)1, b = a.bt ? a.bt[c] : (T)0;
-        for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
-            int64_t n = j / a.S, s = j - n * a.S, i = (n * a.C + c) * a.S + s;
-            a.y[i] = norm_fwd(a.x[i], mu, is, g, b);
+        s1 = kl_cu_block_reduce<double, 0>(s1);
+        s2 = kl_cu_block_reduce<double, 0>(s2);
+        if (threadIdx.x == 0) {
+            a.part[(c * a.nch + q) * 2] = s1;
+            a.part[(c * a.nch + q) * 2 + 1] = s2;
         }
-        __syncthreads(); /* sh_mu, sh_is are rewritten for the next channel */
     }
 }
 
-template <typename T> static void bn_fwd_launch(const kl_exec *ex, const kl_tensor *t)
+/* thread per channel: mean and invstd (from the chunks, or the running
+ * statistics in evaluation), and the running statistics' update */
+template <typename T> __global__ void bn_stats_k(bn_args<T> a, int training)
+{
+    int64_t M = a.N * a.S;
+    T *invstd = a.mean + a.C;
+    KL_CU_FOR(c, a.C)
+    {
+        if (!training) {
+            a.mean[c] = a.rm[c];
+            invstd[c] = (T)(1.0 / sqrt((double)a.rv[c] + a.eps));
+            continue;
+        }
+        double s1 = 0, s2 = 0;
+        for (int64_t q = 0; q < a.nch; q++) {
+            s1 += a.part[(c * a.nch + q) * 2];
+            s2 += a.part[(c * a.nch + q) * 2 + 1];
+        }
+        double d = s1 / (double)M, var = s2 / (double)M - d * d;
+        if (var < 0) var = 0;
+        double mu = (double)a.x[c * a.S] + d;
+        a.mean[c] = (T)mu;
+        invstd[c] = (T)(1.0 / sqrt(var + a.eps));
+        if (a.rm) a.rm[c] = (T)((1 - a.mom) * (double)a.rm[c] + a.mom * mu);
+        if (a.rv) a.rv[c] = (T)((1 - a.mom) * (double)a.rv[c] + a.mom * var * (double)M / (double)(M - 1));
+    }
+}
+
+template <typename T> __global__ void bn_apply_k(bn_args<T> a)
+{
+    const T *invstd = a.mean + a.C;
+    KL_CU_FOR(i, a.N * a.C * a.S)
+    {
+        int64_t c = i / a.S % a.C;
+        a.y[i] = norm_fwd(a.x[i], a.mean[c], invstd[c], a.gm ? a.gm[c] : (T)1, a.bt ? a.bt[c] : (T)0);
+    }
+}
+
+static dim3 bn_grid(int64_t nch, int64_t C) { return dim3((unsigned)nch, (unsigned)(C < 65535 ? C : 65535)); }
+
+template <typename T> static kl_status bn_fwd_launch(const kl_exec *ex, const kl_tensor *t)
 {
     const bn_attr *at = KL_ATTR_C(t, bn_attr);
     bn_args<T> a;
@@ -84,63 +114,98 @@ template <typename T> static void bn_fwd_launch(const kl_exec *ex, const kl_tens
     a.rv = (T *)src_or_null<T>(ex, t, at->irv);
     a.y = (T *)kl_data(ex, t);
     a.mean = (T *)kl_aux(ex, t);
+    a.part = at->training ? (double *)kl_scratch(ex, t) : NULL;
     a.N = t->ne[0];
     a.C = t->ne[1];
     a.S = kl_numel(t) / (a.N * a.C);
+    a.nch = kl_bn_cuda_chunks(a.N * a.S);
     a.eps = at->eps;
     a.mom = at->momentum;
-    a.training = at->training;
-    unsigned nb = (unsigned)(a.C < 65535 ? a.C : 65535);
-    bn_fwd_k<T><<<nb, kl_cu_red_threads(a.N * a.S), 0, kl_cu_stream()>>>(a);
+    cudaStream_t s = kl_cu_stream();
+    if (at->training) {
+        bn_part_k<T><<<bn_grid(a.nch, a.C), kl_cu_red_threads(a.N * a.S / a.nch), 0, s>>>(a);
+        KL_CUDA_LAUNCHED(t, "bn_part_k");
+    }
+    bn_stats_k<T><<<kl_cu_blocks(a.C, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a, at->training);
+    KL_CUDA_LAUNCHED(t, "bn_stats_k");
+    bn_apply_k<T><<<kl_cu_blocks(kl_numel(t), KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a);
+    KL_CUDA_LAUNCHED(t, "bn_apply_k");
+    return KL_OK;
 }
 
 extern "C" kl_status kl_cuda_batchnorm(const kl_exec *ex, const kl_tensor *t)
 {
-    if (t->dtype == KL_F32) bn_fwd_launch<float>(ex, t);
-    else if (t->dtype == KL_F64) bn_fwd_launch<double>(ex, t);
-    else return kl_cu_bad_dtype(t);
-    KL_CUDA_LAUNCHED(t, "bn_fwd_k");
-    return KL_OK;
+    if (t->dtype == KL_F32) return bn_fwd_launch<float>(ex, t);
+    if (t->dtype == KL_F64) return bn_fwd_launch<double>(ex, t);
+    return kl_cu_bad_dtype(t);
 }
 
 template <typename T> struct bn_bwd_args {
     const T *dy, *x, *mean, *gm; /* mean[C] then invstd[C] (the forward node's aux) */
     T *dx, *dg, *db;
-    int64_t N, C, S;
-    int training, need_dx;
+    double *part, *sum; /* [C, nch, 2] chunk sums; [C, 2]: sum(dy), sum(dy * xhat) */
+    int64_t N, C, S, nch;
+    int training;
 };
 
-template <typename T> __global__ void bn_bwd_k(bn_bwd_args<T> a)
+/* block (q, c): sum(dy) and sum(dy * (x - mean)) over chunk q of channel c */
+template <typename T> __global__ void bn_bwd_part_k(bn_bwd_args<T> a)
 {
     int64_t M = a.N * a.S;
-    const T *invstd = a.mean + a.C;
-    bool sums = a.training || a.dg || a.db;
-    for (int64_t c = blockIdx.x; c < a.C; c += gridDim.x) {
-        T mu = a.mean[c], is = invstd[c], g = a.gm ? a.gm[c] : (T)1;
-        double sdy = 0, sdyx = 0;
-        if (sums) {
-            for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
-                int64_t n = j / a.S, s = j - n * a.S, i = (n * a.C + c) * a.S + s;
-                sdy += (double)a.dy[i];
-                sdyx += (double)a.dy[i] * ((double)a.x[i] - (double)mu);
-            }
-            sdy = kl_cu_block_reduce<double, 0>(sdy);
-            sdyx = kl_cu_block_reduce<double, 0>(sdyx) * (double)is; /* sum(dy * xhat) */
-            if (threadIdx.x == 0) {
-                if (a.dg) a.dg[c] = (T)sdyx;
-                if (a.db) a.db[c] = (T)sdy;
-            }
+    for (int64_t c = blockIdx.y; c < a.C; c += gridDim.y) {
+        int64_t q = blockIdx.x, j0 = q * M / a.nch, j1 = (q + 1) * M / a.nch;
+        double mu = (double)a.mean[c], sdy = 0, sdyx = 0;
+        for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
+            int64_t i = bn_index(j, c, a.C, a.S);
+            sdy += (double)a.dy[i];
+            sdyx += (double)a.dy[i] * ((double)a.x[i] - mu);
         }
-        if (!a.need_dx) continue;
-        T mg = (T)(sdy / (double)M) * g, mgx = (T)(sdyx / (double)M) * g, k = g * is;
-        for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
-            int64_t n = j / a.S, s = j - n * a.S, i = (n * a.C + c) * a.S + s;
-            a.dx[i] = a.training ? norm_bwd(a.x[i], a.dy[i] * g, mu, is, mg, mgx) : a.dy[i] * k;
+        sdy = kl_cu_block_reduce<double, 0>(sdy);
+        sdyx = kl_cu_block_reduce<double, 0>(sdyx);
+        if (threadIdx.x == 0) {
+            a.part[(c * a.nch + q) * 2] = sdy;
+            a.part[(c * a.nch + q) * 2 + 1] = sdyx;
         }
     }
 }
 
-template <typename T> static void bn_bwd_launch(const kl_exec *ex, const kl_tensor *t)
+/* thread per channel: the chunks in order; dgamma = sum(dy * xhat), dbeta = sum(dy) */
+template <typename T> __global__ void bn_bwd_sums_k(bn_bwd_args<T> a)
+{
+    const T *invstd = a.mean + a.C;
+    KL_CU_FOR(c, a.C)
+    {
+        double sdy = 0, sdyx = 0;
+        for (int64_t q = 0; q < a.nch; q++) {
+            sdy += a.part[(c * a.nch + q) * 2];
+            sdyx += a.part[(c * a.nch + q) * 2 + 1];
+        }
+        sdyx *= (double)invstd[c];
+        a.sum[2 * c] = sdy;
+        a.sum[2 * c + 1] = sdyx;
+        if (a.dg) a.dg[c] = (T)sdyx;
+        if (a.db) a.db[c] = (T)sdy;
+    }
+}
+
+template <typename T> __global__ void bn_bwd_dx_k(bn_bwd_args<T> a)
+{
+    const T *invstd = a.mean + a.C;
+    double M = (double)(a.N * a.S);
+    KL_CU_FOR(i, a.N * a.C * a.S)
+    {
+        int64_t c = i / a.S % a.C;
+        T g = a.gm ? a.gm[c] : (T)1, is = invstd[c];
+        if (a.training) {
+            T mg = (T)(a.sum[2 * c] / M) * g, mgx = (T)(a.sum[2 * c + 1] / M) * g;
+            a.dx[i] = norm_bwd(a.x[i], a.dy[i] * g, a.mean[c], is, mg, mgx);
+        } else {
+            a.dx[i] = a.dy[i] * (g * is);
+        }
+    }
+}
+
+template <typename T> static kl_status bn_bwd_launch(const kl_exec *ex, const kl_tensor *t)
 {
     const bn_attr *at = KL_ATTR_C(t, bn_attr);
     const kl_tensor *fw = t->src[2];
@@ -156,19 +221,29 @@ template <typename T> static void bn_bwd_launch(const kl_exec *ex, const kl_tens
     a.N = t->ne[0];
     a.C = t->ne[1];
     a.S = kl_numel(t) / (a.N * a.C);
+    a.nch = kl_bn_cuda_chunks(a.N * a.S);
+    a.part = (double *)kl_scratch(ex, t);
+    a.sum = a.part + 2 * a.C * a.nch;
     a.training = at->training;
-    a.need_dx = at->need_dx;
-    unsigned nb = (unsigned)(a.C < 65535 ? a.C : 65535);
-    bn_bwd_k<T><<<nb, kl_cu_red_threads(a.N * a.S), 0, kl_cu_stream()>>>(a);
+    cudaStream_t s = kl_cu_stream();
+    if (a.training || a.dg || a.db) {
+        bn_bwd_part_k<T><<<bn_grid(a.nch, a.C), kl_cu_red_threads(a.N * a.S / a.nch), 0, s>>>(a);
+        KL_CUDA_LAUNCHED(t, "bn_bwd_part_k");
+        bn_bwd_sums_k<T><<<kl_cu_blocks(a.C, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a);
+        KL_CUDA_LAUNCHED(t, "bn_bwd_sums_k");
+    }
+    if (at->need_dx) {
+        bn_bwd_dx_k<T><<<kl_cu_blocks(kl_numel(t), KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a);
+        KL_CUDA_LAUNCHED(t, "bn_bwd_dx_k");
+    }
+    return KL_OK;
 }
 
 extern "C" kl_status kl_cuda_batchnorm_bwd(const kl_exec *ex, const kl_tensor *t)
 {
-    if (t->dtype == KL_F32) bn_bwd_launch<float>(ex, t);
-    else if (t->dtype == KL_F64) bn_bwd_launch<double>(ex, t);
-    else return kl_cu_bad_dtype(t);
-    KL_CUDA_LAUNCHED(t, "bn_bwd_k");
-    return KL_OK;
+    if (t->dtype == KL_F32) return bn_bwd_launch<float>(ex, t);
+    if (t->dtype == KL_F64) return bn_bwd_launch<double>(ex, t);
+    return kl_cu_bad_dtype(t);
 }
 
 /* ---- layernorm: rows [R, D], block per row ---- */
