@@ -171,13 +171,13 @@ KL_CPU_REAL_KERNEL(bn_cpu, bn_fwd)
 KL_CPU_REAL_KERNEL(bn_bwd_cpu, bn_bwd)
 
 /* Scratch in doubles: two per channel on the CPU; on CUDA two per chunk
- * of each channel (kl_bn_cuda_chunks), and for the backward two more per
+ * of each channel (kl_sum_chunks), and for the backward two more per
  * channel (its finished sums). */
 static size_t bn_scratch(const kl_tensor *t, int bwd)
 {
     int64_t C = t->ne[1], M = kl_numel(t) / C;
     if (t->g->ctx->backend != KL_BACKEND_CUDA) return 2 * (size_t)C * sizeof(double);
-    return (size_t)(2 * C * kl_bn_cuda_chunks(M) + (bwd ? 2 * C : 0)) * sizeof(double);
+    return (size_t)(2 * C * kl_sum_chunks(M) + (bwd ? 2 * C : 0)) * sizeof(double);
 }
 
 /* srcs: dy, x, forward node, gamma (if any); extras dgamma, dbeta as asked */

@@ -26,6 +26,7 @@
 #include "ops/conv2d.h"
 #include "ops/elem.h"
 #include "core/philox.h" /* KL_HD */
+#include "ops/sum_chunks.h"
 
 /* The geometry a kernel needs, all int64 (passed by value to kernels). */
 typedef struct kl_conv_ix {
@@ -170,9 +171,10 @@ static inline size_t kl_conv_round256(size_t n) { return (n + 255) & ~(size_t)25
 
 /* A CUDA conv node's scratch: col (conv2d, bwd_filter) or dcol (bwd_data)
  * [G, Kg, nc*P], then cn [O, nc*P] (conv2d: the GEMM's output; gradients:
- * dz), then (bwd_filter with a bias) db's running sums over the chunks [O]
- * doubles. Each at a 256-byte offset: cuBLASLt's plans are made for the
- * operands' alignment. */
+ * dz), then (bwd_filter with a bias) db's running sums over the batch
+ * chunks [O] and its partial sums [O, kl_sum_chunks(nc*P)], doubles. Each
+ * at a 256-byte offset: cuBLASLt's plans are made for the operands'
+ * alignment. */
 typedef struct kl_conv_cu_layout {
     int64_t nc;
     size_t col, cn, dbsum, bytes; /* byte offsets; total */
@@ -186,7 +188,8 @@ static inline kl_conv_cu_layout kl_conv_cu_layout_of(const kl_conv_attr *a, int 
     l.col = 0;
     l.cn = kl_conv_round256((size_t)(c.G * c.Kg * nc * c.P) * es);
     l.dbsum = l.cn + kl_conv_round256((size_t)(c.O * nc * c.P) * es);
-    l.bytes = l.dbsum + (op == KL_OP_conv2d_bwd_filter && a->has_bias ? kl_conv_round256((size_t)c.O * sizeof(double)) : 0);
+    size_t db = (size_t)(c.O * (1 + kl_sum_chunks(nc * c.P))) * sizeof(double);
+    l.bytes = l.dbsum + (op == KL_OP_conv2d_bwd_filter && a->has_bias ? kl_conv_round256(db) : 0);
     return l;
 }
 

@@ -14,6 +14,7 @@
 #define KL_OPS_NORM_H
 
 #include "core/philox.h" /* KL_HD, kl_philox_word */
+#include "ops/sum_chunks.h"  /* kl_sum_chunks: CUDA batchnorm */
 
 /* floor(p * 2^32) for p in [0, 1). */
 KL_HD static inline uint32_t kl_dropout_threshold(double p) { return (uint32_t)(p * 4294967296.0); }
@@ -22,16 +23,6 @@ KL_HD static inline uint32_t kl_dropout_threshold(double p) { return (uint32_t)(
 KL_HD static inline int kl_dropout_keep(uint64_t seed, uint32_t salt, uint64_t run, uint64_t i, uint32_t threshold)
 {
     return kl_philox_word(seed, salt, run, i) >= threshold;
-}
-
-/* CUDA batchnorm: each channel's M = N*S values are summed in this many
- * chunks, a block each (partials in double in the node's scratch, then
- * added in chunk order): enough blocks to fill the GPU for the few, long
- * channels of a CNN. Depends on the shape only, so sums repeat run to run. */
-KL_HD static inline int64_t kl_bn_cuda_chunks(int64_t M)
-{
-    int64_t n = (M + 4095) / 4096;
-    return n < 1 ? 1 : n > 64 ? 64 : n;
 }
 
 #define KL_DEF_NORM_ELEM(T)                                                                        \

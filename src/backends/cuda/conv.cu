@@ -18,12 +18,13 @@
  * Graph-capture safe: only kernel launches and GEMMs on kiln's stream, all
  * temporaries in the node's planned scratch; no host reads of device data.
  * Deterministic: every sum has a fixed order (col2im gathers, no atomics; db
- * is a block tree per channel, summed over the chunks in order in double). */
+ * as conv_db.cuh, over the batch chunks in order in double). */
 #include "backends/cuda/cuda_internal.cuh"
 extern "C" {
 #include "ops/conv2d.h"
 }
 #include "ops/conv2d_index.h"
+#include "backends/cuda/conv_db.cuh"
 
 static __device__ __forceinline__ float im2col_at(const kl_conv_ix *c, const float *x, int64_t n0, int64_t m, int64_t i) { return kl_conv_im2col_float(c, x, n0, m, i); }
 static __device__ __forceinline__ double im2col_at(const kl_conv_ix *c, const double *x, int64_t n0, int64_t m, int64_t i) { return kl_conv_im2col_double(c, x, n0, m, i); }
@@ -56,24 +57,6 @@ template <typename T> __global__ void dz_k(kl_conv_ix c, const T *dy, const T *y
 template <typename T> __global__ void col2im_k(kl_conv_ix c, const T *dcol, T *dx, int64_t m)
 {
     KL_CU_FOR(i, m * c.C * c.H * c.W) dx[i] = col2im_at(&c, dcol, m, i);
-}
-
-/* block per channel o: s = sum of cn row o (len values) in double, a block
- * tree; sum[o] = s (first chunk) or sum[o] + s; the last chunk writes db */
-template <typename T>
-__global__ void db_k(const T *cn, int64_t O, int64_t len, double *sum, int first, T *db)
-{
-    for (int64_t o = blockIdx.x; o < O; o += gridDim.x) {
-        const T *r = cn + o * len;
-        double acc = 0;
-        for (int64_t j = threadIdx.x; j < len; j += blockDim.x) acc += (double)r[j];
-        acc = kl_cu_block_reduce<double, 0>(acc);
-        if (threadIdx.x == 0) {
-            double v = first ? acc : sum[o] + acc;
-            if (db) db[o] = (T)v;
-            else sum[o] = v;
-        }
-    }
 }
 
 /* The chunk GEMM of op (kl_conv_gemm_of) on a, b into y, y = a@b + beta*y. */
@@ -178,12 +161,8 @@ template <typename T> static kl_status conv_bwd_filter(const kl_exec *ex, const 
         im2col_k<T><<<kl_cu_blocks(c.G * c.Kg * m * c.P, KL_CU_THREADS), KL_CU_THREADS, 0, r.s>>>(c, x, r.col, n0, m);
         KL_CUDA_LAUNCHED(t, "im2col_k");
         KL_TRY(gemm(t, &c, m, r.cn, r.col, dw, n0 == 0 ? 0 : 1)); /* beta 0 first: dW is written */
-        if (db) {
-            unsigned nb = (unsigned)(c.O < 65535 ? c.O : 65535);
-            bool last = n0 + m == c.N;
-            db_k<T><<<nb, kl_cu_red_threads(m * c.P), 0, r.s>>>(r.cn, c.O, m * c.P, r.dbsum, n0 == 0, last ? db : NULL);
-            KL_CUDA_LAUNCHED(t, "db_k");
-        }
+        if (db) /* cn is [O, m*P]: sample n's pixels at n*P, channel o's row at o*m*P */
+            KL_TRY(kl_cu_conv_db<T>(t, r.cn, c.O, m, c.P, c.P, m * c.P, r.dbsum, n0 == 0, n0 + m == c.N ? db : NULL, r.s));
     }
     return KL_OK;
 }

@@ -10,8 +10,8 @@
  *   bwd_data     dz = act'(y) dy (kl_conv_dzv_*) into the node's cn
  *                scratch when an activation is fused, else dy itself, then
  *                cudnnConvolutionBackwardData;
- *   bwd_filter   the same dz, cudnnConvolutionBackwardFilter, and db as a
- *                block per channel summing in double (no atomics).
+ *   bwd_filter   the same dz, cudnnConvolutionBackwardFilter, and db in
+ *                double in a fixed order (conv_db.cuh, no atomics).
  * Algorithms come from cuDNN's heuristics (the _v7 queries: no trial runs,
  * so the first step stays fast), the best one that is deterministic and
  * whose workspace fits the node's col scratch or the cuBLASLt workspace
@@ -26,6 +26,7 @@ extern "C" {
 #include "ops/conv2d.h"
 }
 #include "ops/conv2d_index.h"
+#include "backends/cuda/conv_db.cuh"
 
 #include <cudnn.h>
 #include <dlfcn.h>
@@ -237,20 +238,6 @@ __global__ void dz_nchw_k(kl_conv_ix c, const float *dy, const float *y, float *
     KL_CU_FOR(i, c.N * c.O * c.P) dz[i] = kl_conv_dzv_float(&c, dy[i], y[i]);
 }
 
-/* block per channel o: db[o] = sum over samples and pixels of dz (NCHW), in double */
-__global__ void db_nchw_k(kl_conv_ix c, const float *dz, float *db)
-{
-    for (int64_t o = blockIdx.x; o < c.O; o += gridDim.x) {
-        double acc = 0;
-        for (int64_t j = threadIdx.x; j < c.N * c.P; j += blockDim.x) {
-            int64_t n = j / c.P, p = j - n * c.P;
-            acc += (double)dz[(n * c.O + o) * c.P + p];
-        }
-        acc = kl_cu_block_reduce<double, 0>(acc);
-        if (threadIdx.x == 0) db[o] = (float)acc;
-    }
-}
-
 /* dz of a gradient node: dy itself, or act'(y) dy in the cn scratch */
 static kl_status dz_of(const kl_exec *ex, const kl_tensor *t, const kl_conv_attr *a, const kl_conv_ix &c, const float **dz)
 {
@@ -337,10 +324,10 @@ extern "C" kl_status kl_cu_cudnn_conv(const kl_exec *ex, const kl_tensor *t, int
                                                 (cudnnConvolutionBwdFilterAlgo_t)e->algo, ws, e->ws, &zero, e->w,
                                                 kl_data(ex, t));
         if (r != CUDNN_STATUS_SUCCESS) return refused(t, e, r, capturing, "cudnnConvolutionBackwardFilter");
-        if (a->has_bias) {
-            unsigned nb = (unsigned)(c.O < 65535 ? c.O : 65535);
-            db_nchw_k<<<nb, kl_cu_red_threads(c.N * c.P), 0, st>>>(c, dz, (float *)kl_data(ex, t->extra[0]));
-            KL_CUDA_LAUNCHED(t, "db_nchw_k");
+        if (a->has_bias) { /* dz is NCHW: sample n at n*O*P, channel o at o*P */
+            kl_conv_cu_layout l = kl_conv_cu_layout_of(a, t->op, sizeof(float), a->cu_nc);
+            double *dbsum = (double *)(void *)((unsigned char *)kl_scratch(ex, t) + l.dbsum);
+            KL_TRY(kl_cu_conv_db<float>(t, dz, c.O, c.N, c.P, c.O * c.P, c.P, dbsum, 1, (float *)kl_data(ex, t->extra[0]), st));
         }
     }
     __atomic_fetch_add(&g_dn.runs, 1, __ATOMIC_RELAXED);

@@ -20,7 +20,7 @@ template <typename T> static const T *src_or_null(const kl_exec *ex, const kl_te
 }
 
 /* ---- batchnorm: x [N, C, S] ----
- * Channel c's M = N*S values are summed in nch chunks (kl_bn_cuda_chunks),
+ * Channel c's M = N*S values are summed in nch chunks (kl_sum_chunks),
  * a block per (chunk, channel) writing two doubles of the node's scratch;
  * a thread per channel then adds its chunks in order and finishes the
  * statistics; a grid-stride pass over every element applies them. Fixed
@@ -118,7 +118,7 @@ template <typename T> static kl_status bn_fwd_launch(const kl_exec *ex, const kl
     a.N = t->ne[0];
     a.C = t->ne[1];
     a.S = kl_numel(t) / (a.N * a.C);
-    a.nch = kl_bn_cuda_chunks(a.N * a.S);
+    a.nch = kl_sum_chunks(a.N * a.S);
     a.eps = at->eps;
     a.mom = at->momentum;
     cudaStream_t s = kl_cu_stream();
@@ -221,7 +221,7 @@ template <typename T> static kl_status bn_bwd_launch(const kl_exec *ex, const kl
     a.N = t->ne[0];
     a.C = t->ne[1];
     a.S = kl_numel(t) / (a.N * a.C);
-    a.nch = kl_bn_cuda_chunks(a.N * a.S);
+    a.nch = kl_sum_chunks(a.N * a.S);
     a.part = (double *)kl_scratch(ex, t);
     a.sum = a.part + 2 * a.C * a.nch;
     a.training = at->training;
