@@ -4,6 +4,7 @@
  * broadcast back over the reduced axes, times the scale. */
 #include "ops/ops.h"
 #include "ops/elem.h"
+#include "ops/sum_chunks.h" /* kl_reduce_chunks: the CUDA kernel's scratch */
 #include "backends/cpu/cpu.h"
 #include "backends/cpu/iter.h"
 
@@ -17,6 +18,8 @@ static kl_status reduce_shape(kl_tensor *t)
     t->dtype = x->dtype;
     t->ndim = x->ndim;
     for (int d = 0; d < x->ndim; d++) t->ne[d] = (KL_ATTR(t, reduce_attr)->mask >> d & 1) ? 1 : x->ne[d];
+    int64_t nout = kl_numel(t), q = nout ? kl_reduce_chunks(nout, kl_numel(x) / nout) : 1;
+    if (t->g->ctx->backend == KL_BACKEND_CUDA && q > 1) t->scratch_bytes = (size_t)(nout * q) * sizeof(double);
     return KL_OK;
 }
 

@@ -16,4 +16,13 @@ KL_HD static inline int64_t kl_sum_chunks(int64_t n)
     return q < 1 ? 1 : q > 64 ? 64 : q;
 }
 
+/* CUDA reduce of nred values into each of nout outputs: the chunks per
+ * output, 1 when a block per output (or per 32 columns) already has the
+ * GPU busy or the runs are short; the node's scratch holds nout * chunks
+ * doubles when > 1. */
+KL_HD static inline int64_t kl_reduce_chunks(int64_t nout, int64_t nred)
+{
+    return nred < 8192 || nout >= 2048 ? 1 : kl_sum_chunks(nred);
+}
+
 #endif

@@ -3,6 +3,7 @@
  * (loss and gradient). Sums are made in double in a fixed order (block and
  * warp trees), so results do not change from run to run. */
 #include "backends/cuda/cuda_internal.cuh"
+#include "ops/sum_chunks.h"
 
 #include <math.h>
 
@@ -55,6 +56,86 @@ template <typename T> __global__ void reduce_cols_k(const T *x, T *y, int64_t nc
     }
 }
 
+/* ---- long reductions to few outputs (kl_reduce_chunks > 1): blocks per
+ * chunk of each output's values write partials part[o * nq + q] (scratch),
+ * then a thread per output adds them in chunk order ---- */
+
+/* block (q, o): chunk q of output o's values */
+template <typename T> __global__ void reduce_part_k(const T *x, kl_cu_iter out, kl_cu_iter red, int64_t nq, double *part)
+{
+    for (int64_t o = blockIdx.y; o < out.n; o += gridDim.y) {
+        int64_t base, q = blockIdx.x, r0 = q * red.n / nq, r1 = (q + 1) * red.n / nq;
+        kl_cu_offsets<1>(out, o, &base);
+        double acc = 0;
+        for (int64_t r = r0 + threadIdx.x; r < r1; r += blockDim.x) {
+            int64_t off;
+            kl_cu_offsets<1>(red, r, &off);
+            acc += (double)x[base + off];
+        }
+        acc = kl_cu_block_reduce<double, 0>(acc);
+        if (threadIdx.x == 0) part[o * nq + q] = acc;
+    }
+}
+
+/* block (column block, q): 32 consecutive outputs over chunk q of the rows,
+ * RED_ROWS row phases summed in order through shared memory */
+template <typename T> __global__ void reduce_cols_part_k(const T *x, int64_t ncols, kl_cu_iter red, int64_t nq, double *part)
+{
+    __shared__ double ph[RED_ROWS][33];
+    int tx = threadIdx.x, ty = threadIdx.y;
+    int64_t q = blockIdx.y, r0 = q * red.n / nq, r1 = (q + 1) * red.n / nq;
+    for (int64_t c0 = (int64_t)blockIdx.x * 32; c0 < ncols; c0 += (int64_t)gridDim.x * 32) {
+        int64_t c = c0 + tx;
+        double acc = 0;
+        for (int64_t r = r0 + ty; c < ncols && r < r1; r += RED_ROWS) {
+            int64_t off;
+            kl_cu_offsets<1>(red, r, &off);
+            acc += (double)x[off + c];
+        }
+        ph[ty][tx] = acc;
+        __syncthreads();
+        if (ty == 0 && c < ncols) {
+            double sum = 0;
+            for (int k = 0; k < RED_ROWS; k++) sum += ph[k][tx];
+            part[c * nq + q] = sum;
+        }
+        __syncthreads();
+    }
+}
+
+template <typename T> __global__ void reduce_finish_k(const double *part, int64_t nout, int64_t nq, double scale, T *y)
+{
+    KL_CU_FOR(o, nout)
+    {
+        double s = 0;
+        for (int64_t q = 0; q < nq; q++) s += part[o * nq + q];
+        y[o] = (T)(s * scale);
+    }
+}
+
+template <typename T>
+static kl_status reduce_chunked(const kl_exec *ex, const kl_tensor *t, const kl_cu_iter &out, const kl_cu_iter &red,
+                                int64_t nq, bool cols)
+{
+    const T *x = (const T *)kl_data(ex, t->src[0]);
+    double *part = (double *)kl_scratch(ex, t);
+    cudaStream_t s = kl_cu_stream();
+    if (cols) {
+        int64_t nbc = (out.n + 31) / 32;
+        reduce_cols_part_k<T><<<dim3((unsigned)nbc, (unsigned)nq), dim3(32, RED_ROWS), 0, s>>>(x, out.n, red, nq, part);
+        KL_CUDA_LAUNCHED(t, "reduce_cols_part_k");
+    } else {
+        dim3 grid((unsigned)nq, (unsigned)(out.n < 65535 ? out.n : 65535));
+        reduce_part_k<T><<<grid, kl_cu_red_threads(red.n / nq), 0, s>>>(x, out, red, nq, part);
+        KL_CUDA_LAUNCHED(t, "reduce_part_k");
+    }
+    reduce_finish_k<T><<<kl_cu_blocks(out.n, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(part, out.n, nq,
+                                                                                   KL_ATTR_C(t, reduce_attr)->scale,
+                                                                                   (T *)kl_data(ex, t));
+    KL_CUDA_LAUNCHED(t, "reduce_finish_k");
+    return KL_OK;
+}
+
 /* The column kernel wins while its blocks have work enough each: up to 1024
  * rows a thread, or at least 64 blocks; otherwise a block per output keeps
  * more of the GPU busy on a long reduction to few outputs. */
@@ -82,6 +163,13 @@ extern "C" kl_status kl_cuda_reduce(const kl_exec *ex, const kl_tensor *t)
     kl_cu_iter out = kl_cu_iter_make(t->ndim, t->ne, 1, (const int64_t(*)[8])ost);
     kl_cu_iter red = kl_cu_iter_make(rn, rne, 1, (const int64_t(*)[8])rst);
     cudaStream_t s = kl_cu_stream();
+    int64_t nq = out.n ? kl_reduce_chunks(out.n, red.n) : 1; /* as the shape fn sized the scratch */
+    if (nq > 1) {
+        bool cols = out.ndim == 1 && out.st[0][0] == 1 && out.n >= 32; /* consecutive outputs: coalesced rows */
+        if (t->dtype == KL_F32) return reduce_chunked<float>(ex, t, out, red, nq, cols);
+        if (t->dtype == KL_F64) return reduce_chunked<double>(ex, t, out, red, nq, cols);
+        return kl_cu_bad_dtype(t);
+    }
     if (use_cols(&out, &red) && (t->dtype == KL_F32 || t->dtype == KL_F64)) {
         int64_t nbc = (out.n + 31) / 32;
         unsigned nb = (unsigned)(nbc < 65535 * 16 ? nbc : 65535 * 16);
