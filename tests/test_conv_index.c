@@ -5,7 +5,8 @@
  * checked against the buffers); the chunk loop of conv.cu runs with several
  * chunk sizes (a short last chunk included) in scratch carved as
  * kl_conv_cu_layout_of says, NaN-filled so that a read of anything not
- * written first shows; db's running sums as db_k makes them. Results are
+ * written first shows; db's partials and running sums as conv_db.cuh makes
+ * them (chunks of each channel, added in order). Results are
  * compared with the CPU ops' forward and backward on random inputs (never
  * zero), f32 and f64: odd sizes, stride 2, padding (also wider than the
  * kernel), dilation, groups, depthwise, 1x1, stride > kernel, each fused
@@ -90,7 +91,7 @@ typedef struct {
             T *col = (T *)(void *)(s + L.col), *cn = (T *)(void *)(s + L.cn);                      \
             double *dbsum = (double *)(void *)(s + L.dbsum);                                       \
             int64_t ncol = (int64_t)((L.cn - L.col) / sizeof(T)), ncn = (int64_t)((L.dbsum - L.cn) / sizeof(T)); \
-            if (a.has_bias) CHECK((int64_t)((L.bytes - L.dbsum) / sizeof(double)) >= c.O);         \
+            if (a.has_bias) CHECK((int64_t)((L.bytes - L.dbsum) / sizeof(double)) >= c.O * (1 + kl_sum_chunks(nc * c.P))); \
             for (int64_t n0 = 0; n0 < c.N; n0 += nc) {                                             \
                 int64_t m = c.N - n0 < nc ? c.N - n0 : nc, mp = m * c.P;                           \
                 CHECK(c.G * c.Kg * mp <= ncol && c.O * mp <= ncn);                                 \
@@ -116,12 +117,28 @@ typedef struct {
                         dx[n0 * CHW + i] = kl_conv_col2im_##T(&c, col, m, i);                      \
                 } else {                                                                           \
                     gemm_##T(cs, q, cn, ncn, col, ncol, dw, nw, n0 == 0 ? 0 : 1);                  \
-                    for (int64_t o = 0; b && o < c.O; o++) { /* db_k */                            \
-                        double acc = 0;                                                            \
-                        for (int64_t j = 0; j < mp; j++) acc += (double)cn[o * mp + j];            \
-                        double v = n0 == 0 ? acc : dbsum[o] + acc;                                 \
-                        if (n0 + m == c.N) db[o] = (T)v;                                           \
-                        else dbsum[o] = v;                                                         \
+                    if (b) { /* conv_db.cuh: partials per (chunk, channel), then in order */      \
+                        int64_t nq = kl_sum_chunks(mp);                                            \
+                        double *part = dbsum + c.O;                                                \
+                        CHECK((unsigned char *)(part + c.O * nq) <= s + L.bytes);                  \
+                        for (int64_t o = 0; o < c.O; o++)                                          \
+                            for (int64_t q2 = 0; q2 < nq; q2++) {                                  \
+                                int64_t j0, j1;                                                    \
+                                kl_chunk_range(q2, nq, mp, &j0, &j1);                              \
+                                double acc = 0;                                                    \
+                                for (int64_t j = j0; j < j1; j++) {                                \
+                                    int64_t src = kl_conv_db_src(j, o, c.P, c.P, mp);              \
+                                    oob += src >= c.O * mp;                                        \
+                                    acc += (double)cn[src];                                        \
+                                }                                                                  \
+                                part[o * nq + q2] = acc;                                           \
+                            }                                                                      \
+                        for (int64_t o = 0; o < c.O; o++) {                                        \
+                            double v = n0 == 0 ? 0.0 : dbsum[o];                                   \
+                            for (int64_t q2 = 0; q2 < nq; q2++) v += part[o * nq + q2];            \
+                            if (n0 + m == c.N) db[o] = (T)v;                                       \
+                            else dbsum[o] = v;                                                     \
+                        }                                                                          \
                     }                                                                              \
                 }                                                                                  \
             }                                                                                      \
@@ -166,6 +183,8 @@ static const conv_case conv_cases[] = {
     {"pad_wider_than_kernel", 2, 2, 4, 5, 3, 2, 2, OPTS(1, 1, 3, 2, 1, 1, 1), 1, KL_ACT_NONE},
     {"stride_gt_kernel_g2", 5, 4, 8, 9, 4, 2, 2, OPTS(3, 3, 0, 1, 1, 1, 2), 1, KL_ACT_TANH},
     {"batch5_odd", 5, 3, 5, 5, 4, 3, 3, OPTS(2, 1, 1, 1, 1, 1, 1), 1, KL_ACT_SIGMOID},
+    /* 9 * 32 * 32 values per channel: db in three unequal chunks (kl_sum_chunks) */
+    {"long_channels_db", 9, 3, 32, 32, 4, 3, 3, OPTS(1, 1, 1, 1, 1, 1, 1), 1, KL_ACT_RELU},
 };
 
 static void conv_case_run(const conv_case *cc, kl_dtype dt)

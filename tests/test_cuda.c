@@ -83,6 +83,11 @@ static kl_status b_reduce(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_
         KL_TRY(kl_permute(g, x, (int[]){1, 2, 0}, &x));
         return kl_sum(g, x, 2, (int[]){0, 2}, 0, y);
     }
+    if (arg == 7 || arg == 8) { /* [3, 20000, 5] over axis 1: 15 strided outputs in chunks; 8: permuted first */
+        KL_TRY(kl_parity_param(g, "x", dt, 3, (int64_t[]){3, 20000, 5}, &x));
+        if (arg == 8) KL_TRY(kl_permute(g, x, (int[]){2, 1, 0}, &x));
+        return kl_sum(g, x, 1, (int[]){1}, 1, y);
+    }
     if (arg == 6) { /* mean of 2^20 + 3 values */
         KL_TRY(kl_parity_param(g, "x", dt, 1, (int64_t[]){(1 << 20) + 3}, &x));
         return kl_mean(g, x, 0, NULL, 0, y);
@@ -150,10 +155,12 @@ static kl_status b_batchnorm(kl_graph *g, kl_dtype dt, int training, kl_in_list 
 {
     kl_tensor *x, *gm, *bt, *rm, *rv;
     const kl_init half = {KL_INIT_UNIFORM, 0.5};
-    int wide = training == 2; /* [4096, 70]: one pixel per sample, long channels */
-    int64_t C = wide ? 70 : 6;
-    if (wide) KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){4096, 70}, &x));
-    else KL_TRY(kl_parity_param(g, "x", dt, 4, (int64_t[]){8, 6, 5, 5}, &x));
+    /* training 2: [4096, 70], one pixel per sample; 3: [4097, 3], two unequal
+     * chunks per channel (kl_sum_chunks); 4: [16, 8, 32, 32], four chunks */
+    static const int64_t shapes[5][4] = {{8, 6, 5, 5}, {8, 6, 5, 5}, {4096, 70}, {4097, 3}, {16, 8, 32, 32}};
+    int nd = training == 2 || training == 3 ? 2 : 4;
+    int64_t C = shapes[training][1];
+    KL_TRY(kl_parity_param(g, "x", dt, nd, shapes[training], &x));
     KL_TRY(kl_parity_param(g, "gamma", dt, 1, (int64_t[]){C}, &gm));
     KL_TRY(kl_parity_param(g, "beta", dt, 1, (int64_t[]){C}, &bt));
     KL_TRY(kl_buffer(g, "running_mean", dt, 1, (int64_t[]){C}, &half, &rm));
@@ -232,7 +239,8 @@ static const kl_parity_case cases[] = {
     {"sum", b_reduce, 0, 1e-5, 1e-13, 0},        {"mean", b_reduce, 1, 1e-5, 1e-13, 0},
     {"sum_cols", b_reduce, 2, 1e-5, 1e-13, 0},   {"sum_cols_wide", b_reduce, 3, 1e-5, 1e-13, 0},
     {"sum_cols_long", b_reduce, 4, 1e-5, 1e-13, 0}, {"sum_permuted", b_reduce, 5, 1e-5, 1e-13, 0},
-    {"mean_long", b_reduce, 6, 1e-5, 1e-13, 0},
+    {"mean_long", b_reduce, 6, 1e-5, 1e-13, 0},  {"sum_strided_long", b_reduce, 7, 1e-5, 1e-13, 0},
+    {"sum_permuted_long", b_reduce, 8, 1e-5, 1e-13, 0},
     {"linear_relu", b_matmul, 0, TF32_TOL, 1e-12, 0}, {"linear_tanh", b_matmul, 1, TF32_TOL, 1e-12, 0},
     {"matmul_batched", b_matmul, 2, TF32_TOL, 1e-12, 0}, {"matmul_bcast", b_matmul, 3, TF32_TOL, 1e-12, 0},
     {"matmul_trans", b_matmul, 4, TF32_TOL, 1e-12, 0},
@@ -241,7 +249,8 @@ static const kl_parity_case cases[] = {
     {"softmax_ce", b_ce, 0, 1e-5, 1e-12, 0},     {"softmax_ce_20000", b_ce, 1, 1e-5, 1e-12, 0},
     {"dropout", b_dropout, 0, 1e-6, 1e-13, 0},
     {"batchnorm_train", b_batchnorm, 1, 1e-4, 1e-11, 0}, {"batchnorm_eval", b_batchnorm, 0, 1e-5, 1e-12, 0},
-    {"batchnorm_wide", b_batchnorm, 2, 1e-4, 1e-11, 0},
+    {"batchnorm_wide", b_batchnorm, 2, 1e-4, 1e-11, 0}, {"batchnorm_2chunks", b_batchnorm, 3, 1e-4, 1e-11, 0},
+    {"batchnorm_4chunks", b_batchnorm, 4, 1e-4, 1e-11, 0},
     {"layernorm", b_layernorm, 0, 1e-4, 1e-11, 0}, {"layernorm_big", b_layernorm, 1, 1e-4, 1e-11, 0}, {"embedding", b_embedding, 0, 1e-5, 1e-12, 0},
     {"embedding_big", b_embedding, 1, 1e-5, 1e-12, 0},
     {"concat_slice", b_concat_slice, 0, 1e-6, 1e-13, 0},

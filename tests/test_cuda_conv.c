@@ -47,6 +47,7 @@ static const conv_cfg convs[] = {
     {3, 3, 6, 6, 4, 3, 3, OPTS(1, 1, 1, 1, 1, 1, 1), 1, KL_ACT_RELU, X_INPUT},    /* 8 x without grad */
     {3, 3, 6, 6, 4, 3, 3, OPTS(2, 2, 1, 1, 1, 1, 1), 1, KL_ACT_TANH, W_FROZEN},   /* 9 frozen w */
     {7, 4, 9, 9, 6, 3, 3, OPTS(2, 2, 1, 1, 1, 1, 2), 1, KL_ACT_RELU, X_PARAM},    /* 10 chunked (main) */
+    {9, 3, 32, 32, 4, 3, 3, OPTS(1, 1, 1, 1, 1, 1, 1), 1, KL_ACT_RELU, X_PARAM},  /* 11 db in 3 chunks a channel */
 };
 #define CONV_CHUNKED 10
 #define CHUNK_BUDGET 10000 /* bytes: case 10 runs in chunks of 2 samples (f32) or 1 (f64) */
@@ -113,7 +114,7 @@ static const kl_parity_case cases[] = {
     {"maxpool_2x2", b_pool, 0, 1e-6, 1e-13, 0},           {"maxpool_3x3_s2_p1", b_pool, 1, 1e-6, 1e-13, 0},
     {"maxpool_16x17_i32", b_pool, 2, 1e-6, 1e-13, 0},     {"maxpool_nonsquare", b_pool, 3, 1e-6, 1e-13, 0},
     {"avgpool_2x2", b_pool, 4, 1e-6, 1e-13, 0},           {"avgpool_3x3_s2_p1", b_pool, 5, 1e-6, 1e-13, 0},
-    {"global_avgpool", b_gap, 0, 1e-6, 1e-13, 0},
+    {"global_avgpool", b_gap, 0, 1e-6, 1e-13, 0},         {"conv_long_channels", b_conv, 11, TF32_TOL, 1e-12, 0},
 };
 static const kl_parity_case chunked = {"conv_chunked", b_conv, CONV_CHUNKED, TF32_TOL, 1e-12, 0};
 

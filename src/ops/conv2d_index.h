@@ -193,6 +193,15 @@ static inline kl_conv_cu_layout kl_conv_cu_layout_of(const kl_conv_attr *a, int 
     return l;
 }
 
+/* A conv's bias gradient on CUDA (backends/cuda/conv_db.cuh): value j of
+ * channel o's m*P values of dz, sample j / P, pixel j % P, with the
+ * layout's strides: the cn layout (sn P, so m*P) or NCHW (sn O*P, so P). */
+KL_HD static inline int64_t kl_conv_db_src(int64_t j, int64_t o, int64_t P, int64_t sn, int64_t so)
+{
+    int64_t n = j / P;
+    return n * sn + o * so + (j - n * P);
+}
+
 /* Samples per chunk: as many as fit budget bytes (at least 1, at most N). */
 static inline int64_t kl_conv_cu_chunk(const kl_conv_attr *a, size_t es, size_t budget)
 {

@@ -10,6 +10,18 @@
 
 #include "ops/attrs.h" /* the attribute structs */
 
+int64_t kl_reduce_cuda_chunks(const kl_tensor *t, int *cols)
+{
+    const kl_tensor *x = t->src[0];
+    int64_t ost[1][8] = {{0}}, nout = kl_numel(t);
+    for (int d = 0; d < x->ndim; d++) ost[0][d] = x->st[d]; /* t->ne[d] is 1 on reduced axes */
+    kl_iter out;
+    kl_iter_init(&out, t->ndim, t->ne, 1, (const int64_t(*)[8])ost);
+    int c = out.ndim == 1 && out.st[0][0] == 1 && nout >= 32; /* outputs consecutive in x */
+    if (cols) *cols = c;
+    return nout ? kl_reduce_chunks(nout, kl_numel(x) / nout, c) : 1;
+}
+
 static kl_status reduce_shape(kl_tensor *t)
 {
     const kl_tensor *x = t->src[0];
@@ -18,8 +30,10 @@ static kl_status reduce_shape(kl_tensor *t)
     t->dtype = x->dtype;
     t->ndim = x->ndim;
     for (int d = 0; d < x->ndim; d++) t->ne[d] = (KL_ATTR(t, reduce_attr)->mask >> d & 1) ? 1 : x->ne[d];
-    int64_t nout = kl_numel(t), q = nout ? kl_reduce_chunks(nout, kl_numel(x) / nout) : 1;
-    if (t->g->ctx->backend == KL_BACKEND_CUDA && q > 1) t->scratch_bytes = (size_t)(nout * q) * sizeof(double);
+    if (t->g->ctx->backend == KL_BACKEND_CUDA) {
+        int64_t q = kl_reduce_cuda_chunks(t, NULL);
+        if (q > 1) t->scratch_bytes = (size_t)(kl_numel(t) * q) * sizeof(double);
+    }
     return KL_OK;
 }
 

@@ -16,13 +16,31 @@ KL_HD static inline int64_t kl_sum_chunks(int64_t n)
     return q < 1 ? 1 : q > 64 ? 64 : q;
 }
 
-/* CUDA reduce of nred values into each of nout outputs: the chunks per
- * output, 1 when a block per output (or per 32 columns) already has the
- * GPU busy or the runs are short; the node's scratch holds nout * chunks
- * doubles when > 1. */
-KL_HD static inline int64_t kl_reduce_chunks(int64_t nout, int64_t nred)
+/* Chunk q of nq over [0, n): [*j0, *j1); the chunks tile [0, n) in order. */
+KL_HD static inline void kl_chunk_range(int64_t q, int64_t nq, int64_t n, int64_t *j0, int64_t *j1)
 {
-    return nred < 8192 || nout >= 2048 ? 1 : kl_sum_chunks(nred);
+    *j0 = q * n / nq;
+    *j1 = (q + 1) * n / nq;
 }
+
+/* CUDA reduce of nred values into each of nout outputs: the chunks per
+ * output, 1 when the single-pass kernels already have the GPU busy (a
+ * block per output, or per 32 consecutive outputs: cols) or the runs are
+ * short; the node's scratch holds nout * chunks doubles when > 1. */
+KL_HD static inline int64_t kl_reduce_chunks(int64_t nout, int64_t nred, int cols)
+{
+    int64_t blocks = cols ? (nout + 31) / 32 : nout;
+    return nred < 4096 || blocks >= 1024 ? 1 : kl_sum_chunks(nred);
+}
+
+/* The CUDA reduce node t's chunks per output (kl_reduce_chunks; ops/reduce.c),
+ * and in *cols (may be NULL) whether its outputs are consecutive in the
+ * input, where the column kernels run. One function for the shape fn,
+ * which sizes the scratch, and the kernel, which uses it. */
+struct kl_tensor;
+#ifdef __cplusplus
+extern "C"
+#endif
+int64_t kl_reduce_cuda_chunks(const struct kl_tensor *t, int *cols);
 
 #endif

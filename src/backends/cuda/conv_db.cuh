@@ -10,20 +10,19 @@
 
 #include "backends/cuda/cuda_internal.cuh"
 #include "ops/sum_chunks.h"
+#include "ops/conv2d_index.h" /* kl_conv_db_src */
 
 template <typename T>
 __global__ void conv_db_part_k(const T *dz, int64_t O, int64_t len, int64_t P, int64_t sn, int64_t so, int64_t nq,
                                double *part)
 {
     for (int64_t o = blockIdx.y; o < O; o += gridDim.y) {
-        int64_t q = blockIdx.x, j0 = q * len / nq, j1 = (q + 1) * len / nq;
+        int64_t j0, j1;
+        kl_chunk_range(blockIdx.x, nq, len, &j0, &j1);
         double acc = 0;
-        for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
-            int64_t n = j / P;
-            acc += (double)dz[n * sn + o * so + (j - n * P)];
-        }
+        for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) acc += (double)dz[kl_conv_db_src(j, o, P, sn, so)];
         acc = kl_cu_block_reduce<double, 0>(acc);
-        if (threadIdx.x == 0) part[o * nq + q] = acc;
+        if (threadIdx.x == 0) part[o * nq + blockIdx.x] = acc;
     }
 }
 

@@ -207,13 +207,20 @@ static kl_status need_ready(const char *what)
     return kl_fail(KL_EMISUSE, "cuda %s: no CUDA device selected (create a ctx with device cuda:N first)", what);
 }
 
-/* Reports (once) the first data error a kernel recorded; call after a sync. */
+/* Reports (once) the first data error a kernel recorded; call after a
+ * sync. Work issued after the awaited point may still run: a record whose
+ * code is -1 is being written (kl_cu_report) and is left for a later sync;
+ * the fields are read only once the code says they are complete, and only
+ * the code is cleared, last. */
 static kl_status check_kernel_errors(void)
 {
     kl_cuda_err *e = g_cu.err_host;
-    if (!e || e->code == KL_CUERR_NONE) return KL_OK;
+    if (!e) return KL_OK;
+    int code = __atomic_load_n(&e->code, __ATOMIC_ACQUIRE);
+    if (code <= 0) return KL_OK;
     kl_cuda_err r = *e;
-    memset(e, 0, sizeof *e);
+    r.code = code;
+    __atomic_store_n(&e->code, 0, __ATOMIC_RELEASE);
     if (r.code == KL_CUERR_LABEL)
         return kl_fail(KL_EINVAL, "softmax_cross_entropy: label %d of row %lld out of range [0,%lld) (found on cuda:%d)",
                        r.value, r.where, r.limit, g_cu.device);

@@ -82,7 +82,10 @@ static cudaError_t emb_layout_of(int64_t P, int64_t V, emb_layout *l)
 extern "C" size_t kl_cuda_embedding_bwd_scratch(int64_t P, int64_t V)
 {
     emb_layout l;
-    if (P <= 0 || P > INT32_MAX || emb_layout_of(P, V, &l) != cudaSuccess) return 0;
+    /* CUB sizes for the current device: the graph may be built in a thread
+     * that never selected kiln's */
+    if (P <= 0 || P > INT32_MAX || cudaSetDevice(kl_cu_device()) != cudaSuccess || emb_layout_of(P, V, &l) != cudaSuccess)
+        return 0;
     return l.total;
 }
 

@@ -47,7 +47,8 @@ template <typename T> __global__ void bn_part_k(bn_args<T> a)
 {
     int64_t M = a.N * a.S;
     for (int64_t c = blockIdx.y; c < a.C; c += gridDim.y) {
-        int64_t q = blockIdx.x, j0 = q * M / a.nch, j1 = (q + 1) * M / a.nch;
+        int64_t q = blockIdx.x, j0, j1;
+        kl_chunk_range(q, a.nch, M, &j0, &j1);
         double k = (double)a.x[c * a.S], s1 = 0, s2 = 0;
         for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
             double d = (double)a.x[bn_index(j, c, a.C, a.S)] - k;
@@ -153,7 +154,8 @@ template <typename T> __global__ void bn_bwd_part_k(bn_bwd_args<T> a)
 {
     int64_t M = a.N * a.S;
     for (int64_t c = blockIdx.y; c < a.C; c += gridDim.y) {
-        int64_t q = blockIdx.x, j0 = q * M / a.nch, j1 = (q + 1) * M / a.nch;
+        int64_t q = blockIdx.x, j0, j1;
+        kl_chunk_range(q, a.nch, M, &j0, &j1);
         double mu = (double)a.mean[c], sdy = 0, sdyx = 0;
         for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
             int64_t i = bn_index(j, c, a.C, a.S);

@@ -64,7 +64,8 @@ template <typename T> __global__ void reduce_cols_k(const T *x, T *y, int64_t nc
 template <typename T> __global__ void reduce_part_k(const T *x, kl_cu_iter out, kl_cu_iter red, int64_t nq, double *part)
 {
     for (int64_t o = blockIdx.y; o < out.n; o += gridDim.y) {
-        int64_t base, q = blockIdx.x, r0 = q * red.n / nq, r1 = (q + 1) * red.n / nq;
+        int64_t base, q = blockIdx.x, r0, r1;
+        kl_chunk_range(q, nq, red.n, &r0, &r1);
         kl_cu_offsets<1>(out, o, &base);
         double acc = 0;
         for (int64_t r = r0 + threadIdx.x; r < r1; r += blockDim.x) {
@@ -83,7 +84,8 @@ template <typename T> __global__ void reduce_cols_part_k(const T *x, int64_t nco
 {
     __shared__ double ph[RED_ROWS][33];
     int tx = threadIdx.x, ty = threadIdx.y;
-    int64_t q = blockIdx.y, r0 = q * red.n / nq, r1 = (q + 1) * red.n / nq;
+    int64_t q = blockIdx.y, r0, r1;
+    kl_chunk_range(q, nq, red.n, &r0, &r1);
     for (int64_t c0 = (int64_t)blockIdx.x * 32; c0 < ncols; c0 += (int64_t)gridDim.x * 32) {
         int64_t c = c0 + tx;
         double acc = 0;
@@ -163,9 +165,9 @@ extern "C" kl_status kl_cuda_reduce(const kl_exec *ex, const kl_tensor *t)
     kl_cu_iter out = kl_cu_iter_make(t->ndim, t->ne, 1, (const int64_t(*)[8])ost);
     kl_cu_iter red = kl_cu_iter_make(rn, rne, 1, (const int64_t(*)[8])rst);
     cudaStream_t s = kl_cu_stream();
-    int64_t nq = out.n ? kl_reduce_chunks(out.n, red.n) : 1; /* as the shape fn sized the scratch */
+    int cols;
+    int64_t nq = kl_reduce_cuda_chunks(t, &cols); /* as the shape fn sized the scratch */
     if (nq > 1) {
-        bool cols = out.ndim == 1 && out.st[0][0] == 1 && out.n >= 32; /* consecutive outputs: coalesced rows */
         if (t->dtype == KL_F32) return reduce_chunked<float>(ex, t, out, red, nq, cols);
         if (t->dtype == KL_F64) return reduce_chunked<double>(ex, t, out, red, nq, cols);
         return kl_cu_bad_dtype(t);
