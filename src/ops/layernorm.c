@@ -7,7 +7,7 @@
  * between threads, each column summed over rows in order by one thread, so
  * results do not depend on the thread count. */
 #include "ops/ops.h"
-#include "ops/norm.h"
+#include "ops/norm.h" /* also ops/sum_chunks.h */
 #include "ops/norm_grad.h"
 #include "ops/cpu_kernel.h"
 #include "backends/cpu/cpu.h"
@@ -129,7 +129,11 @@ static kl_status ln_bwd_shape(kl_tensor *t)
 {
     const ln_attr *a = KL_ATTR(t, ln_attr);
     const kl_tensor *x = t->src[1];
-    return kl_norm_bwd_shape(t, "layernorm_bwd", &x->ne[x->ndim - 1], a->need_dg, a->need_db);
+    KL_TRY(kl_norm_bwd_shape(t, "layernorm_bwd", &x->ne[x->ndim - 1], a->need_dg, a->need_db));
+    int64_t D = x->ne[x->ndim - 1], q = kl_ln_dgb_chunks(kl_numel(x) / D);
+    if (t->g->ctx->backend == KL_BACKEND_CUDA && q > 1 && (a->need_dg || a->need_db))
+        t->scratch_bytes = (size_t)(2 * q * D) * sizeof(double); /* the kernel's row-chunk partials */
+    return KL_OK;
 }
 
 static kl_status ln_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)

@@ -33,6 +33,15 @@ KL_HD static inline int64_t kl_reduce_chunks(int64_t nout, int64_t nred, int col
     return nred < 4096 || blocks >= 1024 ? 1 : kl_sum_chunks(nred);
 }
 
+/* CUDA layernorm dgamma/dbeta over R rows: row chunks (a block each per 32
+ * columns; partials [chunks, 2, D] doubles in the node's scratch when > 1),
+ * so that long row counts fill the GPU. */
+KL_HD static inline int64_t kl_ln_dgb_chunks(int64_t R)
+{
+    int64_t q = (R + 1023) / 1024;
+    return q < 2 ? 1 : q > 64 ? 64 : q;
+}
+
 /* The CUDA reduce node t's chunks per output (kl_reduce_chunks; ops/reduce.c),
  * and in *cols (may be NULL) whether its outputs are consecutive in the
  * input, where the column kernels run. One function for the shape fn,

@@ -293,24 +293,28 @@ __global__ void ln_bwd_dx_k(const T *dy, const T *x, const T *gm, const T *mean,
     }
 }
 
-/* dgamma, dbeta: a block per LN_DGB_COLS columns, LN_DGB_ROWS threads per
- * column (thread y sums rows y, y + LN_DGB_ROWS, ... in order), then the
- * column's partials in order: fixed order, and every SM gets work (a thread
- * per column over all R rows left most of the GPU idle and ran each thread
- * through R dependent iterations). */
+/* dgamma, dbeta: a block per LN_DGB_COLS columns and chunk of rows
+ * (kl_ln_dgb_chunks), LN_DGB_ROWS threads per column (thread y sums rows
+ * y, y + LN_DGB_ROWS, ... of the chunk in order), then the column's
+ * partials in order: into dg/db directly with one chunk, else into part
+ * ([nq, 2, D] doubles) for ln_dgb_finish_k to add in chunk order. Fixed
+ * order, and every SM gets work. */
 #define LN_DGB_COLS 32
 #define LN_DGB_ROWS 32
 template <typename T>
-__global__ void __launch_bounds__(LN_DGB_COLS * LN_DGB_ROWS) ln_bwd_dgb_k(const T *dy, const T *x, const T *mean, T *dg, T *db, int64_t R, int64_t D)
+__global__ void __launch_bounds__(LN_DGB_COLS * LN_DGB_ROWS)
+    ln_bwd_dgb_k(const T *dy, const T *x, const T *mean, T *dg, T *db, int64_t R, int64_t D, int64_t nq, double *part)
 {
     __shared__ double sg[LN_DGB_ROWS][LN_DGB_COLS + 1], sb[LN_DGB_ROWS][LN_DGB_COLS + 1];
     const T *rstd = mean + R;
     int tx = threadIdx.x, ty = threadIdx.y;
+    int64_t q = blockIdx.y, r0, r1;
+    kl_chunk_range(q, nq, R, &r0, &r1);
     for (int64_t c0 = (int64_t)blockIdx.x * LN_DGB_COLS; c0 < D; c0 += (int64_t)gridDim.x * LN_DGB_COLS) {
         int64_t c = c0 + tx;
         double ag = 0, ab = 0;
         if (c < D)
-            for (int64_t r = ty; r < R; r += LN_DGB_ROWS) {
+            for (int64_t r = r0 + ty; r < r1; r += LN_DGB_ROWS) {
                 double d = (double)dy[r * D + c];
                 ag += d * ((double)x[r * D + c] - (double)mean[r]) * (double)rstd[r];
                 ab += d;
@@ -324,10 +328,29 @@ __global__ void __launch_bounds__(LN_DGB_COLS * LN_DGB_ROWS) ln_bwd_dgb_k(const 
                 g += sg[k][tx];
                 b += sb[k][tx];
             }
-            if (dg) dg[c] = (T)g;
-            if (db) db[c] = (T)b;
+            if (nq > 1) {
+                part[(q * 2) * D + c] = g;
+                part[(q * 2 + 1) * D + c] = b;
+            } else {
+                if (dg) dg[c] = (T)g;
+                if (db) db[c] = (T)b;
+            }
         }
         __syncthreads(); /* sg, sb are rewritten for the next columns */
+    }
+}
+
+template <typename T> __global__ void ln_dgb_finish_k(const double *part, int64_t nq, int64_t D, T *dg, T *db)
+{
+    KL_CU_FOR(c, D)
+    {
+        double g = 0, b = 0;
+        for (int64_t q = 0; q < nq; q++) {
+            g += part[(q * 2) * D + c];
+            b += part[(q * 2 + 1) * D + c];
+        }
+        if (dg) dg[c] = (T)g;
+        if (db) db[c] = (T)b;
     }
 }
 
@@ -351,8 +374,11 @@ template <typename T> static void ln_launch(const kl_exec *ex, const kl_tensor *
     T *db = at->need_db ? (T *)kl_data(ex, t->extra[e++]) : NULL;
     if (at->need_dx) ln_bwd_dx_k<T><<<nb, threads, 0, s>>>(dy, x, gm, mean, (T *)kl_data(ex, t), R, D);
     if (dg || db) {
-        int64_t nc = (D + LN_DGB_COLS - 1) / LN_DGB_COLS;
-        ln_bwd_dgb_k<T><<<(unsigned)(nc < 65535 ? nc : 65535), dim3(LN_DGB_COLS, LN_DGB_ROWS), 0, s>>>(dy, x, mean, dg, db, R, D);
+        int64_t nc = (D + LN_DGB_COLS - 1) / LN_DGB_COLS, nq = kl_ln_dgb_chunks(R);
+        double *part = nq > 1 ? (double *)kl_scratch(ex, t) : NULL;
+        dim3 grid((unsigned)(nc < 65535 ? nc : 65535), (unsigned)nq);
+        ln_bwd_dgb_k<T><<<grid, dim3(LN_DGB_COLS, LN_DGB_ROWS), 0, s>>>(dy, x, mean, dg, db, R, D, nq, part);
+        if (nq > 1) ln_dgb_finish_k<T><<<kl_cu_blocks(D, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(part, nq, D, dg, db);
     }
 }
 
