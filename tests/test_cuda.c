@@ -114,6 +114,11 @@ static kl_status b_matmul(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_
         KL_TRY(kl_parity_param(g, "a", dt, 4, (int64_t[]){2, 1, 5, 7}, &a));
         KL_TRY(kl_parity_param(g, "b", dt, 3, (int64_t[]){3, 7, 4}, &b));
         return kl_matmul(g, a, b, y);
+    case 5: /* a broadcast over one batch dim: one call, a's batch stride 0 */
+    case 6: /* b broadcast over one batch dim: one call, b's batch stride 0 */
+        KL_TRY(kl_parity_param(g, "a", dt, 3, (int64_t[]){arg == 5 ? 1 : 3, 5, 7}, &a));
+        KL_TRY(kl_parity_param(g, "b", dt, 3, (int64_t[]){arg == 6 ? 1 : 3, 7, 4}, &b));
+        return kl_matmul(g, a, b, y);
     default: /* transposed a */
         KL_TRY(kl_parity_param(g, "a", dt, 2, (int64_t[]){7, 5}, &a));
         KL_TRY(kl_parity_param(g, "b", dt, 2, (int64_t[]){7, 4}, &b));
@@ -243,7 +248,8 @@ static const kl_parity_case cases[] = {
     {"sum_permuted_long", b_reduce, 8, 1e-5, 1e-13, 0},
     {"linear_relu", b_matmul, 0, TF32_TOL, 1e-12, 0}, {"linear_tanh", b_matmul, 1, TF32_TOL, 1e-12, 0},
     {"matmul_batched", b_matmul, 2, TF32_TOL, 1e-12, 0}, {"matmul_bcast", b_matmul, 3, TF32_TOL, 1e-12, 0},
-    {"matmul_trans", b_matmul, 4, TF32_TOL, 1e-12, 0},
+    {"matmul_trans", b_matmul, 4, TF32_TOL, 1e-12, 0}, {"matmul_bcast_a", b_matmul, 5, TF32_TOL, 1e-12, 0},
+    {"matmul_bcast_b", b_matmul, 6, TF32_TOL, 1e-12, 0},
     {"softmax", b_softmax, 0, 1e-5, 1e-12, 0},   {"log_softmax", b_softmax, 1, 1e-5, 1e-12, 0},
     {"softmax_1000", b_softmax, 2, 1e-5, 1e-12, 0}, {"log_softmax_1000", b_softmax, 3, 1e-5, 1e-12, 0},
     {"softmax_ce", b_ce, 0, 1e-5, 1e-12, 0},     {"softmax_ce_20000", b_ce, 1, 1e-5, 1e-12, 0},

@@ -258,7 +258,8 @@ extern "C" kl_status kl_cuda_matmul(const kl_exec *ex, const kl_tensor *t)
     const void *post_bias = g.bias ? NULL : bias;
 
     /* batch dims: one strided-batched call when they collapse to one dim
-     * with nonzero strides, else a call per matrix */
+     * (an operand broadcast over it has batch stride 0, which cuBLASLt
+     * reads as the same matrix for every product), else a call per matrix */
     const unsigned char *A = (const unsigned char *)kl_data(ex, a), *B = (const unsigned char *)kl_data(ex, b);
     unsigned char *Y = (unsigned char *)kl_data(ex, t);
     int64_t st[3][8];
@@ -267,7 +268,7 @@ extern "C" kl_status kl_cuda_matmul(const kl_exec *ex, const kl_tensor *t)
     batch_strides(t, a, st[1]);
     batch_strides(t, b, st[2]);
     kl_cu_iter it = kl_cu_iter_make(n - 2, t->ne, 3, (const int64_t(*)[8])st);
-    bool one_call = it.n == 1 || (it.ndim == 1 && it.st[0][0] && it.st[1][0] && it.st[2][0]);
+    bool one_call = it.n == 1 || (it.ndim == 1 && it.st[0][0]);
     g.batch = one_call ? it.n : 1;
     if (g.batch > 1) g.sy = it.st[0][0], g.sa = it.st[1][0], g.sb = it.st[2][0];
     int64_t calls = one_call ? 1 : it.n;
