@@ -9,7 +9,8 @@
 #   3. the same CNN with its training set streamed through pinned slots
 #      (data.on_device false): warm epoch time against the resident run;
 #   4. the same CNN with its convolutions on cuDNN (KILN_CUDA_CONV=cudnn)
-#      against kiln's im2col + cuBLASLt kernels.
+#      against kiln's im2col + cuBLASLt kernels;
+#   5. per-op profiles of the CNN and MLP steps (kiln train --profile).
 #
 #   bash bench/run_gpu.sh [BUILD_DIR] [OUT_DIR]
 #
@@ -105,4 +106,10 @@ KILN_CUDA_CONV=cudnn "$build/kiln" train --device cuda:0 --epochs 3 --no-tensorb
   >"$out/cnn_cudnn.log" 2>&1 || say "kiln train (cuDNN) failed"
 grep -m1 "convolutions by" "$out/cnn_cudnn.log" | sed 's/^/  /' | tee -a "$log"
 compare_warm "CNN cuDNN" "$out/cnn_cudnn" "$out/cnn_kiln" "with im2col + cuBLASLt"
+say "== where a step's time goes (kiln --profile: CUDA events per op, eager launches), for the next round of work"
+for m in "" models/mlp.yaml; do
+  "$build/kiln" train $m --device cuda:0 --steps 80 --profile 60 --no-tensorboard --out "$out/prof_${m//\//_}" \
+    >"$out/prof.log" 2>&1 || say "kiln train --profile ${m:-(reference CNN)} failed"
+  sed -n '/^profile of/,/^epoch/p' "$out/prof.log" | head -n 30 | sed "s|^|  ${m:-cnn}: |" | tee -a "$log"
+done
 say "results: $log"
