@@ -21,7 +21,8 @@ template <typename T> static const T *src_or_null(const kl_exec *ex, const kl_te
 
 /* ---- batchnorm: x [N, C, S] ----
  * Channel c's M = N*S values are summed in nch chunks (kl_sum_chunks),
- * a block per (chunk, channel) writing two doubles of the node's scratch;
+ * a block per (chunk, channel), or with S == 1 per (chunk, 32 channels) for
+ * coalesced loads, writing two doubles of the node's scratch;
  * a thread per channel then adds its chunks in order and finishes the
  * statistics; a grid-stride pass over every element applies them. Fixed
  * order throughout: results repeat run to run. */
@@ -41,26 +42,87 @@ template <typename T> struct bn_args {
     double eps, mom;
 };
 
-/* block (q, c): sums of d = x - k and d^2 over chunk q of channel c; the
- * shift k = x[0, c, 0] keeps the variance free of cancellation */
-template <typename T> __global__ void bn_part_k(bn_args<T> a)
+/* The two sums over chunks of each channel, written to part[(c * nch + q)
+ * * 2 + {0, 1}]: forward (BWD 0) d = x - k and d^2 with the shift k =
+ * x[0, c, 0], which keeps the variance free of cancellation; backward
+ * (BWD 1) dy and dy * (x - mean[c]). */
+template <int BWD> static __device__ __forceinline__ void bn_terms(double x, double dy, double ref, double *s1, double *s2)
 {
-    int64_t M = a.N * a.S;
-    for (int64_t c = blockIdx.y; c < a.C; c += gridDim.y) {
+    double d = x - ref;
+    *s1 += BWD ? dy : d;
+    *s2 += BWD ? dy * d : d * d;
+}
+
+template <typename T, int BWD> static __device__ __forceinline__ double bn_ref(const T *x, const T *mean, int64_t c, int64_t S)
+{
+    return BWD ? (double)mean[c] : (double)x[c * S];
+}
+
+/* block (q, c): chunk q of channel c (any S) */
+template <typename T, int BWD>
+__global__ void bn_sums_k(const T *x, const T *dy, const T *mean, int64_t N, int64_t C, int64_t S, int64_t nch, double *part)
+{
+    int64_t M = N * S;
+    for (int64_t c = blockIdx.y; c < C; c += gridDim.y) {
         int64_t q = blockIdx.x, j0, j1;
-        kl_chunk_range(q, a.nch, M, &j0, &j1);
-        double k = (double)a.x[c * a.S], s1 = 0, s2 = 0;
+        kl_chunk_range(q, nch, M, &j0, &j1);
+        double ref = bn_ref<T, BWD>(x, mean, c, S), s1 = 0, s2 = 0;
         for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
-            double d = (double)a.x[bn_index(j, c, a.C, a.S)] - k;
-            s1 += d;
-            s2 += d * d;
+            int64_t i = bn_index(j, c, C, S);
+            bn_terms<BWD>((double)x[i], BWD ? (double)dy[i] : 0.0, ref, &s1, &s2);
         }
         s1 = kl_cu_block_reduce<double, 0>(s1);
         s2 = kl_cu_block_reduce<double, 0>(s2);
         if (threadIdx.x == 0) {
-            a.part[(c * a.nch + q) * 2] = s1;
-            a.part[(c * a.nch + q) * 2 + 1] = s2;
+            part[(c * nch + q) * 2] = s1;
+            part[(c * nch + q) * 2 + 1] = s2;
         }
+    }
+}
+
+/* S == 1 ([N, C] input): block (32 channels, chunk q of the rows), so a
+ * warp reads 32 consecutive values; BN_ROWS row phases per channel summed
+ * in order through shared memory */
+#define BN_ROWS 8
+template <typename T, int BWD>
+__global__ void bn_sums_cols_k(const T *x, const T *dy, const T *mean, int64_t N, int64_t C, int64_t nch, double *part)
+{
+    __shared__ double p1[BN_ROWS][33], p2[BN_ROWS][33];
+    int tx = threadIdx.x, ty = threadIdx.y;
+    int64_t q = blockIdx.y, r0, r1;
+    kl_chunk_range(q, nch, N, &r0, &r1);
+    for (int64_t c0 = (int64_t)blockIdx.x * 32; c0 < C; c0 += (int64_t)gridDim.x * 32) {
+        int64_t c = c0 + tx;
+        double s1 = 0, s2 = 0;
+        if (c < C) {
+            double ref = bn_ref<T, BWD>(x, mean, c, 1);
+            for (int64_t n = r0 + ty; n < r1; n += BN_ROWS)
+                bn_terms<BWD>((double)x[n * C + c], BWD ? (double)dy[n * C + c] : 0.0, ref, &s1, &s2);
+        }
+        p1[ty][tx] = s1;
+        p2[ty][tx] = s2;
+        __syncthreads();
+        if (ty == 0 && c < C) {
+            double a1 = 0, a2 = 0;
+            for (int k = 0; k < BN_ROWS; k++) a1 += p1[k][tx], a2 += p2[k][tx];
+            part[(c * nch + q) * 2] = a1;
+            part[(c * nch + q) * 2 + 1] = a2;
+        }
+        __syncthreads(); /* p1, p2 are rewritten for the next channels */
+    }
+}
+
+template <typename T, int BWD>
+static void bn_sums(const T *x, const T *dy, const T *mean, int64_t N, int64_t C, int64_t S, int64_t nch, double *part,
+                    cudaStream_t s)
+{
+    if (S == 1) {
+        int64_t nbc = (C + 31) / 32;
+        dim3 grid((unsigned)(nbc < 65535 ? nbc : 65535), (unsigned)nch);
+        bn_sums_cols_k<T, BWD><<<grid, dim3(32, BN_ROWS), 0, s>>>(x, dy, mean, N, C, nch, part);
+    } else {
+        dim3 grid((unsigned)nch, (unsigned)(C < 65535 ? C : 65535));
+        bn_sums_k<T, BWD><<<grid, kl_cu_red_threads(N * S / nch), 0, s>>>(x, dy, mean, N, C, S, nch, part);
     }
 }
 
@@ -102,8 +164,6 @@ template <typename T> __global__ void bn_apply_k(bn_args<T> a)
     }
 }
 
-static dim3 bn_grid(int64_t nch, int64_t C) { return dim3((unsigned)nch, (unsigned)(C < 65535 ? C : 65535)); }
-
 template <typename T> static kl_status bn_fwd_launch(const kl_exec *ex, const kl_tensor *t)
 {
     const bn_attr *at = KL_ATTR_C(t, bn_attr);
@@ -124,8 +184,8 @@ template <typename T> static kl_status bn_fwd_launch(const kl_exec *ex, const kl
     a.mom = at->momentum;
     cudaStream_t s = kl_cu_stream();
     if (at->training) {
-        bn_part_k<T><<<bn_grid(a.nch, a.C), kl_cu_red_threads(a.N * a.S / a.nch), 0, s>>>(a);
-        KL_CUDA_LAUNCHED(t, "bn_part_k");
+        bn_sums<T, 0>(a.x, (const T *)NULL, (const T *)NULL, a.N, a.C, a.S, a.nch, a.part, s);
+        KL_CUDA_LAUNCHED(t, "bn_sums_k");
     }
     bn_stats_k<T><<<kl_cu_blocks(a.C, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a, at->training);
     KL_CUDA_LAUNCHED(t, "bn_stats_k");
@@ -148,28 +208,6 @@ template <typename T> struct bn_bwd_args {
     int64_t N, C, S, nch;
     int training;
 };
-
-/* block (q, c): sum(dy) and sum(dy * (x - mean)) over chunk q of channel c */
-template <typename T> __global__ void bn_bwd_part_k(bn_bwd_args<T> a)
-{
-    int64_t M = a.N * a.S;
-    for (int64_t c = blockIdx.y; c < a.C; c += gridDim.y) {
-        int64_t q = blockIdx.x, j0, j1;
-        kl_chunk_range(q, a.nch, M, &j0, &j1);
-        double mu = (double)a.mean[c], sdy = 0, sdyx = 0;
-        for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
-            int64_t i = bn_index(j, c, a.C, a.S);
-            sdy += (double)a.dy[i];
-            sdyx += (double)a.dy[i] * ((double)a.x[i] - mu);
-        }
-        sdy = kl_cu_block_reduce<double, 0>(sdy);
-        sdyx = kl_cu_block_reduce<double, 0>(sdyx);
-        if (threadIdx.x == 0) {
-            a.part[(c * a.nch + q) * 2] = sdy;
-            a.part[(c * a.nch + q) * 2 + 1] = sdyx;
-        }
-    }
-}
 
 /* thread per channel: the chunks in order; dgamma = sum(dy * xhat), dbeta = sum(dy) */
 template <typename T> __global__ void bn_bwd_sums_k(bn_bwd_args<T> a)
@@ -229,8 +267,8 @@ template <typename T> static kl_status bn_bwd_launch(const kl_exec *ex, const kl
     a.training = at->training;
     cudaStream_t s = kl_cu_stream();
     if (a.training || a.dg || a.db) {
-        bn_bwd_part_k<T><<<bn_grid(a.nch, a.C), kl_cu_red_threads(a.N * a.S / a.nch), 0, s>>>(a);
-        KL_CUDA_LAUNCHED(t, "bn_bwd_part_k");
+        bn_sums<T, 1>(a.x, a.dy, a.mean, a.N, a.C, a.S, a.nch, a.part, s);
+        KL_CUDA_LAUNCHED(t, "bn_sums_k");
         bn_bwd_sums_k<T><<<kl_cu_blocks(a.C, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a);
         KL_CUDA_LAUNCHED(t, "bn_bwd_sums_k");
     }
