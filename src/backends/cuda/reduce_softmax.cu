@@ -8,60 +8,24 @@
 #include <math.h>
 
 
-/* ---- reduce: block per output element (the general case) ---- */
+/* ---- reduce ----
+ * Each output's values are summed in nq chunks (kl_reduce_cuda_chunks: 1
+ * unless a long reduction to few outputs would leave the GPU idle), each
+ * chunk by one block in a fixed order. One chunk: the block writes the
+ * output; more: it writes part[o * nq + q] (the node's scratch) and
+ * reduce_finish_k adds the chunks in order. */
 
-/* out: offsets in x of each output's first value (over t's dims);
- * red: offsets of the reduced values from there */
-template <typename T> __global__ void reduce_k(const T *x, T *y, kl_cu_iter out, kl_cu_iter red, double scale)
+template <typename T>
+static __device__ __forceinline__ void red_put(T *y, double *part, int64_t o, int64_t q, int64_t nq, double v, double scale)
 {
-    for (int64_t o = blockIdx.x; o < out.n; o += gridDim.x) {
-        int64_t base;
-        kl_cu_offsets<1>(out, o, &base);
-        double acc = 0;
-        for (int64_t r = threadIdx.x; r < red.n; r += blockDim.x) {
-            int64_t off;
-            kl_cu_offsets<1>(red, r, &off);
-            acc += (double)x[base + off];
-        }
-        acc = kl_cu_block_reduce<double, 0>(acc);
-        if (threadIdx.x == 0) y[o] = (T)(acc * scale);
-    }
+    if (part) part[o * nq + q] = v;
+    else y[o] = (T)(v * scale);
 }
 
-/* ---- reduce over rows of [R, C] (outputs consecutive in x: a bias
- * gradient): 32 columns a block, so each warp loads 32 consecutive values;
- * RED_ROWS row phases per column summed in order through shared memory ---- */
-
-#define RED_ROWS 8
-template <typename T> __global__ void reduce_cols_k(const T *x, T *y, int64_t ncols, kl_cu_iter red, double scale)
-{
-    __shared__ double part[RED_ROWS][33];
-    int tx = threadIdx.x, ty = threadIdx.y;
-    for (int64_t c0 = (int64_t)blockIdx.x * 32; c0 < ncols; c0 += (int64_t)gridDim.x * 32) {
-        int64_t c = c0 + tx;
-        double acc = 0;
-        for (int64_t r = ty; c < ncols && r < red.n; r += RED_ROWS) {
-            int64_t off;
-            kl_cu_offsets<1>(red, r, &off);
-            acc += (double)x[off + c];
-        }
-        part[ty][tx] = acc;
-        __syncthreads();
-        if (ty == 0 && c < ncols) {
-            double sum = 0;
-            for (int k = 0; k < RED_ROWS; k++) sum += part[k][tx];
-            y[c] = (T)(sum * scale);
-        }
-        __syncthreads(); /* part is rewritten by the next column block */
-    }
-}
-
-/* ---- long reductions to few outputs (kl_reduce_chunks > 1): blocks per
- * chunk of each output's values write partials part[o * nq + q] (scratch),
- * then a thread per output adds them in chunk order ---- */
-
-/* block (q, o): chunk q of output o's values */
-template <typename T> __global__ void reduce_part_k(const T *x, kl_cu_iter out, kl_cu_iter red, int64_t nq, double *part)
+/* block (q, o), the general case. out: offsets in x of each output's first
+ * value (over t's dims); red: offsets of the reduced values from there */
+template <typename T>
+__global__ void reduce_k(const T *x, kl_cu_iter out, kl_cu_iter red, int64_t nq, double *part, T *y, double scale)
 {
     for (int64_t o = blockIdx.y; o < out.n; o += gridDim.y) {
         int64_t base, q = blockIdx.x, r0, r1;
@@ -74,13 +38,16 @@ template <typename T> __global__ void reduce_part_k(const T *x, kl_cu_iter out, 
             acc += (double)x[base + off];
         }
         acc = kl_cu_block_reduce<double, 0>(acc);
-        if (threadIdx.x == 0) part[o * nq + q] = acc;
+        if (threadIdx.x == 0) red_put(y, part, o, q, nq, acc, scale);
     }
 }
 
-/* block (column block, q): 32 consecutive outputs over chunk q of the rows,
- * RED_ROWS row phases summed in order through shared memory */
-template <typename T> __global__ void reduce_cols_part_k(const T *x, int64_t ncols, kl_cu_iter red, int64_t nq, double *part)
+/* block (32 columns, q): outputs consecutive in x (a bias gradient), so
+ * each warp loads 32 consecutive values; RED_ROWS row phases per column
+ * summed in order through shared memory */
+#define RED_ROWS 8
+template <typename T>
+__global__ void reduce_cols_k(const T *x, int64_t ncols, kl_cu_iter red, int64_t nq, double *part, T *y, double scale)
 {
     __shared__ double ph[RED_ROWS][33];
     int tx = threadIdx.x, ty = threadIdx.y;
@@ -99,9 +66,9 @@ template <typename T> __global__ void reduce_cols_part_k(const T *x, int64_t nco
         if (ty == 0 && c < ncols) {
             double sum = 0;
             for (int k = 0; k < RED_ROWS; k++) sum += ph[k][tx];
-            part[c * nq + q] = sum;
+            red_put(y, part, c, q, nq, sum, scale);
         }
-        __syncthreads();
+        __syncthreads(); /* ph is rewritten by the next column block */
     }
 }
 
@@ -115,36 +82,38 @@ template <typename T> __global__ void reduce_finish_k(const double *part, int64_
     }
 }
 
-template <typename T>
-static kl_status reduce_chunked(const kl_exec *ex, const kl_tensor *t, const kl_cu_iter &out, const kl_cu_iter &red,
-                                int64_t nq, bool cols)
-{
-    const T *x = (const T *)kl_data(ex, t->src[0]);
-    double *part = (double *)kl_scratch(ex, t);
-    cudaStream_t s = kl_cu_stream();
-    if (cols) {
-        int64_t nbc = (out.n + 31) / 32;
-        reduce_cols_part_k<T><<<dim3((unsigned)nbc, (unsigned)nq), dim3(32, RED_ROWS), 0, s>>>(x, out.n, red, nq, part);
-        KL_CUDA_LAUNCHED(t, "reduce_cols_part_k");
-    } else {
-        dim3 grid((unsigned)nq, (unsigned)(out.n < 65535 ? out.n : 65535));
-        reduce_part_k<T><<<grid, kl_cu_red_threads(red.n / nq), 0, s>>>(x, out, red, nq, part);
-        KL_CUDA_LAUNCHED(t, "reduce_part_k");
-    }
-    reduce_finish_k<T><<<kl_cu_blocks(out.n, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(part, out.n, nq,
-                                                                                   KL_ATTR_C(t, reduce_attr)->scale,
-                                                                                   (T *)kl_data(ex, t));
-    KL_CUDA_LAUNCHED(t, "reduce_finish_k");
-    return KL_OK;
-}
-
-/* The column kernel wins while its blocks have work enough each: up to 1024
- * rows a thread, or at least 64 blocks; otherwise a block per output keeps
- * more of the GPU busy on a long reduction to few outputs. */
+/* Unchunked, the column kernel wins while its blocks have work enough
+ * each: up to 1024 rows a thread, or at least 64 blocks; otherwise a block
+ * per output keeps more of the GPU busy. */
 static bool use_cols(const kl_cu_iter *out, const kl_cu_iter *red)
 {
     if (out->ndim != 1 || out->st[0][0] != 1 || out->n < 32 || red->n < 2) return false;
     return red->n / RED_ROWS <= 1024 || (out->n + 31) / 32 >= 64;
+}
+
+template <typename T>
+static kl_status reduce_launch(const kl_exec *ex, const kl_tensor *t, const kl_cu_iter &out, const kl_cu_iter &red,
+                               int64_t nq, bool cols)
+{
+    const T *x = (const T *)kl_data(ex, t->src[0]);
+    T *y = (T *)kl_data(ex, t);
+    double scale = KL_ATTR_C(t, reduce_attr)->scale, *part = nq > 1 ? (double *)kl_scratch(ex, t) : NULL;
+    cudaStream_t s = kl_cu_stream();
+    if (cols) {
+        int64_t nbc = (out.n + 31) / 32;
+        dim3 grid((unsigned)(nbc < 65535 * 16 ? nbc : 65535 * 16), (unsigned)nq);
+        reduce_cols_k<T><<<grid, dim3(32, RED_ROWS), 0, s>>>(x, out.n, red, nq, part, y, scale);
+        KL_CUDA_LAUNCHED(t, "reduce_cols_k");
+    } else {
+        dim3 grid((unsigned)nq, (unsigned)(out.n < 65535 ? out.n : 65535));
+        reduce_k<T><<<grid, kl_cu_red_threads(red.n / nq), 0, s>>>(x, out, red, nq, part, y, scale);
+        KL_CUDA_LAUNCHED(t, "reduce_k");
+    }
+    if (nq > 1) {
+        reduce_finish_k<T><<<kl_cu_blocks(out.n, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(part, out.n, nq, scale, y);
+        KL_CUDA_LAUNCHED(t, "reduce_finish_k");
+    }
+    return KL_OK;
 }
 
 extern "C" kl_status kl_cuda_reduce(const kl_exec *ex, const kl_tensor *t)
@@ -164,35 +133,12 @@ extern "C" kl_status kl_cuda_reduce(const kl_exec *ex, const kl_tensor *t)
     }
     kl_cu_iter out = kl_cu_iter_make(t->ndim, t->ne, 1, (const int64_t(*)[8])ost);
     kl_cu_iter red = kl_cu_iter_make(rn, rne, 1, (const int64_t(*)[8])rst);
-    cudaStream_t s = kl_cu_stream();
     int cols;
     int64_t nq = kl_reduce_cuda_chunks(t, &cols); /* as the shape fn sized the scratch */
-    if (nq > 1) {
-        if (t->dtype == KL_F32) return reduce_chunked<float>(ex, t, out, red, nq, cols);
-        if (t->dtype == KL_F64) return reduce_chunked<double>(ex, t, out, red, nq, cols);
-        return kl_cu_bad_dtype(t);
-    }
-    if (use_cols(&out, &red) && (t->dtype == KL_F32 || t->dtype == KL_F64)) {
-        int64_t nbc = (out.n + 31) / 32;
-        unsigned nb = (unsigned)(nbc < 65535 * 16 ? nbc : 65535 * 16);
-        dim3 th(32, RED_ROWS);
-        if (t->dtype == KL_F32)
-            reduce_cols_k<float><<<nb, th, 0, s>>>((const float *)kl_data(ex, xs), (float *)kl_data(ex, t), out.n, red, a->scale);
-        else
-            reduce_cols_k<double><<<nb, th, 0, s>>>((const double *)kl_data(ex, xs), (double *)kl_data(ex, t), out.n, red, a->scale);
-        KL_CUDA_LAUNCHED(t, "reduce_cols_k");
-        return KL_OK;
-    }
-    int threads = kl_cu_red_threads(red.n);
-    unsigned nb = (unsigned)(out.n < 65535 * 16 ? out.n : 65535 * 16);
-    if (t->dtype == KL_F32)
-        reduce_k<float><<<nb, threads, 0, s>>>((const float *)kl_data(ex, xs), (float *)kl_data(ex, t), out, red, a->scale);
-    else if (t->dtype == KL_F64)
-        reduce_k<double><<<nb, threads, 0, s>>>((const double *)kl_data(ex, xs), (double *)kl_data(ex, t), out, red, a->scale);
-    else
-        return kl_cu_bad_dtype(t);
-    KL_CUDA_LAUNCHED(t, "reduce_k");
-    return KL_OK;
+    if (nq == 1) cols = use_cols(&out, &red);
+    if (t->dtype == KL_F32) return reduce_launch<float>(ex, t, out, red, nq, cols);
+    if (t->dtype == KL_F64) return reduce_launch<double>(ex, t, out, red, nq, cols);
+    return kl_cu_bad_dtype(t);
 }
 
 /* ---- softmax: block per row (rows of C, contiguous) ---- */
