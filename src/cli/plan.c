@@ -104,7 +104,7 @@ static int run(kl_cfg *cfg, const char *config, const char *limit_text, int thre
     int64_t best = 0;
     char a[32], b[32];
     static const char *const kinds[] = {"sgd", "adam", "adamw"};
-    kl_status s = monitor_cfg_take(cfg, &mo);
+    kl_status s = monitor_cfg_read(cfg, &mo);
     if (s == KL_OK) s = train_opts_read(cfg, &o);
     if (s == KL_OK) s = kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &mnode);
     if (s == KL_OK) s = kl_model_from_cfg(mnode, &m);

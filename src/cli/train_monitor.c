@@ -73,7 +73,7 @@ void monitor_flags_usage(FILE *f)
 
 /* Removes key from a map node (the node and its entry are freed). */
 
-kl_status monitor_cfg_take(kl_cfg *cfg, monitor_opts *o)
+kl_status monitor_cfg_read(kl_cfg *cfg, monitor_opts *o)
 {
     o->histogram_every = 0;
     o->telemetry_interval = 1.0;

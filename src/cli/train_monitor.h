@@ -44,10 +44,10 @@ typedef struct monitor_opts {
     int nan_watch;
 } monitor_opts;
 
-/* Reads the keys above and takes them out of cfg, so train_opts_read (which
- * rejects unknown keys) and kiln eval see the config they know.
- * TODO(lead): once train_opts.c lists these keys, read them there. */
-kl_status monitor_cfg_take(kl_cfg *cfg, monitor_opts *o);
+/* Reads and checks the keys above and writes them back resolved (so
+ * config.yaml and checkpoints carry them); train_opts_read accepts them as
+ * known keys of train and leaves their values to this. */
+kl_status monitor_cfg_read(kl_cfg *cfg, monitor_opts *o);
 
 typedef struct train_monitor {
     monitor_opts o;

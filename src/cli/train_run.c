@@ -135,7 +135,7 @@ static kl_status setup_device(runner *r, kl_cfg *cfg, const train_args *a)
 static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
 {
     kl_cfg_node *model;
-    KL_TRY(monitor_cfg_take(cfg, &r->mon.o)); /* monitoring hook: train.histogram_every etc. */
+    KL_TRY(monitor_cfg_read(cfg, &r->mon.o)); /* monitoring hook: train.histogram_every etc. */
     KL_TRY(train_opts_read(cfg, &r->o));
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &model));
     KL_TRY(kl_model_from_cfg(model, &r->model));

@@ -117,7 +117,7 @@ static kl_status run_dir_open(lm_runner *r, kl_cfg *cfg, const train_args *a)
 static kl_status setup(lm_runner *r, kl_cfg *cfg, const train_args *a)
 {
     kl_cfg_node *model;
-    KL_TRY(monitor_cfg_take(cfg, &r->mon.o));
+    KL_TRY(monitor_cfg_read(cfg, &r->mon.o));
     KL_TRY(train_opts_read(cfg, &r->o));
     kl_cfg_node *in = kl_cfg_at(kl_cfg_root(cfg), "model.input");
     if (in && kl_cfg_kind_of(in) != KL_CFG_MAP)
