@@ -136,8 +136,9 @@ static void *workspace_of(const kl_exec *ex, const kl_tensor *t, const kl_conv_a
 /* The heuristics' best deterministic algorithm whose workspace (asked
  * for separately: the heuristics' figure is an estimate) fits in ws bytes;
  * -1: none. Each candidate is sized under its own math type, which the
- * descriptor keeps once chosen; without TF32 (KILN_TF32=0) tensor-op
- * entries are skipped and the descriptor stays on FMA math. PERF: the op's
+ * descriptor keeps once chosen; entries that may convert f32 inputs to
+ * 16-bit types are skipped (kiln promises TF32 at most), and without TF32
+ * (KILN_TF32=0) so are tensor-op entries: the descriptor stays on FMA math. PERF: the op's
  * perf-result type; QUERY, SIZE: its _v7 and workspace-size calls; the
  * operands in the calls' order. */
 #define PICK(PERF, ALGO, COUNT, QUERY, SIZE, ...)                                                  \
@@ -149,6 +150,7 @@ static void *workspace_of(const kl_exec *ex, const kl_tensor *t, const kl_conv_a
             size_t need = 0;                                                                       \
             cudnnMathType_t m = tf32 ? perf[i].mathType : CUDNN_FMA_MATH;                          \
             if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].determinism != CUDNN_DETERMINISTIC || \
+                perf[i].mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION ||                       \
                 (!tf32 && is_tensor_op(perf[i].mathType)) ||                                       \
                 g_dn.cudnnSetConvolutionMathType(e->conv, m) != CUDNN_STATUS_SUCCESS)              \
                 continue;                                                                          \
@@ -270,6 +272,10 @@ static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 static kl_status refused(const kl_tensor *t, dn_entry *e, cudnnStatus_t r, bool capturing, const char *call)
 {
     if (capturing) return dn_fail(r, t, call);
+    /* a launch error cuDNN left behind would be blamed on kiln's next
+     * kernel: clear it; a sticky one (the context is lost) fails here */
+    (void)cudaGetLastError();
+    if (cudaPeekAtLastError() != cudaSuccess) return dn_fail(r, t, call);
     pthread_mutex_lock(&g_dn.mu);
     e->algo = -1;
     pthread_mutex_unlock(&g_dn.mu);

@@ -12,7 +12,10 @@
  *                keys sums dy[pos[j], d] over the run from 0 and writes
  *                dW[key, d]; rows no position names stay zero (memset).
  * The scratch (keys, pos, sorted keys, sorted pos, CUB's temporary storage)
- * is planned with the node: kl_cuda_embedding_bwd_scratch. */
+ * is planned with the node: kl_cuda_embedding_bwd_scratch. PERF: a row
+ * named by very many positions (padding) is one serial sum per column;
+ * splitting long runs into pieces summed in a fixed order would keep the
+ * results deterministic but no longer bit-equal to the CPU. */
 #include "backends/cuda/cuda_internal.cuh"
 /* CUB includes <iostream> for an unused operator<<; its static initialiser
  * would make C programs linking libkiln statically need libstdc++ (see

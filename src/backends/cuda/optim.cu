@@ -36,8 +36,9 @@ __global__ void optim_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t 
 }
 
 /* one thread: the update's flags from the loss and the summed squares. A
- * data error earlier in the step (a bad label or index: the CPU would have
- * stopped there) skips this update, so nothing is changed by a failed step. */
+ * data error recorded and not yet reported (a bad label or index in this
+ * step or an earlier queued one: the CPU would have stopped there) skips
+ * the update, so the parameters stay those of the last good step. */
 __global__ void decide_k(const void *loss, int loss_dt, const double *ss, double max_norm, kl_optim_flags *f,
                          kl_optim_flags *seen, double *norm_out, const kl_cuda_err *err)
 {
