@@ -78,9 +78,9 @@ const char *kl_cuda_conv_engine(void);
 /* Conv nodes run by cuDNN so far (0 in CPU-only builds). */
 long long kl_cuda_conv_cudnn_runs(void);
 /* Scratch bytes of a CUDA embedding_bwd node over P positions and V rows
- * (its sort, backends/cuda/embedding.cu); 0 if CUB cannot size it or in
- * CPU-only builds. */
-size_t kl_cuda_embedding_bwd_scratch(int64_t P, int64_t V);
+ * of D values of es bytes (its sort and sums, backends/cuda/embedding.cu);
+ * 0 if CUB cannot size it or in CPU-only builds. */
+size_t kl_cuda_embedding_bwd_scratch(int64_t P, int64_t V, int64_t D, size_t es);
 /* KL_OK if cuda:index can be used; otherwise a message saying why (no CUDA
  * in this build, no driver, no such device). */
 kl_status kl_cuda_available(int index);

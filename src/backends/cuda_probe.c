@@ -16,9 +16,9 @@ kl_status kl_cuda_use(int index) { return kl_cuda_available(index); }
 
 const char *kl_cuda_conv_engine(void) { return "none"; }
 long long kl_cuda_conv_cudnn_runs(void) { return 0; }
-size_t kl_cuda_embedding_bwd_scratch(int64_t P, int64_t V)
+size_t kl_cuda_embedding_bwd_scratch(int64_t P, int64_t V, int64_t D, size_t es)
 {
-    (void)P, (void)V;
+    (void)P, (void)V, (void)D, (void)es;
     return 0;
 }
 

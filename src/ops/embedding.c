@@ -4,7 +4,7 @@
  * across steps): zero, then dW[idx[p]] += dy[p] in position order. Threads
  * own disjoint ranges of dW rows and each scans all positions, so every row
  * is summed in the same order whatever the thread count (the CUDA kernel
- * sums in the same order: backends/cuda/embedding.cu). */
+ * sums in the same order, long runs piece by piece: ops/emb_grad.h). */
 #include "ops/ops.h"
 #include "backends/cpu/cpu.h"
 #include "backends/backend.h" /* kl_cuda_embedding_bwd_scratch */
@@ -96,7 +96,7 @@ static kl_status emb_bwd_shape(kl_tensor *t)
         if (kl_numel(idx) > INT32_MAX)
             return kl_fail(KL_EUNSUPPORTED, "embedding_bwd: %lld positions, the CUDA kernel takes at most %d",
                            (long long)kl_numel(idx), INT32_MAX);
-        t->scratch_bytes = kl_cuda_embedding_bwd_scratch(kl_numel(idx), V);
+        t->scratch_bytes = kl_cuda_embedding_bwd_scratch(kl_numel(idx), V, t->ne[1], kl_dtype_size(t->dtype));
         if (!t->scratch_bytes)
             return kl_fail(KL_EDEVICE, "embedding_bwd: cannot size the CUDA sort of %lld positions",
                            (long long)kl_numel(idx));
