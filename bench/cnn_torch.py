@@ -1,4 +1,5 @@
-"""PyTorch reference for kiln's CNN benchmark: the reference CNN on
+"""PyTorch reference for kiln's CNN benchmark: the reference CNN (or with
+--model cnn_bn, models/cnn_bn.yaml's network and training) on
 Fashion-MNIST, Adam lr 1e-3, batch 128, 55000 training samples (5000 held
 out for validation, as kiln's default config), one or more epochs on the CPU
 or (--device cuda) a GPU with the whole dataset in device memory.
@@ -20,6 +21,10 @@ ap.add_argument("--epochs", type=int, default=1)
 ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
 ap.add_argument("--device", default="cpu")
 ap.add_argument("--channels-last", action="store_true")
+ap.add_argument("--model", default="cnn", choices=["cnn", "cnn_bn"],
+                help="cnn: models/cnn.yaml (Adam 1e-3); cnn_bn: models/cnn_bn.yaml (batchnorm, a residual "
+                     "block, global average pooling, dropout; AdamW 2e-3, wd 0.01, cosine with 200 warmup "
+                     "steps, clipping at 2)")
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(1)
@@ -82,12 +87,42 @@ mf = torch.channels_last if args.channels_last else torch.contiguous_format
 if args.channels_last:
     xtr, xva, xte = (t.contiguous(memory_format=mf) for t in (xtr, xva, xte))
 
-model = nn.Sequential(
-    nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-    nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-    nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10)).to(dev, memory_format=mf)
-opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+class Residual(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+if args.model == "cnn":
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    clip, warmup = 0.0, 0
+else:
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        Residual(nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                               nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32))),
+        nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(64, 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    clip, warmup = 2.0, 200
+model = model.to(dev, memory_format=mf)
+total = args.epochs * (len(xtr) // 128)
+base_lr = opt.param_groups[0]["lr"]
 loss_fn = nn.CrossEntropyLoss()
+
+
+def lr_at(step):  # kiln's schedules (src/cli/train_opts.c train_lr): linear warmup, then cosine to 0
+    import math
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    return base_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
 
 
 def evaluate(x, y):
@@ -100,6 +135,7 @@ def evaluate(x, y):
     return correct / len(x)
 
 
+step = 0
 for epoch in range(args.epochs):
     if gpu:
         torch.cuda.synchronize()
@@ -108,9 +144,15 @@ for epoch in range(args.epochs):
     order = torch.randperm(len(xtr), device=dev)
     for i in range(0, len(xtr) - 127, 128):  # drop the last partial batch, like kiln
         b = order[i:i + 128]
+        if warmup:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
         loss_fn(model(xtr[b]), ytr[b]).backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
+        step += 1
     if gpu:
         torch.cuda.synchronize()
         train_s = time.time() - t0

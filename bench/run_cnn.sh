@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# kiln vs PyTorch on the reference CNN (Fashion-MNIST, batch 128, Adam), on
+# kiln vs PyTorch on the reference CNN (Fashion-MNIST, batch 128, Adam), or
+# with `bash bench/run_cnn.sh EPOCHS cnn_bn` the batchnorm/residual CNN, on
 # the CPU with 2 threads, in one run: the whole `kiln train` command against
 # the PyTorch script doing the same work. Prints both and the ratio.
 # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for both (benchmarks only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 epochs=${1:-1}
+model=${2:-cnn} # cnn (the reference CNN) or cnn_bn (models/cnn_bn.yaml)
+case "$model" in cnn) config=() ;; cnn_bn) config=(models/cnn_bn.yaml) ;; *) echo "model: cnn or cnn_bn" >&2; exit 2 ;; esac
 KILN_BENCH=1 bash scripts/setup.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)" --target kiln >/dev/null
@@ -13,11 +16,11 @@ clean=(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE)
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $(date -u +%F)"
 out=$(mktemp -d)
 t0=$(date +%s.%N)
-"${clean[@]}" ./build/kiln train --epochs "$epochs" --threads 2 --out "$out/run" >"$out/kiln.log" 2>&1
+"${clean[@]}" ./build/kiln train "${config[@]}" --epochs "$epochs" --threads 2 --out "$out/run" >"$out/kiln.log" 2>&1
 t1=$(date +%s.%N)
 kiln_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b - a}')
 kiln_acc=$(sed -n 's/^test: .*accuracy \([0-9.]*\).*/\1/p' "$out/kiln.log")
-"${clean[@]}" /usr/bin/python3 bench/cnn_torch.py --threads 2 --epochs "$epochs" >"$out/torch.log" 2>&1
+"${clean[@]}" /usr/bin/python3 bench/cnn_torch.py --model "$model" --threads 2 --epochs "$epochs" >"$out/torch.log" 2>&1
 torch_s=$(sed -n 's/^torch_total_s=//p' "$out/torch.log")
 torch_acc=$(sed -n 's/^torch_test_accuracy=//p' "$out/torch.log")
 printf 'kiln  train (whole command, %s epoch): %6.1f s  test accuracy %s\n' "$epochs" "$kiln_s" "$kiln_acc"
