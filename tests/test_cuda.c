@@ -16,6 +16,7 @@
 #include "testutil.h"
 #include "cuda_parity.h"
 #include "core/graph.h"       /* kl_backend_kernel */
+#include "ops/ops.h"          /* kl_batchnorm_act */
 #include "backends/backend.h" /* kl_cuda_available */
 
 #include <math.h>
@@ -162,16 +163,21 @@ static kl_status b_batchnorm(kl_graph *g, kl_dtype dt, int training, kl_in_list 
     const kl_init half = {KL_INIT_UNIFORM, 0.5};
     /* training 2: [4096, 70], one pixel per sample; 3: [4097, 3], two unequal
      * chunks per channel (kl_sum_chunks); 4: [16, 8, 32, 32], four chunks */
-    static const int64_t shapes[5][4] = {{8, 6, 5, 5}, {8, 6, 5, 5}, {4096, 70}, {4097, 3}, {16, 8, 32, 32}};
-    int nd = training == 2 || training == 3 ? 2 : 4;
+    /* 5, 6, 7: a fused relu (training), tanh ([4097, 3], training), sigmoid (eval) */
+    static const int64_t shapes[8][4] = {{8, 6, 5, 5}, {8, 6, 5, 5},   {4096, 70},   {4097, 3},
+                                         {16, 8, 32, 32}, {8, 6, 5, 5}, {4097, 3}, {8, 6, 5, 5}};
+    static const kl_act acts[8] = {KL_ACT_NONE, KL_ACT_NONE, KL_ACT_NONE, KL_ACT_NONE,
+                                   KL_ACT_NONE, KL_ACT_RELU, KL_ACT_TANH, KL_ACT_SIGMOID};
+    int nd = training == 2 || training == 3 || training == 6 ? 2 : 4;
     int64_t C = shapes[training][1];
+    kl_act act = acts[training];
     KL_TRY(kl_parity_param(g, "x", dt, nd, shapes[training], &x));
     KL_TRY(kl_parity_param(g, "gamma", dt, 1, (int64_t[]){C}, &gm));
     KL_TRY(kl_parity_param(g, "beta", dt, 1, (int64_t[]){C}, &bt));
     KL_TRY(kl_buffer(g, "running_mean", dt, 1, (int64_t[]){C}, &half, &rm));
     KL_TRY(kl_buffer(g, "running_var", dt, 1, (int64_t[]){C}, &ONES, &rv));
-    kl_batchnorm_opts o = {.training = training != 0, .momentum = 0.2};
-    return kl_batchnorm(g, x, gm, bt, rm, rv, &o, y);
+    kl_batchnorm_opts o = {.training = training != 0 && training != 7, .momentum = 0.2};
+    return kl_batchnorm_act(g, x, gm, bt, rm, rv, &o, act, y);
 }
 
 static kl_status b_layernorm(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
@@ -256,7 +262,8 @@ static const kl_parity_case cases[] = {
     {"dropout", b_dropout, 0, 1e-6, 1e-13, 0},
     {"batchnorm_train", b_batchnorm, 1, 1e-4, 1e-11, 0}, {"batchnorm_eval", b_batchnorm, 0, 1e-5, 1e-12, 0},
     {"batchnorm_wide", b_batchnorm, 2, 1e-4, 1e-11, 0}, {"batchnorm_2chunks", b_batchnorm, 3, 1e-4, 1e-11, 0},
-    {"batchnorm_4chunks", b_batchnorm, 4, 1e-4, 1e-11, 0},
+    {"batchnorm_4chunks", b_batchnorm, 4, 1e-4, 1e-11, 0}, {"batchnorm_relu", b_batchnorm, 5, 1e-4, 1e-11, 0},
+    {"batchnorm_tanh_2chunks", b_batchnorm, 6, 1e-4, 1e-11, 0}, {"batchnorm_eval_sigmoid", b_batchnorm, 7, 1e-5, 1e-12, 0},
     {"layernorm", b_layernorm, 0, 1e-4, 1e-11, 0}, {"layernorm_big", b_layernorm, 1, 1e-4, 1e-11, 0}, {"embedding", b_embedding, 0, 1e-5, 1e-12, 0},
     {"embedding_big", b_embedding, 1, 1e-5, 1e-12, 0},
     {"concat_slice", b_concat_slice, 0, 1e-6, 1e-13, 0},

@@ -1,9 +1,11 @@
 /* Gradient checks (double precision, central differences) for batchnorm
- * (training and eval, 2-D and 4-D, with and without affine terms), layernorm,
+ * (training and eval, 2-D and 4-D, with and without affine terms, with a
+ * fused tanh or sigmoid), layernorm,
  * dropout, embedding and concat, including strided-view inputs. Forward
  * values, running statistics and error messages are in test_norm_ops.c. */
 #include "gradcheck.h"
 #include "testutil.h"
+#include "ops/ops.h" /* kl_batchnorm_act */
 
 #define KL_TRY_T(call)                                                                             \
     do {                                                                                           \
@@ -19,6 +21,7 @@ typedef struct {
     int gamma, beta; /* which of x[1], x[2] are gamma and beta (0: absent) */
     int running;     /* pass running stats */
     int transpose;   /* x[0] is given transposed */
+    kl_act act;      /* a fused activation (kl_batchnorm_act) */
 } bn_case;
 
 static kl_status running_stats(kl_graph *g, int64_t C, kl_tensor **rm, kl_tensor **rv)
@@ -44,7 +47,7 @@ B(b_bn)
     kl_batchnorm_opts o = {.eps = 1e-3, .momentum = 0.3, .training = c->training};
     int k = 1;
     kl_tensor *gm = c->gamma ? x[k++] : NULL, *bt = c->beta ? x[k++] : NULL;
-    return kl_batchnorm(g, in, gm, bt, rm, rv, &o, y);
+    return kl_batchnorm_act(g, in, gm, bt, rm, rv, &o, c->act, y);
 }
 
 /* ---- layernorm ---- */
@@ -117,9 +120,11 @@ typedef struct { const char *name; gc_build fn; void *user; int n; gc_input in[4
 
 int main(void)
 {
-    static bn_case bn_tr_aff = {1, 1, 1, 1, 0}, bn_tr_plain = {1, 0, 0, 1, 0}, bn_tr_gamma = {1, 1, 0, 1, 0},
-                   bn_tr_beta = {1, 0, 1, 1, 0}, bn_tr_norun = {1, 1, 1, 0, 0}, bn_tr_t = {1, 1, 1, 1, 1},
-                   bn_ev_aff = {0, 1, 1, 1, 0}, bn_ev_plain = {0, 0, 0, 1, 0}, bn_ev_t = {0, 1, 0, 1, 1};
+    static bn_case bn_tr_aff = {1, 1, 1, 1, 0, KL_ACT_NONE}, bn_tr_plain = {1, 0, 0, 1, 0, KL_ACT_NONE}, bn_tr_gamma = {1, 1, 0, 1, 0, KL_ACT_NONE},
+                   bn_tr_beta = {1, 0, 1, 1, 0, KL_ACT_NONE}, bn_tr_norun = {1, 1, 1, 0, 0, KL_ACT_NONE}, bn_tr_t = {1, 1, 1, 1, 1, KL_ACT_NONE},
+                   bn_ev_aff = {0, 1, 1, 1, 0, KL_ACT_NONE}, bn_ev_plain = {0, 0, 0, 1, 0, KL_ACT_NONE}, bn_ev_t = {0, 1, 0, 1, 1, KL_ACT_NONE},
+                   bn_tr_tanh = {1, 1, 1, 1, 0, KL_ACT_TANH}, bn_tr_sig = {1, 1, 1, 1, 1, KL_ACT_SIGMOID},
+                   bn_ev_tanh = {0, 1, 1, 1, 0, KL_ACT_TANH};
     static ln_case ln_aff = {1, 1, 0}, ln_plain = {0, 0, 0}, ln_gamma = {1, 0, 0}, ln_beta = {0, 1, 0},
                    ln_t = {1, 1, 1};
     static double p04 = 0.4, p01 = 0.1, p09 = 0.9;
@@ -139,6 +144,9 @@ int main(void)
         {"bn_eval_4d_affine", b_bn, &bn_ev_aff, 3, {GC_IN(3, 4, 2, 2), GC_IN(4), GC_IN(4)}},
         {"bn_eval_2d_plain", b_bn, &bn_ev_plain, 1, {GC_IN(3, 5)}},
         {"bn_eval_strided_gamma", b_bn, &bn_ev_t, 2, {GC_IN(3, 2), GC_IN(3)}},
+        {"bn_train_fused_tanh", b_bn, &bn_tr_tanh, 3, {GC_IN(3, 4, 2, 3), GC_IN(4), GC_IN(4)}},
+        {"bn_train_fused_sigmoid_strided", b_bn, &bn_tr_sig, 3, {GC_IN(5, 4), GC_IN(5), GC_IN(5)}},
+        {"bn_eval_fused_tanh", b_bn, &bn_ev_tanh, 3, {GC_IN(3, 4, 2, 2), GC_IN(4), GC_IN(4)}},
         {"ln_2d_affine", b_ln, &ln_aff, 3, {GC_IN(4, 7), GC_IN(7), GC_IN(7)}},
         {"ln_3d_affine", b_ln, &ln_aff, 3, {GC_IN(2, 3, 5), GC_IN(5), GC_IN(5)}},
         {"ln_plain", b_ln, &ln_plain, 1, {GC_IN(3, 6)}},

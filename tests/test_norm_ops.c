@@ -5,6 +5,7 @@
  * embedding and concat builders. */
 #include "kiln/kiln.h"
 #include "testutil.h"
+#include "ops/ops.h" /* kl_batchnorm_act */
 
 #include <math.h>
 #include <stdint.h>
@@ -173,6 +174,74 @@ static void test_bn_f32(void)
         }
 }
 
+/* batchnorm with a fused activation (kl_batchnorm_act, what nn/model.c
+ * builds for batchnorm + relu) against batchnorm then the activation: the
+ * same bits for y, the running statistics and every gradient. */
+typedef struct { kl_ctx *ctx; kl_tensor *y; } bn_act_run;
+
+static void bn_act_build(bn_act_run *r, int fused, kl_act act, int training, int ndim, const int64_t *xd)
+{
+    kl_ctx_opts co = {.seed = 11, .threads = 2};
+    kl_graph *g;
+    kl_tensor *x, *gm, *bt, *rm, *rv, *rr, *l;
+    const kl_init u = {KL_INIT_UNIFORM, 1.0}, half = {KL_INIT_UNIFORM, 0.5}, ones = {KL_INIT_ONES, 0};
+    int64_t C = xd[1];
+    CHECK_OK(kl_ctx_new(&co, &r->ctx));
+    CHECK_OK(kl_graph_new(r->ctx, &g));
+    CHECK_OK(kl_param(g, "x", KL_F32, ndim, xd, &u, &x));
+    CHECK_OK(kl_param(g, "gamma", KL_F32, 1, &C, &u, &gm));
+    CHECK_OK(kl_param(g, "beta", KL_F32, 1, &C, &u, &bt));
+    CHECK_OK(kl_buffer(g, "rm", KL_F32, 1, &C, &half, &rm));
+    CHECK_OK(kl_buffer(g, "rv", KL_F32, 1, &C, &ones, &rv));
+    kl_batchnorm_opts o = {.training = training, .momentum = 0.2};
+    if (fused) CHECK_OK(kl_batchnorm_act(g, x, gm, bt, rm, rv, &o, act, &r->y));
+    else {
+        CHECK_OK(kl_batchnorm(g, x, gm, bt, rm, rv, &o, &r->y));
+        CHECK_OK(kl_activation(g, r->y, act, &r->y));
+    }
+    CHECK_OK(kl_output(g, r->y));
+    CHECK_OK(kl_buffer(g, "r", KL_F32, ndim, xd, &u, &rr));
+    CHECK_OK(kl_mul(g, r->y, rr, &l));
+    CHECK_OK(kl_sum(g, l, 0, NULL, 0, &l));
+    CHECK_OK(kl_backward(g, l));
+    CHECK_OK(kl_graph_run(g));
+}
+
+static void test_bn_fused_act(void)
+{
+    static const int64_t d4[4] = {6, 5, 7, 3}, d2[2] = {40, 9};
+    static const kl_act acts[3] = {KL_ACT_RELU, KL_ACT_TANH, KL_ACT_SIGMOID};
+    for (int k = 0; k < 2; k++)
+        for (int a = 0; a < 3; a++)
+            for (int tr = 0; tr <= 1; tr++) {
+                bn_act_run r[2];
+                for (int f = 0; f < 2; f++) bn_act_build(&r[f], f, acts[a], tr, k ? 2 : 4, k ? d2 : d4);
+                int np = kl_ctx_param_count(r[0].ctx), same = np == kl_ctx_param_count(r[1].ctx);
+                float va[4096], vb[4096];
+                CHECK_OK(kl_tensor_get(r[0].y, va, (size_t)kl_tensor_numel(r[0].y) * 4));
+                CHECK_OK(kl_tensor_get(r[1].y, vb, (size_t)kl_tensor_numel(r[1].y) * 4));
+                same &= !memcmp(va, vb, (size_t)kl_tensor_numel(r[0].y) * 4);
+                for (int i = 0; same && i < np; i++) { /* x, gamma, beta and their gradients; rm, rv, r */
+                    int nd = 0, trainable = 0;
+                    int64_t dims[KL_MAX_DIMS];
+                    CHECK_OK(kl_ctx_param_info(r[0].ctx, i, NULL, NULL, &nd, dims, &trainable));
+                    size_t bytes = 4;
+                    for (int d = 0; d < nd; d++) bytes *= (size_t)dims[d];
+                    CHECK_OK(kl_ctx_param_get(r[0].ctx, i, va, bytes));
+                    CHECK_OK(kl_ctx_param_get(r[1].ctx, i, vb, bytes));
+                    same &= !memcmp(va, vb, bytes);
+                    if (trainable) {
+                        CHECK_OK(kl_ctx_grad_get(r[0].ctx, i, va, bytes));
+                        CHECK_OK(kl_ctx_grad_get(r[1].ctx, i, vb, bytes));
+                        same &= !memcmp(va, vb, bytes);
+                    }
+                }
+                if (!same) fprintf(stderr, "  fused act %d, training %d, %s: differs\n", (int)acts[a], tr, k ? "2-D" : "4-D");
+                CHECK(same);
+                for (int f = 0; f < 2; f++) kl_ctx_free(r[f].ctx);
+            }
+}
+
 /* layernorm f32 [3,5,40] and f64 [4,9] with and without affine terms */
 static void ln_case(kl_dtype dt, int ndim, const int64_t *xd, int affine)
 {
@@ -315,6 +384,7 @@ int main(void)
 {
     test_bn_train_running();
     test_bn_f32();
+    test_bn_fused_act();
     test_layernorm();
     test_errors();
     return kl_test_done("test_norm_ops");

@@ -3,6 +3,7 @@
 #include "nn/model_internal.h"
 #include "core/error.h"
 #include "ops/conv2d.h" /* kl_conv2d_act: conv with a fused activation */
+#include "ops/ops.h"    /* kl_batchnorm_act: batchnorm with a fused activation */
 
 #include <stdio.h>
 #include <string.h>
@@ -350,7 +351,11 @@ kl_status kl_layers_forward(layer *ls, int n, kl_graph *g, kl_tensor *x, int tra
             snprintf(name, sizeof name, "%s.running_var", li->name);
             KL_TRY(kl_buffer(g, name, KL_F32, 1, &c, &(kl_init){KL_INIT_ONES, 0}, &rv));
             kl_batchnorm_opts o = {li->eps, li->momentum, training};
-            KL_TRY(kl_batchnorm(g, x, w, b, rm, rv, &o, &x));
+            /* like conv: relu/tanh/sigmoid right after run in the normalisation's output pass */
+            kl_act act = i + 1 < n ? act_of(ls[i + 1].kind) : KL_ACT_NONE;
+            if (act == KL_ACT_GELU) act = KL_ACT_NONE;
+            KL_TRY(kl_batchnorm_act(g, x, w, b, rm, rv, &o, act, &x));
+            if (act != KL_ACT_NONE) i++;
             break;
         }
         case L_LAYERNORM: {

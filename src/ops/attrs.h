@@ -59,6 +59,7 @@ typedef struct {
     int training;
     int ig, ib, irm, irv;          /* source index of gamma, beta, running mean/var; -1: none */
     int need_dx, need_dg, need_db; /* bwd: which gradients the kernel writes */
+    int act;                       /* fused activation: y = act(norm(x)), a KL_UN_* kind (from y: relu, tanh, sigmoid); -1: none */
 } bn_attr;
 
 /* pool2d / pool2d_bwd (ops/pool2d.c; window math in ops/pool2d.h) */

@@ -8,9 +8,15 @@
  * Forward saves mean and invstd per channel in aux ([2, C] of the dtype).
  * batchnorm_bwd (srcs dy, x, forward node, gamma?) writes dx (primary output)
  * and dgamma, dbeta (extras) in one pass; see ops/norm.h for the formulas.
+ * kl_batchnorm_act fuses relu, tanh or sigmoid into the output pass (y =
+ * act(norm(x))); its backward forms dz = act'(y) dy in a unary_bwd node
+ * first (fusing that into batchnorm_bwd's two passes read y and dy twice,
+ * which measured slower on the CPU).
  * Per-channel sums are each made by one thread in a fixed order, so results
  * do not depend on the thread count. */
 #include "ops/ops.h"
+#include "ops/elem.h"   /* kl_unary_*, kl_unary_grad_*: the fused activation */
+#include "ops/conv2d.h" /* kl_conv_act_unary */
 #include "ops/norm.h"
 #include "ops/norm_grad.h"
 #include "ops/cpu_kernel.h"
@@ -53,6 +59,19 @@ static kl_status bn_shape(kl_tensor *t)
     t->aux_bytes = 2 * (size_t)x->ne[1] * kl_dtype_size(x->dtype);
     return KL_OK;
 }
+
+/* y = act(y) over a plane, switched on outside the loops so each inlines
+ * its math (as ops/unary.c); the values are the unary op's, bit for bit. */
+#define BN_ACT_ROW(T)                                                                              \
+    static void bn_act_row_##T(int act, T *y, int64_t n)                                           \
+    {                                                                                              \
+        switch (act) {                                                                             \
+        case KL_UN_RELU: for (int64_t i = 0; i < n; i++) y[i] = kl_unary_##T(KL_UN_RELU, y[i], (T)0); break; \
+        case KL_UN_TANH: for (int64_t i = 0; i < n; i++) y[i] = kl_unary_##T(KL_UN_TANH, y[i], (T)0); break; \
+        default: for (int64_t i = 0; i < n; i++) y[i] = kl_unary_##T(KL_UN_SIGMOID, y[i], (T)0); break; \
+        }                                                                                          \
+    }
+KL_FOR_REAL(BN_ACT_ROW)
 
 /* Sums over channel c's values of f(x) (and of dy * (x - k) for bwd), each
  * channel by one thread: s1 = sum(x - k), s2 = sum((x - k)^2) with k a value
@@ -128,6 +147,7 @@ static kl_status bn_shape(kl_tensor *t)
                 T *yr = y + (n * C + c) * S, mu = mean[c], is = invstd[c];                         \
                 T g = gm ? gm[c] : (T)1, b = bt ? bt[c] : (T)0;                                    \
                 for (int64_t s = 0; s < S; s++) yr[s] = kl_norm_fwd_##T(xr[s], mu, is, g, b);       \
+                if (a->act >= 0) bn_act_row_##T(a->act, yr, S); /* while the plane is in cache */  \
             }                                                                                      \
     }                                                                                              \
     static void bn_bwd_##T(const kl_exec *ex, const kl_tensor *t)                                  \
@@ -192,6 +212,12 @@ static kl_status bn_bwd_shape(kl_tensor *t)
 static kl_status bn_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 {
     bn_attr a = *KL_ATTR(t, bn_attr);
+    if (a.act >= 0) { /* dz = act'(y) dy, then the plain backward on dz */
+        unary_attr ua = {a.act, 0};
+        kl_tensor *src[2] = {dy, t};
+        KL_TRY(kl_node_new(g, KL_OP_unary_bwd, 2, src, &ua, sizeof ua, &dy));
+        a.act = -1;
+    }
     return kl_norm_backward(g, t, dy, KL_OP_batchnorm_bwd, a.ig, a.ib, &a, sizeof a, &a.need_dx, &a.need_dg,
                             &a.need_db);
 }
@@ -220,7 +246,15 @@ static kl_status check_buffer(const kl_tensor *v, const char *what)
 kl_status kl_batchnorm(kl_graph *g, kl_tensor *x, kl_tensor *gamma, kl_tensor *beta, kl_tensor *running_mean,
                        kl_tensor *running_var, const kl_batchnorm_opts *opts, kl_tensor **out)
 {
+    return kl_batchnorm_act(g, x, gamma, beta, running_mean, running_var, opts, KL_ACT_NONE, out);
+}
+
+kl_status kl_batchnorm_act(kl_graph *g, kl_tensor *x, kl_tensor *gamma, kl_tensor *beta, kl_tensor *running_mean,
+                           kl_tensor *running_var, const kl_batchnorm_opts *opts, kl_act act, kl_tensor **out)
+{
     if (!out) return kl_fail(KL_EMISUSE, "batchnorm: out is NULL");
+    if (act != KL_ACT_NONE && act != KL_ACT_RELU && act != KL_ACT_TANH && act != KL_ACT_SIGMOID)
+        return kl_fail(KL_EINVAL, "batchnorm: a fused activation must be relu, tanh or sigmoid (got %d)", (int)act);
     *out = NULL;
     KL_TRY(kl_check_args(g, "batchnorm", 1, &x));
     if (!opts)
@@ -239,7 +273,8 @@ kl_status kl_batchnorm(kl_graph *g, kl_tensor *x, kl_tensor *gamma, kl_tensor *b
     bn_attr a = {.eps = opts->eps > 0 ? opts->eps : 1e-5,
                  .momentum = opts->momentum > 0 ? opts->momentum : 0.1,
                  .training = opts->training != 0,
-                 .ig = -1, .ib = -1, .irm = -1, .irv = -1};
+                 .ig = -1, .ib = -1, .irm = -1, .irv = -1,
+                 .act = act == KL_ACT_NONE ? -1 : kl_conv_act_unary(act)};
     kl_tensor *src[5] = {x};
     int n = 1;
     if (gamma) a.ig = n, src[n++] = gamma;

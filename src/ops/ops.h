@@ -14,4 +14,11 @@ kl_status kl_expand(kl_graph *g, kl_tensor *x, int ndim, const int64_t *ne, kl_t
 /* matmul with optional bias and fused activation (relu, tanh, sigmoid). */
 kl_status kl_matmul_op(kl_graph *g, kl_tensor *a, kl_tensor *b, kl_tensor *bias, kl_act act, kl_tensor **out);
 
+/* kl_batchnorm with an activation fused into its output pass (relu, tanh or
+ * sigmoid; KL_ACT_NONE: plain); the backward forms dz = act'(y) dy (a
+ * unary_bwd node), then batchnorm's own backward on dz. */
+struct kl_batchnorm_opts;
+kl_status kl_batchnorm_act(kl_graph *g, kl_tensor *x, kl_tensor *gamma, kl_tensor *beta, kl_tensor *running_mean,
+                           kl_tensor *running_var, const struct kl_batchnorm_opts *opts, kl_act act, kl_tensor **out);
+
 #endif

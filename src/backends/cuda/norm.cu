@@ -5,6 +5,7 @@
  * or a block per row (layernorm). */
 #include "backends/cuda/cuda_internal.cuh"
 #include "ops/norm.h"
+#include "ops/elem.h" /* batchnorm's fused activation */
 
 #include <math.h>
 
@@ -13,6 +14,11 @@ static __device__ __forceinline__ double norm_fwd(double x, double m, double is,
 static __device__ __forceinline__ float norm_bwd(float x, float g, float m, float is, float mg, float mgx) { return kl_norm_bwd_float(x, g, m, is, mg, mgx); }
 static __device__ __forceinline__ double norm_bwd(double x, double g, double m, double is, double mg, double mgx) { return kl_norm_bwd_double(x, g, m, is, mg, mgx); }
 
+
+/* batchnorm's fused activation (a KL_UN_* kind; -1: none); its backward is
+ * a unary_bwd node before batchnorm_bwd (ops/batchnorm.c) */
+static __device__ __forceinline__ float act_fwd(int k, float v) { return k < 0 ? v : kl_unary_float(k, v, 0.f); }
+static __device__ __forceinline__ double act_fwd(int k, double v) { return k < 0 ? v : kl_unary_double(k, v, 0.0); }
 
 template <typename T> static const T *src_or_null(const kl_exec *ex, const kl_tensor *t, int i)
 {
@@ -40,6 +46,7 @@ template <typename T> struct bn_args {
     double *part;          /* [C, nch, 2] */
     int64_t N, C, S, nch;
     double eps, mom;
+    int act; /* fused activation (KL_UN_*; -1: none) */
 };
 
 /* The two sums over chunks of each channel, written to part[(c * nch + q)
@@ -160,7 +167,7 @@ template <typename T> __global__ void bn_apply_k(bn_args<T> a)
     KL_CU_FOR(i, a.N * a.C * a.S)
     {
         int64_t c = i / a.S % a.C;
-        a.y[i] = norm_fwd(a.x[i], a.mean[c], invstd[c], a.gm ? a.gm[c] : (T)1, a.bt ? a.bt[c] : (T)0);
+        a.y[i] = act_fwd(a.act, norm_fwd(a.x[i], a.mean[c], invstd[c], a.gm ? a.gm[c] : (T)1, a.bt ? a.bt[c] : (T)0));
     }
 }
 
@@ -182,6 +189,7 @@ template <typename T> static kl_status bn_fwd_launch(const kl_exec *ex, const kl
     a.nch = kl_sum_chunks(a.N * a.S);
     a.eps = at->eps;
     a.mom = at->momentum;
+    a.act = at->act;
     cudaStream_t s = kl_cu_stream();
     if (at->training) {
         bn_sums<T, 0>(a.x, (const T *)NULL, (const T *)NULL, a.N, a.C, a.S, a.nch, a.part, s);
