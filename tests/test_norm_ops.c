@@ -177,17 +177,17 @@ static void test_bn_f32(void)
 /* batchnorm with a fused activation (kl_batchnorm_act, what nn/model.c
  * builds for batchnorm + relu) against batchnorm then the activation: the
  * same bits for y, the running statistics and every gradient. */
-typedef struct { kl_ctx *ctx; kl_tensor *y; } bn_act_run;
+typedef struct { kl_ctx *ctx; kl_graph *g; kl_tensor *y; } bn_act_run;
 
 static void bn_act_build(bn_act_run *r, int fused, kl_act act, int training, int ndim, const int64_t *xd)
 {
     kl_ctx_opts co = {.seed = 11, .threads = 2};
-    kl_graph *g;
     kl_tensor *x, *gm, *bt, *rm, *rv, *rr, *l;
     const kl_init u = {KL_INIT_UNIFORM, 1.0}, half = {KL_INIT_UNIFORM, 0.5}, ones = {KL_INIT_ONES, 0};
     int64_t C = xd[1];
     CHECK_OK(kl_ctx_new(&co, &r->ctx));
-    CHECK_OK(kl_graph_new(r->ctx, &g));
+    CHECK_OK(kl_graph_new(r->ctx, &r->g));
+    kl_graph *g = r->g;
     CHECK_OK(kl_param(g, "x", KL_F32, ndim, xd, &u, &x));
     CHECK_OK(kl_param(g, "gamma", KL_F32, 1, &C, &u, &gm));
     CHECK_OK(kl_param(g, "beta", KL_F32, 1, &C, &u, &bt));
@@ -238,7 +238,7 @@ static void test_bn_fused_act(void)
                 }
                 if (!same) fprintf(stderr, "  fused act %d, training %d, %s: differs\n", (int)acts[a], tr, k ? "2-D" : "4-D");
                 CHECK(same);
-                for (int f = 0; f < 2; f++) kl_ctx_free(r[f].ctx);
+                for (int f = 0; f < 2; f++) kl_graph_free(r[f].g), kl_ctx_free(r[f].ctx);
             }
 }
 
