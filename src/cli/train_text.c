@@ -8,6 +8,7 @@
 #include "cli/plan.h"
 #include "cli/train_monitor.h"
 #include "cli/train_opts.h"
+#include "cli/train_watch.h"
 #include "core/error.h"
 #include "io/fileio.h"
 #include "kiln/text.h"
@@ -36,6 +37,8 @@ typedef struct {
     char run_dir[4096], ckpt_root[4200];
     FILE *metrics;
     double t0;
+    train_watch watch; /* --profile, plateau and gradient-norm warnings (cli/train_watch.h) */
+    int early_stopped;
 } lm_runner;
 
 static double now(void)
@@ -111,7 +114,8 @@ static kl_status run_dir_open(lm_runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(train_run_dir_open(a, r->o.name, cfg, r->run_dir, r->ckpt_root, &r->metrics));
     snprintf(path, sizeof path, "%s/vocab.txt", r->run_dir);
     KL_TRY(kl_vocab_save(r->vocab, path));
-    return train_monitor_open(&r->mon, r->run_dir, r->ctx, r->metrics, r->t0);
+    KL_TRY(train_monitor_open(&r->mon, r->run_dir, r->ctx, r->metrics, r->t0));
+    return watch_init(&r->watch, &r->o, r->train.g, r->metrics);
 }
 
 static kl_status setup(lm_runner *r, kl_cfg *cfg, const train_args *a)
@@ -192,7 +196,8 @@ static void lm_fields(FILE *f, const char *pre, double l)
 typedef struct { double sum; int64_t n; } mean_acc;
 
 /* End of an epoch (steps_per_epoch steps, or the last step): validation,
- * the epoch's metrics line, a checkpoint. */
+ * the epoch's metrics line, a checkpoint, then the plateau watch (which may
+ * stop the run early, after the checkpoint). */
 static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, int tty, mean_acc *ep, char *ck, size_t n)
 {
     double vl = 0, l = ep->n ? ep->sum / (double)ep->n : 0;
@@ -213,7 +218,12 @@ static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, 
     train_monitor_epoch(&r->mon, epoch, st->step, l, NAN, r->n_val > 0, vl, NAN, kl_optim_lr(r->opt));
     fflush(r->metrics);
     *ep = (mean_acc){0};
-    return save_ckpt(r, cfg, st, ck, n);
+    KL_TRY(save_ckpt(r, cfg, st, ck, n));
+    if (watch_eval(&r->watch, epoch, st->step, r->n_val ? vl : l, r->n_val > 0)) {
+        r->early_stopped = 1;
+        printf("stopped early; checkpoint %s\n", ck);
+    }
+    return KL_OK;
 }
 
 static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop, int *interrupted)
@@ -231,11 +241,12 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
     mean_acc ep = {0}, win = {0};
     double t_win = now();
     char ck[4400];
-    while (st.step < total) {
-        double l = 0;
+    while (st.step < total && !r->early_stopped) {
+        double l = 0, t_start = now();
         int64_t dummy = 0;
         KL_TRY(kl_optim_set_lr(r->opt, train_lr(&r->o, st.step, total)));
         KL_TRY(kl_tokens_batch(r->tok, 0, r->n_train, r->o.seed, st.step, B, r->T, r->x, r->y));
+        double t_data = now();
         KL_TRY(step_graph_run(&r->train, r->model, r->x, r->y, &l, &dummy, NULL, NULL));
         l /= (double)r->train.rows;
         st.step++;
@@ -248,6 +259,8 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
         lm_fields(r->metrics, "", l);
         fprintf(r->metrics, ",\"lr\":%.9g,\"wall_s\":%.3f}\n", kl_optim_lr(r->opt), now() - r->t0);
         train_monitor_step(&r->mon, st.step, l, NAN, kl_optim_lr(r->opt));
+        /* the batch is cut on the host before the step: that is its data wait */
+        watch_step(&r->watch, r->train.g, kl_optim_last_grad_norm(r->opt), st.step, now() - t_start, t_data - t_start);
         if (st.step % r->o.log_every == 0 || st.step == total) {
             double t = now(), wps = (double)(win.n * B) / (t - t_win), ml = win.sum / (double)win.n;
             double eta = wps > 0 ? (double)((total - st.step) * B) / wps : 0;
@@ -279,6 +292,7 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
             return KL_OK;
         }
     }
+    watch_end(&r->watch, r->train.g, st.step); /* --profile N beyond the last step */
     printf("sample from it with: kiln generate %s --prompt \"...\"\n", r->run_dir);
     return KL_OK;
 }

@@ -9,7 +9,8 @@
  *    train.grad_norm_warn warns when the global gradient norm (computed by
  *    the optimizer while clipping, so clip.max_norm > 0) jumps above that
  *    many times its running median ({"type":"warning","kind":"grad_norm"}).
- * Used by train_run.c (image and tabular models). */
+ * Used by train_run.c (image and tabular models) and train_text.c (language
+ * models). */
 #ifndef KL_CLI_TRAIN_WATCH_H
 #define KL_CLI_TRAIN_WATCH_H
 

@@ -28,10 +28,10 @@
     {                                                                                              \
         *i = kl_sigm_##T(*i);                                                                      \
         *f = kl_sigm_##T(*f);                                                                      \
-        *g = tanh(*g);                                                                             \
+        *g = kl_tanh_##T(*g);                                                                      \
         *o = kl_sigm_##T(*o);                                                                      \
         T c = *f * c_prev + *i * *g;                                                               \
-        *h = *o * tanh(c);                                                                         \
+        *h = *o * kl_tanh_##T(c);                                                                  \
         return c;                                                                                  \
     }                                                                                              \
     /* LSTM unit backward from the saved activations and cell states; dh and dc are the            \
@@ -40,7 +40,7 @@
     KL_HD static inline T kl_lstm_cell_bwd_##T(T i, T f, T g, T o, T c, T c_prev, T dh, T dc,      \
                                                T *di, T *df, T *dg, T *do_)                        \
     {                                                                                              \
-        T tc = tanh(c);                                                                            \
+        T tc = kl_tanh_##T(c);                                                                     \
         dc += dh * o * ((T)1 - tc * tc);                                                           \
         *do_ = dh * tc * o * ((T)1 - o);                                                           \
         *di = dc * g * i * ((T)1 - i);                                                             \
@@ -55,7 +55,7 @@
     {                                                                                              \
         *r = kl_sigm_##T(gi_r + gh_r);                                                             \
         *z = kl_sigm_##T(gi_z + gh_z);                                                             \
-        *n = tanh(gi_n + *r * gh_n);                                                               \
+        *n = kl_tanh_##T(gi_n + *r * gh_n);                                                        \
         return ((T)1 - *z) * *n + *z * h_prev;                                                     \
     }                                                                                              \
     /* GRU unit backward: gradients of the pre-activations dr, dz, dn (the input-side ones;        \

@@ -1,0 +1,80 @@
+/* The float tanh that the CPU loops and CUDA kernels share (ops/elem.h
+ * kl_tanh_float) against libm's tanh in double: within 3.5e-7 absolute and
+ * relative over [-12, 12] on a fine grid and over 1e-8 .. 10 on a log
+ * grid, odd, and exactly +-1 beyond the clamp; and the float activations
+ * built on it (GELU, tanh, their gradients; LSTM and GRU cells) against
+ * their double versions (within 4e-6 of max(|value|, 1)). */
+#include "testutil.h"
+#include "ops/elem.h"
+#include "ops/seq.h"
+
+#include <math.h>
+
+static void check_tanh(void)
+{
+    double worst_abs = 0, worst_rel = 0, at = 0;
+    int odd = 1;
+    for (int i = -1200000; i <= 1200000; i++) { /* step 1e-5 */
+        float x = (float)(i * 1e-5);
+        double r = tanh((double)x), g = (double)kl_tanh_float(x);
+        double ea = fabs(g - r), er = r != 0 ? ea / fabs(r) : ea;
+        if (er > worst_rel) worst_rel = er, at = x;
+        worst_abs = fmax(worst_abs, ea);
+        odd &= kl_tanh_float(-x) == -kl_tanh_float(x);
+    }
+    for (int k = 0; k <= 9000; k++) { /* 1e-8 .. 10 */
+        float x = (float)pow(10.0, -8 + k * 1e-3);
+        double r = tanh((double)x), g = (double)kl_tanh_float(x);
+        double er = fabs(g - r) / r;
+        if (er > worst_rel) worst_rel = er, at = x;
+    }
+    if (!(worst_rel <= 3.5e-7 && worst_abs <= 3.5e-7))
+        fprintf(stderr, "  kl_tanh_float: max abs %.3g, max rel %.3g at %.9g\n", worst_abs, worst_rel, at);
+    CHECK(worst_rel <= 3.5e-7 && worst_abs <= 3.5e-7);
+    CHECK(odd);
+    CHECK(kl_tanh_float(9.0f) == 1.0f && kl_tanh_float(-50.0f) == -1.0f && kl_tanh_float(INFINITY) == 1.0f);
+    CHECK(kl_tanh_float(0.0f) == 0.0f && kl_tanh_float(1e-30f) == 1e-30f);
+}
+
+/* float f against the double reference, relative to max(|ref|, 1) */
+static double off(double f, double ref) { return fabs(f - ref) / fmax(fabs(ref), 1.0); }
+
+static void check_activations(void)
+{
+    double worst = 0;
+    static const int kinds[] = {KL_UN_GELU, KL_UN_TANH, KL_UN_SIGMOID};
+    for (int k = 0; k < 3; k++)
+        for (int i = -4000; i <= 4000; i++) {
+            double x = i * 2.5e-3, dy = 0.75;
+            float xf = (float)x;
+            worst = fmax(worst, off(kl_unary_float(kinds[k], xf, 0), kl_unary_double(kinds[k], (double)xf, 0)));
+            double s = kinds[k] == KL_UN_GELU ? (double)xf : kl_unary_double(kinds[k], (double)xf, 0);
+            worst = fmax(worst, off(kl_unary_grad_float(kinds[k], (float)s, (float)dy, 0),
+                                    kl_unary_grad_double(kinds[k], (double)(float)s, dy, 0)));
+        }
+    for (int i = -300; i <= 300; i++) { /* LSTM and GRU cells on pre-activations around 0 */
+        double v = i * 0.02;
+        float fi = (float)v, ff = (float)(0.5 - v), fg = (float)(v * 1.5), fo = (float)(-v), fh;
+        double di = fi, df = ff, dg = fg, dd = fo, dh;
+        double cf = kl_lstm_cell_float(&fi, &ff, &fg, &fo, 0.3f, &fh);
+        double cd = kl_lstm_cell_double(&di, &df, &dg, &dd, 0.3, &dh);
+        worst = fmax(worst, fmax(off(cf, cd), off(fh, dh)));
+        float r, z, n;
+        double rd, zd, nd;
+        double hf = kl_gru_cell_float((float)v, 0.2f, (float)(v * 0.7), -0.1f, (float)v, 0.4f, 0.25f, &r, &z, &n);
+        double hd = kl_gru_cell_double((double)(float)v, (double)0.2f, (double)(float)(v * 0.7), (double)-0.1f,
+                                       (double)(float)v, (double)0.4f, (double)0.25f, &rd, &zd, &nd);
+        worst = fmax(worst, off(hf, hd));
+    }
+    /* GELU's gradient near |x| = 5 is the worst: its (1 - t^2) takes tanh's
+     * absolute error (3.4e-7) times s * du / 2 ~ 8 (libm's tanhf: 4.4e-7) */
+    if (!(worst <= 4e-6)) fprintf(stderr, "  float activations off their double versions by %.3g\n", worst);
+    CHECK(worst <= 4e-6);
+}
+
+int main(void)
+{
+    check_tanh();
+    check_activations();
+    return kl_test_done("test_unary_math");
+}
