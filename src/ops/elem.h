@@ -33,7 +33,7 @@ KL_HD static inline int kl_unary_bwd_uses_y(int kind)
 
 /* tanh for float as a rational function (an odd polynomial of degree 13
  * over an even one of degree 6, on x clamped to +-7.9053111, where it
- * reaches 1 in float; x itself below 4e-4): within 3.5e-7 of tanh (about 6
+ * reaches 1 in float; x itself below 4e-4): within 4e-7 of tanh (about 6
  * ulp, tests/test_unary_math.c), branch-free, so CPU loops vectorise it
  * (libm's tanhf is a call per value: GPT's GELU passes were 29 % of a CPU
  * step); the GPU evaluates the same function. double keeps libm's tanh. */
