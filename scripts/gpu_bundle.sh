@@ -4,7 +4,7 @@
 # the device machine lacks into .gpu/bundle.tar.xz (git-ignored): the CUDA
 # test programs, kiln and bench_mlp, the shared libraries they link that are
 # not CUDA's or glibc's (OpenBLAS, libgomp, libyaml, jansson, libpng, zlib,
-# gfortran), and Fashion-MNIST. The device tool then runs
+# gfortran), Fashion-MNIST and the fortunes corpus. The device tool then runs
 #   bash scripts/gpu_check.sh        with carry: [".gpu"]
 # (the whole working tree plus carried files must stay under 64 MiB).
 set -euo pipefail
@@ -25,6 +25,7 @@ ldd .gpu/stage/bin/* | awk '/=> \//{print $3}' | sort -u | while read -r lib; do
   esac
 done
 cp /usr/share/datasets/fashion-mnist/*.gz .gpu/stage/data/
+cp -rL /usr/share/games/fortunes .gpu/stage/data/ # the LSTM and GPT configs' corpus (gpu_check.sh points data.path here)
 git rev-parse HEAD >.gpu/stage/commit
 tar -C .gpu/stage -cJf .gpu/bundle.tar.xz .
 rm -rf .gpu/stage

@@ -97,8 +97,9 @@ if want train; then
       row "resume == uninterrupted (30 losses)" ok
     else row "resume == uninterrupted (30 losses)" "FAIL"; fi
   fi
-  run train_lstm 300 "$b/bin/kiln" train models/char_lstm.yaml --device cuda:0 --steps 40 --no-tensorboard --out "$w/r_lstm"
-  run train_gpt 300 "$b/bin/kiln" train models/gpt_small.yaml --device cuda:0 --steps 40 --no-tensorboard --out "$w/r_gpt"
+  corpus=(--set data.path="$b/data/fortunes") # the bundle's copy: the device image has no fortunes package
+  run train_lstm 300 "$b/bin/kiln" train models/char_lstm.yaml --device cuda:0 --steps 40 --no-tensorboard "${corpus[@]}" --out "$w/r_lstm"
+  run train_gpt 300 "$b/bin/kiln" train models/gpt_small.yaml --device cuda:0 --steps 40 --no-tensorboard "${corpus[@]}" --out "$w/r_gpt"
 fi
 
 # 3. compute-sanitizer (memcheck): every access in bounds, no use of freed memory
