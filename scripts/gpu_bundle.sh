@@ -25,7 +25,7 @@ ldd .gpu/stage/bin/* | awk '/=> \//{print $3}' | sort -u | while read -r lib; do
   esac
 done
 cp /usr/share/datasets/fashion-mnist/*.gz .gpu/stage/data/
-cp -rL /usr/share/games/fortunes .gpu/stage/data/ # the LSTM and GPT configs' corpus (gpu_check.sh points data.path here)
+cp -a /usr/share/games/fortunes .gpu/stage/data/ # the LSTM and GPT configs' corpus (its .u8 links are relative; gpu_check.sh points data.path here)
 git rev-parse HEAD >.gpu/stage/commit
 tar -C .gpu/stage -cJf .gpu/bundle.tar.xz .
 rm -rf .gpu/stage
