@@ -9,7 +9,8 @@
 #     the same --seed, and clear errors for bad checkpoints and prompts;
 #  4. config errors of sequence layers and text data name file:line;
 #  5. the shipped configs (gpt2_124m included) pass kiln plan's shape checks;
-#  6. a corpus folder's symlinked duplicates (fortune's *.u8) are read once.
+#  6. a corpus folder's symlinked duplicates (fortune's *.u8) are read once;
+#  7. --profile prints the op table, the plateau watch stops a stalled run.
 # Training runs use one thread: these models are too small to gain from two,
 # and two test processes on two cores would oversubscribe them.
 set -u
@@ -92,6 +93,18 @@ for m in lstm gpt; do
   check "$m config.yaml records the vocabulary size" 'grep -q "vocab: $V" "$tmp/$m/config.yaml"'
   check "$m metrics have perplexity and bpc" 'lm_fields_ok "$tmp/$m/metrics.jsonl"'
 done
+
+# --profile and the plateau watch (cli/train_watch.h) on a language model
+"$kiln" train "$tmp/gpt.yaml" --out "$tmp/gpt-prof" --threads 1 --steps 8 --profile 5 --no-tensorboard >"$tmp/gpt-prof.log" 2>&1
+check "gpt --profile 5: the op table and a profile record" \
+  '[ $? -eq 0 ] && grep -q "^profile of 5 training steps" "$tmp/gpt-prof.log" && grep -q "attention" "$tmp/gpt-prof.log" &&
+   grep -q "\"type\":\"profile\"" "$tmp/gpt-prof/metrics.jsonl"'
+"$kiln" train "$tmp/gpt.yaml" --out "$tmp/gpt-stall" --threads 1 --steps 12 --no-tensorboard --set train.steps_per_epoch=2 \
+  --set train.plateau_patience=1 --set train.early_stop=true --set optim.lr=1e-9 >"$tmp/gpt-stall.log" 2>&1
+check "gpt with lr 1e-9: the plateau warning, then an early stop after a checkpoint" \
+  '[ $? -eq 0 ] && grep -q "\"kind\":\"plateau\"" "$tmp/gpt-stall/metrics.jsonl" &&
+   grep -q "\"type\":\"early_stop\"" "$tmp/gpt-stall/metrics.jsonl" && grep -q "stopped early" "$tmp/gpt-stall.log" &&
+   [ "$(grep -c "\"type\":\"step\"" "$tmp/gpt-stall/metrics.jsonl")" -lt 12 ]'
 
 "$kiln" report "$tmp/gpt" >"$tmp/report.log" 2>&1
 check "kiln report summarises a language-model run" '[ $? -eq 0 ] && grep -q "val loss" "$tmp/gpt/report.md"'
