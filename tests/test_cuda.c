@@ -36,6 +36,10 @@ static kl_status b_unary(kl_graph *g, kl_dtype dt, int kind, kl_in_list *in, kl_
     case 2: return kl_tanh(g, x, y);
     case 3: return kl_sigmoid(g, x, y);
     case 4: return kl_scale(g, x, -1.75, y);
+    case 6: /* GELU and tanh far into saturation (|x| up to 300): their gradients are exactly 0 / 1 there */
+    case 7:
+        KL_TRY(kl_scale(g, x, 300.0, &x));
+        return kind == 6 ? kl_gelu(g, x, y) : kl_tanh(g, x, y);
     default: return kl_square(g, x, y);
     }
 }
@@ -245,6 +249,7 @@ static const kl_parity_case cases[] = {
     {"relu", b_unary, 0, 1e-6, 1e-13, 0},        {"gelu", b_unary, 1, 1e-5, 1e-13, 0},
     {"tanh", b_unary, 2, 1e-5, 1e-13, 0},        {"sigmoid", b_unary, 3, 1e-5, 1e-13, 0},
     {"scale", b_unary, 4, 1e-6, 1e-13, 0},       {"square", b_unary, 5, 1e-6, 1e-13, 0},
+    {"gelu_saturated", b_unary, 6, 1e-5, 1e-13, 0}, {"tanh_saturated", b_unary, 7, 1e-5, 1e-13, 0},
     {"add", b_binary, 0, 1e-6, 1e-13, 0},        {"sub", b_binary, 1, 1e-6, 1e-13, 0},
     {"mul", b_binary, 2, 1e-6, 1e-13, 0},        {"div", b_binary, 3, 1e-5, 1e-13, 0},
     {"sum", b_reduce, 0, 1e-5, 1e-13, 0},        {"mean", b_reduce, 1, 1e-5, 1e-13, 0},

@@ -249,6 +249,10 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
         double t_data = now();
         KL_TRY(step_graph_run(&r->train, r->model, r->x, r->y, &l, &dummy, NULL, NULL));
         l /= (double)r->train.rows;
+        if (kl_optim_halted(r->opt)) /* a non-finite loss or gradient norm: the optimizer skipped the update */
+            return kl_fail(KL_ENUMERIC, "step %lld: the %s is %g: training diverged (try a lower learning rate or "
+                           "clip.max_norm); the last checkpoint holds the weights before it", (long long)st.step + 1,
+                           isfinite(l) ? "gradient norm" : "loss", isfinite(l) ? kl_optim_last_grad_norm(r->opt) : l);
         st.step++;
         st.graph_runs = st.step;
         st.epoch = st.step / spe;

@@ -53,7 +53,8 @@ static void profile_out(train_watch *w, kl_graph *g, int64_t step)
     fflush(w->metrics);
     free(text);
     w->prof_done = 1;
-    if (!getenv("KILN_PROFILE")) kl_graph_profile(g, 0); /* KILN_PROFILE=1 keeps its end-of-run table */
+    const char *env = getenv("KILN_PROFILE"); /* KILN_PROFILE=N > 0 keeps its end-of-run table (core/exec.c) */
+    if (!env || atoi(env) <= 0) kl_graph_profile(g, 0);
 }
 
 static int cmp_double(const void *a, const void *b)
