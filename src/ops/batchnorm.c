@@ -253,9 +253,9 @@ kl_status kl_batchnorm_act(kl_graph *g, kl_tensor *x, kl_tensor *gamma, kl_tenso
                            kl_tensor *running_var, const kl_batchnorm_opts *opts, kl_act act, kl_tensor **out)
 {
     if (!out) return kl_fail(KL_EMISUSE, "batchnorm: out is NULL");
+    *out = NULL;
     if (act != KL_ACT_NONE && act != KL_ACT_RELU && act != KL_ACT_TANH && act != KL_ACT_SIGMOID)
         return kl_fail(KL_EINVAL, "batchnorm: a fused activation must be relu, tanh or sigmoid (got %d)", (int)act);
-    *out = NULL;
     KL_TRY(kl_check_args(g, "batchnorm", 1, &x));
     if (!opts)
         return kl_fail(KL_EMISUSE, "batchnorm: opts is NULL; pass {.training = 1} for batch statistics or "
