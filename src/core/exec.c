@@ -197,7 +197,6 @@ kl_status kl_graph_run(kl_graph *g)
     }
     if (s != KL_OK) return s;
     if (!g->captured) g->eager_key = key;
-    if (!g->captured) g->runs_eager++;
     g->runs++;
     if (g->prof) g->prof_runs++;
     return KL_OK;

@@ -164,8 +164,7 @@ struct kl_graph {
     void *captured;
     uint64_t captured_key; /* storage addresses it was captured with */
     int capture;           /* 1: capture after a first eager run (default), 0: never */
-    uint64_t runs_eager;   /* runs that issued kernels one by one */
-    uint64_t eager_key;    /* storage_key of the last of them: capture needs one per plan and storage */
+    uint64_t eager_key;    /* storage_key of the last run that issued kernels one by one: capture needs one per plan and storage */
     int capture_failed;    /* capturing failed once: run eagerly from now on */
     struct kl_readback *readbacks; /* asynchronous read-back rings (readback.c) */
 };
