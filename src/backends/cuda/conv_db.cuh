@@ -31,8 +31,7 @@ __global__ void conv_db_sum_k(const double *part, int64_t O, int64_t nq, double 
 {
     KL_CU_FOR(o, O)
     {
-        double v = first ? 0.0 : sum[o];
-        for (int64_t q = 0; q < nq; q++) v += part[o * nq + q];
+        double v = kl_cu_sum_parts(first ? 0.0 : sum[o], part + o * nq, nq, 1);
         if (db) db[o] = (T)v;
         else sum[o] = v;
     }

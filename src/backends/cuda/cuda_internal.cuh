@@ -149,6 +149,14 @@ __device__ __forceinline__ void kl_cu_offsets(const kl_cu_iter &it, int64_t i, i
 
 /* ---- block and warp reductions (fixed order: deterministic) ---- */
 
+/* init + part[0] + part[stride] + ... + part[(n - 1) * stride], added in
+ * that order: the chunk partials of a long sum (ops/sum_chunks.h) */
+static __device__ __forceinline__ double kl_cu_sum_parts(double init, const double *part, int64_t n, int64_t stride)
+{
+    for (int64_t q = 0; q < n; q++) init += part[q * stride];
+    return init;
+}
+
 template <typename T> __device__ __forceinline__ T kl_cu_warp_sum(T v)
 {
 #pragma unroll

@@ -146,11 +146,8 @@ template <typename T> __global__ void bn_stats_k(bn_args<T> a, int training)
             invstd[c] = (T)(1.0 / sqrt((double)a.rv[c] + a.eps));
             continue;
         }
-        double s1 = 0, s2 = 0;
-        for (int64_t q = 0; q < a.nch; q++) {
-            s1 += a.part[(c * a.nch + q) * 2];
-            s2 += a.part[(c * a.nch + q) * 2 + 1];
-        }
+        const double *pc = a.part + c * a.nch * 2;
+        double s1 = kl_cu_sum_parts(0, pc, a.nch, 2), s2 = kl_cu_sum_parts(0, pc + 1, a.nch, 2);
         double d = s1 / (double)M, var = s2 / (double)M - d * d;
         if (var < 0) var = 0;
         double mu = (double)a.x[c * a.S] + d;
@@ -223,11 +220,8 @@ template <typename T> __global__ void bn_bwd_sums_k(bn_bwd_args<T> a)
     const T *invstd = a.mean + a.C;
     KL_CU_FOR(c, a.C)
     {
-        double sdy = 0, sdyx = 0;
-        for (int64_t q = 0; q < a.nch; q++) {
-            sdy += a.part[(c * a.nch + q) * 2];
-            sdyx += a.part[(c * a.nch + q) * 2 + 1];
-        }
+        const double *pc = a.part + c * a.nch * 2;
+        double sdy = kl_cu_sum_parts(0, pc, a.nch, 2), sdyx = kl_cu_sum_parts(0, pc + 1, a.nch, 2);
         sdyx *= (double)invstd[c];
         a.sum[2 * c] = sdy;
         a.sum[2 * c + 1] = sdyx;
@@ -390,13 +384,8 @@ template <typename T> __global__ void ln_dgb_finish_k(const double *part, int64_
 {
     KL_CU_FOR(c, D)
     {
-        double g = 0, b = 0;
-        for (int64_t q = 0; q < nq; q++) {
-            g += part[(q * 2) * D + c];
-            b += part[(q * 2 + 1) * D + c];
-        }
-        if (dg) dg[c] = (T)g;
-        if (db) db[c] = (T)b;
+        if (dg) dg[c] = (T)kl_cu_sum_parts(0, part + c, nq, 2 * D);
+        if (db) db[c] = (T)kl_cu_sum_parts(0, part + D + c, nq, 2 * D);
     }
 }
 

@@ -76,9 +76,7 @@ template <typename T> __global__ void reduce_finish_k(const double *part, int64_
 {
     KL_CU_FOR(o, nout)
     {
-        double s = 0;
-        for (int64_t q = 0; q < nq; q++) s += part[o * nq + q];
-        y[o] = (T)(s * scale);
+        y[o] = (T)(kl_cu_sum_parts(0, part + o * nq, nq, 1) * scale);
     }
 }
 
