@@ -9,11 +9,10 @@ cd "$(dirname "$0")/.."
 epochs=${1:-1}
 model=${2:-cnn} # cnn (the reference CNN) or cnn_bn (models/cnn_bn.yaml)
 case "$model" in cnn) config=() ;; cnn_bn) config=(models/cnn_bn.yaml) ;; *) echo "model: cnn or cnn_bn" >&2; exit 2 ;; esac
-KILN_BENCH=1 bash scripts/setup.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j"$(nproc)" --target kiln >/dev/null
-clean=(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE)
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $(date -u +%F)"
+. bench/cpu_common.sh
+bench_build
+clean=("${bench_clean[@]}")
+bench_machine
 out=$(mktemp -d)
 t0=$(date +%s.%N)
 "${clean[@]}" ./build/kiln train "${config[@]}" --epochs "$epochs" --threads 2 --out "$out/run" >"$out/kiln.log" 2>&1

@@ -9,11 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 iters=${1:-200}
-KILN_BENCH=1 bash scripts/setup.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j"$(nproc)" --target kiln >/dev/null
-clean=(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE)
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $(date -u +%FT%H:%MZ)"
+. bench/cpu_common.sh
+bench_build
+clean=("${bench_clean[@]}")
+bench_machine
 out=$(mktemp -d)
 "${clean[@]}" ./build/kiln train --steps 1 --threads 2 --no-tensorboard --out "$out/run" >"$out/train.log" 2>&1
 for b in 1 128; do

@@ -24,18 +24,17 @@ while [ $# -gt 0 ]; do
   esac
 done
 py=/usr/bin/python3
+. bench/cpu_common.sh
 if [ "$device" = cpu ]; then
-  KILN_BENCH=1 bash scripts/setup.sh
-  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$build" -j"$(nproc)" --target kiln >/dev/null
+  bench_build "$build"
   tdev=cpu
 else
   py=python3 # the GPU machines' PyTorch
   tdev=cuda
 fi
 [ -e /usr/share/games/fortunes ] || { echo "run_seq.sh: no corpus (apt-get install fortunes)" >&2; exit 1; }
-clean=(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE)
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $(date -u +%F); device $device, $threads threads"
+clean=("${bench_clean[@]}")
+echo "$(bench_machine); device $device, $threads threads"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for m in char_lstm gpt_small; do
