@@ -16,7 +16,6 @@
  * do not depend on the thread count. */
 #include "ops/ops.h"
 #include "ops/elem.h"   /* kl_unary_*, kl_unary_grad_*: the fused activation */
-#include "ops/conv2d.h" /* kl_conv_act_unary */
 #include "ops/norm.h"
 #include "ops/norm_grad.h"
 #include "ops/cpu_kernel.h"
@@ -274,7 +273,7 @@ kl_status kl_batchnorm_act(kl_graph *g, kl_tensor *x, kl_tensor *gamma, kl_tenso
                  .momentum = opts->momentum > 0 ? opts->momentum : 0.1,
                  .training = opts->training != 0,
                  .ig = -1, .ib = -1, .irm = -1, .irv = -1,
-                 .act = act == KL_ACT_NONE ? -1 : kl_conv_act_unary(act)};
+                 .act = kl_act_unary(act)};
     kl_tensor *src[5] = {x};
     int n = 1;
     if (gamma) a.ig = n, src[n++] = gamma;

@@ -158,8 +158,7 @@ static kl_status conv2d_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
     } else if (bias_grad) {
         int axes[3] = {0, 2, 3};
         if (fused) { /* dz = act'(y) * dy */
-            static const int kinds[KL_ACT_COUNT] = {-1, KL_UN_RELU, KL_UN_GELU, KL_UN_TANH, KL_UN_SIGMOID};
-            struct { int kind; double alpha; } ua = {kinds[a->act], 0};
+            struct { int kind; double alpha; } ua = {kl_act_unary(a->act), 0};
             kl_tensor *src[2] = {dy, t};
             KL_TRY(kl_node_new(g, KL_OP_unary_bwd, 2, src, &ua, sizeof ua, &dy));
         }

@@ -50,10 +50,6 @@ static inline kl_conv_geom kl_conv_geom_of(const kl_conv_attr *a)
     return g;
 }
 
-/* The unary op (ops/elem.h KL_UN_*) of a fused activation other than none
- * (conv2d_cpu.c). */
-int kl_conv_act_unary(int act);
-
 static inline size_t kl_conv_round64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 /* Bytes of one worker slot: an im2col buffer (none for direct 1x1) and, in

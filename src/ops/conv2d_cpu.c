@@ -36,11 +36,6 @@ static void workers_end(const kl_exec *ex, int nt)
     if (nt > 1) kl_blas_set_threads(ex->threads);
 }
 
-int kl_conv_act_unary(int act)
-{
-    return act == KL_ACT_RELU ? KL_UN_RELU : act == KL_ACT_TANH ? KL_UN_TANH : KL_UN_SIGMOID;
-}
-
 static kl_conv_span span_of(const kl_conv_attr *a, int64_t k)
 {
     int64_t kw = k % a->KW, kh = k / a->KW % a->KH, c = k / (a->KW * a->KH), iw0 = kw * a->dw - a->pw;
@@ -73,7 +68,7 @@ static const kl_conv_span *spans_fill(const kl_conv_attr *a, int op, size_t dsiz
             for (int64_t i = 0; i < m; i++) buf[i] = yn[i] > 0 ? d[i] : 0;                         \
         else                                                                                       \
             for (int64_t i = 0; i < m; i++)                                                        \
-                buf[i] = kl_unary_grad_##T(kl_conv_act_unary(a->act), yn[i], d[i], 0);             \
+                buf[i] = kl_unary_grad_##T(kl_act_unary(a->act), yn[i], d[i], 0);                  \
         return buf;                                                                                \
     }                                                                                              \
     /* sum of a row in 16 independent lanes (vectorises; fixed order) */                           \
@@ -156,7 +151,7 @@ static const kl_conv_span *spans_fill(const kl_conv_attr *a, int op, size_t dsiz
     {                                                                                              \
         kl_conv_geom g = kl_conv_geom_of(a);                                                       \
         size_t colb = g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * sizeof(T));            \
-        int kind = kl_conv_act_unary(a->act);                                                      \
+        int kind = kl_act_unary(a->act);                                                           \
         const kl_conv_span *sp = spans_fill(a, KL_OP_conv2d, sizeof(T), scratch);                  \
         int nt = workers_begin(ex, a->nslots, a->N);                                               \
         _Pragma("omp parallel for num_threads(nt) schedule(static)")                               \

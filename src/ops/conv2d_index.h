@@ -42,8 +42,7 @@ static inline kl_conv_ix kl_conv_ix_of(const kl_conv_attr *a)
     c.KH = a->KH, c.KW = a->KW, c.sh = a->sh, c.sw = a->sw, c.ph = a->ph, c.pw = a->pw, c.dh = a->dh, c.dw = a->dw;
     c.G = a->groups, c.Cg = a->C / a->groups, c.Og = a->O / a->groups, c.Kg = c.Cg * a->KH * a->KW;
     c.P = a->OH * a->OW;
-    c.act = a->act == KL_ACT_RELU ? KL_UN_RELU : a->act == KL_ACT_TANH ? KL_UN_TANH
-            : a->act == KL_ACT_SIGMOID ? KL_UN_SIGMOID : -1;
+    c.act = kl_act_unary(a->act);
     return c;
 }
 

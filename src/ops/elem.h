@@ -5,6 +5,7 @@
 #define KL_OPS_ELEM_H
 
 #include "core/philox.h" /* KL_HD */
+#include "kiln/ops.h"     /* kl_act */
 #ifdef __CUDACC__
 #include <cmath>
 #else
@@ -22,6 +23,19 @@ typedef enum kl_unary_kind {
 } kl_unary_kind;
 
 typedef enum kl_binary_kind { KL_BIN_ADD = 0, KL_BIN_SUB, KL_BIN_MUL, KL_BIN_DIV, KL_BIN_COUNT } kl_binary_kind;
+
+/* The unary op of a fused activation (matmul, conv2d, batchnorm); -1 for
+ * KL_ACT_NONE. */
+KL_HD static inline int kl_act_unary(int act)
+{
+    switch (act) {
+    case KL_ACT_RELU: return KL_UN_RELU;
+    case KL_ACT_GELU: return KL_UN_GELU;
+    case KL_ACT_TANH: return KL_UN_TANH;
+    case KL_ACT_SIGMOID: return KL_UN_SIGMOID;
+    default: return -1;
+    }
+}
 
 /* Whether unary_bwd reads the op's output y (else its input x). */
 KL_HD static inline int kl_unary_bwd_uses_y(int kind)

@@ -12,7 +12,6 @@
 
 #include "ops/attrs.h" /* the attribute structs */
 
-static const int act_unary[KL_ACT_COUNT] = {-1, KL_UN_RELU, KL_UN_GELU, KL_UN_TANH, KL_UN_SIGMOID};
 
 /* Whether GEMM can read this matrix as is: row-major or transposed. */
 static bool gemm_ready(const kl_tensor *t)
@@ -100,7 +99,7 @@ static void batch_strides(const kl_tensor *t, const kl_tensor *x, int64_t *st)
         int act = KL_ATTR_C(t, matmul_attr)->act;                                                  \
         if (!bias && act == KL_ACT_NONE) return;                                                   \
         int64_t rows = kl_numel(t) / N;                                                            \
-        int kind = act_unary[act];                                                                 \
+        int kind = kl_act_unary(act);                                                              \
         _Pragma("omp parallel for schedule(static) if (rows * N > KL_PAR_MIN)")                     \
         for (int64_t r = 0; r < rows; r++) {                                                       \
             T *y = Y + r * N;                                                                      \
@@ -137,7 +136,7 @@ static kl_status matmul_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
     int act = KL_ATTR(t, matmul_attr)->act;
     int64_t K = a->ne[a->ndim - 1], N = t->ne[t->ndim - 1];
     if (act != KL_ACT_NONE) {
-        struct { int kind; double alpha; } ua = {act_unary[act], 0};
+        struct { int kind; double alpha; } ua = {kl_act_unary(act), 0};
         kl_tensor *src[2] = {dy, t};
         KL_TRY(kl_node_new(g, KL_OP_unary_bwd, 2, src, &ua, sizeof ua, &dz));
     }

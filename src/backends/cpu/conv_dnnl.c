@@ -272,7 +272,7 @@ static dn_entry *entry_get(const kl_exec *ex, const kl_tensor *t, const kl_conv_
 static void form_dz(const kl_conv_attr *a, const float *dy, const float *y, float *dz)
 {
     int64_t n = a->N * a->O * a->OH * a->OW;
-    int kind = kl_conv_act_unary(a->act);
+    int kind = kl_act_unary(a->act);
     _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")
     for (int64_t i = 0; i < n; i++)
         dz[i] = a->act == KL_ACT_RELU ? (y[i] > 0 ? dy[i] : 0) : kl_unary_grad_float(kind, y[i], dy[i], 0);

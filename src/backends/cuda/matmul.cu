@@ -231,7 +231,6 @@ static void batch_strides(const kl_tensor *t, const kl_tensor *x, int64_t *st)
     }
 }
 
-static const int act_unary[KL_ACT_COUNT] = {-1, KL_UN_RELU, KL_UN_GELU, KL_UN_TANH, KL_UN_SIGMOID};
 
 extern "C" kl_status kl_cuda_matmul(const kl_exec *ex, const kl_tensor *t)
 {
@@ -254,7 +253,7 @@ extern "C" kl_status kl_cuda_matmul(const kl_exec *ex, const kl_tensor *t)
     const void *bias = bt ? kl_data(ex, bt) : NULL;
     g.bias = f32 ? bias : NULL;
     g.relu = f32 && act == KL_ACT_RELU;
-    int post_kind = g.relu ? -1 : act_unary[act];
+    int post_kind = g.relu ? -1 : kl_act_unary(act);
     const void *post_bias = g.bias ? NULL : bias;
 
     /* batch dims: one strided-batched call when they collapse to one dim
