@@ -212,9 +212,7 @@ static kl_status bn_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 {
     bn_attr a = *KL_ATTR(t, bn_attr);
     if (a.act >= 0) { /* dz = act'(y) dy, then the plain backward on dz */
-        unary_attr ua = {a.act, 0};
-        kl_tensor *src[2] = {dy, t};
-        KL_TRY(kl_node_new(g, KL_OP_unary_bwd, 2, src, &ua, sizeof ua, &dy));
+        KL_TRY(kl_fused_act_grad(g, a.act, dy, t, &dy));
         a.act = -1;
     }
     return kl_norm_backward(g, t, dy, KL_OP_batchnorm_bwd, a.ig, a.ib, &a, sizeof a, &a.need_dx, &a.need_dg,

@@ -157,11 +157,7 @@ static kl_status conv2d_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
         if (bias_grad) KL_TRY(kl_grad_acc(g, b, d->extra[0]));
     } else if (bias_grad) {
         int axes[3] = {0, 2, 3};
-        if (fused) { /* dz = act'(y) * dy */
-            struct { int kind; double alpha; } ua = {kl_act_unary(a->act), 0};
-            kl_tensor *src[2] = {dy, t};
-            KL_TRY(kl_node_new(g, KL_OP_unary_bwd, 2, src, &ua, sizeof ua, &dy));
-        }
+        if (fused) KL_TRY(kl_fused_act_grad(g, kl_act_unary(a->act), dy, t, &dy));
         KL_TRY(kl_sum(g, dy, 3, axes, 0, &d));
         KL_TRY(kl_grad_acc(g, b, d));
     }

@@ -135,11 +135,7 @@ static kl_status matmul_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
     kl_tensor *a = t->src[0], *b = t->src[1], *bias = t->n_src > 2 ? t->src[2] : NULL, *dz = dy, *tmp, *d;
     int act = KL_ATTR(t, matmul_attr)->act;
     int64_t K = a->ne[a->ndim - 1], N = t->ne[t->ndim - 1];
-    if (act != KL_ACT_NONE) {
-        struct { int kind; double alpha; } ua = {kl_act_unary(act), 0};
-        kl_tensor *src[2] = {dy, t};
-        KL_TRY(kl_node_new(g, KL_OP_unary_bwd, 2, src, &ua, sizeof ua, &dz));
-    }
+    if (act != KL_ACT_NONE) KL_TRY(kl_fused_act_grad(g, kl_act_unary(act), dy, t, &dz));
     if (a->requires_grad) {
         KL_TRY(kl_transpose(g, b, -1, -2, &tmp));
         KL_TRY(kl_matmul_op(g, dz, tmp, NULL, KL_ACT_NONE, &d));

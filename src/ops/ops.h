@@ -5,6 +5,10 @@
 #include "core/graph.h"
 
 kl_status kl_unary_op(kl_graph *g, int kind, double alpha, kl_tensor *x, kl_tensor **out);
+/* The gradient through an activation fused into op y (matmul, conv2d,
+ * batchnorm): *dz = act'(y) dy, a unary_bwd node reading y; kind is a
+ * KL_UN_* kind whose gradient comes from the output (relu, tanh, sigmoid). */
+kl_status kl_fused_act_grad(kl_graph *g, int kind, kl_tensor *dy, kl_tensor *y, kl_tensor **dz);
 kl_status kl_binary_op(kl_graph *g, int kind, kl_tensor *a, kl_tensor *b, kl_tensor **out);
 /* Sum over axes in mask (bit d = axis d), keeping them as size 1, times scale. */
 kl_status kl_reduce_op(kl_graph *g, kl_tensor *x, unsigned mask, double scale, kl_tensor **out);

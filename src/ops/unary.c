@@ -94,6 +94,13 @@ kl_status kl_unary_op(kl_graph *g, int kind, double alpha, kl_tensor *x, kl_tens
     return kl_node_new(g, KL_OP_unary, 1, &x, &a, sizeof a, out);
 }
 
+kl_status kl_fused_act_grad(kl_graph *g, int kind, kl_tensor *dy, kl_tensor *y, kl_tensor **dz)
+{
+    unary_attr a = {kind, 0};
+    kl_tensor *src[2] = {dy, y};
+    return kl_node_new(g, KL_OP_unary_bwd, 2, src, &a, sizeof a, dz);
+}
+
 static kl_status unary_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 {
     const unary_attr *a = KL_ATTR(t, unary_attr);
