@@ -473,6 +473,10 @@ static void test_crash_and_resolve(void)
     net_train(&a, 2, 4);
     kl_train_state st2 = g_st;
     st2.step = 5;
+    memset(st2.watch, 'w', sizeof st2.watch); /* not terminated: refused */
+    CHECK_ERR(kl_checkpoint_save(in_dir("cs"), "step-2", a.ctx, a.opt, &st2, NULL, NULL, 0), KL_EINVAL,
+              "watch text is not terminated");
+    snprintf(st2.watch, sizeof st2.watch, "v1 the caller's text");
     CHECK_OK(kl_checkpoint_save(in_dir("cs"), "step-2", a.ctx, a.opt, &st2, NULL, NULL, 0));
     CHECK(!exists(in_dir("cs/.step-2.tmp")) && !exists(in_dir("cs/.step-7.tmp")));
     CHECK(!exists(in_dir("cs/latest.tmp.12345")));
@@ -481,7 +485,7 @@ static void test_crash_and_resolve(void)
     CHECK(!strcmp(dir, in_dir("cs/step-2")));
     kl_train_state st;
     CHECK_OK(kl_checkpoint_load(dir, m.ctx, m.opt, &st, NULL));
-    CHECK(st.step == 5);
+    CHECK(st.step == 5 && !strcmp(st.watch, "v1 the caller's text"));
     size_t na;
     unsigned char *pa = snapshot(&a, &na);
     CHECK(same_as(&m, pa, na));

@@ -105,6 +105,11 @@ check "gpt with lr 1e-9: the plateau warning, then an early stop after a checkpo
   '[ $? -eq 0 ] && grep -q "\"kind\":\"plateau\"" "$tmp/gpt-stall/metrics.jsonl" &&
    grep -q "\"type\":\"early_stop\"" "$tmp/gpt-stall/metrics.jsonl" && grep -q "stopped early" "$tmp/gpt-stall.log" &&
    [ "$(grep -c "\"type\":\"step\"" "$tmp/gpt-stall/metrics.jsonl")" -lt 12 ]'
+n0=$(grep -c '"type":"step"' "$tmp/gpt-stall/metrics.jsonl")
+"$kiln" train --resume "$tmp/gpt-stall" --threads 1 --no-tensorboard >"$tmp/gpt-stall2.log" 2>&1
+check "resumed after the early stop: the watch's state came back, so it stops after one more epoch" \
+  '[ $? -eq 0 ] && grep -q "stopped early" "$tmp/gpt-stall2.log" &&
+   [ "$(grep -c "\"type\":\"step\"" "$tmp/gpt-stall/metrics.jsonl")" -eq $((n0 + 2)) ]'
 
 "$kiln" report "$tmp/gpt" >"$tmp/report.log" 2>&1
 check "kiln report summarises a language-model run" '[ $? -eq 0 ] && grep -q "val loss" "$tmp/gpt/report.md"'

@@ -41,6 +41,35 @@ check "keys resolved in config.yaml" 'grep -q "plateau_patience: 1" "$tmp/es/con
 check "patience without early_stop: a warning, and training goes on" \
   '[ $? -eq 0 ] && grep -q "^warning: the validation loss has not improved for 2 evaluations" "$tmp/pl.log" && grep -q "^epoch 3:" "$tmp/pl.log"'
 
+# the watch's state travels in checkpoints: resumed from the end of epoch 2
+# (one evaluation without improvement), patience 2 stops at epoch 3 as the
+# uninterrupted run does (a fresh watch would go on to epoch 5)
+pat=(--set optim.lr=1e-12 --set train.plateau_patience=2 --set train.early_stop=true --set clip.max_norm=1e9
+     --set train.grad_norm_warn=1.05)
+"$kiln" train models/mlp.yaml --epochs 6 "${pat[@]}" "${small[@]}" --out "$tmp/esf" >"$tmp/esf.log" 2>&1
+check "patience 2: early stop at epoch 3" '[ $? -eq 0 ] && grep -q "^early stop at epoch 3, step 33:" "$tmp/esf.log"'
+mkdir -p "$tmp/esr/checkpoints"
+cp -r "$tmp/esf/checkpoints/step-000000022" "$tmp/esr/checkpoints/" && echo step-000000022 >"$tmp/esr/checkpoints/latest"
+cp "$tmp/esf/config.yaml" "$tmp/esr/"
+check "the checkpoint holds the watch's state" \
+  'grep -aq "\"train_watch\":\"v1 best=[^ ]* best_epoch=1 bad=1 warnings=[0-9]* norms=22@22:" "$tmp/esr/checkpoints/step-000000022/state.safetensors"'
+"$kiln" train --resume "$tmp/esr" --threads 2 --no-tensorboard >"$tmp/esr.log" 2>&1
+check "resumed at epoch 3: stops there too" \
+  '[ $? -eq 0 ] && grep -q "^early stop at epoch 3, step 33:" "$tmp/esr.log" && ! grep -q "^epoch 4:" "$tmp/esr.log"'
+warns() { grep -E "\"kind\":\"(plateau|grad_norm)\"|\"early_stop\"" "$1" | awk -F'"step":' '{split($2, a, ","); if (a[1] > 22) print}'; }
+check "resumed run: the same warnings after step 22 as the uninterrupted one" \
+  '[ -n "$(warns "$tmp/esf/metrics.jsonl")" ] && [ "$(warns "$tmp/esf/metrics.jsonl")" = "$(warns "$tmp/esr/metrics.jsonl")" ]'
+mkdir -p "$tmp/esb/checkpoints"
+cp -r "$tmp/esf/checkpoints/step-000000022" "$tmp/esb/checkpoints/" && echo step-000000022 >"$tmp/esb/checkpoints/latest"
+cp "$tmp/esf/config.yaml" "$tmp/esb/"
+sed -i 's/"v1 best=/"v9 best=/' "$tmp/esb/checkpoints/step-000000022/state.safetensors"
+"$kiln" train --resume "$tmp/esb" --threads 2 --no-tensorboard >"$tmp/esb.log" 2>&1
+check "a malformed watch state is refused, naming the checkpoint" \
+  '[ $? -eq 1 ] && grep -q "esb/checkpoints/step-000000022: metadata .train_watch. is malformed near .v9 best=" "$tmp/esb.log"'
+"$kiln" train models/mlp.yaml --epochs 6 --profile 1000 "${pat[@]}" "${small[@]}" --out "$tmp/esp" >"$tmp/esp.log" 2>&1
+check "early stop before --profile N steps: the profile of the steps that ran" \
+  '[ $? -eq 0 ] && grep -q "^profile of 33 training steps" "$tmp/esp.log"'
+
 # 3. gradient-norm jumps (warn at 1x the median: some steps must exceed it)
 "$kiln" train models/mlp.yaml --steps 30 --set clip.max_norm=1e9 --set train.grad_norm_warn=1 "${small[@]}" \
   --out "$tmp/gn" >"$tmp/gn.log" 2>&1

@@ -61,9 +61,11 @@ static double now(void)
 static kl_status save_ckpt(runner *r, kl_cfg *cfg, const kl_train_state *st, char *path, size_t n)
 {
     char tag[64], *text = NULL;
+    kl_train_state ws = *st;
+    watch_save(&r->watch, ws.watch, sizeof ws.watch);
     snprintf(tag, sizeof tag, "step-%09lld", (long long)st->step);
     KL_TRY(kl_cfg_to_string(cfg, &text));
-    kl_status s = kl_checkpoint_save(r->ckpt_root, tag, r->ctx, r->opt, st, text, path, n);
+    kl_status s = kl_checkpoint_save(r->ckpt_root, tag, r->ctx, r->opt, &ws, text, path, n);
     free(text);
     return s;
 }
@@ -256,12 +258,11 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
     st->epoch++;
     st->batch = 0;
     KL_TRY(data_seek(r, st->epoch, 0));
+    /* monitoring hook: plateau warning / early stop; the checkpoint keeps
+     * the watch's state with this evaluation in it */
+    r->early_stopped = watch_eval(&r->watch, st->epoch, st->step, r->va ? vl : l, r->va != NULL);
     KL_TRY(save_ckpt(r, cfg, st, ck, sizeof ck));
-    /* monitoring hook: plateau warning / early stop, after the checkpoint */
-    if (watch_eval(&r->watch, st->epoch, st->step, r->va ? vl : l, r->va != NULL)) {
-        r->early_stopped = 1;
-        printf("stopped early; checkpoint %s\n", ck);
-    }
+    if (r->early_stopped) printf("stopped early; checkpoint %s\n", ck);
     return KL_OK;
 }
 
@@ -393,6 +394,7 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
     snprintf(st.optim_kind, sizeof st.optim_kind, "%s", kinds[r->o.optim.kind]);
     if (a->resume) {
         KL_TRY(kl_checkpoint_load(a->ckpt_dir, r->ctx, r->opt, &st, NULL));
+        KL_TRY(watch_restore(&r->watch, st.watch, a->ckpt_dir));
         printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", a->ckpt_dir, (long long)st.step,
                (long long)st.epoch + 1, (long long)st.batch);
     }
@@ -406,7 +408,7 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         if (st.batch == per_epoch) { /* end of epoch: validate, log, checkpoint */
             KL_TRY(drain(r, cfg, &p));
             KL_TRY(end_epoch(r, cfg, &st, p.tty, &p.ep));
-            if (r->early_stopped) return KL_OK;
+            if (r->early_stopped) break;
             continue;
         }
         int64_t n = count - st.batch * B < B ? count - st.batch * B : B;
@@ -444,11 +446,12 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         if (*stop) {
             train_say_interrupted(p.tty, st.step, ck, r->run_dir);
             *interrupted = 1;
-            return KL_OK;
+            break;
         }
     }
     KL_TRY(drain(r, cfg, &p));
     watch_end(&r->watch, r->train.g, st.step); /* monitoring hook: --profile N beyond the last step */
+    if (r->early_stopped || *interrupted) return KL_OK;
     /* the last epoch ends with the last step: validate it too */
     if (p.ep.n && st.batch == per_epoch) return end_epoch(r, cfg, &st, p.tty, &p.ep);
     if (p.tty) fprintf(stderr, "\n");

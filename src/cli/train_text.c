@@ -165,9 +165,11 @@ static void teardown(lm_runner *r)
 static kl_status save_ckpt(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, char *path, size_t n)
 {
     char tag[64], *text = NULL, vp[4500];
+    kl_train_state ws = *st;
+    watch_save(&r->watch, ws.watch, sizeof ws.watch);
     snprintf(tag, sizeof tag, "step-%09lld", (long long)st->step);
     KL_TRY(kl_cfg_to_string(cfg, &text));
-    kl_status s = kl_checkpoint_save(r->ckpt_root, tag, r->ctx, r->opt, st, text, path, n);
+    kl_status s = kl_checkpoint_save(r->ckpt_root, tag, r->ctx, r->opt, &ws, text, path, n);
     free(text);
     KL_TRY(s);
     snprintf(vp, sizeof vp, "%s/vocab.txt", path);
@@ -196,8 +198,8 @@ static void lm_fields(FILE *f, const char *pre, double l)
 typedef struct { double sum; int64_t n; } mean_acc;
 
 /* End of an epoch (steps_per_epoch steps, or the last step): validation,
- * the epoch's metrics line, a checkpoint, then the plateau watch (which may
- * stop the run early, after the checkpoint). */
+ * the epoch's metrics line, the plateau watch (which may stop the run
+ * early), then a checkpoint. */
 static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, int tty, mean_acc *ep, char *ck, size_t n)
 {
     double vl = 0, l = ep->n ? ep->sum / (double)ep->n : 0;
@@ -218,11 +220,9 @@ static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, 
     train_monitor_epoch(&r->mon, epoch, st->step, l, NAN, r->n_val > 0, vl, NAN, kl_optim_lr(r->opt));
     fflush(r->metrics);
     *ep = (mean_acc){0};
-    KL_TRY(save_ckpt(r, cfg, st, ck, n));
-    if (watch_eval(&r->watch, epoch, st->step, r->n_val ? vl : l, r->n_val > 0)) {
-        r->early_stopped = 1;
-        printf("stopped early; checkpoint %s\n", ck);
-    }
+    r->early_stopped = watch_eval(&r->watch, epoch, st->step, r->n_val ? vl : l, r->n_val > 0);
+    KL_TRY(save_ckpt(r, cfg, st, ck, n)); /* with the watch's state after this evaluation */
+    if (r->early_stopped) printf("stopped early; checkpoint %s\n", ck);
     return KL_OK;
 }
 
@@ -234,6 +234,7 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
     if (a->resume) {
         KL_TRY(kl_checkpoint_load(a->ckpt_dir, r->ctx, r->opt, &st, NULL));
         KL_TRY(kl_graph_set_runs(r->train.g, st.graph_runs));
+        KL_TRY(watch_restore(&r->watch, st.watch, a->ckpt_dir));
         printf("resumed from %s at step %lld\n", a->ckpt_dir, (long long)st.step);
     }
     int64_t spe = r->o.steps_per_epoch, total = r->o.steps ? r->o.steps : r->o.epochs * spe, B = r->o.batch;
@@ -293,7 +294,7 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
             KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
             train_say_interrupted(tty, st.step, ck, r->run_dir);
             *interrupted = 1;
-            return KL_OK;
+            break;
         }
     }
     watch_end(&r->watch, r->train.g, st.step); /* --profile N beyond the last step */

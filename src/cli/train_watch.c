@@ -3,7 +3,9 @@
 #include "cli/train_monitor.h"
 #include "core/error.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -135,4 +137,59 @@ int watch_eval(train_watch *w, int64_t epoch, int64_t step, double loss, int is_
            "%lld; train.early_stop: true would stop here)\n",
            what, (long long)w->bad, w->best, (long long)w->best_epoch, (long long)w->patience);
     return 0;
+}
+
+/* "v1 best=<hex> best_epoch=N bad=N warnings=N norms=COUNT@AT:<hex>,<hex>..."
+ * (hex floats read back exactly; the norms in ring order). */
+void watch_save(const train_watch *w, char *out, size_t n)
+{
+    int len = snprintf(out, n, "v1 best=%a best_epoch=%lld bad=%lld warnings=%lld norms=%d@%d:", w->best,
+                       (long long)w->best_epoch, (long long)w->bad, (long long)w->grad_warnings, w->n_norms,
+                       w->at_norm);
+    for (int i = 0; i < w->n_norms && len > 0 && (size_t)len < n; i++)
+        len += snprintf(out + len, n - (size_t)len, "%s%a", i ? "," : "", w->norms[i]);
+}
+
+/* Reads "key=" then an integer at *p; 0 when absent or malformed. */
+static int take_int(const char **p, const char *key, long long lo, long long hi, long long *v)
+{
+    size_t k = strlen(key);
+    if (strncmp(*p, key, k)) return 0;
+    char *end;
+    errno = 0;
+    *v = strtoll(*p + k, &end, 10);
+    if (end == *p + k || errno || *v < lo || *v > hi) return 0;
+    *p = end;
+    return 1;
+}
+
+kl_status watch_restore(train_watch *w, const char *text, const char *ckpt)
+{
+    if (!text[0]) return KL_OK;
+    train_watch t = *w;
+    const char *p = text;
+    long long be, bad, gw, nn, at;
+    char *end;
+    int ok = !strncmp(p, "v1 best=", 8);
+    if (ok) {
+        t.best = strtod(p + 8, &end);
+        ok = end != p + 8 && !isnan(t.best);
+        p = end;
+    }
+    ok = ok && take_int(&p, " best_epoch=", 0, INT64_MAX, &be) && take_int(&p, " bad=", 0, INT64_MAX, &bad) &&
+         take_int(&p, " warnings=", 0, INT64_MAX, &gw) && take_int(&p, " norms=", 0, WATCH_NORMS, &nn) &&
+         take_int(&p, "@", 0, WATCH_NORMS - 1, &at) && *p++ == ':';
+    for (int i = 0; ok && i < nn; i++) {
+        if (i && *p++ != ',') ok = 0;
+        else {
+            t.norms[i] = strtod(p, &end);
+            ok = end != p && isfinite(t.norms[i]);
+            p = end;
+        }
+    }
+    if (!ok || *p)
+        return kl_fail(KL_EFORMAT, "%s: metadata 'train_watch' is malformed near '%.40s'", ckpt, ok ? p : text);
+    t.best_epoch = be, t.bad = bad, t.grad_warnings = gw, t.n_norms = (int)nn, t.at_norm = (int)at;
+    *w = t;
+    return KL_OK;
 }

@@ -49,5 +49,12 @@ void watch_end(train_watch *w, kl_graph *g, int64_t step);
 /* After an evaluation (loss: validation loss, or the epoch's training loss
  * without a validation set). Returns 1 when training should stop early. */
 int watch_eval(train_watch *w, int64_t epoch, int64_t step, double loss, int is_val);
+/* The convergence state (best loss, evaluations without improvement, the
+ * gradient norms of the running median) as text for a checkpoint's train
+ * state, exact to the bit; the profile is not part of it. */
+void watch_save(const train_watch *w, char *out, size_t n);
+/* Restores what watch_save wrote ("" : leaves the fresh state); KL_EFORMAT
+ * naming ckpt when the text is malformed. */
+kl_status watch_restore(train_watch *w, const char *text, const char *ckpt);
 
 #endif

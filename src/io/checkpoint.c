@@ -220,6 +220,9 @@ static kl_status state_fill(kl_st_writer *w, kl_ctx *c, kl_optim *opt, const kl_
     KL_TRY(meta_num(w, "graph_runs", st->graph_runs, false));
     KL_TRY(meta_num(w, "seed", st->seed, false));
     KL_TRY(kl_st_writer_meta(w, "optimizer", kind));
+    if (memchr(st->watch, 0, sizeof st->watch) == NULL)
+        return kl_fail(KL_EINVAL, "kl_checkpoint_save: train state's watch text is not terminated");
+    if (st->watch[0]) KL_TRY(kl_st_writer_meta(w, "train_watch", st->watch));
     if (!opt) return KL_OK;
     KL_TRY(meta_num(w, "optim_steps", (unsigned long long)kl_optim_steps(opt), true));
     char lr[40]; /* informational (the config sets it): shortest text that reads back exactly */

@@ -26,6 +26,8 @@
 #include "kiln/graph.h"
 #include "kiln/optim.h"
 
+#define KL_CKPT_WATCH_BYTES 2048
+
 typedef struct kl_train_state {
     int64_t step;        /* optimizer steps done */
     int64_t epoch;       /* epoch to resume in */
@@ -33,6 +35,10 @@ typedef struct kl_train_state {
     uint64_t graph_runs; /* the training graph's run counter (dropout stream) */
     uint64_t seed;
     char optim_kind[16]; /* "adam", "adamw", "sgd" */
+    /* the caller's own text, saved as metadata "train_watch" when not empty
+     * (kiln train's convergence watch, so a resumed run warns and stops
+     * where an uninterrupted one would); "" when a checkpoint has none */
+    char watch[KL_CKPT_WATCH_BYTES];
 } kl_train_state;
 
 /* Saves a checkpoint as <ckpt_root>/<tag>/{model,state}.safetensors and

@@ -160,6 +160,11 @@ static kl_status check_state(const char *file, const kl_st_file *f, const kl_ctx
         return kl_fail(KL_EFORMAT, "%s: metadata 'optimizer' is '%.40s', longer than %zu bytes", file, kind,
                        sizeof ns->optim_kind - 1);
     strcpy(ns->optim_kind, kind);
+    const char *watch = kl_st_meta(f, "train_watch"); /* optional: older checkpoints have none */
+    if (watch && strlen(watch) >= sizeof ns->watch)
+        return kl_fail(KL_EFORMAT, "%s: metadata 'train_watch' holds %zu bytes, more than %zu", file, strlen(watch),
+                       sizeof ns->watch - 1);
+    snprintf(ns->watch, sizeof ns->watch, "%s", watch ? watch : "");
     *optim_steps = ns->step;
     if (!opt) return KL_OK;
     if (kl_st_meta(f, "optim_steps")) {
