@@ -3,7 +3,7 @@
  * leaves them, every (piece, column) thread of emb_piece_k, then every one
  * of emb_join_k, into NaN-filled head/tail sums (a read of anything not
  * written shows). dW must equal the CPU's: each row's positions summed in
- * order (exactly for rows within one piece, else within rounding), bad
+ * order (bit for bit for rows within one piece, else within rounding), bad
  * indices dropped, rows no position names zero. Index patterns: one row
  * everywhere, runs of exactly one, two and three pieces, a run ending on a
  * piece edge, alternating rows, a long padding run among random rows, bad
@@ -37,6 +37,8 @@ static void sort_keys(const uint32_t *k, int64_t P, int64_t V, uint32_t *key, ui
     free(count);
 }
 
+static int64_t g_exact_rows; /* one-piece rows checked bit for bit */
+
 #define EMU_CASE(T)                                                                                \
     static void run_##T(const char *cs, const uint32_t *k, int64_t P, int64_t V, int64_t D, double tol) \
     {                                                                                              \
@@ -58,6 +60,23 @@ static void sort_keys(const uint32_t *k, int64_t P, int64_t V, uint32_t *key, ui
             worst = isnan((double)dw[i]) ? INFINITY : fmax(worst, fabs((double)dw[i] - ref[i]) / big); \
         if (!(worst <= tol)) fprintf(stderr, "  %s: dW off by %.3g (relative to the largest)\n", cs, worst); \
         CHECK(worst <= tol);                                                                       \
+        /* a row whose sorted run lies in one piece: bit-equal to the CPU's T sum in position order */ \
+        T *cpu = calloc((size_t)(V * D), sizeof(T));                                               \
+        for (int64_t p = 0; p < P; p++)                                                            \
+            if (k[p] < V)                                                                          \
+                for (int64_t d = 0; d < D; d++) cpu[k[p] * D + d] += dy[p * D + d];                \
+        int64_t exact = 0, off = 0;                                                                \
+        for (int64_t i = 0, j; i < P; i = j) {                                                     \
+            for (j = i; j < P && key[j] == key[i]; j++) {}                                         \
+            if (key[i] >= V || i / KL_EMB_PIECE != (j - 1) / KL_EMB_PIECE) continue;               \
+            exact++;                                                                               \
+            off += memcmp(&dw[key[i] * D], &cpu[key[i] * D], (size_t)D * sizeof(T)) != 0;         \
+        }                                                                                          \
+        if (off) fprintf(stderr, "  %s: %lld of %lld one-piece rows differ from the CPU's sums\n", cs, \
+                         (long long)off, (long long)exact);                                        \
+        CHECK(off == 0);                                                                           \
+        g_exact_rows += exact;                                                                     \
+        free(cpu);                                                                                 \
         free(dy), free(dw), free(ref), free(key), free(pos), free(head), free(tail);               \
     }
 EMU_CASE(float)
@@ -105,5 +124,6 @@ int main(void)
             run_double(cs, k, P, V, D, 1e-13);
             free(k);
         }
+    CHECK(g_exact_rows > 100); /* the bit-equality check saw real cases */
     return kl_test_done("test_emb_grad");
 }
