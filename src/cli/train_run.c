@@ -60,14 +60,31 @@ static double now(void)
 
 static kl_status save_ckpt(runner *r, kl_cfg *cfg, const kl_train_state *st, char *path, size_t n)
 {
+    return train_ckpt_save(r->ckpt_root, cfg, r->ctx, r->opt, &r->watch, st, path, n);
+}
+
+kl_status train_ckpt_save(const char *ckpt_root, kl_cfg *cfg, kl_ctx *ctx, kl_optim *opt, const train_watch *w,
+                          const kl_train_state *st, char *path, size_t n)
+{
     char tag[64], *text = NULL;
     kl_train_state ws = *st;
-    watch_save(&r->watch, ws.watch, sizeof ws.watch);
+    watch_save(w, ws.watch, sizeof ws.watch);
     snprintf(tag, sizeof tag, "step-%09lld", (long long)st->step);
     KL_TRY(kl_cfg_to_string(cfg, &text));
-    kl_status s = kl_checkpoint_save(r->ckpt_root, tag, r->ctx, r->opt, &ws, text, path, n);
+    kl_status s = kl_checkpoint_save(ckpt_root, tag, ctx, opt, &ws, text, path, n);
     free(text);
     return s;
+}
+
+kl_status train_state_start(const train_args *a, const train_opts *o, kl_ctx *ctx, kl_optim *opt, train_watch *w,
+                            kl_train_state *st)
+{
+    static const char *const kinds[] = {"sgd", "adam", "adamw"};
+    *st = (kl_train_state){.seed = o->seed};
+    snprintf(st->optim_kind, sizeof st->optim_kind, "%s", kinds[o->optim.kind]);
+    if (!a->resume) return KL_OK;
+    KL_TRY(kl_checkpoint_load(a->ckpt_dir, ctx, opt, st, NULL));
+    return watch_restore(w, st->watch, a->ckpt_dir);
 }
 
 kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg, char *run_dir, char *ckpt_root,
@@ -389,15 +406,11 @@ static kl_status drain(runner *r, kl_cfg *cfg, pipe_state *p)
 
 static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop, int *interrupted)
 {
-    kl_train_state st = {.seed = r->o.seed};
-    static const char *const kinds[] = {"sgd", "adam", "adamw"};
-    snprintf(st.optim_kind, sizeof st.optim_kind, "%s", kinds[r->o.optim.kind]);
-    if (a->resume) {
-        KL_TRY(kl_checkpoint_load(a->ckpt_dir, r->ctx, r->opt, &st, NULL));
-        KL_TRY(watch_restore(&r->watch, st.watch, a->ckpt_dir));
+    kl_train_state st;
+    KL_TRY(train_state_start(a, &r->o, r->ctx, r->opt, &r->watch, &st));
+    if (a->resume)
         printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", a->ckpt_dir, (long long)st.step,
                (long long)st.epoch + 1, (long long)st.batch);
-    }
     int64_t count = kl_dataset_count(r->tr), B = r->o.batch;
     int64_t per_epoch = r->o.drop_last ? count / B : (count + B - 1) / B;
     pipe_state p = {.tty = isatty(2), .total = r->o.steps ? r->o.steps : r->o.epochs * per_epoch};

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include "io/config.h"
 #include "io/checkpoint.h"
+#include "cli/train_opts.h"
+#include "cli/train_watch.h"
 
 typedef struct train_args {
     const char *config, *device, *out, *init, *resume_path;
@@ -19,6 +21,17 @@ typedef struct train_args {
  * bytes, ckpt_root 4200. */
 kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg, char *run_dir, char *ckpt_root,
                              FILE **metrics);
+
+/* The state training starts from: step 0 with o's seed and optimizer kind,
+ * or with --resume the checkpoint's (into ctx and opt), the watch's state
+ * restored from it. */
+kl_status train_state_start(const train_args *a, const train_opts *o, kl_ctx *ctx, kl_optim *opt, train_watch *w,
+                            kl_train_state *st);
+
+/* Saves checkpoint <ckpt_root>/step-<N> of st with the config text and the
+ * watch's state; path (n bytes) gets its directory. */
+kl_status train_ckpt_save(const char *ckpt_root, kl_cfg *cfg, kl_ctx *ctx, kl_optim *opt, const train_watch *w,
+                          const kl_train_state *st, char *path, size_t n);
 
 /* Tells the user a signal stopped the run at step, where the checkpoint
  * is, and how to resume. */

@@ -164,14 +164,8 @@ static void teardown(lm_runner *r)
 /* A checkpoint, with the vocabulary beside model.safetensors. */
 static kl_status save_ckpt(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, char *path, size_t n)
 {
-    char tag[64], *text = NULL, vp[4500];
-    kl_train_state ws = *st;
-    watch_save(&r->watch, ws.watch, sizeof ws.watch);
-    snprintf(tag, sizeof tag, "step-%09lld", (long long)st->step);
-    KL_TRY(kl_cfg_to_string(cfg, &text));
-    kl_status s = kl_checkpoint_save(r->ckpt_root, tag, r->ctx, r->opt, &ws, text, path, n);
-    free(text);
-    KL_TRY(s);
+    char vp[4500];
+    KL_TRY(train_ckpt_save(r->ckpt_root, cfg, r->ctx, r->opt, &r->watch, st, path, n));
     snprintf(vp, sizeof vp, "%s/vocab.txt", path);
     return kl_vocab_save(r->vocab, vp);
 }
@@ -228,15 +222,10 @@ static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, 
 
 static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop, int *interrupted)
 {
-    kl_train_state st = {.seed = r->o.seed};
-    static const char *const kinds[] = {"sgd", "adam", "adamw"};
-    snprintf(st.optim_kind, sizeof st.optim_kind, "%s", kinds[r->o.optim.kind]);
-    if (a->resume) {
-        KL_TRY(kl_checkpoint_load(a->ckpt_dir, r->ctx, r->opt, &st, NULL));
-        KL_TRY(kl_graph_set_runs(r->train.g, st.graph_runs));
-        KL_TRY(watch_restore(&r->watch, st.watch, a->ckpt_dir));
-        printf("resumed from %s at step %lld\n", a->ckpt_dir, (long long)st.step);
-    }
+    kl_train_state st;
+    KL_TRY(train_state_start(a, &r->o, r->ctx, r->opt, &r->watch, &st));
+    KL_TRY(kl_graph_set_runs(r->train.g, st.graph_runs));
+    if (a->resume) printf("resumed from %s at step %lld\n", a->ckpt_dir, (long long)st.step);
     int64_t spe = r->o.steps_per_epoch, total = r->o.steps ? r->o.steps : r->o.epochs * spe, B = r->o.batch;
     int tty = isatty(2);
     mean_acc ep = {0}, win = {0};
