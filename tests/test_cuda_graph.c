@@ -9,12 +9,15 @@
  *    overlapping captured replays, against the host;
  *  - small (kernel-argument) and large host-to-device copies;
  *  - per-op profile times from CUDA events; capture dropped when the plan
- *    changes.
+ *    changes;
+ *  - gradient accumulation (tests/lib/accum_case.h): cycles replayed from
+ *    one captured graph against the CPU, a short cycle, the NaN guard.
  * Without a usable GPU: "skipped: <reason>", exit 77. */
 #include "kiln/kiln.h"
 #include "testutil.h"
 #include "cuda_parity.h"
 #include "stream_case.h"
+#include "accum_case.h"
 #include "backends/backend.h" /* kl_cuda_available */
 
 #include <math.h>
@@ -305,6 +308,30 @@ static void test_stream(kl_device gpu)
     if (bad) printf("  streamed data: %d of %d steps differ from the host\n", bad, S);
 }
 
+/* ---- gradient accumulation: the same cases on the GPU and the CPU ---- */
+static void test_accumulate(kl_device gpu)
+{
+    static const struct { int acc, rows, runs, end_at, nan_run; } cases[] = {
+        {3, 4, 6, -1, -1}, {0, 12, 2, -1, -1}, {4, 4, 3, 2, -1}, {3, 4, 6, -1, 3}, {3, 4, 2, -1, -1}};
+    for (int f32 = 0; f32 < 2; f32++)
+        for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+            accum_case c[2];
+            for (int d = 0; d < 2; d++) {
+                c[d] = (accum_case){.dev = d ? gpu : (kl_device){KL_DEVICE_CPU, 0}, .dt = f32 ? KL_F32 : KL_F64,
+                                    .accumulate = cases[k].acc, .rows = cases[k].rows, .runs = cases[k].runs,
+                                    .end_cycle_at = cases[k].end_at, .nan_run = cases[k].nan_run};
+                CHECK_OK(accum_case_run(&c[d]));
+            }
+            double worst = 0, tol = f32 ? 2e-3 : 1e-10; /* f32: TF32 GEMMs */
+            for (int i = 0; i < ACCUM_CASE_PARAMS; i++)
+                worst = fmax(worst, fabs(c[1].params[i] - c[0].params[i]) / (1e-2 + fabs(c[0].params[i])));
+            if (!(worst <= tol)) printf("  accumulation case %zu (%s): GPU vs CPU off by %.3g\n", k, f32 ? "f32" : "f64", worst);
+            CHECK(worst <= tol);
+            CHECK(c[1].steps == c[0].steps && c[1].pending == c[0].pending && c[1].halted == c[0].halted);
+            if (cases[k].nan_run == 3) CHECK(c[1].halted == 1);
+        }
+}
+
 int main(void)
 {
     if (kl_cuda_available(0) != KL_OK) {
@@ -316,5 +343,6 @@ int main(void)
     test_rows(gpu);
     test_copies(gpu);
     test_stream(gpu);
+    test_accumulate(gpu);
     return kl_test_done("test_cuda_graph");
 }

@@ -99,6 +99,16 @@ done
 check "gpt --profile 5: the op table and a profile record" \
   '[ $? -eq 0 ] && grep -q "^profile of 5 training steps" "$tmp/gpt-prof.log" && grep -q "attention" "$tmp/gpt-prof.log" &&
    grep -q "\"type\":\"profile\"" "$tmp/gpt-prof/metrics.jsonl"'
+"$kiln" train "$tmp/gpt.yaml" --out "$tmp/gpt-acc" --threads 1 --steps 4 --set train.accumulate=2 --set train.checkpoint_every=2 \
+  --no-tensorboard >"$tmp/gpt-acc.log" 2>&1
+check "gpt with train.accumulate 2: 4 steps of two batches each" \
+  '[ $? -eq 0 ] && [ "$(grep -c "\"type\":\"step\"" "$tmp/gpt-acc/metrics.jsonl")" -eq 4 ] && [ -d "$tmp/gpt-acc/checkpoints/step-000000002" ]'
+mkdir -p "$tmp/gpt-accr/checkpoints" && cp -r "$tmp/gpt-acc/checkpoints/step-000000002" "$tmp/gpt-accr/checkpoints/" &&
+  echo step-000000002 >"$tmp/gpt-accr/checkpoints/latest" && cp "$tmp/gpt-acc/config.yaml" "$tmp/gpt-acc/vocab.txt" "$tmp/gpt-accr/" 2>/dev/null
+"$kiln" train --resume "$tmp/gpt-accr" --threads 1 --no-tensorboard >"$tmp/gpt-accr.log" 2>&1
+lsteps() { grep '"type":"step"' "$1/metrics.jsonl" | sed 's/.*"loss":\([^,]*\),.*/\1/'; }
+check "gpt with train.accumulate 2 resumed at step 2: the same losses" \
+  '[ $? -eq 0 ] && [ "$(lsteps "$tmp/gpt-acc" | tail -n 2)" = "$(lsteps "$tmp/gpt-accr")" ]'
 "$kiln" train "$tmp/gpt.yaml" --out "$tmp/gpt-stall" --threads 1 --steps 12 --no-tensorboard --set train.steps_per_epoch=2 \
   --set train.plateau_patience=1 --set train.early_stop=true --set optim.lr=1e-9 >"$tmp/gpt-stall.log" 2>&1
 check "gpt with lr 1e-9: the plateau warning, then an early stop after a checkpoint" \

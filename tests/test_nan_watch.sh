@@ -7,6 +7,7 @@
 #  3. weights with an Inf loaded with --init: the parameter is named;
 #  4. train.nan_watch=false: the plain divergence message only;
 #  5. the MLP case with streamed data (data.on_device=false): the same report;
+#  6. the MLP case with train.accumulate 2: the same layer named;
 # and kiln report shows the finding.
 set -u
 kiln="$1/kiln"
@@ -31,6 +32,10 @@ check "kiln report shows the finding" 'grep -q "diverged (NaN watch)  *step 2: f
 "$kiln" train models/mlp.yaml --steps 10 --lr 1e30 "${small[@]}" --set data.on_device=false --out "$tmp/mlps" >"$tmp/mlps.log" 2>&1
 check "streamed data: the same finding, from the slot's host copy" \
   '[ $? -eq 1 ] && [ "$(grep "^NaN watch" "$tmp/mlps.log")" = "$(grep "^NaN watch" "$tmp/mlp.log")" ]'
+
+"$kiln" train models/mlp.yaml --steps 10 --lr 1e30 "${small[@]}" --set train.accumulate=2 --out "$tmp/mlpa" >"$tmp/mlpa.log" 2>&1
+check "train.accumulate 2: the step's first batch diverges after one update; the same layer is named" \
+  '[ $? -eq 1 ] && grep -q "kiln train: step 2: loss is .*nan" "$tmp/mlpa.log" && grep -q "^NaN watch: first non-finite values in the output of layers.4 (op linear, models/mlp.yaml:10)" "$tmp/mlpa.log"'
 
 "$kiln" train models/cnn.yaml --steps 10 --lr 1e20 --set optim.kind=sgd "${small[@]}" --out "$tmp/cnn" >"$tmp/cnn.log" 2>&1
 check "cnn sgd lr 1e20: names layers.7 (linear, cnn.yaml:13)" \

@@ -38,6 +38,12 @@ typedef struct kl_optim_opts {
     double beta1, beta2; /* Adam/AdamW; 0 means 0.9, 0.999 */
     double eps;          /* Adam/AdamW; 0 means 1e-8 */
     double max_grad_norm; /* > 0: scale gradients so their global L2 norm is at most this */
+    /* Gradient accumulation: > 1, an update every `accumulate` runs with the
+     * mean of their gradients (the runs between only add theirs to an
+     * accumulator of the parameters' size); 0 or 1: every run updates. With
+     * accumulation the gradient norm is always computed (the non-finite
+     * guard needs it). */
+    int accumulate;
 } kl_optim_opts;
 
 /* Creates an optimizer for every trainable parameter of ctx (also ones
@@ -62,7 +68,15 @@ KL_API double kl_optim_last_grad_norm(const kl_optim *opt);
  * as of the last synchronisation); kl_optim_clear_halt lets them go on. */
 KL_API int kl_optim_halted(const kl_optim *opt);
 KL_API kl_status kl_optim_clear_halt(kl_optim *opt);
+/* Sets the update count (resuming); a cycle of accumulation in progress
+ * is dropped. */
 KL_API kl_status kl_optim_set_steps(kl_optim *opt, int64_t steps);
+/* Accumulation: the next run updates with the mean gradient of its cycle
+ * so far, however few runs it holds (the last batches of an epoch). */
+KL_API kl_status kl_optim_end_cycle(kl_optim *opt);
+/* Runs accumulated since the last update (0 at a cycle's boundary, where a
+ * checkpoint should be taken: the accumulator is not part of the state). */
+KL_API int64_t kl_optim_pending(const kl_optim *opt);
 
 /* Optimizer state, for checkpoints: named flat tensors in the parameters'
  * layout ("exp_avg", "exp_avg_sq" for Adam; "momentum_buffer" for SGD). */

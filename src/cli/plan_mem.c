@@ -12,8 +12,9 @@
 
 int optim_state_factor(const kl_optim_opts *oo)
 {
-    if (oo->kind == KL_OPTIM_ADAM || oo->kind == KL_OPTIM_ADAMW) return 2;
-    return oo->momentum > 0 ? 1 : 0;
+    int acc = oo->accumulate > 1; /* the gradient accumulator */
+    if (oo->kind == KL_OPTIM_ADAM || oo->kind == KL_OPTIM_ADAMW) return 2 + acc;
+    return (oo->momentum > 0 ? 1 : 0) + acc;
 }
 
 kl_status planner_init(planner *p, kl_model *m, const kl_optim_opts *oo, int threads, kl_device dev)
@@ -181,8 +182,8 @@ void mem_plan_print(FILE *f, const mem_plan *p, const kl_optim_opts *oo)
         fprintf(f, "  buffers              %12s  %14zu bytes  (running statistics)\n", fmt_bytes(a, sizeof a, (double)p->buffers),
                 p->buffers);
     fprintf(f, "  gradients            %12s  %14zu bytes\n", fmt_bytes(a, sizeof a, (double)p->grads), p->grads);
-    fprintf(f, "  optimizer state      %12s  %14zu bytes  (%s: %d x parameters)\n", fmt_bytes(a, sizeof a, (double)p->optim),
-            p->optim, (unsigned)oo->kind < 3 ? kinds[oo->kind] : "?", k);
+    fprintf(f, "  optimizer state      %12s  %14zu bytes  (%s%s: %d x parameters)\n", fmt_bytes(a, sizeof a, (double)p->optim),
+            p->optim, (unsigned)oo->kind < 3 ? kinds[oo->kind] : "?", oo->accumulate > 1 ? " with gradient accumulation" : "", k);
     fprintf(f, "  activations (arena)  %12s  %14zu bytes  (memory plan of the step: %d ops, batch %lld;",
             fmt_bytes(a, sizeof a, (double)p->arena), p->arena, p->nodes, (long long)p->batch);
     fprintf(f, " %s without reuse)\n", fmt_bytes(a, sizeof a, (double)p->arena_no_reuse));

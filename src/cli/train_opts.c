@@ -142,7 +142,7 @@ static kl_status read_train(kl_cfg *cfg, train_opts *o)
 {
     static const char *const keys[] = {"epochs", "steps", "batch", "seed", "log_every", "checkpoint_every",
                                        "threads", "eval_every_epoch", "checkpoint_every_epoch", "steps_per_epoch",
-                                       "val_batches", "plateau_patience", "early_stop", "grad_norm_warn",
+                                       "val_batches", "plateau_patience", "early_stop", "grad_norm_warn", "accumulate",
                                        /* read by the monitoring (cli/train_monitor.c) */
                                        "histogram_every", "telemetry_interval", "nan_watch", NULL};
     kl_cfg_node *m;
@@ -152,6 +152,9 @@ static kl_status read_train(kl_cfg *cfg, train_opts *o)
     GET_INT("train", "steps", 0, 0, INT64_MAX / 2, o->steps);
     if (!o->epochs && !o->steps) return kl_cfg_fail(m, KL_EINVAL, "train: set epochs or steps");
     GET_INT("train", "batch", 128, 1, 1 << 24, o->batch);
+    int64_t acc;
+    GET_INT("train", "accumulate", 1, 1, 1 << 20, acc); /* batches per optimizer step */
+    o->optim.accumulate = (int)acc;
     GET_INT("train", "seed", 1, 0, INT64_MAX, seed);
     o->seed = (uint64_t)seed;
     GET_INT("train", "log_every", 50, 1, INT64_MAX / 2, o->log_every);

@@ -283,10 +283,13 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
     return KL_OK;
 }
 
-/* Steps issued whose records have not been handled, oldest first. */
+/* Runs issued whose records have not been handled, oldest first: one a
+ * batch; with train.accumulate K, the K batches of a step share its number
+ * and the last one (which updates) ends it. */
 typedef struct {
     int64_t step, epoch, batch, n; /* step number (1-based), position, rows */
     int32_t start;                 /* the batch's offset in the data's order or slots */
+    int last;                      /* the step's last batch */
     double lr;
     step_graph *sg;
 } issued;
@@ -297,6 +300,8 @@ typedef struct {
     double t_last;          /* when the last record was handled */
     double win_loss, t_win; /* the log_every window */
     double data_wait;       /* waiting for host batches since the last handled step */
+    double cyc_loss;        /* the step's batches handled so far: loss sum, correct, rows */
+    int64_t cyc_corr, cyc_n;
     int64_t win_n;
     epoch_acc ep;
     int tty;
@@ -361,10 +366,10 @@ static kl_status handle_one(runner *r, kl_cfg *cfg, pipe_state *p, int wait, int
     *done = 1;
     p->head = (p->head + 1) % PIPE_RING;
     p->len--;
-    double mean = v[0], l = mean * (double)it->n, now_s = now(), t_step = now_s - p->t_last;
+    double mean = v[0], l = mean * (double)it->n, now_s = now();
     int64_t corr = (int64_t)v[1];
-    p->t_last = now_s;
-    if (!isfinite(mean) || (r->o.optim.max_grad_norm > 0 && !isfinite(v[2]))) {
+    int has_norm = r->o.optim.max_grad_norm > 0 || r->o.optim.accumulate > 1; /* and the step's last batch */
+    if (!isfinite(mean) || (has_norm && it->last && !isfinite(v[2]))) {
         /* the device finishes the steps after it (their updates were skipped), then the watch explains */
         while (p->len) {
             double w[3];
@@ -376,15 +381,24 @@ static kl_status handle_one(runner *r, kl_cfg *cfg, pipe_state *p, int wait, int
         }
         return diverged(r, cfg, it, mean, v[2]);
     }
-    if (p->ep.n == 0) p->ep.t0 = now_s - t_step;
+    double t_step = now_s - p->t_last; /* since the step before's last batch */
+    if (p->ep.n == 0) p->ep.t0 = p->t_last;
     p->ep.loss += l, p->ep.correct += corr, p->ep.n += it->n, p->win_loss += l, p->win_n += it->n;
+    p->cyc_loss += l, p->cyc_corr += corr, p->cyc_n += it->n;
+    if (!it->last) return KL_OK;
+    /* the step's record: its batches together */
+    mean = p->cyc_loss / (double)p->cyc_n;
+    corr = p->cyc_corr;
+    int64_t rows = p->cyc_n;
+    p->cyc_loss = 0, p->cyc_corr = 0, p->cyc_n = 0;
+    p->t_last = now_s;
     double lr = it->lr;
     fprintf(r->metrics,
             "{\"type\":\"step\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"lr\":%.9g,"
             "\"samples_per_s\":%.1f,\"wall_s\":%.3f}\n",
-            (long long)it->step, (long long)it->epoch + 1, mean, (double)corr / (double)it->n, lr,
-            t_step > 0 ? (double)it->n / t_step : 0.0, now_s - r->t0);
-    train_monitor_step(&r->mon, it->step, mean, (double)corr / (double)it->n, lr); /* monitoring hook */
+            (long long)it->step, (long long)it->epoch + 1, mean, (double)corr / (double)rows, lr,
+            t_step > 0 ? (double)rows / t_step : 0.0, now_s - r->t0);
+    train_monitor_step(&r->mon, it->step, mean, (double)corr / (double)rows, lr); /* monitoring hook */
     watch_step(&r->watch, r->train.g, v[2], it->step, t_step, p->data_wait); /* monitoring hook */
     p->data_wait = 0;
     if (it->step % r->o.log_every == 0 || it->step == p->total) {
@@ -411,9 +425,10 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
     if (a->resume)
         printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", a->ckpt_dir, (long long)st.step,
                (long long)st.epoch + 1, (long long)st.batch);
-    int64_t count = kl_dataset_count(r->tr), B = r->o.batch;
-    int64_t per_epoch = r->o.drop_last ? count / B : (count + B - 1) / B;
-    pipe_state p = {.tty = isatty(2), .total = r->o.steps ? r->o.steps : r->o.epochs * per_epoch};
+    int64_t count = kl_dataset_count(r->tr), B = r->o.batch, K = r->o.optim.accumulate > 1 ? r->o.optim.accumulate : 1;
+    int64_t per_epoch = r->o.drop_last ? count / B : (count + B - 1) / B; /* batches */
+    int64_t steps_per_epoch = (per_epoch + K - 1) / K; /* an epoch's last step takes what is left */
+    pipe_state p = {.tty = isatty(2), .total = r->o.steps ? r->o.steps : r->o.epochs * steps_per_epoch};
     p.t_last = p.t_win = now();
     KL_TRY(data_seek(r, st.epoch, st.batch));
     char ck[4400];
@@ -442,15 +457,19 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         }
         KL_TRY(kl_tensor_set(sg->start, &at, sizeof at));
         KL_TRY(kl_optim_set_lr(r->opt, train_lr(&r->o, st.step, p.total)));
-        KL_TRY(kl_graph_set_runs(sg->g, (uint64_t)st.step));
+        /* with accumulation the step ends after K batches or with the epoch */
+        int last = kl_optim_pending(r->opt) + 1 >= K || st.batch + 1 == per_epoch;
+        if (last && K > 1) KL_TRY(kl_optim_end_cycle(r->opt));
+        KL_TRY(kl_graph_set_runs(sg->g, st.graph_runs)); /* dropout: one stream a batch */
         KL_TRY(kl_graph_run(sg->g));
-        p.q[(p.head + p.len) % PIPE_RING] = (issued){st.step + 1, st.epoch, st.batch, n, at, kl_optim_lr(r->opt), sg};
+        p.q[(p.head + p.len) % PIPE_RING] = (issued){st.step + 1, st.epoch, st.batch, n, at, last, kl_optim_lr(r->opt), sg};
         p.len++;
-        st.step++;
+        st.step += last;
         st.batch++;
-        st.graph_runs = st.step;
+        st.graph_runs++;
         /* handle what has arrived; wait for the oldest when r->d.depth are out */
         for (int done = 1; done && p.len;) KL_TRY(handle_one(r, cfg, &p, p.len >= r->d.depth, &done));
+        if (!last) continue; /* checkpoints and interrupts between steps: the accumulator is not saved */
         if ((r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) || *stop) {
             KL_TRY(drain(r, cfg, &p));
             fflush(r->metrics);

@@ -1,8 +1,9 @@
 /* The training loop for language models on text (see train_text.h). One
- * optimizer step = one batch of B random windows of T+1 tokens from the
- * training part of the corpus, drawn by kl_tokens_batch(seed, step): the
- * step number alone fixes the batch, so a resumed run (same parameters,
- * optimizer state and dropout counter) logs the same losses bit for bit. */
+ * optimizer step = one batch (train.accumulate K: K batches) of B random
+ * windows of T+1 tokens from the training part of the corpus, each drawn
+ * by kl_tokens_batch(seed, run): the run number alone fixes the batch, so
+ * a resumed run (same parameters, optimizer state and dropout counter)
+ * logs the same losses bit for bit. */
 #include "cli/train_text.h"
 #include "cli/evaluator.h"
 #include "cli/plan.h"
@@ -226,25 +227,32 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
     KL_TRY(train_state_start(a, &r->o, r->ctx, r->opt, &r->watch, &st));
     KL_TRY(kl_graph_set_runs(r->train.g, st.graph_runs));
     if (a->resume) printf("resumed from %s at step %lld\n", a->ckpt_dir, (long long)st.step);
-    int64_t spe = r->o.steps_per_epoch, total = r->o.steps ? r->o.steps : r->o.epochs * spe, B = r->o.batch;
+    int64_t spe = r->o.steps_per_epoch, total = r->o.steps ? r->o.steps : r->o.epochs * spe;
+    int64_t K = r->o.optim.accumulate > 1 ? r->o.optim.accumulate : 1, B = r->o.batch * K; /* sequences a step */
     int tty = isatty(2);
     mean_acc ep = {0}, win = {0};
     double t_win = now();
     char ck[4400];
     while (st.step < total && !r->early_stopped) {
-        double l = 0, t_start = now();
-        int64_t dummy = 0;
+        double l = 0, t_start = now(), t_data = 0;
         KL_TRY(kl_optim_set_lr(r->opt, train_lr(&r->o, st.step, total)));
-        KL_TRY(kl_tokens_batch(r->tok, 0, r->n_train, r->o.seed, st.step, B, r->T, r->x, r->y));
-        double t_data = now();
-        KL_TRY(step_graph_run(&r->train, r->model, r->x, r->y, &l, &dummy, NULL, NULL));
-        l /= (double)r->train.rows;
+        /* K batches a step (train.accumulate), each chosen by its run number */
+        for (int64_t k = 0; k < K; k++) {
+            double t0 = now(), lk = 0;
+            int64_t dummy = 0;
+            KL_TRY(kl_tokens_batch(r->tok, 0, r->n_train, r->o.seed, (int64_t)st.graph_runs, r->o.batch, r->T, r->x,
+                                   r->y));
+            t_data += now() - t0;
+            KL_TRY(step_graph_run(&r->train, r->model, r->x, r->y, &lk, &dummy, NULL, NULL));
+            st.graph_runs++;
+            l += lk / (double)r->train.rows / (double)K;
+            if (!isfinite(lk)) l = lk;
+        }
         if (kl_optim_halted(r->opt)) /* a non-finite loss or gradient norm: the optimizer skipped the update */
             return kl_fail(KL_ENUMERIC, "step %lld: the %s is %g: training diverged (try a lower learning rate or "
                            "clip.max_norm); the last checkpoint holds the weights before it", (long long)st.step + 1,
                            isfinite(l) ? "gradient norm" : "loss", isfinite(l) ? kl_optim_last_grad_norm(r->opt) : l);
         st.step++;
-        st.graph_runs = st.step;
         st.epoch = st.step / spe;
         st.batch = st.step % spe;
         ep.sum += l, ep.n++, win.sum += l, win.n++;
@@ -254,7 +262,7 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
         fprintf(r->metrics, ",\"lr\":%.9g,\"wall_s\":%.3f}\n", kl_optim_lr(r->opt), now() - r->t0);
         train_monitor_step(&r->mon, st.step, l, NAN, kl_optim_lr(r->opt));
         /* the batch is cut on the host before the step: that is its data wait */
-        watch_step(&r->watch, r->train.g, kl_optim_last_grad_norm(r->opt), st.step, now() - t_start, t_data - t_start);
+        watch_step(&r->watch, r->train.g, kl_optim_last_grad_norm(r->opt), st.step, now() - t_start, t_data);
         if (st.step % r->o.log_every == 0 || st.step == total) {
             double t = now(), wps = (double)(win.n * B) / (t - t_win), ml = win.sum / (double)win.n;
             double eta = wps > 0 ? (double)((total - st.step) * B) / wps : 0;

@@ -33,6 +33,9 @@ kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim **out)
     if (o.max_grad_norm < 0 || !isfinite(o.max_grad_norm))
         return kl_fail(KL_EINVAL, "%s: max_grad_norm must be >= 0, got %g", k, o.max_grad_norm);
     if (o.eps < 0) return kl_fail(KL_EINVAL, "%s: eps must be >= 0, got %g", k, o.eps);
+    if (o.accumulate < 0 || o.accumulate > (1 << 20))
+        return kl_fail(KL_EINVAL, "%s: accumulate must be in [0, %d] runs per update, got %d", k, 1 << 20, o.accumulate);
+    if (o.accumulate == 0) o.accumulate = 1;
     kl_optim *opt = kl_calloc(1, sizeof *opt);
     if (!opt) return KL_ENOMEM;
     opt->ctx = ctx;
@@ -47,6 +50,7 @@ void kl_optim_free(kl_optim *opt)
     if (!opt) return;
     opt->be->free(opt->m); /* the backend, not the ctx: it may be freed already */
     opt->be->free(opt->v);
+    opt->be->free(opt->acc);
     if (opt->flags != opt->seen) opt->be->free(opt->flags);
     opt->be->host_free(opt->seen);
     kl_free(opt->host[0]);
@@ -98,6 +102,7 @@ kl_status kl_optim_ensure_state(kl_optim *opt)
     const kl_backend *be = opt->ctx->be;
     KL_TRY(grow_buffer(be, &opt->m, opt->bytes, need));
     if (opt->o.kind != KL_OPTIM_SGD) KL_TRY(grow_buffer(be, &opt->v, opt->bytes, need));
+    if (opt->o.accumulate > 1) KL_TRY(grow_buffer(be, &opt->acc, opt->bytes, need));
     opt->bytes = need;
     return KL_OK;
 }
@@ -109,7 +114,7 @@ kl_optim_hp kl_optim_hparams(const kl_optim *opt)
     kl_optim_hp h = {.lr = o->lr, .momentum = o->momentum, .weight_decay = o->weight_decay,
                      .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps, .nesterov = o->nesterov,
                      .first = step == 1, .bc1 = 1 - pow(o->beta1, (double)step), .bc2 = 1 - pow(o->beta2, (double)step),
-                     .gscale = 1};
+                     .gscale = 1, .acc_first = 1, .acc_apply = 1, .acc_scale = 1};
     return h;
 }
 
@@ -140,28 +145,52 @@ static kl_status optim_prepare(const kl_exec *ex, const kl_tensor *t, void *vals
     KL_TRY(kl_optim_ensure_state(opt));
     KL_TRY(kl_optim_upload_host_state(opt)); /* a checkpoint may have written the host copies */
     kl_optim_hp h = kl_optim_hparams(opt);
+    h.acc_first = opt->micro == 0;
+    h.acc_apply = opt->micro + 1 >= opt->o.accumulate || opt->end_cycle;
+    h.acc_scale = 1.0 / (double)(opt->micro + 1);
     memcpy(vals, &h, sizeof h);
-    opt->steps++;
+    if (h.acc_apply) {
+        opt->steps++;
+        opt->micro = 0;
+        opt->end_cycle = false;
+    } else opt->micro++;
     return KL_OK;
 }
 
-/* One parameter's update; the kind is a constant in each loop. */
+/* One parameter's update (g: the run's gradient, acc: the accumulator,
+ * read only when the cycle has more than this run); the kind is a
+ * constant in each loop. accumulate: acc = (first ? g : acc + g). */
 #define UPDATE(T)                                                                                  \
-    static void update_##T(const kl_optim_hp *h, int kind, int64_t n, T *p, const T *g, T *m, T *v) \
+    static void update_##T(const kl_optim_hp *h, int kind, int64_t n, T *p, const T *g, T *acc, T *m, T *v) \
     {                                                                                              \
         switch (kind) {                                                                            \
         case KL_OPTIM_SGD:                                                                         \
             _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")                        \
-            for (int64_t i = 0; i < n; i++) kl_optim_elem_##T(h, KL_OPTIM_SGD, p + i, g[i], m + i, v + i); \
+            for (int64_t i = 0; i < n; i++)                                                        \
+                kl_optim_elem_##T(h, KL_OPTIM_SGD, p + i, KL_OPTIM_GEFF(T, h, g[i], acc + i), m + i, v + i); \
             break;                                                                                 \
         case KL_OPTIM_ADAM:                                                                        \
             _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")                        \
-            for (int64_t i = 0; i < n; i++) kl_optim_elem_##T(h, KL_OPTIM_ADAM, p + i, g[i], m + i, v + i); \
+            for (int64_t i = 0; i < n; i++)                                                        \
+                kl_optim_elem_##T(h, KL_OPTIM_ADAM, p + i, KL_OPTIM_GEFF(T, h, g[i], acc + i), m + i, v + i); \
             break;                                                                                 \
         default:                                                                                   \
             _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")                        \
-            for (int64_t i = 0; i < n; i++) kl_optim_elem_##T(h, KL_OPTIM_ADAMW, p + i, g[i], m + i, v + i); \
+            for (int64_t i = 0; i < n; i++)                                                        \
+                kl_optim_elem_##T(h, KL_OPTIM_ADAMW, p + i, KL_OPTIM_GEFF(T, h, g[i], acc + i), m + i, v + i); \
             break;                                                                                 \
+        }                                                                                          \
+    }                                                                                              \
+    static void accumulate_##T(const kl_optim_hp *h, int64_t n, const T *g, T *acc)                \
+    {                                                                                              \
+        _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")                            \
+        for (int64_t i = 0; i < n; i++) acc[i] = h->acc_first ? g[i] : acc[i] + g[i];              \
+    }                                                                                              \
+    static void sumsq_##T(const kl_optim_hp *h, int64_t n, const T *g, const T *acc, double *ss)  \
+    {                                                                                              \
+        for (int64_t i = 0; i < n; i++) {                                                          \
+            double x = KL_OPTIM_GEFF(T, h, g[i], acc + i);                                         \
+            *ss += x * x;                                                                          \
         }                                                                                          \
     }
 KL_FOR_REAL(UPDATE)
@@ -175,30 +204,34 @@ static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
     kl_ctx *c = ex->ctx;
     const kl_graph *g = ex->g;
     double ss = 0;
-    if (o->max_grad_norm > 0) /* global-norm clipping over every gradient of this graph */
-        for (int s = 0; s < c->n_slots && s < g->grad_written_n; s++) {
-            const kl_param_slot *sl = &c->slots[s];
-            if (!sl->trainable || !g->grad_written[s]) continue;
-            int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
-            const unsigned char *gr = c->grads + sl->off;
-            for (int64_t i = 0; i < n; i++) {
-                double x = sl->dtype == KL_F32 ? ((const float *)gr)[i] : ((const double *)gr)[i];
-                ss += x * x;
-            }
-        }
+    int have_ss = o->max_grad_norm > 0 || o->accumulate > 1;
+    /* the global norm of the gradients the update uses, over every gradient of this graph */
+    for (int s = 0; have_ss && h.acc_apply && s < c->n_slots && s < g->grad_written_n; s++) {
+        const kl_param_slot *sl = &c->slots[s];
+        if (!sl->trainable || !g->grad_written[s]) continue;
+        int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
+        const unsigned char *gr = c->grads + sl->off, *acc = opt->acc ? opt->acc + sl->off : gr;
+        if (sl->dtype == KL_F32) sumsq_float(&h, n, (const float *)gr, (const float *)acc, &ss);
+        else sumsq_double(&h, n, (const double *)gr, (const double *)acc, &ss);
+    }
     const kl_tensor *loss = t->src[0];
-    kl_optim_decide(kl_load_double(kl_data(ex, loss), loss->dtype, 0), o->max_grad_norm > 0, ss, o->max_grad_norm, opt->flags);
+    kl_optim_decide(&h, kl_load_double(kl_data(ex, loss), loss->dtype, 0), have_ss, ss, o->max_grad_norm, opt->flags);
     *(double *)kl_data(ex, t) = opt->flags->norm;
-    if (!opt->flags->apply) return KL_OK;
+    int accumulating = !h.acc_apply && !opt->flags->halted;
+    if (!opt->flags->apply && !accumulating) return KL_OK;
     h.gscale = opt->flags->gscale;
     for (int s = 0; s < c->n_slots && s < g->grad_written_n; s++) {
         const kl_param_slot *sl = &c->slots[s];
         if (!sl->trainable || !g->grad_written[s]) continue;
         int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
         unsigned char *p = c->params + sl->off, *gr = c->grads + sl->off, *m = opt->m + sl->off;
-        unsigned char *v = opt->v ? opt->v + sl->off : m; /* SGD never reads v */
-        if (sl->dtype == KL_F32) update_float(&h, o->kind, n, (float *)p, (const float *)gr, (float *)m, (float *)v);
-        else update_double(&h, o->kind, n, (double *)p, (const double *)gr, (double *)m, (double *)v);
+        unsigned char *v = opt->v ? opt->v + sl->off : m;       /* SGD never reads v */
+        unsigned char *acc = opt->acc ? opt->acc + sl->off : m; /* read only with accumulation */
+        if (accumulating && sl->dtype == KL_F32) accumulate_float(&h, n, (const float *)gr, (float *)acc);
+        else if (accumulating) accumulate_double(&h, n, (const double *)gr, (double *)acc);
+        else if (sl->dtype == KL_F32)
+            update_float(&h, o->kind, n, (float *)p, (const float *)gr, (float *)acc, (float *)m, (float *)v);
+        else update_double(&h, o->kind, n, (double *)p, (const double *)gr, (double *)acc, (double *)m, (double *)v);
     }
     return KL_OK;
 }
@@ -249,8 +282,19 @@ kl_status kl_optim_set_steps(kl_optim *opt, int64_t steps)
     if (!opt) return kl_fail(KL_EMISUSE, "kl_optim_set_steps: optimizer is NULL");
     if (steps < 0) return kl_fail(KL_EINVAL, "kl_optim_set_steps: steps must be >= 0, got %lld", (long long)steps);
     opt->steps = steps;
+    opt->micro = 0;
+    opt->end_cycle = false;
     return KL_OK;
 }
+
+kl_status kl_optim_end_cycle(kl_optim *opt)
+{
+    if (!opt) return kl_fail(KL_EMISUSE, "kl_optim_end_cycle: optimizer is NULL");
+    opt->end_cycle = true;
+    return KL_OK;
+}
+
+int64_t kl_optim_pending(const kl_optim *opt) { return opt ? opt->micro : 0; }
 
 int kl_optim_state_count(const kl_optim *opt)
 {

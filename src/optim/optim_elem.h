@@ -18,7 +18,17 @@ typedef struct kl_optim_hp {
     int first;       /* first SGD step: momentum buffer starts as the gradient */
     double bc1, bc2; /* Adam bias corrections 1 - beta^t */
     double gscale;   /* gradient clipping factor (1: none) */
+    /* gradient accumulation (kl_optim_opts.accumulate): acc_first, this run
+     * starts a cycle (the accumulator holds nothing yet); acc_apply, this
+     * run ends it and updates with the mean gradient, (acc + g) * acc_scale,
+     * else it only adds g to the accumulator. Without accumulation every
+     * run is first and applies with scale 1. */
+    int acc_first, acc_apply;
+    double acc_scale;
 } kl_optim_hp;
+
+/* The gradient a run's update uses: its own, or the mean of its cycle's. */
+#define KL_OPTIM_GEFF(T, h, g, acc) (((h)->acc_first ? (g) : *(acc) + (g)) * (T)(h)->acc_scale)
 
 #define KL_DEF_OPTIM_ELEM(T)                                                                       \
     KL_HD static inline void kl_optim_elem_##T(const kl_optim_hp *h, int kind, T *p, T g, T *m, T *v) \
@@ -50,13 +60,28 @@ typedef struct kl_optim_flags {
     double norm;   /* global gradient norm before clipping (0: not computed) */
     int apply;     /* 0: skip this update */
     int halted;    /* sticky: a non-finite loss or norm was seen */
+    int acc_bad;   /* an accumulating run of this cycle had a non-finite loss */
 } kl_optim_flags;
 
-/* From the loss, the gradients' sum of squares ss (when have_ss) and the
- * clipping bound (0: none): the update's flags. A non-finite loss or norm
- * halts the optimizer; a halted one applies nothing. */
-KL_HD static inline void kl_optim_decide(double loss, int have_ss, double ss, double max_norm, kl_optim_flags *f)
+/* From the run's hyperparameters, the loss, the sum of squares ss of the
+ * gradients the update would use (when have_ss) and the clipping bound (0:
+ * none): the update's flags. A non-finite loss or norm halts the optimizer;
+ * a halted one applies nothing. A run that only accumulates applies nothing
+ * either (it adds its gradient to the accumulator unless halted), and a
+ * non-finite loss in it halts the optimizer at its cycle's end. */
+KL_HD static inline void kl_optim_decide(const kl_optim_hp *h, double loss, int have_ss, double ss, double max_norm,
+                                         kl_optim_flags *f)
 {
+    if (!h->acc_apply) {
+        if (h->acc_first) f->acc_bad = 0;
+        if (!isfinite(loss)) f->acc_bad = 1;
+        f->norm = 0;
+        f->apply = 0;
+        f->gscale = 1;
+        return;
+    }
+    if (!h->acc_first && f->acc_bad) loss = NAN;
+    f->acc_bad = 0;
     double norm = have_ss ? sqrt(ss) : 0;
     f->norm = norm;
     if (!isfinite(loss) || !isfinite(norm)) f->halted = 1;

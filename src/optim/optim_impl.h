@@ -15,7 +15,10 @@ struct kl_optim {
     kl_optim_opts o;
     int64_t steps;
     unsigned char *m, *v; /* backend memory, zero-initialised; v only for Adam */
+    unsigned char *acc;   /* gradient accumulator (o.accumulate > 1), backend memory */
     size_t bytes;
+    int64_t micro;        /* runs accumulated in the current cycle */
+    bool end_cycle;       /* kl_optim_end_cycle: the next run applies */
     /* Non-CPU backends: host copies handed out by kl_optim_state (for
      * checkpoints); host_out[k] says copy k may have been written and is
      * uploaded before the next update. */

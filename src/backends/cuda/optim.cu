@@ -7,7 +7,10 @@
  * order; a one-thread kernel then decides (kl_optim_decide: the clipping
  * scale, and the non-finite guard from the loss and the norm) into the
  * optimizer's flags, which the update kernels read. The norm also goes to
- * the node's value and to host-visible memory (kl_optim_last_grad_norm). */
+ * the node's value and to host-visible memory (kl_optim_last_grad_norm).
+ * With gradient accumulation both the update and the accumulating kernels
+ * are launched every run; the run's values say which one does its work, so
+ * one captured graph serves every run of a cycle. */
 #include "backends/cuda/cuda_internal.cuh"
 #include "optim/optim_elem.h"
 #include "core/half.h"
@@ -26,38 +29,52 @@ static __device__ __forceinline__ void elem(const kl_optim_hp *h, int kind, doub
     kl_optim_elem_double(h, kind, p, g, m, v);
 }
 
+/* acc: the gradient accumulator (g itself without accumulation: then every
+ * run is its cycle's first and acc is never read) */
 template <typename T, int KIND>
-__global__ void optim_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t n, T *p, const T *g, T *m, T *v)
+__global__ void optim_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t n, T *p, const T *g, const T *acc,
+                        T *m, T *v)
 {
     if (!f->apply) return;
     kl_optim_hp h = *hp;
     h.gscale = f->gscale;
-    KL_CU_FOR(i, n) elem(&h, KIND, p + i, g[i], m + i, v + i);
+    KL_CU_FOR(i, n) elem(&h, KIND, p + i, KL_OPTIM_GEFF(T, &h, g[i], acc + i), m + i, v + i);
+}
+
+/* a run that only accumulates: acc = (first ? g : acc + g) */
+template <typename T>
+__global__ void accum_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t n, const T *g, T *acc)
+{
+    if (hp->acc_apply || f->halted) return;
+    int first = hp->acc_first;
+    KL_CU_FOR(i, n) acc[i] = first ? g[i] : acc[i] + g[i];
 }
 
 /* one thread: the update's flags from the loss and the summed squares. A
  * data error recorded and not yet reported (a bad label or index in this
  * step or an earlier queued one: the CPU would have stopped there) skips
  * the update, so the parameters stay those of the last good step. */
-__global__ void decide_k(const void *loss, int loss_dt, const double *ss, double max_norm, kl_optim_flags *f,
-                         kl_optim_flags *seen, double *norm_out, const kl_cuda_err *err)
+__global__ void decide_k(const kl_optim_hp *hp, const void *loss, int loss_dt, const double *ss, double max_norm,
+                         kl_optim_flags *f, kl_optim_flags *seen, double *norm_out, const kl_cuda_err *err)
 {
-    kl_optim_decide(kl_load_double(loss, loss_dt, 0), ss != NULL, ss ? *ss : 0.0, max_norm, f);
-    if (*(const volatile int *)&err->code != 0) f->apply = 0;
+    kl_optim_decide(hp, kl_load_double(loss, loss_dt, 0), ss != NULL, ss ? *ss : 0.0, max_norm, f);
+    if (*(const volatile int *)&err->code != 0) f->apply = 0, f->acc_bad = 1;
     *norm_out = f->norm;
     seen->norm = f->norm;
     seen->halted = f->halted;
 }
 
-/* part[block] = sum of g^2 over the block's grid-stride share */
-template <typename T> __global__ void sumsq_k(const T *g, int64_t n, double *part)
+/* part[block] = sum of the squares of the gradients the update uses over
+ * the block's grid-stride share (0 in a run that only accumulates) */
+template <typename T> __global__ void sumsq_k(const kl_optim_hp *hp, const T *g, const T *ga, int64_t n, double *part)
 {
+    kl_optim_hp h = *hp;
     double acc = 0;
-    KL_CU_FOR(i, n)
-    {
-        double x = (double)g[i];
-        acc += x * x;
-    }
+    if (h.acc_apply) KL_CU_FOR(i, n)
+        {
+            double x = (double)(KL_OPTIM_GEFF(T, &h, g[i], ga + i));
+            acc += x * x;
+        }
     acc = kl_cu_block_reduce<double, 0>(acc);
     if (threadIdx.x == 0) part[blockIdx.x] = acc;
 }
@@ -96,20 +113,26 @@ static int next_span(const kl_ctx *c, const kl_graph *g, int *i, span *out)
     return found;
 }
 
+/* The update of one span (acc: the accumulator, or g without one), or
+ * with accumulate the adding of its gradients to the accumulator. */
 template <typename T>
 static void update(const kl_optim_hp *hp, const kl_optim_flags *f, int kind, int64_t n, unsigned char *p,
-                   const unsigned char *g, unsigned char *m, unsigned char *v, cudaStream_t s)
+                   const unsigned char *g, unsigned char *acc, unsigned char *m, unsigned char *v, int accumulate,
+                   cudaStream_t s)
 {
     unsigned nb = kl_cu_blocks(n, KL_CU_THREADS);
-    T *pp = (T *)p, *mm = (T *)m, *vv = (T *)v;
+    T *pp = (T *)p, *mm = (T *)m, *vv = (T *)v, *aa = (T *)acc;
     const T *gg = (const T *)g;
-    if (kind == KL_OPTIM_SGD) optim_k<T, KL_OPTIM_SGD><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, mm, vv);
-    else if (kind == KL_OPTIM_ADAM) optim_k<T, KL_OPTIM_ADAM><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, mm, vv);
-    else optim_k<T, KL_OPTIM_ADAMW><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, mm, vv);
+    if (accumulate) accum_k<T><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, gg, aa);
+    else if (kind == KL_OPTIM_SGD) optim_k<T, KL_OPTIM_SGD><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, aa, mm, vv);
+    else if (kind == KL_OPTIM_ADAM) optim_k<T, KL_OPTIM_ADAM><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, aa, mm, vv);
+    else optim_k<T, KL_OPTIM_ADAMW><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, aa, mm, vv);
 }
 
-/* Sum of squares of the gradients this graph writes, into *acc (device). */
-static kl_status grad_sumsq(const kl_tensor *t, kl_ctx *c, const kl_graph *g, double *acc)
+/* Sum of squares of the gradients the update uses (those this graph
+ * writes, with the accumulator), into *acc (device). */
+static kl_status grad_sumsq(const kl_tensor *t, const kl_optim_hp *hp, kl_ctx *c, const kl_graph *g,
+                            const unsigned char *accum, double *acc)
 {
     cudaStream_t s = kl_cu_stream();
     double *part = kl_cu_reduce_buf();
@@ -119,8 +142,9 @@ static kl_status grad_sumsq(const kl_tensor *t, kl_ctx *c, const kl_graph *g, do
         int64_t n = (int64_t)(sp.bytes / kl_dtype_size(sp.dt));
         unsigned nb = kl_cu_blocks(n, KL_CU_THREADS);
         if (nb > KL_CU_RED_BLOCKS) nb = KL_CU_RED_BLOCKS;
-        if (sp.dt == KL_F32) sumsq_k<float><<<nb, KL_CU_THREADS, 0, s>>>((const float *)(c->grads + sp.off), n, part);
-        else sumsq_k<double><<<nb, KL_CU_THREADS, 0, s>>>((const double *)(c->grads + sp.off), n, part);
+        const unsigned char *gr = c->grads + sp.off, *ga = accum ? accum + sp.off : gr;
+        if (sp.dt == KL_F32) sumsq_k<float><<<nb, KL_CU_THREADS, 0, s>>>(hp, (const float *)gr, (const float *)ga, n, part);
+        else sumsq_k<double><<<nb, KL_CU_THREADS, 0, s>>>(hp, (const double *)gr, (const double *)ga, n, part);
         KL_CUDA_LAUNCHED(t, "sumsq_k");
         sumsq_add_k<<<1, 1, 0, s>>>(part, (int)nb, acc);
         KL_CUDA_LAUNCHED(t, "sumsq_add_k");
@@ -137,22 +161,27 @@ extern "C" kl_status kl_cuda_optim(const kl_exec *ex, const kl_tensor *t)
     const kl_graph *g = ex->g;
     cudaStream_t s = kl_cu_stream();
     double *ss = NULL;
-    if (o->max_grad_norm > 0) {
+    if (o->max_grad_norm > 0 || opt->acc) { /* with accumulation the non-finite guard needs the norm */
         ss = kl_cu_reduce_buf() + KL_CU_RED_BLOCKS;
-        KL_TRY(grad_sumsq(t, c, g, ss));
+        KL_TRY(grad_sumsq(t, hp, c, g, opt->acc, ss));
     }
     const kl_tensor *loss = t->src[0];
-    decide_k<<<1, 1, 0, s>>>(kl_data(ex, loss), (int)loss->dtype, ss, o->max_grad_norm, opt->flags, opt->seen_dev,
+    decide_k<<<1, 1, 0, s>>>(hp, kl_data(ex, loss), (int)loss->dtype, ss, o->max_grad_norm, opt->flags, opt->seen_dev,
                              (double *)kl_data(ex, t), kl_cu_err());
     KL_CUDA_LAUNCHED(t, "decide_k");
-    span sp;
-    for (int i = 0; next_span(c, g, &i, &sp);) {
-        int64_t n = (int64_t)(sp.bytes / kl_dtype_size(sp.dt));
-        unsigned char *p = c->params + sp.off, *gr = c->grads + sp.off, *m = opt->m + sp.off;
-        unsigned char *v = opt->v ? opt->v + sp.off : m; /* SGD never reads v */
-        if (sp.dt == KL_F32) update<float>(hp, opt->flags, o->kind, n, p, gr, m, v, s);
-        else update<double>(hp, opt->flags, o->kind, n, p, gr, m, v, s);
-        KL_CUDA_LAUNCHED(t, "optim_k");
+    /* the update, and with accumulation the adding; each kernel reads from
+     * the run's values which of the two this run does */
+    for (int pass = 0; pass < (opt->acc ? 2 : 1); pass++) {
+        span sp;
+        for (int i = 0; next_span(c, g, &i, &sp);) {
+            int64_t n = (int64_t)(sp.bytes / kl_dtype_size(sp.dt));
+            unsigned char *p = c->params + sp.off, *gr = c->grads + sp.off, *m = opt->m + sp.off;
+            unsigned char *v = opt->v ? opt->v + sp.off : m;        /* SGD never reads v */
+            unsigned char *acc = opt->acc ? opt->acc + sp.off : gr; /* read only with accumulation */
+            if (sp.dt == KL_F32) update<float>(hp, opt->flags, o->kind, n, p, gr, acc, m, v, pass, s);
+            else update<double>(hp, opt->flags, o->kind, n, p, gr, acc, m, v, pass, s);
+            KL_CUDA_LAUNCHED(t, pass ? "accum_k" : "optim_k");
+        }
     }
     return KL_OK;
 }

@@ -1,0 +1,94 @@
+#include "accum_case.h"
+
+#include <math.h>
+#include <string.h>
+
+enum { IN = 6, HID = 5, OUT = 4, TABLE = 24 };
+
+#define TRY(call)                   \
+    do {                            \
+        kl_status s_ = (call);      \
+        if (s_ != KL_OK) return s_; \
+    } while (0)
+
+/* Row i of the table: features and a label that depends on them. */
+static void table_row(int i, double *x, int32_t *y)
+{
+    for (int k = 0; k < IN; k++) x[k] = 1.5 * sin(0.9 * i + 0.4 * k + 0.3) + 0.1 * k;
+    *y = (int32_t)((x[0] > 0) + 2 * (x[1] > x[2]));
+}
+
+/* Sets the x tensor (of dtype dt) to rows [first, first + n). */
+static kl_status set_rows(kl_tensor *tx, kl_tensor *ty, kl_dtype dt, int first, int n, int poison)
+{
+    double xd[TABLE * IN];
+    float xf[TABLE * IN];
+    int32_t y[TABLE];
+    for (int r = 0; r < n; r++) table_row(first + r, xd + r * IN, y + r);
+    if (poison) xd[0] = NAN;
+    for (int i = 0; i < n * IN; i++) xf[i] = (float)xd[i];
+    TRY(dt == KL_F64 ? kl_tensor_set(tx, xd, (size_t)(n * IN) * sizeof *xd) : kl_tensor_set(tx, xf, (size_t)(n * IN) * sizeof *xf));
+    return kl_tensor_set(ty, y, (size_t)n * sizeof *y);
+}
+
+static kl_status get_params(kl_tensor **p, kl_dtype dt, double *out)
+{
+    int64_t at = 0;
+    for (int k = 0; k < 4; k++) {
+        int64_t n = kl_tensor_numel(p[k]);
+        double d[IN * HID];
+        float f[IN * HID];
+        if (dt == KL_F64) TRY(kl_tensor_get(p[k], d, (size_t)n * sizeof *d));
+        else TRY(kl_tensor_get(p[k], f, (size_t)n * sizeof *f));
+        for (int64_t i = 0; i < n; i++) out[at++] = dt == KL_F64 ? d[i] : f[i];
+    }
+    return KL_OK;
+}
+
+static kl_status run(accum_case *c, kl_ctx *ctx, kl_graph *g, kl_optim **opt)
+{
+    kl_tensor *x, *y, *p[4], *h, *lg, *loss, *norm;
+    TRY(kl_input(g, "x", c->dt, 2, (int64_t[]){c->rows, IN}, &x));
+    TRY(kl_input(g, "y", KL_I32, 1, (int64_t[]){c->rows}, &y));
+    TRY(kl_param(g, "w1", c->dt, 2, (int64_t[]){HID, IN}, NULL, &p[0]));
+    TRY(kl_param(g, "b1", c->dt, 1, (int64_t[]){HID}, NULL, &p[1]));
+    TRY(kl_param(g, "w2", c->dt, 2, (int64_t[]){OUT, HID}, NULL, &p[2]));
+    TRY(kl_param(g, "b2", c->dt, 1, (int64_t[]){OUT}, NULL, &p[3]));
+    TRY(kl_linear(g, x, p[0], p[1], KL_ACT_TANH, &h));
+    TRY(kl_linear(g, h, p[2], p[3], KL_ACT_NONE, &lg));
+    TRY(kl_softmax_cross_entropy(g, lg, y, &loss));
+    TRY(kl_backward(g, loss));
+    kl_optim_opts oo = {.kind = KL_OPTIM_ADAM, .lr = 0.05, .max_grad_norm = 0.3, .accumulate = c->accumulate};
+    TRY(kl_optim_new(ctx, &oo, opt));
+    TRY(kl_optim_step(g, *opt, &norm));
+    TRY(kl_output(g, norm));
+    TRY(get_params(p, c->dt, c->init));
+    for (int j = 0; j < c->runs; j++) {
+        if (j == c->end_cycle_at) TRY(kl_optim_end_cycle(*opt));
+        TRY(set_rows(x, y, c->dt, j * c->rows, c->rows, j == c->nan_run));
+        TRY(kl_graph_run(g));
+        TRY(kl_tensor_get(norm, &c->norm[j], sizeof c->norm[j]));
+    }
+    TRY(get_params(p, c->dt, c->params));
+    c->steps = kl_optim_steps(*opt);
+    c->pending = kl_optim_pending(*opt);
+    c->halted = kl_optim_halted(*opt);
+    return KL_OK;
+}
+
+kl_status accum_case_run(accum_case *c)
+{
+    if (c->runs > ACCUM_CASE_MAX_RUNS || c->rows * c->runs > TABLE)
+        return KL_EINVAL;
+    kl_ctx_opts co = {.device = c->dev, .seed = 11};
+    kl_ctx *ctx;
+    kl_graph *g = NULL;
+    kl_optim *opt = NULL;
+    TRY(kl_ctx_new(&co, &ctx));
+    kl_status s = kl_graph_new(ctx, &g);
+    if (s == KL_OK) s = run(c, ctx, g, &opt);
+    kl_graph_free(g);
+    kl_optim_free(opt);
+    kl_ctx_free(ctx);
+    return s;
+}
