@@ -3,7 +3,10 @@
  * bench/mlp_torch.py does the same work in PyTorch; bench/run_cpu.sh and
  * bench/run_gpu.sh run both in one run and print the ratio.
  *
- *   bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--profile] [--device cuda:N]
+ *   bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--accumulate K] [--profile] [--device cuda:N]
+ *
+ * --accumulate K: a step is K runs of the batch with gradient accumulation
+ * (kl_optim_opts.accumulate), the optimizer updating at the K-th.
  *
  * CPU: a step is copy the batch into the inputs, run the graph (forward,
  * backward, Adam update), timed one by one; ms/step is the median. GPU: the
@@ -74,7 +77,7 @@ static int parse_int(const char *flag, const char *v, int min, int *out)
 
 int main(int argc, char **argv)
 {
-    int steps = 50, warmup = 5, threads = 2, batch = 256, profile = 0;
+    int steps = 50, warmup = 5, threads = 2, batch = 256, profile = 0, acc = 1;
     const char *device = "cpu";
     for (int i = 1; i < argc; i++) {
         int rc = 0;
@@ -82,11 +85,12 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--warmup")) rc = parse_int("--warmup", i + 1 < argc ? argv[++i] : NULL, 0, &warmup);
         else if (!strcmp(argv[i], "--threads")) rc = parse_int("--threads", i + 1 < argc ? argv[++i] : NULL, 1, &threads);
         else if (!strcmp(argv[i], "--batch")) rc = parse_int("--batch", i + 1 < argc ? argv[++i] : NULL, 1, &batch);
+        else if (!strcmp(argv[i], "--accumulate")) rc = parse_int("--accumulate", i + 1 < argc ? argv[++i] : NULL, 1, &acc);
         else if (!strcmp(argv[i], "--profile")) profile = 1;
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
         else {
-            fprintf(stderr, "usage: bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--profile] "
-                            "[--device cuda:N]\n");
+            fprintf(stderr, "usage: bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--accumulate K] "
+                            "[--profile] [--device cuda:N]\n");
             return 2;
         }
         if (rc) return 2;
@@ -116,7 +120,7 @@ int main(int argc, char **argv)
     TRY(kl_linear(g, h, w3, b3, KL_ACT_NONE, &logits));
     TRY(kl_softmax_cross_entropy(g, logits, y, &loss));
     TRY(kl_backward(g, loss));
-    TRY(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 1e-3}, &opt));
+    TRY(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 1e-3, .accumulate = acc}, &opt));
     TRY(kl_optim_step(g, opt, NULL));
     TRY(kl_graph_plan(g, NULL));
 
@@ -136,14 +140,14 @@ int main(int argc, char **argv)
     if (gpu) { /* the batch lives on the device; steps go back to back */
         TRY(kl_tensor_set(x, xs, nx * sizeof *xs));
         TRY(kl_tensor_set(y, ys, (size_t)batch * sizeof *ys));
-        for (int s = 0; s < warmup; s++) {
+        for (int s = 0; s < warmup * acc; s++) {
             TRY(kl_graph_run(g));
             if (s == 0) TRY(kl_tensor_get(loss, &loss0, sizeof loss0));
         }
         TRY(kl_tensor_get(loss, &loss1, sizeof loss1)); /* waits for the warmup */
         if (profile) TRY(kl_graph_profile(g, 1));
         double t0 = now_ms();
-        for (int s = 0; s < steps; s++) TRY(kl_graph_run(g));
+        for (int s = 0; s < steps * acc; s++) TRY(kl_graph_run(g));
         TRY(kl_tensor_get(loss, &loss1, sizeof loss1)); /* waits for the last step */
         double per = (now_ms() - t0) / steps;
         for (int s = 0; s < steps; s++) ms[s] = per;
@@ -154,9 +158,11 @@ int main(int argc, char **argv)
             TRY(kl_graph_set_runs(g, 0)); /* no dropout here, so the counter is free to reset */
         }
         double t0 = now_ms();
-        TRY(kl_tensor_set(x, xs, nx * sizeof *xs));
-        TRY(kl_tensor_set(y, ys, (size_t)batch * sizeof *ys));
-        TRY(kl_graph_run(g));
+        for (int k = 0; k < acc; k++) {
+            TRY(kl_tensor_set(x, xs, nx * sizeof *xs));
+            TRY(kl_tensor_set(y, ys, (size_t)batch * sizeof *ys));
+            TRY(kl_graph_run(g));
+        }
         double t1 = now_ms();
         if (s >= warmup) ms[s - warmup] = t1 - t0;
         if (s == 0) TRY(kl_tensor_get(loss, &loss0, sizeof loss0));
@@ -173,11 +179,12 @@ int main(int argc, char **argv)
     TRY(kl_graph_stats_get(g, &st));
     double mib = 1024.0 * 1024.0;
     if (gpu)
-        printf("kiln MLP %d-%d-%d-%d, batch %d, Adam lr 1e-3, %s (%s), %d steps after %d warmup\n", IN, HID, HID, OUT,
-               batch, device, kl_graph_captured(g) ? "CUDA graph replay" : "eager launches", steps, warmup);
+        printf("kiln MLP %d-%d-%d-%d, batch %d x %d accumulated, Adam lr 1e-3, %s (%s), %d steps after %d warmup\n", IN,
+               HID, HID, OUT, batch, acc, device, kl_graph_captured(g) ? "CUDA graph replay" : "eager launches", steps,
+               warmup);
     else
-        printf("kiln MLP %d-%d-%d-%d, batch %d, Adam lr 1e-3, %d threads, %d steps after %d warmup\n", IN, HID, HID,
-               OUT, batch, kl_ctx_threads(ctx), steps, warmup);
+        printf("kiln MLP %d-%d-%d-%d, batch %d x %d accumulated, Adam lr 1e-3, %d threads, %d steps after %d warmup\n",
+               IN, HID, HID, OUT, batch, acc, kl_ctx_threads(ctx), steps, warmup);
     printf("  ms/step: median %.2f, mean %.2f, min %.2f, max %.2f\n", median, mean, ms[0], ms[steps - 1]);
     printf("  loss: %.4f at step 1, %.4f after step %d\n", loss0, loss1, warmup + steps);
     printf("  graph: %d ops\n", st.nodes);

@@ -2,9 +2,10 @@
 784-1024-1024-10 (ReLU, cross-entropy, Adam lr 1e-3), batch 256, on the CPU
 or (--device cuda) a GPU.
 
-    python3 bench/mlp_torch.py [--steps N] [--warmup N] [--threads N] [--batch N] [--device cuda]
+    python3 bench/mlp_torch.py [--steps N] [--warmup N] [--threads N] [--batch N] [--accumulate K] [--device cuda]
 
-A step is zero_grad(set_to_none=True), forward, backward, optimizer step on
+A step is zero_grad(set_to_none=True), forward, backward (--accumulate K:
+K forward/backward passes of loss / K, gradients summing), optimizer step on
 a random batch (fixed seed) that is the same every step. CPU: ms/step is
 the median of the steps after warmup. GPU: the batch is on the device, the
 steps run back to back, and ms/step is the wall time of all of them (after
@@ -27,9 +28,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--accumulate", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
-    if a.steps < 1 or a.warmup < 0 or a.threads < 1 or a.batch < 1:
+    if a.steps < 1 or a.warmup < 0 or a.threads < 1 or a.batch < 1 or a.accumulate < 1:
         ap.error("steps, threads and batch must be >= 1, warmup >= 0")
 
     torch.set_num_threads(a.threads)
@@ -40,13 +42,17 @@ def main():
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.rand(a.batch, 784).to(dev)
     y = torch.randint(0, 10, (a.batch,)).to(dev)
-    if dev.type == "cuda":
-        def step():
-            opt.zero_grad(set_to_none=True)
+    K = a.accumulate
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        for _ in range(K):
             loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
+            (loss / K).backward() if K > 1 else loss.backward()
+        opt.step()
+        return loss
+
+    if dev.type == "cuda":
         loss0 = step().item()
         for _ in range(a.warmup):
             loss = step()
@@ -56,7 +62,7 @@ def main():
             loss = step()
         torch.cuda.synchronize()
         per = (time.perf_counter() - t0) * 1e3 / a.steps
-        print(f"torch {torch.__version__} MLP 784-1024-1024-10, batch {a.batch}, Adam lr 1e-3, "
+        print(f"torch {torch.__version__} MLP 784-1024-1024-10, batch {a.batch} x {K} accumulated, Adam lr 1e-3, "
               f"{torch.cuda.get_device_name()}, {a.steps} steps after {a.warmup} warmup "
               f"(matmul precision {torch.get_float32_matmul_precision()})")
         print(f"  ms/step: {per:.4f}; loss {loss0:.4f} at step 1, {loss.item():.4f} at the end; "
@@ -68,17 +74,14 @@ def main():
     loss0 = None
     for s in range(a.warmup + a.steps):
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
+        loss = step()
         t1 = time.perf_counter()
         if s >= a.warmup:
             ms.append((t1 - t0) * 1e3)
         if s == 0:
             loss0 = loss.item()
     med, mean = statistics.median(ms), statistics.fmean(ms)
-    print(f"torch {torch.__version__} MLP 784-1024-1024-10, batch {a.batch}, Adam lr 1e-3, "
+    print(f"torch {torch.__version__} MLP 784-1024-1024-10, batch {a.batch} x {K} accumulated, Adam lr 1e-3, "
           f"{torch.get_num_threads()} threads, {a.steps} steps after {a.warmup} warmup")
     print(f"  ms/step: median {med:.2f}, mean {mean:.2f}, min {min(ms):.2f}, max {max(ms):.2f}")
     print(f"  loss: {loss0:.4f} at step 1, {loss.item():.4f} after step {a.warmup + a.steps}")

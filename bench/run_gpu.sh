@@ -54,6 +54,13 @@ k=$(sed -n 's/^kiln_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlp_kiln.txt")
 t=$(sed -n 's/^torch_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlp_torch.txt")
 [ -n "$k" ] && [ -n "$t" ] && say "$(awk -v k="$k" -v t="$t" 'BEGIN{printf "MLP: kiln %.4f ms/step, torch %.4f ms/step: kiln is %.1fx faster (target: <= 0.12 ms/step)", k, t, t / k}')"
 
+say "== the same MLP with gradient accumulation: a step is 4 batches of 256, one Adam update"
+"$build/bench_mlp" --device cuda:0 --accumulate 4 --steps 500 --warmup 20 >"$out/mlpa_kiln.txt" 2>&1
+"$py" bench/mlp_torch.py --device cuda --accumulate 4 --steps 250 --warmup 20 >"$out/mlpa_torch.txt" 2>&1
+k=$(sed -n 's/^kiln_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlpa_kiln.txt")
+t=$(sed -n 's/^torch_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlpa_torch.txt")
+[ -n "$k" ] && [ -n "$t" ] && say "$(awk -v k="$k" -v t="$t" 'BEGIN{printf "MLP accumulate 4: kiln %.4f ms/step, torch %.4f ms/step: kiln is %.1fx faster", k, t, t / k}')"
+
 say "== reference CNN, Fashion-MNIST, batch 128, Adam, 5 epochs (data on the GPU)"
 t0=$(date +%s.%N)
 "$build/kiln" train --device cuda:0 --epochs 5 --out "$out/cnn_kiln" >"$out/cnn_kiln.log" 2>&1

@@ -129,4 +129,4 @@ fi
 echo
 echo "== summary ($(date -u +%H:%M:%SZ), $SECONDS s)"
 printf '%s\n' "${rows[@]}"
-grep -E "^(MLP|CNN|CNN streamed|CNN cuDNN):" "$w/bench_gpu.txt" 2>/dev/null
+grep -E "^(MLP|MLP accumulate 4|CNN|CNN streamed|CNN cuDNN):" "$w/bench_gpu.txt" 2>/dev/null
