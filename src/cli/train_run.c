@@ -470,6 +470,9 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         /* handle what has arrived; wait for the oldest when r->d.depth are out */
         for (int done = 1; done && p.len;) KL_TRY(handle_one(r, cfg, &p, p.len >= r->d.depth, &done));
         if (!last) continue; /* checkpoints and interrupts between steps: the accumulator is not saved */
+        /* a histogram step: its record is handled before the next step is issued, so the
+         * histograms show this step's parameters (on a GPU later steps would be in flight) */
+        if (r->mon.o.histogram_every && st.step % r->mon.o.histogram_every == 0) KL_TRY(drain(r, cfg, &p));
         if ((r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) || *stop) {
             KL_TRY(drain(r, cfg, &p));
             fflush(r->metrics);
