@@ -1,6 +1,7 @@
 /* Forward values of the sequence ops (LSTM, GRU, attention, RMSNorm, RoPE)
  * in f64 and f32 against straightforward double-precision references on
- * random data, a hand-computed RoPE value, attention gradients identical
+ * random data, LSTM/GRU f32 gradients against f64 ones, a hand-computed
+ * RoPE value, attention gradients identical
  * for 1 and 2 threads, and the builders' error messages. Gradients are
  * checked in test_gradcheck_seq.c. */
 #include "kiln/kiln.h"
@@ -156,6 +157,86 @@ static void test_rnn(int G, kl_dtype dt, int64_t B, int64_t T, int64_t I, int64_
     free(ry), free(rh), free(rc);
     kl_graph_free(g);
     kl_ctx_free(ctx);
+}
+
+/* The gradients of every operand of an LSTM (G 4) or GRU (G 3) layer in dt
+ * for the loss sum(y ry) + sum(h_n rh) (+ sum(c_n rc)), concatenated into
+ * out (doubles). p: the operands' values (x, w_ih, w_hh, then with full
+ * b_ih, b_hh, h0, c0), r: ry, rh, rc. */
+static int64_t rnn_grads(int G, kl_dtype dt, int64_t B, int64_t T, int64_t I, int64_t H, int full, double **p,
+                         double **r, double *out)
+{
+    kl_ctx *ctx;
+    kl_graph *g;
+    CHECK_OK(kl_ctx_new(NULL, &ctx));
+    CHECK_OK(kl_graph_new(ctx, &g));
+    int64_t dims[7][3] = {{B, T, I}, {G * H, I}, {G * H, H}, {G * H}, {G * H}, {B, H}, {B, H}};
+    int nd[7] = {3, 2, 2, 1, 1, 2, 2}, np = full ? (G == 4 ? 7 : 6) : 3;
+    static const char *names[7] = {"x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0"};
+    kl_tensor *t[7] = {NULL}, *y, *hn, *cn = NULL, *l, *terms[3];
+    for (int k = 0; k < np; k++) CHECK_OK(kl_param(g, names[k], dt, nd[k], dims[k], NULL, &t[k]));
+    if (G == 4) CHECK_OK(kl_lstm(g, t[0], t[5], t[6], t[1], t[2], t[3], t[4], &y, &hn, &cn));
+    else CHECK_OK(kl_gru(g, t[0], t[5], t[1], t[2], t[3], t[4], &y, &hn));
+    kl_tensor *outs[3] = {y, hn, cn};
+    int64_t bth[3] = {B, T, H};
+    for (int k = 0; k < (cn ? 3 : 2); k++) {
+        kl_tensor *rt = in_set(g, k ? (k == 1 ? "rh" : "rc") : "ry", dt, k ? 2 : 3, k ? dims[5] : bth, r[k]);
+        CHECK_OK(kl_mul(g, outs[k], rt, &terms[k]));
+        CHECK_OK(kl_sum(g, terms[k], 0, NULL, 0, &terms[k]));
+    }
+    CHECK_OK(kl_add(g, terms[0], terms[1], &l));
+    if (cn) CHECK_OK(kl_add(g, l, terms[2], &l));
+    CHECK_OK(kl_backward(g, l));
+    kl_tensor *gr[7];
+    for (int k = 0; k < np; k++) {
+        CHECK_OK(kl_grad(g, t[k], &gr[k]));
+        CHECK_OK(kl_output(g, gr[k]));
+    }
+    for (int k = 0; k < np; k++) { /* the operands' values, converted */
+        int64_t n = kl_tensor_numel(t[k]);
+        float *f = malloc((size_t)n * 4);
+        for (int64_t i = 0; i < n; i++) f[i] = (float)p[k][i];
+        CHECK_OK(kl_tensor_set(t[k], dt == KL_F64 ? (void *)p[k] : (void *)f, (size_t)n * (dt == KL_F64 ? 8 : 4)));
+        free(f);
+    }
+    run(g);
+    int64_t at = 0;
+    for (int k = 0; k < np; k++) {
+        int64_t n = kl_tensor_numel(gr[k]);
+        float *f = malloc((size_t)n * 4);
+        if (dt == KL_F64) CHECK_OK(kl_tensor_get(gr[k], out + at, (size_t)n * 8));
+        else {
+            CHECK_OK(kl_tensor_get(gr[k], f, (size_t)n * 4));
+            for (int64_t i = 0; i < n; i++) out[at + i] = f[i];
+        }
+        free(f);
+        at += n;
+    }
+    kl_graph_free(g);
+    kl_ctx_free(ctx);
+    return at;
+}
+
+/* f32 gradients against f64 ones (the f32 per-step GEMMs go through oneDNN
+ * where it is loaded; test_seq_ops_blas runs them on BLAS) */
+static void test_rnn_grads_f32(int G, int64_t B, int64_t T, int64_t I, int64_t H, int full)
+{
+    double *p[7] = {rnd(B * T * I, -1, 1), rnd(G * H * I, -0.4, 0.4), rnd(G * H * H, -0.4, 0.4), rnd(G * H, -0.5, 0.5),
+                    rnd(G * H, -0.5, 0.5), rnd(B * H, -1, 1), rnd(B * H, -1, 1)};
+    double *r[3] = {rnd(B * T * H, -1, 1), rnd(B * H, -1, 1), rnd(B * H, -1, 1)};
+    int64_t n = B * T * I + G * H * (I + H + 2) + 2 * B * H;
+    double *g64 = malloc((size_t)n * 8), *g32 = malloc((size_t)n * 8), e = 0, big = 1e-30;
+    int64_t n64 = rnn_grads(G, KL_F64, B, T, I, H, full, p, r, g64), n32 = rnn_grads(G, KL_F32, B, T, I, H, full, p, r, g32);
+    CHECK(n64 == n32);
+    for (int64_t i = 0; i < n64; i++) big = fmax(big, fabs(g64[i]));
+    for (int64_t i = 0; i < n64; i++) e = fmax(e, isnan(g32[i]) ? INFINITY : fabs(g32[i] - g64[i]) / big);
+    if (!(e < 1e-5)) printf("  %s f32 gradients (B %lld T %lld I %lld H %lld%s): off by %.3g of the largest\n",
+                            G == 4 ? "lstm" : "gru", (long long)B, (long long)T, (long long)I, (long long)H,
+                            full ? ", biases and initial state" : "", e);
+    CHECK(e < 1e-5);
+    for (int k = 0; k < 7; k++) free(p[k]);
+    for (int k = 0; k < 3; k++) free(r[k]);
+    free(g64), free(g32);
 }
 
 /* ---- attention ---- */
@@ -402,6 +483,10 @@ int main(void)
         test_rmsnorm(dt, 3, 300, 0);
         test_rope(dt, 3, 5, 4, 0);
         test_rope(dt, 2, 9, 10, 500);
+    }
+    for (int G = 3; G <= 4; G++) {
+        test_rnn_grads_f32(G, 3, 6, 5, 37, 1);
+        test_rnn_grads_f32(G, 4, 9, 7, 64, 0);
     }
     test_rope_by_hand();
     test_attention_threads();

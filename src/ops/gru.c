@@ -45,12 +45,15 @@ static kl_status gru_shape(kl_tensor *t)
         kl_rnn_fwd_##T_ u = {.A = A, .S = HN, .y = y, .bih = bih, .bhh = bhh, .h0 = h0, .gh = gh,  \
                              .hn = kl_data(ex, t->extra[0]), .B = B, .steps = T, .H = H};          \
         kl_gemm_##T_(false, true, B * T, G3, NI, 1, x, NI, wih, NI, 0, A, G3);                     \
+        kl_gemm_rep rep; /* h_{t-1} W_hh^T for t >= 1: W_hh packed once */                         \
+        kl_gemm_rep_begin(&rep, ex->threads, t->dtype == KL_F32, true, B, G3, H, whh, H, T * H, G3, 0); \
         for (int64_t s = 0; s < T; s++) {                                                          \
-            const T_ *hp = s ? y + (s - 1) * H : h0;                                               \
-            if (hp) kl_gemm_##T_(false, true, B, G3, H, 1, hp, s ? T * H : H, whh, H, 0, gh, G3);  \
+            if (s) kl_gemm_rep_##T_(&rep, y + (s - 1) * H, gh);                                    \
+            else if (h0) kl_gemm_##T_(false, true, B, G3, H, 1, h0, H, whh, H, 0, gh, G3);         \
             _Pragma("omp parallel for schedule(static) if (B * H >= KL_RNN_PAR_MIN)")              \
             for (int64_t n = 0; n < B * H; n++) kl_gru_step_##T_(&u, s, n);                        \
         }                                                                                          \
+        kl_gemm_rep_end(&rep);                                                                     \
     }                                                                                              \
     static void gru_bwd_##T_(const kl_exec *ex, const kl_tensor *t)                                \
     {                                                                                              \
@@ -69,13 +72,16 @@ static kl_status gru_shape(kl_tensor *t)
         for (int64_t n = 0; n < B * H; n++) dh[n] = dhn ? dhn[n] : (T_)0;                          \
         kl_rnn_bwd_##T_ u = {.dy = dy, .y = y, .A = A, .S = HN, .h0 = h0, .dG = dGi, .dh = dh,     \
                              .ldg = ldg, .B = B, .steps = T, .H = H};                              \
+        kl_gemm_rep rep; /* dh_{t-1} += dG^h_t W_hh: W_hh packed once */                           \
+        kl_gemm_rep_begin(&rep, ex->threads, t->dtype == KL_F32, false, B, H, G3, whh, H, ldg, H, 1); \
         for (int64_t s = T - 1; s >= 0; s--) {                                                     \
             T_ *ght = dGh ? dGh + s * G3 : more;                                                   \
             u.dgh = ght;                                                                           \
             _Pragma("omp parallel for schedule(static) if (B * H >= KL_RNN_PAR_MIN)")              \
             for (int64_t n = 0; n < B * H; n++) kl_gru_step_bwd_##T_(&u, s, n);                    \
-            if (s > 0 || dh0) kl_gemm_##T_(false, false, B, H, G3, 1, ght, ldg, whh, H, 1, dh, H); \
+            if (s > 0 || dh0) kl_gemm_rep_##T_(&rep, ght, dh);                                     \
         }                                                                                          \
+        kl_gemm_rep_end(&rep);                                                                     \
         if (dh0) memcpy(dh0, dh, (size_t)(B * H) * sizeof(T_));                                    \
         if (dwhh) kl_rnn_dwhh_##T_(dGh, h0, y, B, T, H, G3, more, dwhh);                           \
     }

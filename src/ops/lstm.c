@@ -45,12 +45,15 @@ static kl_status lstm_shape(kl_tensor *t)
                              .hn = kl_data(ex, t->extra[0]), .cn = kl_data(ex, t->extra[1]),       \
                              .B = B, .steps = T, .H = H};                                          \
         kl_gemm_##T_(false, true, B * T, G4, NI, 1, x, NI, wih, NI, 0, A, G4);                     \
+        kl_gemm_rep rep; /* h_{t-1} W_hh^T for t >= 1: W_hh packed once */                         \
+        kl_gemm_rep_begin(&rep, ex->threads, t->dtype == KL_F32, true, B, G4, H, whh, H, T * H, T * G4, 1); \
         for (int64_t s = 0; s < T; s++) {                                                          \
-            const T_ *hp = s ? y + (s - 1) * H : h0;                                               \
-            if (hp) kl_gemm_##T_(false, true, B, G4, H, 1, hp, s ? T * H : H, whh, H, 1, A + s * G4, T * G4); \
+            if (s) kl_gemm_rep_##T_(&rep, y + (s - 1) * H, A + s * G4);                            \
+            else if (h0) kl_gemm_##T_(false, true, B, G4, H, 1, h0, H, whh, H, 1, A, T * G4);      \
             _Pragma("omp parallel for schedule(static) if (B * H >= KL_RNN_PAR_MIN)")              \
             for (int64_t n = 0; n < B * H; n++) kl_lstm_step_##T_(&u, s, n);                       \
         }                                                                                          \
+        kl_gemm_rep_end(&rep);                                                                     \
     }                                                                                              \
     static void lstm_bwd_##T_(const kl_exec *ex, const kl_tensor *t)                               \
     {                                                                                              \
@@ -72,11 +75,14 @@ static kl_status lstm_shape(kl_tensor *t)
         }                                                                                          \
         kl_rnn_bwd_##T_ u = {.dy = dy, .y = y, .A = A, .S = C, .h0 = h0, .c0 = c0, .dG = dG, .dh = dh, \
                              .dc = dc, .B = B, .steps = T, .H = H};                                \
+        kl_gemm_rep rep; /* dh_{t-1} = dG_t W_hh: W_hh packed once */                              \
+        kl_gemm_rep_begin(&rep, ex->threads, t->dtype == KL_F32, false, B, H, G4, whh, H, T * G4, H, 0); \
         for (int64_t s = T - 1; s >= 0; s--) {                                                     \
             _Pragma("omp parallel for schedule(static) if (B * H >= KL_RNN_PAR_MIN)")              \
             for (int64_t n = 0; n < B * H; n++) kl_lstm_step_bwd_##T_(&u, s, n);                   \
-            if (s > 0 || dh0) kl_gemm_##T_(false, false, B, H, G4, 1, dG + s * G4, T * G4, whh, H, 0, dh, H); \
+            if (s > 0 || dh0) kl_gemm_rep_##T_(&rep, dG + s * G4, dh);                             \
         }                                                                                          \
+        kl_gemm_rep_end(&rep);                                                                     \
         if (dh0) memcpy(dh0, dh, (size_t)(B * H) * sizeof(T_));                                    \
         if (dc0) memcpy(dc0, dc, (size_t)(B * H) * sizeof(T_));                                    \
         if (dwhh) kl_rnn_dwhh_##T_(dG, h0, y, B, T, H, G4, hp, dwhh);                              \

@@ -18,4 +18,25 @@ void kl_gemm_float(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alph
 void kl_gemm_double(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double *A, int64_t lda,
                     const double *B, int64_t ldb, double beta, double *C, int64_t ldc);
 
+/* Many GEMMs with one fixed right operand: C_s = op(B) applied to A_s,
+ * C_s = A_s op(B) + beta C_s (beta 0 or 1), for the recurrent weights of an
+ * RNN across its time steps. f32 goes through oneDNN's matmul when it is
+ * loaded, with B reordered into the primitive's layout once per
+ * kl_gemm_rep_begin instead of packed again by every GEMM (1.6x faster on
+ * an LSTM's per-step GEMMs, bench/RESULTS.md); f64, KILN_RNN_GEMM=blas and
+ * machines without oneDNN take kl_gemm_* per call. Results are the same
+ * from run to run. Not thread-safe on one kl_gemm_rep; begin and end pair. */
+typedef struct kl_gemm_rep {
+    struct kl_rep_entry *e; /* the oneDNN primitive, locked from begin to end; NULL: BLAS */
+    bool tb;
+    int64_t M, N, K, lda, ldb, ldc;
+    double beta;
+    const void *B;
+} kl_gemm_rep;
+void kl_gemm_rep_begin(kl_gemm_rep *r, int threads, int is_f32, bool tb, int64_t M, int64_t N, int64_t K,
+                       const void *B, int64_t ldb, int64_t lda, int64_t ldc, double beta);
+void kl_gemm_rep_float(kl_gemm_rep *r, const float *A, float *C);
+void kl_gemm_rep_double(kl_gemm_rep *r, const double *A, double *C);
+void kl_gemm_rep_end(kl_gemm_rep *r);
+
 #endif
