@@ -330,7 +330,8 @@ extern "C" kl_status kl_cu_cudnn_conv(const kl_exec *ex, const kl_tensor *t, int
                                                 (cudnnConvolutionBwdFilterAlgo_t)e->algo, ws, e->ws, &zero, e->w,
                                                 kl_data(ex, t));
         if (r != CUDNN_STATUS_SUCCESS) return refused(t, e, r, capturing, "cudnnConvolutionBackwardFilter");
-        if (a->has_bias) { /* dz is NCHW: sample n at n*O*P, channel o at o*P */
+        if (a->has_bias) { /* dz is NCHW: sample n at n*O*P, channel o at o*P; the whole batch in one
+                            * sum: its partials fit the scratch only because cu_nc == N here (see the top) */
             kl_conv_cu_layout l = kl_conv_cu_layout_of(a, t->op, sizeof(float), a->cu_nc);
             double *dbsum = (double *)(void *)((unsigned char *)kl_scratch(ex, t) + l.dbsum);
             KL_TRY(kl_cu_conv_db<float>(t, dz, c.O, c.N, c.P, c.O * c.P, c.P, dbsum, 1, (float *)kl_data(ex, t->extra[0]), st));
