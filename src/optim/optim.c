@@ -157,39 +157,35 @@ static kl_status optim_prepare(const kl_exec *ex, const kl_tensor *t, void *vals
     return KL_OK;
 }
 
-/* One parameter's update (g: the run's gradient, acc: the accumulator,
- * read only when the cycle has more than this run); the kind is a
- * constant in each loop. accumulate: acc = (first ? g : acc + g). */
+/* One parameter's update from the gradient g it uses; the kind is a
+ * constant in each loop. */
 #define UPDATE(T)                                                                                  \
-    static void update_##T(const kl_optim_hp *h, int kind, int64_t n, T *p, const T *g, T *acc, T *m, T *v) \
+    static void update_##T(const kl_optim_hp *h, int kind, int64_t n, T *p, const T *g, T *m, T *v) \
     {                                                                                              \
         switch (kind) {                                                                            \
         case KL_OPTIM_SGD:                                                                         \
             _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")                        \
-            for (int64_t i = 0; i < n; i++)                                                        \
-                kl_optim_elem_##T(h, KL_OPTIM_SGD, p + i, KL_OPTIM_GEFF(T, h, g[i], acc + i), m + i, v + i); \
+            for (int64_t i = 0; i < n; i++) kl_optim_elem_##T(h, KL_OPTIM_SGD, p + i, g[i], m + i, v + i); \
             break;                                                                                 \
         case KL_OPTIM_ADAM:                                                                        \
             _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")                        \
-            for (int64_t i = 0; i < n; i++)                                                        \
-                kl_optim_elem_##T(h, KL_OPTIM_ADAM, p + i, KL_OPTIM_GEFF(T, h, g[i], acc + i), m + i, v + i); \
+            for (int64_t i = 0; i < n; i++) kl_optim_elem_##T(h, KL_OPTIM_ADAM, p + i, g[i], m + i, v + i); \
             break;                                                                                 \
         default:                                                                                   \
             _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")                        \
-            for (int64_t i = 0; i < n; i++)                                                        \
-                kl_optim_elem_##T(h, KL_OPTIM_ADAMW, p + i, KL_OPTIM_GEFF(T, h, g[i], acc + i), m + i, v + i); \
+            for (int64_t i = 0; i < n; i++) kl_optim_elem_##T(h, KL_OPTIM_ADAMW, p + i, g[i], m + i, v + i); \
             break;                                                                                 \
         }                                                                                          \
     }                                                                                              \
     static void accumulate_##T(const kl_optim_hp *h, int64_t n, const T *g, T *acc)                \
     {                                                                                              \
         _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")                            \
-        for (int64_t i = 0; i < n; i++) acc[i] = h->acc_first ? g[i] : acc[i] + g[i];              \
+        for (int64_t i = 0; i < n; i++) acc[i] = KL_OPTIM_ACCUMULATE(T, h, g[i], acc[i]);          \
     }                                                                                              \
-    static void sumsq_##T(const kl_optim_hp *h, int64_t n, const T *g, const T *acc, double *ss)  \
+    static void sumsq_##T(int64_t n, const T *g, double *ss)                                       \
     {                                                                                              \
         for (int64_t i = 0; i < n; i++) {                                                          \
-            double x = KL_OPTIM_GEFF(T, h, g[i], acc + i);                                         \
+            double x = g[i];                                                                       \
             *ss += x * x;                                                                          \
         }                                                                                          \
     }
@@ -203,35 +199,44 @@ static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
     memcpy(&h, kl_run_vals(ex, t), sizeof h);
     kl_ctx *c = ex->ctx;
     const kl_graph *g = ex->g;
+    /* accumulation first: a run inside a cycle adds its gradient; the run
+     * ending a cycle of several forms their mean in the accumulator, and the
+     * update reads it from there */
+    int mean_in_acc = h.acc_apply && !h.acc_first;
+    if ((!h.acc_apply && !opt->flags->halted) || mean_in_acc)
+        for (int s = 0; s < c->n_slots && s < g->grad_written_n; s++) {
+            const kl_param_slot *sl = &c->slots[s];
+            if (!sl->trainable || !g->grad_written[s]) continue;
+            int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
+            const unsigned char *gr = c->grads + sl->off;
+            if (sl->dtype == KL_F32) accumulate_float(&h, n, (const float *)gr, (float *)(opt->acc + sl->off));
+            else accumulate_double(&h, n, (const double *)gr, (double *)(opt->acc + sl->off));
+        }
+    const unsigned char *geff = mean_in_acc ? opt->acc : c->grads; /* the gradients the update uses */
     double ss = 0;
     int have_ss = o->max_grad_norm > 0 || o->accumulate > 1;
-    /* the global norm of the gradients the update uses, over every gradient of this graph */
+    /* their global norm, over every gradient of this graph */
     for (int s = 0; have_ss && h.acc_apply && s < c->n_slots && s < g->grad_written_n; s++) {
         const kl_param_slot *sl = &c->slots[s];
         if (!sl->trainable || !g->grad_written[s]) continue;
         int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
-        const unsigned char *gr = c->grads + sl->off, *acc = opt->acc ? opt->acc + sl->off : gr;
-        if (sl->dtype == KL_F32) sumsq_float(&h, n, (const float *)gr, (const float *)acc, &ss);
-        else sumsq_double(&h, n, (const double *)gr, (const double *)acc, &ss);
+        if (sl->dtype == KL_F32) sumsq_float(n, (const float *)(geff + sl->off), &ss);
+        else sumsq_double(n, (const double *)(geff + sl->off), &ss);
     }
     const kl_tensor *loss = t->src[0];
     kl_optim_decide(&h, kl_load_double(kl_data(ex, loss), loss->dtype, 0), have_ss, ss, o->max_grad_norm, opt->flags);
     *(double *)kl_data(ex, t) = opt->flags->norm;
-    int accumulating = !h.acc_apply && !opt->flags->halted;
-    if (!opt->flags->apply && !accumulating) return KL_OK;
+    if (!opt->flags->apply) return KL_OK;
     h.gscale = opt->flags->gscale;
     for (int s = 0; s < c->n_slots && s < g->grad_written_n; s++) {
         const kl_param_slot *sl = &c->slots[s];
         if (!sl->trainable || !g->grad_written[s]) continue;
         int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
-        unsigned char *p = c->params + sl->off, *gr = c->grads + sl->off, *m = opt->m + sl->off;
-        unsigned char *v = opt->v ? opt->v + sl->off : m;       /* SGD never reads v */
-        unsigned char *acc = opt->acc ? opt->acc + sl->off : m; /* read only with accumulation */
-        if (accumulating && sl->dtype == KL_F32) accumulate_float(&h, n, (const float *)gr, (float *)acc);
-        else if (accumulating) accumulate_double(&h, n, (const double *)gr, (double *)acc);
-        else if (sl->dtype == KL_F32)
-            update_float(&h, o->kind, n, (float *)p, (const float *)gr, (float *)acc, (float *)m, (float *)v);
-        else update_double(&h, o->kind, n, (double *)p, (const double *)gr, (double *)acc, (double *)m, (double *)v);
+        unsigned char *p = c->params + sl->off, *m = opt->m + sl->off;
+        const unsigned char *gr = geff + sl->off;
+        unsigned char *v = opt->v ? opt->v + sl->off : m; /* SGD never reads v */
+        if (sl->dtype == KL_F32) update_float(&h, o->kind, n, (float *)p, (const float *)gr, (float *)m, (float *)v);
+        else update_double(&h, o->kind, n, (double *)p, (const double *)gr, (double *)m, (double *)v);
     }
     return KL_OK;
 }

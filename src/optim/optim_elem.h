@@ -20,15 +20,18 @@ typedef struct kl_optim_hp {
     double gscale;   /* gradient clipping factor (1: none) */
     /* gradient accumulation (kl_optim_opts.accumulate): acc_first, this run
      * starts a cycle (the accumulator holds nothing yet); acc_apply, this
-     * run ends it and updates with the mean gradient, (acc + g) * acc_scale,
-     * else it only adds g to the accumulator. Without accumulation every
+     * run ends it and updates with the mean gradient, (acc + g) * acc_scale
+     * (formed in the accumulator first), else it only adds g to it. Without accumulation every
      * run is first and applies with scale 1. */
     int acc_first, acc_apply;
     double acc_scale;
 } kl_optim_hp;
 
-/* The gradient a run's update uses: its own, or the mean of its cycle's. */
-#define KL_OPTIM_GEFF(T, h, g, acc) (((h)->acc_first ? (g) : *(acc) + (g)) * (T)(h)->acc_scale)
+/* The accumulator after a run with gradient g: inside a cycle the sum so
+ * far, at the end of a cycle of several runs their mean (which the update
+ * then reads instead of g; a cycle of one run updates from g itself). */
+#define KL_OPTIM_ACCUMULATE(T, h, g, acc)                                                          \
+    (((h)->acc_first ? (g) : (acc) + (g)) * (T)((h)->acc_apply ? (h)->acc_scale : 1.0))
 
 #define KL_DEF_OPTIM_ELEM(T)                                                                       \
     KL_HD static inline void kl_optim_elem_##T(const kl_optim_hp *h, int kind, T *p, T g, T *m, T *v) \

@@ -8,9 +8,9 @@
  * scale, and the non-finite guard from the loss and the norm) into the
  * optimizer's flags, which the update kernels read. The norm also goes to
  * the node's value and to host-visible memory (kl_optim_last_grad_norm).
- * With gradient accumulation both the update and the accumulating kernels
- * are launched every run; the run's values say which one does its work, so
- * one captured graph serves every run of a cycle. */
+ * With gradient accumulation an accumulating kernel runs first in every
+ * run; the run's values say what it and the update do (add, form the mean,
+ * or nothing), so one captured graph serves every run of a cycle. */
 #include "backends/cuda/cuda_internal.cuh"
 #include "optim/optim_elem.h"
 #include "core/half.h"
@@ -29,8 +29,14 @@ static __device__ __forceinline__ void elem(const kl_optim_hp *h, int kind, doub
     kl_optim_elem_double(h, kind, p, g, m, v);
 }
 
-/* acc: the gradient accumulator (g itself without accumulation: then every
- * run is its cycle's first and acc is never read) */
+/* The gradients an updating run uses: its own (g), or at the end of a
+ * cycle of several runs their mean, formed in the accumulator by accum_k
+ * (acc: g itself without accumulation, never read then). */
+template <typename T> static __device__ __forceinline__ const T *grads_used(const kl_optim_hp *hp, const T *g, const T *acc)
+{
+    return hp->acc_first ? g : acc;
+}
+
 template <typename T, int KIND>
 __global__ void optim_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t n, T *p, const T *g, const T *acc,
                         T *m, T *v)
@@ -38,16 +44,19 @@ __global__ void optim_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t 
     if (!f->apply) return;
     kl_optim_hp h = *hp;
     h.gscale = f->gscale;
-    KL_CU_FOR(i, n) elem(&h, KIND, p + i, KL_OPTIM_GEFF(T, &h, g[i], acc + i), m + i, v + i);
+    const T *ge = grads_used(&h, g, acc);
+    KL_CU_FOR(i, n) elem(&h, KIND, p + i, ge[i], m + i, v + i);
 }
 
-/* a run that only accumulates: acc = (first ? g : acc + g) */
+/* accumulation, before the norm and the update: inside a cycle (unless
+ * halted) acc = first ? g : acc + g; at the end of a cycle of several runs
+ * their mean (optim_elem.h) */
 template <typename T>
 __global__ void accum_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t n, const T *g, T *acc)
 {
-    if (hp->acc_apply || f->halted) return;
-    int first = hp->acc_first;
-    KL_CU_FOR(i, n) acc[i] = first ? g[i] : acc[i] + g[i];
+    kl_optim_hp h = *hp;
+    if (h.acc_apply ? h.acc_first : f->halted) return;
+    KL_CU_FOR(i, n) acc[i] = KL_OPTIM_ACCUMULATE(T, &h, g[i], acc[i]);
 }
 
 /* one thread: the update's flags from the loss and the summed squares. A
@@ -69,10 +78,11 @@ __global__ void decide_k(const kl_optim_hp *hp, const void *loss, int loss_dt, c
 template <typename T> __global__ void sumsq_k(const kl_optim_hp *hp, const T *g, const T *ga, int64_t n, double *part)
 {
     kl_optim_hp h = *hp;
+    const T *ge = grads_used(&h, g, ga);
     double acc = 0;
     if (h.acc_apply) KL_CU_FOR(i, n)
         {
-            double x = (double)(KL_OPTIM_GEFF(T, &h, g[i], ga + i));
+            double x = (double)ge[i];
             acc += x * x;
         }
     acc = kl_cu_block_reduce<double, 0>(acc);
@@ -114,7 +124,7 @@ static int next_span(const kl_ctx *c, const kl_graph *g, int *i, span *out)
 }
 
 /* The update of one span (acc: the accumulator, or g without one), or
- * with accumulate the adding of its gradients to the accumulator. */
+ * with accumulate the accumulation of its gradients. */
 template <typename T>
 static void update(const kl_optim_hp *hp, const kl_optim_flags *f, int kind, int64_t n, unsigned char *p,
                    const unsigned char *g, unsigned char *acc, unsigned char *m, unsigned char *v, int accumulate,
@@ -160,6 +170,16 @@ extern "C" kl_status kl_cuda_optim(const kl_exec *ex, const kl_tensor *t)
     kl_ctx *c = ex->ctx;
     const kl_graph *g = ex->g;
     cudaStream_t s = kl_cu_stream();
+    span sp;
+    /* accumulation first (the run's values say what it does, so one captured
+     * graph serves every run of a cycle) */
+    for (int i = 0; opt->acc && next_span(c, g, &i, &sp);) {
+        int64_t n = (int64_t)(sp.bytes / kl_dtype_size(sp.dt));
+        unsigned char *gr = c->grads + sp.off, *acc = opt->acc + sp.off;
+        if (sp.dt == KL_F32) update<float>(hp, opt->flags, o->kind, n, NULL, gr, acc, NULL, NULL, 1, s);
+        else update<double>(hp, opt->flags, o->kind, n, NULL, gr, acc, NULL, NULL, 1, s);
+        KL_CUDA_LAUNCHED(t, "accum_k");
+    }
     double *ss = NULL;
     if (o->max_grad_norm > 0 || opt->acc) { /* with accumulation the non-finite guard needs the norm */
         ss = kl_cu_reduce_buf() + KL_CU_RED_BLOCKS;
@@ -169,19 +189,14 @@ extern "C" kl_status kl_cuda_optim(const kl_exec *ex, const kl_tensor *t)
     decide_k<<<1, 1, 0, s>>>(hp, kl_data(ex, loss), (int)loss->dtype, ss, o->max_grad_norm, opt->flags, opt->seen_dev,
                              (double *)kl_data(ex, t), kl_cu_err());
     KL_CUDA_LAUNCHED(t, "decide_k");
-    /* the update, and with accumulation the adding; each kernel reads from
-     * the run's values which of the two this run does */
-    for (int pass = 0; pass < (opt->acc ? 2 : 1); pass++) {
-        span sp;
-        for (int i = 0; next_span(c, g, &i, &sp);) {
-            int64_t n = (int64_t)(sp.bytes / kl_dtype_size(sp.dt));
-            unsigned char *p = c->params + sp.off, *gr = c->grads + sp.off, *m = opt->m + sp.off;
-            unsigned char *v = opt->v ? opt->v + sp.off : m;        /* SGD never reads v */
-            unsigned char *acc = opt->acc ? opt->acc + sp.off : gr; /* read only with accumulation */
-            if (sp.dt == KL_F32) update<float>(hp, opt->flags, o->kind, n, p, gr, acc, m, v, pass, s);
-            else update<double>(hp, opt->flags, o->kind, n, p, gr, acc, m, v, pass, s);
-            KL_CUDA_LAUNCHED(t, pass ? "accum_k" : "optim_k");
-        }
+    for (int i = 0; next_span(c, g, &i, &sp);) {
+        int64_t n = (int64_t)(sp.bytes / kl_dtype_size(sp.dt));
+        unsigned char *p = c->params + sp.off, *gr = c->grads + sp.off, *m = opt->m + sp.off;
+        unsigned char *v = opt->v ? opt->v + sp.off : m;        /* SGD never reads v */
+        unsigned char *acc = opt->acc ? opt->acc + sp.off : gr; /* read only with accumulation */
+        if (sp.dt == KL_F32) update<float>(hp, opt->flags, o->kind, n, p, gr, acc, m, v, 0, s);
+        else update<double>(hp, opt->flags, o->kind, n, p, gr, acc, m, v, 0, s);
+        KL_CUDA_LAUNCHED(t, "optim_k");
     }
     return KL_OK;
 }
