@@ -4,7 +4,8 @@
 #     rows a step; the MLP without dropout), step for step within f32
 #     rounding, and the same epoch figures;
 #  2. a run resumed from a checkpoint between steps logs the same losses as
-#     the uninterrupted one, bit for bit;
+#     the uninterrupted one, bit for bit; SIGINT inside a step finishes the
+#     step's batches before its checkpoint;
 #  3. an epoch whose batches do not divide by K ends with a shorter step;
 #  4. kiln plan counts the accumulator; a bad value names the key.
 set -u
@@ -37,6 +38,22 @@ cp "$tmp/acc/config.yaml" "$tmp/res/"
 "$kiln" train --resume "$tmp/res" --threads 2 --no-tensorboard >"$tmp/res.log" 2>&1
 check "resumed at step 10: the same 13 losses, bit for bit" \
   '[ $? -eq 0 ] && [ "$(losses "$tmp/res" | wc -l)" -eq 13 ] && [ "$(losses "$tmp/acc" | tail -n 13)" = "$(losses "$tmp/res")" ]'
+
+# SIGINT inside a step: the step's batches finish first, then the checkpoint
+big=(--set data.limit=40000 --set data.val_split=500 --set train.batch=32 --set train.accumulate=3 --threads 2
+     --no-tensorboard --set train.log_every=1000)
+"$kiln" train models/cnn.yaml --epochs 1 "${big[@]}" --out "$tmp/full" >"$tmp/full.log" 2>&1
+"$kiln" train models/cnn.yaml --epochs 1 "${big[@]}" --out "$tmp/int" >"$tmp/int.log" 2>&1 &
+pid=$!
+sleep 2
+kill -INT "$pid"
+wait "$pid"
+rc=$?
+"$kiln" train --resume "$tmp/int" --threads 2 --no-tensorboard >"$tmp/int2.log" 2>&1
+check "SIGINT mid-step: exit 130, resumed at a step's boundary (batch = 3 x step), the same losses" \
+  '[ $rc -eq 130 ] && grep -qE "^resumed from .* at step ([0-9]+) \(epoch 1, batch [0-9]+\)" "$tmp/int2.log" &&
+   awk "/^resumed from/ {s = \$(NF - 4); b = \$NF; sub(/\\)/, \"\", b); exit !(b == 3 * s)}" "$tmp/int2.log" &&
+   [ -n "$(losses "$tmp/full")" ] && [ "$(losses "$tmp/full")" = "$(losses "$tmp/int")" ]'
 
 # 3. 46 batches of 32 in 3s: 15 steps of 3 and one of 1
 "$kiln" train "$tmp/mlp.yaml" --epochs 2 --set train.batch=32 --set train.accumulate=3 "${small[@]}" --out "$tmp/odd" \
