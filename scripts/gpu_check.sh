@@ -6,8 +6,9 @@
 # (default: all four, in that order; `quick` = tests train):
 #   tests:    the CUDA tests (every op vs the CPU, capture vs eager, conv,
 #             sequence ops, streamed data);
-#   train:    kiln train on the GPU: graph replay vs --no-graph, and streamed
-#             data vs data on the device, give identical losses; an
+#   train:    kiln train on the GPU: graph replay vs --no-graph (also with
+#             gradient accumulation), and streamed data vs data on the
+#             device, give identical losses; an
 #             interrupted run resumes exactly; LSTM and GPT configs train;
 #   memcheck: compute-sanitizer memcheck over the CUDA tests;
 #   bench:    the benchmarks against PyTorch (bench/run_gpu.sh).
@@ -83,6 +84,9 @@ if want train; then
   run train_cnn_cudnn_eager 300 env KILN_CUDA_CONV=cudnn "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --no-graph --out "$w/r_dn_eager"
   same "cuDNN: graph replay == eager" r_dn_graph r_dn_eager
   grep -m1 "convolutions by" "$w/train_cnn_cudnn_graph.log" >>"$out/summary.txt"
+  run train_cnn_acc_graph 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --set train.accumulate=3 --out "$w/r_acc_graph"
+  run train_cnn_acc_eager 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --set train.accumulate=3 --no-graph --out "$w/r_acc_eager"
+  same "accumulate 3: graph replay == eager" r_acc_graph r_acc_eager
   run train_cnn_stream 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --set data.on_device=false --out "$w/r_stream"
   same "streamed == on device (60 losses)" r_graph r_stream
   run train_mlp_ckpt 300 "$b/bin/kiln" train models/mlp.yaml --device cuda:0 "${tr[@]}" --set train.checkpoint_every=30 --out "$w/r_full"
