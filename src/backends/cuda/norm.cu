@@ -4,6 +4,7 @@
  * block trees in a fixed order: blocks per chunk of a channel (batchnorm)
  * or a block per row (layernorm). */
 #include "backends/cuda/cuda_internal.cuh"
+#include "backends/cuda/col_sums.cuh"
 #include "ops/norm.h"
 #include "ops/elem.h" /* batchnorm's fused activation */
 
@@ -87,37 +88,25 @@ __global__ void bn_sums_k(const T *x, const T *dy, const T *mean, int64_t N, int
     }
 }
 
-/* S == 1 ([N, C] input): block (32 channels, chunk q of the rows), so a
- * warp reads 32 consecutive values; BN_ROWS row phases per channel summed
- * in order through shared memory */
+/* S == 1 ([N, C] input): col_sums_k (32 channels, chunk q of the rows)
+ * with these terms, so a warp reads 32 consecutive values; BN_ROWS row
+ * phases per channel */
 #define BN_ROWS 8
-template <typename T, int BWD>
-__global__ void bn_sums_cols_k(const T *x, const T *dy, const T *mean, int64_t N, int64_t C, int64_t nch, double *part)
-{
-    __shared__ double p1[BN_ROWS][33], p2[BN_ROWS][33];
-    int tx = threadIdx.x, ty = threadIdx.y;
-    int64_t q = blockIdx.y, r0, r1;
-    kl_chunk_range(q, nch, N, &r0, &r1);
-    for (int64_t c0 = (int64_t)blockIdx.x * 32; c0 < C; c0 += (int64_t)gridDim.x * 32) {
-        int64_t c = c0 + tx;
-        double s1 = 0, s2 = 0;
-        if (c < C) {
-            double ref = bn_ref<T, BWD>(x, mean, c, 1);
-            for (int64_t n = r0 + ty; n < r1; n += BN_ROWS)
-                bn_terms<BWD>((double)x[n * C + c], BWD ? (double)dy[n * C + c] : 0.0, ref, &s1, &s2);
-        }
-        p1[ty][tx] = s1;
-        p2[ty][tx] = s2;
-        __syncthreads();
-        if (ty == 0 && c < C) {
-            double a1 = 0, a2 = 0;
-            for (int k = 0; k < BN_ROWS; k++) a1 += p1[k][tx], a2 += p2[k][tx];
-            part[(c * nch + q) * 2] = a1;
-            part[(c * nch + q) * 2 + 1] = a2;
-        }
-        __syncthreads(); /* p1, p2 are rewritten for the next channels */
+template <typename T, int BWD> struct bn_cols {
+    enum { NV = 2 };
+    const T *x, *dy, *mean;
+    double *part;
+    __device__ double col(int64_t c) const { return bn_ref<T, BWD>(x, mean, c, 1); }
+    __device__ void add(int64_t n, int64_t c, int64_t C, double ref, double *acc) const
+    {
+        bn_terms<BWD>((double)x[n * C + c], BWD ? (double)dy[n * C + c] : 0.0, ref, &acc[0], &acc[1]);
     }
-}
+    __device__ void put(int64_t c, int64_t q, int64_t, int64_t nch, const double *sum) const
+    {
+        part[(c * nch + q) * 2] = sum[0];
+        part[(c * nch + q) * 2 + 1] = sum[1];
+    }
+};
 
 template <typename T, int BWD>
 static void bn_sums(const T *x, const T *dy, const T *mean, int64_t N, int64_t C, int64_t S, int64_t nch, double *part,
@@ -126,7 +115,7 @@ static void bn_sums(const T *x, const T *dy, const T *mean, int64_t N, int64_t C
     if (S == 1) {
         int64_t nbc = (C + 31) / 32;
         dim3 grid((unsigned)(nbc < 65535 ? nbc : 65535), (unsigned)nch);
-        bn_sums_cols_k<T, BWD><<<grid, dim3(32, BN_ROWS), 0, s>>>(x, dy, mean, N, C, nch, part);
+        col_sums_k<BN_ROWS><<<grid, dim3(32, BN_ROWS), 0, s>>>(bn_cols<T, BWD>{x, dy, mean, part}, C, N, nch);
     } else {
         dim3 grid((unsigned)nch, (unsigned)(C < 65535 ? C : 65535));
         bn_sums_k<T, BWD><<<grid, kl_cu_red_threads(N * S / nch), 0, s>>>(x, dy, mean, N, C, S, nch, part);
@@ -333,52 +322,35 @@ __global__ void ln_bwd_dx_k(const T *dy, const T *x, const T *gm, const T *mean,
     }
 }
 
-/* dgamma, dbeta: a block per LN_DGB_COLS columns and chunk of rows
- * (kl_ln_dgb_chunks), LN_DGB_ROWS threads per column (thread y sums rows
- * y, y + LN_DGB_ROWS, ... of the chunk in order), then the column's
- * partials in order: into dg/db directly with one chunk, else into part
- * ([nq, 2, D] doubles) for ln_dgb_finish_k to add in chunk order. Fixed
- * order, and every SM gets work. */
-#define LN_DGB_COLS 32
+/* dgamma, dbeta: col_sums_k with these terms, a block per 32 columns and
+ * chunk of rows (kl_ln_dgb_chunks), LN_DGB_ROWS threads per column; into
+ * dg/db directly with one chunk, else into part ([nq, 2, D] doubles) for
+ * ln_dgb_finish_k to add in chunk order. Fixed order, and every SM gets
+ * work. */
 #define LN_DGB_ROWS 32
-template <typename T>
-__global__ void __launch_bounds__(LN_DGB_COLS * LN_DGB_ROWS)
-    ln_bwd_dgb_k(const T *dy, const T *x, const T *mean, T *dg, T *db, int64_t R, int64_t D, int64_t nq, double *part)
-{
-    __shared__ double sg[LN_DGB_ROWS][LN_DGB_COLS + 1], sb[LN_DGB_ROWS][LN_DGB_COLS + 1];
-    const T *rstd = mean + R;
-    int tx = threadIdx.x, ty = threadIdx.y;
-    int64_t q = blockIdx.y, r0, r1;
-    kl_chunk_range(q, nq, R, &r0, &r1);
-    for (int64_t c0 = (int64_t)blockIdx.x * LN_DGB_COLS; c0 < D; c0 += (int64_t)gridDim.x * LN_DGB_COLS) {
-        int64_t c = c0 + tx;
-        double ag = 0, ab = 0;
-        if (c < D)
-            for (int64_t r = r0 + ty; r < r1; r += LN_DGB_ROWS) {
-                double d = (double)dy[r * D + c];
-                ag += d * ((double)x[r * D + c] - (double)mean[r]) * (double)rstd[r];
-                ab += d;
-            }
-        sg[ty][tx] = ag;
-        sb[ty][tx] = ab;
-        __syncthreads();
-        if (ty == 0 && c < D) {
-            double g = 0, b = 0;
-            for (int k = 0; k < LN_DGB_ROWS; k++) {
-                g += sg[k][tx];
-                b += sb[k][tx];
-            }
-            if (nq > 1) {
-                part[(q * 2) * D + c] = g;
-                part[(q * 2 + 1) * D + c] = b;
-            } else {
-                if (dg) dg[c] = (T)g;
-                if (db) db[c] = (T)b;
-            }
-        }
-        __syncthreads(); /* sg, sb are rewritten for the next columns */
+template <typename T> struct ln_dgb_cols {
+    enum { NV = 2 };
+    const T *dy, *x, *mean, *rstd;
+    T *dg, *db;
+    double *part;
+    __device__ double col(int64_t) const { return 0; }
+    __device__ void add(int64_t r, int64_t c, int64_t D, double, double *acc) const
+    {
+        double d = (double)dy[r * D + c];
+        acc[0] += d * ((double)x[r * D + c] - (double)mean[r]) * (double)rstd[r];
+        acc[1] += d;
     }
-}
+    __device__ void put(int64_t c, int64_t q, int64_t D, int64_t nq, const double *sum) const
+    {
+        if (nq > 1) {
+            part[(q * 2) * D + c] = sum[0];
+            part[(q * 2 + 1) * D + c] = sum[1];
+        } else {
+            if (dg) dg[c] = (T)sum[0];
+            if (db) db[c] = (T)sum[1];
+        }
+    }
+};
 
 template <typename T> __global__ void ln_dgb_finish_k(const double *part, int64_t nq, int64_t D, T *dg, T *db)
 {
@@ -409,10 +381,11 @@ template <typename T> static void ln_launch(const kl_exec *ex, const kl_tensor *
     T *db = at->need_db ? (T *)kl_data(ex, t->extra[e++]) : NULL;
     if (at->need_dx) ln_bwd_dx_k<T><<<nb, threads, 0, s>>>(dy, x, gm, mean, (T *)kl_data(ex, t), R, D);
     if (dg || db) {
-        int64_t nc = (D + LN_DGB_COLS - 1) / LN_DGB_COLS, nq = kl_ln_dgb_chunks(R);
+        int64_t nc = (D + 31) / 32, nq = kl_ln_dgb_chunks(R);
         double *part = nq > 1 ? (double *)kl_scratch(ex, t) : NULL;
         dim3 grid((unsigned)(nc < 65535 ? nc : 65535), (unsigned)nq);
-        ln_bwd_dgb_k<T><<<grid, dim3(LN_DGB_COLS, LN_DGB_ROWS), 0, s>>>(dy, x, mean, dg, db, R, D, nq, part);
+        ln_dgb_cols<T> terms = {dy, x, mean, mean + R, dg, db, part};
+        col_sums_k<LN_DGB_ROWS><<<grid, dim3(32, LN_DGB_ROWS), 0, s>>>(terms, D, R, nq);
         if (nq > 1) ln_dgb_finish_k<T><<<kl_cu_blocks(D, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(part, nq, D, dg, db);
     }
 }

@@ -3,6 +3,7 @@
  * (loss and gradient). Sums are made in double in a fixed order (block and
  * warp trees), so results do not change from run to run. */
 #include "backends/cuda/cuda_internal.cuh"
+#include "backends/cuda/col_sums.cuh"
 #include "ops/sum_chunks.h"
 
 #include <math.h>
@@ -42,35 +43,29 @@ __global__ void reduce_k(const T *x, kl_cu_iter out, kl_cu_iter red, int64_t nq,
     }
 }
 
-/* block (32 columns, q): outputs consecutive in x (a bias gradient), so
- * each warp loads 32 consecutive values; RED_ROWS row phases per column
- * summed in order through shared memory */
+/* col_sums_k's terms when outputs are consecutive in x (a bias gradient):
+ * column c of row r is x[off(r) + c], off the reduced values' offsets
+ * (red); RED_ROWS row phases per column */
 #define RED_ROWS 8
-template <typename T>
-__global__ void reduce_cols_k(const T *x, int64_t ncols, kl_cu_iter red, int64_t nq, double *part, T *y, double scale)
-{
-    __shared__ double ph[RED_ROWS][33];
-    int tx = threadIdx.x, ty = threadIdx.y;
-    int64_t q = blockIdx.y, r0, r1;
-    kl_chunk_range(q, nq, red.n, &r0, &r1);
-    for (int64_t c0 = (int64_t)blockIdx.x * 32; c0 < ncols; c0 += (int64_t)gridDim.x * 32) {
-        int64_t c = c0 + tx;
-        double acc = 0;
-        for (int64_t r = r0 + ty; c < ncols && r < r1; r += RED_ROWS) {
-            int64_t off;
-            kl_cu_offsets<1>(red, r, &off);
-            acc += (double)x[off + c];
-        }
-        ph[ty][tx] = acc;
-        __syncthreads();
-        if (ty == 0 && c < ncols) {
-            double sum = 0;
-            for (int k = 0; k < RED_ROWS; k++) sum += ph[k][tx];
-            red_put(y, part, c, q, nq, sum, scale);
-        }
-        __syncthreads(); /* ph is rewritten by the next column block */
+template <typename T> struct red_cols {
+    enum { NV = 1 };
+    const T *x;
+    kl_cu_iter red;
+    double *part;
+    T *y;
+    double scale;
+    __device__ double col(int64_t) const { return 0; }
+    __device__ void add(int64_t r, int64_t c, int64_t, double, double *acc) const
+    {
+        int64_t off;
+        kl_cu_offsets<1>(red, r, &off);
+        acc[0] += (double)x[off + c];
     }
-}
+    __device__ void put(int64_t c, int64_t q, int64_t, int64_t nq, const double *sum) const
+    {
+        red_put(y, part, c, q, nq, sum[0], scale);
+    }
+};
 
 template <typename T> __global__ void reduce_finish_k(const double *part, int64_t nout, int64_t nq, double scale, T *y)
 {
@@ -100,8 +95,8 @@ static kl_status reduce_launch(const kl_exec *ex, const kl_tensor *t, const kl_c
     if (cols) {
         int64_t nbc = (out.n + 31) / 32;
         dim3 grid((unsigned)(nbc < 65535 * 16 ? nbc : 65535 * 16), (unsigned)nq);
-        reduce_cols_k<T><<<grid, dim3(32, RED_ROWS), 0, s>>>(x, out.n, red, nq, part, y, scale);
-        KL_CUDA_LAUNCHED(t, "reduce_cols_k");
+        col_sums_k<RED_ROWS><<<grid, dim3(32, RED_ROWS), 0, s>>>(red_cols<T>{x, red, part, y, scale}, out.n, red.n, nq);
+        KL_CUDA_LAUNCHED(t, "col_sums_k");
     } else {
         dim3 grid((unsigned)nq, (unsigned)(out.n < 65535 ? out.n : 65535));
         reduce_k<T><<<grid, kl_cu_red_threads(red.n / nq), 0, s>>>(x, out, red, nq, part, y, scale);
