@@ -21,7 +21,7 @@ small=(--set data.limit=2000 --set data.val_split=500 --set schedule.warmup_step
 # 1. K batches of 32 == one batch of 64
 "$kiln" train "$tmp/mlp.yaml" --epochs 1 --set train.batch=64 "${small[@]}" --out "$tmp/big" >"$tmp/big.log" 2>&1
 check "batch 64 runs" '[ $? -eq 0 ]'
-"$kiln" train "$tmp/mlp.yaml" --epochs 1 --set train.batch=32 --set train.accumulate=2 --set train.checkpoint_every=5 \
+"$kiln" train "$tmp/mlp.yaml" --epochs 1 --batch 32 --accumulate 2 --set train.checkpoint_every=5 \
   "${small[@]}" --out "$tmp/acc" >"$tmp/acc.log" 2>&1
 check "batch 32, accumulate 2 runs" '[ $? -eq 0 ]'
 check "the same number of steps (23)" '[ "$(losses "$tmp/big" | wc -l)" -eq 23 ] && [ "$(losses "$tmp/acc" | wc -l)" -eq 23 ]'
