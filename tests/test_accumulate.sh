@@ -5,7 +5,8 @@
 #     rounding, and the same epoch figures;
 #  2. a run resumed from a checkpoint between steps logs the same losses as
 #     the uninterrupted one, bit for bit; SIGINT inside a step finishes the
-#     step's batches before its checkpoint;
+#     step's batches before its checkpoint; resuming with another batch
+#     size or accumulate is refused;
 #  3. an epoch whose batches do not divide by K ends with a shorter step;
 #  4. kiln plan counts the accumulator; a bad value names the key.
 set -u
@@ -38,6 +39,15 @@ cp "$tmp/acc/config.yaml" "$tmp/res/"
 "$kiln" train --resume "$tmp/res" --threads 2 --no-tensorboard >"$tmp/res.log" 2>&1
 check "resumed at step 10: the same 13 losses, bit for bit" \
   '[ $? -eq 0 ] && [ "$(losses "$tmp/res" | wc -l)" -eq 13 ] && [ "$(losses "$tmp/acc" | tail -n 13)" = "$(losses "$tmp/res")" ]'
+
+mkdir -p "$tmp/res2/checkpoints"
+cp -r "$tmp/acc/checkpoints/step-000000010" "$tmp/res2/checkpoints/" && echo step-000000010 >"$tmp/res2/checkpoints/latest"
+cp "$tmp/acc/config.yaml" "$tmp/res2/"
+"$kiln" train --resume "$tmp/res2" --accumulate 3 --threads 2 --no-tensorboard >"$tmp/res2.log" 2>&1
+check "resuming with another train.accumulate is refused" \
+  '[ $? -eq 1 ] && grep -q "this run has train.batch 32 and train.accumulate 3, the checkpoint (step 10, epoch 1, batch 20) was trained with 32 and 2" "$tmp/res2.log"'
+"$kiln" train --resume "$tmp/res2" --batch 64 --threads 2 --no-tensorboard >"$tmp/res3.log" 2>&1
+check "... and so is another train.batch" '[ $? -eq 1 ] && grep -q "train.batch 64 and train.accumulate 2, the checkpoint" "$tmp/res3.log"'
 
 # SIGINT inside a step: the step's batches finish first, then the checkpoint
 big=(--set data.limit=40000 --set data.val_split=500 --set train.batch=32 --set train.accumulate=3 --threads 2

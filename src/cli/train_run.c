@@ -76,6 +76,31 @@ kl_status train_ckpt_save(const char *ckpt_root, kl_cfg *cfg, kl_ctx *ctx, kl_op
     return s;
 }
 
+/* A resumed run must cut its data as the checkpointed one did: the same
+ * train.batch and train.accumulate (batch positions and step counts are in
+ * those units), read from the checkpoint's own config.yaml (older ones
+ * have no accumulate: 1). */
+static kl_status same_cuts(const train_args *a, const train_opts *o, const kl_train_state *st, const char *text)
+{
+    if (!text) return KL_OK;
+    kl_cfg *c;
+    KL_TRY(kl_cfg_parse(text, strlen(text), "checkpoint config.yaml", &c));
+    kl_cfg_node *tr = kl_cfg_get(kl_cfg_root(c), "train");
+    int64_t batch = o->batch, acc = 1;
+    kl_status s = tr ? kl_cfg_int(tr, "batch", 0, o->batch, &batch) : KL_OK;
+    if (s == KL_OK && tr) s = kl_cfg_int(tr, "accumulate", 0, 1, &acc);
+    kl_cfg_free(c);
+    KL_TRY(s);
+    int64_t K = o->optim.accumulate > 1 ? o->optim.accumulate : 1;
+    if (batch == o->batch && acc == K) return KL_OK;
+    return kl_fail(KL_EINVAL,
+                   "--resume %s: this run has train.batch %lld and train.accumulate %lld, the checkpoint (step %lld, "
+                   "epoch %lld, batch %lld) was trained with %lld and %lld: its batch positions and step counts would "
+                   "not line up; resume with the checkpoint's values (or start a new run from its weights with --init)",
+                   a->ckpt_dir, (long long)o->batch, (long long)K, (long long)st->step, (long long)st->epoch + 1,
+                   (long long)st->batch, (long long)batch, (long long)acc);
+}
+
 kl_status train_state_start(const train_args *a, const train_opts *o, kl_ctx *ctx, kl_optim *opt, train_watch *w,
                             kl_train_state *st)
 {
@@ -83,7 +108,11 @@ kl_status train_state_start(const train_args *a, const train_opts *o, kl_ctx *ct
     *st = (kl_train_state){.seed = o->seed};
     snprintf(st->optim_kind, sizeof st->optim_kind, "%s", kinds[o->optim.kind]);
     if (!a->resume) return KL_OK;
-    KL_TRY(kl_checkpoint_load(a->ckpt_dir, ctx, opt, st, NULL));
+    char *text = NULL;
+    KL_TRY(kl_checkpoint_load(a->ckpt_dir, ctx, opt, st, &text));
+    kl_status s = same_cuts(a, o, st, text);
+    free(text);
+    KL_TRY(s);
     return watch_restore(w, st->watch, a->ckpt_dir);
 }
 
