@@ -9,13 +9,7 @@
 #     size or accumulate is refused;
 #  3. an epoch whose batches do not divide by K ends with a shorter step;
 #  4. kiln plan counts the accumulator; a bad value names the key.
-set -u
-kiln="$1/kiln"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
-losses() { grep '"type":"step"' "$1/metrics.jsonl" | sed 's/.*"loss":\([^,]*\),.*/\1/'; }
+. "$(dirname "$0")/lib/check.sh" "$1"
 sed 's/p: 0.1/p: 0.0/' models/mlp.yaml >"$tmp/mlp.yaml" # no dropout: batch sizes see the same masks
 small=(--set data.limit=2000 --set data.val_split=500 --set schedule.warmup_steps=5 --threads 2 --no-tensorboard)
 
@@ -25,9 +19,9 @@ check "batch 64 runs" '[ $? -eq 0 ]'
 "$kiln" train "$tmp/mlp.yaml" --epochs 1 --batch 32 --accumulate 2 --set train.checkpoint_every=5 \
   "${small[@]}" --out "$tmp/acc" >"$tmp/acc.log" 2>&1
 check "batch 32, accumulate 2 runs" '[ $? -eq 0 ]'
-check "the same number of steps (23)" '[ "$(losses "$tmp/big" | wc -l)" -eq 23 ] && [ "$(losses "$tmp/acc" | wc -l)" -eq 23 ]'
+check "the same number of steps (23)" '[ "$(step_losses "$tmp/big" | wc -l)" -eq 23 ] && [ "$(step_losses "$tmp/acc" | wc -l)" -eq 23 ]'
 check "step losses equal within f32 rounding" \
-  'paste <(losses "$tmp/big") <(losses "$tmp/acc") | awk "{d = \$1 - \$2; if (d < 0) d = -d; if (d > 1e-5 * \$1) bad++} END {exit bad > 0}"'
+  'paste <(step_losses "$tmp/big") <(step_losses "$tmp/acc") | awk "{d = \$1 - \$2; if (d < 0) d = -d; if (d > 1e-5 * \$1) bad++} END {exit bad > 0}"'
 check "the same epoch figures" \
   '[ "$(grep "^epoch 1:" "$tmp/big.log" | sed "s/ (.*//")" = "$(grep "^epoch 1:" "$tmp/acc.log" | sed "s/ (.*//")" ]'
 check "config.yaml keeps the key" 'grep -q "accumulate: 2" "$tmp/acc/config.yaml"'
@@ -38,7 +32,7 @@ cp -r "$tmp/acc/checkpoints/step-000000010" "$tmp/res/checkpoints/" && echo step
 cp "$tmp/acc/config.yaml" "$tmp/res/"
 "$kiln" train --resume "$tmp/res" --threads 2 --no-tensorboard >"$tmp/res.log" 2>&1
 check "resumed at step 10: the same 13 losses, bit for bit" \
-  '[ $? -eq 0 ] && [ "$(losses "$tmp/res" | wc -l)" -eq 13 ] && [ "$(losses "$tmp/acc" | tail -n 13)" = "$(losses "$tmp/res")" ]'
+  '[ $? -eq 0 ] && [ "$(step_losses "$tmp/res" | wc -l)" -eq 13 ] && [ "$(step_losses "$tmp/acc" | tail -n 13)" = "$(step_losses "$tmp/res")" ]'
 
 mkdir -p "$tmp/res2/checkpoints"
 cp -r "$tmp/acc/checkpoints/step-000000010" "$tmp/res2/checkpoints/" && echo step-000000010 >"$tmp/res2/checkpoints/latest"
@@ -63,13 +57,13 @@ rc=$?
 check "SIGINT mid-step: exit 130, resumed at a step's boundary (batch = 3 x step), the same losses" \
   '[ $rc -eq 130 ] && grep -qE "^resumed from .* at step ([0-9]+) \(epoch 1, batch [0-9]+\)" "$tmp/int2.log" &&
    awk "/^resumed from/ {s = \$(NF - 4); b = \$NF; sub(/\\)/, \"\", b); exit !(b == 3 * s)}" "$tmp/int2.log" &&
-   [ -n "$(losses "$tmp/full")" ] && [ "$(losses "$tmp/full")" = "$(losses "$tmp/int")" ]'
+   [ -n "$(step_losses "$tmp/full")" ] && [ "$(step_losses "$tmp/full")" = "$(step_losses "$tmp/int")" ]'
 
 # 3. 46 batches of 32 in 3s: 15 steps of 3 and one of 1
 "$kiln" train "$tmp/mlp.yaml" --epochs 2 --set train.batch=32 --set train.accumulate=3 "${small[@]}" --out "$tmp/odd" \
   >"$tmp/odd.log" 2>&1
 check "accumulate 3 over 46 batches: 16 steps an epoch" \
-  '[ $? -eq 0 ] && [ "$(losses "$tmp/odd" | wc -l)" -eq 32 ] && grep -q "\"type\":\"epoch\",\"epoch\":1,\"step\":16," "$tmp/odd/metrics.jsonl" &&
+  '[ $? -eq 0 ] && [ "$(step_losses "$tmp/odd" | wc -l)" -eq 32 ] && grep -q "\"type\":\"epoch\",\"epoch\":1,\"step\":16," "$tmp/odd/metrics.jsonl" &&
    grep -q "\"type\":\"epoch\",\"epoch\":2,\"step\":32," "$tmp/odd/metrics.jsonl"'
 
 # 4. plan and errors
@@ -78,5 +72,4 @@ check "kiln plan counts the accumulator" \
   '[ $? -eq 0 ] && grep -q "optimizer state .*(adam with gradient accumulation: 3 x parameters)" "$tmp/plan.log"'
 "$kiln" train "$tmp/mlp.yaml" --set train.accumulate=0 "${small[@]}" --out "$tmp/bad" >"$tmp/bad.log" 2>&1
 check "accumulate 0 is refused, naming the key" '[ $? -ne 0 ] && grep -q "train.accumulate: expected an integer in \[1, 1048576\], got 0" "$tmp/bad.log"'
-[ "$fail" -eq 0 ] || { echo "test_accumulate: $fail failed"; cat "$tmp/bad.log"; exit 1; }
-echo "test_accumulate: all passed"
+check_done test_accumulate

@@ -1,12 +1,7 @@
 #!/usr/bin/env bash
 # kiln bench ($1 = build dir): latency percentiles and throughput of a
 # trained MLP's checkpoint, and a clear error for a path with no checkpoint.
-set -u
-kiln="$1/kiln"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
+. "$(dirname "$0")/lib/check.sh" "$1"
 
 "$kiln" train models/mlp.yaml --steps 20 --set data.limit=2000 --set data.val_split=500 --threads 2 \
   --no-tensorboard --out "$tmp/run" >"$tmp/train.log" 2>&1
@@ -48,5 +43,4 @@ check "bad path: exit 1 naming the path" '[ $? -eq 1 ] && grep -q "kiln bench: .
 check "bad --iters" '[ $? -eq 2 ] && grep -q "iters must be an integer from 1 to" "$tmp/bad2.log"'
 "$kiln" bench >/dev/null 2>&1
 check "no checkpoint given" '[ $? -eq 2 ]'
-[ "$fail" -eq 0 ] || { echo "test_bench_cli: $fail failed"; exit 1; }
-echo "test_bench_cli: all passed"
+check_done test_bench_cli

@@ -4,12 +4,7 @@
 # then greedy and seeded top-k samples, from short prompts, past the context
 # (where the cache gives way to the window) and from a prompt longer than the
 # context, print the same text both ways.
-set -u
-kiln="$1/kiln"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
+. "$(dirname "$0")/lib/check.sh" "$1"
 
 awk 'BEGIN { srand(11); n = split("the cat sat on a mat|a fool and his money are soon parted|" \
      "time flies like an arrow|fruit flies like a banana|all that glitters is not gold|" \
@@ -56,5 +51,4 @@ t1=$(date +%s.%N); "$kiln" generate --threads 1 "$tmp/run" --prompt "t" --tokens
 t2=$(date +%s.%N)
 echo "     31 tokens: KV cache $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b - a}') s, without $(awk -v a="$t1" -v b="$t2" 'BEGIN{printf "%.3f", b - a}') s (process start included)"
 
-[ "$fail" -eq 0 ] || { echo "test_generate_kv: $fail failed"; exit 1; }
-echo "test_generate_kv: all passed"
+check_done test_generate_kv

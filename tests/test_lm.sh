@@ -13,12 +13,7 @@
 #  7. --profile prints the op table, the plateau watch stops a stalled run.
 # Training runs use one thread: these models are too small to gain from two,
 # and two test processes on two cores would oversubscribe them.
-set -u
-kiln="$1/kiln"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
+. "$(dirname "$0")/lib/check.sh" "$1"
 
 corpus=/usr/share/games/fortunes
 if [ ! -d "$corpus" ]; then # no fortunes package: a deterministic text of varied sentences
@@ -106,9 +101,8 @@ check "gpt with train.accumulate 2: 4 steps of two batches each" \
 mkdir -p "$tmp/gpt-accr/checkpoints" && cp -r "$tmp/gpt-acc/checkpoints/step-000000002" "$tmp/gpt-accr/checkpoints/" &&
   echo step-000000002 >"$tmp/gpt-accr/checkpoints/latest" && cp "$tmp/gpt-acc/config.yaml" "$tmp/gpt-acc/vocab.txt" "$tmp/gpt-accr/" 2>/dev/null
 "$kiln" train --resume "$tmp/gpt-accr" --threads 1 --no-tensorboard >"$tmp/gpt-accr.log" 2>&1
-lsteps() { grep '"type":"step"' "$1/metrics.jsonl" | sed 's/.*"loss":\([^,]*\),.*/\1/'; }
 check "gpt with train.accumulate 2 resumed at step 2: the same losses" \
-  '[ $? -eq 0 ] && [ "$(lsteps "$tmp/gpt-acc" | tail -n 2)" = "$(lsteps "$tmp/gpt-accr")" ]'
+  '[ $? -eq 0 ] && [ "$(step_losses "$tmp/gpt-acc" | tail -n 2)" = "$(step_losses "$tmp/gpt-accr")" ]'
 "$kiln" train "$tmp/gpt.yaml" --out "$tmp/gpt-stall" --threads 1 --steps 12 --no-tensorboard --set train.steps_per_epoch=2 \
   --set train.plateau_patience=1 --set train.early_stop=true --set optim.lr=1e-9 >"$tmp/gpt-stall.log" 2>&1
 check "gpt with lr 1e-9: the plateau warning, then an early stop after a checkpoint" \
@@ -212,5 +206,4 @@ for _ in 1 2 3 4 5 6 7 8; do cat "$tmp/dir/a"; done >"$tmp/dir/b"
 "$kiln" train "$tmp/lstm.yaml" --set data.path="$tmp/dir" --steps 1 --set data.val_fraction=0 --out "$tmp/d" >"$tmp/d.log" 2>&1
 check "symlinked duplicates read once" "grep -q \"corpus $tmp/dir: $(($(wc -c <"$tmp/dir/a") * 9)) characters\" '$tmp/d.log'"
 
-[ "$fail" -eq 0 ] || { echo "test_lm: $fail failed"; exit 1; }
-echo "test_lm: all passed"
+check_done test_lm

@@ -9,13 +9,8 @@
 #  5. the MLP case with streamed data (data.on_device=false): the same report;
 #  6. the MLP case with train.accumulate 2: the same layer named;
 # and kiln report shows the finding.
-set -u
-kiln="$1/kiln"
+. "$(dirname "$0")/lib/check.sh" "$1"
 py=${PYTHON:-python3}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
 small=(--set data.limit=1000 --set data.val_split=200 --set train.log_every=1 --threads 2 --no-tensorboard)
 
 "$kiln" train models/mlp.yaml --steps 10 --lr 1e30 "${small[@]}" --out "$tmp/mlp" >"$tmp/mlp.log" 2>&1
@@ -62,5 +57,4 @@ check "an Inf in the loaded weights: the parameter is named" \
   '[ $? -eq 1 ] && grep -q "^NaN watch: parameter .layers.6.weight. was already non-finite before this step (0 nan, 1 inf of 1280 values)" "$tmp/inf.log" &&
    grep -q "\"phase\":\"parameters\",\"layer\":\"layers.6\"" "$tmp/inf/metrics.jsonl"'
 sed -n 's/^NaN watch: /     /p' "$tmp/inf.log"
-[ $fail -eq 0 ] || { echo "$fail failed"; exit 1; }
-echo "all passed"
+check_done test_nan_watch

@@ -4,12 +4,7 @@
 # reported fits and one more does not, and training refuses (before loading
 # data, with the figures) when over the limit. tests/test_plan.c checks the
 # figures against kl_graph_stats of an independently built step.
-set -u
-kiln="$1/kiln"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
+. "$(dirname "$0")/lib/check.sh" "$1"
 bytes() { grep "^  $2 " "$1" | sed 's/.*  \([0-9]*\) bytes.*/\1/'; }
 
 for cfg in mlp cnn; do
@@ -51,5 +46,4 @@ check "no batch fits" '[ $? -eq 1 ] && grep -q "not even batch 1 fits" "$tmp/tin
 check "bad --mem-limit" '[ $? -eq 1 ] && grep -q "mem-limit: expected a size in bytes or with a unit (512M, 1.5G, 2GiB); got .12Q." "$tmp/bad.log"'
 "$kiln" plan >/dev/null 2>&1 --bogus
 check "unknown plan option" '[ $? -eq 2 ]'
-[ $fail -eq 0 ] || { echo "$fail failed"; exit 1; }
-echo "all passed"
+check_done test_plan_cli

@@ -5,12 +5,7 @@
 # resumed GPU run: the GPU plot, peak GPU memory and energy summed over the
 # two processes; a truncated last line is skipped with a warning; errors for
 # a missing run and a missing gnuplot.
-set -u
-kiln="$1/kiln"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
+. "$(dirname "$0")/lib/check.sh" "$1"
 big() { [ -f "$1" ] && [ "$(stat -c %s "$1")" -gt 1024 ]; }
 command -v "${KILN_GNUPLOT:-gnuplot}" >/dev/null || { echo "skip: gnuplot not installed (scripts/setup.sh installs gnuplot-nox)"; exit 77; }
 
@@ -66,5 +61,4 @@ KILN_GNUPLOT=false "$kiln" report "$tmp/run" >"$tmp/e4.log" 2>&1
 check "gnuplot failing: a warning with its exit status" '[ $? -eq 0 ] && grep -q "warning: false failed (exit status 1) drawing the plots" "$tmp/e4.log"'
 "$kiln" report >"$tmp/e3.log" 2>&1
 check "usage without a run" '[ $? -eq 2 ] && grep -q "usage: kiln report RUN_DIR" "$tmp/e3.log"'
-[ $fail -eq 0 ] || { echo "$fail failed"; exit 1; }
-echo "all passed"
+check_done test_report

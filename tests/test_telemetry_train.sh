@@ -8,13 +8,8 @@
 #     GPU fields, per-epoch and run energy (from the energy counter, and
 #     integrated from power when the counter is unsupported), sys/ scalars in
 #     TensorBoard (when the tensorboard package is installed).
-set -u
-kiln="$1/kiln"
+. "$(dirname "$0")/lib/check.sh" "$1"
 py=${PYTHON:-python3}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
 common=(models/mlp.yaml --steps 30 --set data.limit=2000 --set data.val_split=500 --set train.log_every=5 --threads 2)
 field() { grep "\"type\":\"$2\"" "$1" | tail -n 1 | sed "s/.*\"$3\":\([^,}]*\).*/\1/"; }
 
@@ -81,5 +76,4 @@ EOF
     sed 's/^/     /' "$tmp/tb.log"
   fi
 fi
-[ $fail -eq 0 ] || { echo "$fail failed"; exit 1; }
-echo "all passed"
+check_done test_telemetry_train

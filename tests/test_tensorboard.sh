@@ -4,15 +4,10 @@
 # metrics.jsonl (float32), parameter and gradient histograms exist (at epoch
 # ends by default, every N steps with train.histogram_every), and
 # --no-tensorboard writes none. Skipped (77) without the tensorboard package.
-set -u
-kiln="$1/kiln"
+. "$(dirname "$0")/lib/check.sh" "$1"
 py=${PYTHON:-python3}
 "$py" -c "import tensorboard.backend.event_processing.event_accumulator" 2>/dev/null || {
   echo "skip: python package tensorboard not installed (KILN_PYTEST=1 scripts/setup.sh)"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
 common=(models/mlp.yaml --steps 30 --set data.limit=2000 --set data.val_split=500 --set train.log_every=5 --threads 2)
 
 "$kiln" train "${common[@]}" --out "$tmp/run" >"$tmp/run.log" 2>&1
@@ -92,5 +87,4 @@ check "--no-tensorboard writes no event file" '[ $? -eq 0 ] && [ ! -e "$tmp/off/
 check "bad histogram_every message" '[ $? -ne 0 ] && grep -q "histogram_every" "$tmp/bad.log"'
 "$kiln" train --help >"$tmp/help.log" 2>&1
 check "help lists monitoring flags" 'grep -q -- "--no-tensorboard" "$tmp/help.log"'
-[ $fail -eq 0 ] || { echo "$fail failed"; exit 1; }
-echo "all passed"
+check_done test_tensorboard

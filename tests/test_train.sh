@@ -5,12 +5,7 @@
 #  2. a run killed with SIGKILL at a random step and resumed logs the same
 #     loss, bit for bit, at every step as an uninterrupted run;
 #  3. config and data errors give their specific messages.
-set -u
-kiln="$1/kiln"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
+. "$(dirname "$0")/lib/check.sh" "$1"
 
 # 1. accuracy on a subset
 "$kiln" train models/mlp.yaml --epochs 3 --set data.limit=10000 --set data.val_split=2000 --threads 2 \
@@ -107,5 +102,4 @@ printf 'name: bad\nmodel: {input: [1,28,28], layers: [{type: flatten}, {type: li
 check "missing data file message" 'grep -q "none.gz" "$tmp/e4.log"'
 "$kiln" train models/mlp.yaml --device cuda >"$tmp/e5.log" 2>&1
 check "cuda without CUDA backend is a clear error" '[ $? -ne 0 ] && grep -q "cuda:0" "$tmp/e5.log"'
-[ "$fail" -eq 0 ] || { echo "test_train: $fail failed"; exit 1; }
-echo "test_train: all passed"
+check_done test_train

@@ -4,12 +4,7 @@
 # train.early_stop stops a run that cannot improve (lr ~0) with a checkpoint
 # and exit 0; train.grad_norm_warn warns (and needs clip.max_norm);
 # --batch auto picks the largest power of two that fits --mem-limit.
-set -u
-kiln="$1/kiln"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi; }
+. "$(dirname "$0")/lib/check.sh" "$1"
 small=(--set data.limit=2000 --set data.val_split=500 --threads 2 --no-tensorboard)
 
 # 1. --profile
@@ -89,5 +84,4 @@ check "--batch auto picks the largest power of two under the plan's best ($best)
   '[ $? -eq 0 ] && grep -q "^batch auto: $p2, the largest power of two whose training step fits --mem-limit 20.00 MiB" "$tmp/ba.log" && grep -q "batch $p2$" "$tmp/ba.log" && grep -q "batch: $p2," "$tmp/ba/config.yaml"'
 "$kiln" train models/cnn.yaml --batch auto --mem-limit 1K --threads 2 --out "$tmp/ba2" >"$tmp/ba2.log" 2>&1
 check "--batch auto: nothing fits" '[ $? -eq 1 ] && grep -q "batch auto: not even batch 1 fits --mem-limit (1.00 KiB, 1024 bytes)" "$tmp/ba2.log"'
-[ "$fail" -eq 0 ] || { echo "test_train_watch: $fail failed"; exit 1; }
-echo "test_train_watch: all passed"
+check_done test_train_watch
