@@ -24,12 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TRY(call)                   \
-    do {                            \
-        kl_status s_ = (call);      \
-        if (s_ != KL_OK) return s_; \
-    } while (0)
-
 enum { B = 64, IN = 20, HID = 32, OUT = 5, STEPS = 6 };
 
 typedef struct {

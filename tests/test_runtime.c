@@ -127,12 +127,6 @@ typedef struct {
 
 enum { B = 16, IN = 6, HID = 8, OUT = 3 };
 
-#define TRY(call)                         \
-    do {                                  \
-        kl_status s_ = (call);            \
-        if (s_ != KL_OK) return s_;       \
-    } while (0)
-
 static kl_status net_build(net *m, double max_norm, double dropout)
 {
     memset(m, 0, sizeof *m);

@@ -1,15 +1,10 @@
 #include "accum_case.h"
+#include "testutil.h"
 
 #include <math.h>
 #include <string.h>
 
 enum { IN = 6, HID = 5, OUT = 4, TABLE = 24 };
-
-#define TRY(call)                   \
-    do {                            \
-        kl_status s_ = (call);      \
-        if (s_ != KL_OK) return s_; \
-    } while (0)
 
 /* Row i of the table: features and a label that depends on them. */
 static void table_row(int i, double *x, int32_t *y)

@@ -1,15 +1,10 @@
 #include "stream_case.h"
+#include "testutil.h"
 
 #include <math.h>
 #include <string.h>
 
 enum { N = 37, C = 5, ROWS = 8, SLOTS = 3, SHORT = 5 };
-
-#define TRY(call)                   \
-    do {                            \
-        kl_status s_ = (call);      \
-        if (s_ != KL_OK) return s_; \
-    } while (0)
 
 static void make_data(float *xs, int32_t *ys)
 {

@@ -44,6 +44,13 @@ extern int kl_test_checks;
         }                                                                     \
     } while (0)
 
+/* In a helper returning kl_status: returns a failing call's status. */
+#define TRY(call)                                                             \
+    do {                                                                      \
+        kl_status s_ = (call);                                                \
+        if (s_ != KL_OK) return s_;                                           \
+    } while (0)
+
 /* Ends main: prints a summary line and returns the exit code. */
 int kl_test_done(const char *name);
 
