@@ -191,6 +191,15 @@ static kl_status optim_prepare(const kl_exec *ex, const kl_tensor *t, void *vals
     }
 KL_FOR_REAL(UPDATE)
 
+/* The next trainable parameter slot at or after *s whose gradient graph g
+ * writes (advancing *s past it); NULL when none is left. */
+static const kl_param_slot *next_slot(const kl_ctx *c, const kl_graph *g, int *s)
+{
+    for (; *s < c->n_slots && *s < g->grad_written_n; (*s)++)
+        if (c->slots[*s].trainable && g->grad_written[*s]) return &c->slots[(*s)++];
+    return NULL;
+}
+
 static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
 {
     kl_optim *opt = KL_ATTR_C(t, optim_attr)->opt;
@@ -203,10 +212,9 @@ static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
      * ending a cycle of several forms their mean in the accumulator, and the
      * update reads it from there */
     int mean_in_acc = h.acc_apply && !h.acc_first;
+    const kl_param_slot *sl;
     if ((!h.acc_apply && !opt->flags->halted) || mean_in_acc)
-        for (int s = 0; s < c->n_slots && s < g->grad_written_n; s++) {
-            const kl_param_slot *sl = &c->slots[s];
-            if (!sl->trainable || !g->grad_written[s]) continue;
+        for (int s = 0; (sl = next_slot(c, g, &s));) {
             int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
             const unsigned char *gr = c->grads + sl->off;
             if (sl->dtype == KL_F32) accumulate_float(&h, n, (const float *)gr, (float *)(opt->acc + sl->off));
@@ -216,9 +224,7 @@ static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
     double ss = 0;
     int have_ss = o->max_grad_norm > 0 || o->accumulate > 1;
     /* their global norm, over every gradient of this graph */
-    for (int s = 0; have_ss && h.acc_apply && s < c->n_slots && s < g->grad_written_n; s++) {
-        const kl_param_slot *sl = &c->slots[s];
-        if (!sl->trainable || !g->grad_written[s]) continue;
+    for (int s = 0; have_ss && h.acc_apply && (sl = next_slot(c, g, &s));) {
         int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
         if (sl->dtype == KL_F32) sumsq_float(n, (const float *)(geff + sl->off), &ss);
         else sumsq_double(n, (const double *)(geff + sl->off), &ss);
@@ -228,9 +234,7 @@ static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
     *(double *)kl_data(ex, t) = opt->flags->norm;
     if (!opt->flags->apply) return KL_OK;
     h.gscale = opt->flags->gscale;
-    for (int s = 0; s < c->n_slots && s < g->grad_written_n; s++) {
-        const kl_param_slot *sl = &c->slots[s];
-        if (!sl->trainable || !g->grad_written[s]) continue;
+    for (int s = 0; (sl = next_slot(c, g, &s));) {
         int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
         unsigned char *p = c->params + sl->off, *m = opt->m + sl->off;
         const unsigned char *gr = geff + sl->off;
