@@ -300,6 +300,14 @@ static kl_act act_of(layer_kind k)
     return k == L_RELU ? KL_ACT_RELU : k == L_GELU ? KL_ACT_GELU : k == L_TANH ? KL_ACT_TANH : k == L_SIGMOID ? KL_ACT_SIGMOID : KL_ACT_NONE;
 }
 
+/* The activation of the layer after ls[i], to fuse into ls[i]'s output pass
+ * (KL_ACT_NONE: none follows, or GELU where the op cannot fuse it). */
+static kl_act next_act(const layer *ls, int n, int i, int gelu_fuses)
+{
+    kl_act act = i + 1 < n ? act_of(ls[i + 1].kind) : KL_ACT_NONE;
+    return act == KL_ACT_GELU && !gelu_fuses ? KL_ACT_NONE : act;
+}
+
 kl_status kl_layers_forward(layer *ls, int n, kl_graph *g, kl_tensor *x, int training, kl_model_state *st,
                             kl_tensor **out)
 {
@@ -315,7 +323,7 @@ kl_status kl_layers_forward(layer *ls, int n, kl_graph *g, kl_tensor *x, int tra
             else KL_TRY(kl_layer_param(g, li, "weight", 2, wd, KL_INIT_KAIMING_UNIFORM, 0, &w));
             if (li->bias) KL_TRY(kl_layer_param(g, li, "bias", 1, &li->features, KL_INIT_KAIMING_UNIFORM, (double)in, &b));
             /* a following activation is fused into the GEMM's output pass */
-            kl_act act = i + 1 < n ? act_of(ls[i + 1].kind) : KL_ACT_NONE;
+            kl_act act = next_act(ls, n, i, 1);
             KL_TRY(kl_linear(g, x, w, b, act, &x));
             if (act != KL_ACT_NONE) i++;
             break;
@@ -327,8 +335,7 @@ kl_status kl_layers_forward(layer *ls, int n, kl_graph *g, kl_tensor *x, int tra
             if (li->bias) KL_TRY(kl_layer_param(g, li, "bias", 1, &li->features, KL_INIT_KAIMING_UNIFORM, fan_in, &b));
             kl_conv2d_opts o = {{li->stride[0], li->stride[1]}, {li->pad[0], li->pad[1]}, {li->dil[0], li->dil[1]}, li->groups};
             /* like linear: relu/tanh/sigmoid right after run in the conv's output pass */
-            kl_act act = i + 1 < n ? act_of(ls[i + 1].kind) : KL_ACT_NONE;
-            if (act == KL_ACT_GELU) act = KL_ACT_NONE;
+            kl_act act = next_act(ls, n, i, 0);
             KL_TRY(kl_conv2d_act(g, x, w, b, &o, act, &x));
             if (act != KL_ACT_NONE) i++;
             break;
@@ -352,8 +359,7 @@ kl_status kl_layers_forward(layer *ls, int n, kl_graph *g, kl_tensor *x, int tra
             KL_TRY(kl_buffer(g, name, KL_F32, 1, &c, &(kl_init){KL_INIT_ONES, 0}, &rv));
             kl_batchnorm_opts o = {li->eps, li->momentum, training};
             /* like conv: relu/tanh/sigmoid right after run in the normalisation's output pass */
-            kl_act act = i + 1 < n ? act_of(ls[i + 1].kind) : KL_ACT_NONE;
-            if (act == KL_ACT_GELU) act = KL_ACT_NONE;
+            kl_act act = next_act(ls, n, i, 0);
             KL_TRY(kl_batchnorm_act(g, x, w, b, rm, rv, &o, act, &x));
             if (act != KL_ACT_NONE) i++;
             break;
