@@ -34,7 +34,7 @@ int kl_dnnl_conv_mode(void) { return -1; }
 #include <pthread.h>
 
 static struct {
-    kl_dnnl_lib f; /* the library's functions, engine and stream (a copy: g_dn.f.x reads as before) */
+    const kl_dnnl_lib *f; /* the library's functions, engine and stream (dnnl_lib.h) */
     int mode;      /* -1 none (not loaded or off), 0 auto, 1 every f32 conv */
     pthread_mutex_t mu; /* the cache list */
     struct dn_entry *cache;
@@ -45,9 +45,7 @@ static void dn_load(void)
 {
     const char *env = getenv("KILN_CONV");
     if (env && !strcmp(env, "im2col")) return;
-    const kl_dnnl_lib *lib = kl_dnnl();
-    if (!lib) return;
-    g_dn.f = *lib;
+    if (!(g_dn.f = kl_dnnl())) return;
     g_dn.mode = env && !strcmp(env, "dnnl") ? 1 : 0;
 }
 
@@ -112,15 +110,15 @@ typedef struct dn_entry {
 static bool mem_prep(dn_mem *m, const dnnl_memory_desc_t *user, const dnnl_memory_desc_t *want, bool to_user)
 {
     m->to_user = to_user;
-    DN_TRY(g_dn.f.dnnl_memory_create(&m->user, user, g_dn.f.eng, DNNL_MEMORY_NONE));
+    DN_TRY(g_dn.f->dnnl_memory_create(&m->user, user, g_dn.f->eng, DNNL_MEMORY_NONE));
     m->mem = m->user;
-    if (g_dn.f.dnnl_memory_desc_equal(user, want)) return true;
-    DN_TRY(g_dn.f.dnnl_memory_create(&m->mem, want, g_dn.f.eng, DNNL_MEMORY_ALLOCATE));
+    if (g_dn.f->dnnl_memory_desc_equal(user, want)) return true;
+    DN_TRY(g_dn.f->dnnl_memory_create(&m->mem, want, g_dn.f->eng, DNNL_MEMORY_ALLOCATE));
     dnnl_primitive_desc_t rpd;
-    DN_TRY(to_user ? g_dn.f.dnnl_reorder_primitive_desc_create(&rpd, want, g_dn.f.eng, user, g_dn.f.eng, NULL)
-                   : g_dn.f.dnnl_reorder_primitive_desc_create(&rpd, user, g_dn.f.eng, want, g_dn.f.eng, NULL));
-    dnnl_status_t s = g_dn.f.dnnl_primitive_create(&m->reorder, rpd);
-    g_dn.f.dnnl_primitive_desc_destroy(rpd);
+    DN_TRY(to_user ? g_dn.f->dnnl_reorder_primitive_desc_create(&rpd, want, g_dn.f->eng, user, g_dn.f->eng, NULL)
+                   : g_dn.f->dnnl_reorder_primitive_desc_create(&rpd, user, g_dn.f->eng, want, g_dn.f->eng, NULL));
+    dnnl_status_t s = g_dn.f->dnnl_primitive_create(&m->reorder, rpd);
+    g_dn.f->dnnl_primitive_desc_destroy(rpd);
     return s == dnnl_success;
 }
 
@@ -129,7 +127,7 @@ static bool mem_reorder(dn_mem *m)
     if (!m->reorder) return true;
     dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, m->to_user ? m->mem : m->user},
                                {DNNL_ARG_TO, m->to_user ? m->user : m->mem}};
-    return g_dn.f.dnnl_primitive_execute(m->reorder, g_dn.f.st, 2, args) == dnnl_success;
+    return g_dn.f->dnnl_primitive_execute(m->reorder, g_dn.f->st, 2, args) == dnnl_success;
 }
 
 static dnnl_alg_kind_t eltwise_of(int act)
@@ -149,45 +147,45 @@ static bool entry_make(dn_entry *e, const kl_conv_attr *a)
     dnnl_dims_t pr = {(a->OH - 1) * a->sh + (a->KH - 1) * a->dh + 1 - a->H - a->ph,
                       (a->OW - 1) * a->sw + (a->KW - 1) * a->dw + 1 - a->W - a->pw};
     dnnl_memory_desc_t xu, yu, wu, bu, xa, ya, wa;
-    DN_TRY(g_dn.f.dnnl_memory_desc_init_by_tag(&xu, 4, xd, dnnl_f32, dnnl_nchw));
-    DN_TRY(g_dn.f.dnnl_memory_desc_init_by_tag(&yu, 4, yd, dnnl_f32, dnnl_nchw));
-    DN_TRY(g_dn.f.dnnl_memory_desc_init_by_tag(&wu, 5, wd, dnnl_f32, dnnl_goihw));
-    DN_TRY(g_dn.f.dnnl_memory_desc_init_by_tag(&bu, 1, bd, dnnl_f32, dnnl_x));
-    DN_TRY(g_dn.f.dnnl_memory_desc_init_by_tag(&xa, 4, xd, dnnl_f32, dnnl_format_tag_any));
-    DN_TRY(g_dn.f.dnnl_memory_desc_init_by_tag(&ya, 4, yd, dnnl_f32, dnnl_format_tag_any));
-    DN_TRY(g_dn.f.dnnl_memory_desc_init_by_tag(&wa, 5, wd, dnnl_f32, dnnl_format_tag_any));
+    DN_TRY(g_dn.f->dnnl_memory_desc_init_by_tag(&xu, 4, xd, dnnl_f32, dnnl_nchw));
+    DN_TRY(g_dn.f->dnnl_memory_desc_init_by_tag(&yu, 4, yd, dnnl_f32, dnnl_nchw));
+    DN_TRY(g_dn.f->dnnl_memory_desc_init_by_tag(&wu, 5, wd, dnnl_f32, dnnl_goihw));
+    DN_TRY(g_dn.f->dnnl_memory_desc_init_by_tag(&bu, 1, bd, dnnl_f32, dnnl_x));
+    DN_TRY(g_dn.f->dnnl_memory_desc_init_by_tag(&xa, 4, xd, dnnl_f32, dnnl_format_tag_any));
+    DN_TRY(g_dn.f->dnnl_memory_desc_init_by_tag(&ya, 4, yd, dnnl_f32, dnnl_format_tag_any));
+    DN_TRY(g_dn.f->dnnl_memory_desc_init_by_tag(&wa, 5, wd, dnnl_f32, dnnl_format_tag_any));
     bool bias = e->has_bias;
     dnnl_convolution_desc_t fd, cd;
-    DN_TRY(g_dn.f.dnnl_dilated_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &xa,
+    DN_TRY(g_dn.f->dnnl_dilated_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &xa,
                                                             &wa, bias ? &bu : NULL, &ya, st, dl, pd, pr));
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
     if (op == KL_OP_conv2d && a->act != KL_ACT_NONE) {
-        DN_TRY(g_dn.f.dnnl_primitive_attr_create(&attr));
-        DN_TRY(g_dn.f.dnnl_post_ops_create(&po));
-        DN_TRY(g_dn.f.dnnl_post_ops_append_eltwise(po, 1.0f, eltwise_of(a->act), 0.0f, 0.0f));
-        DN_TRY(g_dn.f.dnnl_primitive_attr_set_post_ops(attr, po));
+        DN_TRY(g_dn.f->dnnl_primitive_attr_create(&attr));
+        DN_TRY(g_dn.f->dnnl_post_ops_create(&po));
+        DN_TRY(g_dn.f->dnnl_post_ops_append_eltwise(po, 1.0f, eltwise_of(a->act), 0.0f, 0.0f));
+        DN_TRY(g_dn.f->dnnl_primitive_attr_set_post_ops(attr, po));
     }
     dnnl_primitive_desc_t fpd = NULL, ppd = NULL;
-    dnnl_status_t s = g_dn.f.dnnl_primitive_desc_create(&fpd, &fd, attr, g_dn.f.eng, NULL);
-    if (po) g_dn.f.dnnl_post_ops_destroy(po);
-    if (attr) g_dn.f.dnnl_primitive_attr_destroy(attr);
+    dnnl_status_t s = g_dn.f->dnnl_primitive_desc_create(&fpd, &fd, attr, g_dn.f->eng, NULL);
+    if (po) g_dn.f->dnnl_post_ops_destroy(po);
+    if (attr) g_dn.f->dnnl_primitive_attr_destroy(attr);
     if (s != dnnl_success) return false;
     if (op == KL_OP_conv2d) {
         ppd = fpd;
     } else { /* the gradient ops take the forward's descriptor as a hint */
         if (op == KL_OP_conv2d_bwd_data)
-            s = g_dn.f.dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &xa, &wa, &ya, st,
-                                                                      dl, pd, pr);
+            s = g_dn.f->dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &xa, &wa, &ya,
+                                                                        st, dl, pd, pr);
         else
-            s = g_dn.f.dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &xa, &wa,
+            s = g_dn.f->dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &xa, &wa,
                                                                          bias ? &bu : NULL, &ya, st, dl, pd, pr);
-        if (s == dnnl_success) s = g_dn.f.dnnl_primitive_desc_create(&ppd, &cd, NULL, g_dn.f.eng, fpd);
-        g_dn.f.dnnl_primitive_desc_destroy(fpd);
+        if (s == dnnl_success) s = g_dn.f->dnnl_primitive_desc_create(&ppd, &cd, NULL, g_dn.f->eng, fpd);
+        g_dn.f->dnnl_primitive_desc_destroy(fpd);
         if (s != dnnl_success) return false;
     }
-#define MD(q) g_dn.f.dnnl_primitive_desc_query_md(ppd, q, 0)
-    bool ok = g_dn.f.dnnl_primitive_create(&e->prim, ppd) == dnnl_success;
+#define MD(q) g_dn.f->dnnl_primitive_desc_query_md(ppd, q, 0)
+    bool ok = g_dn.f->dnnl_primitive_create(&e->prim, ppd) == dnnl_success;
     if (op == KL_OP_conv2d)
         ok = ok && mem_prep(&e->in0, &xu, MD(dnnl_query_src_md), false) &&
              mem_prep(&e->in1, &wu, MD(dnnl_query_weights_md), false) &&
@@ -201,8 +199,8 @@ static bool entry_make(dn_entry *e, const kl_conv_attr *a)
              mem_prep(&e->in1, &yu, MD(dnnl_query_diff_dst_md), false) &&
              mem_prep(&e->out, &wu, MD(dnnl_query_diff_weights_md), true);
 #undef MD
-    g_dn.f.dnnl_primitive_desc_destroy(ppd);
-    if (ok && bias) ok = g_dn.f.dnnl_memory_create(&e->bias, &bu, g_dn.f.eng, DNNL_MEMORY_NONE) == dnnl_success;
+    g_dn.f->dnnl_primitive_desc_destroy(ppd);
+    if (ok && bias) ok = g_dn.f->dnnl_memory_create(&e->bias, &bu, g_dn.f->eng, DNNL_MEMORY_NONE) == dnnl_success;
     if (ok && op != KL_OP_conv2d && a->act != KL_ACT_NONE)
         ok = (e->dz = malloc((size_t)(a->N * a->O * a->OH * a->OW) * sizeof(float))) != NULL;
     return ok;
@@ -252,18 +250,18 @@ kl_status kl_dnnl_conv_run(const kl_exec *ex, const kl_tensor *t)
     if (y) form_dz(a, s0, y, e->dz), s0 = e->dz;
     /* srcs: conv2d x, w; bwd_data dy, w; bwd_filter dy, x (its primitive takes x first) */
     const void *in0 = op == KL_OP_conv2d_bwd_filter ? s1 : s0, *in1 = op == KL_OP_conv2d_bwd_filter ? s0 : s1;
-    bool ok = g_dn.f.dnnl_memory_set_data_handle(e->in0.user, (void *)in0) == dnnl_success &&
-              g_dn.f.dnnl_memory_set_data_handle(e->in1.user, (void *)in1) == dnnl_success &&
-              g_dn.f.dnnl_memory_set_data_handle(e->out.user, kl_data(ex, t)) == dnnl_success &&
-              (!e->bias || g_dn.f.dnnl_memory_set_data_handle(e->bias, bias) == dnnl_success);
+    bool ok = g_dn.f->dnnl_memory_set_data_handle(e->in0.user, (void *)in0) == dnnl_success &&
+              g_dn.f->dnnl_memory_set_data_handle(e->in1.user, (void *)in1) == dnnl_success &&
+              g_dn.f->dnnl_memory_set_data_handle(e->out.user, kl_data(ex, t)) == dnnl_success &&
+              (!e->bias || g_dn.f->dnnl_memory_set_data_handle(e->bias, bias) == dnnl_success);
     ok = ok && mem_reorder(&e->in0) && mem_reorder(&e->in1);
     int A0 = op == KL_OP_conv2d_bwd_data ? DNNL_ARG_DIFF_DST : DNNL_ARG_SRC;
     int A1 = op == KL_OP_conv2d_bwd_filter ? DNNL_ARG_DIFF_DST : DNNL_ARG_WEIGHTS;
     int AO = op == KL_OP_conv2d ? DNNL_ARG_DST : op == KL_OP_conv2d_bwd_data ? DNNL_ARG_DIFF_SRC : DNNL_ARG_DIFF_WEIGHTS;
     int AB = op == KL_OP_conv2d ? DNNL_ARG_BIAS : DNNL_ARG_DIFF_BIAS;
     dnnl_exec_arg_t args[4] = {{A0, e->in0.mem}, {A1, e->in1.mem}, {AO, e->out.mem}, {AB, e->bias}};
-    ok = ok && g_dn.f.dnnl_primitive_execute(e->prim, g_dn.f.st, e->bias ? 4 : 3, args) == dnnl_success;
-    ok = ok && mem_reorder(&e->out) && g_dn.f.dnnl_stream_wait(g_dn.f.st) == dnnl_success;
+    ok = ok && g_dn.f->dnnl_primitive_execute(e->prim, g_dn.f->st, e->bias ? 4 : 3, args) == dnnl_success;
+    ok = ok && mem_reorder(&e->out) && g_dn.f->dnnl_stream_wait(g_dn.f->st) == dnnl_success;
     pthread_mutex_unlock(&e->mu);
     return ok ? KL_OK : kl_fail(KL_EINTERNAL, "%s: oneDNN failed to run %s", kl_ops[op]->name, kl_desc(t));
 }
