@@ -91,7 +91,7 @@ static kl_status same_cuts(const train_args *a, const train_opts *o, const kl_tr
     if (s == KL_OK && tr) s = kl_cfg_int(tr, "accumulate", 0, 1, &acc);
     kl_cfg_free(c);
     KL_TRY(s);
-    int64_t K = o->optim.accumulate > 1 ? o->optim.accumulate : 1;
+    int64_t K = o->optim.accumulate; /* >= 1: train_opts_read */
     if (batch == o->batch && acc == K) return KL_OK;
     return kl_fail(KL_EINVAL,
                    "--resume %s: this run has train.batch %lld and train.accumulate %lld, the checkpoint (step %lld, "
@@ -454,7 +454,7 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
     if (a->resume)
         printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", a->ckpt_dir, (long long)st.step,
                (long long)st.epoch + 1, (long long)st.batch);
-    int64_t count = kl_dataset_count(r->tr), B = r->o.batch, K = r->o.optim.accumulate > 1 ? r->o.optim.accumulate : 1;
+    int64_t count = kl_dataset_count(r->tr), B = r->o.batch, K = r->o.optim.accumulate;
     int64_t per_epoch = r->o.drop_last ? count / B : (count + B - 1) / B; /* batches */
     int64_t steps_per_epoch = (per_epoch + K - 1) / K; /* an epoch's last step takes what is left */
     pipe_state p = {.tty = isatty(2), .total = r->o.steps ? r->o.steps : r->o.epochs * steps_per_epoch};

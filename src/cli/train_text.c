@@ -228,7 +228,7 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
     KL_TRY(kl_graph_set_runs(r->train.g, st.graph_runs));
     if (a->resume) printf("resumed from %s at step %lld\n", a->ckpt_dir, (long long)st.step);
     int64_t spe = r->o.steps_per_epoch, total = r->o.steps ? r->o.steps : r->o.epochs * spe;
-    int64_t K = r->o.optim.accumulate > 1 ? r->o.optim.accumulate : 1, B = r->o.batch * K; /* sequences a step */
+    int64_t K = r->o.optim.accumulate, B = r->o.batch * K; /* sequences a step */
     int tty = isatty(2);
     mean_acc ep = {0}, win = {0};
     double t_win = now();

@@ -12,7 +12,6 @@
 
 #include "ops/attrs.h" /* the attribute structs */
 
-
 /* Whether GEMM can read this matrix as is: row-major or transposed. */
 static bool gemm_ready(const kl_tensor *t)
 {
