@@ -123,18 +123,15 @@ static int next_span(const kl_ctx *c, const kl_graph *g, int *i, span *out)
     return found;
 }
 
-/* The update of one span (acc: the accumulator, or g without one), or
- * with accumulate the accumulation of its gradients. */
+/* The update of one span (acc: the accumulator, or g without one). */
 template <typename T>
 static void update(const kl_optim_hp *hp, const kl_optim_flags *f, int kind, int64_t n, unsigned char *p,
-                   const unsigned char *g, unsigned char *acc, unsigned char *m, unsigned char *v, int accumulate,
-                   cudaStream_t s)
+                   const unsigned char *g, unsigned char *acc, unsigned char *m, unsigned char *v, cudaStream_t s)
 {
     unsigned nb = kl_cu_blocks(n, KL_CU_THREADS);
     T *pp = (T *)p, *mm = (T *)m, *vv = (T *)v, *aa = (T *)acc;
     const T *gg = (const T *)g;
-    if (accumulate) accum_k<T><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, gg, aa);
-    else if (kind == KL_OPTIM_SGD) optim_k<T, KL_OPTIM_SGD><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, aa, mm, vv);
+    if (kind == KL_OPTIM_SGD) optim_k<T, KL_OPTIM_SGD><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, aa, mm, vv);
     else if (kind == KL_OPTIM_ADAM) optim_k<T, KL_OPTIM_ADAM><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, aa, mm, vv);
     else optim_k<T, KL_OPTIM_ADAMW><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, aa, mm, vv);
 }
@@ -175,9 +172,11 @@ extern "C" kl_status kl_cuda_optim(const kl_exec *ex, const kl_tensor *t)
      * graph serves every run of a cycle) */
     for (int i = 0; opt->acc && next_span(c, g, &i, &sp);) {
         int64_t n = (int64_t)(sp.bytes / kl_dtype_size(sp.dt));
+        unsigned nb = kl_cu_blocks(n, KL_CU_THREADS);
         unsigned char *gr = c->grads + sp.off, *acc = opt->acc + sp.off;
-        if (sp.dt == KL_F32) update<float>(hp, opt->flags, o->kind, n, NULL, gr, acc, NULL, NULL, 1, s);
-        else update<double>(hp, opt->flags, o->kind, n, NULL, gr, acc, NULL, NULL, 1, s);
+        if (sp.dt == KL_F32)
+            accum_k<float><<<nb, KL_CU_THREADS, 0, s>>>(hp, opt->flags, n, (const float *)gr, (float *)acc);
+        else accum_k<double><<<nb, KL_CU_THREADS, 0, s>>>(hp, opt->flags, n, (const double *)gr, (double *)acc);
         KL_CUDA_LAUNCHED(t, "accum_k");
     }
     double *ss = NULL;
@@ -194,8 +193,8 @@ extern "C" kl_status kl_cuda_optim(const kl_exec *ex, const kl_tensor *t)
         unsigned char *p = c->params + sp.off, *gr = c->grads + sp.off, *m = opt->m + sp.off;
         unsigned char *v = opt->v ? opt->v + sp.off : m;        /* SGD never reads v */
         unsigned char *acc = opt->acc ? opt->acc + sp.off : gr; /* read only with accumulation */
-        if (sp.dt == KL_F32) update<float>(hp, opt->flags, o->kind, n, p, gr, acc, m, v, 0, s);
-        else update<double>(hp, opt->flags, o->kind, n, p, gr, acc, m, v, 0, s);
+        if (sp.dt == KL_F32) update<float>(hp, opt->flags, o->kind, n, p, gr, acc, m, v, s);
+        else update<double>(hp, opt->flags, o->kind, n, p, gr, acc, m, v, s);
         KL_CUDA_LAUNCHED(t, "optim_k");
     }
     return KL_OK;
