@@ -246,34 +246,34 @@ static kl_status b_copy(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_te
 
 #define TF32_TOL 1e-2 /* TF32 rounds GEMM inputs to 10-bit mantissas */
 static const kl_parity_case cases[] = {
-    {"relu", b_unary, 0, 1e-6, 1e-13, 0},        {"gelu", b_unary, 1, 1e-5, 1e-13, 0},
-    {"tanh", b_unary, 2, 1e-5, 1e-13, 0},        {"sigmoid", b_unary, 3, 1e-5, 1e-13, 0},
-    {"scale", b_unary, 4, 1e-6, 1e-13, 0},       {"square", b_unary, 5, 1e-6, 1e-13, 0},
-    {"gelu_saturated", b_unary, 6, 1e-5, 1e-13, 0}, {"tanh_saturated", b_unary, 7, 1e-5, 1e-13, 0},
-    {"add", b_binary, 0, 1e-6, 1e-13, 0},        {"sub", b_binary, 1, 1e-6, 1e-13, 0},
-    {"mul", b_binary, 2, 1e-6, 1e-13, 0},        {"div", b_binary, 3, 1e-5, 1e-13, 0},
-    {"sum", b_reduce, 0, 1e-5, 1e-13, 0},        {"mean", b_reduce, 1, 1e-5, 1e-13, 0},
-    {"sum_cols", b_reduce, 2, 1e-5, 1e-13, 0},   {"sum_cols_wide", b_reduce, 3, 1e-5, 1e-13, 0},
-    {"sum_cols_long", b_reduce, 4, 1e-5, 1e-13, 0}, {"sum_permuted", b_reduce, 5, 1e-5, 1e-13, 0},
-    {"mean_long", b_reduce, 6, 1e-5, 1e-13, 0},  {"sum_strided_long", b_reduce, 7, 1e-5, 1e-13, 0},
-    {"sum_permuted_long", b_reduce, 8, 1e-5, 1e-13, 0},
-    {"linear_relu", b_matmul, 0, TF32_TOL, 1e-12, 0}, {"linear_tanh", b_matmul, 1, TF32_TOL, 1e-12, 0},
-    {"matmul_batched", b_matmul, 2, TF32_TOL, 1e-12, 0}, {"matmul_bcast", b_matmul, 3, TF32_TOL, 1e-12, 0},
-    {"matmul_trans", b_matmul, 4, TF32_TOL, 1e-12, 0}, {"matmul_bcast_a", b_matmul, 5, TF32_TOL, 1e-12, 0},
-    {"matmul_bcast_b", b_matmul, 6, TF32_TOL, 1e-12, 0},
-    {"softmax", b_softmax, 0, 1e-5, 1e-12, 0},   {"log_softmax", b_softmax, 1, 1e-5, 1e-12, 0},
-    {"softmax_1000", b_softmax, 2, 1e-5, 1e-12, 0}, {"log_softmax_1000", b_softmax, 3, 1e-5, 1e-12, 0},
-    {"softmax_ce", b_ce, 0, 1e-5, 1e-12, 0},     {"softmax_ce_20000", b_ce, 1, 1e-5, 1e-12, 0},
-    {"dropout", b_dropout, 0, 1e-6, 1e-13, 0},
-    {"batchnorm_train", b_batchnorm, 1, 1e-4, 1e-11, 0}, {"batchnorm_eval", b_batchnorm, 0, 1e-5, 1e-12, 0},
-    {"batchnorm_wide", b_batchnorm, 2, 1e-4, 1e-11, 0}, {"batchnorm_2chunks", b_batchnorm, 3, 1e-4, 1e-11, 0},
-    {"batchnorm_4chunks", b_batchnorm, 4, 1e-4, 1e-11, 0}, {"batchnorm_relu", b_batchnorm, 5, 1e-4, 1e-11, 0},
-    {"batchnorm_tanh_2chunks", b_batchnorm, 6, 1e-4, 1e-11, 0}, {"batchnorm_eval_sigmoid", b_batchnorm, 7, 1e-5, 1e-12, 0},
-    {"layernorm", b_layernorm, 0, 1e-4, 1e-11, 0}, {"layernorm_big", b_layernorm, 1, 1e-4, 1e-11, 0}, {"embedding", b_embedding, 0, 1e-5, 1e-12, 0},
-    {"embedding_big", b_embedding, 1, 1e-5, 1e-12, 0},
-    {"concat_slice", b_concat_slice, 0, 1e-6, 1e-13, 0},
-    {"cast_f16", b_cast, 0, 1e-6, 1e-13, 0},     {"cast_bf16", b_cast, 1, 1e-6, 1e-13, 1},
-    {"copy", b_copy, 0, 1e-6, 1e-13, 0},
+    {"relu", b_unary, 0, 1e-6, 1e-13, 0, KL_H16_EXACT},        {"gelu", b_unary, 1, 1e-5, 1e-13, 0, KL_H16_EXACT},
+    {"tanh", b_unary, 2, 1e-5, 1e-13, 0, KL_H16_EXACT},        {"sigmoid", b_unary, 3, 1e-5, 1e-13, 0, KL_H16_EXACT},
+    {"scale", b_unary, 4, 1e-6, 1e-13, 0, KL_H16_EXACT},       {"square", b_unary, 5, 1e-6, 1e-13, 0, KL_H16_EXACT},
+    {"gelu_saturated", b_unary, 6, 1e-5, 1e-13, 0, KL_H16_ROUNDED}, {"tanh_saturated", b_unary, 7, 1e-5, 1e-13, 0, KL_H16_NONE}, /* 16-bit tanh rounds to 1 sooner: gradients 0 */
+    {"add", b_binary, 0, 1e-6, 1e-13, 0, KL_H16_EXACT},        {"sub", b_binary, 1, 1e-6, 1e-13, 0, KL_H16_EXACT},
+    {"mul", b_binary, 2, 1e-6, 1e-13, 0, KL_H16_EXACT},        {"div", b_binary, 3, 1e-5, 1e-13, 0, KL_H16_ROUNDED},
+    {"sum", b_reduce, 0, 1e-5, 1e-13, 0, KL_H16_EXACT},        {"mean", b_reduce, 1, 1e-5, 1e-13, 0, KL_H16_EXACT},
+    {"sum_cols", b_reduce, 2, 1e-5, 1e-13, 0, KL_H16_EXACT},   {"sum_cols_wide", b_reduce, 3, 1e-5, 1e-13, 0, KL_H16_EXACT},
+    {"sum_cols_long", b_reduce, 4, 1e-5, 1e-13, 0, KL_H16_EXACT}, {"sum_permuted", b_reduce, 5, 1e-5, 1e-13, 0, KL_H16_EXACT},
+    {"mean_long", b_reduce, 6, 1e-5, 1e-13, 0, KL_H16_EXACT},  {"sum_strided_long", b_reduce, 7, 1e-5, 1e-13, 0, KL_H16_EXACT},
+    {"sum_permuted_long", b_reduce, 8, 1e-5, 1e-13, 0, KL_H16_EXACT},
+    {"linear_relu", b_matmul, 0, TF32_TOL, 1e-12, 0, KL_H16_EXACT}, {"linear_tanh", b_matmul, 1, TF32_TOL, 1e-12, 0, KL_H16_EXACT},
+    {"matmul_batched", b_matmul, 2, TF32_TOL, 1e-12, 0, KL_H16_EXACT}, {"matmul_bcast", b_matmul, 3, TF32_TOL, 1e-12, 0, KL_H16_EXACT},
+    {"matmul_trans", b_matmul, 4, TF32_TOL, 1e-12, 0, KL_H16_EXACT}, {"matmul_bcast_a", b_matmul, 5, TF32_TOL, 1e-12, 0, KL_H16_EXACT},
+    {"matmul_bcast_b", b_matmul, 6, TF32_TOL, 1e-12, 0, KL_H16_EXACT},
+    {"softmax", b_softmax, 0, 1e-5, 1e-12, 0, KL_H16_EXACT},   {"log_softmax", b_softmax, 1, 1e-5, 1e-12, 0, KL_H16_EXACT},
+    {"softmax_1000", b_softmax, 2, 1e-5, 1e-12, 0, KL_H16_EXACT}, {"log_softmax_1000", b_softmax, 3, 1e-5, 1e-12, 0, KL_H16_EXACT},
+    {"softmax_ce", b_ce, 0, 1e-5, 1e-12, 0, KL_H16_EXACT},     {"softmax_ce_20000", b_ce, 1, 1e-5, 1e-12, 0, KL_H16_EXACT},
+    {"dropout", b_dropout, 0, 1e-6, 1e-13, 0, KL_H16_EXACT},
+    {"batchnorm_train", b_batchnorm, 1, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_eval", b_batchnorm, 0, 1e-5, 1e-12, 0, KL_H16_ROUNDED},
+    {"batchnorm_wide", b_batchnorm, 2, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_2chunks", b_batchnorm, 3, 1e-4, 1e-11, 0, KL_H16_EXACT},
+    {"batchnorm_4chunks", b_batchnorm, 4, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_relu", b_batchnorm, 5, 1e-4, 1e-11, 0, KL_H16_EXACT},
+    {"batchnorm_tanh_2chunks", b_batchnorm, 6, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_eval_sigmoid", b_batchnorm, 7, 1e-5, 1e-12, 0, KL_H16_ROUNDED},
+    {"layernorm", b_layernorm, 0, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"layernorm_big", b_layernorm, 1, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"embedding", b_embedding, 0, 1e-5, 1e-12, 0, KL_H16_EXACT},
+    {"embedding_big", b_embedding, 1, 1e-5, 1e-12, 0, KL_H16_EXACT},
+    {"concat_slice", b_concat_slice, 0, 1e-6, 1e-13, 0, KL_H16_EXACT},
+    {"cast_f16", b_cast, 0, 1e-6, 1e-13, 0, KL_H16_NONE},     {"cast_bf16", b_cast, 1, 1e-6, 1e-13, 1, KL_H16_NONE},
+    {"copy", b_copy, 0, 1e-6, 1e-13, 0, KL_H16_EXACT},
 };
 
 /* ---- training: MLP steps on both devices ---- */
@@ -569,8 +569,13 @@ static void test_cpu_side(void)
 #endif
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    size_t ncases = sizeof cases / sizeof *cases;
+    if (kl_parity_half_cpu_mode(argc, argv)) { /* 16-bit storage on the CPU against f32 */
+        for (size_t i = 0; i < ncases; i++) kl_parity_half_both(&cases[i], (kl_device){KL_DEVICE_CPU, 0});
+        return kl_test_done("test_cuda --half-cpu");
+    }
     test_cpu_side();
     test_failed_steps((kl_device){KL_DEVICE_CPU, 0});
     if (kl_cuda_available(0) != KL_OK) {
@@ -579,7 +584,8 @@ int main(void)
         return 77;
     }
     kl_device gpu = {KL_DEVICE_CUDA, 0};
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) kl_parity_case_run(&cases[i], gpu);
+    for (size_t i = 0; i < ncases; i++) kl_parity_case_run(&cases[i], gpu);
+    for (size_t i = 0; i < ncases; i++) kl_parity_half_both(&cases[i], gpu);
     kl_optim_opts adam = {.kind = KL_OPTIM_ADAM, .lr = 1e-3};
     test_training(gpu, KL_F32, &adam, "mlp adam f32");
     test_training(gpu, KL_F64, &adam, "mlp adam f64");

@@ -55,15 +55,27 @@ static const conv_cfg convs[] = {
 static float g_xf[4096];
 static double g_xd[4096];
 
+static void fill_inputs(void)
+{
+    uint32_t s = 4242;
+    for (int i = 0; i < 4096; i++) {
+        s = s * 1664525u + 1013904223u;
+        g_xd[i] = ((double)(s >> 8) / 16777216.0) * 2 - 1;
+        g_xf[i] = (float)g_xd[i];
+    }
+}
+
 static kl_status b_conv(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     const conv_cfg *c = &convs[arg];
     kl_tensor *x, *w, *b = NULL;
     int64_t xs[4] = {c->N, c->C, c->H, c->W}, ws[4] = {c->O, c->C / (c->o.groups ? c->o.groups : 1), c->KH, c->KW};
-    if (c->kind == X_INPUT) {
-        KL_TRY(kl_input(g, "x", dt, 4, xs, &x));
+    if (c->kind == X_INPUT) { /* f32 data for 16-bit runs too, cast in the graph */
+        kl_dtype in_dt = dt == KL_F64 ? KL_F64 : KL_F32;
+        KL_TRY(kl_input(g, "x", in_dt, 4, xs, &x));
         size_t n = (size_t)(xs[0] * xs[1] * xs[2] * xs[3]);
-        in->v[in->n++] = (kl_in_set){x, dt == KL_F64 ? (const void *)g_xd : (const void *)g_xf, n * kl_dtype_size(dt)};
+        in->v[in->n++] = (kl_in_set){x, dt == KL_F64 ? (const void *)g_xd : (const void *)g_xf, n * kl_dtype_size(in_dt)};
+        KL_TRY(kl_cast(g, x, dt, &x));
     } else {
         KL_TRY(kl_parity_param(g, "x", dt, 4, xs, &x));
     }
@@ -106,17 +118,17 @@ static kl_status b_gap(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_ten
 }
 
 static const kl_parity_case cases[] = {
-    {"conv_bias", b_conv, 0, TF32_TOL, 1e-12, 0},        {"conv_no_bias", b_conv, 1, TF32_TOL, 1e-12, 0},
-    {"conv_stride2_relu", b_conv, 2, TF32_TOL, 1e-12, 0}, {"conv_dilation_tanh", b_conv, 3, TF32_TOL, 1e-12, 0},
-    {"conv_groups2_sigmoid", b_conv, 4, TF32_TOL, 1e-12, 0}, {"conv_1x1", b_conv, 5, TF32_TOL, 1e-12, 0},
-    {"conv_odd_nonsquare", b_conv, 6, TF32_TOL, 1e-12, 0}, {"conv_depthwise", b_conv, 7, TF32_TOL, 1e-12, 0},
-    {"conv_x_no_grad", b_conv, 8, TF32_TOL, 1e-12, 0},    {"conv_w_frozen", b_conv, 9, TF32_TOL, 1e-12, 0},
-    {"maxpool_2x2", b_pool, 0, 1e-6, 1e-13, 0},           {"maxpool_3x3_s2_p1", b_pool, 1, 1e-6, 1e-13, 0},
-    {"maxpool_16x17_i32", b_pool, 2, 1e-6, 1e-13, 0},     {"maxpool_nonsquare", b_pool, 3, 1e-6, 1e-13, 0},
-    {"avgpool_2x2", b_pool, 4, 1e-6, 1e-13, 0},           {"avgpool_3x3_s2_p1", b_pool, 5, 1e-6, 1e-13, 0},
-    {"global_avgpool", b_gap, 0, 1e-6, 1e-13, 0},         {"conv_long_channels", b_conv, 11, TF32_TOL, 1e-12, 0},
+    {"conv_bias", b_conv, 0, TF32_TOL, 1e-12, 0, KL_H16_EXACT},        {"conv_no_bias", b_conv, 1, TF32_TOL, 1e-12, 0, KL_H16_EXACT},
+    {"conv_stride2_relu", b_conv, 2, TF32_TOL, 1e-12, 0, KL_H16_EXACT}, {"conv_dilation_tanh", b_conv, 3, TF32_TOL, 1e-12, 0, KL_H16_EXACT},
+    {"conv_groups2_sigmoid", b_conv, 4, TF32_TOL, 1e-12, 0, KL_H16_EXACT}, {"conv_1x1", b_conv, 5, TF32_TOL, 1e-12, 0, KL_H16_EXACT},
+    {"conv_odd_nonsquare", b_conv, 6, TF32_TOL, 1e-12, 0, KL_H16_EXACT}, {"conv_depthwise", b_conv, 7, TF32_TOL, 1e-12, 0, KL_H16_EXACT},
+    {"conv_x_no_grad", b_conv, 8, TF32_TOL, 1e-12, 0, KL_H16_ROUNDED},    {"conv_w_frozen", b_conv, 9, TF32_TOL, 1e-12, 0, KL_H16_ROUNDED},
+    {"maxpool_2x2", b_pool, 0, 1e-6, 1e-13, 0, KL_H16_EXACT},           {"maxpool_3x3_s2_p1", b_pool, 1, 1e-6, 1e-13, 0, KL_H16_EXACT},
+    {"maxpool_16x17_i32", b_pool, 2, 1e-6, 1e-13, 0, KL_H16_EXACT},     {"maxpool_nonsquare", b_pool, 3, 1e-6, 1e-13, 0, KL_H16_EXACT},
+    {"avgpool_2x2", b_pool, 4, 1e-6, 1e-13, 0, KL_H16_EXACT},           {"avgpool_3x3_s2_p1", b_pool, 5, 1e-6, 1e-13, 0, KL_H16_EXACT},
+    {"global_avgpool", b_gap, 0, 1e-6, 1e-13, 0, KL_H16_EXACT},         {"conv_long_channels", b_conv, 11, TF32_TOL, 1e-12, 0, KL_H16_EXACT},
 };
-static const kl_parity_case chunked = {"conv_chunked", b_conv, CONV_CHUNKED, TF32_TOL, 1e-12, 0};
+static const kl_parity_case chunked = {"conv_chunked", b_conv, CONV_CHUNKED, TF32_TOL, 1e-12, 0, KL_H16_EXACT};
 
 /* ---- training: a small CNN, 3 Adam steps on both devices ---- */
 
@@ -223,24 +235,26 @@ static int want_cudnn(void)
     return want && !strncmp(e, "cuDNN", 5);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     int cudnn = want_cudnn();
+    size_t ncases = sizeof cases / sizeof *cases;
+    fill_inputs();
+    if (kl_parity_half_cpu_mode(argc, argv)) { /* 16-bit storage on the CPU against f32 */
+        for (size_t i = 0; i < ncases; i++) kl_parity_half_both(&cases[i], (kl_device){KL_DEVICE_CPU, 0});
+        return kl_test_done("test_cuda_conv --half-cpu");
+    }
     if (kl_cuda_available(0) != KL_OK) {
         if (kl_test_failures) return kl_test_done("test_cuda_conv");
         printf("skipped: %s\n", kl_last_error());
         return 77;
     }
-    uint32_t s = 4242;
-    for (int i = 0; i < 4096; i++) {
-        s = s * 1664525u + 1013904223u;
-        g_xd[i] = ((double)(s >> 8) / 16777216.0) * 2 - 1;
-        g_xf[i] = (float)g_xd[i];
-    }
     kl_device gpu = {KL_DEVICE_CUDA, 0};
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) kl_parity_case_run(&cases[i], gpu);
+    for (size_t i = 0; i < ncases; i++) kl_parity_case_run(&cases[i], gpu);
+    for (size_t i = 0; i < ncases; i++) kl_parity_half_both(&cases[i], gpu);
     kl_conv_cu_budget = CHUNK_BUDGET; /* read when nodes are made: the forward and kl_backward's nodes */
     kl_parity_case_run(&chunked, gpu);
+    kl_parity_half_both(&chunked, gpu);
     kl_conv_cu_budget = KL_CONV_SCRATCH_BUDGET;
     test_cnn(gpu, KL_F32);
     test_cnn(gpu, KL_F64);

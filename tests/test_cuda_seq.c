@@ -255,25 +255,26 @@ static void test_training(kl_device gpu, int kind, kl_dtype dt)
     if (s2 == KL_OK) trainer_free(&g);
 }
 
-int main(void)
+/* each case: against the CPU in f32 and f64 (half 0), or in 16-bit storage (half 1) */
+static void run_case(const kl_parity_case *c, kl_device dev, int half)
 {
-    char why[512] = "";
-    kl_device gpu = {KL_DEVICE_CUDA, 0};
-    if (kl_cuda_available(0) != KL_OK) {
-        snprintf(why, sizeof why, "%s", kl_last_error());
-        gpu.type = KL_DEVICE_CPU; /* the cases against themselves */
-    }
+    if (half) kl_parity_half_both(c, dev);
+    else kl_parity_case_run(c, dev);
+}
+
+static void run_cases(kl_device gpu, int half)
+{
     static const char *rms_names[4] = {"rmsnorm", "rmsnorm_no_weight", "rmsnorm_3d_wide", "rmsnorm_600_rows"};
-    for (int i = 0; i < 4; i++) kl_parity_case_run(&(kl_parity_case){rms_names[i], b_rms, i, 1e-5, 1e-12, 0}, gpu);
-    kl_parity_case_run(&(kl_parity_case){"rope", b_rope, 0, 1e-5, 1e-12, 0}, gpu);
-    kl_parity_case_run(&(kl_parity_case){"rope_transposed_base500", b_rope, 1, 1e-5, 1e-12, 0}, gpu);
+    for (int i = 0; i < 4; i++) run_case(&(kl_parity_case){rms_names[i], b_rms, i, 1e-5, 1e-12, 0, KL_H16_EXACT}, gpu, half);
+    run_case(&(kl_parity_case){"rope", b_rope, 0, 1e-5, 1e-12, 0, KL_H16_EXACT}, gpu, half);
+    run_case(&(kl_parity_case){"rope_transposed_base500", b_rope, 1, 1e-5, 1e-12, 0, KL_H16_EXACT}, gpu, half);
     for (int i = 0; i < (int)(sizeof att_cases / sizeof *att_cases); i++) {
         const att_case *c = &att_cases[i];
         char name[96];
         snprintf(name, sizeof name, "attention%s%s_B%lld_H%lld_Tq%lld_Tk%lld_D%lld_Dv%lld", c->causal ? "_causal" : "",
                  c->fused ? "_fused_qkv" : "", (long long)c->B, (long long)c->H, (long long)c->Tq, (long long)c->Tk,
                  (long long)c->D, (long long)c->Dv);
-        kl_parity_case_run(&(kl_parity_case){name, b_att, i, 1e-4, 1e-11, 0}, gpu);
+        run_case(&(kl_parity_case){name, b_att, i, 1e-4, 1e-11, 0, KL_H16_EXACT}, gpu, half);
     }
     for (int i = 0; i < (int)(sizeof rnn_cases / sizeof *rnn_cases); i++) {
         const rnn_case *c = &rnn_cases[i];
@@ -281,8 +282,25 @@ int main(void)
         snprintf(name, sizeof name, "%s_B%lld_T%lld_I%lld_H%lld%s%s%s%s%s", c->lstm ? "lstm" : "gru", (long long)c->B,
                  (long long)c->T, (long long)c->I, (long long)c->H, c->bias == 1 ? "_bias" : c->bias ? "_b_hh" : "",
                  c->h0 ? "_h0" : "", c->c0 ? "_c0" : "", c->whh_const ? "_const_w_hh" : "", c->transpose ? "_transposed_x" : "");
-        kl_parity_case_run(&(kl_parity_case){name, b_rnn, i, TF32_TOL, 1e-11, 0}, gpu);
+        run_case(&(kl_parity_case){name, b_rnn, i, TF32_TOL, 1e-11, 0, c->whh_const ? KL_H16_ROUNDED : KL_H16_EXACT}, gpu,
+                 half);
     }
+}
+
+int main(int argc, char **argv)
+{
+    if (kl_parity_half_cpu_mode(argc, argv)) { /* 16-bit storage on the CPU against f32 */
+        run_cases((kl_device){KL_DEVICE_CPU, 0}, 1);
+        return kl_test_done("test_cuda_seq --half-cpu");
+    }
+    char why[512] = "";
+    kl_device gpu = {KL_DEVICE_CUDA, 0};
+    if (kl_cuda_available(0) != KL_OK) {
+        snprintf(why, sizeof why, "%s", kl_last_error());
+        gpu.type = KL_DEVICE_CPU; /* the cases against themselves */
+    }
+    run_cases(gpu, 0);
+    if (!why[0]) run_cases(gpu, 1);
     for (int kind = 0; kind < 2; kind++) {
         test_training(gpu, kind, KL_F32);
         test_training(gpu, kind, KL_F64);

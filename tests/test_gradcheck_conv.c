@@ -365,7 +365,7 @@ static void errors(void)
     CHECK_ERR(kl_maxpool2d(g, x, &zero, &y), KL_EINVAL, "maxpool2d: kernel 0x2 and stride 0x2 must be >= 1");
     CHECK_ERR(kl_maxpool2d(g, x, NULL, &y), KL_EMISUSE, "maxpool2d: opts is NULL");
     CHECK_ERR(kl_avgpool2d(g, x3, &big, &y), KL_EINVAL, "avgpool2d: input must be 4-D [N, C, H, W], got [3,32,32] f32");
-    CHECK_ERR(kl_global_avgpool(g, x3, &y), KL_EINVAL, "global_avgpool: input must be 4-D [N, C, H, W] f32 or f64, got [3,32,32] f32");
+    CHECK_ERR(kl_global_avgpool(g, x3, &y), KL_EINVAL, "global_avgpool: input must be 4-D [N, C, H, W] floating-point, got [3,32,32] f32");
     CHECK_OK(kl_global_avgpool(g, x, &y));
     CHECK(kl_tensor_ndim(y) == 2 && kl_tensor_dim(y, 0) == 8 && kl_tensor_dim(y, 1) == 3);
     kl_graph_free(g);

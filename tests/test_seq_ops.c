@@ -416,7 +416,7 @@ static void test_errors(void)
     kl_tensor *x = mk(g, F, 3, 2, 3, 3, 0), *wi = mk(g, F, 2, 16, 3, 0, 0), *wh = mk(g, F, 2, 16, 4, 0, 0);
     kl_tensor *b = mk(g, F, 1, 16, 0, 0, 0), *s = mk(g, F, 2, 2, 4, 0, 0), *y = NULL, *hn = NULL;
     CHECK_ERR(kl_lstm(g, mk(g, F, 2, 2, 3, 0, 0), s, s, wi, wh, b, b, &y, &hn, NULL), KL_EINVAL,
-              "lstm: input must be [B, T, I] (batch first) f32 or f64, got [2,3] f64");
+              "lstm: input must be [B, T, I] (batch first) floating-point, got [2,3] f64");
     CHECK(y == NULL && hn == NULL);
     CHECK_ERR(kl_lstm(g, x, s, s, wi, mk(g, F, 2, 15, 4, 0, 0), b, b, &y, NULL, NULL), KL_EINVAL,
               "lstm: weight_hh must be [4*H, H] f64, got [15,4] f64");
@@ -436,7 +436,7 @@ static void test_errors(void)
     CHECK_ERR(kl_gru(g, x, s, mk(g, F, 2, 12, 3, 0, 0), wh, NULL, NULL, &y, &hn), KL_EINVAL,
               "gru: weight_hh must be [3*H, H] f64, got [16,4] f64");
     CHECK_ERR(kl_gru(g, mk(g, KL_I32, 3, 2, 3, 3, 0), NULL, wi, wh, NULL, NULL, &y, &hn), KL_EINVAL,
-              "gru: input must be [B, T, I] (batch first) f32 or f64, got [2,3,3] i32");
+              "gru: input must be [B, T, I] (batch first) floating-point, got [2,3,3] i32");
     CHECK(y == NULL && hn == NULL);
 
     kl_tensor *q = mk(g, F, 4, 2, 2, 5, 4), *o = NULL;
@@ -445,7 +445,7 @@ static void test_errors(void)
     CHECK_ERR(kl_attention(g, q, q, mk(g, F, 4, 2, 2, 6, 4), 1, &o), KL_EINVAL,
               "attention: v must be [2, 2, 5, Dv] f64 to match k [2,2,5,4] f64, got [2,2,6,4] f64");
     CHECK_ERR(kl_attention(g, mk(g, F, 3, 2, 5, 4, 0), q, q, 0, &o), KL_EINVAL,
-              "attention: q must be [B, H, T, D] f32 or f64, got [2,5,4] f64");
+              "attention: q must be [B, H, T, D] floating-point, got [2,5,4] f64");
     CHECK_ERR(kl_attention(g, q, mk(g, KL_F32, 4, 2, 2, 5, 4), q, 0, &o), KL_EINVAL, "got [2,2,5,4] f32");
     CHECK_ERR(kl_attention(g, q, q, q, 0, NULL), KL_EMISUSE, "attention: out is NULL");
     CHECK(o == NULL);
@@ -455,10 +455,10 @@ static void test_errors(void)
               "rmsnorm: weight is [3] f64, expected [5] f64 for input [3,5] f64 (last dim 5)");
     CHECK_ERR(kl_rmsnorm(g, r, NULL, -1, &o), KL_EINVAL, "rmsnorm: eps must be finite and >= 0, got -1");
     CHECK_ERR(kl_rmsnorm(g, mk(g, KL_I32, 1, 4, 0, 0, 0), NULL, 0, &o), KL_EINVAL,
-              "rmsnorm: expected f32 or f64 input, got [4] i32");
+              "rmsnorm: expected floating-point input, got [4] i32");
     CHECK_ERR(kl_rope(g, r, 0, &o), KL_EINVAL, "rope: head size D = 5 of [3,5] f64 must be even");
     CHECK_ERR(kl_rope(g, mk(g, F, 1, 4, 0, 0, 0), 0, &o), KL_EINVAL,
-              "rope: input must be [..., T, D] f32 or f64, got [4] f64");
+              "rope: input must be [..., T, D] floating-point, got [4] f64");
     CHECK_ERR(kl_rope(g, q, -2, &o), KL_EINVAL, "rope: base must be finite and > 0 (0 means 10000), got -2");
     CHECK_ERR(kl_rope(g, q, NAN, &o), KL_EINVAL, "rope: base must be finite");
     CHECK(o == NULL);

@@ -5,6 +5,7 @@
  * non-trainable buffers (running statistics) in a third, so one optimizer
  * kernel and one all-reduce cover every parameter. */
 #include "core/graph.h"
+#include "core/half.h"
 #include "core/philox.h"
 #include "backends/backend.h"
 
@@ -127,6 +128,8 @@ static void init_values(kl_ctx *c, kl_param_slot *s, const kl_init *init, void *
         if (s->dtype == KL_F64) ((double *)data)[i] = v;
         else if (s->dtype == KL_F32) ((float *)data)[i] = (float)v;
         else if (s->dtype == KL_I32) ((int32_t *)data)[i] = (int32_t)v;
+        else if (s->dtype == KL_F16) ((uint16_t *)data)[i] = kl_f32_to_f16((float)v);
+        else if (s->dtype == KL_BF16) ((uint16_t *)data)[i] = kl_f32_to_bf16((float)v);
     }
 }
 
@@ -136,8 +139,9 @@ kl_status kl_ctx_slot_new(kl_ctx *c, const char *name, kl_dtype dt, int ndim, co
     if (init && (unsigned)init->kind >= KL_INIT_KIND_COUNT)
         return kl_fail(KL_EINVAL, "parameter '%s': unknown init kind %d", name, (int)init->kind);
     if (trainable && dt != KL_F32 && dt != KL_F64)
-        return kl_fail(KL_EUNSUPPORTED, "parameter '%s': trainable parameters must be f32 or f64, got %s", name,
-                       kl_dtype_name(dt));
+        return kl_fail(KL_EUNSUPPORTED, "parameter '%s': trainable parameters must be f32 or f64, got %s%s", name,
+                       kl_dtype_name(dt),
+                       dt == KL_F16 || dt == KL_BF16 ? " (keep it f32 and cast it to 16 bits in the graph: kl_cast)" : "");
     if (c->n_slots == c->cap_slots) {
         int ncap = c->cap_slots ? 2 * c->cap_slots : 16;
         kl_param_slot *ns = kl_realloc(c->slots, (size_t)ncap * sizeof *ns);

@@ -93,7 +93,7 @@ static kl_status issue_nodes(kl_graph *g, const kl_exec *ex)
         }
         if (g->prof && !timed) t0 = seconds();
         if (be->range_push) be->range_push(t->name); /* Nsight Systems shows each op by name */
-        kl_status s = fn(ex, t);
+        kl_status s = kl_widen_needed(c->backend, t) ? kl_widen_run(ex, t, fn) : fn(ex, t);
         if (be->range_pop) be->range_pop();
         if (s != KL_OK) return kl_fail_prefix(s, "%s '%s'", kl_ops[t->op]->name, t->name);
         if (timed) KL_TRY(be->timer_mark(i + 1));

@@ -124,7 +124,12 @@ typedef struct kl_op_def {
      * memory, so a replayed graph sees each run's values. May also grow
      * state. NULL: none. */
     kl_status (*prepare)(const struct kl_exec *ex, const kl_tensor *t, void *vals);
+    /* Bit (1 << backend): that backend's kernel reads and writes f16/bf16
+     * storage itself; for the others the executor widens (core/widen.c). */
+    unsigned half_native;
 } kl_op_def;
+
+#define KL_HALF_ALL ((1u << KL_BACKEND_COUNT) - 1u)
 
 #define KL_OP(name) extern const kl_op_def kl_op_##name;
 #include "ops/ops.def"
@@ -133,6 +138,15 @@ extern const kl_op_def *const kl_ops[KL_OP_COUNT];
 /* The kernel of op on backend b: kl_ops[op]->fwd[b], else (CUDA builds) the
  * entry of the CUDA kernel table (src/backends/cuda/registry.cu); NULL: none. */
 kl_kernel_fn kl_backend_kernel(kl_backend_id b, kl_op_id op);
+
+/* ---- 16-bit storage for f32 kernels (core/widen.c) ---- */
+/* Whether t runs on b through f32 copies of its f16/bf16 tensors. */
+bool kl_widen_needed(kl_backend_id b, const kl_tensor *t);
+/* Scratch bytes those copies take (0 when not needed), after t's own. */
+size_t kl_widen_bytes(kl_backend_id b, const kl_tensor *t);
+/* Runs kernel fn on t through the copies. */
+struct kl_exec;
+kl_status kl_widen_run(const struct kl_exec *ex, const kl_tensor *t, kl_kernel_fn fn);
 
 typedef struct kl_plan {
     bool valid;
@@ -202,6 +216,9 @@ void kl_set_contiguous(kl_tensor *t); /* row-major strides from ne */
 bool kl_is_contiguous(const kl_tensor *t);
 bool kl_same_shape(const kl_tensor *a, const kl_tensor *b);
 bool kl_is_float(kl_dtype dt); /* f32, f16, bf16, f64 */
+/* Bytes of the type kernels compute and save in for dt: f32 for f16 and
+ * bf16 (aux and scratch sizes; core/widen.c), else dt's own size. */
+size_t kl_calc_size(kl_dtype dt);
 /* "[128,784] f32" for messages; one of 4 rotating thread-local buffers. */
 const char *kl_desc(const kl_tensor *t);
 /* Normalises a possibly negative axis; fails naming op when out of range. */

@@ -171,10 +171,13 @@ kl_status kl_plan_build(kl_graph *g, const kl_plan_opts *opts)
             defs[k]->aux_off = defs[k]->off + align_up(kl_nbytes(defs[k]));
             total += block_size(defs[k]);
         }
-        if (s == KL_OK && t->scratch_bytes) {
-            s = alloc_block(&a, t->scratch_bytes, &t->scratch_off);
-            total += align_up(t->scratch_bytes);
-            if (s == KL_OK) s = free_block(&a, t->scratch_off, t->scratch_bytes);
+        /* the kernel's scratch, then the f32 copies of 16-bit tensors (widen.c) */
+        size_t wide = kl_widen_bytes(g->ctx->backend, t);
+        size_t sb = wide ? align_up(t->scratch_bytes) + wide : t->scratch_bytes;
+        if (s == KL_OK && sb) {
+            s = alloc_block(&a, sb, &t->scratch_off);
+            total += align_up(sb);
+            if (s == KL_OK) s = free_block(&a, t->scratch_off, sb);
         }
         /* free what this node read last (and itself if nothing reads it) */
         for (int k = -1; k < t->n_src + nd && s == KL_OK; k++) {

@@ -50,7 +50,7 @@ static kl_status record_cpu(const kl_exec *ex, const kl_tensor *t)
 }
 
 const kl_op_def kl_op_record = {
-    .name = "record", .shape = record_shape, .prepare = record_prepare, .fwd = {[KL_BACKEND_CPU] = record_cpu}};
+    .name = "record", .shape = record_shape, .prepare = record_prepare, .fwd = {[KL_BACKEND_CPU] = record_cpu}, .half_native = KL_HALF_ALL};
 
 kl_status kl_readback_new(kl_graph *g, int n, kl_tensor *const *ts, int capacity, kl_readback **out)
 {

@@ -44,6 +44,8 @@ bool kl_is_float(kl_dtype dt)
     return dt == KL_F32 || dt == KL_F16 || dt == KL_BF16 || dt == KL_F64;
 }
 
+size_t kl_calc_size(kl_dtype dt) { return dt == KL_F16 || dt == KL_BF16 ? sizeof(float) : kl_dtype_size(dt); }
+
 const char *kl_desc(const kl_tensor *t)
 {
     static _Thread_local char bufs[4][160];

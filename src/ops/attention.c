@@ -49,8 +49,8 @@ static kl_status att_shape(kl_tensor *t)
     att_attr *a = KL_ATTR(t, att_attr);
     bool bwd = t->op == KL_OP_attention_bwd;
     const kl_tensor *q = t->src[bwd], *k = t->src[bwd + 1], *v = t->src[bwd + 2];
-    if ((q->dtype != KL_F32 && q->dtype != KL_F64) || q->ndim != 4)
-        return kl_fail(KL_EINVAL, "attention: q must be [B, H, T, D] f32 or f64, got %s", kl_desc(q));
+    if (!kl_is_float(q->dtype) || q->ndim != 4)
+        return kl_fail(KL_EINVAL, "attention: q must be [B, H, T, D] floating-point, got %s", kl_desc(q));
     int64_t B = q->ne[0], H = q->ne[1], Tq = q->ne[2], D = q->ne[3];
     if (k->ndim != 4 || k->dtype != q->dtype || k->ne[0] != B || k->ne[1] != H || k->ne[3] != D)
         return kl_fail(KL_EINVAL, "attention: k must be [%lld, %lld, Tk, %lld] %s to match q %s, got %s",
@@ -63,7 +63,7 @@ static kl_status att_shape(kl_tensor *t)
     if (!kl_seq_fits(2, blk, INT_MAX) || !kl_seq_fits(2, rows, INT_MAX))
         return kl_fail(KL_EINVAL, "attention: q %s, k %s, v %s too large (sizes must fit a 32-bit int)", kl_desc(q),
                        kl_desc(k), kl_desc(v));
-    size_t es = kl_dtype_size(q->dtype);
+    size_t es = kl_calc_size(q->dtype);
     int64_t nqb = (Tq + ATT_QB - 1) / ATT_QB;
     t->dtype = q->dtype;
     t->ndim = 4;

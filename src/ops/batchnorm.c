@@ -41,8 +41,8 @@ static kl_status bn_shape(kl_tensor *t)
 {
     const bn_attr *a = KL_ATTR(t, bn_attr);
     const kl_tensor *x = t->src[0];
-    if (x->dtype != KL_F32 && x->dtype != KL_F64)
-        return kl_fail(KL_EINVAL, "batchnorm: expected f32 or f64 input, got %s", kl_desc(x));
+    if (!kl_is_float(x->dtype))
+        return kl_fail(KL_EINVAL, "batchnorm: expected floating-point input, got %s", kl_desc(x));
     if (x->ndim < 2) return kl_fail(KL_EINVAL, "batchnorm: input must be [N, C, ...], got %s", kl_desc(x));
     if (a->ig >= 0) KL_TRY(check_channel_vec(x, t->src[a->ig], "gamma"));
     if (a->ib >= 0) KL_TRY(check_channel_vec(x, t->src[a->ib], "beta"));
@@ -55,7 +55,7 @@ static kl_status bn_shape(kl_tensor *t)
     t->dtype = x->dtype;
     t->ndim = x->ndim;
     memcpy(t->ne, x->ne, sizeof t->ne);
-    t->aux_bytes = 2 * (size_t)x->ne[1] * kl_dtype_size(x->dtype);
+    t->aux_bytes = 2 * (size_t)x->ne[1] * kl_calc_size(x->dtype);
     return KL_OK;
 }
 

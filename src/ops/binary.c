@@ -14,8 +14,8 @@ static kl_status binary_shape(kl_tensor *t)
 {
     const kl_tensor *a = t->src[0], *b = t->src[1];
     const char *name = binary_names[KL_ATTR(t, binary_attr)->kind];
-    if (a->dtype != b->dtype || (a->dtype != KL_F32 && a->dtype != KL_F64))
-        return kl_fail(KL_EINVAL, "%s: dtypes must match and be f32 or f64: %s, %s", name, kl_desc(a), kl_desc(b));
+    if (a->dtype != b->dtype || !kl_is_float(a->dtype))
+        return kl_fail(KL_EINVAL, "%s: dtypes must match and be floating-point: %s, %s", name, kl_desc(a), kl_desc(b));
     int n = a->ndim > b->ndim ? a->ndim : b->ndim;
     for (int i = 0; i < n; i++) {
         int ia = i - (n - a->ndim), ib = i - (n - b->ndim);

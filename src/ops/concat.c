@@ -71,7 +71,7 @@ static kl_status concat_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 }
 
 const kl_op_def kl_op_concat = {
-    .name = "concat", .shape = concat_shape, .backward = concat_backward, .fwd = {[KL_BACKEND_CPU] = concat_cpu}};
+    .name = "concat", .shape = concat_shape, .backward = concat_backward, .fwd = {[KL_BACKEND_CPU] = concat_cpu}, .half_native = KL_HALF_ALL};
 
 kl_status kl_concat(kl_graph *g, int n, kl_tensor *const *xs, int axis, kl_tensor **out)
 {

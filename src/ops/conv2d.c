@@ -39,7 +39,7 @@ size_t kl_conv_cu_budget = KL_CONV_SCRATCH_BUDGET;
 static void cuda_scratch(kl_tensor *t, kl_conv_attr *a)
 {
     if (t->g->ctx->backend != KL_BACKEND_CUDA) return;
-    size_t es = kl_dtype_size(t->dtype);
+    size_t es = kl_calc_size(t->dtype);
     a->cu_nc = kl_conv_cu_chunk(a, es, kl_conv_cu_budget);
     t->scratch_bytes = kl_conv_cu_layout_of(a, t->op, es, a->cu_nc).bytes;
 }
@@ -56,8 +56,8 @@ static kl_status conv2d_shape(kl_tensor *t)
 {
     kl_conv_attr *a = KL_ATTR(t, kl_conv_attr);
     const kl_tensor *x = t->src[0], *w = t->src[1], *b = t->n_src > 2 ? t->src[2] : NULL;
-    if (x->dtype != KL_F32 && x->dtype != KL_F64)
-        return kl_fail(KL_EINVAL, "conv2d: expected f32 or f64 input, got %s", kl_desc(x));
+    if (!kl_is_float(x->dtype))
+        return kl_fail(KL_EINVAL, "conv2d: expected floating-point input, got %s", kl_desc(x));
     if (x->ndim != 4) return kl_fail(KL_EINVAL, "conv2d: input must be 4-D [N, C, H, W], got %s", kl_desc(x));
     if (w->ndim != 4 || w->dtype != x->dtype)
         return kl_fail(KL_EINVAL, "conv2d: weight must be 4-D [O, C/groups, KH, KW] %s like the input %s, got %s",
@@ -98,7 +98,7 @@ static kl_status conv2d_shape(kl_tensor *t)
     a->N = x->ne[0], a->C = C, a->H = x->ne[2], a->W = x->ne[3];
     a->O = O, a->KH = w->ne[2], a->KW = w->ne[3], a->OH = OH, a->OW = OW;
     kl_conv_geom g = kl_conv_geom_of(a);
-    size_t ds = kl_dtype_size(x->dtype);
+    size_t ds = kl_calc_size(x->dtype);
     a->nslots = slots_for(a->N, g.direct ? 0 : kl_conv_round64((size_t)(g.Kg * g.P) * ds));
     a->nchunks = slots_for(a->N, kl_conv_round64((size_t)(O * g.Kg) * ds));
     t->dtype = x->dtype;
@@ -126,7 +126,7 @@ static kl_status conv2d_bwd_shape(kl_tensor *t)
     t->dtype = dy->dtype;
     t->ndim = 4;
     memcpy(t->ne, data ? dx : dw, sizeof dx);
-    t->scratch_bytes = kl_conv_scratch(a, t->op, kl_dtype_size(t->dtype));
+    t->scratch_bytes = kl_conv_scratch(a, t->op, kl_calc_size(t->dtype));
     cuda_scratch(t, a);
     if (!data && a->has_bias) {
         kl_tensor *db;

@@ -48,7 +48,7 @@ static kl_status copy_cpu(const kl_exec *ex, const kl_tensor *t)
 static kl_status pass_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy) { return kl_grad_acc(g, t->src[0], dy); }
 
 const kl_op_def kl_op_copy = {
-    .name = "copy", .shape = copy_shape, .backward = pass_backward, .fwd = {[KL_BACKEND_CPU] = copy_cpu}};
+    .name = "copy", .shape = copy_shape, .backward = pass_backward, .fwd = {[KL_BACKEND_CPU] = copy_cpu}, .half_native = KL_HALF_ALL};
 
 kl_status kl_contiguous(kl_graph *g, kl_tensor *x, kl_tensor **out)
 {
@@ -146,7 +146,7 @@ static kl_status cast_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 }
 
 const kl_op_def kl_op_cast = {
-    .name = "cast", .shape = cast_shape, .backward = cast_backward, .fwd = {[KL_BACKEND_CPU] = cast_cpu}};
+    .name = "cast", .shape = cast_shape, .backward = cast_backward, .fwd = {[KL_BACKEND_CPU] = cast_cpu}, .half_native = KL_HALF_ALL};
 
 kl_status kl_cast(kl_graph *g, kl_tensor *x, kl_dtype dt, kl_tensor **out)
 {

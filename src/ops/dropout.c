@@ -1,7 +1,9 @@
 /* Dropout: y_i = x_i / (1 - p) if kept, else 0. Element i (row-major) is kept
  * iff Philox word i of stream (ctx seed, salt, graph run) >= floor(p * 2^32)
  * (kl_dropout_keep in ops/norm.h, shared with the CUDA kernel). salt is the
- * forward node's id, so two dropout layers draw different masks; the run
+ * layer's ordinal among the graph's dropout layers, so two layers draw
+ * different masks, and a layer keeps its mask when other nodes come and go
+ * (the casts of 16-bit storage, a metric, a debugging copy); the run
  * counter gives each step a new mask; it is a per-run value (prepare), read
  * from memory by the kernels, so a replayed CUDA graph draws each run's
  * mask. No mask is stored: the gradient is
@@ -18,8 +20,8 @@
 static kl_status dropout_shape(kl_tensor *t)
 {
     const kl_tensor *x = t->src[0];
-    if (x->dtype != KL_F32 && x->dtype != KL_F64)
-        return kl_fail(KL_EINVAL, "dropout: expected f32 or f64 input, got %s", kl_desc(x));
+    if (!kl_is_float(x->dtype))
+        return kl_fail(KL_EINVAL, "dropout: expected floating-point input, got %s", kl_desc(x));
     t->dtype = x->dtype;
     t->ndim = x->ndim;
     memcpy(t->ne, x->ne, sizeof t->ne);
@@ -120,8 +122,9 @@ kl_status kl_dropout(kl_graph *g, kl_tensor *x, double p, kl_tensor **out)
         return KL_OK;
     }
     dropout_attr a = {.p = p, .threshold = kl_dropout_threshold(p)};
+    for (int i = 0; i < g->n_nodes; i++) /* one past the layers so far (gradient nodes repeat their salt) */
+        if (g->nodes[i]->op == KL_OP_dropout && KL_ATTR_C(g->nodes[i], dropout_attr)->salt >= a.salt)
+            a.salt = KL_ATTR_C(g->nodes[i], dropout_attr)->salt + 1;
     KL_TRY(kl_contiguous(g, x, &x));
-    KL_TRY(kl_node_new(g, KL_OP_dropout, 1, &x, &a, sizeof a, out));
-    KL_ATTR(*out, dropout_attr)->salt = (uint32_t)(*out)->id;
-    return KL_OK;
+    return kl_node_new(g, KL_OP_dropout, 1, &x, &a, sizeof a, out);
 }

@@ -21,8 +21,8 @@
 static kl_status emb_shape(kl_tensor *t)
 {
     const kl_tensor *w = t->src[0], *idx = t->src[1];
-    if ((w->dtype != KL_F32 && w->dtype != KL_F64) || w->ndim != 2)
-        return kl_fail(KL_EINVAL, "embedding: weight must be [V, D] f32 or f64, got %s", kl_desc(w));
+    if (!kl_is_float(w->dtype) || w->ndim != 2)
+        return kl_fail(KL_EINVAL, "embedding: weight must be [V, D] floating-point, got %s", kl_desc(w));
     if (idx->dtype != KL_I32)
         return kl_fail(KL_EINVAL, "embedding: indices must be i32, got %s", kl_desc(idx));
     if (idx->ndim + 1 > KL_MAX_DIMS)
@@ -96,7 +96,7 @@ static kl_status emb_bwd_shape(kl_tensor *t)
         if (kl_numel(idx) > INT32_MAX)
             return kl_fail(KL_EUNSUPPORTED, "embedding_bwd: %lld positions, the CUDA kernel takes at most %d",
                            (long long)kl_numel(idx), INT32_MAX);
-        t->scratch_bytes = kl_cuda_embedding_bwd_scratch(kl_numel(idx), V, t->ne[1], kl_dtype_size(t->dtype));
+        t->scratch_bytes = kl_cuda_embedding_bwd_scratch(kl_numel(idx), V, t->ne[1], kl_calc_size(t->dtype));
         if (!t->scratch_bytes)
             return kl_fail(KL_EDEVICE, "embedding_bwd: cannot size the CUDA sort of %lld positions",
                            (long long)kl_numel(idx));

@@ -27,7 +27,7 @@ static kl_status gru_shape(kl_tensor *t)
     int64_t bh[2] = {B, H};
     kl_tensor *e;
     KL_TRY(kl_node_add_extra(t, t->dtype, 2, bh, &e)); /* h_n */
-    size_t es = kl_dtype_size(t->dtype);
+    size_t es = kl_calc_size(t->dtype);
     t->aux_bytes = (size_t)(B * T * 4 * H) * es;
     t->scratch_bytes = (size_t)(B * 3 * H) * es;
     return KL_OK;
@@ -97,7 +97,7 @@ static kl_status gru_bwd_shape(kl_tensor *t)
     int64_t B = t->ne[0], T = t->ne[1], H = t->ne[2] / 3;
     /* dh [B,H], then the step's dGh [B,3H] (no dGh extra) or [h0; y[:, :-1]] (for dW_hh) */
     int64_t more = a->need_dwhh ? B * T * H : a->need_dgh ? 0 : B * 3 * H;
-    size_t es = kl_dtype_size(t->dtype);
+    size_t es = kl_calc_size(t->dtype);
     if (t->g->ctx->backend == KL_BACKEND_CUDA) /* the second part at a 256-byte offset (a GEMM operand) */
         t->scratch_bytes = kl_rnn_bwd_scratch_cuda(0, B, T, H, es, a->need_dwhh, a->need_dgh, NULL);
     else t->scratch_bytes = (size_t)(B * H + more) * es;

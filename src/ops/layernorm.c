@@ -31,15 +31,15 @@ static kl_status ln_shape(kl_tensor *t)
 {
     const ln_attr *a = KL_ATTR(t, ln_attr);
     const kl_tensor *x = t->src[0];
-    if (x->dtype != KL_F32 && x->dtype != KL_F64)
-        return kl_fail(KL_EINVAL, "layernorm: expected f32 or f64 input, got %s", kl_desc(x));
+    if (!kl_is_float(x->dtype))
+        return kl_fail(KL_EINVAL, "layernorm: expected floating-point input, got %s", kl_desc(x));
     if (x->ndim < 1) return kl_fail(KL_EINVAL, "layernorm: input must have at least 1 dim, got %s", kl_desc(x));
     if (a->ig >= 0) KL_TRY(check_vec(x, t->src[a->ig], "gamma"));
     if (a->ib >= 0) KL_TRY(check_vec(x, t->src[a->ib], "beta"));
     t->dtype = x->dtype;
     t->ndim = x->ndim;
     memcpy(t->ne, x->ne, sizeof t->ne);
-    t->aux_bytes = 2 * (size_t)(kl_numel(x) / x->ne[x->ndim - 1]) * kl_dtype_size(x->dtype);
+    t->aux_bytes = 2 * (size_t)(kl_numel(x) / x->ne[x->ndim - 1]) * kl_calc_size(x->dtype);
     return KL_OK;
 }
 

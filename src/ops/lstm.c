@@ -28,7 +28,7 @@ static kl_status lstm_shape(kl_tensor *t)
     kl_tensor *e;
     KL_TRY(kl_node_add_extra(t, t->dtype, 2, bh, &e)); /* h_n */
     KL_TRY(kl_node_add_extra(t, t->dtype, 2, bh, &e)); /* c_n */
-    t->aux_bytes = (size_t)(B * T * 5 * H) * kl_dtype_size(t->dtype);
+    t->aux_bytes = (size_t)(B * T * 5 * H) * kl_calc_size(t->dtype);
     return KL_OK;
 }
 
@@ -97,7 +97,7 @@ static kl_status lstm_bwd_shape(kl_tensor *t)
     const kl_rnn_bwd_attr *a = KL_ATTR_C(t, kl_rnn_bwd_attr);
     KL_TRY(kl_rnn_bwd_shape(t, KL_OP_lstm, "lstm_bwd", 4, false));
     int64_t B = t->ne[0], T = t->ne[1], H = t->ne[2] / 4;
-    size_t es = kl_dtype_size(t->dtype), rows = a->need_dwhh ? (size_t)(B * T * H) * es : 0;
+    size_t es = kl_calc_size(t->dtype), rows = a->need_dwhh ? (size_t)(B * T * H) * es : 0;
     /* dh, dc [B,H], then [h0; y[:, :-1]] [B,T,H] for dW_hh; CUDA: at 256-byte offsets (GEMM operands) */
     if (t->g->ctx->backend == KL_BACKEND_CUDA) t->scratch_bytes = kl_rnn_bwd_scratch_cuda(1, B, T, H, es, a->need_dwhh, 0, NULL);
     else t->scratch_bytes = (size_t)(2 * B * H) * es + rows;

@@ -37,8 +37,8 @@ static void gemm_layout(const kl_tensor *t, bool *trans, int64_t *ld)
 static kl_status matmul_shape(kl_tensor *t)
 {
     const kl_tensor *a = t->src[0], *b = t->src[1], *bias = t->n_src > 2 ? t->src[2] : NULL;
-    if (a->dtype != b->dtype || (a->dtype != KL_F32 && a->dtype != KL_F64))
-        return kl_fail(KL_EINVAL, "matmul: dtypes must match and be f32 or f64: %s x %s", kl_desc(a), kl_desc(b));
+    if (a->dtype != b->dtype || !kl_is_float(a->dtype))
+        return kl_fail(KL_EINVAL, "matmul: dtypes must match and be floating-point: %s x %s", kl_desc(a), kl_desc(b));
     if (a->ndim < 2 || b->ndim < 2)
         return kl_fail(KL_EINVAL, "matmul: both operands need >= 2 dims: %s x %s", kl_desc(a), kl_desc(b));
     int64_t M = a->ne[a->ndim - 2], K = a->ne[a->ndim - 1], N = b->ne[b->ndim - 1];

@@ -28,8 +28,8 @@ static kl_status pool2d_shape(kl_tensor *t)
     pool_attr *a = KL_ATTR(t, pool_attr);
     const kl_tensor *x = t->src[0];
     const char *nm = pool_name(a);
-    if (x->dtype != KL_F32 && x->dtype != KL_F64)
-        return kl_fail(KL_EINVAL, "%s: expected f32 or f64 input, got %s", nm, kl_desc(x));
+    if (!kl_is_float(x->dtype))
+        return kl_fail(KL_EINVAL, "%s: expected floating-point input, got %s", nm, kl_desc(x));
     if (x->ndim != 4) return kl_fail(KL_EINVAL, "%s: input must be 4-D [N, C, H, W], got %s", nm, kl_desc(x));
     if (a->kh < 1 || a->kw < 1 || a->sh < 1 || a->sw < 1 || a->ph < 0 || a->pw < 0)
         return kl_fail(KL_EINVAL, "%s: kernel %dx%d and stride %dx%d must be >= 1 and padding %dx%d >= 0", nm, a->kh,
@@ -261,8 +261,8 @@ kl_status kl_global_avgpool(kl_graph *g, kl_tensor *x, kl_tensor **out)
     if (!out) return kl_fail(KL_EMISUSE, "global_avgpool: out is NULL");
     *out = NULL;
     KL_TRY(kl_check_args(g, "global_avgpool", 1, &x));
-    if (x->ndim != 4 || (x->dtype != KL_F32 && x->dtype != KL_F64))
-        return kl_fail(KL_EINVAL, "global_avgpool: input must be 4-D [N, C, H, W] f32 or f64, got %s", kl_desc(x));
+    if (x->ndim != 4 || !kl_is_float(x->dtype))
+        return kl_fail(KL_EINVAL, "global_avgpool: input must be 4-D [N, C, H, W] floating-point, got %s", kl_desc(x));
     int axes[2] = {2, 3};
     return kl_mean(g, x, 2, axes, 0, out);
 }

@@ -25,8 +25,8 @@ int64_t kl_reduce_cuda_chunks(const kl_tensor *t, int *cols)
 static kl_status reduce_shape(kl_tensor *t)
 {
     const kl_tensor *x = t->src[0];
-    if (x->dtype != KL_F32 && x->dtype != KL_F64)
-        return kl_fail(KL_EINVAL, "sum: expected f32 or f64 input, got %s", kl_desc(x));
+    if (!kl_is_float(x->dtype))
+        return kl_fail(KL_EINVAL, "sum: expected floating-point input, got %s", kl_desc(x));
     t->dtype = x->dtype;
     t->ndim = x->ndim;
     for (int d = 0; d < x->ndim; d++) t->ne[d] = (KL_ATTR(t, reduce_attr)->mask >> d & 1) ? 1 : x->ne[d];

@@ -20,8 +20,8 @@ static kl_status rms_shape(kl_tensor *t)
 {
     const rms_attr *a = KL_ATTR(t, rms_attr);
     const kl_tensor *x = t->src[t->op == KL_OP_rmsnorm_bwd];
-    if (x->dtype != KL_F32 && x->dtype != KL_F64)
-        return kl_fail(KL_EINVAL, "rmsnorm: expected f32 or f64 input, got %s", kl_desc(x));
+    if (!kl_is_float(x->dtype))
+        return kl_fail(KL_EINVAL, "rmsnorm: expected floating-point input, got %s", kl_desc(x));
     if (x->ndim < 1) return kl_fail(KL_EINVAL, "rmsnorm: input must have at least 1 dim, got %s", kl_desc(x));
     int64_t D = x->ne[x->ndim - 1];
     t->dtype = x->dtype;
@@ -32,7 +32,7 @@ static kl_status rms_shape(kl_tensor *t)
         if (w && (w->dtype != x->dtype || w->ndim != 1 || w->ne[0] != D))
             return kl_fail(KL_EINVAL, "rmsnorm: weight is %s, expected [%lld] %s for input %s (last dim %lld)",
                            kl_desc(w), (long long)D, kl_dtype_name(x->dtype), kl_desc(x), (long long)D);
-        t->aux_bytes = (size_t)(kl_numel(x) / D) * kl_dtype_size(x->dtype);
+        t->aux_bytes = (size_t)(kl_numel(x) / D) * kl_calc_size(x->dtype);
         return KL_OK;
     }
     /* CUDA sums dw in row chunks: partials [chunks, D] of double (ops/seq.h) */

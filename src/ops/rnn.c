@@ -27,8 +27,8 @@ kl_status kl_rnn_check(kl_tensor *t, const char *op, int64_t *pB, int64_t *pT, i
     const kl_rnn_attr *a = KL_ATTR_C(t, kl_rnn_attr);
     const kl_tensor *x = t->src[0], *wih = t->src[1], *whh = t->src[2];
     int G = a->gates;
-    if ((x->dtype != KL_F32 && x->dtype != KL_F64) || x->ndim != 3)
-        return kl_fail(KL_EINVAL, "%s: input must be [B, T, I] (batch first) f32 or f64, got %s", op, kl_desc(x));
+    if (!kl_is_float(x->dtype) || x->ndim != 3)
+        return kl_fail(KL_EINVAL, "%s: input must be [B, T, I] (batch first) floating-point, got %s", op, kl_desc(x));
     int64_t B = x->ne[0], T = x->ne[1], NI = x->ne[2];
     if (whh->ndim != 2 || whh->dtype != x->dtype || whh->ne[1] > INT_MAX / 8 || whh->ne[0] != G * whh->ne[1])
         return kl_fail(KL_EINVAL, "%s: weight_hh must be [%d*H, H] %s, got %s", op, G, kl_dtype_name(x->dtype),

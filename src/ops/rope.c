@@ -16,14 +16,14 @@
 static kl_status rope_shape(kl_tensor *t)
 {
     const kl_tensor *x = t->src[0];
-    if ((x->dtype != KL_F32 && x->dtype != KL_F64) || x->ndim < 2)
-        return kl_fail(KL_EINVAL, "rope: input must be [..., T, D] f32 or f64, got %s", kl_desc(x));
+    if (!kl_is_float(x->dtype) || x->ndim < 2)
+        return kl_fail(KL_EINVAL, "rope: input must be [..., T, D] floating-point, got %s", kl_desc(x));
     int64_t T = x->ne[x->ndim - 2], D = x->ne[x->ndim - 1];
     if (D % 2) return kl_fail(KL_EINVAL, "rope: head size D = %lld of %s must be even", (long long)D, kl_desc(x));
     t->dtype = x->dtype;
     t->ndim = x->ndim;
     memcpy(t->ne, x->ne, sizeof t->ne);
-    t->scratch_bytes = (size_t)(T * D) * kl_dtype_size(x->dtype); /* cos and sin [T, D/2] */
+    t->scratch_bytes = (size_t)(T * D) * kl_calc_size(x->dtype); /* cos and sin [T, D/2] */
     return KL_OK;
 }
 

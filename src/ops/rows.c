@@ -47,7 +47,7 @@ static kl_status gather_cpu(const kl_exec *ex, const kl_tensor *t)
     return KL_OK;
 }
 
-const kl_op_def kl_op_gather_rows = {.name = "gather_rows", .shape = gather_shape, .fwd = {[KL_BACKEND_CPU] = gather_cpu}};
+const kl_op_def kl_op_gather_rows = {.name = "gather_rows", .shape = gather_shape, .fwd = {[KL_BACKEND_CPU] = gather_cpu}, .half_native = KL_HALF_ALL};
 
 kl_status kl_gather_rows(kl_graph *g, kl_tensor *src, kl_tensor *idx, kl_tensor *start, int64_t rows, kl_tensor **out)
 {
@@ -62,8 +62,8 @@ kl_status kl_gather_rows(kl_graph *g, kl_tensor *src, kl_tensor *idx, kl_tensor 
 static kl_status match_shape(kl_tensor *t)
 {
     const kl_tensor *x = t->src[0], *y = t->src[1];
-    if ((x->dtype != KL_F32 && x->dtype != KL_F64) || x->ndim != 2)
-        return kl_fail(KL_EINVAL, "argmax_match: logits must be [N, C] f32 or f64, got %s", kl_desc(x));
+    if (!kl_is_float(x->dtype) || x->ndim != 2)
+        return kl_fail(KL_EINVAL, "argmax_match: logits must be [N, C] floating-point, got %s", kl_desc(x));
     if (y->dtype != KL_I32 || y->ndim != 1 || y->ne[0] != x->ne[0])
         return kl_fail(KL_EINVAL, "argmax_match: labels must be i32 [%lld], got %s", (long long)x->ne[0], kl_desc(y));
     t->dtype = KL_I32;

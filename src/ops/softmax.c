@@ -17,8 +17,8 @@ static kl_status softmax_shape(kl_tensor *t)
 {
     const kl_tensor *x = t->src[0];
     const char *name = KL_ATTR(t, softmax_attr)->log ? "log_softmax" : "softmax";
-    if (x->dtype != KL_F32 && x->dtype != KL_F64)
-        return kl_fail(KL_EINVAL, "%s: expected f32 or f64 input, got %s", name, kl_desc(x));
+    if (!kl_is_float(x->dtype))
+        return kl_fail(KL_EINVAL, "%s: expected floating-point input, got %s", name, kl_desc(x));
     if (x->ndim < 1) return kl_fail(KL_EINVAL, "%s: input must have at least 1 dim, got %s", name, kl_desc(x));
     if (t->op == KL_OP_softmax_bwd && !kl_same_shape(t->src[0], t->src[1]))
         return kl_fail(KL_EINTERNAL, "softmax_bwd: %s vs %s", kl_desc(t->src[0]), kl_desc(t->src[1]));
@@ -113,8 +113,8 @@ kl_status kl_log_softmax(kl_graph *g, kl_tensor *x, kl_tensor **out) { return so
 static kl_status ce_shape(kl_tensor *t)
 {
     const kl_tensor *x = t->src[0], *y = t->src[1];
-    if ((x->dtype != KL_F32 && x->dtype != KL_F64) || x->ndim != 2)
-        return kl_fail(KL_EINVAL, "softmax_cross_entropy: logits must be [N, C] f32 or f64, got %s", kl_desc(x));
+    if (!kl_is_float(x->dtype) || x->ndim != 2)
+        return kl_fail(KL_EINVAL, "softmax_cross_entropy: logits must be [N, C] floating-point, got %s", kl_desc(x));
     if (y->dtype != KL_I32 || y->ndim != 1 || y->ne[0] != x->ne[0])
         return kl_fail(KL_EINVAL, "softmax_cross_entropy: labels must be i32 [%lld], got %s", (long long)x->ne[0],
                        kl_desc(y));

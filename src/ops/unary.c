@@ -13,8 +13,8 @@ static const char *unary_names[KL_UN_COUNT] = {"relu", "gelu", "tanh", "sigmoid"
 static kl_status unary_shape(kl_tensor *t)
 {
     const kl_tensor *x = t->src[0];
-    if (!kl_is_float(x->dtype) || x->dtype == KL_F16 || x->dtype == KL_BF16)
-        return kl_fail(KL_EINVAL, "%s: expected f32 or f64 input, got %s", unary_names[KL_ATTR(t, unary_attr)->kind],
+    if (!kl_is_float(x->dtype))
+        return kl_fail(KL_EINVAL, "%s: expected floating-point input, got %s", unary_names[KL_ATTR(t, unary_attr)->kind],
                        kl_desc(x));
     t->dtype = x->dtype;
     t->ndim = x->ndim;

@@ -111,7 +111,8 @@ static kl_status slice_bwd_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 const kl_op_def kl_op_slice_bwd = {.name = "slice_bwd",
                                    .shape = slice_bwd_shape,
                                    .backward = slice_bwd_backward,
-                                   .fwd = {[KL_BACKEND_CPU] = slice_bwd_cpu}};
+                                   .fwd = {[KL_BACKEND_CPU] = slice_bwd_cpu},
+                                   .half_native = KL_HALF_ALL};
 
 /* ---- builders ---- */
 

@@ -1,6 +1,10 @@
 /* GPU-vs-CPU parity harness (see cuda_parity.h). */
 #include "cuda_parity.h"
 #include "testutil.h"
+#include "core/error.h" /* KL_TRY */
+#include "core/half.h"  /* kl_load_double */
+
+#include <stdbool.h>
 
 #include <math.h>
 #include <stdlib.h>
@@ -16,15 +20,28 @@ typedef struct {
 
 const kl_init kl_parity_u1 = {KL_INIT_UNIFORM, 1.0};
 
+/* While a 16-bit run is made (kl_parity_half_run): the 16-bit type that
+ * parameters and loss weights are seen through. */
+static int g_half_on;
+static kl_dtype g_half;
+
+/* x (f32) through a cast to the 16-bit type, then as dt. */
+static kl_status through_half(kl_graph *g, kl_dtype dt, kl_tensor **x)
+{
+    KL_TRY(kl_cast(g, *x, g_half, x));
+    return kl_cast(g, *x, dt, x);
+}
+
 kl_status kl_parity_param(kl_graph *g, const char *name, kl_dtype dt, int nd, const int64_t *ne, kl_tensor **out)
 {
-    return kl_param(g, name, dt, nd, ne, &kl_parity_u1, out);
+    if (!g_half_on) return kl_param(g, name, dt, nd, ne, &kl_parity_u1, out);
+    KL_TRY(kl_param(g, name, KL_F32, nd, ne, &kl_parity_u1, out));
+    return through_half(g, dt, out);
 }
 
 void kl_parity_to_double(const void *src, kl_dtype dt, int64_t n, double *dst)
 {
-    for (int64_t i = 0; i < n; i++)
-        dst[i] = dt == KL_F32 ? ((const float *)src)[i] : dt == KL_F64 ? ((const double *)src)[i] : ((const int32_t *)src)[i];
+    for (int64_t i = 0; i < n; i++) dst[i] = dt == KL_I32 ? ((const int32_t *)src)[i] : kl_load_double(src, dt, i);
 }
 
 static void result_free(result *r)
@@ -51,7 +68,8 @@ static kl_status run_on(kl_device dev, kl_build_fn build, kl_dtype dt, int arg, 
     kl_dtype yt = s == KL_OK ? kl_tensor_dtype(y) : KL_F32;
     int64_t dims[KL_MAX_DIMS];
     for (int d = 0; s == KL_OK && d < kl_tensor_ndim(y); d++) dims[d] = kl_tensor_dim(y, d);
-    if (s == KL_OK) s = kl_buffer(g, "dy_weights", yt, kl_tensor_ndim(y), dims, &kl_parity_u1, &w);
+    if (s == KL_OK) s = kl_buffer(g, "dy_weights", g_half_on ? KL_F32 : yt, kl_tensor_ndim(y), dims, &kl_parity_u1, &w);
+    if (s == KL_OK && g_half_on) s = through_half(g, yt, &w);
     if (s == KL_OK) s = kl_mul(g, y, w, &loss);
     if (s == KL_OK) s = kl_sum(g, loss, 0, NULL, 0, &loss);
     if (s == KL_OK) s = kl_backward(g, loss);
@@ -60,7 +78,7 @@ static kl_status run_on(kl_device dev, kl_build_fn build, kl_dtype dt, int arg, 
     if (s == KL_OK) s = kl_graph_run(g);
     if (s == KL_OK) {
         r->ny = kl_tensor_numel(y);
-        size_t es = yt == KL_F64 ? 8 : 4;
+        size_t es = kl_dtype_size(yt);
         void *tmp = malloc((size_t)r->ny * es);
         r->y = malloc((size_t)r->ny * sizeof(double));
         s = kl_tensor_get(y, tmp, (size_t)r->ny * es);
@@ -165,4 +183,68 @@ void kl_parity_case_run(const kl_parity_case *c, kl_device gpu)
         result_free(&rc);
         if (s1 == KL_OK) result_free(&rg);
     }
+}
+
+/* 16-bit tolerances relative to the largest value: a few roundings of
+ * bf16's 8-bit and f16's 11-bit significands. */
+static double half_tol(kl_dtype half) { return half == KL_BF16 ? 3e-2 : 4e-3; }
+
+void kl_parity_half_both(const kl_parity_case *c, kl_device dev)
+{
+    kl_parity_half_run(c, dev, KL_BF16, half_tol(KL_BF16));
+    kl_parity_half_run(c, dev, KL_F16, half_tol(KL_F16));
+}
+
+int kl_parity_half_cpu_mode(int argc, char **argv) { return argc > 1 && !strcmp(argv[1], "--half-cpu"); }
+
+/* y of the 16-bit run must be the reference's y rounded to half. */
+static void compare_rounded(const char *cs, const result *ref, const result *r, kl_dtype half)
+{
+    int64_t bad = 0;
+    for (int64_t i = 0; i < ref->ny; i++) {
+        float f = (float)ref->y[i];
+        double want = half == KL_BF16 ? kl_bf16_to_f32(kl_f32_to_bf16(f)) : kl_f16_to_f32(kl_f32_to_f16(f));
+        if (r->y[i] != want && !(r->y[i] != r->y[i] && want != want)) {
+            if (bad < 5) fprintf(stderr, "  %s y[%lld]: f32 %.9g rounds to %.9g, the 16-bit run gave %.9g\n", cs,
+                                 (long long)i, ref->y[i], want, r->y[i]);
+            bad++;
+        }
+    }
+    kl_test_checks++;
+    if (bad) {
+        kl_test_failures++;
+        fprintf(stderr, "  %s: %lld of %lld outputs are not the f32 outputs rounded\n", cs, (long long)bad, (long long)ref->ny);
+    }
+}
+
+void kl_parity_half_run(const kl_parity_case *c, kl_device dev, kl_dtype half, double tol)
+{
+    if (c->h16 == KL_H16_NONE) return;
+    bool gpu = dev.type != KL_DEVICE_CPU;
+    char cs[96];
+    snprintf(cs, sizeof cs, "%s/%s%s", c->name, kl_dtype_name(half), gpu ? "" : " vs f32");
+    result ref, r;
+    g_half_on = 1;
+    g_half = half;
+    kl_device cpu = {KL_DEVICE_CPU, 0};
+    kl_status s1 = run_on(cpu, c->build, gpu ? half : KL_F32, c->arg, &ref);
+    if (s1 != KL_OK) fprintf(stderr, "  %s reference on cpu: %s\n", cs, kl_last_error());
+    kl_status s2 = s1 == KL_OK ? run_on(dev, c->build, half, c->arg, &r) : KL_EINTERNAL;
+    if (s1 == KL_OK && s2 != KL_OK) fprintf(stderr, "  %s on %s: %s\n", cs, gpu ? "cuda" : "cpu", kl_last_error());
+    g_half_on = 0;
+    CHECK(s1 == KL_OK && s2 == KL_OK);
+    if (s1 == KL_OK && s2 == KL_OK) {
+        kl_parity_compare(cs, "y", ref.y, r.y, ref.ny, tol);
+        if (!gpu && c->h16 == KL_H16_EXACT) compare_rounded(cs, &ref, &r, half);
+        CHECK(ref.nslots == r.nslots);
+        for (int i = 0; i < ref.nslots && i < r.nslots; i++) {
+            char what[32];
+            snprintf(what, sizeof what, "slot%d", i);
+            CHECK(ref.np[i] == r.np[i]);
+            if (ref.np[i] == r.np[i]) kl_parity_compare(cs, what, ref.p[i], r.p[i], ref.np[i], tol);
+        }
+        printf("  ok %s\n", cs);
+    }
+    if (s1 == KL_OK) result_free(&ref);
+    if (s1 == KL_OK) result_free(&r);
 }

@@ -16,12 +16,20 @@ typedef struct { kl_tensor *t; const void *data; size_t bytes; } kl_in_set;
 typedef struct { kl_in_set v[4]; int n; } kl_in_list;
 typedef kl_status (*kl_build_fn)(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y);
 
+/* How a case runs in 16-bit storage (kl_parity_half_run). */
+enum {
+    KL_H16_EXACT = 0, /* one op after the parameters: on the CPU, its 16-bit output is its f32 output rounded */
+    KL_H16_ROUNDED,   /* several ops, or 16-bit buffers: values rounded along the way, within tolerance */
+    KL_H16_NONE       /* no 16-bit run (the case is about dtypes itself) */
+};
+
 typedef struct {
     const char *name;
     kl_build_fn build;
     int arg;
     double tol32, tol64;
     int f32_only;
+    int h16; /* KL_H16_* */
 } kl_parity_case;
 
 /* U(-1, 1), the harness's parameter init. */
@@ -38,5 +46,19 @@ void kl_parity_compare(const char *cs, const char *what, const double *cpu, cons
 void kl_parity_params(const char *cs, kl_ctx *a, kl_ctx *b, double tol_rms, double tol_max);
 /* Runs one case on the CPU and on gpu and compares (see above). */
 void kl_parity_case_run(const kl_parity_case *c, kl_device gpu);
+
+/* The case in 16-bit storage (half: f16 or bf16). Parameters stay f32 and
+ * are seen through a cast to half (in the f32 reference too, so both read
+ * the same values); the loss weights r likewise. On the CPU (dev) the
+ * 16-bit run is compared with the f32 run: outputs and gradients within
+ * tol relative to the largest value, and for KL_H16_EXACT the output bit
+ * for bit with the f32 output rounded to half. On a GPU it is compared
+ * with the CPU's 16-bit run, within tol. */
+void kl_parity_half_run(const kl_parity_case *c, kl_device dev, kl_dtype half, double tol);
+/* kl_parity_half_run in bf16 and in f16, each with its tolerance. */
+void kl_parity_half_both(const kl_parity_case *c, kl_device dev);
+/* Whether the test was asked (argument --half-cpu) for the CPU's 16-bit
+ * runs only: they need no GPU, so that mode never reports skipped. */
+int kl_parity_half_cpu_mode(int argc, char **argv);
 
 #endif
