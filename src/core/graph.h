@@ -130,6 +130,7 @@ typedef struct kl_op_def {
 } kl_op_def;
 
 #define KL_HALF_ALL ((1u << KL_BACKEND_COUNT) - 1u)
+#define KL_HALF_CUDA (1u << KL_BACKEND_CUDA)
 
 #define KL_OP(name) extern const kl_op_def kl_op_##name;
 #include "ops/ops.def"

@@ -124,7 +124,7 @@ static kl_status binary_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 }
 
 const kl_op_def kl_op_binary = {
-    .name = "binary", .shape = binary_shape, .backward = binary_backward, .fwd = {[KL_BACKEND_CPU] = binary_cpu}};
+    .name = "binary", .shape = binary_shape, .backward = binary_backward, .fwd = {[KL_BACKEND_CPU] = binary_cpu}, .half_native = KL_HALF_CUDA};
 
 static kl_status binary_pub(kl_graph *g, int kind, kl_tensor *a, kl_tensor *b, kl_tensor **out)
 {

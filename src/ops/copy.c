@@ -84,12 +84,19 @@ static kl_status fill_cpu(const kl_exec *ex, const kl_tensor *t)
     case KL_F32: for (int64_t i = 0; i < n; i++) ((float *)y)[i] = (float)v; break;
     case KL_F64: for (int64_t i = 0; i < n; i++) ((double *)y)[i] = v; break;
     case KL_I32: for (int64_t i = 0; i < n; i++) ((int32_t *)y)[i] = (int32_t)v; break;
+    case KL_F16:
+    case KL_BF16: {
+        uint16_t h = t->dtype == KL_F16 ? kl_f32_to_f16((float)v) : kl_f32_to_bf16((float)v);
+        for (int64_t i = 0; i < n; i++) ((uint16_t *)y)[i] = h;
+        break;
+    }
     default: return kl_fail(KL_EUNSUPPORTED, "fill: dtype %s", kl_dtype_name(t->dtype));
     }
     return KL_OK;
 }
 
-const kl_op_def kl_op_fill = {.name = "fill", .shape = fill_shape, .fwd = {[KL_BACKEND_CPU] = fill_cpu}};
+const kl_op_def kl_op_fill = {
+    .name = "fill", .shape = fill_shape, .fwd = {[KL_BACKEND_CPU] = fill_cpu}, .half_native = KL_HALF_ALL};
 
 /* ---- cast ---- */
 

@@ -109,7 +109,8 @@ const kl_op_def kl_op_dropout = {.name = "dropout",
                                   .shape = dropout_shape,
                                   .backward = dropout_backward,
                                   .prepare = dropout_prepare,
-                                  .fwd = {[KL_BACKEND_CPU] = dropout_cpu}};
+                                  .fwd = {[KL_BACKEND_CPU] = dropout_cpu},
+                                  .half_native = KL_HALF_CUDA};
 
 kl_status kl_dropout(kl_graph *g, kl_tensor *x, double p, kl_tensor **out)
 {

@@ -171,7 +171,7 @@ static kl_status matmul_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 }
 
 const kl_op_def kl_op_matmul = {
-    .name = "matmul", .shape = matmul_shape, .backward = matmul_backward, .fwd = {[KL_BACKEND_CPU] = matmul_cpu}};
+    .name = "matmul", .shape = matmul_shape, .backward = matmul_backward, .fwd = {[KL_BACKEND_CPU] = matmul_cpu}, .half_native = KL_HALF_CUDA};
 
 kl_status kl_matmul_op(kl_graph *g, kl_tensor *a, kl_tensor *b, kl_tensor *bias, kl_act act, kl_tensor **out)
 {

@@ -110,8 +110,8 @@ static kl_status unary_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 }
 
 const kl_op_def kl_op_unary = {
-    .name = "unary", .shape = unary_shape, .backward = unary_backward, .fwd = {[KL_BACKEND_CPU] = unary_cpu}};
-const kl_op_def kl_op_unary_bwd = {.name = "unary_bwd", .shape = unary_bwd_shape, .fwd = {[KL_BACKEND_CPU] = unary_bwd_cpu}};
+    .name = "unary", .shape = unary_shape, .backward = unary_backward, .fwd = {[KL_BACKEND_CPU] = unary_cpu}, .half_native = KL_HALF_CUDA};
+const kl_op_def kl_op_unary_bwd = {.name = "unary_bwd", .shape = unary_bwd_shape, .fwd = {[KL_BACKEND_CPU] = unary_bwd_cpu}, .half_native = KL_HALF_CUDA};
 
 /* ---- public builders ---- */
 

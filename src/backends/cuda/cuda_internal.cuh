@@ -202,10 +202,11 @@ template <typename T, int MAX> __device__ T kl_cu_block_reduce(T v)
  * ta / tb: the operand is stored transposed (a as [K, M] with ld lda, b as
  * [N, K] with ld ldb). batch > 1: matrix i at a + i*sa, b + i*sb, y + i*sy
  * (element strides; 0 shares one matrix). bias and relu ride on the
- * epilogue and need f32. f32 uses TF32 unless KILN_TF32=0. Plans are cached
+ * epilogue (not for f64). f32 uses TF32 unless KILN_TF32=0; bf16 and f16
+ * accumulate in f32. Plans are cached
  * per shape, layout and alignment (the heuristic runs at the first call). */
 typedef struct kl_cu_gemm {
-    kl_dtype dt; /* f32 or f64 */
+    kl_dtype dt; /* f32, f64, bf16 or f16 (a, b, y and bias alike) */
     int64_t M, N, K;
     const void *a;
     int64_t lda;
@@ -229,7 +230,7 @@ extern "C" kl_status kl_cu_gemm_run(const kl_tensor *t, const kl_cu_gemm *g);
 kl_status kl_cu_copy_strided(const kl_tensor *t, int ndim, const int64_t *ne, size_t es, const void *src,
                              const int64_t *src_st, void *dst, const int64_t *dst_st);
 /* y[r, j] = act(y[r, j] + bias[j]) over rows x n (bias may be NULL, kind -1:
- * no activation); f32 or f64 by t->dtype. elementwise.cu */
+ * no activation); any float dtype by t->dtype. elementwise.cu */
 kl_status kl_cu_bias_act(const kl_tensor *t, void *y, const void *bias, int64_t rows, int64_t n, int kind);
 
 #endif

@@ -1,8 +1,11 @@
 /* Elementwise CUDA kernels: fill, copy, cast, unary (+ bwd), binary,
  * dropout, concat, slice_bwd. The per-element math is
  * the CPU's (ops/elem.h, ops/norm.h, core/half.h); strided operands are
- * walked with dims collapsed on the host (kl_cu_iter). */
+ * walked with dims collapsed on the host (kl_cu_iter). fill, unary, binary,
+ * dropout and matmul's bias/activation pass take f16/bf16 storage
+ * (storage.cuh), computing in f32. */
 #include "backends/cuda/cuda_internal.cuh"
+#include "backends/cuda/storage.cuh"
 #include "ops/elem.h"
 #include "ops/norm.h"
 #include "core/half.h"
@@ -22,6 +25,11 @@ template <typename T> __global__ void fill_k(T *y, int64_t n, T v)
     KL_CU_FOR(i, n) y[i] = v;
 }
 
+static uint16_t half_bits(kl_dtype dt, double v)
+{
+    return dt == KL_BF16 ? kl_f32_to_bf16((float)v) : kl_f32_to_f16((float)v);
+}
+
 extern "C" kl_status kl_cuda_fill(const kl_exec *ex, const kl_tensor *t)
 {
     double v = KL_ATTR_C(t, fill_attr)->v;
@@ -33,6 +41,8 @@ extern "C" kl_status kl_cuda_fill(const kl_exec *ex, const kl_tensor *t)
     case KL_F32: fill_k<float><<<nb, KL_CU_THREADS, 0, s>>>((float *)y, n, (float)v); break;
     case KL_F64: fill_k<double><<<nb, KL_CU_THREADS, 0, s>>>((double *)y, n, v); break;
     case KL_I32: fill_k<int32_t><<<nb, KL_CU_THREADS, 0, s>>>((int32_t *)y, n, (int32_t)v); break;
+    case KL_F16:
+    case KL_BF16: fill_k<uint16_t><<<nb, KL_CU_THREADS, 0, s>>>((uint16_t *)y, n, half_bits(t->dtype, v)); break;
     default: return kl_cu_bad_dtype(t);
     }
     KL_CUDA_LAUNCHED(t, "fill_k");
@@ -146,13 +156,15 @@ extern "C" kl_status kl_cuda_cast(const kl_exec *ex, const kl_tensor *t)
 /* ---- unary, unary_bwd ---- */
 
 /* fwd: y = f(x); bwd: y = f'(s) * x with x = dy, s = the saved y or x */
-template <typename T> __global__ void unary_k(kl_cu_iter it, const T *x, const T *s, T *y, int kind, T alpha, int bwd)
+template <typename S>
+__global__ void unary_k(kl_cu_iter it, const S *x, const S *s, S *y, int kind, typename kl_cu_calc<S>::T alpha, int bwd)
 {
     KL_CU_FOR(i, it.n)
     {
         int64_t o[3];
         kl_cu_offsets<3>(it, i, o);
-        y[o[0]] = bwd ? un_grad(kind, s[o[2]], x[o[1]], alpha) : un(kind, x[o[1]], alpha);
+        typename kl_cu_calc<S>::T v = kl_cu_load(x, o[1]);
+        kl_cu_store(y, o[0], bwd ? un_grad(kind, kl_cu_load(s, o[2]), v, alpha) : un(kind, v, alpha));
     }
 }
 
@@ -170,14 +182,9 @@ static kl_status unary_run(const kl_exec *ex, const kl_tensor *t, int bwd)
     kl_cu_iter it = kl_cu_iter_make(t->ndim, t->ne, 3, (const int64_t(*)[8])st);
     unsigned nb = kl_cu_blocks(it.n, KL_CU_THREADS);
     cudaStream_t s = kl_cu_stream();
-    if (t->dtype == KL_F32)
-        unary_k<float><<<nb, KL_CU_THREADS, 0, s>>>(it, (const float *)kl_data(ex, xs), (const float *)kl_data(ex, ss),
-                                                   (float *)kl_data(ex, t), a->kind, (float)a->alpha, bwd);
-    else if (t->dtype == KL_F64)
-        unary_k<double><<<nb, KL_CU_THREADS, 0, s>>>(it, (const double *)kl_data(ex, xs), (const double *)kl_data(ex, ss),
-                                                    (double *)kl_data(ex, t), a->kind, a->alpha, bwd);
-    else
-        return kl_cu_bad_dtype(t);
+    KL_CU_FLOAT_SWITCH(t->dtype, return kl_cu_bad_dtype(t),
+        unary_k<S><<<nb, KL_CU_THREADS, 0, s>>>(it, (const S *)kl_data(ex, xs), (const S *)kl_data(ex, ss), (S *)kl_data(ex, t),
+                                               a->kind, (typename kl_cu_calc<S>::T)a->alpha, bwd))
     KL_CUDA_LAUNCHED(t, "unary_k");
     return KL_OK;
 }
@@ -186,13 +193,14 @@ extern "C" kl_status kl_cuda_unary(const kl_exec *ex, const kl_tensor *t) { retu
 extern "C" kl_status kl_cuda_unary_bwd(const kl_exec *ex, const kl_tensor *t) { return unary_run(ex, t, 1); }
 
 /* matmul's bias and activation when cuBLASLt's epilogue cannot do them */
-template <typename T> __global__ void bias_act_k(T *y, const T *bias, int64_t rows, int64_t n, int kind)
+template <typename S> __global__ void bias_act_k(S *y, const S *bias, int64_t rows, int64_t n, int kind)
 {
+    typedef typename kl_cu_calc<S>::T T;
     KL_CU_FOR(i, rows * n)
     {
-        T v = y[i];
-        if (bias) v += bias[i % n];
-        y[i] = kind >= 0 ? un(kind, v, (T)0) : v;
+        T v = kl_cu_load(y, i);
+        if (bias) v += kl_cu_load(bias, i % n);
+        kl_cu_store(y, i, kind >= 0 ? un(kind, v, (T)0) : v);
     }
 }
 
@@ -200,23 +208,21 @@ kl_status kl_cu_bias_act(const kl_tensor *t, void *y, const void *bias, int64_t 
 {
     unsigned nb = kl_cu_blocks(rows * n, KL_CU_THREADS);
     cudaStream_t s = kl_cu_stream();
-    if (t->dtype == KL_F32)
-        bias_act_k<float><<<nb, KL_CU_THREADS, 0, s>>>((float *)y, (const float *)bias, rows, n, kind);
-    else
-        bias_act_k<double><<<nb, KL_CU_THREADS, 0, s>>>((double *)y, (const double *)bias, rows, n, kind);
+    KL_CU_FLOAT_SWITCH(t->dtype, return kl_cu_bad_dtype(t),
+        bias_act_k<S><<<nb, KL_CU_THREADS, 0, s>>>((S *)y, (const S *)bias, rows, n, kind))
     KL_CUDA_LAUNCHED(t, "bias_act_k");
     return KL_OK;
 }
 
 /* ---- binary (broadcasting) ---- */
 
-template <typename T> __global__ void binary_k(kl_cu_iter it, const T *a, const T *b, T *y, int kind)
+template <typename S> __global__ void binary_k(kl_cu_iter it, const S *a, const S *b, S *y, int kind)
 {
     KL_CU_FOR(i, it.n)
     {
         int64_t o[3];
         kl_cu_offsets<3>(it, i, o);
-        y[o[0]] = bin(kind, a[o[1]], b[o[2]]);
+        kl_cu_store(y, o[0], bin(kind, kl_cu_load(a, o[1]), kl_cu_load(b, o[2])));
     }
 }
 
@@ -241,12 +247,8 @@ extern "C" kl_status kl_cuda_binary(const kl_exec *ex, const kl_tensor *t)
     unsigned nb = kl_cu_blocks(it.n, KL_CU_THREADS);
     cudaStream_t s = kl_cu_stream();
     const void *a = kl_data(ex, t->src[0]), *b = kl_data(ex, t->src[1]);
-    if (t->dtype == KL_F32)
-        binary_k<float><<<nb, KL_CU_THREADS, 0, s>>>(it, (const float *)a, (const float *)b, (float *)kl_data(ex, t), kind);
-    else if (t->dtype == KL_F64)
-        binary_k<double><<<nb, KL_CU_THREADS, 0, s>>>(it, (const double *)a, (const double *)b, (double *)kl_data(ex, t), kind);
-    else
-        return kl_cu_bad_dtype(t);
+    KL_CU_FLOAT_SWITCH(t->dtype, return kl_cu_bad_dtype(t),
+        binary_k<S><<<nb, KL_CU_THREADS, 0, s>>>(it, (const S *)a, (const S *)b, (S *)kl_data(ex, t), kind))
     KL_CUDA_LAUNCHED(t, "binary_k");
     return KL_OK;
 }
@@ -255,9 +257,11 @@ extern "C" kl_status kl_cuda_binary(const kl_exec *ex, const kl_tensor *t)
 
 /* thread per counter q: its four words decide elements 4q .. 4q+3; the run
  * counter is read from the run block, so a replayed graph draws a new mask */
-template <typename T>
-__global__ void dropout_k(const T *x, T *y, int64_t n, uint64_t seed, uint32_t salt, const uint64_t *runp, uint32_t thr, T scale)
+template <typename S>
+__global__ void dropout_k(const S *x, S *y, int64_t n, uint64_t seed, uint32_t salt, const uint64_t *runp, uint32_t thr,
+                          typename kl_cu_calc<S>::T scale)
 {
+    typedef typename kl_cu_calc<S>::T T;
     uint64_t run = *runp;
     KL_CU_FOR(q, (n + 3) / 4)
     {
@@ -266,7 +270,7 @@ __global__ void dropout_k(const T *x, T *y, int64_t n, uint64_t seed, uint32_t s
 #pragma unroll
         for (int l = 0; l < 4; l++) {
             int64_t i = 4 * q + l;
-            if (i < n) y[i] = x[i] * (w.v[l] >= thr ? scale : (T)0);
+            if (i < n) kl_cu_store(y, i, kl_cu_load(x, i) * (w.v[l] >= thr ? scale : (T)0));
         }
     }
 }
@@ -279,14 +283,9 @@ extern "C" kl_status kl_cuda_dropout(const kl_exec *ex, const kl_tensor *t)
     cudaStream_t s = kl_cu_stream();
     uint64_t seed = ex->ctx->seed;
     const uint64_t *run = (const uint64_t *)kl_run_vals(ex, t);
-    if (t->dtype == KL_F32)
-        dropout_k<float><<<nb, KL_CU_THREADS, 0, s>>>((const float *)kl_data(ex, t->src[0]), (float *)kl_data(ex, t), n,
-                                                     seed, a->salt, run, a->threshold, (float)(1.0 / (1.0 - a->p)));
-    else if (t->dtype == KL_F64)
-        dropout_k<double><<<nb, KL_CU_THREADS, 0, s>>>((const double *)kl_data(ex, t->src[0]), (double *)kl_data(ex, t), n,
-                                                      seed, a->salt, run, a->threshold, 1.0 / (1.0 - a->p));
-    else
-        return kl_cu_bad_dtype(t);
+    KL_CU_FLOAT_SWITCH(t->dtype, return kl_cu_bad_dtype(t),
+        dropout_k<S><<<nb, KL_CU_THREADS, 0, s>>>((const S *)kl_data(ex, t->src[0]), (S *)kl_data(ex, t), n, seed, a->salt,
+                                                 run, a->threshold, (typename kl_cu_calc<S>::T)(1.0 / (1.0 - a->p))))
     KL_CUDA_LAUNCHED(t, "dropout_k");
     return KL_OK;
 }

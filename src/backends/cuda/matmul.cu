@@ -4,9 +4,12 @@
  * b, Lt's B is kiln's a and D (N x M, ld N) is y as stored. A transposed
  * view (gemm_layout's trans flag) becomes Lt's transpose op, no copy.
  * f32 uses TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32: inputs rounded to
- * 10-bit mantissas, f32 accumulation) unless KILN_TF32=0; f64 is exact FP64.
- * Bias and ReLU ride on the epilogue (f32); other activations, and f64's
- * bias, run as one extra elementwise kernel.
+ * 10-bit mantissas, f32 accumulation) unless KILN_TF32=0; f64 is exact FP64;
+ * bf16 and f16 operands run on tensor cores with f32 accumulation and f32
+ * scalars, the output rounded once (as the CPU's widened path).
+ * Bias and ReLU ride on the epilogue (all but f64, the bias in the output's
+ * type); other activations, and f64's bias, run as one extra elementwise
+ * kernel.
  *
  * Plans (descriptors, layouts and the heuristic's algorithm) are cached by
  * GEMM shape, layout, epilogue and pointer alignment: the heuristic runs
@@ -76,9 +79,9 @@ static kl_status plan_make(const gemm_key *k, const void *bias, const kl_tensor 
     memset(p, 0, sizeof *p);
     p->key = *k;
     bool f64 = k->dtype == KL_F64;
-    cudaDataType dt = f64 ? CUDA_R_64F : CUDA_R_32F;
+    cudaDataType dt = f64 ? CUDA_R_64F : k->dtype == KL_BF16 ? CUDA_R_16BF : k->dtype == KL_F16 ? CUDA_R_16F : CUDA_R_32F;
     cublasComputeType_t ct = f64 ? CUBLAS_COMPUTE_64F : k->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    LT_CHECK(cublasLtMatmulDescCreate(&p->desc, ct, dt), t);
+    LT_CHECK(cublasLtMatmulDescCreate(&p->desc, ct, f64 ? CUDA_R_64F : CUDA_R_32F), t); /* scalars: f32 but for f64 */
     int32_t opa = k->op_a, opb = k->op_b;
     LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa), t);
     LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb), t);
@@ -113,7 +116,7 @@ static kl_status plan_make(const gemm_key *k, const void *bias, const kl_tensor 
     if (n < 1)
         return kl_fail(KL_EUNSUPPORTED, "matmul %s: cuBLASLt has no algorithm for M %lld N %lld K %lld (%s, epilogue %d, "
                        "alignment %u/%u/%u bytes) on cuda:%d", kl_desc(t), (long long)k->M, (long long)k->N,
-                       (long long)k->K, f64 ? "f64" : k->tf32 ? "f32 tf32" : "f32", k->epi, k->align_a, k->align_b,
+                       (long long)k->K, k->tf32 ? "f32 tf32" : kl_dtype_name((kl_dtype)k->dtype), k->epi, k->align_a, k->align_b,
                        k->align_y, kl_cu_device());
     p->algo = res.algo;
     p->ws = res.workspaceSize;
@@ -163,8 +166,9 @@ static unsigned align_of(uint64_t v)
 
 extern "C" kl_status kl_cu_gemm_run(const kl_tensor *t, const kl_cu_gemm *g)
 {
-    if (g->dt != KL_F32 && g->dt != KL_F64) return kl_fail(KL_EUNSUPPORTED, "%s: no CUDA GEMM for %s", kl_ops[t->op]->name, kl_desc(t));
-    bool f32 = g->dt == KL_F32;
+    if (g->dt != KL_F32 && g->dt != KL_F64 && g->dt != KL_BF16 && g->dt != KL_F16)
+        return kl_fail(KL_EUNSUPPORTED, "%s: no CUDA GEMM for %s", kl_ops[t->op]->name, kl_desc(t));
+    bool f32 = g->dt == KL_F32, f64 = g->dt == KL_F64;
     size_t es = kl_dtype_size(g->dt);
     gemm_key k;
     memset(&k, 0, sizeof k); /* padding too: keys are compared with memcmp */
@@ -174,7 +178,7 @@ extern "C" kl_status kl_cu_gemm_run(const kl_tensor *t, const kl_cu_gemm *g)
     k.lda = g->lda, k.ldb = g->ldb, k.ldy = g->ldy;
     k.op_a = g->tb ? CUBLAS_OP_T : CUBLAS_OP_N; /* Lt's A is kiln's b */
     k.op_b = g->ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-    bool bias = f32 && g->bias, relu = f32 && g->relu;
+    bool bias = !f64 && g->bias, relu = !f64 && g->relu;
     k.epi = bias && relu ? CUBLASLT_EPILOGUE_RELU_BIAS
             : bias       ? CUBLASLT_EPILOGUE_BIAS
             : relu       ? CUBLASLT_EPILOGUE_RELU
@@ -200,8 +204,8 @@ extern "C" kl_status kl_cu_gemm_run(const kl_tensor *t, const kl_cu_gemm *g)
     /* host scalars: their values are read at the call (and baked into a captured graph) */
     float alpha_f = 1, beta_f = (float)g->beta;
     double alpha_d = 1, beta_d = g->beta;
-    const void *alpha = f32 ? (const void *)&alpha_f : (const void *)&alpha_d;
-    const void *beta = f32 ? (const void *)&beta_f : (const void *)&beta_d;
+    const void *alpha = !f64 ? (const void *)&alpha_f : (const void *)&alpha_d;
+    const void *beta = !f64 ? (const void *)&beta_f : (const void *)&beta_d;
     LT_CHECK(cublasLtMatmul((cublasLtHandle_t)kl_cu_lt(), p->desc, alpha, g->b, p->la, g->a, p->lb, beta, g->y, p->ly,
                             g->y, p->ly, &p->algo, ws, p->ws, kl_cu_stream()), t);
     return KL_OK;
@@ -235,11 +239,11 @@ static void batch_strides(const kl_tensor *t, const kl_tensor *x, int64_t *st)
 extern "C" kl_status kl_cuda_matmul(const kl_exec *ex, const kl_tensor *t)
 {
     const kl_tensor *a = t->src[0], *b = t->src[1], *bt = t->n_src > 2 ? t->src[2] : NULL;
-    if (t->dtype != KL_F32 && t->dtype != KL_F64)
+    if (t->dtype != KL_F32 && t->dtype != KL_F64 && t->dtype != KL_BF16 && t->dtype != KL_F16)
         return kl_fail(KL_EUNSUPPORTED, "matmul: no CUDA kernel for %s", kl_desc(t));
     int n = t->ndim, act = KL_ATTR_C(t, matmul_attr)->act;
     size_t es = kl_dtype_size(t->dtype);
-    bool f32 = t->dtype == KL_F32;
+    bool epi = t->dtype != KL_F64; /* cuBLASLt's bias/ReLU epilogue */
     kl_cu_gemm g;
     memset(&g, 0, sizeof g);
     g.dt = t->dtype;
@@ -249,10 +253,10 @@ extern "C" kl_status kl_cuda_matmul(const kl_exec *ex, const kl_tensor *t)
     g.ldy = g.N;
     gemm_layout(a, &g.ta, &g.lda);
     gemm_layout(b, &g.tb, &g.ldb);
-    /* epilogue: bias and ReLU fused for f32; the rest afterwards */
+    /* epilogue: bias and ReLU fused but for f64; the rest afterwards */
     const void *bias = bt ? kl_data(ex, bt) : NULL;
-    g.bias = f32 ? bias : NULL;
-    g.relu = f32 && act == KL_ACT_RELU;
+    g.bias = epi ? bias : NULL;
+    g.relu = epi && act == KL_ACT_RELU;
     int post_kind = g.relu ? -1 : kl_act_unary(act);
     const void *post_bias = g.bias ? NULL : bias;
 
