@@ -75,7 +75,7 @@ static void emit(FILE *f, const kl_cfg_node *n)
 
 /* The model made of the first k layers (and a flatten, so any prefix ends
  * in [features]), with the full model's parameter names. */
-static kl_status prefix_model(const kl_cfg_node *model, int k, kl_model **out)
+static kl_status prefix_model(const kl_cfg_node *model, const kl_model *full, int k, kl_model **out)
 {
     char *text = NULL;
     size_t len = 0;
@@ -99,6 +99,7 @@ static kl_status prefix_model(const kl_cfg_node *model, int k, kl_model **out)
     kl_cfg *c = NULL;
     kl_status s = kl_cfg_parse(text, len, "<nan watch prefix>", &c);
     if (s == KL_OK) s = kl_model_from_cfg(kl_cfg_root(c), out);
+    if (s == KL_OK) s = kl_model_set_precision(*out, kl_model_precision(full)); /* the step's precision */
     kl_cfg_free(c);
     free(text);
     return s;
@@ -228,7 +229,7 @@ static kl_status diagnose(const nan_step *st, const char *trigger, char *msg, si
         kl_model *pm = NULL;
         float *out = NULL;
         int64_t n = 0;
-        kl_status s = prefix_model(model, k, &pm);
+        kl_status s = prefix_model(model, st->model, k, &pm);
         if (s != KL_OK) { /* some prefixes are no model of their own (token models): go on with the whole step */
             snprintf(note, sizeof note, " (layers[0..%d] could not be re-run alone: %.200s)", k - 1, kl_last_error());
             break;

@@ -108,6 +108,7 @@ static int run(kl_cfg *cfg, const char *config, const char *limit_text, int thre
     if (s == KL_OK) s = train_opts_read(cfg, &o);
     if (s == KL_OK) s = kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &mnode);
     if (s == KL_OK) s = kl_model_from_cfg(mnode, &m);
+    if (s == KL_OK) s = kl_model_set_precision(m, o.precision);
     char what[256] = "--mem-limit";
     if (s == KL_OK && limit_text) s = parse_size("--mem-limit", limit_text, &limit);
     else if (s == KL_OK) s = device_mem_limit(dev, &limit, what, sizeof what);

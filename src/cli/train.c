@@ -20,6 +20,7 @@ static void usage(FILE *f)
             "  --steps N         train for N optimizer steps instead (train.steps)\n"
             "  --batch N         batch size (train.batch)\n"
             "  --accumulate K    gradient accumulation: an optimizer step every K batches (train.accumulate)\n"
+            "  --precision P     f32 (default) or bf16: mixed precision, f32 parameters (train.precision)\n"
             "  --lr X            learning rate (optim.lr)\n"
             "  --seed S          seed for initialisation, shuffling and dropout (train.seed)\n"
             "  --threads N       CPU threads (default: all cores, or $KILN_THREADS)\n"
@@ -53,6 +54,7 @@ int kl_cmd_train(int argc, char **argv)
     int nsets = 0, nflags = 0;
     static const struct { const char *flag, *path; } map[] = {
         {"--epochs", "train.epochs"}, {"--steps", "train.steps"}, {"--batch", "train.batch"}, {"--accumulate", "train.accumulate"},
+        {"--precision", "train.precision"},
         {"--lr", "optim.lr"}, {"--seed", "train.seed"}, {"--threads", "train.threads"}};
     for (int i = 0; i < argc; i++) {
         const char *arg = argv[i];

@@ -143,6 +143,7 @@ static kl_status read_train(kl_cfg *cfg, train_opts *o)
     static const char *const keys[] = {"epochs", "steps", "batch", "seed", "log_every", "checkpoint_every",
                                        "threads", "eval_every_epoch", "checkpoint_every_epoch", "steps_per_epoch",
                                        "val_batches", "plateau_patience", "early_stop", "grad_norm_warn", "accumulate",
+                                       "precision",
                                        /* read by the monitoring (cli/train_monitor.c) */
                                        "histogram_every", "telemetry_interval", "nan_watch", NULL};
     kl_cfg_node *m;
@@ -155,6 +156,15 @@ static kl_status read_train(kl_cfg *cfg, train_opts *o)
     int64_t acc;
     GET_INT("train", "accumulate", 1, 1, 1 << 20, acc); /* batches per optimizer step */
     o->optim.accumulate = (int)acc;
+    static const char *const precisions[] = {"f32", "bf16", "f16", NULL};
+    int prec;
+    KL_TRY(kl_cfg_enum(m, "precision", 0, precisions, 0, &prec));
+    if (prec == 2) /* f16's small range needs loss scaling */
+        return kl_cfg_fail(kl_cfg_get(m, "precision"), KL_EUNSUPPORTED,
+                           "f16 needs loss scaling, which kiln does not have yet; bf16 (f32's range) "
+                           "trains without it");
+    KL_TRY(put(cfg, "train", "precision", "%s", precisions[prec]));
+    o->precision = prec ? KL_BF16 : KL_F32;
     GET_INT("train", "seed", 1, 0, INT64_MAX, seed);
     o->seed = (uint64_t)seed;
     GET_INT("train", "log_every", 50, 1, INT64_MAX / 2, o->log_every);

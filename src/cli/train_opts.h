@@ -34,6 +34,7 @@ typedef struct train_opts {
     int64_t plateau_patience; /* evaluations without improvement before a warning (0: off) */
     int early_stop;           /* stop (after a checkpoint) when the patience runs out */
     double grad_norm_warn;    /* warn when the gradient norm exceeds this x its running median (0: off) */
+    kl_dtype precision;       /* train.precision: the dtype layers compute in (kl_model_set_precision) */
     uint64_t seed;
 } train_opts;
 

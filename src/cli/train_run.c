@@ -187,6 +187,7 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(train_opts_read(cfg, &r->o));
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &model));
     KL_TRY(kl_model_from_cfg(model, &r->model));
+    KL_TRY(kl_model_set_precision(r->model, r->o.precision));
     /* the data loads on a thread while the device starts (a GPU's context, the plan check) */
     load_job job = {.o = &r->o};
     pthread_t th;

@@ -131,6 +131,7 @@ static kl_status setup(lm_runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(load_corpus(r, cfg, a));
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &model));
     KL_TRY(kl_model_from_cfg(model, &r->model));
+    KL_TRY(kl_model_set_precision(r->model, r->o.precision));
     r->T = kl_model_tokens(r->model);
     KL_TRY(split_corpus(r));
     KL_TRY(plan_open_ctx(a->device, r->model, &r->o.optim, (int)r->o.threads, r->o.seed, cfg, &r->o.batch, NULL,

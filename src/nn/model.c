@@ -292,7 +292,8 @@ kl_status kl_layer_param(kl_graph *g, const layer *li, const char *what, int nd,
     char name[128];
     snprintf(name, sizeof name, "%s.%s", li->name, what);
     kl_init in = {init, a};
-    return kl_param(g, name, KL_F32, nd, d, &in, out);
+    KL_TRY(kl_param(g, name, KL_F32, nd, d, &in, out));
+    return kl_cast(g, *out, li->calc, out); /* mixed precision: the layer's compute copy */
 }
 
 static kl_act act_of(layer_kind k)
@@ -319,8 +320,10 @@ kl_status kl_layers_forward(layer *ls, int n, kl_graph *g, kl_tensor *x, int tra
             int64_t in = li->in[li->in_ndim - 1], wd[2] = {li->features, in};
             /* PyTorch's Linear init: U(+-1/sqrt(fan_in)) for weight and bias; a tied
              * weight is the embedding's (created by it, found by name) */
-            if (li->tie[0]) KL_TRY(kl_param(g, li->tie, KL_F32, 2, wd, NULL, &w));
-            else KL_TRY(kl_layer_param(g, li, "weight", 2, wd, KL_INIT_KAIMING_UNIFORM, 0, &w));
+            if (li->tie[0]) {
+                KL_TRY(kl_param(g, li->tie, KL_F32, 2, wd, NULL, &w));
+                KL_TRY(kl_cast(g, w, li->calc, &w));
+            } else KL_TRY(kl_layer_param(g, li, "weight", 2, wd, KL_INIT_KAIMING_UNIFORM, 0, &w));
             if (li->bias) KL_TRY(kl_layer_param(g, li, "bias", 1, &li->features, KL_INIT_KAIMING_UNIFORM, (double)in, &b));
             /* a following activation is fused into the GEMM's output pass */
             kl_act act = next_act(ls, n, i, 1);
@@ -397,15 +400,41 @@ kl_status kl_layers_forward(layer *ls, int n, kl_graph *g, kl_tensor *x, int tra
     return KL_OK;
 }
 
+static void set_calc(layer *ls, int n, kl_dtype calc)
+{
+    for (int i = 0; i < n; i++) {
+        ls[i].calc = calc;
+        if (ls[i].body) set_calc(ls[i].body, ls[i].n_body, calc);
+    }
+}
+
+kl_status kl_model_set_precision(kl_model *m, kl_dtype calc)
+{
+    if (!m) return kl_fail(KL_EMISUSE, "kl_model_set_precision: model is NULL");
+    if (calc != KL_F32 && calc != KL_BF16 && calc != KL_F16)
+        return kl_fail(KL_EINVAL, "model precision must be f32, bf16 or f16, got %s", kl_dtype_name(calc));
+    m->calc = calc;
+    set_calc(m->layers, m->n, calc);
+    return KL_OK;
+}
+
+kl_dtype kl_model_precision(const kl_model *m) { return m->calc; }
+
 kl_status kl_model_forward(kl_model *m, kl_graph *g, kl_tensor *x, int training, kl_tensor **out)
 {
     if (!m || !g || !x || !out) return kl_fail(KL_EMISUSE, "kl_model_forward: null argument");
-    return kl_layers_forward(m->layers, m->n, g, x, training, NULL, out);
+    kl_dtype xt = kl_tensor_dtype(x);
+    if (m->calc != KL_F32 && (xt == KL_F32 || xt == KL_F64)) KL_TRY(kl_cast(g, x, m->calc, &x));
+    KL_TRY(kl_layers_forward(m->layers, m->n, g, x, training, NULL, out));
+    return m->calc == KL_F32 ? KL_OK : kl_cast(g, *out, KL_F32, out); /* loss and metrics in f32 */
 }
 
 kl_status kl_model_forward_state(kl_model *m, kl_graph *g, kl_tensor *x, kl_model_state *st, kl_tensor **out)
 {
     if (!m || !g || !x || !st || !out) return kl_fail(KL_EMISUSE, "kl_model_forward_state: null argument");
+    if (m->calc != KL_F32)
+        return kl_fail(KL_EUNSUPPORTED, "step-by-step generation runs in f32; this model computes in %s",
+                       kl_dtype_name(m->calc));
     if (m->n_state > KL_MODEL_MAX_STATE)
         return kl_fail(KL_EINVAL, "the model has %d recurrent layers; step-by-step generation handles %d", m->n_state,
                        KL_MODEL_MAX_STATE);

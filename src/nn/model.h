@@ -77,6 +77,17 @@ typedef struct kl_model_state {
  * KL_MODEL_MAX_STATE states. */
 kl_status kl_model_forward_state(kl_model *m, kl_graph *g, kl_tensor *x, kl_model_state *st, kl_tensor **out);
 
+/* Mixed precision: the dtype the layers compute in, f32 (the default),
+ * bf16 or f16. Parameters stay f32 (the optimizer updates them there) and
+ * each layer casts them to calc where it uses them; kl_model_forward casts
+ * a float input to calc and returns the output cast back to f32, so the
+ * loss and metrics are f32; batchnorm keeps f32 running statistics. f16
+ * gradients underflow without loss scaling, which kiln does not do yet.
+ * Affects graphs recorded afterwards; kl_model_forward_state refuses a
+ * model not in f32. */
+kl_status kl_model_set_precision(kl_model *m, kl_dtype calc);
+kl_dtype kl_model_precision(const kl_model *m);
+
 /* One line per layer with output shapes and parameter counts. */
 void kl_model_summary(const kl_model *m, void *file /* FILE* */);
 

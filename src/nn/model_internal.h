@@ -35,6 +35,7 @@ typedef struct layer {
     double std, proj_std;  /* normal init std: embeddings, block weights (proj_std: output projections) */
     int state_at;          /* lstm / gru: index of its first recurrent state (kl_model_state) */
     char tie[112];         /* linear with tie: the embedding weight it uses ("layers.0.weight") */
+    kl_dtype calc;         /* the dtype it computes in (kl_model_set_precision): its f32 parameters are cast to it */
 } layer;
 
 struct kl_model {
@@ -45,6 +46,7 @@ struct kl_model {
     int64_t params;
     int64_t tokens, vocab; /* token models: context length and vocabulary (0 otherwise) */
     int windowed, n_state;
+    kl_dtype calc; /* kl_model_set_precision */
 };
 
 /* What parsing a layer list needs beyond the layer itself. */

@@ -29,9 +29,12 @@
  * long, else enough that the inner loop over channels is contiguous */
 #define BN_CBLK(S) ((S) >= 32 ? 1 : 64)
 
-static kl_status check_channel_vec(const kl_tensor *x, const kl_tensor *v, const char *what)
+/* gamma, beta and the running statistics: x's dtype; the statistics may
+ * stay f32 for a 16-bit x (mixed precision: they are updated in place) */
+static kl_status check_channel_vec(const kl_tensor *x, const kl_tensor *v, const char *what, bool stat)
 {
-    if (v->dtype != x->dtype || v->ndim != 1 || v->ne[0] != x->ne[1])
+    bool f32_stat = stat && v->dtype == KL_F32 && (x->dtype == KL_BF16 || x->dtype == KL_F16);
+    if ((v->dtype != x->dtype && !f32_stat) || v->ndim != 1 || v->ne[0] != x->ne[1])
         return kl_fail(KL_EINVAL, "batchnorm: %s is %s, expected [%lld] %s for input %s (%lld channels)", what,
                        kl_desc(v), (long long)x->ne[1], kl_dtype_name(x->dtype), kl_desc(x), (long long)x->ne[1]);
     return KL_OK;
@@ -44,10 +47,10 @@ static kl_status bn_shape(kl_tensor *t)
     if (!kl_is_float(x->dtype))
         return kl_fail(KL_EINVAL, "batchnorm: expected floating-point input, got %s", kl_desc(x));
     if (x->ndim < 2) return kl_fail(KL_EINVAL, "batchnorm: input must be [N, C, ...], got %s", kl_desc(x));
-    if (a->ig >= 0) KL_TRY(check_channel_vec(x, t->src[a->ig], "gamma"));
-    if (a->ib >= 0) KL_TRY(check_channel_vec(x, t->src[a->ib], "beta"));
-    if (a->irm >= 0) KL_TRY(check_channel_vec(x, t->src[a->irm], "running_mean"));
-    if (a->irv >= 0) KL_TRY(check_channel_vec(x, t->src[a->irv], "running_var"));
+    if (a->ig >= 0) KL_TRY(check_channel_vec(x, t->src[a->ig], "gamma", false));
+    if (a->ib >= 0) KL_TRY(check_channel_vec(x, t->src[a->ib], "beta", false));
+    if (a->irm >= 0) KL_TRY(check_channel_vec(x, t->src[a->irm], "running_mean", true));
+    if (a->irv >= 0) KL_TRY(check_channel_vec(x, t->src[a->irv], "running_var", true));
     int64_t M = kl_numel(x) / x->ne[1];
     if (a->training && M < 2)
         return kl_fail(KL_EINVAL, "batchnorm: training needs more than 1 value per channel, input %s has %lld",
