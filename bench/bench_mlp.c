@@ -3,8 +3,12 @@
  * bench/mlp_torch.py does the same work in PyTorch; bench/run_cpu.sh and
  * bench/run_gpu.sh run both in one run and print the ratio.
  *
- *   bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--accumulate K] [--profile] [--device cuda:N]
+ *   bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--accumulate K] [--bf16] [--profile]
+ *             [--device cuda:N]
  *
+ * --bf16: mixed precision as kiln train's train.precision bf16 (and
+ * PyTorch's autocast): f32 parameters cast to bf16 where used, the input
+ * cast in, the logits cast back to f32 for the loss.
  * --accumulate K: a step is K runs of the batch with gradient accumulation
  * (kl_optim_opts.accumulate), the optimizer updating at the K-th.
  *
@@ -79,6 +83,7 @@ int main(int argc, char **argv)
 {
     int steps = 50, warmup = 5, threads = 2, batch = 256, profile = 0, acc = 1;
     const char *device = "cpu";
+    kl_dtype calc = KL_F32; /* --bf16: KL_BF16 */
     for (int i = 1; i < argc; i++) {
         int rc = 0;
         if (!strcmp(argv[i], "--steps")) rc = parse_int("--steps", i + 1 < argc ? argv[++i] : NULL, 1, &steps);
@@ -87,10 +92,11 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--batch")) rc = parse_int("--batch", i + 1 < argc ? argv[++i] : NULL, 1, &batch);
         else if (!strcmp(argv[i], "--accumulate")) rc = parse_int("--accumulate", i + 1 < argc ? argv[++i] : NULL, 1, &acc);
         else if (!strcmp(argv[i], "--profile")) profile = 1;
+        else if (!strcmp(argv[i], "--bf16")) calc = KL_BF16;
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
         else {
             fprintf(stderr, "usage: bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--accumulate K] "
-                            "[--profile] [--device cuda:N]\n");
+                            "[--bf16] [--profile] [--device cuda:N]\n");
             return 2;
         }
         if (rc) return 2;
@@ -115,9 +121,12 @@ int main(int argc, char **argv)
     TRY(kl_param(g, "fc2.bias", KL_F32, 1, hb, NULL, &b2));
     TRY(kl_param(g, "fc3.weight", KL_F32, 2, w3d, NULL, &w3));
     TRY(kl_param(g, "fc3.bias", KL_F32, 1, ob, NULL, &b3));
-    TRY(kl_linear(g, x, w1, b1, KL_ACT_RELU, &h));
+    kl_tensor *const ps[] = {x, w1, b1, w2, b2, w3, b3}, **cs[] = {&h, &w1, &b1, &w2, &b2, &w3, &b3};
+    for (int i = 0; i < 7; i++) TRY(kl_cast(g, ps[i], calc, cs[i])); /* --bf16: compute copies (else no-ops) */
+    TRY(kl_linear(g, h, w1, b1, KL_ACT_RELU, &h));
     TRY(kl_linear(g, h, w2, b2, KL_ACT_RELU, &h));
     TRY(kl_linear(g, h, w3, b3, KL_ACT_NONE, &logits));
+    TRY(kl_cast(g, logits, KL_F32, &logits));
     TRY(kl_softmax_cross_entropy(g, logits, y, &loss));
     TRY(kl_backward(g, loss));
     TRY(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 1e-3, .accumulate = acc}, &opt));
@@ -179,12 +188,12 @@ int main(int argc, char **argv)
     TRY(kl_graph_stats_get(g, &st));
     double mib = 1024.0 * 1024.0;
     if (gpu)
-        printf("kiln MLP %d-%d-%d-%d, batch %d x %d accumulated, Adam lr 1e-3, %s (%s), %d steps after %d warmup\n", IN,
-               HID, HID, OUT, batch, acc, device, kl_graph_captured(g) ? "CUDA graph replay" : "eager launches", steps,
-               warmup);
+        printf("kiln MLP %d-%d-%d-%d %s, batch %d x %d accumulated, Adam lr 1e-3, %s (%s), %d steps after %d warmup\n", IN,
+               HID, HID, OUT, kl_dtype_name(calc), batch, acc, device,
+               kl_graph_captured(g) ? "CUDA graph replay" : "eager launches", steps, warmup);
     else
-        printf("kiln MLP %d-%d-%d-%d, batch %d x %d accumulated, Adam lr 1e-3, %d threads, %d steps after %d warmup\n",
-               IN, HID, HID, OUT, batch, acc, kl_ctx_threads(ctx), steps, warmup);
+        printf("kiln MLP %d-%d-%d-%d %s, batch %d x %d accumulated, Adam lr 1e-3, %d threads, %d steps after %d warmup\n",
+               IN, HID, HID, OUT, kl_dtype_name(calc), batch, acc, kl_ctx_threads(ctx), steps, warmup);
     printf("  ms/step: median %.2f, mean %.2f, min %.2f, max %.2f\n", median, mean, ms[0], ms[steps - 1]);
     printf("  loss: %.4f at step 1, %.4f after step %d\n", loss0, loss1, warmup + steps);
     printf("  graph: %d ops\n", st.nodes);

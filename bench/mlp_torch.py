@@ -2,7 +2,10 @@
 784-1024-1024-10 (ReLU, cross-entropy, Adam lr 1e-3), batch 256, on the CPU
 or (--device cuda) a GPU.
 
-    python3 bench/mlp_torch.py [--steps N] [--warmup N] [--threads N] [--batch N] [--accumulate K] [--device cuda]
+    python3 bench/mlp_torch.py [--steps N] [--warmup N] [--threads N] [--batch N] [--accumulate K] [--bf16] [--device cuda]
+
+--bf16: forward and loss under torch.autocast(dtype=torch.bfloat16), the
+parameters and Adam in f32 (as bench_mlp --bf16).
 
 A step is zero_grad(set_to_none=True), forward, backward (--accumulate K:
 K forward/backward passes of loss / K, gradients summing), optimizer step on
@@ -30,6 +33,7 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--accumulate", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true")
     a = ap.parse_args()
     if a.steps < 1 or a.warmup < 0 or a.threads < 1 or a.batch < 1 or a.accumulate < 1:
         ap.error("steps, threads and batch must be >= 1, warmup >= 0")
@@ -47,7 +51,8 @@ def main():
     def step():
         opt.zero_grad(set_to_none=True)
         for _ in range(K):
-            loss = loss_fn(model(x), y)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
+                loss = loss_fn(model(x), y)
             (loss / K).backward() if K > 1 else loss.backward()
         opt.step()
         return loss
@@ -62,7 +67,7 @@ def main():
             loss = step()
         torch.cuda.synchronize()
         per = (time.perf_counter() - t0) * 1e3 / a.steps
-        print(f"torch {torch.__version__} MLP 784-1024-1024-10, batch {a.batch} x {K} accumulated, Adam lr 1e-3, "
+        print(f"torch {torch.__version__} MLP 784-1024-1024-10{' bf16 autocast' if a.bf16 else ''}, batch {a.batch} x {K} accumulated, Adam lr 1e-3, "
               f"{torch.cuda.get_device_name()}, {a.steps} steps after {a.warmup} warmup "
               f"(matmul precision {torch.get_float32_matmul_precision()})")
         print(f"  ms/step: {per:.4f}; loss {loss0:.4f} at step 1, {loss.item():.4f} at the end; "
@@ -81,7 +86,7 @@ def main():
         if s == 0:
             loss0 = loss.item()
     med, mean = statistics.median(ms), statistics.fmean(ms)
-    print(f"torch {torch.__version__} MLP 784-1024-1024-10, batch {a.batch} x {K} accumulated, Adam lr 1e-3, "
+    print(f"torch {torch.__version__} MLP 784-1024-1024-10{' bf16 autocast' if a.bf16 else ''}, batch {a.batch} x {K} accumulated, Adam lr 1e-3, "
           f"{torch.get_num_threads()} threads, {a.steps} steps after {a.warmup} warmup")
     print(f"  ms/step: median {med:.2f}, mean {mean:.2f}, min {min(ms):.2f}, max {max(ms):.2f}")
     print(f"  loss: {loss0:.4f} at step 1, {loss.item():.4f} after step {a.warmup + a.steps}")

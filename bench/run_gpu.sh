@@ -61,6 +61,13 @@ k=$(sed -n 's/^kiln_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlpa_kiln.txt")
 t=$(sed -n 's/^torch_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlpa_torch.txt")
 [ -n "$k" ] && [ -n "$t" ] && say "$(awk -v k="$k" -v t="$t" 'BEGIN{printf "MLP accumulate 4: kiln %.4f ms/step, torch %.4f ms/step: kiln is %.1fx faster", k, t, t / k}')"
 
+say "== the same MLP in bf16 mixed precision (kiln --bf16, torch.autocast bfloat16; f32 parameters and Adam)"
+"$build/bench_mlp" --device cuda:0 --bf16 --steps 2000 --warmup 50 >"$out/mlpb_kiln.txt" 2>&1
+"$py" bench/mlp_torch.py --device cuda --bf16 --steps 1000 --warmup 50 >"$out/mlpb_torch.txt" 2>&1
+k=$(sed -n 's/^kiln_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlpb_kiln.txt")
+t=$(sed -n 's/^torch_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlpb_torch.txt")
+[ -n "$k" ] && [ -n "$t" ] && say "$(awk -v k="$k" -v t="$t" 'BEGIN{printf "MLP bf16: kiln %.4f ms/step, torch %.4f ms/step: kiln is %.1fx faster", k, t, t / k}')"
+
 say "== reference CNN, Fashion-MNIST, batch 128, Adam, 5 epochs (data on the GPU)"
 t0=$(date +%s.%N)
 "$build/kiln" train --device cuda:0 --epochs 5 --out "$out/cnn_kiln" >"$out/cnn_kiln.log" 2>&1

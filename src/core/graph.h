@@ -127,6 +127,10 @@ typedef struct kl_op_def {
     /* Bit (1 << backend): that backend's kernel reads and writes f16/bf16
      * storage itself; for the others the executor widens (core/widen.c). */
     unsigned half_native;
+    /* Whether backend b's kernel takes this node's 16-bit storage itself
+     * where its half_native bit is clear (a library call that exists for
+     * some geometries only). NULL: never. */
+    bool (*half_native_if)(kl_backend_id b, const kl_tensor *t);
 } kl_op_def;
 
 #define KL_HALF_ALL ((1u << KL_BACKEND_COUNT) - 1u)

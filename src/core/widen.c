@@ -31,7 +31,7 @@ bool kl_widen_needed(kl_backend_id b, const kl_tensor *t)
     bool any = is_half(t->dtype);
     for (int k = 0; k < t->n_src; k++) any |= is_half(t->src[k]->dtype);
     for (int k = 0; k < t->n_extra; k++) any |= is_half(t->extra[k]->dtype);
-    return any;
+    return any && !(d->half_native_if && d->half_native_if(b, t));
 }
 
 size_t kl_widen_bytes(kl_backend_id b, const kl_tensor *t)

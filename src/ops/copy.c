@@ -114,13 +114,34 @@ static kl_status cast_shape(kl_tensor *t)
     return KL_OK;
 }
 
-static void store(void *p, kl_dtype dt, int64_t i, double v)
+/* Elements [i0, i1) of a row: y[i] = x[i * sx] converted. Each dtype pair
+ * has its own loop (the conversion inlined, so it vectorises); f64 and the
+ * integer sources go through double. */
+#define CAST_LOOP(TX, TY, CONV)                                                                    \
+    for (int64_t i = i0; i < i1; i++) ((TY *)y)[i] = CONV(((const TX *)x)[i * sx]);               \
+    return;
+#define AS_F32(v) ((float)(v))
+#define CAST_PAIR(a, b) ((a) * 16 + (b))
+static void cast_row(void *y, kl_dtype ty, const void *x, kl_dtype tx, int64_t sx, int64_t i0, int64_t i1)
 {
-    switch (dt) {
-    case KL_F32: ((float *)p)[i] = (float)v; break;
-    case KL_F64: ((double *)p)[i] = v; break;
-    case KL_F16: ((uint16_t *)p)[i] = kl_f32_to_f16((float)v); break;
-    default: ((uint16_t *)p)[i] = kl_f32_to_bf16((float)v); break;
+    switch (CAST_PAIR(tx, ty)) {
+    case CAST_PAIR(KL_F32, KL_BF16): CAST_LOOP(float, uint16_t, kl_f32_to_bf16)
+    case CAST_PAIR(KL_F32, KL_F16): CAST_LOOP(float, uint16_t, kl_f32_to_f16)
+    case CAST_PAIR(KL_BF16, KL_F32): CAST_LOOP(uint16_t, float, kl_bf16_to_f32)
+    case CAST_PAIR(KL_F16, KL_F32): CAST_LOOP(uint16_t, float, kl_f16_to_f32)
+    case CAST_PAIR(KL_F32, KL_F32): CAST_LOOP(float, float, AS_F32)
+    case CAST_PAIR(KL_F64, KL_F32): CAST_LOOP(double, float, AS_F32)
+    case CAST_PAIR(KL_U8, KL_F32): CAST_LOOP(uint8_t, float, AS_F32)
+    default: break;
+    }
+    for (int64_t i = i0; i < i1; i++) {
+        double v = kl_load_double(x, tx, i * sx);
+        switch (ty) {
+        case KL_F32: ((float *)y)[i] = (float)v; break;
+        case KL_F64: ((double *)y)[i] = v; break;
+        case KL_F16: ((uint16_t *)y)[i] = kl_f32_to_f16((float)v); break;
+        default: ((uint16_t *)y)[i] = kl_f32_to_bf16((float)v); break;
+        }
     }
 }
 
@@ -132,14 +153,16 @@ static kl_status cast_cpu(const kl_exec *ex, const kl_tensor *t)
     memcpy(st[1], x->st, sizeof st[1]);
     kl_iter it;
     kl_iter_init(&it, t->ndim, t->ne, 2, (const int64_t(*)[8])st);
-    const void *xp = kl_data(ex, x);
-    void *yp = kl_data(ex, t);
+    kl_iter_blocks bl = kl_iter_split(&it);
+    const unsigned char *xp = kl_data(ex, x);
+    unsigned char *yp = kl_data(ex, t);
     int64_t sx = kl_iter_inner_st(&it, 1);
+    size_t ex_ = kl_dtype_size(x->dtype), ey = kl_dtype_size(t->dtype);
 #pragma omp parallel for schedule(static) if (it.rows * it.inner > KL_PAR_MIN)
-    for (int64_t r = 0; r < it.rows; r++) {
-        int64_t o[2];
-        kl_iter_row(&it, r, o);
-        for (int64_t i = 0; i < it.inner; i++) store(yp, t->dtype, o[0] + i, kl_load_double(xp, x->dtype, o[1] + i * sx));
+    for (int64_t w = 0; w < bl.items; w++) {
+        int64_t o[2], i0, i1;
+        kl_iter_item(&it, &bl, w, o, &i0, &i1);
+        cast_row(yp + o[0] * ey, t->dtype, xp + o[1] * ex_, x->dtype, sx, i0, i1);
     }
     return KL_OK;
 }

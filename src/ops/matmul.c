@@ -9,6 +9,7 @@
 #include "ops/elem.h"
 #include "backends/cpu/cpu.h"
 #include "backends/cpu/iter.h"
+#include "core/half.h"
 
 #include "ops/attrs.h" /* the attribute structs */
 
@@ -33,6 +34,8 @@ static void gemm_layout(const kl_tensor *t, bool *trans, int64_t *ld)
         *ld = cols == 1 ? (rows > 0 ? rows : 1) : t->st[n - 1];
     }
 }
+
+static bool cpu_half_gemm(const kl_tensor *t, int threads);
 
 static kl_status matmul_shape(kl_tensor *t)
 {
@@ -59,6 +62,8 @@ static kl_status matmul_shape(kl_tensor *t)
     if (bias && (bias->ndim != 1 || bias->ne[0] != N || bias->dtype != a->dtype || !kl_is_contiguous(bias)))
         return kl_fail(KL_EINVAL, "matmul: bias must be contiguous [%lld] %s, got %s", (long long)N,
                        kl_dtype_name(a->dtype), kl_desc(bias));
+    if (t->g->ctx->backend == KL_BACKEND_CPU && cpu_half_gemm(t, t->g->ctx->threads))
+        t->scratch_bytes = (size_t)kl_numel(t) * sizeof(float); /* the GEMMs' f32 results */
     return KL_OK;
 }
 
@@ -72,32 +77,64 @@ static void batch_strides(const kl_tensor *t, const kl_tensor *x, int64_t *st)
     }
 }
 
+/* One GEMM's geometry: every matrix of a (batched) matmul shares it. */
+typedef struct {
+    int64_t M, N, K, lda, ldb;
+    bool ta, tb;
+} gemm_geom;
+
+static gemm_geom geom_of(const kl_tensor *t)
+{
+    const kl_tensor *a = t->src[0], *b = t->src[1];
+    gemm_geom g = {.M = t->ne[t->ndim - 2], .N = t->ne[t->ndim - 1], .K = a->ne[a->ndim - 1]};
+    gemm_layout(a, &g.ta, &g.lda);
+    gemm_layout(b, &g.tb, &g.ldb);
+    return g;
+}
+
+/* Calls f(u, y, a, b) with the element offsets of each matrix of the
+ * output and of the operands (broadcast over batch dims); false stops. */
+static bool each_matrix(const kl_tensor *t, bool (*f)(void *u, int64_t y, int64_t a, int64_t b), void *u)
+{
+    int n = t->ndim;
+    int64_t st[3][8] = {{0}};
+    for (int i = 0; i < n - 2; i++) st[0][i] = t->st[i];
+    batch_strides(t, t->src[0], st[1]);
+    batch_strides(t, t->src[1], st[2]);
+    kl_iter it;
+    kl_iter_init(&it, n - 2, t->ne, 3, (const int64_t(*)[8])st);
+    for (int64_t r = 0; r < it.rows; r++) {
+        int64_t o[3];
+        kl_iter_row(&it, r, o);
+        for (int64_t i = 0; i < it.inner; i++)
+            if (!f(u, o[0] + i * it.st[0][it.ndim - 1], o[1] + i * it.st[1][it.ndim - 1], o[2] + i * it.st[2][it.ndim - 1]))
+                return false;
+    }
+    return true;
+}
+
+/* y = act(y + bias) over the output's rows. The 16-bit path reads its f32
+ * GEMM results from W and rounds each element once, into Y. */
 #define MATMUL_KERNEL(T)                                                                           \
+    typedef struct {                                                                               \
+        gemm_geom g;                                                                               \
+        const T *A, *B;                                                                            \
+        T *Y;                                                                                      \
+    } gemm_##T;                                                                                    \
+    static bool gemm_one_##T(void *u, int64_t y, int64_t a, int64_t b)                             \
+    {                                                                                              \
+        gemm_##T *m = u;                                                                           \
+        kl_gemm_##T(m->g.ta, m->g.tb, m->g.M, m->g.N, m->g.K, 1, m->A + a, m->g.lda, m->B + b, m->g.ldb, 0, \
+                    m->Y + y, m->g.N);                                                             \
+        return true;                                                                               \
+    }                                                                                              \
     static void matmul_cpu_##T(const kl_tensor *t, const T *A, const T *B, const T *bias, T *Y)   \
     {                                                                                              \
-        const kl_tensor *a = t->src[0], *b = t->src[1];                                            \
-        int n = t->ndim;                                                                           \
-        int64_t M = t->ne[n - 2], N = t->ne[n - 1], K = a->ne[a->ndim - 1], lda, ldb;              \
-        bool ta, tb;                                                                               \
-        gemm_layout(a, &ta, &lda);                                                                 \
-        gemm_layout(b, &tb, &ldb);                                                                 \
-        int64_t st[3][8] = {{0}};                                                                  \
-        for (int i = 0; i < n - 2; i++) st[0][i] = t->st[i];                                      \
-        batch_strides(t, a, st[1]);                                                                \
-        batch_strides(t, b, st[2]);                                                                \
-        kl_iter it;                                                                                \
-        kl_iter_init(&it, n - 2, t->ne, 3, (const int64_t(*)[8])st);                               \
-        for (int64_t r = 0; r < it.rows; r++) {                                                    \
-            int64_t o[3];                                                                          \
-            kl_iter_row(&it, r, o);                                                                \
-            for (int64_t i = 0; i < it.inner; i++)                                                 \
-                kl_gemm_##T(ta, tb, M, N, K, 1, A + o[1] + i * it.st[1][it.ndim - 1], lda,         \
-                            B + o[2] + i * it.st[2][it.ndim - 1], ldb, 0,                          \
-                            Y + o[0] + i * it.st[0][it.ndim - 1], N);                              \
-        }                                                                                          \
+        gemm_##T m = {geom_of(t), A, B, Y};                                                        \
+        each_matrix(t, gemm_one_##T, &m);                                                          \
         int act = KL_ATTR_C(t, matmul_attr)->act;                                                  \
         if (!bias && act == KL_ACT_NONE) return;                                                   \
-        int64_t rows = kl_numel(t) / N;                                                            \
+        int64_t N = m.g.N, rows = kl_numel(t) / N;                                                 \
         int kind = kl_act_unary(act);                                                              \
         _Pragma("omp parallel for schedule(static) if (rows * N > KL_PAR_MIN)")                     \
         for (int64_t r = 0; r < rows; r++) {                                                       \
@@ -110,9 +147,64 @@ static void batch_strides(const kl_tensor *t, const kl_tensor *x, int64_t *st)
     }
 KL_FOR_REAL(MATMUL_KERNEL)
 
+/* ---- f16/bf16 operands on the CPU ----
+ * oneDNN multiplies them as stored (kl_gemm_half) into f32 scratch; the
+ * bias, activation and one rounding follow, as in cuBLASLt's epilogue.
+ * Geometries oneDNN cannot take go through the executor's f32 copies
+ * (core/widen.c), which matmul_half_native tells it. */
+static bool is_half(kl_dtype d) { return d == KL_F16 || d == KL_BF16; }
+
+static bool cpu_half_gemm(const kl_tensor *t, int threads)
+{
+    if (!is_half(t->dtype) || !kl_numel(t) || t->src[0]->ne[t->src[0]->ndim - 1] == 0) return false;
+    gemm_geom g = geom_of(t);
+    return kl_gemm_half_ready(t->dtype, g.ta, g.tb, g.M, g.N, g.K, g.lda, g.ldb, threads);
+}
+
+static bool matmul_half_native(kl_backend_id b, const kl_tensor *t)
+{
+    return b == KL_BACKEND_CPU && cpu_half_gemm(t, t->g->ctx->threads);
+}
+
+typedef struct {
+    gemm_geom g;
+    int dt, threads;
+    const uint16_t *A, *B;
+    float *W;
+} gemm_half;
+
+static bool gemm_one_half(void *u, int64_t y, int64_t a, int64_t b)
+{
+    gemm_half *m = u;
+    return kl_gemm_half(m->dt, m->g.ta, m->g.tb, m->g.M, m->g.N, m->g.K, m->A + a, m->g.lda, m->B + b, m->g.ldb,
+                        m->W + y, m->threads);
+}
+
+static kl_status matmul_cpu_half(const kl_exec *ex, const kl_tensor *t, const uint16_t *bias)
+{
+    gemm_half m = {geom_of(t), t->dtype, ex->threads, kl_data(ex, t->src[0]), kl_data(ex, t->src[1]),
+                   (float *)(ex->arena + t->scratch_off)};
+    if (!each_matrix(t, gemm_one_half, &m))
+        return kl_fail(KL_EUNSUPPORTED, "matmul: oneDNN %s GEMM failed for %s x %s", kl_dtype_name(t->dtype),
+                       kl_desc(t->src[0]), kl_desc(t->src[1]));
+    int act = KL_ATTR_C(t, matmul_attr)->act, kind = kl_act_unary(act), bf = t->dtype == KL_BF16;
+    int64_t N = m.g.N, rows = kl_numel(t) / N;
+    uint16_t *Y = kl_data(ex, t);
+#pragma omp parallel for schedule(static) if (rows * N > KL_PAR_MIN)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < N; j++) {
+            float v = m.W[r * N + j];
+            if (bias) v += bf ? kl_bf16_to_f32(bias[j]) : kl_f16_to_f32(bias[j]);
+            if (act != KL_ACT_NONE) v = kl_unary_float(kind, v, 0);
+            Y[r * N + j] = bf ? kl_f32_to_bf16(v) : kl_f32_to_f16(v);
+        }
+    return KL_OK;
+}
+
 static kl_status matmul_cpu(const kl_exec *ex, const kl_tensor *t)
 {
     const void *bias = t->n_src > 2 ? kl_data(ex, t->src[2]) : NULL;
+    if (is_half(t->dtype)) return matmul_cpu_half(ex, t, bias);
     if (t->dtype == KL_F32)
         matmul_cpu_float(t, kl_data(ex, t->src[0]), kl_data(ex, t->src[1]), bias, kl_data(ex, t));
     else
@@ -171,7 +263,8 @@ static kl_status matmul_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 }
 
 const kl_op_def kl_op_matmul = {
-    .name = "matmul", .shape = matmul_shape, .backward = matmul_backward, .fwd = {[KL_BACKEND_CPU] = matmul_cpu}, .half_native = KL_HALF_CUDA};
+    .name = "matmul", .shape = matmul_shape, .backward = matmul_backward, .fwd = {[KL_BACKEND_CPU] = matmul_cpu},
+    .half_native = KL_HALF_CUDA, .half_native_if = matmul_half_native};
 
 kl_status kl_matmul_op(kl_graph *g, kl_tensor *a, kl_tensor *b, kl_tensor *bias, kl_act act, kl_tensor **out)
 {

@@ -30,15 +30,13 @@ bool kl_dnnl_conv_ok(const kl_conv_attr *a, const kl_tensor *t) { return false; 
 kl_status kl_dnnl_conv_run(const kl_exec *ex, const kl_tensor *t) { return KL_EUNSUPPORTED; }
 int kl_dnnl_conv_mode(void) { return -1; }
 #else
-#include <omp.h>
 #include <pthread.h>
 
 static struct {
     const kl_dnnl_lib *f; /* the library's functions, engine and stream (dnnl_lib.h) */
     int mode;      /* -1 none (not loaded or off), 0 auto, 1 every f32 conv */
-    pthread_mutex_t mu; /* the cache list */
-    struct dn_entry *cache;
-} g_dn = {.mode = -1, .mu = PTHREAD_MUTEX_INITIALIZER};
+    kl_dnnl_cache cache;
+} g_dn = {.mode = -1, .cache = KL_DNNL_CACHE_INIT};
 static pthread_once_t g_dn_once = PTHREAD_ONCE_INIT;
 
 static void dn_load(void)
@@ -80,7 +78,7 @@ static int bias_of(const kl_tensor *t, const kl_conv_attr *a)
 
 /* What makes two nodes' primitives the same: op, threads and the geometry. */
 typedef struct dn_key {
-    int64_t v[24];
+    int64_t v[KL_DNNL_KEY];
 } dn_key;
 
 static dn_key key_of(const kl_exec *ex, const kl_tensor *t, const kl_conv_attr *a)
@@ -91,15 +89,12 @@ static dn_key key_of(const kl_exec *ex, const kl_tensor *t, const kl_conv_attr *
 }
 
 typedef struct dn_entry {
-    dn_key key;
+    kl_dnnl_entry h; /* key: key_of's; failed: oneDNN refused the geometry, kiln's kernels run it */
     int op, has_bias;
-    bool failed; /* oneDNN refused the geometry: kiln's kernels run it */
     dnnl_primitive_t prim;
     dn_mem in0, in1, out;
     dnnl_memory_t bias; /* bias or diff_bias, user memory */
     float *dz;          /* act'(y) dy for the gradient ops of a fused activation */
-    pthread_mutex_t mu;
-    struct dn_entry *next;
 } dn_entry;
 
 #define DN_TRY(call)                                                                               \
@@ -135,10 +130,17 @@ static dnnl_alg_kind_t eltwise_of(int act)
     return act == KL_ACT_RELU ? dnnl_eltwise_relu : act == KL_ACT_TANH ? dnnl_eltwise_tanh : dnnl_eltwise_logistic;
 }
 
-/* The primitive for e->key (a: the attributes of a node with that key), its
- * operands and buffers. */
-static bool entry_make(dn_entry *e, const kl_conv_attr *a)
+typedef struct dn_arg {
+    const kl_tensor *t;
+    const kl_conv_attr *a;
+} dn_arg;
+
+/* The primitive for node t's key, its operands and buffers. */
+static bool entry_make(kl_dnnl_entry *h, const void *arg)
 {
+    dn_entry *e = (dn_entry *)h;
+    const kl_conv_attr *a = ((const dn_arg *)arg)->a;
+    e->op = ((const dn_arg *)arg)->t->op, e->has_bias = bias_of(((const dn_arg *)arg)->t, a);
     int op = e->op, G = a->groups;
     dnnl_dims_t xd = {a->N, a->C, a->H, a->W}, yd = {a->N, a->O, a->OH, a->OW}, bd = {a->O};
     dnnl_dims_t wd = {G, a->O / G, a->C / G, a->KH, a->KW}, st = {a->sh, a->sw}, dl = {a->dh - 1, a->dw - 1},
@@ -206,25 +208,12 @@ static bool entry_make(dn_entry *e, const kl_conv_attr *a)
     return ok;
 }
 
-/* The cache entry of t's geometry, made on first use (NULL: out of memory). */
+/* The cache entry of t's geometry, made on first use (NULL: refused, or out of memory). */
 static dn_entry *entry_get(const kl_exec *ex, const kl_tensor *t, const kl_conv_attr *a)
 {
     dn_key k = key_of(ex, t, a);
-    pthread_mutex_lock(&g_dn.mu);
-    dn_entry *e = g_dn.cache;
-    while (e && memcmp(&e->key, &k, sizeof k)) e = e->next;
-    if (!e && (e = calloc(1, sizeof *e))) {
-        e->key = k, e->op = t->op, e->has_bias = bias_of(t, a);
-        pthread_mutex_init(&e->mu, NULL);
-        int prev = omp_get_max_threads(); /* oneDNN sizes its blocking by the threads it will have */
-        omp_set_num_threads(ex->threads);
-        e->failed = !entry_make(e, a); /* a half-made entry is kept, marked failed (and leaked) */
-        omp_set_num_threads(prev);
-        e->next = g_dn.cache;
-        g_dn.cache = e;
-    }
-    pthread_mutex_unlock(&g_dn.mu);
-    return e;
+    return (dn_entry *)kl_dnnl_cached(&g_dn.cache, k.v, KL_DNNL_KEY, sizeof(dn_entry), ex->threads, entry_make,
+                                      &(dn_arg){t, a});
 }
 
 /* dz = act'(y) * dy over the whole batch (the CPU kernels' per-element rule). */
@@ -241,12 +230,12 @@ kl_status kl_dnnl_conv_run(const kl_exec *ex, const kl_tensor *t)
 {
     const kl_conv_attr *a = KL_ATTR_C(t, kl_conv_attr);
     dn_entry *e = entry_get(ex, t, a);
-    if (!e || e->failed) return KL_EUNSUPPORTED; /* the caller runs kiln's kernel */
+    if (!e) return KL_EUNSUPPORTED; /* the caller runs kiln's kernel */
     int op = t->op;
     const float *s0 = kl_data(ex, t->src[0]), *s1 = kl_data(ex, t->src[1]);
     const float *y = op != KL_OP_conv2d && a->act != KL_ACT_NONE ? kl_data(ex, t->src[2]) : NULL;
     void *bias = !e->has_bias ? NULL : op == KL_OP_conv2d ? kl_data(ex, t->src[2]) : kl_data(ex, t->extra[0]);
-    pthread_mutex_lock(&e->mu);
+    pthread_mutex_lock(&e->h.mu);
     if (y) form_dz(a, s0, y, e->dz), s0 = e->dz;
     /* srcs: conv2d x, w; bwd_data dy, w; bwd_filter dy, x (its primitive takes x first) */
     const void *in0 = op == KL_OP_conv2d_bwd_filter ? s1 : s0, *in1 = op == KL_OP_conv2d_bwd_filter ? s0 : s1;
@@ -262,7 +251,7 @@ kl_status kl_dnnl_conv_run(const kl_exec *ex, const kl_tensor *t)
     dnnl_exec_arg_t args[4] = {{A0, e->in0.mem}, {A1, e->in1.mem}, {AO, e->out.mem}, {AB, e->bias}};
     ok = ok && g_dn.f->dnnl_primitive_execute(e->prim, g_dn.f->st, e->bias ? 4 : 3, args) == dnnl_success;
     ok = ok && mem_reorder(&e->out) && g_dn.f->dnnl_stream_wait(g_dn.f->st) == dnnl_success;
-    pthread_mutex_unlock(&e->mu);
+    pthread_mutex_unlock(&e->h.mu);
     return ok ? KL_OK : kl_fail(KL_EINTERNAL, "%s: oneDNN failed to run %s", kl_ops[op]->name, kl_desc(t));
 }
 #endif

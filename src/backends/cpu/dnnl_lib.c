@@ -3,7 +3,9 @@
 
 #ifdef KL_HAVE_DNNL
 #include <dlfcn.h>
+#include <omp.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -33,5 +35,27 @@ const kl_dnnl_lib *kl_dnnl(void)
 {
     pthread_once(&g_once, load);
     return g_ok;
+}
+
+kl_dnnl_entry *kl_dnnl_cached(kl_dnnl_cache *c, const int64_t *key, int nkey, size_t size, int threads,
+                              bool (*make)(kl_dnnl_entry *e, const void *arg), const void *arg)
+{
+    int64_t k[KL_DNNL_KEY] = {0};
+    memcpy(k, key, sizeof *k * (size_t)(nkey < KL_DNNL_KEY ? nkey : KL_DNNL_KEY));
+    pthread_mutex_lock(&c->mu);
+    kl_dnnl_entry *e = c->head;
+    while (e && memcmp(e->key, k, sizeof k)) e = e->next;
+    if (!e && (e = calloc(1, size))) {
+        memcpy(e->key, k, sizeof k);
+        pthread_mutex_init(&e->mu, NULL);
+        int prev = omp_get_max_threads();
+        omp_set_num_threads(threads);
+        e->failed = !make(e, arg);
+        omp_set_num_threads(prev);
+        e->next = c->head;
+        c->head = e;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return e && !e->failed ? e : NULL;
 }
 #endif

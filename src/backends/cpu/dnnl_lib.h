@@ -1,6 +1,6 @@
 /* oneDNN (Debian's libdnnl2), loaded at run time for the CPU kernels that
- * use it (conv_dnnl.c, gemm_rep.c): the functions kiln calls, one engine
- * and one stream. Absent library, builds without <dnnl.h> and
+ * use it (conv_dnnl.c, gemm_rep.c, gemm_half.c): the functions kiln calls,
+ * one engine, one stream and a primitive cache. Absent library, builds without <dnnl.h> and
  * AddressSanitizer builds (LeakSanitizer cannot see the library's JIT
  * buffers) have no oneDNN: KL_HAVE_DNNL is undefined there, or kl_dnnl()
  * returns NULL. */
@@ -23,6 +23,9 @@
 
 #ifdef KL_HAVE_DNNL
 #include <dnnl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 #define KL_DNNL_FUNCS(X)                                                                           \
     X(dnnl_engine_create) X(dnnl_stream_create) X(dnnl_stream_wait) X(dnnl_memory_desc_init_by_tag) \
@@ -46,6 +49,29 @@ typedef struct kl_dnnl_lib {
 
 /* The library, loaded on first use (thread-safe); NULL when it cannot be. */
 const kl_dnnl_lib *kl_dnnl(void);
+
+/* Primitives made once per geometry and kept for the process. A cache's
+ * entry type embeds kl_dnnl_entry as its first member; mu is held by a run
+ * while it points the entry's memory objects at its buffers. */
+#define KL_DNNL_KEY 24
+typedef struct kl_dnnl_entry {
+    struct kl_dnnl_entry *next;
+    int64_t key[KL_DNNL_KEY];
+    bool failed; /* oneDNN refused the geometry: the caller's other path runs it */
+    pthread_mutex_t mu;
+} kl_dnnl_entry;
+typedef struct kl_dnnl_cache {
+    pthread_mutex_t mu;
+    kl_dnnl_entry *head;
+} kl_dnnl_cache;
+#define KL_DNNL_CACHE_INIT {PTHREAD_MUTEX_INITIALIZER, NULL}
+/* The entry of key (nkey <= KL_DNNL_KEY values; the thread count belongs
+ * in it), allocated zeroed with size bytes and made by make(e, arg) the
+ * first time, with OpenMP set to threads (oneDNN sizes its blocking by the
+ * threads it will have). NULL: out of memory, or make failed (a half-made
+ * entry is kept, marked failed and leaked, so it is not tried again). */
+kl_dnnl_entry *kl_dnnl_cached(kl_dnnl_cache *c, const int64_t *key, int nkey, size_t size, int threads,
+                              bool (*make)(kl_dnnl_entry *e, const void *arg), const void *arg);
 #endif
 
 #endif

@@ -33,24 +33,19 @@ void kl_gemm_rep_begin(kl_gemm_rep *r, int threads, int is_f32, bool tb, int64_t
 void kl_gemm_rep_float(kl_gemm_rep *r, const float *A, float *C) { blas_float(r, A, C); }
 void kl_gemm_rep_end(kl_gemm_rep *r) { (void)r; }
 #else
-#include <omp.h>
 #include <pthread.h>
 
 typedef struct kl_rep_entry {
-    int64_t key[9];
-    bool failed; /* oneDNN refused it: BLAS runs these */
+    kl_dnnl_entry h; /* failed: oneDNN refused it, BLAS runs these */
     dnnl_primitive_t mm, reorder;
     dnnl_memory_t src, wuser, w, dst; /* w: the weights in the primitive's layout (wuser itself when equal) */
-    pthread_mutex_t mu;
-    struct kl_rep_entry *next;
 } kl_rep_entry;
 
 static struct {
     const kl_dnnl_lib *f;
     int off; /* KILN_RNN_GEMM=blas, or no oneDNN */
-    pthread_mutex_t mu;
-    kl_rep_entry *cache;
-} g_rep = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    kl_dnnl_cache cache;
+} g_rep = {.cache = KL_DNNL_CACHE_INIT};
 static pthread_once_t g_rep_once = PTHREAD_ONCE_INIT;
 
 static void rep_load(void)
@@ -67,8 +62,10 @@ static void rep_load(void)
 
 /* The primitive for r's geometry: src [M,K] (row stride lda), weights
  * [K,N] = op(B), dst [M,N] (row stride ldc), a sum post-op for beta 1. */
-static bool entry_make(kl_rep_entry *e, const kl_gemm_rep *r)
+static bool entry_make(kl_dnnl_entry *h, const void *arg)
 {
+    kl_rep_entry *e = (kl_rep_entry *)h;
+    const kl_gemm_rep *r = arg;
     const kl_dnnl_lib *f = g_rep.f;
     dnnl_memory_desc_t sd, wd, wa, dd;
     RT(f->dnnl_memory_desc_init_by_strides(&sd, 2, (dnnl_dims_t){r->M, r->K}, dnnl_f32, (dnnl_dims_t){r->lda, 1}));
@@ -114,21 +111,7 @@ static bool entry_make(kl_rep_entry *e, const kl_gemm_rep *r)
 static kl_rep_entry *entry_get(const kl_gemm_rep *r, int threads)
 {
     int64_t k[9] = {threads, r->tb, r->M, r->N, r->K, r->lda, r->ldb, r->ldc, r->beta != 0};
-    pthread_mutex_lock(&g_rep.mu);
-    kl_rep_entry *e = g_rep.cache;
-    while (e && memcmp(e->key, k, sizeof k)) e = e->next;
-    if (!e && (e = calloc(1, sizeof *e))) {
-        memcpy(e->key, k, sizeof k);
-        pthread_mutex_init(&e->mu, NULL);
-        int prev = omp_get_max_threads(); /* oneDNN sizes its blocking by the threads it will have */
-        omp_set_num_threads(threads);
-        e->failed = !entry_make(e, r); /* a half-made entry is kept, marked failed (and leaked) */
-        omp_set_num_threads(prev);
-        e->next = g_rep.cache;
-        g_rep.cache = e;
-    }
-    pthread_mutex_unlock(&g_rep.mu);
-    return e && !e->failed ? e : NULL;
+    return (kl_rep_entry *)kl_dnnl_cached(&g_rep.cache, k, 9, sizeof(kl_rep_entry), threads, entry_make, r);
 }
 
 void kl_gemm_rep_begin(kl_gemm_rep *r, int threads, int is_f32, bool tb, int64_t M, int64_t N, int64_t K,
@@ -140,14 +123,14 @@ void kl_gemm_rep_begin(kl_gemm_rep *r, int threads, int is_f32, bool tb, int64_t
     kl_rep_entry *e = entry_get(r, threads);
     if (!e) return;
     const kl_dnnl_lib *f = g_rep.f;
-    pthread_mutex_lock(&e->mu);
+    pthread_mutex_lock(&e->h.mu);
     bool ok = f->dnnl_memory_set_data_handle(e->wuser, (void *)B) == dnnl_success;
     if (ok && e->reorder) {
         dnnl_exec_arg_t a[2] = {{DNNL_ARG_FROM, e->wuser}, {DNNL_ARG_TO, e->w}};
         ok = f->dnnl_primitive_execute(e->reorder, f->st, 2, a) == dnnl_success;
     }
     if (!ok) {
-        pthread_mutex_unlock(&e->mu);
+        pthread_mutex_unlock(&e->h.mu);
         return;
     }
     r->e = e;
@@ -172,7 +155,7 @@ void kl_gemm_rep_float(kl_gemm_rep *r, const float *A, float *C)
 void kl_gemm_rep_end(kl_gemm_rep *r)
 {
     if (!r->e) return;
-    pthread_mutex_unlock(&r->e->mu);
+    pthread_mutex_unlock(&r->e->h.mu);
     r->e = NULL;
 }
 #endif
