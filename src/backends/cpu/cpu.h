@@ -42,8 +42,9 @@ void kl_gemm_rep_end(kl_gemm_rep *r);
 /* C[M,N] = op(A) op(B) for bf16 or f16 operands (dt: KL_BF16 / KL_F16),
  * into a contiguous f32 C, through oneDNN's matmul (AMX or AVX-512 BF16
  * where the CPU has them), f32 accumulation. kl_gemm_half_ready says
- * whether that geometry has a primitive (oneDNN loaded and able, and
- * KILN_HALF_GEMM is not "widen"); kl_gemm_half returns false where not, or
+ * whether that geometry has a primitive (oneDNN loaded and able, the CPU
+ * with AVX-512 BF16 or AMX or KILN_HALF_GEMM "native", and KILN_HALF_GEMM
+ * not "widen"); kl_gemm_half returns false where not, or
  * when the run fails. Thread-safe. */
 bool kl_gemm_half_ready(int dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int threads);
 bool kl_gemm_half(int dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda, const void *B,

@@ -37,7 +37,7 @@
     X(dnnl_primitive_attr_set_post_ops) X(dnnl_primitive_desc_create) X(dnnl_primitive_desc_destroy) \
     X(dnnl_primitive_desc_query_md) X(dnnl_primitive_create) X(dnnl_primitive_destroy)             \
     X(dnnl_primitive_execute) X(dnnl_memory_create) X(dnnl_memory_destroy)                         \
-    X(dnnl_memory_set_data_handle) X(dnnl_reorder_primitive_desc_create)
+    X(dnnl_memory_set_data_handle) X(dnnl_reorder_primitive_desc_create) X(dnnl_get_effective_cpu_isa)
 
 typedef struct kl_dnnl_lib {
 #define KL_DNNL_PTR(f) __typeof__(f) *f;

@@ -42,10 +42,18 @@ static struct {
 } g_half = {.cache = KL_DNNL_CACHE_INIT};
 static pthread_once_t g_half_once = PTHREAD_ONCE_INIT;
 
+/* oneDNN runs bf16 matmuls on CPUs without bf16 dot products too, by
+ * converting inside its f32 kernels; measured on an AVX-512 CPU without
+ * BF16 (2026-12-07, bench_mlp --bf16) that is 1.85x slower than the
+ * widened path (f32 copies, OpenBLAS sgemm), so only CPUs with AVX-512
+ * BF16 or AMX take it. KILN_HALF_GEMM: "widen", never; "native", always. */
 static void half_load(void)
 {
-    const char *env = getenv("KILN_HALF_GEMM"); /* "widen": every 16-bit matmul through f32 copies */
+    const char *env = getenv("KILN_HALF_GEMM");
     g_half.f = env && !strcmp(env, "widen") ? NULL : kl_dnnl();
+    if (!g_half.f || (env && !strcmp(env, "native"))) return;
+    dnnl_cpu_isa_t isa = g_half.f->dnnl_get_effective_cpu_isa();
+    if ((isa & dnnl_cpu_isa_avx512_core_bf16) != dnnl_cpu_isa_avx512_core_bf16) g_half.f = NULL;
 }
 
 #define HT(call)                                                                                   \
