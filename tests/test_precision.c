@@ -60,29 +60,6 @@ typedef struct {
     double bn_mean; /* sum of |running_mean| (CNN) */
 } run_result;
 
-/* Every slot of ctx (all f32), concatenated (malloc'd); *n values. */
-static float *read_params(kl_ctx *ctx, int64_t *n_out, double *bn_mean)
-{
-    float *v = NULL;
-    int64_t n_all = 0;
-    for (int i = 0; i < kl_ctx_param_count(ctx); i++) {
-        const char *name;
-        kl_dtype dt;
-        int nd, tr;
-        int64_t ne[KL_MAX_DIMS], n = 1;
-        CHECK_OK(kl_ctx_param_info(ctx, i, &name, &dt, &nd, ne, &tr));
-        CHECK(dt == KL_F32); /* parameters and buffers stay f32 */
-        for (int d = 0; d < nd; d++) n *= ne[d];
-        v = realloc(v, (size_t)(n_all + n) * sizeof *v);
-        CHECK_OK(kl_ctx_param_get(ctx, i, v + n_all, (size_t)n * sizeof(float)));
-        if (bn_mean && strstr(name, "running_mean"))
-            for (int64_t k = 0; k < n; k++) *bn_mean += fabs(v[n_all + k]);
-        n_all += n;
-    }
-    *n_out = n_all;
-    return v;
-}
-
 /* Trains m (precision calc) STEPS Adam steps on fixed batches. */
 static void train(const char *yaml, kl_dtype calc, run_result *r)
 {
@@ -108,7 +85,7 @@ static void train(const char *yaml, kl_dtype calc, run_result *r)
     }
     for (int i = 0; i < (T ? B * T : B); i++) y[i] = T ? xi[(i + 1) % nx] : (int32_t)((i * 3) % 5);
     r->bn_mean = 0;
-    r->init = read_params(ctx, &r->n, NULL);
+    r->init = kl_test_params(ctx, &r->n, NULL, NULL);
     for (int step = 0; step < STEPS; step++) {
         double sum = 0;
         int64_t correct = 0;
@@ -120,7 +97,7 @@ static void train(const char *yaml, kl_dtype calc, run_result *r)
     for (int i = 0; i < sg.g->n_nodes; i++) sixteen += sg.g->nodes[i]->dtype == KL_BF16 || sg.g->nodes[i]->dtype == KL_F16;
     CHECK(calc == KL_F32 ? sixteen == 0 : sixteen > 10);
     int64_t n2;
-    r->params = read_params(ctx, &n2, &r->bn_mean);
+    r->params = kl_test_params(ctx, &n2, "running_mean", &r->bn_mean); /* parameters and buffers stay f32 */
     CHECK(n2 == r->n);
     free(xf);
     free(xi);

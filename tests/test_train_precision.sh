@@ -5,7 +5,11 @@
 #  2. a bf16 run resumed from a checkpoint logs the uninterrupted run's
 #     losses bit for bit;
 #  3. kiln plan plans the bf16 step (its casts and 16-bit tensors);
-#  4. f16 (no loss scaling yet) and unknown precisions are refused, naming the key.
+#  4. f16 trains with dynamic loss scaling: from a scale that overflows,
+#     the overflowing steps are logged and skipped and the scale falls; a
+#     run resumed from a checkpoint taken while it fell logs the
+#     uninterrupted run's losses bit for bit (the scaler is in the state);
+#  5. unknown precisions and bad loss scales are refused, naming the key.
 . "$(dirname "$0")/lib/check.sh" "$1"
 sed 's/p: 0.1/p: 0.0/' models/mlp.yaml >"$tmp/mlp.yaml"
 small=(--set data.limit=2000 --set data.val_split=500 --set schedule.warmup_steps=5 --threads 2 --no-tensorboard)
@@ -26,12 +30,9 @@ check "the checkpoint's parameters are f32" \
    [ "$(grep -c "^  layers\.[0-9]*\.[a-z]* *f32 " "$tmp/inspect.log")" -eq 6 ]'
 
 # 2. resume in bf16
-mkdir -p "$tmp/res/checkpoints"
-cp -r "$tmp/bf/checkpoints/step-000000010" "$tmp/res/checkpoints/" && echo step-000000010 >"$tmp/res/checkpoints/latest"
-cp "$tmp/bf/config.yaml" "$tmp/res/"
+resume_dir "$tmp/bf" 10 "$tmp/res"
 "$kiln" train --resume "$tmp/res" --threads 2 --no-tensorboard >"$tmp/res.log" 2>&1
-check "resumed at step 10: the remaining losses bit for bit" \
-  '[ $? -eq 0 ] && n=$(step_losses "$tmp/res" | wc -l) && [ "$n" -gt 0 ] && [ "$(step_losses "$tmp/bf" | tail -n "$n")" = "$(step_losses "$tmp/res")" ]'
+check "resumed at step 10: the remaining losses bit for bit" '[ $? -eq 0 ] && same_tail "$tmp/bf" "$tmp/res"'
 
 # 3. plan
 "$kiln" plan "$tmp/mlp.yaml" --threads 2 >"$tmp/plan32.log" 2>&1
@@ -40,9 +41,31 @@ ops() { sed -n 's/.*memory plan of the step: \([0-9]*\) ops.*/\1/p' "$1"; }
 check "kiln plan plans the bf16 step: more ops (the casts)" \
   '[ -n "$(ops "$tmp/plan32.log")" ] && [ "$(ops "$tmp/plan16.log")" -gt "$(ops "$tmp/plan32.log")" ]'
 
-# 4. errors
-"$kiln" train "$tmp/mlp.yaml" --precision f16 "${small[@]}" --out "$tmp/f16" >"$tmp/f16.log" 2>&1
-check "f16 is refused: it needs loss scaling" '[ $? -ne 0 ] && grep -q "train.precision: f16 needs loss scaling" "$tmp/f16.log"'
+# 4. f16 with dynamic loss scaling: from its default scale (2^16), then from 2^24
+"$kiln" train "$tmp/mlp.yaml" --epochs 1 --precision f16 "${small[@]}" --out "$tmp/f16" >"$tmp/f16.log" 2>&1
+check "f16 runs" '[ $? -eq 0 ]'
+check "config.yaml records loss_scale: dynamic" 'grep -q "loss_scale: dynamic" "$tmp/f16/config.yaml"'
+check "f16: epoch 1 train loss within 1 % of f32's ($(loss "$tmp/f32.log") vs $(loss "$tmp/f16.log"))" \
+  'awk -v a="$(loss "$tmp/f32.log")" -v b="$(loss "$tmp/f16.log")" "BEGIN {d = a - b; if (d < 0) d = -d; exit !(a > 0 && d < 0.01 * a)}"'
+"$kiln" train "$tmp/mlp.yaml" --epochs 1 --precision f16 --set train.loss_scale_init=16777216 \
+  --set train.checkpoint_every=3 "${small[@]}" --out "$tmp/f16o" >"$tmp/f16o.log" 2>&1
+check "f16 from 2^24 runs" '[ $? -eq 0 ]'
+skipped=$(sed -n 's/.*loss scale [^,]*, \([0-9]*\) updates\{0,1\} skipped.*/\1/p' "$tmp/f16o.log")
+check "overflowing steps skipped ($skipped), each logged, the scale lowered" \
+  '[ -n "$skipped" ] && [ "$skipped" -gt 3 ] && [ "$(grep -c "\"overflow\":true" "$tmp/f16o/metrics.jsonl")" -eq "$skipped" ] &&
+   ! grep -q "loss scale 1.67772e+07" "$tmp/f16o.log"'
+resume_dir "$tmp/f16o" 3 "$tmp/res16"
+"$kiln" train --resume "$tmp/res16" --threads 2 --no-tensorboard >"$tmp/res16.log" 2>&1
+check "f16 resumed at step 3, while the scale was falling: the remaining losses bit for bit" \
+  '[ $? -eq 0 ] && same_tail "$tmp/f16o" "$tmp/res16"'
+
+# 5. errors
+"$kiln" train "$tmp/mlp.yaml" --set train.loss_scale=-4 "${small[@]}" --out "$tmp/ls" >"$tmp/ls.log" 2>&1
+check "a negative loss scale is refused, naming the key" \
+  '[ $? -ne 0 ] && grep -q "train.loss_scale: train: loss_scale must be dynamic, none or a positive number" "$tmp/ls.log"'
+"$kiln" train "$tmp/mlp.yaml" --set train.loss_scale_window=10 "${small[@]}" --out "$tmp/lw" >"$tmp/lw.log" 2>&1
+check "loss_scale_window without dynamic scaling is refused" \
+  '[ $? -ne 0 ] && grep -q "loss_scale_window is for loss_scale: dynamic" "$tmp/lw.log"'
 "$kiln" train "$tmp/mlp.yaml" --set train.precision=fp8 "${small[@]}" --out "$tmp/fp8" >"$tmp/fp8.log" 2>&1
 check "an unknown precision is refused, naming the key and the choices" \
   '[ $? -ne 0 ] && grep -q "train.precision: expected one of: f32, bf16, f16; got \"fp8\"" "$tmp/fp8.log"'

@@ -3,8 +3,9 @@
  *
  *   kl_optim_opts o = {.kind = KL_OPTIM_ADAM, .lr = 1e-3};
  *   kl_optim *opt;  kl_optim_new(ctx, &o, &opt);
+ *   kl_optim_scale_loss(g, opt, loss, &loss); // only with o.loss_scale
  *   kl_backward(g, loss);
- *   kl_optim_step(g, opt);        // records the update after the gradients
+ *   kl_optim_step(g, opt, NULL);  // records the update after the gradients
  *   for (...) { kl_tensor_set(x, ...); kl_graph_run(g); }
  *
  * Semantics follow PyTorch's torch.optim (SGD with dampening 0, Adam with
@@ -15,6 +16,16 @@
  * skip their updates too until kl_optim_clear_halt. So the parameters stay
  * those before the bad step, also on a GPU where the host learns of the
  * loss some steps later.
+ *
+ * Loss scaling (f16 training): with loss_scale > 0 the backward pass starts
+ * from the loss scale S instead of 1, so small f16 gradients do not flush
+ * to zero, and the update divides S out again (the gradient norm, clipping
+ * and the updates see unscaled gradients). With scale_window > 0 S is
+ * dynamic, as in PyTorch's GradScaler: a run whose scaled gradients are not
+ * finite skips its update and halves S (it does not halt), and after
+ * scale_window updates in a row S doubles. All of it is decided on the
+ * device, so captured graphs replay it. Skipped updates do not count in
+ * Adam's t (its bias correction).
  */
 #ifndef KILN_OPTIM_H
 #define KILN_OPTIM_H
@@ -44,6 +55,13 @@ typedef struct kl_optim_opts {
      * accumulation the gradient norm is always computed (the non-finite
      * guard needs it). */
     int accumulate;
+    /* Loss scaling: > 0, the initial scale S (a power of two keeps the
+     * unscaling exact; PyTorch starts at 65536); 0: none. The step graph
+     * needs kl_optim_scale_loss. scale_window: > 0, dynamic (PyTorch: 2000);
+     * 0, S stays and non-finite gradients halt as without scaling. With
+     * scaling the gradient norm is always computed. */
+    double loss_scale;
+    int scale_window;
 } kl_optim_opts;
 
 /* Creates an optimizer for every trainable parameter of ctx (also ones
@@ -56,6 +74,21 @@ KL_API void kl_optim_free(kl_optim *opt);
  * each run's global gradient norm before clipping (computed when
  * max_grad_norm > 0, else 0), to read back like any output. */
 KL_API kl_status kl_optim_step(kl_graph *g, kl_optim *opt, kl_tensor **norm);
+/* *out = the tensor to call kl_backward on: loss itself without loss
+ * scaling; else a node equal to loss whose gradient is the current scale S
+ * (read at run time, so a captured graph follows S as it changes).
+ * kl_optim_step refuses a scaling optimizer on a graph without it. */
+KL_API kl_status kl_optim_scale_loss(kl_graph *g, kl_optim *opt, kl_tensor *loss, kl_tensor **out);
+/* The three calls of a training step after the forward pass:
+ * kl_optim_scale_loss, kl_backward and kl_optim_step (norm as there). */
+KL_API kl_status kl_optim_minimize(kl_graph *g, kl_optim *opt, kl_tensor *loss, kl_tensor **norm);
+/* The loss scaler's state (on a GPU as of the last synchronisation): the
+ * scale S (1 without scaling), updates applied since S last changed, and
+ * updating runs that applied nothing so far (overflow, halted). */
+KL_API kl_status kl_optim_scaler(const kl_optim *opt, double *scale, int64_t *good, int64_t *skipped);
+/* Restores it (resuming); scale must be > 0, and an optimizer without
+ * loss scaling keeps 1 (a scaled run may resume unscaled). */
+KL_API kl_status kl_optim_set_scaler(kl_optim *opt, double scale, int64_t good, int64_t skipped);
 /* The learning rate used by the next run (schedules set it per step). */
 KL_API kl_status kl_optim_set_lr(kl_optim *opt, double lr);
 KL_API double kl_optim_lr(const kl_optim *opt);

@@ -43,8 +43,7 @@ kl_status step_graph_build_opts(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_opt
         KL_TRY(kl_graph_new(ctx, &sg->g));
         KL_TRY(build_lm(sg, m, opt, batch));
         if (opt) {
-            KL_TRY(kl_backward(sg->g, sg->loss));
-            KL_TRY(kl_optim_step(sg->g, opt, NULL));
+            KL_TRY(kl_optim_minimize(sg->g, opt, sg->loss, NULL));
         }
         return kl_graph_plan(sg->g, popts);
     }
@@ -60,8 +59,7 @@ kl_status step_graph_build_opts(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_opt
     KL_TRY(kl_softmax_cross_entropy(sg->g, sg->logits, sg->y, &sg->loss));
     KL_TRY(kl_output(sg->g, sg->loss));
     if (opt) {
-        KL_TRY(kl_backward(sg->g, sg->loss));
-        KL_TRY(kl_optim_step(sg->g, opt, NULL));
+        KL_TRY(kl_optim_minimize(sg->g, opt, sg->loss, NULL));
     }
     return kl_graph_plan(sg->g, popts);
 }
@@ -87,8 +85,7 @@ kl_status step_graph_build_train(step_graph *sg, kl_model *m, kl_ctx *ctx, kl_op
     rec[0] = sg->loss;
     KL_TRY(kl_argmax_match(g, sg->logits, sg->y, &rec[1]));
     if (opt) {
-        KL_TRY(kl_backward(g, sg->loss));
-        KL_TRY(kl_optim_step(g, opt, &rec[2]));
+        KL_TRY(kl_optim_minimize(g, opt, sg->loss, &rec[2]));
     }
     KL_TRY(kl_readback_new(g, opt ? 3 : 2, rec, ring, &sg->rb));
     return kl_graph_plan(g, NULL);

@@ -138,12 +138,54 @@ static kl_status read_schedule(kl_cfg *cfg, train_opts *o)
     return KL_OK;
 }
 
+/* train.loss_scale: dynamic (f16's default: gradients scaled by S from
+ * loss_scale_init, halved on overflow, doubled after loss_scale_window good
+ * steps), none (the others' default), or a number (a fixed S). */
+static kl_status read_loss_scale(kl_cfg *cfg, kl_cfg_node *m, train_opts *o, int f16)
+{
+    kl_cfg_node *n = kl_cfg_get(m, "loss_scale");
+    const char *v = kl_cfg_str_value(n);
+    int dynamic = f16, fixed = 0;
+    if (v && !strcmp(v, "dynamic")) dynamic = 1;
+    else if (v && !strcmp(v, "none")) dynamic = 0;
+    else if (n) {
+        double S;
+        KL_TRY(kl_cfg_float(m, "loss_scale", 0, 0, &S));
+        if (!(S > 0) || !isfinite(S))
+            return kl_cfg_fail(n, KL_EINVAL, "train: loss_scale must be dynamic, none or a positive number, got %s", v);
+        o->optim.loss_scale = S;
+        dynamic = 0, fixed = 1;
+    }
+    double init;
+    int64_t window;
+    KL_TRY(kl_cfg_float(m, "loss_scale_init", 0, 65536, &init));
+    KL_TRY(kl_cfg_int_range(m, "loss_scale_window", 0, 2000, 1, INT32_MAX, &window));
+    if (!(init > 0) || !isfinite(init))
+        return kl_cfg_fail(kl_cfg_get(m, "loss_scale_init"), KL_EINVAL,
+                           "train: loss_scale_init must be a positive number, got %g", init);
+    if (!dynamic) {
+        static const char *const dyn_only[] = {"loss_scale_init", "loss_scale_window"};
+        for (int i = 0; i < 2; i++)
+            if (kl_cfg_get(m, dyn_only[i]))
+                return kl_cfg_fail(kl_cfg_get(m, dyn_only[i]), KL_EINVAL, "train: %s is for loss_scale: dynamic%s",
+                                   dyn_only[i], f16 ? "" : " (the default with precision f16 only)");
+    }
+    if (dynamic) {
+        o->optim.loss_scale = init;
+        o->optim.scale_window = (int)window;
+        KL_TRY(put(cfg, "train", "loss_scale", "dynamic"));
+        KL_TRY(put(cfg, "train", "loss_scale_init", "%.17g", init));
+        return put(cfg, "train", "loss_scale_window", "%lld", (long long)window);
+    }
+    return fixed ? put(cfg, "train", "loss_scale", "%.17g", o->optim.loss_scale) : put(cfg, "train", "loss_scale", "none");
+}
+
 static kl_status read_train(kl_cfg *cfg, train_opts *o)
 {
     static const char *const keys[] = {"epochs", "steps", "batch", "seed", "log_every", "checkpoint_every",
                                        "threads", "eval_every_epoch", "checkpoint_every_epoch", "steps_per_epoch",
                                        "val_batches", "plateau_patience", "early_stop", "grad_norm_warn", "accumulate",
-                                       "precision",
+                                       "precision", "loss_scale", "loss_scale_init", "loss_scale_window",
                                        /* read by the monitoring (cli/train_monitor.c) */
                                        "histogram_every", "telemetry_interval", "nan_watch", NULL};
     kl_cfg_node *m;
@@ -159,12 +201,9 @@ static kl_status read_train(kl_cfg *cfg, train_opts *o)
     static const char *const precisions[] = {"f32", "bf16", "f16", NULL};
     int prec;
     KL_TRY(kl_cfg_enum(m, "precision", 0, precisions, 0, &prec));
-    if (prec == 2) /* f16's small range needs loss scaling */
-        return kl_cfg_fail(kl_cfg_get(m, "precision"), KL_EUNSUPPORTED,
-                           "f16 needs loss scaling, which kiln does not have yet; bf16 (f32's range) "
-                           "trains without it");
     KL_TRY(put(cfg, "train", "precision", "%s", precisions[prec]));
-    o->precision = prec ? KL_BF16 : KL_F32;
+    o->precision = prec == 2 ? KL_F16 : prec ? KL_BF16 : KL_F32;
+    KL_TRY(read_loss_scale(cfg, m, o, prec == 2));
     GET_INT("train", "seed", 1, 0, INT64_MAX, seed);
     o->seed = (uint64_t)seed;
     GET_INT("train", "log_every", 50, 1, INT64_MAX / 2, o->log_every);

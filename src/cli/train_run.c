@@ -291,13 +291,15 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
     if (tty) fprintf(stderr, "\n");
     printf("epoch %lld: train loss %.4f acc %.4f", (long long)st->epoch + 1, l, acc);
     if (r->va) printf("  val loss %.4f acc %.4f", vl, vacc);
-    printf("  (%.1f s)\n", now() - r->t0);
+    char sc_line[96], scaler[96];
+    KL_TRY(watch_scaler(r->opt, &r->o, sc_line, sizeof sc_line, scaler, sizeof scaler));
+    printf("%s  (%.1f s)\n", sc_line, now() - r->t0);
     fflush(stdout);
     fprintf(r->metrics,
             "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"val_loss\":%.9g,"
-            "\"val_accuracy\":%.6f,\"lr\":%.9g,\"samples_per_s\":%.1f,\"wall_s\":%.3f}\n",
+            "\"val_accuracy\":%.6f,\"lr\":%.9g,\"samples_per_s\":%.1f,\"wall_s\":%.3f%s}\n",
             (long long)st->epoch + 1, (long long)st->step, l, acc, vl, vacc, kl_optim_lr(r->opt),
-            ep->n ? (double)ep->n / (now() - ep->t0) : 0.0, now() - r->t0);
+            ep->n ? (double)ep->n / (now() - ep->t0) : 0.0, now() - r->t0, scaler);
     /* monitoring hook */
     train_monitor_epoch(&r->mon, st->epoch + 1, st->step, l, acc, r->va != NULL, vl, vacc, kl_optim_lr(r->opt));
     fflush(r->metrics);
@@ -398,8 +400,13 @@ static kl_status handle_one(runner *r, kl_cfg *cfg, pipe_state *p, int wait, int
     p->len--;
     double mean = v[0], l = mean * (double)it->n, now_s = now();
     int64_t corr = (int64_t)v[1];
-    int has_norm = r->o.optim.max_grad_norm > 0 || r->o.optim.accumulate > 1; /* and the step's last batch */
-    if (!isfinite(mean) || (has_norm && it->last && !isfinite(v[2]))) {
+    /* a non-finite norm halts the optimizer, except under dynamic loss
+     * scaling, where it is an overflow: the update was skipped, the scale
+     * halved (the step's last batch carries the norm) */
+    const kl_optim_opts *oo = &r->o.optim;
+    int overflow = oo->scale_window > 0 && it->last && !isfinite(v[2]);
+    int norm_halts = (oo->max_grad_norm > 0 || oo->accumulate > 1 || oo->loss_scale > 0) && !oo->scale_window;
+    if (!isfinite(mean) || (norm_halts && it->last && !isfinite(v[2]))) {
         /* the device finishes the steps after it (their updates were skipped), then the watch explains */
         while (p->len) {
             double w[3];
@@ -425,9 +432,9 @@ static kl_status handle_one(runner *r, kl_cfg *cfg, pipe_state *p, int wait, int
     double lr = it->lr;
     fprintf(r->metrics,
             "{\"type\":\"step\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"lr\":%.9g,"
-            "\"samples_per_s\":%.1f,\"wall_s\":%.3f}\n",
+            "\"samples_per_s\":%.1f,\"wall_s\":%.3f%s}\n",
             (long long)it->step, (long long)it->epoch + 1, mean, (double)corr / (double)rows, lr,
-            t_step > 0 ? (double)rows / t_step : 0.0, now_s - r->t0);
+            t_step > 0 ? (double)rows / t_step : 0.0, now_s - r->t0, overflow ? ",\"overflow\":true" : "");
     train_monitor_step(&r->mon, it->step, mean, (double)corr / (double)rows, lr); /* monitoring hook */
     watch_step(&r->watch, r->train.g, v[2], it->step, t_step, p->data_wait); /* monitoring hook */
     p->data_wait = 0;

@@ -204,7 +204,9 @@ static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, 
     if (tty) fprintf(stderr, "\n");
     printf("epoch %lld (step %lld): train loss %.4f bpc %.3f", (long long)epoch, (long long)st->step, l, l / M_LN2);
     if (r->n_val) printf("  val loss %.4f perplexity %.3f bpc %.3f", vl, exp(vl), vl / M_LN2);
-    printf("  (%.1f s)\n", now() - r->t0);
+    char sc_line[96], scaler[96];
+    KL_TRY(watch_scaler(r->opt, &r->o, sc_line, sizeof sc_line, scaler, sizeof scaler));
+    printf("%s  (%.1f s)\n", sc_line, now() - r->t0);
     fflush(stdout);
     fprintf(r->metrics, "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,", (long long)epoch, (long long)st->step);
     lm_fields(r->metrics, "", l);
@@ -212,7 +214,7 @@ static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, 
         fputc(',', r->metrics);
         lm_fields(r->metrics, "val_", vl);
     }
-    fprintf(r->metrics, ",\"lr\":%.9g,\"wall_s\":%.3f}\n", kl_optim_lr(r->opt), now() - r->t0);
+    fprintf(r->metrics, ",\"lr\":%.9g,\"wall_s\":%.3f%s}\n", kl_optim_lr(r->opt), now() - r->t0, scaler);
     train_monitor_epoch(&r->mon, epoch, st->step, l, NAN, r->n_val > 0, vl, NAN, kl_optim_lr(r->opt));
     fflush(r->metrics);
     *ep = (mean_acc){0};
@@ -260,7 +262,10 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
         int64_t epoch = (st.step - 1) / spe + 1;
         fprintf(r->metrics, "{\"type\":\"step\",\"step\":%lld,\"epoch\":%lld,", (long long)st.step, (long long)epoch);
         lm_fields(r->metrics, "", l);
-        fprintf(r->metrics, ",\"lr\":%.9g,\"wall_s\":%.3f}\n", kl_optim_lr(r->opt), now() - r->t0);
+        /* under dynamic loss scaling a non-finite norm is an overflow: the update was skipped */
+        int overflow = r->o.optim.scale_window > 0 && !isfinite(kl_optim_last_grad_norm(r->opt));
+        fprintf(r->metrics, ",\"lr\":%.9g,\"wall_s\":%.3f%s}\n", kl_optim_lr(r->opt), now() - r->t0,
+                overflow ? ",\"overflow\":true" : "");
         train_monitor_step(&r->mon, st.step, l, NAN, kl_optim_lr(r->opt));
         /* the batch is cut on the host before the step: that is its data wait */
         watch_step(&r->watch, r->train.g, kl_optim_last_grad_norm(r->opt), st.step, now() - t_start, t_data);

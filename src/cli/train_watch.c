@@ -99,7 +99,7 @@ void watch_step(train_watch *w, kl_graph *g, double grad_norm, int64_t step, dou
         w->prof_wait_s += wait_s;
         if (w->prof_n >= w->profile_steps) profile_out(w, g, step);
     }
-    if (w->grad_warn > 0) grad_check(w, grad_norm, step);
+    if (w->grad_warn > 0 && isfinite(grad_norm)) grad_check(w, grad_norm, step); /* not finite: a loss-scale overflow */
 }
 
 void watch_end(train_watch *w, kl_graph *g, int64_t step)
@@ -191,5 +191,17 @@ kl_status watch_restore(train_watch *w, const char *text, const char *ckpt)
         return kl_fail(KL_EFORMAT, "%s: metadata 'train_watch' is malformed near '%.40s'", ckpt, ok ? p : text);
     t.best_epoch = be, t.bad = bad, t.grad_warnings = gw, t.n_norms = (int)nn, t.at_norm = (int)at;
     *w = t;
+    return KL_OK;
+}
+
+kl_status watch_scaler(const kl_optim *opt, const train_opts *o, char *line, size_t nl, char *json, size_t nj)
+{
+    line[0] = json[0] = 0;
+    if (!(o->optim.loss_scale > 0)) return KL_OK;
+    double S;
+    int64_t good, skipped;
+    KL_TRY(kl_optim_scaler(opt, &S, &good, &skipped)); /* as of the last synchronisation (on a GPU) */
+    snprintf(line, nl, "  loss scale %g, %lld update%s skipped", S, (long long)skipped, skipped == 1 ? "" : "s");
+    snprintf(json, nj, ",\"loss_scale\":%.17g,\"skipped_updates\":%lld", S, (long long)skipped);
     return KL_OK;
 }

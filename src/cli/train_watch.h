@@ -56,5 +56,9 @@ void watch_save(const train_watch *w, char *out, size_t n);
 /* Restores what watch_save wrote ("" : leaves the fresh state); KL_EFORMAT
  * naming ckpt when the text is malformed. */
 kl_status watch_restore(train_watch *w, const char *text, const char *ckpt);
+/* The loss scaler's state for an epoch's lines (empty strings without
+ * loss scaling): "  loss scale S, N updates skipped" and the metrics
+ * fields ",\"loss_scale\":S,\"skipped_updates\":N". */
+kl_status watch_scaler(const kl_optim *opt, const train_opts *o, char *line, size_t nl, char *json, size_t nj);
 
 #endif

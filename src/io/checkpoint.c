@@ -225,6 +225,14 @@ static kl_status state_fill(kl_st_writer *w, kl_ctx *c, kl_optim *opt, const kl_
     if (st->watch[0]) KL_TRY(kl_st_writer_meta(w, "train_watch", st->watch));
     if (!opt) return KL_OK;
     KL_TRY(meta_num(w, "optim_steps", (unsigned long long)kl_optim_steps(opt), true));
+    double scale; /* the loss scaler, and the skipped updates Adam's t leaves out */
+    int64_t good, skipped;
+    KL_TRY(kl_optim_scaler(opt, &scale, &good, &skipped));
+    char sc[40];
+    snprintf(sc, sizeof sc, "%.17g", scale);
+    KL_TRY(kl_st_writer_meta(w, "loss_scale", sc));
+    KL_TRY(meta_num(w, "loss_scale_good", (unsigned long long)good, true));
+    KL_TRY(meta_num(w, "optim_skipped", (unsigned long long)skipped, true));
     char lr[40]; /* informational (the config sets it): shortest text that reads back exactly */
     for (int prec = 6; prec <= 17; prec++) {
         snprintf(lr, sizeof lr, "%.*g", prec, kl_optim_lr(opt));

@@ -6,6 +6,7 @@
 #include "core/graph.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -94,6 +95,31 @@ static kl_status meta_num(const char *file, const kl_st_file *f, const char *key
     return KL_OK;
 }
 
+/* The loss scaler's state (kl_optim_scaler); checkpoints from before it
+ * was kept have none (have = false). */
+typedef struct scaler_view {
+    bool have;
+    double scale;
+    int64_t good, skipped;
+} scaler_view;
+
+static kl_status read_scaler(const char *file, const kl_st_file *f, scaler_view *sv)
+{
+    const char *v = kl_st_meta(f, "loss_scale");
+    if (!v) return KL_OK;
+    char *end;
+    sv->scale = strtod(v, &end);
+    if (*end || end == v || !(sv->scale > 0) || !isfinite(sv->scale))
+        return kl_fail(KL_EFORMAT, "%s: metadata 'loss_scale' is '%.40s', expected a positive number", file, v);
+    unsigned long long x;
+    KL_TRY(meta_num(file, f, "loss_scale_good", INT64_MAX, &x));
+    sv->good = (int64_t)x;
+    KL_TRY(meta_num(file, f, "optim_skipped", INT64_MAX, &x));
+    sv->skipped = (int64_t)x;
+    sv->have = true;
+    return KL_OK;
+}
+
 /* The optimizer state as opt holds it. */
 typedef struct optim_view {
     int n;
@@ -141,7 +167,7 @@ static kl_status check_optim_tensors(const char *file, const kl_st_file *f, cons
 /* Reads the train state metadata into *ns and, with opt, checks the
  * optimizer kind and its tensors (filling *ov). */
 static kl_status check_state(const char *file, const kl_st_file *f, const kl_ctx *c, kl_optim *opt,
-                             kl_train_state *ns, int64_t *optim_steps, optim_view *ov)
+                             kl_train_state *ns, int64_t *optim_steps, optim_view *ov, scaler_view *sv)
 {
     unsigned long long v;
     KL_TRY(meta_num(file, f, "step", INT64_MAX, &v));
@@ -171,6 +197,7 @@ static kl_status check_state(const char *file, const kl_st_file *f, const kl_ctx
         KL_TRY(meta_num(file, f, "optim_steps", INT64_MAX, &v));
         *optim_steps = (int64_t)v;
     }
+    KL_TRY(read_scaler(file, f, sv));
 
     /* kl_optim tells sgd from adam/adamw only by its state names; adam and
      * adamw keep the same state, so switching between them is allowed. */
@@ -216,18 +243,20 @@ kl_status kl_checkpoint_load(const char *dir, kl_ctx *ctx, kl_optim *opt, kl_tra
     kl_train_state ns = {0};
     int64_t optim_steps = 0;
     optim_view ov = {0};
+    scaler_view sv = {0};
     kl_status s = kl_st_open(mp, &mf);
     if (s == KL_OK) s = check_format(mp, mf);
     if (s == KL_OK) s = check_model(mp, mf, ctx, false);
     if (s == KL_OK) s = kl_st_open(sp, &sf);
     if (s == KL_OK) s = check_format(sp, sf);
-    if (s == KL_OK) s = check_state(sp, sf, ctx, opt, &ns, &optim_steps, &ov);
+    if (s == KL_OK) s = check_state(sp, sf, ctx, opt, &ns, &optim_steps, &ov, &sv);
     if (s == KL_OK && config_yaml && kl_ckpt_is_file(cp)) s = kl_read_file_raw(cp, &text, &len);
     /* Everything checked: from here on nothing can fail on the CPU backend. */
     if (s == KL_OK) s = copy_model(mf, ctx);
     if (s == KL_OK && opt) {
         copy_optim(sf, ctx, &ov);
         s = kl_optim_set_steps(opt, optim_steps);
+        if (s == KL_OK && sv.have) s = kl_optim_set_scaler(opt, sv.scale, sv.good, sv.skipped);
     }
     if (s == KL_OK) {
         if (st) *st = ns;

@@ -36,6 +36,11 @@ kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim **out)
     if (o.accumulate < 0 || o.accumulate > (1 << 20))
         return kl_fail(KL_EINVAL, "%s: accumulate must be in [0, %d] runs per update, got %d", k, 1 << 20, o.accumulate);
     if (o.accumulate == 0) o.accumulate = 1;
+    if (o.loss_scale < 0 || !isfinite(o.loss_scale))
+        return kl_fail(KL_EINVAL, "%s: loss_scale must be >= 0 (0: none), got %g", k, o.loss_scale);
+    if (o.scale_window < 0) return kl_fail(KL_EINVAL, "%s: scale_window must be >= 0, got %d", k, o.scale_window);
+    if (o.scale_window > 0 && o.loss_scale == 0)
+        return kl_fail(KL_EINVAL, "%s: scale_window %d needs loss_scale > 0 (the initial scale)", k, o.scale_window);
     kl_optim *opt = kl_calloc(1, sizeof *opt);
     if (!opt) return KL_ENOMEM;
     opt->ctx = ctx;
@@ -83,7 +88,9 @@ static kl_status ensure_flags(kl_optim *opt)
     void *host = NULL, *dev = NULL, *flags = NULL;
     KL_TRY(be->host_alloc(&host, &dev, sizeof(kl_optim_flags)));
     kl_status s = opt->ctx->backend == KL_BACKEND_CPU ? (flags = host, KL_OK) : be->alloc(&flags, sizeof(kl_optim_flags));
-    if (s == KL_OK && flags != host) s = be->memset0(flags, sizeof(kl_optim_flags));
+    kl_optim_flags f0 = {.gscale = 1, .scale = opt->o.loss_scale > 0 ? opt->o.loss_scale : 1};
+    memcpy(host, &f0, sizeof f0);
+    if (s == KL_OK && flags != host) s = be->h2d(flags, &f0, sizeof f0);
     if (s != KL_OK) {
         be->host_free(host);
         return s;
@@ -114,7 +121,8 @@ kl_optim_hp kl_optim_hparams(const kl_optim *opt)
     kl_optim_hp h = {.lr = o->lr, .momentum = o->momentum, .weight_decay = o->weight_decay,
                      .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps, .nesterov = o->nesterov,
                      .first = step == 1, .bc1 = 1 - pow(o->beta1, (double)step), .bc2 = 1 - pow(o->beta2, (double)step),
-                     .gscale = 1, .acc_first = 1, .acc_apply = 1, .acc_scale = 1};
+                     .gscale = 1, .max_norm = o->max_grad_norm, .loss_scaled = o->loss_scale > 0,
+                     .scale_window = o->scale_window, .step = step, .acc_first = 1, .acc_apply = 1, .acc_scale = 1};
     return h;
 }
 
@@ -222,7 +230,7 @@ static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
         }
     const unsigned char *geff = mean_in_acc ? opt->acc : c->grads; /* the gradients the update uses */
     double ss = 0;
-    int have_ss = o->max_grad_norm > 0 || o->accumulate > 1;
+    int have_ss = kl_optim_needs_norm(o);
     /* their global norm, over every gradient of this graph */
     for (int s = 0; have_ss && h.acc_apply && (sl = next_slot(c, g, &s));) {
         int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
@@ -230,10 +238,10 @@ static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
         else sumsq_double(n, (const double *)(geff + sl->off), &ss);
     }
     const kl_tensor *loss = t->src[0];
-    kl_optim_decide(&h, kl_load_double(kl_data(ex, loss), loss->dtype, 0), have_ss, ss, o->max_grad_norm, opt->flags);
+    kl_optim_decide(&h, kl_load_double(kl_data(ex, loss), loss->dtype, 0), have_ss, ss, opt->flags);
     *(double *)kl_data(ex, t) = opt->flags->norm;
     if (!opt->flags->apply) return KL_OK;
-    h.gscale = opt->flags->gscale;
+    kl_optim_hp_apply(&h, opt->flags);
     for (int s = 0; (sl = next_slot(c, g, &s));) {
         int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
         unsigned char *p = c->params + sl->off, *m = opt->m + sl->off;
@@ -254,6 +262,10 @@ kl_status kl_optim_step(kl_graph *g, kl_optim *opt, kl_tensor **norm)
     if (!g || !opt) return kl_fail(KL_EMISUSE, "kl_optim_step: %s is NULL", g ? "optimizer" : "graph");
     if (opt->ctx != g->ctx) return kl_fail(KL_EMISUSE, "kl_optim_step: optimizer and graph belong to different contexts");
     if (!g->has_backward) return kl_fail(KL_EMISUSE, "kl_optim_step: call kl_backward on the graph first");
+    if (opt->o.loss_scale > 0 && kl_optim_of_scaled_loss(g->loss) != opt)
+        return kl_fail(KL_EMISUSE, "kl_optim_step: the optimizer scales the loss (loss_scale %g) but the graph's "
+                       "backward starts from '%s': pass the loss through kl_optim_scale_loss before kl_backward",
+                       opt->o.loss_scale, g->loss->name);
     KL_TRY(kl_optim_ensure_state(opt));
     optim_attr a = {opt};
     kl_tensor *t;

@@ -15,9 +15,18 @@
 typedef struct kl_optim_hp {
     double lr, momentum, weight_decay, beta1, beta2, eps;
     int nesterov;
+    /* Set from the flags by kl_optim_hp_apply once the run's update is
+     * decided (t counts applied updates, which the host cannot know ahead
+     * on a GPU): */
     int first;       /* first SGD step: momentum buffer starts as the gradient */
     double bc1, bc2; /* Adam bias corrections 1 - beta^t */
-    double gscale;   /* gradient clipping factor (1: none) */
+    double gscale;   /* factor on the gradients: clipping over the loss scale (1: neither) */
+    /* Constant over runs: the clipping bound (0: none); loss scaling
+     * (kl_optim_opts.loss_scale > 0; scale_window > 0: dynamic) */
+    double max_norm;
+    int loss_scaled;
+    int64_t scale_window;
+    int64_t step;    /* this cycle's number, from 1 (skipped updates included) */
     /* gradient accumulation (kl_optim_opts.accumulate): acc_first, this run
      * starts a cycle (the accumulator holds nothing yet); acc_apply, this
      * run ends it and updates with the mean gradient, (acc + g) * acc_scale
@@ -57,24 +66,37 @@ KL_DEF_OPTIM_ELEM(float)
 KL_DEF_OPTIM_ELEM(double)
 
 /* What a run's update does, decided once per run (on a GPU by a one-thread
- * kernel that the update kernels then read). */
+ * kernel that the update kernels then read), and the loss scaler's state,
+ * which lives with it so that it changes on the device. */
 typedef struct kl_optim_flags {
-    double gscale; /* clipping factor */
-    double norm;   /* global gradient norm before clipping (0: not computed) */
-    int apply;     /* 0: skip this update */
-    int halted;    /* sticky: a non-finite loss or norm was seen */
-    int acc_bad;   /* an accumulating run of this cycle had a non-finite loss */
+    double gscale;   /* kl_optim_hp.gscale */
+    double norm;     /* global gradient norm, unscaled, before clipping (0: not computed) */
+    double scale;    /* loss scale (kl_optim_scale_loss): the next backward starts from it; 1 without scaling */
+    double bc1, bc2; /* kl_optim_hp.bc1, bc2 of this update */
+    int64_t good;    /* dynamic scaling: updates applied in a row since the scale last changed */
+    int64_t skipped; /* updating runs that applied nothing (overflow or halted): Adam's t = step - skipped */
+    int apply;       /* 0: skip this update */
+    int first;       /* kl_optim_hp.first */
+    int halted;      /* sticky: a non-finite loss or norm was seen */
+    int acc_bad;     /* an accumulating run of this cycle had a non-finite loss */
+    int overflow;    /* dynamic scaling: this run's scaled gradients were not finite (skipped; scale halved) */
 } kl_optim_flags;
 
+/* The smallest loss scale halving goes down to (2^-24). */
+#define KL_OPTIM_MIN_SCALE 5.9604644775390625e-08
+
 /* From the run's hyperparameters, the loss, the sum of squares ss of the
- * gradients the update would use (when have_ss) and the clipping bound (0:
- * none): the update's flags. A non-finite loss or norm halts the optimizer;
- * a halted one applies nothing. A run that only accumulates applies nothing
- * either (it adds its gradient to the accumulator unless halted), and a
- * non-finite loss in it halts the optimizer at its cycle's end. */
-KL_HD static inline void kl_optim_decide(const kl_optim_hp *h, double loss, int have_ss, double ss, double max_norm,
-                                         kl_optim_flags *f)
+ * gradients the update would use (when have_ss; scaled when loss scaling):
+ * the update's flags. A non-finite loss halts the optimizer, and so does a
+ * non-finite norm unless the scale is dynamic: then the scaled gradients
+ * overflowed, the update is skipped and the scale halved; scale_window
+ * applied updates in a row double it. A halted optimizer applies nothing.
+ * A run that only accumulates applies nothing either (it adds its gradient
+ * to the accumulator unless halted), and a non-finite loss in it halts the
+ * optimizer at its cycle's end. */
+KL_HD static inline void kl_optim_decide(const kl_optim_hp *h, double loss, int have_ss, double ss, kl_optim_flags *f)
 {
+    f->overflow = 0;
     if (!h->acc_apply) {
         if (h->acc_first) f->acc_bad = 0;
         if (!isfinite(loss)) f->acc_bad = 1;
@@ -85,11 +107,41 @@ KL_HD static inline void kl_optim_decide(const kl_optim_hp *h, double loss, int 
     }
     if (!h->acc_first && f->acc_bad) loss = NAN;
     f->acc_bad = 0;
-    double norm = have_ss ? sqrt(ss) : 0;
+    double S = h->loss_scaled ? f->scale : 1;
+    double norm = have_ss ? sqrt(ss) / S : 0;
     f->norm = norm;
-    if (!isfinite(loss) || !isfinite(norm)) f->halted = 1;
-    f->apply = !f->halted;
-    f->gscale = max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1;
+    if (!isfinite(loss)) f->halted = 1;
+    else if (!isfinite(norm)) {
+        if (h->scale_window > 0) f->overflow = !f->halted;
+        else f->halted = 1;
+    }
+    f->apply = !f->halted && !f->overflow;
+    double clip = h->max_norm > 0 && norm > h->max_norm ? h->max_norm / (norm + 1e-6) : 1;
+    f->gscale = clip / S;
+    if (f->overflow) {
+        f->scale = f->scale * 0.5 > KL_OPTIM_MIN_SCALE ? f->scale * 0.5 : KL_OPTIM_MIN_SCALE;
+        f->good = 0;
+    } else if (f->apply && h->scale_window > 0 && ++f->good >= h->scale_window) {
+        f->scale *= 2;
+        f->good = 0;
+    }
+    if (!f->apply) {
+        f->skipped++;
+        return;
+    }
+    double t = (double)(h->step - f->skipped);
+    f->first = t == 1;
+    f->bc1 = 1 - pow(h->beta1, t);
+    f->bc2 = 1 - pow(h->beta2, t);
+}
+
+/* The decided values into the hyperparameters the update kernels use. */
+KL_HD static inline void kl_optim_hp_apply(kl_optim_hp *h, const kl_optim_flags *f)
+{
+    h->gscale = f->gscale;
+    h->first = f->first;
+    h->bc1 = f->bc1;
+    h->bc2 = f->bc2;
 }
 
 #endif

@@ -40,6 +40,18 @@ typedef struct { kl_optim *opt; } optim_attr;
 kl_status kl_optim_ensure_state(kl_optim *opt);
 /* Hyperparameters of the next update (number opt->steps + 1); gscale = 1. */
 kl_optim_hp kl_optim_hparams(const kl_optim *opt);
+/* The loss_scale op's attribute (optim/loss_scale.c). mul = 0: the node on
+ * the loss, y = x, whose gradient is S dy; mul = 1: that gradient, y = S x;
+ * S is opt's current loss scale. */
+typedef struct { kl_optim *opt; int mul; } loss_scale_attr;
+/* The optimizer whose kl_optim_scale_loss node t is; NULL when t is not one. */
+kl_optim *kl_optim_of_scaled_loss(const kl_tensor *t);
+/* Whether the update computes the global gradient norm: for clipping, and
+ * for the non-finite guard with accumulation or loss scaling. */
+static inline bool kl_optim_needs_norm(const kl_optim_opts *o)
+{
+    return o->max_grad_norm > 0 || o->accumulate > 1 || o->loss_scale > 0;
+}
 /* Uploads host copies handed out by kl_optim_state (non-CPU backends). */
 kl_status kl_optim_upload_host_state(kl_optim *opt);
 

@@ -3,6 +3,7 @@
 #define KL_TESTUTIL_H
 #include <stdio.h>
 #include <string.h>
+#include <stdint.h>
 #include "kiln/status.h"
 
 extern int kl_test_failures;
@@ -50,6 +51,12 @@ extern int kl_test_checks;
         kl_status s_ = (call);                                                \
         if (s_ != KL_OK) return s_;                                           \
     } while (0)
+
+/* Every parameter and buffer of ctx (all f32: checked), concatenated
+ * (malloc'd); *n values. With name_part, *abs_sum gets the sum of |v| over
+ * the slots whose names contain it. */
+struct kl_ctx;
+float *kl_test_params(struct kl_ctx *ctx, int64_t *n, const char *name_part, double *abs_sum);
 
 /* Ends main: prints a summary line and returns the exit code. */
 int kl_test_done(const char *name);

@@ -5,7 +5,8 @@
  * graph: the hyperparameters come from the run block (optim_prepare); with
  * clipping the squares are summed in double by block partials added in
  * order; a one-thread kernel then decides (kl_optim_decide: the clipping
- * scale, and the non-finite guard from the loss and the norm) into the
+ * scale, the non-finite guard from the loss and the norm, the loss scale
+ * and Adam's bias corrections) into the
  * optimizer's flags, which the update kernels read. The norm also goes to
  * the node's value and to host-visible memory (kl_optim_last_grad_norm).
  * With gradient accumulation an accumulating kernel runs first in every
@@ -43,7 +44,7 @@ __global__ void optim_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t 
 {
     if (!f->apply) return;
     kl_optim_hp h = *hp;
-    h.gscale = f->gscale;
+    kl_optim_hp_apply(&h, f);
     const T *ge = grads_used(&h, g, acc);
     KL_CU_FOR(i, n) elem(&h, KIND, p + i, ge[i], m + i, v + i);
 }
@@ -63,14 +64,32 @@ __global__ void accum_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t 
  * data error recorded and not yet reported (a bad label or index in this
  * step or an earlier queued one: the CPU would have stopped there) skips
  * the update, so the parameters stay those of the last good step. */
-__global__ void decide_k(const kl_optim_hp *hp, const void *loss, int loss_dt, const double *ss, double max_norm,
-                         kl_optim_flags *f, kl_optim_flags *seen, double *norm_out, const kl_cuda_err *err)
+__global__ void decide_k(const kl_optim_hp *hp, const void *loss, int loss_dt, const double *ss, kl_optim_flags *f,
+                         kl_optim_flags *seen, double *norm_out, const kl_cuda_err *err)
 {
-    kl_optim_decide(hp, kl_load_double(loss, loss_dt, 0), ss != NULL, ss ? *ss : 0.0, max_norm, f);
+    kl_optim_decide(hp, kl_load_double(loss, loss_dt, 0), ss != NULL, ss ? *ss : 0.0, f);
     if (*(const volatile int *)&err->code != 0) f->apply = 0, f->acc_bad = 1;
     *norm_out = f->norm;
-    seen->norm = f->norm;
-    seen->halted = f->halted;
+    *seen = *f; /* host-visible: the norm, halt and the loss scaler's state */
+}
+
+/* loss_scale (optim/loss_scale.c): y = x, or y = S x for its gradient, S
+ * read from the flags when the kernel runs; the loss is one element */
+template <typename T> __global__ void loss_scale_k(const T *x, T *y, const kl_optim_flags *f, int mul)
+{
+    *y = mul ? (T)(*x * (T)f->scale) : *x;
+}
+
+extern "C" kl_status kl_cuda_loss_scale(const kl_exec *ex, const kl_tensor *t)
+{
+    const loss_scale_attr *a = KL_ATTR_C(t, loss_scale_attr);
+    cudaStream_t s = kl_cu_stream();
+    const void *x = kl_data(ex, t->src[0]);
+    void *y = kl_data(ex, t);
+    if (t->dtype == KL_F64) loss_scale_k<double><<<1, 1, 0, s>>>((const double *)x, (double *)y, a->opt->flags, a->mul);
+    else loss_scale_k<float><<<1, 1, 0, s>>>((const float *)x, (float *)y, a->opt->flags, a->mul);
+    KL_CUDA_LAUNCHED(t, "loss_scale_k");
+    return KL_OK;
 }
 
 /* part[block] = sum of the squares of the gradients the update uses over
@@ -180,12 +199,12 @@ extern "C" kl_status kl_cuda_optim(const kl_exec *ex, const kl_tensor *t)
         KL_CUDA_LAUNCHED(t, "accum_k");
     }
     double *ss = NULL;
-    if (o->max_grad_norm > 0 || opt->acc) { /* with accumulation the non-finite guard needs the norm */
+    if (kl_optim_needs_norm(o)) {
         ss = kl_cu_reduce_buf() + KL_CU_RED_BLOCKS;
         KL_TRY(grad_sumsq(t, hp, c, g, opt->acc, ss));
     }
     const kl_tensor *loss = t->src[0];
-    decide_k<<<1, 1, 0, s>>>(hp, kl_data(ex, loss), (int)loss->dtype, ss, o->max_grad_norm, opt->flags, opt->seen_dev,
+    decide_k<<<1, 1, 0, s>>>(hp, kl_data(ex, loss), (int)loss->dtype, ss, opt->flags, opt->seen_dev,
                              (double *)kl_data(ex, t), kl_cu_err());
     KL_CUDA_LAUNCHED(t, "decide_k");
     for (int i = 0; next_span(c, g, &i, &sp);) {

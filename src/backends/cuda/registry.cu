@@ -11,7 +11,7 @@
     X(matmul) X(softmax) X(softmax_bwd) X(softmax_ce) X(softmax_ce_bwd)        \
     X(conv2d) X(conv2d_bwd_data) X(conv2d_bwd_filter) X(pool2d) X(pool2d_bwd)  \
     X(batchnorm) X(batchnorm_bwd) X(layernorm) X(layernorm_bwd) X(dropout)     \
-    X(embedding) X(embedding_bwd) X(concat) X(slice_bwd) X(optim)              \
+    X(embedding) X(embedding_bwd) X(concat) X(slice_bwd) X(optim) X(loss_scale)            \
     X(gather_rows) X(argmax_match) X(record)                                  \
     X(lstm) X(lstm_bwd) X(gru) X(gru_bwd) X(attention) X(attention_bwd)       \
     X(rmsnorm) X(rmsnorm_bwd) X(rope)
