@@ -3,12 +3,14 @@
  * bench/mlp_torch.py does the same work in PyTorch; bench/run_cpu.sh and
  * bench/run_gpu.sh run both in one run and print the ratio.
  *
- *   bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--accumulate K] [--bf16] [--profile]
+ *   bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--accumulate K] [--bf16 | --f16] [--profile]
  *             [--device cuda:N]
  *
  * --bf16: mixed precision as kiln train's train.precision bf16 (and
  * PyTorch's autocast): f32 parameters cast to bf16 where used, the input
- * cast in, the logits cast back to f32 for the loss.
+ * cast in, the logits cast back to f32 for the loss. --f16: the same in f16
+ * with dynamic loss scaling from 65536 (PyTorch: autocast float16 and
+ * GradScaler).
  * --accumulate K: a step is K runs of the batch with gradient accumulation
  * (kl_optim_opts.accumulate), the optimizer updating at the K-th.
  *
@@ -83,7 +85,7 @@ int main(int argc, char **argv)
 {
     int steps = 50, warmup = 5, threads = 2, batch = 256, profile = 0, acc = 1;
     const char *device = "cpu";
-    kl_dtype calc = KL_F32; /* --bf16: KL_BF16 */
+    kl_dtype calc = KL_F32; /* --bf16: KL_BF16; --f16: KL_F16 */
     for (int i = 1; i < argc; i++) {
         int rc = 0;
         if (!strcmp(argv[i], "--steps")) rc = parse_int("--steps", i + 1 < argc ? argv[++i] : NULL, 1, &steps);
@@ -93,10 +95,11 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--accumulate")) rc = parse_int("--accumulate", i + 1 < argc ? argv[++i] : NULL, 1, &acc);
         else if (!strcmp(argv[i], "--profile")) profile = 1;
         else if (!strcmp(argv[i], "--bf16")) calc = KL_BF16;
+        else if (!strcmp(argv[i], "--f16")) calc = KL_F16;
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
         else {
             fprintf(stderr, "usage: bench_mlp [--steps N] [--warmup N] [--threads N] [--batch N] [--accumulate K] "
-                            "[--bf16] [--profile] [--device cuda:N]\n");
+                            "[--bf16 | --f16] [--profile] [--device cuda:N]\n");
             return 2;
         }
         if (rc) return 2;
@@ -128,9 +131,10 @@ int main(int argc, char **argv)
     TRY(kl_linear(g, h, w3, b3, KL_ACT_NONE, &logits));
     TRY(kl_cast(g, logits, KL_F32, &logits));
     TRY(kl_softmax_cross_entropy(g, logits, y, &loss));
-    TRY(kl_backward(g, loss));
-    TRY(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 1e-3, .accumulate = acc}, &opt));
-    TRY(kl_optim_step(g, opt, NULL));
+    kl_optim_opts oo = {.kind = KL_OPTIM_ADAM, .lr = 1e-3, .accumulate = acc};
+    if (calc == KL_F16) oo.loss_scale = 65536, oo.scale_window = 2000; /* GradScaler's defaults */
+    TRY(kl_optim_new(ctx, &oo, &opt));
+    TRY(kl_optim_minimize(g, opt, loss, NULL));
     TRY(kl_graph_plan(g, NULL));
 
     size_t nx = (size_t)batch * IN;

@@ -2,10 +2,12 @@
 784-1024-1024-10 (ReLU, cross-entropy, Adam lr 1e-3), batch 256, on the CPU
 or (--device cuda) a GPU.
 
-    python3 bench/mlp_torch.py [--steps N] [--warmup N] [--threads N] [--batch N] [--accumulate K] [--bf16] [--device cuda]
+    python3 bench/mlp_torch.py [--steps N] [--warmup N] [--threads N] [--batch N] [--accumulate K] [--bf16 | --f16] [--device cuda]
 
 --bf16: forward and loss under torch.autocast(dtype=torch.bfloat16), the
-parameters and Adam in f32 (as bench_mlp --bf16).
+parameters and Adam in f32 (as bench_mlp --bf16). --f16: autocast float16 with
+torch.amp.GradScaler (its defaults: scale 65536, growth every 2000 steps), as
+bench_mlp --f16 with dynamic loss scaling.
 
 A step is zero_grad(set_to_none=True), forward, backward (--accumulate K:
 K forward/backward passes of loss / K, gradients summing), optimizer step on
@@ -19,6 +21,7 @@ needs (Debian's python3-torch, OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset).
 """
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -34,7 +37,10 @@ def main():
     ap.add_argument("--accumulate", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--f16", action="store_true")
     a = ap.parse_args()
+    if a.bf16 and a.f16:
+        ap.error("--bf16 or --f16, not both")
     if a.steps < 1 or a.warmup < 0 or a.threads < 1 or a.batch < 1 or a.accumulate < 1:
         ap.error("steps, threads and batch must be >= 1, warmup >= 0")
 
@@ -47,14 +53,30 @@ def main():
     x = torch.rand(a.batch, 784).to(dev)
     y = torch.randint(0, 10, (a.batch,)).to(dev)
     K = a.accumulate
+    half = torch.float16 if a.f16 else torch.bfloat16
+    if a.f16 and hasattr(torch.amp, "GradScaler"):
+        scaler = torch.amp.GradScaler(dev.type)
+    elif a.f16 and dev.type == "cuda":  # PyTorch before 2.3
+        scaler = torch.cuda.amp.GradScaler()
+    elif a.f16:
+        sys.exit(f"mlp_torch.py: --f16 on the CPU needs PyTorch >= 2.3 (float16 autocast and GradScaler there); "
+                 f"this is {torch.__version__}")
+    else:
+        scaler = None
+    label = " bf16 autocast" if a.bf16 else " f16 autocast + GradScaler" if a.f16 else ""
 
     def step():
         opt.zero_grad(set_to_none=True)
         for _ in range(K):
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
+            with torch.autocast(dev.type, dtype=half, enabled=a.bf16 or a.f16):
                 loss = loss_fn(model(x), y)
-            (loss / K).backward() if K > 1 else loss.backward()
-        opt.step()
+            part = loss / K if K > 1 else loss
+            (scaler.scale(part) if scaler else part).backward()
+        if scaler:
+            scaler.step(opt)  # skipped when the scaled gradients overflowed
+            scaler.update()
+        else:
+            opt.step()
         return loss
 
     if dev.type == "cuda":
@@ -67,7 +89,7 @@ def main():
             loss = step()
         torch.cuda.synchronize()
         per = (time.perf_counter() - t0) * 1e3 / a.steps
-        print(f"torch {torch.__version__} MLP 784-1024-1024-10{' bf16 autocast' if a.bf16 else ''}, batch {a.batch} x {K} accumulated, Adam lr 1e-3, "
+        print(f"torch {torch.__version__} MLP 784-1024-1024-10{label}, batch {a.batch} x {K} accumulated, Adam lr 1e-3, "
               f"{torch.cuda.get_device_name()}, {a.steps} steps after {a.warmup} warmup "
               f"(matmul precision {torch.get_float32_matmul_precision()})")
         print(f"  ms/step: {per:.4f}; loss {loss0:.4f} at step 1, {loss.item():.4f} at the end; "
@@ -86,7 +108,7 @@ def main():
         if s == 0:
             loss0 = loss.item()
     med, mean = statistics.median(ms), statistics.fmean(ms)
-    print(f"torch {torch.__version__} MLP 784-1024-1024-10{' bf16 autocast' if a.bf16 else ''}, batch {a.batch} x {K} accumulated, Adam lr 1e-3, "
+    print(f"torch {torch.__version__} MLP 784-1024-1024-10{label}, batch {a.batch} x {K} accumulated, Adam lr 1e-3, "
           f"{torch.get_num_threads()} threads, {a.steps} steps after {a.warmup} warmup")
     print(f"  ms/step: median {med:.2f}, mean {mean:.2f}, min {min(ms):.2f}, max {max(ms):.2f}")
     print(f"  loss: {loss0:.4f} at step 1, {loss.item():.4f} after step {a.warmup + a.steps}")

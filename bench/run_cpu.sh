@@ -2,10 +2,11 @@
 # kiln vs PyTorch on the CPU, in one run: one training step of an MLP
 # 784-1024-1024-10 (ReLU, cross-entropy, Adam lr 1e-3), batch 256.
 #
-#   bash bench/run_cpu.sh [--steps N] [--warmup N] [--threads N] [--rounds N] [--accumulate K] [--bf16]
+#   bash bench/run_cpu.sh [--steps N] [--warmup N] [--threads N] [--rounds N] [--accumulate K] [--bf16 | --f16]
 #
 # --bf16: mixed precision on both sides (bench_mlp --bf16, torch.autocast
-# bfloat16), f32 parameters and Adam.
+# bfloat16), f32 parameters and Adam; --f16 likewise in float16 with dynamic
+# loss scaling (torch.amp.GradScaler).
 # --accumulate K: a step is K batches of 256 with gradient accumulation (K
 # forward/backward passes, one Adam update) on both sides.
 #
@@ -19,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-steps=50 warmup=5 threads=2 rounds=3 acc=1 bf16=()
+steps=50 warmup=5 threads=2 rounds=3 acc=1 prec=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) steps=$2; shift 2 ;;
@@ -27,8 +28,9 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --accumulate) acc=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
-    --bf16) bf16=(--bf16); shift ;;
-    *) echo "usage: bash bench/run_cpu.sh [--steps N] [--warmup N] [--threads N] [--rounds N] [--accumulate K] [--bf16]" >&2; exit 2 ;;
+    --bf16) prec=(--bf16); shift ;;
+    --f16) prec=(--f16); shift ;;
+    *) echo "usage: bash bench/run_cpu.sh [--steps N] [--warmup N] [--threads N] [--rounds N] [--accumulate K] [--bf16 | --f16]" >&2; exit 2 ;;
   esac
 done
 build=${KILN_BENCH_BUILD:-build-bench}
@@ -70,8 +72,8 @@ echo "kiln links: $(ldd "$build/bench_mlp" | grep -o 'libopenblas[^ ]* => [^ ]*'
 kiln_ms=() torch_ms=() kiln_min=() torch_min=()
 for r in $(seq 1 "$rounds"); do
   echo "== round $r of $rounds ($threads threads, $steps steps after $warmup warmup)"
-  k=$("${clean_env[@]}" "$build/bench_mlp" --steps "$steps" --warmup "$warmup" --threads "$threads" --accumulate "$acc" ${bf16[@]+"${bf16[@]}"})
-  t=$("${clean_env[@]}" "$py" bench/mlp_torch.py --steps "$steps" --warmup "$warmup" --threads "$threads" --accumulate "$acc" ${bf16[@]+"${bf16[@]}"})
+  k=$("${clean_env[@]}" "$build/bench_mlp" --steps "$steps" --warmup "$warmup" --threads "$threads" --accumulate "$acc" ${prec[@]+"${prec[@]}"})
+  t=$("${clean_env[@]}" "$py" bench/mlp_torch.py --steps "$steps" --warmup "$warmup" --threads "$threads" --accumulate "$acc" ${prec[@]+"${prec[@]}"})
   echo "$k"
   echo "$t"
   kiln_ms+=("$(echo "$k" | sed -n 's/^kiln_ms_per_step=\([0-9.]*\).*/\1/p')")

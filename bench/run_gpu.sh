@@ -68,6 +68,13 @@ k=$(sed -n 's/^kiln_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlpb_kiln.txt")
 t=$(sed -n 's/^torch_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlpb_torch.txt")
 [ -n "$k" ] && [ -n "$t" ] && say "$(awk -v k="$k" -v t="$t" 'BEGIN{printf "MLP bf16: kiln %.4f ms/step, torch %.4f ms/step: kiln is %.1fx faster", k, t, t / k}')"
 
+say "== the same MLP in f16 mixed precision (kiln --f16, torch.autocast float16; dynamic loss scaling on both)"
+"$build/bench_mlp" --device cuda:0 --f16 --steps 2000 --warmup 50 >"$out/mlph_kiln.txt" 2>&1
+"$py" bench/mlp_torch.py --device cuda --f16 --steps 1000 --warmup 50 >"$out/mlph_torch.txt" 2>&1
+k=$(sed -n 's/^kiln_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlph_kiln.txt")
+t=$(sed -n 's/^torch_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlph_torch.txt")
+[ -n "$k" ] && [ -n "$t" ] && say "$(awk -v k="$k" -v t="$t" 'BEGIN{printf "MLP f16: kiln %.4f ms/step, torch %.4f ms/step: kiln is %.1fx faster", k, t, t / k}')"
+
 say "== reference CNN, Fashion-MNIST, batch 128, Adam, 5 epochs (data on the GPU)"
 t0=$(date +%s.%N)
 "$build/kiln" train --device cuda:0 --epochs 5 --out "$out/cnn_kiln" >"$out/cnn_kiln.log" 2>&1

@@ -15,7 +15,7 @@ cmake --build build-gpu -j"$(nproc)" >/dev/null
 rm -rf .gpu/stage
 mkdir -p .gpu/stage/bin .gpu/stage/lib .gpu/stage/data
 bins=(kiln bench_mlp)
-for t in build-gpu/test_cuda*; do bins+=("$(basename "$t")"); done
+for t in build-gpu/test_cuda* build-gpu/test_loss_scale; do bins+=("$(basename "$t")"); done # tests with a GPU part
 for b in "${bins[@]}"; do cp "build-gpu/$b" .gpu/stage/bin/; done
 # every non-CUDA, non-glibc library the programs load
 ldd .gpu/stage/bin/* | awk '/=> \//{print $3}' | sort -u | while read -r lib; do

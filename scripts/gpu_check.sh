@@ -64,7 +64,7 @@ run() { # name, timeout, command...: the timeout shrinks to what the budget has 
 
 # 1. the CUDA tests
 if want tests; then
-  for t in "$b"/bin/test_cuda*; do run "$(basename "$t")" 300 "$t"; done
+  for t in "$b"/bin/test_cuda* "$b"/bin/test_loss_scale; do run "$(basename "$t")" 300 "$t"; done
   run test_cuda_conv_cudnn 300 env KILN_CUDA_CONV=cudnn "$b/bin/test_cuda_conv"
 fi
 
@@ -78,6 +78,10 @@ same() { # label, run dir a, run dir b: their step losses are identical
 if want train; then
   tr=(--steps 60 --set train.log_every=10 --set data.limit=20000 --no-tensorboard)
   run train_cnn_graph 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --out "$w/r_graph"
+  run train_cnn_bf16 300 "$b/bin/kiln" train --device cuda:0 --precision bf16 "${tr[@]}" --out "$w/r_bf16"
+  # f16 from a scale that overflows: the skipped steps' records say overflow, and training goes on
+  run train_cnn_f16 300 "$b/bin/kiln" train --device cuda:0 --precision f16 --set train.loss_scale_init=1e9 "${tr[@]}" \
+    --out "$w/r_f16"
   run train_cnn_eager 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --no-graph --out "$w/r_eager"
   same "graph replay == eager (60 losses)" r_graph r_eager
   run train_cnn_cudnn_graph 300 env KILN_CUDA_CONV=cudnn "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --out "$w/r_dn_graph"

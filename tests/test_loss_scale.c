@@ -11,10 +11,16 @@
  *     a static scale that overflows halts instead;
  *  4. misuse: a scaling optimizer on a graph without kl_optim_scale_loss,
  *     bad options, kl_optim_set_scaler round trip.
+ * On a GPU 1-3 run again with captured step graphs, plus: capture on and
+ * off bit-identical through the overflowing runs, and the GPU's skips,
+ * scale and parameters against the CPU's. Without one that part says
+ * "skipped" and the CPU part still counts.
  * Step graphs come from src/cli/evaluator.c (compiled in). */
 #include "testutil.h"
 #include "../src/cli/evaluator.c"
 #include "io/config.h"
+#include "cuda_parity.h"
+#include "backends/backend.h" /* kl_cuda_available */
 
 #include <math.h>
 #include <stdlib.h>
@@ -78,14 +84,18 @@ typedef struct {
     double last_loss;
 } trainer;
 
+static kl_device g_dev; /* where the trainers run */
+static int g_capture = 1;
+
 static void trainer_new(trainer *t, kl_dtype calc, const kl_optim_opts *oo)
 {
     memset(t, 0, sizeof *t);
     t->m = parse(calc);
-    kl_ctx_opts co = {.threads = 2, .seed = 3};
+    kl_ctx_opts co = {.threads = 2, .seed = 3, .device = g_dev};
     CHECK_OK(kl_ctx_new(&co, &t->ctx));
     CHECK_OK(kl_optim_new(t->ctx, oo, &t->opt));
     CHECK_OK(step_graph_build(&t->sg, t->m, t->ctx, t->opt, B));
+    CHECK_OK(kl_graph_set_capture(t->sg.g, g_capture));
     batch(t->x, t->y);
 }
 
@@ -146,7 +156,7 @@ static float *tiny_loss_update(kl_dtype calc, double S, int64_t *n)
 {
     kl_model *m = parse(calc);
     kl_ctx *ctx;
-    kl_ctx_opts co = {.threads = 2, .seed = 3};
+    kl_ctx_opts co = {.threads = 2, .seed = 3, .device = g_dev};
     CHECK_OK(kl_ctx_new(&co, &ctx));
     kl_optim_opts oo = {.kind = KL_OPTIM_SGD, .lr = 16777216.0, .loss_scale = S};
     kl_optim *opt;
@@ -267,6 +277,19 @@ static void test_misuse(void)
     CHECK_ERR(kl_optim_step(g, opt, NULL), KL_EMISUSE, "pass the loss through kl_optim_scale_loss");
     kl_graph_free(g);
     CHECK_ERR(kl_optim_scale_loss(NULL, opt, loss, &same_loss), KL_EMISUSE, "");
+    /* kl_optim_minimize: the loss (not the scaled node) stays readable */
+    loss_graph(ctx, m, &g, &x, &y, &loss);
+    CHECK_OK(kl_optim_minimize(g, opt, loss, NULL));
+    CHECK_OK(kl_graph_plan(g, NULL));
+    float xv[B * 64], lv = 0;
+    int32_t yv[B];
+    batch(xv, yv);
+    CHECK_OK(kl_tensor_set(x, xv, sizeof xv));
+    CHECK_OK(kl_tensor_set(y, yv, sizeof yv));
+    CHECK_OK(kl_graph_run(g));
+    CHECK_OK(kl_tensor_get(loss, &lv, sizeof lv));
+    CHECK(lv > 1 && lv < 3); /* about ln 5, unscaled */
+    kl_graph_free(g);
     /* the scaler's state round trip (checkpoints) */
     CHECK_OK(kl_optim_set_scaler(opt, 256, 3, 2));
     double S;
@@ -290,11 +313,50 @@ static void test_misuse(void)
     kl_ctx_free(ctx);
 }
 
+/* The f16 run from an overflowing scale on the GPU against the CPU (and
+ * on the GPU, with capture against without). */
+static void test_gpu_vs_cpu(kl_device gpu)
+{
+    kl_optim_opts big = {.kind = KL_OPTIM_ADAM, .lr = 1e-2, .loss_scale = 0x1p40, .scale_window = 4};
+    trainer r[3];
+    for (int k = 0; k < 3; k++) {
+        g_dev = k ? gpu : (kl_device){KL_DEVICE_CPU, 0};
+        g_capture = k != 2;
+        trainer_new(&r[k], KL_F16, &big);
+        trainer_run(&r[k], 30);
+    }
+    double S[3];
+    int64_t good[3], skipped[3];
+    for (int k = 0; k < 3; k++) CHECK_OK(kl_optim_scaler(r[k].opt, &S[k], &good[k], &skipped[k]));
+    CHECK(skipped[0] > 5 && skipped[1] == skipped[0] && S[1] == S[0] && good[1] == good[0]);
+    int64_t n1, n2;
+    float *p1 = params(r[1].ctx, &n1), *p2 = params(r[2].ctx, &n2);
+    CHECK(n1 == n2 && same(p1, p2, n1) && r[1].last_loss == r[2].last_loss); /* capture changes nothing */
+    kl_parity_params("loss scale f16 GPU vs CPU", r[0].ctx, r[1].ctx, 1e-2, 5e-2);
+    printf("  ok GPU: %lld skipped as on the CPU, scale %g; captured = eager bit for bit; parameters near the CPU's\n",
+           (long long)skipped[1], S[1]);
+    free(p1), free(p2);
+    for (int k = 0; k < 3; k++) trainer_free(&r[k]);
+    g_dev = gpu;
+    g_capture = 1;
+}
+
 int main(void)
 {
+    g_dev = (kl_device){KL_DEVICE_CPU, 0};
     test_exact_in_f32();
     test_f16_underflow();
     test_overflow();
     test_misuse();
+    if (kl_cuda_available(0) != KL_OK) {
+        printf("  GPU part skipped: %s\n", kl_last_error());
+        return kl_test_done("test_loss_scale");
+    }
+    kl_device gpu = {KL_DEVICE_CUDA, 0};
+    g_dev = gpu;
+    test_exact_in_f32();
+    test_f16_underflow();
+    test_overflow();
+    test_gpu_vs_cpu(gpu);
     return kl_test_done("test_loss_scale");
 }

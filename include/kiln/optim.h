@@ -76,7 +76,8 @@ KL_API void kl_optim_free(kl_optim *opt);
 KL_API kl_status kl_optim_step(kl_graph *g, kl_optim *opt, kl_tensor **norm);
 /* *out = the tensor to call kl_backward on: loss itself without loss
  * scaling; else a node equal to loss whose gradient is the current scale S
- * (read at run time, so a captured graph follows S as it changes).
+ * (read at run time, so a captured graph follows S as it changes); loss
+ * stays readable after runs either way (kl_output).
  * kl_optim_step refuses a scaling optimizer on a graph without it. */
 KL_API kl_status kl_optim_scale_loss(kl_graph *g, kl_optim *opt, kl_tensor *loss, kl_tensor **out);
 /* The three calls of a training step after the forward pass:
