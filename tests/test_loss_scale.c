@@ -145,9 +145,20 @@ static void test_exact_in_f32(void)
     CHECK(S == 1024 * 8 && good == 1 && skipped == 0); /* 7 updates: doubled after 2, 4 and 6 */
     CHECK_OK(kl_optim_scaler(a.opt, &S, &good, &skipped));
     CHECK(S == 1 && skipped == 0);
-    printf("  ok f32: scaled by 2^10 (static) and 2^10..2^13 (dynamic) bit-identical to unscaled\n");
-    free(p0), free(pa), free(pb), free(pc);
-    trainer_free(&a), trainer_free(&b), trainer_free(&c);
+    /* and with accumulation: cycles of 3 runs, the scale constant within one */
+    kl_optim_opts acc = base, acc_dyn = dyn;
+    acc.accumulate = acc_dyn.accumulate = 3;
+    trainer d, e;
+    trainer_new(&d, KL_F32, &acc);
+    trainer_new(&e, KL_F32, &acc_dyn);
+    trainer_run(&d, 12), trainer_run(&e, 12);
+    float *pd = params(d.ctx, &n2), *pe = params(e.ctx, &n3);
+    CHECK(n == n2 && n == n3 && !same(p0, pd, n) && same(pd, pe, n));
+    CHECK_OK(kl_optim_scaler(e.opt, &S, &good, &skipped));
+    CHECK(S == 1024 * 4 && good == 0 && skipped == 0); /* 4 updates */
+    printf("  ok f32: scaled by 2^10 (static) and 2^10..2^13 (dynamic) bit-identical to unscaled, also accumulating\n");
+    free(p0), free(pa), free(pb), free(pc), free(pd), free(pe);
+    trainer_free(&a), trainer_free(&b), trainer_free(&c), trainer_free(&d), trainer_free(&e);
 }
 
 /* SGD (lr 2^24) from the gradient of 2^-24 * cross-entropy of the MLP in

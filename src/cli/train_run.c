@@ -76,33 +76,37 @@ kl_status train_ckpt_save(const char *ckpt_root, kl_cfg *cfg, kl_ctx *ctx, kl_op
     return s;
 }
 
-/* A resumed run must cut its data as the checkpointed one did: the same
- * train.batch and train.accumulate (batch positions and step counts are in
- * those units), read from the checkpoint's own config.yaml (older ones
- * have no accumulate: 1). */
-static kl_status same_cuts(const train_args *a, const train_opts *o, const kl_train_state *st, const char *text)
+/* A resumed run must cut its data as the checkpointed one did: batch
+ * positions and step counts are in units of train.batch and
+ * train.accumulate, and they index a training set that data.kind, limit,
+ * val_split, drop_last and shuffle (and, for text, val_fraction) shape.
+ * Compared as the checkpoint's own config.yaml resolved them; keys older
+ * checkpoints lack are not compared (except accumulate: 1). */
+static kl_status same_cuts(const train_args *a, const kl_cfg *cfg, const kl_train_state *st, const char *text)
 {
+    static const char *const keys[] = {"train.batch", "train.accumulate", "data.kind", "data.limit",
+                                       "data.val_split", "data.drop_last", "data.shuffle", "data.val_fraction"};
     if (!text) return KL_OK;
     kl_cfg *c;
     KL_TRY(kl_cfg_parse(text, strlen(text), "checkpoint config.yaml", &c));
-    kl_cfg_node *tr = kl_cfg_get(kl_cfg_root(c), "train");
-    int64_t batch = o->batch, acc = 1;
-    kl_status s = tr ? kl_cfg_int(tr, "batch", 0, o->batch, &batch) : KL_OK;
-    if (s == KL_OK && tr) s = kl_cfg_int(tr, "accumulate", 0, 1, &acc);
+    kl_status s = KL_OK;
+    for (size_t i = 0; i < sizeof keys / sizeof *keys && s == KL_OK; i++) {
+        const char *was = kl_cfg_str_value(kl_cfg_at(kl_cfg_root(c), keys[i]));
+        const char *now = kl_cfg_str_value(kl_cfg_at(kl_cfg_root(cfg), keys[i]));
+        if (!was && !strcmp(keys[i], "train.accumulate")) was = "1";
+        if (!was || !now || !strcmp(was, now)) continue;
+        s = kl_fail(KL_EINVAL,
+                    "--resume %s: this run has %s %s, the checkpoint (step %lld, epoch %lld, batch %lld) was trained "
+                    "with %s: its batch positions and step counts would not line up; resume with the checkpoint's "
+                    "value (or start a new run from its weights with --init)",
+                    a->ckpt_dir, keys[i], now, (long long)st->step, (long long)st->epoch + 1, (long long)st->batch, was);
+    }
     kl_cfg_free(c);
-    KL_TRY(s);
-    int64_t K = o->optim.accumulate; /* >= 1: train_opts_read */
-    if (batch == o->batch && acc == K) return KL_OK;
-    return kl_fail(KL_EINVAL,
-                   "--resume %s: this run has train.batch %lld and train.accumulate %lld, the checkpoint (step %lld, "
-                   "epoch %lld, batch %lld) was trained with %lld and %lld: its batch positions and step counts would "
-                   "not line up; resume with the checkpoint's values (or start a new run from its weights with --init)",
-                   a->ckpt_dir, (long long)o->batch, (long long)K, (long long)st->step, (long long)st->epoch + 1,
-                   (long long)st->batch, (long long)batch, (long long)acc);
+    return s;
 }
 
-kl_status train_state_start(const train_args *a, const train_opts *o, kl_ctx *ctx, kl_optim *opt, train_watch *w,
-                            kl_train_state *st)
+kl_status train_state_start(const train_args *a, const kl_cfg *cfg, const train_opts *o, kl_ctx *ctx, kl_optim *opt,
+                            train_watch *w, kl_train_state *st)
 {
     static const char *const kinds[] = {"sgd", "adam", "adamw"};
     *st = (kl_train_state){.seed = o->seed};
@@ -110,7 +114,7 @@ kl_status train_state_start(const train_args *a, const train_opts *o, kl_ctx *ct
     if (!a->resume) return KL_OK;
     char *text = NULL;
     KL_TRY(kl_checkpoint_load(a->ckpt_dir, ctx, opt, st, &text));
-    kl_status s = same_cuts(a, o, st, text);
+    kl_status s = same_cuts(a, cfg, st, text);
     free(text);
     KL_TRY(s);
     return watch_restore(w, st->watch, a->ckpt_dir);
@@ -458,7 +462,7 @@ static kl_status drain(runner *r, kl_cfg *cfg, pipe_state *p)
 static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop, int *interrupted)
 {
     kl_train_state st;
-    KL_TRY(train_state_start(a, &r->o, r->ctx, r->opt, &r->watch, &st));
+    KL_TRY(train_state_start(a, cfg, &r->o, r->ctx, r->opt, &r->watch, &st));
     if (a->resume)
         printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", a->ckpt_dir, (long long)st.step,
                (long long)st.epoch + 1, (long long)st.batch);

@@ -24,9 +24,10 @@ kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg,
 
 /* The state training starts from: step 0 with o's seed and optimizer kind,
  * or with --resume the checkpoint's (into ctx and opt), the watch's state
- * restored from it. */
-kl_status train_state_start(const train_args *a, const train_opts *o, kl_ctx *ctx, kl_optim *opt, train_watch *w,
-                            kl_train_state *st);
+ * restored from it; refused when cfg (resolved) cuts the data otherwise
+ * than the checkpoint's config did. */
+kl_status train_state_start(const train_args *a, const kl_cfg *cfg, const train_opts *o, kl_ctx *ctx, kl_optim *opt,
+                            train_watch *w, kl_train_state *st);
 
 /* Saves checkpoint <ckpt_root>/step-<N> of st with the config text and the
  * watch's state; path (n bytes) gets its directory. */

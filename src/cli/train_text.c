@@ -227,7 +227,7 @@ static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, 
 static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop, int *interrupted)
 {
     kl_train_state st;
-    KL_TRY(train_state_start(a, &r->o, r->ctx, r->opt, &r->watch, &st));
+    KL_TRY(train_state_start(a, cfg, &r->o, r->ctx, r->opt, &r->watch, &st));
     KL_TRY(kl_graph_set_runs(r->train.g, st.graph_runs));
     if (a->resume) printf("resumed from %s at step %lld\n", a->ckpt_dir, (long long)st.step);
     int64_t spe = r->o.steps_per_epoch, total = r->o.steps ? r->o.steps : r->o.epochs * spe;
