@@ -115,8 +115,11 @@ static kl_status emb_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
     return kl_grad_acc(g, w, dw);
 }
 
-const kl_op_def kl_op_embedding = {
-    .name = "embedding", .shape = emb_shape, .backward = emb_backward, .fwd = {[KL_BACKEND_CPU] = emb_cpu}};
+const kl_op_def kl_op_embedding = {.name = "embedding",
+                                   .shape = emb_shape,
+                                   .backward = emb_backward,
+                                   .fwd = {[KL_BACKEND_CPU] = emb_cpu},
+                                   .half_native = KL_HALF_ALL}; /* rows moved as bytes */
 const kl_op_def kl_op_embedding_bwd = {
     .name = "embedding_bwd", .shape = emb_bwd_shape, .fwd = {[KL_BACKEND_CPU] = emb_bwd_cpu}};
 

@@ -143,10 +143,13 @@ static kl_status ln_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
                             &a.need_db);
 }
 
-const kl_op_def kl_op_layernorm = {
-    .name = "layernorm", .shape = ln_shape, .backward = ln_backward, .fwd = {[KL_BACKEND_CPU] = ln_cpu}};
+const kl_op_def kl_op_layernorm = {.name = "layernorm",
+                                   .shape = ln_shape,
+                                   .backward = ln_backward,
+                                   .fwd = {[KL_BACKEND_CPU] = ln_cpu},
+                                   .half_native = KL_HALF_CUDA};
 const kl_op_def kl_op_layernorm_bwd = {
-    .name = "layernorm_bwd", .shape = ln_bwd_shape, .fwd = {[KL_BACKEND_CPU] = ln_bwd_cpu}};
+    .name = "layernorm_bwd", .shape = ln_bwd_shape, .fwd = {[KL_BACKEND_CPU] = ln_bwd_cpu}, .half_native = KL_HALF_CUDA};
 
 kl_status kl_layernorm(kl_graph *g, kl_tensor *x, kl_tensor *gamma, kl_tensor *beta, double eps, kl_tensor **out)
 {

@@ -129,7 +129,8 @@ static kl_status reduce_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 }
 
 const kl_op_def kl_op_reduce = {
-    .name = "reduce", .shape = reduce_shape, .backward = reduce_backward, .fwd = {[KL_BACKEND_CPU] = reduce_cpu}};
+    .name = "reduce", .shape = reduce_shape, .backward = reduce_backward, .fwd = {[KL_BACKEND_CPU] = reduce_cpu},
+    .half_native = KL_HALF_CUDA};
 
 kl_status kl_reduce_op(kl_graph *g, kl_tensor *x, unsigned mask, double scale, kl_tensor **out)
 {

@@ -48,14 +48,16 @@ extern "C" kl_status kl_cuda_embedding(const kl_exec *ex, const kl_tensor *t)
     const int32_t *idx = (const int32_t *)kl_data(ex, t->src[1]);
     unsigned nb = kl_cu_blocks(P * D, KL_CU_THREADS);
     cudaStream_t s = kl_cu_stream();
-    if (t->dtype == KL_F32)
-        emb_k<float><<<nb, KL_CU_THREADS, 0, s>>>((const float *)kl_data(ex, w), idx, (float *)kl_data(ex, t), P, D, V,
-                                                 kl_cu_err());
-    else if (t->dtype == KL_F64)
-        emb_k<double><<<nb, KL_CU_THREADS, 0, s>>>((const double *)kl_data(ex, w), idx, (double *)kl_data(ex, t), P, D, V,
-                                                  kl_cu_err());
-    else
-        return kl_cu_bad_dtype(t);
+    /* rows are moved, not computed: any float dtype by its width (16-bit
+     * storage as it is) */
+    const void *wp = kl_data(ex, w);
+    void *y = kl_data(ex, t);
+    switch (kl_dtype_size(t->dtype)) {
+    case 2: emb_k<uint16_t><<<nb, KL_CU_THREADS, 0, s>>>((const uint16_t *)wp, idx, (uint16_t *)y, P, D, V, kl_cu_err()); break;
+    case 4: emb_k<float><<<nb, KL_CU_THREADS, 0, s>>>((const float *)wp, idx, (float *)y, P, D, V, kl_cu_err()); break;
+    case 8: emb_k<double><<<nb, KL_CU_THREADS, 0, s>>>((const double *)wp, idx, (double *)y, P, D, V, kl_cu_err()); break;
+    default: return kl_cu_bad_dtype(t);
+    }
     KL_CUDA_LAUNCHED(t, "emb_k");
     return KL_OK;
 }

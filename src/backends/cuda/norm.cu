@@ -5,6 +5,7 @@
  * or a block per row (layernorm). */
 #include "backends/cuda/cuda_internal.cuh"
 #include "backends/cuda/col_sums.cuh"
+#include "backends/cuda/storage.cuh"
 #include "ops/norm.h"
 #include "ops/elem.h" /* batchnorm's fused activation */
 
@@ -277,19 +278,29 @@ extern "C" kl_status kl_cuda_batchnorm_bwd(const kl_exec *ex, const kl_tensor *t
     return kl_cu_bad_dtype(t);
 }
 
-/* ---- layernorm: rows [R, D], block per row ---- */
+/* ---- layernorm: rows [R, D], block per row ----
+ * Storage S: f32, f64 or 16-bit (x, gamma, beta, y and the gradients,
+ * through kl_cu_load / kl_cu_store), computing in T = kl_cu_calc<S>::T;
+ * the saved mean and rstd (aux) are T, as the shape sized them, so a
+ * 16-bit layernorm does the f32 kernel's math and rounds once per store,
+ * as the CPU's widened path does. */
 
-template <typename T>
-__global__ void ln_fwd_k(const T *x, const T *gm, const T *bt, T *y, T *mean, int64_t R, int64_t D, double eps)
+template <typename S>
+__global__ void ln_fwd_k(const S *x, const S *gm, const S *bt, S *y, typename kl_cu_calc<S>::T *mean, int64_t R, int64_t D,
+                         double eps)
 {
+    typedef typename kl_cu_calc<S>::T T;
     T *rstd = mean + R;
     for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
-        const T *xr = x + r * D;
-        T *yr = y + r * D;
+        const S *xr = x + r * D;
+        S *yr = y + r * D;
         double s = 0;
-        for (int64_t i = threadIdx.x; i < D; i += blockDim.x) s += (double)xr[i];
+        for (int64_t i = threadIdx.x; i < D; i += blockDim.x) s += (double)kl_cu_load(xr, i);
         double mu = kl_cu_block_reduce<double, 0>(s) / (double)D, v = 0;
-        for (int64_t i = threadIdx.x; i < D; i += blockDim.x) v += ((double)xr[i] - mu) * ((double)xr[i] - mu);
+        for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+            double d = (double)kl_cu_load(xr, i) - mu;
+            v += d * d;
+        }
         v = kl_cu_block_reduce<double, 0>(v);
         T m = (T)mu, is = (T)(1.0 / sqrt(v / (double)D + eps));
         if (threadIdx.x == 0) {
@@ -297,28 +308,31 @@ __global__ void ln_fwd_k(const T *x, const T *gm, const T *bt, T *y, T *mean, in
             rstd[r] = is;
         }
         for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
-            yr[i] = norm_fwd(xr[i], m, is, gm ? gm[i] : (T)1, bt ? bt[i] : (T)0);
+            kl_cu_store(yr, i, norm_fwd(kl_cu_load(xr, i), m, is, gm ? kl_cu_load(gm, i) : (T)1, bt ? kl_cu_load(bt, i) : (T)0));
     }
 }
 
-template <typename T>
-__global__ void ln_bwd_dx_k(const T *dy, const T *x, const T *gm, const T *mean, T *dx, int64_t R, int64_t D)
+template <typename S>
+__global__ void ln_bwd_dx_k(const S *dy, const S *x, const S *gm, const typename kl_cu_calc<S>::T *mean, S *dx, int64_t R,
+                            int64_t D)
 {
+    typedef typename kl_cu_calc<S>::T T;
     const T *rstd = mean + R;
     for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
-        const T *xr = x + r * D, *dr = dy + r * D;
-        T *out = dx + r * D, m = mean[r], is = rstd[r];
+        const S *xr = x + r * D, *dr = dy + r * D;
+        S *out = dx + r * D;
+        T m = mean[r], is = rstd[r];
         double sg = 0, sgx = 0;
         for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
-            double gi = (double)dr[i] * (gm ? (double)gm[i] : 1.0);
+            double gi = (double)kl_cu_load(dr, i) * (gm ? (double)kl_cu_load(gm, i) : 1.0);
             sg += gi;
-            sgx += gi * ((double)xr[i] - (double)m);
+            sgx += gi * ((double)kl_cu_load(xr, i) - (double)m);
         }
         sg = kl_cu_block_reduce<double, 0>(sg);
         sgx = kl_cu_block_reduce<double, 0>(sgx);
         T mg = (T)(sg / (double)D), mgx = (T)(sgx * (double)is / (double)D);
         for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
-            out[i] = norm_bwd(xr[i], dr[i] * (gm ? gm[i] : (T)1), m, is, mg, mgx);
+            kl_cu_store(out, i, norm_bwd(kl_cu_load(xr, i), kl_cu_load(dr, i) * (gm ? kl_cu_load(gm, i) : (T)1), m, is, mg, mgx));
     }
 }
 
@@ -328,16 +342,18 @@ __global__ void ln_bwd_dx_k(const T *dy, const T *x, const T *gm, const T *mean,
  * ln_dgb_finish_k to add in chunk order. Fixed order, and every SM gets
  * work. */
 #define LN_DGB_ROWS 32
-template <typename T> struct ln_dgb_cols {
+template <typename S> struct ln_dgb_cols {
+    typedef typename kl_cu_calc<S>::T T;
     enum { NV = 2 };
-    const T *dy, *x, *mean, *rstd;
-    T *dg, *db;
+    const S *dy, *x;
+    const T *mean, *rstd;
+    S *dg, *db;
     double *part;
     __device__ double col(int64_t) const { return 0; }
     __device__ void add(int64_t r, int64_t c, int64_t D, double, double *acc) const
     {
-        double d = (double)dy[r * D + c];
-        acc[0] += d * ((double)x[r * D + c] - (double)mean[r]) * (double)rstd[r];
+        double d = (double)kl_cu_load(dy, r * D + c);
+        acc[0] += d * ((double)kl_cu_load(x, r * D + c) - (double)mean[r]) * (double)rstd[r];
         acc[1] += d;
     }
     __device__ void put(int64_t c, int64_t q, int64_t D, int64_t nq, const double *sum) const
@@ -346,55 +362,56 @@ template <typename T> struct ln_dgb_cols {
             part[(q * 2) * D + c] = sum[0];
             part[(q * 2 + 1) * D + c] = sum[1];
         } else {
-            if (dg) dg[c] = (T)sum[0];
-            if (db) db[c] = (T)sum[1];
+            if (dg) kl_cu_store(dg, c, (T)sum[0]);
+            if (db) kl_cu_store(db, c, (T)sum[1]);
         }
     }
 };
 
-template <typename T> __global__ void ln_dgb_finish_k(const double *part, int64_t nq, int64_t D, T *dg, T *db)
+template <typename S> __global__ void ln_dgb_finish_k(const double *part, int64_t nq, int64_t D, S *dg, S *db)
 {
+    typedef typename kl_cu_calc<S>::T T;
     KL_CU_FOR(c, D)
     {
-        if (dg) dg[c] = (T)kl_cu_sum_parts(0, part + c, nq, 2 * D);
-        if (db) db[c] = (T)kl_cu_sum_parts(0, part + D + c, nq, 2 * D);
+        if (dg) kl_cu_store(dg, c, (T)kl_cu_sum_parts(0, part + c, nq, 2 * D));
+        if (db) kl_cu_store(db, c, (T)kl_cu_sum_parts(0, part + D + c, nq, 2 * D));
     }
 }
 
-template <typename T> static void ln_launch(const kl_exec *ex, const kl_tensor *t, int bwd)
+template <typename S> static void ln_launch(const kl_exec *ex, const kl_tensor *t, int bwd)
 {
+    typedef typename kl_cu_calc<S>::T T;
     const ln_attr *at = KL_ATTR_C(t, ln_attr);
     int64_t D = t->ne[t->ndim - 1], R = kl_numel(t) / D;
     unsigned nb = (unsigned)(R < 65535 * 16 ? R : 65535 * 16);
     int threads = kl_cu_red_threads(D);
     cudaStream_t s = kl_cu_stream();
     if (!bwd) {
-        ln_fwd_k<T><<<nb, threads, 0, s>>>((const T *)kl_data(ex, t->src[0]), src_or_null<T>(ex, t, at->ig),
-                                            src_or_null<T>(ex, t, at->ib), (T *)kl_data(ex, t), (T *)kl_aux(ex, t), R, D,
+        ln_fwd_k<S><<<nb, threads, 0, s>>>((const S *)kl_data(ex, t->src[0]), src_or_null<S>(ex, t, at->ig),
+                                            src_or_null<S>(ex, t, at->ib), (S *)kl_data(ex, t), (T *)kl_aux(ex, t), R, D,
                                             at->eps);
         return;
     }
-    const T *dy = (const T *)kl_data(ex, t->src[0]), *x = (const T *)kl_data(ex, t->src[1]);
-    const T *mean = (const T *)kl_aux(ex, t->src[2]), *gm = t->n_src > 3 ? (const T *)kl_data(ex, t->src[3]) : NULL;
+    const S *dy = (const S *)kl_data(ex, t->src[0]), *x = (const S *)kl_data(ex, t->src[1]);
+    const S *gm = t->n_src > 3 ? (const S *)kl_data(ex, t->src[3]) : NULL;
+    const T *mean = (const T *)kl_aux(ex, t->src[2]);
     int e = 0;
-    T *dg = at->need_dg ? (T *)kl_data(ex, t->extra[e++]) : NULL;
-    T *db = at->need_db ? (T *)kl_data(ex, t->extra[e++]) : NULL;
-    if (at->need_dx) ln_bwd_dx_k<T><<<nb, threads, 0, s>>>(dy, x, gm, mean, (T *)kl_data(ex, t), R, D);
+    S *dg = at->need_dg ? (S *)kl_data(ex, t->extra[e++]) : NULL;
+    S *db = at->need_db ? (S *)kl_data(ex, t->extra[e++]) : NULL;
+    if (at->need_dx) ln_bwd_dx_k<S><<<nb, threads, 0, s>>>(dy, x, gm, mean, (S *)kl_data(ex, t), R, D);
     if (dg || db) {
         int64_t nc = (D + 31) / 32, nq = kl_ln_dgb_chunks(R);
         double *part = nq > 1 ? (double *)kl_scratch(ex, t) : NULL;
         dim3 grid((unsigned)(nc < 65535 ? nc : 65535), (unsigned)nq);
-        ln_dgb_cols<T> terms = {dy, x, mean, mean + R, dg, db, part};
+        ln_dgb_cols<S> terms = {dy, x, mean, mean + R, dg, db, part};
         col_sums_k<LN_DGB_ROWS><<<grid, dim3(32, LN_DGB_ROWS), 0, s>>>(terms, D, R, nq);
-        if (nq > 1) ln_dgb_finish_k<T><<<kl_cu_blocks(D, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(part, nq, D, dg, db);
+        if (nq > 1) ln_dgb_finish_k<S><<<kl_cu_blocks(D, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(part, nq, D, dg, db);
     }
 }
 
 static kl_status ln_run(const kl_exec *ex, const kl_tensor *t, int bwd)
 {
-    if (t->dtype == KL_F32) ln_launch<float>(ex, t, bwd);
-    else if (t->dtype == KL_F64) ln_launch<double>(ex, t, bwd);
-    else return kl_cu_bad_dtype(t);
+    KL_CU_FLOAT_SWITCH(t->dtype, return kl_cu_bad_dtype(t), ln_launch<S>(ex, t, bwd))
     KL_CUDA_LAUNCHED(t, bwd ? "ln_bwd_k" : "ln_fwd_k");
     return KL_OK;
 }

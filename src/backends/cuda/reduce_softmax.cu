@@ -4,29 +4,34 @@
  * warp trees), so results do not change from run to run. */
 #include "backends/cuda/cuda_internal.cuh"
 #include "backends/cuda/col_sums.cuh"
+#include "backends/cuda/storage.cuh"
 #include "ops/sum_chunks.h"
 
 #include <math.h>
 
 
 /* ---- reduce ----
+ * Storage S: f32, f64 or 16-bit (loaded and stored with kl_cu_load /
+ * kl_cu_store: a bias gradient of bf16 activations is read as it is,
+ * summed in double and rounded once, as the CPU's widened path does).
  * Each output's values are summed in nq chunks (kl_reduce_cuda_chunks: 1
  * unless a long reduction to few outputs would leave the GPU idle), each
  * chunk by one block in a fixed order. One chunk: the block writes the
  * output; more: it writes part[o * nq + q] (the node's scratch) and
  * reduce_finish_k adds the chunks in order. */
 
-template <typename T>
-static __device__ __forceinline__ void red_put(T *y, double *part, int64_t o, int64_t q, int64_t nq, double v, double scale)
+template <typename S>
+static __device__ __forceinline__ void red_put(S *y, double *part, int64_t o, int64_t q, int64_t nq, double v, double scale)
 {
+    typedef typename kl_cu_calc<S>::T T;
     if (part) part[o * nq + q] = v;
-    else y[o] = (T)(v * scale);
+    else kl_cu_store(y, o, (T)(v * scale));
 }
 
 /* block (q, o), the general case. out: offsets in x of each output's first
  * value (over t's dims); red: offsets of the reduced values from there */
-template <typename T>
-__global__ void reduce_k(const T *x, kl_cu_iter out, kl_cu_iter red, int64_t nq, double *part, T *y, double scale)
+template <typename S>
+__global__ void reduce_k(const S *x, kl_cu_iter out, kl_cu_iter red, int64_t nq, double *part, S *y, double scale)
 {
     for (int64_t o = blockIdx.y; o < out.n; o += gridDim.y) {
         int64_t base, q = blockIdx.x, r0, r1;
@@ -36,7 +41,7 @@ __global__ void reduce_k(const T *x, kl_cu_iter out, kl_cu_iter red, int64_t nq,
         for (int64_t r = r0 + threadIdx.x; r < r1; r += blockDim.x) {
             int64_t off;
             kl_cu_offsets<1>(red, r, &off);
-            acc += (double)x[base + off];
+            acc += (double)kl_cu_load(x, base + off);
         }
         acc = kl_cu_block_reduce<double, 0>(acc);
         if (threadIdx.x == 0) red_put(y, part, o, q, nq, acc, scale);
@@ -47,19 +52,19 @@ __global__ void reduce_k(const T *x, kl_cu_iter out, kl_cu_iter red, int64_t nq,
  * column c of row r is x[off(r) + c], off the reduced values' offsets
  * (red); RED_ROWS row phases per column */
 #define RED_ROWS 8
-template <typename T> struct red_cols {
+template <typename S> struct red_cols {
     enum { NV = 1 };
-    const T *x;
+    const S *x;
     kl_cu_iter red;
     double *part;
-    T *y;
+    S *y;
     double scale;
     __device__ double col(int64_t) const { return 0; }
     __device__ void add(int64_t r, int64_t c, int64_t, double, double *acc) const
     {
         int64_t off;
         kl_cu_offsets<1>(red, r, &off);
-        acc[0] += (double)x[off + c];
+        acc[0] += (double)kl_cu_load(x, off + c);
     }
     __device__ void put(int64_t c, int64_t q, int64_t, int64_t nq, const double *sum) const
     {
@@ -67,11 +72,12 @@ template <typename T> struct red_cols {
     }
 };
 
-template <typename T> __global__ void reduce_finish_k(const double *part, int64_t nout, int64_t nq, double scale, T *y)
+template <typename S> __global__ void reduce_finish_k(const double *part, int64_t nout, int64_t nq, double scale, S *y)
 {
+    typedef typename kl_cu_calc<S>::T T;
     KL_CU_FOR(o, nout)
     {
-        y[o] = (T)(kl_cu_sum_parts(0, part + o * nq, nq, 1) * scale);
+        kl_cu_store(y, o, (T)(kl_cu_sum_parts(0, part + o * nq, nq, 1) * scale));
     }
 }
 
@@ -84,26 +90,26 @@ static bool use_cols(const kl_cu_iter *out, const kl_cu_iter *red)
     return red->n / RED_ROWS <= 1024 || (out->n + 31) / 32 >= 64;
 }
 
-template <typename T>
+template <typename S>
 static kl_status reduce_launch(const kl_exec *ex, const kl_tensor *t, const kl_cu_iter &out, const kl_cu_iter &red,
                                int64_t nq, bool cols)
 {
-    const T *x = (const T *)kl_data(ex, t->src[0]);
-    T *y = (T *)kl_data(ex, t);
+    const S *x = (const S *)kl_data(ex, t->src[0]);
+    S *y = (S *)kl_data(ex, t);
     double scale = KL_ATTR_C(t, reduce_attr)->scale, *part = nq > 1 ? (double *)kl_scratch(ex, t) : NULL;
     cudaStream_t s = kl_cu_stream();
     if (cols) {
         int64_t nbc = (out.n + 31) / 32;
         dim3 grid((unsigned)(nbc < 65535 * 16 ? nbc : 65535 * 16), (unsigned)nq);
-        col_sums_k<RED_ROWS><<<grid, dim3(32, RED_ROWS), 0, s>>>(red_cols<T>{x, red, part, y, scale}, out.n, red.n, nq);
+        col_sums_k<RED_ROWS><<<grid, dim3(32, RED_ROWS), 0, s>>>(red_cols<S>{x, red, part, y, scale}, out.n, red.n, nq);
         KL_CUDA_LAUNCHED(t, "col_sums_k");
     } else {
         dim3 grid((unsigned)nq, (unsigned)(out.n < 65535 ? out.n : 65535));
-        reduce_k<T><<<grid, kl_cu_red_threads(red.n / nq), 0, s>>>(x, out, red, nq, part, y, scale);
+        reduce_k<S><<<grid, kl_cu_red_threads(red.n / nq), 0, s>>>(x, out, red, nq, part, y, scale);
         KL_CUDA_LAUNCHED(t, "reduce_k");
     }
     if (nq > 1) {
-        reduce_finish_k<T><<<kl_cu_blocks(out.n, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(part, out.n, nq, scale, y);
+        reduce_finish_k<S><<<kl_cu_blocks(out.n, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(part, out.n, nq, scale, y);
         KL_CUDA_LAUNCHED(t, "reduce_finish_k");
     }
     return KL_OK;
@@ -129,9 +135,8 @@ extern "C" kl_status kl_cuda_reduce(const kl_exec *ex, const kl_tensor *t)
     int cols;
     int64_t nq = kl_reduce_cuda_chunks(t, &cols); /* as the shape fn sized the scratch */
     if (nq == 1) cols = use_cols(&out, &red);
-    if (t->dtype == KL_F32) return reduce_launch<float>(ex, t, out, red, nq, cols);
-    if (t->dtype == KL_F64) return reduce_launch<double>(ex, t, out, red, nq, cols);
-    return kl_cu_bad_dtype(t);
+    KL_CU_FLOAT_SWITCH(t->dtype, return kl_cu_bad_dtype(t), return reduce_launch<S>(ex, t, out, red, nq, cols))
+    return KL_OK;
 }
 
 /* ---- softmax: block per row (rows of C, contiguous) ---- */
