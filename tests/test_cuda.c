@@ -167,7 +167,11 @@ static kl_status b_batchnorm(kl_graph *g, kl_dtype dt, int training, kl_in_list 
     const kl_init half = {KL_INIT_UNIFORM, 0.5};
     /* training 2: [4096, 70], one pixel per sample; 3: [4097, 3], two unequal
      * chunks per channel (kl_sum_chunks); 4: [16, 8, 32, 32], four chunks */
-    /* 5, 6, 7: a fused relu (training), tanh ([4097, 3], training), sigmoid (eval) */
+    /* 5, 6, 7: a fused relu (training), tanh ([4097, 3], training), sigmoid (eval);
+     * + 8: f32 running statistics under a 16-bit x (mixed precision: the
+     * CUDA kernel takes that natively, 16-bit statistics widen) */
+    int f32_stats = training >= 8 && (dt == KL_BF16 || dt == KL_F16);
+    training &= 7;
     static const int64_t shapes[8][4] = {{8, 6, 5, 5}, {8, 6, 5, 5},   {4096, 70},   {4097, 3},
                                          {16, 8, 32, 32}, {8, 6, 5, 5}, {4097, 3}, {8, 6, 5, 5}};
     static const kl_act acts[8] = {KL_ACT_NONE, KL_ACT_NONE, KL_ACT_NONE, KL_ACT_NONE,
@@ -178,8 +182,9 @@ static kl_status b_batchnorm(kl_graph *g, kl_dtype dt, int training, kl_in_list 
     KL_TRY(kl_parity_param(g, "x", dt, nd, shapes[training], &x));
     KL_TRY(kl_parity_param(g, "gamma", dt, 1, (int64_t[]){C}, &gm));
     KL_TRY(kl_parity_param(g, "beta", dt, 1, (int64_t[]){C}, &bt));
-    KL_TRY(kl_buffer(g, "running_mean", dt, 1, (int64_t[]){C}, &half, &rm));
-    KL_TRY(kl_buffer(g, "running_var", dt, 1, (int64_t[]){C}, &ONES, &rv));
+    kl_dtype st = f32_stats ? KL_F32 : dt;
+    KL_TRY(kl_buffer(g, "running_mean", st, 1, (int64_t[]){C}, &half, &rm));
+    KL_TRY(kl_buffer(g, "running_var", st, 1, (int64_t[]){C}, &ONES, &rv));
     kl_batchnorm_opts o = {.training = training != 0 && training != 7, .momentum = 0.2};
     return kl_batchnorm_act(g, x, gm, bt, rm, rv, &o, act, y);
 }
@@ -270,6 +275,8 @@ static const kl_parity_case cases[] = {
     {"batchnorm_wide", b_batchnorm, 2, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_2chunks", b_batchnorm, 3, 1e-4, 1e-11, 0, KL_H16_EXACT},
     {"batchnorm_4chunks", b_batchnorm, 4, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_relu", b_batchnorm, 5, 1e-4, 1e-11, 0, KL_H16_EXACT},
     {"batchnorm_tanh_2chunks", b_batchnorm, 6, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_eval_sigmoid", b_batchnorm, 7, 1e-5, 1e-12, 0, KL_H16_ROUNDED},
+    {"batchnorm_train_f32stats", b_batchnorm, 9, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_eval_f32stats", b_batchnorm, 8, 1e-5, 1e-12, 0, KL_H16_ROUNDED},
+    {"batchnorm_wide_f32stats", b_batchnorm, 10, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_relu_f32stats", b_batchnorm, 13, 1e-4, 1e-11, 0, KL_H16_EXACT},
     {"layernorm", b_layernorm, 0, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"layernorm_big", b_layernorm, 1, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"embedding", b_embedding, 0, 1e-5, 1e-12, 0, KL_H16_EXACT},
     {"embedding_big", b_embedding, 1, 1e-5, 1e-12, 0, KL_H16_EXACT},
     {"concat_slice", b_concat_slice, 0, 1e-6, 1e-13, 0, KL_H16_EXACT},

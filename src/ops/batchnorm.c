@@ -230,10 +230,23 @@ static kl_status bn_fwd_shape(kl_tensor *t)
     return KL_OK;
 }
 
-const kl_op_def kl_op_batchnorm = {
-    .name = "batchnorm", .shape = bn_fwd_shape, .backward = bn_backward, .fwd = {[KL_BACKEND_CPU] = bn_cpu}};
+/* The CUDA kernels take 16-bit x, gamma and beta themselves where the
+ * running statistics are f32 (mixed precision) or absent: they keep the
+ * statistics in the compute type. 16-bit statistics widen. */
+static bool bn_half_native(kl_backend_id b, const kl_tensor *t)
+{
+    const bn_attr *a = KL_ATTR_C(t, bn_attr);
+    if (b != KL_BACKEND_CUDA) return false;
+    return (a->irm < 0 || t->src[a->irm]->dtype == KL_F32) && (a->irv < 0 || t->src[a->irv]->dtype == KL_F32);
+}
+
+const kl_op_def kl_op_batchnorm = {.name = "batchnorm",
+                                   .shape = bn_fwd_shape,
+                                   .backward = bn_backward,
+                                   .fwd = {[KL_BACKEND_CPU] = bn_cpu},
+                                   .half_native_if = bn_half_native};
 const kl_op_def kl_op_batchnorm_bwd = {
-    .name = "batchnorm_bwd", .shape = bn_bwd_shape, .fwd = {[KL_BACKEND_CPU] = bn_bwd_cpu}};
+    .name = "batchnorm_bwd", .shape = bn_bwd_shape, .fwd = {[KL_BACKEND_CPU] = bn_bwd_cpu}, .half_native = KL_HALF_CUDA};
 
 static kl_status check_buffer(const kl_tensor *v, const char *what)
 {

@@ -42,10 +42,19 @@ static __device__ __forceinline__ int64_t bn_index(int64_t j, int64_t c, int64_t
     return (n * C + c) * S + s;
 }
 
-template <typename T> struct bn_args {
-    const T *x, *gm, *bt;
-    T *rm, *rv, *y, *mean; /* mean[C] then invstd[C] (the node's aux) */
-    double *part;          /* [C, nch, 2] */
+/* Storage ST: f32, f64 or 16-bit for x, gamma, beta, y and the gradients
+ * (kl_cu_load / kl_cu_store), computing in T = kl_cu_calc<ST>::T; the
+ * saved mean/invstd (aux) and the running statistics are T (16-bit x runs
+ * here only with f32 running statistics: bn_half_native in
+ * ops/batchnorm.c), so the math is the f32 kernel's, rounded once per
+ * store, as the CPU's widened path. */
+template <typename ST> struct bn_args {
+    typedef typename kl_cu_calc<ST>::T T;
+    const ST *x, *gm, *bt;
+    T *rm, *rv;
+    ST *y;
+    T *mean;      /* mean[C] then invstd[C] (the node's aux) */
+    double *part; /* [C, nch, 2] */
     int64_t N, C, S, nch;
     double eps, mom;
     int act; /* fused activation (KL_UN_*; -1: none) */
@@ -62,23 +71,25 @@ template <int BWD> static __device__ __forceinline__ void bn_terms(double x, dou
     *s2 += BWD ? dy * d : d * d;
 }
 
-template <typename T, int BWD> static __device__ __forceinline__ double bn_ref(const T *x, const T *mean, int64_t c, int64_t S)
+template <typename ST, int BWD>
+static __device__ __forceinline__ double bn_ref(const ST *x, const typename kl_cu_calc<ST>::T *mean, int64_t c, int64_t S)
 {
-    return BWD ? (double)mean[c] : (double)x[c * S];
+    return BWD ? (double)mean[c] : (double)kl_cu_load(x, c * S);
 }
 
 /* block (q, c): chunk q of channel c (any S) */
-template <typename T, int BWD>
-__global__ void bn_sums_k(const T *x, const T *dy, const T *mean, int64_t N, int64_t C, int64_t S, int64_t nch, double *part)
+template <typename ST, int BWD>
+__global__ void bn_sums_k(const ST *x, const ST *dy, const typename kl_cu_calc<ST>::T *mean, int64_t N, int64_t C,
+                          int64_t S, int64_t nch, double *part)
 {
     int64_t M = N * S;
     for (int64_t c = blockIdx.y; c < C; c += gridDim.y) {
         int64_t q = blockIdx.x, j0, j1;
         kl_chunk_range(q, nch, M, &j0, &j1);
-        double ref = bn_ref<T, BWD>(x, mean, c, S), s1 = 0, s2 = 0;
+        double ref = bn_ref<ST, BWD>(x, mean, c, S), s1 = 0, s2 = 0;
         for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
             int64_t i = bn_index(j, c, C, S);
-            bn_terms<BWD>((double)x[i], BWD ? (double)dy[i] : 0.0, ref, &s1, &s2);
+            bn_terms<BWD>((double)kl_cu_load(x, i), BWD ? (double)kl_cu_load(dy, i) : 0.0, ref, &s1, &s2);
         }
         s1 = kl_cu_block_reduce<double, 0>(s1);
         s2 = kl_cu_block_reduce<double, 0>(s2);
@@ -93,14 +104,16 @@ __global__ void bn_sums_k(const T *x, const T *dy, const T *mean, int64_t N, int
  * with these terms, so a warp reads 32 consecutive values; BN_ROWS row
  * phases per channel */
 #define BN_ROWS 8
-template <typename T, int BWD> struct bn_cols {
+template <typename ST, int BWD> struct bn_cols {
     enum { NV = 2 };
-    const T *x, *dy, *mean;
+    const ST *x, *dy;
+    const typename kl_cu_calc<ST>::T *mean;
     double *part;
-    __device__ double col(int64_t c) const { return bn_ref<T, BWD>(x, mean, c, 1); }
+    __device__ double col(int64_t c) const { return bn_ref<ST, BWD>(x, mean, c, 1); }
     __device__ void add(int64_t n, int64_t c, int64_t C, double ref, double *acc) const
     {
-        bn_terms<BWD>((double)x[n * C + c], BWD ? (double)dy[n * C + c] : 0.0, ref, &acc[0], &acc[1]);
+        bn_terms<BWD>((double)kl_cu_load(x, n * C + c), BWD ? (double)kl_cu_load(dy, n * C + c) : 0.0, ref, &acc[0],
+                      &acc[1]);
     }
     __device__ void put(int64_t c, int64_t q, int64_t, int64_t nch, const double *sum) const
     {
@@ -109,24 +122,25 @@ template <typename T, int BWD> struct bn_cols {
     }
 };
 
-template <typename T, int BWD>
-static void bn_sums(const T *x, const T *dy, const T *mean, int64_t N, int64_t C, int64_t S, int64_t nch, double *part,
-                    cudaStream_t s)
+template <typename ST, int BWD>
+static void bn_sums(const ST *x, const ST *dy, const typename kl_cu_calc<ST>::T *mean, int64_t N, int64_t C, int64_t S,
+                    int64_t nch, double *part, cudaStream_t s)
 {
     if (S == 1) {
         int64_t nbc = (C + 31) / 32;
         dim3 grid((unsigned)(nbc < 65535 ? nbc : 65535), (unsigned)nch);
-        col_sums_k<BN_ROWS><<<grid, dim3(32, BN_ROWS), 0, s>>>(bn_cols<T, BWD>{x, dy, mean, part}, C, N, nch);
+        col_sums_k<BN_ROWS><<<grid, dim3(32, BN_ROWS), 0, s>>>(bn_cols<ST, BWD>{x, dy, mean, part}, C, N, nch);
     } else {
         dim3 grid((unsigned)nch, (unsigned)(C < 65535 ? C : 65535));
-        bn_sums_k<T, BWD><<<grid, kl_cu_red_threads(N * S / nch), 0, s>>>(x, dy, mean, N, C, S, nch, part);
+        bn_sums_k<ST, BWD><<<grid, kl_cu_red_threads(N * S / nch), 0, s>>>(x, dy, mean, N, C, S, nch, part);
     }
 }
 
 /* thread per channel: mean and invstd (from the chunks, or the running
  * statistics in evaluation), and the running statistics' update */
-template <typename T> __global__ void bn_stats_k(bn_args<T> a, int training)
+template <typename ST> __global__ void bn_stats_k(bn_args<ST> a, int training)
 {
+    typedef typename kl_cu_calc<ST>::T T;
     int64_t M = a.N * a.S;
     T *invstd = a.mean + a.C;
     KL_CU_FOR(c, a.C)
@@ -140,7 +154,7 @@ template <typename T> __global__ void bn_stats_k(bn_args<T> a, int training)
         double s1 = kl_cu_sum_parts(0, pc, a.nch, 2), s2 = kl_cu_sum_parts(0, pc + 1, a.nch, 2);
         double d = s1 / (double)M, var = s2 / (double)M - d * d;
         if (var < 0) var = 0;
-        double mu = (double)a.x[c * a.S] + d;
+        double mu = (double)kl_cu_load(a.x, c * a.S) + d;
         a.mean[c] = (T)mu;
         invstd[c] = (T)(1.0 / sqrt(var + a.eps));
         if (a.rm) a.rm[c] = (T)((1 - a.mom) * (double)a.rm[c] + a.mom * mu);
@@ -148,26 +162,29 @@ template <typename T> __global__ void bn_stats_k(bn_args<T> a, int training)
     }
 }
 
-template <typename T> __global__ void bn_apply_k(bn_args<T> a)
+template <typename ST> __global__ void bn_apply_k(bn_args<ST> a)
 {
+    typedef typename kl_cu_calc<ST>::T T;
     const T *invstd = a.mean + a.C;
     KL_CU_FOR(i, a.N * a.C * a.S)
     {
         int64_t c = i / a.S % a.C;
-        a.y[i] = act_fwd(a.act, norm_fwd(a.x[i], a.mean[c], invstd[c], a.gm ? a.gm[c] : (T)1, a.bt ? a.bt[c] : (T)0));
+        T g = a.gm ? kl_cu_load(a.gm, c) : (T)1, b = a.bt ? kl_cu_load(a.bt, c) : (T)0;
+        kl_cu_store(a.y, i, act_fwd(a.act, norm_fwd(kl_cu_load(a.x, i), a.mean[c], invstd[c], g, b)));
     }
 }
 
-template <typename T> static kl_status bn_fwd_launch(const kl_exec *ex, const kl_tensor *t)
+template <typename ST> static kl_status bn_fwd_launch(const kl_exec *ex, const kl_tensor *t)
 {
+    typedef typename kl_cu_calc<ST>::T T;
     const bn_attr *at = KL_ATTR_C(t, bn_attr);
-    bn_args<T> a;
-    a.x = (const T *)kl_data(ex, t->src[0]);
-    a.gm = src_or_null<T>(ex, t, at->ig);
-    a.bt = src_or_null<T>(ex, t, at->ib);
+    bn_args<ST> a;
+    a.x = (const ST *)kl_data(ex, t->src[0]);
+    a.gm = src_or_null<ST>(ex, t, at->ig);
+    a.bt = src_or_null<ST>(ex, t, at->ib);
     a.rm = (T *)src_or_null<T>(ex, t, at->irm);
     a.rv = (T *)src_or_null<T>(ex, t, at->irv);
-    a.y = (T *)kl_data(ex, t);
+    a.y = (ST *)kl_data(ex, t);
     a.mean = (T *)kl_aux(ex, t);
     a.part = at->training ? (double *)kl_scratch(ex, t) : NULL;
     a.N = t->ne[0];
@@ -179,34 +196,36 @@ template <typename T> static kl_status bn_fwd_launch(const kl_exec *ex, const kl
     a.act = at->act;
     cudaStream_t s = kl_cu_stream();
     if (at->training) {
-        bn_sums<T, 0>(a.x, (const T *)NULL, (const T *)NULL, a.N, a.C, a.S, a.nch, a.part, s);
+        bn_sums<ST, 0>(a.x, (const ST *)NULL, (const T *)NULL, a.N, a.C, a.S, a.nch, a.part, s);
         KL_CUDA_LAUNCHED(t, "bn_sums_k");
     }
-    bn_stats_k<T><<<kl_cu_blocks(a.C, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a, at->training);
+    bn_stats_k<ST><<<kl_cu_blocks(a.C, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a, at->training);
     KL_CUDA_LAUNCHED(t, "bn_stats_k");
-    bn_apply_k<T><<<kl_cu_blocks(kl_numel(t), KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a);
+    bn_apply_k<ST><<<kl_cu_blocks(kl_numel(t), KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a);
     KL_CUDA_LAUNCHED(t, "bn_apply_k");
     return KL_OK;
 }
 
 extern "C" kl_status kl_cuda_batchnorm(const kl_exec *ex, const kl_tensor *t)
 {
-    if (t->dtype == KL_F32) return bn_fwd_launch<float>(ex, t);
-    if (t->dtype == KL_F64) return bn_fwd_launch<double>(ex, t);
-    return kl_cu_bad_dtype(t);
+    KL_CU_FLOAT_SWITCH(t->dtype, return kl_cu_bad_dtype(t), return bn_fwd_launch<S>(ex, t))
+    return KL_OK;
 }
 
-template <typename T> struct bn_bwd_args {
-    const T *dy, *x, *mean, *gm; /* mean[C] then invstd[C] (the forward node's aux) */
-    T *dx, *dg, *db;
+template <typename ST> struct bn_bwd_args {
+    typedef typename kl_cu_calc<ST>::T T;
+    const ST *dy, *x, *gm;
+    const T *mean; /* mean[C] then invstd[C] (the forward node's aux) */
+    ST *dx, *dg, *db;
     double *part, *sum; /* [C, nch, 2] chunk sums; [C, 2]: sum(dy), sum(dy * xhat) */
     int64_t N, C, S, nch;
     int training;
 };
 
 /* thread per channel: the chunks in order; dgamma = sum(dy * xhat), dbeta = sum(dy) */
-template <typename T> __global__ void bn_bwd_sums_k(bn_bwd_args<T> a)
+template <typename ST> __global__ void bn_bwd_sums_k(bn_bwd_args<ST> a)
 {
+    typedef typename kl_cu_calc<ST>::T T;
     const T *invstd = a.mean + a.C;
     KL_CU_FOR(c, a.C)
     {
@@ -215,41 +234,43 @@ template <typename T> __global__ void bn_bwd_sums_k(bn_bwd_args<T> a)
         sdyx *= (double)invstd[c];
         a.sum[2 * c] = sdy;
         a.sum[2 * c + 1] = sdyx;
-        if (a.dg) a.dg[c] = (T)sdyx;
-        if (a.db) a.db[c] = (T)sdy;
+        if (a.dg) kl_cu_store(a.dg, c, (T)sdyx);
+        if (a.db) kl_cu_store(a.db, c, (T)sdy);
     }
 }
 
-template <typename T> __global__ void bn_bwd_dx_k(bn_bwd_args<T> a)
+template <typename ST> __global__ void bn_bwd_dx_k(bn_bwd_args<ST> a)
 {
+    typedef typename kl_cu_calc<ST>::T T;
     const T *invstd = a.mean + a.C;
     double M = (double)(a.N * a.S);
     KL_CU_FOR(i, a.N * a.C * a.S)
     {
         int64_t c = i / a.S % a.C;
-        T g = a.gm ? a.gm[c] : (T)1, is = invstd[c];
+        T g = a.gm ? kl_cu_load(a.gm, c) : (T)1, is = invstd[c], dy = kl_cu_load(a.dy, i);
         if (a.training) {
             T mg = (T)(a.sum[2 * c] / M) * g, mgx = (T)(a.sum[2 * c + 1] / M) * g;
-            a.dx[i] = norm_bwd(a.x[i], a.dy[i] * g, a.mean[c], is, mg, mgx);
+            kl_cu_store(a.dx, i, norm_bwd(kl_cu_load(a.x, i), dy * g, a.mean[c], is, mg, mgx));
         } else {
-            a.dx[i] = a.dy[i] * (g * is);
+            kl_cu_store(a.dx, i, dy * (g * is));
         }
     }
 }
 
-template <typename T> static kl_status bn_bwd_launch(const kl_exec *ex, const kl_tensor *t)
+template <typename ST> static kl_status bn_bwd_launch(const kl_exec *ex, const kl_tensor *t)
 {
+    typedef typename kl_cu_calc<ST>::T T;
     const bn_attr *at = KL_ATTR_C(t, bn_attr);
     const kl_tensor *fw = t->src[2];
-    bn_bwd_args<T> a;
-    a.dy = (const T *)kl_data(ex, t->src[0]);
-    a.x = (const T *)kl_data(ex, t->src[1]);
+    bn_bwd_args<ST> a;
+    a.dy = (const ST *)kl_data(ex, t->src[0]);
+    a.x = (const ST *)kl_data(ex, t->src[1]);
     a.mean = (const T *)kl_aux(ex, fw);
-    a.gm = t->n_src > 3 ? (const T *)kl_data(ex, t->src[3]) : NULL;
+    a.gm = t->n_src > 3 ? (const ST *)kl_data(ex, t->src[3]) : NULL;
     int e = 0;
-    a.dg = at->need_dg ? (T *)kl_data(ex, t->extra[e++]) : NULL;
-    a.db = at->need_db ? (T *)kl_data(ex, t->extra[e++]) : NULL;
-    a.dx = (T *)kl_data(ex, t);
+    a.dg = at->need_dg ? (ST *)kl_data(ex, t->extra[e++]) : NULL;
+    a.db = at->need_db ? (ST *)kl_data(ex, t->extra[e++]) : NULL;
+    a.dx = (ST *)kl_data(ex, t);
     a.N = t->ne[0];
     a.C = t->ne[1];
     a.S = kl_numel(t) / (a.N * a.C);
@@ -259,13 +280,13 @@ template <typename T> static kl_status bn_bwd_launch(const kl_exec *ex, const kl
     a.training = at->training;
     cudaStream_t s = kl_cu_stream();
     if (a.training || a.dg || a.db) {
-        bn_sums<T, 1>(a.x, a.dy, a.mean, a.N, a.C, a.S, a.nch, a.part, s);
+        bn_sums<ST, 1>(a.x, a.dy, a.mean, a.N, a.C, a.S, a.nch, a.part, s);
         KL_CUDA_LAUNCHED(t, "bn_sums_k");
-        bn_bwd_sums_k<T><<<kl_cu_blocks(a.C, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a);
+        bn_bwd_sums_k<ST><<<kl_cu_blocks(a.C, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a);
         KL_CUDA_LAUNCHED(t, "bn_bwd_sums_k");
     }
     if (at->need_dx) {
-        bn_bwd_dx_k<T><<<kl_cu_blocks(kl_numel(t), KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a);
+        bn_bwd_dx_k<ST><<<kl_cu_blocks(kl_numel(t), KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a);
         KL_CUDA_LAUNCHED(t, "bn_bwd_dx_k");
     }
     return KL_OK;
@@ -273,9 +294,8 @@ template <typename T> static kl_status bn_bwd_launch(const kl_exec *ex, const kl
 
 extern "C" kl_status kl_cuda_batchnorm_bwd(const kl_exec *ex, const kl_tensor *t)
 {
-    if (t->dtype == KL_F32) return bn_bwd_launch<float>(ex, t);
-    if (t->dtype == KL_F64) return bn_bwd_launch<double>(ex, t);
-    return kl_cu_bad_dtype(t);
+    KL_CU_FLOAT_SWITCH(t->dtype, return kl_cu_bad_dtype(t), return bn_bwd_launch<S>(ex, t))
+    return KL_OK;
 }
 
 /* ---- layernorm: rows [R, D], block per row ----
