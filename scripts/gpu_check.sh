@@ -82,6 +82,10 @@ if want train; then
   # f16 from a scale that overflows: the skipped steps' records say overflow, and training goes on
   run train_cnn_f16 300 "$b/bin/kiln" train --device cuda:0 --precision f16 --set train.loss_scale_init=1e9 "${tr[@]}" \
     --out "$w/r_f16"
+  run train_cnn_f16_eager 300 "$b/bin/kiln" train --device cuda:0 --precision f16 --set train.loss_scale_init=1e9 "${tr[@]}" \
+    --no-graph --out "$w/r_f16_eager"
+  same "f16, scale from 1e9: graph replay == eager" r_f16 r_f16_eager
+  row "f16 overflow steps (graph run)" "$(grep -c '"overflow":true' "$w/r_f16/metrics.jsonl" 2>/dev/null)"
   run train_cnn_eager 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --no-graph --out "$w/r_eager"
   same "graph replay == eager (60 losses)" r_graph r_eager
   run train_cnn_cudnn_graph 300 env KILN_CUDA_CONV=cudnn "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --out "$w/r_dn_graph"
@@ -137,4 +141,4 @@ fi
 echo
 echo "== summary ($(date -u +%H:%M:%SZ), $SECONDS s)"
 printf '%s\n' "${rows[@]}"
-grep -E "^(MLP|MLP accumulate 4|CNN|CNN streamed|CNN cuDNN):" "$w/bench_gpu.txt" 2>/dev/null
+grep -E "^(MLP|MLP accumulate 4|MLP bf16|MLP f16|CNN|CNN streamed|CNN cuDNN):" "$w/bench_gpu.txt" 2>/dev/null
