@@ -1,5 +1,5 @@
 /* oneDNN (Debian's libdnnl2), loaded at run time for the CPU kernels that
- * use it (conv_dnnl.c, gemm_rep.c, gemm_half.c): the functions kiln calls,
+ * use it (conv_dnnl.c, gemm_rep.c, gemm_half.c, blas.c): the functions kiln calls,
  * one engine, one stream and a primitive cache. Absent library, builds without <dnnl.h> and
  * AddressSanitizer builds (LeakSanitizer cannot see the library's JIT
  * buffers) have no oneDNN: KL_HAVE_DNNL is undefined there, or kl_dnnl()
@@ -37,7 +37,7 @@
     X(dnnl_primitive_attr_set_post_ops) X(dnnl_primitive_desc_create) X(dnnl_primitive_desc_destroy) \
     X(dnnl_primitive_desc_query_md) X(dnnl_primitive_create) X(dnnl_primitive_destroy)             \
     X(dnnl_primitive_execute) X(dnnl_memory_create) X(dnnl_memory_destroy)                         \
-    X(dnnl_memory_set_data_handle) X(dnnl_reorder_primitive_desc_create) X(dnnl_get_effective_cpu_isa)
+    X(dnnl_memory_set_data_handle) X(dnnl_reorder_primitive_desc_create) X(dnnl_get_effective_cpu_isa) X(dnnl_sgemm)
 
 typedef struct kl_dnnl_lib {
 #define KL_DNNL_PTR(f) __typeof__(f) *f;
