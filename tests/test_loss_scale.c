@@ -145,6 +145,23 @@ static void test_exact_in_f32(void)
     CHECK(S == 1024 * 8 && good == 1 && skipped == 0); /* 7 updates: doubled after 2, 4 and 6 */
     CHECK_OK(kl_optim_scaler(a.opt, &S, &good, &skipped));
     CHECK(S == 1 && skipped == 0);
+    /* the gradient buffer carries the scale of the last run's backward (the
+     * 7th ran at 8192, set by the 6th update's doubling) */
+    CHECK(kl_optim_grad_scale(c.opt) == 8192 && kl_optim_grad_scale(a.opt) == 1);
+    for (int i = 0; i < kl_ctx_param_count(a.ctx); i++) {
+        float ga[64 * 32], gc[64 * 32];
+        const char *name;
+        kl_dtype dt;
+        int nd, tr;
+        int64_t ne[KL_MAX_DIMS], m = 1;
+        CHECK_OK(kl_ctx_param_info(a.ctx, i, &name, &dt, &nd, ne, &tr));
+        for (int d = 0; d < nd; d++) m *= ne[d];
+        CHECK(m <= 64 * 32);
+        CHECK_OK(kl_ctx_grad_get(a.ctx, i, ga, (size_t)m * sizeof(float)));
+        CHECK_OK(kl_ctx_grad_get(c.ctx, i, gc, (size_t)m * sizeof(float)));
+        for (int64_t k = 0; k < m; k++) gc[k] = (float)(gc[k] / kl_optim_grad_scale(c.opt));
+        CHECK(same(ga, gc, m)); /* unscaled: the same bits */
+    }
     /* and with accumulation: cycles of 3 runs, the scale constant within one */
     kl_optim_opts acc = base, acc_dyn = dyn;
     acc.accumulate = acc_dyn.accumulate = 3;

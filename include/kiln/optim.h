@@ -87,6 +87,10 @@ KL_API kl_status kl_optim_minimize(kl_graph *g, kl_optim *opt, kl_tensor *loss, 
  * scale S (1 without scaling), updates applied since S last changed, and
  * updating runs that applied nothing so far (overflow, halted). */
 KL_API kl_status kl_optim_scaler(const kl_optim *opt, double *scale, int64_t *good, int64_t *skipped);
+/* The factor the ctx's gradient buffer carries after the last run: the
+ * loss scale that run's backward started from (1 without scaling); divide
+ * what kl_ctx_grad_get reads by it. On a GPU as of the last synchronisation. */
+KL_API double kl_optim_grad_scale(const kl_optim *opt);
 /* Restores it (resuming); scale must be > 0, and an optimizer without
  * loss scaling keeps 1 (a scaled run may resume unscaled). */
 KL_API kl_status kl_optim_set_scaler(kl_optim *opt, double scale, int64_t good, int64_t skipped);

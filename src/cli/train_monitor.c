@@ -121,9 +121,11 @@ static void flush(train_monitor *m)
     if (m->tb && tb_writer_flush(m->tb) != KL_OK) tb_failed(m);
 }
 
-kl_status train_monitor_open(train_monitor *m, const char *run_dir, kl_ctx *ctx, FILE *metrics, double run_t0)
+kl_status train_monitor_open(train_monitor *m, const char *run_dir, kl_ctx *ctx, const kl_optim *opt, FILE *metrics,
+                            double run_t0)
 {
     m->ctx = ctx;
+    m->opt = opt;
     m->metrics = metrics;
     m->last_hist_step = -1;
     m->nan.off = !m->o.nan_watch;
@@ -237,6 +239,8 @@ static void histograms(train_monitor *m, int64_t step)
         for (int g = 0; g < 1 + trainable && m->tb; g++) {
             kl_status s = g ? kl_ctx_grad_get(m->ctx, i, m->buf, bytes) : kl_ctx_param_get(m->ctx, i, m->buf, bytes);
             if (s != KL_OK) continue;
+            double gs = g ? kl_optim_grad_scale(m->opt) : 1; /* loss scaling: unscaled, as the update saw them */
+            for (int64_t k = 0; gs != 1 && k < numel; k++) m->buf[k] = (float)(m->buf[k] / gs);
             snprintf(tag, sizeof tag, "%s/%s", g ? "grads" : "params", name);
             if (tb_histogram(m->tb, tag, step, m->buf, numel) != KL_OK) tb_failed(m);
         }

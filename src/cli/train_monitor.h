@@ -56,6 +56,7 @@ typedef struct train_monitor {
     telemetry_sample last; /* the newest telemetry sample (last.wall_s 0: none yet) */
     double t_offset;       /* run start to telemetry start, seconds */
     kl_ctx *ctx;
+    const kl_optim *opt; /* the gradients' loss scale (histograms); NULL: none */
     FILE *metrics;
     int64_t step, last_hist_step, epoch; /* step: the last one logged */
     double energy_epoch0; /* energy counter at the start of the epoch */
@@ -67,8 +68,10 @@ typedef struct train_monitor {
 } train_monitor;
 
 /* Opens <run_dir>/tb (unless disabled) and starts telemetry; run_t0 is the
- * run's start on CLOCK_MONOTONIC (telemetry wall_s counts from it). */
-kl_status train_monitor_open(train_monitor *m, const char *run_dir, kl_ctx *ctx, FILE *metrics, double run_t0);
+ * run's start on CLOCK_MONOTONIC (telemetry wall_s counts from it); opt's
+ * loss scale is divided out of the gradient histograms. */
+kl_status train_monitor_open(train_monitor *m, const char *run_dir, kl_ctx *ctx, const kl_optim *opt, FILE *metrics,
+                            double run_t0);
 void train_monitor_close(train_monitor *m);
 
 /* One call per metrics.jsonl record; failures to write TensorBoard files

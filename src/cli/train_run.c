@@ -241,7 +241,7 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     if (a->init) KL_TRY(kl_weights_load(a->init, r->ctx));
     KL_TRY(train_run_dir_open(a, r->o.name, cfg, r->run_dir, r->ckpt_root, &r->metrics));
     KL_TRY(watch_init(&r->watch, &r->o, r->train.g, r->metrics)); /* monitoring hook */
-    return train_monitor_open(&r->mon, r->run_dir, r->ctx, r->metrics, r->t0); /* monitoring hook */
+    return train_monitor_open(&r->mon, r->run_dir, r->ctx, r->opt, r->metrics, r->t0); /* monitoring hook */
 }
 
 static void teardown(runner *r)

@@ -115,7 +115,7 @@ static kl_status run_dir_open(lm_runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(train_run_dir_open(a, r->o.name, cfg, r->run_dir, r->ckpt_root, &r->metrics));
     snprintf(path, sizeof path, "%s/vocab.txt", r->run_dir);
     KL_TRY(kl_vocab_save(r->vocab, path));
-    KL_TRY(train_monitor_open(&r->mon, r->run_dir, r->ctx, r->metrics, r->t0));
+    KL_TRY(train_monitor_open(&r->mon, r->run_dir, r->ctx, r->opt, r->metrics, r->t0));
     return watch_init(&r->watch, &r->o, r->train.g, r->metrics);
 }
 

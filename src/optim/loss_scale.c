@@ -91,6 +91,11 @@ kl_status kl_optim_scaler(const kl_optim *opt, double *scale, int64_t *good, int
     return KL_OK;
 }
 
+double kl_optim_grad_scale(const kl_optim *opt)
+{
+    return opt && opt->seen && opt->seen->grad_scale > 0 ? opt->seen->grad_scale : 1;
+}
+
 kl_status kl_optim_set_scaler(kl_optim *opt, double scale, int64_t good, int64_t skipped)
 {
     if (!opt) return kl_fail(KL_EMISUSE, "kl_optim_set_scaler: optimizer is NULL");

@@ -72,6 +72,7 @@ typedef struct kl_optim_flags {
     double gscale;   /* kl_optim_hp.gscale */
     double norm;     /* global gradient norm, unscaled, before clipping (0: not computed) */
     double scale;    /* loss scale (kl_optim_scale_loss): the next backward starts from it; 1 without scaling */
+    double grad_scale; /* the scale this run's gradients carry (its backward's) */
     double bc1, bc2; /* kl_optim_hp.bc1, bc2 of this update */
     int64_t good;    /* dynamic scaling: updates applied in a row since the scale last changed */
     int64_t skipped; /* updating runs that applied nothing (overflow or halted): Adam's t = step - skipped */
@@ -97,6 +98,7 @@ typedef struct kl_optim_flags {
 KL_HD static inline void kl_optim_decide(const kl_optim_hp *h, double loss, int have_ss, double ss, kl_optim_flags *f)
 {
     f->overflow = 0;
+    f->grad_scale = h->loss_scaled ? f->scale : 1;
     if (!h->acc_apply) {
         if (h->acc_first) f->acc_bad = 0;
         if (!isfinite(loss)) f->acc_bad = 1;
