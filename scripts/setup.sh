@@ -22,5 +22,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Python test tools (reference readers for file formats).
 if [ "${KILN_PYTEST:-0}" = 1 ]; then
-  python3 -m pip install -q --disable-pip-version-check safetensors numpy tensorboard 2>&1 | tail -n 2 || true
+  python3 -m pip install -q --disable-pip-version-check safetensors numpy tensorboard onnx onnxruntime 2>&1 | tail -n 2 || true
 fi

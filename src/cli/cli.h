@@ -8,6 +8,7 @@ int kl_cmd_train(int argc, char **argv);
 int kl_cmd_inspect(int argc, char **argv);
 int kl_cmd_eval(int argc, char **argv);
 int kl_cmd_predict(int argc, char **argv);
+int kl_cmd_export(int argc, char **argv); /* export.c: ONNX */
 int kl_cmd_generate(int argc, char **argv); /* generate.c: sampling from language models */
 int kl_cmd_devices(int argc, char **argv); /* devices.c */
 /* monitoring hooks: report.c, plan.c */

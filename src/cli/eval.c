@@ -117,15 +117,16 @@ static kl_status read_input(const char *path, const kl_model *m, float **x, int6
 int kl_cmd_predict(int argc, char **argv)
 {
     const char *ckpt = NULL, *inputs[256];
-    int ninputs = 0, topk = 3;
+    int ninputs = 0, topk = 3, logits = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: kiln predict CKPT INPUT... [--top-k K]\n\n"
+            printf("usage: kiln predict CKPT INPUT... [--top-k K] [--logits]\n\n"
                    "Prints the top-K classes for each sample of each INPUT: a PNG image, an IDX image\n"
-                   "file, or a CSV file of feature rows.\n");
+                   "file, or a CSV file of feature rows. --logits: every class's logit instead.\n");
             return 0;
         }
         if (!strcmp(argv[i], "--top-k") && i + 1 < argc) topk = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--logits")) logits = 1;
         else if (argv[i][0] == '-') {
             fprintf(stderr, "kiln predict: unknown option '%s' (see kiln predict --help)\n", argv[i]);
             return 2;
@@ -157,6 +158,13 @@ int kl_cmd_predict(int argc, char **argv)
         if (s == KL_OK) s = step_graph_run(&sg, l.model, x, y, &lsum, &corr, NULL, lg);
         for (int64_t i = 0; s == KL_OK && i < n; i++) { /* softmax, then the k best */
             float *r = lg + i * C, mx = r[0], sum = 0;
+            if (logits) {
+                printf("%s", inputs[f]);
+                if (n > 1) printf("[%lld]", (long long)i);
+                for (int64_t c = 0; c < C; c++) printf(" %.9g", r[c]);
+                printf("\n");
+                continue;
+            }
             for (int64_t c = 1; c < C; c++) mx = r[c] > mx ? r[c] : mx;
             for (int64_t c = 0; c < C; c++) sum += r[c] = expf(r[c] - mx);
             printf("%s", inputs[f]);

@@ -11,6 +11,7 @@ static void usage(FILE *f)
                "  train [CONFIG.yaml]   train a model (default: the reference CNN on Fashion-MNIST)\n"
                "  eval CKPT             loss, accuracy (and --confusion) of a checkpoint on a dataset\n"
                "  predict CKPT INPUT... top-k classes for PNG/IDX images or CSV rows\n"
+               "  export CKPT --onnx F  the model as an ONNX file (feed-forward and convolutional models)\n"
                "  generate CKPT         sample text from a language model (--prompt, --tokens, --seed)\n"
                "  inspect FILE          what a checkpoint, safetensors or IDX file holds\n"
                "  devices               the CPU and the CUDA devices kiln can use\n"
@@ -39,6 +40,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "devices")) return kl_cmd_devices(argc - 2, argv + 2);
     if (!strcmp(argv[1], "eval")) return kl_cmd_eval(argc - 2, argv + 2);
     if (!strcmp(argv[1], "predict")) return kl_cmd_predict(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "export")) return kl_cmd_export(argc - 2, argv + 2);
     if (!strcmp(argv[1], "generate")) return kl_cmd_generate(argc - 2, argv + 2); /* sequence models */
     if (!strcmp(argv[1], "report")) return kl_cmd_report(argc - 2, argv + 2); /* monitoring hook */
     if (!strcmp(argv[1], "plan")) return kl_cmd_plan(argc - 2, argv + 2);     /* monitoring hook */

@@ -4,6 +4,7 @@
 #include "monitor/tb_writer.h"
 #include "core/error.h"
 #include "io/fileio.h"
+#include "io/pb.h"
 
 #include <errno.h>
 #include <math.h>
@@ -48,108 +49,42 @@ uint32_t tb_masked_crc32c(const void *data, size_t n)
     return ((c >> 15) | (c << 17)) + 0xa282ead8u;
 }
 
-static void le64(unsigned char *o, uint64_t v)
-{
-    for (int i = 0; i < 8; i++) o[i] = (unsigned char)(v >> (8 * i));
-}
-
-static void le32(unsigned char *o, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) o[i] = (unsigned char)(v >> (8 * i));
-}
-
 void tb_frame(const void *data, size_t n, unsigned char *out)
 {
-    le64(out, (uint64_t)n);
-    le32(out + 8, tb_masked_crc32c(out, 8));
+    kl_pb_le64(out, (uint64_t)n);
+    kl_pb_le32(out + 8, tb_masked_crc32c(out, 8));
     if (n) memcpy(out + 12, data, n);
-    le32(out + 12 + n, tb_masked_crc32c(data, n));
+    kl_pb_le32(out + 12 + n, tb_masked_crc32c(data, n));
 }
 
-/* ---- protobuf encoding ------------------------------------------------------ */
+/* ---- protobuf encoding (io/pb.h) ------------------------------------------- */
 
-typedef struct {
-    unsigned char *p;
-    size_t n, cap;
-    int oom;
-} pbuf;
-
-static void put(pbuf *b, const void *src, size_t n)
+static void put_packed_doubles(kl_pb *b, int field, const double *v, int n)
 {
-    if (b->oom || n == 0) return;
-    if (b->n + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n) cap *= 2;
-        unsigned char *p = kl_realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p, b->cap = cap;
-    }
-    memcpy(b->p + b->n, src, n);
-    b->n += n;
-}
-
-static void put_varint(pbuf *b, uint64_t v)
-{
-    unsigned char t[10];
-    int k = 0;
-    do {
-        t[k] = (unsigned char)(v & 0x7F);
-        v >>= 7;
-        if (v) t[k] |= 0x80;
-        k++;
-    } while (v);
-    put(b, t, (size_t)k);
-}
-
-static void put_tag(pbuf *b, int field, int wire) { put_varint(b, (uint64_t)field << 3 | (uint64_t)wire); }
-
-static void put_double(pbuf *b, int field, double v)
-{
-    uint64_t u;
-    unsigned char t[8];
-    memcpy(&u, &v, 8);
-    le64(t, u);
-    put_tag(b, field, 1);
-    put(b, t, 8);
-}
-
-static void put_bytes(pbuf *b, int field, const void *data, size_t n)
-{
-    put_tag(b, field, 2);
-    put_varint(b, n);
-    put(b, data, n);
-}
-
-static void put_packed_doubles(pbuf *b, int field, const double *v, int n)
-{
-    put_tag(b, field, 2);
-    put_varint(b, (uint64_t)n * 8);
+    kl_pb_tag(b, field, 2);
+    kl_pb_varint(b, (uint64_t)n * 8);
     for (int i = 0; i < n; i++) {
         uint64_t u;
         unsigned char t[8];
         memcpy(&u, &v[i], 8);
-        le64(t, u);
-        put(b, t, 8);
+        kl_pb_le64(t, u);
+        kl_pb_raw(b, t, 8);
     }
 }
 
 /* An Event with wall_time and step, plus either file_version or a Summary
  * holding one Value (value: the Value's encoded fields), framed and written. */
-static kl_status write_event(tb_writer *w, int64_t step, const char *file_version, const pbuf *value)
+static kl_status write_event(tb_writer *w, int64_t step, const char *file_version, const kl_pb *value)
 {
     struct timeval tv;
     gettimeofday(&tv, NULL);
-    pbuf ev = {0}, sum = {0};
-    put_double(&ev, 1, (double)tv.tv_sec + 1e-6 * (double)tv.tv_usec);
-    put_tag(&ev, 2, 0);
-    put_varint(&ev, (uint64_t)step); /* int64: negative values as 10-byte two's complement */
-    if (file_version) put_bytes(&ev, 3, file_version, strlen(file_version));
+    kl_pb ev = {0}, sum = {0};
+    kl_pb_double(&ev, 1, (double)tv.tv_sec + 1e-6 * (double)tv.tv_usec);
+    kl_pb_int(&ev, 2, step); /* int64: negative values as 10-byte two's complement */
+    if (file_version) kl_pb_str(&ev, 3, file_version);
     if (value) {
-        put_bytes(&sum, 1, value->p, value->n); /* Summary.value (repeated Value) */
-        put_bytes(&ev, 5, sum.p, sum.n);        /* Event.summary */
+        kl_pb_msg(&sum, 1, value); /* Summary.value (repeated Value) */
+        kl_pb_msg(&ev, 5, &sum);   /* Event.summary */
     }
     kl_status s = ev.oom || sum.oom ? kl_fail(KL_ENOMEM, "out of memory encoding a TensorBoard event") : KL_OK;
     unsigned char *rec = s == KL_OK ? kl_malloc(ev.n + 16) : NULL;
@@ -222,15 +157,9 @@ kl_status tb_writer_flush(tb_writer *w)
 kl_status tb_scalar(tb_writer *w, const char *tag, int64_t step, double value)
 {
     if (!w || !tag) return kl_fail(KL_EMISUSE, "tb_scalar: %s is NULL", w ? "tag" : "writer");
-    pbuf v = {0};
-    float f = (float)value;
-    uint32_t u;
-    unsigned char t[4];
-    memcpy(&u, &f, 4);
-    le32(t, u);
-    put_bytes(&v, 1, tag, strlen(tag)); /* Value.tag */
-    put_tag(&v, 2, 5);                  /* Value.simple_value: fixed32 float */
-    put(&v, t, 4);
+    kl_pb v = {0};
+    kl_pb_str(&v, 1, tag);                  /* Value.tag */
+    kl_pb_float(&v, 2, (float)value);       /* Value.simple_value */
     kl_status s = v.oom ? kl_fail(KL_ENOMEM, "out of memory encoding scalar '%s'", tag) : write_event(w, step, NULL, &v);
     kl_free(v.p);
     return s;
@@ -263,18 +192,18 @@ kl_status tb_histogram(tb_writer *w, const char *tag, int64_t step, const float 
         while (k < nb - 1 && d > limit[k]) k++;
         count[k] += 1;
     }
-    pbuf h = {0}, v = {0};
-    put_double(&h, 1, lo);
-    put_double(&h, 2, hi);
-    put_double(&h, 3, (double)n);
-    put_double(&h, 4, sum);
-    put_double(&h, 5, sq);
+    kl_pb h = {0}, v = {0};
+    kl_pb_double(&h, 1, lo);
+    kl_pb_double(&h, 2, hi);
+    kl_pb_double(&h, 3, (double)n);
+    kl_pb_double(&h, 4, sum);
+    kl_pb_double(&h, 5, sq);
     if (nb) {
         put_packed_doubles(&h, 6, limit, nb);
         put_packed_doubles(&h, 7, count, nb);
     }
-    put_bytes(&v, 1, tag, strlen(tag)); /* Value.tag */
-    put_bytes(&v, 5, h.p, h.n);         /* Value.histo */
+    kl_pb_str(&v, 1, tag);  /* Value.tag */
+    kl_pb_msg(&v, 5, &h);   /* Value.histo */
     kl_status s = h.oom || v.oom ? kl_fail(KL_ENOMEM, "out of memory encoding histogram '%s'", tag)
                                  : write_event(w, step, NULL, &v);
     kl_free(h.p);

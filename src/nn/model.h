@@ -82,11 +82,23 @@ kl_status kl_model_forward_state(kl_model *m, kl_graph *g, kl_tensor *x, kl_mode
  * each layer casts them to calc where it uses them; kl_model_forward casts
  * a float input to calc and returns the output cast back to f32, so the
  * loss and metrics are f32; batchnorm keeps f32 running statistics. f16
- * gradients underflow without loss scaling, which kiln does not do yet.
+ * needs loss scaling (kl_optim_opts.loss_scale) so gradients do not underflow.
  * Affects graphs recorded afterwards; kl_model_forward_state refuses a
  * model not in f32. */
 kl_status kl_model_set_precision(kl_model *m, kl_dtype calc);
 kl_dtype kl_model_precision(const kl_model *m);
+
+/* ONNX export (nn/model_onnx.c): m with ctx's weights as an ONNX model
+ * (opset 17) at path, written atomically, input "input" [batch, input
+ * shape...], output "logits" [batch, outputs]; with normalize, the model
+ * first does (x - mean) / std, so it takes raw samples as kiln predict
+ * does. Feed-forward and convolutional layers export; others are
+ * KL_EUNSUPPORTED naming the layer. */
+typedef struct kl_onnx_opts {
+    int normalize;
+    double mean, std;
+} kl_onnx_opts;
+kl_status kl_model_export_onnx(const kl_model *m, kl_ctx *ctx, const kl_onnx_opts *o, const char *path);
 
 /* One line per layer with output shapes and parameter counts. */
 void kl_model_summary(const kl_model *m, void *file /* FILE* */);

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# kiln export --onnx ($1 = build dir): models trained a few steps, exported,
+# pass onnx's full checker, and onnxruntime's logits on random raw inputs
+# equal `kiln predict --logits` (the run's normalisation is in the model):
+# the batchnorm CNN (conv, batchnorm, residual, global average pool,
+# dropout), the MLP, and a model of the remaining layer types (grouped and
+# dilated conv, avg/max pool with stride and padding, GELU, tanh, sigmoid,
+# layernorm, flatten). Token models and bad arguments are refused with
+# messages. Skipped (77) without the onnx and onnxruntime packages.
+. "$(dirname "$0")/lib/check.sh" "$1"
+py=${PYTHON:-python3}
+"$py" -c "import onnx, onnxruntime, numpy" 2>/dev/null || {
+  echo "skip: python packages onnx, onnxruntime not installed (KILN_PYTEST=1 scripts/setup.sh)"; exit 77; }
+cat >"$tmp/mixed.yaml" <<'YAML'
+name: mixed
+model:
+  input: [1, 28, 28]
+  layers:
+    - {type: conv2d, out: 8, kernel: 3, padding: 1}
+    - {type: gelu}
+    - {type: conv2d, out: 8, kernel: 3, padding: 2, dilation: 2, groups: 2}
+    - {type: tanh}
+    - {type: avgpool2d, kernel: 3, stride: 2, padding: 1}
+    - {type: maxpool2d, kernel: 2}
+    - {type: flatten}
+    - {type: linear, out: 32}
+    - {type: layernorm}
+    - {type: sigmoid}
+    - {type: linear, out: 10}
+data: {kind: fashion_mnist, normalize: true}
+optim: {kind: adam, lr: 1.0e-3}
+YAML
+small=(--steps 4 --set data.limit=1000 --set data.val_split=200 --threads 2 --no-tensorboard)
+cat >"$tmp/cmp.py" <<'PY'
+import sys, numpy as np, onnx, onnxruntime as ort
+path, csv, ref = sys.argv[1:4]
+m = onnx.load(path)
+onnx.checker.check_model(m, full_check=True)
+x = np.loadtxt(csv, delimiter=",", dtype=np.float32, ndmin=2)
+shape = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim[1:]]
+out = ort.InferenceSession(path).run(None, {"input": x.reshape([len(x)] + shape)})[0]
+want = np.array([[float(v) for v in l.split()[1:]] for l in open(ref)], dtype=np.float64)
+err = np.abs(out - want).max() / max(1.0, np.abs(want).max())
+print(f"{out.shape[0]} samples, {len(m.graph.node)} nodes, max error {err:.2e}")
+sys.exit(0 if out.shape == want.shape and err < 1e-5 else 1)
+PY
+"$py" -c "import numpy as np; np.savetxt('$tmp/x.csv', np.random.RandomState(3).rand(5, 784), delimiter=',', fmt='%.9g')"
+for model in models/cnn_bn.yaml models/mlp.yaml "$tmp/mixed.yaml"; do
+  name=$(basename "$model" .yaml)
+  "$kiln" train "$model" "${small[@]}" --out "$tmp/$name" >"$tmp/$name.log" 2>&1
+  "$kiln" export "$tmp/$name" --onnx "$tmp/$name.onnx" >"$tmp/$name.export.log" 2>&1
+  check "$name: trained and exported" '[ $? -eq 0 ] && [ -s "$tmp/$name.onnx" ]'
+  "$kiln" predict "$tmp/$name" "$tmp/x.csv" --logits >"$tmp/$name.ref" 2>&1
+  check "$name: onnxruntime equals kiln predict ($("$py" "$tmp/cmp.py" "$tmp/$name.onnx" "$tmp/x.csv" "$tmp/$name.ref" 2>&1 | tail -n 1))" \
+    '"$py" "$tmp/cmp.py" "$tmp/$name.onnx" "$tmp/x.csv" "$tmp/$name.ref" >/dev/null 2>&1'
+done
+
+# errors
+"$kiln" train models/char_lstm.yaml --steps 1 --set train.batch=2 --threads 2 --no-tensorboard \
+  --out "$tmp/lm" >"$tmp/lm.log" 2>&1
+"$kiln" export "$tmp/lm" --onnx "$tmp/lm.onnx" >"$tmp/lm.export.log" 2>&1
+check "a token model is refused, and writes nothing" \
+  '[ $? -eq 1 ] && grep -q "ONNX export: token models" "$tmp/lm.export.log" && [ ! -e "$tmp/lm.onnx" ]'
+"$kiln" export "$tmp/mlp" >"$tmp/noarg.log" 2>&1
+check "--onnx is required" '[ $? -eq 2 ] && grep -q "usage: kiln export CKPT --onnx FILE" "$tmp/noarg.log"'
+"$kiln" export "$tmp/missing" --onnx "$tmp/m.onnx" >"$tmp/missing.log" 2>&1
+check "a missing checkpoint is named" '[ $? -eq 1 ] && grep -q "$tmp/missing" "$tmp/missing.log"'
+check_done test_onnx
