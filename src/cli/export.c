@@ -14,8 +14,10 @@ int kl_cmd_export(int argc, char **argv)
                    "Writes the checkpoint's model (or a run directory's latest) as an ONNX model (opset 17):\n"
                    "input \"input\" [batch, sample shape], raw samples as kiln predict takes them (the\n"
                    "run's normalisation is part of the model); output \"logits\" [batch, classes].\n"
-                   "Feed-forward and convolutional models export; dropout is left out and\n"
-                   "batchnorm uses its running statistics (inference).\n");
+                   "Language models take int32 ids [batch, seq] (vocab.txt's order) and give logits\n"
+                   "[batch, seq, vocab]. Feed-forward, convolutional and transformer (GPT) models\n"
+                   "export, LSTM/GRU and rotary positions not yet; dropout is left out and batchnorm\n"
+                   "uses its running statistics (inference).\n");
             return 0;
         }
         if (!strcmp(argv[i], "--onnx") && i + 1 < argc) onnx = argv[++i];

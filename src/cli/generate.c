@@ -57,14 +57,16 @@ typedef struct {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kiln generate CKPT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
-               "                          [--threads N] [--no-kv-cache]\n\n"
+               "                          [--threads N] [--no-kv-cache] [--logits]\n\n"
                "Samples N characters (default 200) from a language model trained with data.kind text.\n"
                "CKPT is a checkpoint directory or a run directory (its latest checkpoint). The prompt\n"
                "(default: a newline) is printed first, then the sampled text. temperature (default 1)\n"
                "divides the logits, 0 picks the most likely character; --top-k K samples among the K\n"
                "most likely only (default 0: all). The same --seed gives the same text.\n"
                "Transformers cache keys and values while the text fits the context; --no-kv-cache\n"
-               "re-runs the whole window for every character instead (slower, the same text).\n");
+               "re-runs the whole window for every character instead (slower, the same text).\n"
+               "--logits prints the logits of the character after the prompt (one per vocabulary\n"
+               "entry, in vocab.txt's order) instead of generating.\n");
 }
 
 static kl_status gen_graph_build(generator *gn, gen_graph *gg, int64_t T, int state)
@@ -232,7 +234,7 @@ static kl_status sample(const float *logits, int n, double temp, int top_k, uint
 typedef struct {
     const char *ckpt, *prompt;
     int64_t tokens, top_k, threads;
-    int no_kv;
+    int no_kv, logits; /* logits: print the next token's logits after the prompt, and stop */
     double temp;
     uint64_t seed;
 } gen_args;
@@ -261,6 +263,14 @@ static kl_status generate(const gen_args *a)
     int windowed = s == KL_OK && kl_model_windowed(gn.model), V = s == KL_OK ? kl_vocab_size(gn.vocab) : 0;
     for (int64_t i = 0; s == KL_OK && !windowed && i < n; i++) s = feed_step(&gn, toks[i]);
     for (int64_t i = 0; s == KL_OK && gn.kv && i < n; i++) s = kl_kv_decoder_feed(gn.kv, toks[i], gn.logits);
+    if (s == KL_OK && a->logits) {
+        if (windowed && (!gn.kv || kl_kv_decoder_len(gn.kv) < n)) s = feed_window(&gn, toks, n);
+        for (int c = 0; s == KL_OK && c < V; c++) printf(c ? " %.9g" : "%.9g", gn.logits[c]);
+        if (s == KL_OK) printf("\n");
+        free(toks);
+        gen_free(&gn);
+        return s;
+    }
     if (s == KL_OK) {
         fwrite(a->prompt, 1, plen, stdout);
         fflush(stdout);
@@ -308,8 +318,9 @@ int kl_cmd_generate(int argc, char **argv)
             usage(stdout);
             return 0;
         }
-        if (!strcmp(arg, "--no-kv-cache")) {
-            a.no_kv = 1;
+        if (!strcmp(arg, "--no-kv-cache") || !strcmp(arg, "--logits")) {
+            if (arg[2] == 'n') a.no_kv = 1;
+            else a.logits = 1;
             continue;
         }
         int takes = !strcmp(arg, "--prompt") || !strcmp(arg, "--tokens") || !strcmp(arg, "--temperature") ||
@@ -352,7 +363,7 @@ int kl_cmd_generate(int argc, char **argv)
         fprintf(stderr, "kiln generate: which checkpoint? (kiln generate CKPT --prompt TEXT)\n");
         return 2;
     }
-    if (!have_seed) {
+    if (!have_seed && !a.logits) { /* (--logits samples nothing) */
         a.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
         fprintf(stderr, "(seed %llu: pass --seed %llu to repeat)\n", (unsigned long long)a.seed, (unsigned long long)a.seed);
     }

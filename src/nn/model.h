@@ -92,8 +92,9 @@ kl_dtype kl_model_precision(const kl_model *m);
  * (opset 17) at path, written atomically, input "input" [batch, input
  * shape...], output "logits" [batch, outputs]; with normalize, the model
  * first does (x - mean) / std, so it takes raw samples as kiln predict
- * does. Feed-forward and convolutional layers export; others are
- * KL_EUNSUPPORTED naming the layer. */
+ * does; token models take int32 ids [batch, seq] and give [batch, seq,
+ * vocab]. Feed-forward, convolutional and transformer layers export;
+ * LSTM/GRU and rotary positions are KL_EUNSUPPORTED naming the layer. */
 typedef struct kl_onnx_opts {
     int normalize;
     double mean, std;
