@@ -5,9 +5,10 @@
 # the batchnorm CNN (conv, batchnorm, residual, global average pool,
 # dropout), the MLP, and a model of the remaining layer types (grouped and
 # dilated conv, avg/max pool with stride and padding, GELU, tanh, sigmoid,
-# layernorm, flatten); and the GPT (embedding, positions, transformer
-# blocks, the tied output layer) against `kiln generate --logits` on a
-# prompt. Recurrent models and bad arguments are refused with messages.
+# layernorm, flatten); and language models against `kiln generate --logits`
+# on a prompt: the GPT (embedding, positions, transformer blocks, the tied
+# output layer), the char LSTM and a stacked GRU. Rotary positions and bad
+# arguments are refused with messages.
 # Skipped (77) without the onnx and onnxruntime packages.
 . "$(dirname "$0")/lib/check.sh" "$1"
 py=${PYTHON:-python3}
@@ -71,20 +72,35 @@ err = np.abs(out[0, -1] - want).max() / max(1.0, np.abs(want).max())
 print(f"logits {list(out.shape)}, {len(m.graph.node)} nodes, max error {err:.2e}")
 sys.exit(0 if out.shape == (1, len(ids[0]), len(vocab)) and err < 1e-5 else 1)
 PY
-"$kiln" train models/gpt_small.yaml --steps 3 --set train.batch=2 --threads 2 --no-tensorboard --out "$tmp/gpt" \
-  >"$tmp/gpt.log" 2>&1
-"$kiln" export "$tmp/gpt" --onnx "$tmp/gpt.onnx" >"$tmp/gpt.export.log" 2>&1
-check "gpt_small: trained and exported" '[ $? -eq 0 ] && [ -s "$tmp/gpt.onnx" ]'
-"$kiln" generate "$tmp/gpt" --prompt "Q: What is" --logits --threads 2 >"$tmp/gpt.ref" 2>"$tmp/gpt.gen.log"
-check "gpt_small: onnxruntime's next-character logits equal kiln's ($("$py" "$tmp/cmp_lm.py" "$tmp/gpt.onnx" "$tmp/gpt" "Q: What is" "$tmp/gpt.ref" 2>&1 | tail -n 1))" \
-  '"$py" "$tmp/cmp_lm.py" "$tmp/gpt.onnx" "$tmp/gpt" "Q: What is" "$tmp/gpt.ref" >/dev/null 2>&1'
+cat >"$tmp/gru.yaml" <<'YAML'
+name: gru
+model:
+  input: {tokens: 32}
+  vocab: auto
+  layers:
+    - {type: embedding, dim: 16}
+    - {type: gru, hidden: 24, layers: 2}
+    - {type: linear, out: vocab}
+data: {kind: text, path: /usr/share/games/fortunes, val_fraction: 0.1}
+optim: {kind: adam, lr: 3.0e-3}
+YAML
+for model in models/gpt_small.yaml models/char_lstm.yaml "$tmp/gru.yaml"; do
+  name=$(basename "$model" .yaml)
+  "$kiln" train "$model" --steps 3 --set train.batch=2 --threads 2 --no-tensorboard --out "$tmp/$name" \
+    >"$tmp/$name.log" 2>&1
+  "$kiln" export "$tmp/$name" --onnx "$tmp/$name.onnx" >"$tmp/$name.export.log" 2>&1
+  check "$name: trained and exported" '[ $? -eq 0 ] && [ -s "$tmp/$name.onnx" ]'
+  "$kiln" generate "$tmp/$name" --prompt "Q: What is" --logits --threads 2 >"$tmp/$name.ref" 2>"$tmp/$name.gen.log"
+  check "$name: onnxruntime's next-character logits equal kiln's ($("$py" "$tmp/cmp_lm.py" "$tmp/$name.onnx" "$tmp/$name" "Q: What is" "$tmp/$name.ref" 2>&1 | tail -n 1))" \
+    '"$py" "$tmp/cmp_lm.py" "$tmp/$name.onnx" "$tmp/$name" "Q: What is" "$tmp/$name.ref" >/dev/null 2>&1'
+done
 
 # errors
-"$kiln" train models/char_lstm.yaml --steps 1 --set train.batch=2 --threads 2 --no-tensorboard \
-  --out "$tmp/lm" >"$tmp/lm.log" 2>&1
-"$kiln" export "$tmp/lm" --onnx "$tmp/lm.onnx" >"$tmp/lm.export.log" 2>&1
-check "an LSTM is refused, naming the layer, and nothing is written" \
-  '[ $? -eq 1 ] && grep -q "ONNX export: layer .layers.1. (lstm) does not export yet" "$tmp/lm.export.log" && [ ! -e "$tmp/lm.onnx" ]'
+sed 's/heads: 6, dropout: 0.1}/heads: 6, dropout: 0.1, rope: true}/' models/gpt_small.yaml >"$tmp/rope.yaml"
+"$kiln" train "$tmp/rope.yaml" --steps 1 --set train.batch=2 --threads 2 --no-tensorboard --out "$tmp/rope" >"$tmp/rope.log" 2>&1
+"$kiln" export "$tmp/rope" --onnx "$tmp/rope.onnx" >"$tmp/rope.export.log" 2>&1
+check "rotary positions are refused, naming the layer, and nothing is written" \
+  '[ $? -eq 1 ] && grep -q "ONNX export: layer .layers.3. (transformer_block) uses rotary positions" "$tmp/rope.export.log" && [ ! -e "$tmp/rope.onnx" ]'
 "$kiln" export "$tmp/mlp" >"$tmp/noarg.log" 2>&1
 check "--onnx is required" '[ $? -eq 2 ] && grep -q "usage: kiln export CKPT --onnx FILE" "$tmp/noarg.log"'
 "$kiln" export "$tmp/missing" --onnx "$tmp/m.onnx" >"$tmp/missing.log" 2>&1

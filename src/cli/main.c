@@ -11,7 +11,7 @@ static void usage(FILE *f)
                "  train [CONFIG.yaml]   train a model (default: the reference CNN on Fashion-MNIST)\n"
                "  eval CKPT             loss, accuracy (and --confusion) of a checkpoint on a dataset\n"
                "  predict CKPT INPUT... top-k classes for PNG/IDX images or CSV rows\n"
-               "  export CKPT --onnx F  the model as an ONNX file (feed-forward, convolutional, GPT)\n"
+               "  export CKPT --onnx F  the model as an ONNX file\n"
                "  generate CKPT         sample text from a language model (--prompt, --tokens, --seed)\n"
                "  inspect FILE          what a checkpoint, safetensors or IDX file holds\n"
                "  devices               the CPU and the CUDA devices kiln can use\n"

@@ -131,24 +131,38 @@ static void ints_const(onnx_w *w, const int64_t *v, int64_t n, char *name)
 
 /* The ctx's parameter or buffer "<layer>.<what>" as an initializer of that
  * name (into name, 128 bytes). */
-static void param(onnx_w *w, const layer *li, const char *what, char *name)
+/* The ctx's f32 parameter or buffer called name: its values (kl_malloc'd;
+ * NULL with w->s set on failure) and dims. */
+static float *fetch(onnx_w *w, const char *name, int *nd, int64_t *ne, int64_t *n)
 {
-    snprintf(name, 128, "%s.%s", li->name, what);
-    if (w->s != KL_OK) return;
+    if (w->s != KL_OK) return NULL;
     int i = kl_ctx_param_find(w->ctx, name);
     const char *nm;
     kl_dtype dt;
-    int nd, tr;
-    int64_t ne[KL_MAX_DIMS], n = 1;
+    int tr;
     w->s = i < 0 ? kl_fail(KL_EINVAL, "ONNX export: the model's parameter '%s' is not in the checkpoint", name)
-                 : kl_ctx_param_info(w->ctx, i, &nm, &dt, &nd, ne, &tr);
-    if (w->s != KL_OK) return;
-    for (int d = 0; d < nd; d++) n *= ne[d];
-    float *v = dt == KL_F32 ? kl_malloc((size_t)n * sizeof *v) : NULL;
+                 : kl_ctx_param_info(w->ctx, i, &nm, &dt, nd, ne, &tr);
+    if (w->s != KL_OK) return NULL;
+    *n = 1;
+    for (int d = 0; d < *nd; d++) *n *= ne[d];
+    float *v = dt == KL_F32 ? kl_malloc((size_t)*n * sizeof *v) : NULL;
     w->s = dt != KL_F32 ? kl_fail(KL_EINVAL, "ONNX export: parameter '%s' is %s, expected f32", name, kl_dtype_name(dt))
            : !v ? KL_ENOMEM
-                : kl_ctx_param_get(w->ctx, i, v, (size_t)n * sizeof *v);
-    if (w->s == KL_OK) initializer(w, name, nd, ne, v, n);
+                : kl_ctx_param_get(w->ctx, i, v, (size_t)*n * sizeof *v);
+    if (w->s == KL_OK) return v;
+    kl_free(v);
+    return NULL;
+}
+
+/* The ctx's parameter or buffer "<layer>.<what>" as an initializer of that
+ * name (into name, 128 bytes). */
+static void param(onnx_w *w, const layer *li, const char *what, char *name)
+{
+    snprintf(name, 128, "%s.%s", li->name, what);
+    int nd;
+    int64_t ne[KL_MAX_DIMS], n;
+    float *v = fetch(w, name, &nd, ne, &n);
+    if (v) initializer(w, name, nd, ne, v, n);
     kl_free(v);
 }
 
@@ -282,6 +296,66 @@ static void sub_ln(onnx_w *w, const layer *li, const char *sub, const char *x, c
     fresh(w, out);
     node(w, "LayerNormalization", (const char *const[]){x, p[0], p[1]}, 3, out, &a);
     kl_pb_free(&a);
+}
+
+/* dst's gate block k = src's block order[k] (blocks of H rows of cols each) */
+static void gates(float *dst, const float *src, const int *order, int G, int64_t H, int64_t cols)
+{
+    for (int k = 0; k < G; k++) memcpy(dst + k * H * cols, src + order[k] * H * cols, (size_t)(H * cols) * sizeof *dst);
+}
+
+/* nn.LSTM / nn.GRU (stacked) as one ONNX LSTM / GRU node per layer,
+ * time-major between a Transpose in and out (onnxruntime runs layout 0
+ * only). The gates are reordered from PyTorch's (i f g o;
+ * r z n) to ONNX's (i o f c; z r h) into initializers "<layer>.onnx.W_l<k>",
+ * R and B; GRU's linear_before_reset = 1 is PyTorch's form of the candidate. */
+static void rnn_out(onnx_w *w, const layer *li, char *x)
+{
+    static const int lstm_order[4] = {0, 3, 1, 2}, gru_order[3] = {1, 0, 2};
+    int lstm = li->kind == L_LSTM, G = lstm ? 4 : 3;
+    int64_t H = li->features;
+    transpose(w, x, (const int64_t[]){1, 0, 2}, 3); /* [T, B, I] */
+    for (int l = 0; l < li->stack && w->s == KL_OK; l++) {
+        int64_t I = l ? H : li->in[1], nd3[3] = {1, G * H, I}, nr3[3] = {1, G * H, H}, nb2[2] = {1, 2 * G * H};
+        char nm[4][160], y[16];
+        const char *what[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+        float *v[4] = {NULL}, *t[3];
+        int nd;
+        int64_t ne[KL_MAX_DIMS], n;
+        for (int k = 0; k < (li->bias ? 4 : 2); k++) {
+            snprintf(nm[k], sizeof nm[k], "%s.%s_l%d", li->name, what[k], l);
+            v[k] = fetch(w, nm[k], &nd, ne, &n);
+        }
+        t[0] = kl_malloc((size_t)(G * H * I) * sizeof(float));
+        t[1] = kl_malloc((size_t)(G * H * H) * sizeof(float));
+        t[2] = kl_calloc((size_t)(2 * G * H), sizeof(float)); /* no bias: zeros */
+        if (w->s == KL_OK && (!t[0] || !t[1] || !t[2])) w->s = KL_ENOMEM;
+        if (w->s == KL_OK) {
+            const int *ord = lstm ? lstm_order : gru_order;
+            gates(t[0], v[0], ord, G, H, I);
+            gates(t[1], v[1], ord, G, H, H);
+            if (li->bias) {
+                gates(t[2], v[2], ord, G, H, 1);
+                gates(t[2] + G * H, v[3], ord, G, H, 1);
+            }
+            const char *kind[3] = {"W", "R", "B"};
+            for (int k = 0; k < 3; k++) snprintf(nm[k], sizeof nm[k], "%s.onnx.%s_l%d", li->name, kind[k], l);
+            initializer(w, nm[0], 3, nd3, t[0], G * H * I);
+            initializer(w, nm[1], 3, nr3, t[1], G * H * H);
+            initializer(w, nm[2], 2, nb2, t[2], 2 * G * H);
+            kl_pb a = {0};
+            attr_int(&a, "hidden_size", H);
+            if (!lstm) attr_int(&a, "linear_before_reset", 1);
+            fresh(w, y);
+            node(w, lstm ? "LSTM" : "GRU", (const char *const[]){x, nm[0], nm[1], nm[2]}, 4, y, &a);
+            kl_pb_free(&a);
+            strcpy(x, y);
+            reshape(w, x, (const int64_t[]){0, -1, H}, 3); /* Y [T, 1, B, H] -> [T, B, H] */
+        }
+        for (int k = 0; k < 4; k++) kl_free(v[k]);
+        for (int k = 0; k < 3; k++) kl_free(t[k]);
+    }
+    transpose(w, x, (const int64_t[]){1, 0, 2}, 3); /* [B, T, H] */
 }
 
 /* The pre-norm GPT block of nn/model_seq.c: x + proj(attn(ln_1(x))), then
@@ -421,6 +495,8 @@ static void layer_out(onnx_w *w, const layer *li, char *x)
         }
         break;
     case L_TRANSFORMER_BLOCK: block_out(w, li, x); return;
+    case L_LSTM:
+    case L_GRU: rnn_out(w, li, x); return;
     case L_RESIDUAL: {
         char in[16], sum[16];
         strcpy(in, x);
@@ -486,11 +562,6 @@ static void seq_len(onnx_w *w)
 kl_status kl_model_export_onnx(const kl_model *m, kl_ctx *ctx, const kl_onnx_opts *o, const char *path)
 {
     if (!m || !ctx || !path) return kl_fail(KL_EMISUSE, "kl_model_export_onnx: %s is NULL", !m ? "model" : !ctx ? "ctx" : "path");
-    for (int i = 0; i < m->n; i++)
-        if (m->layers[i].kind == L_LSTM || m->layers[i].kind == L_GRU)
-            return kl_fail(KL_EUNSUPPORTED, "ONNX export: layer '%s' (%s) does not export yet (feed-forward, "
-                           "convolutional and transformer layers do)", m->layers[i].name,
-                           kl_layer_kind_names[m->layers[i].kind]);
     onnx_w w = {.ctx = ctx, .tokens = m->tokens};
     char x[16] = "input";
     if (m->tokens) seq_len(&w);
