@@ -15,8 +15,8 @@ int kl_cmd_export(int argc, char **argv)
                    "input \"input\" [batch, sample shape], raw samples as kiln predict takes them (the\n"
                    "run's normalisation is part of the model); output \"logits\" [batch, classes].\n"
                    "Language models take int32 ids [batch, seq] (vocab.txt's order) and give logits\n"
-                   "[batch, seq, vocab]. Every layer type exports but rotary positions; dropout\n"
-                   "is left out and batchnorm uses its running statistics (inference).\n");
+                   "[batch, seq, vocab]. Every layer type exports; dropout is left out and\n"
+                   "batchnorm uses its running statistics (inference).\n");
             return 0;
         }
         if (!strcmp(argv[i], "--onnx") && i + 1 < argc) onnx = argv[++i];

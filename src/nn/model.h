@@ -93,8 +93,7 @@ kl_dtype kl_model_precision(const kl_model *m);
  * shape...], output "logits" [batch, outputs]; with normalize, the model
  * first does (x - mean) / std, so it takes raw samples as kiln predict
  * does; token models take int32 ids [batch, seq] and give [batch, seq,
- * vocab]. Every layer type exports but rotary positions
- * (KL_EUNSUPPORTED naming the layer). */
+ * vocab]. Every layer type exports. */
 typedef struct kl_onnx_opts {
     int normalize;
     double mean, std;
