@@ -26,6 +26,14 @@ py=${PYTHON:-python3}
 log="$out/bench_gpu.txt"
 : >"$log"
 say() { echo "$*" | tee -a "$log"; }
+mlp_ratio() { # name, label [, note]: the ratio line of $out/<name>_kiln.txt and <name>_torch.txt
+  local k t
+  k=$(sed -n 's/^kiln_ms_per_step=\([0-9.]*\).*/\1/p' "$out/$1_kiln.txt")
+  t=$(sed -n 's/^torch_ms_per_step=\([0-9.]*\).*/\1/p' "$out/$1_torch.txt")
+  [ -n "$k" ] && [ -n "$t" ] && say "$(awk -v k="$k" -v t="$t" -v l="$2" -v n="${3:-}" \
+    'BEGIN{printf "%s: kiln %.4f ms/step, torch %.4f ms/step: kiln is %.1fx faster%s", l, k, t, t / k, n}')"
+  return 0
+}
 compare_warm() { # label, run dir, reference run dir, what the reference is: mean warm epochs
   "$py" - "$@" <<'EOF' 2>&1 | tee -a "$log"
 import json, sys
@@ -50,30 +58,22 @@ say "== MLP 784-1024-1024-10, batch 256, Adam (data on the GPU)"
 sed 's/^/  /' "$out/mlp_kiln.txt" | tee -a "$log"
 "$py" bench/mlp_torch.py --device cuda --steps 1000 --warmup 50 >"$out/mlp_torch.txt" 2>&1
 sed 's/^/  /' "$out/mlp_torch.txt" | tee -a "$log"
-k=$(sed -n 's/^kiln_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlp_kiln.txt")
-t=$(sed -n 's/^torch_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlp_torch.txt")
-[ -n "$k" ] && [ -n "$t" ] && say "$(awk -v k="$k" -v t="$t" 'BEGIN{printf "MLP: kiln %.4f ms/step, torch %.4f ms/step: kiln is %.1fx faster (target: <= 0.12 ms/step)", k, t, t / k}')"
+mlp_ratio mlp "MLP" " (target: <= 0.12 ms/step)"
 
 say "== the same MLP with gradient accumulation: a step is 4 batches of 256, one Adam update"
 "$build/bench_mlp" --device cuda:0 --accumulate 4 --steps 500 --warmup 20 >"$out/mlpa_kiln.txt" 2>&1
 "$py" bench/mlp_torch.py --device cuda --accumulate 4 --steps 250 --warmup 20 >"$out/mlpa_torch.txt" 2>&1
-k=$(sed -n 's/^kiln_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlpa_kiln.txt")
-t=$(sed -n 's/^torch_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlpa_torch.txt")
-[ -n "$k" ] && [ -n "$t" ] && say "$(awk -v k="$k" -v t="$t" 'BEGIN{printf "MLP accumulate 4: kiln %.4f ms/step, torch %.4f ms/step: kiln is %.1fx faster", k, t, t / k}')"
+mlp_ratio mlpa "MLP accumulate 4"
 
 say "== the same MLP in bf16 mixed precision (kiln --bf16, torch.autocast bfloat16; f32 parameters and Adam)"
 "$build/bench_mlp" --device cuda:0 --bf16 --steps 2000 --warmup 50 >"$out/mlpb_kiln.txt" 2>&1
 "$py" bench/mlp_torch.py --device cuda --bf16 --steps 1000 --warmup 50 >"$out/mlpb_torch.txt" 2>&1
-k=$(sed -n 's/^kiln_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlpb_kiln.txt")
-t=$(sed -n 's/^torch_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlpb_torch.txt")
-[ -n "$k" ] && [ -n "$t" ] && say "$(awk -v k="$k" -v t="$t" 'BEGIN{printf "MLP bf16: kiln %.4f ms/step, torch %.4f ms/step: kiln is %.1fx faster", k, t, t / k}')"
+mlp_ratio mlpb "MLP bf16"
 
 say "== the same MLP in f16 mixed precision (kiln --f16, torch.autocast float16; dynamic loss scaling on both)"
 "$build/bench_mlp" --device cuda:0 --f16 --steps 2000 --warmup 50 >"$out/mlph_kiln.txt" 2>&1
 "$py" bench/mlp_torch.py --device cuda --f16 --steps 1000 --warmup 50 >"$out/mlph_torch.txt" 2>&1
-k=$(sed -n 's/^kiln_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlph_kiln.txt")
-t=$(sed -n 's/^torch_ms_per_step=\([0-9.]*\).*/\1/p' "$out/mlph_torch.txt")
-[ -n "$k" ] && [ -n "$t" ] && say "$(awk -v k="$k" -v t="$t" 'BEGIN{printf "MLP f16: kiln %.4f ms/step, torch %.4f ms/step: kiln is %.1fx faster", k, t, t / k}')"
+mlp_ratio mlph "MLP f16"
 
 say "== reference CNN, Fashion-MNIST, batch 128, Adam, 5 epochs (data on the GPU)"
 t0=$(date +%s.%N)

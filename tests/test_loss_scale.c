@@ -37,13 +37,7 @@ static const char *const MLP = "model:\n"
 
 static kl_model *parse(kl_dtype calc)
 {
-    kl_cfg *cfg = NULL;
-    kl_model *m = NULL;
-    kl_cfg_node *mn;
-    CHECK_OK(kl_cfg_parse(MLP, strlen(MLP), "loss_scale.yaml", &cfg));
-    CHECK_OK(kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &mn));
-    CHECK_OK(kl_model_from_cfg(mn, &m));
-    kl_cfg_free(cfg);
+    kl_model *m = kl_test_model(MLP, "loss_scale.yaml");
     CHECK_OK(kl_model_set_precision(m, calc));
     return m;
 }

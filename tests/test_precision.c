@@ -38,17 +38,7 @@ static const char *const GPT = "model:\n"
                                "    - {type: layernorm}\n"
                                "    - {type: linear, out: vocab, tie: true}\n";
 
-static kl_model *parse(const char *yaml)
-{
-    kl_cfg *cfg = NULL;
-    kl_model *m = NULL;
-    kl_cfg_node *mn;
-    CHECK_OK(kl_cfg_parse(yaml, strlen(yaml), "precision.yaml", &cfg));
-    CHECK_OK(kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &mn));
-    CHECK_OK(kl_model_from_cfg(mn, &m));
-    kl_cfg_free(cfg);
-    return m;
-}
+static kl_model *parse(const char *yaml) { return kl_test_model(yaml, "precision.yaml"); }
 
 #define B 16
 #define STEPS 4

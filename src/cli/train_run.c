@@ -11,6 +11,7 @@
  * PIPE_DEPTH steps later on a GPU and at once on the CPU. Epoch ends,
  * checkpoints and interrupts drain the pipeline first. */
 #include "cli/train_run.h"
+#include "optim/optim_impl.h" /* kl_optim_needs_norm */
 #include "cli/train_opts.h"
 #include "cli/evaluator.h"
 #include "cli/train_monitor.h"
@@ -409,7 +410,7 @@ static kl_status handle_one(runner *r, kl_cfg *cfg, pipe_state *p, int wait, int
      * halved (the step's last batch carries the norm) */
     const kl_optim_opts *oo = &r->o.optim;
     int overflow = oo->scale_window > 0 && it->last && !isfinite(v[2]);
-    int norm_halts = (oo->max_grad_norm > 0 || oo->accumulate > 1 || oo->loss_scale > 0) && !oo->scale_window;
+    int norm_halts = kl_optim_needs_norm(oo) && !oo->scale_window;
     if (!isfinite(mean) || (norm_halts && it->last && !isfinite(v[2]))) {
         /* the device finishes the steps after it (their updates were skipped), then the watch explains */
         while (p->len) {

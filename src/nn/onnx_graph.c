@@ -138,7 +138,7 @@ void kl_ox_param(onnx_w *w, const layer *li, const char *what, char *name)
 }
 
 /* A scalar constant (shape [], broadcast by the ops) into name (16 bytes). */
-void kl_ox_scalar(onnx_w *w, float v, char *name)
+static void kl_ox_scalar(onnx_w *w, float v, char *name)
 {
     snprintf(name, 16, "c%d", ++w->nconst);
     kl_ox_initializer(w, name, 0, NULL, &v, 1);

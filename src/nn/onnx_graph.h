@@ -41,10 +41,9 @@ void kl_ox_node(onnx_w *w, const char *op, const char *const *in, int nin, const
 void kl_ox_unary(onnx_w *w, const char *op, char *x);
 void kl_ox_binary(onnx_w *w, const char *op, const char *a, const char *b, char *out);
 void kl_ox_with_scalar(onnx_w *w, const char *op, char *x, float c);
-/* initializers: f32 [dims] from v; a 1-D int64 constant (name: 16 bytes); a scalar f32 */
+/* initializers: f32 [dims] from v; a 1-D int64 constant (name: 16 bytes) */
 void kl_ox_initializer(onnx_w *w, const char *name, int nd, const int64_t *dims, const float *v, int64_t n);
 void kl_ox_ints_const(onnx_w *w, const int64_t *v, int64_t n, char *name);
-void kl_ox_scalar(onnx_w *w, float v, char *name);
 /* the ctx's f32 parameter called name (kl_malloc'd; NULL with w->s set) */
 float *kl_ox_fetch(onnx_w *w, const char *name, int *nd, int64_t *ne, int64_t *n);
 /* "<layer>.<what>" as an initializer of that name (into name, 128 bytes) */

@@ -120,7 +120,6 @@ kl_optim_hp kl_optim_hparams(const kl_optim *opt)
     int64_t step = opt->steps + 1;
     kl_optim_hp h = {.lr = o->lr, .momentum = o->momentum, .weight_decay = o->weight_decay,
                      .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps, .nesterov = o->nesterov,
-                     .first = step == 1, .bc1 = 1 - pow(o->beta1, (double)step), .bc2 = 1 - pow(o->beta2, (double)step),
                      .gscale = 1, .max_norm = o->max_grad_norm, .loss_scaled = o->loss_scale > 0,
                      .scale_window = o->scale_window, .step = step, .acc_first = 1, .acc_apply = 1, .acc_scale = 1};
     return h;

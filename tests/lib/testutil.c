@@ -1,5 +1,7 @@
 #include "testutil.h"
 #include "kiln/kiln.h"
+#include "io/config.h"
+#include "nn/model.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -34,4 +36,16 @@ float *kl_test_params(kl_ctx *ctx, int64_t *n_out, const char *name_part, double
     }
     *n_out = n_all;
     return v;
+}
+
+kl_model *kl_test_model(const char *yaml, const char *name)
+{
+    kl_cfg *cfg = NULL;
+    kl_model *m = NULL;
+    kl_cfg_node *mn;
+    CHECK_OK(kl_cfg_parse(yaml, strlen(yaml), name, &cfg));
+    CHECK_OK(kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &mn));
+    CHECK_OK(kl_model_from_cfg(mn, &m));
+    kl_cfg_free(cfg);
+    return m;
 }

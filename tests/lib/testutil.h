@@ -58,6 +58,11 @@ extern int kl_test_checks;
 struct kl_ctx;
 float *kl_test_params(struct kl_ctx *ctx, int64_t *n, const char *name_part, double *abs_sum);
 
+/* The model of a config text's model: section (name: the text's name in
+ * messages). */
+struct kl_model;
+struct kl_model *kl_test_model(const char *yaml, const char *name);
+
 /* Ends main: prints a summary line and returns the exit code. */
 int kl_test_done(const char *name);
 
