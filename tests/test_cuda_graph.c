@@ -317,8 +317,10 @@ static void test_accumulate(kl_device gpu)
                 CHECK_OK(accum_case_run(&c[d]));
             }
             double worst = 0, tol = f32 ? 2e-3 : 1e-10; /* f32: TF32 GEMMs */
-            for (int i = 0; i < ACCUM_CASE_PARAMS; i++)
+            for (int i = 0; i < ACCUM_CASE_PARAMS; i++) { /* and the gradient the last update used */
                 worst = fmax(worst, fabs(c[1].params[i] - c[0].params[i]) / (1e-2 + fabs(c[0].params[i])));
+                if (!c[0].pending) worst = fmax(worst, fabs(c[1].grads[i] - c[0].grads[i]) / (1e-2 + fabs(c[0].grads[i])));
+            }
             if (!(worst <= tol)) printf("  accumulation case %zu (%s): GPU vs CPU off by %.3g\n", k, f32 ? "f32" : "f64", worst);
             CHECK(worst <= tol);
             CHECK(c[1].steps == c[0].steps && c[1].pending == c[0].pending && c[1].halted == c[0].halted);

@@ -155,6 +155,8 @@ static void test_exact_in_f32(void)
         CHECK_OK(kl_ctx_grad_get(c.ctx, i, gc, (size_t)m * sizeof(float)));
         for (int64_t k = 0; k < m; k++) gc[k] = (float)(gc[k] / kl_optim_grad_scale(c.opt));
         CHECK(same(ga, gc, m)); /* unscaled: the same bits */
+        CHECK_OK(kl_optim_grad_get(c.opt, i, gc, (size_t)m * sizeof(float))); /* unscales itself */
+        CHECK(same(ga, gc, m));
     }
     /* and with accumulation: cycles of 3 runs, the scale constant within one */
     kl_optim_opts acc = base, acc_dyn = dyn;
@@ -167,6 +169,16 @@ static void test_exact_in_f32(void)
     CHECK(n == n2 && n == n3 && !same(p0, pd, n) && same(pd, pe, n));
     CHECK_OK(kl_optim_scaler(e.opt, &S, &good, &skipped));
     CHECK(S == 1024 * 4 && good == 0 && skipped == 0); /* 4 updates */
+    for (int i = 0; i < kl_ctx_param_count(d.ctx); i++) { /* the cycles' mean gradients, unscaled */
+        float gd[64 * 32], ge[64 * 32];
+        int64_t ne[KL_MAX_DIMS], m = 1;
+        int nd;
+        CHECK_OK(kl_ctx_param_info(d.ctx, i, NULL, NULL, &nd, ne, NULL));
+        for (int k = 0; k < nd; k++) m *= ne[k];
+        CHECK_OK(kl_optim_grad_get(d.opt, i, gd, (size_t)m * sizeof(float)));
+        CHECK_OK(kl_optim_grad_get(e.opt, i, ge, (size_t)m * sizeof(float)));
+        CHECK(same(gd, ge, m));
+    }
     printf("  ok f32: scaled by 2^10 (static) and 2^10..2^13 (dynamic) bit-identical to unscaled, also accumulating\n");
     free(p0), free(pa), free(pb), free(pc), free(pd), free(pe);
     trainer_free(&a), trainer_free(&b), trainer_free(&c), trainer_free(&d), trainer_free(&e);

@@ -6,6 +6,8 @@
  *    1e-12 and in f32 to 1e-5; the norms of the updating runs match;
  *  - without accumulation, results are bit-identical to accumulate 1;
  *  - kl_optim_end_cycle ends a short cycle with the mean of what it holds;
+ *  - kl_optim_grad_get gives the gradient an update used (the cycle's
+ *    mean: the big run's) and is refused inside a cycle;
  *  - kl_optim_pending and kl_optim_steps count runs and updates;
  *  - a NaN loss in a cycle's first run: nothing is updated and the
  *    optimizer halts at the cycle's end;
@@ -48,6 +50,10 @@ int main(void)
         CHECK(big.norm[0] > 0.3 && big.norm[1] > 0.3); /* clipping bites */
         CHECK(fabs(acc.norm[2] - big.norm[0]) < tol * big.norm[0] && fabs(acc.norm[5] - big.norm[1]) < tol * big.norm[1]);
         CHECK(acc.norm[0] == 0 && acc.norm[1] == 0); /* runs that only accumulate compute no norm */
+        /* the gradient the last update used is the cycle's mean, the big batch's */
+        e = max_rel(acc.grads, big.grads, ACCUM_CASE_PARAMS);
+        printf("%s: kl_optim_grad_get, accumulated vs big batch: max rel diff %.3g\n", dn, e);
+        CHECK(e < tol && max_rel(big.grads, (double[ACCUM_CASE_PARAMS]){0}, ACCUM_CASE_PARAMS) > 1e-2);
 
         /* accumulate 1 is no accumulation, to the bit */
         accum_case one = run(dt, 1, 4, 6, -1, -1), none = run(dt, 0, 4, 6, -1, -1);
@@ -57,10 +63,13 @@ int main(void)
         accum_case shortc = run(dt, 4, 4, 3, 2, -1), big1 = run(dt, 0, 12, 1, -1, -1);
         CHECK(max_rel(shortc.params, big1.params, ACCUM_CASE_PARAMS) < tol);
         CHECK(shortc.steps == 1 && shortc.pending == 0);
+        CHECK(max_rel(shortc.grads, big1.grads, ACCUM_CASE_PARAMS) < tol);
 
         /* mid-cycle: two runs of three accumulated, nothing updated yet */
         accum_case mid = run(dt, 3, 4, 2, -1, -1);
         CHECK(mid.steps == 0 && mid.pending == 2 && !memcmp(mid.params, mid.init, sizeof mid.params));
+        CHECK(mid.grads_status == KL_EINVAL &&
+              strstr(kl_last_error(), "kl_optim_grad_get: a cycle of accumulation is in progress (2 of 3 runs)"));
 
         /* a NaN loss in the cycle's first run: its end updates nothing and halts */
         accum_case bad = run(dt, 3, 4, 3, -1, 0);

@@ -2,8 +2,9 @@
 # TensorBoard event files from `kiln train` ($1 = build dir), read back with
 # TensorBoard's own EventAccumulator: every scalar tag, step and value equals
 # metrics.jsonl (float32), parameter and gradient histograms exist (at epoch
-# ends by default, every N steps with train.histogram_every), and
-# --no-tensorboard writes none. Skipped (77) without the tensorboard package.
+# ends by default, every N steps with train.histogram_every), gradient
+# histograms with accumulation equal the big batch's, and --no-tensorboard
+# writes none. Skipped (77) without the tensorboard package.
 . "$(dirname "$0")/lib/check.sh" "$1"
 py=${PYTHON:-python3}
 "$py" -c "import tensorboard.backend.event_processing.event_accumulator" 2>/dev/null || {
@@ -80,6 +81,38 @@ check "train.histogram_every=4" '[ $? -eq 0 ]'
 check "histograms every 4 steps" '[ $? -eq 0 ]'
 sed 's/^/     /' "$tmp/cmp2.log"
 check "config.yaml still readable by kiln eval" '"$kiln" eval "$tmp/h" --data val >/dev/null 2>&1'
+
+# with accumulation the gradient histograms are the cycle's mean: batch 32 x 2
+# shows what batch 64 shows (no dropout: both see the same rows and masks)
+sed 's/p: 0.1/p: 0.0/' models/mlp.yaml >"$tmp/mlp0.yaml"
+acc_common=("$tmp/mlp0.yaml" "${common[@]:1}" --steps 4 --set train.histogram_every=2)
+"$kiln" train "${acc_common[@]}" --batch 64 --out "$tmp/b64" >"$tmp/b64.log" 2>&1 &&
+  "$kiln" train "${acc_common[@]}" --batch 32 --accumulate 2 --out "$tmp/b32" >"$tmp/b32.log" 2>&1
+check "batch 64 and batch 32 x accumulate 2 train" '[ $? -eq 0 ]'
+cat >"$tmp/hcmp.py" <<'EOF'
+import sys, math
+from tensorboard.backend.event_processing import event_accumulator as ea
+def load(run):
+    a = ea.EventAccumulator(run + "/tb", size_guidance={ea.HISTOGRAMS: 0}); a.Reload()
+    return {t: {e.step: e.histogram_value for e in a.Histograms(t)} for t in a.Tags()["histograms"] if t.startswith("grads/")}
+big, acc = load(sys.argv[1]), load(sys.argv[2])
+bad = [] if big and set(big) == set(acc) else ["grads tags differ: %s vs %s" % (sorted(big), sorted(acc))]
+worst = 0
+for t in big:
+    for s in (2, 4):
+        b, a = big[t].get(s), acc.get(t, {}).get(s)
+        if b is None or a is None: bad.append("%s: no histogram at step %d" % (t, s)); continue
+        for f in ("min", "max", "sum", "sum_squares"):
+            x, y = getattr(b, f), getattr(a, f)
+            e = abs(x - y) / (1e-6 + abs(x) + 1e-3 * math.sqrt(abs(b.sum_squares)))
+            worst = max(worst, e)
+            if e > 1e-3: bad.append("%s step %d %s: batch 64 %r, 32 x 2 %r" % (t, s, f, x, y))
+print("\n".join(bad[:10]) if bad else "%d gradient histograms agree (worst rel diff %.2g)" % (2 * len(big), worst))
+sys.exit(1 if bad else 0)
+EOF
+"$py" "$tmp/hcmp.py" "$tmp/b64" "$tmp/b32" >"$tmp/hcmp.log" 2>&1
+check "accumulated gradient histograms equal the big batch's" '[ $? -eq 0 ]'
+sed 's/^/     /' "$tmp/hcmp.log"
 
 "$kiln" train "${common[@]}" --steps 3 --no-tensorboard --out "$tmp/off" >"$tmp/off.log" 2>&1
 check "--no-tensorboard writes no event file" '[ $? -eq 0 ] && [ ! -e "$tmp/off/tb" ]'

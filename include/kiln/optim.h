@@ -115,6 +115,12 @@ KL_API kl_status kl_optim_end_cycle(kl_optim *opt);
 /* Runs accumulated since the last update (0 at a cycle's boundary, where a
  * checkpoint should be taken: the accumulator is not part of the state). */
 KL_API int64_t kl_optim_pending(const kl_optim *opt);
+/* Parameter i's gradient as the last update used it, before clipping:
+ * with accumulation the mean over its cycle, with loss scaling divided by
+ * the scale (kl_ctx_grad_get reads the last run's, as backward left it).
+ * bytes as kl_ctx_grad_get; refused inside a cycle (kl_optim_pending > 0).
+ * On a GPU it waits for the runs issued so far. */
+KL_API kl_status kl_optim_grad_get(const kl_optim *opt, int i, void *dst, size_t bytes);
 
 /* Optimizer state, for checkpoints: named flat tensors in the parameters'
  * layout ("exp_avg", "exp_avg_sq" for Adam; "momentum_buffer" for SGD). */

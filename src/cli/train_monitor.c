@@ -237,10 +237,9 @@ static void histograms(train_monitor *m, int64_t step)
         }
         char tag[300];
         for (int g = 0; g < 1 + trainable && m->tb; g++) {
-            kl_status s = g ? kl_ctx_grad_get(m->ctx, i, m->buf, bytes) : kl_ctx_param_get(m->ctx, i, m->buf, bytes);
+            /* gradients as the update saw them: the cycle's mean, unscaled */
+            kl_status s = g ? kl_optim_grad_get(m->opt, i, m->buf, bytes) : kl_ctx_param_get(m->ctx, i, m->buf, bytes);
             if (s != KL_OK) continue;
-            double gs = g ? kl_optim_grad_scale(m->opt) : 1; /* loss scaling: unscaled, as the update saw them */
-            for (int64_t k = 0; gs != 1 && k < numel; k++) m->buf[k] = (float)(m->buf[k] / gs);
             snprintf(tag, sizeof tag, "%s/%s", g ? "grads" : "params", name);
             if (tb_histogram(m->tb, tag, step, m->buf, numel) != KL_OK) tb_failed(m);
         }

@@ -157,6 +157,7 @@ static kl_status optim_prepare(const kl_exec *ex, const kl_tensor *t, void *vals
     h.acc_scale = 1.0 / (double)(opt->micro + 1);
     memcpy(vals, &h, sizeof h);
     if (h.acc_apply) {
+        opt->mean_in_acc = !h.acc_first;
         opt->steps++;
         opt->micro = 0;
         opt->end_cycle = false;
@@ -315,6 +316,25 @@ kl_status kl_optim_end_cycle(kl_optim *opt)
 }
 
 int64_t kl_optim_pending(const kl_optim *opt) { return opt ? opt->micro : 0; }
+
+kl_status kl_optim_grad_get(const kl_optim *opt, int i, void *dst, size_t bytes)
+{
+    if (!opt) return kl_fail(KL_EMISUSE, "kl_optim_grad_get: optimizer is NULL");
+    if (opt->micro)
+        return kl_fail(KL_EINVAL, "kl_optim_grad_get: a cycle of accumulation is in progress (%lld of %d runs); "
+                       "the last update's gradient is gone", (long long)opt->micro, opt->o.accumulate);
+    const kl_ctx *c = opt->ctx;
+    KL_TRY(kl_ctx_grad_get(c, i, dst, bytes)); /* checks i, bytes and trainable */
+    const kl_param_slot *sl = &c->slots[i];
+    if (opt->mean_in_acc && sl->off + sl->nbytes <= opt->bytes) KL_TRY(c->be->d2h(dst, opt->acc + sl->off, bytes));
+    double gs = kl_optim_grad_scale(opt); /* the scale is constant within a cycle */
+    int64_t n = (int64_t)(bytes / kl_dtype_size(sl->dtype));
+    for (int64_t k = 0; gs != 1 && k < n; k++) {
+        if (sl->dtype == KL_F32) ((float *)dst)[k] = (float)(((float *)dst)[k] / gs);
+        else ((double *)dst)[k] /= gs;
+    }
+    return KL_OK;
+}
 
 int kl_optim_state_count(const kl_optim *opt)
 {

@@ -19,6 +19,7 @@ struct kl_optim {
     size_t bytes;
     int64_t micro;        /* runs accumulated in the current cycle */
     bool end_cycle;       /* kl_optim_end_cycle: the next run applies */
+    bool mean_in_acc;     /* the last update read its cycle's mean from acc (not the ctx's gradients) */
     /* Non-CPU backends: host copies handed out by kl_optim_state (for
      * checkpoints); host_out[k] says copy k may have been written and is
      * uploaded before the next update. */

@@ -26,15 +26,18 @@ static kl_status set_rows(kl_tensor *tx, kl_tensor *ty, kl_dtype dt, int first, 
     return kl_tensor_set(ty, y, (size_t)n * sizeof *y);
 }
 
-static kl_status get_params(kl_tensor **p, kl_dtype dt, double *out)
+/* The parameters w1 b1 w2 b2 (ctx slots 0..3) into out; grads: instead the
+ * gradients the last update used. */
+static kl_status get_params(kl_tensor **p, const kl_optim *opt, kl_dtype dt, double *out)
 {
     int64_t at = 0;
     for (int k = 0; k < 4; k++) {
         int64_t n = kl_tensor_numel(p[k]);
         double d[IN * HID];
         float f[IN * HID];
-        if (dt == KL_F64) TRY(kl_tensor_get(p[k], d, (size_t)n * sizeof *d));
-        else TRY(kl_tensor_get(p[k], f, (size_t)n * sizeof *f));
+        void *v = dt == KL_F64 ? (void *)d : (void *)f;
+        size_t bytes = (size_t)n * (dt == KL_F64 ? sizeof *d : sizeof *f);
+        TRY(opt ? kl_optim_grad_get(opt, k, v, bytes) : kl_tensor_get(p[k], v, bytes));
         for (int64_t i = 0; i < n; i++) out[at++] = dt == KL_F64 ? d[i] : f[i];
     }
     return KL_OK;
@@ -57,16 +60,18 @@ static kl_status run(accum_case *c, kl_ctx *ctx, kl_graph *g, kl_optim **opt)
     TRY(kl_optim_new(ctx, &oo, opt));
     TRY(kl_optim_step(g, *opt, &norm));
     TRY(kl_output(g, norm));
-    TRY(get_params(p, c->dt, c->init));
+    TRY(get_params(p, NULL, c->dt, c->init));
     for (int j = 0; j < c->runs; j++) {
         if (j == c->end_cycle_at) TRY(kl_optim_end_cycle(*opt));
         TRY(set_rows(x, y, c->dt, j * c->rows, c->rows, j == c->nan_run));
         TRY(kl_graph_run(g));
         TRY(kl_tensor_get(norm, &c->norm[j], sizeof c->norm[j]));
     }
-    TRY(get_params(p, c->dt, c->params));
+    TRY(get_params(p, NULL, c->dt, c->params));
     c->steps = kl_optim_steps(*opt);
     c->pending = kl_optim_pending(*opt);
+    c->grads_status = get_params(p, *opt, c->dt, c->grads);
+    if (!c->pending) TRY(c->grads_status);
     c->halted = kl_optim_halted(*opt);
     return KL_OK;
 }

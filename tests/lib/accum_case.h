@@ -20,6 +20,8 @@ typedef struct accum_case {
     /* out */
     double params[ACCUM_CASE_PARAMS]; /* after the last run, w1 b1 w2 b2 */
     double init[ACCUM_CASE_PARAMS];   /* before the first */
+    double grads[ACCUM_CASE_PARAMS];  /* the last update's (kl_optim_grad_get), if no cycle is pending */
+    kl_status grads_status;           /* what kl_optim_grad_get returned */
     double norm[ACCUM_CASE_MAX_RUNS]; /* each run's gradient norm output */
     int64_t steps, pending;
     int halted;
