@@ -7,7 +7,8 @@
 #     the uninterrupted one, bit for bit; SIGINT inside a step finishes the
 #     step's batches before its checkpoint; resuming with another batch
 #     size or accumulate is refused;
-#  3. an epoch whose batches do not divide by K ends with a shorter step;
+#  3. an epoch whose batches do not divide by K ends with a shorter step; a
+#     partial batch in a step weighs by its rows (batch 48 x 2 == batch 96);
 #  4. kiln plan counts the accumulator; a bad value names the key.
 . "$(dirname "$0")/lib/check.sh" "$1"
 sed 's/p: 0.1/p: 0.0/' models/mlp.yaml >"$tmp/mlp.yaml" # no dropout: batch sizes see the same masks
@@ -64,6 +65,16 @@ check "SIGINT mid-step: exit 130, resumed at a step's boundary (batch = 3 x step
 check "accumulate 3 over 46 batches: 16 steps an epoch" \
   '[ $? -eq 0 ] && [ "$(step_losses "$tmp/odd" | wc -l)" -eq 32 ] && grep -q "\"type\":\"epoch\",\"epoch\":1,\"step\":16," "$tmp/odd/metrics.jsonl" &&
    grep -q "\"type\":\"epoch\",\"epoch\":2,\"step\":32," "$tmp/odd/metrics.jsonl"'
+
+# a partial batch inside a step weighs by its rows: 1500 rows in batches of 48
+# end with 48 + 12 rows in one step, what batch 96 ends with (60 rows); the
+# second epoch starts from that update
+part=("$tmp/mlp.yaml" --epochs 2 --set data.drop_last=false "${small[@]}")
+"$kiln" train "${part[@]}" --batch 96 --out "$tmp/p96" >"$tmp/p96.log" 2>&1 &&
+  "$kiln" train "${part[@]}" --batch 48 --accumulate 2 --out "$tmp/p48" >"$tmp/p48.log" 2>&1
+check "batch 48 x 2 with a partial batch: batch 96's 32 step losses within f32 rounding" \
+  '[ $? -eq 0 ] && [ "$(step_losses "$tmp/p96" | wc -l)" -eq 32 ] && [ "$(step_losses "$tmp/p48" | wc -l)" -eq 32 ] &&
+   paste <(step_losses "$tmp/p96") <(step_losses "$tmp/p48") | awk "{d = \$1 - \$2; if (d < 0) d = -d; if (d > 1e-5 * \$1) bad++} END {exit bad > 0}"'
 
 # 4. plan and errors
 "$kiln" plan "$tmp/mlp.yaml" --set train.accumulate=4 --threads 2 >"$tmp/plan.log" 2>&1

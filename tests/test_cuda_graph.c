@@ -305,15 +305,17 @@ static void test_stream(kl_device gpu)
 /* ---- gradient accumulation: the same cases on the GPU and the CPU ---- */
 static void test_accumulate(kl_device gpu)
 {
-    static const struct { int acc, rows, runs, end_at, nan_run; } cases[] = {
-        {3, 4, 6, -1, -1}, {0, 12, 2, -1, -1}, {4, 4, 3, 2, -1}, {3, 4, 6, -1, 3}, {3, 4, 2, -1, -1}};
+    static const struct { int acc, rows, runs, end_at, nan_run, last_rows; } cases[] = {
+        {3, 4, 6, -1, -1, 0}, {0, 12, 2, -1, -1, 0}, {4, 4, 3, 2, -1, 0}, {3, 4, 6, -1, 3, 0}, {3, 4, 2, -1, -1, 0},
+        {3, 5, 3, -1, -1, 2}}; /* the last: a partial batch weighted by its rows */
     for (int f32 = 0; f32 < 2; f32++)
         for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
             accum_case c[2];
             for (int d = 0; d < 2; d++) {
                 c[d] = (accum_case){.dev = d ? gpu : (kl_device){KL_DEVICE_CPU, 0}, .dt = f32 ? KL_F32 : KL_F64,
                                     .accumulate = cases[k].acc, .rows = cases[k].rows, .runs = cases[k].runs,
-                                    .end_cycle_at = cases[k].end_at, .nan_run = cases[k].nan_run};
+                                    .end_cycle_at = cases[k].end_at, .nan_run = cases[k].nan_run,
+                                    .last_rows = cases[k].last_rows, .weighted = cases[k].last_rows > 0};
                 CHECK_OK(accum_case_run(&c[d]));
             }
             double worst = 0, tol = f32 ? 2e-3 : 1e-10; /* f32: TF32 GEMMs */

@@ -6,6 +6,8 @@
  *    1e-12 and in f32 to 1e-5; the norms of the updating runs match;
  *  - without accumulation, results are bit-identical to accumulate 1;
  *  - kl_optim_end_cycle ends a short cycle with the mean of what it holds;
+ *  - kl_optim_set_run_weight: a cycle ending in a partial batch weighted
+ *    by its rows is the big batch (no effect without accumulation);
  *  - kl_optim_grad_get gives the gradient an update used (the cycle's
  *    mean: the big run's) and is refused inside a cycle;
  *  - kl_optim_pending and kl_optim_steps count runs and updates;
@@ -65,6 +67,28 @@ int main(void)
         CHECK(shortc.steps == 1 && shortc.pending == 0);
         CHECK(max_rel(shortc.grads, big1.grads, ACCUM_CASE_PARAMS) < tol);
 
+        /* a partial last batch weighted by its rows: 5 + 5 + 2 rows == 12 rows;
+         * unweighted, its 2 rows would count as much as 5 */
+        accum_case part = {.dev = {KL_DEVICE_CPU, 0}, .dt = dt, .accumulate = 3, .rows = 5, .runs = 3, .end_cycle_at = -1,
+                           .nan_run = -1, .last_rows = 2, .weighted = 1};
+        accum_case part_u = part;
+        part_u.weighted = 0;
+        CHECK_OK(accum_case_run(&part));
+        CHECK_OK(accum_case_run(&part_u));
+        e = max_rel(part.grads, big1.grads, ACCUM_CASE_PARAMS);
+        printf("%s: 5 + 5 + 2 rows weighted vs 12 rows: max rel diff %.3g (unweighted %.3g)\n", dn, e,
+               max_rel(part_u.grads, big1.grads, ACCUM_CASE_PARAMS));
+        CHECK(e < tol && max_rel(part.params, big1.params, ACCUM_CASE_PARAMS) < tol);
+        CHECK(max_rel(part_u.grads, big1.grads, ACCUM_CASE_PARAMS) > 1e-2);
+        /* without accumulation the weight changes nothing */
+        accum_case nw = {.dev = {KL_DEVICE_CPU, 0}, .dt = dt, .rows = 4, .runs = 3, .end_cycle_at = -1, .nan_run = -1,
+                         .last_rows = 2, .weighted = 1};
+        accum_case nw_u = nw;
+        nw_u.weighted = 0;
+        CHECK_OK(accum_case_run(&nw));
+        CHECK_OK(accum_case_run(&nw_u));
+        CHECK(!memcmp(nw.params, nw_u.params, sizeof nw.params) && nw.steps == 3);
+
         /* mid-cycle: two runs of three accumulated, nothing updated yet */
         accum_case mid = run(dt, 3, 4, 2, -1, -1);
         CHECK(mid.steps == 0 && mid.pending == 2 && !memcmp(mid.params, mid.init, sizeof mid.params));
@@ -85,6 +109,11 @@ int main(void)
     CHECK_ERR(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_SGD, .lr = 0.1, .accumulate = -2}, &opt), KL_EINVAL,
               "sgd: accumulate must be in [0, 1048576] runs per update, got -2");
     CHECK_ERR(kl_optim_end_cycle(NULL), KL_EMISUSE, "kl_optim_end_cycle: optimizer is NULL");
+    CHECK_OK(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_SGD, .lr = 0.1, .accumulate = 2}, &opt));
+    CHECK_ERR(kl_optim_set_run_weight(opt, 0), KL_EINVAL, "kl_optim_set_run_weight: the weight must be a positive number, got 0");
+    CHECK_ERR(kl_optim_set_run_weight(opt, NAN), KL_EINVAL, "the weight must be a positive number, got nan");
+    CHECK_OK(kl_optim_set_run_weight(opt, 0.25));
+    kl_optim_free(opt);
     CHECK(kl_optim_pending(NULL) == 0);
     kl_ctx_free(ctx);
     return kl_test_done("test_optim_accum");

@@ -112,6 +112,11 @@ KL_API kl_status kl_optim_set_steps(kl_optim *opt, int64_t steps);
 /* Accumulation: the next run updates with the mean gradient of its cycle
  * so far, however few runs it holds (the last batches of an epoch). */
 KL_API kl_status kl_optim_end_cycle(kl_optim *opt);
+/* Accumulation: the weight of the following runs' gradients in their
+ * cycle's mean (default 1; it stays until set again). Give a run its rows
+ * over a full batch's so that a cycle with a partial batch averages over
+ * samples, as its loss does; without accumulation it has no effect. */
+KL_API kl_status kl_optim_set_run_weight(kl_optim *opt, double w);
 /* Runs accumulated since the last update (0 at a cycle's boundary, where a
  * checkpoint should be taken: the accumulator is not part of the state). */
 KL_API int64_t kl_optim_pending(const kl_optim *opt);

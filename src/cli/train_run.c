@@ -502,6 +502,7 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         /* with accumulation the step ends after K batches or with the epoch */
         int last = kl_optim_pending(r->opt) + 1 >= K || st.batch + 1 == per_epoch;
         if (last && K > 1) KL_TRY(kl_optim_end_cycle(r->opt));
+        KL_TRY(kl_optim_set_run_weight(r->opt, (double)n / (double)B)); /* a partial batch: its share of samples */
         KL_TRY(kl_graph_set_runs(sg->g, st.graph_runs)); /* dropout: one stream a batch */
         KL_TRY(kl_graph_run(sg->g));
         p.q[(p.head + p.len) % PIPE_RING] = (issued){st.step + 1, st.epoch, st.batch, n, at, last, kl_optim_lr(r->opt), sg};

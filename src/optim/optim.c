@@ -46,6 +46,7 @@ kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim **out)
     opt->ctx = ctx;
     opt->be = ctx->be;
     opt->o = o;
+    opt->run_weight = 1;
     *out = opt;
     return KL_OK;
 }
@@ -121,7 +122,8 @@ kl_optim_hp kl_optim_hparams(const kl_optim *opt)
     kl_optim_hp h = {.lr = o->lr, .momentum = o->momentum, .weight_decay = o->weight_decay,
                      .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps, .nesterov = o->nesterov,
                      .gscale = 1, .max_norm = o->max_grad_norm, .loss_scaled = o->loss_scale > 0,
-                     .scale_window = o->scale_window, .step = step, .acc_first = 1, .acc_apply = 1, .acc_scale = 1};
+                     .scale_window = o->scale_window, .step = step, .acc_first = 1, .acc_apply = 1, .acc_scale = 1,
+                     .acc_weight = 1};
     return h;
 }
 
@@ -154,7 +156,9 @@ static kl_status optim_prepare(const kl_exec *ex, const kl_tensor *t, void *vals
     kl_optim_hp h = kl_optim_hparams(opt);
     h.acc_first = opt->micro == 0;
     h.acc_apply = opt->micro + 1 >= opt->o.accumulate || opt->end_cycle;
-    h.acc_scale = 1.0 / (double)(opt->micro + 1);
+    h.acc_weight = opt->run_weight;
+    opt->acc_wsum = h.acc_first ? h.acc_weight : opt->acc_wsum + h.acc_weight;
+    h.acc_scale = 1.0 / opt->acc_wsum;
     memcpy(vals, &h, sizeof h);
     if (h.acc_apply) {
         opt->mean_in_acc = !h.acc_first;
@@ -305,6 +309,14 @@ kl_status kl_optim_set_steps(kl_optim *opt, int64_t steps)
     opt->steps = steps;
     opt->micro = 0;
     opt->end_cycle = false;
+    return KL_OK;
+}
+
+kl_status kl_optim_set_run_weight(kl_optim *opt, double w)
+{
+    if (!opt) return kl_fail(KL_EMISUSE, "kl_optim_set_run_weight: optimizer is NULL");
+    if (!(w > 0) || !isfinite(w)) return kl_fail(KL_EINVAL, "kl_optim_set_run_weight: the weight must be a positive number, got %g", w);
+    opt->run_weight = w;
     return KL_OK;
 }
 

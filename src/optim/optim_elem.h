@@ -29,18 +29,23 @@ typedef struct kl_optim_hp {
     int64_t step;    /* this cycle's number, from 1 (skipped updates included) */
     /* gradient accumulation (kl_optim_opts.accumulate): acc_first, this run
      * starts a cycle (the accumulator holds nothing yet); acc_apply, this
-     * run ends it and updates with the mean gradient, (acc + g) * acc_scale
-     * (formed in the accumulator first), else it only adds g to it. Without accumulation every
-     * run is first and applies with scale 1. */
+     * run ends it and updates with the weighted mean gradient,
+     * (acc + g * acc_weight) * acc_scale (formed in the accumulator first;
+     * acc_scale = 1 / the cycle's summed weights), else it only adds
+     * g * acc_weight to it. The weight is the run's rows over a full
+     * batch's (1.0 but for a partial batch), so the mean is over samples.
+     * Without accumulation every run is first and applies with scale 1. */
     int acc_first, acc_apply;
-    double acc_scale;
+    double acc_scale, acc_weight;
 } kl_optim_hp;
 
-/* The accumulator after a run with gradient g: inside a cycle the sum so
- * far, at the end of a cycle of several runs their mean (which the update
- * then reads instead of g; a cycle of one run updates from g itself). */
+/* The accumulator after a run with gradient g: inside a cycle the weighted
+ * sum so far, at the end of a cycle of several runs their weighted mean
+ * (which the update then reads instead of g; a cycle of one run updates
+ * from g itself). A weight of 1 multiplies exactly. */
 #define KL_OPTIM_ACCUMULATE(T, h, g, acc)                                                          \
-    (((h)->acc_first ? (g) : (acc) + (g)) * (T)((h)->acc_apply ? (h)->acc_scale : 1.0))
+    (((h)->acc_first ? (g) * (T)(h)->acc_weight : (acc) + (g) * (T)(h)->acc_weight) *             \
+     (T)((h)->acc_apply ? (h)->acc_scale : 1.0))
 
 #define KL_DEF_OPTIM_ELEM(T)                                                                       \
     KL_HD static inline void kl_optim_elem_##T(const kl_optim_hp *h, int kind, T *p, T g, T *m, T *v) \

@@ -20,6 +20,8 @@ struct kl_optim {
     int64_t micro;        /* runs accumulated in the current cycle */
     bool end_cycle;       /* kl_optim_end_cycle: the next run applies */
     bool mean_in_acc;     /* the last update read its cycle's mean from acc (not the ctx's gradients) */
+    double run_weight;    /* kl_optim_set_run_weight: the next runs' weight in their cycle's mean */
+    double acc_wsum;      /* the current cycle's summed weights */
     /* Non-CPU backends: host copies handed out by kl_optim_state (for
      * checkpoints); host_out[k] says copy k may have been written and is
      * uploaded before the next update. */

@@ -43,50 +43,68 @@ static kl_status get_params(kl_tensor **p, const kl_optim *opt, kl_dtype dt, dou
     return KL_OK;
 }
 
-static kl_status run(accum_case *c, kl_ctx *ctx, kl_graph *g, kl_optim **opt)
+typedef struct { kl_tensor *x, *y, *p[4], *norm; } net;
+
+/* The net on `rows` rows in g; the first build makes the optimizer, a
+ * second shares it and the parameters (as kiln train's partial batch). */
+static kl_status build(accum_case *c, kl_ctx *ctx, kl_graph *g, int rows, kl_optim **opt, net *n)
 {
-    kl_tensor *x, *y, *p[4], *h, *lg, *loss, *norm;
-    TRY(kl_input(g, "x", c->dt, 2, (int64_t[]){c->rows, IN}, &x));
-    TRY(kl_input(g, "y", KL_I32, 1, (int64_t[]){c->rows}, &y));
-    TRY(kl_param(g, "w1", c->dt, 2, (int64_t[]){HID, IN}, NULL, &p[0]));
-    TRY(kl_param(g, "b1", c->dt, 1, (int64_t[]){HID}, NULL, &p[1]));
-    TRY(kl_param(g, "w2", c->dt, 2, (int64_t[]){OUT, HID}, NULL, &p[2]));
-    TRY(kl_param(g, "b2", c->dt, 1, (int64_t[]){OUT}, NULL, &p[3]));
-    TRY(kl_linear(g, x, p[0], p[1], KL_ACT_TANH, &h));
-    TRY(kl_linear(g, h, p[2], p[3], KL_ACT_NONE, &lg));
-    TRY(kl_softmax_cross_entropy(g, lg, y, &loss));
+    kl_tensor *h, *lg, *loss;
+    TRY(kl_input(g, "x", c->dt, 2, (int64_t[]){rows, IN}, &n->x));
+    TRY(kl_input(g, "y", KL_I32, 1, (int64_t[]){rows}, &n->y));
+    TRY(kl_param(g, "w1", c->dt, 2, (int64_t[]){HID, IN}, NULL, &n->p[0]));
+    TRY(kl_param(g, "b1", c->dt, 1, (int64_t[]){HID}, NULL, &n->p[1]));
+    TRY(kl_param(g, "w2", c->dt, 2, (int64_t[]){OUT, HID}, NULL, &n->p[2]));
+    TRY(kl_param(g, "b2", c->dt, 1, (int64_t[]){OUT}, NULL, &n->p[3]));
+    TRY(kl_linear(g, n->x, n->p[0], n->p[1], KL_ACT_TANH, &h));
+    TRY(kl_linear(g, h, n->p[2], n->p[3], KL_ACT_NONE, &lg));
+    TRY(kl_softmax_cross_entropy(g, lg, n->y, &loss));
     TRY(kl_backward(g, loss));
     kl_optim_opts oo = {.kind = KL_OPTIM_ADAM, .lr = 0.05, .max_grad_norm = 0.3, .accumulate = c->accumulate};
-    TRY(kl_optim_new(ctx, &oo, opt));
-    TRY(kl_optim_step(g, *opt, &norm));
-    TRY(kl_output(g, norm));
-    TRY(get_params(p, NULL, c->dt, c->init));
+    if (!*opt) TRY(kl_optim_new(ctx, &oo, opt));
+    TRY(kl_optim_step(g, *opt, &n->norm));
+    return kl_output(g, n->norm);
+}
+
+static kl_status run(accum_case *c, kl_ctx *ctx, kl_graph *g, kl_graph *g2, kl_optim **opt)
+{
+    net a, b;
+    TRY(build(c, ctx, g, c->rows, opt, &a));
+    if (c->last_rows) TRY(build(c, ctx, g2, c->last_rows, opt, &b));
+    TRY(get_params(a.p, NULL, c->dt, c->init));
+    int at = 0;
     for (int j = 0; j < c->runs; j++) {
+        int last = c->last_rows && j + 1 == c->runs, rows = last ? c->last_rows : c->rows;
+        net *n = last ? &b : &a;
         if (j == c->end_cycle_at) TRY(kl_optim_end_cycle(*opt));
-        TRY(set_rows(x, y, c->dt, j * c->rows, c->rows, j == c->nan_run));
-        TRY(kl_graph_run(g));
-        TRY(kl_tensor_get(norm, &c->norm[j], sizeof c->norm[j]));
+        if (c->weighted) TRY(kl_optim_set_run_weight(*opt, (double)rows / c->rows));
+        TRY(set_rows(n->x, n->y, c->dt, at, rows, j == c->nan_run));
+        TRY(kl_graph_run(last ? g2 : g));
+        TRY(kl_tensor_get(n->norm, &c->norm[j], sizeof c->norm[j]));
+        at += rows;
     }
-    TRY(get_params(p, NULL, c->dt, c->params));
+    TRY(get_params(a.p, NULL, c->dt, c->params));
     c->steps = kl_optim_steps(*opt);
     c->pending = kl_optim_pending(*opt);
-    c->grads_status = get_params(p, *opt, c->dt, c->grads);
-    if (!c->pending) TRY(c->grads_status);
     c->halted = kl_optim_halted(*opt);
+    c->grads_status = get_params(a.p, *opt, c->dt, c->grads);
+    if (!c->pending) TRY(c->grads_status);
     return KL_OK;
 }
 
 kl_status accum_case_run(accum_case *c)
 {
-    if (c->runs > ACCUM_CASE_MAX_RUNS || c->rows * c->runs > TABLE)
+    if (c->runs > ACCUM_CASE_MAX_RUNS || c->rows * c->runs > TABLE || c->last_rows > c->rows)
         return KL_EINVAL;
     kl_ctx_opts co = {.device = c->dev, .seed = 11};
     kl_ctx *ctx;
-    kl_graph *g = NULL;
+    kl_graph *g = NULL, *g2 = NULL;
     kl_optim *opt = NULL;
     TRY(kl_ctx_new(&co, &ctx));
     kl_status s = kl_graph_new(ctx, &g);
-    if (s == KL_OK) s = run(c, ctx, g, &opt);
+    if (s == KL_OK) s = kl_graph_new(ctx, &g2);
+    if (s == KL_OK) s = run(c, ctx, g, g2, &opt);
+    kl_graph_free(g2);
     kl_graph_free(g);
     kl_optim_free(opt);
     kl_ctx_free(ctx);

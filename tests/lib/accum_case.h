@@ -17,6 +17,8 @@ typedef struct accum_case {
     int rows, runs;    /* rows a run; runs (<= ACCUM_CASE_MAX_RUNS, rows * runs <= 24) */
     int end_cycle_at;  /* >= 0: kl_optim_end_cycle before that run */
     int nan_run;       /* >= 0: that run's first feature is NaN (a NaN loss) */
+    int last_rows;     /* > 0: the last run is a partial batch of that many rows, on a second graph */
+    int weighted;      /* kl_optim_set_run_weight(rows / full rows) before each run */
     /* out */
     double params[ACCUM_CASE_PARAMS]; /* after the last run, w1 b1 w2 b2 */
     double init[ACCUM_CASE_PARAMS];   /* before the first */
