@@ -93,9 +93,9 @@ static kl_status emb_bwd_shape(kl_tensor *t)
     t->ne[0] = V;
     t->ne[1] = dy->ne[dy->ndim - 1];
     if (t->g->ctx->backend == KL_BACKEND_CUDA && kl_numel(idx) > 0) { /* the GPU sorts positions by row */
-        if (kl_numel(idx) > INT32_MAX)
-            return kl_fail(KL_EUNSUPPORTED, "embedding_bwd: %lld positions, the CUDA kernel takes at most %d",
-                           (long long)kl_numel(idx), INT32_MAX);
+        if (kl_numel(idx) > INT32_MAX || V > INT32_MAX) /* 32-bit sort keys, V itself marking bad indices */
+            return kl_fail(KL_EUNSUPPORTED, "embedding_bwd: %lld positions into %lld rows, the CUDA kernel takes at "
+                           "most %d of each", (long long)kl_numel(idx), (long long)V, INT32_MAX);
         t->scratch_bytes = kl_cuda_embedding_bwd_scratch(kl_numel(idx), V, t->ne[1], kl_calc_size(t->dtype));
         if (!t->scratch_bytes)
             return kl_fail(KL_EDEVICE, "embedding_bwd: cannot size the CUDA sort of %lld positions",

@@ -106,7 +106,9 @@ __device__ void att_dot(att_smem<T> &sm, const att_mat<T> &A, int64_t r0, const 
 
 /* acc[i][c] += sum_k sm.p[ty + 16 i][k] C(k0 + k, col c) over k < N, col c =
  * kl_att_out_col(z, W, c, tx) (< C.cols). The caller has written sm.p and
- * synchronised; returns synchronised (sm.p and sm.b free again). */
+ * synchronised; returns synchronised (sm.p and sm.b free again), except
+ * when chunk z holds no column of C: then it returns at once, and sm.p is
+ * only free for each thread to rewrite its own entries. */
 template <typename T, int W>
 __device__ void att_acc(att_smem<T> &sm, const att_mat<T> &C, int64_t k0, int64_t z,
                         T (&acc)[att_geo<T>::R][W / KL_ATT_TX])

@@ -230,6 +230,9 @@ static kl_status check_kernel_errors(void)
     if (r.code == KL_CUERR_GATHER)
         return kl_fail(KL_EINVAL, "gather_rows: index %d at position %lld out of range [0,%lld) (found on cuda:%d)",
                        r.value, r.where, r.limit, g_cu.device);
+    if (r.code == KL_CUERR_START)
+        return kl_fail(KL_EINVAL, "gather_rows: rows [%d, %lld) are not within the %lld indices (found on cuda:%d)",
+                       r.value, r.where, r.limit, g_cu.device);
     return kl_fail(KL_EINTERNAL, "cuda:%d: a kernel reported unknown error %d", g_cu.device, r.code);
 }
 

@@ -52,7 +52,7 @@ typedef struct kl_cuda_err {
     int value;
     long long where, limit;
 } kl_cuda_err;
-enum { KL_CUERR_NONE = 0, KL_CUERR_LABEL = 1, KL_CUERR_INDEX = 2, KL_CUERR_GATHER = 3 };
+enum { KL_CUERR_NONE = 0, KL_CUERR_LABEL = 1, KL_CUERR_INDEX = 2, KL_CUERR_GATHER = 3, KL_CUERR_START = 4 };
 
 __device__ __forceinline__ void kl_cu_report(kl_cuda_err *e, int code, int value, long long where, long long limit)
 {

@@ -10,9 +10,10 @@
  *   emb_piece_k, emb_join_k  the sorted array in pieces (ops/emb_grad.h): a
  *                row's positions summed in ascending order, a long run (a
  *                padding row) piece by piece and then the pieces in order;
- *                rows no position names stay zero (memset). Rows named by
- *                at most a piece's worth of positions come out bit-equal to
- *                the CPU (ops/embedding.c sums each row in position order).
+ *                rows no position names stay zero (memset). Rows whose
+ *                sorted run lies inside one piece come out bit-equal to
+ *                the CPU (ops/embedding.c sums each row in position order);
+ *                a run across pieces adds the pieces' sums.
  * The scratch (keys, pos, sorted keys, sorted pos, the pieces' head and
  * tail sums, CUB's temporary storage) is planned with the node:
  * kl_cuda_embedding_bwd_scratch. */

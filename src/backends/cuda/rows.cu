@@ -2,7 +2,9 @@
  * (src/core/readback.c):
  *   gather_rows   y[r] = src[idx[start + r]]: one thread per 4-byte word of
  *                 a row when rows are whole words, else per byte; a bad
- *                 index is reported (KL_CUERR_GATHER) and its row zeroed
+ *                 index is reported (KL_CUERR_GATHER) and its row zeroed,
+ *                 a window [start, start + rows) outside idx (KL_CUERR_START)
+ *                 zeroes them all
  *   argmax_match  one warp per row finds the first largest logit; matches are
  *                 counted with integer atomics (exact in any order)
  *   record        one thread writes the values, then (after a system fence)
@@ -17,10 +19,15 @@ __global__ void gather_k(const E *src, const int32_t *idx, const int32_t *startp
                          int64_t K, int64_t M, kl_cuda_err *err)
 {
     int64_t start = *startp;
+    if (start < 0 || start > K - rows) { /* as the CPU: the whole window is out, not an index */
+        if (blockIdx.x == 0 && threadIdx.x == 0) kl_cu_report(err, KL_CUERR_START, (int)start, start + rows, K);
+        KL_CU_FOR(e, rows * per_row) y[e] = (E)0;
+        return;
+    }
     KL_CU_FOR(e, rows * per_row)
     {
         int64_t r = e / per_row, c = e - r * per_row, at = start + r;
-        int64_t j = at >= 0 && at < K ? idx[at] : -1;
+        int64_t j = idx[at];
         if (j < 0 || j >= M) {
             if (c == 0) kl_cu_report(err, KL_CUERR_GATHER, (int)j, at, M);
             y[e] = (E)0;
