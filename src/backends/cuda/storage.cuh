@@ -2,8 +2,9 @@
  * (kl_op_def.half_native): a kernel is a template on its storage type S and
  * computes in kl_cu_calc<S>::T (float for 16-bit storage), loading with
  * kl_cu_load and storing with kl_cu_store, so the per-element math is the
- * f32 (or f64) math the CPU runs, and 16-bit values are rounded once, on
- * store, as the CPU's widened path does (core/widen.c). The conversions
+ * f32 (or f64) math the CPU runs (to rounding: nvcc and GCC contract
+ * multiply-adds at their own places), and 16-bit values are rounded once,
+ * on store, as the CPU's widened path does (core/widen.c). The conversions
  * are core/half.h's (round to nearest even). */
 #ifndef KL_CUDA_STORAGE_CUH
 #define KL_CUDA_STORAGE_CUH
