@@ -112,7 +112,12 @@ kl_status kl_readback_pop(kl_readback *rb, int wait, double *vals, int *ready)
     if (rb->popped == rb->pushed) return KL_OK;
     kl_record *r = &rb->host[rb->popped % (uint64_t)rb->cap];
     uint64_t want = rb->popped + 1;
-    if (__atomic_load_n(&r->seq, __ATOMIC_ACQUIRE) < want) {
+    if (__atomic_load_n(&r->seq, __ATOMIC_ACQUIRE) >= want) {
+        /* arrived: still ask the backend, which returns at once but reports an
+         * error a kernel recorded (a bad label) that no wait would see while
+         * the host lags; the record stays for the next pop */
+        KL_TRY(rb->g->ctx->be->wait_seq(&r->seq, want));
+    } else {
         if (!wait) return KL_OK;
         kl_status s = rb->g->ctx->be->wait_seq(&r->seq, want);
         if (s != KL_OK) {

@@ -108,8 +108,10 @@ kl_status kl_optim_set_scaler(kl_optim *opt, double scale, int64_t good, int64_t
     f->good = good;
     f->skipped = skipped;
     if (opt->flags == opt->seen) return KL_OK;
-    /* the device's copy, ordered after the runs issued so far */
-    KL_TRY(opt->ctx->be->h2d(&opt->flags->scale, &f->scale, sizeof f->scale));
-    KL_TRY(opt->ctx->be->h2d(&opt->flags->good, &f->good, sizeof f->good));
-    return opt->ctx->be->h2d(&opt->flags->skipped, &f->skipped, sizeof f->skipped);
+    /* the device's copy, ordered after the runs issued so far; from the
+     * arguments, not from seen, which a run in flight may still overwrite */
+    double s = f->scale;
+    KL_TRY(opt->ctx->be->h2d(&opt->flags->scale, &s, sizeof s));
+    KL_TRY(opt->ctx->be->h2d(&opt->flags->good, &good, sizeof good));
+    return opt->ctx->be->h2d(&opt->flags->skipped, &skipped, sizeof skipped);
 }

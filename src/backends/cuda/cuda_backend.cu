@@ -260,6 +260,7 @@ static void cu_free(void *p)
  * src can be reused at once. Per-run values and batch offsets go this way
  * before every replay of a captured graph. */
 #define KL_CU_SMALL 2048
+#define KL_CU_SMALL_MAX (32 * KL_CU_SMALL)
 typedef struct { unsigned char b[KL_CU_SMALL]; } small_blob;
 
 __global__ void small_copy_k(unsigned char *dst, small_blob src, unsigned n)
@@ -271,14 +272,19 @@ static kl_status cu_h2d(void *dst, const void *src, size_t bytes)
 {
     KL_TRY(need_ready("h2d"));
     if (!bytes) return KL_OK;
-    if (bytes <= KL_CU_SMALL) {
-        small_blob b;
-        memcpy(b.b, src, bytes);
-        small_copy_k<<<1, 256, 0, g_cu.stream>>>((unsigned char *)dst, b, (unsigned)bytes);
-        KL_CUDA_CHECK(cudaGetLastError(), "copy to device", "small_copy_k");
+    if (bytes <= KL_CU_SMALL_MAX) { /* in KL_CU_SMALL pieces: a run block of many nodes too */
+        for (size_t at = 0; at < bytes; at += KL_CU_SMALL) {
+            size_t n = bytes - at < KL_CU_SMALL ? bytes - at : KL_CU_SMALL;
+            small_blob b;
+            memcpy(b.b, (const unsigned char *)src + at, n);
+            small_copy_k<<<1, 256, 0, g_cu.stream>>>((unsigned char *)dst + at, b, (unsigned)n);
+            KL_CUDA_CHECK(cudaGetLastError(), "copy to device", "small_copy_k");
+        }
         return KL_OK;
     }
-    /* from pageable memory the call returns once src has been staged */
+    /* from pageable memory the call returns once src has been staged, which
+     * the driver may do by waiting for the stream: only large, rare copies
+     * (optimizer state after a checkpoint load, datasets) come here */
     KL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_cu.stream), "copy to device", "cudaMemcpyAsync");
     return KL_OK;
 }

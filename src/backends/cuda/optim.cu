@@ -50,25 +50,28 @@ __global__ void optim_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t 
 }
 
 /* accumulation, before the norm and the update: inside a cycle (unless
- * halted) acc = first ? g : acc + g; at the end of a cycle of several runs
- * their mean (optim_elem.h) */
+ * halted) acc = first ? w g : acc + w g; at the end of a cycle of several runs
+ * their weighted mean (optim_elem.h); a data error adds nothing */
 template <typename T>
-__global__ void accum_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t n, const T *g, T *acc)
+__global__ void accum_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t n, const T *g, T *acc,
+                        const kl_cuda_err *err)
 {
     kl_optim_hp h = *hp;
     if (h.acc_apply ? h.acc_first : f->halted) return;
+    if (*(const volatile int *)&err->code != 0) return; /* a data error: this run's gradient is not added */
     KL_CU_FOR(i, n) acc[i] = KL_OPTIM_ACCUMULATE(T, &h, g[i], acc[i]);
 }
 
 /* one thread: the update's flags from the loss and the summed squares. A
  * data error recorded and not yet reported (a bad label or index in this
  * step or an earlier queued one: the CPU would have stopped there) skips
- * the update, so the parameters stay those of the last good step. */
+ * the update and leaves the flags (scaler, halt) as they were, so the
+ * parameters and the optimizer's state stay those of the last good step. */
 __global__ void decide_k(const kl_optim_hp *hp, const void *loss, int loss_dt, const double *ss, kl_optim_flags *f,
                          kl_optim_flags *seen, double *norm_out, const kl_cuda_err *err)
 {
-    kl_optim_decide(hp, kl_load_double(loss, loss_dt, 0), ss != NULL, ss ? *ss : 0.0, f);
-    if (*(const volatile int *)&err->code != 0) f->apply = 0, f->acc_bad = 1;
+    if (*(const volatile int *)&err->code != 0) f->apply = 0;
+    else kl_optim_decide(hp, kl_load_double(loss, loss_dt, 0), ss != NULL, ss ? *ss : 0.0, f);
     *norm_out = f->norm;
     *seen = *f; /* host-visible: the norm, halt and the loss scaler's state */
 }
@@ -194,8 +197,9 @@ extern "C" kl_status kl_cuda_optim(const kl_exec *ex, const kl_tensor *t)
         unsigned nb = kl_cu_blocks(n, KL_CU_THREADS);
         unsigned char *gr = c->grads + sp.off, *acc = opt->acc + sp.off;
         if (sp.dt == KL_F32)
-            accum_k<float><<<nb, KL_CU_THREADS, 0, s>>>(hp, opt->flags, n, (const float *)gr, (float *)acc);
-        else accum_k<double><<<nb, KL_CU_THREADS, 0, s>>>(hp, opt->flags, n, (const double *)gr, (double *)acc);
+            accum_k<float><<<nb, KL_CU_THREADS, 0, s>>>(hp, opt->flags, n, (const float *)gr, (float *)acc, kl_cu_err());
+        else accum_k<double><<<nb, KL_CU_THREADS, 0, s>>>(hp, opt->flags, n, (const double *)gr, (double *)acc,
+                                                            kl_cu_err());
         KL_CUDA_LAUNCHED(t, "accum_k");
     }
     double *ss = NULL;
