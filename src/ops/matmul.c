@@ -149,7 +149,8 @@ KL_FOR_REAL(MATMUL_KERNEL)
 
 /* ---- f16/bf16 operands on the CPU ----
  * oneDNN multiplies them as stored (kl_gemm_half) into f32 scratch; the
- * bias, activation and one rounding follow, as in cuBLASLt's epilogue.
+ * bias, activation and one rounding follow, as in cuBLASLt's epilogue for
+ * bias and ReLU (CUDA rounds twice with other activations: matmul.cu).
  * Geometries oneDNN cannot take go through the executor's f32 copies
  * (core/widen.c), which matmul_half_native tells it. */
 static bool is_half(kl_dtype d) { return d == KL_F16 || d == KL_BF16; }

@@ -9,7 +9,9 @@
  * scalars, the output rounded once (as the CPU's widened path).
  * Bias and ReLU ride on the epilogue (all but f64, the bias in the output's
  * type); other activations, and f64's bias, run as one extra elementwise
- * kernel.
+ * kernel. So a 16-bit output with tanh, sigmoid or GELU is rounded twice
+ * (after the bias epilogue, after the activation), where the CPU rounds
+ * once: they may differ by one 16-bit ulp.
  *
  * Plans (descriptors, layouts and the heuristic's algorithm) are cached by
  * GEMM shape, layout, epilogue and pointer alignment: the heuristic runs
@@ -198,7 +200,6 @@ extern "C" kl_status kl_cu_gemm_run(const kl_tensor *t, const kl_cu_gemm *g)
 
     const gemm_plan *p;
     KL_TRY(plan_get(&k, bias ? g->bias : NULL, t, &p));
-    if (bias) LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias, sizeof g->bias), t);
     size_t ws_bytes;
     void *ws = kl_cu_workspace(&ws_bytes);
     /* host scalars: their values are read at the call (and baked into a captured graph) */
@@ -206,8 +207,16 @@ extern "C" kl_status kl_cu_gemm_run(const kl_tensor *t, const kl_cu_gemm *g)
     double alpha_d = 1, beta_d = g->beta;
     const void *alpha = !f64 ? (const void *)&alpha_f : (const void *)&alpha_d;
     const void *beta = !f64 ? (const void *)&beta_f : (const void *)&beta_d;
-    LT_CHECK(cublasLtMatmul((cublasLtHandle_t)kl_cu_lt(), p->desc, alpha, g->b, p->la, g->a, p->lb, beta, g->y, p->ly,
-                            g->y, p->ly, &p->algo, ws, p->ws, kl_cu_stream()), t);
+    /* the bias pointer lives in the plan's shared descriptor: set and used
+     * under the lock, so another thread's GEMM of this shape cannot swap it */
+    pthread_mutex_lock(&g_plan_lock);
+    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+    if (bias) st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias, sizeof g->bias);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmul((cublasLtHandle_t)kl_cu_lt(), p->desc, alpha, g->b, p->la, g->a, p->lb, beta, g->y, p->ly, g->y,
+                            p->ly, &p->algo, ws, p->ws, kl_cu_stream());
+    pthread_mutex_unlock(&g_plan_lock);
+    if (st != CUBLAS_STATUS_SUCCESS) return lt_fail(st, t, bias ? "cublasLtMatmul (bias epilogue)" : "cublasLtMatmul");
     return KL_OK;
 }
 
