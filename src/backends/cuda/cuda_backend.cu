@@ -212,6 +212,8 @@ static kl_status need_ready(const char *what)
  * code is -1 is being written (kl_cu_report) and is left for a later sync;
  * the fields are read only once the code says they are complete, and only
  * the code is cleared, last. */
+static kl_status cu_h2d(void *dst, const void *src, size_t bytes);
+
 static kl_status check_kernel_errors(void)
 {
     kl_cuda_err *e = g_cu.err_host;
@@ -221,6 +223,11 @@ static kl_status check_kernel_errors(void)
     kl_cuda_err r = *e;
     r.code = code;
     __atomic_store_n(&e->code, 0, __ATOMIC_RELEASE);
+    /* release the runs issued after this report (kl_cuda_err.poison); the
+     * data error is what this call reports: a failed launch here means a
+     * broken context, which the next CUDA call reports */
+    int zero = 0;
+    (void)cu_h2d(&g_cu.err_dev->poison, &zero, sizeof zero);
     if (r.code == KL_CUERR_LABEL)
         return kl_fail(KL_EINVAL, "softmax_cross_entropy: label %d of row %lld out of range [0,%lld) (found on cuda:%d)",
                        r.value, r.where, r.limit, g_cu.device);

@@ -51,11 +51,16 @@ typedef struct kl_cuda_err {
     int code; /* KL_CUERR_*; 0: none */
     int value;
     long long where, limit;
+    /* set by every report; the update skips while it is (optim.cu). The
+     * host clears code when it reports, but poison on the stream, so runs
+     * issued before the report stay skipped */
+    int poison;
 } kl_cuda_err;
 enum { KL_CUERR_NONE = 0, KL_CUERR_LABEL = 1, KL_CUERR_INDEX = 2, KL_CUERR_GATHER = 3, KL_CUERR_START = 4 };
 
 __device__ __forceinline__ void kl_cu_report(kl_cuda_err *e, int code, int value, long long where, long long limit)
 {
+    atomicExch(&e->poison, 1);
     if (atomicCAS(&e->code, 0, -1) == 0) {
         e->value = value;
         e->where = where;
