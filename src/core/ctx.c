@@ -229,9 +229,15 @@ kl_status kl_ctx_param_set(kl_ctx *c, int i, const void *src, size_t bytes)
     return c->be->h2d(kl_slot_data(c, i), src, bytes);
 }
 
+kl_status kl_ctx_check_grad_copy(const kl_ctx *c, int i, size_t bytes, const char *fn)
+{
+    KL_TRY(check_copy(c, i, bytes, fn));
+    if (!c->slots[i].trainable) return kl_fail(KL_EINVAL, "%s: '%s' is a buffer, not trainable", fn, c->slots[i].name);
+    return KL_OK;
+}
+
 kl_status kl_ctx_grad_get(const kl_ctx *c, int i, void *dst, size_t bytes)
 {
-    KL_TRY(check_copy(c, i, bytes, "kl_ctx_grad_get"));
-    if (!c->slots[i].trainable) return kl_fail(KL_EINVAL, "kl_ctx_grad_get: '%s' is a buffer, not trainable", c->slots[i].name);
+    KL_TRY(kl_ctx_check_grad_copy(c, i, bytes, "kl_ctx_grad_get"));
     return c->be->d2h(dst, kl_slot_grad(c, i), bytes);
 }

@@ -247,6 +247,9 @@ kl_status kl_ctx_slot_new(kl_ctx *ctx, const char *name, kl_dtype dt, int ndim, 
                           bool trainable, const kl_init *init, int *slot);
 unsigned char *kl_slot_data(const kl_ctx *ctx, int slot);
 unsigned char *kl_slot_grad(const kl_ctx *ctx, int slot);
+/* Fails, naming fn, unless slot i is trainable and holds `bytes` bytes:
+ * the checks of a copy out of its gradient. */
+kl_status kl_ctx_check_grad_copy(const kl_ctx *ctx, int i, size_t bytes, const char *fn);
 
 /* Element-type dispatch for CPU kernels written once for float and double:
  *   #define K(T) static void relu_##T(const T *x, T *y, int64_t n) { ... }
