@@ -4,7 +4,8 @@
  * included, on the CPU's vectorised 2x2 path too), the backward gather
  * (kl_pool_bwd_T) over every dx element against the CPU's scatter: max and
  * average, overlapping windows, padding, stride > kernel, a window > 255
- * elements (i32 argmax), f32 and f64. Also the window ranges exhaustively. */
+ * elements (i32 argmax), NaN inputs (the first NaN wins on every path), f32
+ * and f64. Also the window ranges exhaustively. */
 #include "kiln/kiln.h"
 #include "testutil.h"
 #include "cuda_parity.h" /* kl_parity_compare */
@@ -12,6 +13,7 @@
 #include "core/graph.h"  /* node attributes, the arena (saved argmax) */
 #include "ops/pool2d.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,13 +23,30 @@ typedef struct {
     const char *name;
     int64_t N, C, H, W;
     kl_pool2d_opts o;
-    int max, ties;
+    int max, ties; /* ties: kl_emu_fill's (2: with NaNs) */
 } pool_case;
+
+/* NaN positions of the CUDA thread's y equal the CPU's (then zeroed in both,
+ * for the numeric comparison); returns how many there were */
+static int64_t nan_match(const char *cs, double *ref, double *out, int64_t n)
+{
+    int64_t nans = 0, bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        bool a = isnan(ref[i]), b = isnan(out[i]);
+        nans += a, bad += a != b;
+        if (a || b) ref[i] = out[i] = 0;
+    }
+    if (bad) fprintf(stderr, "  %s: %lld outputs NaN on one side only\n", cs, (long long)bad);
+    CHECK(bad == 0);
+    return nans;
+}
 
 static const pool_case pool_cases[] = {
     {"max_2x2_odd", 2, 3, 7, 9, {{2, 2}, {0, 0}, {0, 0}}, 1, 0}, /* the CPU's vectorised path */
     {"max_2x2_ties", 2, 2, 6, 8, {{2, 2}, {0, 0}, {0, 0}}, 1, 1},
+    {"max_2x2_nan", 2, 3, 8, 10, {{2, 2}, {0, 0}, {0, 0}}, 1, 2}, /* the first NaN wins, as on the general path */
     {"max_3x3_s2_p1", 2, 3, 7, 6, {{3, 3}, {2, 2}, {1, 1}}, 1, 0},
+    {"max_3x3_s2_p1_nan", 2, 2, 9, 8, {{3, 3}, {2, 2}, {1, 1}}, 1, 2},
     {"max_3x3_s2_p1_ties", 2, 2, 9, 8, {{3, 3}, {2, 2}, {1, 1}}, 1, 1},
     {"max_3x3_s1_p1", 1, 2, 5, 6, {{3, 3}, {1, 1}, {1, 1}}, 1, 1},
     {"max_nonsquare", 2, 2, 5, 8, {{2, 3}, {1, 2}, {1, 0}}, 1, 0},
@@ -41,7 +60,7 @@ static const pool_case pool_cases[] = {
 #define POOL_EMU(T)                                                                                \
     KL_EMU_CONVERT(T)                                                                              \
     static void pool_emu_##T(const char *cs, const pool_attr *a, const double *xd, const double *rd, \
-                             const double *ref_y, const void *ref_idx, const double *ref_dx, double tol) \
+                             double *ref_y, const void *ref_idx, const double *ref_dx, double tol, int nan) \
     {                                                                                              \
         int64_t nx = a->N * a->C * a->H * a->W, ny = a->N * a->C * a->OH * a->OW, bad = 0;         \
         T *x = to_##T(xd, nx), *dy = to_##T(rd, ny);                                               \
@@ -63,6 +82,8 @@ static const pool_case pool_cases[] = {
         if (bad) fprintf(stderr, "  %s: %lld argmax entries differ from the CPU's or are out of range\n", cs, (long long)bad); \
         CHECK(bad == 0);                                                                           \
         back_##T(y, ny, out);                                                                      \
+        int64_t nans = nan_match(cs, ref_y, out, ny);                                              \
+        CHECK(nan ? nans > 0 && nans < ny : nans == 0); /* NaNs given are NaNs out */              \
         kl_parity_compare(cs, "y", ref_y, out, ny, a->kind == POOL_MAX ? 0 : tol);                 \
         back_##T(dx, nx, out);                                                                     \
         kl_parity_compare(cs, "dx", ref_dx, out, nx, tol);                                         \
@@ -103,8 +124,8 @@ static void pool_case_run(const pool_case *pc, kl_dtype dt)
         double *xd = kl_emu_slot(ctx, "x", 0, &n), *rd = kl_emu_slot(ctx, "r", 0, &n), *yd = kl_emu_tensor(y);
         double *dxd = kl_emu_slot(ctx, "x", 1, &n);
         const void *idx = g->arena + y->aux_off;
-        if (dt == KL_F32) pool_emu_float(cs, a, xd, rd, yd, idx, dxd, 1e-6);
-        else pool_emu_double(cs, a, xd, rd, yd, idx, dxd, 1e-14);
+        if (dt == KL_F32) pool_emu_float(cs, a, xd, rd, yd, idx, dxd, 1e-6, pc->ties == 2);
+        else pool_emu_double(cs, a, xd, rd, yd, idx, dxd, 1e-14, pc->ties == 2);
         printf("  %s %s\n", kl_test_failures == fails ? "ok" : "FAIL", cs);
         free(xd), free(rd), free(yd), free(dxd);
     }

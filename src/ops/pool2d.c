@@ -3,9 +3,8 @@
  *   max:  y = max over the window (padding ignored); the forward saves the
  *         argmax's position within the window in aux (u8 when the window has
  *         <= 255 elements, else i32), so backward scatters dy without
- *         recomputing: dx[argmax] += dy. Ties go to the first maximum; a NaN
- *         wins on the general path (as in PyTorch), not on the vectorised
- *         2x2 stride-2 path.
+ *         recomputing: dx[argmax] += dy. Ties go to the first maximum; the
+ *         first NaN wins (as in PyTorch), on every path.
  *   avg:  y = sum over the window / (KH*KW) (padding counts as zeros, like
  *         PyTorch's count_include_pad=True); dx += dy / (KH*KW) over the window.
  * pool2d_bwd: src {dy, forward node} (max: reads the forward node's aux) or
@@ -74,7 +73,8 @@ static kl_status pool2d_bwd_shape(kl_tensor *t)
 #define POOL_KERNELS(T)                                                                            \
     /* 2x2 stride 2 (the common CNN case), written so GCC vectorises it: branch-free selects       \
      * and int32 indices in a block buffer, narrowed to u8 in a second loop. First maximum wins    \
-     * ties. (NaN inputs are not propagated on this path.) */                                      \
+     * ties. The selects drop NaNs, so a block holding one is redone with the general path's rule \
+     * (the first NaN wins); testing for NaN in the selects themselves stops the vectorisation.  */ \
     static void max2x2_row_##T(const T *restrict r0, const T *restrict r1, T *restrict y,          \
                                uint8_t *restrict idx, int64_t OW)                                  \
     {                                                                                              \
@@ -82,6 +82,7 @@ static kl_status pool2d_bwd_shape(kl_tensor *t)
         for (int64_t b = 0; b < OW; b += POOL_BLOCK) {                                             \
             int64_t n = OW - b < POOL_BLOCK ? OW - b : POOL_BLOCK;                                 \
             const T *p0 = r0 + 2 * b, *p1 = r1 + 2 * b;                                            \
+            int nan = 0;                                                                           \
             for (int64_t i = 0; i < n; i++) {                                                      \
                 T v0 = p0[2 * i], v1 = p0[2 * i + 1], v2 = p1[2 * i], v3 = p1[2 * i + 1];          \
                 int32_t c01 = v1 > v0, c23 = v3 > v2;                                              \
@@ -89,6 +90,14 @@ static kl_status pool2d_bwd_shape(kl_tensor *t)
                 int32_t c = m23 > m01;                                                             \
                 y[b + i] = m23 > m01 ? m23 : m01;                                                  \
                 k[i] = c01 + c * (2 + c23 - c01);                                                  \
+                nan |= v0 != v0 || v1 != v1 || v2 != v2 || v3 != v3;                               \
+            }                                                                                      \
+            for (int64_t i = 0; nan && i < n; i++) {                                               \
+                T v[4] = {p0[2 * i], p0[2 * i + 1], p1[2 * i], p1[2 * i + 1]}, m = v[0];           \
+                int32_t bk = 0;                                                                    \
+                for (int32_t j = 1; j < 4; j++)                                                    \
+                    if (v[j] > m || (v[j] != v[j] && m == m)) m = v[j], bk = j;                    \
+                y[b + i] = m, k[i] = bk;                                                           \
             }                                                                                      \
             for (int64_t i = 0; i < n; i++) idx[b + i] = (uint8_t)k[i];                            \
         }                                                                                          \

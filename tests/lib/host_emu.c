@@ -12,6 +12,7 @@ static double rnd(int ties)
 {
     g_rng = g_rng * 1664525u + 1013904223u;
     double u = (double)(g_rng >> 8) / 16777216.0, s = (g_rng >> 7 & 1) ? 1 : -1;
+    if (ties == 2 && (g_rng >> 4) % 6 == 0) return NAN;
     return ties ? s * (floor(u * 4) + 1) / 4 : s * (0.05 + 0.95 * u);
 }
 

@@ -7,8 +7,9 @@
 #include "kiln/kiln.h"
 #include <stdlib.h>
 
-/* Sets slot `name` of ctx to values U(+-[0.05, 1]) (ties: one of
- * +-{0.25, 0.5, 0.75, 1}, so windows hold equal values). */
+/* Sets slot `name` of ctx to values U(+-[0.05, 1]) (ties 1: one of
+ * +-{0.25, 0.5, 0.75, 1}, so windows hold equal values; ties 2: those, with
+ * about one value in six NaN). */
 kl_status kl_emu_fill(kl_ctx *ctx, const char *name, kl_dtype dt, int ties);
 /* Slot `name`'s value (grad 0) or gradient (grad 1) as doubles (malloc'd); *n its size. */
 double *kl_emu_slot(kl_ctx *ctx, const char *name, int grad, int64_t *n);
