@@ -26,6 +26,14 @@ py=${PYTHON:-python3}
 log="$out/bench_gpu.txt"
 : >"$log"
 say() { echo "$*" | tee -a "$log"; }
+fails=0
+fail() { fails=$((fails + 1)); say "FAILED: $*"; } # the exit status counts these
+ran() { # output file, command...: runs it into the file; a failure is counted and named
+  local f=$1 rc; shift
+  "$@" >"$f" 2>&1
+  rc=$?
+  [ $rc -eq 0 ] || fail "$(basename "$1") ${*:2} (exit $rc; see $(basename "$f"))"
+}
 mlp_ratio() { # name, label [, note]: the ratio line of $out/<name>_kiln.txt and <name>_torch.txt
   local k t
   k=$(sed -n 's/^kiln_ms_per_step=\([0-9.]*\).*/\1/p' "$out/$1_kiln.txt")
@@ -54,25 +62,25 @@ say "torch: $("$py" -c 'import torch; print(torch.__version__, torch.version.cud
 say "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
 
 say "== MLP 784-1024-1024-10, batch 256, Adam (data on the GPU)"
-"$build/bench_mlp" --device cuda:0 --steps 2000 --warmup 50 >"$out/mlp_kiln.txt" 2>&1
+ran "$out/mlp_kiln.txt" "$build/bench_mlp" --device cuda:0 --steps 2000 --warmup 50
 sed 's/^/  /' "$out/mlp_kiln.txt" | tee -a "$log"
-"$py" bench/mlp_torch.py --device cuda --steps 1000 --warmup 50 >"$out/mlp_torch.txt" 2>&1
+ran "$out/mlp_torch.txt" "$py" bench/mlp_torch.py --device cuda --steps 1000 --warmup 50
 sed 's/^/  /' "$out/mlp_torch.txt" | tee -a "$log"
 mlp_ratio mlp "MLP" " (target: <= 0.12 ms/step)"
 
 say "== the same MLP with gradient accumulation: a step is 4 batches of 256, one Adam update"
-"$build/bench_mlp" --device cuda:0 --accumulate 4 --steps 500 --warmup 20 >"$out/mlpa_kiln.txt" 2>&1
-"$py" bench/mlp_torch.py --device cuda --accumulate 4 --steps 250 --warmup 20 >"$out/mlpa_torch.txt" 2>&1
+ran "$out/mlpa_kiln.txt" "$build/bench_mlp" --device cuda:0 --accumulate 4 --steps 500 --warmup 20
+ran "$out/mlpa_torch.txt" "$py" bench/mlp_torch.py --device cuda --accumulate 4 --steps 250 --warmup 20
 mlp_ratio mlpa "MLP accumulate 4"
 
 say "== the same MLP in bf16 mixed precision (kiln --bf16, torch.autocast bfloat16; f32 parameters and Adam)"
-"$build/bench_mlp" --device cuda:0 --bf16 --steps 2000 --warmup 50 >"$out/mlpb_kiln.txt" 2>&1
-"$py" bench/mlp_torch.py --device cuda --bf16 --steps 1000 --warmup 50 >"$out/mlpb_torch.txt" 2>&1
+ran "$out/mlpb_kiln.txt" "$build/bench_mlp" --device cuda:0 --bf16 --steps 2000 --warmup 50
+ran "$out/mlpb_torch.txt" "$py" bench/mlp_torch.py --device cuda --bf16 --steps 1000 --warmup 50
 mlp_ratio mlpb "MLP bf16"
 
 say "== the same MLP in f16 mixed precision (kiln --f16, torch.autocast float16; dynamic loss scaling on both)"
-"$build/bench_mlp" --device cuda:0 --f16 --steps 2000 --warmup 50 >"$out/mlph_kiln.txt" 2>&1
-"$py" bench/mlp_torch.py --device cuda --f16 --steps 1000 --warmup 50 >"$out/mlph_torch.txt" 2>&1
+ran "$out/mlph_kiln.txt" "$build/bench_mlp" --device cuda:0 --f16 --steps 2000 --warmup 50
+ran "$out/mlph_torch.txt" "$py" bench/mlp_torch.py --device cuda --f16 --steps 1000 --warmup 50
 mlp_ratio mlph "MLP f16"
 
 say "== reference CNN, Fashion-MNIST, batch 128, Adam, 5 epochs (data on the GPU)"
@@ -81,7 +89,7 @@ t0=$(date +%s.%N)
 rc=$?
 t1=$(date +%s.%N)
 tail -n 12 "$out/cnn_kiln.log" | sed 's/^/  /' | tee -a "$log"
-[ $rc -eq 0 ] || say "kiln train failed (exit $rc)"
+[ $rc -eq 0 ] || fail "kiln train (reference CNN, 5 epochs) (exit $rc)"
 "$py" - "$out/cnn_kiln" "$t0" "$t1" <<'EOF' 2>&1 | tee -a "$log"
 import json, sys
 run, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
@@ -104,7 +112,7 @@ print(f"kiln_warm_epoch_s={sum(warm) / max(len(warm), 1):.4f} kiln_test_accuracy
       f"kiln_total_s={t1 - t0:.2f} kiln_device_used_mib={peak:.0f}")
 EOF
 grep -m1 "first step after" "$out/cnn_kiln.log" | sed 's/^/  kiln: /' | tee -a "$log"
-"$py" bench/cnn_torch.py --device cuda --epochs 5 >"$out/cnn_torch.txt" 2>&1
+ran "$out/cnn_torch.txt" "$py" bench/cnn_torch.py --device cuda --epochs 5
 sed 's/^/  /' "$out/cnn_torch.txt" | tee -a "$log"
 "$py" - "$out" <<'EOF' 2>&1 | tee -a "$log"
 import re, sys
@@ -119,18 +127,19 @@ if k and len(t) > 1:
 EOF
 say "== the same CNN with its training set streamed from host memory (data.on_device false), 3 epochs"
 "$build/kiln" train --device cuda:0 --epochs 3 --set data.on_device=false --no-tensorboard --out "$out/cnn_stream" \
-  >"$out/cnn_stream.log" 2>&1 || say "kiln train (streamed) failed"
+  >"$out/cnn_stream.log" 2>&1 || fail "kiln train (streamed)"
 grep -m1 "streams from host memory" "$out/cnn_stream.log" | sed 's/^/  /' | tee -a "$log"
 compare_warm "CNN streamed" "$out/cnn_stream" "$out/cnn_kiln" "with the data on the GPU"
 say "== the same CNN with f32 convolutions on cuDNN (KILN_CUDA_CONV=cudnn), 3 epochs"
 KILN_CUDA_CONV=cudnn "$build/kiln" train --device cuda:0 --epochs 3 --no-tensorboard --out "$out/cnn_cudnn" \
-  >"$out/cnn_cudnn.log" 2>&1 || say "kiln train (cuDNN) failed"
+  >"$out/cnn_cudnn.log" 2>&1 || fail "kiln train (cuDNN)"
 grep -m1 "convolutions by" "$out/cnn_cudnn.log" | sed 's/^/  /' | tee -a "$log"
 compare_warm "CNN cuDNN" "$out/cnn_cudnn" "$out/cnn_kiln" "with im2col + cuBLASLt"
 say "== where a step's time goes (kiln --profile: CUDA events per op, eager launches), for the next round of work"
 for m in "" models/mlp.yaml; do
   "$build/kiln" train $m --device cuda:0 --steps 80 --profile 60 --no-tensorboard --out "$out/prof_${m//\//_}" \
-    >"$out/prof.log" 2>&1 || say "kiln train --profile ${m:-(reference CNN)} failed"
+    >"$out/prof.log" 2>&1 || fail "kiln train --profile ${m:-(reference CNN)}"
   sed -n '/^profile of/,/^epoch/p' "$out/prof.log" | head -n 30 | sed "s|^|  ${m:-cnn}: |" | tee -a "$log"
 done
-say "results: $log"
+say "results: $log; $fails step(s) failed"
+exit $((fails > 0))

@@ -2,8 +2,9 @@
 # A GPU session's whole device check (docs/CUDA.md, "Checking on a GPU").
 # Prepare it here with `bash scripts/gpu_bundle.sh`, then run on the device
 # machine, carrying .gpu:
-#   bash scripts/gpu_check.sh [STAGE...]      STAGE: tests train memcheck bench
-# (default: all four, in that order; `quick` = tests train):
+#   bash scripts/gpu_check.sh [STAGE...]      STAGE: tests bench train memcheck
+# (run in the order given; default: all four in that order, which puts the
+# figures before the slower checks; `quick` = tests train):
 #   tests:    the CUDA tests (every op vs the CPU, capture vs eager, conv,
 #             sequence ops, streamed data);
 #   train:    kiln train on the GPU: graph replay vs --no-graph (also with
@@ -18,9 +19,11 @@
 # brings them back) as they are written; the summary table is printed last.
 set -u
 cd "$(dirname "$0")/.."
-stages=" ${*:-tests train memcheck bench} "
+stages=" ${*:-tests bench train memcheck} "
 stages=${stages/ quick / tests train }
-want() { [[ "$stages" == *" $1 "* ]]; }
+for st in $stages; do
+  case $st in tests|bench|train|memcheck) ;; *) echo "unknown stage '$st' (tests bench train memcheck quick)"; exit 2 ;; esac
+done
 budget=${KILN_CHECK_BUDGET:-560}
 out=${OUT:-/tmp/kiln-gpu-out}
 w=/tmp/kiln-check # logs and run directories; packed into $OUT at the end
@@ -62,21 +65,21 @@ run() { # name, timeout, command...: the timeout shrinks to what the budget has 
   [ $rc -eq 0 ] || { echo "== $name: $res"; grep -v '^  ok ' "$w/$name.log" | tail -n 25; }
 }
 
-# 1. the CUDA tests
-if want tests; then
+# the CUDA tests
+stage_tests() {
   for t in "$b"/bin/test_cuda* "$b"/bin/test_loss_scale; do run "$(basename "$t")" 300 "$t"; done
   run test_cuda_conv_cudnn 300 env KILN_CUDA_CONV=cudnn "$b/bin/test_cuda_conv"
-fi
+}
 
-# 2. kiln train on the GPU
+# kiln train on the GPU
 losses() { grep '"type":"step"' "$1/metrics.jsonl" | sed 's/.*"loss":\([^,]*\),.*/\1/'; }
 same() { # label, run dir a, run dir b: their step losses are identical
   [ -f "$w/$2/metrics.jsonl" ] && [ -f "$w/$3/metrics.jsonl" ] || return
   if [ -n "$(losses "$w/$2")" ] && [ "$(losses "$w/$2")" = "$(losses "$w/$3")" ]; then row "$1" ok
   else row "$1" "FAIL"; paste <(losses "$w/$2") <(losses "$w/$3") | head; fi
 }
-if want train; then
-  tr=(--steps 60 --set train.log_every=10 --set data.limit=20000 --no-tensorboard)
+stage_train() {
+  local tr=(--steps 60 --set train.log_every=10 --set data.limit=20000 --no-tensorboard)
   run train_cnn_graph 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --out "$w/r_graph"
   run train_cnn_bf16 300 "$b/bin/kiln" train --device cuda:0 --precision bf16 "${tr[@]}" --out "$w/r_bf16"
   # f16 from a scale that overflows: the skipped steps' records say overflow, and training goes on
@@ -112,10 +115,11 @@ if want train; then
   corpus=(--set data.path="$b/data/fortunes") # the bundle's copy: the device image has no fortunes package
   run train_lstm 300 "$b/bin/kiln" train models/char_lstm.yaml --device cuda:0 --steps 40 --no-tensorboard "${corpus[@]}" --out "$w/r_lstm"
   run train_gpt 300 "$b/bin/kiln" train models/gpt_small.yaml --device cuda:0 --steps 40 --no-tensorboard "${corpus[@]}" --out "$w/r_gpt"
-fi
+}
 
-# 3. compute-sanitizer (memcheck): every access in bounds, no use of freed memory
-if want memcheck; then
+# compute-sanitizer (memcheck): every access in bounds, no use of freed memory
+stage_memcheck() {
+  local cs t
   cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /usr/local/cuda*/compute-sanitizer/compute-sanitizer \
        /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -n 1)
   if [ -n "$cs" ]; then
@@ -127,13 +131,15 @@ if want memcheck; then
       fi
     done
   else row memcheck "SKIPPED (no compute-sanitizer on PATH)"; fi
-fi
+}
 
-# 4. benchmarks
-if want bench; then
+# benchmarks
+stage_bench() {
   run bench_gpu 420 bash bench/run_gpu.sh "$b/bin" "$w"
   cp "$w/bench_gpu.txt" "$out/" 2>/dev/null
-fi
+}
+
+for st in $stages; do "stage_$st"; done
 
 # what comes back (the device tool returns 8 files at most): summary.txt,
 # bench_gpu.txt, and one archive of the logs and the runs' metrics
