@@ -97,11 +97,13 @@ typedef struct kl_cuda_device_info {
     int sm_count;
     size_t total_bytes, free_bytes;
     int driver_version, runtime_version; /* 13000 means 13.0 */
+    int usable; /* this build has GPU code for it (else kl_cuda_available says why not) */
 } kl_cuda_device_info;
 /* Number of CUDA devices: 0 when the driver sees none. Fails with a message
  * when no driver can be loaded, and (KL_EUNSUPPORTED) in CPU-only builds. */
 kl_status kl_cuda_device_count(int *n);
-/* Properties and free memory of cuda:index (the device's context is created). */
+/* Properties and free memory of cuda:index (the device's context is created),
+ * also of a device this build cannot run on (usable 0). */
 kl_status kl_cuda_device_info_get(int index, kl_cuda_device_info *out);
 
 #endif

@@ -44,6 +44,7 @@ int kl_cmd_devices(int argc, char **argv)
                i, d.name, d.major, d.minor, d.sm_count, (double)d.total_bytes / gib, (double)d.free_bytes / gib,
                d.driver_version / 1000, d.driver_version % 1000 / 10, d.runtime_version / 1000,
                d.runtime_version % 1000 / 10);
+        if (!d.usable && kl_cuda_available(i) != KL_OK) printf("  not usable: %s\n", kl_last_error());
     }
     printf("cuda convolutions: %s\n", kl_cuda_conv_engine());
     return 0;

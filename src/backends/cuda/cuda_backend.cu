@@ -102,7 +102,12 @@ extern "C" kl_status kl_cuda_device_count(int *n)
     return device_count(n ? n : &tmp, "");
 }
 
-extern "C" kl_status kl_cuda_available(int index)
+#ifndef KL_CU_MIN_CC
+#error "KL_CU_MIN_CC (the oldest compute capability the build has GPU code for) comes from CMakeLists.txt"
+#endif
+
+/* cuda:index exists (the driver loads and lists it) */
+static kl_status device_exists(int index)
 {
     char who[32];
     snprintf(who, sizeof who, "cuda:%d: ", index);
@@ -118,11 +123,36 @@ extern "C" kl_status kl_cuda_available(int index)
     return KL_OK;
 }
 
+/* The build's kernels run on cuda:index: an older GPU is refused here, by
+ * name, instead of at the first kernel launch (no kernel image) */
+static kl_status device_supported(int index)
+{
+    int major = 0, minor = 0;
+    KL_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index), "devices",
+                  "cudaDeviceGetAttribute");
+    KL_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index), "devices",
+                  "cudaDeviceGetAttribute");
+    if (major * 10 + minor >= KL_CU_MIN_CC) return KL_OK;
+    char name[256] = "?";
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, index) == cudaSuccess) snprintf(name, sizeof name, "%s", p.name);
+    else (void)cudaGetLastError();
+    return kl_fail(KL_EUNSUPPORTED,
+                   "cuda:%d: %s has compute capability %d.%d; this build of kiln carries GPU code for %d.%d and newer "
+                   "only (CMakeLists.txt's -gencode list)", index, name, major, minor, KL_CU_MIN_CC / 10, KL_CU_MIN_CC % 10);
+}
+
+extern "C" kl_status kl_cuda_available(int index)
+{
+    KL_TRY(device_exists(index));
+    return device_supported(index);
+}
+
 extern "C" kl_status kl_cuda_device_info_get(int index, kl_cuda_device_info *out)
 {
     if (!out) return kl_fail(KL_EMISUSE, "kl_cuda_device_info_get: out is NULL");
     memset(out, 0, sizeof *out);
-    KL_TRY(kl_cuda_available(index));
+    KL_TRY(device_exists(index));
     cudaDeviceProp p;
     KL_CUDA_CHECK(cudaGetDeviceProperties(&p, index), "devices", "cudaGetDeviceProperties");
     snprintf(out->name, sizeof out->name, "%s", p.name);
@@ -132,6 +162,7 @@ extern "C" kl_status kl_cuda_device_info_get(int index, kl_cuda_device_info *out
     }
     out->major = p.major;
     out->minor = p.minor;
+    out->usable = p.major * 10 + p.minor >= KL_CU_MIN_CC;
     out->sm_count = p.multiProcessorCount;
     out->total_bytes = p.totalGlobalMem;
     cudaDriverGetVersion(&out->driver_version);
