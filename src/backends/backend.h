@@ -15,14 +15,19 @@ typedef struct kl_backend {
     kl_status (*alloc)(void **p, size_t bytes);
     void (*free)(void *p);
     /* Copies are ordered with the kernels issued before and after them; the
-     * host may reuse src as soon as h2d returns, and h2d of a few KiB (per-run
-     * values, a batch offset) never waits for the device. */
+     * host may reuse src as soon as h2d returns (also pinned src), and h2d
+     * of a few KiB (per-run values, a batch offset) never waits for the
+     * device. */
     kl_status (*h2d)(void *dst, const void *src, size_t bytes);
     kl_status (*d2h)(void *dst, const void *src, size_t bytes);
     kl_status (*d2d)(void *dst, const void *src, size_t bytes);
     kl_status (*memset0)(void *p, size_t bytes);
     kl_status (*sync)(void);
-    /* Called before a graph runs: thread counts, streams. */
+    /* Called before a graph runs (thread counts, streams), and end_run
+     * (NULL: none) after it is issued. On CUDA every thread's work goes to
+     * one stream: the pair holds the process's issue lock, so another
+     * thread's kernels or copies never land inside this run's capture or
+     * between two launches sharing scratch. */
     void (*begin_run)(int threads);
     /* Host memory kernels can write (pinned and mapped on CUDA): *host for
      * the host, *dev for kernels; host_free(NULL) is a no-op. */
@@ -59,6 +64,7 @@ typedef struct kl_backend {
     kl_status (*stage_wait)(void *stage, int slot);
     kl_status (*stage_h2d)(void *stage, int slot, void *dst, const void *src, size_t bytes);
     kl_status (*stage_release)(void *stage, int slot);
+    void (*end_run)(void); /* see begin_run */
 } kl_backend;
 
 extern const kl_backend kl_backend_cpu;

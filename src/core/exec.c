@@ -114,7 +114,7 @@ static uint64_t storage_key(const kl_graph *g)
     const kl_ctx *c = g->ctx;
     uintptr_t v[] = {(uintptr_t)g->arena, (uintptr_t)c->params, (uintptr_t)c->grads, (uintptr_t)c->buffers,
                      (uintptr_t)g->run_dev, (uintptr_t)c->params_bytes, (uintptr_t)c->buffers_bytes,
-                     (uintptr_t)g->plan.id};
+                     (uintptr_t)g->plan.id, (uintptr_t)c->storage_gen};
     uint64_t h = 1469598103934665603ull; /* FNV-1a over the words */
     for (size_t i = 0; i < sizeof v / sizeof *v; i++) h = (h ^ (uint64_t)v[i]) * 1099511628211ull;
     return h;
@@ -162,13 +162,11 @@ static bool capture_wanted(const kl_graph *g)
     return !(e && !strcmp(e, "0"));
 }
 
-kl_status kl_graph_run(kl_graph *g)
+static kl_status graph_run(kl_graph *g)
 {
-    if (!g) return kl_fail(KL_EMISUSE, "kl_graph_run: graph is NULL");
     if (!g->plan.valid || g->plan.n_nodes != g->n_nodes) KL_TRY(kl_plan_build(g, NULL));
     kl_ctx *c = g->ctx;
     kl_exec ex = {.g = g, .ctx = c, .arena = g->arena, .threads = c->threads, .run = g->runs, .run_vals = g->run_dev};
-    c->be->begin_run(c->threads);
     if (!g->prof && g->runs == 0 && getenv("KILN_PROFILE") && atoi(getenv("KILN_PROFILE")) > 0) KL_TRY(kl_graph_profile(g, 1));
     KL_TRY(kl_readback_reserve(g)); /* every ring has room for this run's record */
     /* per-run values: written on the host, one copy to the device */
@@ -200,6 +198,16 @@ kl_status kl_graph_run(kl_graph *g)
     g->runs++;
     if (g->prof) g->prof_runs++;
     return KL_OK;
+}
+
+kl_status kl_graph_run(kl_graph *g)
+{
+    if (!g) return kl_fail(KL_EMISUSE, "kl_graph_run: graph is NULL");
+    const kl_backend *be = g->ctx->be;
+    be->begin_run(g->ctx->threads);
+    kl_status s = graph_run(g);
+    if (be->end_run) be->end_run();
+    return s;
 }
 
 kl_status kl_graph_set_capture(kl_graph *g, int on)

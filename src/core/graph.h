@@ -104,6 +104,10 @@ struct kl_ctx {
     unsigned char *params, *grads, *buffers; /* device memory (host memory on the CPU) */
     size_t params_bytes, buffers_bytes;      /* used */
     size_t params_cap, buffers_cap;          /* allocated */
+    /* bumped when memory outside the ctx's own buffers that kernels address
+     * moves (the optimizer's state): a captured CUDA graph holding the old
+     * addresses is captured again */
+    uint64_t storage_gen;
     int n_graphs;
 };
 

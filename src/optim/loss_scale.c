@@ -103,14 +103,15 @@ kl_status kl_optim_set_scaler(kl_optim *opt, double scale, int64_t good, int64_t
         return kl_fail(KL_EINVAL, "kl_optim_set_scaler: scale must be a positive number and the counts >= 0, got "
                        "%g, %lld, %lld", scale, (long long)good, (long long)skipped);
     KL_TRY(kl_optim_ensure_state(opt));
+    /* on a device, each run's decision copies the device's flags over seen:
+     * let runs in flight finish before both are set */
+    if (opt->flags != opt->seen) KL_TRY(opt->ctx->be->sync());
     kl_optim_flags *f = opt->seen;
     double s = opt->o.loss_scale > 0 ? scale : 1;
     f->scale = s;
     f->good = good;
     f->skipped = skipped;
     if (opt->flags == opt->seen) return KL_OK;
-    /* the device's copy, ordered after the runs issued so far; from the
-     * arguments, not from seen, which a run in flight may still overwrite */
     KL_TRY(opt->ctx->be->h2d(&opt->flags->scale, &s, sizeof s));
     KL_TRY(opt->ctx->be->h2d(&opt->flags->good, &good, sizeof good));
     return opt->ctx->be->h2d(&opt->flags->skipped, &skipped, sizeof skipped);

@@ -108,6 +108,7 @@ kl_status kl_optim_ensure_state(kl_optim *opt)
     size_t need = opt->ctx->params_bytes;
     if (need <= opt->bytes) return KL_OK;
     const kl_backend *be = opt->ctx->be;
+    opt->ctx->storage_gen++; /* the state moves (also if a later grow fails) */
     KL_TRY(grow_buffer(be, &opt->m, opt->bytes, need));
     if (opt->o.kind != KL_OPTIM_SGD) KL_TRY(grow_buffer(be, &opt->v, opt->bytes, need));
     if (opt->o.accumulate > 1) KL_TRY(grow_buffer(be, &opt->acc, opt->bytes, need));
@@ -297,9 +298,12 @@ kl_status kl_optim_clear_halt(kl_optim *opt)
 {
     if (!opt) return kl_fail(KL_EMISUSE, "kl_optim_clear_halt: optimizer is NULL");
     KL_TRY(ensure_flags(opt));
+    /* on a device, each run's decision copies the device's flags over seen:
+     * runs still in flight would set halted again, so let them finish */
+    if (opt->flags != opt->seen) KL_TRY(opt->ctx->be->sync());
     opt->seen->halted = 0;
-    int zero = 0; /* the device's copy, ordered after the runs issued so far */
-    return opt->ctx->be->h2d(&opt->flags->halted, &zero, sizeof zero);
+    int zero = 0;
+    return opt->flags == opt->seen ? KL_OK : opt->ctx->be->h2d(&opt->flags->halted, &zero, sizeof zero);
 }
 
 kl_status kl_optim_set_steps(kl_optim *opt, int64_t steps)

@@ -29,6 +29,37 @@ static struct {
 } g_cu;
 static pthread_mutex_t g_cu_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* The issue lock (backend.h, begin_run): whatever enqueues on kiln's one
+ * stream, or waits for it, holds it, and a graph run holds it from
+ * begin_run to end_run. So a capture records only its own run's work (a
+ * capture takes every launch into the stream, from any thread), launches
+ * sharing the reduction scratch stay adjacent, and no thread syncs or
+ * queries a stream being captured. Recursive: a run's copies take it again. */
+static pthread_mutex_t g_issue;
+static pthread_once_t g_issue_once = PTHREAD_ONCE_INIT;
+static void issue_init(void)
+{
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&g_issue, &a);
+    pthread_mutexattr_destroy(&a);
+}
+static void issue_lock(void)
+{
+    pthread_once(&g_issue_once, issue_init);
+    pthread_mutex_lock(&g_issue);
+}
+static void issue_unlock(void) { pthread_mutex_unlock(&g_issue); }
+/* returns call's status with the issue lock held around it */
+#define KL_CU_LOCKED(call)                                                                         \
+    do {                                                                                           \
+        issue_lock();                                                                              \
+        kl_status locked_s_ = (call);                                                              \
+        issue_unlock();                                                                            \
+        return locked_s_;                                                                          \
+    } while (0)
+
 kl_status kl_cu_fail(cudaError_t e, const char *op, const char *kernel, const char *file, int line)
 {
     int dev = g_cu.ready ? g_cu.device : -1;
@@ -306,7 +337,7 @@ __global__ void small_copy_k(unsigned char *dst, small_blob src, unsigned n)
     for (unsigned i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src.b[i];
 }
 
-static kl_status cu_h2d(void *dst, const void *src, size_t bytes)
+static kl_status h2d_issue(void *dst, const void *src, size_t bytes)
 {
     KL_TRY(need_ready("h2d"));
     if (!bytes) return KL_OK;
@@ -322,39 +353,51 @@ static kl_status cu_h2d(void *dst, const void *src, size_t bytes)
     }
     /* from pageable memory the call returns once src has been staged, which
      * the driver may do by waiting for the stream: only large, rare copies
-     * (optimizer state after a checkpoint load, datasets) come here */
+     * (optimizer state after a checkpoint load, datasets) come here. From
+     * pinned memory it returns at once and reads src later: wait for it,
+     * as src is the caller's again when h2d returns */
+    cudaPointerAttributes pa;
+    bool pinned = cudaPointerGetAttributes(&pa, src) == cudaSuccess && pa.type == cudaMemoryTypeHost;
+    if (!pinned) (void)cudaGetLastError();
     KL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_cu.stream), "copy to device", "cudaMemcpyAsync");
+    if (pinned) KL_CUDA_CHECK(cudaStreamSynchronize(g_cu.stream), "copy to device", "cudaStreamSynchronize");
     return KL_OK;
 }
 
-static kl_status cu_d2h(void *dst, const void *src, size_t bytes)
+static kl_status cu_h2d(void *dst, const void *src, size_t bytes) { KL_CU_LOCKED(h2d_issue(dst, src, bytes)); }
+
+static kl_status d2h_issue(void *dst, const void *src, size_t bytes)
 {
     KL_TRY(need_ready("d2h"));
     if (bytes) KL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_cu.stream), "copy to host", "cudaMemcpyAsync");
     KL_CUDA_CHECK(cudaStreamSynchronize(g_cu.stream), "copy to host", "cudaStreamSynchronize");
     return check_kernel_errors();
 }
+static kl_status cu_d2h(void *dst, const void *src, size_t bytes) { KL_CU_LOCKED(d2h_issue(dst, src, bytes)); }
 
-static kl_status cu_d2d(void *dst, const void *src, size_t bytes)
+static kl_status d2d_issue(void *dst, const void *src, size_t bytes)
 {
     KL_TRY(need_ready("d2d"));
     if (bytes) KL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_cu.stream), "copy on device", "cudaMemcpyAsync");
     return KL_OK;
 }
+static kl_status cu_d2d(void *dst, const void *src, size_t bytes) { KL_CU_LOCKED(d2d_issue(dst, src, bytes)); }
 
-static kl_status cu_memset0(void *p, size_t bytes)
+static kl_status memset0_issue(void *p, size_t bytes)
 {
     KL_TRY(need_ready("memset"));
     if (bytes) KL_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, g_cu.stream), "memset", "cudaMemsetAsync");
     return KL_OK;
 }
+static kl_status cu_memset0(void *p, size_t bytes) { KL_CU_LOCKED(memset0_issue(p, bytes)); }
 
-static kl_status cu_sync(void)
+static kl_status sync_issue(void)
 {
     KL_TRY(need_ready("sync"));
     KL_CUDA_CHECK(cudaStreamSynchronize(g_cu.stream), "sync", "cudaStreamSynchronize");
     return check_kernel_errors();
 }
+static kl_status cu_sync(void) { KL_CU_LOCKED(sync_issue()); }
 
 static kl_status cu_host_alloc(void **host, void **dev, size_t bytes)
 {
@@ -383,7 +426,9 @@ static kl_status cu_wait_seq(const volatile uint64_t *seq, uint64_t want)
     KL_TRY(need_ready("wait"));
     for (long spin = 0;; spin++) {
         if (*seq >= want) return check_kernel_errors();
+        issue_lock(); /* no query of a stream another thread is capturing */
         cudaError_t e = cudaStreamQuery(g_cu.stream);
+        issue_unlock();
         if (e == cudaSuccess) {
             if (*seq >= want) return check_kernel_errors();
             KL_TRY(check_kernel_errors());
@@ -453,7 +498,7 @@ static kl_status cu_timer_mark(int i)
         int n = g_nev ? g_nev : 256;
         while (n <= i) n *= 2;
         cudaEvent_t *ev = (cudaEvent_t *)kl_realloc(g_ev, (size_t)n * sizeof *ev);
-        if (!ev) return KL_ENOMEM;
+        if (!ev) return kl_fail(KL_ENOMEM, "profile: no memory for %d CUDA timing events", n);
         g_ev = ev;
         for (; g_nev < n; g_nev++) KL_CUDA_CHECK(cudaEventCreate(&g_ev[g_nev]), "profile", "cudaEventCreate");
     }
@@ -540,7 +585,7 @@ static kl_status cu_stage_wait(void *st, int k)
     return KL_OK;
 }
 
-static kl_status cu_stage_h2d(void *st, int k, void *dst, const void *src, size_t bytes)
+static kl_status stage_h2d_issue(void *st, int k, void *dst, const void *src, size_t bytes)
 {
     cu_stage *g = (cu_stage *)st;
     const char *op = "streamed batch";
@@ -551,27 +596,35 @@ static kl_status cu_stage_h2d(void *st, int k, void *dst, const void *src, size_
     KL_CUDA_CHECK(cudaStreamWaitEvent(g_cu.stream, g->copied[k], 0), op, "cudaStreamWaitEvent");
     return KL_OK;
 }
+static kl_status cu_stage_h2d(void *st, int k, void *dst, const void *src, size_t bytes)
+{
+    KL_CU_LOCKED(stage_h2d_issue(st, k, dst, src, bytes));
+}
 
-static kl_status cu_stage_release(void *st, int k)
+static kl_status stage_release_issue(void *st, int k)
 {
     cu_stage *g = (cu_stage *)st;
     KL_CUDA_CHECK(cudaEventRecord(g->released[k], g_cu.stream), "streamed batch", "cudaEventRecord");
     g->has_release[k] = 1;
     return KL_OK;
 }
+static kl_status cu_stage_release(void *st, int k) { KL_CU_LOCKED(stage_release_issue(st, k)); }
 
 /* Host threads other than the ctx's creator may run graphs: make the
- * device current on this one. */
+ * device current on this one. The run holds the issue lock until end_run. */
 static void cu_begin_run(int threads)
 {
     (void)threads;
+    issue_lock();
     if (g_cu.ready) cudaSetDevice(g_cu.device);
 }
+
+static void cu_end_run(void) { issue_unlock(); }
 
 extern "C" const kl_backend kl_backend_cuda = {
     "cuda",           cu_alloc,        cu_free,           cu_h2d,           cu_d2h,        cu_d2d,
     cu_memset0,       cu_sync,         cu_begin_run,      cu_host_alloc,    cu_host_free,  cu_wait_seq,
     cu_capture_begin, cu_capture_end,  cu_capture_launch, cu_capture_free,  cu_timer_mark, cu_timer_read,
     cu_range_push,    cu_range_pop,    cu_stage_new,      cu_stage_free,    cu_stage_wait, cu_stage_h2d,
-    cu_stage_release,
+    cu_stage_release, cu_end_run,
 };
