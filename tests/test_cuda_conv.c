@@ -237,6 +237,7 @@ static int want_cudnn(void)
 
 int main(int argc, char **argv)
 {
+    kl_parity_fp32_default();
     int cudnn = want_cudnn();
     size_t ncases = sizeof cases / sizeof *cases;
     fill_inputs();

@@ -388,6 +388,7 @@ static void test_threads(kl_device gpu)
 
 int main(void)
 {
+    kl_parity_fp32_default();
     if (kl_cuda_available(0) != KL_OK) {
         printf("skipped: %s\n", kl_last_error());
         return 77;

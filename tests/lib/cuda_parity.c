@@ -32,11 +32,19 @@ static kl_status through_half(kl_graph *g, kl_dtype dt, kl_tensor **x)
     return kl_cast(g, *x, dt, x);
 }
 
+void kl_parity_fp32_default(void) { setenv("KILN_TF32", "0", 0); }
+
+kl_status kl_parity_param_init(kl_graph *g, const char *name, kl_dtype dt, int nd, const int64_t *ne,
+                               const kl_init *init, kl_tensor **out)
+{
+    if (!g_half_on) return kl_param(g, name, dt, nd, ne, init, out);
+    KL_TRY(kl_param(g, name, KL_F32, nd, ne, init, out));
+    return through_half(g, dt, out);
+}
+
 kl_status kl_parity_param(kl_graph *g, const char *name, kl_dtype dt, int nd, const int64_t *ne, kl_tensor **out)
 {
-    if (!g_half_on) return kl_param(g, name, dt, nd, ne, &kl_parity_u1, out);
-    KL_TRY(kl_param(g, name, KL_F32, nd, ne, &kl_parity_u1, out));
-    return through_half(g, dt, out);
+    return kl_parity_param_init(g, name, dt, nd, ne, &kl_parity_u1, out);
 }
 
 void kl_parity_to_double(const void *src, kl_dtype dt, int64_t n, double *dst)

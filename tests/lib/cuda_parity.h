@@ -34,8 +34,16 @@ typedef struct {
 
 /* U(-1, 1), the harness's parameter init. */
 extern const kl_init kl_parity_u1;
-/* A parameter initialised from kl_parity_u1. */
+/* Call first in main: f32 GEMMs and convolutions without TF32 (KILN_TF32=0)
+ * unless the environment says otherwise. Parity at TF32's 1e-3 rounding is
+ * not a test where an input sits near a ReLU kink (one flipped unit moves a
+ * gradient by ~0.2) or a recurrence carries the rounding; gpu_check.sh runs
+ * test_cuda once more with KILN_TF32=1, and training and benchmarks use TF32. */
+void kl_parity_fp32_default(void);
+/* A parameter initialised from kl_parity_u1 (_init: from init). */
 kl_status kl_parity_param(kl_graph *g, const char *name, kl_dtype dt, int nd, const int64_t *ne, kl_tensor **out);
+kl_status kl_parity_param_init(kl_graph *g, const char *name, kl_dtype dt, int nd, const int64_t *ne,
+                               const kl_init *init, kl_tensor **out);
 /* n values of dtype dt (f32, f64 or i32) as doubles. */
 void kl_parity_to_double(const void *src, kl_dtype dt, int64_t n, double *dst);
 /* max |gpu - cpu| relative to max |cpu| must be <= tol; prints the first mismatches. */
