@@ -97,7 +97,8 @@ KL_API kl_status kl_optim_set_scaler(kl_optim *opt, double scale, int64_t good, 
 /* The learning rate used by the next run (schedules set it per step). */
 KL_API kl_status kl_optim_set_lr(kl_optim *opt, double lr);
 KL_API double kl_optim_lr(const kl_optim *opt);
-/* Updates done so far (Adam's t). */
+/* Optimizer steps so far (cycles of accumulation), skipped ones included:
+ * Adam's t is this less kl_optim_scaler's skipped count. */
 KL_API int64_t kl_optim_steps(const kl_optim *opt);
 /* Global L2 norm of the gradients at the last update (before clipping); on
  * a GPU as of the last synchronisation (kl_tensor_get, a waiting pop). */

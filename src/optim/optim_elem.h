@@ -137,6 +137,7 @@ KL_HD static inline void kl_optim_decide(const kl_optim_hp *h, double loss, int 
         return;
     }
     double t = (double)(h->step - f->skipped);
+    if (t < 1) t = 1; /* kl_optim_set_steps below the skipped count: restart, never pow(beta, t <= 0) / 0 */
     f->first = t == 1;
     f->bc1 = 1 - pow(h->beta1, t);
     f->bc2 = 1 - pow(h->beta2, t);
