@@ -355,32 +355,54 @@ static void test_misuse(void)
     kl_ctx_free(ctx);
 }
 
-/* The f16 run from an overflowing scale on the GPU against the CPU (and
- * on the GPU, with capture against without). */
-static void test_gpu_vs_cpu(kl_device gpu)
+/* An f16 run from an overflowing scale on the GPU against the CPU, the
+ * scaler's state (scale, good, skipped, steps) compared after every run
+ * (and on the GPU, with capture against without). With accumulation the
+ * decisions fall on cycle ends: overflow inside a cycle skips it. */
+static void gpu_vs_cpu_case(kl_device gpu, const char *what, const kl_optim_opts *oo, int runs, int64_t min_skips,
+                            int min_growths)
 {
-    kl_optim_opts big = {.kind = KL_OPTIM_ADAM, .lr = 1e-2, .loss_scale = 0x1p40, .scale_window = 4};
     trainer r[3];
     for (int k = 0; k < 3; k++) {
         g_dev = k ? gpu : (kl_device){KL_DEVICE_CPU, 0};
         g_capture = k != 2;
-        trainer_new(&r[k], KL_F16, &big);
-        trainer_run(&r[k], 30);
+        trainer_new(&r[k], KL_F16, oo);
     }
-    double S[3];
+    int diverged = -1, growths = 0;
+    double S[3], prev = oo->loss_scale;
     int64_t good[3], skipped[3];
-    for (int k = 0; k < 3; k++) CHECK_OK(kl_optim_scaler(r[k].opt, &S[k], &good[k], &skipped[k]));
-    CHECK(skipped[0] > 5 && skipped[1] == skipped[0] && S[1] == S[0] && good[1] == good[0]);
+    for (int i = 0; i < runs; i++) {
+        for (int k = 0; k < 3; k++) {
+            trainer_run(&r[k], 1);
+            CHECK_OK(kl_optim_scaler(r[k].opt, &S[k], &good[k], &skipped[k]));
+        }
+        for (int k = 1; k < 3 && diverged < 0; k++)
+            if (S[k] != S[0] || good[k] != good[0] || skipped[k] != skipped[0] ||
+                kl_optim_steps(r[k].opt) != kl_optim_steps(r[0].opt) || kl_optim_pending(r[k].opt) != kl_optim_pending(r[0].opt))
+                diverged = i;
+        growths += S[0] > prev;
+        prev = S[0];
+    }
+    if (diverged >= 0) fprintf(stderr, "  %s: the scaler's state differs from the CPU's after run %d\n", what, diverged + 1);
+    CHECK(diverged < 0 && skipped[0] >= min_skips && growths >= min_growths); /* the case reaches both decisions */
     int64_t n1, n2;
     float *p1 = params(r[1].ctx, &n1), *p2 = params(r[2].ctx, &n2);
     CHECK(n1 == n2 && same(p1, p2, n1) && r[1].last_loss == r[2].last_loss); /* capture changes nothing */
-    kl_parity_params("loss scale f16 GPU vs CPU", r[0].ctx, r[1].ctx, 1e-2, 5e-2);
-    printf("  ok GPU: %lld skipped as on the CPU, scale %g; captured = eager bit for bit; parameters near the CPU's\n",
-           (long long)skipped[1], S[1]);
+    kl_parity_params(what, r[0].ctx, r[1].ctx, 1e-2, 5e-2);
+    printf("  ok GPU %s: %lld skipped and %d growths as on the CPU, run by run, scale %g; captured = eager bit for bit; "
+           "parameters near the CPU's\n", what, (long long)skipped[1], growths, S[1]);
     free(p1), free(p2);
     for (int k = 0; k < 3; k++) trainer_free(&r[k]);
     g_dev = gpu;
     g_capture = 1;
+}
+
+static void test_gpu_vs_cpu(kl_device gpu)
+{
+    kl_optim_opts big = {.kind = KL_OPTIM_ADAM, .lr = 1e-2, .loss_scale = 0x1p40, .scale_window = 4};
+    gpu_vs_cpu_case(gpu, "f16 from 2^40", &big, 30, 6, 1);
+    kl_optim_opts acc = {.kind = KL_OPTIM_ADAM, .lr = 1e-2, .loss_scale = 0x1p22, .scale_window = 2, .accumulate = 3};
+    gpu_vs_cpu_case(gpu, "f16 from 2^22, accumulate 3", &acc, 24, 2, 1);
 }
 
 int main(void)
