@@ -20,7 +20,7 @@ kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, in
     char what[256] = "--mem-limit", desc[256];
     if (g_monitor_flags.mem_limit) KL_TRY(parse_size("--mem-limit", g_monitor_flags.mem_limit, &limit));
     else KL_TRY(device_mem_limit(dev, &limit, desc, sizeof desc));
-    if (!g_monitor_flags.mem_limit) snprintf(what, sizeof what, "the memory free on cuda:%d", dev.index);
+    if (!g_monitor_flags.mem_limit) snprintf(what, sizeof what, "the budget (%.200s)", desc);
     planner p;
     mem_plan mp, best_plan;
     int64_t best = 0;
@@ -48,9 +48,12 @@ kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, kl_
 {
     if (!g_monitor_flags.batch_auto) return KL_OK;
     size_t limit;
-    char what[256];
+    char what[256] = "--mem-limit", desc[200];
     if (g_monitor_flags.mem_limit) KL_TRY(parse_size("--mem-limit", g_monitor_flags.mem_limit, &limit));
-    else KL_TRY(device_mem_limit(dev, &limit, what, sizeof what));
+    else {
+        KL_TRY(device_mem_limit(dev, &limit, desc, sizeof desc));
+        snprintf(what, sizeof what, "the budget (%s)", desc);
+    }
     planner p;
     mem_plan bp;
     int64_t best = 0, pow2 = 1;
@@ -62,12 +65,10 @@ kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, kl_
     KL_TRY(s);
     char a[32], b[32], v[32];
     if (!best)
-        return kl_fail(KL_EINVAL, "--batch auto: not even batch 1 fits %s (%s, %zu bytes): its step needs %s",
-                       g_monitor_flags.mem_limit ? "--mem-limit" : dev.type == KL_DEVICE_CUDA ? "the GPU's free memory" : "the available RAM",
+        return kl_fail(KL_EINVAL, "--batch auto: not even batch 1 fits %s (%s, %zu bytes): its step needs %s", what,
                        fmt_bytes(a, sizeof a, (double)limit), limit, fmt_bytes(b, sizeof b, (double)bp.total));
     printf("batch auto: %lld, the largest power of two whose training step fits %s %s (needs %s)%s\n", (long long)pow2,
-           g_monitor_flags.mem_limit ? "--mem-limit" : dev.type == KL_DEVICE_CUDA ? "the GPU's free memory" : "the available RAM",
-           fmt_bytes(a, sizeof a, (double)limit), fmt_bytes(b, sizeof b, (double)bp.total),
+           what, fmt_bytes(a, sizeof a, (double)limit), fmt_bytes(b, sizeof b, (double)bp.total),
            pow2 == AUTO_BATCH_MAX ? " (the search's upper end)" : "");
     *batch = pow2;
     snprintf(v, sizeof v, "%lld", (long long)pow2);

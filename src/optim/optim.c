@@ -375,9 +375,13 @@ kl_status kl_optim_state(kl_optim *opt, int i, const char **name, void **data, s
         return KL_OK;
     }
     /* device state: a host copy, uploaded again before the next update in
-     * case the caller writes it (checkpoint loading) */
-    KL_TRY(kl_optim_upload_host_state(opt)); /* pending writes to the other copy first */
+     * case the caller writes it (checkpoint loading). The other copy handed
+     * out before stays marked: a caller may ask for both, then write both */
+    int other = 1 - i;
+    bool keep = opt->host_out[other];
+    KL_TRY(kl_optim_upload_host_state(opt)); /* pending writes first: the d2h below must not undo them */
     if (opt->host_bytes != opt->bytes) {
+        keep = false; /* the state grew: a pointer handed out before is stale */
         for (int k = 0; k < 2; k++) {
             unsigned char *p = kl_realloc(opt->host[k], opt->bytes ? opt->bytes : 1);
             if (!p) return KL_ENOMEM;
@@ -386,6 +390,7 @@ kl_status kl_optim_state(kl_optim *opt, int i, const char **name, void **data, s
         opt->host_bytes = opt->bytes;
     }
     KL_TRY(opt->ctx->be->d2h(opt->host[i], i == 0 ? opt->m : opt->v, opt->bytes));
+    opt->host_out[other] = keep;
     opt->host_out[i] = true;
     *data = opt->host[i];
     return KL_OK;
