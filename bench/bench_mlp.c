@@ -206,7 +206,7 @@ int main(int argc, char **argv)
            st.arena_bytes / mib, st.tensor_bytes / mib, st.arena_bytes ? (double)st.tensor_bytes / st.arena_bytes : 0.0,
            st.param_bytes / mib);
     if (profile) kl_graph_profile_print(g, stdout);
-    printf("kiln_ms_per_step=%.3f kiln_ms_mean=%.3f kiln_ms_min=%.3f arena_bytes=%zu tensor_bytes=%zu param_bytes=%zu threads=%d "
+    printf("kiln_ms_per_step=%.4f kiln_ms_mean=%.4f kiln_ms_min=%.4f arena_bytes=%zu tensor_bytes=%zu param_bytes=%zu threads=%d "
            "steps=%d\n",
            median, mean, ms[0], st.arena_bytes, st.tensor_bytes, st.param_bytes, kl_ctx_threads(ctx), steps);
 

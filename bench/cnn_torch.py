@@ -18,7 +18,7 @@ t_start = time.time()
 ap = argparse.ArgumentParser()
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--epochs", type=int, default=1)
-ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+ap.add_argument("--data", default=os.environ.get("KILN_DATA_DIR", "/usr/share/datasets/fashion-mnist"))
 ap.add_argument("--device", default="cpu")
 ap.add_argument("--channels-last", action="store_true")
 ap.add_argument("--model", default="cnn", choices=["cnn", "cnn_bn"],
@@ -30,6 +30,8 @@ torch.set_num_threads(args.threads)
 torch.manual_seed(1)
 dev = torch.device(args.device)
 gpu = dev.type == "cuda"
+if gpu:  # TF32 matmuls, as kiln's f32 GEMMs (KILN_TF32); cuDNN convolutions use TF32 by default
+    torch.set_float32_matmul_precision("high")
 
 
 class Nvml:

@@ -47,6 +47,8 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(42)
     dev = torch.device(a.device)
+    if dev.type == "cuda":  # TF32 matmuls, as kiln's f32 GEMMs (KILN_TF32)
+        torch.set_float32_matmul_precision("high")
     model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)).to(dev)
     loss_fn = nn.CrossEntropyLoss()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -23,7 +23,11 @@ build=${1:-build}
 out=${2:-$(mktemp -d)}
 mkdir -p "$out"
 py=${PYTHON:-python3}
-log="$out/bench_gpu.txt"
+# PyTorch with the library path it was started with (gpu_check.sh puts the
+# bundle's and CUDA's libraries first for kiln; they must not shadow the
+# wheel's own cuDNN and cuBLAS)
+tpy() { env LD_LIBRARY_PATH="${KILN_ORIG_LD-${LD_LIBRARY_PATH:-}}" "$py" "$@"; }
+log="${BENCH_LOG:-$out/bench_gpu.txt}" # gpu_check.sh: straight into $OUT, so a cut-off call keeps what was measured
 : >"$log"
 say() { echo "$*" | tee -a "$log"; }
 fails=0
@@ -58,34 +62,34 @@ EOF
 say "== machine"
 say "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit --format=csv,noheader 2>/dev/null | head -1)"
 say "cuda: $("$build/kiln" devices 2>&1 | grep -m1 -i 'runtime' || true)"
-say "torch: $("$py" -c 'import torch; print(torch.__version__, torch.version.cuda, "cudnn", torch.backends.cudnn.version())' 2>&1)"
+say "torch: $(tpy -c 'import torch; print(torch.__version__, torch.version.cuda, "cudnn", torch.backends.cudnn.version())' 2>&1)"
 say "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
 
 say "== MLP 784-1024-1024-10, batch 256, Adam (data on the GPU)"
 ran "$out/mlp_kiln.txt" "$build/bench_mlp" --device cuda:0 --steps 2000 --warmup 50
 sed 's/^/  /' "$out/mlp_kiln.txt" | tee -a "$log"
-ran "$out/mlp_torch.txt" "$py" bench/mlp_torch.py --device cuda --steps 1000 --warmup 50
+ran "$out/mlp_torch.txt" tpy bench/mlp_torch.py --device cuda --steps 1000 --warmup 50
 sed 's/^/  /' "$out/mlp_torch.txt" | tee -a "$log"
 mlp_ratio mlp "MLP" " (target: <= 0.12 ms/step)"
 
 say "== the same MLP with gradient accumulation: a step is 4 batches of 256, one Adam update"
 ran "$out/mlpa_kiln.txt" "$build/bench_mlp" --device cuda:0 --accumulate 4 --steps 500 --warmup 20
-ran "$out/mlpa_torch.txt" "$py" bench/mlp_torch.py --device cuda --accumulate 4 --steps 250 --warmup 20
+ran "$out/mlpa_torch.txt" tpy bench/mlp_torch.py --device cuda --accumulate 4 --steps 250 --warmup 20
 mlp_ratio mlpa "MLP accumulate 4"
 
 say "== the same MLP in bf16 mixed precision (kiln --bf16, torch.autocast bfloat16; f32 parameters and Adam)"
 ran "$out/mlpb_kiln.txt" "$build/bench_mlp" --device cuda:0 --bf16 --steps 2000 --warmup 50
-ran "$out/mlpb_torch.txt" "$py" bench/mlp_torch.py --device cuda --bf16 --steps 1000 --warmup 50
+ran "$out/mlpb_torch.txt" tpy bench/mlp_torch.py --device cuda --bf16 --steps 1000 --warmup 50
 mlp_ratio mlpb "MLP bf16"
 
 say "== the same MLP in f16 mixed precision (kiln --f16, torch.autocast float16; dynamic loss scaling on both)"
 ran "$out/mlph_kiln.txt" "$build/bench_mlp" --device cuda:0 --f16 --steps 2000 --warmup 50
-ran "$out/mlph_torch.txt" "$py" bench/mlp_torch.py --device cuda --f16 --steps 1000 --warmup 50
+ran "$out/mlph_torch.txt" tpy bench/mlp_torch.py --device cuda --f16 --steps 1000 --warmup 50
 mlp_ratio mlph "MLP f16"
 
 say "== reference CNN, Fashion-MNIST, batch 128, Adam, 5 epochs (data on the GPU)"
 t0=$(date +%s.%N)
-"$build/kiln" train --device cuda:0 --epochs 5 --out "$out/cnn_kiln" >"$out/cnn_kiln.log" 2>&1
+"$build/kiln" train --device cuda:0 --epochs 5 --no-tensorboard --out "$out/cnn_kiln" >"$out/cnn_kiln.log" 2>&1
 rc=$?
 t1=$(date +%s.%N)
 tail -n 12 "$out/cnn_kiln.log" | sed 's/^/  /' | tee -a "$log"
@@ -103,8 +107,8 @@ for line in open(run + "/metrics.jsonl"):
 walls = [e["wall_s"] for e in ep]
 for i, e in enumerate(ep):
     dt = walls[i] - (walls[i - 1] if i else 0)
-    train = 55000 / e["samples_per_s"] if e["samples_per_s"] else float("nan")
-    print(f"  kiln epoch {e['epoch']}: {dt:.3f} s with validation and checkpoint, {train:.3f} s training; "
+    print(f"  kiln epoch {e['epoch']}: {dt:.3f} s with validation and checkpoint (epoch 1: with data loading and "
+          f"device start); {e['samples_per_s']:.0f} samples/s (training and validation); "
           f"val acc {e['val_accuracy']:.4f}; energy {en.get(e['epoch'], float('nan')):.1f} J")
 warm = [walls[i] - walls[i - 1] for i in range(1, len(walls))]
 peak = max((t.get("gpu_mem_mb", 0) for t in tel), default=float("nan"))
@@ -112,12 +116,12 @@ print(f"kiln_warm_epoch_s={sum(warm) / max(len(warm), 1):.4f} kiln_test_accuracy
       f"kiln_total_s={t1 - t0:.2f} kiln_device_used_mib={peak:.0f}")
 EOF
 grep -m1 "first step after" "$out/cnn_kiln.log" | sed 's/^/  kiln: /' | tee -a "$log"
-ran "$out/cnn_torch.txt" "$py" bench/cnn_torch.py --device cuda --epochs 5
+ran "$out/cnn_torch.txt" tpy bench/cnn_torch.py --device cuda --epochs 5
 sed 's/^/  /' "$out/cnn_torch.txt" | tee -a "$log"
-"$py" - "$out" <<'EOF' 2>&1 | tee -a "$log"
+"$py" - "$out" "$log" <<'EOF' 2>&1 | tee -a "$log"
 import re, sys
 d = sys.argv[1]
-txt = open(d + "/bench_gpu.txt").read()
+txt = open(sys.argv[2]).read()
 k = re.search(r"kiln_warm_epoch_s=([0-9.]+)", txt)
 t = [float(x) for x in re.findall(r"torch_epoch_s=([0-9.]+)", open(d + "/cnn_torch.txt").read())]
 if k and len(t) > 1:
@@ -137,7 +141,7 @@ grep -m1 "convolutions by" "$out/cnn_cudnn.log" | sed 's/^/  /' | tee -a "$log"
 compare_warm "CNN cuDNN" "$out/cnn_cudnn" "$out/cnn_kiln" "with im2col + cuBLASLt"
 say "== where a step's time goes (kiln --profile: CUDA events per op, eager launches), for the next round of work"
 for m in "" models/mlp.yaml; do
-  "$build/kiln" train $m --device cuda:0 --steps 80 --profile 60 --no-tensorboard --out "$out/prof_${m//\//_}" \
+  "$build/kiln" train $m --device cuda:0 --steps 400 --profile 300 --no-tensorboard --out "$out/prof_${m//\//_}" \
     >"$out/prof.log" 2>&1 || fail "kiln train --profile ${m:-(reference CNN)}"
   sed -n '/^profile of/,/^epoch/p' "$out/prof.log" | head -n 30 | sed "s|^|  ${m:-cnn}: |" | tee -a "$log"
 done

@@ -43,6 +43,7 @@ for d in /usr/lib/x86_64-linux-gnu /usr/local/cuda/lib64 /usr/local/cuda-13.0/li
          $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cudnn", "lib") for p in nvidia.__path__))' 2>/dev/null); do
   [ -e "$d/libcudnn.so.9" ] && { cudnnlib=$d; break; }
 done
+export KILN_ORIG_LD="${LD_LIBRARY_PATH:-}" # PyTorch's, for bench/run_gpu.sh
 export LD_LIBRARY_PATH="$b/lib:${cudalib:-}:${cudnnlib:-}:${LD_LIBRARY_PATH:-}"
 export KILN_DATA_DIR="$b/data"
 if ldd "$b/bin/kiln" | grep -q "not found"; then
@@ -141,8 +142,7 @@ stage_memcheck() {
 
 # benchmarks
 stage_bench() {
-  run bench_gpu 420 bash bench/run_gpu.sh "$b/bin" "$w"
-  cp "$w/bench_gpu.txt" "$out/" 2>/dev/null
+  run bench_gpu 420 env BENCH_LOG="$out/bench_gpu.txt" bash bench/run_gpu.sh "$b/bin" "$w"
 }
 
 for st in $stages; do "stage_$st"; done
@@ -153,4 +153,4 @@ for st in $stages; do "stage_$st"; done
 echo
 echo "== summary ($(date -u +%H:%M:%SZ), $SECONDS s)"
 printf '%s\n' "${rows[@]}"
-grep -E "^(MLP|MLP accumulate 4|MLP bf16|MLP f16|CNN|CNN streamed|CNN cuDNN):" "$w/bench_gpu.txt" 2>/dev/null
+grep -E "^(MLP|MLP accumulate 4|MLP bf16|MLP f16|CNN|CNN streamed|CNN cuDNN):" "$out/bench_gpu.txt" 2>/dev/null
