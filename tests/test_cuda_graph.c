@@ -369,11 +369,14 @@ static void test_threads(kl_device gpu)
     net_free(&ref);
     thread_job *jobs = calloc(2, sizeof *jobs);
     pthread_t th[2];
+    int started[2] = {0};
     for (int i = 0; i < 2; i++) {
         jobs[i].dev = gpu;
-        CHECK(pthread_create(&th[i], NULL, thread_train, &jobs[i]) == 0);
+        started[i] = pthread_create(&th[i], NULL, thread_train, &jobs[i]) == 0;
+        CHECK(started[i]);
     }
-    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 2; i++)
+        if (started[i]) pthread_join(th[i], NULL);
     for (int i = 0; i < 2; i++) {
         if (jobs[i].s != KL_OK) fprintf(stderr, "  thread %d: %s\n", i, jobs[i].err);
         CHECK(jobs[i].s == KL_OK);

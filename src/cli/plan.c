@@ -11,16 +11,28 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The memory a training step may take: --mem-limit, else the device's
+ * (device_mem_limit); what names it for messages */
+static kl_status train_budget(kl_device dev, size_t *limit, char *what, size_t n)
+{
+    if (g_monitor_flags.mem_limit) {
+        snprintf(what, n, "--mem-limit");
+        return parse_size("--mem-limit", g_monitor_flags.mem_limit, limit);
+    }
+    char desc[200];
+    KL_TRY(device_mem_limit(dev, limit, desc, sizeof desc));
+    snprintf(what, n, "the budget (%s)", desc);
+    return KL_OK;
+}
+
 kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch, kl_device dev,
                            plan_budget *out)
 {
     if (out) *out = (plan_budget){0};
     if (!g_monitor_flags.mem_limit && dev.type != KL_DEVICE_CUDA) return KL_OK;
     size_t limit;
-    char what[256] = "--mem-limit", desc[256];
-    if (g_monitor_flags.mem_limit) KL_TRY(parse_size("--mem-limit", g_monitor_flags.mem_limit, &limit));
-    else KL_TRY(device_mem_limit(dev, &limit, desc, sizeof desc));
-    if (!g_monitor_flags.mem_limit) snprintf(what, sizeof what, "the budget (%.200s)", desc);
+    char what[256];
+    KL_TRY(train_budget(dev, &limit, what, sizeof what));
     planner p;
     mem_plan mp, best_plan;
     int64_t best = 0;
@@ -48,12 +60,8 @@ kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, kl_
 {
     if (!g_monitor_flags.batch_auto) return KL_OK;
     size_t limit;
-    char what[256] = "--mem-limit", desc[200];
-    if (g_monitor_flags.mem_limit) KL_TRY(parse_size("--mem-limit", g_monitor_flags.mem_limit, &limit));
-    else {
-        KL_TRY(device_mem_limit(dev, &limit, desc, sizeof desc));
-        snprintf(what, sizeof what, "the budget (%s)", desc);
-    }
+    char what[256];
+    KL_TRY(train_budget(dev, &limit, what, sizeof what));
     planner p;
     mem_plan bp;
     int64_t best = 0, pow2 = 1;

@@ -23,12 +23,11 @@ void kl_graph_free(kl_graph *g)
     if (!g) return;
     /* work still queued may write the read-back rings (pinned host memory)
      * or read the arena: let it finish first (always: g->runs, which the
-     * user may set back, does not say whether anything was issued) */
-    { /* a failed sync (a device fault) must not replace the message that led here */
-        char keep[2048];
-        snprintf(keep, sizeof keep, "%s", kl_last_error());
-        if (g->ctx->be->sync() != KL_OK) kl_error_restore(keep);
-    }
+     * user may set back, does not say whether anything was issued). A
+     * failed sync (a device fault) must not replace the message that led here */
+    char keep[2048];
+    snprintf(keep, sizeof keep, "%s", kl_last_error());
+    if (g->ctx->be->sync() != KL_OK) kl_error_restore(keep);
     for (int i = 0; i < g->n_nodes; i++) kl_free(g->nodes[i]);
     kl_free(g->nodes);
     kl_free(g->grad_written);

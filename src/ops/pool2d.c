@@ -96,7 +96,7 @@ static kl_status pool2d_bwd_shape(kl_tensor *t)
                 T v[4] = {p0[2 * i], p0[2 * i + 1], p1[2 * i], p1[2 * i + 1]}, m = v[0];           \
                 int32_t bk = 0;                                                                    \
                 for (int32_t j = 1; j < 4; j++)                                                    \
-                    if (v[j] > m || (v[j] != v[j] && m == m)) m = v[j], bk = j;                    \
+                    if (KL_POOL_TAKES(v[j], m)) m = v[j], bk = j;                                  \
                 y[b + i] = m, k[i] = bk;                                                           \
             }                                                                                      \
             for (int64_t i = 0; i < n; i++) idx[b + i] = (uint8_t)k[i];                            \

@@ -30,6 +30,11 @@ KL_HD static inline void kl_pool_outs(int64_t i, int s, int p, int k, int64_t n_
     *o1 = hi < n_out ? hi : n_out;
 }
 
+/* Max pooling's rule: v replaces the window's maximum m so far when it is
+ * greater, or NaN while m is not (the first NaN wins; ties keep the first
+ * maximum). Branch-free, for any floating type. */
+#define KL_POOL_TAKES(v, m) (((v) > (m)) | (((v) != (v)) & ((m) == (m))))
+
 #define KL_DEF_POOL(T)                                                                             \
     /* max over output (oh, ow)'s window of plane xp; *k: the argmax i*kw + j. Ties go to the      \
      * first maximum in row-major order; a NaN wins (selects, no branches) */                      \
@@ -45,7 +50,7 @@ KL_HD static inline void kl_pool_outs(int64_t i, int s, int p, int k, int64_t n_
         for (int64_t i = h0; i < h1; i++)                                                          \
             for (int64_t j = w0; j < w1; j++) {                                                    \
                 T v = xp[xo + i * a->W + j];                                                       \
-                int take = (v > m) | ((v != v) & (m == m));                                        \
+                int take = KL_POOL_TAKES(v, m);                                                    \
                 m = take ? v : m;                                                                  \
                 bk = take ? i * a->kw + j : bk;                                                    \
             }                                                                                      \

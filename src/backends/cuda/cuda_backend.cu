@@ -154,6 +154,9 @@ static kl_status device_exists(int index)
     return KL_OK;
 }
 
+/* the build has GPU code for compute capability major.minor */
+static bool cc_supported(int major, int minor) { return major * 10 + minor >= KL_CU_MIN_CC; }
+
 /* The build's kernels run on cuda:index: an older GPU is refused here, by
  * name, instead of at the first kernel launch (no kernel image) */
 static kl_status device_supported(int index)
@@ -163,7 +166,7 @@ static kl_status device_supported(int index)
                   "cudaDeviceGetAttribute");
     KL_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index), "devices",
                   "cudaDeviceGetAttribute");
-    if (major * 10 + minor >= KL_CU_MIN_CC) return KL_OK;
+    if (cc_supported(major, minor)) return KL_OK;
     char name[256] = "?";
     cudaDeviceProp p;
     if (cudaGetDeviceProperties(&p, index) == cudaSuccess) snprintf(name, sizeof name, "%s", p.name);
@@ -193,7 +196,7 @@ extern "C" kl_status kl_cuda_device_info_get(int index, kl_cuda_device_info *out
     }
     out->major = p.major;
     out->minor = p.minor;
-    out->usable = p.major * 10 + p.minor >= KL_CU_MIN_CC;
+    out->usable = cc_supported(p.major, p.minor);
     out->sm_count = p.multiProcessorCount;
     out->total_bytes = p.totalGlobalMem;
     cudaDriverGetVersion(&out->driver_version);
