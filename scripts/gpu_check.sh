@@ -7,7 +7,7 @@
 # figures before the slower checks; `quick` = tests train):
 #   tests:    the CUDA tests (every op vs the CPU, capture vs eager, conv,
 #             sequence ops, streamed data), f32 without TF32, and test_cuda
-#             again with TF32;
+#             and test_cuda_seq again with TF32;
 #   train:    kiln train on the GPU: graph replay vs --no-graph (also with
 #             gradient accumulation), and streamed data vs data on the
 #             device, give identical losses; an
@@ -74,8 +74,10 @@ stage_tests() {
   # each takes seconds on a GPU (its CPU side ~20 s at most): a hang costs 120 s, not the session
   for t in "$b"/bin/test_cuda* "$b"/bin/test_loss_scale; do run "$(basename "$t")" 120 "$t"; done
   run test_cuda_conv_cudnn 120 env KILN_CUDA_CONV=cudnn "$b/bin/test_cuda_conv"
-  # the parity programs run f32 without TF32 (tests/lib/cuda_parity.h); the op cases once more with it
+  # the parity programs run f32 without TF32 (tests/lib/cuda_parity.h); the op and sequence cases once more
+  # with it (the recurrent steps' GEMMs have rows TF32 kernels may not take: cuBLASLt's f32 then)
   run test_cuda_tf32 120 env KILN_TF32=1 "$b/bin/test_cuda"
+  run test_cuda_seq_tf32 120 env KILN_TF32=1 "$b/bin/test_cuda_seq"
 }
 
 # kiln train on the GPU

@@ -49,6 +49,17 @@ static const kl_init ONES = {KL_INIT_ONES, 0};
 static kl_status b_binary(kl_graph *g, kl_dtype dt, int kind, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *a, *b, *one;
+    if (kind == 4) { /* a transposed operand: [7, 5]^T + [5, 1] */
+        KL_TRY(kl_parity_param(g, "a", dt, 2, (int64_t[]){7, 5}, &a));
+        KL_TRY(kl_transpose(g, a, 0, 1, &a));
+        KL_TRY(kl_parity_param(g, "b", dt, 2, (int64_t[]){5, 1}, &b));
+        return kl_add(g, a, b, y);
+    }
+    if (kind == 5) { /* 4-D, broadcast over the outer and a middle axis */
+        KL_TRY(kl_parity_param(g, "a", dt, 4, (int64_t[]){2, 3, 4, 5}, &a));
+        KL_TRY(kl_parity_param(g, "b", dt, 3, (int64_t[]){3, 1, 5}, &b));
+        return kl_mul(g, a, b, y);
+    }
     KL_TRY(kl_parity_param(g, "a", dt, 3, (int64_t[]){5, 1, 7}, &a));
     KL_TRY(kl_parity_param(g, "b", dt, 2, (int64_t[]){3, 1}, &b));
     switch (kind) {
@@ -142,22 +153,28 @@ static kl_status b_softmax(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl
 
 static int32_t g_labels[20000];
 
-/* arg 0: [16, 10]; arg 1: [20000, 10] (many blocks of partial sums) */
+/* arg 0: [16, 10]; 1: [20000, 10] (many blocks of partial sums); 2: [300,
+ * 77] and 3: [64, 50257] (rows wider than a warp: several columns a lane);
+ * 4: [64, 1000] logits scaled to +-100 (exp overflows f32 unless the row's
+ * maximum is taken out first) */
 static kl_status b_ce(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
+    static const int64_t shapes[5][2] = {{16, 10}, {20000, 10}, {300, 77}, {64, 50257}, {64, 1000}};
     kl_tensor *x, *lab;
-    int64_t N = arg ? 20000 : 16;
-    for (int64_t i = 0; i < N; i++) g_labels[i] = (int32_t)((i * 7 + i / 3) % 10);
-    KL_TRY(kl_parity_param(g, "logits", dt, 2, (int64_t[]){N, 10}, &x));
+    int64_t N = shapes[arg][0], C = shapes[arg][1];
+    for (int64_t i = 0; i < N; i++) g_labels[i] = (int32_t)((i * 7 + i / 3 + (arg == 3 ? i * 997 : 0)) % C);
+    KL_TRY(kl_parity_param(g, "logits", dt, 2, (int64_t[]){N, C}, &x));
+    if (arg == 4) KL_TRY(kl_scale(g, x, 100.0, &x));
     KL_TRY(kl_input(g, "labels", KL_I32, 1, (int64_t[]){N}, &lab));
     in->v[in->n++] = (kl_in_set){lab, g_labels, (size_t)N * sizeof *g_labels};
     return kl_softmax_cross_entropy(g, x, lab, y);
 }
 
+/* arg 1: 2^20 + 5 values, many blocks */
 static kl_status b_dropout(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
     kl_tensor *x;
-    KL_TRY(kl_parity_param(g, "x", dt, 1, (int64_t[]){1001}, &x));
+    KL_TRY(kl_parity_param(g, "x", dt, 1, (int64_t[]){arg ? (1 << 20) + 5 : 1001}, &x));
     return kl_dropout(g, x, 0.3, y);
 }
 
@@ -189,10 +206,35 @@ static kl_status b_batchnorm(kl_graph *g, kl_dtype dt, int training, kl_in_list 
     return kl_batchnorm_act(g, x, gm, bt, rm, rv, &o, act, y);
 }
 
+/* Batchnorm with parts left out. arg 0: no gamma, beta or running
+ * statistics (training); 1: x a buffer (no dx), gamma only (dgamma without
+ * dbeta), running statistics updated */
+static kl_status b_batchnorm_bare(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
+{
+    kl_tensor *x, *gm = NULL, *rm = NULL, *rv = NULL;
+    const int64_t ne[4] = {8, 6, 5, 5};
+    if (arg) {
+        KL_TRY(kl_buffer(g, "x", dt, 4, ne, &kl_parity_u1, &x));
+        KL_TRY(kl_parity_param(g, "gamma", dt, 1, (int64_t[]){6}, &gm));
+        KL_TRY(kl_buffer(g, "running_mean", dt, 1, (int64_t[]){6}, &kl_parity_u1, &rm));
+        KL_TRY(kl_buffer(g, "running_var", dt, 1, (int64_t[]){6}, &ONES, &rv));
+    } else KL_TRY(kl_parity_param(g, "x", dt, 4, ne, &x));
+    kl_batchnorm_opts o = {.training = 1, .momentum = 0.2};
+    return kl_batchnorm_act(g, x, gm, NULL, rm, rv, &o, KL_ACT_NONE, y);
+}
+
+/* arg 0: [12, 33]; 1: [5000, 1000] (rows wider than a block, many of
+ * them); 2: [2, 7, 33] without gamma and beta; 3: [2, 7, 33], gamma only */
 static kl_status b_layernorm(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
 {
+    if (arg >= 2) {
+        kl_tensor *x, *gm = NULL;
+        KL_TRY(kl_parity_param(g, "x", dt, 3, (int64_t[]){2, 7, 33}, &x));
+        if (arg == 3) KL_TRY(kl_parity_param(g, "gamma", dt, 1, (int64_t[]){33}, &gm));
+        return kl_layernorm(g, x, gm, NULL, 1e-5, y);
+    }
     kl_tensor *x, *gm, *bt;
-    int64_t R = arg ? 5000 : 12, D = arg ? 1000 : 33; /* arg 1: rows wider than a block, many of them */
+    int64_t R = arg ? 5000 : 12, D = arg ? 1000 : 33;
     KL_TRY(kl_parity_param(g, "x", dt, 2, (int64_t[]){R, D}, &x));
     KL_TRY(kl_parity_param(g, "gamma", dt, 1, (int64_t[]){D}, &gm));
     KL_TRY(kl_parity_param(g, "beta", dt, 1, (int64_t[]){D}, &bt));
@@ -257,6 +299,7 @@ static const kl_parity_case cases[] = {
     {"gelu_saturated", b_unary, 6, 1e-5, 1e-13, 0, KL_H16_ROUNDED}, {"tanh_saturated", b_unary, 7, 1e-5, 1e-13, 0, KL_H16_NONE}, /* 16-bit tanh rounds to 1 sooner: gradients 0 */
     {"add", b_binary, 0, 1e-6, 1e-13, 0, KL_H16_EXACT},        {"sub", b_binary, 1, 1e-6, 1e-13, 0, KL_H16_EXACT},
     {"mul", b_binary, 2, 1e-6, 1e-13, 0, KL_H16_EXACT},        {"div", b_binary, 3, 1e-5, 1e-13, 0, KL_H16_ROUNDED},
+    {"add_transposed", b_binary, 4, 1e-6, 1e-13, 0, KL_H16_EXACT}, {"mul_4d_bcast", b_binary, 5, 1e-6, 1e-13, 0, KL_H16_EXACT},
     {"sum", b_reduce, 0, 1e-5, 1e-13, 0, KL_H16_EXACT},        {"mean", b_reduce, 1, 1e-5, 1e-13, 0, KL_H16_EXACT},
     {"sum_cols", b_reduce, 2, 1e-5, 1e-13, 0, KL_H16_EXACT},   {"sum_cols_wide", b_reduce, 3, 1e-5, 1e-13, 0, KL_H16_EXACT},
     {"sum_cols_long", b_reduce, 4, 1e-5, 1e-13, 0, KL_H16_EXACT}, {"sum_permuted", b_reduce, 5, 1e-5, 1e-13, 0, KL_H16_EXACT},
@@ -270,14 +313,20 @@ static const kl_parity_case cases[] = {
     {"softmax", b_softmax, 0, 1e-5, 1e-12, 0, KL_H16_EXACT},   {"log_softmax", b_softmax, 1, 1e-5, 1e-12, 0, KL_H16_EXACT},
     {"softmax_1000", b_softmax, 2, 1e-5, 1e-12, 0, KL_H16_EXACT}, {"log_softmax_1000", b_softmax, 3, 1e-5, 1e-12, 0, KL_H16_EXACT},
     {"softmax_ce", b_ce, 0, 1e-5, 1e-12, 0, KL_H16_EXACT},     {"softmax_ce_20000", b_ce, 1, 1e-5, 1e-12, 0, KL_H16_EXACT},
-    {"dropout", b_dropout, 0, 1e-6, 1e-13, 0, KL_H16_EXACT},
+    {"softmax_ce_77", b_ce, 2, 1e-5, 1e-12, 0, KL_H16_EXACT},  {"softmax_ce_vocab", b_ce, 3, 1e-5, 1e-12, 0, KL_H16_EXACT},
+    {"softmax_ce_large_logits", b_ce, 4, 1e-5, 1e-12, 0, KL_H16_NONE}, /* 16-bit x100 logits are off by ~0.4: no reference */
+    {"dropout", b_dropout, 0, 1e-6, 1e-13, 0, KL_H16_EXACT},   {"dropout_1m", b_dropout, 1, 1e-6, 1e-13, 0, KL_H16_EXACT},
     {"batchnorm_train", b_batchnorm, 1, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_eval", b_batchnorm, 0, 1e-5, 1e-12, 0, KL_H16_ROUNDED},
     {"batchnorm_wide", b_batchnorm, 2, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_2chunks", b_batchnorm, 3, 1e-4, 1e-11, 0, KL_H16_EXACT},
     {"batchnorm_4chunks", b_batchnorm, 4, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_relu", b_batchnorm, 5, 1e-4, 1e-11, 0, KL_H16_EXACT},
     {"batchnorm_tanh_2chunks", b_batchnorm, 6, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_eval_sigmoid", b_batchnorm, 7, 1e-5, 1e-12, 0, KL_H16_ROUNDED},
     {"batchnorm_train_f32stats", b_batchnorm, 9, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_eval_f32stats", b_batchnorm, 8, 1e-5, 1e-12, 0, KL_H16_ROUNDED},
     {"batchnorm_wide_f32stats", b_batchnorm, 10, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"batchnorm_relu_f32stats", b_batchnorm, 13, 1e-4, 1e-11, 0, KL_H16_EXACT},
-    {"layernorm", b_layernorm, 0, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"layernorm_big", b_layernorm, 1, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"embedding", b_embedding, 0, 1e-5, 1e-12, 0, KL_H16_EXACT},
+    {"batchnorm_bare", b_batchnorm_bare, 0, 1e-4, 1e-11, 0, KL_H16_EXACT},
+    {"batchnorm_x_buffer_gamma_only", b_batchnorm_bare, 1, 1e-4, 1e-11, 0, KL_H16_ROUNDED},
+    {"layernorm", b_layernorm, 0, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"layernorm_big", b_layernorm, 1, 1e-4, 1e-11, 0, KL_H16_EXACT},
+    {"layernorm_3d_bare", b_layernorm, 2, 1e-4, 1e-11, 0, KL_H16_EXACT}, {"layernorm_3d_gamma_only", b_layernorm, 3, 1e-4, 1e-11, 0, KL_H16_EXACT},
+    {"embedding", b_embedding, 0, 1e-5, 1e-12, 0, KL_H16_EXACT},
     {"embedding_big", b_embedding, 1, 1e-5, 1e-12, 0, KL_H16_EXACT},
     {"concat_slice", b_concat_slice, 0, 1e-6, 1e-13, 0, KL_H16_EXACT},
     {"cast_f16", b_cast, 0, 1e-6, 1e-13, 0, KL_H16_NONE},     {"cast_bf16", b_cast, 1, 1e-6, 1e-13, 1, KL_H16_NONE},
@@ -366,6 +415,7 @@ static void test_training(kl_device gpu, kl_dtype dt, const kl_optim_opts *oo, c
         if (!(e <= (f64 ? 1e-12 : 1e-3))) fprintf(stderr, "  %s step %d loss cpu %.9g gpu %.9g\n", cs, i, lc, lg);
         CHECK(e <= (f64 ? 1e-12 : 1e-3));
     }
+    kl_check_captured(cs, g.g); /* steps 2 and 3 replayed a captured graph */
     /* f32: TF32 GEMMs, and Adam turns tiny gradient differences into +-lr */
     kl_parity_params(cs, c.ctx, g.ctx, f64 ? 1e-11 : 5e-3, f64 ? 1e-11 : 10 * oo->lr);
     if (oo->max_grad_norm > 0) {

@@ -213,6 +213,7 @@ static void test_cnn(kl_device gpu, kl_dtype dt)
         if (!(e <= (f64 ? 1e-12 : 1e-3))) fprintf(stderr, "  %s step %d loss cpu %.9g gpu %.9g\n", cs, i, lc, lg);
         CHECK(e <= (f64 ? 1e-12 : 1e-3));
     }
+    kl_check_captured(cs, g.g); /* steps 2 and 3 replayed a captured graph */
     /* f32: TF32 GEMMs, and Adam turns tiny gradient differences into +-lr */
     kl_parity_params(cs, c.ctx, g.ctx, f64 ? 1e-11 : 5e-3, f64 ? 1e-11 : 10 * oo.lr);
     printf("  done %s\n", cs);

@@ -72,6 +72,11 @@ static const att_case att_cases[] = {
     {1, 2, 2, 80, 80, 64, 64, 1},   /* q, k, v views of one [B, T, 3H, 64] projection */
     {0, 1, 2, 33, 40, 150, 130, 0}, /* two output column chunks */
     {1, 2, 3, 1, 1, 16, 16, 0},     /* T = 1 */
+    {1, 1, 2, 128, 128, 8, 8, 0},   /* T a multiple of the tiles, heads narrower than 16 */
+    {0, 1, 1, 40, 64, 96, 96, 0},   /* one 128-wide column chunk */
+    {1, 1, 1, 30, 30, 160, 64, 0},  /* D > 128 >= Dv: a chunk of D with no column of the output */
+    {1, 1, 2, 45, 45, 24, 40, 0},   /* causal, Dv != D */
+    {0, 1, 1, 200, 200, 16, 16, 0}, /* longer sequences */
 };
 
 static kl_status b_att(kl_graph *g, kl_dtype dt, int arg, kl_in_list *in, kl_tensor **y)
@@ -252,6 +257,8 @@ static void test_training(kl_device gpu, int kind, kl_dtype dt)
         if (!(e <= (f64 ? 1e-10 : 1e-3))) fprintf(stderr, "  %s step %d loss cpu %.9g gpu %.9g\n", cs, i, lc, lg);
         CHECK(e <= (f64 ? 1e-10 : 1e-3));
     }
+    /* steps 2 and 3 replayed a captured graph (a failed capture reruns eagerly with a note) */
+    if (s2 == KL_OK && gpu.type == KL_DEVICE_CUDA) kl_check_captured(cs, g.g);
     /* f32: TF32 GEMMs, and Adam turns tiny gradient differences into +-lr */
     if (s1 == KL_OK && s2 == KL_OK) kl_parity_params(cs, c.ctx, g.ctx, f64 ? 1e-10 : 5e-3, f64 ? 1e-10 : 1e-2);
     printf("  trained %s\n", cs);

@@ -24,7 +24,8 @@ static kl_status unary_shape(kl_tensor *t)
 
 static kl_status unary_bwd_shape(kl_tensor *t)
 {
-    if (!kl_same_shape(t->src[0], t->src[1]))
+    /* same dtype too: the CUDA kernel reads both in t's 16-bit storage */
+    if (!kl_same_shape(t->src[0], t->src[1]) || t->src[0]->dtype != t->src[1]->dtype)
         return kl_fail(KL_EINTERNAL, "unary_bwd: dy %s vs saved %s", kl_desc(t->src[0]), kl_desc(t->src[1]));
     return unary_shape(t);
 }

@@ -136,6 +136,14 @@ void kl_parity_compare(const char *cs, const char *what, const double *cpu, cons
     }
 }
 
+void kl_check_captured(const char *cs, const kl_graph *g)
+{
+    const char *e = getenv("KILN_CUDA_GRAPH");
+    if (e && !strcmp(e, "0")) return; /* capture turned off */
+    if (!kl_graph_captured(g)) fprintf(stderr, "  %s: the GPU graph was not captured (see the note above)\n", cs);
+    CHECK(kl_graph_captured(g));
+}
+
 void kl_parity_params(const char *cs, kl_ctx *a, kl_ctx *b, double tol_rms, double tol_max)
 {
     for (int i = 0; i < kl_ctx_param_count(a); i++) {

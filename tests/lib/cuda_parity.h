@@ -52,6 +52,9 @@ void kl_parity_compare(const char *cs, const char *what, const double *cpu, cons
  * difference relative to a's rms must be <= tol_rms and the largest
  * absolute difference <= tol_max; prints the parameters off. */
 void kl_parity_params(const char *cs, kl_ctx *a, kl_ctx *b, double tol_rms, double tol_max);
+/* g, a GPU graph run at least twice, replays a captured CUDA graph (a
+ * capture that fails reruns eagerly with only a note: a test says so). */
+void kl_check_captured(const char *cs, const kl_graph *g);
 /* Runs one case on the CPU and on gpu and compares (see above). */
 void kl_parity_case_run(const kl_parity_case *c, kl_device gpu);
 

@@ -4,7 +4,8 @@
  * b, Lt's B is kiln's a and D (N x M, ld N) is y as stored. A transposed
  * view (gemm_layout's trans flag) becomes Lt's transpose op, no copy.
  * f32 uses TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32: inputs rounded to
- * 10-bit mantissas, f32 accumulation) unless KILN_TF32=0; f64 is exact FP64;
+ * 10-bit mantissas, f32 accumulation) unless KILN_TF32=0 (or the heuristic
+ * has no TF32 kernel for the operands' alignment); f64 is exact FP64;
  * bf16 and f16 operands run on tensor cores with f32 accumulation and f32
  * scalars, the output rounded once (as the CPU's widened path).
  * Bias and ReLU ride on the epilogue (all but f64, the bias in the output's
@@ -75,14 +76,10 @@ static kl_status layout(cublasLtMatrixLayout_t *l, cudaDataType dt, int64_t rows
     return KL_OK;
 }
 
-/* Descriptors and the heuristic's best algorithm for k. */
-static kl_status plan_make(const gemm_key *k, const void *bias, const kl_tensor *t, gemm_plan *p)
+/* p->desc for k with compute type ct: ops, epilogue, bias pointer. */
+static kl_status desc_make(const gemm_key *k, cublasComputeType_t ct, const void *bias, const kl_tensor *t, gemm_plan *p)
 {
-    memset(p, 0, sizeof *p);
-    p->key = *k;
     bool f64 = k->dtype == KL_F64;
-    cudaDataType dt = f64 ? CUDA_R_64F : k->dtype == KL_BF16 ? CUDA_R_16BF : k->dtype == KL_F16 ? CUDA_R_16F : CUDA_R_32F;
-    cublasComputeType_t ct = f64 ? CUBLAS_COMPUTE_64F : k->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     LT_CHECK(cublasLtMatmulDescCreate(&p->desc, ct, f64 ? CUDA_R_64F : CUDA_R_32F), t); /* scalars: f32 but for f64 */
     int32_t opa = k->op_a, opb = k->op_b;
     LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa), t);
@@ -91,14 +88,12 @@ static kl_status plan_make(const gemm_key *k, const void *bias, const kl_tensor 
     LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi), t);
     if (bias) /* the heuristic reads the pointer for its alignment */
         LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), t);
-    /* Lt's A = b^T as stored: N x K (ld ldb) unless b is a transposed view (K x N, op T) */
-    if (k->op_a == CUBLAS_OP_N) KL_TRY(layout(&p->la, dt, k->N, k->K, k->ldb, k->batch, k->sb, t));
-    else KL_TRY(layout(&p->la, dt, k->K, k->N, k->ldb, k->batch, k->sb, t));
-    /* Lt's B = a^T as stored: K x M (ld lda) unless a is a transposed view (M x K, op T) */
-    if (k->op_b == CUBLAS_OP_N) KL_TRY(layout(&p->lb, dt, k->K, k->M, k->lda, k->batch, k->sa, t));
-    else KL_TRY(layout(&p->lb, dt, k->M, k->K, k->lda, k->batch, k->sa, t));
-    KL_TRY(layout(&p->ly, dt, k->N, k->M, k->ldy, k->batch, k->sy, t));
+    return KL_OK;
+}
 
+/* The heuristic's best algorithm for p's descriptors (*n = 0: none). */
+static kl_status algo_find(const gemm_key *k, const kl_tensor *t, gemm_plan *p, int *n)
+{
     size_t ws_max;
     kl_cu_workspace(&ws_max);
     cublasLtMatmulPreference_t pref;
@@ -110,18 +105,48 @@ static kl_status plan_make(const gemm_key *k, const void *bias, const kl_tensor 
         s = cublasLtMatmulPreferenceSetAttribute(pref, (cublasLtMatmulPreferenceAttributes_t)(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES + i),
                                                  &al[i], sizeof al[i]);
     cublasLtMatmulHeuristicResult_t res;
-    int n = 0;
+    *n = 0;
     if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulAlgoGetHeuristic((cublasLtHandle_t)kl_cu_lt(), p->desc, p->la, p->lb, p->ly, p->ly, pref, 1, &res, &n);
+        s = cublasLtMatmulAlgoGetHeuristic((cublasLtHandle_t)kl_cu_lt(), p->desc, p->la, p->lb, p->ly, p->ly, pref, 1, &res, n);
     cublasLtMatmulPreferenceDestroy(pref);
     if (s != CUBLAS_STATUS_SUCCESS) return lt_fail(s, t, "cublasLtMatmulAlgoGetHeuristic");
+    if (*n > 0) {
+        p->algo = res.algo;
+        p->ws = res.workspaceSize;
+    }
+    return KL_OK;
+}
+
+/* Descriptors and the heuristic's best algorithm for k. */
+static kl_status plan_make(const gemm_key *k, const void *bias, const kl_tensor *t, gemm_plan *p)
+{
+    memset(p, 0, sizeof *p);
+    p->key = *k;
+    bool f64 = k->dtype == KL_F64;
+    cudaDataType dt = f64 ? CUDA_R_64F : k->dtype == KL_BF16 ? CUDA_R_16BF : k->dtype == KL_F16 ? CUDA_R_16F : CUDA_R_32F;
+    /* Lt's A = b^T as stored: N x K (ld ldb) unless b is a transposed view (K x N, op T) */
+    if (k->op_a == CUBLAS_OP_N) KL_TRY(layout(&p->la, dt, k->N, k->K, k->ldb, k->batch, k->sb, t));
+    else KL_TRY(layout(&p->la, dt, k->K, k->N, k->ldb, k->batch, k->sb, t));
+    /* Lt's B = a^T as stored: K x M (ld lda) unless a is a transposed view (M x K, op T) */
+    if (k->op_b == CUBLAS_OP_N) KL_TRY(layout(&p->lb, dt, k->K, k->M, k->lda, k->batch, k->sa, t));
+    else KL_TRY(layout(&p->lb, dt, k->M, k->K, k->lda, k->batch, k->sa, t));
+    KL_TRY(layout(&p->ly, dt, k->N, k->M, k->ldy, k->batch, k->sy, t));
+
+    cublasComputeType_t ct = f64 ? CUBLAS_COMPUTE_64F : k->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    int n;
+    KL_TRY(desc_make(k, ct, bias, t, p));
+    KL_TRY(algo_find(k, t, p, &n));
+    if (n < 1 && k->tf32) { /* TF32 kernels want aligned operands (a recurrent step's rows may not be): full f32 */
+        cublasLtMatmulDescDestroy(p->desc);
+        p->desc = NULL;
+        KL_TRY(desc_make(k, CUBLAS_COMPUTE_32F, bias, t, p));
+        KL_TRY(algo_find(k, t, p, &n));
+    }
     if (n < 1)
         return kl_fail(KL_EUNSUPPORTED, "matmul %s: cuBLASLt has no algorithm for M %lld N %lld K %lld (%s, epilogue %d, "
                        "alignment %u/%u/%u bytes) on cuda:%d", kl_desc(t), (long long)k->M, (long long)k->N,
                        (long long)k->K, k->tf32 ? "f32 tf32" : kl_dtype_name((kl_dtype)k->dtype), k->epi, k->align_a, k->align_b,
                        k->align_y, kl_cu_device());
-    p->algo = res.algo;
-    p->ws = res.workspaceSize;
     return KL_OK;
 }
 

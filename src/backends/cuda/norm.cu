@@ -122,17 +122,21 @@ template <typename ST, int BWD> struct bn_cols {
     }
 };
 
+/* returns the name of the kernel it launched */
 template <typename ST, int BWD>
-static void bn_sums(const ST *x, const ST *dy, const typename kl_cu_calc<ST>::T *mean, int64_t N, int64_t C, int64_t S,
+static const char *bn_sums(const ST *x, const ST *dy, const typename kl_cu_calc<ST>::T *mean, int64_t N, int64_t C, int64_t S,
                     int64_t nch, double *part, cudaStream_t s)
 {
     if (S == 1) {
         int64_t nbc = (C + 31) / 32;
         dim3 grid((unsigned)(nbc < 65535 ? nbc : 65535), (unsigned)nch);
         col_sums_k<BN_ROWS><<<grid, dim3(32, BN_ROWS), 0, s>>>(bn_cols<ST, BWD>{x, dy, mean, part}, C, N, nch);
-    } else {
+        return "col_sums_k";
+    }
+    {
         dim3 grid((unsigned)nch, (unsigned)(C < 65535 ? C : 65535));
         bn_sums_k<ST, BWD><<<grid, kl_cu_red_threads(N * S / nch), 0, s>>>(x, dy, mean, N, C, S, nch, part);
+        return "bn_sums_k";
     }
 }
 
@@ -196,8 +200,8 @@ template <typename ST> static kl_status bn_fwd_launch(const kl_exec *ex, const k
     a.act = at->act;
     cudaStream_t s = kl_cu_stream();
     if (at->training) {
-        bn_sums<ST, 0>(a.x, (const ST *)NULL, (const T *)NULL, a.N, a.C, a.S, a.nch, a.part, s);
-        KL_CUDA_LAUNCHED(t, "bn_sums_k");
+        const char *k = bn_sums<ST, 0>(a.x, (const ST *)NULL, (const T *)NULL, a.N, a.C, a.S, a.nch, a.part, s);
+        KL_CUDA_LAUNCHED(t, k);
     }
     bn_stats_k<ST><<<kl_cu_blocks(a.C, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a, at->training);
     KL_CUDA_LAUNCHED(t, "bn_stats_k");
@@ -280,8 +284,8 @@ template <typename ST> static kl_status bn_bwd_launch(const kl_exec *ex, const k
     a.training = at->training;
     cudaStream_t s = kl_cu_stream();
     if (a.training || a.dg || a.db) {
-        bn_sums<ST, 1>(a.x, a.dy, a.mean, a.N, a.C, a.S, a.nch, a.part, s);
-        KL_CUDA_LAUNCHED(t, "bn_sums_k");
+        const char *k = bn_sums<ST, 1>(a.x, a.dy, a.mean, a.N, a.C, a.S, a.nch, a.part, s);
+        KL_CUDA_LAUNCHED(t, k);
         bn_bwd_sums_k<ST><<<kl_cu_blocks(a.C, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a);
         KL_CUDA_LAUNCHED(t, "bn_bwd_sums_k");
     }
@@ -398,7 +402,7 @@ template <typename S> __global__ void ln_dgb_finish_k(const double *part, int64_
     }
 }
 
-template <typename S> static void ln_launch(const kl_exec *ex, const kl_tensor *t, int bwd)
+template <typename S> static kl_status ln_launch(const kl_exec *ex, const kl_tensor *t, int bwd)
 {
     typedef typename kl_cu_calc<S>::T T;
     const ln_attr *at = KL_ATTR_C(t, ln_attr);
@@ -410,7 +414,8 @@ template <typename S> static void ln_launch(const kl_exec *ex, const kl_tensor *
         ln_fwd_k<S><<<nb, threads, 0, s>>>((const S *)kl_data(ex, t->src[0]), src_or_null<S>(ex, t, at->ig),
                                             src_or_null<S>(ex, t, at->ib), (S *)kl_data(ex, t), (T *)kl_aux(ex, t), R, D,
                                             at->eps);
-        return;
+        KL_CUDA_LAUNCHED(t, "ln_fwd_k");
+        return KL_OK;
     }
     const S *dy = (const S *)kl_data(ex, t->src[0]), *x = (const S *)kl_data(ex, t->src[1]);
     const S *gm = t->n_src > 3 ? (const S *)kl_data(ex, t->src[3]) : NULL;
@@ -418,22 +423,30 @@ template <typename S> static void ln_launch(const kl_exec *ex, const kl_tensor *
     int e = 0;
     S *dg = at->need_dg ? (S *)kl_data(ex, t->extra[e++]) : NULL;
     S *db = at->need_db ? (S *)kl_data(ex, t->extra[e++]) : NULL;
-    if (at->need_dx) ln_bwd_dx_k<S><<<nb, threads, 0, s>>>(dy, x, gm, mean, (S *)kl_data(ex, t), R, D);
+    if (at->need_dx) {
+        ln_bwd_dx_k<S><<<nb, threads, 0, s>>>(dy, x, gm, mean, (S *)kl_data(ex, t), R, D);
+        KL_CUDA_LAUNCHED(t, "ln_bwd_dx_k");
+    }
     if (dg || db) {
         int64_t nc = (D + 31) / 32, nq = kl_ln_dgb_chunks(R);
         double *part = nq > 1 ? (double *)kl_scratch(ex, t) : NULL;
         dim3 grid((unsigned)(nc < 65535 ? nc : 65535), (unsigned)nq);
         ln_dgb_cols<S> terms = {dy, x, mean, mean + R, dg, db, part};
         col_sums_k<LN_DGB_ROWS><<<grid, dim3(32, LN_DGB_ROWS), 0, s>>>(terms, D, R, nq);
-        if (nq > 1) ln_dgb_finish_k<S><<<kl_cu_blocks(D, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(part, nq, D, dg, db);
+        KL_CUDA_LAUNCHED(t, "col_sums_k");
+        if (nq > 1) {
+            ln_dgb_finish_k<S><<<kl_cu_blocks(D, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(part, nq, D, dg, db);
+            KL_CUDA_LAUNCHED(t, "ln_dgb_finish_k");
+        }
     }
+    return KL_OK;
 }
 
 static kl_status ln_run(const kl_exec *ex, const kl_tensor *t, int bwd)
 {
-    KL_CU_FLOAT_SWITCH(t->dtype, return kl_cu_bad_dtype(t), ln_launch<S>(ex, t, bwd))
-    KL_CUDA_LAUNCHED(t, bwd ? "ln_bwd_k" : "ln_fwd_k");
-    return KL_OK;
+    kl_status st = KL_OK;
+    KL_CU_FLOAT_SWITCH(t->dtype, return kl_cu_bad_dtype(t), st = ln_launch<S>(ex, t, bwd))
+    return st;
 }
 
 extern "C" kl_status kl_cuda_layernorm(const kl_exec *ex, const kl_tensor *t) { return ln_run(ex, t, 0); }
