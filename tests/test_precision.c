@@ -86,6 +86,17 @@ static void train(const char *yaml, kl_dtype calc, run_result *r)
     int sixteen = 0; /* tensors the graph computes in 16 bits */
     for (int i = 0; i < sg.g->n_nodes; i++) sixteen += sg.g->nodes[i]->dtype == KL_BF16 || sg.g->nodes[i]->dtype == KL_F16;
     CHECK(calc == KL_F32 ? sixteen == 0 : sixteen > 10);
+    /* the max-pool gradient reads the forward node only through its saved
+     * indices: widening casts dy and writes dx, and leaves y alone */
+    int pools = 0;
+    for (int i = 0; i < sg.g->n_nodes; i++) {
+        const kl_tensor *n = sg.g->nodes[i];
+        if (n->op != KL_OP_pool2d_bwd || calc == KL_F32) continue;
+        size_t a = KL_ALIGN, want = ((size_t)kl_numel(n) * 4 + a - 1) / a * a + ((size_t)kl_numel(n->src[0]) * 4 + a - 1) / a * a;
+        CHECK(kl_widen_bytes(KL_BACKEND_CPU, n) == want);
+        pools++;
+    }
+    CHECK(pools == (calc != KL_F32 && !T));
     int64_t n2;
     r->params = kl_test_params(ctx, &n2, "running_mean", &r->bn_mean); /* parameters and buffers stay f32 */
     CHECK(n2 == r->n);

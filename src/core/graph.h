@@ -135,6 +135,10 @@ typedef struct kl_op_def {
      * where its half_native bit is clear (a library call that exists for
      * some geometries only). NULL: never. */
     bool (*half_native_if)(kl_backend_id b, const kl_tensor *t);
+    /* Bit k: the kernel reads src[k] only through its aux (a forward node's
+     * saved statistics or indices, kept in f32 or integers), so widening
+     * leaves it uncast. */
+    unsigned aux_srcs;
 } kl_op_def;
 
 #define KL_HALF_ALL ((1u << KL_BACKEND_COUNT) - 1u)

@@ -24,6 +24,12 @@ static size_t wide_bytes(const kl_tensor *x)
  * among the inputs are updated in place (batchnorm's running statistics). */
 static bool written_src(const kl_tensor *x) { return x->base->sk == KL_ST_BUFFER; }
 
+/* src[k] of t goes to the kernel as an f32 copy */
+static bool widened_src(const kl_tensor *t, int k)
+{
+    return is_half(t->src[k]->dtype) && !(kl_ops[t->op]->aux_srcs & (1u << k));
+}
+
 bool kl_widen_needed(kl_backend_id b, const kl_tensor *t)
 {
     const kl_op_def *d = kl_ops[t->op];
@@ -39,7 +45,7 @@ size_t kl_widen_bytes(kl_backend_id b, const kl_tensor *t)
     if (!kl_widen_needed(b, t)) return 0;
     size_t n = is_half(t->dtype) ? wide_bytes(t) : 0;
     for (int k = 0; k < t->n_src; k++)
-        if (is_half(t->src[k]->dtype)) n += wide_bytes(t->src[k]);
+        if (widened_src(t, k)) n += wide_bytes(t->src[k]);
     for (int k = 0; k < t->n_extra; k++)
         if (is_half(t->extra[k]->dtype)) n += wide_bytes(t->extra[k]);
     return n;
@@ -84,7 +90,7 @@ kl_status kl_widen_run(const kl_exec *ex, const kl_tensor *t, kl_kernel_fn fn)
     }
     for (int k = 0; k < t->n_src; k++) {
         const kl_tensor *x = t->src[k];
-        if (!is_half(x->dtype)) continue;
+        if (!widened_src(t, k)) continue;
         make_wide(&src[k], x, p);
         p += wide_bytes(x);
         if (kl_numel(x)) KL_TRY(cast_into(ex, cast, &src[k], x));

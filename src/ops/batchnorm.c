@@ -246,7 +246,8 @@ const kl_op_def kl_op_batchnorm = {.name = "batchnorm",
                                    .fwd = {[KL_BACKEND_CPU] = bn_cpu},
                                    .half_native_if = bn_half_native};
 const kl_op_def kl_op_batchnorm_bwd = {
-    .name = "batchnorm_bwd", .shape = bn_bwd_shape, .fwd = {[KL_BACKEND_CPU] = bn_bwd_cpu}, .half_native = KL_HALF_CUDA};
+    .name = "batchnorm_bwd", .shape = bn_bwd_shape, .fwd = {[KL_BACKEND_CPU] = bn_bwd_cpu}, .half_native = KL_HALF_CUDA,
+    .aux_srcs = 1u << 2};
 
 static kl_status check_buffer(const kl_tensor *v, const char *what)
 {

@@ -149,7 +149,8 @@ const kl_op_def kl_op_layernorm = {.name = "layernorm",
                                    .fwd = {[KL_BACKEND_CPU] = ln_cpu},
                                    .half_native = KL_HALF_CUDA};
 const kl_op_def kl_op_layernorm_bwd = {
-    .name = "layernorm_bwd", .shape = ln_bwd_shape, .fwd = {[KL_BACKEND_CPU] = ln_bwd_cpu}, .half_native = KL_HALF_CUDA};
+    .name = "layernorm_bwd", .shape = ln_bwd_shape, .fwd = {[KL_BACKEND_CPU] = ln_bwd_cpu}, .half_native = KL_HALF_CUDA,
+    .aux_srcs = 1u << 2};
 
 kl_status kl_layernorm(kl_graph *g, kl_tensor *x, kl_tensor *gamma, kl_tensor *beta, double eps, kl_tensor **out)
 {

@@ -239,7 +239,7 @@ static kl_status pool2d_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 const kl_op_def kl_op_pool2d = {
     .name = "pool2d", .shape = pool2d_shape, .backward = pool2d_backward, .fwd = {[KL_BACKEND_CPU] = pool2d_cpu}};
 const kl_op_def kl_op_pool2d_bwd = {
-    .name = "pool2d_bwd", .shape = pool2d_bwd_shape, .fwd = {[KL_BACKEND_CPU] = pool2d_bwd_cpu}};
+    .name = "pool2d_bwd", .shape = pool2d_bwd_shape, .fwd = {[KL_BACKEND_CPU] = pool2d_bwd_cpu}, .aux_srcs = 1u << 1};
 
 static kl_status pool_pub(kl_graph *g, kl_tensor *x, const kl_pool2d_opts *o, int kind, kl_tensor **out)
 {

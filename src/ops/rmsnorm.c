@@ -134,7 +134,7 @@ static kl_status rms_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 const kl_op_def kl_op_rmsnorm = {
     .name = "rmsnorm", .shape = rms_shape, .backward = rms_backward, .fwd = {[KL_BACKEND_CPU] = rms_cpu}};
 const kl_op_def kl_op_rmsnorm_bwd = {
-    .name = "rmsnorm_bwd", .shape = rms_shape, .fwd = {[KL_BACKEND_CPU] = rms_bwd_cpu}};
+    .name = "rmsnorm_bwd", .shape = rms_shape, .fwd = {[KL_BACKEND_CPU] = rms_bwd_cpu}, .aux_srcs = 1u << 2};
 
 kl_status kl_rmsnorm(kl_graph *g, kl_tensor *x, kl_tensor *weight, double eps, kl_tensor **out)
 {
