@@ -6,8 +6,11 @@
 #     once, training goes on; train.telemetry_interval=0 turns telemetry off;
 #  3. a fake NVML library (tests/fixtures/fake_nvml.c, built here with cc):
 #     GPU fields, per-epoch and run energy (from the energy counter, and
-#     integrated from power when the counter is unsupported), sys/ scalars in
-#     TensorBoard (when the tensorboard package is installed).
+#     integrated from power when the counter is unsupported), samples per
+#     joule, values NVML does not give left out (not 0), no energy record
+#     when nothing was measured, NVML's start not counted in the seconds,
+#     kiln report's energy (also of a run that died before its run record),
+#     sys/ scalars in TensorBoard (when the tensorboard package is installed).
 . "$(dirname "$0")/lib/check.sh" "$1"
 py=${PYTHON:-python3}
 common=(models/mlp.yaml --steps 30 --set data.limit=2000 --set data.val_split=500 --set train.log_every=5 --threads 2)
@@ -31,7 +34,7 @@ check "progress line shows cpu and rss" 'grep -q "step 30/30 .* cpu [0-9.]* core
 check "telemetry_interval=0: no records, no message" \
   '[ $? -eq 0 ] && ! grep -q "\"type\":\"telemetry\"" "$tmp/off/metrics.jsonl" && ! grep -q "GPU telemetry" "$tmp/off.log"'
 "$kiln" train "${common[@]}" --steps 5 --set train.telemetry_interval=-1 --out "$tmp/bad" >"$tmp/bad.log" 2>&1
-check "negative telemetry_interval message" '[ $? -ne 0 ] && grep -q "telemetry_interval must be 0 (off) to 86400 seconds, got -1" "$tmp/bad.log"'
+check "negative telemetry_interval message" '[ $? -ne 0 ] && grep -q "telemetry_interval must be 0 (off) or 0.01 to 86400 seconds, got -1" "$tmp/bad.log"'
 
 # 3: a fake NVML
 cc=${CC:-cc}
@@ -52,6 +55,35 @@ else
   check "run energy = 250 W x its seconds" \
     'awk -v j="$j" -v s="$secs" -v w="$w" "BEGIN{exit !(s > 0 && j > 0 && w >= 225 && w <= 275 && j >= 225 * s && j <= 275 * s)}"'
   check "progress line shows the GPU" 'grep -q "gpu 42% 1.0 GB 250 W" "$tmp/gpu.log"'
+  n=$(field "$m" energy samples)
+  spj=$(field "$m" energy samples_per_j)
+  echo "     run: $n samples, $spj samples/J"
+  check "samples per joule = samples / joules" \
+    'awk -v n="$n" -v j="$j" -v p="$spj" "BEGIN{exit !(n > 0 && p > 0 && p / (n / j) > 0.999 && p / (n / j) < 1.001)}"'
+  "$kiln" report "$tmp/gpu" >"$tmp/rep.log" 2>&1
+  check "kiln report: the run's energy and samples per joule" \
+    'grep -q "energy (GPU) .*$(printf %.1f "$j") J" "$tmp/rep.log" && grep -q "samples per joule" "$tmp/rep.log"'
+  # a process that died before its run record: its epochs' energy counts
+  mkdir -p "$tmp/dead" && grep -v '"scope":"run"' "$m" >"$tmp/dead/metrics.jsonl"
+  ej=$(grep '"scope":"epoch"' "$m" | sed 's/.*"joules":\([^,]*\).*/\1/' | awk '{s += $1} END {printf "%.1f", s}')
+  "$kiln" report "$tmp/dead" >"$tmp/rep_dead.log" 2>&1
+  check "kiln report of a run without its run record: the epochs' energy" 'grep -q "energy (GPU) *$ej J" "$tmp/rep_dead.log"'
+  FAKE_NVML_NO_UTIL=1 KILN_NVML_LIB="$tmp/libnvml_fake.so" "$kiln" train "${common[@]}" --set train.telemetry_interval=0.2 \
+    --out "$tmp/mig" >"$tmp/mig.log" 2>&1
+  check "utilisation unsupported: left out, the rest there" \
+    '[ $? -eq 0 ] && ! grep -q "gpu_util" "$tmp/mig/metrics.jsonl" && grep -q "\"type\":\"telemetry\".*\"gpu_mem_mb\":1024.0,\"gpu_mem_total_mb\":81920.0,\"gpu_power_w\":250.000" "$tmp/mig/metrics.jsonl" && grep -q "gpu 1.0 GB 250 W" "$tmp/mig.log"'
+  "$kiln" report "$tmp/mig" >"$tmp/rep_mig.log" 2>&1
+  check "kiln report without utilisation: no busy row, peak GPU memory" \
+    '! grep -q "% busy (mean)" "$tmp/rep_mig.log" && grep -q "peak GPU memory *1024.0 MB" "$tmp/rep_mig.log"'
+  FAKE_NVML_NO_ENERGY=1 FAKE_NVML_NO_POWER=1 KILN_NVML_LIB="$tmp/libnvml_fake.so" "$kiln" train "${common[@]}" \
+    --set train.telemetry_interval=0.2 --out "$tmp/nopow" >"$tmp/nopow.log" 2>&1
+  check "no energy counter and no power: no energy records (not 0 J)" \
+    '[ $? -eq 0 ] && ! grep -q "\"type\":\"energy\"" "$tmp/nopow/metrics.jsonl" && ! grep -q "gpu_power_w\|gpu_energy_j" "$tmp/nopow/metrics.jsonl"'
+  FAKE_NVML_INIT_SLEEP=1 KILN_NVML_LIB="$tmp/libnvml_fake.so" "$kiln" train "${common[@]}" --set train.telemetry_interval=0.2 \
+    --out "$tmp/slow" >"$tmp/slow.log" 2>&1
+  w1=$(grep '"scope":"epoch"' "$tmp/slow/metrics.jsonl" | head -n 1 | sed 's/.*"mean_w":\([^,]*\).*/\1/')
+  echo "     first epoch's mean power with a 1 s nvmlInit: $w1 W"
+  check "a slow nvmlInit is not counted in the first epoch's seconds" 'awk -v w="$w1" "BEGIN{exit !(w >= 225 && w <= 275)}"'
   FAKE_NVML_NO_ENERGY=1 KILN_NVML_LIB="$tmp/libnvml_fake.so" "$kiln" train "${common[@]}" --set train.telemetry_interval=0.1 \
     --out "$tmp/gpu2" >"$tmp/gpu2.log" 2>&1
   j2=$(field "$tmp/gpu2/metrics.jsonl" energy joules)

@@ -45,6 +45,14 @@ static kl_status field(series *s, const json_t *o, const char *key, double x, in
     return num(o, key, &v) ? add(s, x, v, by_step) : KL_OK;
 }
 
+/* A process's records end: without its run record, its epochs' energy counts. */
+static void end_process_energy(run_data *d)
+{
+    if (!d->seg_run) d->energy_j += d->pending_j, d->energy_samples += d->pending_samples;
+    d->pending_j = d->pending_samples = 0;
+    d->seg_run = 0;
+}
+
 static kl_status record(run_data *d, const json_t *o, double *wall_base, double *seg_wall)
 {
     const char *type = json_string_value(json_object_get(o, "type"));
@@ -57,6 +65,7 @@ static kl_status record(run_data *d, const json_t *o, double *wall_base, double 
         *wall_base += *seg_wall;
         *seg_wall = 0;
         d->resumed = 1;
+        end_process_energy(d);
     }
     if (strcmp(type, "telemetry") && wall > *seg_wall) { /* telemetry is written after it was sampled */
         *seg_wall = wall;
@@ -90,13 +99,12 @@ static kl_status record(run_data *d, const json_t *o, double *wall_base, double 
         KL_TRY(field(&d->cpu, o, "cpu_util", t, 0));
         KL_TRY(field(&d->rss, o, "rss_mb", t, 0));
         if (num(o, "rss_peak_mb", &v) && v > d->rss_peak_mb) d->rss_peak_mb = v;
-        if (num(o, "gpu_util", &v)) {
-            d->has_gpu = 1;
-            KL_TRY(add(&d->gpu_util, t, v, 0));
-            KL_TRY(field(&d->gpu_mem, o, "gpu_mem_mb", t, 0));
-            KL_TRY(field(&d->gpu_power, o, "gpu_power_w", t, 0));
-            if (num(o, "gpu_mem_mb", &v) && v > d->gpu_mem_peak_mb) d->gpu_mem_peak_mb = v;
-        }
+        /* each GPU value is there when NVML gave it (utilisation is not under MIG) */
+        if (num(o, "gpu_util", &v) || num(o, "gpu_mem_mb", &v) || num(o, "gpu_power_w", &v)) d->has_gpu = 1;
+        KL_TRY(field(&d->gpu_util, o, "gpu_util", t, 0));
+        KL_TRY(field(&d->gpu_mem, o, "gpu_mem_mb", t, 0));
+        KL_TRY(field(&d->gpu_power, o, "gpu_power_w", t, 0));
+        if (num(o, "gpu_mem_mb", &v) && v > d->gpu_mem_peak_mb) d->gpu_mem_peak_mb = v;
     } else if (!strcmp(type, "nan")) {
         const char *layer = json_string_value(json_object_get(o, "layer"));
         const char *op = json_string_value(json_object_get(o, "op"));
@@ -107,9 +115,17 @@ static kl_status record(run_data *d, const json_t *o, double *wall_base, double 
     } else if (!strcmp(type, "energy")) {
         const char *scope = json_string_value(json_object_get(o, "scope"));
         const char *src = json_string_value(json_object_get(o, "source"));
-        if (scope && !strcmp(scope, "run") && num(o, "joules", &v)) { /* resumed runs add up */
-            d->energy_j += v;
+        double n = 0;
+        num(o, "samples", &n);
+        /* resumed runs add up; a process that ended without its run record
+         * (killed, diverged) counts by its epochs (report_load adds them) */
+        if (scope && !strcmp(scope, "run") && num(o, "joules", &v)) {
+            d->energy_j += v, d->energy_samples += n;
+            d->seg_run = 1;
             snprintf(d->energy_src, sizeof d->energy_src, "%s", src ? src : "?");
+        } else if (scope && !strcmp(scope, "epoch") && num(o, "joules", &v)) {
+            d->pending_j += v, d->pending_samples += n;
+            if (!d->energy_src[0]) snprintf(d->energy_src, sizeof d->energy_src, "%s", src ? src : "?");
         }
     }
     return KL_OK;
@@ -141,6 +157,7 @@ kl_status report_load(const char *dir, run_data *d)
     fclose(f);
     if (bad) fprintf(stderr, "kiln report: %s: skipped %d malformed line%s (first: line %d)\n", path, bad,
                      bad > 1 ? "s" : "", first_bad);
+    end_process_energy(d);
     if (s == KL_OK && !d->loss.n) s = kl_fail(KL_EFORMAT, "%s: no step records (has the run trained?)", path);
     if (s != KL_OK) report_free(d);
     return s;
@@ -188,12 +205,13 @@ static int summary(const run_data *d, char rows[][2][128])
     if (d->cpu.n) ROW("CPU", "%.2f cores busy (mean)", mean(&d->cpu));
     if (d->rss_peak_mb > 0) ROW("peak RSS", "%.1f MB", d->rss_peak_mb);
     else ROW("peak RSS", "-");
-    if (d->has_gpu) ROW("GPU", "%.0f%% busy (mean)", mean(&d->gpu_util));
+    if (d->gpu_util.n) ROW("GPU", "%.0f%% busy (mean)", mean(&d->gpu_util));
     if (d->has_gpu) ROW("peak GPU memory", "%.1f MB", d->gpu_mem_peak_mb);
     else ROW("peak GPU memory", "-");
     if (d->energy_src[0])
         ROW("energy (GPU)", "%.1f J = %.4f Wh (%s)", d->energy_j, d->energy_j / 3600, d->energy_src);
     else ROW("energy (GPU)", "-");
+    if (d->energy_j > 0 && d->energy_samples > 0) ROW("samples per joule", "%.4g", d->energy_samples / d->energy_j);
 #undef ROW
     return n;
 }

@@ -22,6 +22,9 @@ typedef struct run_data {
     int has_val, has_test, has_gpu, resumed;
     double test_loss, test_acc, time_s;
     double rss_peak_mb, gpu_mem_peak_mb, energy_j, best_val_acc;
+    double energy_samples;            /* training samples the energy covers */
+    double pending_j, pending_samples; /* this process's epoch records while it has no run record */
+    int seg_run;                      /* this process wrote its run record */
     int64_t steps, epochs, best_val_epoch;
     char energy_src[32];
     char nan[200]; /* the NaN watch's finding, if the run diverged */

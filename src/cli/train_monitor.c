@@ -5,6 +5,7 @@
 #include "backends/backend.h" /* kl_cuda_device_info_get */
 
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -83,9 +84,10 @@ kl_status monitor_cfg_read(kl_cfg *cfg, monitor_opts *o)
     KL_TRY(kl_cfg_int_range(train, "histogram_every", 0, 0, 0, INT64_MAX / 2, &o->histogram_every));
     KL_TRY(kl_cfg_float(train, "telemetry_interval", 0, 1.0, &o->telemetry_interval));
     KL_TRY(kl_cfg_bool(train, "nan_watch", 0, 1, &o->nan_watch));
-    if (o->telemetry_interval < 0 || o->telemetry_interval > 86400)
+    /* below 10 ms the sampler would spin on /proc and NVML reads */
+    if (o->telemetry_interval != 0 && !(o->telemetry_interval >= 0.01 && o->telemetry_interval <= 86400))
         return kl_cfg_fail(kl_cfg_get(train, "telemetry_interval"), KL_EINVAL,
-                           "telemetry_interval must be 0 (off) to 86400 seconds, got %g", o->telemetry_interval);
+                           "telemetry_interval must be 0 (off) or 0.01 to 86400 seconds, got %g", o->telemetry_interval);
     /* written back resolved, so config.yaml and checkpoints carry them */
     char v[64];
     snprintf(v, sizeof v, "%lld", (long long)o->histogram_every);
@@ -146,64 +148,76 @@ kl_status train_monitor_open(train_monitor *m, const char *run_dir, kl_ctx *ctx,
         kl_cuda_device_info info; /* NVML's numbering may differ from CUDA's: find the GPU by its PCI address */
         if (dev.type == KL_DEVICE_CUDA && kl_cuda_device_info_get(dev.index, &info) == KL_OK)
             snprintf(to.pci_bus_id, sizeof to.pci_bus_id, "%s", info.pci_bus_id);
-        m->tel_t0 = m->epoch_t0 = mono_s();
-        m->t_offset = m->tel_t0 - run_t0;
         KL_TRY(telemetry_start(&to, &m->tel));
+        m->tel_t0 = m->epoch_t0 = mono_s(); /* after NVML's start, as the energy baseline */
+        m->t_offset = m->tel_t0 - run_t0;
     }
     return KL_OK;
 }
 
-/* Writes the samples taken since the last call: metrics.jsonl and sys/... */
+/* metrics.jsonl fields (and, tb: sys/<name> scalars) of the GPU values, by TEL_* bit */
+static const struct {
+    unsigned bit;
+    const char *name, *fmt;
+    size_t off;
+    int tb;
+} gpu_fields[] = {
+#define F(bit, name, fmt, tb) {bit, #name, fmt, offsetof(telemetry_sample, name), tb}
+    F(TEL_UTIL, gpu_util, "%.0f", 1),         F(TEL_UTIL, gpu_mem_util, "%.0f", 1), F(TEL_MEM, gpu_mem_mb, "%.1f", 1),
+    F(TEL_MEM, gpu_mem_total_mb, "%.1f", 0), F(TEL_POWER, gpu_power_w, "%.3f", 1), F(TEL_TEMP, gpu_temp_c, "%.0f", 1),
+    F(TEL_SM, gpu_sm_mhz, "%.0f", 1),         F(TEL_MEMCLK, gpu_mem_mhz, "%.0f", 0), F(TEL_ENERGY, gpu_energy_j, "%.3f", 1),
+#undef F
+};
+
+/* Writes the samples taken since the last call: metrics.jsonl and sys/...;
+ * a GPU value NVML did not give is left out, not written as 0. */
 static void telemetry_out(train_monitor *m, int64_t step)
 {
-    telemetry_sample s[16];
-    int n = m->tel ? telemetry_drain(m->tel, s, 16) : 0;
+    telemetry_sample s[TELEMETRY_RING];
+    int n = m->tel ? telemetry_drain(m->tel, s, TELEMETRY_RING) : 0;
     for (int i = 0; i < n; i++) {
         const telemetry_sample *t = &s[i];
         fprintf(m->metrics,
                 "{\"type\":\"telemetry\",\"step\":%lld,\"wall_s\":%.3f,\"cpu_s\":%.3f,\"cpu_util\":%.3f,"
                 "\"rss_mb\":%.1f,\"rss_peak_mb\":%.1f",
                 (long long)step, t->wall_s + m->t_offset, t->cpu_s, t->cpu_util, t->rss_mb, t->rss_peak_mb);
-        if (t->gpu)
-            fprintf(m->metrics,
-                    ",\"gpu_util\":%.0f,\"gpu_mem_util\":%.0f,\"gpu_mem_mb\":%.1f,\"gpu_mem_total_mb\":%.1f,"
-                    "\"gpu_power_w\":%.3f,\"gpu_temp_c\":%.0f,\"gpu_sm_mhz\":%.0f,\"gpu_mem_mhz\":%.0f,"
-                    "\"gpu_energy_j\":%.3f",
-                    t->gpu_util, t->gpu_mem_util, t->gpu_mem_mb, t->gpu_mem_total_mb, t->gpu_power_w, t->gpu_temp_c,
-                    t->gpu_sm_mhz, t->gpu_mem_mhz, t->gpu_energy_j);
-        fprintf(m->metrics, "}\n");
         scalar(m, "sys/cpu_util", step, t->cpu_util);
         scalar(m, "sys/rss_mb", step, t->rss_mb);
         scalar(m, "sys/rss_peak_mb", step, t->rss_peak_mb);
-        if (t->gpu) {
-            scalar(m, "sys/gpu_util", step, t->gpu_util);
-            scalar(m, "sys/gpu_mem_util", step, t->gpu_mem_util);
-            scalar(m, "sys/gpu_mem_mb", step, t->gpu_mem_mb);
-            scalar(m, "sys/gpu_power_w", step, t->gpu_power_w);
-            scalar(m, "sys/gpu_temp_c", step, t->gpu_temp_c);
-            scalar(m, "sys/gpu_sm_mhz", step, t->gpu_sm_mhz);
-            scalar(m, "sys/gpu_energy_j", step, t->gpu_energy_j);
+        for (size_t k = 0; t->gpu && k < sizeof gpu_fields / sizeof gpu_fields[0]; k++) {
+            if (!(t->have & gpu_fields[k].bit)) continue;
+            double v = *(const double *)((const char *)t + gpu_fields[k].off);
+            char tag[64];
+            fprintf(m->metrics, ",\"%s\":", gpu_fields[k].name);
+            fprintf(m->metrics, gpu_fields[k].fmt, v);
+            snprintf(tag, sizeof tag, "sys/%s", gpu_fields[k].name);
+            if (gpu_fields[k].tb) scalar(m, tag, step, v);
         }
+        fprintf(m->metrics, "}\n");
         m->last = *t;
     }
 }
 
-/* One energy record (GPU only): scope "epoch" (since the last epoch end) or
- * "run" (since telemetry started), with the seconds it covers and the mean
- * power over them. */
-static void energy_out(train_monitor *m, const char *scope, int64_t epoch, int64_t step)
+/* One energy record (GPU only, once NVML has measured some): scope "epoch"
+ * (since the last epoch end) or "run" (since telemetry started), with the
+ * seconds it covers, the mean power over them, the training samples in
+ * them and samples per joule. */
+static void energy_out(train_monitor *m, const char *scope, int64_t epoch, int64_t step, int64_t samples)
 {
     if (!telemetry_has_gpu(m->tel)) return;
     const char *src;
     double now = mono_s();
     int run = !strcmp(scope, "run");
     double e = telemetry_energy(m->tel, &src), j = run ? e : e - m->energy_epoch0;
+    if (!strcmp(src, "none")) return; /* nothing measured: no record rather than 0 J */
     double secs = now - (run ? m->tel_t0 : m->epoch_t0);
     if (!run) m->energy_epoch0 = e, m->epoch_t0 = now;
+    double spj = j > 0 ? (double)samples / j : 0;
     fprintf(m->metrics, "{\"type\":\"energy\",\"scope\":\"%s\",\"epoch\":%lld,\"step\":%lld,\"joules\":%.3f,"
-            "\"seconds\":%.3f,\"mean_w\":%.3f,\"source\":\"%s\"}\n",
-            scope, (long long)epoch, (long long)step, j, secs, secs > 0 ? j / secs : 0.0, src);
+            "\"seconds\":%.3f,\"mean_w\":%.3f,\"samples\":%lld,\"samples_per_j\":%.4g,\"source\":\"%s\"}\n",
+            scope, (long long)epoch, (long long)step, j, secs, secs > 0 ? j / secs : 0.0, (long long)samples, spj, src);
     scalar(m, run ? "sys/run_energy_j" : "sys/epoch_energy_j", step, j);
+    if (j > 0) scalar(m, run ? "sys/run_samples_per_j" : "sys/epoch_samples_per_j", step, spj);
 }
 
 void train_monitor_close(train_monitor *m)
@@ -262,8 +276,8 @@ void train_monitor_throughput(train_monitor *m, int64_t step, double samples_per
     flush(m);
 }
 
-void train_monitor_epoch(train_monitor *m, int64_t epoch, int64_t step, double loss, double acc, int has_val,
-                         double val_loss, double val_acc, double lr)
+void train_monitor_epoch(train_monitor *m, int64_t epoch, int64_t step, int64_t samples, double loss, double acc,
+                         int has_val, double val_loss, double val_acc, double lr)
 {
     scalar(m, "epoch/loss", step, loss);
     scalar(m, "epoch/accuracy", step, acc);
@@ -273,7 +287,9 @@ void train_monitor_epoch(train_monitor *m, int64_t epoch, int64_t step, double l
         scalar(m, "val/accuracy", step, val_acc);
     }
     if (!m->o.histogram_every) histograms(m, step);
-    energy_out(m, "epoch", epoch, step);
+    telemetry_out(m, step); /* validation's samples, before the ring wraps */
+    m->samples += samples;
+    energy_out(m, "epoch", epoch, step, samples);
     m->epoch = epoch;
     flush(m);
 }
@@ -292,7 +308,7 @@ void train_monitor_end(train_monitor *m)
         telemetry_sample s;
         telemetry_sample_now(m->tel, &s);
         telemetry_out(m, m->step);
-        energy_out(m, "run", m->epoch, m->step);
+        energy_out(m, "run", m->epoch, m->step, m->samples);
     }
     fflush(m->metrics);
     flush(m);
@@ -305,6 +321,10 @@ void train_monitor_progress(const train_monitor *m, char *buf, size_t cap)
     buf[0] = 0;
     if (!m->tel || t->wall_s <= 0) return;
     int n = snprintf(buf, cap, "  cpu %.1f cores  rss %.0f MB", t->cpu_util, t->rss_mb);
-    if (t->gpu && n > 0 && (size_t)n < cap)
-        snprintf(buf + n, cap - (size_t)n, "  gpu %.0f%% %.1f GB %.0f W", t->gpu_util, t->gpu_mem_mb / 1024, t->gpu_power_w);
+    if (t->gpu && (t->have & (TEL_UTIL | TEL_MEM | TEL_POWER)) && n > 0 && (size_t)n < cap)
+        n += snprintf(buf + n, cap - (size_t)n, "  gpu");
+    if ((t->have & TEL_UTIL) && n > 0 && (size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, " %.0f%%", t->gpu_util);
+    if ((t->have & TEL_MEM) && n > 0 && (size_t)n < cap)
+        n += snprintf(buf + n, cap - (size_t)n, " %.1f GB", t->gpu_mem_mb / 1024);
+    if ((t->have & TEL_POWER) && n > 0 && (size_t)n < cap) snprintf(buf + n, cap - (size_t)n, " %.0f W", t->gpu_power_w);
 }

@@ -60,6 +60,7 @@ typedef struct train_monitor {
     FILE *metrics;
     int64_t step, last_hist_step, epoch; /* step: the last one logged */
     double energy_epoch0; /* energy counter at the start of the epoch */
+    int64_t samples;      /* training samples of the epochs ended (samples per joule) */
     double tel_t0, epoch_t0; /* CLOCK_MONOTONIC at telemetry start and at the epoch's start */
     float *buf;
     size_t buf_cap;
@@ -78,8 +79,9 @@ void train_monitor_close(train_monitor *m);
  * print one warning and turn TensorBoard off (training goes on). */
 void train_monitor_step(train_monitor *m, int64_t step, double loss, double acc, double lr);
 void train_monitor_throughput(train_monitor *m, int64_t step, double samples_per_s);
-void train_monitor_epoch(train_monitor *m, int64_t epoch, int64_t step, double loss, double acc, int has_val,
-                         double val_loss, double val_acc, double lr);
+/* samples: the epoch's training samples (the energy record's samples per joule). */
+void train_monitor_epoch(train_monitor *m, int64_t epoch, int64_t step, int64_t samples, double loss, double acc,
+                         int has_val, double val_loss, double val_acc, double lr);
 /* Test results, logged at the last step. */
 void train_monitor_test(train_monitor *m, double loss, double acc);
 /* End of training: the last step's histograms (unless already written), a

@@ -215,7 +215,7 @@ static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, 
         lm_fields(r->metrics, "val_", vl);
     }
     fprintf(r->metrics, ",\"lr\":%.9g,\"wall_s\":%.3f%s}\n", kl_optim_lr(r->opt), now() - r->t0, scaler);
-    train_monitor_epoch(&r->mon, epoch, st->step, l, NAN, r->n_val > 0, vl, NAN, kl_optim_lr(r->opt));
+    train_monitor_epoch(&r->mon, epoch, st->step, ep->n * r->o.batch, l, NAN, r->n_val > 0, vl, NAN, kl_optim_lr(r->opt));
     fflush(r->metrics);
     *ep = (mean_acc){0};
     r->early_stopped = watch_eval(&r->watch, epoch, st->step, r->n_val ? vl : l, r->n_val > 0);

@@ -14,7 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RING 64
+#define RING TELEMETRY_RING
 
 /* The few NVML declarations used (nvml.h is not needed to build). */
 typedef struct nvml_device *nvml_dev;
@@ -50,6 +50,7 @@ struct telemetry {
     pthread_mutex_t smu; /* sampling state below */
     double interval, t0, last_cpu, last_wall;
     double integral_j, last_power_w, last_power_t;
+    int64_t power_n; /* power readings integrated */
     nvml nv;
 };
 
@@ -94,10 +95,13 @@ static void nvml_load(nvml *nv, int index, const char *pci, FILE *log)
             memcpy(&nv->handle_pci, &bypci, sizeof bypci);
             int rc = nv->init();
             if (rc != 0) snprintf(why, sizeof why, "nvmlInit_v2 failed (NVML error %d)", rc);
-            else if (!(pci && pci[0] && nv->handle_pci && nv->handle_pci(pci, &nv->dev) == 0) &&
-                     (rc = nv->handle((unsigned)index, &nv->dev)) != 0) {
-                snprintf(why, sizeof why, "no NVML device %d (NVML error %d)", index, rc);
-                nv->shutdown();
+            else {
+                if (pci && pci[0] && nv->handle_pci) { /* CUDA's and NVML's numberings may differ: not by index */
+                    if ((rc = nv->handle_pci(pci, &nv->dev)) != 0)
+                        snprintf(why, sizeof why, "no NVML device at PCI address %s (NVML error %d)", pci, rc);
+                } else if ((rc = nv->handle((unsigned)index, &nv->dev)) != 0)
+                    snprintf(why, sizeof why, "no NVML device %d (NVML error %d)", index, rc);
+                if (rc != 0) nv->shutdown();
             }
         }
         if (why[0]) {
@@ -138,19 +142,21 @@ void telemetry_sample_now(telemetry *t, telemetry_sample *s)
         unsigned int v;
         unsigned long long e;
         s->gpu = 1;
-        if (nv->util(nv->dev, &u) == 0) s->gpu_util = u.gpu, s->gpu_mem_util = u.memory;
-        if (nv->mem(nv->dev, &m) == 0) s->gpu_mem_mb = (double)m.used / 1048576.0, s->gpu_mem_total_mb = (double)m.total / 1048576.0;
+        if (nv->util(nv->dev, &u) == 0) s->gpu_util = u.gpu, s->gpu_mem_util = u.memory, s->have |= TEL_UTIL;
+        if (nv->mem(nv->dev, &m) == 0)
+            s->gpu_mem_mb = (double)m.used / 1048576.0, s->gpu_mem_total_mb = (double)m.total / 1048576.0, s->have |= TEL_MEM;
         if (nv->power(nv->dev, &v) == 0) {
             double w = v / 1000.0;
-            if (t->last_power_t > 0) t->integral_j += 0.5 * (w + t->last_power_w) * (now - t->last_power_t);
+            if (t->power_n++ > 0) t->integral_j += 0.5 * (w + t->last_power_w) * (now - t->last_power_t);
             t->last_power_w = w, t->last_power_t = now;
-            s->gpu_power_w = w;
+            s->gpu_power_w = w, s->have |= TEL_POWER;
         }
-        if (nv->temp(nv->dev, NVML_TEMPERATURE_GPU, &v) == 0) s->gpu_temp_c = v;
-        if (nv->clock(nv->dev, NVML_CLOCK_SM, &v) == 0) s->gpu_sm_mhz = v;
-        if (nv->clock(nv->dev, NVML_CLOCK_MEM, &v) == 0) s->gpu_mem_mhz = v;
-        if (nv->has_counter && nv->energy(nv->dev, &e) == 0) s->gpu_energy_j = (double)(e - nv->energy0_mj) / 1000.0;
-        else s->gpu_energy_j = t->integral_j;
+        if (nv->temp(nv->dev, NVML_TEMPERATURE_GPU, &v) == 0) s->gpu_temp_c = v, s->have |= TEL_TEMP;
+        if (nv->clock(nv->dev, NVML_CLOCK_SM, &v) == 0) s->gpu_sm_mhz = v, s->have |= TEL_SM;
+        if (nv->clock(nv->dev, NVML_CLOCK_MEM, &v) == 0) s->gpu_mem_mhz = v, s->have |= TEL_MEMCLK;
+        if (nv->has_counter && nv->energy(nv->dev, &e) == 0)
+            s->gpu_energy_j = (double)(e - nv->energy0_mj) / 1000.0, s->have |= TEL_ENERGY;
+        else if (!nv->has_counter && t->power_n > 1) s->gpu_energy_j = t->integral_j, s->have |= TEL_ENERGY;
     }
     pthread_mutex_unlock(&t->smu);
     pthread_mutex_lock(&t->mu);
@@ -192,7 +198,6 @@ kl_status telemetry_start(const telemetry_opts *o, telemetry **out)
     telemetry *t = kl_calloc(1, sizeof *t);
     if (!t) return KL_ENOMEM;
     t->interval = o && o->interval_s > 0 ? o->interval_s : 1.0;
-    t->t0 = t->last_wall = mono();
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -200,11 +205,14 @@ kl_status telemetry_start(const telemetry_opts *o, telemetry **out)
     pthread_mutex_init(&t->smu, NULL);
     pthread_cond_init(&t->cv, &ca);
     pthread_condattr_destroy(&ca);
+    nvml_load(&t->nv, o ? o->gpu_index : 0, o ? o->pci_bus_id : NULL, o ? o->log : NULL);
+    /* times count from here, with the energy counter's baseline: nvmlInit
+     * can take seconds (no persistence mode), and no energy covers them */
+    t->t0 = t->last_wall = mono();
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     t->last_cpu = (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
                   1e-6 * (double)ru.ru_stime.tv_usec;
-    nvml_load(&t->nv, o ? o->gpu_index : 0, o ? o->pci_bus_id : NULL, o ? o->log : NULL);
     int rc = pthread_create(&t->th, NULL, run, t);
     if (rc != 0) {
         telemetry_stop(t);
@@ -258,12 +266,13 @@ double telemetry_energy(telemetry *t, const char **source)
     if (nv->lib && nv->has_counter && nv->energy(nv->dev, &e) == 0) {
         src = "nvml_energy_counter";
         j = (double)(e - nv->energy0_mj) / 1000.0;
-    } else if (nv->lib) {
-        src = "nvml_power_integral";
+    } else if (nv->lib && !nv->has_counter) {
         double now = mono();
         j = t->integral_j;
-        if (nv->power(nv->dev, &mw) == 0 && t->last_power_t > 0)
-            j += 0.5 * (mw / 1000.0 + t->last_power_w) * (now - t->last_power_t);
+        int n = (int)(t->power_n > 2 ? 2 : t->power_n);
+        if (t->power_n > 0 && nv->power(nv->dev, &mw) == 0) j += 0.5 * (mw / 1000.0 + t->last_power_w) * (now - t->last_power_t), n++;
+        if (n >= 2) src = "nvml_power_integral"; /* at least one interval measured */
+        else j = 0;
     }
     pthread_mutex_unlock(&t->smu);
     if (source) *source = src;

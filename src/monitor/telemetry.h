@@ -21,12 +21,28 @@
 
 typedef struct telemetry telemetry;
 
+/* Samples kept for telemetry_drain: a drain of this many loses none. */
+#define TELEMETRY_RING 64
+
+/* telemetry_sample.have: the GPU values NVML gave (a call can fail or be
+ * unsupported, e.g. utilisation under MIG: that value is absent, not 0) */
+enum {
+    TEL_UTIL = 1,   /* gpu_util, gpu_mem_util */
+    TEL_MEM = 2,    /* gpu_mem_mb, gpu_mem_total_mb */
+    TEL_POWER = 4,  /* gpu_power_w */
+    TEL_TEMP = 8,   /* gpu_temp_c */
+    TEL_SM = 16,    /* gpu_sm_mhz */
+    TEL_MEMCLK = 32, /* gpu_mem_mhz */
+    TEL_ENERGY = 64 /* gpu_energy_j */
+};
+
 typedef struct telemetry_sample {
     double wall_s;                 /* seconds since telemetry_start */
     double cpu_s;                  /* process user + system CPU time */
     double cpu_util;               /* cores busy since the previous sample (2.0 = two cores) */
     double rss_mb, rss_peak_mb;    /* resident memory now, and its peak (MiB) */
-    int gpu;                       /* 1: the gpu_* fields hold values */
+    int gpu;                       /* 1: NVML is loaded; which gpu_* fields hold values: have */
+    unsigned have;                 /* TEL_* bits */
     double gpu_util, gpu_mem_util; /* percent of time busy (kernels, memory) */
     double gpu_mem_mb, gpu_mem_total_mb;
     double gpu_power_w, gpu_temp_c, gpu_sm_mhz, gpu_mem_mhz;
@@ -35,7 +51,7 @@ typedef struct telemetry_sample {
 
 typedef struct telemetry_opts {
     double interval_s; /* sampling period; <= 0 means 1 s */
-    int gpu_index;     /* NVML device index, used when pci_bus_id is empty */
+    int gpu_index;     /* NVML device index, used when pci_bus_id is empty (or NVML cannot look it up) */
     char pci_bus_id[32]; /* the GPU's PCI address ("0000:3b:00.0"), as CUDA reports it */
     FILE *log;         /* where "no GPU telemetry" goes (NULL: stderr) */
 } telemetry_opts;
@@ -53,7 +69,9 @@ int telemetry_drain(telemetry *t, telemetry_sample *out, int max);
 /* Takes a sample now (also handed out by the next drain). */
 void telemetry_sample_now(telemetry *t, telemetry_sample *out);
 /* GPU energy in joules since start; *source (may be NULL) is
- * "nvml_energy_counter", "nvml_power_integral" or "none" (returns 0). */
+ * "nvml_energy_counter", "nvml_power_integral" (the counter unsupported:
+ * power read at each sample, integrated) or "none" (no measurement yet:
+ * returns 0). */
 double telemetry_energy(telemetry *t, const char **source);
 
 #endif
