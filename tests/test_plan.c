@@ -71,7 +71,13 @@ static void test_model(const char *path, int64_t B, int64_t params, size_t buffe
         CHECK(mp.params == st.param_bytes && mp.params >= (size_t)params * 4);
         CHECK(mp.param_count == params && mp.buffers == buffers);
         CHECK(mp.grads == mp.params && mp.optim == (size_t)factor[k] * mp.params);
-        CHECK(mp.total == mp.params + mp.buffers + mp.grads + mp.optim + mp.arena);
+        /* evaluation (forward only) takes less than the step; the partial batch's step at most the step */
+        CHECK(mp.eval_arena > 0 && mp.eval_arena < mp.arena && mp.other == mp.arena + 2 * mp.eval_arena);
+        CHECK(mp.total == mp.params + mp.buffers + mp.grads + mp.optim + mp.arena + mp.other);
+        mem_plan whole;
+        p.partial_step = 0; /* data.drop_last: no partial batch's step */
+        CHECK_OK(planner_at(&p, B, &whole));
+        CHECK(whole.other == 2 * mp.eval_arena && whole.total == mp.total - mp.arena);
         if (mp.arena != st.arena_bytes)
             fprintf(stderr, "%s batch %lld: planner arena %zu, kl_graph_stats %zu\n", path, (long long)B, mp.arena,
                     st.arena_bytes);

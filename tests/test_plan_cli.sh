@@ -11,9 +11,9 @@ for cfg in mlp cnn; do
   "$kiln" plan models/$cfg.yaml --batch 64 --mem-limit 100M --threads 2 >"$tmp/$cfg.log" 2>&1
   check "plan $cfg" '[ $? -eq 0 ] && grep -q "^memory plan for $cfg (models/$cfg.yaml): batch 64, adam, cpu with 2 threads" "$tmp/$cfg.log"'
   p=$(bytes "$tmp/$cfg.log" parameters); g=$(bytes "$tmp/$cfg.log" gradients); o=$(bytes "$tmp/$cfg.log" "optimizer state")
-  a=$(bytes "$tmp/$cfg.log" "activations (arena)"); t=$(bytes "$tmp/$cfg.log" total)
-  check "$cfg: total = parameters + gradients + 2 x parameters (adam) + arena" \
-    '[ -n "$a" ] && [ "$a" -gt 0 ] && [ "$g" -eq "$p" ] && [ "$o" -eq $((2 * p)) ] && [ "$t" -eq $((p + g + o + a)) ]'
+  a=$(bytes "$tmp/$cfg.log" "activations (arena)"); t=$(bytes "$tmp/$cfg.log" total); x=$(bytes "$tmp/$cfg.log" "other graphs")
+  check "$cfg: total = parameters + gradients + 2 x parameters (adam) + arena + other graphs" \
+    '[ -n "$a" ] && [ "$a" -gt 0 ] && [ "$x" -gt 0 ] && [ "$g" -eq "$p" ] && [ "$o" -eq $((2 * p)) ] && [ "$t" -eq $((p + g + o + a + x)) ]'
   check "$cfg: limit line" 'grep -q "limit .* 104857600 bytes  (--mem-limit)" "$tmp/$cfg.log" && grep -q "^  fits: " "$tmp/$cfg.log"'
   best=$(sed -n 's/^largest batch that fits: \([0-9]*\) .*/\1/p' "$tmp/$cfg.log")
   echo "     $cfg: batch 64 needs $t bytes (arena $a); largest batch under 100M: $best"
@@ -34,7 +34,7 @@ check "batchnorm buffers listed" '[ "$(bytes "$tmp/bn.log" buffers)" -gt 0 ]'
 # kiln train refuses over --mem-limit, before loading data or creating the run
 "$kiln" train models/cnn.yaml --mem-limit 20M --threads 2 --out "$tmp/run" >"$tmp/refuse.log" 2>&1
 rc=$?
-check "train refuses over --mem-limit" '[ $rc -eq 1 ] && grep -q "kiln train: the training step needs [0-9.]* MiB ([0-9]* bytes), over --mem-limit 20.00 MiB (20971520 bytes); the largest batch that fits is [0-9]* (--batch [0-9]*)" "$tmp/refuse.log"'
+check "train refuses over --mem-limit" '[ $rc -eq 1 ] && grep -q "kiln train: the training step and its other graphs need [0-9.]* MiB ([0-9]* bytes), over --mem-limit 20.00 MiB (20971520 bytes); the largest batch that fits is [0-9]* (--batch [0-9]*)" "$tmp/refuse.log"'
 check "refusal shows the figures" 'grep -q "memory plan for batch 128" "$tmp/refuse.log" && grep -q "activations (arena)" "$tmp/refuse.log" && [ ! -e "$tmp/run" ]'
 fit=$(sed -n 's/.*the largest batch that fits is \([0-9]*\) .*/\1/p' "$tmp/refuse.log")
 "$kiln" train models/cnn.yaml --mem-limit 20M --batch "$fit" --steps 2 --set data.limit=1000 --set data.val_split=100 \

@@ -4,6 +4,7 @@
 #include "cli/plan.h"
 #include "cli/train_monitor.h"
 #include "cli/train_opts.h"
+#include "cli/train_text.h" /* train_text_wanted */
 #include "core/error.h"
 #include "backends/backend.h" /* kl_cuda_available */
 
@@ -25,8 +26,8 @@ static kl_status train_budget(kl_device dev, size_t *limit, char *what, size_t n
     return KL_OK;
 }
 
-kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch, kl_device dev,
-                           plan_budget *out)
+kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch, int partial_step,
+                           kl_device dev, plan_budget *out)
 {
     if (out) *out = (plan_budget){0};
     if (!g_monitor_flags.mem_limit && dev.type != KL_DEVICE_CUDA) return KL_OK;
@@ -37,6 +38,7 @@ kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, in
     mem_plan mp, best_plan;
     int64_t best = 0;
     kl_status s = planner_init(&p, m, oo, threads, dev);
+    p.partial_step = partial_step;
     if (s == KL_OK) s = planner_at(&p, batch, &mp);
     if (s == KL_OK && mp.total > limit) s = planner_max_batch(&p, limit, batch, &best, &best_plan);
     planner_free(&p);
@@ -47,16 +49,16 @@ kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, in
     fprintf(stderr, "kiln train: memory plan for batch %lld:\n", (long long)batch);
     mem_plan_print(stderr, &mp, oo);
     if (best)
-        return kl_fail(KL_EINVAL, "the training step needs %s (%zu bytes), over %s %s (%zu bytes); "
+        return kl_fail(KL_EINVAL, "the training step and its other graphs need %s (%zu bytes), over %s %s (%zu bytes); "
                        "the largest batch that fits is %lld (--batch %lld)", fmt_bytes(a, sizeof a, (double)mp.total),
                        mp.total, what, fmt_bytes(b, sizeof b, (double)limit), limit, (long long)best, (long long)best);
-    return kl_fail(KL_EINVAL, "the training step needs %s (%zu bytes), over %s %s (%zu bytes); "
+    return kl_fail(KL_EINVAL, "the training step and its other graphs need %s (%zu bytes), over %s %s (%zu bytes); "
                    "not even batch 1 fits", fmt_bytes(a, sizeof a, (double)mp.total), mp.total, what,
                    fmt_bytes(b, sizeof b, (double)limit), limit);
 }
 
-kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, kl_cfg *cfg, int64_t *batch,
-                          kl_device dev)
+kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, int partial_step, kl_cfg *cfg,
+                          int64_t *batch, kl_device dev)
 {
     if (!g_monitor_flags.batch_auto) return KL_OK;
     size_t limit;
@@ -66,6 +68,7 @@ kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, kl_
     mem_plan bp;
     int64_t best = 0, pow2 = 1;
     kl_status s = planner_init(&p, m, oo, threads, dev);
+    p.partial_step = partial_step;
     if (s == KL_OK) s = planner_max_batch(&p, limit, AUTO_BATCH_MAX, &best, &bp);
     while (pow2 * 2 <= best) pow2 *= 2;
     if (s == KL_OK && pow2 != best) s = planner_at(&p, pow2, &bp); /* (best 0: batch 1's figures) */
@@ -122,6 +125,7 @@ static int run(kl_cfg *cfg, const char *config, const char *limit_text, int thre
     if (s == KL_OK && limit_text) s = parse_size("--mem-limit", limit_text, &limit);
     else if (s == KL_OK) s = device_mem_limit(dev, &limit, what, sizeof what);
     if (s == KL_OK) s = planner_init(&p, m, &o.optim, threads >= 0 ? threads : (int)o.threads, dev);
+    p.partial_step = !o.drop_last && !train_text_wanted(cfg); /* a language model's batches are all whole */
     if (s == KL_OK) s = planner_at(&p, o.batch, &mp);
     if (s == KL_OK) {
         if (dev.type == KL_DEVICE_CUDA)
@@ -214,14 +218,14 @@ int kl_cmd_plan(int argc, char **argv)
     return rc;
 }
 
-kl_status plan_open_ctx(const char *device_arg, kl_model *m, const kl_optim_opts *oo, int threads, uint64_t seed,
-                        kl_cfg *cfg, int64_t *batch, plan_budget *budget, kl_ctx **out)
+kl_status plan_open_ctx(const char *device_arg, kl_model *m, const kl_optim_opts *oo, int threads, int partial_step,
+                        uint64_t seed, kl_cfg *cfg, int64_t *batch, plan_budget *budget, kl_ctx **out)
 {
     kl_device dev;
     char note[256];
     KL_TRY(train_pick_device(device_arg, &dev, note, sizeof note));
-    KL_TRY(plan_auto_batch(m, oo, threads, cfg, batch, dev));
-    KL_TRY(plan_check_train(m, oo, threads, *batch, dev, budget));
+    KL_TRY(plan_auto_batch(m, oo, threads, partial_step, cfg, batch, dev));
+    KL_TRY(plan_check_train(m, oo, threads, *batch, partial_step, dev, budget));
     kl_ctx_opts co = {.device = dev, .threads = threads, .seed = seed};
     KL_TRY(kl_ctx_new(&co, out));
     if (dev.type == KL_DEVICE_CPU)

@@ -11,7 +11,14 @@
 
 typedef struct mem_plan {
     int64_t batch;
-    size_t params, buffers, grads, optim, arena, arena_no_reuse, total;
+    size_t params, buffers, grads, optim, arena, arena_no_reuse;
+    /* the run's other graphs, each its own arena, at most: the last partial
+     * batch's step (<= arena; unless the planner's partial_step is 0) and
+     * evaluation at the batch and at its last partial batch (2 x
+     * eval_arena, forward only); they are built as the run meets them (the
+     * first epoch's end), so they count from the start */
+    size_t eval_arena, other;
+    size_t total; /* all of the above */
     int nodes;
     int64_t param_count;
 } mem_plan;
@@ -22,6 +29,7 @@ typedef struct planner {
     kl_ctx *ctx;
     kl_optim *opt;
     kl_optim_opts oo;
+    int partial_step; /* 1 (planner_init): a last partial batch gets its own step graph (data.drop_last false) */
 } planner;
 
 /* threads as kiln train uses them (0: all cores / $KILN_THREADS), since
@@ -60,15 +68,15 @@ void mem_plan_print(FILE *f, const mem_plan *p, const kl_optim_opts *oo);
  * nothing was checked: the CPU without --mem-limit). */
 typedef struct plan_budget {
     int known;
-    size_t step, limit;
+    size_t step, limit; /* step: mem_plan.total (the step, its state and the run's other graphs) */
 } plan_budget;
 /* kiln train's check (plan.c): with --mem-limit, or on a GPU (against its
  * free memory), plans the step before any data is loaded and fails
  * (printing the figures and the largest batch that fits) when over. out
  * (may be NULL) gets the figures, so the caller can tell whether the
  * training set fits beside the step. */
-kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch, kl_device dev,
-                           plan_budget *out);
+kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, int64_t batch, int partial_step,
+                           kl_device dev, plan_budget *out);
 
 #define AUTO_BATCH_MAX 4096 /* --batch auto searches up to this */
 /* kiln train --batch auto (plan.c): with g_monitor_flags.batch_auto, sets
@@ -76,13 +84,14 @@ kl_status plan_check_train(kl_model *m, const kl_optim_opts *oo, int threads, in
  * step fits --mem-limit (else device_mem_limit), writes it to cfg's train.batch
  * and prints the choice; otherwise does nothing. Fails when not even batch
  * 1 fits. */
-kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, kl_cfg *cfg, int64_t *batch,
-                          kl_device dev);
+kl_status plan_auto_batch(kl_model *m, const kl_optim_opts *oo, int threads, int partial_step, kl_cfg *cfg,
+                          int64_t *batch, kl_device dev);
 
 /* kiln train's context: the device (--device, train_pick_device), --batch
- * auto, the memory check (budget may be NULL), the ctx; prints the
- * "device: ..." line. */
-kl_status plan_open_ctx(const char *device_arg, kl_model *m, const kl_optim_opts *oo, int threads, uint64_t seed,
+ * auto, the memory check (budget may be NULL; partial_step: a last partial
+ * batch may get its own step graph), the ctx; prints the "device: ..." line. */
+kl_status plan_open_ctx(const char *device_arg, kl_model *m, const kl_optim_opts *oo, int threads, int partial_step,
+                        uint64_t seed,
                         kl_cfg *cfg, int64_t *batch, plan_budget *budget, kl_ctx **out);
 
 #endif

@@ -22,6 +22,7 @@ kl_status planner_init(planner *p, kl_model *m, const kl_optim_opts *oo, int thr
     memset(p, 0, sizeof *p);
     p->model = m;
     p->oo = *oo;
+    p->partial_step = 1;
     kl_ctx_opts co = {.device = dev, .threads = threads, .seed = 1};
     KL_TRY(kl_ctx_new(&co, &p->ctx));
     return kl_optim_new(p->ctx, oo, &p->opt);
@@ -34,6 +35,19 @@ void planner_free(planner *p)
     memset(p, 0, sizeof *p);
 }
 
+/* The arena of the evaluation graph (forward and loss) at batch. */
+static kl_status eval_arena_at(planner *p, int64_t batch, size_t *bytes)
+{
+    step_graph sg = {0};
+    kl_plan_opts po = {.measure = 1};
+    kl_status s = step_graph_build_opts(&sg, p->model, p->ctx, NULL, batch, &po);
+    kl_graph_stats st;
+    if (s == KL_OK) s = kl_graph_stats_get(sg.g, &st);
+    step_graph_free(&sg);
+    if (s == KL_OK) *bytes = st.arena_bytes;
+    return s;
+}
+
 kl_status planner_at(planner *p, int64_t batch, mem_plan *out)
 {
     step_graph sg = {0};
@@ -43,6 +57,8 @@ kl_status planner_at(planner *p, int64_t batch, mem_plan *out)
     if (s == KL_OK) s = kl_graph_stats_get(sg.g, &st);
     step_graph_free(&sg);
     KL_TRY(s);
+    size_t eval;
+    KL_TRY(eval_arena_at(p, batch, &eval));
     memset(out, 0, sizeof *out);
     out->batch = batch;
     out->nodes = st.nodes;
@@ -61,7 +77,9 @@ kl_status planner_at(planner *p, int64_t batch, mem_plan *out)
     }
     out->grads = out->params;
     out->optim = (size_t)optim_state_factor(&p->oo) * out->params;
-    out->total = out->params + out->buffers + out->grads + out->optim + out->arena;
+    out->eval_arena = eval;
+    out->other = (p->partial_step ? out->arena : 0) + 2 * eval;
+    out->total = out->params + out->buffers + out->grads + out->optim + out->arena + out->other;
     return KL_OK;
 }
 
@@ -174,7 +192,7 @@ const char *fmt_bytes(char *buf, size_t cap, double b)
 void mem_plan_print(FILE *f, const mem_plan *p, const kl_optim_opts *oo)
 {
     static const char *const kinds[] = {"sgd", "adam", "adamw"};
-    char a[32];
+    char a[32], b[32];
     int k = optim_state_factor(oo);
     fprintf(f, "  parameters           %12s  %14zu bytes  (%lld trainable values)\n", fmt_bytes(a, sizeof a, (double)p->params),
             p->params, (long long)p->param_count);
@@ -187,6 +205,11 @@ void mem_plan_print(FILE *f, const mem_plan *p, const kl_optim_opts *oo)
     fprintf(f, "  activations (arena)  %12s  %14zu bytes  (memory plan of the step: %d ops, batch %lld;",
             fmt_bytes(a, sizeof a, (double)p->arena), p->arena, p->nodes, (long long)p->batch);
     fprintf(f, " %s without reuse)\n", fmt_bytes(a, sizeof a, (double)p->arena_no_reuse));
+    fprintf(f, "  other graphs         %12s  %14zu bytes  (at most: %sevaluation at batch %lld and at its last\n"
+               "                                                     partial batch, %s each)\n",
+            fmt_bytes(a, sizeof a, (double)p->other), p->other,
+            p->other > 2 * p->eval_arena ? "the last partial batch's step, " : "", (long long)p->batch,
+            fmt_bytes(b, sizeof b, (double)p->eval_arena));
     fprintf(f, "  total                %12s  %14zu bytes\n", fmt_bytes(a, sizeof a, (double)p->total), p->total);
 }
 

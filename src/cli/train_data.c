@@ -99,7 +99,7 @@ kl_status train_data_place(kl_ctx *ctx, const train_opts *o, const plan_budget *
     char why[512] = "", a[32], b[32], c[32];
     if (!o->on_device) snprintf(why, sizeof why, "data.on_device is false");
     else if (bu->known && need > room)
-        snprintf(why, sizeof why, "its %s do not fit beside the training step's %s in %s",
+        snprintf(why, sizeof why, "its %s do not fit beside the planned %s of the step and its other graphs in %s",
                  fmt_bytes(a, sizeof a, (double)need), fmt_bytes(b, sizeof b, (double)bu->step),
                  fmt_bytes(c, sizeof c, (double)bu->limit));
     if (!why[0]) {
@@ -121,7 +121,9 @@ kl_status train_data_place(kl_ctx *ctx, const train_opts *o, const plan_budget *
         return KL_OK;
     }
     int64_t B = o->batch, slot = B * (kl_dataset_sample_size(tr) * (int64_t)sizeof(float) + (int64_t)sizeof(int32_t));
-    int64_t slots = STREAM_BYTES / slot;
+    /* the ring in what the plan leaves (it streams because memory is short) */
+    int64_t ring = bu->known && (int64_t)room < STREAM_BYTES ? (int64_t)room : STREAM_BYTES;
+    int64_t slots = ring / slot;
     slots = slots < 2 ? 2 : slots > depth + 1 ? depth + 1 : slots;
     printf("note: the training set streams from host memory through %d slots of %lld samples (%s)\n", (int)slots,
            (long long)B, why);

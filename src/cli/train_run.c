@@ -181,8 +181,8 @@ static void *load_run(void *arg)
  * hooks), before the run directory is made. */
 static kl_status setup_device(runner *r, kl_cfg *cfg, const train_args *a)
 {
-    return plan_open_ctx(a->device, r->model, &r->o.optim, (int)r->o.threads, r->o.seed, cfg, &r->o.batch, &r->budget,
-                         &r->ctx);
+    return plan_open_ctx(a->device, r->model, &r->o.optim, (int)r->o.threads, !r->o.drop_last, r->o.seed, cfg,
+                         &r->o.batch, &r->budget, &r->ctx);
 }
 
 static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)

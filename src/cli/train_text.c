@@ -134,8 +134,8 @@ static kl_status setup(lm_runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(kl_model_set_precision(r->model, r->o.precision));
     r->T = kl_model_tokens(r->model);
     KL_TRY(split_corpus(r));
-    KL_TRY(plan_open_ctx(a->device, r->model, &r->o.optim, (int)r->o.threads, r->o.seed, cfg, &r->o.batch, NULL,
-                         &r->ctx));
+    KL_TRY(plan_open_ctx(a->device, r->model, &r->o.optim, (int)r->o.threads, 0, r->o.seed, cfg, &r->o.batch, NULL,
+                         &r->ctx)); /* every batch whole: no partial step */
     KL_TRY(kl_optim_new(r->ctx, &r->o.optim, &r->opt));
     KL_TRY(step_graph_build(&r->train, r->model, r->ctx, r->opt, r->o.batch));
     if (r->n_val) KL_TRY(step_graph_build(&r->val, r->model, r->ctx, NULL, r->o.batch));
