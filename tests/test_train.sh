@@ -63,6 +63,9 @@ cp "$tmp/stream/config.yaml" "$tmp/sres/"
 "$kiln" train --resume "$tmp/sres" --threads 2 >"$tmp/sres.log" 2>&1
 losses "$tmp/sres/metrics.jsonl" >"$tmp/e.txt"
 check "streamed run resumed at step 50 (mid-epoch) gives the same losses" '[ "$(wc -l <"$tmp/e.txt")" -eq 70 ] && [ "$(tail -n 70 "$tmp/a.txt")" = "$(cat "$tmp/e.txt")" ]'
+# the checkpoint carries the epoch so far: the resumed epoch's line covers all of it
+check "the resumed run's epoch records equal the uninterrupted run's" \
+  '[ -n "$(epochs "$tmp/sres/metrics.jsonl")" ] && [ "$(epochs "$tmp/full/metrics.jsonl" | tail -n "$(epochs "$tmp/sres/metrics.jsonl" | wc -l)")" = "$(epochs "$tmp/sres/metrics.jsonl")" ]'
 
 # eval, predict, inspect on the trained run
 "$kiln" eval "$tmp/acc" --data val --confusion >"$tmp/eval.log" 2>&1

@@ -276,7 +276,8 @@ static void progress(const runner *r, int tty, int64_t step, int64_t total, int6
     fflush(tty ? stderr : stdout);
 }
 
-typedef struct { double loss, t0; int64_t correct, n; } epoch_acc;
+/* The epoch so far; n0 of its n samples came from a checkpoint (not timed). */
+typedef struct { double loss, t0; int64_t correct, n, n0; } epoch_acc;
 
 /* Positions the data at (epoch, batch): the epoch's order on the device. */
 static kl_status data_seek(runner *r, int64_t epoch, int64_t batch)
@@ -291,6 +292,7 @@ static kl_status data_seek(runner *r, int64_t epoch, int64_t batch)
 static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, epoch_acc *ep)
 {
     double vl = 0, vacc = 0, l = ep->n ? ep->loss / (double)ep->n : 0, acc = ep->n ? (double)ep->correct / (double)ep->n : 0;
+    int64_t seen = ep->n; /* 0: resumed at the epoch's end from a checkpoint without its figures */
     char ck[4400];
     if (r->va) KL_TRY(evaluate(r, r->va, r->d.val, &vl, &vacc));
     if (tty) fprintf(stderr, "\n");
@@ -304,17 +306,18 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
             "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"val_loss\":%.9g,"
             "\"val_accuracy\":%.6f,\"lr\":%.9g,\"samples_per_s\":%.1f,\"wall_s\":%.3f%s}\n",
             (long long)st->epoch + 1, (long long)st->step, l, acc, vl, vacc, kl_optim_lr(r->opt),
-            ep->n ? (double)ep->n / (now() - ep->t0) : 0.0, now() - r->t0, scaler);
+            ep->n > ep->n0 ? (double)(ep->n - ep->n0) / (now() - ep->t0) : 0.0, now() - r->t0, scaler);
     /* monitoring hook */
-    train_monitor_epoch(&r->mon, st->epoch + 1, st->step, ep->n, l, acc, r->va != NULL, vl, vacc, kl_optim_lr(r->opt));
+    train_monitor_epoch(&r->mon, st->epoch + 1, st->step, ep->n - ep->n0, l, acc, r->va != NULL, vl, vacc, kl_optim_lr(r->opt));
     fflush(r->metrics);
     *ep = (epoch_acc){0};
+    st->epoch_loss_sum = 0, st->epoch_count = st->epoch_correct = 0;
     st->epoch++;
     st->batch = 0;
     KL_TRY(data_seek(r, st->epoch, 0));
     /* monitoring hook: plateau warning / early stop; the checkpoint keeps
      * the watch's state with this evaluation in it */
-    r->early_stopped = watch_eval(&r->watch, st->epoch, st->step, r->va ? vl : l, r->va != NULL);
+    r->early_stopped = r->va || seen ? watch_eval(&r->watch, st->epoch, st->step, r->va ? vl : l, r->va != NULL) : 0;
     KL_TRY(save_ckpt(r, cfg, st, ck, sizeof ck));
     if (r->early_stopped) printf("stopped early; checkpoint %s\n", ck);
     return KL_OK;
@@ -424,7 +427,7 @@ static kl_status handle_one(runner *r, kl_cfg *cfg, pipe_state *p, int wait, int
         return diverged(r, cfg, it, mean, v[2]);
     }
     double t_step = now_s - p->t_last; /* since the step before's last batch */
-    if (p->ep.n == 0) p->ep.t0 = p->t_last;
+    if (p->ep.n == p->ep.n0) p->ep.t0 = p->t_last;
     p->ep.loss += l, p->ep.correct += corr, p->ep.n += it->n, p->win_loss += l, p->win_n += it->n;
     p->cyc_loss += l, p->cyc_corr += corr, p->cyc_n += it->n;
     if (!it->last) return KL_OK;
@@ -471,6 +474,8 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
     int64_t per_epoch = r->o.drop_last ? count / B : (count + B - 1) / B; /* batches */
     int64_t steps_per_epoch = (per_epoch + K - 1) / K; /* an epoch's last step takes what is left */
     pipe_state p = {.tty = isatty(2), .total = r->o.steps ? r->o.steps : r->o.epochs * steps_per_epoch};
+    /* a resumed epoch's metrics line covers the whole epoch, as an uninterrupted one */
+    p.ep = (epoch_acc){.loss = st.epoch_loss_sum, .correct = st.epoch_correct, .n = st.epoch_count, .n0 = st.epoch_count};
     p.t_last = p.t_win = now();
     KL_TRY(data_seek(r, st.epoch, st.batch));
     char ck[4400];
@@ -519,6 +524,7 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         if ((r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) || *stop) {
             KL_TRY(drain(r, cfg, &p));
             fflush(r->metrics);
+            st.epoch_loss_sum = p.ep.loss, st.epoch_count = p.ep.n, st.epoch_correct = p.ep.correct;
             KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
         }
         if (*stop) {

@@ -191,12 +191,13 @@ static void lm_fields(FILE *f, const char *pre, double l)
     fprintf(f, "\"%sloss\":%.9g,\"%sperplexity\":%.9g,\"%sbpc\":%.9g", pre, l, pre, exp(l), pre, l / M_LN2);
 }
 
-typedef struct { double sum; int64_t n; } mean_acc;
+/* n0 of the n steps came from a checkpoint (a resumed epoch) */
+typedef struct { double sum; int64_t n, n0; } mean_acc;
 
 /* End of an epoch (steps_per_epoch steps, or the last step): validation,
  * the epoch's metrics line, the plateau watch (which may stop the run
  * early), then a checkpoint. */
-static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, int tty, mean_acc *ep, char *ck, size_t n)
+static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, kl_train_state *st, int tty, mean_acc *ep, char *ck, size_t n)
 {
     double vl = 0, l = ep->n ? ep->sum / (double)ep->n : 0;
     int64_t epoch = (st->step - 1) / r->o.steps_per_epoch + 1;
@@ -215,9 +216,10 @@ static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, 
         lm_fields(r->metrics, "val_", vl);
     }
     fprintf(r->metrics, ",\"lr\":%.9g,\"wall_s\":%.3f%s}\n", kl_optim_lr(r->opt), now() - r->t0, scaler);
-    train_monitor_epoch(&r->mon, epoch, st->step, ep->n * r->o.batch, l, NAN, r->n_val > 0, vl, NAN, kl_optim_lr(r->opt));
+    train_monitor_epoch(&r->mon, epoch, st->step, (ep->n - ep->n0) * r->o.batch, l, NAN, r->n_val > 0, vl, NAN, kl_optim_lr(r->opt));
     fflush(r->metrics);
     *ep = (mean_acc){0};
+    st->epoch_loss_sum = 0, st->epoch_count = 0;
     r->early_stopped = watch_eval(&r->watch, epoch, st->step, r->n_val ? vl : l, r->n_val > 0);
     KL_TRY(save_ckpt(r, cfg, st, ck, n)); /* with the watch's state after this evaluation */
     if (r->early_stopped) printf("stopped early; checkpoint %s\n", ck);
@@ -233,7 +235,7 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
     int64_t spe = r->o.steps_per_epoch, total = r->o.steps ? r->o.steps : r->o.epochs * spe;
     int64_t K = r->o.optim.accumulate, B = r->o.batch * K; /* sequences a step */
     int tty = isatty(2);
-    mean_acc ep = {0}, win = {0};
+    mean_acc ep = {st.epoch_loss_sum, st.epoch_count, st.epoch_count}, win = {0}; /* a resumed epoch's steps so far */
     double t_win = now();
     char ck[4400];
     while (st.step < total && !r->early_stopped) {
@@ -288,9 +290,12 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
             win = (mean_acc){0}, t_win = t;
         }
         if (st.step % spe == 0 || st.step == total) KL_TRY(end_epoch(r, cfg, &st, tty, &ep, ck, sizeof ck));
-        else if (r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) {
-            fflush(r->metrics);
-            KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
+        else {
+            st.epoch_loss_sum = ep.sum, st.epoch_count = ep.n; /* a checkpoint carries the epoch so far */
+            if (r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) {
+                fflush(r->metrics);
+                KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
+            }
         }
         if (*stop) {
             fflush(r->metrics);

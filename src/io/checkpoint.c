@@ -223,6 +223,13 @@ static kl_status state_fill(kl_st_writer *w, kl_ctx *c, kl_optim *opt, const kl_
     if (memchr(st->watch, 0, sizeof st->watch) == NULL)
         return kl_fail(KL_EINVAL, "kl_checkpoint_save: train state's watch text is not terminated");
     if (st->watch[0]) KL_TRY(kl_st_writer_meta(w, "train_watch", st->watch));
+    if (st->epoch_count > 0) {
+        char sum[40];
+        snprintf(sum, sizeof sum, "%a", st->epoch_loss_sum); /* exact */
+        KL_TRY(kl_st_writer_meta(w, "epoch_loss_sum", sum));
+        KL_TRY(meta_num(w, "epoch_count", (unsigned long long)st->epoch_count, true));
+        KL_TRY(meta_num(w, "epoch_correct", (unsigned long long)st->epoch_correct, true));
+    }
     if (!opt) return KL_OK;
     KL_TRY(meta_num(w, "optim_steps", (unsigned long long)kl_optim_steps(opt), true));
     double scale; /* the loss scaler, and the skipped updates Adam's t leaves out */

@@ -39,6 +39,11 @@ typedef struct kl_train_state {
      * (kiln train's convergence watch, so a resumed run warns and stops
      * where an uninterrupted one would); "" when a checkpoint has none */
     char watch[KL_CKPT_WATCH_BYTES];
+    /* the epoch so far, for its metrics line after a resume: the loss summed
+     * over epoch_count items (the caller's unit: samples, or steps), and
+     * correct predictions; 0 where a checkpoint has none (older ones) */
+    double epoch_loss_sum;
+    int64_t epoch_count, epoch_correct;
 } kl_train_state;
 
 /* Saves a checkpoint as <ckpt_root>/<tag>/{model,state}.safetensors and

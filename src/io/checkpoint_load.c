@@ -191,6 +191,17 @@ static kl_status check_state(const char *file, const kl_st_file *f, const kl_ctx
         return kl_fail(KL_EFORMAT, "%s: metadata 'train_watch' holds %zu bytes, more than %zu", file, strlen(watch),
                        sizeof ns->watch - 1);
     snprintf(ns->watch, sizeof ns->watch, "%s", watch ? watch : "");
+    const char *sum = kl_st_meta(f, "epoch_loss_sum"); /* optional too */
+    if (sum) {
+        char *end;
+        ns->epoch_loss_sum = strtod(sum, &end);
+        if (end == sum || *end || !isfinite(ns->epoch_loss_sum))
+            return kl_fail(KL_EFORMAT, "%s: metadata 'epoch_loss_sum' is '%.40s', expected a finite number", file, sum);
+        KL_TRY(meta_num(file, f, "epoch_count", INT64_MAX, &v));
+        ns->epoch_count = (int64_t)v;
+        KL_TRY(meta_num(file, f, "epoch_correct", (unsigned long long)ns->epoch_count, &v));
+        ns->epoch_correct = (int64_t)v;
+    }
     *optim_steps = ns->step;
     if (!opt) return KL_OK;
     if (kl_st_meta(f, "optim_steps")) {
