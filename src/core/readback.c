@@ -121,7 +121,9 @@ kl_status kl_readback_pop(kl_readback *rb, int wait, double *vals, int *ready)
         if (!wait) return KL_OK;
         kl_status s = rb->g->ctx->be->wait_seq(&r->seq, want);
         if (s != KL_OK) {
-            rb->popped++; /* that run's record will not come: move on */
+            /* that run's record will not come: move on; one that came with a
+             * kernel's data error stays, as in the branch above */
+            if (__atomic_load_n(&r->seq, __ATOMIC_ACQUIRE) < want) rb->popped++;
             return kl_fail_prefix(s, "read-back of run record %llu", (unsigned long long)want);
         }
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
