@@ -555,9 +555,10 @@ static kl_status cu_stage_new(void **out, int slots)
 {
     *out = NULL;
     KL_TRY(need_ready("streamed batches"));
-    if (!g_copy_stream)
-        KL_CUDA_CHECK(cudaStreamCreateWithFlags(&g_copy_stream, cudaStreamNonBlocking), "streamed batches",
-                      "cudaStreamCreateWithFlags");
+    issue_lock(); /* two threads' first stages make one copy stream */
+    cudaError_t ce = g_copy_stream ? cudaSuccess : cudaStreamCreateWithFlags(&g_copy_stream, cudaStreamNonBlocking);
+    issue_unlock();
+    KL_CUDA_CHECK(ce, "streamed batches", "cudaStreamCreateWithFlags");
     cu_stage *g = (cu_stage *)kl_calloc(1, sizeof *g);
     if (!g) return KL_ENOMEM;
     g->copied = (cudaEvent_t *)kl_calloc((size_t)slots, sizeof *g->copied);
