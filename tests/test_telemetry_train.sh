@@ -58,16 +58,34 @@ else
   n=$(field "$m" energy samples)
   spj=$(field "$m" energy samples_per_j)
   echo "     run: $n samples, $spj samples/J"
-  check "samples per joule = samples / joules" \
-    'awk -v n="$n" -v j="$j" -v p="$spj" "BEGIN{exit !(n > 0 && p > 0 && p / (n / j) > 0.999 && p / (n / j) < 1.001)}"'
+  check "samples per joule = samples / joules, over all 30 steps (not only the 2 epochs ended)" \
+    'awk -v n="$n" -v j="$j" -v p="$spj" "BEGIN{exit !(n == 30 * 128 && p > 0 && p / (n / j) > 0.999 && p / (n / j) < 1.001)}"'
   "$kiln" report "$tmp/gpu" >"$tmp/rep.log" 2>&1
   check "kiln report: the run's energy and samples per joule" \
-    'grep -q "energy (GPU) .*$(printf %.1f "$j") J" "$tmp/rep.log" && grep -q "samples per joule" "$tmp/rep.log"'
+    'grep -q "energy (GPU) .*$(awk -v j="$j" "BEGIN{printf \"%.1f\", j}") J" "$tmp/rep.log" && grep -q "samples per joule" "$tmp/rep.log"'
   # a process that died before its run record: its epochs' energy counts
   mkdir -p "$tmp/dead" && grep -v '"scope":"run"' "$m" >"$tmp/dead/metrics.jsonl"
   ej=$(grep '"scope":"epoch"' "$m" | sed 's/.*"joules":\([^,]*\).*/\1/' | awk '{s += $1} END {printf "%.1f", s}')
   "$kiln" report "$tmp/dead" >"$tmp/rep_dead.log" 2>&1
   check "kiln report of a run without its run record: the epochs' energy" 'grep -q "energy (GPU) *$ej J" "$tmp/rep_dead.log"'
+  # a resumed run: each process's energy counts, by its run record, or by its epochs where it has none
+  KILN_NVML_LIB="$tmp/libnvml_fake.so" "$kiln" train "${common[@]}" --steps 12 --set train.telemetry_interval=0.2 \
+    --no-tensorboard --out "$tmp/res" >"$tmp/res1.log" 2>&1
+  KILN_NVML_LIB="$tmp/libnvml_fake.so" "$kiln" train --resume "$tmp/res" --steps 30 --threads 2 --no-tensorboard \
+    >"$tmp/res2.log" 2>&1
+  sum_j() { grep "\"scope\":\"$2\"" "$1" | sed 's/.*"joules":\([^,]*\).*/\1/' | awk '{s += $1} END {printf "%.1f", s}'; }
+  "$kiln" report "$tmp/res" >"$tmp/rep_res.log" 2>&1
+  check "resumed run: the report adds both processes' run energy" \
+    '[ "$(grep -c "\"type\":\"start\"" "$tmp/res/metrics.jsonl")" -eq 2 ] && grep -q "energy (GPU) *$(sum_j "$tmp/res/metrics.jsonl" run) J" "$tmp/rep_res.log"'
+  # the second process died before its run record: its epochs count instead
+  mkdir -p "$tmp/res_dead" && awk '/"scope":"run"/ {r++; if (r == 2) next} {print}' "$tmp/res/metrics.jsonl" \
+    >"$tmp/res_dead/metrics.jsonl"
+  want=$(awk '/"type":"start"/ {p++} /"scope":"run"/ && p == 1 {sub(/.*"joules":/, ""); sub(/,.*/, ""); s += $0}
+              /"scope":"epoch"/ && p == 2 {sub(/.*"joules":/, ""); sub(/,.*/, ""); s += $0} END {printf "%.1f", s}' "$tmp/res_dead/metrics.jsonl")
+  "$kiln" report "$tmp/res_dead" >"$tmp/rep_res_dead.log" 2>&1
+  echo "     resumed run, second process without its run record: $want J expected"
+  check "resumed run whose second process died: first run record + second process's epochs" \
+    'grep -q "energy (GPU) *$want J" "$tmp/rep_res_dead.log"'
   FAKE_NVML_NO_UTIL=1 KILN_NVML_LIB="$tmp/libnvml_fake.so" "$kiln" train "${common[@]}" --set train.telemetry_interval=0.2 \
     --out "$tmp/mig" >"$tmp/mig.log" 2>&1
   check "utilisation unsupported: left out, the rest there" \

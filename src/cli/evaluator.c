@@ -143,6 +143,11 @@ kl_status evaluator_run(evaluator *e, const kl_dataset *ds, double *loss, double
     double sum = 0;
     const float *x = kl_dataset_features(ds);
     const int32_t *y = kl_dataset_labels(ds);
+    /* two evaluation arenas at a time, as the memory plan counts (a set on
+     * the device and one on the host would otherwise keep four) */
+    step_graph_free(&e->dfull);
+    step_graph_free(&e->drest);
+    e->on = NULL;
     for (int64_t at = 0; at < n;) {
         int64_t b = n - at < B ? n - at : B;
         step_graph *sg = b == B ? &e->full : &e->rest;
@@ -181,6 +186,8 @@ kl_status evaluator_run_device(evaluator *e, kl_device_data *dd, double *loss, d
         step_graph_free(&e->drest);
         e->on = dd;
     }
+    step_graph_free(&e->full); /* the host path's, as above */
+    step_graph_free(&e->rest);
     int64_t n = kl_device_data_count(dd), B = e->batch, correct = 0;
     double sum = 0;
     for (int64_t at = 0; at < n;) {

@@ -67,6 +67,16 @@ static kl_status record(run_data *d, const json_t *o, double *wall_base, double 
         d->resumed = 1;
         end_process_energy(d);
     }
+    if (!strcmp(type, "start")) { /* a process's first record (older runs lack it: the step test above) */
+        if (d->started) {
+            *wall_base += *seg_wall;
+            *seg_wall = 0;
+            d->resumed = 1;
+            end_process_energy(d);
+        }
+        d->started = 1;
+        return KL_OK;
+    }
     if (strcmp(type, "telemetry") && wall > *seg_wall) { /* telemetry is written after it was sampled */
         *seg_wall = wall;
         d->time_s = *wall_base + wall;

@@ -25,6 +25,7 @@ typedef struct run_data {
     double energy_samples;            /* training samples the energy covers */
     double pending_j, pending_samples; /* this process's epoch records while it has no run record */
     int seg_run;                      /* this process wrote its run record */
+    int started;                      /* a "start" record was seen */
     int64_t steps, epochs, best_val_epoch;
     char energy_src[32];
     char nan[200]; /* the NaN watch's finding, if the run diverged */

@@ -121,8 +121,9 @@ kl_status train_data_place(kl_ctx *ctx, const train_opts *o, const plan_budget *
         return KL_OK;
     }
     int64_t B = o->batch, slot = B * (kl_dataset_sample_size(tr) * (int64_t)sizeof(float) + (int64_t)sizeof(int32_t));
-    /* the ring in what the plan leaves (it streams because memory is short) */
-    int64_t ring = bu->known && (int64_t)room < STREAM_BYTES ? (int64_t)room : STREAM_BYTES;
+    /* the ring in what the plan leaves (it streams because memory is short), less the epoch's order */
+    int64_t left = (int64_t)room - kl_dataset_count(tr) * (int64_t)sizeof(int32_t);
+    int64_t ring = bu->known && left < STREAM_BYTES ? left : STREAM_BYTES;
     int64_t slots = ring / slot;
     slots = slots < 2 ? 2 : slots > depth + 1 ? depth + 1 : slots;
     printf("note: the training set streams from host memory through %d slots of %lld samples (%s)\n", (int)slots,

@@ -129,6 +129,9 @@ kl_status train_monitor_open(train_monitor *m, const char *run_dir, kl_ctx *ctx,
     m->ctx = ctx;
     m->opt = opt;
     m->metrics = metrics;
+    /* where a process's records begin (a resumed run appends): kiln report
+     * adds up time and energy per process */
+    fprintf(metrics, "{\"type\":\"start\",\"wall_s\":%.3f}\n", mono_s() - run_t0);
     m->last_hist_step = -1;
     m->nan.off = !m->o.nan_watch;
     if (!g_monitor_flags.no_tensorboard) {
@@ -209,7 +212,11 @@ static void energy_out(train_monitor *m, const char *scope, int64_t epoch, int64
     double now = mono_s();
     int run = !strcmp(scope, "run");
     double e = telemetry_energy(m->tel, &src), j = run ? e : e - m->energy_epoch0;
-    if (!strcmp(src, "none")) return; /* nothing measured: no record rather than 0 J */
+    if (!run) samples += m->samples_carry, m->samples_carry = 0;
+    if (!strcmp(src, "none")) { /* nothing measured: no record rather than 0 J; the next epoch's covers these samples */
+        if (!run) m->samples_carry = samples;
+        return;
+    }
     double secs = now - (run ? m->tel_t0 : m->epoch_t0);
     if (!run) m->energy_epoch0 = e, m->epoch_t0 = now;
     double spj = j > 0 ? (double)samples / j : 0;
@@ -260,9 +267,10 @@ static void histograms(train_monitor *m, int64_t step)
     }
 }
 
-void train_monitor_step(train_monitor *m, int64_t step, double loss, double acc, double lr)
+void train_monitor_step(train_monitor *m, int64_t step, int64_t samples, double loss, double acc, double lr)
 {
     m->step = step;
+    m->samples += samples;
     telemetry_out(m, step);
     scalar(m, "train/loss", step, loss);
     scalar(m, "train/accuracy", step, acc);
@@ -288,7 +296,6 @@ void train_monitor_epoch(train_monitor *m, int64_t epoch, int64_t step, int64_t 
     }
     if (!m->o.histogram_every) histograms(m, step);
     telemetry_out(m, step); /* validation's samples, before the ring wraps */
-    m->samples += samples;
     energy_out(m, "epoch", epoch, step, samples);
     m->epoch = epoch;
     flush(m);

@@ -60,7 +60,8 @@ typedef struct train_monitor {
     FILE *metrics;
     int64_t step, last_hist_step, epoch; /* step: the last one logged */
     double energy_epoch0; /* energy counter at the start of the epoch */
-    int64_t samples;      /* training samples of the epochs ended (samples per joule) */
+    int64_t samples;      /* training samples of the steps logged by this process (samples per joule) */
+    int64_t samples_carry; /* an epoch's samples whose energy was not measured: the next epoch record's */
     double tel_t0, epoch_t0; /* CLOCK_MONOTONIC at telemetry start and at the epoch's start */
     float *buf;
     size_t buf_cap;
@@ -77,7 +78,8 @@ void train_monitor_close(train_monitor *m);
 
 /* One call per metrics.jsonl record; failures to write TensorBoard files
  * print one warning and turn TensorBoard off (training goes on). */
-void train_monitor_step(train_monitor *m, int64_t step, double loss, double acc, double lr);
+/* samples: the step's training samples (the run energy record's samples per joule). */
+void train_monitor_step(train_monitor *m, int64_t step, int64_t samples, double loss, double acc, double lr);
 void train_monitor_throughput(train_monitor *m, int64_t step, double samples_per_s);
 /* samples: the epoch's training samples (the energy record's samples per joule). */
 void train_monitor_epoch(train_monitor *m, int64_t epoch, int64_t step, int64_t samples, double loss, double acc,

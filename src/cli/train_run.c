@@ -59,9 +59,15 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static kl_status save_ckpt(runner *r, kl_cfg *cfg, const kl_train_state *st, char *path, size_t n)
+/* The epoch so far; n0 of its n samples came from a checkpoint (not timed). */
+typedef struct { double loss, t0; int64_t correct, n, n0; } epoch_acc;
+
+/* A checkpoint of st with the epoch so far (its metrics line after a resume). */
+static kl_status save_ckpt(runner *r, kl_cfg *cfg, const kl_train_state *st, const epoch_acc *ep, char *path, size_t n)
 {
-    return train_ckpt_save(r->ckpt_root, cfg, r->ctx, r->opt, &r->watch, st, path, n);
+    kl_train_state s = *st;
+    s.epoch_loss_sum = ep->loss, s.epoch_count = ep->n, s.epoch_correct = ep->correct;
+    return train_ckpt_save(r->ckpt_root, cfg, r->ctx, r->opt, &r->watch, &s, path, n);
 }
 
 kl_status train_ckpt_save(const char *ckpt_root, kl_cfg *cfg, kl_ctx *ctx, kl_optim *opt, const train_watch *w,
@@ -276,8 +282,6 @@ static void progress(const runner *r, int tty, int64_t step, int64_t total, int6
     fflush(tty ? stderr : stdout);
 }
 
-/* The epoch so far; n0 of its n samples came from a checkpoint (not timed). */
-typedef struct { double loss, t0; int64_t correct, n, n0; } epoch_acc;
 
 /* Positions the data at (epoch, batch): the epoch's order on the device. */
 static kl_status data_seek(runner *r, int64_t epoch, int64_t batch)
@@ -311,14 +315,13 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
     train_monitor_epoch(&r->mon, st->epoch + 1, st->step, ep->n - ep->n0, l, acc, r->va != NULL, vl, vacc, kl_optim_lr(r->opt));
     fflush(r->metrics);
     *ep = (epoch_acc){0};
-    st->epoch_loss_sum = 0, st->epoch_count = st->epoch_correct = 0;
     st->epoch++;
     st->batch = 0;
     KL_TRY(data_seek(r, st->epoch, 0));
     /* monitoring hook: plateau warning / early stop; the checkpoint keeps
      * the watch's state with this evaluation in it */
     r->early_stopped = r->va || seen ? watch_eval(&r->watch, st->epoch, st->step, r->va ? vl : l, r->va != NULL) : 0;
-    KL_TRY(save_ckpt(r, cfg, st, ck, sizeof ck));
+    KL_TRY(save_ckpt(r, cfg, st, ep, ck, sizeof ck));
     if (r->early_stopped) printf("stopped early; checkpoint %s\n", ck);
     return KL_OK;
 }
@@ -443,7 +446,7 @@ static kl_status handle_one(runner *r, kl_cfg *cfg, pipe_state *p, int wait, int
             "\"samples_per_s\":%.1f,\"wall_s\":%.3f%s}\n",
             (long long)it->step, (long long)it->epoch + 1, mean, (double)corr / (double)rows, lr,
             t_step > 0 ? (double)rows / t_step : 0.0, now_s - r->t0, overflow ? ",\"overflow\":true" : "");
-    train_monitor_step(&r->mon, it->step, mean, (double)corr / (double)rows, lr); /* monitoring hook */
+    train_monitor_step(&r->mon, it->step, rows, mean, (double)corr / (double)rows, lr); /* monitoring hook */
     watch_step(&r->watch, r->train.g, v[2], it->step, t_step, p->data_wait); /* monitoring hook */
     p->data_wait = 0;
     if (it->step % r->o.log_every == 0 || it->step == p->total) {
@@ -524,8 +527,7 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         if ((r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) || *stop) {
             KL_TRY(drain(r, cfg, &p));
             fflush(r->metrics);
-            st.epoch_loss_sum = p.ep.loss, st.epoch_count = p.ep.n, st.epoch_correct = p.ep.correct;
-            KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
+            KL_TRY(save_ckpt(r, cfg, &st, &p.ep, ck, sizeof ck));
         }
         if (*stop) {
             train_say_interrupted(p.tty, st.step, ck, r->run_dir);
@@ -539,7 +541,7 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
     /* the last epoch ends with the last step: validate it too */
     if (p.ep.n && st.batch == per_epoch) return end_epoch(r, cfg, &st, p.tty, &p.ep);
     if (p.tty) fprintf(stderr, "\n");
-    return save_ckpt(r, cfg, &st, ck, sizeof ck);
+    return save_ckpt(r, cfg, &st, &p.ep, ck, sizeof ck);
 }
 
 int train_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop)

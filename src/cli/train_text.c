@@ -163,11 +163,16 @@ static void teardown(lm_runner *r)
     free(r->y);
 }
 
-/* A checkpoint, with the vocabulary beside model.safetensors. */
-static kl_status save_ckpt(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, char *path, size_t n)
+/* The epoch's step losses so far; n0 of the n came from a checkpoint. */
+typedef struct { double sum; int64_t n, n0; } mean_acc;
+
+/* A checkpoint with the epoch so far, the vocabulary beside model.safetensors. */
+static kl_status save_ckpt(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, const mean_acc *ep, char *path, size_t n)
 {
     char vp[4500];
-    KL_TRY(train_ckpt_save(r->ckpt_root, cfg, r->ctx, r->opt, &r->watch, st, path, n));
+    kl_train_state s = *st;
+    s.epoch_loss_sum = ep->sum, s.epoch_count = ep->n;
+    KL_TRY(train_ckpt_save(r->ckpt_root, cfg, r->ctx, r->opt, &r->watch, &s, path, n));
     snprintf(vp, sizeof vp, "%s/vocab.txt", path);
     return kl_vocab_save(r->vocab, vp);
 }
@@ -191,13 +196,11 @@ static void lm_fields(FILE *f, const char *pre, double l)
     fprintf(f, "\"%sloss\":%.9g,\"%sperplexity\":%.9g,\"%sbpc\":%.9g", pre, l, pre, exp(l), pre, l / M_LN2);
 }
 
-/* n0 of the n steps came from a checkpoint (a resumed epoch) */
-typedef struct { double sum; int64_t n, n0; } mean_acc;
 
 /* End of an epoch (steps_per_epoch steps, or the last step): validation,
  * the epoch's metrics line, the plateau watch (which may stop the run
  * early), then a checkpoint. */
-static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, kl_train_state *st, int tty, mean_acc *ep, char *ck, size_t n)
+static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, int tty, mean_acc *ep, char *ck, size_t n)
 {
     double vl = 0, l = ep->n ? ep->sum / (double)ep->n : 0;
     int64_t epoch = (st->step - 1) / r->o.steps_per_epoch + 1;
@@ -216,12 +219,12 @@ static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, kl_train_state *st, int tt
         lm_fields(r->metrics, "val_", vl);
     }
     fprintf(r->metrics, ",\"lr\":%.9g,\"wall_s\":%.3f%s}\n", kl_optim_lr(r->opt), now() - r->t0, scaler);
-    train_monitor_epoch(&r->mon, epoch, st->step, (ep->n - ep->n0) * r->o.batch, l, NAN, r->n_val > 0, vl, NAN, kl_optim_lr(r->opt));
+    int64_t samples = (ep->n - ep->n0) * r->o.batch * r->o.optim.accumulate; /* this process's: its energy */
+    train_monitor_epoch(&r->mon, epoch, st->step, samples, l, NAN, r->n_val > 0, vl, NAN, kl_optim_lr(r->opt));
     fflush(r->metrics);
     *ep = (mean_acc){0};
-    st->epoch_loss_sum = 0, st->epoch_count = 0;
     r->early_stopped = watch_eval(&r->watch, epoch, st->step, r->n_val ? vl : l, r->n_val > 0);
-    KL_TRY(save_ckpt(r, cfg, st, ck, n)); /* with the watch's state after this evaluation */
+    KL_TRY(save_ckpt(r, cfg, st, ep, ck, n)); /* with the watch's state after this evaluation */
     if (r->early_stopped) printf("stopped early; checkpoint %s\n", ck);
     return KL_OK;
 }
@@ -268,7 +271,7 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
         int overflow = r->o.optim.scale_window > 0 && !isfinite(kl_optim_last_grad_norm(r->opt));
         fprintf(r->metrics, ",\"lr\":%.9g,\"wall_s\":%.3f%s}\n", kl_optim_lr(r->opt), now() - r->t0,
                 overflow ? ",\"overflow\":true" : "");
-        train_monitor_step(&r->mon, st.step, l, NAN, kl_optim_lr(r->opt));
+        train_monitor_step(&r->mon, st.step, B, l, NAN, kl_optim_lr(r->opt));
         /* the batch is cut on the host before the step: that is its data wait */
         watch_step(&r->watch, r->train.g, kl_optim_last_grad_norm(r->opt), st.step, now() - t_start, t_data);
         if (st.step % r->o.log_every == 0 || st.step == total) {
@@ -290,16 +293,13 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
             win = (mean_acc){0}, t_win = t;
         }
         if (st.step % spe == 0 || st.step == total) KL_TRY(end_epoch(r, cfg, &st, tty, &ep, ck, sizeof ck));
-        else {
-            st.epoch_loss_sum = ep.sum, st.epoch_count = ep.n; /* a checkpoint carries the epoch so far */
-            if (r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) {
-                fflush(r->metrics);
-                KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
-            }
+        else if (r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) {
+            fflush(r->metrics);
+            KL_TRY(save_ckpt(r, cfg, &st, &ep, ck, sizeof ck));
         }
         if (*stop) {
             fflush(r->metrics);
-            KL_TRY(save_ckpt(r, cfg, &st, ck, sizeof ck));
+            KL_TRY(save_ckpt(r, cfg, &st, &ep, ck, sizeof ck));
             train_say_interrupted(tty, st.step, ck, r->run_dir);
             *interrupted = 1;
             break;
