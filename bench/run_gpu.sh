@@ -6,11 +6,13 @@
 #      the GPU: seconds per warm epoch, test accuracy, time to the first step,
 #      energy per epoch (NVML) and peak device memory (kiln train --device vs
 #      bench/cnn_torch.py --device cuda);
-#   3. the same CNN with its training set streamed through pinned slots
+#   3. inference latency of the trained CNN at batch 1 and 128 (kiln bench
+#      --device vs bench/infer_torch.py --device cuda);
+#   4. the same CNN with its training set streamed through pinned slots
 #      (data.on_device false): warm epoch time against the resident run;
-#   4. the same CNN with its convolutions on cuDNN (KILN_CUDA_CONV=cudnn)
+#   5. the same CNN with its convolutions on cuDNN (KILN_CUDA_CONV=cudnn)
 #      against kiln's im2col + cuBLASLt kernels;
-#   5. per-op profiles of the CNN and MLP steps (kiln train --profile).
+#   6. per-op profiles of the CNN and MLP steps (kiln train --profile).
 #
 #   bash bench/run_gpu.sh [BUILD_DIR] [OUT_DIR]
 #
@@ -129,6 +131,15 @@ if k and len(t) > 1:
     kw = float(k.group(1))
     print(f"CNN: kiln {kw:.3f} s per warm epoch, torch {tw:.3f} s: kiln is {tw / kw:.1f}x faster (target: <= 0.10 s, >= 91 % accuracy)")
 EOF
+say "== inference, the trained reference CNN (kiln bench --device cuda:0 vs PyTorch eval + no_grad): batch in, forward, a value back"
+for bsz in 1 128; do
+  ran "$out/inf${bsz}_kiln.txt" "$build/kiln" bench "$out/cnn_kiln" --device cuda:0 --batch "$bsz" --iters 500 --warmup 20
+  ran "$out/inf${bsz}_torch.txt" tpy bench/infer_torch.py --device cuda --batch "$bsz" --iters 500 --warmup 20
+  k=$(sed -n 's/.*p50 \([0-9.]*\) ms.*/\1/p' "$out/inf${bsz}_kiln.txt")
+  t=$(sed -n 's/^torch_p50_ms=\([0-9.]*\).*/\1/p' "$out/inf${bsz}_torch.txt")
+  [ -n "$k" ] && [ -n "$t" ] && say "$(awk -v k="$k" -v t="$t" -v b="$bsz" \
+    'BEGIN{printf "inference batch %d: kiln p50 %.4f ms, torch p50 %.4f ms: kiln is %.1fx faster", b, k, t, t / k}')"
+done
 say "== the same CNN with its training set streamed from host memory (data.on_device false), 3 epochs"
 "$build/kiln" train --device cuda:0 --epochs 3 --set data.on_device=false --no-tensorboard --out "$out/cnn_stream" \
   >"$out/cnn_stream.log" 2>&1 || fail "kiln train (streamed)"

@@ -10,7 +10,8 @@
 #             and test_cuda_seq again with TF32;
 #   train:    kiln train on the GPU: graph replay vs --no-graph (also with
 #             gradient accumulation), and streamed data vs data on the
-#             device, give identical losses; an
+#             device, give identical losses; kiln eval on the GPU gives the
+#             CPU's test accuracy, kiln bench runs there; an
 #             interrupted run resumes exactly; LSTM and GPT configs train;
 #   memcheck: compute-sanitizer memcheck over the CUDA tests;
 #   bench:    the benchmarks against PyTorch (bench/run_gpu.sh).
@@ -90,6 +91,15 @@ same() { # label, run dir a, run dir b: their step losses are identical
 stage_train() {
   local tr=(--steps 60 --set train.log_every=10 --set data.limit=20000 --no-tensorboard)
   run train_cnn_graph 300 "$b/bin/kiln" train --device cuda:0 "${tr[@]}" --out "$w/r_graph"
+  # the trained model evaluated on the GPU and on the CPU (TF32 may flip a sample or two)
+  run eval_gpu 120 "$b/bin/kiln" eval "$w/r_graph" --device cuda:0
+  run eval_cpu 120 "$b/bin/kiln" eval "$w/r_graph" --device cpu
+  local ag ac
+  ag=$(sed -n 's/^test: .* accuracy \([0-9.]*\)$/\1/p' "$w/eval_gpu.log"); ac=$(sed -n 's/^test: .* accuracy \([0-9.]*\)$/\1/p' "$w/eval_cpu.log")
+  if [ -n "$ag" ] && [ -n "$ac" ] && awk -v a="$ag" -v c="$ac" 'BEGIN{exit !(a - c <= 0.002 && c - a <= 0.002)}'; then
+    row "kiln eval: GPU == CPU test accuracy" "ok ($ag vs $ac)"
+  else row "kiln eval: GPU == CPU test accuracy" "FAIL (gpu '$ag', cpu '$ac')"; fi
+  run bench_infer_gpu 60 "$b/bin/kiln" bench "$w/r_graph" --device cuda:0 --batch 1 --iters 200
   run train_cnn_bf16 300 "$b/bin/kiln" train --device cuda:0 --precision bf16 "${tr[@]}" --out "$w/r_bf16"
   # f16 from a scale that overflows: the skipped steps' records say overflow, and training goes on
   run train_cnn_f16 300 "$b/bin/kiln" train --device cuda:0 --precision f16 --set train.loss_scale_init=1e9 "${tr[@]}" \

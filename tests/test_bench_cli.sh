@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # kiln bench ($1 = build dir): latency percentiles and throughput of a
-# trained MLP's checkpoint, and a clear error for a path with no checkpoint.
+# trained MLP's checkpoint, --device, and a clear error for a path with no
+# checkpoint.
 . "$(dirname "$0")/lib/check.sh" "$1"
 
 "$kiln" train models/mlp.yaml --steps 20 --set data.limit=2000 --set data.val_split=500 --threads 2 \
@@ -16,6 +17,16 @@ check "input shape and threads named" 'grep -q "input \[16,1,28,28\] f32; cpu wi
 check "20 iterations after warm-up" 'grep -q "^latency over 20 iterations (after 5 warm-up): " "$tmp/bench.log"'
 check "p50 <= p99" '[ -n "$p50" ] && [ -n "$p99" ] && awk -v a="$p50" -v b="$p99" "BEGIN{exit !(a <= b && a > 0)}"'
 check "positive throughput" '[ -n "$tput" ] && awk -v t="$tput" "BEGIN{exit !(t > 0)}"'
+
+# --device: the CPU by name; cuda:0 runs on a GPU or says why it cannot (no crash); a bad name is refused
+"$kiln" bench "$tmp/run" --batch 16 --iters 5 --threads 2 --device cpu >"$tmp/dcpu.log" 2>&1
+check "--device cpu" '[ $? -eq 0 ] && grep -q "cpu with 2 threads" "$tmp/dcpu.log"'
+"$kiln" bench "$tmp/run" --batch 16 --iters 5 --device cuda:0 >"$tmp/dgpu.log" 2>&1
+rc=$?
+check "--device cuda:0: runs there, or a message naming cuda:0" \
+  '{ [ $rc -eq 0 ] && grep -q "f32; cuda:0$" "$tmp/dgpu.log"; } || { [ $rc -eq 1 ] && grep -q "^kiln bench: cuda:0: " "$tmp/dgpu.log"; }'
+"$kiln" eval "$tmp/run" --device tpu >"$tmp/dbad.log" 2>&1
+check "kiln eval --device tpu refused" '[ $? -eq 1 ] && grep -q "unknown device .tpu." "$tmp/dbad.log"'
 
 # a token model: a [B, T] batch of random tokens, and tokens/s
 printf 'the cat sat on a mat. a fool and his money are soon parted.\n%s\n' "$(seq 1 400 | tr '\n' ' ')" >"$tmp/corpus.txt"

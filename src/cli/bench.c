@@ -23,11 +23,15 @@ static double now(void)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: kiln bench CKPT [--batch N] [--iters N] [--warmup N] [--threads N] [--set KEY=VALUE]\n\n"
+    fprintf(f, "usage: kiln bench CKPT [--batch N] [--iters N] [--warmup N] [--threads N] [--device D]\n"
+               "                  [--set KEY=VALUE]\n\n"
                "Inference latency of a checkpoint's (or run directory's) model: p50, p99 and mean\n"
                "over --iters timed forward runs (default 100) after --warmup runs (default 5), and\n"
                "the throughput in samples/s (and tokens/s for language models). Inputs are random\n"
-               "values of the model's input shape; --batch defaults to the run's train.batch.\n");
+               "values of the model's input shape; --batch defaults to the run's train.batch.\n"
+               "--device cpu (default), cuda:N or auto: on a GPU an iteration is the input's copy\n"
+               "to the device, the forward graph (captured and replayed after the first runs) and\n"
+               "the loss read back, as an application calling kiln would see it.\n");
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -97,9 +101,12 @@ static kl_status bench(loaded *l, const char *ckpt, int64_t B, int iters, int wa
         int nd = T ? 2 : kl_model_input_ndim(l->model) + 1;
         if (T) d[1] = T;
         else memcpy(d + 1, kl_model_input_shape(l->model), (size_t)(nd - 1) * sizeof *d);
-        printf("bench %s: model %s, %lld parameters; input %s %s; cpu with %d threads\n", ckpt, l->o.name,
-               (long long)kl_model_param_count(l->model), kl_shape_str(shp, sizeof shp, nd, d), T ? "i32" : "f32",
-               kl_ctx_threads(l->ctx));
+        kl_device dev = kl_ctx_device(l->ctx);
+        char where[64];
+        if (dev.type == KL_DEVICE_CUDA) snprintf(where, sizeof where, "cuda:%d", dev.index);
+        else snprintf(where, sizeof where, "cpu with %d threads", kl_ctx_threads(l->ctx));
+        printf("bench %s: model %s, %lld parameters; input %s %s; %s\n", ckpt, l->o.name,
+               (long long)kl_model_param_count(l->model), kl_shape_str(shp, sizeof shp, nd, d), T ? "i32" : "f32", where);
         printf("latency over %d iterations (after %d warm-up): p50 %.3f ms  p99 %.3f ms  mean %.3f ms\n", iters,
                warmup, 1e3 * percentile(lat, iters, 0.50), 1e3 * percentile(lat, iters, 0.99), 1e3 * sum / iters);
         printf("throughput: %.1f samples/s (batch %lld)", (double)B * iters / sum, (long long)B);
@@ -127,7 +134,7 @@ static long long count_arg(const char *flag, const char *v, long long max)
 
 int kl_cmd_bench(int argc, char **argv)
 {
-    const char *ckpt = NULL, *sets[34];
+    const char *ckpt = NULL, *sets[34], *device = NULL;
     char threads_set[64];
     int nsets = 0;
     long long batch = 0, iters = 100, warmup = 5;
@@ -138,13 +145,17 @@ int kl_cmd_bench(int argc, char **argv)
             return 0;
         }
         if (!strcmp(a, "--batch") || !strcmp(a, "--iters") || !strcmp(a, "--warmup") || !strcmp(a, "--threads") ||
-            !strcmp(a, "--set")) {
+            !strcmp(a, "--set") || !strcmp(a, "--device")) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "kiln bench: %s needs a value\n", a);
                 return 2;
             }
             const char *v = argv[++i];
             long long n = 0;
+            if (!strcmp(a, "--device")) {
+                device = v;
+                continue;
+            }
             if (strcmp(a, "--set") && (n = count_arg(a, v, !strcmp(a, "--batch") ? 1 << 20 : 1000000)) < 0) return 2;
             if (!strcmp(a, "--batch")) batch = n;
             else if (!strcmp(a, "--iters")) iters = n;
@@ -167,7 +178,7 @@ int kl_cmd_bench(int argc, char **argv)
         return 2;
     }
     loaded l = {0};
-    kl_status s = open_ckpt(ckpt, sets, nsets, &l);
+    kl_status s = open_ckpt(ckpt, sets, nsets, device, &l);
     if (s == KL_OK) s = bench(&l, ckpt, batch ? batch : l.o.batch, (int)iters, (int)warmup);
     if (s != KL_OK) fprintf(stderr, "kiln bench: %s\n", kl_last_error());
     loaded_free(&l);

@@ -14,8 +14,11 @@ void loaded_free(loaded *l)
     l->ctx = NULL, l->model = NULL, l->cfg = NULL;
 }
 
-kl_status open_ckpt(const char *path, const char **sets, int nsets, loaded *l)
+kl_status open_ckpt(const char *path, const char **sets, int nsets, const char *device, loaded *l)
 {
+    kl_device dev = {KL_DEVICE_CPU, 0};
+    char note[256];
+    if (device) KL_TRY(train_pick_device(device, &dev, note, sizeof note));
     char dir[4096], cfgp[4200];
     kl_train_state st;
     kl_cfg_node *model;
@@ -26,7 +29,7 @@ kl_status open_ckpt(const char *path, const char **sets, int nsets, loaded *l)
     KL_TRY(train_opts_read(l->cfg, &l->o));
     KL_TRY(kl_cfg_get_map(kl_cfg_root(l->cfg), "model", 1, &model));
     KL_TRY(kl_model_from_cfg(model, &l->model));
-    kl_ctx_opts co = {.seed = l->o.seed, .threads = (int)l->o.threads};
+    kl_ctx_opts co = {.device = dev, .seed = l->o.seed, .threads = (int)l->o.threads};
     KL_TRY(kl_ctx_new(&co, &l->ctx));
     step_graph sg = {0}; /* creates the parameters, then the checkpoint fills them */
     kl_status s = step_graph_build(&sg, l->model, l->ctx, NULL, 1);

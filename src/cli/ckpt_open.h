@@ -14,9 +14,10 @@ typedef struct loaded {
     kl_ctx *ctx;
 } loaded;
 
-/* Fills *l (zeroed by the caller); on failure what was made stays in *l for
- * loaded_free, and the message names the path. */
-kl_status open_ckpt(const char *path, const char **sets, int nsets, loaded *l);
+/* Fills *l (zeroed by the caller) with the ctx on device (--device: "cpu",
+ * "cuda:N", "auto"; NULL: the CPU); on failure what was made stays in *l
+ * for loaded_free, and the message names the path or the device. */
+kl_status open_ckpt(const char *path, const char **sets, int nsets, const char *device, loaded *l);
 void loaded_free(loaded *l);
 
 #endif

@@ -15,17 +15,19 @@
 
 int kl_cmd_eval(int argc, char **argv)
 {
-    const char *ckpt = NULL, *split = "test", *sets[32];
+    const char *ckpt = NULL, *split = "test", *sets[32], *device = NULL;
     int nsets = 0, confusion = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: kiln eval CKPT [--data test|val|train] [--confusion] [--set KEY=VALUE]\n\n"
+            printf("usage: kiln eval CKPT [--data test|val|train] [--confusion] [--device D] [--set KEY=VALUE]\n\n"
                    "Prints loss and accuracy of a checkpoint (or run directory) on a dataset split.\n"
+                   "--device cpu (default), cuda:N or auto.\n"
                    "--set data.* changes the data, e.g. --set data.kind=idx --set data.test_images=...\n");
             return 0;
         }
         if (!strcmp(argv[i], "--confusion")) confusion = 1;
         else if (!strcmp(argv[i], "--data") && i + 1 < argc) split = argv[++i];
+        else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
         else if (!strcmp(argv[i], "--set") && i + 1 < argc && nsets < 32) sets[nsets++] = argv[++i];
         else if (argv[i][0] == '-') {
             fprintf(stderr, "kiln eval: unknown option '%s' (see kiln eval --help)\n", argv[i]);
@@ -44,7 +46,7 @@ int kl_cmd_eval(int argc, char **argv)
     kl_dataset *tr = NULL, *va = NULL, *te = NULL;
     int64_t *cm = NULL;
     float mean, std;
-    kl_status s = open_ckpt(ckpt, sets, nsets, &l);
+    kl_status s = open_ckpt(ckpt, sets, nsets, device, &l);
     if (s == KL_OK) s = train_load_data(&l.o, &tr, &va, &te, &mean, &std);
     const kl_dataset *ds = !strcmp(split, "test") ? te : !strcmp(split, "val") ? va : tr;
     if (s == KL_OK && !ds) s = kl_fail(KL_EINVAL, "the run's data has no %s split", split);
@@ -116,17 +118,19 @@ static kl_status read_input(const char *path, const kl_model *m, float **x, int6
 
 int kl_cmd_predict(int argc, char **argv)
 {
-    const char *ckpt = NULL, *inputs[256];
+    const char *ckpt = NULL, *inputs[256], *device = NULL;
     int ninputs = 0, topk = 3, logits = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: kiln predict CKPT INPUT... [--top-k K] [--logits]\n\n"
+            printf("usage: kiln predict CKPT INPUT... [--top-k K] [--logits] [--device D]\n\n"
                    "Prints the top-K classes for each sample of each INPUT: a PNG image, an IDX image\n"
-                   "file, or a CSV file of feature rows. --logits: every class's logit instead.\n");
+                   "file, or a CSV file of feature rows. --logits: every class's logit instead.\n"
+                   "--device cpu (default), cuda:N or auto.\n");
             return 0;
         }
         if (!strcmp(argv[i], "--top-k") && i + 1 < argc) topk = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--logits")) logits = 1;
+        else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
         else if (argv[i][0] == '-') {
             fprintf(stderr, "kiln predict: unknown option '%s' (see kiln predict --help)\n", argv[i]);
             return 2;
@@ -138,7 +142,7 @@ int kl_cmd_predict(int argc, char **argv)
         return 2;
     }
     loaded l = {0};
-    kl_status s = open_ckpt(ckpt, NULL, 0, &l);
+    kl_status s = open_ckpt(ckpt, NULL, 0, device, &l);
     int64_t C = s == KL_OK ? kl_model_outputs(l.model) : 0;
     if (topk < 1 || topk > C) topk = (int)(C < 3 ? C : 3);
     for (int f = 0; f < ninputs && s == KL_OK; f++) {

@@ -34,7 +34,7 @@ int kl_cmd_export(int argc, char **argv)
         return 2;
     }
     loaded l = {0};
-    kl_status s = open_ckpt(ckpt, NULL, 0, &l);
+    kl_status s = open_ckpt(ckpt, NULL, 0, NULL, &l);
     if (s == KL_OK) {
         kl_onnx_opts o = {.normalize = l.o.normalize, .mean = l.o.mean, .std = l.o.std};
         s = kl_model_export_onnx(l.model, l.ctx, &o, onnx);
