@@ -11,7 +11,8 @@
 #   train:    kiln train on the GPU: graph replay vs --no-graph (also with
 #             gradient accumulation), and streamed data vs data on the
 #             device, give identical losses; kiln eval on the GPU gives the
-#             CPU's test accuracy, kiln bench runs there; an
+#             CPU's test accuracy, kiln bench runs there; the NaN watch
+#             names the CPU's layer (captured, eager, streamed); an
 #             interrupted run resumes exactly; LSTM and GPT configs train;
 #   memcheck: compute-sanitizer memcheck over the CUDA tests;
 #   bench:    the benchmarks against PyTorch (bench/run_gpu.sh).
@@ -130,6 +131,27 @@ stage_train() {
     if [ -n "$(losses "$w/r_res")" ] && [ "$(losses "$w/r_full" | tail -n 30)" = "$(losses "$w/r_res")" ]; then
       row "resume == uninterrupted (30 losses)" ok
     else row "resume == uninterrupted (30 losses)" "FAIL"; fi
+  fi
+  # the NaN watch on the GPU: the MLP made to diverge names the layer the CPU names (step 2 replays the
+  # captured graph; the watch re-runs eagerly from the parameters the guard kept), also eager and streamed
+  local nan=(models/mlp.yaml --steps 20 --lr 1e30 --set data.limit=20000 --set data.val_split=200 --set train.log_every=1
+             --no-tensorboard) want got v
+  nan_line() { grep -m1 "^NaN watch: " "$w/$1.log" 2>/dev/null | sed 's/): .*/)/'; }
+  if [ $((budget - SECONDS)) -gt 120 ]; then
+    timeout 120 "$b/bin/kiln" train "${nan[@]}" --device cpu --out "$w/r_nan_cpu" >"$w/nan_cpu.log" 2>&1
+    want=$(nan_line nan_cpu)
+    for v in graph: eager:--no-graph "stream:--set data.on_device=false"; do
+      timeout 120 "$b/bin/kiln" train "${nan[@]}" --device cuda:0 ${v#*:} --out "$w/r_nan_${v%%:*}" >"$w/nan_${v%%:*}.log" 2>&1
+      got=$(nan_line "nan_${v%%:*}")
+      if [ -n "$want" ] && [ "$got" = "$want" ] && grep -q '"type":"nan","step":2' "$w/r_nan_${v%%:*}/metrics.jsonl"; then
+        row "NaN watch on the GPU (${v%%:*})" "ok (${got#NaN watch: first non-finite values in the output of })"
+      else row "NaN watch on the GPU (${v%%:*})" "FAIL (gpu: '${got:-none}'; cpu: '${want:-none}')"; fi
+    done
+  else row "NaN watch on the GPU" "SKIPPED (check budget of $budget s spent)"; fi
+  # f16 under dynamic scaling: overflows are skipped steps, never a NaN watch finding
+  if [ -f "$w/r_f16/metrics.jsonl" ]; then
+    if grep -q '"type":"nan"' "$w/r_f16/metrics.jsonl"; then row "f16 overflow: no NaN watch finding" FAIL
+    else row "f16 overflow: no NaN watch finding" ok; fi
   fi
   corpus=(--set data.path="$b/data/fortunes") # the bundle's copy: the device image has no fortunes package
   run train_lstm 300 "$b/bin/kiln" train models/char_lstm.yaml --device cuda:0 --steps 40 --no-tensorboard "${corpus[@]}" --out "$w/r_lstm"

@@ -8,6 +8,9 @@
 #  4. train.nan_watch=false: the plain divergence message only;
 #  5. the MLP case with streamed data (data.on_device=false): the same report;
 #  6. the MLP case with train.accumulate 2: the same layer named;
+#  7. batchnorm's running statistics turning Inf are not blamed (the layer is);
+#  8. f16 with a fixed loss scale that overflows: the backward pass, the scale named;
+#  9. a language model (data.kind text): the watch runs there too;
 # and kiln report shows the finding.
 . "$(dirname "$0")/lib/check.sh" "$1"
 py=${PYTHON:-python3}
@@ -36,6 +39,37 @@ check "train.accumulate 2: the step's first batch diverges after one update; the
 check "cnn sgd lr 1e20: names layers.7 (linear, cnn.yaml:13)" \
   '[ $? -eq 1 ] && grep -q "^NaN watch: first non-finite values in the output of layers.7 (op linear, models/cnn.yaml:13)" "$tmp/cnn.log"'
 sed -n 's/^NaN watch: /     /p' "$tmp/cnn.log"
+
+"$kiln" train models/cnn_bn.yaml --steps 5 --lr 1e20 --set optim.kind=sgd --set clip.max_norm=0 --set schedule.kind=constant \
+  "${small[@]}" --out "$tmp/bn" >"$tmp/bn.log" 2>&1
+check "cnn_bn: a layer's output is named, not a running statistic the bad step wrote" \
+  '[ $? -eq 1 ] && grep -q "^NaN watch: first non-finite values in the output of layers\.[0-9]* (op " "$tmp/bn.log" && ! grep -q "running_" "$tmp/bn.log"'
+sed -n 's/^NaN watch: /     /p' "$tmp/bn.log"
+
+"$kiln" train models/mlp.yaml --steps 10 --set train.precision=f16 --set train.loss_scale=1e9 "${small[@]}" --out "$tmp/ls" \
+  >"$tmp/ls.log" 2>&1
+check "f16, fixed loss scale 1e9: the scaled backward pass overflows, and the watch reproduces it" \
+  '[ $? -eq 1 ] && grep -q "^NaN watch: the forward pass is finite .* but the backward pass (backward from the loss x 1e+09, train.loss_scale) is not" "$tmp/ls.log" && grep -q "\"phase\":\"backward\"" "$tmp/ls/metrics.jsonl"'
+
+printf 'the cat sat on a mat. a fool and his money are soon parted.\n%s\n' "$(seq 1 400 | tr '\n' ' ')" >"$tmp/corpus.txt"
+cat >"$tmp/lm.yaml" <<EOF
+name: tiny_lm
+model:
+  input: {tokens: 16}
+  vocab: auto
+  layers:
+    - {type: embedding, dim: 8}
+    - {type: linear, out: 32}
+    - {type: linear, out: vocab}
+data: {kind: text, path: $tmp/corpus.txt}
+optim: {kind: sgd, lr: 1e30}
+clip: {max_norm: 0}
+train: {steps: 6, steps_per_epoch: 3, val_batches: 1, batch: 4}
+EOF
+"$kiln" train "$tmp/lm.yaml" --threads 2 --no-tensorboard --out "$tmp/lm" >"$tmp/lm.log" 2>&1
+check "language model: the step named, the NaN watch's finding and record" \
+  '[ $? -eq 1 ] && grep -q "^kiln train: step 2: loss is .*nan" "$tmp/lm.log" && grep -q "^NaN watch: " "$tmp/lm.log" && grep -q "\"type\":\"nan\",\"step\":2" "$tmp/lm/metrics.jsonl"'
+sed -n 's/^NaN watch: /     /p' "$tmp/lm.log"
 
 "$kiln" train models/mlp.yaml --steps 10 --lr 1e30 "${small[@]}" --set train.nan_watch=false --out "$tmp/off" >"$tmp/off.log" 2>&1
 check "nan_watch=false: plain message" '[ $? -eq 1 ] && grep -q "loss is .*nan: training diverged" "$tmp/off.log" && ! grep -q "NaN watch" "$tmp/off.log" && ! grep -q "\"type\":\"nan\"" "$tmp/off/metrics.jsonl"'

@@ -128,7 +128,10 @@ static kl_status forward(kl_model *m, const nan_step *st, float **out, int64_t *
         if (s == KL_OK) s = kl_softmax_cross_entropy(g, lo, yo, &l);
     } else if (s == KL_OK && loss) s = kl_softmax_cross_entropy(g, o, y, &l);
     if (s == KL_OK && l) s = kl_output(g, l);
-    if (s == KL_OK && l) s = kl_backward(g, l);
+    kl_tensor *lb = l; /* backward from the loss as the step scaled it (a fixed scale may be what overflows) */
+    if (s == KL_OK && l && kl_optim_grad_scale(st->opt) != 1.0) s = kl_optim_scale_loss(g, st->opt, l, &lb);
+    if (s == KL_OK && l) s = kl_backward(g, lb);
+    if (s == KL_OK) s = kl_graph_set_runs(g, st->runs); /* the step's dropout masks */
     if (s == KL_OK) s = kl_tensor_set(x, st->x, (size_t)kl_tensor_numel(x) * 4); /* f32 or i32 */
     if (s == KL_OK) s = kl_tensor_set(y, st->y, (size_t)yn * sizeof(int32_t));
     if (s == KL_OK) s = kl_graph_run(g);
@@ -173,7 +176,9 @@ static int nonfinite_params(kl_ctx *ctx, int grads, int *last, finite_stats *at_
     for (int i = 0; i < kl_ctx_param_count(ctx); i++) {
         int tr;
         size_t b = param_bytes(ctx, i, &tr);
-        if (grads && !tr) continue;
+        /* buffers neither: the guard keeps trainable parameters only, and the
+         * bad step's forward itself writes batchnorm's running statistics */
+        if (!tr) continue;
         float *v = malloc(b ? b : 1);
         kl_status s = v ? (grads ? kl_ctx_grad_get(ctx, i, v, b) : kl_ctx_param_get(ctx, i, v, b)) : KL_ENOMEM;
         finite_stats fs = s == KL_OK ? scan(v, (int64_t)(b / sizeof(float))) : (finite_stats){0};
@@ -274,13 +279,16 @@ static kl_status diagnose(const nan_step *st, const char *trigger, char *msg, si
         kl_ctx_param_info(ctx, last, &name, &dt, &nd, d, &tr);
         char layer[128];
         snprintf(layer, sizeof layer, "%.*s", (int)(strrchr(name, '.') ? strrchr(name, '.') - name : (long)strlen(name)), name);
-        snprintf(msg, cap, "the forward pass is finite (loss %.4g) but the backward pass is not: the gradient of '%s' "
+        char scaled[64] = "";
+        if (kl_optim_grad_scale(st->opt) != 1.0)
+            snprintf(scaled, sizeof scaled, " (backward from the loss x %g, train.loss_scale)", kl_optim_grad_scale(st->opt));
+        snprintf(msg, cap, "the forward pass is finite (loss %.4g) but the backward pass%s is not: the gradient of '%s' "
                  "(the last layer with one; backward runs from the output) has %lld nan, %lld inf of %lld values%s",
-                 loss, name, (long long)fs.nan, (long long)fs.inf, (long long)fs.n, note);
+                 loss, scaled, name, (long long)fs.nan, (long long)fs.inf, (long long)fs.n, note);
         record(st, trigger, "backward", layer, "backward", NULL, 0, &fs);
     } else {
         snprintf(msg, cap, "the re-run from the saved parameters is finite (loss %.4g); it did not reproduce "
-                 "(dropout masks differ between runs)%s", loss, note);
+                 "(GPU rounding, or an earlier batch of the step under gradient accumulation)%s", loss, note);
         record(st, trigger, "none", "", "", NULL, 0, NULL);
     }
     return KL_OK;

@@ -31,6 +31,7 @@ typedef struct nan_step {
     const void *x; /* f32 samples, or i32 tokens for token models */
     const int32_t *y;
     int64_t batch, step;
+    uint64_t runs;    /* the step graph's run number for that batch: the re-run draws its dropout masks */
     double grad_norm; /* the step's, from the optimizer (0: not computed) */
     FILE *metrics;
 } nan_step;

@@ -335,6 +335,7 @@ typedef struct {
     int last;                      /* the step's last batch */
     double lr;
     step_graph *sg;
+    uint64_t runs; /* the graph's run number (dropout's masks) */
 } issued;
 
 typedef struct {
@@ -388,7 +389,7 @@ static kl_status diverged(runner *r, kl_cfg *cfg, const issued *it, double loss,
     kl_status hs = host_batch(r, it, &x, &y);
     if (hs != KL_OK) return hs;
     nan_step ns = {.model = r->model, .ctx = r->ctx, .opt = r->opt, .cfg = cfg, .x = x, .y = y,
-                   .batch = it->n, .step = it->step, .grad_norm = norm, .metrics = r->metrics};
+                   .batch = it->n, .step = it->step, .runs = it->runs, .grad_norm = norm, .metrics = r->metrics};
     s = nan_watch_after(&r->mon.nan, s, &ns);
     free(x);
     free(y);
@@ -513,7 +514,8 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         KL_TRY(kl_optim_set_run_weight(r->opt, (double)n / (double)B)); /* a partial batch: its share of samples */
         KL_TRY(kl_graph_set_runs(sg->g, st.graph_runs)); /* dropout: one stream a batch */
         KL_TRY(kl_graph_run(sg->g));
-        p.q[(p.head + p.len) % PIPE_RING] = (issued){st.step + 1, st.epoch, st.batch, n, at, last, kl_optim_lr(r->opt), sg};
+        p.q[(p.head + p.len) % PIPE_RING] = (issued){st.step + 1, st.epoch, st.batch, n, at, last, kl_optim_lr(r->opt), sg,
+                                                   st.graph_runs};
         p.len++;
         st.step += last;
         st.batch++;

@@ -251,15 +251,22 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
             KL_TRY(kl_tokens_batch(r->tok, 0, r->n_train, r->o.seed, (int64_t)st.graph_runs, r->o.batch, r->T, r->x,
                                    r->y));
             t_data += now() - t0;
-            KL_TRY(step_graph_run(&r->train, r->model, r->x, r->y, &lk, &dummy, NULL, NULL));
+            kl_status rs = step_graph_run(&r->train, r->model, r->x, r->y, &lk, &dummy, NULL, NULL);
+            /* a non-finite loss, or (the step's last batch) a gradient norm that halted the optimizer: it
+             * skipped the update, and the NaN watch re-runs this batch from the parameters it kept */
+            if (rs == KL_ENUMERIC || (rs == KL_OK && k == K - 1 && kl_optim_halted(r->opt))) {
+                nan_step ns = {.model = r->model, .ctx = r->ctx, .opt = r->opt, .cfg = cfg, .x = r->x, .y = r->y,
+                               .batch = r->o.batch, .step = st.step + 1, .runs = st.graph_runs,
+                               .grad_norm = rs == KL_OK ? kl_optim_last_grad_norm(r->opt) : 0, .metrics = r->metrics};
+                fflush(r->metrics);
+                kl_status ws = nan_watch_after(&r->mon.nan, rs, &ns);
+                return ws != KL_OK ? ws : kl_fail(KL_ENUMERIC, "step %lld: training diverged (the optimizer halted)",
+                                                  (long long)st.step + 1);
+            }
+            KL_TRY(rs);
             st.graph_runs++;
             l += lk / (double)r->train.rows / (double)K;
-            if (!isfinite(lk)) l = lk;
         }
-        if (kl_optim_halted(r->opt)) /* a non-finite loss or gradient norm: the optimizer skipped the update */
-            return kl_fail(KL_ENUMERIC, "step %lld: the %s is %g: training diverged (try a lower learning rate or "
-                           "clip.max_norm); the last checkpoint holds the weights before it", (long long)st.step + 1,
-                           isfinite(l) ? "gradient norm" : "loss", isfinite(l) ? kl_optim_last_grad_norm(r->opt) : l);
         st.step++;
         st.epoch = st.step / spe;
         st.batch = st.step % spe;
