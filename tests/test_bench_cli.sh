@@ -29,8 +29,7 @@ check "--device cuda:0: runs there, or a message naming cuda:0" \
 check "kiln eval --device tpu refused" '[ $? -eq 1 ] && grep -q "unknown device .tpu." "$tmp/dbad.log"'
 
 # a token model: a [B, T] batch of random tokens, and tokens/s
-printf 'the cat sat on a mat. a fool and his money are soon parted.\n%s\n' "$(seq 1 400 | tr '\n' ' ')" >"$tmp/corpus.txt"
-cat >"$tmp/lm.yaml" <<EOF
+tiny_lm "$tmp/lm.yaml" "{type: lstm, hidden: 16}" "train: {steps: 2, steps_per_epoch: 2, val_batches: 1, batch: 4}"
 name: tiny_lm
 model:
   input: {tokens: 16}

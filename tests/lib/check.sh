@@ -6,8 +6,11 @@
 # one a line; resume_dir RUN STEP DST: makes DST a run directory whose
 # latest checkpoint is RUN's of step STEP, with RUN's config (what --resume
 # reads); same_tail RUN RES: RES logged steps, and they are RUN's last
-# ones bit for bit; check_done NAME: exits 1 saying how many checks failed,
-# else prints "NAME: all passed".
+# ones bit for bit; tiny_lm YAML LAYER "SECTIONS": a character language
+# model config (16-token windows, an embedding of 8, then LAYER, then the
+# vocabulary projection) on a small corpus in $tmp, SECTIONS appended;
+# check_done NAME: exits 1 saying how many checks failed, else prints
+# "NAME: all passed".
 set -u
 kiln="$1/kiln"
 tmp=$(mktemp -d)
@@ -23,6 +26,11 @@ resume_dir() {
 same_tail() {
   local n; n=$(step_losses "$2" | wc -l)
   [ "$n" -gt 0 ] && [ "$(step_losses "$1" | tail -n "$n")" = "$(step_losses "$2")" ]
+}
+tiny_lm() {
+  printf 'the cat sat on a mat. a fool and his money are soon parted.\n%s\n' "$(seq 1 400 | tr '\n' ' ')" >"$tmp/corpus.txt"
+  printf 'name: tiny_lm\nmodel:\n  input: {tokens: 16}\n  vocab: auto\n  layers:\n    - {type: embedding, dim: 8}\n' >"$1"
+  printf '    - %s\n    - {type: linear, out: vocab}\ndata: {kind: text, path: %s}\n%s\n' "$2" "$tmp/corpus.txt" "$3" >>"$1"
 }
 check_done() {
   [ "$fail" -eq 0 ] || { echo "$1: $fail failed"; exit 1; }
