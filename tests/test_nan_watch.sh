@@ -52,19 +52,6 @@ check "f16, fixed loss scale 1e9: the scaled backward pass overflows, and the wa
   '[ $? -eq 1 ] && grep -q "^NaN watch: the forward pass is finite .* but the backward pass (backward from the loss x 1e+09, train.loss_scale) is not" "$tmp/ls.log" && grep -q "\"phase\":\"backward\"" "$tmp/ls/metrics.jsonl"'
 
 tiny_lm "$tmp/lm.yaml" "{type: linear, out: 32}" "$(printf 'optim: {kind: sgd, lr: 1e30}\nclip: {max_norm: 0}\ntrain: {steps: 6, steps_per_epoch: 3, val_batches: 1, batch: 4}')"
-name: tiny_lm
-model:
-  input: {tokens: 16}
-  vocab: auto
-  layers:
-    - {type: embedding, dim: 8}
-    - {type: linear, out: 32}
-    - {type: linear, out: vocab}
-data: {kind: text, path: $tmp/corpus.txt}
-optim: {kind: sgd, lr: 1e30}
-clip: {max_norm: 0}
-train: {steps: 6, steps_per_epoch: 3, val_batches: 1, batch: 4}
-EOF
 "$kiln" train "$tmp/lm.yaml" --threads 2 --no-tensorboard --out "$tmp/lm" >"$tmp/lm.log" 2>&1
 check "language model: the step named, the NaN watch's finding and record" \
   '[ $? -eq 1 ] && grep -q "^kiln train: step 2: loss is .*nan" "$tmp/lm.log" && grep -q "^NaN watch: " "$tmp/lm.log" && grep -q "\"type\":\"nan\",\"step\":2" "$tmp/lm/metrics.jsonl"'
