@@ -328,7 +328,7 @@ void train_monitor_progress(const train_monitor *m, char *buf, size_t cap)
     buf[0] = 0;
     if (!m->tel || t->wall_s <= 0) return;
     int n = snprintf(buf, cap, "  cpu %.1f cores  rss %.0f MB", t->cpu_util, t->rss_mb);
-    if (t->gpu && (t->have & (TEL_UTIL | TEL_MEM | TEL_POWER)) && n > 0 && (size_t)n < cap)
+    if ((t->have & (TEL_UTIL | TEL_MEM | TEL_POWER)) && n > 0 && (size_t)n < cap) /* have: GPU values only */
         n += snprintf(buf + n, cap - (size_t)n, "  gpu");
     if ((t->have & TEL_UTIL) && n > 0 && (size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, " %.0f%%", t->gpu_util);
     if ((t->have & TEL_MEM) && n > 0 && (size_t)n < cap)

@@ -312,7 +312,8 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
             (long long)st->epoch + 1, (long long)st->step, l, acc, vl, vacc, kl_optim_lr(r->opt),
             ep->n > ep->n0 ? (double)(ep->n - ep->n0) / (now() - ep->t0) : 0.0, now() - r->t0, scaler);
     /* monitoring hook */
-    train_monitor_epoch(&r->mon, st->epoch + 1, st->step, ep->n - ep->n0, l, acc, r->va != NULL, vl, vacc, kl_optim_lr(r->opt));
+    train_monitor_epoch(&r->mon, st->epoch + 1, st->step, ep->n - ep->n0, l, acc, r->va != NULL, vl, vacc,
+                        kl_optim_lr(r->opt));
     fflush(r->metrics);
     *ep = (epoch_acc){0};
     st->epoch++;

@@ -268,10 +268,13 @@ double telemetry_energy(telemetry *t, const char **source)
         j = (double)(e - nv->energy0_mj) / 1000.0;
     } else if (nv->lib && !nv->has_counter) {
         double now = mono();
+        int measured = t->power_n > 1; /* the integral covers an interval, or the reading now closes one */
         j = t->integral_j;
-        int n = (int)(t->power_n > 2 ? 2 : t->power_n);
-        if (t->power_n > 0 && nv->power(nv->dev, &mw) == 0) j += 0.5 * (mw / 1000.0 + t->last_power_w) * (now - t->last_power_t), n++;
-        if (n >= 2) src = "nvml_power_integral"; /* at least one interval measured */
+        if (t->power_n > 0 && nv->power(nv->dev, &mw) == 0) {
+            j += 0.5 * (mw / 1000.0 + t->last_power_w) * (now - t->last_power_t);
+            measured = 1;
+        }
+        if (measured) src = "nvml_power_integral";
         else j = 0;
     }
     pthread_mutex_unlock(&t->smu);

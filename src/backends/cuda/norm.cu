@@ -124,8 +124,8 @@ template <typename ST, int BWD> struct bn_cols {
 
 /* returns the name of the kernel it launched */
 template <typename ST, int BWD>
-static const char *bn_sums(const ST *x, const ST *dy, const typename kl_cu_calc<ST>::T *mean, int64_t N, int64_t C, int64_t S,
-                    int64_t nch, double *part, cudaStream_t s)
+static const char *bn_sums(const ST *x, const ST *dy, const typename kl_cu_calc<ST>::T *mean, int64_t N, int64_t C,
+                           int64_t S, int64_t nch, double *part, cudaStream_t s)
 {
     if (S == 1) {
         int64_t nbc = (C + 31) / 32;
@@ -133,11 +133,9 @@ static const char *bn_sums(const ST *x, const ST *dy, const typename kl_cu_calc<
         col_sums_k<BN_ROWS><<<grid, dim3(32, BN_ROWS), 0, s>>>(bn_cols<ST, BWD>{x, dy, mean, part}, C, N, nch);
         return "col_sums_k";
     }
-    {
-        dim3 grid((unsigned)nch, (unsigned)(C < 65535 ? C : 65535));
-        bn_sums_k<ST, BWD><<<grid, kl_cu_red_threads(N * S / nch), 0, s>>>(x, dy, mean, N, C, S, nch, part);
-        return "bn_sums_k";
-    }
+    dim3 grid((unsigned)nch, (unsigned)(C < 65535 ? C : 65535));
+    bn_sums_k<ST, BWD><<<grid, kl_cu_red_threads(N * S / nch), 0, s>>>(x, dy, mean, N, C, S, nch, part);
+    return "bn_sums_k";
 }
 
 /* thread per channel: mean and invstd (from the chunks, or the running
