@@ -7,8 +7,8 @@
 # dilated conv, avg/max pool with stride and padding, GELU, tanh, sigmoid,
 # layernorm, flatten); and language models against `kiln generate --logits`
 # on a prompt: the GPT (embedding, positions, transformer blocks, the tied
-# output layer), the GPT with rotary positions instead, the char LSTM and a
-# stacked GRU. Bad arguments and unwritable paths are refused with messages.
+# output layer), the GPT with rotary positions instead, rotary blocks of
+# different head sizes, the char LSTM and a stacked GRU. Bad arguments and unwritable paths are refused with messages.
 # Skipped (77) without the onnx and onnxruntime packages.
 . "$(dirname "$0")/lib/check.sh" "$1"
 py=${PYTHON:-python3}
@@ -86,7 +86,18 @@ optim: {kind: adam, lr: 3.0e-3}
 YAML
 sed -e 's/heads: 6, dropout: 0.1}/heads: 6, dropout: 0.1, rope: true}/' -e '/pos_embedding/d' models/gpt_small.yaml \
   >"$tmp/rope.yaml"
-for model in models/gpt_small.yaml "$tmp/rope.yaml" models/char_lstm.yaml "$tmp/gru.yaml"; do
+# rotary blocks of head sizes 6, 4, 6: one pair of tables per head size
+sed -e '/^  layers:/,$d' "$tmp/gru.yaml" | sed 's/^name: gru/name: ropemix/' >"$tmp/ropemix.yaml"
+cat >>"$tmp/ropemix.yaml" <<'YAML'
+  layers:
+    - {type: embedding, dim: 12}
+    - {type: transformer_block, heads: 2, rope: true}
+    - {type: transformer_block, heads: 3, rope: true}
+    - {type: transformer_block, heads: 2, rope: true}
+    - {type: linear, out: vocab}
+data: {kind: text, path: /usr/share/games/fortunes, val_fraction: 0.1}
+YAML
+for model in models/gpt_small.yaml "$tmp/rope.yaml" "$tmp/ropemix.yaml" models/char_lstm.yaml "$tmp/gru.yaml"; do
   name=$(basename "$model" .yaml)
   "$kiln" train "$model" --steps 3 --set train.batch=2 --threads 2 --no-tensorboard --out "$tmp/$name" \
     >"$tmp/$name.log" 2>&1
@@ -97,11 +108,31 @@ for model in models/gpt_small.yaml "$tmp/rope.yaml" models/char_lstm.yaml "$tmp/
     '"$py" "$tmp/cmp_lm.py" "$tmp/$name.onnx" "$tmp/$name" "Q: What is" "$tmp/$name.ref" >/dev/null 2>&1'
 done
 
+# the library's export of positions and a transformer block on [T, D] samples (test_onnx_lib.c)
+"$1/test_onnx_lib" "$tmp/seq_tf" >"$tmp/seq_tf.log" 2>&1
+check "[T, D] transformer: exported by the library" '[ $? -eq 0 ] && [ -s "$tmp/seq_tf.onnx" ]'
+cat >"$tmp/cmp_io.py" <<'PY'
+import sys, numpy as np, onnx, onnxruntime as ort
+path, io = sys.argv[1:3]
+m = onnx.load(path)
+onnx.checker.check_model(m, full_check=True)
+x, want = [np.array(l.split(), np.float64) for l in open(io).read().split("\n")[:2]]
+shape = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim[1:]]
+out = ort.InferenceSession(path).run(None, {"input": x.astype(np.float32).reshape([-1] + shape)})[0]
+err = np.abs(out.ravel() - want).max() / max(1.0, np.abs(want).max())
+print(f"{out.shape[0]} samples, max error {err:.2e}")
+sys.exit(0 if out.size == want.size and err < 1e-5 else 1)
+PY
+check "[T, D] transformer: onnxruntime equals kiln ($("$py" "$tmp/cmp_io.py" "$tmp/seq_tf.onnx" "$tmp/seq_tf.txt" 2>&1 | tail -n 1))" \
+  '"$py" "$tmp/cmp_io.py" "$tmp/seq_tf.onnx" "$tmp/seq_tf.txt" >/dev/null 2>&1'
+
 # errors
 "$kiln" export "$tmp/mlp" --onnx "$tmp/no/such/dir/m.onnx" >"$tmp/nodir.log" 2>&1
 check "an unwritable path is named" '[ $? -eq 1 ] && grep -q "$tmp/no/such/dir/m.onnx" "$tmp/nodir.log"'
 "$kiln" export "$tmp/mlp" >"$tmp/noarg.log" 2>&1
 check "--onnx is required" '[ $? -eq 2 ] && grep -q "usage: kiln export CKPT --onnx FILE" "$tmp/noarg.log"'
+"$kiln" export "$tmp/mlp" --onnx >"$tmp/noval.log" 2>&1
+check "--onnx without its FILE" '[ $? -eq 2 ] && grep -q "kiln export: --onnx needs a FILE" "$tmp/noval.log"'
 "$kiln" export "$tmp/missing" --onnx "$tmp/m.onnx" >"$tmp/missing.log" 2>&1
 check "a missing checkpoint is named" '[ $? -eq 1 ] && grep -q "$tmp/missing" "$tmp/missing.log"'
 check_done test_onnx

@@ -20,7 +20,8 @@ static void ref_step(const kl_optim_opts *o, int t, double *p, double *m, double
         *p -= o->lr * g;
         return;
     }
-    double b1 = o->beta1 ? o->beta1 : 0.9, b2 = o->beta2 ? o->beta2 : 0.999, eps = o->eps ? o->eps : 1e-8;
+    double b1 = o->beta1 || o->exact ? o->beta1 : 0.9, b2 = o->beta2 || o->exact ? o->beta2 : 0.999,
+           eps = o->eps || o->exact ? o->eps : 1e-8;
     if (o->kind == KL_OPTIM_ADAM) g += o->weight_decay * *p;
     else *p *= 1 - o->lr * o->weight_decay;
     *m = b1 * *m + (1 - b1) * g;
@@ -90,6 +91,14 @@ int main(void)
     run_case("adam_wd", (kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.01, .weight_decay = 0.1, .beta1 = 0.8, .beta2 = 0.99}, KL_F64);
     run_case("adamw", (kl_optim_opts){.kind = KL_OPTIM_ADAMW, .lr = 0.01, .weight_decay = 0.1}, KL_F64);
     run_case("adam_f32", (kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.1}, KL_F32);
+    /* exact: beta1 0 is Adam without momentum (GAN recipes), not the default 0.9 */
+    kl_optim_opts b0 = kl_optim_defaults(KL_OPTIM_ADAM, 0.1);
+    CHECK(b0.beta1 == 0.9 && b0.beta2 == 0.999 && b0.eps == 1e-8 && b0.exact);
+    b0.beta1 = 0;
+    run_case("adam_beta1_0", b0, KL_F64);
+    b0 = kl_optim_defaults(KL_OPTIM_ADAMW, 0.01);
+    b0.eps = 0, b0.weight_decay = 0.1;
+    run_case("adamw_eps_0", b0, KL_F64);
 
     /* Literal values worked by hand: Adam, p = 1.5, g = p, lr 0.1. Step 1:
      * m = 0.15, v = 0.00225, mhat = 1.5, vhat = 2.25 -> p = 1.5 - 0.1 = 1.4
@@ -118,6 +127,17 @@ int main(void)
               "sgd: nesterov needs momentum > 0");
     CHECK_ERR(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAMW, .lr = 0.1, .beta1 = 1.5}, &opt), KL_EINVAL,
               "adamw: betas must be in [0,1), got (1.5, 0.999)");
+    /* NaN and inf fail the range tests (they would write NaN into the parameters) */
+    CHECK_ERR(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.1, .beta1 = NAN}, &opt), KL_EINVAL,
+              "adam: betas must be in [0,1), got (nan, 0.999)");
+    CHECK_ERR(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.1, .eps = NAN}, &opt), KL_EINVAL,
+              "adam: eps must be a number >= 0, got nan");
+    CHECK_ERR(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.1, .eps = INFINITY}, &opt), KL_EINVAL,
+              "adam: eps must be a number >= 0, got inf");
+    CHECK_ERR(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_SGD, .lr = 0.1, .momentum = NAN}, &opt), KL_EINVAL,
+              "sgd: momentum must be in [0,1), got nan");
+    CHECK_ERR(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_SGD, .lr = 0.1, .max_grad_norm = NAN}, &opt),
+              KL_EINVAL, "sgd: max_grad_norm must be >= 0, got nan");
     kl_ctx_free(ctx);
     return kl_test_done("test_optim");
 }

@@ -15,7 +15,9 @@
  * NaN or Inf does not update anything, and the optimizer halts: later runs
  * skip their updates too until kl_optim_clear_halt. So the parameters stay
  * those before the bad step, also on a GPU where the host learns of the
- * loss some steps later.
+ * loss some steps later. A run that fails (a label or index out of range)
+ * updates nothing either: its update counts as skipped, and with
+ * accumulation its whole cycle is skipped (no halt).
  *
  * Loss scaling (f16 training): with loss_scale > 0 the backward pass starts
  * from the loss scale S instead of 1, so small f16 gradients do not flush
@@ -46,8 +48,12 @@ typedef struct kl_optim_opts {
     double momentum;     /* SGD */
     int nesterov;        /* SGD; needs momentum > 0 */
     double weight_decay;
-    double beta1, beta2; /* Adam/AdamW; 0 means 0.9, 0.999 */
-    double eps;          /* Adam/AdamW; 0 means 1e-8 */
+    double beta1, beta2; /* Adam/AdamW; 0 means 0.9, 0.999 (unless exact) */
+    double eps;          /* Adam/AdamW; 0 means 1e-8 (unless exact) */
+    /* nonzero: a 0 in beta1, beta2 or eps is taken as 0 (beta1 = 0, Adam
+     * without momentum, as GAN recipes use), not as its default;
+     * kl_optim_defaults sets it */
+    int exact;
     double max_grad_norm; /* > 0: scale gradients so their global L2 norm is at most this */
     /* Gradient accumulation: > 1, an update every `accumulate` runs with the
      * mean of their gradients (the runs between only add theirs to an
@@ -64,8 +70,15 @@ typedef struct kl_optim_opts {
     int scale_window;
 } kl_optim_opts;
 
+/* kind's options with PyTorch's defaults filled in (betas 0.9, 0.999, eps
+ * 1e-8; the rest 0) and exact set, to change field by field. */
+KL_API kl_optim_opts kl_optim_defaults(kl_optim_kind kind, double lr);
 /* Creates an optimizer for every trainable parameter of ctx (also ones
- * created later). Bad hyperparameters are KL_EINVAL. */
+ * created later). Bad hyperparameters (out of range, NaN) are KL_EINVAL.
+ * Adam's t (its bias correction) counts the optimizer's applied updates,
+ * one count for all parameters: PyTorch counts per parameter, which
+ * differs for a parameter first updated after others (created later, or
+ * left out of the graphs' gradients until then). */
 KL_API kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim **out);
 /* NULL: no-op. Free graphs that use it first. */
 KL_API void kl_optim_free(kl_optim *opt);
@@ -104,7 +117,9 @@ KL_API int64_t kl_optim_steps(const kl_optim *opt);
  * a GPU as of the last synchronisation (kl_tensor_get, a waiting pop). */
 KL_API double kl_optim_last_grad_norm(const kl_optim *opt);
 /* 1 once a non-finite loss or gradient norm stopped the updates (on a GPU
- * as of the last synchronisation); kl_optim_clear_halt lets them go on. */
+ * as of the last synchronisation); kl_optim_clear_halt lets them go on,
+ * dropping a cycle of accumulation in progress (its runs added nothing
+ * while halted). */
 KL_API int kl_optim_halted(const kl_optim *opt);
 KL_API kl_status kl_optim_clear_halt(kl_optim *opt);
 /* Sets the update count (resuming); a cycle of accumulation in progress

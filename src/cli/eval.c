@@ -25,10 +25,21 @@ int kl_cmd_eval(int argc, char **argv)
                    "--set data.* changes the data, e.g. --set data.kind=idx --set data.test_images=...\n");
             return 0;
         }
-        if (!strcmp(argv[i], "--confusion")) confusion = 1;
-        else if (!strcmp(argv[i], "--data") && i + 1 < argc) split = argv[++i];
-        else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
-        else if (!strcmp(argv[i], "--set") && i + 1 < argc && nsets < 32) sets[nsets++] = argv[++i];
+        const char *a = argv[i];
+        if (!strcmp(a, "--data") || !strcmp(a, "--device") || !strcmp(a, "--set")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "kiln eval: %s needs a value\n", a);
+                return 2;
+            }
+            const char *v = argv[++i];
+            if (!strcmp(a, "--data")) split = v;
+            else if (!strcmp(a, "--device")) device = v;
+            else if (nsets < 32) sets[nsets++] = v;
+            else {
+                fprintf(stderr, "kiln eval: at most 32 --set options\n");
+                return 2;
+            }
+        } else if (!strcmp(a, "--confusion")) confusion = 1;
         else if (argv[i][0] == '-') {
             fprintf(stderr, "kiln eval: unknown option '%s' (see kiln eval --help)\n", argv[i]);
             return 2;
@@ -128,14 +139,29 @@ int kl_cmd_predict(int argc, char **argv)
                    "--device cpu (default), cuda:N or auto.\n");
             return 0;
         }
-        if (!strcmp(argv[i], "--top-k") && i + 1 < argc) topk = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--logits")) logits = 1;
-        else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
+        const char *a = argv[i];
+        if (!strcmp(a, "--top-k") || !strcmp(a, "--device")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "kiln predict: %s needs a value\n", a);
+                return 2;
+            }
+            const char *v = argv[++i];
+            char *end;
+            if (!strcmp(a, "--device")) device = v;
+            else if ((topk = (int)strtol(v, &end, 10)) < 1 || *end || end == v) {
+                fprintf(stderr, "kiln predict: --top-k needs a count >= 1, got '%s'\n", v);
+                return 2;
+            }
+        } else if (!strcmp(a, "--logits")) logits = 1;
         else if (argv[i][0] == '-') {
             fprintf(stderr, "kiln predict: unknown option '%s' (see kiln predict --help)\n", argv[i]);
             return 2;
         } else if (!ckpt) ckpt = argv[i];
         else if (ninputs < 256) inputs[ninputs++] = argv[i];
+        else {
+            fprintf(stderr, "kiln predict: at most 256 inputs\n");
+            return 2;
+        }
     }
     if (!ckpt || !ninputs) {
         fprintf(stderr, "kiln predict: usage: kiln predict CKPT INPUT...\n");

@@ -19,8 +19,13 @@ int kl_cmd_export(int argc, char **argv)
                    "batchnorm uses its running statistics (inference).\n");
             return 0;
         }
-        if (!strcmp(argv[i], "--onnx") && i + 1 < argc) onnx = argv[++i];
-        else if (argv[i][0] == '-') {
+        if (!strcmp(argv[i], "--onnx")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "kiln export: --onnx needs a FILE\n");
+                return 2;
+            }
+            onnx = argv[++i];
+        } else if (argv[i][0] == '-') {
             fprintf(stderr, "kiln export: unknown option '%s' (see kiln export --help)\n", argv[i]);
             return 2;
         } else if (!ckpt) ckpt = argv[i];

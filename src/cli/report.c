@@ -92,15 +92,16 @@ static kl_status record(run_data *d, const json_t *o, double *wall_base, double 
         if (num(o, "epoch", &v)) d->epochs = (int64_t)v;
         KL_TRY(field(&d->ep_loss, o, "loss", step, 1));
         KL_TRY(field(&d->ep_acc, o, "accuracy", step, 1));
-        /* a run without a validation set logs val 0/0 */
+        /* an image run without a validation set logs val 0/0; a language
+         * model's has no val_ keys and no accuracy at all */
         double vl = 0, va = 0;
         num(o, "val_loss", &vl);
-        num(o, "val_accuracy", &va);
+        int has_va = num(o, "val_accuracy", &va);
         if (vl != 0 || va != 0) {
             d->has_val = 1;
             KL_TRY(add(&d->val_loss, step, vl, 1));
-            KL_TRY(add(&d->val_acc, step, va, 1));
-            if (va > d->best_val_acc) d->best_val_acc = va, d->best_val_epoch = d->epochs;
+            if (has_va) KL_TRY(add(&d->val_acc, step, va, 1));
+            if (has_va) KL_TRY(add(&d->val_ep, step, (double)d->epochs, 1));
         }
     } else if (!strcmp(type, "test")) {
         d->has_test = num(o, "loss", &d->test_loss) && num(o, "accuracy", &d->test_acc);
@@ -122,6 +123,11 @@ static kl_status record(run_data *d, const json_t *o, double *wall_base, double 
         const char *where = json_string_value(json_object_get(o, "where"));
         snprintf(d->nan, sizeof d->nan, "step %.0f: %s pass, %s (op %s)%s%.80s", step, phase ? phase : "?",
                  layer ? layer : "?", op ? op : "?", where ? " at " : "", where ? where : "");
+    } else if (!strcmp(type, "early_stop")) {
+        double ep = 0, ev = 0;
+        num(o, "epoch", &ep);
+        num(o, "evaluations", &ev);
+        snprintf(d->early, sizeof d->early, "epoch %.0f, step %.0f (no improvement for %.0f evaluations)", ep, step, ev);
     } else if (!strcmp(type, "energy")) {
         const char *scope = json_string_value(json_object_get(o, "scope"));
         const char *src = json_string_value(json_object_get(o, "source"));
@@ -168,6 +174,9 @@ kl_status report_load(const char *dir, run_data *d)
     if (bad) fprintf(stderr, "kiln report: %s: skipped %d malformed line%s (first: line %d)\n", path, bad,
                      bad > 1 ? "s" : "", first_bad);
     end_process_energy(d);
+    /* the best after the load: a resume from an earlier checkpoint dropped the epochs it repeated */
+    for (int i = 0; i < d->val_acc.n; i++)
+        if (d->val_acc.y[i] > d->best_val_acc) d->best_val_acc = d->val_acc.y[i], d->best_val_epoch = (int64_t)d->val_ep.y[i];
     if (s == KL_OK && !d->loss.n) s = kl_fail(KL_EFORMAT, "%s: no step records (has the run trained?)", path);
     if (s != KL_OK) report_free(d);
     return s;
@@ -176,7 +185,7 @@ kl_status report_load(const char *dir, run_data *d)
 void report_free(run_data *d)
 {
     series *all[] = {&d->loss, &d->acc, &d->lr, &d->sps, &d->ep_loss, &d->ep_acc, &d->val_loss, &d->val_acc,
-                     &d->cpu, &d->rss, &d->gpu_util, &d->gpu_mem, &d->gpu_power};
+                     &d->val_ep, &d->cpu, &d->rss, &d->gpu_util, &d->gpu_mem, &d->gpu_power};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         kl_free(all[i]->x);
         kl_free(all[i]->y);
@@ -202,14 +211,20 @@ static int summary(const run_data *d, char rows[][2][128])
 #define ROW(label, ...) (snprintf(rows[n][0], 128, "%s", label), snprintf(rows[n][1], 128, __VA_ARGS__), n++)
     ROW("steps", "%lld (%lld epoch%s completed)%s", (long long)d->steps, (long long)d->epochs, d->epochs == 1 ? "" : "s",
         d->resumed ? ", resumed" : "");
-    if (d->ep_loss.n)
+    if (!d->acc.n && !d->ep_acc.n) { /* a language model: perplexity exp(loss), inf past a loss of 709 */
+        if (d->ep_loss.n) ROW("train loss / perplexity", "%.4f / %.4g (last epoch)", last(&d->ep_loss), exp(last(&d->ep_loss)));
+        else ROW("train loss", "%.4f (last step)", last(&d->loss));
+    } else if (d->ep_loss.n)
         ROW("train loss / accuracy", "%.4f / %.4f (last epoch)", last(&d->ep_loss), last(&d->ep_acc));
     else ROW("train loss / accuracy", "%.4f / %.4f (last step)", last(&d->loss), last(&d->acc));
-    if (d->has_val)
+    if (d->has_val && d->val_acc.n)
         ROW("val loss / accuracy", "%.4f / %.4f (best accuracy %.4f, epoch %lld)", last(&d->val_loss),
             last(&d->val_acc), d->best_val_acc, (long long)d->best_val_epoch);
+    else if (d->has_val)
+        ROW("val loss / perplexity", "%.4f / %.4g", last(&d->val_loss), exp(last(&d->val_loss)));
     if (d->has_test) ROW("test loss / accuracy", "%.4f / %.4f", d->test_loss, d->test_acc);
     if (d->nan[0]) ROW("diverged (NaN watch)", "%.110s", d->nan);
+    if (d->early[0]) ROW("early stop", "%s", d->early);
     ROW("time", "%.1f s", d->time_s);
     if (d->sps.n) ROW("samples/s", "%.0f mean, %.0f last", mean(&d->sps), d->sps.y[d->sps.n - 1]);
     if (d->cpu.n) ROW("CPU", "%.2f cores busy (mean)", mean(&d->cpu));
@@ -286,7 +301,7 @@ int kl_cmd_report(int argc, char **argv)
     kl_status s = report_plot(dir, &d, plots, &nplots);
     if (s != KL_OK) fprintf(stderr, "kiln report: warning: %s\n", kl_last_error());
     printf("run %s (%s)\n", name, dir);
-    for (int i = 0; i < nrows; i++) printf("  %-22s %s\n", rows[i][0], rows[i][1]);
+    for (int i = 0; i < nrows; i++) printf("  %-24s %s\n", rows[i][0], rows[i][1]);
     if (write_md(dir, name, rows, nrows, plots, nplots) != KL_OK) {
         fprintf(stderr, "kiln report: %s\n", kl_last_error());
         rc = 1;

@@ -17,6 +17,7 @@ typedef struct run_data {
     series loss, acc, lr, sps;
     /* epoch ends (x = step) */
     series ep_loss, ep_acc, val_loss, val_acc;
+    series val_ep;                  /* the epochs of val_acc's points */
     /* telemetry (x = seconds since the run started) */
     series cpu, rss, gpu_util, gpu_mem, gpu_power;
     int has_val, has_test, has_gpu, resumed;
@@ -29,6 +30,7 @@ typedef struct run_data {
     int64_t steps, epochs, best_val_epoch;
     char energy_src[32];
     char nan[200]; /* the NaN watch's finding, if the run diverged */
+    char early[96]; /* where the plateau watch stopped the run, if it did */
 } run_data;
 
 /* Reads <dir>/metrics.jsonl (a resumed run's repeated steps keep the last

@@ -36,11 +36,28 @@ static kl_status put(kl_cfg *cfg, const char *sec, const char *key, const char *
         dst = v_;                                                                                  \
         KL_TRY(put(cfg, sec, key, "%lld", (long long)v_));                                         \
     } while (0)
-#define GET_FLOAT(sec, key, def, dst)                                                              \
+/* GET_FLOAT refusing, located in the file, a value v_ for which ok is false
+ * (written so that NaN fails it); what says what it must be. */
+#define GET_FLOAT_IF(sec, key, def, dst, ok, what)                                                 \
     do {                                                                                           \
-        KL_TRY(kl_cfg_float(m, key, 0, def, &dst));                                                \
+        double v_;                                                                                 \
+        KL_TRY(kl_cfg_float(m, key, 0, def, &v_));                                                 \
+        if (!(ok))                                                                                 \
+            return kl_cfg_fail(kl_cfg_get(m, key), KL_EINVAL, "%s: %s must be %s, got %g", sec, key, what, v_); \
+        dst = v_;                                                                                  \
         KL_TRY(put(cfg, sec, key, "%.17g", dst));                                                  \
     } while (0)
+/* A key of another kind of the section (sgd's momentum under adam) set to
+ * other than its default, which a resolved config.yaml holds for every kind. */
+static kl_status only_for(kl_cfg_node *m, const char *sec, const char *key, double def, const char *kind,
+                          const char *which)
+{
+    double v;
+    KL_TRY(kl_cfg_float(m, key, 0, def, &v));
+    if (v == def) return KL_OK;
+    return kl_cfg_fail(kl_cfg_get(m, key), KL_EINVAL, "%s: %s is for kind %s; kind %s does not use it", sec, key,
+                       which, kind);
+}
 #define GET_BOOL(sec, key, def, dst)                                                               \
     do {                                                                                           \
         KL_TRY(kl_cfg_bool(m, key, 0, def, &dst));                                                 \
@@ -105,15 +122,30 @@ static kl_status read_optim(kl_cfg *cfg, train_opts *o)
     KL_TRY(kl_cfg_enum(m, "kind", 0, kinds, 1, &kind));
     KL_TRY(put(cfg, "optim", "kind", "%s", kinds[kind]));
     o->optim.kind = (kl_optim_kind)kind;
-    GET_FLOAT("optim", "lr", 1e-3, o->optim.lr);
-    GET_FLOAT("optim", "momentum", 0, o->optim.momentum);
+    o->optim.exact = 1; /* betas [0, x] and eps 0 mean 0 */
+    if (kind != KL_OPTIM_SGD) {
+        KL_TRY(only_for(m, "optim", "momentum", 0, kinds[kind], "sgd"));
+        KL_TRY(kl_cfg_bool(m, "nesterov", 0, 0, &nest));
+        if (nest) return kl_cfg_fail(kl_cfg_get(m, "nesterov"), KL_EINVAL, "optim: nesterov is for kind sgd; kind %s does not use it", kinds[kind]);
+    }
+    GET_FLOAT_IF("optim", "lr", 1e-3, o->optim.lr, v_ > 0 && isfinite(v_), "a positive number");
+    GET_FLOAT_IF("optim", "momentum", 0, o->optim.momentum, v_ >= 0 && v_ < 1, "in [0, 1)");
     GET_BOOL("optim", "nesterov", 0, nest);
+    if (nest && o->optim.momentum == 0)
+        return kl_cfg_fail(kl_cfg_get(m, "nesterov"), KL_EINVAL, "optim: nesterov needs momentum > 0");
     o->optim.nesterov = nest;
-    GET_FLOAT("optim", "weight_decay", 0, o->optim.weight_decay);
-    GET_FLOAT("optim", "eps", 1e-8, o->optim.eps);
+    GET_FLOAT_IF("optim", "weight_decay", 0, o->optim.weight_decay, v_ >= 0 && isfinite(v_), "a number >= 0");
+    if (kind == KL_OPTIM_SGD) KL_TRY(only_for(m, "optim", "eps", 1e-8, kinds[kind], "adam or adamw"));
+    GET_FLOAT_IF("optim", "eps", 1e-8, o->optim.eps, v_ >= 0 && isfinite(v_), "a number >= 0");
     KL_TRY(kl_cfg_float_list(m, "betas", 0, 2, betas, &nb));
     if (nb == 1) return kl_cfg_fail(kl_cfg_get(m, "betas"), KL_EINVAL, "optim: betas needs two values, e.g. [0.9, 0.999]");
     if (nb == 0) betas[0] = 0.9, betas[1] = 0.999;
+    for (int i = 0; i < 2; i++)
+        if (!(betas[i] >= 0 && betas[i] < 1))
+            return kl_cfg_fail(kl_cfg_get(m, "betas"), KL_EINVAL, "optim: betas must be in [0, 1), got [%g, %g]",
+                               betas[0], betas[1]);
+    if (kind == KL_OPTIM_SGD && (betas[0] != 0.9 || betas[1] != 0.999))
+        return kl_cfg_fail(kl_cfg_get(m, "betas"), KL_EINVAL, "optim: betas is for kind adam or adamw; kind sgd does not use it");
     o->optim.beta1 = betas[0];
     o->optim.beta2 = betas[1];
     char b[96];
@@ -131,10 +163,17 @@ static kl_status read_schedule(kl_cfg *cfg, train_opts *o)
     KL_TRY(kl_cfg_enum(m, "kind", 0, kinds, 0, &kind));
     KL_TRY(put(cfg, "schedule", "kind", "%s", kinds[kind]));
     o->sched = (sched_kind)kind;
+    if (kind != SCHED_STEP) {
+        KL_TRY(only_for(m, "schedule", "step_size", 1000, kinds[kind], "step"));
+        KL_TRY(only_for(m, "schedule", "gamma", 0.1, kinds[kind], "step"));
+    }
+    if (kind != SCHED_COSINE) KL_TRY(only_for(m, "schedule", "min_lr", 0, kinds[kind], "cosine"));
     GET_INT("schedule", "warmup_steps", 0, 0, INT64_MAX / 2, o->warmup);
     GET_INT("schedule", "step_size", 1000, 1, INT64_MAX / 2, o->step_size);
-    GET_FLOAT("schedule", "gamma", 0.1, o->gamma);
-    GET_FLOAT("schedule", "min_lr", 0, o->min_lr);
+    GET_FLOAT_IF("schedule", "gamma", 0.1, o->gamma, v_ >= 0 && isfinite(v_), "a number >= 0");
+    char most[48];
+    snprintf(most, sizeof most, "in [0, optim.lr %g]", o->optim.lr); /* cosine decays from lr to it */
+    GET_FLOAT_IF("schedule", "min_lr", 0, o->min_lr, v_ >= 0 && v_ <= o->optim.lr, most);
     return KL_OK;
 }
 
@@ -211,6 +250,9 @@ static kl_status read_train(kl_cfg *cfg, train_opts *o)
     GET_INT("train", "threads", 0, 0, 4096, o->threads);
     GET_INT("train", "plateau_patience", 0, 0, 1 << 30, o->plateau_patience);
     GET_BOOL("train", "early_stop", 0, o->early_stop);
+    if (o->early_stop && !o->plateau_patience)
+        return kl_cfg_fail(kl_cfg_get(m, "early_stop"), KL_EINVAL,
+                           "train: early_stop needs plateau_patience > 0 (the evaluations without improvement it stops after)");
     KL_TRY(kl_cfg_float(m, "grad_norm_warn", 0, 0, &o->grad_norm_warn));
     if (o->grad_norm_warn < 0)
         return kl_cfg_fail(kl_cfg_get(m, "grad_norm_warn"), KL_EINVAL,
@@ -245,7 +287,7 @@ kl_status train_opts_read(kl_cfg *cfg, train_opts *o)
     KL_TRY(read_schedule(cfg, o));
     kl_cfg_node *m;
     KL_TRY(section(cfg, "clip", clip_keys, &m));
-    GET_FLOAT("clip", "max_norm", 0, o->optim.max_grad_norm);
+    GET_FLOAT_IF("clip", "max_norm", 0, o->optim.max_grad_norm, v_ >= 0 && isfinite(v_), "a number >= 0 (0: off)");
     return read_train(cfg, o);
 }
 

@@ -144,8 +144,13 @@ kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg,
     snprintf(path, sizeof path, "%s/config.yaml", run_dir);
     KL_TRY(kl_cfg_write(cfg, path));
     snprintf(path, sizeof path, "%s/metrics.jsonl", run_dir);
+    int cut = 0; /* a process killed mid-write left a partial last line: end it, so the next record starts a line */
+    FILE *old = a->resume ? fopen(path, "rb") : NULL;
+    if (old && fseek(old, -1, SEEK_END) == 0) cut = fgetc(old) != '\n';
+    if (old) fclose(old);
     *metrics = fopen(path, a->resume ? "a" : "w");
     if (!*metrics) return kl_fail(KL_EIO, "%s: cannot open for writing", path);
+    if (cut) fputc('\n', *metrics);
     return KL_OK;
 }
 
@@ -270,7 +275,7 @@ static void teardown(runner *r)
 
 static void progress(const runner *r, int tty, int64_t step, int64_t total, int64_t epoch, double loss, double sps)
 {
-    double eta = sps > 0 ? (double)(total - step) * (double)r->o.batch / sps : 0;
+    double eta = sps > 0 ? (double)(total - step) * (double)r->o.batch * r->o.optim.accumulate / sps : 0; /* a step takes accumulate batches */
     char tel[160];
     train_monitor_progress(&r->mon, tel, sizeof tel); /* monitoring hook: telemetry suffix */
     if (tty)

@@ -193,7 +193,11 @@ static kl_status validate(lm_runner *r, double *loss)
 /* "loss":L,"perplexity":P,"bpc":B with a key prefix ("" or "val_"). */
 static void lm_fields(FILE *f, const char *pre, double l)
 {
-    fprintf(f, "\"%sloss\":%.9g,\"%sperplexity\":%.9g,\"%sbpc\":%.9g", pre, l, pre, exp(l), pre, l / M_LN2);
+    double ppl = exp(l); /* overflows past a loss of 709: JSON has no inf, so null */
+    fprintf(f, "\"%sloss\":%.9g,\"%sperplexity\":", pre, l, pre);
+    if (isfinite(ppl)) fprintf(f, "%.9g", ppl);
+    else fputs("null", f);
+    fprintf(f, ",\"%sbpc\":%.9g", pre, l / M_LN2);
 }
 
 

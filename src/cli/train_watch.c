@@ -119,11 +119,7 @@ int watch_eval(train_watch *w, int64_t epoch, int64_t step, double loss, int is_
     }
     w->bad++;
     if (w->bad < w->patience) return 0;
-    fprintf(w->metrics,
-            "{\"type\":\"warning\",\"kind\":\"plateau\",\"epoch\":%lld,\"step\":%lld,\"evaluations\":%lld,"
-            "\"best\":%.9g,\"best_epoch\":%lld}\n",
-            (long long)epoch, (long long)step, (long long)w->bad, w->best, (long long)w->best_epoch);
-    if (w->early_stop) {
+    if (w->early_stop) { /* instead of the warning */
         printf("early stop at epoch %lld, step %lld: the %s has not improved for %lld evaluations "
                "(best %.4f at epoch %lld; train.plateau_patience %lld)\n",
                (long long)epoch, (long long)step, what, (long long)w->bad, w->best, (long long)w->best_epoch,
@@ -133,6 +129,10 @@ int watch_eval(train_watch *w, int64_t epoch, int64_t step, double loss, int is_
                 (long long)w->best_epoch);
         return 1;
     }
+    fprintf(w->metrics,
+            "{\"type\":\"warning\",\"kind\":\"plateau\",\"epoch\":%lld,\"step\":%lld,\"evaluations\":%lld,"
+            "\"best\":%.9g,\"best_epoch\":%lld}\n",
+            (long long)epoch, (long long)step, (long long)w->bad, w->best, (long long)w->best_epoch);
     printf("warning: the %s has not improved for %lld evaluations (best %.4f at epoch %lld; train.plateau_patience "
            "%lld; train.early_stop: true would stop here)\n",
            what, (long long)w->bad, w->best, (long long)w->best_epoch, (long long)w->patience);

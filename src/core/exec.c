@@ -85,6 +85,7 @@ static kl_status issue_nodes(kl_graph *g, const kl_exec *ex)
     if (timed) KL_TRY(be->timer_mark(0));
     for (int i = 0; i < g->n_nodes; i++) {
         const kl_tensor *t = g->nodes[i];
+        g->issued = i;
         kl_kernel_fn fn = kl_backend_kernel(c->backend, t->op);
         if (!fn) {
             if (!storage_only(t->op)) return no_kernel(c, t);
@@ -99,6 +100,7 @@ static kl_status issue_nodes(kl_graph *g, const kl_exec *ex)
         if (timed) KL_TRY(be->timer_mark(i + 1));
         else if (g->prof) g->prof[i] += seconds() - t0;
     }
+    g->issued = g->n_nodes;
     if (!timed) return KL_OK;
     double *iv = kl_calloc((size_t)g->n_nodes + 1, sizeof *iv);
     if (!iv) return KL_ENOMEM;
@@ -145,6 +147,7 @@ static kl_status capture_and_launch(kl_graph *g, const kl_exec *ex)
     if (s == KL_OK && e == KL_OK) {
         g->captured = exec;
         g->captured_key = storage_key(g);
+        g->issued = 0; /* recorded, not run: a failed launch ran nothing */
         return be->capture_launch(exec);
     }
     if (exec) be->capture_free(exec);
@@ -167,7 +170,10 @@ static kl_status graph_run(kl_graph *g)
     if (!g->plan.valid || g->plan.n_nodes != g->n_nodes) KL_TRY(kl_plan_build(g, NULL));
     kl_ctx *c = g->ctx;
     kl_exec ex = {.g = g, .ctx = c, .arena = g->arena, .threads = c->threads, .run = g->runs, .run_vals = g->run_dev};
-    if (!g->prof && g->runs == 0 && getenv("KILN_PROFILE") && atoi(getenv("KILN_PROFILE")) > 0) KL_TRY(kl_graph_profile(g, 1));
+    if (!g->env_read) { /* the graph's first run here (its run count may start above 0: a resumed run) */
+        g->env_read = 1;
+        if (!g->prof && getenv("KILN_PROFILE") && atoi(getenv("KILN_PROFILE")) > 0) KL_TRY(kl_graph_profile(g, 1));
+    }
     KL_TRY(kl_readback_reserve(g)); /* every ring has room for this run's record */
     /* per-run values: written on the host, one copy to the device */
     for (int i = 0; i < g->n_nodes; i++) {
@@ -180,6 +186,7 @@ static kl_status graph_run(kl_graph *g)
     if (g->plan.run_bytes) KL_TRY(c->be->h2d(g->run_dev, g->run_host, g->plan.run_bytes));
     kl_status s;
     uint64_t key = storage_key(g);
+    g->issued = 0;
     if (!capture_wanted(g)) {
         drop_capture(g);
         s = issue_nodes(g, &ex);
@@ -193,7 +200,13 @@ static kl_status graph_run(kl_graph *g)
     } else {
         s = capture_and_launch(g, &ex);
     }
-    if (s != KL_OK) return s;
+    if (s != KL_OK) {
+        for (int i = g->issued; i < g->n_nodes; i++) { /* the nodes the error kept from running */
+            const kl_tensor *t = g->nodes[i];
+            if (kl_ops[t->op]->failed) kl_ops[t->op]->failed(&ex, t, g->run_host + t->run_off);
+        }
+        return s;
+    }
     if (!g->captured) g->eager_key = key;
     g->runs++;
     if (g->prof) g->prof_runs++;

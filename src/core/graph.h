@@ -128,6 +128,9 @@ typedef struct kl_op_def {
      * memory, so a replayed graph sees each run's values. May also grow
      * state. NULL: none. */
     kl_status (*prepare)(const struct kl_exec *ex, const kl_tensor *t, void *vals);
+    /* The run stopped at an error before this node ran, after its prepare
+     * (vals): account for what prepare committed. NULL: nothing to do. */
+    void (*failed)(const struct kl_exec *ex, const kl_tensor *t, const void *vals);
     /* Bit (1 << backend): that backend's kernel reads and writes f16/bf16
      * storage itself; for the others the executor widens (core/widen.c). */
     unsigned half_native;
@@ -192,6 +195,8 @@ struct kl_graph {
     uint64_t captured_key; /* storage addresses it was captured with */
     int capture;           /* 1: capture after a first eager run (default), 0: never */
     uint64_t eager_key;    /* storage_key of the last run that issued kernels one by one: capture needs one per plan and storage */
+    int env_read;          /* KILN_PROFILE was looked at (first run) */
+    int issued;            /* nodes issued by the last run before it stopped (all: it did not) */
     int capture_failed;    /* capturing failed once: run eagerly from now on */
     struct kl_readback *readbacks; /* asynchronous read-back rings (readback.c) */
 };

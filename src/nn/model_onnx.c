@@ -160,7 +160,8 @@ static void value_info(kl_pb *g, int field, const char *name, int elem_type, int
     kl_pb_free(&vi), kl_pb_free(&ty), kl_pb_free(&tt), kl_pb_free(&sh), kl_pb_free(&d);
 }
 
-/* Token models: w->seq = [T] and w->seq2 = [T, T] of the input's length T. */
+/* Sequence models: w->seq = [T] and w->seq2 = [T, T] of the input's length
+ * T (its axis 1: [batch, seq] tokens or [batch, T, D] samples). */
 static void seq_len(onnx_w *w)
 {
     char shp[16], st[16], en[16], ax[16];
@@ -181,10 +182,16 @@ static void seq_len(onnx_w *w)
 kl_status kl_model_export_onnx(const kl_model *m, kl_ctx *ctx, const kl_onnx_opts *o, const char *path)
 {
     if (!m || !ctx || !path) return kl_fail(KL_EMISUSE, "kl_model_export_onnx: %s is NULL", !m ? "model" : !ctx ? "ctx" : "path");
-    onnx_w w = {.ctx = ctx, .tokens = m->tokens};
+    /* positions and attention need the length: a token model's context, or
+     * the T of a [T, D] input */
+    int64_t T = m->tokens ? m->tokens : m->windowed && m->in_ndim == 2 ? m->in[0] : 0;
+    if (m->windowed && !T)
+        return kl_fail(KL_EUNSUPPORTED, "ONNX export: the model's positions or attention need [T, D] samples or tokens, "
+                       "got input of %d dimensions", m->in_ndim);
+    onnx_w w = {.ctx = ctx, .tokens = T};
     char x[16] = "input";
-    if (m->tokens) seq_len(&w);
-    else if (o && o->normalize) { /* the model takes raw samples, as kiln predict does */
+    if (T) seq_len(&w);
+    if (!m->tokens && o && o->normalize) { /* the model takes raw samples, as kiln predict does */
         kl_ox_with_scalar(&w, "Sub", x, (float)o->mean);
         kl_ox_with_scalar(&w, "Div", x, (float)(o->std ? o->std : 1));
     }

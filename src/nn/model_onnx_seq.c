@@ -115,7 +115,14 @@ void kl_ox_rnn_out(onnx_w *w, const layer *li, char *x)
 static void rope_out(onnx_w *w, char *x, int64_t hd)
 {
     int64_t T = w->tokens, half = hd / 2;
-    if (!w->cos[0] || w->rope_hd != hd) {
+    int r = 0;
+    while (r < w->n_rope && w->rope_hd[r] != hd) r++; /* one pair of tables per head size */
+    if (r == KL_OX_ROPE_MAX) {
+        if (w->s == KL_OK)
+            w->s = kl_fail(KL_EUNSUPPORTED, "ONNX export: more than %d head sizes with rotary positions", KL_OX_ROPE_MAX);
+        return;
+    }
+    if (r == w->n_rope) {
         float *cs = kl_malloc((size_t)(2 * T * half) * sizeof *cs);
         if (!cs) {
             w->s = KL_ENOMEM;
@@ -131,21 +138,23 @@ static void rope_out(onnx_w *w, char *x, int64_t hd)
         kl_ox_initializer(w, nc, 2, (const int64_t[]){T, half}, cs, T * half);
         kl_ox_initializer(w, ns, 2, (const int64_t[]){T, half}, cs + T * half, T * half);
         kl_free(cs);
-        kl_ox_slice_to_len(w, nc, 1, w->cos);
-        kl_ox_slice_to_len(w, ns, 1, w->sin);
-        w->rope_hd = hd;
+        kl_ox_slice_to_len(w, nc, 1, w->cos[r]);
+        kl_ox_slice_to_len(w, ns, 1, w->sin[r]);
+        w->rope_hd[r] = hd;
+        w->n_rope++;
     }
+    const char *cosr = w->cos[r], *sinr = w->sin[r];
     char c[16], x1[16], x2[16], a[16], b[16], y1[16], y2[16], y[16];
     kl_ox_ints_const(w, (const int64_t[]){half, half}, 2, c);
     kl_pb at = {0};
     kl_ox_attr_int(&at, "axis", -1);
     kl_ox_fresh(w, x1), kl_ox_fresh(w, x2);
     kl_ox_node_n(w, "Split", (const char *const[]){x, c}, 2, (const char *const[]){x1, x2}, 2, &at);
-    kl_ox_binary(w, "Mul", x1, w->cos, a);
-    kl_ox_binary(w, "Mul", x2, w->sin, b);
+    kl_ox_binary(w, "Mul", x1, cosr, a);
+    kl_ox_binary(w, "Mul", x2, sinr, b);
     kl_ox_binary(w, "Sub", a, b, y1);
-    kl_ox_binary(w, "Mul", x2, w->cos, a);
-    kl_ox_binary(w, "Mul", x1, w->sin, b);
+    kl_ox_binary(w, "Mul", x2, cosr, a);
+    kl_ox_binary(w, "Mul", x1, sinr, b);
     kl_ox_binary(w, "Add", a, b, y2);
     kl_ox_fresh(w, y);
     kl_ox_node(w, "Concat", (const char *const[]){y1, y2}, 2, y, &at);

@@ -13,6 +13,7 @@
 #define ONNX_FLOAT 1 /* TensorProto.DataType */
 #define ONNX_INT32 6
 #define ONNX_INT64 7
+#define KL_OX_ROPE_MAX 16 /* distinct rotary head sizes in one model */
 
 typedef struct kl_ox {
     kl_pb g;    /* the GraphProto's nodes and initializers so far */
@@ -23,8 +24,11 @@ typedef struct kl_ox {
     char seq[16], seq2[16]; /* token models: [T] and [T, T] of the input's length */
     char mask[16];          /* the causal mask [T, T] (0, or -inf above the diagonal); "" until a block needs it */
     int64_t tokens;         /* the model's context */
-    char cos[16], sin[16];  /* rotary tables [T, hd/2] sliced to the input's length; "" until needed */
-    int64_t rope_hd;        /* the head size they were made for */
+    /* rotary tables [T, hd/2] sliced to the input's length, per head size
+     * (blocks may differ); made when first needed */
+    int n_rope;
+    int64_t rope_hd[KL_OX_ROPE_MAX];
+    char cos[KL_OX_ROPE_MAX][16], sin[KL_OX_ROPE_MAX][16];
 } onnx_w;
 
 /* a fresh value name into out (16 bytes) */

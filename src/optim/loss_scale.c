@@ -64,6 +64,7 @@ kl_status kl_optim_scale_loss(kl_graph *g, kl_optim *opt, kl_tensor *loss, kl_te
         *out = loss;
         return KL_OK;
     }
+    KL_TRY(kl_optim_ensure_flags(opt)); /* S lives there, also for a graph without kl_optim_step */
     KL_TRY(kl_output(g, loss)); /* readable after the run, as kl_backward makes the loss it starts from */
     loss_scale_attr a = {opt, 0};
     KL_TRY(kl_node_new(g, KL_OP_loss_scale, 1, &loss, &a, sizeof a, out));

@@ -12,6 +12,11 @@
 
 static const char *kind_names[KL_OPTIM_KIND_COUNT] = {"sgd", "adam", "adamw"};
 
+kl_optim_opts kl_optim_defaults(kl_optim_kind kind, double lr)
+{
+    return (kl_optim_opts){.kind = kind, .lr = lr, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .exact = 1};
+}
+
 kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim **out)
 {
     if (!out) return kl_fail(KL_EMISUSE, "kl_optim_new: out is NULL");
@@ -23,16 +28,19 @@ kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim **out)
     if (!(o.lr > 0) || !isfinite(o.lr)) return kl_fail(KL_EINVAL, "%s: lr must be a positive number, got %g", k, o.lr);
     if (o.weight_decay < 0 || !isfinite(o.weight_decay))
         return kl_fail(KL_EINVAL, "%s: weight_decay must be >= 0, got %g", k, o.weight_decay);
-    if (o.momentum < 0 || o.momentum >= 1) return kl_fail(KL_EINVAL, "%s: momentum must be in [0,1), got %g", k, o.momentum);
+    /* the range tests are written so that NaN fails them */
+    if (!(o.momentum >= 0 && o.momentum < 1)) return kl_fail(KL_EINVAL, "%s: momentum must be in [0,1), got %g", k, o.momentum);
     if (o.nesterov && o.momentum == 0) return kl_fail(KL_EINVAL, "%s: nesterov needs momentum > 0", k);
-    if (o.beta1 == 0) o.beta1 = 0.9;
-    if (o.beta2 == 0) o.beta2 = 0.999;
-    if (o.eps == 0) o.eps = 1e-8;
-    if (o.beta1 < 0 || o.beta1 >= 1 || o.beta2 < 0 || o.beta2 >= 1)
+    if (!o.exact) {
+        if (o.beta1 == 0) o.beta1 = 0.9;
+        if (o.beta2 == 0) o.beta2 = 0.999;
+        if (o.eps == 0) o.eps = 1e-8;
+    }
+    if (!(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1))
         return kl_fail(KL_EINVAL, "%s: betas must be in [0,1), got (%g, %g)", k, o.beta1, o.beta2);
-    if (o.max_grad_norm < 0 || !isfinite(o.max_grad_norm))
+    if (!(o.max_grad_norm >= 0) || !isfinite(o.max_grad_norm))
         return kl_fail(KL_EINVAL, "%s: max_grad_norm must be >= 0, got %g", k, o.max_grad_norm);
-    if (o.eps < 0) return kl_fail(KL_EINVAL, "%s: eps must be >= 0, got %g", k, o.eps);
+    if (!(o.eps >= 0) || !isfinite(o.eps)) return kl_fail(KL_EINVAL, "%s: eps must be a number >= 0, got %g", k, o.eps);
     if (o.accumulate < 0 || o.accumulate > (1 << 20))
         return kl_fail(KL_EINVAL, "%s: accumulate must be in [0, %d] runs per update, got %d", k, 1 << 20, o.accumulate);
     if (o.accumulate == 0) o.accumulate = 1;
@@ -82,14 +90,15 @@ static kl_status grow_buffer(const kl_backend *be, unsigned char **buf, size_t o
 }
 
 /* The flags: on the CPU one block of host memory serves both sides. */
-static kl_status ensure_flags(kl_optim *opt)
+kl_status kl_optim_ensure_flags(kl_optim *opt)
 {
     if (opt->seen) return KL_OK;
     const kl_backend *be = opt->ctx->be;
     void *host = NULL, *dev = NULL, *flags = NULL;
     KL_TRY(be->host_alloc(&host, &dev, sizeof(kl_optim_flags)));
     kl_status s = opt->ctx->backend == KL_BACKEND_CPU ? (flags = host, KL_OK) : be->alloc(&flags, sizeof(kl_optim_flags));
-    kl_optim_flags f0 = {.gscale = 1, .scale = opt->o.loss_scale > 0 ? opt->o.loss_scale : 1};
+    double S = opt->o.loss_scale > 0 ? opt->o.loss_scale : 1;
+    kl_optim_flags f0 = {.gscale = 1, .scale = S, .grad_scale = S}; /* a graph without the update leaves grad_scale */
     memcpy(host, &f0, sizeof f0);
     if (s == KL_OK && flags != host) s = be->h2d(flags, &f0, sizeof f0);
     if (s != KL_OK) {
@@ -104,7 +113,7 @@ static kl_status ensure_flags(kl_optim *opt)
 
 kl_status kl_optim_ensure_state(kl_optim *opt)
 {
-    KL_TRY(ensure_flags(opt));
+    KL_TRY(kl_optim_ensure_flags(opt));
     size_t need = opt->ctx->params_bytes;
     if (need <= opt->bytes) return KL_OK;
     const kl_backend *be = opt->ctx->be;
@@ -258,8 +267,23 @@ static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
     return KL_OK;
 }
 
-const kl_op_def kl_op_optim = {
-    .name = "optim", .shape = optim_shape, .prepare = optim_prepare, .fwd = {[KL_BACKEND_CPU] = optim_cpu}};
+/* The run stopped before the update (on the CPU a data error stops it
+ * there; a GPU's update kernels see the error themselves): as on a GPU,
+ * the update counts as skipped, or its cycle is void. */
+static void optim_failed(const kl_exec *ex, const kl_tensor *t, const void *vals)
+{
+    kl_optim *opt = KL_ATTR_C(t, optim_attr)->opt;
+    if (opt->flags != opt->seen) return; /* device flags: a launch failed, the context is broken */
+    kl_optim_hp h;
+    memcpy(&h, vals, sizeof h);
+    kl_optim_failed(&h, opt->flags);
+}
+
+const kl_op_def kl_op_optim = {.name = "optim",
+                               .shape = optim_shape,
+                               .prepare = optim_prepare,
+                               .failed = optim_failed,
+                               .fwd = {[KL_BACKEND_CPU] = optim_cpu}};
 
 kl_status kl_optim_step(kl_graph *g, kl_optim *opt, kl_tensor **norm)
 {
@@ -297,11 +321,13 @@ int kl_optim_halted(const kl_optim *opt) { return opt && opt->seen ? opt->seen->
 kl_status kl_optim_clear_halt(kl_optim *opt)
 {
     if (!opt) return kl_fail(KL_EMISUSE, "kl_optim_clear_halt: optimizer is NULL");
-    KL_TRY(ensure_flags(opt));
+    KL_TRY(kl_optim_ensure_flags(opt));
     /* on a device, each run's decision copies the device's flags over seen:
      * runs still in flight would set halted again, so let them finish */
     if (opt->flags != opt->seen) KL_TRY(opt->ctx->be->sync());
     opt->seen->halted = 0;
+    opt->micro = 0; /* the cycle in progress added nothing while halted */
+    opt->end_cycle = false;
     int zero = 0;
     return opt->flags == opt->seen ? KL_OK : opt->ctx->be->h2d(&opt->flags->halted, &zero, sizeof zero);
 }

@@ -85,6 +85,7 @@ typedef struct kl_optim_flags {
     int first;       /* kl_optim_hp.first */
     int halted;      /* sticky: a non-finite loss or norm was seen */
     int acc_bad;     /* an accumulating run of this cycle had a non-finite loss */
+    int acc_void;    /* a run of this cycle failed (kl_optim_failed): its end skips */
     int overflow;    /* dynamic scaling: this run's scaled gradients were not finite (skipped; scale halved) */
 } kl_optim_flags;
 
@@ -105,15 +106,23 @@ KL_HD static inline void kl_optim_decide(const kl_optim_hp *h, double loss, int 
     f->overflow = 0;
     f->grad_scale = h->loss_scaled ? f->scale : 1;
     if (!h->acc_apply) {
-        if (h->acc_first) f->acc_bad = 0;
+        if (h->acc_first) f->acc_bad = f->acc_void = 0;
         if (!isfinite(loss)) f->acc_bad = 1;
         f->norm = 0;
         f->apply = 0;
         f->gscale = 1;
         return;
     }
+    int cycle_void = !h->acc_first && f->acc_void;
     if (!h->acc_first && f->acc_bad) loss = NAN;
-    f->acc_bad = 0;
+    f->acc_bad = f->acc_void = 0;
+    if (cycle_void) { /* a failed run's gradient is missing from the mean: skip it all */
+        f->norm = 0;
+        f->apply = 0;
+        f->gscale = 1;
+        f->skipped++;
+        return;
+    }
     double S = h->loss_scaled ? f->scale : 1;
     double norm = have_ss ? sqrt(ss) / S : 0;
     f->norm = norm;
@@ -141,6 +150,26 @@ KL_HD static inline void kl_optim_decide(const kl_optim_hp *h, double loss, int 
     f->first = t == 1;
     f->bc1 = 1 - pow(h->beta1, t);
     f->bc2 = 1 - pow(h->beta2, t);
+}
+
+/* In place of kl_optim_decide for a run that failed (a label or index out
+ * of range: the CPU stopped before the update, a GPU's kernels ran on):
+ * nothing is applied and the scaler and halt stay. Ending a cycle, the
+ * update counts as skipped (Adam's t does not advance); inside one, the
+ * cycle is marked void, and its end skips. */
+KL_HD static inline void kl_optim_failed(const kl_optim_hp *h, kl_optim_flags *f)
+{
+    f->overflow = 0;
+    f->norm = 0;
+    f->apply = 0;
+    f->gscale = 1;
+    if (!h->acc_apply) {
+        if (h->acc_first) f->acc_bad = 0;
+        f->acc_void = 1;
+        return;
+    }
+    f->acc_bad = f->acc_void = 0;
+    f->skipped++;
 }
 
 /* The decided values into the hyperparameters the update kernels use. */

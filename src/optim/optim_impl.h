@@ -41,6 +41,8 @@ typedef struct { kl_optim *opt; } optim_attr;
 /* Grows the state to cover every parameter of the ctx (new ones start at 0);
  * allocates the flags on first use. */
 kl_status kl_optim_ensure_state(kl_optim *opt);
+/* Only the flags (the loss scale a kl_optim_scale_loss node reads). */
+kl_status kl_optim_ensure_flags(kl_optim *opt);
 /* Hyperparameters of the next update (number opt->steps + 1); gscale = 1;
  * first, bc1 and bc2 come from the run's decision (kl_optim_hp_apply). */
 kl_optim_hp kl_optim_hparams(const kl_optim *opt);

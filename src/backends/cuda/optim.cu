@@ -70,7 +70,7 @@ __global__ void accum_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t 
 __global__ void decide_k(const kl_optim_hp *hp, const void *loss, int loss_dt, const double *ss, kl_optim_flags *f,
                          kl_optim_flags *seen, double *norm_out, const kl_cuda_err *err)
 {
-    if (*(const volatile int *)&err->poison) f->apply = 0;
+    if (*(const volatile int *)&err->poison) kl_optim_failed(hp, f);
     else kl_optim_decide(hp, kl_load_double(loss, loss_dt, 0), ss != NULL, ss ? *ss : 0.0, f);
     *norm_out = f->norm;
     *seen = *f; /* host-visible: the norm, halt and the loss scaler's state */
