@@ -556,6 +556,9 @@ static void test_failed_steps(kl_device dev)
     CHECK(memcmp(p[0], p[1], sizeof p[0]) == 0);
     CHECK(memcmp(p[1], p[2], sizeof p[0]) != 0); /* the good step did update */
     CHECK(memcmp(p[2], p[3], sizeof p[0]) == 0);
+    int64_t skipped = -1; /* the failed runs' updates count as skipped (Adam's t stays), alike on both */
+    CHECK_OK(kl_optim_scaler(opt, NULL, NULL, &skipped));
+    CHECK(kl_optim_steps(opt) == 3 && skipped == 2);
     kl_graph_free(g);
     kl_optim_free(opt);
     kl_ctx_free(ctx);

@@ -1,8 +1,11 @@
 /* Engine tests: an MLP learns the two-spiral task; planning on and off give
  * bit-identical training; the plan reuses memory and never overlaps live
  * tensors; bad input is refused with a readable message; allocation
- * failures while building are reported, not crashed on. */
+ * failures while building are reported, not crashed on; parameter storage
+ * grows to what is needed (a large parameter does not round up to a power
+ * of two; a reservation takes a model's parameters in one buffer). */
 #include "kiln/kiln.h"
+#include "core/graph.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -211,8 +214,41 @@ static void test_alloc_failures(void)
     CHECK(n > 5);
 }
 
+static void test_param_storage(void)
+{
+    kl_ctx *ctx;
+    kl_graph *g;
+    kl_tensor *p;
+    int64_t big[1] = {3 << 20}, small[1] = {10}; /* 12 MiB: the next power of two would be 16 */
+    CHECK_OK(kl_ctx_new(NULL, &ctx));
+    CHECK_OK(kl_graph_new(ctx, &g));
+    CHECK_OK(kl_param(g, "big", KL_F32, 1, big, NULL, &p));
+    CHECK(ctx->params_cap == ctx->params_bytes && ctx->params_bytes == ((size_t)12 << 20));
+    CHECK_OK(kl_param(g, "small", KL_F32, 1, small, NULL, &p)); /* past it: doubling, amortised */
+    CHECK(ctx->params_cap == ((size_t)24 << 20));
+    kl_graph_free(g);
+    kl_ctx_free(ctx);
+    /* reserved: both parameters in the one buffer, its contents kept */
+    CHECK_OK(kl_ctx_new(NULL, &ctx));
+    CHECK_OK(kl_graph_new(ctx, &g));
+    CHECK_OK(kl_param(g, "small", KL_F32, 1, small, NULL, &p));
+    float v[10], w[10];
+    for (int i = 0; i < 10; i++) v[i] = (float)i - 4.5f;
+    CHECK_OK(kl_tensor_set(p, v, sizeof v));
+    size_t want = ((size_t)12 << 20) + 2 * KL_ALIGN;
+    CHECK_OK(kl_ctx_reserve_params(ctx, want));
+    CHECK(ctx->params_cap == want);
+    CHECK_OK(kl_param(g, "big", KL_F32, 1, big, NULL, &p));
+    CHECK(ctx->params_cap == want);
+    CHECK_OK(kl_ctx_param_get(ctx, 0, w, sizeof w));
+    CHECK(memcmp(v, w, sizeof v) == 0);
+    kl_graph_free(g);
+    kl_ctx_free(ctx);
+}
+
 int main(void)
 {
+    test_param_storage();
     test_spirals();
     test_plan_on_off();
     test_errors();

@@ -5,7 +5,7 @@
 # the batchnorm CNN (conv, batchnorm, residual, global average pool,
 # dropout), the MLP, and a model of the remaining layer types (grouped and
 # dilated conv, avg/max pool with stride and padding, GELU, tanh, sigmoid,
-# layernorm, flatten); and language models against `kiln generate --logits`
+# layernorm, flatten), the MLP again with --external-data; and language models against `kiln generate --logits`
 # on a prompt: the GPT (embedding, positions, transformer blocks, the tied
 # output layer), the GPT with rotary positions instead, rotary blocks of
 # different head sizes, the char LSTM and a stacked GRU. Bad arguments and unwritable paths are refused with messages.
@@ -57,6 +57,13 @@ for model in models/cnn_bn.yaml models/mlp.yaml "$tmp/mixed.yaml"; do
   check "$name: onnxruntime equals kiln predict ($("$py" "$tmp/cmp.py" "$tmp/$name.onnx" "$tmp/x.csv" "$tmp/$name.ref" 2>&1 | tail -n 1))" \
     '"$py" "$tmp/cmp.py" "$tmp/$name.onnx" "$tmp/x.csv" "$tmp/$name.ref" >/dev/null 2>&1'
 done
+
+# the MLP with its weights as external data beside the model
+"$kiln" export "$tmp/mlp" --onnx "$tmp/mlpx.onnx" --external-data >"$tmp/mlpx.export.log" 2>&1
+check "mlp with --external-data: FILE.data holds the weights" \
+  '[ $? -eq 0 ] && [ "$(stat -c %s "$tmp/mlpx.onnx.data")" -gt "$(stat -c %s "$tmp/mlpx.onnx")" ] && [ "$(stat -c %s "$tmp/mlpx.onnx")" -lt 65536 ]'
+check "mlp with external data: onnxruntime equals kiln predict ($("$py" "$tmp/cmp.py" "$tmp/mlpx.onnx" "$tmp/x.csv" "$tmp/mlp.ref" 2>&1 | tail -n 1))" \
+  '"$py" "$tmp/cmp.py" "$tmp/mlpx.onnx" "$tmp/x.csv" "$tmp/mlp.ref" >/dev/null 2>&1'
 
 # the GPT: logits at every position of a prompt, the last against kiln's
 cat >"$tmp/cmp_lm.py" <<'PY'

@@ -71,11 +71,9 @@ int kl_ctx_param_count(const kl_ctx *c) { return c ? c->n_slots : 0; }
 static size_t align_up(size_t n) { return (n + KL_ALIGN - 1) / KL_ALIGN * KL_ALIGN; }
 
 /* Grows a device buffer, keeping its contents and zeroing the rest. */
-static kl_status grow(const kl_backend *be, unsigned char **buf, size_t *cap, size_t used, size_t need)
+/* *buf of *cap bytes (used of them kept) moved to a zeroed one of ncap */
+static kl_status grow_to(const kl_backend *be, unsigned char **buf, size_t *cap, size_t used, size_t ncap)
 {
-    if (need <= *cap) return KL_OK;
-    size_t ncap = *cap ? *cap : 4096;
-    while (ncap < need) ncap *= 2;
     void *p = NULL;
     KL_TRY(be->alloc(&p, ncap));
     kl_status s = *buf ? be->d2d(p, *buf, used) : KL_OK;
@@ -88,6 +86,23 @@ static kl_status grow(const kl_backend *be, unsigned char **buf, size_t *cap, si
     *buf = p;
     *cap = ncap;
     return KL_OK;
+}
+
+static kl_status grow(const kl_backend *be, unsigned char **buf, size_t *cap, size_t used, size_t need)
+{
+    if (need <= *cap) return KL_OK;
+    /* at least doubling (amortised growth), but no further than need: one
+     * large parameter takes its size, not the next power of two */
+    size_t ncap = *cap ? 2 * *cap : 4096;
+    return grow_to(be, buf, cap, used, ncap < need ? need : ncap);
+}
+
+kl_status kl_ctx_reserve_params(kl_ctx *c, size_t bytes)
+{
+    if (bytes <= c->params_cap) return KL_OK;
+    size_t gcap = c->params_cap;
+    KL_TRY(grow_to(c->be, &c->params, &c->params_cap, c->params_bytes, bytes));
+    return grow_to(c->be, &c->grads, &gcap, c->params_bytes, bytes);
 }
 
 unsigned char *kl_slot_data(const kl_ctx *c, int slot)

@@ -256,6 +256,10 @@ kl_status kl_readback_reserve(kl_graph *g);
 void kl_readback_free_all(kl_graph *g);
 
 /* ---- ctx internals ---- */
+/* Room for trainable parameters of bytes in all (and their gradients), so
+ * a model's parameters created one by one take one allocation each instead
+ * of doubling growth's up to twice their size (and the copy's old + new). */
+kl_status kl_ctx_reserve_params(kl_ctx *ctx, size_t bytes);
 kl_status kl_ctx_slot_new(kl_ctx *ctx, const char *name, kl_dtype dt, int ndim, const int64_t *ne,
                           bool trainable, const kl_init *init, int *slot);
 unsigned char *kl_slot_data(const kl_ctx *ctx, int slot);

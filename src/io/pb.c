@@ -20,6 +20,17 @@ void kl_pb_le32(unsigned char *o, uint32_t v)
     for (int i = 0; i < 4; i++) o[i] = (unsigned char)(v >> (8 * i));
 }
 
+void kl_pb_reserve(kl_pb *b, size_t n)
+{
+    if (b->oom || b->n + n <= b->cap) return;
+    unsigned char *p = kl_realloc(b->p, b->n + n);
+    if (!p) {
+        b->oom = 1;
+        return;
+    }
+    b->p = p, b->cap = b->n + n;
+}
+
 void kl_pb_raw(kl_pb *b, const void *src, size_t n)
 {
     if (b->oom || n == 0) return;

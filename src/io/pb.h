@@ -16,6 +16,9 @@ typedef struct kl_pb {
 
 void kl_pb_free(kl_pb *b);
 void kl_pb_raw(kl_pb *b, const void *src, size_t n);
+/* room for n more bytes, exactly (a large buffer's size known ahead need
+ * not double past it) */
+void kl_pb_reserve(kl_pb *b, size_t n);
 void kl_pb_varint(kl_pb *b, uint64_t v);
 void kl_pb_tag(kl_pb *b, int field, int wire);
 /* field as a varint (int32/int64/enum/bool; negative values take 10 bytes) */

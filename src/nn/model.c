@@ -423,6 +423,11 @@ kl_dtype kl_model_precision(const kl_model *m) { return m->calc; }
 kl_status kl_model_forward(kl_model *m, kl_graph *g, kl_tensor *x, int training, kl_tensor **out)
 {
     if (!m || !g || !x || !out) return kl_fail(KL_EMISUSE, "kl_model_forward: null argument");
+    /* a large model's parameters: their room at once (doubling growth would
+     * take up to twice it, and the copy old + new), with slack for each
+     * one's alignment */
+    size_t pb = (size_t)m->params * sizeof(float);
+    if (pb >= ((size_t)64 << 20)) KL_TRY(kl_ctx_reserve_params(g->ctx, pb + (size_t)KL_ALIGN * 4096));
     kl_dtype xt = kl_tensor_dtype(x);
     if (m->calc != KL_F32 && (xt == KL_F32 || xt == KL_F64)) KL_TRY(kl_cast(g, x, m->calc, &x));
     KL_TRY(kl_layers_forward(m->layers, m->n, g, x, training, NULL, out));

@@ -97,6 +97,10 @@ kl_dtype kl_model_precision(const kl_model *m);
 typedef struct kl_onnx_opts {
     int normalize;
     double mean, std;
+    /* 1: initializers of 1 KiB or more go to PATH.data beside the model
+     * (ONNX external data, which onnx.load and onnxruntime read from the
+     * model's folder); 0: only for a model past protobuf's 2 GiB */
+    int external;
 } kl_onnx_opts;
 kl_status kl_model_export_onnx(const kl_model *m, kl_ctx *ctx, const kl_onnx_opts *o, const char *path);
 

@@ -179,6 +179,69 @@ static void seq_len(onnx_w *w)
     kl_pb_free(&a);
 }
 
+/* protobuf parses messages up to 2^31 - 1 bytes; past it (less a margin
+ * for the nodes) the initializers go to external data */
+#define ONNX_PROTO_MAX 2147483647LL
+#define ONNX_INLINE_MAX (ONNX_PROTO_MAX - (64LL << 20))
+
+/* The bytes of the model's initializers, near enough: its f32 parameters
+ * and buffers and, with attention, the causal mask. */
+static int64_t weight_bytes(const kl_model *m, kl_ctx *ctx, int64_t T)
+{
+    int64_t b = m->windowed ? 4 * T * T : 0;
+    for (int i = 0; i < kl_ctx_param_count(ctx); i++) {
+        const char *nm;
+        kl_dtype dt;
+        int nd, tr;
+        int64_t ne[KL_MAX_DIMS], n = 1;
+        if (kl_ctx_param_info(ctx, i, &nm, &dt, &nd, ne, &tr) != KL_OK) continue;
+        for (int d = 0; d < nd; d++) n *= ne[d];
+        b += 4 * n;
+    }
+    return b;
+}
+
+/* Encodes the model: the GraphProto's nodes and initializers in w->g (and
+ * with w->ext the large initializers' bytes there), the rest of the file in
+ * head (ModelProto up to the graph's length), tail (the graph's name and
+ * inputs and outputs) and end (the opset), so the file is head, w->g, tail,
+ * end without copying the weights. */
+static kl_status encode(const kl_model *m, const kl_onnx_opts *o, onnx_w *w, kl_pb *head, kl_pb *tail, kl_pb *end)
+{
+    char x[16] = "input";
+    if (w->tokens) seq_len(w);
+    if (!m->tokens && o && o->normalize) { /* the model takes raw samples, as kiln predict does */
+        kl_ox_with_scalar(w, "Sub", x, (float)o->mean);
+        kl_ox_with_scalar(w, "Div", x, (float)(o->std ? o->std : 1));
+    }
+    layers_out(w, m->layers, m->n, x);
+    if (w->s != KL_OK) return w->s;
+    kl_ox_node(w, "Identity", (const char *const[]){x}, 1, "logits", NULL);
+    kl_pb_str(tail, 2, "kiln");
+    int64_t out = kl_model_outputs(m);
+    static const char *const sym[2] = {"batch", "seq"};
+    if (m->tokens) { /* ids i32 [batch, seq] -> logits [batch, seq, vocab] */
+        value_info(tail, 11, "input", ONNX_INT32, 2, sym, 0, NULL);
+        value_info(tail, 12, "logits", ONNX_FLOAT, 2, sym, 1, &out);
+    } else {
+        value_info(tail, 11, "input", ONNX_FLOAT, 1, sym, m->in_ndim, m->in);
+        value_info(tail, 12, "logits", ONNX_FLOAT, 1, sym, 1, &out);
+    }
+    kl_pb_int(head, 1, ONNX_IR);
+    kl_pb_str(head, 2, "kiln");
+    kl_pb_str(head, 3, KILN_VERSION);
+    kl_pb_tag(head, 7, 2); /* graph: length-delimited */
+    kl_pb_varint(head, w->g.n + tail->n);
+    kl_pb opset = {0};
+    kl_pb_str(&opset, 1, "");
+    kl_pb_int(&opset, 2, ONNX_OPSET);
+    kl_pb_msg(end, 8, &opset);
+    kl_pb_free(&opset);
+    if (w->g.oom || head->oom || tail->oom || end->oom || (w->ext && w->ext->oom))
+        return w->s = kl_fail(KL_ENOMEM, "ONNX export: out of memory encoding the model");
+    return KL_OK;
+}
+
 kl_status kl_model_export_onnx(const kl_model *m, kl_ctx *ctx, const kl_onnx_opts *o, const char *path)
 {
     if (!m || !ctx || !path) return kl_fail(KL_EMISUSE, "kl_model_export_onnx: %s is NULL", !m ? "model" : !ctx ? "ctx" : "path");
@@ -188,42 +251,37 @@ kl_status kl_model_export_onnx(const kl_model *m, kl_ctx *ctx, const kl_onnx_opt
     if (m->windowed && !T)
         return kl_fail(KL_EUNSUPPORTED, "ONNX export: the model's positions or attention need [T, D] samples or tokens, "
                        "got input of %d dimensions", m->in_ndim);
-    onnx_w w = {.ctx = ctx, .tokens = T};
-    char x[16] = "input";
-    if (T) seq_len(&w);
-    if (!m->tokens && o && o->normalize) { /* the model takes raw samples, as kiln predict does */
-        kl_ox_with_scalar(&w, "Sub", x, (float)o->mean);
-        kl_ox_with_scalar(&w, "Div", x, (float)(o->std ? o->std : 1));
-    }
-    layers_out(&w, m->layers, m->n, x);
-    kl_pb graph = {0}, model = {0}, opset = {0};
-    if (w.s == KL_OK) {
-        kl_ox_node(&w, "Identity", (const char *const[]){x}, 1, "logits", NULL);
-        kl_pb_raw(&graph, w.g.p, w.g.n);
-        kl_pb_str(&graph, 2, "kiln");
-        int64_t out = kl_model_outputs(m);
-        static const char *const sym[2] = {"batch", "seq"};
-        if (m->tokens) { /* ids i32 [batch, seq] -> logits [batch, seq, vocab] */
-            value_info(&graph, 11, "input", ONNX_INT32, 2, sym, 0, NULL);
-            value_info(&graph, 12, "logits", ONNX_FLOAT, 2, sym, 1, &out);
-        } else {
-            value_info(&graph, 11, "input", ONNX_FLOAT, 1, sym, m->in_ndim, m->in);
-            value_info(&graph, 12, "logits", ONNX_FLOAT, 1, sym, 1, &out);
+    char data_path[4200], data_name[256];
+    snprintf(data_path, sizeof data_path, "%s.data", path);
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    snprintf(data_name, sizeof data_name, "%.250s.data", base); /* relative to the model's folder */
+    int64_t wb = weight_bytes(m, ctx, T);
+    int external = (o && o->external) || wb > ONNX_INLINE_MAX;
+    kl_status s;
+    for (;;) {
+        kl_pb ext = {0}, head = {0}, tail = {0}, end = {0};
+        onnx_w w = {.ctx = ctx, .tokens = T, .ext = external ? &ext : NULL, .ext_name = data_name};
+        /* the weights' room at once (+ alignment or the nodes) */
+        kl_pb_reserve(external ? &ext : &w.g, (size_t)wb + (64 << 10) * (size_t)(kl_ctx_param_count(ctx) + 16));
+        s = encode(m, o, &w, &head, &tail, &end);
+        int64_t bytes = (int64_t)(head.n + w.g.n + tail.n + end.n);
+        int again = s == KL_OK && !external && bytes > ONNX_PROTO_MAX; /* the estimate fell short */
+        if (s == KL_OK && !again && external && bytes > ONNX_PROTO_MAX)
+            s = kl_fail(KL_EUNSUPPORTED, "ONNX export: the model's graph alone is %lld bytes, past protobuf's 2 GiB",
+                        (long long)bytes);
+        if (s == KL_OK && !again && external) {
+            const void *dc[1] = {ext.p};
+            size_t dn[1] = {ext.n};
+            s = kl_write_file_atomic(data_path, dc, dn, 1);
         }
-        kl_pb_int(&model, 1, ONNX_IR);
-        kl_pb_str(&model, 2, "kiln");
-        kl_pb_str(&model, 3, KILN_VERSION);
-        kl_pb_msg(&model, 7, &graph);
-        kl_pb_str(&opset, 1, "");
-        kl_pb_int(&opset, 2, ONNX_OPSET);
-        kl_pb_msg(&model, 8, &opset);
-        if (w.g.oom || graph.oom || model.oom) w.s = kl_fail(KL_ENOMEM, "ONNX export: out of memory encoding the model");
+        if (s == KL_OK && !again) {
+            const void *chunks[4] = {head.p, w.g.p, tail.p, end.p};
+            size_t sizes[4] = {head.n, w.g.n, tail.n, end.n};
+            s = kl_write_file_atomic(path, chunks, sizes, 4);
+        }
+        kl_pb_free(&w.g), kl_pb_free(&ext), kl_pb_free(&head), kl_pb_free(&tail), kl_pb_free(&end);
+        if (!again) break;
+        external = 1;
     }
-    if (w.s == KL_OK) {
-        const void *chunks[1] = {model.p};
-        size_t sizes[1] = {model.n};
-        w.s = kl_write_file_atomic(path, chunks, sizes, 1);
-    }
-    kl_pb_free(&w.g), kl_pb_free(&graph), kl_pb_free(&model), kl_pb_free(&opset);
-    return w.s;
+    return s;
 }

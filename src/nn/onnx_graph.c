@@ -85,7 +85,25 @@ static void kl_ox_tensor_init(onnx_w *w, const char *name, int elem_type, int nd
     for (int d = 0; d < nd; d++) kl_pb_int(&t, 1, dims[d]);
     kl_pb_int(&t, 2, elem_type);
     kl_pb_str(&t, 8, name);
-    kl_pb_bytes(&t, 9, v, (size_t)n * (elem_type == ONNX_INT64 ? 8 : 4)); /* raw_data: little-endian, as this host */
+    size_t bytes = (size_t)n * (elem_type == ONNX_INT64 ? 8 : 4);
+    if (w->ext && bytes >= KL_OX_EXTERNAL_MIN) { /* external data: location, offset, length; data_location EXTERNAL */
+        while (w->ext->n % 64) kl_pb_raw(w->ext, "", 1); /* aligned, for runtimes that map the file */
+        char off[24], len[24];
+        snprintf(off, sizeof off, "%zu", w->ext->n);
+        snprintf(len, sizeof len, "%zu", bytes);
+        const char *kv[3][2] = {{"location", w->ext_name}, {"offset", off}, {"length", len}};
+        for (int k = 0; k < 3; k++) {
+            kl_pb e = {0};
+            kl_pb_str(&e, 1, kv[k][0]);
+            kl_pb_str(&e, 2, kv[k][1]);
+            kl_pb_msg(&t, 13, &e);
+            kl_pb_free(&e);
+        }
+        kl_pb_int(&t, 14, 1);
+        kl_pb_raw(w->ext, v, bytes);
+    } else {
+        kl_pb_bytes(&t, 9, v, bytes); /* raw_data: little-endian, as this host */
+    }
     kl_pb_msg(&w->g, 5, &t);
     kl_pb_free(&t);
 }

@@ -14,6 +14,7 @@
 #define ONNX_INT32 6
 #define ONNX_INT64 7
 #define KL_OX_ROPE_MAX 16 /* distinct rotary head sizes in one model */
+#define KL_OX_EXTERNAL_MIN 1024 /* with external data, initializers of this many bytes or more go there */
 
 typedef struct kl_ox {
     kl_pb g;    /* the GraphProto's nodes and initializers so far */
@@ -24,6 +25,8 @@ typedef struct kl_ox {
     char seq[16], seq2[16]; /* token models: [T] and [T, T] of the input's length */
     char mask[16];          /* the causal mask [T, T] (0, or -inf above the diagonal); "" until a block needs it */
     int64_t tokens;         /* the model's context */
+    kl_pb *ext;             /* external data (NULL: none): the large initializers' bytes, for the file ext_name */
+    const char *ext_name;
     /* rotary tables [T, hd/2] sliced to the input's length, per head size
      * (blocks may differ); made when first needed */
     int n_rope;
