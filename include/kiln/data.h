@@ -93,7 +93,7 @@ KL_API kl_status kl_dataset_load_idx(const char *images, const char *labels,
 typedef struct kl_csv_opts {
     int label_col; /* 0-based column of the label; -1 = last; -2 = no labels */
     int header;    /* 1 = first row is a header, 0 = none, -1 = auto: a
-                      header if any first-row field is not a number */
+                      header if no first-row field is a number */
     char delim;    /* field separator; 0 = ',' */
 } kl_csv_opts;
 /* Default CSV options: label in the last column, auto header, commas. */
@@ -143,6 +143,10 @@ KL_API const float *kl_dataset_features(const kl_dataset *ds);
 KL_API const int32_t *kl_dataset_labels(const kl_dataset *ds);
 /* Name of class c (PNG folder datasets); NULL otherwise or out of range. */
 KL_API const char *kl_dataset_class_name(const kl_dataset *ds, int c);
+/* Renumbers ds's labels to by's class ids by class name (a test folder
+ * with fewer or other classes than the training folder's); a class of ds
+ * that by lacks is KL_EINVAL naming it. No-op unless both have class names. */
+KL_API kl_status kl_dataset_match_classes(kl_dataset *ds, const kl_dataset *by);
 
 /* Checks every label lies in [0, n_classes): KL_EFORMAT naming the label
  * source, e.g. "labels.idx: sample 513: label 12 out of range [0,10)".

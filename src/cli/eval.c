@@ -58,7 +58,7 @@ int kl_cmd_eval(int argc, char **argv)
     int64_t *cm = NULL;
     float mean, std;
     kl_status s = open_ckpt(ckpt, sets, nsets, device, &l);
-    if (s == KL_OK) s = train_load_data(&l.o, &tr, &va, &te, &mean, &std);
+    if (s == KL_OK) s = train_load_data(&l.o, (int)kl_model_outputs(l.model), &tr, &va, &te, &mean, &std);
     const kl_dataset *ds = !strcmp(split, "test") ? te : !strcmp(split, "val") ? va : tr;
     if (s == KL_OK && !ds) s = kl_fail(KL_EINVAL, "the run's data has no %s split", split);
     int64_t C = s == KL_OK ? kl_model_outputs(l.model) : 0;

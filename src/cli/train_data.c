@@ -7,6 +7,7 @@
 #include "core/error.h"
 
 #include <stdio.h>
+#include <string.h>
 
 static kl_status load_one(const train_opts *o, int test, kl_dataset **out)
 {
@@ -20,7 +21,7 @@ static kl_status load_one(const train_opts *o, int test, kl_dataset **out)
         if (test && !o->test_images) return KL_OK;
         return kl_dataset_load_idx(test ? o->test_images : o->train_images, test ? o->test_labels : o->train_labels, out);
     case 2: {
-        kl_csv_opts co = {.label_col = (int)o->label_col, .header = -1, .delim = ','};
+        kl_csv_opts co = {.label_col = (int)o->label_col, .header = o->header, .delim = ','};
         if (test && !o->test_path) return KL_OK;
         return kl_dataset_load_csv(test ? o->test_path : o->path, &co, out);
     }
@@ -30,8 +31,21 @@ static kl_status load_one(const train_opts *o, int test, kl_dataset **out)
     }
 }
 
-kl_status train_load_data(const train_opts *o, kl_dataset **train, kl_dataset **val, kl_dataset **test, float *mean_out,
-                          float *std_out)
+/* te's samples against the training set's (before anything trains on them) */
+static kl_status same_samples(const train_opts *o, const kl_dataset *tr, const kl_dataset *te)
+{
+    int nd = kl_dataset_sample_ndim(tr);
+    if (kl_dataset_sample_ndim(te) == nd && !memcmp(kl_dataset_sample_dims(te), kl_dataset_sample_dims(tr), (size_t)nd * sizeof(int64_t)))
+        return KL_OK;
+    char a[64], b[64];
+    const char *path = o->data_kind == 1 ? o->test_images : o->test_path;
+    return kl_fail(KL_EINVAL, "%s: the test set's samples are %s, the training set's %s", path ? path : "test set",
+                   kl_shape_str(a, sizeof a, kl_dataset_sample_ndim(te), kl_dataset_sample_dims(te)),
+                   kl_shape_str(b, sizeof b, nd, kl_dataset_sample_dims(tr)));
+}
+
+kl_status train_load_data(const train_opts *o, int classes, kl_dataset **train, kl_dataset **val, kl_dataset **test,
+                          float *mean_out, float *std_out)
 {
     kl_dataset *all = NULL, *tr = NULL, *va = NULL, *te = NULL;
     *train = *val = *test = NULL;
@@ -47,6 +61,8 @@ kl_status train_load_data(const train_opts *o, kl_dataset **train, kl_dataset **
             all = sub;
         }
     }
+    /* labels checked in the file's order, before val_split reorders them, so a message's sample is the file's */
+    if (s == KL_OK && classes > 0) s = kl_dataset_check_labels(all, classes);
     if (s == KL_OK && o->val_split > 0) {
         if (o->val_split >= kl_dataset_count(all))
             s = kl_fail(KL_EINVAL, "data.val_split %lld leaves no training samples (%lld in all)",
@@ -58,6 +74,9 @@ kl_status train_load_data(const train_opts *o, kl_dataset **train, kl_dataset **
     else kl_dataset_free(all);
     all = NULL;
     if (s == KL_OK) s = load_one(o, 1, &te);
+    if (s == KL_OK && te) s = same_samples(o, tr, te);
+    if (s == KL_OK && te) s = kl_dataset_match_classes(te, tr); /* a test folder's classes by name */
+    if (s == KL_OK && te && classes > 0) s = kl_dataset_check_labels(te, classes);
     if (s == KL_OK && o->normalize) {
         float mean = (float)o->mean, std = (float)o->std;
         if (o->std == 0) s = kl_dataset_stats(tr, &mean, &std);

@@ -83,7 +83,7 @@ static kl_status read_data(kl_cfg *cfg, train_opts *o)
 {
     static const char *const keys[] = {"kind", "train_images", "train_labels", "test_images", "test_labels", "path",
                                        "test_path", "label_col", "normalize", "mean", "std", "val_split", "shuffle",
-                                       "limit", "drop_last", "on_device", NULL};
+                                       "limit", "drop_last", "on_device", "header", NULL};
     static const char *const kinds[] = {"fashion_mnist", "idx", "csv", "pngdir", "text", NULL};
     kl_cfg_node *m;
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m));
@@ -97,7 +97,22 @@ static kl_status read_data(kl_cfg *cfg, train_opts *o)
     if (o->data_kind == 1 && (!o->train_images || !o->train_labels))
         return kl_cfg_fail(m, KL_EINVAL, "data: kind idx needs train_images and train_labels");
     if (o->data_kind >= 2 && !o->path) return kl_cfg_fail(m, KL_EINVAL, "data: kind %s needs path", kinds[o->data_kind]);
-    GET_INT("data", "label_col", -1, -2, 1 << 20, o->label_col);
+    if (o->data_kind == 1 && !o->test_images != !o->test_labels)
+        return kl_cfg_fail(kl_cfg_get(m, o->test_images ? "test_images" : "test_labels"), KL_EINVAL,
+                           "data: a test set needs both test_images and test_labels");
+    KL_TRY(kl_cfg_int_range(m, "label_col", 0, -1, -2, 1 << 20, &o->label_col));
+    if (o->label_col == -2) /* kl_csv_opts' "no labels": kiln train has a loss to compute */
+        return kl_cfg_fail(kl_cfg_get(m, "label_col"), KL_EINVAL,
+                           "data: label_col -2 (no labels) cannot train a classifier; the label's 0-based column, or -1 the last");
+    KL_TRY(put(cfg, "data", "label_col", "%lld", (long long)o->label_col));
+    static const char *const headers[] = {"auto", "true", "false", NULL};
+    int hdr;
+    KL_TRY(kl_cfg_enum(m, "header", 0, headers, 0, &hdr));
+    if (o->data_kind == 2) KL_TRY(put(cfg, "data", "header", "%s", headers[hdr]));
+    else if (kl_cfg_get(m, "header"))
+        return kl_cfg_fail(kl_cfg_get(m, "header"), KL_EINVAL, "data: header is for kind csv");
+    o->header = hdr == 0 ? -1 : hdr == 1;
+    KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m)); /* put may have made the map anew */
     GET_BOOL("data", "normalize", 1, o->normalize);
     KL_TRY(kl_cfg_float(m, "mean", 0, 0, &o->mean));
     KL_TRY(kl_cfg_float(m, "std", 0, 0, &o->std));

@@ -18,6 +18,7 @@ typedef struct train_opts {
     int data_kind; /* 0 fashion_mnist, 1 idx, 2 csv, 3 pngdir, 4 text (DATA_TEXT) */
     const char *train_images, *train_labels, *test_images, *test_labels, *path, *test_path;
     int64_t label_col, val_split, limit;
+    int header; /* csv: 1 a header row, 0 none, -1 auto (kl_csv_opts.header) */
     int normalize, shuffle, drop_last;
     int on_device; /* data.on_device: keep the training set in device memory when it fits, else stream it */
     double mean, std; /* normalisation; 0/0 means computed from the training set */
@@ -47,9 +48,12 @@ double train_lr(const train_opts *o, int64_t step, int64_t total);
 kl_status train_pick_device(const char *arg, kl_device *dev, char *note, size_t n);
 /* Loads train / validation / test sets as the config says (not for
  * data.kind text, which cli/train_text.c reads); *mean, *std get
- * the normalisation used (computed from the training set unless given). */
-kl_status train_load_data(const train_opts *o, kl_dataset **train, kl_dataset **val, kl_dataset **test, float *mean,
-                          float *std);
+ * the normalisation used (computed from the training set unless given).
+ * With classes > 0 the labels are checked against it (in the files'
+ * order); the test set's samples must be the training set's shape, and a
+ * test folder's classes are numbered by the training folder's names. */
+kl_status train_load_data(const train_opts *o, int classes, kl_dataset **train, kl_dataset **val, kl_dataset **test,
+                          float *mean, float *std);
 
 /* Where kiln train's datasets live on its device. */
 typedef struct train_data {

@@ -102,7 +102,7 @@ static kl_status split_corpus(lm_runner *r)
     if (r->n_train < T + 1)
         return kl_fail(KL_EINVAL, "data.path %s: the training part has %lld characters, fewer than one window of "
                        "model.input.tokens + 1 = %lld", r->o.path, (long long)r->n_train, (long long)(T + 1));
-    if (r->n_val && r->n_val < T + 1)
+    if ((r->n_val || r->o.val_fraction > 0) && r->n_val < T + 1) /* a fraction rounding to 0 characters too */
         return kl_fail(KL_EINVAL, "data.path %s: the held-out tail (val_fraction %g) has %lld characters, fewer than one "
                        "window of %lld; raise data.val_fraction or shorten the context", r->o.path, r->o.val_fraction,
                        (long long)r->n_val, (long long)(T + 1));

@@ -101,14 +101,19 @@ static int to_number(const field *f, double *v)
     return end == tmp + f->len;
 }
 
-/* A header has some text that is not a number (empty fields do not count:
- * "1,,0" is a data row with a missing value). */
+/* A header's fields are all text, none a number (empty fields do not
+ * count): a first row with some numbers and some text is a data row whose
+ * bad field gets its error, not silently a header. */
 static int row_is_header(const csv_state *st)
 {
     double v;
-    for (size_t i = 0; i < st->nf; i++)
-        if (st->f[i].len && !to_number(&st->f[i], &v)) return 1;
-    return 0;
+    int text = 0;
+    for (size_t i = 0; i < st->nf; i++) {
+        if (!st->f[i].len) continue;
+        if (to_number(&st->f[i], &v)) return 0;
+        text = 1;
+    }
+    return text;
 }
 
 /* Appends the current row's features and label. */

@@ -100,6 +100,41 @@ const char *kl_dataset_class_name(const kl_dataset *ds, int c)
     return ds->class_names[c];
 }
 
+kl_status kl_dataset_match_classes(kl_dataset *ds, const kl_dataset *by)
+{
+    if (!ds || !by) return kl_fail(KL_EINVAL, "dataset_match_classes: NULL argument");
+    if (!ds->class_names || !by->class_names || !ds->y) return KL_OK; /* ids are the labels themselves */
+    int *map = kl_malloc((size_t)ds->n_names * sizeof *map);
+    if (!map) return KL_ENOMEM;
+    for (int c = 0; c < ds->n_names; c++) {
+        map[c] = -1;
+        for (int k = 0; k < by->n_names && map[c] < 0; k++)
+            if (!strcmp(ds->class_names[c], by->class_names[k])) map[c] = k;
+        if (map[c] < 0) {
+            kl_status s = kl_fail(KL_EINVAL, "%s: class '%s' is not one of the %d classes of %s", ds->label_src,
+                                  ds->class_names[c], by->n_names, by->label_src);
+            kl_free(map);
+            return s;
+        }
+    }
+    for (int64_t i = 0; i < ds->n; i++)
+        if (ds->y[i] >= 0 && ds->y[i] < ds->n_names) ds->y[i] = map[ds->y[i]];
+    kl_free(map);
+    char **names = kl_calloc((size_t)by->n_names, sizeof *names); /* now named as by's */
+    int ok = names != NULL;
+    for (int k = 0; ok && k < by->n_names; k++) ok = (names[k] = kl_strdup(by->class_names[k])) != NULL;
+    if (!ok) {
+        for (int k = 0; names && k < by->n_names; k++) kl_free(names[k]);
+        kl_free(names);
+        return KL_ENOMEM;
+    }
+    for (int c = 0; c < ds->n_names; c++) kl_free(ds->class_names[c]);
+    kl_free(ds->class_names);
+    ds->class_names = names;
+    ds->n_names = ds->classes = by->n_names;
+    return KL_OK;
+}
+
 kl_status kl_dataset_check_labels(const kl_dataset *ds, int n_classes)
 {
     if (!ds) return kl_fail(KL_EINVAL, "check_labels: dataset is NULL");

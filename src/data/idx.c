@@ -196,7 +196,7 @@ void kl_idx_free(kl_idx *a)
 }
 
 /* Converts the image array to f32 features; u8 scales to [0,1]. */
-static kl_status fill_features(const kl_idx *im, const char *path, float *x)
+static kl_status fill_features(const kl_idx *im, const char *path, int64_t per_sample, float *x)
 {
     if (im->type == KL_IDX_U8) {
         for (int64_t i = 0; i < im->count; i++) x[i] = im->data[i] * (1.0f / 255.0f);
@@ -204,10 +204,11 @@ static kl_status fill_features(const kl_idx *im, const char *path, float *x)
     }
     for (int64_t i = 0; i < im->count; i++) {
         double v = decode(im->data + (size_t)i * im->esize, im->type);
-        /* inf and NaN carry over; a finite value beyond f32 would be UB */
-        if (isfinite(v) && (v > FLT_MAX || v < -FLT_MAX))
-            return kl_fail(KL_EFORMAT, "%s: element %lld: %g is outside the f32 range",
-                               path, (long long)i, v);
+        /* refused as CSV refuses them: NaN or inf would only show as a diverged loss */
+        if (!isfinite(v) || v > FLT_MAX || v < -FLT_MAX)
+            return kl_fail(KL_EFORMAT, "%s: sample %lld element %lld: %g is %s", path,
+                           (long long)(i / per_sample), (long long)(i % per_sample), v,
+                           isfinite(v) ? "outside the f32 range" : "not a finite number");
         x[i] = (float)v;
     }
     return KL_OK;
@@ -257,7 +258,7 @@ kl_status kl_dataset_load_idx(const char *images, const char *labels, kl_dataset
     }
     if (lb && (s = check_label_array(lb, labels, n, images)) != KL_OK) goto done;
     if ((s = kl_dataset_alloc(n, nd, dims, lb != NULL, labels, &ds)) != KL_OK) goto done;
-    if ((s = fill_features(im, images, ds->x)) != KL_OK) goto done;
+    if ((s = fill_features(im, images, ds->sample_size, ds->x)) != KL_OK) goto done;
     for (int64_t i = 0; lb && i < n; i++) {
         double v = decode(lb->data + (size_t)i * lb->esize, lb->type);
         if (v < 0) {

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include "core/error.h"
@@ -71,6 +72,11 @@ kl_status kl_read_file(const char *path, unsigned char **buf, size_t *n)
     if (!path) return kl_fail(KL_EINVAL, "read_file: path is NULL");
     FILE *f = fopen(path, "rb");
     if (!f) return kl_fail(KL_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        fclose(f);
+        return kl_fail(KL_EIO, "%s: is a directory, expected a file", path);
+    }
     unsigned char magic[2] = {0, 0};
     size_t got = fread(magic, 1, 2, f);
     if (got == 2 && magic[0] == 0x1f && magic[1] == 0x8b) {
