@@ -7,7 +7,8 @@
 # only an all-text first row (a mixed one is an error, not dropped) and
 # data.header overrides it; IDX NaN values, a folder given as a data file,
 # label_col -2, half a test set and --resume with another seed are refused
-# with messages that name them; a val_fraction that rounds to no characters
+# with messages that name them (a refused resume leaves the run's files
+# as they were); a val_fraction that rounds to no characters
 # is refused.
 . "$(dirname "$0")/lib/check.sh" "$1"
 py=${PYTHON:-python3}
@@ -68,8 +69,11 @@ check "a folder as data.path" '[ $? -eq 1 ] && grep -q "$tmp: is a directory, ex
 # resume with another seed (it orders the validation split and the shuffle)
 csvcfg "$tmp/tr.csv" ", val_split: 2"
 "$kiln" train "$tmp/csv.yaml" --epochs 2 --set train.batch=2 --threads 1 --no-tensorboard --out "$tmp/r" >/dev/null 2>&1
+before=$(cat "$tmp/r/config.yaml" "$tmp/r/metrics.jsonl" | md5sum)
 "$kiln" train --resume "$tmp/r" --epochs 3 --seed 99 --threads 1 --no-tensorboard >"$tmp/rs.log" 2>&1
 check "--resume with another train.seed" '[ $? -eq 1 ] && grep -q "this run has train.seed 99" "$tmp/rs.log"'
+check "the refused resume left config.yaml and metrics.jsonl as they were" \
+  '[ "$(cat "$tmp/r/config.yaml" "$tmp/r/metrics.jsonl" | md5sum)" = "$before" ]'
 
 # IDX: a NaN pixel in f32 images; half a test set
 "$py" - "$tmp" <<'PY'

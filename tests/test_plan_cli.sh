@@ -44,6 +44,23 @@ check "train at the suggested batch runs" '[ $? -eq 0 ] && [ -s "$tmp/run2/metri
 check "no batch fits" '[ $? -eq 1 ] && grep -q "not even batch 1 fits" "$tmp/tiny.log"'
 "$kiln" train models/cnn.yaml --mem-limit 12Q --out "$tmp/run4" >"$tmp/bad.log" 2>&1
 check "bad --mem-limit" '[ $? -eq 1 ] && grep -q "mem-limit: expected a size in bytes or with a unit (512M, 1.5G, 2GiB); got .12Q." "$tmp/bad.log"'
+"$kiln" plan models/cnn_bn.yaml --mem-limit 1M --threads 2 >"$tmp/none.log" 2>&1
+b1=$("$kiln" plan models/cnn_bn.yaml --batch 1 --max-batch 1 --threads 2 2>/dev/null | sed -n 's/^  total *\([0-9.]* [KMG]iB\).*/\1/p')
+check "no batch fits: batch 1's real need ($b1)" '[ -n "$b1" ] && grep -q "^largest batch that fits: none (batch 1 needs $b1)" "$tmp/none.log"'
+# the total dips at some batches (the arena's packing): cnn_bn at 36 needs more than at 37
+"$kiln" plan models/cnn_bn.yaml --batch 37 --max-batch 37 --threads 1 >"$tmp/b37.log" 2>&1
+t37=$(bytes "$tmp/b37.log" total)
+"$kiln" plan models/cnn_bn.yaml --batch 36 --max-batch 36 --threads 1 >"$tmp/b36.log" 2>&1
+if [ "$(bytes "$tmp/b36.log" total)" -gt "$t37" ]; then
+  "$kiln" plan models/cnn_bn.yaml --mem-limit "$t37" --threads 1 >"$tmp/dip.log" 2>&1
+  check "a dip: at a limit of batch 37's total, 37 is found although 36 does not fit" \
+    'grep -qE "^largest batch that fits: (3[7-9]|4[0-9]) " "$tmp/dip.log"'
+fi
+# a language model counts one validation graph (no partial batch)
+tiny_lm "$tmp/lm.yaml" "{type: lstm, hidden: 16}" "train: {batch: 8}"
+"$kiln" plan "$tmp/lm.yaml" --threads 2 >"$tmp/lm.log" 2>&1
+check "language model: one validation graph" \
+  '[ $? -eq 0 ] && grep -q "other graphs .*(validation at batch 8)" "$tmp/lm.log" && [ "$(bytes "$tmp/lm.log" "other graphs")" -gt 0 ]'
 "$kiln" plan >/dev/null 2>&1 --bogus
 check "unknown plan option" '[ $? -eq 2 ]'
 check_done test_plan_cli

@@ -145,7 +145,8 @@ static int run(kl_cfg *cfg, const char *config, const char *limit_text, int thre
         if (best)
             printf("largest batch that fits: %lld (total %s, %zu bytes)%s\n", (long long)best,
                    fmt_bytes(b, sizeof b, (double)bp.total), bp.total, best == max_batch ? " (the search's upper end, --max-batch)" : "");
-        else printf("largest batch that fits: none (batch 1 needs %s)\n", fmt_bytes(b, sizeof b, (double)bp.total));
+        else if (bp.total) printf("largest batch that fits: none (batch 1 needs %s)\n", fmt_bytes(b, sizeof b, (double)bp.total));
+        else printf("largest batch that fits: none (batch 1 could not be planned: %s)\n", kl_last_error());
     }
     planner_free(&p);
     kl_model_free(m);

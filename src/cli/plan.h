@@ -15,9 +15,10 @@ typedef struct mem_plan {
     /* the run's other graphs, each its own arena, at most: the last partial
      * batch's step (<= arena; unless the planner's partial_step is 0) and
      * evaluation at the batch and at its last partial batch (2 x
-     * eval_arena, forward only); they are built as the run meets them (the
+     * eval_arena, forward only; a language model's validation: 1 x); they are built as the run meets them (the
      * first epoch's end), so they count from the start */
     size_t eval_arena, other;
+    int evals;    /* evaluation graphs counted in other: 2, or 1 for a language model (whole windows) */
     size_t total; /* all of the above */
     int nodes;
     int64_t param_count;
@@ -42,7 +43,9 @@ void planner_free(planner *p);
 kl_status planner_at(planner *p, int64_t batch, mem_plan *out);
 /* The largest batch in [1, max_batch] whose total is <= limit (0 if even
  * batch 1 does not fit), found by building graphs at a few batch sizes
- * (the arena grows about linearly with the batch). at_best gets its plan. */
+ * (the arena grows about linearly with the batch, with dips where its
+ * packing comes out better: a few sizes past the bisection's are tried).
+ * at_best gets its plan (batch 1's when none fits). */
 kl_status planner_max_batch(planner *p, size_t limit, int64_t max_batch, int64_t *best, mem_plan *at_best);
 
 /* Optimizer state as a multiple of the parameters: Adam/AdamW 2, SGD with

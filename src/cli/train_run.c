@@ -50,6 +50,7 @@ typedef struct {
     train_monitor mon; /* monitoring: TensorBoard, telemetry (cli/train_monitor.h) */
     train_watch watch; /* --profile, plateau and gradient-norm warnings (cli/train_watch.h) */
     int early_stopped;
+    kl_train_state st; /* where training starts (a checkpoint's with --resume) */
 } runner;
 
 static double now(void)
@@ -114,7 +115,7 @@ static kl_status same_cuts(const train_args *a, const kl_cfg *cfg, const kl_trai
 }
 
 kl_status train_state_start(const train_args *a, const kl_cfg *cfg, const train_opts *o, kl_ctx *ctx, kl_optim *opt,
-                            train_watch *w, kl_train_state *st)
+                            kl_train_state *st)
 {
     static const char *const kinds[] = {"sgd", "adam", "adamw"};
     *st = (kl_train_state){.seed = o->seed};
@@ -124,8 +125,7 @@ kl_status train_state_start(const train_args *a, const kl_cfg *cfg, const train_
     KL_TRY(kl_checkpoint_load(a->ckpt_dir, ctx, opt, st, &text));
     kl_status s = same_cuts(a, cfg, st, text);
     free(text);
-    KL_TRY(s);
-    return watch_restore(w, st->watch, a->ckpt_dir);
+    return s;
 }
 
 kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg, char *run_dir, char *ckpt_root,
@@ -249,8 +249,10 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     if (g_monitor_flags.no_graph) KL_TRY(kl_graph_set_capture(r->train.g, 0));
     r->eval = (evaluator){.model = r->model, .ctx = r->ctx, .batch = r->o.batch};
     if (a->init) KL_TRY(kl_weights_load(a->init, r->ctx));
+    KL_TRY(train_state_start(a, cfg, &r->o, r->ctx, r->opt, &r->st)); /* before the run directory is touched */
     KL_TRY(train_run_dir_open(a, r->o.name, cfg, r->run_dir, r->ckpt_root, &r->metrics));
     KL_TRY(watch_init(&r->watch, &r->o, r->train.g, r->metrics)); /* monitoring hook */
+    if (a->resume) KL_TRY(watch_restore(&r->watch, r->st.watch, a->ckpt_dir));
     return train_monitor_open(&r->mon, r->run_dir, r->ctx, r->opt, r->metrics, r->t0); /* monitoring hook */
 }
 
@@ -473,8 +475,7 @@ static kl_status drain(runner *r, kl_cfg *cfg, pipe_state *p)
 
 static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop, int *interrupted)
 {
-    kl_train_state st;
-    KL_TRY(train_state_start(a, cfg, &r->o, r->ctx, r->opt, &r->watch, &st));
+    kl_train_state st = r->st;
     if (a->resume)
         printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", a->ckpt_dir, (long long)st.step,
                (long long)st.epoch + 1, (long long)st.batch);

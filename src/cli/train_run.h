@@ -23,11 +23,13 @@ kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg,
                              FILE **metrics);
 
 /* The state training starts from: step 0 with o's seed and optimizer kind,
- * or with --resume the checkpoint's (into ctx and opt), the watch's state
- * restored from it; refused when cfg (resolved) cuts the data otherwise
- * than the checkpoint's config did. */
+ * or with --resume the checkpoint's (into ctx and opt); refused when cfg
+ * (resolved) cuts the data otherwise than the checkpoint's config did.
+ * Called before train_run_dir_open, so a refused resume leaves the run's
+ * config.yaml and metrics.jsonl as they were; the watch's state
+ * (st->watch) is restored once the watch is made (watch_restore). */
 kl_status train_state_start(const train_args *a, const kl_cfg *cfg, const train_opts *o, kl_ctx *ctx, kl_optim *opt,
-                            train_watch *w, kl_train_state *st);
+                            kl_train_state *st);
 
 /* Saves checkpoint <ckpt_root>/step-<N> of st with the config text and the
  * watch's state; path (n bytes) gets its directory. */

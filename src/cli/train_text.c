@@ -39,6 +39,7 @@ typedef struct {
     FILE *metrics;
     double t0;
     train_watch watch; /* --profile, plateau and gradient-norm warnings (cli/train_watch.h) */
+    kl_train_state st; /* where training starts (a checkpoint's with --resume) */
     int early_stopped;
 } lm_runner;
 
@@ -116,7 +117,8 @@ static kl_status run_dir_open(lm_runner *r, kl_cfg *cfg, const train_args *a)
     snprintf(path, sizeof path, "%s/vocab.txt", r->run_dir);
     KL_TRY(kl_vocab_save(r->vocab, path));
     KL_TRY(train_monitor_open(&r->mon, r->run_dir, r->ctx, r->opt, r->metrics, r->t0));
-    return watch_init(&r->watch, &r->o, r->train.g, r->metrics);
+    KL_TRY(watch_init(&r->watch, &r->o, r->train.g, r->metrics));
+    return a->resume ? watch_restore(&r->watch, r->st.watch, a->ckpt_dir) : KL_OK;
 }
 
 static kl_status setup(lm_runner *r, kl_cfg *cfg, const train_args *a)
@@ -144,6 +146,7 @@ static kl_status setup(lm_runner *r, kl_cfg *cfg, const train_args *a)
     r->x = malloc(n * sizeof *r->x);
     r->y = malloc(n * sizeof *r->y);
     if (!r->x || !r->y) return kl_fail(KL_ENOMEM, "out of memory for a batch of %zu tokens", n);
+    KL_TRY(train_state_start(a, cfg, &r->o, r->ctx, r->opt, &r->st)); /* before the run directory is touched */
     return run_dir_open(r, cfg, a);
 }
 
@@ -235,8 +238,7 @@ static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, 
 
 static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop, int *interrupted)
 {
-    kl_train_state st;
-    KL_TRY(train_state_start(a, cfg, &r->o, r->ctx, r->opt, &r->watch, &st));
+    kl_train_state st = r->st;
     KL_TRY(kl_graph_set_runs(r->train.g, st.graph_runs));
     if (a->resume) printf("resumed from %s at step %lld\n", a->ckpt_dir, (long long)st.step);
     int64_t spe = r->o.steps_per_epoch, total = r->o.steps ? r->o.steps : r->o.epochs * spe;
