@@ -170,7 +170,7 @@ check "generate: truncated weights" '[ $? -eq 1 ] && grep -q "bad/model.safetens
 "$kiln" generate --threads 1 "$tmp/lstm" --prompt "$(printf 'ab\001')" --tokens 5 >"$tmp/e.log" 2>&1
 check "generate: prompt outside the vocabulary" '[ $? -eq 1 ] && grep -q "byte 1) at offset 2 is not in the model.s vocabulary" "$tmp/e.log"'
 "$kiln" generate --threads 1 "$tmp/lstm" --tokens x >"$tmp/e.log" 2>&1
-check "generate: bad --tokens" '[ $? -eq 2 ] && grep -q "tokens expects a number" "$tmp/e.log"'
+check "generate: bad --tokens" '[ $? -eq 2 ] && grep -q "tokens expects a whole number from 0 to 100000000" "$tmp/e.log"'
 
 # 4. config errors
 printf 'name: bad\nmodel:\n  input: {tokens: 32}\n  layers:\n    - {type: embedding, dim: 16}\n    - {type: lstm, hiden: 64}\n    - {type: linear, out: vocab}\ndata: {kind: text, path: %s}\n' "$corpus" >"$tmp/bad1.yaml"

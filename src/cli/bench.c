@@ -160,10 +160,13 @@ int kl_cmd_bench(int argc, char **argv)
             if (!strcmp(a, "--batch")) batch = n;
             else if (!strcmp(a, "--iters")) iters = n;
             else if (!strcmp(a, "--warmup")) warmup = n;
-            else if (!strcmp(a, "--threads") && nsets < 33) {
+            else if (nsets >= 32) {
+                fprintf(stderr, "kiln bench: at most 32 --set and --threads options\n");
+                return 2;
+            } else if (!strcmp(a, "--threads")) {
                 snprintf(threads_set, sizeof threads_set, "train.threads=%lld", n);
                 sets[nsets++] = threads_set;
-            } else if (nsets < 32) sets[nsets++] = v;
+            } else sets[nsets++] = v;
         } else if (a[0] == '-') {
             fprintf(stderr, "kiln bench: unknown option '%s' (see kiln bench --help)\n", a);
             return 2;

@@ -103,13 +103,14 @@ static kl_status read_input(const char *path, const kl_model *m, float **x, int6
         *n = 1;
         if (d[0] * d[1] * d[2] != need) {
             free(*x);
+            *x = NULL; /* the caller frees it too */
             return kl_fail(KL_EINVAL, "%s: image is [%lld,%lld,%lld], the model takes %lld values per sample", path,
                            (long long)d[0], (long long)d[1], (long long)d[2], (long long)need);
         }
         return KL_OK;
     }
     kl_dataset *ds;
-    if (len > 4 && (!strcmp(path + len - 4, ".csv") || !strcmp(path + len - 7, ".csv.gz"))) {
+    if ((len > 4 && !strcmp(path + len - 4, ".csv")) || (len > 7 && !strcmp(path + len - 7, ".csv.gz"))) {
         kl_csv_opts co = {.label_col = -2, .header = -1, .delim = ','};
         KL_TRY(kl_dataset_load_csv(path, &co, &ds));
     } else {
@@ -147,11 +148,12 @@ int kl_cmd_predict(int argc, char **argv)
             }
             const char *v = argv[++i];
             char *end;
+            long long k = strtoll(v, &end, 10);
             if (!strcmp(a, "--device")) device = v;
-            else if ((topk = (int)strtol(v, &end, 10)) < 1 || *end || end == v) {
+            else if (k < 1 || k > (1 << 24) || *end || end == v) {
                 fprintf(stderr, "kiln predict: --top-k needs a count >= 1, got '%s'\n", v);
                 return 2;
-            }
+            } else topk = (int)k;
         } else if (!strcmp(a, "--logits")) logits = 1;
         else if (argv[i][0] == '-') {
             fprintf(stderr, "kiln predict: unknown option '%s' (see kiln predict --help)\n", argv[i]);
@@ -169,8 +171,10 @@ int kl_cmd_predict(int argc, char **argv)
     }
     loaded l = {0};
     kl_status s = open_ckpt(ckpt, NULL, 0, device, &l);
+    if (s == KL_OK && kl_model_tokens(l.model))
+        s = kl_fail(KL_EINVAL, "%s is a language model (token ids in, next-token logits out): use kiln generate", ckpt);
     int64_t C = s == KL_OK ? kl_model_outputs(l.model) : 0;
-    if (topk < 1 || topk > C) topk = (int)(C < 3 ? C : 3);
+    if (topk > C) topk = (int)C; /* every class, ranked */
     for (int f = 0; f < ninputs && s == KL_OK; f++) {
         float *x = NULL;
         int64_t n = 0, ss = 1;

@@ -307,6 +307,20 @@ static int num_arg(const char *flag, const char *v, double lo, double hi, double
     return 1;
 }
 
+/* A whole number in [0, hi]; the message says so otherwise. */
+static int int_arg(const char *flag, const char *v, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (end == v || *end || errno || !(d >= 0 && d <= hi) || d != floor(d)) {
+        fprintf(stderr, "kiln generate: %s expects a whole number from 0 to %.0f, got '%s'\n", flag, hi, v);
+        return 0;
+    }
+    *out = d;
+    return 1;
+}
+
 int kl_cmd_generate(int argc, char **argv)
 {
     gen_args a = {.prompt = "", .tokens = 200, .temp = 1.0};
@@ -331,24 +345,24 @@ int kl_cmd_generate(int argc, char **argv)
         }
         if (!strcmp(arg, "--prompt")) a.prompt = argv[++i];
         else if (!strcmp(arg, "--tokens")) {
-            if (!num_arg(arg, argv[++i], 0, 1e8, &d) || d != floor(d)) return 2;
+            if (!int_arg(arg, argv[++i], 1e8, &d)) return 2;
             a.tokens = (int64_t)d;
         } else if (!strcmp(arg, "--temperature")) {
             if (!num_arg(arg, argv[++i], 0, 1e6, &a.temp)) return 2;
         } else if (!strcmp(arg, "--top-k")) {
-            if (!num_arg(arg, argv[++i], 0, 1 << 24, &d) || d != floor(d)) return 2;
+            if (!int_arg(arg, argv[++i], 1 << 24, &d)) return 2;
             a.top_k = (int64_t)d;
         } else if (!strcmp(arg, "--seed")) {
             char *end;
             const char *v = argv[++i];
             errno = 0;
-            a.seed = strtoull(v, &end, 0), have_seed = 1;
+            a.seed = strtoull(v, &end, 10), have_seed = 1;
             if (end == v || *end || errno || v[0] == '-') {
                 fprintf(stderr, "kiln generate: --seed expects a non-negative integer, got '%s'\n", v);
                 return 2;
             }
         } else if (!strcmp(arg, "--threads")) {
-            if (!num_arg(arg, argv[++i], 0, 4096, &d) || d != floor(d)) return 2;
+            if (!int_arg(arg, argv[++i], 4096, &d)) return 2;
             a.threads = (int64_t)d;
         } else if (arg[0] == '-') {
             fprintf(stderr, "kiln generate: unknown option '%s' (see kiln generate --help)\n", arg);

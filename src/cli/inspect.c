@@ -3,6 +3,7 @@
 #include "cli/cli.h"
 #include "kiln/data.h"
 #include "kiln/io.h"
+#include "io/checkpoint.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -45,6 +46,9 @@ int kl_cmd_inspect(int argc, char **argv)
         fprintf(stderr, "kiln inspect: %s: no such file or directory\n", path);
         return 1;
     }
+    char dir[4096];
+    if (S_ISDIR(st.st_mode) && kl_checkpoint_resolve(path, dir, sizeof dir) == KL_OK)
+        path = dir; /* a run directory: its latest checkpoint, as the other commands take it */
     if (S_ISDIR(st.st_mode)) {
         char p[4200];
         int rc = 0;
@@ -70,8 +74,8 @@ int kl_cmd_inspect(int argc, char **argv)
         return 1;
     }
     char sh[128];
-    printf("%s: IDX, %s, %lld items\n", path, kl_shape_str(sh, sizeof sh, kl_idx_ndim(a), kl_idx_dims(a)),
-           (long long)kl_idx_count(a));
+    printf("%s: IDX, %s, %lld items of %lld values\n", path, kl_shape_str(sh, sizeof sh, kl_idx_ndim(a), kl_idx_dims(a)),
+           (long long)kl_idx_dims(a)[0], (long long)(kl_idx_dims(a)[0] ? kl_idx_count(a) / kl_idx_dims(a)[0] : 0));
     kl_idx_free(a);
     return 0;
 }

@@ -142,6 +142,9 @@ static kl_status parse_layer(const kl_cfg_node *n, layer *li, parse_ctx *pc)
         KL_TRY(kl_cfg_check_keys(n, keys));
         KL_TRY(kl_cfg_float(n, "eps", 0, 1e-5, &li->eps));
         KL_TRY(kl_cfg_float(n, "momentum", 0, 0.1, &li->momentum));
+        if (pc->vocab) /* on [T, D] its channels are the positions: generation's shorter windows could not run it */
+            return kl_cfg_fail(n, KL_EINVAL, "batchnorm: in a token model its channels would be the %lld positions "
+                               "of %s; use {type: layernorm}", (long long)li->in[0], shape(a, li->in_ndim, li->in));
         li->params = 2 * li->in[0];
         return KL_OK;
     }
