@@ -147,13 +147,17 @@ int kl_cmd_predict(int argc, char **argv)
                 return 2;
             }
             const char *v = argv[++i];
+            if (!strcmp(a, "--device")) {
+                device = v;
+                continue;
+            }
             char *end;
             long long k = strtoll(v, &end, 10);
-            if (!strcmp(a, "--device")) device = v;
-            else if (k < 1 || k > (1 << 24) || *end || end == v) {
+            if (k < 1 || k > (1 << 24) || *end || end == v) {
                 fprintf(stderr, "kiln predict: --top-k needs a count >= 1, got '%s'\n", v);
                 return 2;
-            } else topk = (int)k;
+            }
+            topk = (int)k;
         } else if (!strcmp(a, "--logits")) logits = 1;
         else if (argv[i][0] == '-') {
             fprintf(stderr, "kiln predict: unknown option '%s' (see kiln predict --help)\n", argv[i]);

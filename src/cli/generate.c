@@ -294,27 +294,15 @@ static kl_status generate(const gen_args *a)
     return s;
 }
 
-static int num_arg(const char *flag, const char *v, double lo, double hi, double *out)
+/* A number in [lo, hi] (whole: a whole number); the message says so otherwise. */
+static int num_arg(const char *flag, const char *v, double lo, double hi, int whole, double *out)
 {
     char *end;
     errno = 0;
     double d = strtod(v, &end);
-    if (end == v || *end || errno || !(d >= lo && d <= hi)) {
-        fprintf(stderr, "kiln generate: %s expects a number in [%g, %g], got '%s'\n", flag, lo, hi, v);
-        return 0;
-    }
-    *out = d;
-    return 1;
-}
-
-/* A whole number in [0, hi]; the message says so otherwise. */
-static int int_arg(const char *flag, const char *v, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double d = strtod(v, &end);
-    if (end == v || *end || errno || !(d >= 0 && d <= hi) || d != floor(d)) {
-        fprintf(stderr, "kiln generate: %s expects a whole number from 0 to %.0f, got '%s'\n", flag, hi, v);
+    if (end == v || *end || errno || !(d >= lo && d <= hi) || (whole && d != floor(d))) {
+        if (whole) fprintf(stderr, "kiln generate: %s expects a whole number from %.0f to %.0f, got '%s'\n", flag, lo, hi, v);
+        else fprintf(stderr, "kiln generate: %s expects a number in [%g, %g], got '%s'\n", flag, lo, hi, v);
         return 0;
     }
     *out = d;
@@ -345,12 +333,12 @@ int kl_cmd_generate(int argc, char **argv)
         }
         if (!strcmp(arg, "--prompt")) a.prompt = argv[++i];
         else if (!strcmp(arg, "--tokens")) {
-            if (!int_arg(arg, argv[++i], 1e8, &d)) return 2;
+            if (!num_arg(arg, argv[++i], 0, 1e8, 1, &d)) return 2;
             a.tokens = (int64_t)d;
         } else if (!strcmp(arg, "--temperature")) {
-            if (!num_arg(arg, argv[++i], 0, 1e6, &a.temp)) return 2;
+            if (!num_arg(arg, argv[++i], 0, 1e6, 0, &a.temp)) return 2;
         } else if (!strcmp(arg, "--top-k")) {
-            if (!int_arg(arg, argv[++i], 1 << 24, &d)) return 2;
+            if (!num_arg(arg, argv[++i], 0, 1 << 24, 1, &d)) return 2;
             a.top_k = (int64_t)d;
         } else if (!strcmp(arg, "--seed")) {
             char *end;
@@ -362,7 +350,7 @@ int kl_cmd_generate(int argc, char **argv)
                 return 2;
             }
         } else if (!strcmp(arg, "--threads")) {
-            if (!int_arg(arg, argv[++i], 4096, &d)) return 2;
+            if (!num_arg(arg, argv[++i], 0, 4096, 1, &d)) return 2;
             a.threads = (int64_t)d;
         } else if (arg[0] == '-') {
             fprintf(stderr, "kiln generate: unknown option '%s' (see kiln generate --help)\n", arg);

@@ -100,8 +100,10 @@ static kl_status record(run_data *d, const json_t *o, double *wall_base, double 
         if (vl != 0 || va != 0) {
             d->has_val = 1;
             KL_TRY(add(&d->val_loss, step, vl, 1));
-            if (has_va) KL_TRY(add(&d->val_acc, step, va, 1));
-            if (has_va) KL_TRY(add(&d->val_ep, step, (double)d->epochs, 1));
+            if (has_va) {
+                KL_TRY(add(&d->val_acc, step, va, 1));
+                KL_TRY(add(&d->val_ep, step, (double)d->epochs, 1));
+            }
         }
     } else if (!strcmp(type, "test")) {
         d->has_test = num(o, "loss", &d->test_loss) && num(o, "accuracy", &d->test_acc);

@@ -100,6 +100,19 @@ const char *kl_dataset_class_name(const kl_dataset *ds, int c)
     return ds->class_names[c];
 }
 
+/* A copy of n class names; NULL when out of memory. */
+static char **copy_names(char *const *names, int n)
+{
+    char **c = kl_calloc((size_t)n, sizeof *c);
+    for (int k = 0; c && k < n; k++)
+        if (!(c[k] = kl_strdup(names[k]))) {
+            while (k--) kl_free(c[k]);
+            kl_free(c);
+            c = NULL;
+        }
+    return c;
+}
+
 kl_status kl_dataset_match_classes(kl_dataset *ds, const kl_dataset *by)
 {
     if (!ds || !by) return kl_fail(KL_EINVAL, "dataset_match_classes: NULL argument");
@@ -120,14 +133,8 @@ kl_status kl_dataset_match_classes(kl_dataset *ds, const kl_dataset *by)
     for (int64_t i = 0; i < ds->n; i++)
         if (ds->y[i] >= 0 && ds->y[i] < ds->n_names) ds->y[i] = map[ds->y[i]];
     kl_free(map);
-    char **names = kl_calloc((size_t)by->n_names, sizeof *names); /* now named as by's */
-    int ok = names != NULL;
-    for (int k = 0; ok && k < by->n_names; k++) ok = (names[k] = kl_strdup(by->class_names[k])) != NULL;
-    if (!ok) {
-        for (int k = 0; names && k < by->n_names; k++) kl_free(names[k]);
-        kl_free(names);
-        return KL_ENOMEM;
-    }
+    char **names = copy_names(by->class_names, by->n_names); /* now named as by's */
+    if (!names) return KL_ENOMEM;
     for (int c = 0; c < ds->n_names; c++) kl_free(ds->class_names[c]);
     kl_free(ds->class_names);
     ds->class_names = names;
@@ -197,15 +204,14 @@ static kl_status alloc_like(const kl_dataset *ds, int64_t n, kl_dataset **out)
     kl_dataset *d = *out;
     d->classes = ds->classes;
     if (ds->n_names) {
-        if (!(d->class_names = kl_calloc((size_t)ds->n_names, sizeof(char *)))) goto oom;
-        for (; d->n_names < ds->n_names; d->n_names++)
-            if (!(d->class_names[d->n_names] = kl_strdup(ds->class_names[d->n_names]))) goto oom;
+        if (!(d->class_names = copy_names(ds->class_names, ds->n_names))) {
+            kl_dataset_free(d);
+            *out = NULL;
+            return KL_ENOMEM;
+        }
+        d->n_names = ds->n_names;
     }
     return KL_OK;
-oom:
-    kl_dataset_free(d);
-    *out = NULL;
-    return KL_ENOMEM;
 }
 
 /* Copies the samples idx[0..n) of src into dst rows 0..n). */
