@@ -3,7 +3,8 @@
  * tensors; bad input is refused with a readable message; allocation
  * failures while building are reported, not crashed on; parameter storage
  * grows to what is needed (a large parameter does not round up to a power
- * of two; a reservation takes a model's parameters in one buffer). */
+ * of two; a reservation takes a model's parameters in one buffer); the
+ * gradient buffer exists only once a backward pass or optimizer needs it. */
 #include "kiln/kiln.h"
 #include "core/graph.h"
 #include "testutil.h"
@@ -246,9 +247,61 @@ static void test_param_storage(void)
     kl_ctx_free(ctx);
 }
 
+static void test_grads_on_demand(void)
+{
+    kl_ctx *ctx;
+    kl_graph *g;
+    kl_tensor *x, *w, *h, *l;
+    int64_t xd[2] = {4, 3}, wd[2] = {5, 3}, big[1] = {1 << 20};
+    CHECK_OK(kl_ctx_new(&(kl_ctx_opts){.seed = 3}, &ctx));
+    CHECK_OK(kl_graph_new(ctx, &g));
+    CHECK_OK(kl_input(g, "x", KL_F32, 2, xd, &x));
+    CHECK_OK(kl_param(g, "w", KL_F32, 2, wd, NULL, &w));
+    CHECK_OK(kl_linear(g, x, w, NULL, KL_ACT_NONE, &h));
+    CHECK_OK(kl_sum(g, h, 0, NULL, 0, &l));
+    CHECK_OK(kl_output(g, l));
+    float xv[12], gv[15], gw[15];
+    for (int i = 0; i < 12; i++) xv[i] = 0.25f * (float)i - 1.0f;
+    CHECK_OK(kl_tensor_set(x, xv, sizeof xv));
+    CHECK_OK(kl_graph_run(g)); /* forward only: no gradient memory */
+    CHECK(ctx->grads == NULL && ctx->grads_cap == 0);
+    for (int i = 0; i < 15; i++) gv[i] = 7;
+    CHECK_OK(kl_ctx_grad_get(ctx, 0, gv, sizeof gv));
+    for (int i = 0; i < 15; i++) CHECK(gv[i] == 0);
+    CHECK_OK(kl_backward(g, l));
+    CHECK(ctx->grads != NULL && ctx->grads_cap == ctx->params_cap);
+    CHECK_OK(kl_tensor_set(x, xv, sizeof xv)); /* the graph is planned again */
+    CHECK_OK(kl_graph_run(g));
+    CHECK_OK(kl_ctx_grad_get(ctx, 0, gv, sizeof gv));
+    for (int j = 0; j < 3; j++) /* d sum(x w^T) / d w[o][j] = sum over rows of x[.][j] */
+        CHECK(fabsf(gv[j] - (xv[j] + xv[3 + j] + xv[6 + j] + xv[9 + j])) < 1e-6f);
+    /* a parameter added later: the gradient buffer grows with it, keeping what it held */
+    CHECK_OK(kl_param(g, "big", KL_F32, 1, big, NULL, &h));
+    CHECK(ctx->grads_cap == ctx->params_cap && ctx->params_cap >= ((size_t)4 << 20));
+    CHECK_OK(kl_ctx_grad_get(ctx, 0, gw, sizeof gw));
+    CHECK(memcmp(gv, gw, sizeof gv) == 0);
+    kl_graph_free(g);
+    kl_ctx_free(ctx);
+    /* an optimizer's state before any backward pass makes the buffer too */
+    kl_optim *opt;
+    void *data;
+    size_t bytes;
+    CHECK_OK(kl_ctx_new(NULL, &ctx));
+    CHECK_OK(kl_graph_new(ctx, &g));
+    CHECK_OK(kl_param(g, "w", KL_F32, 2, wd, NULL, &w));
+    CHECK_OK(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.1}, &opt));
+    CHECK(ctx->grads == NULL);
+    CHECK_OK(kl_optim_state(opt, 0, NULL, &data, &bytes));
+    CHECK(ctx->grads != NULL && ctx->grads_cap == ctx->params_cap);
+    kl_optim_free(opt);
+    kl_graph_free(g);
+    kl_ctx_free(ctx);
+}
+
 int main(void)
 {
     test_param_storage();
+    test_grads_on_demand();
     test_spirals();
     test_plan_on_off();
     test_errors();

@@ -1,6 +1,7 @@
 /* safetensors reader/writer: round trips of every dtype, writer errors,
- * atomic saves that fail, and allocation-failure loops (malformed files are
- * in test_safetensors_bad.c).
+ * atomic saves that fail, tensors read on demand from an open file (also
+ * one replaced or cut short while open, and a pipe), and allocation-failure
+ * loops (malformed files are in test_safetensors_bad.c).
  *
  * Also a helper for tests/test_safetensors_py.sh:
  *   test_safetensors --write PATH   writes the fixed file the script checks
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char g_dir[] = "/tmp/kiln_st_XXXXXX";
@@ -301,6 +303,93 @@ static void test_atomic_failures(void)
     free(big);
 }
 
+/* ---- tensors read on demand -------------------------------------------- */
+
+static void test_read_on_demand(void)
+{
+    unsigned char *data[NSPECS];
+    for (int i = 0; i < NSPECS; i++) {
+        size_t n = spec_bytes(&g_specs[i]);
+        data[i] = malloc(n + 1);
+        for (size_t k = 0; k < n; k++) data[i][k] = rnd8();
+    }
+    kl_st_writer *w = make_writer(data, 0);
+    const char *path = in_dir("lazy.safetensors");
+    CHECK_OK(kl_st_writer_save(w, path));
+    kl_st_writer_free(w);
+    kl_st_file *f;
+    CHECK_OK(kl_st_open(path, &f));
+    /* each tensor into an odd address: kl_st_read has no alignment needs */
+    for (int i = 0; i < NSPECS; i++) {
+        size_t nb = spec_bytes(&g_specs[i]);
+        unsigned char *buf = malloc(nb + 2);
+        int k = kl_st_find(f, g_specs[i].name);
+        CHECK_OK(kl_st_read(f, k, buf + 1, nb));
+        CHECK(nb == 0 || !memcmp(buf + 1, data[i], nb));
+        free(buf);
+    }
+    float one[35];
+    int k0 = kl_st_find(f, "layer.0.weight");
+    CHECK_ERR(kl_st_read(f, k0, one, 4), KL_EINVAL, "tensor 'layer.0.weight' holds 140 bytes, asked for 4");
+    CHECK_ERR(kl_st_read(f, NSPECS, one, 4), KL_EINVAL, "tensor index 14 out of range (file has 14)");
+    CHECK_ERR(kl_st_read(f, k0, NULL, 4), KL_EMISUSE, "kl_st_read: dst is NULL");
+    /* replaced under the open file (an atomic save renames over it): the
+     * open file still reads the tensors it was opened with */
+    unsigned char *other[NSPECS];
+    for (int i = 0; i < NSPECS; i++) {
+        other[i] = malloc(spec_bytes(&g_specs[i]) + 1);
+        memset(other[i], 0xA5, spec_bytes(&g_specs[i]));
+    }
+    w = make_writer(other, 0);
+    CHECK_OK(kl_st_writer_save(w, path));
+    kl_st_writer_free(w);
+    CHECK_OK(kl_st_read(f, k0, one, sizeof one));
+    CHECK(!memcmp(one, data[0], sizeof one));
+    check_file_matches(f, data); /* kl_st_data reads the whole data section once */
+    kl_st_close(f);
+    /* cut short while open: the read fails and says so */
+    CHECK_OK(kl_st_open(path, &f));
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && truncate(path, st.st_size - 3) == 0);
+    kl_status s = KL_OK; /* some tensor ends in the lost bytes */
+    for (int i = 0; i < NSPECS && s == KL_OK; i++) {
+        size_t nb = spec_bytes(&g_specs[i]);
+        unsigned char *buf = malloc(nb + 1);
+        s = kl_st_read(f, kl_st_find(f, g_specs[i].name), buf, nb);
+        free(buf);
+    }
+    CHECK(s == KL_EIO && strstr(kl_last_error(), "before the data its header lists (changed while open?)"));
+    CHECK(kl_st_data(f, k0, NULL) == NULL && strstr(kl_last_error(), "changed while open?"));
+    kl_st_close(f);
+    /* a pipe is read whole, and serves tensors the same way */
+    w = make_writer(data, 0);
+    CHECK_OK(kl_st_writer_save(w, path));
+    kl_st_writer_free(w);
+    void *raw;
+    size_t n;
+    CHECK_OK(kl_read_file_raw(path, &raw, &n));
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        _exit(write(fds[1], raw, n) == (ssize_t)n ? 0 : 1);
+    }
+    close(fds[1]);
+    char pp[64];
+    snprintf(pp, sizeof pp, "/proc/self/fd/%d", fds[0]);
+    CHECK_OK(kl_st_open(pp, &f));
+    check_file_matches(f, data);
+    CHECK_OK(kl_st_read(f, k0, one, sizeof one));
+    CHECK(!memcmp(one, data[0], sizeof one));
+    kl_st_close(f);
+    close(fds[0]);
+    int status = 1;
+    CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    kl_free(raw);
+    for (int i = 0; i < NSPECS; i++) free(data[i]), free(other[i]);
+}
+
 /* ---- allocation failures ---------------------------------------------- */
 
 static void test_alloc_failures(void)
@@ -452,6 +541,7 @@ int main(int argc, char **argv)
     if (argc == 3 && !strcmp(argv[1], "--check")) return py_check(argv[2]);
     if (!mkdtemp(g_dir)) { perror("mkdtemp"); return 1; }
     test_round_trip();
+    test_read_on_demand();
     test_writer_errors();
     test_atomic_failures();
     test_alloc_failures();

@@ -11,8 +11,8 @@
  *       // model.safetensors: tensor 'fc1.weight': data_offsets [0,100] hold
  *       // 100 bytes but shape [10,784] f32 needs 31360
  *   int i = kl_st_find(f, "fc1.weight");
- *   size_t nbytes;
- *   const float *w = kl_st_data(f, i, &nbytes);
+ *   float w[10 * 784];
+ *   kl_st_read(f, i, w, sizeof w);     // or kl_st_data(f, i, &nbytes)
  *   kl_st_close(f);
  *
  *   kl_st_writer *w;
@@ -39,9 +39,12 @@ extern "C" {
 /* An opened safetensors file whose header and byte ranges were all checked. */
 typedef struct kl_st_file kl_st_file;
 
-/* Reads the whole file at path into memory and validates it.
- * Caller owns *out (kl_st_close); on failure *out = NULL, KL_EIO/KL_EFORMAT/
- * KL_EUNSUPPORTED/KL_ENOMEM and a message naming the file and tensor. */
+/* Opens the file at path and validates its header against the file's size.
+ * A regular file stays open and only its header is read now: tensor bytes
+ * are read by kl_st_read or kl_st_data (other files, such as pipes, are
+ * read whole). Caller owns *out (kl_st_close); on failure *out = NULL,
+ * KL_EIO/KL_EFORMAT/KL_EUNSUPPORTED/KL_ENOMEM and a message naming the file
+ * and tensor. */
 KL_API kl_status kl_st_open(const char *path, kl_st_file **out);
 
 /* Like kl_st_open on n bytes in memory (copied); name is used in messages
@@ -62,9 +65,16 @@ KL_API int kl_st_find(const kl_st_file *f, const char *name);
 
 /* Tensor i's little-endian bytes and their count (nbytes may be NULL).
  * Borrowed until kl_st_close; the data section starts 8-byte aligned, so a
- * tensor is aligned to its element size when its offset is. NULL if i is
- * out of range. */
+ * tensor is aligned to its element size when its offset is. The first call
+ * on a file opened from disk reads its whole data section into memory.
+ * NULL if i is out of range, or (message set) if that read fails. */
 KL_API const void *kl_st_data(const kl_st_file *f, int i, size_t *nbytes);
+
+/* Copies tensor i's nbytes little-endian bytes into dst (any alignment),
+ * reading them from the file without holding the rest. KL_EINVAL if i is
+ * out of range or nbytes is not the tensor's size; KL_EIO if the file
+ * changed since kl_st_open and ends early. */
+KL_API kl_status kl_st_read(const kl_st_file *f, int i, void *dst, size_t nbytes);
 
 /* The "__metadata__" value for key, or NULL. Borrowed until kl_st_close. */
 KL_API const char *kl_st_meta(const kl_st_file *f, const char *key);

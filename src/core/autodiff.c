@@ -43,6 +43,7 @@ kl_status kl_backward(kl_graph *g, kl_tensor *loss)
     if (!loss->requires_grad)
         return kl_fail(KL_EINVAL, "backward: loss '%s' does not depend on any trainable parameter", loss->name);
     kl_ctx *c = g->ctx;
+    KL_TRY(kl_ctx_ensure_grads(c));
     kl_tensor **slot_grad = kl_calloc((size_t)c->n_slots + 1, sizeof *slot_grad);
     bool *written = kl_calloc((size_t)c->n_slots + 1, sizeof *written);
     kl_status s = (slot_grad && written) ? KL_OK : KL_ENOMEM;

@@ -3,7 +3,9 @@
  * Trainable parameters live back to back (each slot 256-byte aligned) in one
  * buffer, their gradients in a second buffer of the same layout, and
  * non-trainable buffers (running statistics) in a third, so one optimizer
- * kernel and one all-reduce cover every parameter. */
+ * kernel and one all-reduce cover every parameter. The gradient buffer is
+ * made by the first backward pass or optimizer (kl_ctx_ensure_grads), so
+ * inference holds the weights once. */
 #include "core/graph.h"
 #include "core/half.h"
 #include "core/philox.h"
@@ -97,12 +99,25 @@ static kl_status grow(const kl_backend *be, unsigned char **buf, size_t *cap, si
     return grow_to(be, buf, cap, used, ncap < need ? need : ncap);
 }
 
+/* Keeps an existing gradient buffer as large as the parameter buffer. */
+static kl_status follow_params(kl_ctx *c)
+{
+    if (!c->grads || c->grads_cap >= c->params_cap) return KL_OK;
+    return grow_to(c->be, &c->grads, &c->grads_cap, c->params_bytes, c->params_cap);
+}
+
+kl_status kl_ctx_ensure_grads(kl_ctx *c)
+{
+    if (c->grads) return follow_params(c);
+    if (!c->params_cap) return KL_OK; /* no trainable parameter yet */
+    return grow_to(c->be, &c->grads, &c->grads_cap, 0, c->params_cap);
+}
+
 kl_status kl_ctx_reserve_params(kl_ctx *c, size_t bytes)
 {
     if (bytes <= c->params_cap) return KL_OK;
-    size_t gcap = c->params_cap;
     KL_TRY(grow_to(c->be, &c->params, &c->params_cap, c->params_bytes, bytes));
-    return grow_to(c->be, &c->grads, &gcap, c->params_bytes, bytes);
+    return follow_params(c);
 }
 
 unsigned char *kl_slot_data(const kl_ctx *c, int slot)
@@ -113,10 +128,11 @@ unsigned char *kl_slot_data(const kl_ctx *c, int slot)
 
 unsigned char *kl_slot_grad(const kl_ctx *c, int slot) { return c->grads + c->slots[slot].off; }
 
-/* Initial values, drawn on the host (so every device starts alike). */
-static void init_values(kl_ctx *c, kl_param_slot *s, const kl_init *init, void *data)
+/* Initial values of elements [i0, i0 + n) of slot s into data, drawn on
+ * the host (so every device starts alike) from the slot's Philox stream. */
+static void init_values(const kl_param_slot *s, uint64_t seed, uint64_t stream, const kl_init *init, int64_t i0,
+                        int64_t n, void *data)
 {
-    int64_t n = (int64_t)(s->nbytes / kl_dtype_size(s->dtype));
     kl_init_kind kind = init ? init->kind : KL_INIT_DEFAULT;
     double a = init ? init->a : 0;
     if (kind == KL_INIT_DEFAULT) kind = s->ndim >= 2 ? KL_INIT_KAIMING_UNIFORM : KL_INIT_ZEROS;
@@ -129,23 +145,47 @@ static void init_values(kl_ctx *c, kl_param_slot *s, const kl_init *init, void *
         a = 1.0 / sqrt(fan_in);
         kind = KL_INIT_UNIFORM;
     }
-    uint64_t stream = c->init_stream++;
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t j = 0; j < n; j++) {
+        uint64_t i = (uint64_t)(i0 + j);
         double v = 0;
         if (kind == KL_INIT_ONES) v = 1;
         else if (kind == KL_INIT_UNIFORM)
-            v = (2 * kl_u32_to_unit(kl_philox_word(c->seed, 0x1417, stream, (uint64_t)i)) - 1) * a;
+            v = (2 * kl_u32_to_unit(kl_philox_word(seed, 0x1417, stream, i)) - 1) * a;
         else if (kind == KL_INIT_NORMAL) {
-            double u1 = kl_u32_to_unit(kl_philox_word(c->seed, 0x1417, stream, 2 * (uint64_t)i));
-            double u2 = kl_u32_to_unit(kl_philox_word(c->seed, 0x1417, stream, 2 * (uint64_t)i + 1));
+            double u1 = kl_u32_to_unit(kl_philox_word(seed, 0x1417, stream, 2 * i));
+            double u2 = kl_u32_to_unit(kl_philox_word(seed, 0x1417, stream, 2 * i + 1));
             v = a * sqrt(-2 * log(u1)) * cos(2 * M_PI * u2);
         }
-        if (s->dtype == KL_F64) ((double *)data)[i] = v;
-        else if (s->dtype == KL_F32) ((float *)data)[i] = (float)v;
-        else if (s->dtype == KL_I32) ((int32_t *)data)[i] = (int32_t)v;
-        else if (s->dtype == KL_F16) ((uint16_t *)data)[i] = kl_f32_to_f16((float)v);
-        else if (s->dtype == KL_BF16) ((uint16_t *)data)[i] = kl_f32_to_bf16((float)v);
+        if (s->dtype == KL_F64) ((double *)data)[j] = v;
+        else if (s->dtype == KL_F32) ((float *)data)[j] = (float)v;
+        else if (s->dtype == KL_I32) ((int32_t *)data)[j] = (int32_t)v;
+        else if (s->dtype == KL_F16) ((uint16_t *)data)[j] = kl_f32_to_f16((float)v);
+        else if (s->dtype == KL_BF16) ((uint16_t *)data)[j] = kl_f32_to_bf16((float)v);
     }
+}
+
+/* Fills slot s's memory dst: on the CPU in place, elsewhere through a host
+ * buffer of at most 4 MiB (a large parameter is not held twice). */
+static kl_status init_slot(kl_ctx *c, const kl_param_slot *s, const kl_init *init, unsigned char *dst)
+{
+    uint64_t stream = c->init_stream++;
+    size_t es = kl_dtype_size(s->dtype);
+    int64_t n = (int64_t)(s->nbytes / es);
+    if (c->backend == KL_BACKEND_CPU) {
+        init_values(s, c->seed, stream, init, 0, n, dst);
+        return KL_OK;
+    }
+    int64_t chunk = (int64_t)(((size_t)4 << 20) / es);
+    void *host = kl_calloc(1, (size_t)(n < chunk ? n : chunk) * es + 1); /* zeros for dtypes init_values skips */
+    if (!host) return KL_ENOMEM;
+    kl_status st = KL_OK;
+    for (int64_t i = 0; i < n && st == KL_OK; i += chunk) {
+        int64_t k = n - i < chunk ? n - i : chunk;
+        init_values(s, c->seed, stream, init, i, k, host);
+        st = c->be->h2d(dst + (size_t)i * es, host, (size_t)k * es);
+    }
+    kl_free(host);
+    return st;
 }
 
 kl_status kl_ctx_slot_new(kl_ctx *c, const char *name, kl_dtype dt, int ndim, const int64_t *ne,
@@ -173,23 +213,15 @@ kl_status kl_ctx_slot_new(kl_ctx *c, const char *name, kl_dtype dt, int ndim, co
     s.off = *used;
     size_t need = s.off + align_up(s.nbytes);
     if (trainable) {
-        size_t gcap = c->params_cap;
         KL_TRY(grow(c->be, &c->params, &c->params_cap, *used, need));
-        KL_TRY(grow(c->be, &c->grads, &gcap, *used, c->params_cap));
+        KL_TRY(follow_params(c));
     } else {
         KL_TRY(grow(c->be, &c->buffers, &c->buffers_cap, *used, need));
     }
-    void *host = kl_calloc(1, s.nbytes ? s.nbytes : 1);
-    if (!host) return KL_ENOMEM;
     s.name = kl_strdup(name);
-    if (!s.name) {
-        kl_free(host);
-        return KL_ENOMEM;
-    }
+    if (!s.name) return KL_ENOMEM;
     c->slots[c->n_slots] = s;
-    init_values(c, &c->slots[c->n_slots], init, host);
-    kl_status st = c->be->h2d((trainable ? c->params : c->buffers) + s.off, host, s.nbytes);
-    kl_free(host);
+    kl_status st = init_slot(c, &s, init, (trainable ? c->params : c->buffers) + s.off);
     if (st != KL_OK) {
         kl_free(s.name);
         return st;
@@ -254,5 +286,9 @@ kl_status kl_ctx_check_grad_copy(const kl_ctx *c, int i, size_t bytes, const cha
 kl_status kl_ctx_grad_get(const kl_ctx *c, int i, void *dst, size_t bytes)
 {
     KL_TRY(kl_ctx_check_grad_copy(c, i, bytes, "kl_ctx_grad_get"));
+    if (!c->grads) { /* no backward pass has run: the gradient is zero */
+        memset(dst, 0, bytes);
+        return KL_OK;
+    }
     return c->be->d2h(dst, kl_slot_grad(c, i), bytes);
 }

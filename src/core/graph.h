@@ -104,6 +104,7 @@ struct kl_ctx {
     unsigned char *params, *grads, *buffers; /* device memory (host memory on the CPU) */
     size_t params_bytes, buffers_bytes;      /* used */
     size_t params_cap, buffers_cap;          /* allocated */
+    size_t grads_cap; /* 0 (grads NULL) until a backward pass or an optimizer needs them */
     /* bumped when memory outside the ctx's own buffers that kernels address
      * moves (the optimizer's state): a captured CUDA graph holding the old
      * addresses is captured again */
@@ -260,6 +261,9 @@ void kl_readback_free_all(kl_graph *g);
  * a model's parameters created one by one take one allocation each instead
  * of doubling growth's up to twice their size (and the copy's old + new). */
 kl_status kl_ctx_reserve_params(kl_ctx *ctx, size_t bytes);
+/* Allocates the gradient buffer (zeroed) the first time training needs it:
+ * a context that only runs forward passes never holds one. */
+kl_status kl_ctx_ensure_grads(kl_ctx *ctx);
 kl_status kl_ctx_slot_new(kl_ctx *ctx, const char *name, kl_dtype dt, int ndim, const int64_t *ne,
                           bool trainable, const kl_init *init, int *slot);
 unsigned char *kl_slot_data(const kl_ctx *ctx, int slot);

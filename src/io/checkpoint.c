@@ -73,17 +73,20 @@ kl_status kl_ckpt_model_writer(kl_ctx *c, kl_st_writer **wout, unsigned char **h
 {
     *wout = NULL;
     *hold = NULL;
+    /* the CPU's parameters are host memory already: the writer borrows them */
+    bool host = c->backend == KL_BACKEND_CPU;
     size_t total = 0;
     for (int i = 0; i < c->n_slots; i++) total += c->slots[i].nbytes;
-    unsigned char *buf = kl_malloc(total);
-    if (!buf) return KL_ENOMEM;
+    unsigned char *buf = host ? NULL : kl_malloc(total ? total : 1);
+    if (!host && !buf) return kl_fail(KL_ENOMEM, "checkpoint: %zu bytes of host copy of the parameters", total);
     kl_st_writer *w = NULL;
     kl_status s = kl_st_writer_new(&w);
     size_t pos = 0;
     for (int i = 0; i < c->n_slots && s == KL_OK; i++) {
         const kl_param_slot *sl = &c->slots[i];
-        s = kl_ctx_param_get(c, i, buf + pos, sl->nbytes); /* host copy on any device */
-        if (s == KL_OK) s = kl_st_writer_add(w, sl->name, sl->dtype, sl->ndim, sl->ne, buf + pos);
+        unsigned char *src = host ? kl_slot_data(c, i) : buf + pos;
+        if (!host) s = kl_ctx_param_get(c, i, src, sl->nbytes);
+        if (s == KL_OK) s = kl_st_writer_add(w, sl->name, sl->dtype, sl->ndim, sl->ne, src);
         pos += sl->nbytes;
     }
     if (s == KL_OK) s = kl_st_writer_meta(w, "format", KL_CKPT_FORMAT);

@@ -59,14 +59,24 @@ static kl_status check_model(const char *file, const kl_st_file *f, const kl_ctx
     return KL_OK;
 }
 
+/* Tensor by tensor from the file: on the CPU straight into the parameter,
+ * elsewhere through one host buffer the size of the largest. */
 static kl_status copy_model(const kl_st_file *f, kl_ctx *c)
 {
-    for (int i = 0; i < c->n_slots; i++) {
-        size_t nbytes;
-        const void *src = kl_st_data(f, kl_st_find(f, c->slots[i].name), &nbytes);
-        KL_TRY(kl_ctx_param_set(c, i, src, nbytes));
+    bool host = c->backend == KL_BACKEND_CPU;
+    size_t most = 0;
+    for (int i = 0; i < c->n_slots; i++)
+        if (c->slots[i].nbytes > most) most = c->slots[i].nbytes;
+    unsigned char *stage = host ? NULL : kl_malloc(most ? most : 1);
+    if (!host && !stage) return kl_fail(KL_ENOMEM, "loading weights: %zu bytes of host buffer", most);
+    kl_status s = KL_OK;
+    for (int i = 0; i < c->n_slots && s == KL_OK; i++) {
+        size_t n = c->slots[i].nbytes;
+        s = kl_st_read(f, kl_st_find(f, c->slots[i].name), host ? kl_slot_data(c, i) : stage, n);
+        if (s == KL_OK && !host) s = kl_ctx_param_set(c, i, stage, n);
     }
-    return KL_OK;
+    kl_free(stage);
+    return s == KL_OK ? s : kl_fail_prefix(s, "the model's parameters are partly loaded");
 }
 
 static kl_status check_format(const char *file, const kl_st_file *f)
@@ -227,7 +237,7 @@ static kl_status check_state(const char *file, const kl_st_file *f, const kl_ctx
     return check_optim_tensors(file, f, c, ov);
 }
 
-static void copy_optim(const kl_st_file *f, const kl_ctx *c, const optim_view *ov)
+static kl_status copy_optim(const kl_st_file *f, const kl_ctx *c, const optim_view *ov)
 {
     char tname[1024];
     for (int k = 0; k < ov->n; k++)
@@ -235,8 +245,9 @@ static void copy_optim(const kl_st_file *f, const kl_ctx *c, const optim_view *o
             const kl_param_slot *sl = &c->slots[i];
             if (!sl->trainable) continue;
             snprintf(tname, sizeof tname, "%s.%s", ov->name[k], sl->name); /* fits: checked */
-            memcpy(ov->data[k] + sl->off, kl_st_data(f, kl_st_find(f, tname), NULL), sl->nbytes);
+            KL_TRY(kl_st_read(f, kl_st_find(f, tname), ov->data[k] + sl->off, sl->nbytes));
         }
+    return KL_OK;
 }
 
 kl_status kl_checkpoint_load(const char *dir, kl_ctx *ctx, kl_optim *opt, kl_train_state *st, char **config_yaml)
@@ -262,11 +273,12 @@ kl_status kl_checkpoint_load(const char *dir, kl_ctx *ctx, kl_optim *opt, kl_tra
     if (s == KL_OK) s = check_format(sp, sf);
     if (s == KL_OK) s = check_state(sp, sf, ctx, opt, &ns, &optim_steps, &ov, &sv);
     if (s == KL_OK && config_yaml && kl_ckpt_is_file(cp)) s = kl_read_file_raw(cp, &text, &len);
-    /* Everything checked: from here on nothing can fail on the CPU backend. */
+    /* Everything checked: from here on only a read error (the files changed
+     * while open) can fail on the CPU backend. */
     if (s == KL_OK) s = copy_model(mf, ctx);
     if (s == KL_OK && opt) {
-        copy_optim(sf, ctx, &ov);
-        s = kl_optim_set_steps(opt, optim_steps);
+        s = copy_optim(sf, ctx, &ov);
+        if (s == KL_OK) s = kl_optim_set_steps(opt, optim_steps);
         if (s == KL_OK && sv.have) s = kl_optim_set_scaler(opt, sv.scale, sv.good, sv.skipped);
     }
     if (s == KL_OK) {

@@ -1,13 +1,21 @@
-/* safetensors reader: the whole file is read into memory and its header is
- * validated completely before any tensor is served, so a caller never sees
- * a half-valid file. */
+/* safetensors reader: the header is validated completely (against the
+ * file's size) before any tensor is served, so a caller never sees a
+ * half-valid file. From a regular file only the header is read at open;
+ * tensor bytes are read when asked for (kl_st_read straight into the
+ * caller's memory), so loading a model does not hold the file twice. Pipes
+ * and memory buffers are held whole. */
 #include "kiln/io.h"
 #include "core/error.h"
 #include "io/fileio.h"
 #include "io/safetensors_common.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <stdbool.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct st_entry {
     char *name;
@@ -19,9 +27,12 @@ typedef struct st_entry {
 
 struct kl_st_file {
     char *path;         /* for messages */
-    unsigned char *buf; /* whole file */
-    size_t size;
-    size_t data_off;    /* data section start in buf (8-byte aligned address) */
+    unsigned char *buf; /* the header (fd >= 0) or the whole file */
+    int fd;             /* >= 0: tensor bytes are read from this file on demand */
+    unsigned char *data; /* data section (8-byte aligned): in buf, or read whole by kl_st_data */
+    bool own_data;       /* data was allocated apart from buf */
+    size_t size;        /* of the file */
+    size_t data_off;    /* data section start in the file */
     size_t data_size;
     st_entry *t;        /* header order */
     int count;
@@ -255,18 +266,28 @@ static kl_status parse(kl_st_file *f)
         if (strcmp(key, "__metadata__")) f->count++;
     }
     s = check_layout(f);
-    if (s == KL_OK) s = align_data(f);
+    if (s == KL_OK && f->fd < 0) {
+        s = align_data(f);
+        f->data = f->buf + f->data_off;
+    }
 done:
     json_decref(root);
     return s;
 }
 
-static kl_status open_buffer(unsigned char *buf, size_t n, const char *name,
+/* buf holds the whole file of n bytes (fd < 0) or its header (fd >= 0, the
+ * file n bytes long); f takes both, also on failure. */
+static kl_status open_buffer(unsigned char *buf, size_t n, int fd, const char *name,
                              kl_st_file **out)
 {
     kl_st_file *f = kl_calloc(1, sizeof *f);
-    if (!f) { kl_free(buf); return KL_ENOMEM; }
+    if (!f) {
+        kl_free(buf);
+        if (fd >= 0) close(fd);
+        return KL_ENOMEM;
+    }
     f->buf = buf;
+    f->fd = fd;
     f->size = n;
     f->path = kl_strdup(name);
     kl_status s = f->path ? parse(f) : KL_ENOMEM;
@@ -278,14 +299,56 @@ static kl_status open_buffer(unsigned char *buf, size_t n, const char *name,
     return KL_OK;
 }
 
+/* n bytes at offset off of fd; a short read means the file shrank since it
+ * was opened. */
+static kl_status read_at(int fd, const char *path, void *dst, size_t n, uint64_t off)
+{
+    unsigned char *p = dst;
+    while (n) {
+        size_t want = n < ((size_t)1 << 30) ? n : (size_t)1 << 30;
+        ssize_t k = pread(fd, p, want, (off_t)off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return kl_fail(KL_EIO, "%s: read failed at byte %llu: %s", path, (unsigned long long)off, strerror(errno));
+        if (k == 0)
+            return kl_fail(KL_EIO, "%s: file ends at byte %llu, before the data its header lists (changed while open?)",
+                           path, (unsigned long long)off);
+        p += k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
+    }
+    return KL_OK;
+}
+
 kl_status kl_st_open(const char *path, kl_st_file **out)
 {
     if (out) *out = NULL;
     if (!path || !out) return kl_fail(KL_EMISUSE, "kl_st_open: null argument");
-    void *buf;
-    size_t n;
-    KL_TRY(kl_read_file_raw(path, &buf, &n));
-    return open_buffer(buf, n, path, out);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 8)) {
+        close(fd); /* pipes, directories, stubs: read whole, with its messages */
+        fd = -1;
+    }
+    if (fd < 0) {
+        void *buf;
+        size_t n;
+        KL_TRY(kl_read_file_raw(path, &buf, &n));
+        return open_buffer(buf, n, -1, path, out);
+    }
+    /* The length word, then the header if parse's size checks will pass. */
+    unsigned char head[8];
+    kl_status s = read_at(fd, path, head, 8, 0);
+    uint64_t hlen = s == KL_OK ? kl_st_get_le64(head) : 0;
+    size_t keep = hlen <= KL_ST_MAX_HEADER && hlen <= (uint64_t)st.st_size - 8 ? 8 + (size_t)hlen : 8;
+    unsigned char *buf = s == KL_OK ? kl_malloc(keep) : NULL;
+    if (s == KL_OK && !buf) s = KL_ENOMEM;
+    if (s == KL_OK) s = read_at(fd, path, buf, keep, 0);
+    if (s != KL_OK) {
+        kl_free(buf);
+        close(fd);
+        return s;
+    }
+    return open_buffer(buf, (size_t)st.st_size, fd, path, out);
 }
 
 kl_status kl_st_open_mem(const void *buf, size_t n, const char *name, kl_st_file **out)
@@ -295,7 +358,7 @@ kl_status kl_st_open_mem(const void *buf, size_t n, const char *name, kl_st_file
     unsigned char *copy = kl_malloc(n);
     if (!copy) return KL_ENOMEM;
     if (n) memcpy(copy, buf, n);
-    return open_buffer(copy, n, name ? name : "<memory>", out);
+    return open_buffer(copy, n, -1, name ? name : "<memory>", out);
 }
 
 int kl_st_count(const kl_st_file *f) { return f ? f->count : 0; }
@@ -327,9 +390,40 @@ const void *kl_st_data(const kl_st_file *f, int i, size_t *nbytes)
 {
     if (nbytes) *nbytes = 0;
     if (!f || i < 0 || i >= f->count) return NULL;
+    if (!f->data) { /* the first call reads the data section whole (kept until close) */
+        kl_st_file *m = (kl_st_file *)f;
+        unsigned char *d = kl_malloc(f->data_size ? f->data_size : 1);
+        if (!d) {
+            kl_fail(KL_ENOMEM, "%s: %zu bytes for the tensor data", f->path, f->data_size);
+            return NULL;
+        }
+        if (read_at(f->fd, f->path, d, f->data_size, f->data_off) != KL_OK) {
+            kl_free(d);
+            return NULL;
+        }
+        m->data = d;
+        m->own_data = true;
+    }
     const st_entry *e = &f->t[i];
     if (nbytes) *nbytes = (size_t)(e->end - e->begin);
-    return f->buf + f->data_off + e->begin;
+    return f->data + e->begin;
+}
+
+kl_status kl_st_read(const kl_st_file *f, int i, void *dst, size_t nbytes)
+{
+    if (!f || !dst) return kl_fail(KL_EMISUSE, "kl_st_read: %s is NULL", f ? "dst" : "file");
+    if (i < 0 || i >= f->count)
+        return kl_fail(KL_EINVAL, "%s: tensor index %d out of range (file has %d)", f->path, i, f->count);
+    const st_entry *e = &f->t[i];
+    if (nbytes != e->end - e->begin)
+        return kl_fail(KL_EINVAL, "%s: tensor '%s' holds %llu bytes, asked for %zu", f->path, e->name,
+                       (unsigned long long)(e->end - e->begin), nbytes);
+    if (f->data) {
+        memcpy(dst, f->data + e->begin, nbytes);
+        return KL_OK;
+    }
+    kl_status s = read_at(f->fd, f->path, dst, nbytes, f->data_off + e->begin);
+    return s == KL_OK ? s : kl_fail_prefix(s, "tensor '%s'", e->name);
 }
 
 const char *kl_st_meta(const kl_st_file *f, const char *key)
@@ -348,7 +442,9 @@ void kl_st_close(kl_st_file *f)
     kl_free(f->meta);
     kl_free(f->t);
     kl_free(f->by_name);
+    if (f->own_data) kl_free(f->data);
     kl_free(f->buf);
+    if (f->fd >= 0) close(f->fd);
     kl_free(f->path);
     kl_free(f);
 }

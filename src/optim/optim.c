@@ -114,6 +114,7 @@ kl_status kl_optim_ensure_flags(kl_optim *opt)
 kl_status kl_optim_ensure_state(kl_optim *opt)
 {
     KL_TRY(kl_optim_ensure_flags(opt));
+    KL_TRY(kl_ctx_ensure_grads(opt->ctx)); /* a step before any backward pass reads zeros */
     size_t need = opt->ctx->params_bytes;
     if (need <= opt->bytes) return KL_OK;
     const kl_backend *be = opt->ctx->be;
