@@ -39,6 +39,8 @@ typedef struct kl_ctx_opts {
     kl_device device; /* default cpu */
     int threads;      /* 0: $KILN_THREADS, else all cores */
     uint64_t seed;    /* parameter init and dropout streams */
+    int no_init;      /* 1: parameters start as zeros, not drawn (the caller loads a
+                       * checkpoint or weights into them next) */
 } kl_ctx_opts;
 
 /* Creates a context; opts NULL means defaults. Fails on an unknown or

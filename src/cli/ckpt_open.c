@@ -30,7 +30,7 @@ kl_status open_ckpt(const char *path, const char **sets, int nsets, const char *
     KL_TRY(kl_cfg_get_map(kl_cfg_root(l->cfg), "model", 1, &model));
     KL_TRY(kl_model_from_cfg(model, &l->model));
     KL_TRY(kl_model_set_precision(l->model, l->o.precision)); /* evaluated as it trained (bf16, f16) */
-    kl_ctx_opts co = {.device = dev, .seed = l->o.seed, .threads = (int)l->o.threads};
+    kl_ctx_opts co = {.device = dev, .seed = l->o.seed, .threads = (int)l->o.threads, .no_init = 1};
     KL_TRY(kl_ctx_new(&co, &l->ctx));
     step_graph sg = {0}; /* creates the parameters, then the checkpoint fills them */
     kl_status s = step_graph_build(&sg, l->model, l->ctx, NULL, 1);

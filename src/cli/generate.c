@@ -109,7 +109,7 @@ static kl_status gen_open(generator *gn, const char *path, int threads, int64_t 
     if (kl_vocab_size(gn->vocab) > gn->V)
         return kl_fail(KL_EFORMAT, "%s has %d characters, more than the model's vocab %lld", p, kl_vocab_size(gn->vocab),
                        (long long)gn->V);
-    kl_ctx_opts co = {.threads = threads, .seed = 1};
+    kl_ctx_opts co = {.threads = threads, .seed = 1, .no_init = 1};
     KL_TRY(kl_ctx_new(&co, &gn->ctx));
     int k;
     /* a first graph (or the KV decoder's) creates the parameters; the checkpoint fills them */

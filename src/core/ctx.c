@@ -43,6 +43,7 @@ kl_status kl_ctx_new(const kl_ctx_opts *opts, kl_ctx **out)
     c->be = kl_backends[backend];
     c->threads = o.threads ? o.threads : default_threads();
     c->seed = o.seed;
+    c->no_init = o.no_init != 0;
     *out = c;
     return KL_OK;
 }
@@ -131,7 +132,7 @@ unsigned char *kl_slot_grad(const kl_ctx *c, int slot) { return c->grads + c->sl
 /* Initial values of elements [i0, i0 + n) of slot s into data, drawn on
  * the host (so every device starts alike) from the slot's Philox stream. */
 static void init_values(const kl_param_slot *s, uint64_t seed, uint64_t stream, const kl_init *init, int64_t i0,
-                        int64_t n, void *data)
+                        int64_t n, int threads, void *data)
 {
     kl_init_kind kind = init ? init->kind : KL_INIT_DEFAULT;
     double a = init ? init->a : 0;
@@ -145,6 +146,8 @@ static void init_values(const kl_param_slot *s, uint64_t seed, uint64_t stream, 
         a = 1.0 / sqrt(fan_in);
         kind = KL_INIT_UNIFORM;
     }
+    /* every element is its own Philox draw: any split over threads gives the same values */
+#pragma omp parallel for num_threads(threads) if (n >= 65536) schedule(static)
     for (int64_t j = 0; j < n; j++) {
         uint64_t i = (uint64_t)(i0 + j);
         double v = 0;
@@ -168,11 +171,12 @@ static void init_values(const kl_param_slot *s, uint64_t seed, uint64_t stream, 
  * buffer of at most 4 MiB (a large parameter is not held twice). */
 static kl_status init_slot(kl_ctx *c, const kl_param_slot *s, const kl_init *init, unsigned char *dst)
 {
-    uint64_t stream = c->init_stream++;
+    uint64_t stream = c->init_stream++; /* counted also when skipped: later streams stay put */
     size_t es = kl_dtype_size(s->dtype);
     int64_t n = (int64_t)(s->nbytes / es);
+    if (c->no_init) return KL_OK; /* the slot's memory is zeroed already */
     if (c->backend == KL_BACKEND_CPU) {
-        init_values(s, c->seed, stream, init, 0, n, dst);
+        init_values(s, c->seed, stream, init, 0, n, c->threads, dst);
         return KL_OK;
     }
     int64_t chunk = (int64_t)(((size_t)4 << 20) / es);
@@ -181,7 +185,7 @@ static kl_status init_slot(kl_ctx *c, const kl_param_slot *s, const kl_init *ini
     kl_status st = KL_OK;
     for (int64_t i = 0; i < n && st == KL_OK; i += chunk) {
         int64_t k = n - i < chunk ? n - i : chunk;
-        init_values(s, c->seed, stream, init, i, k, host);
+        init_values(s, c->seed, stream, init, i, k, c->threads, host);
         st = c->be->h2d(dst + (size_t)i * es, host, (size_t)k * es);
     }
     kl_free(host);

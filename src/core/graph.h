@@ -99,6 +99,7 @@ struct kl_ctx {
     int threads;
     uint64_t seed;
     uint64_t init_stream; /* counter for parameter init draws */
+    bool no_init;         /* parameters are left zero (a checkpoint fills them) */
     kl_param_slot *slots;
     int n_slots, cap_slots;
     unsigned char *params, *grads, *buffers; /* device memory (host memory on the CPU) */
