@@ -4,7 +4,8 @@
  * failures while building are reported, not crashed on; parameter storage
  * grows to what is needed (a large parameter does not round up to a power
  * of two; a reservation takes a model's parameters in one buffer); the
- * gradient buffer exists only once a backward pass or optimizer needs it. */
+ * gradient buffer exists only once a backward pass or optimizer needs it;
+ * initial values are the same for any thread count. */
 #include "kiln/kiln.h"
 #include "core/graph.h"
 #include "testutil.h"
@@ -298,9 +299,36 @@ static void test_grads_on_demand(void)
     kl_ctx_free(ctx);
 }
 
+/* Initial values do not depend on the thread count; no_init leaves zeros. */
+static void test_init_threads(void)
+{
+    int64_t d[2] = {300, 400}; /* 120000 elements: drawn in parallel */
+    float *v[3];
+    for (int k = 0; k < 3; k++) {
+        kl_ctx *ctx;
+        kl_graph *g;
+        kl_tensor *p;
+        CHECK_OK(kl_ctx_new(&(kl_ctx_opts){.seed = 11, .threads = k == 0 ? 1 : 3, .no_init = k == 2}, &ctx));
+        CHECK_OK(kl_graph_new(ctx, &g));
+        kl_init in = {.kind = KL_INIT_NORMAL, .a = 0.5};
+        CHECK_OK(kl_param(g, "w", KL_F32, 2, d, &in, &p));
+        v[k] = malloc(sizeof(float) * 120000);
+        CHECK_OK(kl_ctx_param_get(ctx, 0, v[k], sizeof(float) * 120000));
+        kl_graph_free(g);
+        kl_ctx_free(ctx);
+    }
+    CHECK(memcmp(v[0], v[1], sizeof(float) * 120000) == 0);
+    double sq = 0;
+    int zeros = 0;
+    for (int i = 0; i < 120000; i++) sq += (double)v[0][i] * v[0][i], zeros += v[2][i] == 0;
+    CHECK(fabs(sqrt(sq / 120000) - 0.5) < 0.01 && zeros == 120000);
+    for (int k = 0; k < 3; k++) free(v[k]);
+}
+
 int main(void)
 {
     test_param_storage();
+    test_init_threads();
     test_grads_on_demand();
     test_spirals();
     test_plan_on_off();
