@@ -30,6 +30,10 @@ check "a 32x32 PNG for a 28x28 model: an error, not a crash" '[ $? -eq 1 ] && gr
 check "--top-k 11 of 10 classes ranks all 10" '[ $? -eq 0 ] && [ "$(head -n 1 "$tmp/p2.log" | grep -o "(0\.[0-9]*)" | wc -l)" -eq 10 ]'
 "$kiln" inspect "$tmp/bf" >"$tmp/in.log" 2>&1
 check "inspect a run directory: its latest checkpoint" '[ $? -eq 0 ] && grep -q "model.safetensors" "$tmp/in.log"'
+check "inspect names the optimizer of a state file" 'grep -q "optimizer: adam" "$tmp/in.log"'
+cp "$(ls "$tmp"/bf/checkpoints/*/model.safetensors | head -n 1)" "$tmp/weights.ST"
+"$kiln" inspect "$tmp/weights.ST" >"$tmp/in2.log" 2>&1
+check "inspect knows safetensors by content, not name" '[ $? -eq 0 ] && grep -q "weights.ST: safetensors" "$tmp/in2.log"'
 sets=(); for i in $(seq 33); do sets+=(--set train.seed=1); done
 "$kiln" bench "$tmp/bf" "${sets[@]}" >"$tmp/b.log" 2>&1
 check "bench: a 33rd --set is refused" '[ $? -eq 2 ] && grep -q "at most 32 --set" "$tmp/b.log"'

@@ -176,6 +176,39 @@ static void test_gpt(void)
     kl_model_free(m);
 }
 
+/* bias: false as nanoGPT's bias=False: no bias in the block's linears or
+ * layer norms, nor in a {type: layernorm, bias: false}. */
+static void test_gpt_no_bias(void)
+{
+    kl_model *m = NULL;
+    CHECK_OK(parse("model:\n  input: {tokens: 8}\n  vocab: 9\n  layers:\n"
+                   "    - {type: embedding, dim: 8}\n    - {type: pos_embedding}\n"
+                   "    - {type: transformer_block, heads: 2, bias: false}\n"
+                   "    - {type: layernorm, bias: false}\n"
+                   "    - {type: linear, out: vocab, tie: true, bias: false}\n", &m));
+    if (!m) return;
+    /* emb 72, pos 64, block 2*8 + 3*64 + 64 + 32*8 + 8*32 = 784, ln_f 8 */
+    CHECK(kl_model_param_count(m) == 72 + 64 + 784 + 8);
+    kl_ctx *ctx = new_ctx(2);
+    int32_t tok[8] = {1, 8, 2, 7, 3, 6, 4, 5};
+    float *out = forward_full(m, ctx, tok, 8);
+    CHECK(kl_ctx_param_find(ctx, "layers.2.ln_1.weight") >= 0 && kl_ctx_param_find(ctx, "layers.2.ln_1.bias") < 0);
+    CHECK(kl_ctx_param_find(ctx, "layers.2.ln_2.bias") < 0 && kl_ctx_param_find(ctx, "layers.2.attn.c_attn.bias") < 0);
+    CHECK(kl_ctx_param_find(ctx, "layers.3.weight") >= 0 && kl_ctx_param_find(ctx, "layers.3.bias") < 0);
+    int64_t total = 0;
+    for (int i = 0; i < kl_ctx_param_count(ctx); i++) {
+        int64_t d[KL_MAX_DIMS], n = 1;
+        int nd;
+        CHECK_OK(kl_ctx_param_info(ctx, i, NULL, NULL, &nd, d, NULL));
+        for (int k = 0; k < nd; k++) n *= d[k];
+        total += n;
+    }
+    CHECK(total == kl_model_param_count(m));
+    free(out);
+    kl_ctx_free(ctx);
+    kl_model_free(m);
+}
+
 /* A token model learns a repeating pattern: the loss starts near log(V). */
 static void test_training(const char *yaml, double lr)
 {
@@ -273,6 +306,7 @@ int main(void)
 {
     test_rnn();
     test_gpt();
+    test_gpt_no_bias();
     test_errors();
     test_training(lstm_yaml, 0.05);
     test_training("model:\n  input: {tokens: 16}\n  vocab: 9\n  layers:\n    - {type: embedding, dim: 16, std: 0.02}\n"

@@ -104,6 +104,37 @@ static void test_bn_train_running(void)
     kl_ctx_free(ctx);
 }
 
+/* exact: momentum 0 keeps the running statistics (PyTorch's meaning);
+ * without exact, 0 is the 0.1 default. */
+static void test_bn_momentum_zero(void)
+{
+    for (int exact = 0; exact < 2; exact++) {
+        kl_ctx *ctx;
+        kl_graph *g;
+        kl_tensor *x, *rm, *rv, *y;
+        int64_t xd[2] = {4, 2}, cd[1] = {2};
+        CHECK_OK(kl_ctx_new(NULL, &ctx));
+        CHECK_OK(kl_graph_new(ctx, &g));
+        CHECK_OK(kl_input(g, "x", KL_F64, 2, xd, &x));
+        CHECK_OK(kl_buffer(g, "bn.running_mean", KL_F64, 1, cd, NULL, &rm));
+        CHECK_OK(kl_buffer(g, "bn.running_var", KL_F64, 1, cd, NULL, &rv));
+        kl_batchnorm_opts o = {.training = 1, .exact = exact};
+        CHECK_OK(kl_batchnorm(g, x, NULL, NULL, rm, rv, &o, &y));
+        CHECK_OK(kl_output(g, y));
+        double xv[8] = {1, 2, 3, 4, 5, 6, 7, 9}, m0[2] = {0.5, -0.5}, v0[2] = {2, 3}, m1[2], v1[2];
+        CHECK_OK(kl_tensor_set(rm, m0, sizeof m0));
+        CHECK_OK(kl_tensor_set(rv, v0, sizeof v0));
+        CHECK_OK(kl_tensor_set(x, xv, sizeof xv));
+        CHECK_OK(kl_graph_run(g));
+        CHECK_OK(kl_tensor_get(rm, m1, sizeof m1));
+        CHECK_OK(kl_tensor_get(rv, v1, sizeof v1));
+        if (exact) CHECK(m1[0] == m0[0] && m1[1] == m0[1] && v1[0] == v0[0] && v1[1] == v0[1]);
+        else CHECK(fabs(m1[0] - (0.9 * 0.5 + 0.1 * 4)) < 1e-12); /* mean of 1, 3, 5, 7 */
+        kl_graph_free(g);
+        kl_ctx_free(ctx);
+    }
+}
+
 /* f32 batchnorm on a large input with a big common offset (checks the
  * variance is free of cancellation); training and eval; threads 1 vs 2. */
 static void bn_f32_case(int training, int ndim, const int64_t *xd, int threads, float *out)
@@ -383,6 +414,7 @@ static void test_errors(void)
 int main(void)
 {
     test_bn_train_running();
+    test_bn_momentum_zero();
     test_bn_f32();
     test_bn_fused_act();
     test_layernorm();

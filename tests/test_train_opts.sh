@@ -6,7 +6,7 @@
 # cut-off last line starts a new line; kiln report on a language model
 # (perplexity, no accuracy), on an early stop, and after a resume from an
 # earlier checkpoint (the best accuracy of the epochs kept); KILN_PROFILE=1
-# on a resumed run.
+# on a resumed run; option-count limits; --init with --resume refused.
 . "$(dirname "$0")/lib/check.sh" "$1"
 small=(--set data.limit=600 --set data.val_split=200 --threads 1 --no-tensorboard)
 printf 'name: opts\nmodel:\n  input: [784]\n  layers:\n    - {type: linear, out: 10}\noptim:\n  kind: adam\n  lr: -0.01\n' >"$tmp/bad.yaml"
@@ -76,4 +76,15 @@ check "KILN_PROFILE=1 on a resumed run" '[ $? -eq 0 ] && grep -q "^profile over"
 "$kiln" report "$tmp/es" >"$tmp/esr.log" 2>&1
 check "report on an early stop" 'grep -qE "early stop +epoch 2, step [0-9]+ \(no improvement for 1 evaluations\)" "$tmp/esr.log"'
 check "early stop: no plateau warning record beside it" '! grep -q "\"kind\":\"plateau\"" "$tmp/es/metrics.jsonl"'
+flags=(); for i in $(seq 33); do flags+=(--epochs 1); done
+"$kiln" train "$tmp/bad.yaml" "${flags[@]}" >"$tmp/f.log" 2>&1
+check "a 33rd value option is refused, not written past its table" '[ $? -eq 2 ] && grep -q "more than 32 value options" "$tmp/f.log"'
+sets=(); for i in $(seq 65); do sets+=(--set train.epochs=1); done
+"$kiln" train "$tmp/bad.yaml" "${sets[@]}" >"$tmp/f.log" 2>&1
+check "a 65th --set is refused, not dropped" '[ $? -eq 2 ] && grep -q "more than 64 --set options" "$tmp/f.log"'
+"$kiln" train --init "$tmp/none.safetensors" --resume "$tmp/es" >"$tmp/f.log" 2>&1
+check "--init with --resume is refused" '[ $? -eq 2 ] && grep -q "\-\-init and \-\-resume cannot be combined" "$tmp/f.log"'
+long=$(printf 'x%.0s' $(seq 40); printf '\xc3\xa9%.0s' $(seq 40))
+"$kiln" train "$tmp/bad.yaml" --lr "$long" >"$tmp/f.log" 2>&1
+check "a long non-number --lr: named as such, not as bad UTF-8" '[ $? -ne 0 ] && ! grep -q "UTF-8" "$tmp/f.log"'
 check_done test_train_opts

@@ -91,9 +91,11 @@ KL_API kl_status kl_global_avgpool(kl_graph *g, kl_tensor *x, kl_tensor **out);
 
 /* ---- normalisation and regularisation ---- */
 typedef struct kl_batchnorm_opts {
-    double eps;      /* 0 means 1e-5 */
-    double momentum; /* running-stat update weight; 0 means 0.1 */
+    double eps;      /* 0 means 1e-5 (unless exact) */
+    double momentum; /* running-stat update weight; 0 means 0.1 (unless exact) */
     int training;    /* 1: batch statistics + running update; 0: running stats */
+    int exact;       /* 1: eps and momentum as given, 0 included (momentum 0
+                      * keeps the running statistics fixed) */
 } kl_batchnorm_opts;
 /* x [N, C, ...]; gamma, beta, running_mean, running_var [C]. */
 KL_API kl_status kl_batchnorm(kl_graph *g, kl_tensor *x, kl_tensor *gamma, kl_tensor *beta,

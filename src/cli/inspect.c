@@ -16,7 +16,7 @@ static int inspect_safetensors(const char *path)
         fprintf(stderr, "kiln inspect: %s\n", kl_last_error());
         return 1;
     }
-    static const char *meta[] = {"format", "step", "epoch", "batch", "optim", "kiln_version", NULL};
+    static const char *meta[] = {"format", "step", "epoch", "batch", "optimizer", "kiln_version", NULL};
     printf("%s: safetensors, %d tensors\n", path, kl_st_count(f));
     for (int i = 0; meta[i]; i++)
         if (kl_st_meta(f, meta[i])) printf("  %s: %s\n", meta[i], kl_st_meta(f, meta[i]));
@@ -31,6 +31,21 @@ static int inspect_safetensors(const char *path)
     }
     kl_st_close(f);
     return 0;
+}
+
+/* By content, not name: IDX starts 00 00 <type> <ndim>; safetensors with an
+ * 8-byte little-endian header length that fits the file, then '{'. */
+static int looks_safetensors(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char b[9];
+    size_t n = f ? fread(b, 1, sizeof b, f) : 0;
+    long size = f && fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    if (f) fclose(f);
+    if (n < 9 || b[8] != '{') return 0;
+    unsigned long long len = 0;
+    for (int i = 7; i >= 0; i--) len = len << 8 | b[i];
+    return size >= 8 && len <= (unsigned long long)size - 8;
 }
 
 int kl_cmd_inspect(int argc, char **argv)
@@ -66,8 +81,7 @@ int kl_cmd_inspect(int argc, char **argv)
         }
         return rc;
     }
-    size_t n = strlen(path);
-    if (n > 12 && !strcmp(path + n - 12, ".safetensors")) return inspect_safetensors(path);
+    if (looks_safetensors(path)) return inspect_safetensors(path);
     kl_idx *a;
     if (kl_idx_load(path, &a) != KL_OK) {
         fprintf(stderr, "kiln inspect: %s\n", kl_last_error());

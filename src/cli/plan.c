@@ -175,7 +175,7 @@ int kl_cmd_plan(int argc, char **argv)
                 return 2;
             }
             const char *v = argv[++i];
-            char buf[64];
+            char buf[128];
             if (!strcmp(arg, "--mem-limit")) limit = v;
             else if (!strcmp(arg, "--device")) device = v;
             else if (!strcmp(arg, "--threads")) threads = atoi(v) > 0 ? atoi(v) : 0;
@@ -188,10 +188,16 @@ int kl_cmd_plan(int argc, char **argv)
                 }
                 max_batch = mb;
             }
-            else if (!strcmp(arg, "--batch") && nsets < 64) {
-                snprintf(buf, sizeof buf, "train.batch=%.40s", v);
+            else if (nsets == 64) {
+                fprintf(stderr, "kiln plan: more than 64 --set and --batch options\n");
+                return 2;
+            } else if (!strcmp(arg, "--batch")) {
+                if (snprintf(buf, sizeof buf, "train.batch=%s", v) >= (int)sizeof buf) {
+                    fprintf(stderr, "kiln plan: --batch '%.40s...' is not a batch size\n", v);
+                    return 2;
+                }
                 sets[nsets++] = strdup(buf);
-            } else if (nsets < 64) sets[nsets++] = strdup(v);
+            } else sets[nsets++] = strdup(v);
         } else if (arg[0] == '-') {
             fprintf(stderr, "kiln plan: unknown option '%s' (see kiln plan --help)\n", arg);
             return 2;

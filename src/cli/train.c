@@ -69,19 +69,24 @@ static void catch_stop_signals(void)
 /* Applies a flag's value to a config path, naming the flag in messages. */
 static int set_flag(kl_cfg *cfg, const char *path, const char *flag, const char *value)
 {
-    char origin[64];
-    snprintf(origin, sizeof origin, "%s %s", flag, value);
-    if (kl_cfg_set_scalar_from(cfg, path, value, origin) != KL_OK) {
-        fprintf(stderr, "kiln train: %s\n", kl_last_error());
+    size_t n = strlen(flag) + strlen(value) + 2; /* whole: a cut could split a UTF-8 character */
+    char *origin = malloc(n);
+    if (!origin) {
+        fprintf(stderr, "kiln train: out of memory\n");
         return 1;
     }
-    return 0;
+    snprintf(origin, n, "%s %s", flag, value);
+    int rc = kl_cfg_set_scalar_from(cfg, path, value, origin) != KL_OK;
+    if (rc) fprintf(stderr, "kiln train: %s\n", kl_last_error());
+    free(origin);
+    return rc;
 }
 
 int kl_cmd_train(int argc, char **argv)
 {
     train_args a = {.device = "auto"};
-    const char *sets[64], *flags[16][3];
+    enum { MAX_SETS = 64, MAX_FLAGS = 32 };
+    const char *sets[MAX_SETS], *flags[MAX_FLAGS][3];
     int nsets = 0, nflags = 0;
     static const struct { const char *flag, *path; } map[] = {
         {"--epochs", "train.epochs"}, {"--steps", "train.steps"}, {"--batch", "train.batch"}, {"--accumulate", "train.accumulate"},
@@ -100,6 +105,10 @@ int kl_cmd_train(int argc, char **argv)
                     fprintf(stderr, "kiln train: %s needs a value\n", arg);
                     return 2;
                 }
+                if (nflags == MAX_FLAGS) {
+                    fprintf(stderr, "kiln train: more than %d value options (%s)\n", MAX_FLAGS, arg);
+                    return 2;
+                }
                 flags[nflags][0] = map[k].path;
                 flags[nflags][1] = arg;
                 flags[nflags++][2] = argv[++i];
@@ -115,7 +124,11 @@ int kl_cmd_train(int argc, char **argv)
             if (!strcmp(arg, "--device")) a.device = v;
             else if (!strcmp(arg, "--out")) a.out = v;
             else if (!strcmp(arg, "--init")) a.init = v;
-            else if (nsets < 64) sets[nsets++] = v;
+            else if (nsets < MAX_SETS) sets[nsets++] = v;
+            else {
+                fprintf(stderr, "kiln train: more than %d --set options\n", MAX_SETS);
+                return 2;
+            }
         } else if (!strcmp(arg, "--resume")) {
             a.resume = 1;
             if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) && !strstr(argv[i + 1], ".yaml")) a.resume_path = argv[++i];
@@ -136,6 +149,11 @@ int kl_cmd_train(int argc, char **argv)
     if (a.resume && !a.resume_path && a.out) a.resume_path = a.out;
     if (a.resume && !a.resume_path) {
         fprintf(stderr, "kiln train: --resume needs a checkpoint or run directory (or --out DIR)\n");
+        return 2;
+    }
+    if (a.resume && a.init) { /* the checkpoint's weights would replace --init's */
+        fprintf(stderr, "kiln train: --init and --resume cannot be combined: a resumed run goes on from its "
+                        "checkpoint's weights (start a new run with --init)\n");
         return 2;
     }
     if (a.resume) {

@@ -76,16 +76,20 @@ kl_status kl_checkpoint_resolve(const char *path, char *ckpt_dir, size_t n);
  * yourself to refuse that switch) before anything is copied; opt's step
  * count is restored. config_yaml (may be NULL) gets a copy of the saved
  * config text, or NULL when the checkpoint has none; caller frees it with
- * free(). On failure (KL_EIO, KL_EFORMAT, KL_ENOMEM) nothing was changed and
- * the message names the file and the first mismatching tensor. */
+ * free(). On a failed check (KL_EFORMAT, KL_EIO, KL_ENOMEM) nothing was
+ * changed and the message names the file and the first mismatching tensor.
+ * Tensors are read from the files after the checks, straight into ctx and
+ * opt: a read error then (a file cut short while open) leaves them partly
+ * loaded, and the message says so. */
 kl_status kl_checkpoint_load(const char *ckpt_dir, kl_ctx *ctx, kl_optim *opt, kl_train_state *st,
                              char **config_yaml);
 
 /* Loads weights by name from a safetensors file (kiln's or PyTorch's
- * safetensors.torch.save_file(model.state_dict())), all or nothing with the
- * same checks; every parameter and buffer of ctx must be in the file, file
+ * safetensors.torch.save_file(model.state_dict())), with the same checks
+ * first; every parameter and buffer of ctx must be in the file, file
  * tensors named "*num_batches_tracked" that ctx lacks are ignored, other
- * unknown ones are errors. KL_EIO/KL_EFORMAT/KL_ENOMEM; ctx unchanged then. */
+ * unknown ones are errors. KL_EIO/KL_EFORMAT/KL_ENOMEM; ctx unchanged on a
+ * failed check, partly loaded on a read error after them (as above). */
 kl_status kl_weights_load(const char *path, kl_ctx *ctx);
 
 /* Saves every parameter and buffer of ctx to path (atomic replace), with

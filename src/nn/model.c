@@ -149,10 +149,11 @@ static kl_status parse_layer(const kl_cfg_node *n, layer *li, parse_ctx *pc)
         return KL_OK;
     }
     case L_LAYERNORM: {
-        static const char *const keys[] = {"type", "eps", NULL};
+        static const char *const keys[] = {"type", "eps", "bias", NULL};
         KL_TRY(kl_cfg_check_keys(n, keys));
         KL_TRY(kl_cfg_float(n, "eps", 0, 1e-5, &li->eps));
-        li->params = 2 * li->in[li->in_ndim - 1];
+        KL_TRY(kl_cfg_bool(n, "bias", 0, 1, &li->bias));
+        li->params = (1 + li->bias) * li->in[li->in_ndim - 1];
         return KL_OK;
     }
     case L_DROPOUT: {
@@ -363,7 +364,7 @@ kl_status kl_layers_forward(layer *ls, int n, kl_graph *g, kl_tensor *x, int tra
             KL_TRY(kl_buffer(g, name, KL_F32, 1, &c, &(kl_init){KL_INIT_ZEROS, 0}, &rm));
             snprintf(name, sizeof name, "%s.running_var", li->name);
             KL_TRY(kl_buffer(g, name, KL_F32, 1, &c, &(kl_init){KL_INIT_ONES, 0}, &rv));
-            kl_batchnorm_opts o = {li->eps, li->momentum, training};
+            kl_batchnorm_opts o = {li->eps, li->momentum, training, .exact = 1}; /* the config's defaults are applied */
             /* like conv: relu/tanh/sigmoid right after run in the normalisation's output pass */
             kl_act act = next_act(ls, n, i, 0);
             KL_TRY(kl_batchnorm_act(g, x, w, b, rm, rv, &o, act, &x));
@@ -373,7 +374,8 @@ kl_status kl_layers_forward(layer *ls, int n, kl_graph *g, kl_tensor *x, int tra
         case L_LAYERNORM: {
             int64_t d = li->in[li->in_ndim - 1];
             KL_TRY(kl_layer_param(g, li, "weight", 1, &d, KL_INIT_ONES, 0, &w));
-            KL_TRY(kl_layer_param(g, li, "bias", 1, &d, KL_INIT_ZEROS, 0, &b));
+            b = NULL;
+            if (li->bias) KL_TRY(kl_layer_param(g, li, "bias", 1, &d, KL_INIT_ZEROS, 0, &b));
             KL_TRY(kl_layernorm(g, x, w, b, li->eps, &x));
             break;
         }

@@ -85,11 +85,11 @@ static void layer_out(onnx_w *w, const layer *li, char *x)
         break;
     case L_LAYERNORM:
         kl_ox_param(w, li, "weight", p[0]);
-        kl_ox_param(w, li, "bias", p[1]);
+        if (li->bias) kl_ox_param(w, li, "bias", p[1]);
         kl_ox_attr_int(&a, "axis", -1);
         kl_ox_attr_float(&a, "epsilon", (float)li->eps);
         kl_ox_fresh(w, y);
-        kl_ox_node(w, "LayerNormalization", (const char *const[]){x, p[0], p[1]}, 3, y, &a);
+        kl_ox_node(w, "LayerNormalization", (const char *const[]){x, p[0], p[1]}, li->bias ? 3 : 2, y, &a);
         break;
     case L_DROPOUT: return; /* identity at inference */
     case L_RELU: kl_ox_unary(w, "Relu", x); return;

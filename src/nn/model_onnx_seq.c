@@ -41,11 +41,11 @@ static void sub_ln(onnx_w *w, const layer *li, const char *sub, const char *x, c
     char p[2][128];
     kl_pb a = {0};
     sub_param(w, li, sub, "weight", p[0]);
-    sub_param(w, li, sub, "bias", p[1]);
+    if (li->bias) sub_param(w, li, sub, "bias", p[1]);
     kl_ox_attr_int(&a, "axis", -1);
     kl_ox_attr_float(&a, "epsilon", (float)li->eps);
     kl_ox_fresh(w, out);
-    kl_ox_node(w, "LayerNormalization", (const char *const[]){x, p[0], p[1]}, 3, out, &a);
+    kl_ox_node(w, "LayerNormalization", (const char *const[]){x, p[0], p[1]}, li->bias ? 3 : 2, out, &a);
     kl_pb_free(&a);
 }
 

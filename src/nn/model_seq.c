@@ -111,7 +111,8 @@ static kl_status parse_block(const kl_cfg_node *n, layer *li, parse_ctx *pc)
     li->features = D;
     li->mlp = ratio * D;
     int64_t b = li->bias ? 1 : 0, M = li->mlp;
-    li->params = 4 * D + 3 * D * D + 3 * D * b + D * D + D * b + M * D + M * b + D * M + D * b;
+    /* ln_1, ln_2 (biases only with bias, as nanoGPT's LayerNorm), c_attn, c_proj, c_fc, mlp.c_proj */
+    li->params = (2 + 2 * b) * D + 3 * D * D + 3 * D * b + D * D + D * b + M * D + M * b + D * M + D * b;
     pc->windowed = 1;
     pc->blocks++;
     return KL_OK;
@@ -293,10 +294,10 @@ static kl_status sub_param(kl_graph *g, const layer *li, const char *sub, const 
 
 kl_status kl_block_ln(const layer *li, kl_graph *g, const char *sub, kl_tensor *x, kl_tensor **out)
 {
-    kl_tensor *w, *b;
+    kl_tensor *w, *b = NULL;
     int64_t D = li->features;
     KL_TRY(sub_param(g, li, sub, "weight", 1, &D, KL_INIT_ONES, 0, &w));
-    KL_TRY(sub_param(g, li, sub, "bias", 1, &D, KL_INIT_ZEROS, 0, &b));
+    if (li->bias) KL_TRY(sub_param(g, li, sub, "bias", 1, &D, KL_INIT_ZEROS, 0, &b));
     return kl_layernorm(g, x, w, b, li->eps, out);
 }
 

@@ -284,8 +284,8 @@ kl_status kl_batchnorm_act(kl_graph *g, kl_tensor *x, kl_tensor *gamma, kl_tenso
         return kl_fail(KL_EINVAL, "batchnorm: running_mean and running_var are the same tensor '%s'", running_mean->name);
     if (!opts->training && !running_mean)
         return kl_fail(KL_EINVAL, "batchnorm: eval mode (training 0) needs running_mean and running_var");
-    bn_attr a = {.eps = opts->eps > 0 ? opts->eps : 1e-5,
-                 .momentum = opts->momentum > 0 ? opts->momentum : 0.1,
+    bn_attr a = {.eps = opts->eps > 0 || opts->exact ? opts->eps : 1e-5,
+                 .momentum = opts->momentum > 0 || opts->exact ? opts->momentum : 0.1,
                  .training = opts->training != 0,
                  .ig = -1, .ib = -1, .irm = -1, .irv = -1,
                  .act = kl_act_unary(act)};
