@@ -217,9 +217,9 @@ static void telemetry_out(train_monitor *m, int64_t step)
             if (gpu_fields[k].tb) scalar(m, tag, step, gpu_fields[k].fmt, v);
         }
         fprintf(m->metrics, "}\n");
-        double cpu = m->last.cpu_util; /* the progress line keeps the last measured one */
+        telemetry_sample prev = m->last; /* the progress line keeps the last measured cpu_util */
         m->last = *t;
-        if (!(t->have & TEL_CPU)) m->last.cpu_util = cpu;
+        if (!(t->have & TEL_CPU)) m->last.cpu_util = prev.cpu_util, m->last.have |= prev.have & TEL_CPU;
     }
 }
 
@@ -349,7 +349,8 @@ void train_monitor_progress(const train_monitor *m, char *buf, size_t cap)
     if (!cap) return;
     buf[0] = 0;
     if (!m->tel || t->wall_s <= 0) return;
-    int n = snprintf(buf, cap, "  cpu %.1f cores  rss %.0f MB", t->cpu_util, t->rss_mb); /* cpu: the last measured */
+    int n = t->have & TEL_CPU ? snprintf(buf, cap, "  cpu %.1f cores  rss %.0f MB", t->cpu_util, t->rss_mb)
+                              : snprintf(buf, cap, "  rss %.0f MB", t->rss_mb); /* none measured yet */
     if ((t->have & (TEL_UTIL | TEL_MEM | TEL_POWER)) && n > 0 && (size_t)n < cap) /* have: GPU values only */
         n += snprintf(buf + n, cap - (size_t)n, "  gpu");
     if ((t->have & TEL_UTIL) && n > 0 && (size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, " %.0f%%", t->gpu_util);
