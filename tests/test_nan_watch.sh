@@ -11,6 +11,9 @@
 #  7. batchnorm's running statistics turning Inf are not blamed (the layer is);
 #  8. f16 with a fixed loss scale that overflows: the backward pass, the scale named;
 #  9. a language model (data.kind text): the watch runs there too;
+# 10. a divergence found by validation (one step an epoch): the pass and step
+#     named, a {"type":"nan","phase":"validation"} record;
+# 11. a config path with a TAB: the record's "where" is still valid JSON;
 # and kiln report shows the finding.
 . "$(dirname "$0")/lib/check.sh" "$1"
 py=${PYTHON:-python3}
@@ -26,6 +29,22 @@ check "nan record in metrics.jsonl" \
 sed -n 's/^NaN watch: /     /p' "$tmp/mlp.log"
 KILN_GNUPLOT=/nonexistent "$kiln" report "$tmp/mlp" >"$tmp/report.log" 2>&1
 check "kiln report shows the finding" 'grep -q "diverged (NaN watch)  *step 2: forward pass, layers.4 (op linear) at models/mlp.yaml:10" "$tmp/report.log"'
+
+# one step an epoch (128 training samples): validation after step 1 sees the overflowed weights first
+"$kiln" train models/mlp.yaml --steps 3 --lr 1e30 "${small[@]}" --set data.limit=328 --out "$tmp/val" >"$tmp/val.log" 2>&1
+check "validation diverges: the pass and step named, a nan record" \
+  '[ $? -eq 1 ] && grep -q "^kiln train: validation after step 1: loss is .*nan" "$tmp/val.log" &&
+   grep -q "^{\"type\":\"nan\",\"step\":1,\"trigger\":\"loss\",\"phase\":\"validation\"}$" "$tmp/val/metrics.jsonl"'
+KILN_GNUPLOT=/nonexistent "$kiln" report "$tmp/val" >"$tmp/valr.log" 2>&1
+check "kiln report shows the validation divergence" 'grep -q "diverged (NaN watch)  *validation pass after step 1: the loss is not finite" "$tmp/valr.log"'
+
+# a TAB in the config's path: escaped as \u0009 in the record's "where"
+tabbed="$tmp/my$(printf '\t')mlp.yaml"
+cp models/mlp.yaml "$tabbed"
+"$kiln" train "$tabbed" --steps 10 --lr 1e30 "${small[@]}" --out "$tmp/tab" >"$tmp/tab.log" 2>&1
+check "a TAB in the config path: the nan record is valid JSON" \
+  '[ $? -eq 1 ] && "$py" -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])][-1]; sys.exit(r[\"type\"] != \"nan\" or r[\"where\"] != sys.argv[2] + \":10\")" "$tmp/tab/metrics.jsonl" "$tabbed" &&
+   grep -q "mlp.yaml:10" "$tmp/tab/metrics.jsonl" && grep -q "my\\\\u0009mlp" "$tmp/tab/metrics.jsonl"'
 
 "$kiln" train models/mlp.yaml --steps 10 --lr 1e30 "${small[@]}" --set data.on_device=false --out "$tmp/mlps" >"$tmp/mlps.log" 2>&1
 check "streamed data: the same finding, from the slot's host copy" \

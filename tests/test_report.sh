@@ -3,8 +3,9 @@
 # plots (loss, accuracy, lr, throughput, telemetry; > 1 kB each) and a
 # summary matching metrics.jsonl; on a hand-written metrics.jsonl of a
 # resumed GPU run: the GPU plot, peak GPU memory and energy summed over the
-# two processes; a truncated last line is skipped with a warning; errors for
-# a missing run and a missing gnuplot.
+# two processes; a truncated last line is skipped with a warning; a test
+# result that a resume from an earlier step superseded is marked so; errors
+# for a missing run and a missing gnuplot.
 . "$(dirname "$0")/lib/check.sh" "$1"
 big() { [ -f "$1" ] && [ "$(stat -c %s "$1")" -gt 1024 ]; }
 command -v "${KILN_GNUPLOT:-gnuplot}" >/dev/null || { echo "skip: gnuplot not installed (scripts/setup.sh installs gnuplot-nox)"; exit 77; }
@@ -27,6 +28,7 @@ check "summary: test accuracy from metrics.jsonl" 'grep -q "test loss / accuracy
 check "summary: validation, steps, time, samples/s, peak RSS" \
   'grep -q "val loss / accuracy  *[0-9.]* / $(printf %.4f "$vacc")" "$tmp/report.log" && grep -q "steps  *30 (2 epochs completed)$" "$tmp/report.log" &&
    grep -q "time  *[0-9.]* s" "$tmp/report.log" && grep -q "samples/s  *[0-9]* mean" "$tmp/report.log" && grep -q "peak RSS  *[0-9.]* MB" "$tmp/report.log"'
+check "the test record names its step" 'grep -q "^{\"type\":\"test\",\"step\":30," "$tmp/run/metrics.jsonl"'
 check "summary names the run" 'grep -q "^run mlp " "$tmp/report.log" && grep -q "^# Run report: mlp" "$md"'
 
 # a resumed GPU run, written by hand (steps 3-4 repeated by the second process)
@@ -51,6 +53,23 @@ check "resumed: last loss of the second process" 'grep -q "train loss / accuracy
 check "GPU summary: peak memory, energy of both processes, samples/s" \
   'grep -q "peak GPU memory  *4096.0 MB" "$tmp/g.log" && grep -q "energy (GPU)  *2000.0 J = 0.5556 Wh (nvml_energy_counter)" "$tmp/g.log" &&
    grep -q "peak RSS  *150.0 MB" "$tmp/g.log" && grep -q "samples/s  *2000 mean, 3000 last" "$tmp/g.log" && grep -q "GPU  *80% busy" "$tmp/g.log"'
+
+# tested at step 4, then resumed from step 2 and stopped at step 3 (no test since)
+st="$tmp/stale"
+mkdir -p "$st"
+{
+  echo '{"type":"start","wall_s":0.1}'
+  for s in 1 2 3 4; do echo "{\"type\":\"step\",\"step\":$s,\"epoch\":1,\"loss\":1.$s,\"accuracy\":0.$s,\"lr\":0.01,\"wall_s\":$s.0}"; done
+  echo '{"type":"test","step":4,"loss":0.5,"accuracy":0.875,"wall_s":4.5}'
+  echo '{"type":"start","wall_s":0.1}'
+  echo '{"type":"step","step":3,"epoch":1,"loss":1.25,"accuracy":0.3,"lr":0.01,"wall_s":1.0}'
+} >"$st/metrics.jsonl"
+KILN_GNUPLOT=/nonexistent "$kiln" report "$st" >"$tmp/st.log" 2>&1
+check "a test superseded by a resume: marked with its step" \
+  'grep -q "test loss / accuracy  *0.5000 / 0.8750 (at step 4, superseded by a resume)" "$tmp/st.log" && grep -q "steps  *3 " "$tmp/st.log"'
+sed '$d' "$st/metrics.jsonl" >"$st/m" && mv "$st/m" "$st/metrics.jsonl"
+KILN_GNUPLOT=/nonexistent "$kiln" report "$st" >"$tmp/st2.log" 2>&1
+check "a test with no step after it: the final result" 'grep -q "test loss / accuracy  *0.5000 / 0.8750$" "$tmp/st2.log"'
 
 # errors
 "$kiln" report "$tmp/nothing" >"$tmp/e1.log" 2>&1

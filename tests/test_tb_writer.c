@@ -35,7 +35,7 @@ typedef struct {
     double wall;
     int64_t step;
     char version[32], tag[64];
-    int has_simple, has_histo;
+    int has_simple, has_histo, session; /* session: SessionLog.status (1 START) */
     float simple;
     double hmin, hmax, hnum, hsum, hsq, limits[64], counts[64];
     int nlim, ncnt;
@@ -102,6 +102,12 @@ static void decode_event(const unsigned char *p, const unsigned char *end, event
                     s += hn;
                 } else break;
             }
+        } else if (f == 7 && wt == 2) { /* SessionLog */
+            uint64_t n = varint(&p, end);
+            const unsigned char *s = p;
+            p += n;
+            CHECK(n == 2 && varint(&s, p) == (1 << 3 | 0));
+            e->session = (int)varint(&s, p);
         } else {
             CHECK(!"unexpected Event field");
             return;
@@ -129,12 +135,34 @@ static void test_crc_and_frame(void)
     CHECK(rd32(rec + 12 + 37) == tb_masked_crc32c(data, 37));
 }
 
+/* Decodes up to max events of the file at path, checking each frame's CRCs; returns how many. */
+static int read_events(const char *path, event *ev, int max)
+{
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    if (!f) return 0;
+    static unsigned char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    int ne = 0;
+    for (size_t at = 0; at + 12 <= n && ne < max;) {
+        uint64_t len = rd64(buf + at);
+        CHECK(rd32(buf + at + 8) == tb_masked_crc32c(buf + at, 8));
+        CHECK(at + 16 + len <= n);
+        if (at + 16 + len > n) break;
+        CHECK(rd32(buf + at + 12 + len) == tb_masked_crc32c(buf + at + 12, len));
+        decode_event(buf + at + 12, buf + at + 12 + len, &ev[ne++]);
+        at += 16 + len;
+    }
+    return ne;
+}
+
 static void test_file(const char *dir)
 {
     tb_writer *w = NULL;
     char sub[512];
     snprintf(sub, sizeof sub, "%s/a/tb", dir);
-    CHECK_OK(tb_writer_open(sub, &w));
+    CHECK_OK(tb_writer_open(sub, -1, &w));
     CHECK(w && strstr(tb_writer_path(w), "/a/tb/events.out.tfevents."));
     float vals[1000], lo = INFINITY, hi = -INFINITY;
     double sum = 0;
@@ -155,26 +183,11 @@ static void test_file(const char *dir)
     tb_writer_close(w);
     tb_writer_close(NULL);
 
-    FILE *f = fopen(path, "rb");
-    CHECK(f != NULL);
-    if (!f) return;
-    static unsigned char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf, f);
-    fclose(f);
     event ev[8];
-    int ne = 0;
-    for (size_t at = 0; at + 12 <= n && ne < 8;) {
-        uint64_t len = rd64(buf + at);
-        CHECK(rd32(buf + at + 8) == tb_masked_crc32c(buf + at, 8));
-        CHECK(at + 16 + len <= n);
-        if (at + 16 + len > n) break;
-        CHECK(rd32(buf + at + 12 + len) == tb_masked_crc32c(buf + at + 12, len));
-        decode_event(buf + at + 12, buf + at + 12 + len, &ev[ne++]);
-        at += 16 + len;
-    }
+    int ne = read_events(path, ev, 8);
     CHECK(ne == 6);
     if (ne != 6) return;
-    CHECK(!strcmp(ev[0].version, "brain.Event:2") && ev[0].wall > 1.6e9);
+    CHECK(!strcmp(ev[0].version, "brain.Event:2") && ev[0].wall > 1.6e9 && !ev[1].session);
     CHECK(!strcmp(ev[1].tag, "train/loss") && ev[1].step == 7 && ev[1].has_simple && ev[1].simple == loss);
     CHECK(!strcmp(ev[2].tag, "train/lr") && ev[2].step == 1234567890123LL && ev[2].simple == 3e-4f);
     event *h = &ev[3];
@@ -186,7 +199,29 @@ static void test_file(const char *dir)
     CHECK(total == 1000);
     for (int i = 1; i < h->nlim; i++) CHECK(h->limits[i] > h->limits[i - 1]);
     CHECK(ev[4].nlim == 1 && ev[4].counts[0] == 1 && ev[4].hmin == 2.5 && ev[4].hmax == 2.5 && ev[4].hsq == 6.25);
-    CHECK(ev[5].hnum == 3 && ev[5].hmin == 1 && ev[5].hmax == 1 && ev[5].counts[0] == 1);
+    /* num: the finite values only, what the buckets hold */
+    CHECK(ev[5].hnum == 1 && ev[5].hmin == 1 && ev[5].hmax == 1 && ev[5].counts[0] == 1);
+}
+
+/* A resumed run's file: the version, then a SessionLog START at the step
+ * after the checkpoint's (TensorBoard purges the older files' points from
+ * there), then the scalars. */
+static void test_resumed(const char *dir)
+{
+    tb_writer *w = NULL;
+    char sub[512], path[600];
+    snprintf(sub, sizeof sub, "%s/r/tb", dir);
+    CHECK_OK(tb_writer_open(sub, 11, &w));
+    CHECK_OK(tb_scalar(w, "train/loss", 12, 0.5));
+    snprintf(path, sizeof path, "%s", tb_writer_path(w));
+    tb_writer_close(w);
+    event ev[4];
+    int ne = read_events(path, ev, 4);
+    CHECK(ne == 3);
+    if (ne != 3) return;
+    CHECK(!strcmp(ev[0].version, "brain.Event:2") && !ev[0].session);
+    CHECK(ev[1].session == 1 && ev[1].step == 12 && !ev[1].version[0] && !ev[1].tag[0] && ev[1].wall > 1.6e9);
+    CHECK(!strcmp(ev[2].tag, "train/loss") && ev[2].step == 12 && !ev[2].session);
 }
 
 int main(void)
@@ -196,6 +231,7 @@ int main(void)
     char dir[] = "/tmp/kiln_tb_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
     test_file(dir);
+    test_resumed(dir);
     /* a file where a directory must go: an error naming the path */
     char bad[600];
     snprintf(bad, sizeof bad, "%s/file", dir);
@@ -203,7 +239,7 @@ int main(void)
     if (f) fclose(f);
     tb_writer *w = (tb_writer *)1;
     snprintf(bad, sizeof bad, "%s/file/tb", dir);
-    CHECK(tb_writer_open(bad, &w) != KL_OK && w == NULL && strstr(kl_last_error(), "file"));
+    CHECK(tb_writer_open(bad, -1, &w) != KL_OK && w == NULL && strstr(kl_last_error(), "file"));
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);

@@ -18,7 +18,7 @@ field() { grep "\"type\":\"$2\"" "$1" | tail -n 1 | sed "s/.*\"$3\":\([^,}]*\).*
 
 # 1 + 2: CPU only, NVML path is not a library
 echo "not a library" >"$tmp/libfake.so"
-KILN_NVML_LIB="$tmp/libfake.so" "$kiln" train "${common[@]}" --set train.telemetry_interval=0.2 --out "$tmp/cpu" >"$tmp/cpu.log" 2>&1
+KILN_NVML_LIB="$tmp/libfake.so" "$kiln" train "${common[@]}" --set train.telemetry_interval=0.02 --out "$tmp/cpu" >"$tmp/cpu.log" 2>&1
 check "trains without NVML" '[ $? -eq 0 ] && grep -q "^test: loss" "$tmp/cpu.log"'
 check "one 'no GPU telemetry' message naming the library" \
   '[ "$(grep -c "no GPU telemetry" "$tmp/cpu.log")" -eq 1 ] && grep -q "no GPU telemetry (.*libfake.so" "$tmp/cpu.log"'
@@ -29,6 +29,13 @@ check "CPU time and peak RSS recorded" \
   'awk -v c="$(field "$tmp/cpu/metrics.jsonl" telemetry cpu_s)" -v r="$(field "$tmp/cpu/metrics.jsonl" telemetry rss_peak_mb)" "BEGIN{exit !(c > 0.1 && r > 10)}"'
 check "no GPU fields or energy records" '! grep -q "gpu_util\|\"type\":\"energy\"" "$tmp/cpu/metrics.jsonl"'
 check "progress line shows cpu and rss" 'grep -q "step 30/30 .* cpu [0-9.]* cores  rss [0-9]* MB" "$tmp/cpu.log"'
+# a peak is at least now; cpu_util where a sample spans enough time (which
+# samples: test_telemetry.c, against each sample's own span)
+check "rss_peak_mb >= rss_mb; cpu_util measured" \
+  '"$py" -c "
+import json, sys
+t = [r for r in map(json.loads, open(sys.argv[1])) if r[\"type\"] == \"telemetry\"]
+sys.exit(not t or any(r[\"rss_peak_mb\"] < r[\"rss_mb\"] for r in t) or not any(\"cpu_util\" in r for r in t))" "$tmp/cpu/metrics.jsonl"'
 
 "$kiln" train "${common[@]}" --steps 5 --set train.telemetry_interval=0 --out "$tmp/off" >"$tmp/off.log" 2>&1
 check "telemetry_interval=0: no records, no message" \

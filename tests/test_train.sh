@@ -4,7 +4,11 @@
 #     validation accuracy; the run dir has config.yaml, metrics.jsonl and a checkpoint;
 #  2. a run killed with SIGKILL at a random step and resumed logs the same
 #     loss, bit for bit, at every step as an uninterrupted run;
-#  3. config and data errors give their specific messages.
+#  3. config and data errors give their specific messages;
+#  4. throughput counts training time only: with a validation set 150x the
+#     training set, the time each epoch record's samples/s implies is its
+#     steps' time (within a factor 2 either way: never a timing flake, the
+#     two measure the same span; validation would add several times it).
 . "$(dirname "$0")/lib/check.sh" "$1"
 
 # 1. accuracy on a subset
@@ -16,6 +20,26 @@ echo "     validation accuracy after 3 epochs: $acc"
 check "val accuracy >= 0.80" "awk -v a='$acc' 'BEGIN{exit !(a >= 0.80)}'"
 check "run dir has config.yaml" '[ -s "$tmp/acc/config.yaml" ] && grep -q "val_split: 2000" "$tmp/acc/config.yaml"'
 check "run dir has a checkpoint" '[ -s "$tmp/acc/checkpoints/latest" ] && [ -s "$tmp/acc/checkpoints/$(cat "$tmp/acc/checkpoints/latest")/model.safetensors" ]'
+
+# 4. 256 training samples (2 steps of 128 an epoch), 40000 validation samples
+"$kiln" train models/mlp.yaml --steps 6 --set data.limit=40256 --set data.val_split=40000 --set train.log_every=1 --threads 2 \
+  --no-tensorboard --out "$tmp/rate" >"$tmp/rate.log" 2>&1
+check "big validation set trains" '[ $? -eq 0 ]'
+python3 - "$tmp/rate/metrics.jsonl" >"$tmp/rate.txt" 2>&1 <<'EOF'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+bad, n = [], 0
+for e in (r for r in recs if r["type"] == "epoch"):
+    steps = sum(128 / r["samples_per_s"] for r in recs if r["type"] == "step" and r["epoch"] == e["epoch"])
+    n += 1
+    t = 256 / e["samples_per_s"]
+    if not steps / 2 <= t <= 2 * steps:
+        bad.append("epoch %d: %s samples/s (%.4f s), its steps %.4f s" % (e["epoch"], e["samples_per_s"], t, steps))
+print("\n".join(bad) if bad or not n else "%d epochs' times equal their steps'" % n)
+sys.exit(1 if bad or not n else 0)
+EOF
+check "epoch samples/s over training time only (not validation's)" '[ $? -eq 0 ]'
+sed 's/^/     /' "$tmp/rate.txt"
 
 # 2. SIGKILL at a random step, resume, compare every step's loss
 common=(models/mlp.yaml --steps 120 --batch 64 --set data.limit=3000 --set data.val_split=500

@@ -4,6 +4,7 @@
 #include "cli/nan_watch.h"
 #include "cli/evaluator.h"
 #include "core/error.h"
+#include "io/fileio.h" /* kl_json_escape */
 
 #include <ctype.h>
 #include <math.h>
@@ -189,16 +190,27 @@ static int nonfinite_params(kl_ctx *ctx, int grads, int *last, finite_stats *at_
     return count;
 }
 
+/* ,"key":"s" with s escaped (config paths and types are the user's text) */
+static void json_field(FILE *f, const char *key, const char *s)
+{
+    fprintf(f, ",\"%s\":\"", key);
+    for (char esc[8]; *s; s++) fwrite(esc, 1, (size_t)kl_json_escape((unsigned char)*s, esc), f);
+    fputc('"', f);
+}
+
+/* The finding's record; layer, op and origin NULL: left out. */
 static void record(const nan_step *st, const char *trigger, const char *phase, const char *layer, const char *op,
                    const char *origin, int line, const finite_stats *fs)
 {
     if (!st->metrics) return;
-    fprintf(st->metrics, "{\"type\":\"nan\",\"step\":%lld,\"trigger\":\"%s\",\"phase\":\"%s\",\"layer\":\"%s\",\"op\":\"%s\"",
-            (long long)st->step, trigger, phase, layer, op);
+    fprintf(st->metrics, "{\"type\":\"nan\",\"step\":%lld,\"trigger\":\"%s\",\"phase\":\"%s\"", (long long)st->step,
+            trigger, phase);
+    if (layer) json_field(st->metrics, "layer", layer);
+    if (op) json_field(st->metrics, "op", op);
     if (origin) {
-        fputs(",\"where\":\"", st->metrics);
-        for (const char *c = origin; *c; c++) fprintf(st->metrics, *c == '"' || *c == '\\' ? "\\%c" : "%c", *c);
-        fprintf(st->metrics, ":%d\"", line);
+        char where[4200];
+        snprintf(where, sizeof where, "%s:%d", origin, line);
+        json_field(st->metrics, "where", where);
     }
     if (fs) fprintf(st->metrics, ",\"nan\":%lld,\"inf\":%lld,\"values\":%lld", (long long)fs->nan, (long long)fs->inf, (long long)fs->n);
     fputs("}\n", st->metrics);
@@ -292,6 +304,14 @@ static kl_status diagnose(const nan_step *st, const char *trigger, char *msg, si
         record(st, trigger, "none", "", "", NULL, 0, NULL);
     }
     return KL_OK;
+}
+
+kl_status nan_watch_eval(kl_status s, const char *pass, int64_t step, FILE *metrics)
+{
+    if (s != KL_ENUMERIC) return s;
+    nan_step st = {.step = step, .metrics = metrics};
+    record(&st, "loss", pass, NULL, NULL, NULL, 0, NULL);
+    return kl_fail_prefix(s, "%s after step %lld", pass, (long long)step);
 }
 
 kl_status nan_watch_after(nan_watch *w, kl_status s, const nan_step *st)

@@ -41,4 +41,10 @@ typedef struct nan_step {
  * KL_ENUMERIC with the finding in the message. */
 kl_status nan_watch_after(nan_watch *w, kl_status s, const nan_step *st);
 
+/* After a validation or test pass (pass: "validation", "test") that
+ * returned s following training step step: a non-finite loss (KL_ENUMERIC)
+ * gets "<pass> after step <step>: " before its message and a
+ * {"type":"nan","step":..,"trigger":"loss","phase":pass} record. Returns s. */
+kl_status nan_watch_eval(kl_status s, const char *pass, int64_t step, FILE *metrics);
+
 #endif

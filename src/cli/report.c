@@ -83,6 +83,7 @@ static kl_status record(run_data *d, const json_t *o, double *wall_base, double 
     }
     if (!strcmp(type, "step")) {
         d->steps = (int64_t)step;
+        d->test_stale = d->has_test;
         KL_TRY(field(&d->loss, o, "loss", step, 1));
         KL_TRY(field(&d->acc, o, "accuracy", step, 1));
         KL_TRY(field(&d->lr, o, "lr", step, 1));
@@ -107,6 +108,8 @@ static kl_status record(run_data *d, const json_t *o, double *wall_base, double 
         }
     } else if (!strcmp(type, "test")) {
         d->has_test = num(o, "loss", &d->test_loss) && num(o, "accuracy", &d->test_acc);
+        d->test_stale = 0;
+        if (!num(o, "step", &d->test_step)) d->test_step = -1;
     } else if (!strcmp(type, "telemetry")) {
         double t = *wall_base + wall;
         KL_TRY(field(&d->cpu, o, "cpu_util", t, 0));
@@ -123,8 +126,11 @@ static kl_status record(run_data *d, const json_t *o, double *wall_base, double 
         const char *op = json_string_value(json_object_get(o, "op"));
         const char *phase = json_string_value(json_object_get(o, "phase"));
         const char *where = json_string_value(json_object_get(o, "where"));
-        snprintf(d->nan, sizeof d->nan, "step %.0f: %s pass, %s (op %s)%s%.80s", step, phase ? phase : "?",
-                 layer ? layer : "?", op ? op : "?", where ? " at " : "", where ? where : "");
+        if (!layer) /* a validation or test pass: its loss, no layer re-run */
+            snprintf(d->nan, sizeof d->nan, "%s pass after step %.0f: the loss is not finite", phase ? phase : "?", step);
+        else
+            snprintf(d->nan, sizeof d->nan, "step %.0f: %s pass, %s (op %s)%s%.80s", step, phase ? phase : "?", layer,
+                     op ? op : "?", where ? " at " : "", where ? where : "");
     } else if (!strcmp(type, "early_stop")) {
         double ep = 0, ev = 0;
         num(o, "epoch", &ep);
@@ -224,7 +230,11 @@ static int summary(const run_data *d, char rows[][2][128])
             last(&d->val_acc), d->best_val_acc, (long long)d->best_val_epoch);
     else if (d->has_val)
         ROW("val loss / perplexity", "%.4f / %.4g", last(&d->val_loss), exp(last(&d->val_loss)));
-    if (d->has_test) ROW("test loss / accuracy", "%.4f / %.4f", d->test_loss, d->test_acc);
+    if (d->has_test && !d->test_stale) ROW("test loss / accuracy", "%.4f / %.4f", d->test_loss, d->test_acc);
+    else if (d->has_test && d->test_step >= 0) /* not of the final model: a resume trained on from an earlier step */
+        ROW("test loss / accuracy", "%.4f / %.4f (at step %.0f, superseded by a resume)", d->test_loss, d->test_acc,
+            d->test_step);
+    else if (d->has_test) ROW("test loss / accuracy", "%.4f / %.4f (superseded by a resume)", d->test_loss, d->test_acc);
     if (d->nan[0]) ROW("diverged (NaN watch)", "%.110s", d->nan);
     if (d->early[0]) ROW("early stop", "%s", d->early);
     ROW("time", "%.1f s", d->time_s);

@@ -22,6 +22,8 @@ typedef struct run_data {
     series cpu, rss, gpu_util, gpu_mem, gpu_power;
     int has_val, has_test, has_gpu, resumed;
     double test_loss, test_acc, time_s;
+    double test_step; /* the step the test followed (-1: an older record without one) */
+    int test_stale;   /* step records came after the test: a resume trained on from an earlier point */
     double rss_peak_mb, gpu_mem_peak_mb, energy_j, best_val_acc;
     double energy_samples;            /* training samples the energy covers */
     double pending_j, pending_samples; /* this process's epoch records while it has no run record */

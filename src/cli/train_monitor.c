@@ -113,9 +113,25 @@ static void tb_failed(train_monitor *m)
     m->tb = NULL;
 }
 
-static void scalar(train_monitor *m, const char *tag, int64_t step, double v)
+/* v as a metrics.jsonl record printed with fmt holds it, so TensorBoard's
+ * value equals the record's (as float32) */
+static double as_logged(const char *fmt, double v)
 {
-    if (m->tb && tb_scalar(m->tb, tag, step, v) != KL_OK) tb_failed(m);
+    char t[64];
+    snprintf(t, sizeof t, fmt, v);
+    return strtod(t, NULL);
+}
+
+/* A non-finite value is left out, as the records leave it (JSON has no
+ * NaN): a language model's accuracy, a perplexity past a loss of 709. */
+static void scalar(train_monitor *m, const char *tag, int64_t step, const char *fmt, double v)
+{
+    if (m->tb && isfinite(v) && tb_scalar(m->tb, tag, step, as_logged(fmt, v)) != KL_OK) tb_failed(m);
+}
+
+void train_monitor_scalar(train_monitor *m, const char *tag, int64_t step, const char *fmt, double v)
+{
+    scalar(m, tag, step, fmt, v);
 }
 
 static void flush(train_monitor *m)
@@ -124,22 +140,26 @@ static void flush(train_monitor *m)
 }
 
 kl_status train_monitor_open(train_monitor *m, const char *run_dir, kl_ctx *ctx, const kl_optim *opt, FILE *metrics,
-                            double run_t0)
+                            double run_t0, int64_t resumed_step)
 {
     m->ctx = ctx;
+    /* a process that logs no step (resumed at the end, or interrupted before
+     * its first step) writes its points at the checkpoint's step, not at 0;
+     * the checkpoint's histograms are the earlier process's */
+    m->step = resumed_step > 0 ? resumed_step : 0;
     m->opt = opt;
     m->metrics = metrics;
     /* where a process's records begin (a resumed run appends): kiln report
      * adds up time and energy per process */
     fprintf(metrics, "{\"type\":\"start\",\"wall_s\":%.3f}\n", mono_s() - run_t0);
-    m->last_hist_step = -1;
+    m->last_hist_step = resumed_step > 0 ? resumed_step : -1;
     m->nan.off = !m->o.nan_watch;
     if (!g_monitor_flags.no_tensorboard) {
         size_t n = strlen(run_dir) + 8;
         char *dir = kl_malloc(n);
         if (!dir) return KL_ENOMEM;
         snprintf(dir, n, "%s/tb", run_dir);
-        kl_status s = tb_writer_open(dir, &m->tb);
+        kl_status s = tb_writer_open(dir, resumed_step, &m->tb);
         kl_free(dir);
         KL_TRY(s);
     }
@@ -180,13 +200,13 @@ static void telemetry_out(train_monitor *m, int64_t step)
     int n = m->tel ? telemetry_drain(m->tel, s, TELEMETRY_RING) : 0;
     for (int i = 0; i < n; i++) {
         const telemetry_sample *t = &s[i];
-        fprintf(m->metrics,
-                "{\"type\":\"telemetry\",\"step\":%lld,\"wall_s\":%.3f,\"cpu_s\":%.3f,\"cpu_util\":%.3f,"
-                "\"rss_mb\":%.1f,\"rss_peak_mb\":%.1f",
-                (long long)step, t->wall_s + m->t_offset, t->cpu_s, t->cpu_util, t->rss_mb, t->rss_peak_mb);
-        scalar(m, "sys/cpu_util", step, t->cpu_util);
-        scalar(m, "sys/rss_mb", step, t->rss_mb);
-        scalar(m, "sys/rss_peak_mb", step, t->rss_peak_mb);
+        fprintf(m->metrics, "{\"type\":\"telemetry\",\"step\":%lld,\"wall_s\":%.3f,\"cpu_s\":%.3f", (long long)step,
+                t->wall_s + m->t_offset, t->cpu_s);
+        if (t->have & TEL_CPU) fprintf(m->metrics, ",\"cpu_util\":%.3f", t->cpu_util);
+        fprintf(m->metrics, ",\"rss_mb\":%.1f,\"rss_peak_mb\":%.1f", t->rss_mb, t->rss_peak_mb);
+        if (t->have & TEL_CPU) scalar(m, "sys/cpu_util", step, "%.3f", t->cpu_util);
+        scalar(m, "sys/rss_mb", step, "%.1f", t->rss_mb);
+        scalar(m, "sys/rss_peak_mb", step, "%.1f", t->rss_peak_mb);
         for (size_t k = 0; t->gpu && k < sizeof gpu_fields / sizeof gpu_fields[0]; k++) {
             if (!(t->have & gpu_fields[k].bit)) continue;
             double v = *(const double *)((const char *)t + gpu_fields[k].off);
@@ -194,10 +214,12 @@ static void telemetry_out(train_monitor *m, int64_t step)
             fprintf(m->metrics, ",\"%s\":", gpu_fields[k].name);
             fprintf(m->metrics, gpu_fields[k].fmt, v);
             snprintf(tag, sizeof tag, "sys/%s", gpu_fields[k].name);
-            if (gpu_fields[k].tb) scalar(m, tag, step, v);
+            if (gpu_fields[k].tb) scalar(m, tag, step, gpu_fields[k].fmt, v);
         }
         fprintf(m->metrics, "}\n");
+        telemetry_sample prev = m->last; /* the progress line keeps the last measured cpu_util */
         m->last = *t;
+        if (!(t->have & TEL_CPU)) m->last.cpu_util = prev.cpu_util, m->last.have |= prev.have & TEL_CPU;
     }
 }
 
@@ -223,8 +245,8 @@ static void energy_out(train_monitor *m, const char *scope, int64_t epoch, int64
     fprintf(m->metrics, "{\"type\":\"energy\",\"scope\":\"%s\",\"epoch\":%lld,\"step\":%lld,\"joules\":%.3f,"
             "\"seconds\":%.3f,\"mean_w\":%.3f,\"samples\":%lld,\"samples_per_j\":%.4g,\"source\":\"%s\"}\n",
             scope, (long long)epoch, (long long)step, j, secs, secs > 0 ? j / secs : 0.0, (long long)samples, spj, src);
-    scalar(m, run ? "sys/run_energy_j" : "sys/epoch_energy_j", step, j);
-    if (j > 0) scalar(m, run ? "sys/run_samples_per_j" : "sys/epoch_samples_per_j", step, spj);
+    scalar(m, run ? "sys/run_energy_j" : "sys/epoch_energy_j", step, "%.3f", j);
+    if (j > 0) scalar(m, run ? "sys/run_samples_per_j" : "sys/epoch_samples_per_j", step, "%.4g", spj);
 }
 
 void train_monitor_close(train_monitor *m)
@@ -272,27 +294,27 @@ void train_monitor_step(train_monitor *m, int64_t step, int64_t samples, double 
     m->step = step;
     m->samples += samples;
     telemetry_out(m, step);
-    scalar(m, "train/loss", step, loss);
-    scalar(m, "train/accuracy", step, acc);
-    scalar(m, "train/lr", step, lr);
+    scalar(m, "train/loss", step, MON_LOSS, loss);
+    scalar(m, "train/accuracy", step, MON_ACC, acc);
+    scalar(m, "train/lr", step, MON_LOSS, lr);
     if (m->o.histogram_every && step % m->o.histogram_every == 0) histograms(m, step);
 }
 
 void train_monitor_throughput(train_monitor *m, int64_t step, double samples_per_s)
 {
-    scalar(m, "train/samples_per_s", step, round(samples_per_s * 10) / 10); /* as metrics.jsonl's %.1f */
+    scalar(m, "train/samples_per_s", step, MON_RATE, samples_per_s);
     flush(m);
 }
 
 void train_monitor_epoch(train_monitor *m, int64_t epoch, int64_t step, int64_t samples, double loss, double acc,
                          int has_val, double val_loss, double val_acc, double lr)
 {
-    scalar(m, "epoch/loss", step, loss);
-    scalar(m, "epoch/accuracy", step, acc);
-    scalar(m, "epoch/lr", step, lr);
+    scalar(m, "epoch/loss", step, MON_LOSS, loss);
+    scalar(m, "epoch/accuracy", step, MON_ACC, acc);
+    scalar(m, "epoch/lr", step, MON_LOSS, lr);
     if (has_val) {
-        scalar(m, "val/loss", step, val_loss);
-        scalar(m, "val/accuracy", step, val_acc);
+        scalar(m, "val/loss", step, MON_LOSS, val_loss);
+        scalar(m, "val/accuracy", step, MON_ACC, val_acc);
     }
     if (!m->o.histogram_every) histograms(m, step);
     telemetry_out(m, step); /* validation's samples, before the ring wraps */
@@ -303,8 +325,8 @@ void train_monitor_epoch(train_monitor *m, int64_t epoch, int64_t step, int64_t 
 
 void train_monitor_test(train_monitor *m, double loss, double acc)
 {
-    scalar(m, "test/loss", m->step, loss);
-    scalar(m, "test/accuracy", m->step, acc);
+    scalar(m, "test/loss", m->step, MON_LOSS, loss);
+    scalar(m, "test/accuracy", m->step, MON_ACC, acc);
     flush(m);
 }
 
@@ -327,7 +349,8 @@ void train_monitor_progress(const train_monitor *m, char *buf, size_t cap)
     if (!cap) return;
     buf[0] = 0;
     if (!m->tel || t->wall_s <= 0) return;
-    int n = snprintf(buf, cap, "  cpu %.1f cores  rss %.0f MB", t->cpu_util, t->rss_mb);
+    int n = t->have & TEL_CPU ? snprintf(buf, cap, "  cpu %.1f cores  rss %.0f MB", t->cpu_util, t->rss_mb)
+                              : snprintf(buf, cap, "  rss %.0f MB", t->rss_mb); /* none measured yet */
     if ((t->have & (TEL_UTIL | TEL_MEM | TEL_POWER)) && n > 0 && (size_t)n < cap) /* have: GPU values only */
         n += snprintf(buf + n, cap - (size_t)n, "  gpu");
     if ((t->have & TEL_UTIL) && n > 0 && (size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, " %.0f%%", t->gpu_util);

@@ -4,7 +4,8 @@
  * to <run>/tb/ (unless --no-tensorboard).
  *
  * Tags: train/loss, train/accuracy, train/lr (every step),
- * train/samples_per_s (every log_every steps), epoch/loss, epoch/accuracy,
+ * train/samples_per_s (every log_every steps; language models add
+ * train/perplexity and train/tokens_per_s, and have no accuracy), epoch/loss, epoch/accuracy,
  * epoch/lr, val/loss, val/accuracy (epoch ends), test/loss, test/accuracy
  * (after training), sys/... (telemetry), params/<name> and grads/<name>
  * histograms (train.histogram_every steps; 0: at epoch ends). */
@@ -17,6 +18,12 @@
 #include "monitor/tb_writer.h"
 #include "monitor/telemetry.h"
 #include "cli/nan_watch.h"
+
+/* metrics.jsonl's number formats of the values mirrored to TensorBoard:
+ * each is sent as its record rounds it, so the two agree as float32. */
+#define MON_LOSS "%.9g" /* losses, learning rates, perplexities */
+#define MON_ACC "%.6f"  /* accuracies */
+#define MON_RATE "%.1f" /* samples_per_s, tokens_per_s */
 
 /* Flags of `kiln train` handled here (main.c takes them out of argv). */
 typedef struct monitor_flags {
@@ -71,19 +78,24 @@ typedef struct train_monitor {
 
 /* Opens <run_dir>/tb (unless disabled) and starts telemetry; run_t0 is the
  * run's start on CLOCK_MONOTONIC (telemetry wall_s counts from it); opt's
- * loss scale is divided out of the gradient histograms. */
+ * loss scale is divided out of the gradient histograms. resumed_step: the
+ * checkpoint's step of a resumed run (where its points go until a step is
+ * logged), -1 for a new run. */
 kl_status train_monitor_open(train_monitor *m, const char *run_dir, kl_ctx *ctx, const kl_optim *opt, FILE *metrics,
-                            double run_t0);
+                            double run_t0, int64_t resumed_step);
 void train_monitor_close(train_monitor *m);
 
 /* One call per metrics.jsonl record; failures to write TensorBoard files
- * print one warning and turn TensorBoard off (training goes on). */
+ * print one warning and turn TensorBoard off (training goes on). A value
+ * that is not finite is not written (acc NAN: a model without accuracy). */
 /* samples: the step's training samples (the run energy record's samples per joule). */
 void train_monitor_step(train_monitor *m, int64_t step, int64_t samples, double loss, double acc, double lr);
 void train_monitor_throughput(train_monitor *m, int64_t step, double samples_per_s);
 /* samples: the epoch's training samples (the energy record's samples per joule). */
 void train_monitor_epoch(train_monitor *m, int64_t epoch, int64_t step, int64_t samples, double loss, double acc,
                          int has_val, double val_loss, double val_acc, double lr);
+/* One more scalar of a record, printed there with fmt (e.g. MON_LOSS). */
+void train_monitor_scalar(train_monitor *m, const char *tag, int64_t step, const char *fmt, double v);
 /* Test results, logged at the last step. */
 void train_monitor_test(train_monitor *m, double loss, double acc);
 /* End of training: the last step's histograms (unless already written), a

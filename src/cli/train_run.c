@@ -253,7 +253,8 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(train_run_dir_open(a, r->o.name, cfg, r->run_dir, r->ckpt_root, &r->metrics));
     KL_TRY(watch_init(&r->watch, &r->o, r->train.g, r->metrics)); /* monitoring hook */
     if (a->resume) KL_TRY(watch_restore(&r->watch, r->st.watch, a->ckpt_dir));
-    return train_monitor_open(&r->mon, r->run_dir, r->ctx, r->opt, r->metrics, r->t0); /* monitoring hook */
+    return train_monitor_open(&r->mon, r->run_dir, r->ctx, r->opt, r->metrics, r->t0,
+                              a->resume ? r->st.step : -1); /* monitoring hook */
 }
 
 static void teardown(runner *r)
@@ -303,7 +304,9 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
     double vl = 0, vacc = 0, l = ep->n ? ep->loss / (double)ep->n : 0, acc = ep->n ? (double)ep->correct / (double)ep->n : 0;
     int64_t seen = ep->n; /* 0: resumed at the epoch's end from a checkpoint without its figures */
     char ck[4400];
-    if (r->va) KL_TRY(evaluate(r, r->va, r->d.val, &vl, &vacc));
+    /* the epoch's training rate, before validation's time */
+    double sps = ep->n > ep->n0 ? (double)(ep->n - ep->n0) / (now() - ep->t0) : 0.0;
+    if (r->va) KL_TRY(nan_watch_eval(evaluate(r, r->va, r->d.val, &vl, &vacc), "validation", st->step, r->metrics));
     if (tty) fprintf(stderr, "\n");
     printf("epoch %lld: train loss %.4f acc %.4f", (long long)st->epoch + 1, l, acc);
     if (r->va) printf("  val loss %.4f acc %.4f", vl, vacc);
@@ -312,10 +315,10 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
     printf("%s  (%.1f s)\n", sc_line, now() - r->t0);
     fflush(stdout);
     fprintf(r->metrics,
-            "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"val_loss\":%.9g,"
-            "\"val_accuracy\":%.6f,\"lr\":%.9g,\"samples_per_s\":%.1f,\"wall_s\":%.3f%s}\n",
-            (long long)st->epoch + 1, (long long)st->step, l, acc, vl, vacc, kl_optim_lr(r->opt),
-            ep->n > ep->n0 ? (double)(ep->n - ep->n0) / (now() - ep->t0) : 0.0, now() - r->t0, scaler);
+            "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,\"loss\":" MON_LOSS ",\"accuracy\":" MON_ACC
+            ",\"val_loss\":" MON_LOSS ",\"val_accuracy\":" MON_ACC ",\"lr\":" MON_LOSS ",\"samples_per_s\":" MON_RATE
+            ",\"wall_s\":%.3f%s}\n",
+            (long long)st->epoch + 1, (long long)st->step, l, acc, vl, vacc, kl_optim_lr(r->opt), sps, now() - r->t0, scaler);
     /* monitoring hook */
     train_monitor_epoch(&r->mon, st->epoch + 1, st->step, ep->n - ep->n0, l, acc, r->va != NULL, vl, vacc,
                         kl_optim_lr(r->opt));
@@ -357,6 +360,15 @@ typedef struct {
     int tty;
     int64_t total;
 } pipe_state;
+
+/* Validation and checkpoints since t are no training: the step, window and
+ * epoch clocks move past them, so samples/s, the epoch's rate and the ETA
+ * count training time only. */
+static void skip_time(pipe_state *p, double t)
+{
+    double d = now() - t;
+    p->t_last += d, p->t_win += d, p->ep.t0 += d;
+}
 
 /* The rows of step it's batch on the host (for the NaN watch): copied from
  * its slot's host copy when streamed (rewritten only after the step was
@@ -449,8 +461,8 @@ static kl_status handle_one(runner *r, kl_cfg *cfg, pipe_state *p, int wait, int
     p->t_last = now_s;
     double lr = it->lr;
     fprintf(r->metrics,
-            "{\"type\":\"step\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.9g,\"accuracy\":%.6f,\"lr\":%.9g,"
-            "\"samples_per_s\":%.1f,\"wall_s\":%.3f%s}\n",
+            "{\"type\":\"step\",\"step\":%lld,\"epoch\":%lld,\"loss\":" MON_LOSS ",\"accuracy\":" MON_ACC
+            ",\"lr\":" MON_LOSS ",\"samples_per_s\":" MON_RATE ",\"wall_s\":%.3f%s}\n",
             (long long)it->step, (long long)it->epoch + 1, mean, (double)corr / (double)rows, lr,
             t_step > 0 ? (double)rows / t_step : 0.0, now_s - r->t0, overflow ? ",\"overflow\":true" : "");
     train_monitor_step(&r->mon, it->step, rows, mean, (double)corr / (double)rows, lr); /* monitoring hook */
@@ -458,7 +470,8 @@ static kl_status handle_one(runner *r, kl_cfg *cfg, pipe_state *p, int wait, int
     p->data_wait = 0;
     if (it->step % r->o.log_every == 0 || it->step == p->total) {
         double sps = (double)p->win_n / (now_s - p->t_win);
-        fprintf(r->metrics, "{\"type\":\"throughput\",\"step\":%lld,\"samples_per_s\":%.1f}\n", (long long)it->step, sps);
+        fprintf(r->metrics, "{\"type\":\"throughput\",\"step\":%lld,\"samples_per_s\":" MON_RATE "}\n",
+                (long long)it->step, sps);
         train_monitor_throughput(&r->mon, it->step, sps); /* monitoring hook */
         progress(r, p->tty, it->step, p->total, it->epoch, p->win_loss / (double)p->win_n, sps);
         p->win_loss = 0, p->win_n = 0, p->t_win = now_s;
@@ -491,7 +504,9 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
     while (st.step < p.total) {
         if (st.batch == per_epoch) { /* end of epoch: validate, log, checkpoint */
             KL_TRY(drain(r, cfg, &p));
+            double t = now();
             KL_TRY(end_epoch(r, cfg, &st, p.tty, &p.ep));
+            skip_time(&p, t);
             if (r->early_stopped) break;
             continue;
         }
@@ -534,7 +549,9 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         if ((r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) || *stop) {
             KL_TRY(drain(r, cfg, &p));
             fflush(r->metrics);
+            double t = now();
             KL_TRY(save_ckpt(r, cfg, &st, &p.ep, ck, sizeof ck));
+            skip_time(&p, t);
         }
         if (*stop) {
             train_say_interrupted(p.tty, st.step, ck, r->run_dir);
@@ -569,12 +586,13 @@ int train_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop)
     }
     if (s == KL_OK && !interrupted && r.te) {
         double tl, tacc;
-        s = evaluate(&r, r.te, r.d.test, &tl, &tacc);
+        s = nan_watch_eval(evaluate(&r, r.te, r.d.test, &tl, &tacc), "test", r.mon.step, r.metrics);
         if (s == KL_OK) {
             printf("test: loss %.4f accuracy %.4f (%lld samples); total %.1f s\n", tl, tacc,
                    (long long)kl_dataset_count(r.te), now() - r.t0);
-            fprintf(r.metrics, "{\"type\":\"test\",\"loss\":%.9g,\"accuracy\":%.6f,\"wall_s\":%.3f}\n", tl, tacc,
-                    now() - r.t0);
+            /* step: which training the result is of (kiln report drops one a later resume superseded) */
+            fprintf(r.metrics, "{\"type\":\"test\",\"step\":%lld,\"loss\":" MON_LOSS ",\"accuracy\":" MON_ACC
+                    ",\"wall_s\":%.3f}\n", (long long)r.mon.step, tl, tacc, now() - r.t0);
             train_monitor_test(&r.mon, tl, tacc); /* monitoring hook */
         }
     }

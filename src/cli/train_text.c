@@ -116,7 +116,7 @@ static kl_status run_dir_open(lm_runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(train_run_dir_open(a, r->o.name, cfg, r->run_dir, r->ckpt_root, &r->metrics));
     snprintf(path, sizeof path, "%s/vocab.txt", r->run_dir);
     KL_TRY(kl_vocab_save(r->vocab, path));
-    KL_TRY(train_monitor_open(&r->mon, r->run_dir, r->ctx, r->opt, r->metrics, r->t0));
+    KL_TRY(train_monitor_open(&r->mon, r->run_dir, r->ctx, r->opt, r->metrics, r->t0, a->resume ? r->st.step : -1));
     KL_TRY(watch_init(&r->watch, &r->o, r->train.g, r->metrics));
     return a->resume ? watch_restore(&r->watch, r->st.watch, a->ckpt_dir) : KL_OK;
 }
@@ -197,8 +197,8 @@ static kl_status validate(lm_runner *r, double *loss)
 static void lm_fields(FILE *f, const char *pre, double l)
 {
     double ppl = exp(l); /* overflows past a loss of 709: JSON has no inf, so null */
-    fprintf(f, "\"%sloss\":%.9g,\"%sperplexity\":", pre, l, pre);
-    if (isfinite(ppl)) fprintf(f, "%.9g", ppl);
+    fprintf(f, "\"%sloss\":" MON_LOSS ",\"%sperplexity\":", pre, l, pre);
+    if (isfinite(ppl)) fprintf(f, MON_LOSS, ppl);
     else fputs("null", f);
     fprintf(f, ",\"%sbpc\":%.9g", pre, l / M_LN2);
 }
@@ -211,7 +211,7 @@ static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, 
 {
     double vl = 0, l = ep->n ? ep->sum / (double)ep->n : 0;
     int64_t epoch = (st->step - 1) / r->o.steps_per_epoch + 1;
-    if (r->n_val) KL_TRY(validate(r, &vl));
+    if (r->n_val) KL_TRY(nan_watch_eval(validate(r, &vl), "validation", st->step, r->metrics));
     if (tty) fprintf(stderr, "\n");
     printf("epoch %lld (step %lld): train loss %.4f bpc %.3f", (long long)epoch, (long long)st->step, l, l / M_LN2);
     if (r->n_val) printf("  val loss %.4f perplexity %.3f bpc %.3f", vl, exp(vl), vl / M_LN2);
@@ -225,7 +225,7 @@ static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, 
         fputc(',', r->metrics);
         lm_fields(r->metrics, "val_", vl);
     }
-    fprintf(r->metrics, ",\"lr\":%.9g,\"wall_s\":%.3f%s}\n", kl_optim_lr(r->opt), now() - r->t0, scaler);
+    fprintf(r->metrics, ",\"lr\":" MON_LOSS ",\"wall_s\":%.3f%s}\n", kl_optim_lr(r->opt), now() - r->t0, scaler);
     int64_t samples = (ep->n - ep->n0) * r->o.batch * r->o.optim.accumulate; /* this process's: its energy */
     train_monitor_epoch(&r->mon, epoch, st->step, samples, l, NAN, r->n_val > 0, vl, NAN, kl_optim_lr(r->opt));
     fflush(r->metrics);
@@ -282,17 +282,19 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
         lm_fields(r->metrics, "", l);
         /* under dynamic loss scaling a non-finite norm is an overflow: the update was skipped */
         int overflow = r->o.optim.scale_window > 0 && !isfinite(kl_optim_last_grad_norm(r->opt));
-        fprintf(r->metrics, ",\"lr\":%.9g,\"wall_s\":%.3f%s}\n", kl_optim_lr(r->opt), now() - r->t0,
+        fprintf(r->metrics, ",\"lr\":" MON_LOSS ",\"wall_s\":%.3f%s}\n", kl_optim_lr(r->opt), now() - r->t0,
                 overflow ? ",\"overflow\":true" : "");
-        train_monitor_step(&r->mon, st.step, B, l, NAN, kl_optim_lr(r->opt));
+        train_monitor_step(&r->mon, st.step, B, l, NAN, kl_optim_lr(r->opt)); /* NAN: no accuracy */
+        train_monitor_scalar(&r->mon, "train/perplexity", st.step, MON_LOSS, exp(l));
         /* the batch is cut on the host before the step: that is its data wait */
         watch_step(&r->watch, r->train.g, kl_optim_last_grad_norm(r->opt), st.step, now() - t_start, t_data);
         if (st.step % r->o.log_every == 0 || st.step == total) {
             double t = now(), wps = (double)(win.n * B) / (t - t_win), ml = win.sum / (double)win.n;
             double eta = wps > 0 ? (double)((total - st.step) * B) / wps : 0;
             char tel[160];
-            fprintf(r->metrics, "{\"type\":\"throughput\",\"step\":%lld,\"samples_per_s\":%.1f,\"tokens_per_s\":%.1f}\n",
-                    (long long)st.step, wps, wps * (double)r->T);
+            fprintf(r->metrics, "{\"type\":\"throughput\",\"step\":%lld,\"samples_per_s\":" MON_RATE
+                    ",\"tokens_per_s\":" MON_RATE "}\n", (long long)st.step, wps, wps * (double)r->T);
+            train_monitor_scalar(&r->mon, "train/tokens_per_s", st.step, MON_RATE, wps * (double)r->T);
             train_monitor_throughput(&r->mon, st.step, wps);
             train_monitor_progress(&r->mon, tel, sizeof tel);
             if (tty)
@@ -305,11 +307,13 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
             fflush(tty ? stderr : stdout);
             win = (mean_acc){0}, t_win = t;
         }
+        double t_off = now(); /* validation and checkpoints: not in the throughput window */
         if (st.step % spe == 0 || st.step == total) KL_TRY(end_epoch(r, cfg, &st, tty, &ep, ck, sizeof ck));
         else if (r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) {
             fflush(r->metrics);
             KL_TRY(save_ckpt(r, cfg, &st, &ep, ck, sizeof ck));
         }
+        t_win += now() - t_off;
         if (*stop) {
             fflush(r->metrics);
             KL_TRY(save_ckpt(r, cfg, &st, &ep, ck, sizeof ck));

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -176,4 +177,12 @@ kl_status kl_mkdir_p(const char *path)
         buf[i] = saved;
     }
     return KL_OK;
+}
+
+int kl_json_escape(unsigned char c, char esc[8])
+{
+    if (c == '"' || c == '\\') return esc[0] = '\\', esc[1] = (char)c, 2;
+    if (c < 0x20) return snprintf(esc, 8, "\\u%04x", c);
+    esc[0] = (char)c;
+    return 1;
 }

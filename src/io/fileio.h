@@ -31,4 +31,8 @@ kl_status kl_mkdir_p(const char *path);
 /* fsyncs a directory so renames and creations in it survive a crash. */
 kl_status kl_fsync_dir(const char *dir);
 
+/* Byte c of a JSON string's text: esc gets c itself or its escape (\" \\,
+ * \u00XX below 0x20; UTF-8 bytes pass through); returns its length. */
+int kl_json_escape(unsigned char c, char esc[8]);
+
 #endif

@@ -160,13 +160,7 @@ static void buf_puts(st_buf *b, const char *s) { buf_put(b, s, strlen(s)); }
 static void buf_json_string(st_buf *b, const char *s)
 {
     buf_put(b, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        char esc[8];
-        if (c == '"' || c == '\\') { esc[0] = '\\'; esc[1] = (char)c; buf_put(b, esc, 2); }
-        else if (c < 0x20) { snprintf(esc, sizeof esc, "\\u%04x", c); buf_put(b, esc, 6); }
-        else buf_put(b, s, 1);
-    }
+    for (char esc[8]; *s; s++) buf_put(b, esc, (size_t)kl_json_escape((unsigned char)*s, esc));
     buf_put(b, "\"", 1);
 }
 

@@ -72,13 +72,14 @@ static void put_packed_doubles(kl_pb *b, int field, const double *v, int n)
     }
 }
 
-/* An Event with wall_time and step, plus either file_version or a Summary
- * holding one Value (value: the Value's encoded fields), framed and written. */
-static kl_status write_event(tb_writer *w, int64_t step, const char *file_version, const kl_pb *value)
+/* An Event with wall_time and step, plus file_version, a Summary holding
+ * one Value (value: the Value's encoded fields) or a SessionLog START
+ * (start), framed and written. */
+static kl_status write_event(tb_writer *w, int64_t step, const char *file_version, const kl_pb *value, int start)
 {
     struct timeval tv;
     gettimeofday(&tv, NULL);
-    kl_pb ev = {0}, sum = {0};
+    kl_pb ev = {0}, sum = {0}, log = {0};
     kl_pb_double(&ev, 1, (double)tv.tv_sec + 1e-6 * (double)tv.tv_usec);
     kl_pb_int(&ev, 2, step); /* int64: negative values as 10-byte two's complement */
     if (file_version) kl_pb_str(&ev, 3, file_version);
@@ -86,7 +87,11 @@ static kl_status write_event(tb_writer *w, int64_t step, const char *file_versio
         kl_pb_msg(&sum, 1, value); /* Summary.value (repeated Value) */
         kl_pb_msg(&ev, 5, &sum);   /* Event.summary */
     }
-    kl_status s = ev.oom || sum.oom ? kl_fail(KL_ENOMEM, "out of memory encoding a TensorBoard event") : KL_OK;
+    if (start) {
+        kl_pb_int(&log, 1, 1);     /* SessionLog.status = START */
+        kl_pb_msg(&ev, 7, &log);   /* Event.session_log (6 is the deprecated log_message) */
+    }
+    kl_status s = ev.oom || sum.oom || log.oom ? kl_fail(KL_ENOMEM, "out of memory encoding a TensorBoard event") : KL_OK;
     unsigned char *rec = s == KL_OK ? kl_malloc(ev.n + 16) : NULL;
     if (s == KL_OK && !rec) s = KL_ENOMEM;
     if (s == KL_OK) {
@@ -97,10 +102,11 @@ static kl_status write_event(tb_writer *w, int64_t step, const char *file_versio
     kl_free(rec);
     kl_free(ev.p);
     kl_free(sum.p);
+    kl_free(log.p);
     return s;
 }
 
-kl_status tb_writer_open(const char *dir, tb_writer **out)
+kl_status tb_writer_open(const char *dir, int64_t resumed_step, tb_writer **out)
 {
     if (!out) return kl_fail(KL_EMISUSE, "tb_writer_open: out is NULL");
     *out = NULL;
@@ -127,7 +133,10 @@ kl_status tb_writer_open(const char *dir, tb_writer **out)
         tb_writer_close(w);
         return s;
     }
-    kl_status s = write_event(w, 0, "brain.Event:2", NULL);
+    kl_status s = write_event(w, 0, "brain.Event:2", NULL, 0);
+    /* with file_version 2 TensorBoard drops the earlier files' points from
+     * this step on only at a SessionLog START: else repeated steps show twice */
+    if (s == KL_OK && resumed_step >= 0) s = write_event(w, resumed_step + 1, NULL, NULL, 1);
     if (s == KL_OK) s = tb_writer_flush(w);
     if (s != KL_OK) {
         tb_writer_close(w);
@@ -160,7 +169,8 @@ kl_status tb_scalar(tb_writer *w, const char *tag, int64_t step, double value)
     kl_pb v = {0};
     kl_pb_str(&v, 1, tag);                  /* Value.tag */
     kl_pb_float(&v, 2, (float)value);       /* Value.simple_value */
-    kl_status s = v.oom ? kl_fail(KL_ENOMEM, "out of memory encoding scalar '%s'", tag) : write_event(w, step, NULL, &v);
+    kl_status s = v.oom ? kl_fail(KL_ENOMEM, "out of memory encoding scalar '%s'", tag)
+                        : write_event(w, step, NULL, &v, 0);
     kl_free(v.p);
     return s;
 }
@@ -195,7 +205,7 @@ kl_status tb_histogram(tb_writer *w, const char *tag, int64_t step, const float 
     kl_pb h = {0}, v = {0};
     kl_pb_double(&h, 1, lo);
     kl_pb_double(&h, 2, hi);
-    kl_pb_double(&h, 3, (double)n);
+    kl_pb_double(&h, 3, (double)finite); /* num: what the buckets hold (NaN/Inf are in none) */
     kl_pb_double(&h, 4, sum);
     kl_pb_double(&h, 5, sq);
     if (nb) {
@@ -205,7 +215,7 @@ kl_status tb_histogram(tb_writer *w, const char *tag, int64_t step, const float 
     kl_pb_str(&v, 1, tag);  /* Value.tag */
     kl_pb_msg(&v, 5, &h);   /* Value.histo */
     kl_status s = h.oom || v.oom ? kl_fail(KL_ENOMEM, "out of memory encoding histogram '%s'", tag)
-                                 : write_event(w, step, NULL, &v);
+                                 : write_event(w, step, NULL, &v, 0);
     kl_free(h.p);
     kl_free(v.p);
     return s;

@@ -4,7 +4,7 @@
  * protobuf library.
  *
  *   tb_writer *w;
- *   tb_writer_open("runs/x/tb", &w);      // events.out.tfevents.<time>.<host>
+ *   tb_writer_open("runs/x/tb", -1, &w);  // events.out.tfevents.<time>.<host>
  *   tb_scalar(w, "train/loss", step, 0.42f);
  *   tb_histogram(w, "params/layers.1.weight", step, values, n);
  *   tb_writer_flush(w);
@@ -20,8 +20,11 @@
 typedef struct tb_writer tb_writer;
 
 /* Creates dir (and parents) and a new event file in it whose first record
- * is the file_version event. KL_EIO with the path on failure; *out NULL. */
-kl_status tb_writer_open(const char *dir, tb_writer **out);
+ * is the file_version event; resumed_step >= 0 (a run resumed from that
+ * step) adds a SessionLog START at resumed_step + 1, so TensorBoard drops
+ * the earlier files' points from there on. KL_EIO with the path on
+ * failure; *out NULL. */
+kl_status tb_writer_open(const char *dir, int64_t resumed_step, tb_writer **out);
 /* Flushes and closes; NULL: no-op. */
 void tb_writer_close(tb_writer *w);
 /* The event file's path (owned by w). */
@@ -31,8 +34,8 @@ kl_status tb_writer_flush(tb_writer *w);
 
 /* One scalar event (Summary.Value.simple_value) at step. */
 kl_status tb_scalar(tb_writer *w, const char *tag, int64_t step, double value);
-/* One histogram event over n floats (non-finite values are counted in num
- * but kept out of min/max/sum and the buckets). n may be 0. */
+/* One histogram event over n floats (non-finite values are kept out of
+ * num, min/max/sum and the buckets). n may be 0. */
 kl_status tb_histogram(tb_writer *w, const char *tag, int64_t step, const float *v, int64_t n);
 
 /* ---- encoding helpers (exposed for tests) ------------------------------- */

@@ -127,14 +127,22 @@ void telemetry_sample_now(telemetry *t, telemetry_sample *s)
     s->wall_s = now - t->t0;
     s->cpu_s = (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
                1e-6 * (double)ru.ru_stime.tv_usec;
-    s->cpu_util = now > t->last_wall ? (s->cpu_s - t->last_cpu) / (now - t->last_wall) : 0;
-    t->last_cpu = s->cpu_s, t->last_wall = now;
+    /* over a span this short (the first sample, just after the start; one
+     * taken at the run's end) CPU time measures its own granularity, not
+     * load: no cpu_util, and the next sample's covers this span too */
+    double min_span = 0.1 * t->interval < 0.05 ? 0.1 * t->interval : 0.05;
+    if (now - t->last_wall >= min_span) {
+        s->cpu_util = (s->cpu_s - t->last_cpu) / (now - t->last_wall);
+        s->have |= TEL_CPU;
+        t->last_cpu = s->cpu_s, t->last_wall = now;
+    }
     s->rss_peak_mb = (double)ru.ru_maxrss / 1024.0; /* KiB on Linux */
     FILE *f = fopen("/proc/self/statm", "r");
     long pages_total, pages_res;
     if (f && fscanf(f, "%ld %ld", &pages_total, &pages_res) == 2)
         s->rss_mb = (double)pages_res * (double)sysconf(_SC_PAGESIZE) / 1048576.0;
     if (f) fclose(f);
+    if (s->rss_mb > s->rss_peak_mb) s->rss_peak_mb = s->rss_mb; /* ru_maxrss lags statm: a peak is at least now */
     nvml *nv = &t->nv;
     if (nv->lib) {
         nvml_util u;

@@ -25,7 +25,8 @@ typedef struct telemetry telemetry;
 #define TELEMETRY_RING 64
 
 /* telemetry_sample.have: the GPU values NVML gave (a call can fail or be
- * unsupported, e.g. utilisation under MIG: that value is absent, not 0) */
+ * unsupported, e.g. utilisation under MIG: that value is absent, not 0),
+ * and whether cpu_util was measured */
 enum {
     TEL_UTIL = 1,   /* gpu_util, gpu_mem_util */
     TEL_MEM = 2,    /* gpu_mem_mb, gpu_mem_total_mb */
@@ -33,14 +34,15 @@ enum {
     TEL_TEMP = 8,   /* gpu_temp_c */
     TEL_SM = 16,    /* gpu_sm_mhz */
     TEL_MEMCLK = 32, /* gpu_mem_mhz */
-    TEL_ENERGY = 64 /* gpu_energy_j */
+    TEL_ENERGY = 64, /* gpu_energy_j */
+    TEL_CPU = 128    /* cpu_util: the sample spans at least 10% of the interval (at most 50 ms needed) */
 };
 
 typedef struct telemetry_sample {
     double wall_s;                 /* seconds since telemetry_start */
     double cpu_s;                  /* process user + system CPU time */
-    double cpu_util;               /* cores busy since the previous sample (2.0 = two cores) */
-    double rss_mb, rss_peak_mb;    /* resident memory now, and its peak (MiB) */
+    double cpu_util;               /* with TEL_CPU: cores busy since the previous such sample (2.0 = two cores) */
+    double rss_mb, rss_peak_mb;    /* resident memory now, and its peak (MiB; at least rss_mb) */
     int gpu;                       /* 1: NVML is loaded; which gpu_* fields hold values: have */
     unsigned have;                 /* TEL_* bits */
     double gpu_util, gpu_mem_util; /* percent of time busy (kernels, memory) */
