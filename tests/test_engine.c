@@ -146,6 +146,16 @@ static void test_errors(void)
     CHECK_ERR(kl_relu(NULL, a, &out), KL_EMISUSE, "relu: graph is NULL");
     CHECK_ERR(kl_softmax_cross_entropy(g, a, c, &out), KL_EINVAL, "softmax_cross_entropy: labels must be i32 [128], got [10] i32");
     CHECK_ERR(kl_reshape(g, a, 2, bd, &out), KL_EINVAL, "reshape: cannot view [128,784] f32 (100352 elements) as [512,10]");
+    int64_t wrap[2] = {((int64_t)1 << 50) + 1, 100352}; /* the product wraps to 100352 mod 2^64 ... almost: refused by size */
+    CHECK_ERR(kl_reshape(g, a, 2, wrap, &out), KL_EINVAL, "reshape: cannot view [128,784] f32");
+    int64_t wrap2[2] = {((int64_t)1 << 61) + 1, 8}; /* 2^64 + 8 wraps to 8: must not pass for an 8-element x */
+    kl_tensor *x8;
+    int64_t d8[1] = {8};
+    CHECK_OK(kl_input(g, "x8", KL_F32, 1, d8, &x8));
+    CHECK_ERR(kl_reshape(g, x8, 2, wrap2, &out), KL_EINVAL, "reshape: cannot view [8] f32 (8 elements)");
+    kl_tensor *parts[3];
+    CHECK_ERR(kl_split(g, a, 1, 3, (int64_t[]){392, 0, 392}, parts), KL_EINVAL, "split: size 1 is 0; sizes must be > 0");
+    CHECK_ERR(kl_split(g, a, 1, 2, (int64_t[]){INT64_MAX, INT64_MIN + 785}, parts), KL_EINVAL, "split: size 0 is");
     CHECK_ERR(kl_linear(g, a, b, NULL, KL_ACT_NONE, &out), KL_EINVAL, "linear: input [128,784] f32 does not match weight [512,10] f32");
     CHECK_ERR(kl_transpose(g, a, 0, 2, &out), KL_EINVAL, "transpose: axis 2 out of range for [128,784] f32");
     CHECK_ERR(kl_backward(g, a), KL_EINVAL, "backward: loss 'a' must be a float scalar, got [128,784] f32");

@@ -6,7 +6,8 @@
 # cut-off last line starts a new line; kiln report on a language model
 # (perplexity, no accuracy), on an early stop, and after a resume from an
 # earlier checkpoint (the best accuracy of the epochs kept); KILN_PROFILE=1
-# on a resumed run; option-count limits; --init with --resume refused.
+# on a resumed run; option-count limits; --init with --resume refused; a
+# step schedule counted after warmup.
 . "$(dirname "$0")/lib/check.sh" "$1"
 small=(--set data.limit=600 --set data.val_split=200 --threads 1 --no-tensorboard)
 printf 'name: opts\nmodel:\n  input: [784]\n  layers:\n    - {type: linear, out: 10}\noptim:\n  kind: adam\n  lr: -0.01\n' >"$tmp/bad.yaml"
@@ -87,4 +88,8 @@ check "--init with --resume is refused" '[ $? -eq 2 ] && grep -q "\-\-init and \
 long=$(printf 'x%.0s' $(seq 40); printf '\xc3\xa9%.0s' $(seq 40))
 "$kiln" train "$tmp/bad.yaml" --lr "$long" >"$tmp/f.log" 2>&1
 check "a long non-number --lr: named as such, not as bad UTF-8" '[ $? -ne 0 ] && ! grep -q "UTF-8" "$tmp/f.log"'
+"$kiln" train models/mlp.yaml --steps 6 --set train.log_every=1 "${small[@]}" --set schedule.kind=step \
+  --set schedule.warmup_steps=2 --set schedule.step_size=2 --set schedule.gamma=0.1 --out "$tmp/st" >/dev/null 2>&1
+lrs=$(grep '"type":"step"' "$tmp/st/metrics.jsonl" | grep -o '"lr":[^,]*' | cut -d: -f2 | tr '\n' ' ')
+check "a step schedule counts its steps after warmup: the full lr for step_size steps first" '[ "$lrs" = "0.0005 0.001 0.001 0.001 0.0001 0.0001 " ]'
 check_done test_train_opts

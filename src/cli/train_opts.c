@@ -312,7 +312,7 @@ double train_lr(const train_opts *o, int64_t step, int64_t total)
     if (o->warmup > 0 && step < o->warmup) return lr * (double)(step + 1) / (double)o->warmup;
     int64_t s = step - o->warmup, n = total - o->warmup;
     switch (o->sched) {
-    case SCHED_STEP: return lr * pow(o->gamma, (double)(step / o->step_size));
+    case SCHED_STEP: return lr * pow(o->gamma, (double)(s / o->step_size)); /* counted after warmup, as cosine */
     case SCHED_COSINE:
         if (n <= 0) return lr;
         return o->min_lr + 0.5 * (lr - o->min_lr) * (1 + cos(M_PI * (double)s / (double)n));

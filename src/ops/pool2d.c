@@ -4,7 +4,7 @@
  *         argmax's position within the window in aux (u8 when the window has
  *         <= 255 elements, else i32), so backward scatters dy without
  *         recomputing: dx[argmax] += dy. Ties go to the first maximum; the
- *         first NaN wins (as in PyTorch), on every path.
+ *         first NaN wins on every path (PyTorch keeps the last of several).
  *   avg:  y = sum over the window / (KH*KW) (padding counts as zeros, like
  *         PyTorch's count_include_pad=True); dx += dy / (KH*KW) over the window.
  * pool2d_bwd: src {dy, forward node} (max: reads the forward node's aux) or

@@ -31,7 +31,7 @@ KL_HD static inline void kl_pool_outs(int64_t i, int s, int p, int k, int64_t n_
 }
 
 /* Max pooling's rule: v replaces the window's maximum m so far when it is
- * greater, or NaN while m is not (the first NaN wins; ties keep the first
+ * greater, or NaN while m is not (the first NaN wins, where PyTorch keeps the last; ties keep the first
  * maximum). Branch-free, for any floating type. */
 #define KL_POOL_TAKES(v, m) (((v) > (m)) | (((v) != (v)) & ((m) == (m))))
 

@@ -134,7 +134,7 @@ kl_status kl_reshape(kl_graph *g, kl_tensor *x, int ndim, const int64_t *dims, k
     for (int d = 0; d < ndim; d++) {
         if (dims[d] == -1 && infer < 0) infer = d;
         else if (dims[d] <= 0) return kl_fail(KL_EINVAL, "reshape: bad target dim %d = %lld for %s", d, (long long)dims[d], kl_desc(x));
-        else known *= dims[d];
+        else if (__builtin_mul_overflow(known, dims[d], &known) || known > kl_numel(x)) goto mismatch; /* a wrapped product could match */
         a.ne[d] = dims[d];
     }
     if (infer >= 0) {
@@ -210,7 +210,10 @@ kl_status kl_split(kl_graph *g, kl_tensor *x, int axis, int n, const int64_t *si
     int a;
     KL_TRY(kl_axis("split", x, axis, &a));
     int64_t total = 0;
-    for (int i = 0; i < n; i++) total += sizes[i];
+    for (int i = 0; i < n; i++)
+        if (sizes[i] <= 0 || __builtin_add_overflow(total, sizes[i], &total) || total > x->ne[a])
+            return kl_fail(KL_EINVAL, "split: size %d is %lld; sizes must be > 0 and add up to axis %d of %s (%lld)", i,
+                           (long long)sizes[i], axis, kl_desc(x), (long long)x->ne[a]);
     if (total != x->ne[a])
         return kl_fail(KL_EINVAL, "split: sizes add up to %lld, axis %d of %s has %lld", (long long)total, axis,
                        kl_desc(x), (long long)x->ne[a]);
