@@ -111,6 +111,16 @@ static void check_file_matches(kl_st_file *f, unsigned char **data)
     }
 }
 
+/* Random bytes for every spec (free each data[i]). */
+static void random_specs(unsigned char **data)
+{
+    for (int i = 0; i < NSPECS; i++) {
+        size_t n = spec_bytes(&g_specs[i]);
+        data[i] = malloc(n + 1);
+        for (size_t k = 0; k < n; k++) data[i][k] = rnd8();
+    }
+}
+
 static kl_st_writer *make_writer(unsigned char **data, int reverse)
 {
     kl_st_writer *w;
@@ -130,11 +140,7 @@ static kl_st_writer *make_writer(unsigned char **data, int reverse)
 static void test_round_trip(void)
 {
     unsigned char *data[NSPECS];
-    for (int i = 0; i < NSPECS; i++) {
-        size_t n = spec_bytes(&g_specs[i]);
-        data[i] = malloc(n + 1);
-        for (size_t k = 0; k < n; k++) data[i][k] = rnd8();
-    }
+    random_specs(data);
     kl_st_writer *w = make_writer(data, 0);
     const char *path = in_dir("model.safetensors");
     CHECK_OK(kl_st_writer_save(w, path));
@@ -308,11 +314,7 @@ static void test_atomic_failures(void)
 static void test_read_on_demand(void)
 {
     unsigned char *data[NSPECS];
-    for (int i = 0; i < NSPECS; i++) {
-        size_t n = spec_bytes(&g_specs[i]);
-        data[i] = malloc(n + 1);
-        for (size_t k = 0; k < n; k++) data[i][k] = rnd8();
-    }
+    random_specs(data);
     kl_st_writer *w = make_writer(data, 0);
     const char *path = in_dir("lazy.safetensors");
     CHECK_OK(kl_st_writer_save(w, path));
