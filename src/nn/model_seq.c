@@ -198,6 +198,7 @@ kl_status kl_model_parse_input(const kl_cfg_node *model, kl_model *m, parse_ctx 
     if (vnode) return kl_cfg_fail(vnode, KL_EINVAL, "model.vocab is for token models (input: {tokens: T})");
     int nin;
     KL_TRY(kl_cfg_int_list(model, "input", 1, 3, m->in, &nin));
+    if (nin == 0) return kl_cfg_fail(inode, KL_EINVAL, "input: expected 1 to 3 dims"); /* layers index the last dim */
     for (int i = 0; i < nin; i++)
         if (m->in[i] <= 0) return kl_cfg_fail(inode, KL_EINVAL, "input dims must be positive");
     m->in_ndim = nin;
