@@ -58,11 +58,15 @@ static kl_status only_for(kl_cfg_node *m, const char *sec, const char *key, doub
     return kl_cfg_fail(kl_cfg_get(m, key), KL_EINVAL, "%s: %s is for kind %s; kind %s does not use it", sec, key,
                        which, kind);
 }
-#define GET_BOOL(sec, key, def, dst)                                                               \
+/* GET_BOOL refusing, before the write-back (so located in the file, not
+ * as a --set), a value for which ok is false; why says what it needs. */
+#define GET_BOOL_IF(sec, key, def, dst, ok, why)                                                   \
     do {                                                                                           \
         KL_TRY(kl_cfg_bool(m, key, 0, def, &dst));                                                 \
+        if (!(ok)) return kl_cfg_fail(kl_cfg_get(m, key), KL_EINVAL, "%s: %s", sec, why);          \
         KL_TRY(put(cfg, sec, key, "%s", dst ? "true" : "false"));                                  \
     } while (0)
+#define GET_BOOL(sec, key, def, dst) GET_BOOL_IF(sec, key, def, dst, 1, "")
 
 /* data.kind text: a corpus (file or folder) and its held-out tail. */
 static kl_status read_text_data(kl_cfg *cfg, kl_cfg_node *m, train_opts *o)
@@ -145,9 +149,7 @@ static kl_status read_optim(kl_cfg *cfg, train_opts *o)
     }
     GET_FLOAT_IF("optim", "lr", 1e-3, o->optim.lr, v_ > 0 && isfinite(v_), "a positive number");
     GET_FLOAT_IF("optim", "momentum", 0, o->optim.momentum, v_ >= 0 && v_ < 1, "in [0, 1)");
-    GET_BOOL("optim", "nesterov", 0, nest);
-    if (nest && o->optim.momentum == 0)
-        return kl_cfg_fail(kl_cfg_get(m, "nesterov"), KL_EINVAL, "optim: nesterov needs momentum > 0");
+    GET_BOOL_IF("optim", "nesterov", 0, nest, !nest || o->optim.momentum > 0, "nesterov needs momentum > 0");
     o->optim.nesterov = nest;
     GET_FLOAT_IF("optim", "weight_decay", 0, o->optim.weight_decay, v_ >= 0 && isfinite(v_), "a number >= 0");
     if (kind == KL_OPTIM_SGD) KL_TRY(only_for(m, "optim", "eps", 1e-8, kinds[kind], "adam or adamw"));
@@ -264,10 +266,8 @@ static kl_status read_train(kl_cfg *cfg, train_opts *o)
     GET_INT("train", "checkpoint_every", 0, 0, INT64_MAX / 2, o->checkpoint_every);
     GET_INT("train", "threads", 0, 0, 4096, o->threads);
     GET_INT("train", "plateau_patience", 0, 0, 1 << 30, o->plateau_patience);
-    GET_BOOL("train", "early_stop", 0, o->early_stop);
-    if (o->early_stop && !o->plateau_patience)
-        return kl_cfg_fail(kl_cfg_get(m, "early_stop"), KL_EINVAL,
-                           "train: early_stop needs plateau_patience > 0 (the evaluations without improvement it stops after)");
+    GET_BOOL_IF("train", "early_stop", 0, o->early_stop, !o->early_stop || o->plateau_patience,
+                "early_stop needs plateau_patience > 0 (the evaluations without improvement it stops after)");
     KL_TRY(kl_cfg_float(m, "grad_norm_warn", 0, 0, &o->grad_norm_warn));
     if (o->grad_norm_warn < 0)
         return kl_cfg_fail(kl_cfg_get(m, "grad_norm_warn"), KL_EINVAL,
