@@ -66,6 +66,13 @@ check "label_col -2" '[ $? -eq 1 ] && grep -q "label_col -2 (no labels) cannot t
 "$kiln" train "$tmp/csv.yaml" --set "data.path=$tmp" --threads 1 --no-tensorboard --out "$tmp/c7" >"$tmp/c7.log" 2>&1
 check "a folder as data.path" '[ $? -eq 1 ] && grep -q "$tmp: is a directory, expected a file" "$tmp/c7.log"'
 
+# data.mean without data.std would be dropped (std 0 computes both): refused; both given are kept
+csvcfg "$tmp/tr.csv" ", mean: 0.5"
+"$kiln" train "$tmp/csv.yaml" --epochs 1 --threads 1 --no-tensorboard --out "$tmp/m1" >"$tmp/m1.log" 2>&1
+check "mean without std refused, located" '[ $? -eq 1 ] && grep -q "csv.yaml:6:[0-9]*: data.mean: data: mean 0.5 needs std too" "$tmp/m1.log"'
+"$kiln" train "$tmp/csv.yaml" --set data.std=2 --epochs 1 --threads 1 --no-tensorboard --out "$tmp/m2" >"$tmp/m2.log" 2>&1
+check "mean and std given are used as given" '[ $? -eq 0 ] && grep -q "mean: 0.5" "$tmp/m2/config.yaml" && grep -q "std: 2" "$tmp/m2/config.yaml"'
+
 # resume with another seed (it orders the validation split and the shuffle)
 csvcfg "$tmp/tr.csv" ", val_split: 2"
 "$kiln" train "$tmp/csv.yaml" --epochs 2 --set train.batch=2 --threads 1 --no-tensorboard --out "$tmp/r" >/dev/null 2>&1

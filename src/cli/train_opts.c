@@ -121,6 +121,9 @@ static kl_status read_data(kl_cfg *cfg, train_opts *o)
     KL_TRY(kl_cfg_float(m, "mean", 0, 0, &o->mean));
     KL_TRY(kl_cfg_float(m, "std", 0, 0, &o->std));
     if (o->std < 0) return kl_cfg_fail(kl_cfg_get(m, "std"), KL_EINVAL, "data: std must be > 0");
+    if (o->mean != 0 && o->std == 0) /* std 0 computes both: the mean given would be dropped */
+        return kl_cfg_fail(kl_cfg_get(m, "mean"), KL_EINVAL,
+                           "data: mean %g needs std too (with std 0 both are computed from the training set)", o->mean);
     GET_INT("data", "val_split", 0, 0, INT64_MAX / 2, o->val_split);
     GET_BOOL("data", "shuffle", 1, o->shuffle);
     GET_INT("data", "limit", 0, 0, INT64_MAX / 2, o->limit);
