@@ -68,11 +68,49 @@ static kl_status only_for(kl_cfg_node *m, const char *sec, const char *key, doub
     } while (0)
 #define GET_BOOL(sec, key, def, dst) GET_BOOL_IF(sec, key, def, dst, 1, "")
 
+/* data's keys and the kinds (bits of fashion_mnist, idx, csv, pngdir, text)
+ * that use each; def (NAN: none) is a value another kind may hold, as a
+ * resolved config.yaml of an earlier version does. */
+#define K_IMAGES 0xF /* every kind but text */
+static const struct data_key {
+    const char *key;
+    unsigned kinds;
+    const char *which;
+    double def;
+} data_keys[] = {
+    {"train_images", 0x2, "idx", NAN}, {"train_labels", 0x2, "idx", NAN}, {"test_images", 0x2, "idx", NAN},
+    {"test_labels", 0x2, "idx", NAN}, {"path", 0x1C, "csv, pngdir or text", NAN},
+    {"test_path", 0xC, "csv or pngdir", NAN}, {"label_col", 0x4, "csv", -1}, {"header", 0x4, "csv", NAN},
+    {"val_fraction", 0x10, "text", NAN}, {"normalize", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+    {"mean", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN}, {"std", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+    {"val_split", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+    {"shuffle", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+    {"limit", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+    {"drop_last", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+    {"on_device", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+};
+#define N_DATA_KEYS ((int)(sizeof data_keys / sizeof *data_keys))
+
+/* Unknown data keys, and a key of another kind set (path keys would be
+ * silently ignored and recorded as if used). */
+static kl_status check_data_keys(kl_cfg_node *m, int kind, const char *kname)
+{
+    const char *keys[N_DATA_KEYS + 2] = {"kind"};
+    for (int i = 0; i < N_DATA_KEYS; i++) keys[1 + i] = data_keys[i].key;
+    KL_TRY(kl_cfg_check_keys(m, keys));
+    for (int i = 0; i < N_DATA_KEYS; i++) {
+        const struct data_key *e = &data_keys[i];
+        kl_cfg_node *v = kl_cfg_get(m, e->key);
+        if (e->kinds >> kind & 1 || !v || kl_cfg_kind_of(v) == KL_CFG_NULL) continue;
+        if (!isnan(e->def)) KL_TRY(only_for(m, "data", e->key, e->def, kname, e->which));
+        else return kl_cfg_fail(v, KL_EINVAL, "data: %s is for kind %s; kind %s does not use it", e->key, e->which, kname);
+    }
+    return KL_OK;
+}
+
 /* data.kind text: a corpus (file or folder) and its held-out tail. */
 static kl_status read_text_data(kl_cfg *cfg, kl_cfg_node *m, train_opts *o)
 {
-    static const char *const keys[] = {"kind", "path", "val_fraction", NULL};
-    KL_TRY(kl_cfg_check_keys(m, keys));
     if (!kl_cfg_get(m, "path")) KL_TRY(put(cfg, "data", "path", "%s", DATA_TEXT_DEFAULT_PATH));
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m)); /* put may have made the map */
     KL_TRY(kl_cfg_string(m, "path", 1, NULL, &o->path));     /* borrowed from the tree: read after any put */
@@ -85,19 +123,18 @@ static kl_status read_text_data(kl_cfg *cfg, kl_cfg_node *m, train_opts *o)
 
 static kl_status read_data(kl_cfg *cfg, train_opts *o)
 {
-    static const char *const keys[] = {"kind", "train_images", "train_labels", "test_images", "test_labels", "path",
-                                       "test_path", "label_col", "normalize", "mean", "std", "val_split", "shuffle",
-                                       "limit", "drop_last", "on_device", "header", NULL};
+    static const char *const paths_keys[] = {"train_images", "train_labels", "test_images", "test_labels", "path",
+                                             "test_path"};
     static const char *const kinds[] = {"fashion_mnist", "idx", "csv", "pngdir", "text", NULL};
     kl_cfg_node *m;
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m));
     KL_TRY(kl_cfg_enum(m, "kind", 0, kinds, 0, &o->data_kind));
     KL_TRY(put(cfg, "data", "kind", "%s", kinds[o->data_kind]));
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m));
+    KL_TRY(check_data_keys(m, o->data_kind, kinds[o->data_kind]));
     if (o->data_kind == DATA_TEXT) return read_text_data(cfg, m, o);
-    KL_TRY(kl_cfg_check_keys(m, keys));
     const char **paths[] = {&o->train_images, &o->train_labels, &o->test_images, &o->test_labels, &o->path, &o->test_path};
-    for (int i = 0; i < 6; i++) KL_TRY(kl_cfg_string(m, keys[1 + i], 0, NULL, paths[i]));
+    for (int i = 0; i < 6; i++) KL_TRY(kl_cfg_string(m, paths_keys[i], 0, NULL, paths[i]));
     if (o->data_kind == 1 && (!o->train_images || !o->train_labels))
         return kl_cfg_fail(m, KL_EINVAL, "data: kind idx needs train_images and train_labels");
     if (o->data_kind >= 2 && !o->path) return kl_cfg_fail(m, KL_EINVAL, "data: kind %s needs path", kinds[o->data_kind]);
@@ -108,13 +145,13 @@ static kl_status read_data(kl_cfg *cfg, train_opts *o)
     if (o->label_col == -2) /* kl_csv_opts' "no labels": kiln train has a loss to compute */
         return kl_cfg_fail(kl_cfg_get(m, "label_col"), KL_EINVAL,
                            "data: label_col -2 (no labels) cannot train a classifier; the label's 0-based column, or -1 the last");
-    KL_TRY(put(cfg, "data", "label_col", "%lld", (long long)o->label_col));
     static const char *const headers[] = {"auto", "true", "false", NULL};
     int hdr;
     KL_TRY(kl_cfg_enum(m, "header", 0, headers, 0, &hdr));
-    if (o->data_kind == 2) KL_TRY(put(cfg, "data", "header", "%s", headers[hdr]));
-    else if (kl_cfg_get(m, "header"))
-        return kl_cfg_fail(kl_cfg_get(m, "header"), KL_EINVAL, "data: header is for kind csv");
+    if (o->data_kind == 2) { /* csv's keys: recorded only where used */
+        KL_TRY(put(cfg, "data", "label_col", "%lld", (long long)o->label_col));
+        KL_TRY(put(cfg, "data", "header", "%s", headers[hdr]));
+    }
     o->header = hdr == 0 ? -1 : hdr == 1;
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m)); /* put may have made the map anew */
     GET_BOOL("data", "normalize", 1, o->normalize);
