@@ -236,19 +236,21 @@ static kl_status read_schedule(kl_cfg *cfg, train_opts *o)
 
 /* train.loss_scale: dynamic (f16's default: gradients scaled by S from
  * loss_scale_init, halved on overflow, doubled after loss_scale_window good
- * steps), none (the others' default), or a number (a fixed S). */
+ * steps), none (the others' default), a number (a fixed S), or auto (as
+ * absent: the precision's default). */
 static kl_status read_loss_scale(kl_cfg *cfg, kl_cfg_node *m, train_opts *o, int f16)
 {
     kl_cfg_node *n = kl_cfg_get(m, "loss_scale");
+    if (kl_cfg_kind_of(n) == KL_CFG_NULL) n = NULL; /* --set train.loss_scale= */
     const char *v = kl_cfg_str_value(n);
-    int dynamic = f16, fixed = 0;
+    int dynamic = f16, fixed = 0, derived = !n || (v && !strcmp(v, "auto"));
     if (v && !strcmp(v, "dynamic")) dynamic = 1;
     else if (v && !strcmp(v, "none")) dynamic = 0;
-    else if (n) {
+    else if (!derived) {
         double S;
         KL_TRY(kl_cfg_float(m, "loss_scale", 0, 0, &S));
         if (!(S > 0) || !isfinite(S))
-            return kl_cfg_fail(n, KL_EINVAL, "train: loss_scale must be dynamic, none or a positive number, got %s", v);
+            return kl_cfg_fail(n, KL_EINVAL, "train: loss_scale must be auto, dynamic, none or a positive number, got %s", v);
         o->optim.loss_scale = S;
         dynamic = 0, fixed = 1;
     }
@@ -259,21 +261,24 @@ static kl_status read_loss_scale(kl_cfg *cfg, kl_cfg_node *m, train_opts *o, int
     if (!(init > 0) || !isfinite(init))
         return kl_cfg_fail(kl_cfg_get(m, "loss_scale_init"), KL_EINVAL,
                            "train: loss_scale_init must be a positive number, got %g", init);
-    if (!dynamic) {
+    if (!dynamic) { /* set to its default, as in an f16 run's config.yaml resumed in f32, it is no error */
         static const char *const dyn_only[] = {"loss_scale_init", "loss_scale_window"};
+        const int non_default[] = {init != 65536, window != 2000};
         for (int i = 0; i < 2; i++)
-            if (kl_cfg_get(m, dyn_only[i]))
+            if (non_default[i])
                 return kl_cfg_fail(kl_cfg_get(m, dyn_only[i]), KL_EINVAL, "train: %s is for loss_scale: dynamic%s",
                                    dyn_only[i], f16 ? "" : " (the default with precision f16 only)");
     }
-    if (dynamic) {
-        o->optim.loss_scale = init;
-        o->optim.scale_window = (int)window;
-        KL_TRY(put(cfg, "train", "loss_scale", "dynamic"));
-        KL_TRY(put(cfg, "train", "loss_scale_init", "%.17g", init));
-        return put(cfg, "train", "loss_scale_window", "%lld", (long long)window);
-    }
-    return fixed ? put(cfg, "train", "loss_scale", "%.17g", o->optim.loss_scale) : put(cfg, "train", "loss_scale", "none");
+    /* the user's choice is recorded, not its resolution: auto is derived
+     * again for the precision of a resume (--resume ... --precision f16) */
+    if (derived) KL_TRY(put(cfg, "train", "loss_scale", "auto"));
+    else if (fixed) KL_TRY(put(cfg, "train", "loss_scale", "%.17g", o->optim.loss_scale));
+    else KL_TRY(put(cfg, "train", "loss_scale", "%s", dynamic ? "dynamic" : "none"));
+    if (!dynamic) return KL_OK;
+    o->optim.loss_scale = init;
+    o->optim.scale_window = (int)window;
+    KL_TRY(put(cfg, "train", "loss_scale_init", "%.17g", init));
+    return put(cfg, "train", "loss_scale_window", "%lld", (long long)window);
 }
 
 static kl_status read_train(kl_cfg *cfg, train_opts *o)
