@@ -110,4 +110,6 @@ tiny_lm "$tmp/lm.yaml" "{type: lstm, hidden: 8}" "train: {steps: 2, batch: 2}"
 check "val_fraction rounding to nothing" '[ $? -eq 1 ] && grep -q "the held-out tail (val_fraction 0.0001) has 0 characters" "$tmp/t1.log"'
 "$kiln" train "$tmp/lm.yaml" --set data.test_path=/x --threads 1 --no-tensorboard --out "$tmp/t2" >"$tmp/t2.log" 2>&1
 check "test_path under kind text: the shared per-kind check" '[ $? -eq 1 ] && grep -q "data: test_path is for kind csv or pngdir; kind text does not use it" "$tmp/t2.log"'
+"$kiln" train "$tmp/lm.yaml" --set model.vocab= --threads 1 --no-tensorboard --out "$tmp/t3" >"$tmp/t3.log" 2>&1
+check "a null model.vocab is auto in train, as in plan" '[ $? -eq 0 ] && grep -q "vocab: [0-9]" "$tmp/t3/config.yaml" && "$kiln" plan "$tmp/lm.yaml" --set model.vocab= --max-batch 2 >/dev/null 2>&1'
 check_done test_data_cli
