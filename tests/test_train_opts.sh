@@ -33,6 +33,10 @@ check "nesterov without momentum, located in the file" 'refused "nest.yaml:9:13:
 printf 'train: {epochs: 1, early_stop: true}\n' | cat "$tmp/bad.yaml" - >"$tmp/es.yaml"
 check "early_stop without plateau_patience, located in the file" 'refused "es.yaml:9:32: train.early_stop: train: early_stop needs" "$tmp/es.yaml" "${ok[@]}" && ! grep -q -- "--set train.early" "$tmp/refused.log"'
 
+sed 's|^name: opts|name: x/../../esc|' "$tmp/bad.yaml" >"$tmp/esc.yaml"
+check "a name with / and .. refused, located (it would write outside runs/)" 'refused "esc.yaml:1:7: name: a run name may not hold" "$tmp/esc.yaml" "${ok[@]}"'
+check "a name of .. refused" 'refused "a run name may not hold" "$tmp/bad.yaml" "${ok[@]}" --set name=..'
+
 # betas [0, 0.999] trains differently from the default [0.9, 0.999], and its config.yaml keeps the 0
 last_loss() { step_losses "$1" | tail -n 1; }
 "$kiln" train models/mlp.yaml --steps 5 --set train.log_every=1 "${small[@]}" --out "$tmp/b9" >/dev/null 2>&1

@@ -342,6 +342,9 @@ kl_status train_opts_read(kl_cfg *cfg, train_opts *o)
     memset(o, 0, sizeof *o);
     KL_TRY(kl_cfg_check_keys(kl_cfg_root(cfg), top));
     KL_TRY(kl_cfg_string(kl_cfg_root(cfg), "name", 0, "run", &o->name));
+    if (strchr(o->name, '/') || strstr(o->name, "..")) /* it names a folder in runs/: it must stay there */
+        return kl_cfg_fail(kl_cfg_get(kl_cfg_root(cfg), "name"), KL_EINVAL,
+                           "a run name may not hold '/' or '..' (it is the run folder's name in runs/)");
     KL_TRY(read_data(cfg, o));
     KL_TRY(read_optim(cfg, o));
     KL_TRY(read_schedule(cfg, o));
