@@ -1,5 +1,6 @@
-/* Reading `kiln train`'s config sections. Each value read with its default
- * is written back, so the run's config.yaml is fully resolved. */
+/* Reading `kiln train`'s config sections. Each value read is written back
+ * with its default (train.loss_scale as given, auto when absent), so the
+ * run's config.yaml records what the run used (docs/CONFIG.md). */
 #include "cli/train_opts.h"
 #include "backends/backend.h" /* kl_cuda_available */
 #include "core/error.h"
