@@ -242,7 +242,8 @@ static void test_value_errors(void)
               "  sp: \" 5\"\n"                /* 18 */
               "  kind2: 7\n"                  /* 19 */
               "  lst: [1, 2]\n"               /* 20 */
-              "  word: NaN\n");               /* 21 */
+              "  word: NaN\n"                 /* 21 */
+              "  none: []\n");                /* 22 */
     if (!c) return;
     kl_cfg_node *a = kl_cfg_get(kl_cfg_root(c), "a");
     double d = 4.25;
@@ -279,6 +280,12 @@ static void test_value_errors(void)
               "cnn.yaml:10:13: a.list[1]: expected an integer, got \"x\"");
     CHECK_ERR(kl_cfg_int_list(a, "many", 1, 2, list, &n), KL_EINVAL,
               "cnn.yaml:11:9: a.many: expected at most 2 integers, got 3");
+    /* [] is refused, not read as absent (kernel: [] would become the default) */
+    CHECK_ERR(kl_cfg_int_list(a, "none", 0, 2, list, &n), KL_EINVAL,
+              "cnn.yaml:22:9: a.none: expected at least 1 integer, got an empty list");
+    double fl[2];
+    CHECK_ERR(kl_cfg_float_list(a, "none", 0, 2, fl, &n), KL_EINVAL,
+              "a.none: expected at least 1 number, got an empty list");
     CHECK_ERR(kl_cfg_int_list(a, "sub", 1, 2, list, &n), KL_EINVAL,
               "cnn.yaml:12:8: a.sub: expected a list of integers, got a map");
     CHECK_ERR(kl_cfg_string(a, "sub", 1, NULL, &s), KL_EINVAL,

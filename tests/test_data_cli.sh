@@ -66,6 +66,20 @@ check "label_col -2" '[ $? -eq 1 ] && grep -q "label_col -2 (no labels) cannot t
 "$kiln" train "$tmp/csv.yaml" --set "data.path=$tmp" --threads 1 --no-tensorboard --out "$tmp/c7" >"$tmp/c7.log" 2>&1
 check "a folder as data.path" '[ $? -eq 1 ] && grep -q "$tmp: is a directory, expected a file" "$tmp/c7.log"'
 
+# data.mean without data.std would be dropped (std 0 computes both): refused; both given are kept
+csvcfg "$tmp/tr.csv" ", mean: 0.5"
+"$kiln" train "$tmp/csv.yaml" --epochs 1 --threads 1 --no-tensorboard --out "$tmp/m1" >"$tmp/m1.log" 2>&1
+check "mean without std refused, located" '[ $? -eq 1 ] && grep -q "csv.yaml:6:[0-9]*: data.mean: data: mean 0.5 needs std too" "$tmp/m1.log"'
+"$kiln" train "$tmp/csv.yaml" --set data.std=2 --epochs 1 --threads 1 --no-tensorboard --out "$tmp/m2" >"$tmp/m2.log" 2>&1
+check "mean and std given are used as given" '[ $? -eq 0 ] && grep -q "mean: 0.5" "$tmp/m2/config.yaml" && grep -q "std: 2" "$tmp/m2/config.yaml"'
+
+# a data key of another kind is refused, not ignored and recorded as used
+csvcfg "$tmp/tr.csv" ", train_images: $tmp/im.idx"
+"$kiln" train "$tmp/csv.yaml" --epochs 1 --threads 1 --no-tensorboard --out "$tmp/k1" >"$tmp/k1.log" 2>&1
+check "train_images under kind csv, located" '[ $? -eq 1 ] && grep -q "csv.yaml:6:[0-9]*: data.train_images: data: train_images is for kind idx; kind csv does not use it" "$tmp/k1.log" && [ ! -e "$tmp/k1/config.yaml" ]'
+"$kiln" train "$tmp/csv.yaml" --set data.kind=pngdir --set data.train_images= --set data.header=true --epochs 1 --threads 1 --no-tensorboard --out "$tmp/k2" >"$tmp/k2.log" 2>&1
+check "header under kind pngdir (a null key is absent)" '[ $? -eq 1 ] && grep -q "data: header is for kind csv; kind pngdir does not use it" "$tmp/k2.log"'
+
 # resume with another seed (it orders the validation split and the shuffle)
 csvcfg "$tmp/tr.csv" ", val_split: 2"
 "$kiln" train "$tmp/csv.yaml" --epochs 2 --set train.batch=2 --threads 1 --no-tensorboard --out "$tmp/r" >/dev/null 2>&1
@@ -94,4 +108,8 @@ check "test_images without test_labels" '[ $? -eq 1 ] && grep -q "a test set nee
 tiny_lm "$tmp/lm.yaml" "{type: lstm, hidden: 8}" "train: {steps: 2, batch: 2}"
 "$kiln" train "$tmp/lm.yaml" --set data.val_fraction=0.0001 --threads 1 --no-tensorboard --out "$tmp/t1" >"$tmp/t1.log" 2>&1
 check "val_fraction rounding to nothing" '[ $? -eq 1 ] && grep -q "the held-out tail (val_fraction 0.0001) has 0 characters" "$tmp/t1.log"'
+"$kiln" train "$tmp/lm.yaml" --set data.test_path=/x --threads 1 --no-tensorboard --out "$tmp/t2" >"$tmp/t2.log" 2>&1
+check "test_path under kind text: the shared per-kind check" '[ $? -eq 1 ] && grep -q "data: test_path is for kind csv or pngdir; kind text does not use it" "$tmp/t2.log"'
+"$kiln" train "$tmp/lm.yaml" --set model.vocab= --threads 1 --no-tensorboard --out "$tmp/t3" >"$tmp/t3.log" 2>&1
+check "a null model.vocab is auto in train, as in plan" '[ $? -eq 0 ] && grep -q "vocab: [0-9]" "$tmp/t3/config.yaml" && "$kiln" plan "$tmp/lm.yaml" --set model.vocab= --max-batch 2 >/dev/null 2>&1'
 check_done test_data_cli

@@ -61,6 +61,33 @@ tiny_lm "$tmp/lm.yaml" "{type: lstm, hidden: 16}" "train: {batch: 8}"
 "$kiln" plan "$tmp/lm.yaml" --threads 2 >"$tmp/lm.log" 2>&1
 check "language model: one validation graph" \
   '[ $? -eq 0 ] && grep -q "other graphs .*(validation at batch 8)" "$tmp/lm.log" && [ "$(bytes "$tmp/lm.log" "other graphs")" -gt 0 ]'
+# model errors are refused where they are written (file:line:col)
+printf 'name: img\nmodel:\n  input: [1, 8, 8]\n  layers:\n    - {type: conv2d, out: 4, kernel: 3}\n    - {type: maxpool2d, kernel: 2}\n    - {type: flatten}\n    - {type: linear, out: 10}\n' >"$tmp/img.yaml"
+plan_refused() { # MESSAGE SED: the model edited by SED is refused with MESSAGE
+  sed "$2" "$tmp/img.yaml" >"$tmp/e.yaml"
+  "$kiln" plan "$tmp/e.yaml" --max-batch 2 >"$tmp/e.log" 2>&1
+  [ $? -eq 1 ] && grep -qF -- "$1" "$tmp/e.log"
+}
+check "input: [] is no input" 'plan_refused "e.yaml:3:10: model.input: expected at least 1 integer, got an empty list" "s/\[1, 8, 8\]/[]/"'
+check "kernel: [] is not kernel 1" 'plan_refused "e.yaml:5:38: model.layers[0].kernel: expected at least 1 integer, got an empty list" "s/kernel: 3/kernel: []/"'
+check "a huge dilation: no int overflow" 'plan_refused "conv2d: kernel 3x3 does not fit input [1,8,8]" "s/kernel: 3/kernel: 3, dilation: 1048576/"'
+check "a stride over the bound says the bound" 'plan_refused "stride must be in [1, 1048576], got 2000000" "s/kernel: 3/kernel: 3, stride: 2000000/"'
+check "maxpool stride: 0 refused" 'plan_refused "e.yaml:6:44: model.layers[1].stride: stride must be in [1, 1048576], got 0" "s/kernel: 2}/kernel: 2, stride: 0}/"'
+check "pool padding over half the kernel, located" 'plan_refused "model.layers[1].padding: maxpool2d: padding 2x2 must be at most half the kernel 2x2" "s/kernel: 2}/kernel: 2, padding: 2}/"'
+check "batchnorm eps < 0, located" 'plan_refused "e.yaml:6:30: model.layers[1].eps: batchnorm: eps must be >= 0, got -1" "s/{type: maxpool2d, kernel: 2}/{type: batchnorm, eps: -1}/"'
+check "batchnorm momentum > 1, located" 'plan_refused "model.layers[1].momentum: batchnorm: momentum must be in [0, 1], got 1.5" "s/{type: maxpool2d, kernel: 2}/{type: batchnorm, momentum: 1.5}/"'
+check "layernorm eps < 0, located" 'plan_refused "model.layers[2].eps: layernorm: eps must be >= 0, got -0.1" "s/{type: flatten}/{type: layernorm, eps: -0.1}/"'
+check "out and out_channels both" 'plan_refused "model.layers[0].out_channels: out_channels and out are the same setting: give one" "s/out: 4,/out: 4, out_channels: 4,/"'
+check "out and out_features both" 'plan_refused "model.layers[3].out_features: out_features and out are the same setting: give one" "s/out: 10}/out: 10, out_features: 10}/"'
+tiny_lm "$tmp/tb.yaml" "{type: transformer_block, heads: 2, eps: -1}" ""
+"$kiln" plan "$tmp/tb.yaml" --max-batch 2 >"$tmp/tb.log" 2>&1
+check "transformer_block eps < 0, located" '[ $? -eq 1 ] && grep -qF "tb.yaml:7:48: model.layers[1].eps: transformer_block: eps must be >= 0, got -1" "$tmp/tb.log"'
+r100=$(printf '{type: relu}, %.0s' $(seq 100)) # so each level's name adds ".100"
+deep="{type: relu}"; for i in $(seq 25); do deep="{type: residual, layers: [$r100$deep]}"; done
+printf 'name: deep\nmodel:\n  input: [4]\n  layers: [%s, {type: linear, out: 3}]\n' "$deep" >"$tmp/deep.yaml"
+"$kiln" plan "$tmp/deep.yaml" --max-batch 2 >"$tmp/deep.log" 2>&1
+check "a layer name too long to hold is refused, not cut (shared parameters)" \
+  '[ $? -eq 1 ] && grep -q "deep.yaml:4:[0-9]*: model.layers\[0\].layers\[100\].*: the layer name layers.0.100.100.*100.[0-9]* is longer than 95 characters" "$tmp/deep.log"'
 "$kiln" plan >/dev/null 2>&1 --bogus
 check "unknown plan option" '[ $? -eq 2 ]'
 check_done test_plan_cli

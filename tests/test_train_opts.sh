@@ -28,6 +28,15 @@ check "a negative min_lr" 'refused "schedule: min_lr must be in [0, optim.lr 0.0
 check "a negative gamma" 'refused "schedule: gamma must be a number >= 0, got -0.5" "$tmp/bad.yaml" "${ok[@]}" --set schedule.kind=step --set schedule.gamma=-0.5'
 check "gamma under a constant schedule" 'refused "schedule: gamma is for kind step; kind constant does not use it" "$tmp/bad.yaml" "${ok[@]}" --set schedule.gamma=0.5'
 check "early_stop without plateau_patience" 'refused "train: early_stop needs plateau_patience > 0" "$tmp/bad.yaml" "${ok[@]}" --set train.early_stop=true'
+# a file's value is named by its place in the file, not as a --set never typed
+sed 's/lr: -0.01/lr: 0.01\n  nesterov: true/; s/kind: adam/kind: sgd/' "$tmp/bad.yaml" >"$tmp/nest.yaml"
+check "nesterov without momentum, located in the file" 'refused "nest.yaml:9:13: optim.nesterov: optim: nesterov needs momentum > 0" "$tmp/nest.yaml" && ! grep -q -- "--set" "$tmp/refused.log"'
+printf 'train: {epochs: 1, early_stop: true}\n' | cat "$tmp/bad.yaml" - >"$tmp/es.yaml"
+check "early_stop without plateau_patience, located in the file" 'refused "es.yaml:9:32: train.early_stop: train: early_stop needs" "$tmp/es.yaml" "${ok[@]}" && ! grep -q -- "--set train.early" "$tmp/refused.log"'
+
+sed 's|^name: opts|name: x/../../esc|' "$tmp/bad.yaml" >"$tmp/esc.yaml"
+check "a name with / and .. refused, located (it would write outside runs/)" 'refused "esc.yaml:1:7: name: a run name may not hold" "$tmp/esc.yaml" "${ok[@]}"'
+check "a name of .. refused" 'refused "a run name may not hold" "$tmp/bad.yaml" "${ok[@]}" --set name=..'
 
 # betas [0, 0.999] trains differently from the default [0.9, 0.999], and its config.yaml keeps the 0
 last_loss() { step_losses "$1" | tail -n 1; }

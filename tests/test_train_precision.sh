@@ -44,7 +44,7 @@ check "kiln plan plans the bf16 step: more ops (the casts)" \
 # 4. f16 with dynamic loss scaling: from its default scale (2^16), then from 2^24
 "$kiln" train "$tmp/mlp.yaml" --epochs 1 --precision f16 "${small[@]}" --out "$tmp/f16" >"$tmp/f16.log" 2>&1
 check "f16 runs" '[ $? -eq 0 ]'
-check "config.yaml records loss_scale: dynamic" 'grep -q "loss_scale: dynamic" "$tmp/f16/config.yaml"'
+check "config.yaml records the loss_scale asked for (auto), not its resolution" 'grep -q "loss_scale: auto" "$tmp/f16/config.yaml" && grep -q "loss_scale_init: 65536" "$tmp/f16/config.yaml"'
 check "f16: epoch 1 train loss within 1 % of f32's ($(loss "$tmp/f32.log") vs $(loss "$tmp/f16.log"))" \
   'awk -v a="$(loss "$tmp/f32.log")" -v b="$(loss "$tmp/f16.log")" "BEGIN {d = a - b; if (d < 0) d = -d; exit !(a > 0 && d < 0.01 * a)}"'
 "$kiln" train "$tmp/mlp.yaml" --epochs 1 --precision f16 --set train.loss_scale_init=16777216 \
@@ -59,10 +59,22 @@ resume_dir "$tmp/f16o" 3 "$tmp/res16"
 check "f16 resumed at step 3, while the scale was falling: the remaining losses bit for bit" \
   '[ $? -eq 0 ] && same_tail "$tmp/f16o" "$tmp/res16"'
 
+# an f32 run resumed in f16 scales dynamically (auto is derived again), and back in f32 it does not
+resume_dir "$tmp/bf" 10 "$tmp/r16"
+"$kiln" train --resume "$tmp/r16" --precision f16 --threads 2 --no-tensorboard >"$tmp/r16.log" 2>&1
+check "an f32 (bf16) run resumed with --precision f16: dynamic loss scaling" \
+  '[ $? -eq 0 ] && grep -q "loss scale [0-9]\{4,\}" "$tmp/r16.log" && grep -q "loss_scale: auto" "$tmp/r16/config.yaml"'
+resume_dir "$tmp/f16" "$(ls "$tmp/f16/checkpoints" | sed -n 's/step-0*\([1-9][0-9]*\)$/\1/p' | head -n 1)" "$tmp/r32"
+"$kiln" train --resume "$tmp/r32" --precision f32 --epochs 2 --threads 2 --no-tensorboard >"$tmp/r32.log" 2>&1
+check "an f16 run resumed with --precision f32: its recorded loss_scale_init is no error, no scaling" \
+  '[ $? -eq 0 ] && ! grep -q "loss scale" "$tmp/r32.log"'
+"$kiln" train "$tmp/mlp.yaml" --set train.loss_scale= --epochs 1 "${small[@]}" --out "$tmp/lsn" >"$tmp/lsn.log" 2>&1
+check "a null loss_scale is auto (was \"got (null)\")" '[ $? -eq 0 ] && ! grep -q "(null)" "$tmp/lsn.log" && grep -q "loss_scale: auto" "$tmp/lsn/config.yaml"'
+
 # 5. errors
 "$kiln" train "$tmp/mlp.yaml" --set train.loss_scale=-4 "${small[@]}" --out "$tmp/ls" >"$tmp/ls.log" 2>&1
 check "a negative loss scale is refused, naming the key" \
-  '[ $? -ne 0 ] && grep -q "train.loss_scale: train: loss_scale must be dynamic, none or a positive number" "$tmp/ls.log"'
+  '[ $? -ne 0 ] && grep -q "train.loss_scale: train: loss_scale must be auto, dynamic, none or a positive number" "$tmp/ls.log"'
 "$kiln" train "$tmp/mlp.yaml" --set train.loss_scale_window=10 "${small[@]}" --out "$tmp/lw" >"$tmp/lw.log" 2>&1
 check "loss_scale_window without dynamic scaling is refused" \
   '[ $? -ne 0 ] && grep -q "loss_scale_window is for loss_scale: dynamic" "$tmp/lw.log"'

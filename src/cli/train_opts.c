@@ -1,5 +1,6 @@
-/* Reading `kiln train`'s config sections. Each value read with its default
- * is written back, so the run's config.yaml is fully resolved. */
+/* Reading `kiln train`'s config sections. Each value read is written back
+ * with its default (train.loss_scale as given, auto when absent), so the
+ * run's config.yaml records what the run used (docs/CONFIG.md). */
 #include "cli/train_opts.h"
 #include "backends/backend.h" /* kl_cuda_available */
 #include "core/error.h"
@@ -58,17 +59,59 @@ static kl_status only_for(kl_cfg_node *m, const char *sec, const char *key, doub
     return kl_cfg_fail(kl_cfg_get(m, key), KL_EINVAL, "%s: %s is for kind %s; kind %s does not use it", sec, key,
                        which, kind);
 }
-#define GET_BOOL(sec, key, def, dst)                                                               \
+/* GET_BOOL refusing, before the write-back (so located in the file, not
+ * as a --set), a value for which ok is false; why says what it needs. */
+#define GET_BOOL_IF(sec, key, def, dst, ok, why)                                                   \
     do {                                                                                           \
         KL_TRY(kl_cfg_bool(m, key, 0, def, &dst));                                                 \
+        if (!(ok)) return kl_cfg_fail(kl_cfg_get(m, key), KL_EINVAL, "%s: %s", sec, why);          \
         KL_TRY(put(cfg, sec, key, "%s", dst ? "true" : "false"));                                  \
     } while (0)
+#define GET_BOOL(sec, key, def, dst) GET_BOOL_IF(sec, key, def, dst, 1, "")
+
+/* data's keys and the kinds (bits of fashion_mnist, idx, csv, pngdir, text)
+ * that use each; def (NAN: none) is a value another kind may hold, as a
+ * resolved config.yaml of an earlier version does. */
+#define K_IMAGES 0xF /* every kind but text */
+static const struct data_key {
+    const char *key;
+    unsigned kinds;
+    const char *which;
+    double def;
+} data_keys[] = {
+    {"train_images", 0x2, "idx", NAN}, {"train_labels", 0x2, "idx", NAN}, {"test_images", 0x2, "idx", NAN},
+    {"test_labels", 0x2, "idx", NAN}, {"path", 0x1C, "csv, pngdir or text", NAN},
+    {"test_path", 0xC, "csv or pngdir", NAN}, {"label_col", 0x4, "csv", -1}, {"header", 0x4, "csv", NAN},
+    {"val_fraction", 0x10, "text", NAN}, {"normalize", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+    {"mean", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN}, {"std", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+    {"val_split", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+    {"shuffle", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+    {"limit", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+    {"drop_last", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+    {"on_device", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+};
+#define N_DATA_KEYS ((int)(sizeof data_keys / sizeof *data_keys))
+
+/* Unknown data keys, and a key of another kind set (path keys would be
+ * silently ignored and recorded as if used). */
+static kl_status check_data_keys(kl_cfg_node *m, int kind, const char *kname)
+{
+    const char *keys[N_DATA_KEYS + 2] = {"kind"};
+    for (int i = 0; i < N_DATA_KEYS; i++) keys[1 + i] = data_keys[i].key;
+    KL_TRY(kl_cfg_check_keys(m, keys));
+    for (int i = 0; i < N_DATA_KEYS; i++) {
+        const struct data_key *e = &data_keys[i];
+        kl_cfg_node *v = kl_cfg_get(m, e->key);
+        if (e->kinds >> kind & 1 || !v || kl_cfg_kind_of(v) == KL_CFG_NULL) continue;
+        if (!isnan(e->def)) KL_TRY(only_for(m, "data", e->key, e->def, kname, e->which));
+        else return kl_cfg_fail(v, KL_EINVAL, "data: %s is for kind %s; kind %s does not use it", e->key, e->which, kname);
+    }
+    return KL_OK;
+}
 
 /* data.kind text: a corpus (file or folder) and its held-out tail. */
 static kl_status read_text_data(kl_cfg *cfg, kl_cfg_node *m, train_opts *o)
 {
-    static const char *const keys[] = {"kind", "path", "val_fraction", NULL};
-    KL_TRY(kl_cfg_check_keys(m, keys));
     if (!kl_cfg_get(m, "path")) KL_TRY(put(cfg, "data", "path", "%s", DATA_TEXT_DEFAULT_PATH));
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m)); /* put may have made the map */
     KL_TRY(kl_cfg_string(m, "path", 1, NULL, &o->path));     /* borrowed from the tree: read after any put */
@@ -81,19 +124,18 @@ static kl_status read_text_data(kl_cfg *cfg, kl_cfg_node *m, train_opts *o)
 
 static kl_status read_data(kl_cfg *cfg, train_opts *o)
 {
-    static const char *const keys[] = {"kind", "train_images", "train_labels", "test_images", "test_labels", "path",
-                                       "test_path", "label_col", "normalize", "mean", "std", "val_split", "shuffle",
-                                       "limit", "drop_last", "on_device", "header", NULL};
+    static const char *const paths_keys[] = {"train_images", "train_labels", "test_images", "test_labels", "path",
+                                             "test_path"};
     static const char *const kinds[] = {"fashion_mnist", "idx", "csv", "pngdir", "text", NULL};
     kl_cfg_node *m;
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m));
     KL_TRY(kl_cfg_enum(m, "kind", 0, kinds, 0, &o->data_kind));
     KL_TRY(put(cfg, "data", "kind", "%s", kinds[o->data_kind]));
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m));
+    KL_TRY(check_data_keys(m, o->data_kind, kinds[o->data_kind]));
     if (o->data_kind == DATA_TEXT) return read_text_data(cfg, m, o);
-    KL_TRY(kl_cfg_check_keys(m, keys));
     const char **paths[] = {&o->train_images, &o->train_labels, &o->test_images, &o->test_labels, &o->path, &o->test_path};
-    for (int i = 0; i < 6; i++) KL_TRY(kl_cfg_string(m, keys[1 + i], 0, NULL, paths[i]));
+    for (int i = 0; i < 6; i++) KL_TRY(kl_cfg_string(m, paths_keys[i], 0, NULL, paths[i]));
     if (o->data_kind == 1 && (!o->train_images || !o->train_labels))
         return kl_cfg_fail(m, KL_EINVAL, "data: kind idx needs train_images and train_labels");
     if (o->data_kind >= 2 && !o->path) return kl_cfg_fail(m, KL_EINVAL, "data: kind %s needs path", kinds[o->data_kind]);
@@ -104,19 +146,22 @@ static kl_status read_data(kl_cfg *cfg, train_opts *o)
     if (o->label_col == -2) /* kl_csv_opts' "no labels": kiln train has a loss to compute */
         return kl_cfg_fail(kl_cfg_get(m, "label_col"), KL_EINVAL,
                            "data: label_col -2 (no labels) cannot train a classifier; the label's 0-based column, or -1 the last");
-    KL_TRY(put(cfg, "data", "label_col", "%lld", (long long)o->label_col));
     static const char *const headers[] = {"auto", "true", "false", NULL};
     int hdr;
     KL_TRY(kl_cfg_enum(m, "header", 0, headers, 0, &hdr));
-    if (o->data_kind == 2) KL_TRY(put(cfg, "data", "header", "%s", headers[hdr]));
-    else if (kl_cfg_get(m, "header"))
-        return kl_cfg_fail(kl_cfg_get(m, "header"), KL_EINVAL, "data: header is for kind csv");
+    if (o->data_kind == 2) { /* csv's keys: recorded only where used */
+        KL_TRY(put(cfg, "data", "label_col", "%lld", (long long)o->label_col));
+        KL_TRY(put(cfg, "data", "header", "%s", headers[hdr]));
+    }
     o->header = hdr == 0 ? -1 : hdr == 1;
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m)); /* put may have made the map anew */
     GET_BOOL("data", "normalize", 1, o->normalize);
     KL_TRY(kl_cfg_float(m, "mean", 0, 0, &o->mean));
     KL_TRY(kl_cfg_float(m, "std", 0, 0, &o->std));
     if (o->std < 0) return kl_cfg_fail(kl_cfg_get(m, "std"), KL_EINVAL, "data: std must be > 0");
+    if (o->mean != 0 && o->std == 0) /* std 0 computes both: the mean given would be dropped */
+        return kl_cfg_fail(kl_cfg_get(m, "mean"), KL_EINVAL,
+                           "data: mean %g needs std too (with std 0 both are computed from the training set)", o->mean);
     GET_INT("data", "val_split", 0, 0, INT64_MAX / 2, o->val_split);
     GET_BOOL("data", "shuffle", 1, o->shuffle);
     GET_INT("data", "limit", 0, 0, INT64_MAX / 2, o->limit);
@@ -145,9 +190,7 @@ static kl_status read_optim(kl_cfg *cfg, train_opts *o)
     }
     GET_FLOAT_IF("optim", "lr", 1e-3, o->optim.lr, v_ > 0 && isfinite(v_), "a positive number");
     GET_FLOAT_IF("optim", "momentum", 0, o->optim.momentum, v_ >= 0 && v_ < 1, "in [0, 1)");
-    GET_BOOL("optim", "nesterov", 0, nest);
-    if (nest && o->optim.momentum == 0)
-        return kl_cfg_fail(kl_cfg_get(m, "nesterov"), KL_EINVAL, "optim: nesterov needs momentum > 0");
+    GET_BOOL_IF("optim", "nesterov", 0, nest, !nest || o->optim.momentum > 0, "nesterov needs momentum > 0");
     o->optim.nesterov = nest;
     GET_FLOAT_IF("optim", "weight_decay", 0, o->optim.weight_decay, v_ >= 0 && isfinite(v_), "a number >= 0");
     if (kind == KL_OPTIM_SGD) KL_TRY(only_for(m, "optim", "eps", 1e-8, kinds[kind], "adam or adamw"));
@@ -194,19 +237,21 @@ static kl_status read_schedule(kl_cfg *cfg, train_opts *o)
 
 /* train.loss_scale: dynamic (f16's default: gradients scaled by S from
  * loss_scale_init, halved on overflow, doubled after loss_scale_window good
- * steps), none (the others' default), or a number (a fixed S). */
+ * steps), none (the others' default), a number (a fixed S), or auto (as
+ * absent: the precision's default). */
 static kl_status read_loss_scale(kl_cfg *cfg, kl_cfg_node *m, train_opts *o, int f16)
 {
     kl_cfg_node *n = kl_cfg_get(m, "loss_scale");
+    if (kl_cfg_kind_of(n) == KL_CFG_NULL) n = NULL; /* --set train.loss_scale= */
     const char *v = kl_cfg_str_value(n);
-    int dynamic = f16, fixed = 0;
+    int dynamic = f16, fixed = 0, derived = !n || (v && !strcmp(v, "auto"));
     if (v && !strcmp(v, "dynamic")) dynamic = 1;
     else if (v && !strcmp(v, "none")) dynamic = 0;
-    else if (n) {
+    else if (!derived) {
         double S;
         KL_TRY(kl_cfg_float(m, "loss_scale", 0, 0, &S));
         if (!(S > 0) || !isfinite(S))
-            return kl_cfg_fail(n, KL_EINVAL, "train: loss_scale must be dynamic, none or a positive number, got %s", v);
+            return kl_cfg_fail(n, KL_EINVAL, "train: loss_scale must be auto, dynamic, none or a positive number, got %s", v);
         o->optim.loss_scale = S;
         dynamic = 0, fixed = 1;
     }
@@ -217,21 +262,24 @@ static kl_status read_loss_scale(kl_cfg *cfg, kl_cfg_node *m, train_opts *o, int
     if (!(init > 0) || !isfinite(init))
         return kl_cfg_fail(kl_cfg_get(m, "loss_scale_init"), KL_EINVAL,
                            "train: loss_scale_init must be a positive number, got %g", init);
-    if (!dynamic) {
+    if (!dynamic) { /* set to its default, as in an f16 run's config.yaml resumed in f32, it is no error */
         static const char *const dyn_only[] = {"loss_scale_init", "loss_scale_window"};
+        const int non_default[] = {init != 65536, window != 2000};
         for (int i = 0; i < 2; i++)
-            if (kl_cfg_get(m, dyn_only[i]))
+            if (non_default[i])
                 return kl_cfg_fail(kl_cfg_get(m, dyn_only[i]), KL_EINVAL, "train: %s is for loss_scale: dynamic%s",
                                    dyn_only[i], f16 ? "" : " (the default with precision f16 only)");
     }
-    if (dynamic) {
-        o->optim.loss_scale = init;
-        o->optim.scale_window = (int)window;
-        KL_TRY(put(cfg, "train", "loss_scale", "dynamic"));
-        KL_TRY(put(cfg, "train", "loss_scale_init", "%.17g", init));
-        return put(cfg, "train", "loss_scale_window", "%lld", (long long)window);
-    }
-    return fixed ? put(cfg, "train", "loss_scale", "%.17g", o->optim.loss_scale) : put(cfg, "train", "loss_scale", "none");
+    /* the user's choice is recorded, not its resolution: auto is derived
+     * again for the precision of a resume (--resume ... --precision f16) */
+    if (derived) KL_TRY(put(cfg, "train", "loss_scale", "auto"));
+    else if (fixed) KL_TRY(put(cfg, "train", "loss_scale", "%.17g", o->optim.loss_scale));
+    else KL_TRY(put(cfg, "train", "loss_scale", "%s", dynamic ? "dynamic" : "none"));
+    if (!dynamic) return KL_OK;
+    o->optim.loss_scale = init;
+    o->optim.scale_window = (int)window;
+    KL_TRY(put(cfg, "train", "loss_scale_init", "%.17g", init));
+    return put(cfg, "train", "loss_scale_window", "%lld", (long long)window);
 }
 
 static kl_status read_train(kl_cfg *cfg, train_opts *o)
@@ -264,10 +312,8 @@ static kl_status read_train(kl_cfg *cfg, train_opts *o)
     GET_INT("train", "checkpoint_every", 0, 0, INT64_MAX / 2, o->checkpoint_every);
     GET_INT("train", "threads", 0, 0, 4096, o->threads);
     GET_INT("train", "plateau_patience", 0, 0, 1 << 30, o->plateau_patience);
-    GET_BOOL("train", "early_stop", 0, o->early_stop);
-    if (o->early_stop && !o->plateau_patience)
-        return kl_cfg_fail(kl_cfg_get(m, "early_stop"), KL_EINVAL,
-                           "train: early_stop needs plateau_patience > 0 (the evaluations without improvement it stops after)");
+    GET_BOOL_IF("train", "early_stop", 0, o->early_stop, !o->early_stop || o->plateau_patience,
+                "early_stop needs plateau_patience > 0 (the evaluations without improvement it stops after)");
     KL_TRY(kl_cfg_float(m, "grad_norm_warn", 0, 0, &o->grad_norm_warn));
     if (o->grad_norm_warn < 0)
         return kl_cfg_fail(kl_cfg_get(m, "grad_norm_warn"), KL_EINVAL,
@@ -297,6 +343,9 @@ kl_status train_opts_read(kl_cfg *cfg, train_opts *o)
     memset(o, 0, sizeof *o);
     KL_TRY(kl_cfg_check_keys(kl_cfg_root(cfg), top));
     KL_TRY(kl_cfg_string(kl_cfg_root(cfg), "name", 0, "run", &o->name));
+    if (strchr(o->name, '/') || strstr(o->name, "..")) /* it names a folder in runs/: it must stay there */
+        return kl_cfg_fail(kl_cfg_get(kl_cfg_root(cfg), "name"), KL_EINVAL,
+                           "a run name may not hold '/' or '..' (it is the run folder's name in runs/)");
     KL_TRY(read_data(cfg, o));
     KL_TRY(read_optim(cfg, o));
     KL_TRY(read_schedule(cfg, o));

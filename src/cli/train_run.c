@@ -91,13 +91,10 @@ kl_status train_ckpt_save(const char *ckpt_root, kl_cfg *cfg, kl_ctx *ctx, kl_op
  * train.seed orders (the held-out split, each epoch's shuffle, text batches).
  * Compared as the checkpoint's own config.yaml resolved them; keys older
  * checkpoints lack are not compared (except accumulate: 1). */
-static kl_status same_cuts(const train_args *a, const kl_cfg *cfg, const kl_train_state *st, const char *text)
+static kl_status same_cuts(const train_args *a, const kl_cfg *cfg, const kl_train_state *st, const kl_cfg *c)
 {
     static const char *const keys[] = {"train.batch", "train.accumulate", "train.seed", "data.kind", "data.limit",
                                        "data.val_split", "data.drop_last", "data.shuffle", "data.val_fraction"};
-    if (!text) return KL_OK;
-    kl_cfg *c;
-    KL_TRY(kl_cfg_parse(text, strlen(text), "checkpoint config.yaml", &c));
     kl_status s = KL_OK;
     for (size_t i = 0; i < sizeof keys / sizeof *keys && s == KL_OK; i++) {
         const char *was = kl_cfg_str_value(kl_cfg_at(kl_cfg_root(c), keys[i]));
@@ -110,8 +107,27 @@ static kl_status same_cuts(const train_args *a, const kl_cfg *cfg, const kl_trai
                     "value (or start a new run from its weights with --init)",
                     a->ckpt_dir, keys[i], now, (long long)st->step, (long long)st->epoch + 1, (long long)st->batch, was);
     }
-    kl_cfg_free(c);
     return s;
+}
+
+/* Whether the checkpoint's run scaled its loss dynamically (loss_scale
+ * dynamic, or auto / absent with precision f16). */
+static int was_dynamic(const kl_cfg *c)
+{
+    const char *ls = kl_cfg_str_value(kl_cfg_at(kl_cfg_root(c), "train.loss_scale"));
+    const char *p = kl_cfg_str_value(kl_cfg_at(kl_cfg_root(c), "train.precision"));
+    if (ls && !strcmp(ls, "dynamic")) return 1;
+    return (!ls || !strcmp(ls, "auto")) && p && !strcmp(p, "f16");
+}
+
+/* A run resumed with dynamic scaling from one without it (--precision f16
+ * on an f32 run) starts from loss_scale_init, not the checkpoint's 1. */
+static kl_status fresh_scaler(const train_opts *o, const kl_cfg *c, kl_optim *opt)
+{
+    int64_t skipped;
+    if (!opt || o->optim.scale_window <= 0 || was_dynamic(c)) return KL_OK;
+    KL_TRY(kl_optim_scaler(opt, NULL, NULL, &skipped));
+    return kl_optim_set_scaler(opt, o->optim.loss_scale, 0, skipped);
 }
 
 kl_status train_state_start(const train_args *a, const kl_cfg *cfg, const train_opts *o, kl_ctx *ctx, kl_optim *opt,
@@ -122,9 +138,13 @@ kl_status train_state_start(const train_args *a, const kl_cfg *cfg, const train_
     snprintf(st->optim_kind, sizeof st->optim_kind, "%s", kinds[o->optim.kind]);
     if (!a->resume) return KL_OK;
     char *text = NULL;
+    kl_cfg *c = NULL;
     KL_TRY(kl_checkpoint_load(a->ckpt_dir, ctx, opt, st, &text));
-    kl_status s = same_cuts(a, cfg, st, text);
+    kl_status s = text ? kl_cfg_parse(text, strlen(text), "checkpoint config.yaml", &c) : KL_OK;
     free(text);
+    if (s == KL_OK && c) s = same_cuts(a, cfg, st, c);
+    if (s == KL_OK && c) s = fresh_scaler(o, c, opt);
+    kl_cfg_free(c);
     return s;
 }
 

@@ -81,7 +81,7 @@ static kl_status load_corpus(lm_runner *r, kl_cfg *cfg, const train_args *a)
     int V = kl_vocab_size(r->vocab);
     kl_cfg_node *vn = kl_cfg_at(kl_cfg_root(cfg), "model.vocab");
     const char *vt = kl_cfg_str_value(vn);
-    if (!vn || (vt && !strcmp(vt, "auto"))) {
+    if (!vn || kl_cfg_kind_of(vn) == KL_CFG_NULL || (vt && !strcmp(vt, "auto"))) { /* null: absent, as kiln plan reads it */
         char v[16];
         snprintf(v, sizeof v, "%d", V);
         return kl_cfg_set_scalar(cfg, "model.vocab", v);

@@ -150,7 +150,8 @@ kl_status kl_cfg_string(const kl_cfg_node *map, const char *key, int required,
 kl_status kl_cfg_enum(const kl_cfg_node *map, const char *key, int required,
                       const char *const *choices, int def, int *out);
 /* A list of integers, or one integer scalar read as a list of one ("kernel:
- * 3" or "kernel: [3, 3]"). At most maxn items; *n = 0 when absent. */
+ * 3" or "kernel: [3, 3]"). 1 to maxn items ([] is refused); *n = 0 when
+ * absent. */
 kl_status kl_cfg_int_list(const kl_cfg_node *map, const char *key,
                           int required, int maxn, int64_t *out, int *n);
 /* As kl_cfg_int_list for finite floats ("betas: [0.9, 0.999]"). */

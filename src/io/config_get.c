@@ -254,6 +254,9 @@ static kl_status read_list(const kl_cfg_node *map, const char *key, int required
         return kl_cfg_fail(v, KL_EINVAL, "expected a list of %s, got %s", what,
                            got(v, g, sizeof g));
     int count = v->kind == KL_CFG_SEQ ? v->n : 1;
+    if (count == 0) /* [] is no value: it must not stand for the default */
+        return kl_cfg_fail(v, KL_EINVAL, "expected at least 1 %s, got an empty list",
+                           is_int ? "integer" : "number");
     if (count > maxn)
         return kl_cfg_fail(v, KL_EINVAL, "expected at most %d %s, got %d", maxn,
                            what, count);

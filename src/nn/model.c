@@ -23,19 +23,34 @@ static int64_t prod(const int64_t *d, int n)
 
 static const char *shape(char *buf, int n, const int64_t *d) { return kl_shape_str(buf, 64, n, d); }
 
-/* Reads one or two ints ("kernel: 3" or [3, 2]) into v[2]; def when absent. */
+#define PAIR_MAX (1 << 20)
+
+/* Reads one or two ints ("kernel: 3" or [3, 2]) in [lo, PAIR_MAX] into
+ * v[2]; def (not range-checked: it may mean "derived") when absent. */
 static kl_status pair(const kl_cfg_node *n, const char *key, int def, int lo, int v[2])
 {
     int64_t t[2];
     int k;
     KL_TRY(kl_cfg_int_list(n, key, 0, 2, t, &k));
-    if (k == 0) t[0] = t[1] = def;
+    if (k == 0) {
+        v[0] = v[1] = def;
+        return KL_OK;
+    }
     if (k == 1) t[1] = t[0];
     for (int i = 0; i < 2; i++) {
-        if (t[i] < lo || t[i] > 1 << 20)
-            return kl_cfg_fail(kl_cfg_get(n, key), KL_EINVAL, "%s must be >= %d, got %lld", key, lo, (long long)t[i]);
+        if (t[i] < lo || t[i] > PAIR_MAX)
+            return kl_cfg_fail(kl_cfg_get(n, key), KL_EINVAL, "%s must be in [%d, %d], got %lld", key, lo, PAIR_MAX,
+                               (long long)t[i]);
         v[i] = (int)t[i];
     }
+    return KL_OK;
+}
+
+/* eps of a normalisation: finite (the reader's check) and >= 0. */
+kl_status kl_layer_eps(const kl_cfg_node *n, const char *kname, double *eps)
+{
+    KL_TRY(kl_cfg_float(n, "eps", 0, 1e-5, eps));
+    if (*eps < 0) return kl_cfg_fail(kl_cfg_get(n, "eps"), KL_EINVAL, "%s: eps must be >= 0, got %g", kname, *eps);
     return KL_OK;
 }
 
@@ -81,7 +96,9 @@ static kl_status parse_layer(const kl_cfg_node *n, layer *li, parse_ctx *pc)
         KL_TRY(kl_cfg_check_keys(n, keys));
         if (li->in_ndim != 3)
             return kl_cfg_fail(n, KL_EINVAL, "conv2d: expects a [C, H, W] input, got %s", shape(a, li->in_ndim, li->in));
-        KL_TRY(kl_cfg_int_range(n, kl_cfg_get(n, "out_channels") ? "out_channels" : "out", 1, 0, 1, 1 << 20, &li->features));
+        const char *okey;
+        KL_TRY(kl_layer_out_key(n, "out_channels", &okey));
+        KL_TRY(kl_cfg_int_range(n, okey, 1, 0, 1, 1 << 20, &li->features));
         KL_TRY(kl_cfg_int(n, "in_channels", 0, li->in[0], &inc));
         if (inc != li->in[0])
             return kl_cfg_fail(kl_cfg_get(n, "in_channels"), KL_EINVAL,
@@ -100,7 +117,7 @@ static kl_status parse_layer(const kl_cfg_node *n, layer *li, parse_ctx *pc)
         KL_TRY(kl_cfg_bool(n, "bias", 0, 1, &li->bias));
         li->out[0] = li->features;
         for (int i = 0; i < 2; i++) {
-            li->out[1 + i] = (li->in[1 + i] + 2 * li->pad[i] - li->dil[i] * (li->kernel[i] - 1) - 1) / li->stride[i] + 1;
+            li->out[1 + i] = (li->in[1 + i] + 2 * li->pad[i] - (int64_t)li->dil[i] * (li->kernel[i] - 1) - 1) / li->stride[i] + 1;
             if (li->out[1 + i] <= 0)
                 return kl_cfg_fail(n, KL_EINVAL, "conv2d: kernel %dx%d does not fit input %s", li->kernel[0],
                                    li->kernel[1], shape(a, li->in_ndim, li->in));
@@ -120,9 +137,12 @@ static kl_status parse_layer(const kl_cfg_node *n, layer *li, parse_ctx *pc)
             return kl_cfg_fail(n, KL_EINVAL, "%s: expects a [C, H, W] input, got %s", kname, shape(a, li->in_ndim, li->in));
         if (!kl_cfg_get(n, "kernel")) return kl_cfg_fail(n, KL_EINVAL, "%s: missing required key 'kernel'", kname);
         KL_TRY(pair(n, "kernel", 1, 1, li->kernel));
-        KL_TRY(pair(n, "stride", 0, 0, li->stride));
+        KL_TRY(pair(n, "stride", 0, 1, li->stride)); /* 0: absent, the kernel's */
         KL_TRY(pair(n, "padding", 0, 0, li->pad));
         for (int i = 0; i < 2; i++) {
+            if (li->pad[i] > li->kernel[i] / 2) /* as PyTorch: a window must not lie wholly in the padding */
+                return kl_cfg_fail(kl_cfg_get(n, "padding"), KL_EINVAL, "%s: padding %dx%d must be at most half the kernel %dx%d",
+                                   kname, li->pad[0], li->pad[1], li->kernel[0], li->kernel[1]);
             if (!li->stride[i]) li->stride[i] = li->kernel[i];
             li->out[1 + i] = (li->in[1 + i] + 2 * li->pad[i] - li->kernel[i]) / li->stride[i] + 1;
             if (li->out[1 + i] <= 0)
@@ -140,8 +160,11 @@ static kl_status parse_layer(const kl_cfg_node *n, layer *li, parse_ctx *pc)
     case L_BATCHNORM: {
         static const char *const keys[] = {"type", "eps", "momentum", NULL};
         KL_TRY(kl_cfg_check_keys(n, keys));
-        KL_TRY(kl_cfg_float(n, "eps", 0, 1e-5, &li->eps));
+        KL_TRY(kl_layer_eps(n, kname, &li->eps));
         KL_TRY(kl_cfg_float(n, "momentum", 0, 0.1, &li->momentum));
+        if (li->momentum < 0 || li->momentum > 1)
+            return kl_cfg_fail(kl_cfg_get(n, "momentum"), KL_EINVAL, "batchnorm: momentum must be in [0, 1], got %g",
+                               li->momentum);
         if (pc->vocab) /* on [T, D] its channels are the positions: generation's shorter windows could not run it */
             return kl_cfg_fail(n, KL_EINVAL, "batchnorm: in a token model its channels would be the %lld positions "
                                "of %s; use {type: layernorm}", (long long)li->in[0], shape(a, li->in_ndim, li->in));
@@ -151,7 +174,7 @@ static kl_status parse_layer(const kl_cfg_node *n, layer *li, parse_ctx *pc)
     case L_LAYERNORM: {
         static const char *const keys[] = {"type", "eps", "bias", NULL};
         KL_TRY(kl_cfg_check_keys(n, keys));
-        KL_TRY(kl_cfg_float(n, "eps", 0, 1e-5, &li->eps));
+        KL_TRY(kl_layer_eps(n, kname, &li->eps));
         KL_TRY(kl_cfg_bool(n, "bias", 0, 1, &li->bias));
         li->params = (1 + li->bias) * li->in[li->in_ndim - 1];
         return KL_OK;
@@ -214,7 +237,12 @@ static kl_status parse_layers(const kl_cfg_node *seq, const char *prefix, int in
         if (s != KL_OK) break;
         layer *li = &ls[i];
         li->kind = (layer_kind)kind;
-        snprintf(li->name, sizeof li->name, "%s.%d", prefix, i);
+        int w = snprintf(li->name, sizeof li->name, "%s.%d", prefix, i);
+        if (w < 0 || (size_t)w >= sizeof li->name) { /* cut, two layers would share parameters */
+            s = kl_cfg_fail(item, KL_EINVAL, "the layer name %s.%d is longer than %zu characters (residuals nested too deeply)",
+                            prefix, i, sizeof li->name - 1);
+            break;
+        }
         li->in_ndim = nd;
         memcpy(li->in, cur, sizeof cur);
         s = parse_layer(item, li, pc);

@@ -90,6 +90,11 @@ kl_status kl_model_check_size(const kl_cfg_node *n, const layer *li);
 kl_status kl_model_parse_input(const kl_cfg_node *model, kl_model *m, parse_ctx *pc);
 kl_status kl_model_check_output(const kl_model *m, const kl_cfg_node *seq, int nd, const int64_t *d);
 kl_status kl_linear_out(const kl_cfg_node *n, const parse_ctx *pc, int64_t *out);
+/* The key giving a layer's output size: alias (out_features, out_channels)
+ * or out; both given is an error. */
+kl_status kl_layer_out_key(const kl_cfg_node *n, const char *alias, const char **key);
+/* A normalisation's eps (default 1e-5), refused below 0 (error at its key). */
+kl_status kl_layer_eps(const kl_cfg_node *n, const char *kname, double *eps);
 kl_status kl_linear_tie(const kl_cfg_node *n, layer *li, const parse_ctx *pc);
 void kl_set_proj_std(layer *ls, int n, int blocks);
 

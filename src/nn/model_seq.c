@@ -105,7 +105,7 @@ static kl_status parse_block(const kl_cfg_node *n, layer *li, parse_ctx *pc)
     if (li->p < 0 || li->p >= 1)
         return kl_cfg_fail(kl_cfg_get(n, "dropout"), KL_EINVAL, "transformer_block: dropout must be in [0, 1), got %g", li->p);
     KL_TRY(kl_cfg_int_range(n, "mlp_ratio", 0, 4, 1, 64, &ratio));
-    KL_TRY(kl_cfg_float(n, "eps", 0, 1e-5, &li->eps));
+    KL_TRY(kl_layer_eps(n, "transformer_block", &li->eps));
     KL_TRY(kl_cfg_bool(n, "bias", 0, 1, &li->bias));
     KL_TRY(kl_cfg_float(n, "std", 0, 0.02, &li->std)); /* GPT-2's init */
     li->features = D;
@@ -146,10 +146,19 @@ kl_status kl_seq_layer_parse(const kl_cfg_node *n, layer *li, parse_ctx *pc)
 
 /* ---- token models: input, output, tied weights ---- */
 
+kl_status kl_layer_out_key(const kl_cfg_node *n, const char *alias, const char **key)
+{
+    *key = kl_cfg_get(n, alias) ? alias : "out";
+    if (kl_cfg_get(n, alias) && kl_cfg_get(n, "out")) /* one would be silently dropped */
+        return kl_cfg_fail(kl_cfg_get(n, alias), KL_EINVAL, "%s and out are the same setting: give one", alias);
+    return KL_OK;
+}
+
 /* linear's out: a number, or `vocab` in a token model. */
 kl_status kl_linear_out(const kl_cfg_node *n, const parse_ctx *pc, int64_t *out)
 {
-    const char *key = kl_cfg_get(n, "out_features") ? "out_features" : "out";
+    const char *key;
+    KL_TRY(kl_layer_out_key(n, "out_features", &key));
     const char *text = kl_cfg_str_value(kl_cfg_get(n, key));
     if (text && !strcmp(text, "vocab")) {
         if (!pc->vocab)
@@ -198,6 +207,7 @@ kl_status kl_model_parse_input(const kl_cfg_node *model, kl_model *m, parse_ctx 
     if (vnode) return kl_cfg_fail(vnode, KL_EINVAL, "model.vocab is for token models (input: {tokens: T})");
     int nin;
     KL_TRY(kl_cfg_int_list(model, "input", 1, 3, m->in, &nin));
+    if (nin == 0) return kl_cfg_fail(inode, KL_EINVAL, "input: expected 1 to 3 dims"); /* layers index the last dim */
     for (int i = 0; i < nin; i++)
         if (m->in[i] <= 0) return kl_cfg_fail(inode, KL_EINVAL, "input dims must be positive");
     m->in_ndim = nin;
