@@ -49,8 +49,8 @@ check "a test CSV of 4 features against 3: refused before training" \
 { head -n 5 "$tmp/tr.csv"; printf '0.9,0.9,0.9,7\n'; } >"$tmp/lab.csv"
 csvcfg "$tmp/lab.csv" ", val_split: 2"
 "$kiln" train "$tmp/csv.yaml" --threads 1 --no-tensorboard --out "$tmp/c2" >"$tmp/c2.log" 2>&1
-check "a bad label is named by its sample in the file (the 6th: 5), before val_split" \
-  '[ $? -eq 1 ] && grep -q "lab.csv: sample 5: label 7 out of range \[0,3)" "$tmp/c2.log"'
+check "a bad label is named by its file line (6, sample 5), before val_split" \
+  '[ $? -eq 1 ] && grep -q "lab.csv:6: label 7 out of range \[0,3) (sample 5)" "$tmp/c2.log"'
 { printf '1,2,x,0\n'; cat "$tmp/tr.csv"; } >"$tmp/mixed.csv"
 csvcfg "$tmp/mixed.csv" ""
 "$kiln" train "$tmp/csv.yaml" --threads 1 --no-tensorboard --out "$tmp/c3" >"$tmp/c3.log" 2>&1

@@ -136,7 +136,7 @@ static void test_csv_files(void)
         CHECK(ds && kl_dataset_count(ds) == 2 && feats_equal(ds, want, 4));
         CHECK(ds && kl_dataset_labels(ds)[0] == 1);
         CHECK_ERR(kl_dataset_check_labels(ds, 1), KL_EFORMAT, "iris.csv");
-        CHECK_ERR(kl_dataset_check_labels(ds, 1), KL_EFORMAT, "sample 0: label 1 out of range [0,1)");
+        CHECK_ERR(kl_dataset_check_labels(ds, 1), KL_EFORMAT, ":2: label 1 out of range [0,1) (sample 0)");
         kl_dataset_free(ds);
     }
     f = fopen(p, "w");

@@ -22,6 +22,8 @@ typedef struct csv_state {
     size_t nx, capx;
     int32_t *y;        /* labels so far */
     size_t ny, capy;
+    int64_t *lines;    /* each kept row's file line */
+    size_t capl;
     size_t ncols;      /* columns per row, from the first row */
     int64_t rows;      /* data rows kept */
     int has_label;
@@ -177,7 +179,8 @@ static kl_status parse(csv_state *st, const char *s, size_t n, const kl_csv_opts
             return kl_fail(KL_EFORMAT, "%s:%ld: %zu columns, expected %zu", st->name, line,
                            st->nf, ncols);
         KL_TRY(add_row(st, line, label_col));
-        st->rows++;
+        KL_TRY(grow((void **)&st->lines, &st->capl, (size_t)st->rows + 1, sizeof *st->lines));
+        st->lines[st->rows++] = line;
     }
     if (st->rows == 0) return kl_fail(KL_EFORMAT, "%s: no data rows", st->name);
     return KL_OK;
@@ -208,6 +211,7 @@ kl_status kl_dataset_parse_csv_mem(const void *buf, size_t n, const char *name,
         if (s == KL_OK) {
             memcpy(ds->x, st.x, st.nx * sizeof(float));
             if (st.has_label) memcpy(ds->y, st.y, st.ny * sizeof(int32_t));
+            ds->lines = st.lines, st.lines = NULL;
             kl_dataset_count_classes(ds);
             *out = ds;
         }
@@ -215,6 +219,7 @@ kl_status kl_dataset_parse_csv_mem(const void *buf, size_t n, const char *name,
     kl_free(st.f);
     kl_free(st.x);
     kl_free(st.y);
+    kl_free(st.lines);
     return s;
 }
 

@@ -81,6 +81,7 @@ void kl_dataset_free(kl_dataset *ds)
     for (int i = 0; i < ds->n_names; i++) kl_free(ds->class_names[i]);
     kl_free(ds->class_names);
     kl_free(ds->label_src);
+    kl_free(ds->lines);
     kl_free(ds->x);
     kl_free(ds->y);
     kl_free(ds);
@@ -149,9 +150,13 @@ kl_status kl_dataset_check_labels(const kl_dataset *ds, int n_classes)
     if (n_classes < 1)
         return kl_fail(KL_EINVAL, "check_labels: n_classes is %d, must be >= 1", n_classes);
     for (int64_t i = 0; i < ds->n; i++)
-        if (ds->y[i] < 0 || ds->y[i] >= n_classes)
+        if (ds->y[i] < 0 || ds->y[i] >= n_classes) {
+            if (ds->lines) /* where an editor finds it */
+                return kl_fail(KL_EFORMAT, "%s:%lld: label %d out of range [0,%d) (sample %lld)", ds->label_src,
+                               (long long)ds->lines[i], (int)ds->y[i], n_classes, (long long)i);
             return kl_fail(KL_EFORMAT, "%s: sample %lld: label %d out of range [0,%d)",
                            ds->label_src, (long long)i, (int)ds->y[i], n_classes);
+        }
     return KL_OK;
 }
 

@@ -14,6 +14,7 @@ struct kl_dataset {
     int32_t *y;                   /* [n] or NULL */
     int classes;                  /* folder count, or max label + 1 */
     char *label_src;              /* names the labels in messages */
+    int64_t *lines;               /* [n] each sample's line in its file (CSV), or NULL: for messages */
     char **class_names;           /* [n_names] or NULL */
     int n_names;
 };
