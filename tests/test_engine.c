@@ -127,6 +127,40 @@ static void test_plan_on_off(void)
            st[1].arena_bytes, st[0].tensor_bytes);
 }
 
+/* An input set before the graph is complete keeps its value when later
+ * nodes (and inputs) grow the arena at the next plan. */
+static void test_set_then_grow(void)
+{
+    kl_ctx *ctx = NULL;
+    kl_graph *g = NULL;
+    kl_ctx_opts co = {.threads = 1};
+    CHECK_OK(kl_ctx_new(&co, &ctx));
+    CHECK_OK(kl_graph_new(ctx, &g));
+    int64_t n = 4, big = 1 << 16;
+    float xv[4] = {1, -2, 3.5f, 4}, bv[4] = {0.5f, 0.25f, -1, 2}, y[4], back[4];
+    kl_tensor *x, *b, *w, *t, *out;
+    CHECK_OK(kl_input(g, "x", KL_F32, 1, &n, &x));
+    CHECK_OK(kl_tensor_set(x, xv, sizeof xv)); /* plans the one-node graph */
+    CHECK_OK(kl_input(g, "b", KL_F32, 1, &n, &b));
+    CHECK_OK(kl_tensor_set(b, bv, sizeof bv)); /* plans again: x's value stays */
+    CHECK_OK(kl_input(g, "wide", KL_F32, 1, &big, &w)); /* a large block: the arena grows */
+    CHECK_OK(kl_sum(g, w, 0, NULL, 0, &t));
+    CHECK_OK(kl_scale(g, t, 0.0, &t));
+    CHECK_OK(kl_add(g, x, b, &out));
+    CHECK_OK(kl_add(g, out, t, &out)); /* + 0 * sum(wide): wide's contents do not matter */
+    CHECK_OK(kl_output(g, out));
+    float *wv = calloc((size_t)big, sizeof *wv);
+    CHECK(wv != NULL);
+    if (wv) CHECK_OK(kl_tensor_set(w, wv, (size_t)big * sizeof *wv));
+    free(wv);
+    CHECK_OK(kl_graph_run(g));
+    CHECK_OK(kl_tensor_get(out, y, sizeof y));
+    CHECK_OK(kl_tensor_get(x, back, sizeof back));
+    for (int i = 0; i < 4; i++) CHECK(y[i] == xv[i] + bv[i] && back[i] == xv[i]);
+    kl_graph_free(g);
+    kl_ctx_free(ctx);
+}
+
 static void test_errors(void)
 {
     kl_ctx *ctx;
@@ -342,6 +376,7 @@ int main(void)
     test_grads_on_demand();
     test_spirals();
     test_plan_on_off();
+    test_set_then_grow();
     test_errors();
     test_alloc_failures();
     return kl_test_done("test_engine");

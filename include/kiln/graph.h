@@ -178,7 +178,9 @@ KL_API void kl_graph_profile_print(const kl_graph *g, void *file /* FILE* */);
 /* Prints the graph's ops, shapes and arena offsets (debugging). */
 KL_API void kl_graph_print(const kl_graph *g, void *file /* FILE* */);
 
-/* Copies host data into an input, parameter or buffer (bytes must match). */
+/* Copies host data into an input, parameter or buffer (bytes must match).
+ * An input may be set before the graph is complete: its value stays while
+ * nodes are added. */
 KL_API kl_status kl_tensor_set(kl_tensor *t, const void *src, size_t bytes);
 /* Copies a tensor's value after a run (outputs, inputs, parameters, gradients). */
 KL_API kl_status kl_tensor_get(const kl_tensor *t, void *dst, size_t bytes);

@@ -171,6 +171,7 @@ typedef struct kl_plan {
     int n_nodes;  /* graph size when planned */
     bool no_reuse;
     size_t arena_bytes, tensor_bytes;
+    size_t input_bytes; /* the inputs' blocks: the arena's first bytes */
     size_t run_bytes; /* the run block: every node's per-run values */
     uint64_t id;      /* changes with every plan (captured graphs compare it) */
 } kl_plan;

@@ -131,6 +131,28 @@ static kl_status plan_run_block(kl_graph *g, size_t *total)
     return KL_OK;
 }
 
+/* A larger arena for g. Values set into its inputs before the graph was
+ * complete (kl_tensor_set plans the graph as it stands) move with them:
+ * through the host, so the device never holds both arenas. */
+static kl_status grow_arena(kl_graph *g, size_t need)
+{
+    size_t keep = g->arena ? (g->plan.input_bytes < g->arena_cap ? g->plan.input_bytes : g->arena_cap) : 0;
+    void *host = keep ? kl_malloc(keep) : NULL, *p;
+    if (keep && !host) return kl_fail(KL_ENOMEM, "graph arena: out of host memory to move %zu bytes of inputs", keep);
+    kl_status s = keep ? g->ctx->be->d2h(host, g->arena, keep) : KL_OK;
+    g->ctx->be->free(g->arena);
+    g->arena = NULL;
+    g->arena_cap = 0;
+    if (s == KL_OK) s = g->ctx->be->alloc(&p, need);
+    if (s == KL_OK) {
+        g->arena = p;
+        g->arena_cap = need;
+        if (keep) s = g->ctx->be->h2d(p, host, keep);
+    }
+    kl_free(host);
+    return s;
+}
+
 kl_status kl_plan_build(kl_graph *g, const kl_plan_opts *opts)
 {
     int n = g->n_nodes;
@@ -153,11 +175,14 @@ kl_status kl_plan_build(kl_graph *g, const kl_plan_opts *opts)
         kl_tensor *t = g->nodes[i];
         if (t->sk == KL_ST_VIEW && last[t->base->id] < last[i]) last[t->base->id] = last[i];
     }
+    /* inputs first, in node order: a replan after more nodes (or inputs)
+     * were added keeps the earlier inputs' offsets, so their values stay */
     for (int i = 0; i < n && s == KL_OK; i++)
         if (g->nodes[i]->op == KL_OP_input && in_arena(g->nodes[i])) {
             s = alloc_block(&a, block_size(g->nodes[i]), &g->nodes[i]->off);
             total += block_size(g->nodes[i]);
         }
+    size_t input_bytes = a.end;
     for (int i = 0; i < n && s == KL_OK; i++) {
         kl_tensor *t = g->nodes[i];
         if (t->op == KL_OP_input) continue;
@@ -203,24 +228,14 @@ kl_status kl_plan_build(kl_graph *g, const kl_plan_opts *opts)
     bool measure = opts && opts->measure;
     if (s == KL_OK && !measure) {
         size_t need = a.end ? a.end : KL_ALIGN;
-        if (need > g->arena_cap) {
-            void *p;
-            g->ctx->be->free(g->arena);
-            g->arena = NULL;
-            g->arena_cap = 0;
-            s = g->ctx->be->alloc(&p, need);
-            if (s == KL_OK) {
-                g->arena = p;
-                g->arena_cap = need;
-            }
-        }
+        if (need > g->arena_cap) s = grow_arena(g, need);
     }
     size_t run_bytes = 0;
     if (s == KL_OK && !measure) s = plan_run_block(g, &run_bytes);
     if (s == KL_OK) {
         static uint64_t plans; /* ids differ across graphs, so a captured graph never matches a stale plan */
         g->plan = (kl_plan){.valid = !measure, .n_nodes = n, .no_reuse = a.no_reuse, .arena_bytes = a.end,
-                            .tensor_bytes = total, .run_bytes = run_bytes, .id = __atomic_add_fetch(&plans, 1, __ATOMIC_RELAXED)};
+                            .tensor_bytes = total, .input_bytes = input_bytes, .run_bytes = run_bytes, .id = __atomic_add_fetch(&plans, 1, __ATOMIC_RELAXED)};
     }
     kl_free(a.free);
     kl_free(def);
