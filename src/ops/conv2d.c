@@ -44,6 +44,22 @@ static void cuda_scratch(kl_tensor *t, kl_conv_attr *a)
     t->scratch_bytes = kl_conv_cu_layout_of(a, t->op, es, a->cu_nc).bytes;
 }
 
+/* The node's scratch: kiln's CPU kernel's (kl_conv_scratch), and where
+ * oneDNN takes the node, the room its run uses (the operands in its
+ * layouts, its scratchpad: kl_dnnl_conv_bytes, at the context's threads),
+ * so the memory plan counts it. Room for both: a run at other threads,
+ * whose oneDNN primitive may want more, falls back on kiln's kernel. On
+ * CUDA the chunk buffers instead. */
+static void conv_scratch(kl_tensor *t, kl_conv_attr *a)
+{
+    t->scratch_bytes = kl_conv_scratch(a, t->op, kl_calc_size(t->dtype));
+    if (t->g->ctx->backend == KL_BACKEND_CPU) {
+        size_t dn = kl_dnnl_conv_bytes(t, t->g->ctx->threads);
+        if (dn > t->scratch_bytes) t->scratch_bytes = dn;
+    }
+    cuda_scratch(t, a);
+}
+
 /* Worker slots for N samples with per-slot bytes, within the scratch budget. */
 static int slots_for(int64_t N, size_t per_slot)
 {
@@ -104,8 +120,7 @@ static kl_status conv2d_shape(kl_tensor *t)
     t->dtype = x->dtype;
     t->ndim = 4;
     memcpy(t->ne, out, sizeof out);
-    t->scratch_bytes = kl_conv_scratch(a, KL_OP_conv2d, ds);
-    cuda_scratch(t, a);
+    conv_scratch(t, a);
     return KL_OK;
 }
 
@@ -126,8 +141,7 @@ static kl_status conv2d_bwd_shape(kl_tensor *t)
     t->dtype = dy->dtype;
     t->ndim = 4;
     memcpy(t->ne, data ? dx : dw, sizeof dx);
-    t->scratch_bytes = kl_conv_scratch(a, t->op, kl_calc_size(t->dtype));
-    cuda_scratch(t, a);
+    conv_scratch(t, a);
     if (!data && a->has_bias) {
         kl_tensor *db;
         KL_TRY(kl_node_add_extra(t, t->dtype, 1, &a->O, &db));

@@ -97,6 +97,11 @@ bool kl_dnnl_conv_ok(const kl_conv_attr *a, const kl_tensor *t);
 kl_status kl_dnnl_conv_run(const kl_exec *ex, const kl_tensor *t);
 /* -1: oneDNN not loaded (or KILN_CONV=im2col), 0: auto, 1: KILN_CONV=dnnl */
 int kl_dnnl_conv_mode(void);
+/* Scratch bytes of node t (geometry set) when oneDNN runs it with threads
+ * threads: the primitive's layouts' copies of the operands, dz and the
+ * scratchpads, from oneDNN's descriptors (its primitive is made here, once
+ * per geometry); 0 when oneDNN does not take the node. */
+size_t kl_dnnl_conv_bytes(const kl_tensor *t, int threads);
 
 /* Cap on a CUDA conv node's chunk buffers (bytes; KL_CONV_SCRATCH_BUDGET):
  * read by the shape fns when a node is made. Tests lower it to force
