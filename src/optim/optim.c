@@ -205,13 +205,37 @@ static kl_status optim_prepare(const kl_exec *ex, const kl_tensor *t, void *vals
         _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")                            \
         for (int64_t i = 0; i < n; i++) acc[i] = KL_OPTIM_ACCUMULATE(T, h, g[i], acc[i]);          \
     }                                                                                              \
+    /* sum of squares of a block, in SS_LANES running sums (vectorised) */                       \
+    static double sumsq_block_##T(const T *g, int64_t n)                                           \
+    {                                                                                              \
+        double l[SS_LANES] = {0}, s = 0;                                                           \
+        int64_t i = 0;                                                                             \
+        for (; i + SS_LANES <= n; i += SS_LANES)                                                   \
+            for (int k = 0; k < SS_LANES; k++) l[k] += (double)g[i + k] * (double)g[i + k];       \
+        for (; i < n; i++) s += (double)g[i] * (double)g[i];                                       \
+        for (int k = 0; k < SS_LANES; k++) s += l[k];                                              \
+        return s;                                                                                  \
+    }                                                                                              \
+    /* *ss += sum of squares of n values: SS_BLOCK-value blocks in parallel, */                   \
+    /* added in block order, so the sum is the same for any thread count */                       \
     static void sumsq_##T(int64_t n, const T *g, double *ss)                                       \
     {                                                                                              \
-        for (int64_t i = 0; i < n; i++) {                                                          \
-            double x = g[i];                                                                       \
-            *ss += x * x;                                                                          \
+        double part[SS_GROUP];                                                                     \
+        for (int64_t b0 = 0; b0 * SS_BLOCK < n; b0 += SS_GROUP) {                                   \
+            int64_t nb = (n - b0 * SS_BLOCK + SS_BLOCK - 1) / SS_BLOCK;                            \
+            if (nb > SS_GROUP) nb = SS_GROUP;                                                      \
+            _Pragma("omp parallel for schedule(static) if (nb > 1 && n > KL_PAR_MIN)")              \
+            for (int64_t b = 0; b < nb; b++) {                                                     \
+                int64_t at = (b0 + b) * SS_BLOCK, len = n - at < SS_BLOCK ? n - at : SS_BLOCK;     \
+                part[b] = sumsq_block_##T(g + at, len);                                            \
+            }                                                                                      \
+            for (int64_t b = 0; b < nb; b++) *ss += part[b];                                       \
         }                                                                                          \
     }
+/* the gradient norm's sum of squares: blocks, their lanes, groups of blocks per parallel loop */
+#define SS_BLOCK 4096
+#define SS_LANES 8
+#define SS_GROUP 256
 KL_FOR_REAL(UPDATE)
 
 /* The next trainable parameter slot at or after *s whose gradient graph g
