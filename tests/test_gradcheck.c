@@ -87,6 +87,33 @@ B(b_split)
     kl_status s = kl_split(g, x[0], -1, 2, sz, p);
     return s ? s : kl_mul(g, p[0], p[1], y);
 }
+/* slices of a permuted view, out of order, with a gap (the autodiff's
+ * concat of the pieces, a zero fill for the gap), and x used whole too */
+B(b_slices_tile)
+{
+    static const int perm[3] = {0, 2, 1};
+    kl_tensor *t, *a, *b, *c, *s;
+    KL_TRY_T(kl_permute(g, x[0], perm, &t)); /* [2, 7, 3] */
+    KL_TRY_T(kl_slice(g, t, 1, 5, 7, &a));
+    KL_TRY_T(kl_slice(g, t, 1, 0, 2, &b));
+    KL_TRY_T(kl_slice(g, t, 1, 3, 5, &c));
+    KL_TRY_T(kl_mul(g, a, b, &a));
+    KL_TRY_T(kl_mul(g, a, c, &a));
+    KL_TRY_T(kl_sum(g, t, 0, NULL, 0, &s));
+    KL_TRY_T(kl_square(g, s, &s));
+    return kl_add(g, a, s, y);
+}
+B(b_slices_overlap) /* overlapping slices and one along another axis: summed one by one */
+{
+    kl_tensor *a, *b, *c;
+    KL_TRY_T(kl_slice(g, x[0], 1, 0, 3, &a));
+    KL_TRY_T(kl_slice(g, x[0], 1, 2, 5, &b));
+    KL_TRY_T(kl_slice(g, x[0], 0, 1, 3, &c)); /* [2, 5] */
+    KL_TRY_T(kl_mul(g, a, b, &a));
+    KL_TRY_T(kl_square(g, c, &c));
+    KL_TRY_T(kl_sum(g, c, 0, NULL, 0, &c));
+    return kl_add(g, a, c, y);
+}
 B(b_strided_bcast) /* broadcasting against a transposed view */
 {
     kl_tensor *t;
@@ -153,6 +180,8 @@ int main(void)
         {"permute_reshape", b_permute_reshape, 1, {GC_IN(3, 4)}},
         {"slice", b_slice, 1, {GC_IN(2, 4, 3)}},
         {"split", b_split, 1, {GC_IN(3, 4)}},
+        {"slices_tile", b_slices_tile, 1, {GC_IN(2, 3, 7)}},
+        {"slices_overlap", b_slices_overlap, 1, {GC_IN(3, 5)}},
         {"strided_broadcast", b_strided_bcast, 2, {GC_IN(4, 3), GC_IN(4)}},
         {"contiguous", b_contiguous, 1, {GC_IN(3, 5)}},
     };

@@ -7,11 +7,6 @@
 #include "testutil.h"
 #include "ops/ops.h" /* kl_batchnorm_act */
 
-#define KL_TRY_T(call)                                                                             \
-    do {                                                                                           \
-        kl_status s_ = (call);                                                                     \
-        if (s_ != KL_OK) return s_;                                                                \
-    } while (0)
 #define B(name) static kl_status name(kl_graph *g, kl_tensor **x, void *u, kl_tensor **y)
 
 /* ---- batchnorm ---- */

@@ -9,11 +9,6 @@
 #include "gradcheck.h"
 #include "testutil.h"
 
-#define KL_TRY_T(call)                                                                             \
-    do {                                                                                           \
-        kl_status s_ = (call);                                                                     \
-        if (s_ != KL_OK) return s_;                                                                \
-    } while (0)
 #define B(name) static kl_status name(kl_graph *g, kl_tensor **x, void *u, kl_tensor **y)
 
 /* [B, a...] and [B, b...] flattened per sample and joined: [B, a + b (+ c)] */

@@ -19,6 +19,88 @@ kl_status kl_grad_acc(kl_graph *g, kl_tensor *x, kl_tensor *dx)
     return kl_binary_op(g, 0 /* add */, x->grad, dx, &x->grad);
 }
 
+/* A slice's gradient waiting for its source's backward (kl_grad_acc_slice). */
+typedef struct kl_grad_piece {
+    kl_tensor *dy;
+    int axis;
+    int64_t start, end;
+    struct kl_grad_piece *next;
+} kl_grad_piece;
+
+kl_status kl_grad_acc_slice(kl_graph *g, kl_tensor *x, kl_tensor *dy, int axis, int64_t start, int64_t end)
+{
+    (void)g;
+    if (!x->requires_grad || !dy) return KL_OK;
+    kl_grad_piece *p = kl_malloc(sizeof *p);
+    if (!p) return KL_ENOMEM;
+    *p = (kl_grad_piece){dy, axis, start, end, x->pieces};
+    x->pieces = p;
+    return KL_OK;
+}
+
+static void free_pieces(kl_tensor *x)
+{
+    for (kl_grad_piece *p = x->pieces, *n; p; p = n) {
+        n = p->next;
+        kl_free(p);
+    }
+    x->pieces = NULL;
+}
+
+/* Sorts x's pieces by start; whether they lie along one axis without overlap. */
+static bool pieces_tile(kl_tensor *x)
+{
+    kl_grad_piece *sorted = NULL;
+    for (kl_grad_piece *p = x->pieces, *n; p; p = n) { /* insertion sort: a few pieces */
+        n = p->next;
+        kl_grad_piece **at = &sorted;
+        while (*at && (*at)->start < p->start) at = &(*at)->next;
+        p->next = *at;
+        *at = p;
+    }
+    x->pieces = sorted;
+    for (kl_grad_piece *p = sorted; p && p->next; p = p->next)
+        if (p->next->axis != p->axis || p->end > p->next->start) return false;
+    return sorted && sorted->next;
+}
+
+/* x's slices' gradients into its gradient, before x's backward: pieces
+ * tiling an axis (the gaps zeros) as one concat, others one by one. */
+static kl_status settle_pieces(kl_graph *g, kl_tensor *x)
+{
+    if (!x->pieces) return KL_OK;
+    kl_status s = KL_OK;
+    kl_tensor *dx = NULL;
+    if (pieces_tile(x)) {
+        int axis = x->pieces->axis, n = 0, cap = 1;
+        for (kl_grad_piece *p = x->pieces; p; p = p->next) cap += 2;
+        kl_tensor **parts = kl_malloc((size_t)cap * sizeof *parts);
+        if (!parts) s = KL_ENOMEM;
+        int64_t at = 0, ne[KL_MAX_DIMS];
+        memcpy(ne, x->ne, sizeof ne);
+        for (kl_grad_piece *p = x->pieces; s == KL_OK; p = p->next) {
+            int64_t to = p ? p->start : x->ne[axis];
+            if (to > at) { /* a gap no slice covers */
+                ne[axis] = to - at;
+                s = kl_fill(g, p ? p->dy->dtype : parts[0]->dtype, x->ndim, ne, 0.0, &parts[n++]);
+            }
+            if (!p || s != KL_OK) break;
+            parts[n++] = p->dy;
+            at = p->end;
+        }
+        if (s == KL_OK) s = kl_concat(g, n, parts, axis, &dx);
+        kl_free(parts);
+        if (s == KL_OK) s = kl_grad_acc(g, x, dx);
+    } else {
+        for (kl_grad_piece *p = x->pieces; p && s == KL_OK; p = p->next) {
+            s = kl_slice_grad(g, x, p->dy, p->axis, p->start, p->end, &dx);
+            if (s == KL_OK) s = kl_grad_acc(g, x, dx);
+        }
+    }
+    free_pieces(x);
+    return s;
+}
+
 /* Makes the gradient of parameter slot land in the ctx's gradient buffer. */
 static kl_status bind_grad(kl_graph *g, int slot, kl_tensor *gr)
 {
@@ -47,11 +129,13 @@ kl_status kl_backward(kl_graph *g, kl_tensor *loss)
     kl_tensor **slot_grad = kl_calloc((size_t)c->n_slots + 1, sizeof *slot_grad);
     bool *written = kl_calloc((size_t)c->n_slots + 1, sizeof *written);
     kl_status s = (slot_grad && written) ? KL_OK : KL_ENOMEM;
-    for (int i = 0; i < g->n_nodes; i++) g->nodes[i]->grad = NULL;
+    for (int i = 0; i < g->n_nodes; i++) g->nodes[i]->grad = NULL, g->nodes[i]->pieces = NULL;
     loss->is_output = loss->base->is_output = true;
     if (s == KL_OK) s = kl_fill(g, loss->dtype, loss->ndim, loss->ne, 1.0, &loss->grad);
     for (int i = loss->id; i >= 0 && s == KL_OK; i--) {
         kl_tensor *t = g->nodes[i];
+        s = settle_pieces(g, t);
+        if (s != KL_OK) break;
         bool any = t->grad != NULL;
         for (int k = 0; k < t->n_extra; k++) any |= t->extra[k]->grad != NULL;
         if (!any || !t->requires_grad) continue;
@@ -76,6 +160,7 @@ kl_status kl_backward(kl_graph *g, kl_tensor *loss)
         written[k] = true;
     }
     kl_free(slot_grad);
+    for (int i = 0; i < g->n_nodes; i++) free_pieces(g->nodes[i]); /* left by an error */
     if (s != KL_OK) {
         kl_free(written);
         return s;

@@ -74,6 +74,7 @@ struct kl_tensor {
     bool requires_grad;
     bool is_output; /* value must survive to the end of the run */
     kl_tensor *grad; /* while kl_backward runs */
+    struct kl_grad_piece *pieces; /* while kl_backward runs: slices' gradients not yet summed (autodiff.c) */
 };
 
 /* The op's attribute struct inside a node. */
@@ -225,6 +226,13 @@ kl_status kl_node_add_extra(kl_tensor *t, kl_dtype dt, int ndim, const int64_t *
 kl_status kl_check_args(kl_graph *g, const char *op, int n, kl_tensor *const *ts);
 /* Accumulates dx into x's gradient during kl_backward (no-op if x needs none). */
 kl_status kl_grad_acc(kl_graph *g, kl_tensor *x, kl_tensor *dx);
+/* Accumulates dy, the gradient of x's slice [start, end) along axis, into
+ * x's gradient: kept until x's backward, so that slices tiling x (q, k and
+ * v of one projection) become one concat, not zero-padded copies summed. */
+kl_status kl_grad_acc_slice(kl_graph *g, kl_tensor *x, kl_tensor *dy, int axis, int64_t start, int64_t end);
+/* The gradient of x from dy, the gradient of its slice [start, end) along
+ * axis: zeros elsewhere (ops/view.c). */
+kl_status kl_slice_grad(kl_graph *g, kl_tensor *x, kl_tensor *dy, int axis, int64_t start, int64_t end, kl_tensor **dx);
 /* dy reduced (summed) over broadcast axes to shape of x (for broadcasting ops). */
 kl_status kl_reduce_to(kl_graph *g, kl_tensor *dy, const kl_tensor *x, kl_tensor **out);
 /* A constant-filled tensor. */

@@ -63,13 +63,8 @@ static kl_status view_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
         KL_TRY(kl_permute(g, dy, inv, &dx));
         break;
     }
-    case VIEW_SLICE: {
-        view_attr b = *a;
-        b.ndim = x->ndim;
-        memcpy(b.ne, x->ne, sizeof b.ne);
-        KL_TRY(kl_node_new(g, KL_OP_slice_bwd, 1, &dy, &b, sizeof b, &dx));
-        break;
-    }
+    case VIEW_SLICE:
+        return kl_grad_acc_slice(g, x, dy, a->axis, a->start, a->end);
     default:
         KL_TRY(kl_reduce_to(g, dy, x, &dx));
         break;
@@ -98,6 +93,13 @@ static kl_status slice_bwd_cpu(const kl_exec *ex, const kl_tensor *t)
     unsigned char *y = kl_data(ex, t);
     memset(y, 0, kl_nbytes(t));
     return kl_copy_strided(ex, t->src[0], y + a->start * t->st[a->axis] * kl_dtype_size(t->dtype), t->st);
+}
+
+kl_status kl_slice_grad(kl_graph *g, kl_tensor *x, kl_tensor *dy, int axis, int64_t start, int64_t end, kl_tensor **dx)
+{
+    view_attr b = {.kind = VIEW_SLICE, .ndim = x->ndim, .axis = axis, .start = start, .end = end};
+    memcpy(b.ne, x->ne, sizeof b.ne);
+    return kl_node_new(g, KL_OP_slice_bwd, 1, &dy, &b, sizeof b, dx);
 }
 
 static kl_status slice_bwd_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)

@@ -26,6 +26,13 @@ typedef kl_status (*gc_build)(kl_graph *g, kl_tensor **in, void *user, kl_tensor
  * few with op name, input, index, analytic and numeric values. */
 int gradcheck(const char *name, int n_in, const gc_input *in, gc_build build, void *user);
 
+/* In a build function: returns the status of a failing call. */
+#define KL_TRY_T(call)                                                                             \
+    do {                                                                                           \
+        kl_status s_ = (call);                                                                     \
+        if (s_ != KL_OK) return s_;                                                                \
+    } while (0)
+
 /* Shorthand for shapes: GC_IN(2, 3, 4) is a float input of shape [2,3,4]. */
 #define GC_IN(...) ((gc_input){.ndim = sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t), .ne = {__VA_ARGS__}})
 
