@@ -89,12 +89,16 @@ kl_status train_ckpt_save(const char *ckpt_root, kl_cfg *cfg, kl_ctx *ctx, kl_op
  * train.accumulate, and they index a training set that data.kind, limit,
  * val_split, drop_last and shuffle (and, for text, val_fraction) shape and
  * train.seed orders (the held-out split, each epoch's shuffle, text batches).
- * Compared as the checkpoint's own config.yaml resolved them; keys older
- * checkpoints lack are not compared (except accumulate: 1). */
+ * A text run's epochs are train.steps_per_epoch steps: the checkpoint's
+ * epoch loss so far belongs to its epoch, which other boundaries would cut
+ * elsewhere (image runs have no such key). Compared as the checkpoint's own
+ * config.yaml resolved them; keys older checkpoints lack are not compared
+ * (except accumulate: 1). */
 static kl_status same_cuts(const train_args *a, const kl_cfg *cfg, const kl_train_state *st, const kl_cfg *c)
 {
-    static const char *const keys[] = {"train.batch", "train.accumulate", "train.seed", "data.kind", "data.limit",
-                                       "data.val_split", "data.drop_last", "data.shuffle", "data.val_fraction"};
+    static const char *const keys[] = {"train.batch", "train.accumulate", "train.seed", "train.steps_per_epoch",
+                                       "data.kind", "data.limit", "data.val_split", "data.drop_last", "data.shuffle",
+                                       "data.val_fraction"};
     kl_status s = KL_OK;
     for (size_t i = 0; i < sizeof keys / sizeof *keys && s == KL_OK; i++) {
         const char *was = kl_cfg_str_value(kl_cfg_at(kl_cfg_root(c), keys[i]));
