@@ -385,6 +385,24 @@ static void test_syntax_errors(void)
     kl_cfg_free(NULL);
 }
 
+/* Values in messages: floats as a user writes them, other text as it is. */
+static void test_shown(void)
+{
+    char b[40];
+    static const char *const cases[][2] = {
+        {"0.10000000000000001", "0.1"}, {"0.20000000000000001", "0.2"}, {"0.001", "0.001"}, {"300", "300"},
+        {"0.33333333333333331", "0.3333333333333333"}, {"1.0000000000000001e-05", "1e-05"},
+        {"9223372036854775807", "9223372036854775807"}, {"123456789012345678901", "123456789012345678901"},
+        {"true", "true"}, {"text", "text"}, {"1.5x", "1.5x"}, {"nan", "nan"}, {"", ""}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *got = kl_cfg_shown(cases[i][0], b, sizeof b);
+        if (strcmp(got, cases[i][1])) fprintf(stderr, "kl_cfg_shown(%s): %s, expected %s\n", cases[i][0], got, cases[i][1]);
+        CHECK(!strcmp(got, cases[i][1]));
+    }
+    CHECK(kl_cfg_shown(NULL, b, sizeof b) == NULL);
+    CHECK(!strcmp(kl_cfg_fmt_double(b, sizeof b, 3e-4), "0.0003") && !strcmp(kl_cfg_fmt_double(b, sizeof b, 1e300), "1e+300"));
+}
+
 int main(void)
 {
     snprintf(g_dir, sizeof g_dir, "/tmp/kiln_cfg_XXXXXX");
@@ -396,6 +414,7 @@ int main(void)
     test_random_values();
     test_value_errors();
     test_syntax_errors();
+    test_shown();
     rmdir(g_dir);
     return kl_test_done("test_config");
 }

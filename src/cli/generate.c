@@ -52,6 +52,7 @@ typedef struct {
     kl_kv_decoder *kv;                /* transformers: the KV-cache decoder (NULL: --no-kv-cache) */
     float *logits, **h, **c;          /* host copies: the last logits, recurrent states */
     int64_t V;
+    char vocab_path[4300]; /* for messages */
 } generator;
 
 static void usage(FILE *f)
@@ -60,9 +61,11 @@ static void usage(FILE *f)
                "                          [--threads N] [--no-kv-cache] [--logits]\n\n"
                "Samples N characters (default 200) from a language model trained with data.kind text.\n"
                "CKPT is a checkpoint directory or a run directory (its latest checkpoint). The prompt\n"
-               "(default: a newline) is printed first, then the sampled text. temperature (default 1)\n"
-               "divides the logits, 0 picks the most likely character; --top-k K samples among the K\n"
-               "most likely only (default 0: all). The same --seed gives the same text.\n"
+               "is printed first, then the sampled text; without --prompt the model starts after a\n"
+               "newline, which is not printed (a vocabulary without a newline needs --prompt).\n"
+               "temperature (default 1) divides the logits, 0 picks the most likely character;\n"
+               "--top-k K samples among the K most likely only (default 0: all). The same --seed\n"
+               "gives the same text.\n"
                "Transformers cache keys and values while the text fits the context; --no-kv-cache\n"
                "re-runs the whole window for every character instead (slower, the same text).\n"
                "--logits prints the logits of the character after the prompt (one per vocabulary\n"
@@ -92,17 +95,18 @@ static int64_t bucket(int64_t L, int64_t T, int *k)
 /* The checkpoint's model, vocabulary and weights. */
 static kl_status gen_open(generator *gn, const char *path, int threads, int64_t first_len, int kv)
 {
-    char dir[4096], p[4300];
+    char dir[4096], *p = gn->vocab_path;
+    size_t pn = sizeof gn->vocab_path;
     KL_TRY(kl_checkpoint_resolve(path, dir, sizeof dir));
-    snprintf(p, sizeof p, "%s/config.yaml", dir);
+    snprintf(p, pn, "%s/config.yaml", dir);
     KL_TRY(kl_cfg_load(p, &gn->cfg));
     kl_cfg_node *mn;
     KL_TRY(kl_cfg_get_map(kl_cfg_root(gn->cfg), "model", 1, &mn));
     KL_TRY(kl_model_from_cfg(mn, &gn->model));
     if (!kl_model_tokens(gn->model))
         return kl_fail(KL_EINVAL, "%s: not a language model (its model.input is not {tokens: T})", dir);
-    snprintf(p, sizeof p, "%s/vocab.txt", dir);
-    if (access(p, F_OK) != 0) snprintf(p, sizeof p, "%s/../../vocab.txt", dir);
+    snprintf(p, pn, "%s/vocab.txt", dir);
+    if (access(p, F_OK) != 0) snprintf(p, pn, "%s/../../vocab.txt", dir);
     if (access(p, F_OK) != 0) return kl_fail(KL_EIO, "%s: no vocab.txt in the checkpoint or its run directory", dir);
     KL_TRY(kl_vocab_load(p, &gn->vocab));
     gn->V = kl_model_vocab(gn->model);
@@ -256,9 +260,12 @@ static kl_status generate(const gen_args *a)
         }
         toks[n++] = id;
     }
-    if (s == KL_OK && !n) { /* no prompt: start after a newline */
+    if (s == KL_OK && !n) { /* no prompt: start after a newline (not printed), as a text's lines do */
         int nl = kl_vocab_id(gn.vocab, '\n');
-        toks[n++] = nl >= 0 ? nl : 0;
+        if (nl < 0) /* any other start would be an arbitrary character the user did not ask for */
+            s = kl_fail(KL_EINVAL, "%s has no newline (the corpus had none) to start the text after: give --prompt TEXT",
+                        gn.vocab_path);
+        toks[n++] = nl;
     }
     int windowed = s == KL_OK && kl_model_windowed(gn.model), V = s == KL_OK ? kl_vocab_size(gn.vocab) : 0;
     for (int64_t i = 0; s == KL_OK && !windowed && i < n; i++) s = feed_step(&gn, toks[i]);

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -89,23 +90,29 @@ kl_status train_ckpt_save(const char *ckpt_root, kl_cfg *cfg, kl_ctx *ctx, kl_op
  * train.accumulate, and they index a training set that data.kind, limit,
  * val_split, drop_last and shuffle (and, for text, val_fraction) shape and
  * train.seed orders (the held-out split, each epoch's shuffle, text batches).
- * Compared as the checkpoint's own config.yaml resolved them; keys older
- * checkpoints lack are not compared (except accumulate: 1). */
+ * A text run's epochs are train.steps_per_epoch steps: the checkpoint's
+ * epoch loss so far belongs to its epoch, which other boundaries would cut
+ * elsewhere (image runs have no such key). Compared as the checkpoint's own
+ * config.yaml resolved them; keys older checkpoints lack are not compared
+ * (except accumulate: 1). */
 static kl_status same_cuts(const train_args *a, const kl_cfg *cfg, const kl_train_state *st, const kl_cfg *c)
 {
-    static const char *const keys[] = {"train.batch", "train.accumulate", "train.seed", "data.kind", "data.limit",
-                                       "data.val_split", "data.drop_last", "data.shuffle", "data.val_fraction"};
+    static const char *const keys[] = {"train.batch", "train.accumulate", "train.seed", "train.steps_per_epoch",
+                                       "data.kind", "data.limit", "data.val_split", "data.drop_last", "data.shuffle",
+                                       "data.val_fraction"};
     kl_status s = KL_OK;
     for (size_t i = 0; i < sizeof keys / sizeof *keys && s == KL_OK; i++) {
         const char *was = kl_cfg_str_value(kl_cfg_at(kl_cfg_root(c), keys[i]));
         const char *now = kl_cfg_str_value(kl_cfg_at(kl_cfg_root(cfg), keys[i]));
         if (!was && !strcmp(keys[i], "train.accumulate")) was = "1";
         if (!was || !now || !strcmp(was, now)) continue;
+        char wb[40], nb[40]; /* floats as written, not as the %.17g write-back */
         s = kl_fail(KL_EINVAL,
                     "--resume %s: this run has %s %s, the checkpoint (step %lld, epoch %lld, batch %lld) was trained "
                     "with %s: its batch positions and step counts would not line up; resume with the checkpoint's "
                     "value (or start a new run from its weights with --init)",
-                    a->ckpt_dir, keys[i], now, (long long)st->step, (long long)st->epoch + 1, (long long)st->batch, was);
+                    a->ckpt_dir, keys[i], kl_cfg_shown(now, nb, sizeof nb), (long long)st->step,
+                    (long long)st->epoch + 1, (long long)st->batch, kl_cfg_shown(was, wb, sizeof wb));
     }
     return s;
 }
@@ -148,11 +155,34 @@ kl_status train_state_start(const train_args *a, const kl_cfg *cfg, const train_
     return s;
 }
 
+/* The run directory of checkpoint <run>/checkpoints/<tag>, as messages
+ * print it ("resume with: kiln train --resume runs/ic"): <run> cut out of
+ * the path's text when that names the directory ckpt/../.. does (not when
+ * a symlink leads elsewhere), else ckpt/../.. itself. */
+static void run_dir_of(const char *ckpt, char *out, size_t n)
+{
+    snprintf(out, n, "%.4000s/../..", ckpt);
+    size_t e = strlen(ckpt), b, e2, b2;
+    while (e > 1 && ckpt[e - 1] == '/') e--;
+    for (b = e; b > 0 && ckpt[b - 1] != '/';) b--; /* the tag: [b, e) */
+    for (e2 = b; e2 > 0 && ckpt[e2 - 1] == '/';) e2--;
+    for (b2 = e2; b2 > 0 && ckpt[b2 - 1] != '/';) b2--; /* its parent: [b2, e2) */
+    int dots = (e - b == 1 && ckpt[b] == '.') || (e - b == 2 && !strncmp(ckpt + b, "..", 2));
+    if (dots || e2 == b || e2 - b2 != 11 || strncmp(ckpt + b2, "checkpoints", 11)) return;
+    while (b2 > 1 && ckpt[b2 - 1] == '/') b2--; /* the run: [0, b2); "/" or "." when that is all */
+    char run[4096];
+    if (!b2) snprintf(run, sizeof run, ".");
+    else snprintf(run, sizeof run, "%.*s", (int)(b2 > 4000 ? 4000 : b2), ckpt);
+    struct stat s1, s2;
+    if (stat(run, &s1) == 0 && stat(out, &s2) == 0 && s1.st_dev == s2.st_dev && s1.st_ino == s2.st_ino)
+        snprintf(out, n, "%s", run);
+}
+
 kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg, char *run_dir, char *ckpt_root,
                              FILE **metrics)
 {
     if (a->out) snprintf(run_dir, 4096, "%s", a->out);
-    else if (a->resume) snprintf(run_dir, 4096, "%.4000s/../..", a->ckpt_dir); /* <run>/checkpoints/<tag> */
+    else if (a->resume) run_dir_of(a->ckpt_dir, run_dir, 4096); /* <run>/checkpoints/<tag> */
     else {
         char ts[32];
         time_t t = time(NULL);

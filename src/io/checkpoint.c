@@ -5,6 +5,7 @@
  * complete directory. */
 #define _GNU_SOURCE
 #include "io/checkpoint_internal.h"
+#include "io/config.h"
 #include "io/fileio.h"
 #include "core/graph.h"
 
@@ -244,11 +245,7 @@ static kl_status state_fill(kl_st_writer *w, kl_ctx *c, kl_optim *opt, const kl_
     KL_TRY(meta_num(w, "loss_scale_good", (unsigned long long)good, true));
     KL_TRY(meta_num(w, "optim_skipped", (unsigned long long)skipped, true));
     char lr[40]; /* informational (the config sets it): shortest text that reads back exactly */
-    for (int prec = 6; prec <= 17; prec++) {
-        snprintf(lr, sizeof lr, "%.*g", prec, kl_optim_lr(opt));
-        if (strtod(lr, NULL) == kl_optim_lr(opt)) break;
-    }
-    KL_TRY(kl_st_writer_meta(w, "lr", lr));
+    KL_TRY(kl_st_writer_meta(w, "lr", kl_cfg_fmt_double(lr, sizeof lr, kl_optim_lr(opt))));
     for (int k = 0; k < kl_optim_state_count(opt); k++) {
         const char *sname;
         void *data;

@@ -206,4 +206,13 @@ kl_status kl_cfg_write(const kl_cfg *c, const char *path);
 /* The tree as YAML text, NUL-terminated; caller frees *out with free(). */
 kl_status kl_cfg_to_string(const kl_cfg *c, char **out);
 
+/* v as the shortest %g text (6 to 17 digits) that reads back as v, as a
+ * user would write it: 0.1, not %.17g's 0.10000000000000001. Returns buf. */
+char *kl_cfg_fmt_double(char *buf, size_t n, double v);
+
+/* A scalar's text as messages show it: a finite float (written back with
+ * %.17g) in its kl_cfg_fmt_double form in buf, any other text (integers,
+ * words) as it is. Returns buf or text. */
+const char *kl_cfg_shown(const char *text, char *buf, size_t n);
+
 #endif

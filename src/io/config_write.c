@@ -1,8 +1,10 @@
-/* Config tree -> YAML text through libyaml's emitter. */
+/* Config tree -> YAML text through libyaml's emitter; numbers as text. */
 #include "io/config_internal.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
 
@@ -132,4 +134,24 @@ kl_status kl_cfg_write(const kl_cfg *c, const char *path)
     }
     kl_free(text);
     return st;
+}
+
+char *kl_cfg_fmt_double(char *buf, size_t n, double v)
+{
+    for (int prec = 6; prec <= 17; prec++) { /* from 6: 300, not 3e+02 */
+        snprintf(buf, n, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v) break;
+    }
+    return buf;
+}
+
+const char *kl_cfg_shown(const char *text, char *buf, size_t n)
+{
+    char *end;
+    if (!text || !*text) return text;
+    (void)strtoll(text, &end, 10); /* integers stay as written: past 2^53 a double would change them */
+    if (!*end) return text;
+    double v = strtod(text, &end);
+    if (*end || !isfinite(v)) return text;
+    return kl_cfg_fmt_double(buf, n, v);
 }
