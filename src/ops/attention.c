@@ -133,7 +133,9 @@ static void workers_end(const kl_exec *ex, int nt)
                 int64_t lim = kl_att_key_end(i0 + r, 1, nk, a->causal);                            \
                 for (int64_t j = 1; j < lim; j++) mx = sr[j] > mx ? sr[j] : mx;                    \
                 double s = 0;                                                                      \
-                for (int64_t j = 0; j < lim; j++) s += (double)(sr[j] = kl_att_prob_##T_(sr[j], mx)); \
+                for (int64_t j = 0; j < lim; j++) sr[j] = kl_att_prob_##T_(sr[j], mx); /* vectorised */ \
+                _Pragma("omp simd reduction(+ : s)")                                               \
+                for (int64_t j = 0; j < lim; j++) s += (double)sr[j];                              \
                 T_ inv = (T_)(1 / s);                                                              \
                 for (int64_t j = 0; j < lim; j++) sr[j] *= inv;                                    \
                 for (int64_t j = lim; j < nk; j++) sr[j] = 0;                                      \

@@ -36,10 +36,10 @@ KL_HD static inline int64_t kl_att_query_begin(int64_t j0, int causal) { return 
      * (m_old = -inf: nothing seen yet, 0) */                                                      \
     KL_HD static inline T_ kl_att_rescale_##T_(T_ m_old, T_ m_new)                                 \
     {                                                                                              \
-        return m_old == m_new ? (T_)1 : exp(m_old - m_new);                                        \
+        return m_old == m_new ? (T_)1 : kl_exp_##T_(m_old - m_new);                                \
     }                                                                                              \
     /* probability of score s given the row's max (forward) or logsumexp (backward) */             \
-    KL_HD static inline T_ kl_att_prob_##T_(T_ s, T_ m) { return exp(s - m); }                     \
+    KL_HD static inline T_ kl_att_prob_##T_(T_ s, T_ m) { return kl_exp_##T_(s - m); }             \
     KL_HD static inline T_ kl_att_lse_##T_(T_ m, double l) { return m + (T_)log(l); }              \
     /* score gradient from p, dP = dO . v and Di = rowsum(dO * O) */                               \
     KL_HD static inline T_ kl_att_dscore_##T_(T_ p, T_ dp, T_ di, T_ scale) { return p * (dp - di) * scale; }

@@ -6,6 +6,8 @@
 
 #include "core/philox.h" /* KL_HD */
 #include "kiln/ops.h"     /* kl_act */
+#include <stdint.h>
+#include <string.h> /* memcpy: kl_pow2i_float */
 #ifdef __CUDACC__
 #include <cmath>
 #else
@@ -73,6 +75,40 @@ KL_HD static inline float kl_tanh_float(float x)
     return fabs(x) < 4e-4f ? x : r;
 }
 KL_HD static inline double kl_tanh_double(double x) { return tanh(x); }
+
+/* exp for float, branch-free so CPU loops vectorise it (libm's expf is a
+ * call per value: attention's probabilities were most of its CPU time):
+ * 2^n exp(r) with n = round(x log2 e), r = x - n ln 2 (ln 2 in two parts),
+ * exp(r) by Cephes' degree-6 polynomial, 2^n as two exponent-field
+ * factors so results down to the subnormals are scaled exactly; 0 below
+ * -104, inf above ln(FLT_MAX), NaN kept. Within 1.2e-7 relative of exp
+ * (tests/test_unary_math.c); the GPU evaluates the same function. */
+KL_HD static inline float kl_pow2i_float(int32_t e) /* 2^e for e in [-126, 127] */
+{
+    int32_t bits = (e + 127) << 23;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+KL_HD static inline float kl_exp_float(float x)
+{
+    float c = x < -104.0f ? -104.0f : x;
+    c = c > 88.7228394f ? 88.7228394f : c;
+    float n = floor(c * 1.44269504088896341f + 0.5f);
+    float r = c - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t ni = (int32_t)n, h = ni / 2;
+    float y = p * kl_pow2i_float(h) * kl_pow2i_float(ni - h);
+    y = x > 88.7228394f ? (float)INFINITY : y;
+    return x < -104.0f ? 0.0f : y;
+}
+KL_HD static inline double kl_exp_double(double x) { return exp(x); }
 
 #define KL_DEF_ELEM(T)                                                                     \
     KL_HD static inline T kl_unary_##T(int kind, T x, T alpha)                             \
