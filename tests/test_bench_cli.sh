@@ -40,6 +40,8 @@ check "token model bench: [B, T] input, tokens/s" \
 check "bad path: exit 1 naming the path" '[ $? -eq 1 ] && grep -q "kiln bench: .*missing: no checkpoint found" "$tmp/bad.log"'
 "$kiln" bench "$tmp/run" --iters 0 >"$tmp/bad2.log" 2>&1
 check "bad --iters" '[ $? -eq 2 ] && grep -q "iters must be an integer from 1 to" "$tmp/bad2.log"'
+"$kiln" bench "$tmp/run" --batch 4 --iters 3 --warmup 0 --threads 1 >"$tmp/w0.log" 2>&1
+check "--warmup 0: the timed runs from the first" '[ $? -eq 0 ] && grep -q "^latency over 3 iterations (after 0 warm-up): " "$tmp/w0.log"'
 "$kiln" bench >/dev/null 2>&1
 check "no checkpoint given" '[ $? -eq 2 ]'
 check_done test_bench_cli

@@ -16,6 +16,11 @@ rc=$?
 check "no prompt: the 30 characters and a newline, nothing before them" \
   "[ $rc -eq 0 ] && [ \$(wc -c <'$tmp/g0.txt') -eq 31 ]"
 check "no prompt: the text a newline prompt gives, less the newline" "cmp -s '$tmp/g0.txt' <(tail -c +2 '$tmp/g1.txt')"
+"$kiln" generate "$tmp/run" --threads 1 --tokens 5 >/dev/null 2>"$tmp/s.err"
+"$kiln" generate "$tmp/run" --threads 1 --tokens 5 --temperature 0 >/dev/null 2>"$tmp/s0.err"
+"$kiln" generate "$tmp/run" --threads 1 --tokens 5 --top-k 1 >/dev/null 2>"$tmp/s1.err"
+check "no --seed: the seed drawn is printed, but not for greedy decoding (temperature 0, top-k 1)" \
+  "grep -q '^(seed [0-9]*: pass --seed [0-9]* to repeat)' '$tmp/s.err' && ! grep -q seed '$tmp/s0.err' && ! grep -q seed '$tmp/s1.err'"
 "$kiln" generate --help >"$tmp/help.txt"
 check "the usage says the implicit newline is not printed" \
   "tr '\n' ' ' <'$tmp/help.txt' | grep -q 'without --prompt the model starts after a newline, which is not printed'"

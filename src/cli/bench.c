@@ -26,7 +26,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: kiln bench CKPT [--batch N] [--iters N] [--warmup N] [--threads N] [--device D]\n"
                "                  [--set KEY=VALUE]\n\n"
                "Inference latency of a checkpoint's (or run directory's) model: p50, p99 and mean\n"
-               "over --iters timed forward runs (default 100) after --warmup runs (default 5), and\n"
+               "over --iters timed forward runs (default 100) after --warmup runs (default 5, 0: none), and\n"
                "the throughput in samples/s (and tokens/s for language models). Inputs are random\n"
                "values of the model's input shape; --batch defaults to the run's train.batch.\n"
                "--device cpu (default), cuda:N or auto: on a GPU an iteration is the input's copy\n"
@@ -121,12 +121,12 @@ static kl_status bench(loaded *l, const char *ckpt, int64_t B, int iters, int wa
 }
 
 /* A positive integer flag value, or -1 after a message. */
-static long long count_arg(const char *flag, const char *v, long long max)
+static long long count_arg(const char *flag, const char *v, long long min, long long max)
 {
     char *end;
     long long n = strtoll(v, &end, 10);
-    if (*v == 0 || *end || n < 1 || n > max) {
-        fprintf(stderr, "kiln bench: %s must be an integer from 1 to %lld, got '%s'\n", flag, max, v);
+    if (*v == 0 || *end || n < min || n > max) {
+        fprintf(stderr, "kiln bench: %s must be an integer from %lld to %lld, got '%s'\n", flag, min, max, v);
         return -1;
     }
     return n;
@@ -156,7 +156,10 @@ int kl_cmd_bench(int argc, char **argv)
                 device = v;
                 continue;
             }
-            if (strcmp(a, "--set") && (n = count_arg(a, v, !strcmp(a, "--batch") ? 1 << 20 : 1000000)) < 0) return 2;
+            /* --warmup 0: time from the first run (its one-off costs included) */
+            if (strcmp(a, "--set") && (n = count_arg(a, v, !strcmp(a, "--warmup") ? 0 : 1,
+                                                     !strcmp(a, "--batch") ? 1 << 20 : 1000000)) < 0)
+                return 2;
             if (!strcmp(a, "--batch")) batch = n;
             else if (!strcmp(a, "--iters")) iters = n;
             else if (!strcmp(a, "--warmup")) warmup = n;

@@ -372,7 +372,7 @@ int kl_cmd_generate(int argc, char **argv)
         fprintf(stderr, "kiln generate: which checkpoint? (kiln generate CKPT --prompt TEXT)\n");
         return 2;
     }
-    if (!have_seed && !a.logits) { /* (--logits samples nothing) */
+    if (!have_seed && !a.logits && a.temp > 0 && a.top_k != 1) { /* (--logits, greedy: nothing drawn) */
         a.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
         fprintf(stderr, "(seed %llu: pass --seed %llu to repeat)\n", (unsigned long long)a.seed, (unsigned long long)a.seed);
     }
