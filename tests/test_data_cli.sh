@@ -57,6 +57,15 @@ csvcfg "$tmp/mixed.csv" ""
 check "a first row of numbers and text is data, with its error" '[ $? -eq 1 ] && grep -q "mixed.csv:1: column 3: .x. is not a number" "$tmp/c3.log"'
 "$kiln" train "$tmp/csv.yaml" --set data.header=true --epochs 1 --threads 1 --no-tensorboard --out "$tmp/c4" >"$tmp/c4.log" 2>&1
 check "data.header true skips it" '[ $? -eq 0 ] && grep -q "header: true" "$tmp/c4/config.yaml"'
+"$py" - "$tmp/img.png" <<'PY'
+import struct, sys, zlib
+chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+open(sys.argv[1], "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 0, 0, 0, 0)) +
+                              chunk(b"IDAT", zlib.compress(b"\0\1\2\0\3\4")) + chunk(b"IEND", b""))
+PY
+"$kiln" predict "$tmp/c4" "$tmp/img.png" >"$tmp/png.log" 2>&1
+check "a PNG for a tabular model: refused, naming the model's input and what to give" \
+  '[ $? -eq 1 ] && grep -q "img.png: the model.s input is \[3\], not an image \[C, H, W\] of 1 to 4 channels: give a CSV" "$tmp/png.log"'
 { printf 'a,b,c,label\n'; cat "$tmp/tr.csv"; } >"$tmp/hdr.csv"
 csvcfg "$tmp/hdr.csv" ""
 "$kiln" train "$tmp/csv.yaml" --epochs 1 --threads 1 --no-tensorboard --out "$tmp/c5" >"$tmp/c5.log" 2>&1

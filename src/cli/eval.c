@@ -99,7 +99,13 @@ static kl_status read_input(const char *path, const kl_model *m, float **x, int6
     int64_t need = 1, d[3];
     for (int i = 0; i < kl_model_input_ndim(m); i++) need *= kl_model_input_shape(m)[i];
     if (len > 4 && !strcmp(path + len - 4, ".png")) {
-        KL_TRY(kl_png_load(path, (int)kl_model_input_shape(m)[0], x, d));
+        const int64_t *in = kl_model_input_shape(m);
+        char sh[96];
+        if (kl_model_input_ndim(m) != 3 || in[0] > 4) /* a PNG holds 1 to 4 channels */
+            return kl_fail(KL_EINVAL, "%s: the model's input is %s, not an image [C, H, W] of 1 to 4 channels: "
+                           "give a CSV of feature rows or an IDX file", path,
+                           kl_shape_str(sh, sizeof sh, kl_model_input_ndim(m), in));
+        KL_TRY(kl_png_load(path, (int)in[0], x, d));
         *n = 1;
         if (d[0] * d[1] * d[2] != need) {
             free(*x);
