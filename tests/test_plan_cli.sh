@@ -71,6 +71,8 @@ plan_refused() { # MESSAGE SED: the model edited by SED is refused with MESSAGE
 check "input: [] is no input" 'plan_refused "e.yaml:3:10: model.input: expected at least 1 integer, got an empty list" "s/\[1, 8, 8\]/[]/"'
 check "kernel: [] is not kernel 1" 'plan_refused "e.yaml:5:38: model.layers[0].kernel: expected at least 1 integer, got an empty list" "s/kernel: 3/kernel: []/"'
 check "a huge dilation: no int overflow" 'plan_refused "conv2d: kernel 3x3 does not fit input [1,8,8]" "s/kernel: 3/kernel: 3, dilation: 1048576/"'
+check "conv kernel over the input with a large stride: refused where written" 'plan_refused "e.yaml:5:7: model.layers[0]: conv2d: kernel 11x11 does not fit input [1,8,8]" "s/kernel: 3/kernel: 11, stride: 4/"'
+check "pool kernel over its input with a large stride: refused where written" 'plan_refused "e.yaml:6:7: model.layers[1]: maxpool2d: kernel 11x11 does not fit input [4,6,6]" "s/kernel: 2}/kernel: 11, padding: 2, stride: 8}/"'
 check "a stride over the bound says the bound" 'plan_refused "stride must be in [1, 1048576], got 2000000" "s/kernel: 3/kernel: 3, stride: 2000000/"'
 check "maxpool stride: 0 refused" 'plan_refused "e.yaml:6:44: model.layers[1].stride: stride must be in [1, 1048576], got 0" "s/kernel: 2}/kernel: 2, stride: 0}/"'
 check "pool padding over half the kernel, located" 'plan_refused "model.layers[1].padding: maxpool2d: padding 2x2 must be at most half the kernel 2x2" "s/kernel: 2}/kernel: 2, padding: 2}/"'

@@ -117,7 +117,8 @@ static kl_status parse_layer(const kl_cfg_node *n, layer *li, parse_ctx *pc)
         KL_TRY(kl_cfg_bool(n, "bias", 0, 1, &li->bias));
         li->out[0] = li->features;
         for (int i = 0; i < 2; i++) {
-            li->out[1 + i] = (li->in[1 + i] + 2 * li->pad[i] - (int64_t)li->dil[i] * (li->kernel[i] - 1) - 1) / li->stride[i] + 1;
+            int64_t room = li->in[1 + i] + 2 * li->pad[i] - (int64_t)li->dil[i] * (li->kernel[i] - 1) - 1;
+            li->out[1 + i] = room < 0 ? 0 : room / li->stride[i] + 1; /* (C's division truncates a negative room up) */
             if (li->out[1 + i] <= 0)
                 return kl_cfg_fail(n, KL_EINVAL, "conv2d: kernel %dx%d does not fit input %s", li->kernel[0],
                                    li->kernel[1], shape(a, li->in_ndim, li->in));
@@ -144,7 +145,8 @@ static kl_status parse_layer(const kl_cfg_node *n, layer *li, parse_ctx *pc)
                 return kl_cfg_fail(kl_cfg_get(n, "padding"), KL_EINVAL, "%s: padding %dx%d must be at most half the kernel %dx%d",
                                    kname, li->pad[0], li->pad[1], li->kernel[0], li->kernel[1]);
             if (!li->stride[i]) li->stride[i] = li->kernel[i];
-            li->out[1 + i] = (li->in[1 + i] + 2 * li->pad[i] - li->kernel[i]) / li->stride[i] + 1;
+            int64_t room = li->in[1 + i] + 2 * li->pad[i] - li->kernel[i];
+            li->out[1 + i] = room < 0 ? 0 : room / li->stride[i] + 1;
             if (li->out[1 + i] <= 0)
                 return kl_cfg_fail(n, KL_EINVAL, "%s: kernel %dx%d does not fit input %s", kname, li->kernel[0],
                                    li->kernel[1], shape(a, li->in_ndim, li->in));
