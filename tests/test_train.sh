@@ -65,6 +65,17 @@ losses "$tmp/full/metrics.jsonl" >"$tmp/a.txt"
 losses "$tmp/killed/metrics.jsonl" >"$tmp/b.txt"
 check "120 steps logged" '[ "$(wc -l <"$tmp/a.txt")" -eq 120 ]'
 check "resumed losses identical to uninterrupted" 'cmp -s "$tmp/a.txt" "$tmp/b.txt"'
+# resuming the finished run: nothing trained, no checkpoint written, its test record stands alone; a
+# test record that was cut off (the process killed while testing) is made then
+ntest() { grep -c '"type":"test"' "$1/metrics.jsonl"; }
+nck=$(ls "$tmp/killed/checkpoints" | wc -l)
+"$kiln" train --resume "$tmp/killed" --threads 2 >"$tmp/again.log" 2>&1
+check "a finished run resumed: says so, trains and tests nothing" \
+  '[ $? -eq 0 ] && grep -q "the run had finished: step 120 of 120; raise --steps or --epochs" "$tmp/again.log" &&
+   ! grep -q "^test:" "$tmp/again.log" && [ "$(ntest "$tmp/killed")" -eq 1 ] && [ "$(ls "$tmp/killed/checkpoints" | wc -l)" -eq "$nck" ]'
+grep -v '"type":"test"' "$tmp/killed/metrics.jsonl" >"$tmp/m.jsonl" && cp "$tmp/m.jsonl" "$tmp/killed/metrics.jsonl"
+"$kiln" train --resume "$tmp/killed" --threads 2 >"$tmp/again2.log" 2>&1
+check "... and without its test record: tested then" '[ $? -eq 0 ] && grep -q "^test:" "$tmp/again2.log" && [ "$(ntest "$tmp/killed")" -eq 1 ]'
 
 # streamed training data (too big for the device, or data.on_device false): the same losses, bit for bit;
 # --mem-limit between the plan's 4.6 MiB (step and evaluation graphs) and plan + data makes kiln stream

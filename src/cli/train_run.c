@@ -51,6 +51,7 @@ typedef struct {
     train_monitor mon; /* monitoring: TensorBoard, telemetry (cli/train_monitor.h) */
     train_watch watch; /* --profile, plateau and gradient-norm warnings (cli/train_watch.h) */
     int early_stopped;
+    int finished;      /* resumed at its last step: nothing left to train */
     kl_train_state st; /* where training starts (a checkpoint's with --resume) */
 } runner;
 
@@ -549,6 +550,12 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
     /* a resumed epoch's metrics line covers the whole epoch, as an uninterrupted one */
     p.ep = (epoch_acc){.loss = st.epoch_loss_sum, .correct = st.epoch_correct, .n = st.epoch_count, .n0 = st.epoch_count};
     p.t_last = p.t_win = now();
+    if (a->resume && st.step >= p.total) { /* no step, no new checkpoint */
+        printf("the run had finished: step %lld of %lld; raise --steps or --epochs to train on\n", (long long)st.step,
+               (long long)p.total);
+        r->finished = 1;
+        return KL_OK;
+    }
     KL_TRY(data_seek(r, st.epoch, st.batch));
     char ck[4400];
     while (st.step < p.total) {
@@ -618,6 +625,20 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
     return save_ckpt(r, cfg, &st, &p.ep, ck, sizeof ck);
 }
 
+/* Whether metrics.jsonl in run_dir holds a test record of step: a run
+ * resumed after it finished is tested again only if its test was cut off. */
+static int test_recorded(const char *run_dir, int64_t step)
+{
+    char path[4200], want[64], line[512];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run_dir);
+    snprintf(want, sizeof want, "{\"type\":\"test\",\"step\":%lld,", (long long)step);
+    FILE *f = fopen(path, "r");
+    int found = 0;
+    while (f && !found && fgets(line, sizeof line, f)) found = !strncmp(line, want, strlen(want));
+    if (f) fclose(f);
+    return found;
+}
+
 int train_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop)
 {
     if (train_text_wanted(cfg)) return train_text_run(cfg, a, stop); /* sequence models: language models on text */
@@ -634,7 +655,8 @@ int train_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop)
         s = loop(&r, cfg, a, stop, &interrupted);
         if (s == KL_OK) train_monitor_end(&r.mon); /* monitoring hook: last histograms */
     }
-    if (s == KL_OK && !interrupted && r.te) {
+    int test = r.te && !(r.finished && test_recorded(r.run_dir, r.mon.step)); /* (its record stands) */
+    if (s == KL_OK && !interrupted && test) {
         double tl, tacc;
         s = nan_watch_eval(evaluate(&r, r.te, r.d.test, &tl, &tacc), "test", r.mon.step, r.metrics);
         if (s == KL_OK) {
