@@ -22,6 +22,11 @@ check "... before the run directory is touched" '[ ! -e "$tmp/r1/metrics.jsonl" 
 run --resume "$tmp/r1" >"$tmp/r1b.log" 2>&1
 check "the same steps_per_epoch resumes: the uninterrupted run's epoch records" \
   '[ $? -eq 0 ] && [ "$(epochs "$tmp/r1")" = "$(epochs "$tmp/full")" ]'
+n=$(grep -c '"type":"\(step\|epoch\)"' "$tmp/r1/metrics.jsonl")
+run --resume "$tmp/r1" >"$tmp/r1c.log" 2>&1
+check "the finished run resumed again: says so, trains nothing" \
+  '[ $? -eq 0 ] && grep -q "the run had finished: step 7 of 7; raise --steps or --epochs" "$tmp/r1c.log" &&
+   [ "$(grep -c "\"type\":\"\(step\|epoch\)\"" "$tmp/r1/metrics.jsonl")" -eq "$n" ]'
 
 resume_dir "$tmp/full" 3 "$tmp/r2"
 run --resume "$tmp/r2" --set data.val_fraction=0.2 >"$tmp/r2.log" 2>&1
