@@ -139,8 +139,9 @@ KL_API int64_t kl_optim_pending(const kl_optim *opt);
 /* Parameter i's gradient as the last update used it, before clipping:
  * with accumulation the mean over its cycle, with loss scaling divided by
  * the scale (kl_ctx_grad_get reads the last run's, as backward left it).
- * bytes as kl_ctx_grad_get; refused inside a cycle (kl_optim_pending > 0).
- * On a GPU it waits for the runs issued so far. */
+ * bytes as kl_ctx_grad_get; refused inside a cycle (kl_optim_pending > 0);
+ * zeros before any backward pass has run. On a GPU it waits for the runs
+ * issued so far. */
 KL_API kl_status kl_optim_grad_get(const kl_optim *opt, int i, void *dst, size_t bytes);
 
 /* Optimizer state, for checkpoints: named flat tensors in the parameters'

@@ -391,11 +391,12 @@ kl_status kl_optim_grad_get(const kl_optim *opt, int i, void *dst, size_t bytes)
         return kl_fail(KL_EINVAL, "kl_optim_grad_get: a cycle of accumulation is in progress (%lld of %d runs); "
                        "the last update's gradient is gone", (long long)opt->micro, opt->o.accumulate);
     const kl_ctx *c = opt->ctx;
-    KL_TRY(kl_ctx_check_grad_copy(c, i, bytes, "kl_optim_grad_get"));
+    KL_TRY(kl_ctx_check_grad_copy(c, i, dst, bytes, "kl_optim_grad_get"));
     const kl_param_slot *sl = &c->slots[i];
     /* a parameter the last update did not cover (added since) has no mean in acc */
     bool from_acc = opt->mean_in_acc && sl->off + sl->nbytes <= opt->bytes;
-    KL_TRY(c->be->d2h(dst, from_acc ? opt->acc + sl->off : kl_slot_grad(c, i), bytes));
+    if (from_acc) KL_TRY(c->be->d2h(dst, opt->acc + sl->off, bytes));
+    else KL_TRY(kl_ctx_grad_get(c, i, dst, bytes)); /* zeros before any backward pass (no gradient buffer) */
     double gs = kl_optim_grad_scale(opt); /* the scale is constant within a cycle */
     int64_t n = (int64_t)(bytes / kl_dtype_size(sl->dtype));
     for (int64_t k = 0; gs != 1 && k < n; k++) {
