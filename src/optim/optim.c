@@ -316,7 +316,17 @@ kl_status kl_optim_step(kl_graph *g, kl_optim *opt, kl_tensor **norm)
     if (!g || !opt) return kl_fail(KL_EMISUSE, "kl_optim_step: %s is NULL", g ? "optimizer" : "graph");
     if (opt->ctx != g->ctx) return kl_fail(KL_EMISUSE, "kl_optim_step: optimizer and graph belong to different contexts");
     if (!g->has_backward) return kl_fail(KL_EMISUSE, "kl_optim_step: call kl_backward on the graph first");
-    if (opt->o.loss_scale > 0 && kl_optim_of_scaled_loss(g->loss) != opt)
+    /* a second update would apply the one gradient twice in every run */
+    for (int i = 0; i < g->n_nodes; i++)
+        if (g->nodes[i]->op == KL_OP_optim)
+            return kl_fail(KL_EMISUSE, "kl_optim_step: the graph already has an update ('%s'); a graph has one: "
+                           "call kl_optim_step (or kl_optim_minimize) once per graph", g->nodes[i]->name);
+    kl_optim *scaler = kl_optim_of_scaled_loss(g->loss);
+    /* another optimizer would apply gradients S times too large (it never divides by S) */
+    if (scaler && scaler != opt)
+        return kl_fail(KL_EMISUSE, "kl_optim_step: the graph's backward starts from '%s', scaled by another "
+                       "optimizer: step with the optimizer that kl_optim_scale_loss was given", g->loss->name);
+    if (opt->o.loss_scale > 0 && scaler != opt)
         return kl_fail(KL_EMISUSE, "kl_optim_step: the optimizer scales the loss (loss_scale %g) but the graph's "
                        "backward starts from '%s': pass the loss through kl_optim_scale_loss before kl_backward",
                        opt->o.loss_scale, g->loss->name);
