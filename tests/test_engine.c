@@ -217,6 +217,98 @@ static void test_errors(void)
     kl_ctx_free(ctx);
 }
 
+static char g_handled[2048]; /* the error handler's last message */
+static void record_error(kl_status s, const char *msg, void *user)
+{
+    (void)s, (void)user;
+    snprintf(g_handled, sizeof g_handled, "%s", msg);
+}
+
+/* Misuse that was accepted: shapes whose size wraps, NULL host buffers,
+ * meaningless inits, reads of values no run has computed; and the error
+ * handler seeing the message as it ends. */
+static void test_misuse(void)
+{
+    kl_ctx *ctx;
+    kl_graph *g;
+    kl_tensor *t, *x, *y, *z, *u8, *p;
+    CHECK_OK(kl_ctx_new(NULL, &ctx));
+    CHECK_OK(kl_graph_new(ctx, &g));
+    /* a wrapped element count planned a small block for a huge tensor */
+    int64_t wraps[2] = {(int64_t)1 << 62, 4}, max2[2] = {INT64_MAX, INT64_MAX}, over[1] = {(int64_t)1 << 61};
+    CHECK_ERR(kl_input(g, "h", KL_F32, 2, wraps, &t), KL_EINVAL, "input 'h': [4611686018427387904,4] f32 is too large");
+    CHECK_ERR(kl_param(g, "hp", KL_F32, 2, max2, NULL, &t), KL_EINVAL,
+              "param 'hp': [9223372036854775807,9223372036854775807] f32 is too large");
+    CHECK_ERR(kl_buffer(g, "hb", KL_I32, 1, over, NULL, &t), KL_EINVAL, "buffer 'hb': [2305843009213693952] i32 is too large");
+    CHECK(kl_ctx_param_count(ctx) == 0);
+    CHECK_OK(kl_input(g, "s", KL_F32, 0, NULL, &t)); /* a scalar needs no dims */
+    CHECK(kl_tensor_numel(t) == 1);
+    /* NULL host buffers */
+    float w[6] = {0};
+    CHECK_OK(kl_param(g, "w", KL_F32, 2, (int64_t[]){2, 3}, NULL, &p));
+    CHECK_ERR(kl_ctx_param_get(ctx, 0, NULL, sizeof w), KL_EMISUSE, "kl_ctx_param_get: the host buffer is NULL");
+    CHECK_ERR(kl_ctx_param_set(ctx, 0, NULL, sizeof w), KL_EMISUSE, "kl_ctx_param_set: the host buffer is NULL");
+    CHECK_ERR(kl_ctx_grad_get(ctx, 0, NULL, sizeof w), KL_EMISUSE, "kl_ctx_grad_get: the host buffer is NULL");
+    /* inits: a u8 buffer takes its init; a NaN, infinite or negative scale is refused */
+    uint8_t ones[4] = {0};
+    CHECK_OK(kl_buffer(g, "mask", KL_U8, 1, (int64_t[]){4}, &(kl_init){KL_INIT_ONES, 0}, &u8));
+    CHECK_OK(kl_tensor_get(u8, ones, sizeof ones));
+    CHECK(ones[0] == 1 && ones[3] == 1);
+    int64_t d3[1] = {3};
+    CHECK_ERR(kl_param(g, "pn", KL_F32, 1, d3, &(kl_init){KL_INIT_NORMAL, NAN}, &t), KL_EINVAL,
+              "parameter 'pn': init parameter a is nan; it must be finite");
+    CHECK_ERR(kl_param(g, "pk", KL_F32, 2, (int64_t[]){3, 3}, &(kl_init){KL_INIT_KAIMING_UNIFORM, INFINITY}, &t),
+              KL_EINVAL, "parameter 'pk': init parameter a is inf");
+    CHECK_ERR(kl_param(g, "pu", KL_F32, 1, d3, &(kl_init){KL_INIT_UNIFORM, -1}, &t), KL_EINVAL,
+              "parameter 'pu': init UNIFORM with a = -1; a (the range) must be >= 0");
+    CHECK_ERR(kl_param(g, "pv", KL_F32, 1, d3, &(kl_init){KL_INIT_NORMAL, -0.5}, &t), KL_EINVAL, "a (the std) must be >= 0");
+    CHECK_OK(kl_param(g, "pz", KL_F32, 1, d3, &(kl_init){KL_INIT_ZEROS, NAN}, &t)); /* a unused */
+    CHECK_OK(kl_param(g, "pd", KL_F32, 2, (int64_t[]){3, 3}, &(kl_init){KL_INIT_DEFAULT, -1}, &t)); /* fan_in computed */
+    /* an arena value is readable once a run of the current plan computed it */
+    int64_t d2[1] = {2};
+    float xv[2] = {-1, 2}, yv[2];
+    CHECK_OK(kl_input(g, "x", KL_F32, 1, d2, &x));
+    CHECK_OK(kl_relu(g, x, &y));
+    CHECK_OK(kl_tensor_set_name(y, "y"));
+    CHECK_OK(kl_output(g, y));
+    CHECK_OK(kl_tensor_set(x, xv, sizeof xv)); /* plans */
+    CHECK_ERR(kl_tensor_get(y, yv, sizeof yv), KL_EMISUSE,
+              "tensor 'y': the graph has not run since it was planned (call kl_graph_run first)");
+    CHECK_OK(kl_tensor_get(x, yv, sizeof yv)); /* an input holds what was set */
+    CHECK(yv[0] == -1 && yv[1] == 2);
+    CHECK_OK(kl_tensor_get(p, w, sizeof w)); /* parameters live in the ctx */
+    CHECK_OK(kl_graph_run(g));
+    CHECK_OK(kl_tensor_get(y, yv, sizeof yv));
+    CHECK(yv[0] == 0 && yv[1] == 2);
+    CHECK_OK(kl_relu(g, y, &z));
+    CHECK_OK(kl_output(g, z));
+    CHECK_OK(kl_graph_plan(g, NULL)); /* a new plan: y's block may have moved */
+    CHECK_ERR(kl_tensor_get(y, yv, sizeof yv), KL_EMISUSE, "the graph has not run since it was planned");
+    CHECK_OK(kl_graph_run(g));
+    CHECK_OK(kl_tensor_get(z, yv, sizeof yv));
+    kl_graph_print(NULL, NULL); /* a no-op */
+    kl_graph_free(g);
+    /* the handler's last message is kl_last_error's, context included */
+    kl_tensor *emb, *ids, *e;
+    int32_t id = 9;
+    CHECK_OK(kl_graph_new(ctx, &g));
+    CHECK_OK(kl_param(g, "emb", KL_F32, 2, (int64_t[]){5, 2}, NULL, &emb));
+    CHECK_OK(kl_input(g, "ids", KL_I32, 1, (int64_t[]){1}, &ids));
+    CHECK_OK(kl_embedding(g, emb, ids, &e));
+    CHECK_OK(kl_output(g, e));
+    CHECK_OK(kl_tensor_set(ids, &id, sizeof id));
+    kl_set_error_handler(record_error, NULL);
+    CHECK(kl_graph_run(g) != KL_OK);
+    kl_set_error_handler(NULL, NULL);
+    CHECK(strstr(kl_last_error(), "embedding '") == kl_last_error()); /* the prefix names the node */
+    CHECK(strcmp(g_handled, kl_last_error()) == 0);
+    kl_graph_free(g);
+    kl_ctx_free(ctx);
+    /* one CPU device: index 0 */
+    kl_ctx_opts co = {.device = {KL_DEVICE_CPU, 3}};
+    CHECK_ERR(kl_ctx_new(&co, &ctx), KL_EINVAL, "kl_ctx_new: the CPU device has index 0, got 3");
+}
+
 /* Fault loop: fail the n-th allocation while building and planning a graph,
  * for n = 1, 2, ... until building succeeds; every failure must be KL_ENOMEM
  * with a message, and everything stays freeable (ASan checks for leaks). */
@@ -378,6 +470,7 @@ int main(void)
     test_plan_on_off();
     test_set_then_grow();
     test_errors();
+    test_misuse();
     test_alloc_failures();
     return kl_test_done("test_engine");
 }

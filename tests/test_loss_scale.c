@@ -332,6 +332,24 @@ static void test_misuse(void)
     CHECK_OK(kl_tensor_get(loss, &lv, sizeof lv));
     CHECK(lv > 1 && lv < 3); /* about ln 5, unscaled */
     kl_graph_free(g);
+    /* composition: each of these multiplied the update (by S, S^2 or 2) */
+    kl_optim *other;
+    kl_tensor *scaled, *twice;
+    CHECK_OK(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_SGD, .lr = 0.1}, &other));
+    loss_graph(ctx, m, &g, &x, &y, &loss);
+    CHECK_OK(kl_optim_scale_loss(g, opt, loss, &scaled));
+    CHECK_ERR(kl_optim_scale_loss(g, opt, scaled, &twice), KL_EMISUSE, "is already scaled; pass the unscaled loss");
+    CHECK_OK(kl_backward(g, scaled));
+    CHECK_ERR(kl_optim_scale_loss(g, opt, loss, &twice), KL_EMISUSE, "scale the loss before kl_backward");
+    CHECK_ERR(kl_optim_step(g, other, NULL), KL_EMISUSE, "scaled by another optimizer");
+    CHECK_OK(kl_optim_step(g, opt, NULL));
+    CHECK_ERR(kl_optim_step(g, opt, NULL), KL_EMISUSE, "the graph already has an update");
+    kl_graph_free(g);
+    loss_graph(ctx, m, &g, &x, &y, &loss); /* twice unscaled too */
+    CHECK_OK(kl_optim_minimize(g, other, loss, NULL));
+    CHECK_ERR(kl_optim_step(g, other, NULL), KL_EMISUSE, "call kl_optim_step (or kl_optim_minimize) once per graph");
+    kl_graph_free(g);
+    kl_optim_free(other);
     /* the scaler's state round trip (checkpoints) */
     CHECK_OK(kl_optim_set_scaler(opt, 256, 3, 2));
     double S;

@@ -138,6 +138,22 @@ int main(void)
               "sgd: momentum must be in [0,1), got nan");
     CHECK_ERR(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_SGD, .lr = 0.1, .max_grad_norm = NAN}, &opt),
               KL_EINVAL, "sgd: max_grad_norm must be >= 0, got nan");
+    /* the gradient before any backward pass: zeros (there is no gradient
+     * buffer yet), as kl_ctx_grad_get gives; a NULL buffer is refused */
+    kl_graph *g;
+    kl_tensor *w;
+    float gw[15];
+    memset(gw, 0x7f, sizeof gw);
+    CHECK_OK(kl_graph_new(ctx, &g));
+    CHECK_OK(kl_param(g, "w", KL_F32, 2, (int64_t[]){5, 3}, NULL, &w));
+    CHECK_OK(kl_optim_new(ctx, &(kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.1}, &opt));
+    CHECK_OK(kl_optim_grad_get(opt, 0, gw, sizeof gw));
+    int zeros = 1;
+    for (int i = 0; i < 15; i++) zeros &= gw[i] == 0;
+    CHECK(zeros);
+    CHECK_ERR(kl_optim_grad_get(opt, 0, NULL, sizeof gw), KL_EMISUSE, "kl_optim_grad_get: the host buffer is NULL");
+    kl_graph_free(g);
+    kl_optim_free(opt);
     kl_ctx_free(ctx);
     return kl_test_done("test_optim");
 }

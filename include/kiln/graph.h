@@ -59,8 +59,8 @@ KL_API kl_status kl_ctx_param_info(const kl_ctx *ctx, int i, const char **name, 
                                    int *ndim, int64_t dims[KL_MAX_DIMS], int *trainable);
 /* Index of the parameter or buffer named name, or -1. */
 KL_API int kl_ctx_param_find(const kl_ctx *ctx, const char *name);
-/* Copies a parameter's value (or its gradient) to or from host memory; the
- * byte count must equal the tensor's size. */
+/* Copies a parameter's value (or its gradient: zeros before any backward
+ * pass) to or from host memory; the byte count must equal the tensor's size. */
 KL_API kl_status kl_ctx_param_get(const kl_ctx *ctx, int i, void *dst, size_t bytes);
 KL_API kl_status kl_ctx_param_set(kl_ctx *ctx, int i, const void *src, size_t bytes);
 KL_API kl_status kl_ctx_grad_get(const kl_ctx *ctx, int i, void *dst, size_t bytes);
@@ -175,7 +175,7 @@ KL_API kl_status kl_graph_set_runs(kl_graph *g, uint64_t runs);
  * (also on when the environment has KILN_PROFILE=1). */
 KL_API kl_status kl_graph_profile(kl_graph *g, int on);
 KL_API void kl_graph_profile_print(const kl_graph *g, void *file /* FILE* */);
-/* Prints the graph's ops, shapes and arena offsets (debugging). */
+/* Prints the graph's ops, shapes and arena offsets (debugging). NULL: no-op. */
 KL_API void kl_graph_print(const kl_graph *g, void *file /* FILE* */);
 
 /* Copies host data into an input, parameter or buffer (bytes must match).

@@ -85,13 +85,16 @@ KL_API void kl_optim_free(kl_optim *opt);
 /* Records the update of every parameter whose gradient g computes; call
  * after kl_backward. norm (may be NULL) gets an f64 scalar tensor holding
  * each run's global gradient norm before clipping (computed when
- * max_grad_norm > 0, else 0), to read back like any output. */
+ * max_grad_norm > 0, else 0), to read back like any output. A graph has
+ * one update: a second kl_optim_step on it is refused, as is an optimizer
+ * other than the one whose kl_optim_scale_loss the backward starts from. */
 KL_API kl_status kl_optim_step(kl_graph *g, kl_optim *opt, kl_tensor **norm);
 /* *out = the tensor to call kl_backward on: loss itself without loss
  * scaling; else a node equal to loss whose gradient is the current scale S
  * (read at run time, so a captured graph follows S as it changes); loss
  * stays readable after runs either way (kl_output).
- * kl_optim_step refuses a scaling optimizer on a graph without it. */
+ * kl_optim_step refuses a scaling optimizer on a graph without it. Refused
+ * after kl_backward and for a loss that is already scaled. */
 KL_API kl_status kl_optim_scale_loss(kl_graph *g, kl_optim *opt, kl_tensor *loss, kl_tensor **out);
 /* The three calls of a training step after the forward pass:
  * kl_optim_scale_loss, kl_backward and kl_optim_step (norm as there). */
@@ -139,8 +142,9 @@ KL_API int64_t kl_optim_pending(const kl_optim *opt);
 /* Parameter i's gradient as the last update used it, before clipping:
  * with accumulation the mean over its cycle, with loss scaling divided by
  * the scale (kl_ctx_grad_get reads the last run's, as backward left it).
- * bytes as kl_ctx_grad_get; refused inside a cycle (kl_optim_pending > 0).
- * On a GPU it waits for the runs issued so far. */
+ * bytes as kl_ctx_grad_get; refused inside a cycle (kl_optim_pending > 0);
+ * zeros before any backward pass has run. On a GPU it waits for the runs
+ * issued so far. */
 KL_API kl_status kl_optim_grad_get(const kl_optim *opt, int i, void *dst, size_t bytes);
 
 /* Optimizer state, for checkpoints: named flat tensors in the parameters'

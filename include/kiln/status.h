@@ -46,7 +46,10 @@ KL_API const char *kl_last_error(void);
 /* Clears this thread's last error message. */
 KL_API void kl_clear_error(void);
 
-/* Optional hook called with every failure (status, message). NULL removes it. */
+/* Optional hook called with every failure (status, message). NULL removes it.
+ * A failure that gains context on its way out (the op or tensor it came
+ * from) calls it again with the longer message: the last call of a failure
+ * has the message kl_last_error returns. */
 typedef void (*kl_error_handler)(kl_status s, const char *msg, void *user);
 KL_API void kl_set_error_handler(kl_error_handler fn, void *user);
 

@@ -37,7 +37,7 @@ typedef enum kl_device_type { KL_DEVICE_CPU = 0, KL_DEVICE_CUDA, KL_DEVICE_TYPE_
 
 typedef struct kl_device {
     kl_device_type type;
-    int index; /* cuda:N; 0 for the CPU */
+    int index; /* cuda:N; 0 for the CPU (kl_ctx_new refuses another) */
 } kl_device;
 
 /* Bytes per element; 0 for an unknown dtype. */

@@ -33,6 +33,8 @@ kl_status kl_ctx_new(const kl_ctx_opts *opts, kl_ctx **out)
         backend = KL_BACKEND_CUDA;
     } else if (o.device.type != KL_DEVICE_CPU) {
         return kl_fail(KL_EINVAL, "kl_ctx_new: unknown device type %d", (int)o.device.type);
+    } else if (o.device.index != 0) { /* one CPU device: kl_ctx_device would report one that is not there */
+        return kl_fail(KL_EINVAL, "kl_ctx_new: the CPU device has index 0, got %d", o.device.index);
     }
     if (o.threads < 0) return kl_fail(KL_EINVAL, "kl_ctx_new: threads must be >= 0, got %d", o.threads);
     if (!kl_backends[backend]) return kl_fail(KL_EINTERNAL, "kl_ctx_new: backend %d is not built in", (int)backend);
@@ -162,6 +164,7 @@ static void init_values(const kl_param_slot *s, uint64_t seed, uint64_t stream, 
         if (s->dtype == KL_F64) ((double *)data)[j] = v;
         else if (s->dtype == KL_F32) ((float *)data)[j] = (float)v;
         else if (s->dtype == KL_I32) ((int32_t *)data)[j] = (int32_t)v;
+        else if (s->dtype == KL_U8) ((uint8_t *)data)[j] = (uint8_t)(v <= 0 ? 0 : v >= 255 ? 255 : v); /* a negative draw is 0, not UB */
         else if (s->dtype == KL_F16) ((uint16_t *)data)[j] = kl_f32_to_f16((float)v);
         else if (s->dtype == KL_BF16) ((uint16_t *)data)[j] = kl_f32_to_bf16((float)v);
     }
@@ -197,6 +200,15 @@ kl_status kl_ctx_slot_new(kl_ctx *c, const char *name, kl_dtype dt, int ndim, co
 {
     if (init && (unsigned)init->kind >= KL_INIT_KIND_COUNT)
         return kl_fail(KL_EINVAL, "parameter '%s': unknown init kind %d", name, (int)init->kind);
+    /* init->a is a range (UNIFORM), a std (NORMAL) or a fan_in (KAIMING_UNIFORM,
+     * and DEFAULT, which is kaiming for ndim >= 2; <= 0 there: computed); ZEROS
+     * and ONES ignore it. A NaN or infinite one would fill NaN or zeros. */
+    if (init && init->kind != KL_INIT_ZEROS && init->kind != KL_INIT_ONES && !isfinite(init->a))
+        return kl_fail(KL_EINVAL, "parameter '%s': init parameter a is %g; it must be finite", name, init->a);
+    if (init && (init->kind == KL_INIT_UNIFORM || init->kind == KL_INIT_NORMAL) && init->a < 0)
+        return kl_fail(KL_EINVAL, "parameter '%s': init %s with a = %g; a (the %s) must be >= 0", name,
+                       init->kind == KL_INIT_UNIFORM ? "UNIFORM" : "NORMAL", init->a,
+                       init->kind == KL_INIT_UNIFORM ? "range" : "std");
     if (trainable && dt != KL_F32 && dt != KL_F64)
         return kl_fail(KL_EUNSUPPORTED, "parameter '%s': trainable parameters must be f32 or f64, got %s%s", name,
                        kl_dtype_name(dt),
@@ -209,10 +221,12 @@ kl_status kl_ctx_slot_new(kl_ctx *c, const char *name, kl_dtype dt, int ndim, co
         c->cap_slots = ncap;
     }
     kl_param_slot s = {.dtype = dt, .ndim = ndim, .trainable = trainable};
-    memcpy(s.ne, ne, (size_t)ndim * sizeof *ne);
-    int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= ne[i];
-    s.nbytes = (size_t)n * kl_dtype_size(dt);
+    if (ndim) memcpy(s.ne, ne, (size_t)ndim * sizeof *ne);
+    if (!kl_shape_bytes(dt, ndim, ne, &s.nbytes)) { /* kl_param checks first; this guards other callers */
+        char sh[128];
+        return kl_fail(KL_EINVAL, "parameter '%s': %s %s is too large (over 2^62 bytes)", name,
+                       kl_shape_str(sh, sizeof sh, ndim, ne), kl_dtype_name(dt));
+    }
     size_t *used = trainable ? &c->params_bytes : &c->buffers_bytes;
     s.off = *used;
     size_t need = s.off + align_up(s.nbytes);
@@ -258,9 +272,10 @@ kl_status kl_ctx_param_info(const kl_ctx *c, int i, const char **name, kl_dtype 
     return KL_OK;
 }
 
-static kl_status check_copy(const kl_ctx *c, int i, size_t bytes, const char *fn)
+static kl_status check_copy(const kl_ctx *c, int i, const void *buf, size_t bytes, const char *fn)
 {
     if (!c) return kl_fail(KL_EMISUSE, "%s: ctx is NULL", fn);
+    if (!buf) return kl_fail(KL_EMISUSE, "%s: the host buffer is NULL", fn);
     if (i < 0 || i >= c->n_slots) return kl_fail(KL_EINVAL, "%s: index %d out of range [0,%d)", fn, i, c->n_slots);
     if (bytes != c->slots[i].nbytes)
         return kl_fail(KL_EINVAL, "%s: '%s' holds %zu bytes, got %zu", fn, c->slots[i].name, c->slots[i].nbytes,
@@ -270,26 +285,26 @@ static kl_status check_copy(const kl_ctx *c, int i, size_t bytes, const char *fn
 
 kl_status kl_ctx_param_get(const kl_ctx *c, int i, void *dst, size_t bytes)
 {
-    KL_TRY(check_copy(c, i, bytes, "kl_ctx_param_get"));
+    KL_TRY(check_copy(c, i, dst, bytes, "kl_ctx_param_get"));
     return c->be->d2h(dst, kl_slot_data(c, i), bytes);
 }
 
 kl_status kl_ctx_param_set(kl_ctx *c, int i, const void *src, size_t bytes)
 {
-    KL_TRY(check_copy(c, i, bytes, "kl_ctx_param_set"));
+    KL_TRY(check_copy(c, i, src, bytes, "kl_ctx_param_set"));
     return c->be->h2d(kl_slot_data(c, i), src, bytes);
 }
 
-kl_status kl_ctx_check_grad_copy(const kl_ctx *c, int i, size_t bytes, const char *fn)
+kl_status kl_ctx_check_grad_copy(const kl_ctx *c, int i, const void *dst, size_t bytes, const char *fn)
 {
-    KL_TRY(check_copy(c, i, bytes, fn));
+    KL_TRY(check_copy(c, i, dst, bytes, fn));
     if (!c->slots[i].trainable) return kl_fail(KL_EINVAL, "%s: '%s' is a buffer, not trainable", fn, c->slots[i].name);
     return KL_OK;
 }
 
 kl_status kl_ctx_grad_get(const kl_ctx *c, int i, void *dst, size_t bytes)
 {
-    KL_TRY(kl_ctx_check_grad_copy(c, i, bytes, "kl_ctx_grad_get"));
+    KL_TRY(kl_ctx_check_grad_copy(c, i, dst, bytes, "kl_ctx_grad_get"));
     if (!c->grads) { /* no backward pass has run: the gradient is zero */
         memset(dst, 0, bytes);
         return KL_OK;

@@ -48,6 +48,8 @@ kl_status kl_fail_prefix(kl_status s, const char *fmt, ...)
     memcpy(old, tl_msg, sizeof old);
     int k = snprintf(tl_msg, sizeof tl_msg, "%s: ", prefix);
     if (k > 0 && (size_t)k < sizeof tl_msg) memcpy(tl_msg + k, old, strnlen(old, sizeof tl_msg - (size_t)k - 1) + 1), tl_msg[sizeof tl_msg - 1] = 0;
+    /* again, with the context: the handler's last message is kl_last_error's */
+    if (g_handler) g_handler(s, tl_msg, g_handler_user);
     return s;
 }
 

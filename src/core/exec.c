@@ -209,6 +209,7 @@ static kl_status graph_run(kl_graph *g)
     }
     if (!g->captured) g->eager_key = key;
     g->runs++;
+    g->ran_plan = g->plan.id;
     if (g->prof) g->prof_runs++;
     return KL_OK;
 }

@@ -142,6 +142,12 @@ static kl_status check_dims(const char *what, const char *name, kl_dtype dt, int
             return kl_fail(KL_EINVAL, "%s '%s': dim %d is %lld in %s; dims must be positive", what, name, i,
                            (long long)dims[i], kl_shape_str(sh, sizeof sh, ndim, dims));
         }
+    size_t bytes;
+    if (!kl_shape_bytes(dt, ndim, dims, &bytes)) {
+        char sh[128];
+        return kl_fail(KL_EINVAL, "%s '%s': %s %s is too large (over 2^62 bytes)", what, name,
+                       kl_shape_str(sh, sizeof sh, ndim, dims), kl_dtype_name(dt));
+    }
     return KL_OK;
 }
 
@@ -154,7 +160,7 @@ static kl_status leaf(kl_graph *g, kl_op_id op, const char *name, kl_dtype dt, i
     t->op = op;
     t->dtype = dt;
     t->ndim = ndim;
-    memcpy(t->ne, dims, (size_t)ndim * sizeof *dims);
+    if (ndim) memcpy(t->ne, dims, (size_t)ndim * sizeof *dims); /* a scalar may pass dims NULL */
     kl_set_contiguous(t);
     t->base = t;
     t->slot = -1;
@@ -281,6 +287,10 @@ static kl_status storage_ptr(const kl_tensor *t, bool writing, unsigned char **p
             return kl_fail(KL_EMISUSE, "tensor '%s': the graph has not been planned yet (call kl_graph_plan or kl_graph_run)", t->name);
         if (!writing && !b->is_output && !g->plan.no_reuse)
             return kl_fail(KL_EMISUSE, "tensor '%s' is an intermediate whose memory is reused; mark it with kl_output() before running", t->name);
+        /* an input holds what kl_tensor_set wrote (kept across plans); the
+         * rest of the arena only what a run of this plan computed */
+        if (!writing && b->op != KL_OP_input && g->ran_plan != g->plan.id)
+            return kl_fail(KL_EMISUSE, "tensor '%s': the graph has not run since it was planned (call kl_graph_run first)", t->name);
         *p = g->arena + b->off + t->offs * es;
         return KL_OK;
     default:
@@ -352,6 +362,7 @@ kl_status kl_graph_set_runs(kl_graph *g, uint64_t runs)
 
 void kl_graph_print(const kl_graph *g, void *file)
 {
+    if (!g) return; /* as kl_graph_profile_print */
     FILE *f = file ? file : stdout;
     static const char *sk[] = {"arena", "view", "param", "buffer", "grad", "extern", "none"};
     for (int i = 0; i < g->n_nodes; i++) {

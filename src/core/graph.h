@@ -186,6 +186,7 @@ struct kl_graph {
     unsigned char *arena;
     size_t arena_cap;
     uint64_t runs;
+    uint64_t ran_plan; /* plan.id of the last run that finished: the arena holds its values */
     bool *grad_written; /* per ctx slot: this graph writes the gradient */
     int grad_written_n;
     double *prof; /* seconds per node, accumulated while profiling is on */
@@ -241,6 +242,11 @@ kl_status kl_fill(kl_graph *g, kl_dtype dt, int ndim, const int64_t *ne, double 
 /* ---- shapes ---- */
 int64_t kl_numel(const kl_tensor *t);
 size_t kl_nbytes(const kl_tensor *t); /* numel * dtype size */
+/* The bytes of a tensor of positive dims ne in dtype dt into *bytes; false
+ * when the element count or the bytes overflow or exceed KL_MAX_TENSOR_BYTES
+ * (a wrapped count would plan a small buffer for a huge tensor). */
+#define KL_MAX_TENSOR_BYTES ((uint64_t)1 << 62)
+bool kl_shape_bytes(kl_dtype dt, int ndim, const int64_t *ne, size_t *bytes);
 void kl_set_contiguous(kl_tensor *t); /* row-major strides from ne */
 bool kl_is_contiguous(const kl_tensor *t);
 bool kl_same_shape(const kl_tensor *a, const kl_tensor *b);
@@ -278,9 +284,9 @@ kl_status kl_ctx_slot_new(kl_ctx *ctx, const char *name, kl_dtype dt, int ndim, 
                           bool trainable, const kl_init *init, int *slot);
 unsigned char *kl_slot_data(const kl_ctx *ctx, int slot);
 unsigned char *kl_slot_grad(const kl_ctx *ctx, int slot);
-/* Fails, naming fn, unless slot i is trainable and holds `bytes` bytes:
- * the checks of a copy out of its gradient. */
-kl_status kl_ctx_check_grad_copy(const kl_ctx *ctx, int i, size_t bytes, const char *fn);
+/* Fails, naming fn, unless slot i is trainable and holds `bytes` bytes and
+ * dst is not NULL: the checks of a copy out of its gradient. */
+kl_status kl_ctx_check_grad_copy(const kl_ctx *ctx, int i, const void *dst, size_t bytes, const char *fn);
 
 /* Element-type dispatch for CPU kernels written once for float and double:
  *   #define K(T) static void relu_##T(const T *x, T *y, int64_t n) { ... }

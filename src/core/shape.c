@@ -12,6 +12,15 @@ int64_t kl_numel(const kl_tensor *t)
 
 size_t kl_nbytes(const kl_tensor *t) { return (size_t)kl_numel(t) * kl_dtype_size(t->dtype); }
 
+bool kl_shape_bytes(kl_dtype dt, int ndim, const int64_t *ne, size_t *bytes)
+{
+    uint64_t b = kl_dtype_size(dt);
+    for (int i = 0; i < ndim; i++)
+        if (ne[i] <= 0 || __builtin_mul_overflow(b, (uint64_t)ne[i], &b) || b > KL_MAX_TENSOR_BYTES) return false;
+    *bytes = (size_t)b;
+    return true;
+}
+
 void kl_set_contiguous(kl_tensor *t)
 {
     int64_t s = 1;

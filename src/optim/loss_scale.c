@@ -60,6 +60,12 @@ kl_status kl_optim_scale_loss(kl_graph *g, kl_optim *opt, kl_tensor *loss, kl_te
     KL_TRY(kl_check_args(g, "kl_optim_scale_loss", 1, &loss));
     if (opt->ctx != g->ctx)
         return kl_fail(KL_EMISUSE, "kl_optim_scale_loss: optimizer and graph belong to different contexts");
+    /* refused also without scaling: the call is wrong whichever optimizer makes it */
+    if (g->has_backward)
+        return kl_fail(KL_EMISUSE, "kl_optim_scale_loss: the graph already has its backward pass (from '%s'), "
+                       "which the scale would not reach: scale the loss before kl_backward", g->loss->name);
+    if (loss->op == KL_OP_loss_scale) /* scaled twice, the gradients would carry S^2 */
+        return kl_fail(KL_EMISUSE, "kl_optim_scale_loss: '%s' is already scaled; pass the unscaled loss", loss->name);
     if (!(opt->o.loss_scale > 0)) {
         *out = loss;
         return KL_OK;

@@ -316,7 +316,17 @@ kl_status kl_optim_step(kl_graph *g, kl_optim *opt, kl_tensor **norm)
     if (!g || !opt) return kl_fail(KL_EMISUSE, "kl_optim_step: %s is NULL", g ? "optimizer" : "graph");
     if (opt->ctx != g->ctx) return kl_fail(KL_EMISUSE, "kl_optim_step: optimizer and graph belong to different contexts");
     if (!g->has_backward) return kl_fail(KL_EMISUSE, "kl_optim_step: call kl_backward on the graph first");
-    if (opt->o.loss_scale > 0 && kl_optim_of_scaled_loss(g->loss) != opt)
+    /* a second update would apply the one gradient twice in every run */
+    for (int i = 0; i < g->n_nodes; i++)
+        if (g->nodes[i]->op == KL_OP_optim)
+            return kl_fail(KL_EMISUSE, "kl_optim_step: the graph already has an update ('%s'); a graph has one: "
+                           "call kl_optim_step (or kl_optim_minimize) once per graph", g->nodes[i]->name);
+    kl_optim *scaler = kl_optim_of_scaled_loss(g->loss);
+    /* another optimizer would apply gradients S times too large (it never divides by S) */
+    if (scaler && scaler != opt)
+        return kl_fail(KL_EMISUSE, "kl_optim_step: the graph's backward starts from '%s', scaled by another "
+                       "optimizer: step with the optimizer that kl_optim_scale_loss was given", g->loss->name);
+    if (opt->o.loss_scale > 0 && scaler != opt)
         return kl_fail(KL_EMISUSE, "kl_optim_step: the optimizer scales the loss (loss_scale %g) but the graph's "
                        "backward starts from '%s': pass the loss through kl_optim_scale_loss before kl_backward",
                        opt->o.loss_scale, g->loss->name);
@@ -391,11 +401,12 @@ kl_status kl_optim_grad_get(const kl_optim *opt, int i, void *dst, size_t bytes)
         return kl_fail(KL_EINVAL, "kl_optim_grad_get: a cycle of accumulation is in progress (%lld of %d runs); "
                        "the last update's gradient is gone", (long long)opt->micro, opt->o.accumulate);
     const kl_ctx *c = opt->ctx;
-    KL_TRY(kl_ctx_check_grad_copy(c, i, bytes, "kl_optim_grad_get"));
+    KL_TRY(kl_ctx_check_grad_copy(c, i, dst, bytes, "kl_optim_grad_get"));
     const kl_param_slot *sl = &c->slots[i];
     /* a parameter the last update did not cover (added since) has no mean in acc */
     bool from_acc = opt->mean_in_acc && sl->off + sl->nbytes <= opt->bytes;
-    KL_TRY(c->be->d2h(dst, from_acc ? opt->acc + sl->off : kl_slot_grad(c, i), bytes));
+    if (from_acc) KL_TRY(c->be->d2h(dst, opt->acc + sl->off, bytes));
+    else KL_TRY(kl_ctx_grad_get(c, i, dst, bytes)); /* zeros before any backward pass (no gradient buffer) */
     double gs = kl_optim_grad_scale(opt); /* the scale is constant within a cycle */
     int64_t n = (int64_t)(bytes / kl_dtype_size(sl->dtype));
     for (int64_t k = 0; gs != 1 && k < n; k++) {
