@@ -372,7 +372,8 @@ static void test_dataset_ops(void)
     }
     CHECK_ERR(kl_dataset_split_take(ds, 38, 1, &va), KL_EINVAL, "n_val 38 out of range [0,37]");
     CHECK(va == NULL && kl_dataset_count(ds) == N);
-    CHECK_ERR(kl_dataset_split_take(NULL, 1, 1, &va), KL_EINVAL, "dataset is NULL");
+    CHECK_ERR(kl_dataset_split_take(NULL, 1, 1, &va), KL_EMISUSE, "dataset is NULL"); /* status.h: a null handle is misuse */
+    CHECK_ERR(kl_dataset_normalize(NULL, 0, 1), KL_EMISUSE, "dataset_normalize: dataset is NULL");
 
     CHECK_OK(kl_dataset_normalize(ds, mean, std));
     float m2, s2;
@@ -422,7 +423,9 @@ static void test_shuffle(void)
     CHECK(perm);
     kl_shuffle_indices(big, 1, 7, 3);
     CHECK(big[0] == 0);
-    kl_shuffle_indices(NULL, 0, 7, 3);
+    CHECK_OK(kl_shuffle_indices(NULL, 0, 7, 3));
+    CHECK_ERR(kl_shuffle_indices(NULL, 4, 7, 3), KL_EMISUSE, "kl_shuffle_indices: idx is NULL"); /* was a SEGV */
+    CHECK_ERR(kl_shuffle_indices(big, -1, 7, 3), KL_EINVAL, "kl_shuffle_indices: n is -1");
 }
 
 static void test_fashion_mnist(void)

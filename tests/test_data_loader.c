@@ -150,6 +150,10 @@ static void test_seek(const kl_dataset *ds)
     CHECK(ok);
     CHECK_ERR(kl_loader_seek(ld, 0, nb + 1), KL_EINVAL, "batch 13 out of range");
     CHECK_ERR(kl_loader_seek(ld, -1, 0), KL_EINVAL, "out of range");
+    /* the worker counts epochs on from here: INT64_MAX overflowed (UBSan) */
+    CHECK_ERR(kl_loader_seek(ld, INT64_MAX, 0), KL_EINVAL, "epoch 9223372036854775807 batch 0 out of range (epoch in [0,2^62]");
+    CHECK_OK(kl_loader_seek(ld, (int64_t)1 << 62, 0));
+    CHECK_ERR(kl_loader_seek(NULL, 0, 0), KL_EMISUSE, "loader_seek: loader is NULL");
     free(xs);
     free(ns);
     kl_loader_free(ref);
@@ -196,8 +200,8 @@ static void test_edges(const kl_dataset *ds)
     CHECK(ld == NULL);
     o = (kl_loader_opts){.batch = 4, .prefetch = 65};
     CHECK_ERR(kl_loader_new(ds, &o, &ld), KL_EINVAL, "prefetch 65 out of range [0,64]");
-    CHECK_ERR(kl_loader_new(ds, NULL, &ld), KL_EINVAL, "options is NULL");
-    CHECK_ERR(kl_loader_next(NULL, &b), KL_EINVAL, "NULL");
+    CHECK_ERR(kl_loader_new(ds, NULL, &ld), KL_EMISUSE, "options is NULL"); /* status.h: a null handle is misuse */
+    CHECK_ERR(kl_loader_next(NULL, &b), KL_EMISUSE, "loader_next: NULL argument");
 }
 
 /* Freeing at any point joins the worker cleanly (ASan/TSan-friendly). */

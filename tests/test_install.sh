@@ -11,4 +11,9 @@ done
 export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
 cc -O2 examples/mlp.c -o "$tmp/mlp" $(pkg-config --cflags --libs kiln) -Wl,-rpath,"$tmp/prefix/lib" -lm
 "$tmp/mlp" | tail -n 1
+# kiln.h is the whole API: the text calls too, with no clash between headers
+# (a missing declaration is an error, not a warning)
+printf '#include <kiln/kiln.h>\nint main(void) { return kl_vocab_size(NULL) + (int)kl_tokens_count(NULL); }\n' >"$tmp/whole.c"
+cc -std=c11 -Wall -Wextra -Werror -pedantic "$tmp/whole.c" -o "$tmp/whole" $(pkg-config --cflags --libs kiln) -Wl,-rpath,"$tmp/prefix/lib"
+"$tmp/whole" || { echo "FAIL: kiln.h program"; exit 1; }
 echo "test_install: all passed"

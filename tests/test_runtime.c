@@ -310,6 +310,14 @@ static void test_stream(void)
     CHECK_OK(kl_dataset_from_memory(12, 1, (int64_t[]){2}, xs, ys, &ds));
     CHECK_ERR(kl_device_data_stream_new(ctx, ds, 4, 1, &dd), KL_EINVAL, "1 slots of 4 rows; 2 to 64 slots");
     CHECK_ERR(kl_device_data_stream_new(ctx, ds, 0, 2, &dd), KL_EINVAL, "2 slots of 0 rows");
+    /* rows * slots used to overflow (2^62 * 4 wrapped to 0 and was accepted) */
+    CHECK_ERR(kl_device_data_stream_new(ctx, ds, (int64_t)1 << 62, 4, &dd), KL_EINVAL, "4 slots of 4611686018427387904 rows");
+    CHECK_ERR(kl_device_data_stream_new(ctx, ds, INT32_MAX / 2 + 1, 2, &dd), KL_EINVAL, "2 slots of 1073741824 rows");
+    CHECK(dd == NULL);
+    kl_dataset *wide; /* no samples, so nothing checked its sample size against many rows */
+    CHECK_OK(kl_dataset_from_memory(0, 2, (int64_t[]){(int64_t)1 << 31, (int64_t)1 << 31}, NULL, ys, &wide));
+    CHECK_ERR(kl_device_data_stream_new(ctx, wide, 1 << 20, 2, &dd), KL_ENOMEM, "do not fit in memory");
+    kl_dataset_free(wide);
     CHECK_OK(kl_device_data_stream_new(ctx, ds, 4, 2, &dd));
     CHECK(kl_device_data_streamed(dd) && kl_device_data_count(dd) == 8);
     CHECK_ERR(kl_device_data_order(dd, 1, 1, 0), KL_EMISUSE, "streamed data is read in the order put");

@@ -432,7 +432,10 @@ static void test_errors(void)
     CHECK_ERR(kl_lstm(g, x, s, mk(g, F, 2, 2, 5, 0, 0), wi, wh, b, b, &y, NULL, NULL), KL_EINVAL,
               "lstm: c0 must be [2, 4] f64 (B, H)");
     CHECK_ERR(kl_lstm(g, x, s, s, wi, wh, b, b, NULL, NULL, NULL), KL_EMISUSE, "lstm: y (the output pointer) is NULL");
-    CHECK_ERR(kl_lstm(g, x, s, s, NULL, wh, b, b, &y, NULL, NULL), KL_EMISUSE, "lstm: input 1 is NULL");
+    CHECK_ERR(kl_lstm(g, x, s, s, NULL, wh, b, b, &y, NULL, NULL), KL_EMISUSE, "lstm: w_ih is NULL");
+    CHECK_ERR(kl_lstm(g, x, NULL, NULL, wi, NULL, b, b, &y, NULL, NULL), KL_EMISUSE, "lstm: w_hh is NULL");
+    CHECK_ERR(kl_lstm(g, NULL, NULL, NULL, wi, wh, b, b, &y, NULL, NULL), KL_EMISUSE, "lstm: x is NULL");
+    CHECK_ERR(kl_gru(g, x, NULL, NULL, wh, NULL, NULL, &y, &hn), KL_EMISUSE, "gru: w_ih is NULL");
     CHECK_ERR(kl_gru(g, x, s, mk(g, F, 2, 12, 3, 0, 0), wh, NULL, NULL, &y, &hn), KL_EINVAL,
               "gru: weight_hh must be [3*H, H] f64, got [16,4] f64");
     CHECK_ERR(kl_gru(g, mk(g, KL_I32, 3, 2, 3, 3, 0), NULL, wi, wh, NULL, NULL, &y, &hn), KL_EINVAL,

@@ -3,6 +3,7 @@
 #include "kiln/text.h"
 #include "testutil.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +71,45 @@ int main(void)
     }
     CHECK(differ);
     CHECK_ERR(kl_tokens_batch(tok, 20, 10, 1, 0, 1, 5, x1, y1), KL_EINVAL, "range [20, 30) of 24 tokens");
+    /* bad sizes and ranges are refused before any copy: T < 0 was a negative
+     * memcpy, first + n overflowing a read past the tokens */
+    CHECK_ERR(kl_tokens_batch(tok, 0, 20, 1, 0, 1, -3, x1, y1), KL_EINVAL, "B and T must be >= 1");
+    CHECK_ERR(kl_tokens_batch(tok, 0, 20, 1, 0, 1, 0, x1, y1), KL_EINVAL, "B and T must be >= 1");
+    CHECK_ERR(kl_tokens_batch(tok, 0, 20, 1, 0, 0, 5, x1, y1), KL_EINVAL, "B and T must be >= 1");
+    CHECK_ERR(kl_tokens_batch(tok, 0, 20, 1, 0, -1, 5, x1, y1), KL_EINVAL, "B and T must be >= 1");
+    CHECK_ERR(kl_tokens_batch(tok, 5, INT64_MAX, 1, 0, 1, 2, x1, y1), KL_EINVAL, "of 24 tokens cannot hold");
+    CHECK_ERR(kl_tokens_batch(tok, INT64_MAX, 1, 1, 0, 1, 2, x1, y1), KL_EINVAL, "of 24 tokens cannot hold");
+    CHECK_ERR(kl_tokens_batch(tok, 0, 20, 1, 0, 1, INT64_MAX, x1, y1), KL_EINVAL, "cannot hold a window of 9223372036854775808");
+    CHECK_ERR(kl_tokens_batch(tok, -1, 20, 1, 0, 1, 5, x1, y1), KL_EINVAL, "range start -1 and length 20 must be >= 0");
+    CHECK_ERR(kl_tokens_batch(tok, 0, 20, 1, 0, INT64_MAX, 5, x1, y1), KL_EINVAL, "tokens overflow");
+    CHECK_OK(kl_tokens_batch(tok, 18, 6, 1, 0, 1, 5, x1, y1)); /* the last T + 1 tokens: still a window */
+    CHECK(y1[4] == kl_tokens_data(tok)[23]);
+
+    /* NULL arguments are KL_EMISUSE naming them, not a crash */
+    CHECK_ERR(kl_tokens_batch(NULL, 0, 20, 1, 0, 1, 5, x1, y1), KL_EMISUSE, "kl_tokens_batch: tokens is NULL");
+    CHECK_ERR(kl_tokens_batch(tok, 0, 20, 1, 0, 1, 5, NULL, y1), KL_EMISUSE, "kl_tokens_batch: x is NULL");
+    CHECK_ERR(kl_tokens_batch(tok, 0, 20, 1, 0, 1, 5, x1, NULL), KL_EMISUSE, "kl_tokens_batch: y is NULL");
+    CHECK_ERR(kl_tokens_encode(NULL, (const uint8_t *)"a", 1, &tok2), KL_EMISUSE, "kl_tokens_encode: vocab is NULL");
+    CHECK_ERR(kl_tokens_encode(v, NULL, 1, &tok2), KL_EMISUSE, "kl_tokens_encode: data is NULL");
+    CHECK_ERR(kl_tokens_encode(v, (const uint8_t *)"h", 1, NULL), KL_EMISUSE, "kl_tokens_encode: out is NULL");
+    CHECK_ERR(kl_tokens_save(NULL, path), KL_EMISUSE, "kl_tokens_save: tokens is NULL");
+    CHECK_ERR(kl_tokens_save(tok, NULL), KL_EMISUSE, "kl_tokens_save: path is NULL");
+    CHECK_ERR(kl_tokens_load(path, NULL), KL_EMISUSE, "kl_tokens_load: out is NULL");
+    CHECK_ERR(kl_tokens_load(NULL, &tok2), KL_EMISUSE, "kl_tokens_load: path is NULL");
+    CHECK_ERR(kl_vocab_build(NULL, 4, &v2), KL_EMISUSE, "kl_vocab_build: data is NULL");
+    CHECK_ERR(kl_vocab_build((const uint8_t *)"ab", 2, NULL), KL_EMISUSE, "kl_vocab_build: out is NULL");
+    CHECK_ERR(kl_vocab_save(NULL, path), KL_EMISUSE, "kl_vocab_save: vocab is NULL");
+    CHECK_ERR(kl_vocab_save(v, NULL), KL_EMISUSE, "kl_vocab_save: path is NULL");
+    CHECK_ERR(kl_vocab_load(path, NULL), KL_EMISUSE, "kl_vocab_load: out is NULL");
+    CHECK_ERR(kl_vocab_load(NULL, &v2), KL_EMISUSE, "kl_vocab_load: path is NULL");
+    kl_text *t2;
+    CHECK_ERR(kl_text_load_file(path, NULL), KL_EMISUSE, "kl_text_load_file: out is NULL");
+    CHECK_ERR(kl_text_load_file(NULL, &t2), KL_EMISUSE, "kl_text_load_file: path is NULL");
+    CHECK_ERR(kl_text_load_dir(dir, NULL), KL_EMISUSE, "kl_text_load_dir: out is NULL");
+    CHECK_ERR(kl_text_load_dir(NULL, &t2), KL_EMISUSE, "kl_text_load_dir: dir is NULL");
+    CHECK(t2 == NULL);
+    CHECK(!kl_text_data(NULL) && kl_text_size(NULL) == 0 && kl_vocab_size(NULL) == 0 && kl_vocab_id(NULL, 'a') == -1);
+    CHECK(kl_vocab_byte(NULL, 0) == '?' && kl_tokens_count(NULL) == 0 && kl_tokens_vocab(NULL) == 0 && !kl_tokens_data(NULL));
     kl_tokens_free(tok);
     kl_vocab_free(v);
     kl_text_free(t);

@@ -30,6 +30,9 @@
  * Shuffles are Fisher-Yates driven by splitmix64 seeded from (seed, epoch):
  * the order is a pure function of those two numbers, the same on every
  * machine and independent of thread timing.
+ *
+ * A NULL handle, output or buffer is KL_EMISUSE (status.h); bad values are
+ * KL_EINVAL.
  */
 #ifndef KILN_DATA_H
 #define KILN_DATA_H
@@ -181,9 +184,10 @@ KL_API void kl_dataset_free(kl_dataset *ds);
 
 /* Writes a permutation of 0..n-1 into idx: Fisher-Yates from i = n-1 down,
  * j = uniform [0, i] by rejection from a splitmix64 stream seeded by
- * (seed, epoch). A pure function of (n, seed, epoch). */
-KL_API void kl_shuffle_indices(int64_t *idx, int64_t n, uint64_t seed,
-                               uint64_t epoch);
+ * (seed, epoch). A pure function of (n, seed, epoch). KL_EMISUSE for a NULL
+ * idx when n > 0, KL_EINVAL for n < 0; idx is untouched then. */
+KL_API kl_status kl_shuffle_indices(int64_t *idx, int64_t n, uint64_t seed,
+                                    uint64_t epoch);
 
 /* Locates Fashion-MNIST's IDX files for split "train" or "test" in
  * $KILN_DATA_DIR or else /usr/share/datasets/fashion-mnist (Debian package
@@ -292,7 +296,8 @@ KL_API kl_status kl_loader_new(const kl_dataset *ds, const kl_loader_opts *o,
 KL_API int64_t kl_loader_batches(const kl_loader *ld);
 /* Moves to (epoch, batch_index), 0 <= batch_index <= batches; the next
  * kl_loader_next returns exactly what an uninterrupted run returns there.
- * Invalidates the last batch returned. KL_EINVAL when out of range. */
+ * Invalidates the last batch returned. KL_EINVAL when out of range
+ * (epoch in [0, 2^62], so that counting epochs on cannot overflow). */
 KL_API kl_status kl_loader_seek(kl_loader *ld, int64_t epoch,
                                 int64_t batch_index);
 /* Next batch of the current epoch; at the end of an epoch it returns KL_OK

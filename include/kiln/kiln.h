@@ -8,4 +8,5 @@
 #include "kiln/optim.h"
 #include "kiln/data.h"
 #include "kiln/io.h"
+#include "kiln/text.h"
 #endif

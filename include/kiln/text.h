@@ -22,6 +22,9 @@ typedef struct kl_text kl_text;     /* raw bytes of a corpus */
 typedef struct kl_vocab kl_vocab;   /* byte -> id and back */
 typedef struct kl_tokens kl_tokens; /* a token sequence */
 
+/* A NULL handle, path, buffer or output is KL_EMISUSE naming the argument;
+ * getters of a NULL handle return 0, NULL, -1 (kl_vocab_id) or '?'. */
+
 /* Every regular file of dir (sorted by name, skipping fortune's *.dat index
  * files and hidden files; a file linked under two names, like fortune's
  * "art.u8 -> art", is read once, under its first name), or one file,
@@ -56,7 +59,9 @@ KL_API void kl_tokens_free(kl_tokens *t);
 
 /* Batch `step` of B windows of T+1 tokens drawn from [first, first + n):
  * x gets tokens [s, s+T), y tokens [s+1, s+T+1). Window starts are a pure
- * function of (seed, step, row), so a resumed run draws the same batches. */
+ * function of (seed, step, row), so a resumed run draws the same batches.
+ * KL_EINVAL unless B >= 1, T >= 1, first >= 0 and [first, first + n) lies
+ * within the tokens and holds at least T + 1 of them. */
 KL_API kl_status kl_tokens_batch(const kl_tokens *t, int64_t first, int64_t n, uint64_t seed, int64_t step,
                                  int64_t B, int64_t T, int32_t *x, int32_t *y);
 

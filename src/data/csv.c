@@ -189,7 +189,7 @@ static kl_status parse(csv_state *st, const char *s, size_t n, const kl_csv_opts
 kl_status kl_dataset_parse_csv_mem(const void *buf, size_t n, const char *name,
                                    const kl_csv_opts *o, kl_dataset **out)
 {
-    if (!out) return kl_fail(KL_EINVAL, "parse_csv: out is NULL");
+    if (!out) return kl_fail(KL_EMISUSE, "parse_csv: out is NULL");
     *out = NULL;
     kl_csv_opts def = KL_CSV_OPTS_DEFAULT;
     if (!o) o = &def;
@@ -201,7 +201,7 @@ kl_status kl_dataset_parse_csv_mem(const void *buf, size_t n, const char *name,
         return kl_fail(KL_EINVAL, "%s: label_col %d (use >= 0, -1 = last, -2 = none)", name, o->label_col);
     if (o->header < -1 || o->header > 1)
         return kl_fail(KL_EINVAL, "%s: header %d (use 1, 0 or -1 = auto)", name, o->header);
-    if (!buf && n) return kl_fail(KL_EINVAL, "%s: buffer is NULL", name);
+    if (!buf && n) return kl_fail(KL_EMISUSE, "%s: buffer is NULL", name);
     csv_state st = {.name = name, .delim = delim};
     kl_status s = parse(&st, buf, buf ? n : 0, o);
     kl_dataset *ds = NULL;
@@ -225,7 +225,7 @@ kl_status kl_dataset_parse_csv_mem(const void *buf, size_t n, const char *name,
 
 kl_status kl_dataset_load_csv(const char *path, const kl_csv_opts *o, kl_dataset **out)
 {
-    if (!out) return kl_fail(KL_EINVAL, "load_csv: out is NULL");
+    if (!out) return kl_fail(KL_EMISUSE, "load_csv: out is NULL");
     *out = NULL;
     unsigned char *buf;
     size_t n;

@@ -15,7 +15,7 @@ kl_status kl_dataset_alloc(int64_t n, int ndim, const int64_t *dims,
     if (ndim < 1 || ndim > KL_MAX_DIMS)
         return kl_fail(KL_EINVAL, "dataset: sample ndim %d out of range [1,%d]",
                        ndim, KL_MAX_DIMS);
-    if (!dims) return kl_fail(KL_EINVAL, "dataset: dims is NULL");
+    if (!dims) return kl_fail(KL_EMISUSE, "dataset: dims is NULL");
     int64_t size = 1;
     for (int i = 0; i < ndim; i++) {
         if (dims[i] < 1)
@@ -57,9 +57,9 @@ kl_status kl_dataset_from_memory(int64_t n, int ndim, const int64_t *dims,
                                  const float *x, const int32_t *y,
                                  kl_dataset **out)
 {
-    if (!out) return kl_fail(KL_EINVAL, "dataset_from_memory: out is NULL");
+    if (!out) return kl_fail(KL_EMISUSE, "dataset_from_memory: out is NULL");
     *out = NULL;
-    if (n > 0 && !x) return kl_fail(KL_EINVAL, "dataset_from_memory: x is NULL");
+    if (n > 0 && !x) return kl_fail(KL_EMISUSE, "dataset_from_memory: x is NULL");
     for (int64_t i = 0; y && i < n; i++)
         if (y[i] < 0)
             return kl_fail(KL_EINVAL, "dataset_from_memory: sample %lld: label %d is negative",
@@ -116,7 +116,7 @@ static char **copy_names(char *const *names, int n)
 
 kl_status kl_dataset_match_classes(kl_dataset *ds, const kl_dataset *by)
 {
-    if (!ds || !by) return kl_fail(KL_EINVAL, "dataset_match_classes: NULL argument");
+    if (!ds || !by) return kl_fail(KL_EMISUSE, "dataset_match_classes: NULL argument");
     if (!ds->class_names || !by->class_names || !ds->y) return KL_OK; /* ids are the labels themselves */
     int *map = kl_malloc((size_t)ds->n_names * sizeof *map);
     if (!map) return KL_ENOMEM;
@@ -145,7 +145,7 @@ kl_status kl_dataset_match_classes(kl_dataset *ds, const kl_dataset *by)
 
 kl_status kl_dataset_check_labels(const kl_dataset *ds, int n_classes)
 {
-    if (!ds) return kl_fail(KL_EINVAL, "check_labels: dataset is NULL");
+    if (!ds) return kl_fail(KL_EMISUSE, "check_labels: dataset is NULL");
     if (!ds->y) return kl_fail(KL_EINVAL, "check_labels: dataset has no labels");
     if (n_classes < 1)
         return kl_fail(KL_EINVAL, "check_labels: n_classes is %d, must be >= 1", n_classes);
@@ -162,7 +162,7 @@ kl_status kl_dataset_check_labels(const kl_dataset *ds, int n_classes)
 
 kl_status kl_dataset_stats(const kl_dataset *ds, float *mean, float *std)
 {
-    if (!ds || !mean || !std) return kl_fail(KL_EINVAL, "dataset_stats: NULL argument");
+    if (!ds || !mean || !std) return kl_fail(KL_EMISUSE, "dataset_stats: NULL argument");
     int64_t total = ds->n * ds->sample_size;
     if (total == 0) return kl_fail(KL_EINVAL, "dataset_stats: dataset is empty");
     /* Two passes in double: exact enough for millions of values. Eight
@@ -192,7 +192,7 @@ kl_status kl_dataset_stats(const kl_dataset *ds, float *mean, float *std)
 
 kl_status kl_dataset_normalize(kl_dataset *ds, float mean, float std)
 {
-    if (!ds) return kl_fail(KL_EINVAL, "dataset_normalize: dataset is NULL");
+    if (!ds) return kl_fail(KL_EMISUSE, "dataset_normalize: dataset is NULL");
     if (!isfinite(mean) || !isfinite(std) || !(std > 0))
         return kl_fail(KL_EINVAL, "dataset_normalize: need finite mean and std > 0, got mean %g std %g",
                        (double)mean, (double)std);
@@ -254,9 +254,9 @@ static void permute_rows(kl_dataset *ds, int64_t *p, float *tmp)
 
 kl_status kl_dataset_split_take(kl_dataset *ds, int64_t n_val, uint64_t seed, kl_dataset **val)
 {
-    if (!val) return kl_fail(KL_EINVAL, "dataset_split_take: val is NULL");
+    if (!val) return kl_fail(KL_EMISUSE, "dataset_split_take: val is NULL");
     *val = NULL;
-    if (!ds) return kl_fail(KL_EINVAL, "dataset_split_take: dataset is NULL");
+    if (!ds) return kl_fail(KL_EMISUSE, "dataset_split_take: dataset is NULL");
     if (n_val < 0 || n_val > ds->n)
         return kl_fail(KL_EINVAL, "dataset_split_take: n_val %lld out of range [0,%lld]", (long long)n_val,
                        (long long)ds->n);
@@ -282,9 +282,9 @@ kl_status kl_dataset_split_take(kl_dataset *ds, int64_t n_val, uint64_t seed, kl
 
 kl_status kl_dataset_subset(const kl_dataset *ds, int64_t first, int64_t n, kl_dataset **out)
 {
-    if (!out) return kl_fail(KL_EINVAL, "dataset_subset: out is NULL");
+    if (!out) return kl_fail(KL_EMISUSE, "dataset_subset: out is NULL");
     *out = NULL;
-    if (!ds) return kl_fail(KL_EINVAL, "dataset_subset: dataset is NULL");
+    if (!ds) return kl_fail(KL_EMISUSE, "dataset_subset: dataset is NULL");
     if (first < 0 || n < 0 || first > ds->n || n > ds->n - first)
         return kl_fail(KL_EINVAL, "dataset_subset: samples [%lld,%lld+%lld) out of range for %lld samples",
                        (long long)first, (long long)first, (long long)n, (long long)ds->n);
@@ -300,9 +300,9 @@ kl_status kl_dataset_subset(const kl_dataset *ds, int64_t first, int64_t n, kl_d
 kl_status kl_dataset_split(const kl_dataset *ds, int64_t n_val, uint64_t seed,
                            kl_dataset **train, kl_dataset **val)
 {
-    if (!train || !val) return kl_fail(KL_EINVAL, "dataset_split: output is NULL");
+    if (!train || !val) return kl_fail(KL_EMISUSE, "dataset_split: output is NULL");
     *train = *val = NULL;
-    if (!ds) return kl_fail(KL_EINVAL, "dataset_split: dataset is NULL");
+    if (!ds) return kl_fail(KL_EMISUSE, "dataset_split: dataset is NULL");
     if (n_val < 0 || n_val > ds->n)
         return kl_fail(KL_EINVAL, "dataset_split: n_val %lld out of range [0,%lld]",
                        (long long)n_val, (long long)ds->n);

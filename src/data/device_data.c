@@ -128,9 +128,16 @@ kl_status kl_device_data_new(kl_ctx *ctx, const kl_dataset *ds, kl_device_data *
 kl_status kl_device_data_stream_new(kl_ctx *ctx, const kl_dataset *ds, int64_t rows, int slots, kl_device_data **out)
 {
     KL_TRY(dd_check(ctx, ds, out, "kl_device_data_stream_new"));
-    if (rows < 1 || slots < 2 || slots > KL_STREAM_SLOTS_MAX || rows * slots > INT32_MAX)
+    /* divided, not multiplied: rows * slots overflows for huge rows (2^62 * 4
+     * wrapped to 0 and passed), and put then wrote past the slots */
+    if (rows < 1 || slots < 2 || slots > KL_STREAM_SLOTS_MAX || rows > INT32_MAX / slots)
         return kl_fail(KL_EINVAL, "kl_device_data_stream_new: %d slots of %lld rows; 2 to %d slots of at most "
                        "(2^31 - 1) / slots rows", slots, (long long)rows, KL_STREAM_SLOTS_MAX);
+    /* the dataset only gives the sample shape (it may hold no samples), so
+     * its sample size has not been checked against this many rows */
+    if ((uint64_t)ds->sample_size > SIZE_MAX / sizeof(float) / (uint64_t)(rows * slots))
+        return kl_fail(KL_ENOMEM, "kl_device_data_stream_new: %lld rows of %lld floats do not fit in memory",
+                       (long long)(rows * slots), (long long)ds->sample_size);
     kl_device_data *dd = NULL;
     const kl_backend *be = ctx->be;
     size_t n = (size_t)(rows * slots), xb = n * (size_t)ds->sample_size * sizeof(float), yb = n * sizeof(int32_t);

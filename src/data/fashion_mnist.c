@@ -28,8 +28,8 @@ static kl_status find(const char *dir, const char *base, char *out, size_t n)
 
 kl_status kl_fashion_mnist_paths(const char *split, char *images, char *labels, size_t n)
 {
-    if (!split || !images || !labels || n == 0)
-        return kl_fail(KL_EINVAL, "fashion_mnist_paths: NULL argument or empty buffer");
+    if (!split || !images || !labels) return kl_fail(KL_EMISUSE, "fashion_mnist_paths: NULL argument");
+    if (n == 0) return kl_fail(KL_EINVAL, "fashion_mnist_paths: empty buffer");
     const char *prefix;
     if (!strcmp(split, "train")) prefix = "train";
     else if (!strcmp(split, "test")) prefix = "t10k";

@@ -161,15 +161,15 @@ fail:
 
 kl_status kl_idx_parse_mem(const void *buf, size_t n, const char *name, kl_idx **out)
 {
-    if (!out) return kl_fail(KL_EINVAL, "idx_parse_mem: out is NULL");
+    if (!out) return kl_fail(KL_EMISUSE, "idx_parse_mem: out is NULL");
     *out = NULL;
-    if (!buf && n) return kl_fail(KL_EINVAL, "idx_parse_mem: buf is NULL");
+    if (!buf && n) return kl_fail(KL_EMISUSE, "idx_parse_mem: buf is NULL");
     return parse((unsigned char *)buf, buf ? n : 0, 0, name, out);
 }
 
 kl_status kl_idx_load(const char *path, kl_idx **out)
 {
-    if (!out) return kl_fail(KL_EINVAL, "idx_load: out is NULL");
+    if (!out) return kl_fail(KL_EMISUSE, "idx_load: out is NULL");
     *out = NULL;
     unsigned char *buf;
     size_t n;
@@ -232,9 +232,9 @@ static kl_status check_label_array(const kl_idx *lb, const char *path, int64_t n
 
 kl_status kl_dataset_load_idx(const char *images, const char *labels, kl_dataset **out)
 {
-    if (!out) return kl_fail(KL_EINVAL, "dataset_load_idx: out is NULL");
+    if (!out) return kl_fail(KL_EMISUSE, "dataset_load_idx: out is NULL");
     *out = NULL;
-    if (!images) return kl_fail(KL_EINVAL, "dataset_load_idx: images path is NULL");
+    if (!images) return kl_fail(KL_EMISUSE, "dataset_load_idx: images path is NULL");
     kl_idx *im = NULL, *lb = NULL;
     kl_dataset *ds = NULL;
     kl_status s = kl_idx_load(images, &im);

@@ -15,6 +15,9 @@
 
 #define KL_PREFETCH_DEFAULT 2
 #define KL_PREFETCH_MAX 64
+/* The worker counts epochs on from a seek without bound (one per batches + 1
+ * items); capping the start leaves 2^62 epochs before int64 overflows. */
+#define KL_EPOCH_MAX ((int64_t)1 << 62)
 
 typedef struct slot {
     float *x;
@@ -100,9 +103,9 @@ static void free_buffers(kl_loader *L)
 
 kl_status kl_loader_new(const kl_dataset *ds, const kl_loader_opts *o, kl_loader **out)
 {
-    if (!out) return kl_fail(KL_EINVAL, "loader_new: out is NULL");
+    if (!out) return kl_fail(KL_EMISUSE, "loader_new: out is NULL");
     *out = NULL;
-    if (!ds || !o) return kl_fail(KL_EINVAL, "loader_new: dataset or options is NULL");
+    if (!ds || !o) return kl_fail(KL_EMISUSE, "loader_new: dataset or options is NULL");
     if (o->batch < 1)
         return kl_fail(KL_EINVAL, "loader_new: batch %lld, must be >= 1", (long long)o->batch);
     if (o->prefetch < 0 || o->prefetch > KL_PREFETCH_MAX)
@@ -149,9 +152,9 @@ int64_t kl_loader_batches(const kl_loader *L) { return L ? L->batches : 0; }
 
 kl_status kl_loader_seek(kl_loader *L, int64_t epoch, int64_t batch_index)
 {
-    if (!L) return kl_fail(KL_EINVAL, "loader_seek: loader is NULL");
-    if (epoch < 0 || batch_index < 0 || batch_index > L->batches)
-        return kl_fail(KL_EINVAL, "loader_seek: epoch %lld batch %lld out of range (epoch >= 0, batch in [0,%lld])",
+    if (!L) return kl_fail(KL_EMISUSE, "loader_seek: loader is NULL");
+    if (epoch < 0 || epoch > KL_EPOCH_MAX || batch_index < 0 || batch_index > L->batches)
+        return kl_fail(KL_EINVAL, "loader_seek: epoch %lld batch %lld out of range (epoch in [0,2^62], batch in [0,%lld])",
                        (long long)epoch, (long long)batch_index, (long long)L->batches);
     pthread_mutex_lock(&L->mu);
     L->gen++;
@@ -166,7 +169,7 @@ kl_status kl_loader_seek(kl_loader *L, int64_t epoch, int64_t batch_index)
 
 kl_status kl_loader_next(kl_loader *L, kl_batch *b)
 {
-    if (!L || !b) return kl_fail(KL_EINVAL, "loader_next: NULL argument");
+    if (!L || !b) return kl_fail(KL_EMISUSE, "loader_next: NULL argument");
     pthread_mutex_lock(&L->mu);
     if (L->held >= 0) { /* the caller is done with the previous batch */
         L->held = -1;

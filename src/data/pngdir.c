@@ -223,9 +223,9 @@ static kl_status add_class(const char *cdir, int c, image_list *l)
 
 kl_status kl_dataset_load_pngdir(const char *dir, kl_dataset **out)
 {
-    if (!out) return kl_fail(KL_EINVAL, "load_pngdir: out is NULL");
+    if (!out) return kl_fail(KL_EMISUSE, "load_pngdir: out is NULL");
     *out = NULL;
-    if (!dir) return kl_fail(KL_EINVAL, "load_pngdir: dir is NULL");
+    if (!dir) return kl_fail(KL_EMISUSE, "load_pngdir: dir is NULL");
     char **classes;
     int nc;
     KL_TRY(list_dir(dir, 1, &classes, &nc));
@@ -274,7 +274,7 @@ kl_status kl_dataset_load_pngdir(const char *dir, kl_dataset **out)
 
 kl_status kl_png_load(const char *path, int channels, float **out, int64_t dims[3])
 {
-    if (!path || !out || !dims) return kl_fail(KL_EINVAL, "kl_png_load: null argument");
+    if (!path || !out || !dims) return kl_fail(KL_EMISUSE, "kl_png_load: null argument");
     *out = NULL;
     png_hdr h;
     KL_TRY(read_png(path, &h, 0, NULL));

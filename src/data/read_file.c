@@ -69,7 +69,7 @@ kl_status kl_read_file(const char *path, unsigned char **buf, size_t *n)
 {
     *buf = NULL;
     *n = 0;
-    if (!path) return kl_fail(KL_EINVAL, "read_file: path is NULL");
+    if (!path) return kl_fail(KL_EMISUSE, "read_file: path is NULL");
     FILE *f = fopen(path, "rb");
     if (!f) return kl_fail(KL_EIO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;

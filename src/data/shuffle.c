@@ -1,5 +1,6 @@
 /* Seeded Fisher-Yates shuffle: a pure function of (n, seed, epoch). */
 #include "kiln/data.h"
+#include "core/error.h"
 
 /* splitmix64 (Steele, Lea, Flood 2014): one add and a mix per draw. */
 static uint64_t splitmix64(uint64_t *state)
@@ -20,8 +21,11 @@ static uint64_t uniform(uint64_t *state, uint64_t bound)
     }
 }
 
-void kl_shuffle_indices(int64_t *idx, int64_t n, uint64_t seed, uint64_t epoch)
+kl_status kl_shuffle_indices(int64_t *idx, int64_t n, uint64_t seed, uint64_t epoch)
 {
+    /* a status, not void, so that a NULL idx is refused instead of written */
+    if (n < 0) return kl_fail(KL_EINVAL, "kl_shuffle_indices: n is %lld, must be >= 0", (long long)n);
+    if (!idx && n) return kl_fail(KL_EMISUSE, "kl_shuffle_indices: idx is NULL");
     /* Mix seed and epoch through one splitmix step each so that nearby
      * (seed, epoch) pairs start far apart in the stream. */
     uint64_t a = seed, b = epoch ^ 0x6A09E667F3BCC909ull;
@@ -33,4 +37,5 @@ void kl_shuffle_indices(int64_t *idx, int64_t n, uint64_t seed, uint64_t epoch)
         idx[i] = idx[j];
         idx[j] = t;
     }
+    return KL_OK;
 }

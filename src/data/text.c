@@ -32,11 +32,20 @@ static kl_status append_file(kl_text *t, const char *path)
     return KL_OK;
 }
 
+/* A NULL pointer where a handle, path or buffer was needed: the caller's
+ * bug, reported by function and argument instead of crashing. */
+static kl_status null_arg(const char *fn, const char *arg)
+{
+    return kl_fail(KL_EMISUSE, "%s: %s is NULL", fn, arg);
+}
+
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 kl_status kl_text_load_file(const char *path, kl_text **out)
 {
+    if (!out) return null_arg("kl_text_load_file", "out");
     *out = NULL;
+    if (!path) return null_arg("kl_text_load_file", "path");
     kl_text *t = kl_calloc(1, sizeof *t);
     if (!t) return KL_ENOMEM;
     kl_status s = append_file(t, path);
@@ -51,7 +60,9 @@ kl_status kl_text_load_file(const char *path, kl_text **out)
 
 kl_status kl_text_load_dir(const char *dir, kl_text **out)
 {
+    if (!out) return null_arg("kl_text_load_dir", "out");
     *out = NULL;
+    if (!dir) return null_arg("kl_text_load_dir", "dir");
     struct stat st;
     if (stat(dir, &st) != 0) return kl_fail(KL_EIO, "%s: %s", dir, strerror(errno));
     if (!S_ISDIR(st.st_mode)) return kl_text_load_file(dir, out);
@@ -111,8 +122,8 @@ kl_status kl_text_load_dir(const char *dir, kl_text **out)
     return KL_OK;
 }
 
-const uint8_t *kl_text_data(const kl_text *t) { return t->data; }
-size_t kl_text_size(const kl_text *t) { return t->n; }
+const uint8_t *kl_text_data(const kl_text *t) { return t ? t->data : NULL; }
+size_t kl_text_size(const kl_text *t) { return t ? t->n : 0; }
 void kl_text_free(kl_text *t)
 {
     if (!t) return;
@@ -137,7 +148,9 @@ static kl_vocab *vocab_from_mask(const uint8_t *present)
 kl_status kl_vocab_build(const uint8_t *data, size_t n, kl_vocab **out)
 {
     uint8_t present[256] = {0};
+    if (!out) return null_arg("kl_vocab_build", "out");
     *out = NULL;
+    if (!data && n) return null_arg("kl_vocab_build", "data");
     if (!n) return kl_fail(KL_EINVAL, "vocabulary: empty text");
     for (size_t i = 0; i < n; i++) present[data[i]] = 1;
     return (*out = vocab_from_mask(present)) ? KL_OK : KL_ENOMEM;
@@ -145,6 +158,7 @@ kl_status kl_vocab_build(const uint8_t *data, size_t n, kl_vocab **out)
 
 kl_status kl_vocab_save(const kl_vocab *v, const char *path)
 {
+    if (!v || !path) return null_arg("kl_vocab_save", v ? "path" : "vocab");
     char buf[256 * 4 + 2];
     size_t k = 0;
     for (int i = 0; i < v->n; i++) k += (size_t)snprintf(buf + k, sizeof buf - k, i ? " %d" : "%d", v->bytes[i]);
@@ -157,7 +171,9 @@ kl_status kl_vocab_load(const char *path, kl_vocab **out)
 {
     void *buf;
     size_t n;
+    if (!out) return null_arg("kl_vocab_load", "out");
     *out = NULL;
+    if (!path) return null_arg("kl_vocab_load", "path");
     KL_TRY(kl_read_file_raw(path, &buf, &n));
     uint8_t present[256] = {0};
     char *p = buf, *end;
@@ -177,14 +193,18 @@ kl_status kl_vocab_load(const char *path, kl_vocab **out)
     return (*out = vocab_from_mask(present)) ? KL_OK : KL_ENOMEM;
 }
 
-int kl_vocab_size(const kl_vocab *v) { return v->n; }
-int kl_vocab_id(const kl_vocab *v, uint8_t b) { return v->id[b]; }
-uint8_t kl_vocab_byte(const kl_vocab *v, int id) { return id >= 0 && id < v->n ? v->bytes[id] : '?'; }
+/* A NULL vocabulary is empty: no byte has an id, no id a byte. */
+int kl_vocab_size(const kl_vocab *v) { return v ? v->n : 0; }
+int kl_vocab_id(const kl_vocab *v, uint8_t b) { return v ? v->id[b] : -1; }
+uint8_t kl_vocab_byte(const kl_vocab *v, int id) { return v && id >= 0 && id < v->n ? v->bytes[id] : '?'; }
 void kl_vocab_free(kl_vocab *v) { kl_free(v); }
 
 kl_status kl_tokens_encode(const kl_vocab *v, const uint8_t *data, size_t n, kl_tokens **out)
 {
+    if (!out) return null_arg("kl_tokens_encode", "out");
     *out = NULL;
+    if (!v) return null_arg("kl_tokens_encode", "vocab");
+    if (!data && n) return null_arg("kl_tokens_encode", "data");
     kl_tokens *t = kl_calloc(1, sizeof *t);
     if (!t || !(t->tok = kl_malloc((n ? n : 1) * sizeof *t->tok))) {
         kl_free(t);
@@ -206,6 +226,7 @@ kl_status kl_tokens_encode(const kl_vocab *v, const uint8_t *data, size_t n, kl_
 
 kl_status kl_tokens_save(const kl_tokens *t, const char *path)
 {
+    if (!t || !path) return null_arg("kl_tokens_save", t ? "path" : "tokens");
     uint32_t width = t->vocab <= 65536 ? 2 : 4, vocab = (uint32_t)t->vocab;
     uint64_t count = (uint64_t)t->n;
     unsigned char hdr[24];
@@ -231,7 +252,9 @@ kl_status kl_tokens_load(const char *path, kl_tokens **out)
 {
     void *buf;
     size_t n;
+    if (!out) return null_arg("kl_tokens_load", "out");
     *out = NULL;
+    if (!path) return null_arg("kl_tokens_load", "path");
     KL_TRY(kl_read_file_raw(path, &buf, &n));
     const unsigned char *p = buf;
     uint32_t width = 0, vocab = 0;
@@ -265,9 +288,9 @@ kl_status kl_tokens_load(const char *path, kl_tokens **out)
     return KL_OK;
 }
 
-int64_t kl_tokens_count(const kl_tokens *t) { return t->n; }
-int kl_tokens_vocab(const kl_tokens *t) { return t->vocab; }
-const int32_t *kl_tokens_data(const kl_tokens *t) { return t->tok; }
+int64_t kl_tokens_count(const kl_tokens *t) { return t ? t->n : 0; }
+int kl_tokens_vocab(const kl_tokens *t) { return t ? t->vocab : 0; }
+const int32_t *kl_tokens_data(const kl_tokens *t) { return t ? t->tok : NULL; }
 void kl_tokens_free(kl_tokens *t)
 {
     if (!t) return;
@@ -278,9 +301,22 @@ void kl_tokens_free(kl_tokens *t)
 kl_status kl_tokens_batch(const kl_tokens *t, int64_t first, int64_t n, uint64_t seed, int64_t step, int64_t B,
                           int64_t T, int32_t *x, int32_t *y)
 {
-    if (first < 0 || n < T + 1 || first + n > t->n)
-        return kl_fail(KL_EINVAL, "token windows: range [%lld, %lld) of %lld tokens cannot hold a window of %lld",
-                       (long long)first, (long long)(first + n), (long long)t->n, (long long)(T + 1));
+    if (!t || !x || !y) return null_arg("kl_tokens_batch", !t ? "tokens" : !x ? "x" : "y");
+    if (B < 1 || T < 1)
+        return kl_fail(KL_EINVAL, "kl_tokens_batch: %lld windows of %lld tokens; B and T must be >= 1", (long long)B,
+                       (long long)T);
+    if (first < 0 || n < 0)
+        return kl_fail(KL_EINVAL, "kl_tokens_batch: range start %lld and length %lld must be >= 0", (long long)first,
+                       (long long)n);
+    /* compared without forming first + n or T + 1, which overflow for huge
+     * arguments and would let a window read past the tokens (printed
+     * unsigned: both terms are below 2^63) */
+    if (n > t->n - first || n - 1 < T)
+        return kl_fail(KL_EINVAL, "token windows: range [%lld, %llu) of %lld tokens cannot hold a window of %llu",
+                       (long long)first, (unsigned long long)first + (unsigned long long)n, (long long)t->n,
+                       (unsigned long long)T + 1);
+    if (B > INT64_MAX / T) /* x + b * T would overflow; no buffer holds that many */
+        return kl_fail(KL_EINVAL, "kl_tokens_batch: %lld windows of %lld tokens overflow", (long long)B, (long long)T);
     uint64_t span = (uint64_t)(n - T); /* window starts in [first, first + n - T) */
     for (int64_t b = 0; b < B; b++) {
         uint64_t r = ((uint64_t)kl_philox_word(seed, 0x7e47, (uint64_t)step, 2 * (uint64_t)b) << 32) |

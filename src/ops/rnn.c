@@ -66,6 +66,11 @@ kl_status kl_rnn_build(kl_graph *g, kl_op_id op, int gates, kl_tensor *x, kl_ten
     if (h_n) *h_n = NULL;
     if (c_n) *c_n = NULL;
     kl_tensor *src[7] = {x, w_ih, w_hh};
+    /* named here: kl_check_args would say "input 1", which in the public
+     * signature is h0 (that one may be NULL) */
+    static const char *const required[3] = {"x", "w_ih", "w_hh"};
+    for (int i = 0; i < 3; i++)
+        if (!src[i]) return kl_fail(KL_EMISUSE, "%s: %s is NULL", name, required[i]);
     KL_TRY(kl_check_args(g, name, 3, src));
     kl_rnn_attr a = {.gates = gates, .ib_ih = -1, .ib_hh = -1, .ih0 = -1, .ic0 = -1};
     int n = 3;
