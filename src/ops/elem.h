@@ -94,6 +94,7 @@ KL_HD static inline float kl_exp_float(float x)
 {
     float c = x < -104.0f ? -104.0f : x;
     c = c > 88.7228394f ? 88.7228394f : c;
+    c = c == c ? c : 0.0f; /* NaN: a finite n (converting NaN to int is undefined); NaN is returned below */
     float n = floor(c * 1.44269504088896341f + 0.5f);
     float r = c - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
@@ -106,7 +107,8 @@ KL_HD static inline float kl_exp_float(float x)
     int32_t ni = (int32_t)n, h = ni / 2;
     float y = p * kl_pow2i_float(h) * kl_pow2i_float(ni - h);
     y = x > 88.7228394f ? (float)INFINITY : y;
-    return x < -104.0f ? 0.0f : y;
+    y = x < -104.0f ? 0.0f : y;
+    return x == x ? y : x;
 }
 KL_HD static inline double kl_exp_double(double x) { return exp(x); }
 
