@@ -3,7 +3,7 @@
 #include "nn/model_internal.h"
 #include "core/error.h"
 #include "ops/conv2d.h" /* kl_conv2d_act: conv with a fused activation */
-#include "ops/ops.h"    /* kl_batchnorm_act: batchnorm with a fused activation */
+#include "ops/ops.h"    /* kl_batchnorm_act, kl_window_out */
 
 #include <stdio.h>
 #include <string.h>
@@ -117,8 +117,7 @@ static kl_status parse_layer(const kl_cfg_node *n, layer *li, parse_ctx *pc)
         KL_TRY(kl_cfg_bool(n, "bias", 0, 1, &li->bias));
         li->out[0] = li->features;
         for (int i = 0; i < 2; i++) {
-            int64_t room = li->in[1 + i] + 2 * li->pad[i] - (int64_t)li->dil[i] * (li->kernel[i] - 1) - 1;
-            li->out[1 + i] = room < 0 ? 0 : room / li->stride[i] + 1; /* (C's division truncates a negative room up) */
+            li->out[1 + i] = kl_window_out(li->in[1 + i], li->pad[i], li->dil[i], li->kernel[i], li->stride[i]);
             if (li->out[1 + i] <= 0)
                 return kl_cfg_fail(n, KL_EINVAL, "conv2d: kernel %dx%d does not fit input %s", li->kernel[0],
                                    li->kernel[1], shape(a, li->in_ndim, li->in));
@@ -145,8 +144,7 @@ static kl_status parse_layer(const kl_cfg_node *n, layer *li, parse_ctx *pc)
                 return kl_cfg_fail(kl_cfg_get(n, "padding"), KL_EINVAL, "%s: padding %dx%d must be at most half the kernel %dx%d",
                                    kname, li->pad[0], li->pad[1], li->kernel[0], li->kernel[1]);
             if (!li->stride[i]) li->stride[i] = li->kernel[i];
-            int64_t room = li->in[1 + i] + 2 * li->pad[i] - li->kernel[i];
-            li->out[1 + i] = room < 0 ? 0 : room / li->stride[i] + 1;
+            li->out[1 + i] = kl_window_out(li->in[1 + i], li->pad[i], 1, li->kernel[i], li->stride[i]);
             if (li->out[1 + i] <= 0)
                 return kl_cfg_fail(n, KL_EINVAL, "%s: kernel %dx%d does not fit input %s", kname, li->kernel[0],
                                    li->kernel[1], shape(a, li->in_ndim, li->in));

@@ -13,15 +13,6 @@
 
 #include <limits.h>
 
-/* floor((in + 2 pad - dil (k - 1) - 1) / stride) + 1, without overflow; <= 0 if the kernel does not fit. */
-static int64_t out_size(int64_t in, int pad, int dil, int64_t k, int stride)
-{
-    int64_t span = in + 2 * (int64_t)pad;
-    if (k - 1 > (INT64_MAX / 4) / dil) return 0;
-    int64_t num = span - (int64_t)dil * (k - 1) - 1;
-    return num >= 0 ? num / stride + 1 : -((-num + stride - 1) / stride) + 1;
-}
-
 /* a * b * ... <= lim, all factors positive. */
 static bool prod_le(int n, const int64_t *v, int64_t lim)
 {
@@ -93,8 +84,8 @@ static kl_status conv2d_shape(kl_tensor *t)
     if (b && (b->ndim != 1 || b->ne[0] != O || b->dtype != x->dtype))
         return kl_fail(KL_EINVAL, "conv2d: bias must be [%lld] %s for weight %s, got %s", (long long)O,
                        kl_dtype_name(x->dtype), kl_desc(w), kl_desc(b));
-    int64_t OH = out_size(x->ne[2], a->ph, a->dh, w->ne[2], a->sh);
-    int64_t OW = out_size(x->ne[3], a->pw, a->dw, w->ne[3], a->sw);
+    int64_t OH = kl_window_out(x->ne[2], a->ph, a->dh, w->ne[2], a->sh);
+    int64_t OW = kl_window_out(x->ne[3], a->pw, a->dw, w->ne[3], a->sw);
     if (OH <= 0 || OW <= 0)
         return kl_fail(KL_EINVAL,
                        "conv2d: output size %lldx%lld <= 0: input %s (HxW %lldx%lld) with kernel %lldx%lld, padding "

@@ -4,6 +4,20 @@
 
 #include "core/graph.h"
 
+#include <stdint.h>
+
+/* Positions of a sliding window (conv2d; pooling with dil 1):
+ * floor((in + 2 pad - dil (k - 1) - 1) / stride) + 1, without overflow;
+ * <= 0 when the kernel does not fit. Shared by the ops' shape checks and
+ * the model config's, so both refuse the same geometries. */
+static inline int64_t kl_window_out(int64_t in, int pad, int dil, int64_t k, int stride)
+{
+    int64_t span = in + 2 * (int64_t)pad;
+    if (k - 1 > (INT64_MAX / 4) / dil) return 0;
+    int64_t num = span - (int64_t)dil * (k - 1) - 1;
+    return num >= 0 ? num / stride + 1 : -((-num + stride - 1) / stride) + 1;
+}
+
 kl_status kl_unary_op(kl_graph *g, int kind, double alpha, kl_tensor *x, kl_tensor **out);
 /* The gradient through an activation fused into op y (matmul, conv2d,
  * batchnorm): *dz = act'(y) dy, a unary_bwd node reading y; kind is a

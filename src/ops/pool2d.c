@@ -39,8 +39,7 @@ static kl_status pool2d_shape(kl_tensor *t)
         return kl_fail(KL_EINVAL, "%s: padding %dx%d must be at most half the kernel %dx%d", nm, a->ph, a->pw, a->kh,
                        a->kw);
     int64_t H = x->ne[2], W = x->ne[3];
-    int64_t nh = H + 2 * (int64_t)a->ph - a->kh, nw = W + 2 * (int64_t)a->pw - a->kw;
-    int64_t OH = nh >= 0 ? nh / a->sh + 1 : 0, OW = nw >= 0 ? nw / a->sw + 1 : 0;
+    int64_t OH = kl_window_out(H, a->ph, 1, a->kh, a->sh), OW = kl_window_out(W, a->pw, 1, a->kw, a->sw);
     if (OH <= 0 || OW <= 0)
         return kl_fail(KL_EINVAL,
                        "%s: output size <= 0: input %s (HxW %lldx%lld) is smaller than kernel %dx%d with padding %dx%d",
