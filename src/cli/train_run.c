@@ -206,6 +206,12 @@ kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg,
     return KL_OK;
 }
 
+void train_say_finished(int64_t step, int64_t total)
+{
+    printf("the run had finished: step %lld of %lld; raise --steps or --epochs to train on\n", (long long)step,
+           (long long)total);
+}
+
 void train_say_interrupted(int tty, int64_t step, const char *ckpt, const char *run_dir)
 {
     if (tty) fprintf(stderr, "\n");
@@ -551,8 +557,7 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
     p.ep = (epoch_acc){.loss = st.epoch_loss_sum, .correct = st.epoch_correct, .n = st.epoch_count, .n0 = st.epoch_count};
     p.t_last = p.t_win = now();
     if (a->resume && st.step >= p.total) { /* no step, no new checkpoint */
-        printf("the run had finished: step %lld of %lld; raise --steps or --epochs to train on\n", (long long)st.step,
-               (long long)p.total);
+        train_say_finished(st.step, p.total);
         r->finished = 1;
         return KL_OK;
     }

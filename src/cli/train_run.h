@@ -39,6 +39,8 @@ kl_status train_ckpt_save(const char *ckpt_root, kl_cfg *cfg, kl_ctx *ctx, kl_op
 /* Tells the user a signal stopped the run at step, where the checkpoint
  * is, and how to resume. */
 void train_say_interrupted(int tty, int64_t step, const char *ckpt, const char *run_dir);
+/* The notice of a resumed run that had already trained its total steps. */
+void train_say_finished(int64_t step, int64_t total);
 
 /* Runs training as cfg says; returns the process exit code. *stop becomes
  * non-zero on SIGINT/SIGTERM: the current step finishes, a checkpoint is

@@ -247,9 +247,7 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
     mean_acc ep = {st.epoch_loss_sum, st.epoch_count, st.epoch_count}, win = {0}; /* a resumed epoch's steps so far */
     double t_win = now();
     char ck[4400];
-    if (a->resume && st.step >= total)
-        printf("the run had finished: step %lld of %lld; raise --steps or --epochs to train on\n", (long long)st.step,
-               (long long)total);
+    if (a->resume && st.step >= total) train_say_finished(st.step, total);
     while (st.step < total && !r->early_stopped) {
         double l = 0, t_start = now(), t_data = 0;
         KL_TRY(kl_optim_set_lr(r->opt, train_lr(&r->o, st.step, total)));
