@@ -69,32 +69,44 @@ static kl_status only_for(kl_cfg_node *m, const char *sec, const char *key, doub
     } while (0)
 #define GET_BOOL(sec, key, def, dst) GET_BOOL_IF(sec, key, def, dst, 1, "")
 
-/* data's keys and the kinds (bits of fashion_mnist, idx, csv, pngdir, text)
- * that use each; def (NAN: none) is a value another kind may hold, as a
- * resolved config.yaml of an earlier version does. */
+/* data.kind's names; data_keys' kinds are bits in this order. */
+static const char *const data_kinds[] = {"fashion_mnist", "idx", "csv", "pngdir", "text", NULL};
+
+/* data's keys and the kinds that use each; def (NAN: none) is a value
+ * another kind may hold, as a resolved config.yaml of an earlier version
+ * does. */
 #define K_IMAGES 0xF /* every kind but text */
 static const struct data_key {
     const char *key;
     unsigned kinds;
-    const char *which;
     double def;
 } data_keys[] = {
-    {"train_images", 0x2, "idx", NAN}, {"train_labels", 0x2, "idx", NAN}, {"test_images", 0x2, "idx", NAN},
-    {"test_labels", 0x2, "idx", NAN}, {"path", 0x1C, "csv, pngdir or text", NAN},
-    {"test_path", 0xC, "csv or pngdir", NAN}, {"label_col", 0x4, "csv", -1}, {"header", 0x4, "csv", NAN},
-    {"val_fraction", 0x10, "text", NAN}, {"normalize", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
-    {"mean", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN}, {"std", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
-    {"val_split", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
-    {"shuffle", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
-    {"limit", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
-    {"drop_last", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
-    {"on_device", K_IMAGES, "fashion_mnist, idx, csv or pngdir", NAN},
+    {"train_images", 0x2, NAN}, {"train_labels", 0x2, NAN}, {"test_images", 0x2, NAN}, {"test_labels", 0x2, NAN},
+    {"path", 0x1C, NAN},        {"test_path", 0xC, NAN},    {"label_col", 0x4, -1},    {"header", 0x4, NAN},
+    {"val_fraction", 0x10, NAN}, {"normalize", K_IMAGES, NAN}, {"mean", K_IMAGES, NAN}, {"std", K_IMAGES, NAN},
+    {"val_split", K_IMAGES, NAN}, {"shuffle", K_IMAGES, NAN}, {"limit", K_IMAGES, NAN}, {"drop_last", K_IMAGES, NAN},
+    {"on_device", K_IMAGES, NAN},
 };
 #define N_DATA_KEYS ((int)(sizeof data_keys / sizeof *data_keys))
 
+/* The kinds of bits as a message names them: "csv, pngdir or text". */
+static const char *kinds_text(unsigned bits, char *buf, size_t n)
+{
+    int total = 0, k = 0;
+    size_t at = 0;
+    for (int i = 0; data_kinds[i]; i++) total += bits >> i & 1;
+    buf[0] = 0;
+    for (int i = 0; data_kinds[i] && at < n; i++)
+        if (bits >> i & 1) {
+            k++;
+            at += (size_t)snprintf(buf + at, n - at, "%s%s", k == 1 ? "" : k == total ? " or " : ", ", data_kinds[i]);
+        }
+    return buf;
+}
+
 /* Unknown data keys, and a key of another kind set (path keys would be
  * silently ignored and recorded as if used). */
-static kl_status check_data_keys(kl_cfg_node *m, int kind, const char *kname)
+static kl_status check_data_keys(kl_cfg_node *m, int kind)
 {
     const char *keys[N_DATA_KEYS + 2] = {"kind"};
     for (int i = 0; i < N_DATA_KEYS; i++) keys[1 + i] = data_keys[i].key;
@@ -103,8 +115,11 @@ static kl_status check_data_keys(kl_cfg_node *m, int kind, const char *kname)
         const struct data_key *e = &data_keys[i];
         kl_cfg_node *v = kl_cfg_get(m, e->key);
         if (e->kinds >> kind & 1 || !v || kl_cfg_kind_of(v) == KL_CFG_NULL) continue;
-        if (!isnan(e->def)) KL_TRY(only_for(m, "data", e->key, e->def, kname, e->which));
-        else return kl_cfg_fail(v, KL_EINVAL, "data: %s is for kind %s; kind %s does not use it", e->key, e->which, kname);
+        char which[64];
+        kinds_text(e->kinds, which, sizeof which);
+        if (!isnan(e->def)) KL_TRY(only_for(m, "data", e->key, e->def, data_kinds[kind], which));
+        else return kl_cfg_fail(v, KL_EINVAL, "data: %s is for kind %s; kind %s does not use it", e->key, which,
+                                data_kinds[kind]);
     }
     return KL_OK;
 }
@@ -126,19 +141,18 @@ static kl_status read_data(kl_cfg *cfg, train_opts *o)
 {
     static const char *const paths_keys[] = {"train_images", "train_labels", "test_images", "test_labels", "path",
                                              "test_path"};
-    static const char *const kinds[] = {"fashion_mnist", "idx", "csv", "pngdir", "text", NULL};
     kl_cfg_node *m;
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m));
-    KL_TRY(kl_cfg_enum(m, "kind", 0, kinds, 0, &o->data_kind));
-    KL_TRY(put(cfg, "data", "kind", "%s", kinds[o->data_kind]));
+    KL_TRY(kl_cfg_enum(m, "kind", 0, data_kinds, 0, &o->data_kind));
+    KL_TRY(put(cfg, "data", "kind", "%s", data_kinds[o->data_kind]));
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "data", 0, &m));
-    KL_TRY(check_data_keys(m, o->data_kind, kinds[o->data_kind]));
+    KL_TRY(check_data_keys(m, o->data_kind));
     if (o->data_kind == DATA_TEXT) return read_text_data(cfg, m, o);
     const char **paths[] = {&o->train_images, &o->train_labels, &o->test_images, &o->test_labels, &o->path, &o->test_path};
     for (int i = 0; i < 6; i++) KL_TRY(kl_cfg_string(m, paths_keys[i], 0, NULL, paths[i]));
     if (o->data_kind == 1 && (!o->train_images || !o->train_labels))
         return kl_cfg_fail(m, KL_EINVAL, "data: kind idx needs train_images and train_labels");
-    if (o->data_kind >= 2 && !o->path) return kl_cfg_fail(m, KL_EINVAL, "data: kind %s needs path", kinds[o->data_kind]);
+    if (o->data_kind >= 2 && !o->path) return kl_cfg_fail(m, KL_EINVAL, "data: kind %s needs path", data_kinds[o->data_kind]);
     if (o->data_kind == 1 && !o->test_images != !o->test_labels)
         return kl_cfg_fail(kl_cfg_get(m, o->test_images ? "test_images" : "test_labels"), KL_EINVAL,
                            "data: a test set needs both test_images and test_labels");
