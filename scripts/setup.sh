@@ -9,6 +9,7 @@ pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev  # clang + libFu
       libyaml-dev libjansson-dev zlib1g-dev libpng-dev
       dataset-fashion-mnist
       fortunes  # sequence models: the text corpus of models/char_lstm.yaml, gpt_small.yaml
+      locales  # localedef: test_locale builds a decimal-comma locale
       gnuplot-nox)  # monitoring: kiln report's plots
 [ "${KILN_BENCH:-0}" = 1 ] && pkgs+=(python3-torch)
 missing=()

@@ -1,4 +1,5 @@
 /* Numeric CSV datasets: one sample per row, an optional label column. */
+#include "core/cnum.h"
 #include "data/dataset.h"
 
 #include <math.h>
@@ -99,7 +100,7 @@ static int to_number(const field *f, double *v)
     memcpy(tmp, f->p, f->len);
     tmp[f->len] = 0;
     char *end;
-    *v = strtod(tmp, &end);
+    *v = kl_strtod(tmp, &end);
     return end == tmp + f->len;
 }
 

@@ -4,6 +4,7 @@
  * <root>/latest replaced; a crash at any point leaves latest naming a
  * complete directory. */
 #define _GNU_SOURCE
+#include "core/cnum.h"
 #include "io/checkpoint_internal.h"
 #include "io/config.h"
 #include "io/fileio.h"
@@ -229,7 +230,7 @@ static kl_status state_fill(kl_st_writer *w, kl_ctx *c, kl_optim *opt, const kl_
     if (st->watch[0]) KL_TRY(kl_st_writer_meta(w, "train_watch", st->watch));
     if (st->epoch_count > 0) {
         char sum[40];
-        snprintf(sum, sizeof sum, "%a", st->epoch_loss_sum); /* exact */
+        kl_snprintf_c(sum, sizeof sum, "%a", st->epoch_loss_sum); /* exact */
         KL_TRY(kl_st_writer_meta(w, "epoch_loss_sum", sum));
         KL_TRY(meta_num(w, "epoch_count", (unsigned long long)st->epoch_count, true));
         KL_TRY(meta_num(w, "epoch_correct", (unsigned long long)st->epoch_correct, true));
@@ -240,7 +241,7 @@ static kl_status state_fill(kl_st_writer *w, kl_ctx *c, kl_optim *opt, const kl_
     int64_t good, skipped;
     KL_TRY(kl_optim_scaler(opt, &scale, &good, &skipped));
     char sc[40];
-    snprintf(sc, sizeof sc, "%.17g", scale);
+    kl_snprintf_c(sc, sizeof sc, "%.17g", scale);
     KL_TRY(kl_st_writer_meta(w, "loss_scale", sc));
     KL_TRY(meta_num(w, "loss_scale_good", (unsigned long long)good, true));
     KL_TRY(meta_num(w, "optim_skipped", (unsigned long long)skipped, true));

@@ -1,6 +1,7 @@
 /* Checkpoint and weights loading: every tensor is checked against the
  * context (and optimizer) before the first byte is copied, so a failed load
  * changes nothing. */
+#include "core/cnum.h"
 #include "io/checkpoint_internal.h"
 #include "io/fileio.h"
 #include "core/graph.h"
@@ -118,7 +119,7 @@ static kl_status read_scaler(const char *file, const kl_st_file *f, scaler_view 
     const char *v = kl_st_meta(f, "loss_scale");
     if (!v) return KL_OK;
     char *end;
-    sv->scale = strtod(v, &end);
+    sv->scale = kl_strtod(v, &end);
     if (*end || end == v || !(sv->scale > 0) || !isfinite(sv->scale))
         return kl_fail(KL_EFORMAT, "%s: metadata 'loss_scale' is '%.40s', expected a positive number", file, v);
     unsigned long long x;
@@ -204,7 +205,7 @@ static kl_status check_state(const char *file, const kl_st_file *f, const kl_ctx
     const char *sum = kl_st_meta(f, "epoch_loss_sum"); /* optional too */
     if (sum) {
         char *end;
-        ns->epoch_loss_sum = strtod(sum, &end);
+        ns->epoch_loss_sum = kl_strtod(sum, &end);
         if (end == sum || *end || !isfinite(ns->epoch_loss_sum))
             return kl_fail(KL_EFORMAT, "%s: metadata 'epoch_loss_sum' is '%.40s', expected a finite number", file, sum);
         KL_TRY(meta_num(file, f, "epoch_count", INT64_MAX, &v));

@@ -1,4 +1,5 @@
 /* Located error messages and the typed getters of the config reader. */
+#include "core/cnum.h"
 #include "io/config_internal.h"
 
 #include <ctype.h>
@@ -137,7 +138,7 @@ static kl_status read_float(const kl_cfg_node *v, double *out)
                            got(v, g, sizeof g));
     char *end;
     errno = 0;
-    double x = *t && !isspace((unsigned char)*t) ? strtod(t, &end) : 0;
+    double x = *t && !isspace((unsigned char)*t) ? kl_strtod(t, &end) : 0;
     if (!*t || isspace((unsigned char)*t) || *end)
         return kl_cfg_fail(v, KL_EINVAL, "expected a number, got %s", got(v, g, sizeof g));
     if (!isfinite(x))

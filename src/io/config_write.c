@@ -1,4 +1,5 @@
 /* Config tree -> YAML text through libyaml's emitter; numbers as text. */
+#include "core/cnum.h"
 #include "io/config_internal.h"
 
 #include <errno.h>
@@ -139,8 +140,8 @@ kl_status kl_cfg_write(const kl_cfg *c, const char *path)
 char *kl_cfg_fmt_double(char *buf, size_t n, double v)
 {
     for (int prec = 6; prec <= 17; prec++) { /* from 6: 300, not 3e+02 */
-        snprintf(buf, n, "%.*g", prec, v);
-        if (strtod(buf, NULL) == v) break;
+        kl_snprintf_c(buf, n, "%.*g", prec, v);
+        if (kl_strtod(buf, NULL) == v) break;
     }
     return buf;
 }
@@ -151,7 +152,7 @@ const char *kl_cfg_shown(const char *text, char *buf, size_t n)
     if (!text || !*text) return text;
     (void)strtoll(text, &end, 10); /* integers stay as written: past 2^53 a double would change them */
     if (!*end) return text;
-    double v = strtod(text, &end);
+    double v = kl_strtod(text, &end);
     if (*end || !isfinite(v)) return text;
     return kl_cfg_fmt_double(buf, n, v);
 }
