@@ -8,6 +8,7 @@
 #include "stream_case.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -344,8 +345,44 @@ static void test_stream(void)
     kl_ctx_free(ctx);
 }
 
+/* ---- a run leaves the calling program's OpenMP thread count as it was;
+ * kl_ctx_free before kl_graph_free is safe ---- */
+static void test_host_threads(void)
+{
+    kl_ctx *ctx;
+    kl_graph *g;
+    kl_tensor *x, *y;
+    CHECK_OK(kl_ctx_new(NULL, &ctx));
+    CHECK_OK(kl_ctx_set_threads(ctx, 1));
+    CHECK_OK(kl_graph_new(ctx, &g));
+    CHECK_OK(kl_input(g, "x", KL_F32, 2, (int64_t[]){64, 64}, &x));
+    CHECK_OK(kl_matmul(g, x, x, &y));
+    CHECK_OK(kl_output(g, y));
+    float v[64 * 64];
+    for (int i = 0; i < 64 * 64; i++) v[i] = frand();
+    CHECK_OK(kl_tensor_set(x, v, sizeof v));
+    omp_set_num_threads(3);
+    CHECK_OK(kl_graph_run(g));
+    CHECK(omp_get_max_threads() == 3);
+    int team = 0;
+#pragma omp parallel
+    {
+#pragma omp single
+        team = omp_get_num_threads();
+    }
+    CHECK(team == 3);
+    /* freed out of order: the ctx stays until its last graph goes (ASan
+     * builds see a use after free or a leak otherwise) */
+    kl_ctx_free(ctx);
+    CHECK_OK(kl_graph_run(g));
+    float w[64 * 64];
+    CHECK_OK(kl_tensor_get(y, w, sizeof w));
+    kl_graph_free(g);
+}
+
 int main(void)
 {
+    test_host_threads();
     test_gather();
     test_argmax_match();
     test_training_readback();

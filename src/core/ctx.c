@@ -53,6 +53,10 @@ kl_status kl_ctx_new(const kl_ctx_opts *opts, kl_ctx **out)
 void kl_ctx_free(kl_ctx *c)
 {
     if (!c) return;
+    if (c->n_graphs > 0) { /* freed out of order: the graphs still use its parameters and backend */
+        c->closing = 1;
+        return;
+    }
     for (int i = 0; i < c->n_slots; i++) kl_free(c->slots[i].name);
     kl_free(c->slots);
     c->be->free(c->params);

@@ -37,8 +37,9 @@ void kl_graph_free(kl_graph *g)
     kl_free(g->run_host);
     g->ctx->be->free(g->run_dev);
     g->ctx->be->free(g->arena);
-    g->ctx->n_graphs--;
+    kl_ctx *ctx = g->ctx;
     kl_free(g);
+    if (--ctx->n_graphs == 0 && ctx->closing) kl_ctx_free(ctx);
 }
 
 kl_status kl_check_args(kl_graph *g, const char *op, int n, kl_tensor *const *ts)

@@ -112,6 +112,7 @@ struct kl_ctx {
      * addresses is captured again */
     uint64_t storage_gen;
     int n_graphs;
+    int closing; /* kl_ctx_free came while graphs were alive: the last kl_graph_free frees it */
 };
 
 struct kl_exec;

@@ -49,10 +49,23 @@ static kl_status cpu_wait_seq(const volatile uint64_t *seq, uint64_t want)
                    (unsigned long long)want, (unsigned long long)*seq);
 }
 
+/* A run takes the ctx's thread count and gives the calling thread its own
+ * counts back afterwards: an embedding program's OpenMP regions and BLAS
+ * calls keep the threads they had. Per thread, as OpenMP's count is. */
+static _Thread_local int g_saved_omp, g_saved_blas;
+
 static void cpu_begin_run(int threads)
 {
-    omp_set_num_threads(threads);
+    g_saved_omp = omp_get_max_threads();
+    g_saved_blas = kl_blas_threads();
     kl_blas_set_threads(threads);
+    omp_set_num_threads(threads);
+}
+
+static void cpu_end_run(void)
+{
+    kl_blas_set_threads(g_saved_blas); /* OpenBLAS's OpenMP build sets OpenMP's count too */
+    omp_set_num_threads(g_saved_omp);
 }
 
 const kl_backend kl_backend_cpu = {
@@ -65,6 +78,7 @@ const kl_backend kl_backend_cpu = {
     .memset0 = cpu_memset0,
     .sync = cpu_sync,
     .begin_run = cpu_begin_run,
+    .end_run = cpu_end_run,
     .host_alloc = cpu_host_alloc,
     .host_free = cpu_free,
     .wait_seq = cpu_wait_seq,
