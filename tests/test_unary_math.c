@@ -3,7 +3,9 @@
  * relative over [-12, 12] on a fine grid and over 1e-8 .. 10 on a log
  * grid, odd, and exactly +-1 beyond the clamp; and the float activations
  * built on it (GELU, tanh, their gradients; LSTM and GRU cells) against
- * their double versions (within 4e-6 of max(|value|, 1)). */
+ * their double versions (within 4e-6 of max(|value|, 1)). ReLU keeps NaN,
+ * as PyTorch does, in the per-element rule and in a graph (check_relu_nan). */
+#include "kiln/kiln.h"
 #include "testutil.h"
 #include "ops/elem.h"
 #include "ops/seq.h"
@@ -113,8 +115,40 @@ static void check_activations(void)
     CHECK(worst <= 4e-6);
 }
 
+static void check_relu_nan(void)
+{
+    volatile float nan = NAN;
+    CHECK(isnan(kl_relu_float(nan)) && isnan(kl_unary_float(KL_UN_RELU, nan, 0)) && isnan(kl_relu_double(nan)));
+    CHECK(kl_relu_float(-2.0f) == 0 && kl_relu_float(3.0f) == 3.0f);
+    CHECK(kl_relu_grad_float(nan, 0.5f) == 0.5f && kl_relu_grad_float(-1.0f, 0.5f) == 0 && kl_relu_grad_double(2.0, 0.5) == 0.5);
+    /* the graph: relu's NaN reaches the sum; x's gradient passes through it */
+    kl_ctx *ctx;
+    kl_graph *g;
+    kl_tensor *x, *y, *loss, *dx;
+    CHECK_OK(kl_ctx_new(NULL, &ctx));
+    CHECK_OK(kl_graph_new(ctx, &g));
+    CHECK_OK(kl_param(g, "x", KL_F32, 1, (int64_t[]){4}, NULL, &x));
+    CHECK_OK(kl_relu(g, x, &y));
+    CHECK_OK(kl_sum(g, y, 0, NULL, 0, &loss));
+    CHECK_OK(kl_output(g, y));
+    CHECK_OK(kl_backward(g, loss));
+    CHECK_OK(kl_grad(g, x, &dx));
+    CHECK_OK(kl_output(g, dx));
+    float xv[4] = {NAN, -1.5f, 2.5f, -0.25f}, yv[4], gv[4], l;
+    CHECK_OK(kl_tensor_set(x, xv, sizeof xv));
+    CHECK_OK(kl_graph_run(g));
+    CHECK_OK(kl_tensor_get(y, yv, sizeof yv));
+    CHECK_OK(kl_tensor_get(loss, &l, sizeof l));
+    CHECK_OK(kl_tensor_get(dx, gv, sizeof gv));
+    CHECK(isnan(yv[0]) && yv[1] == 0 && yv[2] == 2.5f && yv[3] == 0 && isnan(l));
+    CHECK(gv[0] == 1 && gv[1] == 0 && gv[2] == 1 && gv[3] == 0);
+    kl_graph_free(g);
+    kl_ctx_free(ctx);
+}
+
 int main(void)
 {
+    check_relu_nan();
     check_tanh();
     check_exp();
     check_activations();

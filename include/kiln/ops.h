@@ -101,7 +101,9 @@ typedef struct kl_batchnorm_opts {
 KL_API kl_status kl_batchnorm(kl_graph *g, kl_tensor *x, kl_tensor *gamma, kl_tensor *beta,
                               kl_tensor *running_mean, kl_tensor *running_var,
                               const kl_batchnorm_opts *opts, kl_tensor **out);
-/* Normalises over the last axis; gamma, beta [D] (either may be NULL). */
+/* Normalises over the last axis: (x - mean) / sqrt(var + eps) * gamma + beta;
+ * gamma, beta [D] (either may be NULL); eps >= 0, used as given (PyTorch's
+ * default is 1e-5). */
 KL_API kl_status kl_layernorm(kl_graph *g, kl_tensor *x, kl_tensor *gamma, kl_tensor *beta,
                               double eps, kl_tensor **out);
 /* Zeroes each element with probability p and scales the rest by 1/(1-p);
@@ -165,7 +167,7 @@ KL_API kl_status kl_gru(kl_graph *g, kl_tensor *x, kl_tensor *h0, kl_tensor *w_i
 KL_API kl_status kl_attention(kl_graph *g, kl_tensor *q, kl_tensor *k, kl_tensor *v, int causal,
                               kl_tensor **out);
 /* RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * weight; weight [D]
- * or NULL; eps 0 means 1e-5. Result belongs to g. */
+ * or NULL; eps >= 0, used as given. Result belongs to g. */
 KL_API kl_status kl_rmsnorm(kl_graph *g, kl_tensor *x, kl_tensor *weight, double eps, kl_tensor **out);
 /* Rotary position embedding, GPT-NeoX style: x [..., T, D] (D even; position
  * = index along axis -2), pairs (x[i], x[i + D/2]) rotated by angle

@@ -65,7 +65,7 @@ static const kl_conv_span *spans_fill(const kl_conv_attr *a, int op, size_t dsiz
         if (a->act == KL_ACT_NONE) return d;                                                       \
         const T *yn = y + n * m;                                                                   \
         if (a->act == KL_ACT_RELU)                                                                 \
-            for (int64_t i = 0; i < m; i++) buf[i] = yn[i] > 0 ? d[i] : 0;                         \
+            for (int64_t i = 0; i < m; i++) buf[i] = kl_relu_grad_##T(yn[i], d[i]);               \
         else                                                                                       \
             for (int64_t i = 0; i < m; i++)                                                        \
                 buf[i] = kl_unary_grad_##T(kl_act_unary(a->act), yn[i], d[i], 0);                  \
@@ -169,7 +169,7 @@ static const kl_conv_span *spans_fill(const kl_conv_attr *a, int op, size_t dsiz
                 if (a->act == KL_ACT_NONE)                                                         \
                     for (int64_t p = 0; p < g.P; p++) yr[p] += b;                                  \
                 else if (a->act == KL_ACT_RELU)                                                    \
-                    for (int64_t p = 0; p < g.P; p++) yr[p] = yr[p] + b > 0 ? yr[p] + b : 0;       \
+                    for (int64_t p = 0; p < g.P; p++) yr[p] = kl_relu_##T(yr[p] + b);             \
                 else                                                                               \
                     for (int64_t p = 0; p < g.P; p++) yr[p] = kl_unary_##T(kind, yr[p] + b, 0);    \
             }                                                                                      \

@@ -112,11 +112,15 @@ KL_HD static inline float kl_exp_float(float x)
 }
 KL_HD static inline double kl_exp_double(double x) { return exp(x); }
 
+/* ReLU keeps NaN (as PyTorch does), so an overflow upstream stays visible to
+ * the loss and the NaN watch; its gradient passes dy where y is NaN. */
 #define KL_DEF_ELEM(T)                                                                     \
+    KL_HD static inline T kl_relu_##T(T x) { return x > 0 || x != x ? x : (T)0; }          \
+    KL_HD static inline T kl_relu_grad_##T(T s, T dy) { return s > 0 || s != s ? dy : (T)0; } \
     KL_HD static inline T kl_unary_##T(int kind, T x, T alpha)                             \
     {                                                                                      \
         switch (kind) {                                                                    \
-        case KL_UN_RELU: return x > 0 ? x : (T)0;                                          \
+        case KL_UN_RELU: return kl_relu_##T(x);                                            \
         case KL_UN_GELU: return (T)0.5 * x * ((T)1 + kl_tanh_##T((T)KL_GELU_C * (x + (T)0.044715 * x * x * x))); \
         case KL_UN_TANH: return kl_tanh_##T(x);                                            \
         case KL_UN_SIGMOID: return (T)1 / ((T)1 + exp(-x));                                \
@@ -128,7 +132,7 @@ KL_HD static inline double kl_exp_double(double x) { return exp(x); }
     KL_HD static inline T kl_unary_grad_##T(int kind, T s, T dy, T alpha)                  \
     {                                                                                      \
         switch (kind) {                                                                    \
-        case KL_UN_RELU: return s > 0 ? dy : (T)0;                                         \
+        case KL_UN_RELU: return kl_relu_grad_##T(s, dy);                                   \
         case KL_UN_GELU: {                                                                 \
             T u = (T)KL_GELU_C * (s + (T)0.044715 * s * s * s);                            \
             T t = kl_tanh_##T(u);                                                          \

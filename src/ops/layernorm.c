@@ -158,7 +158,7 @@ kl_status kl_layernorm(kl_graph *g, kl_tensor *x, kl_tensor *gamma, kl_tensor *b
     *out = NULL;
     KL_TRY(kl_check_args(g, "layernorm", 1, &x));
     if (!(eps >= 0) || isinf(eps)) return kl_fail(KL_EINVAL, "layernorm: eps must be finite and >= 0, got %g", eps);
-    ln_attr a = {.eps = eps > 0 ? eps : 1e-5, .ig = -1, .ib = -1};
+    ln_attr a = {.eps = eps, /* as given, 0 too: what configs and ONNX exports say */ .ig = -1, .ib = -1};
     kl_tensor *src[3] = {x};
     int n = 1;
     if (gamma) a.ig = n, src[n++] = gamma;

@@ -143,7 +143,7 @@ kl_status kl_rmsnorm(kl_graph *g, kl_tensor *x, kl_tensor *weight, double eps, k
     KL_TRY(kl_check_args(g, "rmsnorm", 1, &x));
     if (weight) KL_TRY(kl_check_args(g, "rmsnorm", 1, &weight));
     if (!(eps >= 0) || isinf(eps)) return kl_fail(KL_EINVAL, "rmsnorm: eps must be finite and >= 0, got %g", eps);
-    rms_attr a = {.eps = eps > 0 ? eps : 1e-5, .has_w = weight != NULL};
+    rms_attr a = {.eps = eps, .has_w = weight != NULL};
     kl_tensor *src[2] = {x, weight};
     int n = weight ? 2 : 1;
     for (int i = 0; i < n; i++) KL_TRY(kl_contiguous(g, src[i], &src[i]));

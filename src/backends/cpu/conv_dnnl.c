@@ -305,7 +305,7 @@ static void form_dz(const kl_conv_attr *a, const float *dy, const float *y, floa
     int kind = kl_act_unary(a->act);
     _Pragma("omp parallel for schedule(static) if (n > KL_PAR_MIN)")
     for (int64_t i = 0; i < n; i++)
-        dz[i] = a->act == KL_ACT_RELU ? (y[i] > 0 ? dy[i] : 0) : kl_unary_grad_float(kind, y[i], dy[i], 0);
+        dz[i] = a->act == KL_ACT_RELU ? kl_relu_grad_float(y[i], dy[i]) : kl_unary_grad_float(kind, y[i], dy[i], 0);
 }
 
 kl_status kl_dnnl_conv_run(const kl_exec *ex, const kl_tensor *t)
