@@ -1,11 +1,17 @@
 /* A 2-layer MLP trained with kiln's C API on a synthetic task: classify
  * points of three interleaved spirals. Build: part of the CMake build
- * (example_mlp). Prints the loss every 200 steps and the final accuracy. */
+ * (example_mlp), or against an installed kiln (share/doc/kiln/examples):
+ *   cc -std=c11 mlp.c $(pkg-config --cflags --libs kiln) -lm
+ * Prints the loss every 200 steps and the final accuracy. */
 #include <kiln/kiln.h>
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+#ifndef M_PI /* strict C11 does not define it */
+#define M_PI 3.14159265358979323846
+#endif
 
 #define N 300      /* points */
 #define CLASSES 3

@@ -186,7 +186,7 @@ static void test_idx_errors(void)
     CHECK_ERR(kl_idx_parse_mem(bad, n, "img.idx", &a), KL_EFORMAT,
               "img.idx: unsupported element type 0x0a");
     bad[2] = 0x08, bad[3] = 0;
-    CHECK_ERR(kl_idx_parse_mem(bad, n, "img.idx", &a), KL_EUNSUPPORTED, "img.idx: 0 dims");
+    CHECK_ERR(kl_idx_parse_mem(bad, n, "img.idx", &a), KL_EFORMAT, "img.idx: 0 dims");
     bad[3] = 9;
     CHECK_ERR(kl_idx_parse_mem(bad, n, "img.idx", &a), KL_EUNSUPPORTED, "img.idx: 9 dims, supported 1 to 8");
     uint32_t huge[4] = {0xffffffffu, 0xffffffffu, 0xffffffffu, 3};

@@ -64,7 +64,8 @@ typedef enum kl_idx_type {
  * big-endian u32 dims, then exactly prod(dims) elements. `name` (may be NULL)
  * prefixes error messages ("train.idx: truncated: ...").
  * Owns nothing of buf; *out is freed with kl_idx_free. KL_EFORMAT on bad
- * magic, type, truncation or trailing bytes; *out = NULL on failure. */
+ * magic, type, 0 dims, truncation or trailing bytes, KL_EUNSUPPORTED on more
+ * than 8 dims; *out = NULL on failure. */
 KL_API kl_status kl_idx_parse_mem(const void *buf, size_t n, const char *name,
                                   kl_idx **out);
 /* Reads and parses an IDX file, gzip-compressed (detected by magic 1f 8b) or

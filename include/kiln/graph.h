@@ -43,10 +43,12 @@ typedef struct kl_ctx_opts {
                        * checkpoint or weights into them next) */
 } kl_ctx_opts;
 
-/* Creates a context; opts NULL means defaults. Fails on an unknown or
- * unavailable device (KL_EUNSUPPORTED / KL_EDEVICE). */
+/* Creates a context; opts NULL means defaults. Fails on an unknown device
+ * type or a CPU index other than 0 (KL_EINVAL), CUDA not built in
+ * (KL_EUNSUPPORTED) or an unavailable GPU (KL_EDEVICE). */
 KL_API kl_status kl_ctx_new(const kl_ctx_opts *opts, kl_ctx **out);
-/* Frees the context and its parameters; graphs must be freed first. */
+/* Frees the context and its parameters. Graphs go first; one still alive
+ * keeps the context until the last of them is freed. */
 KL_API void kl_ctx_free(kl_ctx *ctx);
 KL_API kl_status kl_ctx_set_threads(kl_ctx *ctx, int threads);
 KL_API int kl_ctx_threads(const kl_ctx *ctx);

@@ -2,6 +2,7 @@
 #include "kiln/tensor.h"
 #include "core/error.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -33,7 +34,10 @@ kl_status kl_dtype_parse(const char *s, kl_dtype *out)
         for (int a = 0; a < 3 && dtypes[i].alias[a]; a++)
             if (!strcasecmp(s, dtypes[i].alias[a])) { *out = (kl_dtype)i; return KL_OK; }
     }
-    return kl_fail(KL_EINVAL, "unknown dtype '%s' (expected f32, f16, bf16, i32, u8, f64)", s);
+    char names[64] = "";
+    for (int i = 0; i < KL_DTYPE_COUNT; i++) /* the list is the table's */
+        snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "", dtypes[i].name);
+    return kl_fail(KL_EINVAL, "unknown dtype '%s' (expected one of %s)", s, names);
 }
 
 kl_status kl_device_parse(const char *s, kl_device *out)

@@ -96,7 +96,7 @@ static kl_status parse(unsigned char *buf, size_t n, int owned, const char *name
     }
     int ndim = p[3];
     if (ndim < 1 || ndim > KL_MAX_DIMS) {
-        s = KL_EUNSUPPORTED;
+        s = ndim < 1 ? KL_EFORMAT : KL_EUNSUPPORTED; /* 0 dims is no array; 9 or more, one kiln cannot hold */
         kl_fail(s, "%s: %d dims, supported 1 to %d", name, ndim, KL_MAX_DIMS);
         goto fail;
     }
