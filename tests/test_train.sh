@@ -134,6 +134,10 @@ check "in_features mismatch message" 'grep -q "bad1.yaml:6:[0-9]*: model.layers\
 printf 'name: bad\nmodel: {input: [1,28,28], layers: [{type: flatten}, {type: linear, out: 10}]}\ntrain: {epoch: 1}\n' >"$tmp/bad2.yaml"
 "$kiln" train "$tmp/bad2.yaml" >"$tmp/e2.log" 2>&1
 check "unknown key message" 'grep -q "bad2.yaml:3:[0-9]*: train: unknown key .epoch.*did you mean .epochs.?" "$tmp/e2.log"'
+# keys that would do nothing are not accepted (eval_every_epoch was, silently)
+sed 's/epoch: 1/epochs: 1, eval_every_epoch: false/' "$tmp/bad2.yaml" >"$tmp/bad2b.yaml"
+"$kiln" train "$tmp/bad2b.yaml" >"$tmp/e2b.log" 2>&1
+check "no key that does nothing" 'grep -q "train: unknown key .eval_every_epoch." "$tmp/e2b.log"'
 "$kiln" train --bogus >"$tmp/e3.log" 2>&1
 check "unknown flag message" '[ $? -eq 2 ] && grep -q "unknown option .--bogus." "$tmp/e3.log"'
 printf 'name: bad\nmodel: {input: [1,28,28], layers: [{type: flatten}, {type: linear, out: 10}]}\ndata: {kind: idx, train_images: %s/none.gz, train_labels: %s/none.gz}\n' "$tmp" "$tmp" >"$tmp/bad3.yaml"

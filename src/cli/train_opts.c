@@ -299,7 +299,7 @@ static kl_status read_loss_scale(kl_cfg *cfg, kl_cfg_node *m, train_opts *o, int
 static kl_status read_train(kl_cfg *cfg, train_opts *o)
 {
     static const char *const keys[] = {"epochs", "steps", "batch", "seed", "log_every", "checkpoint_every",
-                                       "threads", "eval_every_epoch", "checkpoint_every_epoch", "steps_per_epoch",
+                                       "threads", "steps_per_epoch",
                                        "val_batches", "plateau_patience", "early_stop", "grad_norm_warn", "accumulate",
                                        "precision", "loss_scale", "loss_scale_init", "loss_scale_window",
                                        /* read by the monitoring (cli/train_monitor.c) */
