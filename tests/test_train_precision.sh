@@ -68,13 +68,23 @@ resume_dir "$tmp/f16" "$(ls "$tmp/f16/checkpoints" | sed -n 's/step-0*\([1-9][0-
 "$kiln" train --resume "$tmp/r32" --precision f32 --epochs 2 --threads 2 --no-tensorboard >"$tmp/r32.log" 2>&1
 check "an f16 run resumed with --precision f32: its recorded loss_scale_init is no error, no scaling" \
   '[ $? -eq 0 ] && ! grep -q "loss scale" "$tmp/r32.log"'
+# a fixed scale asked for on resume is the scale used, not the checkpoint's (1 from f32, or a dynamic run's last)
+resume_dir "$tmp/bf" 10 "$tmp/rfix"
+"$kiln" train --resume "$tmp/rfix" --precision f16 --set train.loss_scale=1024 --threads 2 --no-tensorboard >"$tmp/rfix.log" 2>&1
+check "an f32 run resumed in f16 with loss_scale 1024 scales by 1024" '[ $? -eq 0 ] && grep -q "loss scale 1024," "$tmp/rfix.log"'
 "$kiln" train "$tmp/mlp.yaml" --set train.loss_scale= --epochs 1 "${small[@]}" --out "$tmp/lsn" >"$tmp/lsn.log" 2>&1
 check "a null loss_scale is auto (was \"got (null)\")" '[ $? -eq 0 ] && ! grep -q "(null)" "$tmp/lsn.log" && grep -q "loss_scale: auto" "$tmp/lsn/config.yaml"'
 
 # 5. errors
 "$kiln" train "$tmp/mlp.yaml" --set train.loss_scale=-4 "${small[@]}" --out "$tmp/ls" >"$tmp/ls.log" 2>&1
 check "a negative loss scale is refused, naming the key" \
-  '[ $? -ne 0 ] && grep -q "train.loss_scale: train: loss_scale must be auto, dynamic, none or a positive number" "$tmp/ls.log"'
+  '[ $? -ne 0 ] && grep -q "train.loss_scale: train: loss_scale must be auto, dynamic, none or a number in (0, 2^64\]" "$tmp/ls.log"'
+"$kiln" train "$tmp/mlp.yaml" --precision f16 --set train.loss_scale=1e39 "${small[@]}" --out "$tmp/lsb" >"$tmp/lsb.log" 2>&1
+check "a loss scale past float's range is refused (it trained on inf)" \
+  '[ $? -ne 0 ] && grep -q "loss_scale must be auto, dynamic, none or a number in (0, 2^64\], got 1e39" "$tmp/lsb.log"'
+"$kiln" train "$tmp/mlp.yaml" --precision f16 --set train.loss_scale_init=1e300 "${small[@]}" --out "$tmp/lsi" >"$tmp/lsi.log" 2>&1
+check "a loss_scale_init past 2^64 is refused (it skipped every step)" \
+  '[ $? -ne 0 ] && grep -q "loss_scale_init must be a number in (0, 2^64\]" "$tmp/lsi.log"'
 "$kiln" train "$tmp/mlp.yaml" --set train.loss_scale_window=10 "${small[@]}" --out "$tmp/lw" >"$tmp/lw.log" 2>&1
 check "loss_scale_window without dynamic scaling is refused" \
   '[ $? -ne 0 ] && grep -q "loss_scale_window is for loss_scale: dynamic" "$tmp/lw.log"'

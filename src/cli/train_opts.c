@@ -4,6 +4,7 @@
 #include "cli/train_opts.h"
 #include "backends/backend.h" /* kl_cuda_available */
 #include "core/error.h"
+#include "optim/optim_elem.h" /* KL_OPTIM_MAX_SCALE */
 
 #include <math.h>
 #include <stdarg.h>
@@ -264,8 +265,8 @@ static kl_status read_loss_scale(kl_cfg *cfg, kl_cfg_node *m, train_opts *o, int
     else if (!derived) {
         double S;
         KL_TRY(kl_cfg_float(m, "loss_scale", 0, 0, &S));
-        if (!(S > 0) || !isfinite(S))
-            return kl_cfg_fail(n, KL_EINVAL, "train: loss_scale must be auto, dynamic, none or a positive number, got %s", v);
+        if (!(S > 0 && S <= KL_OPTIM_MAX_SCALE))
+            return kl_cfg_fail(n, KL_EINVAL, "train: loss_scale must be auto, dynamic, none or a number in (0, 2^64], got %s", v);
         o->optim.loss_scale = S;
         dynamic = 0, fixed = 1;
     }
@@ -273,9 +274,9 @@ static kl_status read_loss_scale(kl_cfg *cfg, kl_cfg_node *m, train_opts *o, int
     int64_t window;
     KL_TRY(kl_cfg_float(m, "loss_scale_init", 0, 65536, &init));
     KL_TRY(kl_cfg_int_range(m, "loss_scale_window", 0, 2000, 1, INT32_MAX, &window));
-    if (!(init > 0) || !isfinite(init))
+    if (!(init > 0 && init <= KL_OPTIM_MAX_SCALE))
         return kl_cfg_fail(kl_cfg_get(m, "loss_scale_init"), KL_EINVAL,
-                           "train: loss_scale_init must be a positive number, got %g", init);
+                           "train: loss_scale_init must be a number in (0, 2^64], got %g", init);
     if (!dynamic) { /* set to its default, as in an f16 run's config.yaml resumed in f32, it is no error */
         static const char *const dyn_only[] = {"loss_scale_init", "loss_scale_window"};
         const int non_default[] = {init != 65536, window != 2000};

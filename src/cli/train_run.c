@@ -128,12 +128,15 @@ static int was_dynamic(const kl_cfg *c)
     return (!ls || !strcmp(ls, "auto")) && p && !strcmp(p, "f16");
 }
 
-/* A run resumed with dynamic scaling from one without it (--precision f16
- * on an f32 run) starts from loss_scale_init, not the checkpoint's 1. */
+/* The checkpoint's loss scale goes on only from dynamic scaling to dynamic
+ * scaling. A run resumed with dynamic scaling from one without it
+ * (--precision f16 on an f32 run) starts from loss_scale_init, not the
+ * checkpoint's 1; one resumed with a fixed scale takes that scale. */
 static kl_status fresh_scaler(const train_opts *o, const kl_cfg *c, kl_optim *opt)
 {
     int64_t skipped;
-    if (!opt || o->optim.scale_window <= 0 || was_dynamic(c)) return KL_OK;
+    if (!opt || o->optim.loss_scale <= 0) return KL_OK;
+    if (o->optim.scale_window > 0 && was_dynamic(c)) return KL_OK;
     KL_TRY(kl_optim_scaler(opt, NULL, NULL, &skipped));
     return kl_optim_set_scaler(opt, o->optim.loss_scale, 0, skipped);
 }

@@ -106,8 +106,8 @@ double kl_optim_grad_scale(const kl_optim *opt)
 kl_status kl_optim_set_scaler(kl_optim *opt, double scale, int64_t good, int64_t skipped)
 {
     if (!opt) return kl_fail(KL_EMISUSE, "kl_optim_set_scaler: optimizer is NULL");
-    if (!(scale > 0) || !isfinite(scale) || good < 0 || skipped < 0)
-        return kl_fail(KL_EINVAL, "kl_optim_set_scaler: scale must be a positive number and the counts >= 0, got "
+    if (!(scale > 0 && scale <= KL_OPTIM_MAX_SCALE) || good < 0 || skipped < 0)
+        return kl_fail(KL_EINVAL, "kl_optim_set_scaler: scale must be in (0, 2^64] and the counts >= 0, got "
                        "%g, %lld, %lld", scale, (long long)good, (long long)skipped);
     KL_TRY(kl_optim_ensure_state(opt));
     /* on a device, each run's decision copies the device's flags over seen:

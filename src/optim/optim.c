@@ -44,8 +44,8 @@ kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim **out)
     if (o.accumulate < 0 || o.accumulate > (1 << 20))
         return kl_fail(KL_EINVAL, "%s: accumulate must be in [0, %d] runs per update, got %d", k, 1 << 20, o.accumulate);
     if (o.accumulate == 0) o.accumulate = 1;
-    if (o.loss_scale < 0 || !isfinite(o.loss_scale))
-        return kl_fail(KL_EINVAL, "%s: loss_scale must be >= 0 (0: none), got %g", k, o.loss_scale);
+    if (!(o.loss_scale >= 0 && o.loss_scale <= KL_OPTIM_MAX_SCALE))
+        return kl_fail(KL_EINVAL, "%s: loss_scale must be in [0, 2^64] (0: none), got %g", k, o.loss_scale);
     if (o.scale_window < 0) return kl_fail(KL_EINVAL, "%s: scale_window must be >= 0, got %d", k, o.scale_window);
     if (o.scale_window > 0 && o.loss_scale == 0)
         return kl_fail(KL_EINVAL, "%s: scale_window %d needs loss_scale > 0 (the initial scale)", k, o.scale_window);

@@ -89,8 +89,11 @@ typedef struct kl_optim_flags {
     int overflow;    /* dynamic scaling: this run's scaled gradients were not finite (skipped; scale halved) */
 } kl_optim_flags;
 
-/* The smallest loss scale halving goes down to (2^-24). */
+/* The smallest loss scale halving goes down to (2^-24), and the largest a
+ * scale may be or double up to (2^64: kernels scale in float, and no f16
+ * gradient needs more). */
 #define KL_OPTIM_MIN_SCALE 5.9604644775390625e-08
+#define KL_OPTIM_MAX_SCALE 18446744073709551616.0
 
 /* From the run's hyperparameters, the loss, the sum of squares ss of the
  * gradients the update would use (when have_ss; scaled when loss scaling):
@@ -138,7 +141,7 @@ KL_HD static inline void kl_optim_decide(const kl_optim_hp *h, double loss, int 
         f->scale = f->scale * 0.5 > KL_OPTIM_MIN_SCALE ? f->scale * 0.5 : KL_OPTIM_MIN_SCALE;
         f->good = 0;
     } else if (f->apply && h->scale_window > 0 && ++f->good >= h->scale_window) {
-        f->scale *= 2;
+        f->scale = f->scale * 2 < KL_OPTIM_MAX_SCALE ? f->scale * 2 : KL_OPTIM_MAX_SCALE;
         f->good = 0;
     }
     if (!f->apply) {
