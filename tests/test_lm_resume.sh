@@ -28,6 +28,19 @@ check "the finished run resumed again: says so, trains nothing" \
   '[ $? -eq 0 ] && grep -q "the run had finished: step 7 of 7; raise --steps or --epochs" "$tmp/r1c.log" &&
    [ "$(grep -c "\"type\":\"\(step\|epoch\)\"" "$tmp/r1/metrics.jsonl")" -eq "$n" ]'
 
+# a run that ended mid-epoch (step 7 of epochs of 4) extended with --steps: its epoch goes on from the
+# checkpoint's sum, so the extended run's records are an uninterrupted 8-step run's, plus the partial one of step 7
+ep_recs() { grep '"type":"epoch"' "$1/metrics.jsonl" | grep -v '"partial":true' | sed 's/,"wall_s.*//'; }
+run "$tmp/lm.yaml" --out "$tmp/full8" --steps 8 --set data.val_fraction=0.1 >"$tmp/full8.log" 2>&1
+check "the run of 7 steps ends with a partial record of epoch 2" \
+  'grep -q "\"type\":\"epoch\",\"epoch\":2,\"step\":7,\"partial\":true," "$tmp/full/metrics.jsonl" &&
+   grep -q "^epoch 2 (step 7, partial: 3 of 4 steps): train loss" "$tmp/full.log" &&
+   "$kiln" report "$tmp/full" | grep -q "7 (1 epoch completed)"'
+resume_dir "$tmp/full" 7 "$tmp/x" && cp "$tmp/full/metrics.jsonl" "$tmp/x/"
+run --resume "$tmp/x" --steps 8 >"$tmp/x.log" 2>&1
+check "extended mid-epoch: epoch 2's record is the uninterrupted run's (the mean of steps 5-8)" \
+  '[ $? -eq 0 ] && [ "$(ep_recs "$tmp/full8" | wc -l)" -eq 2 ] && [ "$(ep_recs "$tmp/x")" = "$(ep_recs "$tmp/full8")" ]'
+
 resume_dir "$tmp/full" 3 "$tmp/r2"
 run --resume "$tmp/r2" --set data.val_fraction=0.2 >"$tmp/r2.log" 2>&1
 check "another val_fraction: both shown as written" \

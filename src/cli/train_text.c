@@ -206,20 +206,29 @@ static void lm_fields(FILE *f, const char *pre, double l)
 
 /* End of an epoch (steps_per_epoch steps, or the last step): validation,
  * the epoch's metrics line, the plateau watch (which may stop the run
- * early), then a checkpoint. */
+ * early), then a checkpoint. A run whose last step falls mid-epoch ends
+ * with a partial record (marked "partial":true) of the epoch's steps so
+ * far; the epoch goes on in its checkpoint (the sum so far, not a new
+ * epoch) and is no plateau evaluation, so a run extended with --resume
+ * --steps logs the uninterrupted run's records at the epoch's end. */
 static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, int tty, mean_acc *ep, char *ck, size_t n)
 {
     double vl = 0, l = ep->n ? ep->sum / (double)ep->n : 0;
     int64_t epoch = (st->step - 1) / r->o.steps_per_epoch + 1;
+    int whole = st->step % r->o.steps_per_epoch == 0;
     if (r->n_val) KL_TRY(nan_watch_eval(validate(r, &vl), "validation", st->step, r->metrics));
     if (tty) fprintf(stderr, "\n");
-    printf("epoch %lld (step %lld): train loss %.4f bpc %.3f", (long long)epoch, (long long)st->step, l, l / M_LN2);
+    char part[64] = "";
+    if (!whole) snprintf(part, sizeof part, ", partial: %lld of %lld steps", (long long)ep->n, (long long)r->o.steps_per_epoch);
+    printf("epoch %lld (step %lld%s): train loss %.4f bpc %.3f", (long long)epoch, (long long)st->step, part, l,
+           l / M_LN2);
     if (r->n_val) printf("  val loss %.4f perplexity %.3f bpc %.3f", vl, exp(vl), vl / M_LN2);
     char sc_line[96], scaler[96];
     KL_TRY(watch_scaler(r->opt, &r->o, sc_line, sizeof sc_line, scaler, sizeof scaler));
     printf("%s  (%.1f s)\n", sc_line, now() - r->t0);
     fflush(stdout);
-    fprintf(r->metrics, "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,", (long long)epoch, (long long)st->step);
+    fprintf(r->metrics, "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,%s", (long long)epoch, (long long)st->step,
+            whole ? "" : "\"partial\":true,");
     lm_fields(r->metrics, "", l);
     if (r->n_val) {
         fputc(',', r->metrics);
@@ -229,8 +238,10 @@ static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, 
     int64_t samples = (ep->n - ep->n0) * r->o.batch * r->o.optim.accumulate; /* this process's: its energy */
     train_monitor_epoch(&r->mon, epoch, st->step, samples, l, NAN, r->n_val > 0, vl, NAN, kl_optim_lr(r->opt));
     fflush(r->metrics);
-    *ep = (mean_acc){0};
-    r->early_stopped = watch_eval(&r->watch, epoch, st->step, r->n_val ? vl : l, r->n_val > 0);
+    if (whole) {
+        *ep = (mean_acc){0};
+        r->early_stopped = watch_eval(&r->watch, epoch, st->step, r->n_val ? vl : l, r->n_val > 0);
+    }
     KL_TRY(save_ckpt(r, cfg, st, ep, ck, n)); /* with the watch's state after this evaluation */
     if (r->early_stopped) printf("stopped early; checkpoint %s\n", ck);
     return KL_OK;
