@@ -3,7 +3,9 @@
 # train.steps_per_epoch is refused (the checkpoint's epoch loss so far
 # belongs to its own epoch boundaries), the refusal shows floats as written
 # (0.2, not the %.17g write-back's 0.20000000000000001), and a run resumed
-# from <run>/checkpoints/<tag> names <run> in its hints (not <tag>/../..).
+# from <run>/checkpoints/<tag> names <run> in its hints (not <tag>/../..);
+# another model.input.tokens or corpus is refused; a run ended mid-epoch and
+# extended with --steps logs the uninterrupted run's epoch records.
 . "$(dirname "$0")/lib/check.sh" "$1"
 
 tiny_lm "$tmp/lm.yaml" "{type: lstm, hidden: 8}" \
@@ -45,6 +47,20 @@ resume_dir "$tmp/full" 3 "$tmp/r2"
 run --resume "$tmp/r2" --set data.val_fraction=0.2 >"$tmp/r2.log" 2>&1
 check "another val_fraction: both shown as written" \
   '[ $? -eq 1 ] && grep -q "this run has data.val_fraction 0.2, the checkpoint (step 3, epoch 1, batch 3) was trained with 0.1:" "$tmp/r2.log"'
+
+# another context length or another corpus (the same characters, reordered) is refused before the run
+# directory is touched; the same corpus at another path resumes
+resume_dir "$tmp/full" 3 "$tmp/r3"
+run --resume "$tmp/r3" --set model.input.tokens=8 >"$tmp/r3.log" 2>&1
+check "another model.input.tokens is refused" \
+  '[ $? -eq 1 ] && grep -q "this run has model.input.tokens 8, the checkpoint (step 3, epoch 1, batch 3) was trained with 16: its batches would be other windows; .*--init" "$tmp/r3.log" && [ ! -e "$tmp/r3/metrics.jsonl" ]'
+rev "$tmp/corpus.txt" >"$tmp/other.txt"
+run --resume "$tmp/r3" --set data.path="$tmp/other.txt" >"$tmp/r3.log" 2>&1
+check "another corpus of the same characters and size is refused" \
+  '[ $? -eq 1 ] && grep -q "data.path $tmp/other.txt holds [0-9]* characters (CRC-32 [0-9a-f]*), the checkpoint (step 3) was trained on a corpus of [0-9]* (CRC-32 [0-9a-f]*): its batches would be other windows; .*--init" "$tmp/r3.log" && [ ! -e "$tmp/r3/metrics.jsonl" ]'
+cp "$tmp/corpus.txt" "$tmp/moved.txt"
+run --resume "$tmp/r3" --set data.path="$tmp/moved.txt" >"$tmp/r3.log" 2>&1
+check "the same corpus at another path resumes" '[ $? -eq 0 ] && [ "$(epochs "$tmp/r3")" = "$(epochs "$tmp/full")" ]'
 
 # hints name the run directory, from a checkpoint path with or without a trailing '/'
 for slash in "" "/"; do

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define VAL_SEED_SALT 0x76616c69646174ull /* validation windows: their own fixed stream */
 
@@ -34,6 +35,7 @@ typedef struct {
     kl_vocab *vocab;
     kl_tokens *tok;
     int64_t n_train, n_val, T;
+    uint32_t crc; /* CRC-32 of the corpus's bytes: with its size, what checkpoints record of it */
     int32_t *x, *y;
     char run_dir[4096], ckpt_root[4200];
     FILE *metrics;
@@ -68,6 +70,7 @@ static kl_status load_corpus(lm_runner *r, kl_cfg *cfg, const train_args *a)
     snprintf(vp, sizeof vp, "%s/vocab.txt", a->ckpt_dir);
     if (a->resume && access(vp, F_OK) == 0) s = kl_vocab_load(vp, &r->vocab);
     else s = kl_vocab_build(kl_text_data(text), kl_text_size(text), &r->vocab);
+    r->crc = (uint32_t)crc32_z(crc32_z(0, NULL, 0), kl_text_data(text), kl_text_size(text));
     if (s == KL_OK) {
         s = kl_tokens_encode(r->vocab, kl_text_data(text), kl_text_size(text), &r->tok);
         if (s != KL_OK && a->resume) {
@@ -110,6 +113,24 @@ static kl_status split_corpus(lm_runner *r)
     return KL_OK;
 }
 
+/* A resumed run trains on the checkpoint's corpus (older checkpoints do
+ * not record it): another text of the same characters would go on with
+ * other windows. Then r->st records this corpus for the checkpoints. */
+static kl_status same_corpus(lm_runner *r, const train_args *a)
+{
+    int64_t n = kl_tokens_count(r->tok);
+    const kl_train_state *st = &r->st;
+    if (a->resume && st->data_count && (st->data_count != n || st->data_hash != r->crc))
+        return kl_fail(KL_EINVAL,
+                       "--resume %s: data.path %s holds %lld characters (CRC-32 %08x), the checkpoint (step %lld) "
+                       "was trained on a corpus of %lld (CRC-32 %08llx): its batches would be other windows; resume "
+                       "on the checkpoint's corpus (or start a new run from its weights with --init)",
+                       a->ckpt_dir, r->o.path, (long long)n, (unsigned)r->crc, (long long)st->step,
+                       (long long)st->data_count, (unsigned long long)st->data_hash);
+    r->st.data_count = n, r->st.data_hash = r->crc;
+    return KL_OK;
+}
+
 static kl_status run_dir_open(lm_runner *r, kl_cfg *cfg, const train_args *a)
 {
     char path[4300];
@@ -147,6 +168,7 @@ static kl_status setup(lm_runner *r, kl_cfg *cfg, const train_args *a)
     r->y = malloc(n * sizeof *r->y);
     if (!r->x || !r->y) return kl_fail(KL_ENOMEM, "out of memory for a batch of %zu tokens", n);
     KL_TRY(train_state_start(a, cfg, &r->o, r->ctx, r->opt, &r->st)); /* before the run directory is touched */
+    KL_TRY(same_corpus(r, a));
     return run_dir_open(r, cfg, a);
 }
 
