@@ -239,6 +239,7 @@ typedef struct {
     const char *ckpt, *prompt;
     int64_t tokens, top_k, threads;
     int no_kv, logits; /* logits: print the next token's logits after the prompt, and stop */
+    int say_seed;      /* the seed was drawn: tell it when sampling starts */
     double temp;
     uint64_t seed;
 } gen_args;
@@ -278,6 +279,9 @@ static kl_status generate(const gen_args *a)
         gen_free(&gn);
         return s;
     }
+    if (s == KL_OK && a->say_seed) /* not before: a run that fails has nothing to repeat */
+        fprintf(stderr, "(seed %llu: pass --seed %llu to repeat)\n", (unsigned long long)a->seed,
+                (unsigned long long)a->seed);
     if (s == KL_OK) {
         fwrite(a->prompt, 1, plen, stdout);
         fflush(stdout);
@@ -374,7 +378,7 @@ int kl_cmd_generate(int argc, char **argv)
     }
     if (!have_seed && !a.logits && a.temp > 0 && a.top_k != 1) { /* (--logits, greedy: nothing drawn) */
         a.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-        fprintf(stderr, "(seed %llu: pass --seed %llu to repeat)\n", (unsigned long long)a.seed, (unsigned long long)a.seed);
+        a.say_seed = 1;
     }
     kl_status s = generate(&a);
     if (s != KL_OK) {
