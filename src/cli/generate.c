@@ -17,6 +17,7 @@
  * draw from Philox(seed, character index); temperature 0 is greedy. Same
  * checkpoint, prompt and --seed give the same text. */
 #include "cli/cli.h"
+#include "cli/train_text.h" /* text_vocab_path */
 #include "core/error.h"
 #include "core/philox.h"
 #include "io/checkpoint.h"
@@ -105,9 +106,7 @@ static kl_status gen_open(generator *gn, const char *path, int threads, int64_t 
     KL_TRY(kl_model_from_cfg(mn, &gn->model));
     if (!kl_model_tokens(gn->model))
         return kl_fail(KL_EINVAL, "%s: not a language model (its model.input is not {tokens: T})", dir);
-    snprintf(p, pn, "%s/vocab.txt", dir);
-    if (access(p, F_OK) != 0) snprintf(p, pn, "%s/../../vocab.txt", dir);
-    if (access(p, F_OK) != 0) return kl_fail(KL_EIO, "%s: no vocab.txt in the checkpoint or its run directory", dir);
+    KL_TRY(text_vocab_path(dir, p, pn));
     KL_TRY(kl_vocab_load(p, &gn->vocab));
     gn->V = kl_model_vocab(gn->model);
     if (kl_vocab_size(gn->vocab) > gn->V)
