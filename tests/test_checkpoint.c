@@ -478,6 +478,7 @@ static void test_crash_and_resolve(void)
               "watch text is not terminated");
     snprintf(st2.watch, sizeof st2.watch, "v1 the caller's text");
     st2.epoch_loss_sum = 0.1 + 1e-17 * 3, st2.epoch_count = 448, st2.epoch_correct = 301; /* the epoch so far */
+    st2.data_count = 1553, st2.data_hash = 0xfedcba9876543210ull; /* the data's fingerprint: all 64 bits */
     CHECK_OK(kl_checkpoint_save(in_dir("cs"), "step-2", a.ctx, a.opt, &st2, NULL, NULL, 0));
     CHECK(!exists(in_dir("cs/.step-2.tmp")) && !exists(in_dir("cs/.step-7.tmp")));
     CHECK(!exists(in_dir("cs/latest.tmp.12345")));
@@ -488,6 +489,10 @@ static void test_crash_and_resolve(void)
     CHECK_OK(kl_checkpoint_load(dir, m.ctx, m.opt, &st, NULL));
     CHECK(st.step == 5 && !strcmp(st.watch, "v1 the caller's text"));
     CHECK(st.epoch_loss_sum == st2.epoch_loss_sum && st.epoch_count == 448 && st.epoch_correct == 301); /* bit for bit */
+    CHECK(st.data_count == 1553 && st.data_hash == 0xfedcba9876543210ull);
+    CHECK_OK(kl_checkpoint_load(in_dir("cs/step-1"), m.ctx, m.opt, &st, NULL)); /* saved without one: 0 */
+    CHECK(st.data_count == 0 && st.data_hash == 0);
+    CHECK_OK(kl_checkpoint_load(dir, m.ctx, m.opt, &st, NULL));
     size_t na;
     unsigned char *pa = snapshot(&a, &na);
     CHECK(same_as(&m, pa, na));

@@ -3,7 +3,8 @@
 # after a newline that is not printed (the text is the one a "\n" prompt
 # gives, less that newline), as the usage says; a vocabulary without a
 # newline (a corpus with none) needs --prompt, and the message says so,
-# naming the vocab.txt, instead of starting from token 0.
+# naming the vocab.txt, instead of starting from token 0; the drawn seed is
+# told only once sampling starts (not before an error).
 . "$(dirname "$0")/lib/check.sh" "$1"
 
 tiny_lm "$tmp/lm.yaml" "{type: lstm, hidden: 8}" "train: {steps: 2, steps_per_epoch: 2, val_batches: 1, batch: 2}"
@@ -21,6 +22,10 @@ check "no prompt: the text a newline prompt gives, less the newline" "cmp -s '$t
 "$kiln" generate "$tmp/run" --threads 1 --tokens 5 --top-k 1 >/dev/null 2>"$tmp/s1.err"
 check "no --seed: the seed drawn is printed, but not for greedy decoding (temperature 0, top-k 1)" \
   "grep -q '^(seed [0-9]*: pass --seed [0-9]* to repeat)' '$tmp/s.err' && ! grep -q seed '$tmp/s0.err' && ! grep -q seed '$tmp/s1.err'"
+"$kiln" generate "$tmp/run" --threads 1 --tokens 5 --prompt "the ~" >/dev/null 2>"$tmp/sx.err"
+check "no --seed, a prompt outside the vocabulary: the error alone, no seed to repeat" \
+  "[ \$? -eq 1 ] && grep -q \"character '~' (byte 126) at offset 4 is not in the model's vocabulary\" '$tmp/sx.err' &&
+   ! grep -q seed '$tmp/sx.err'"
 "$kiln" generate --help >"$tmp/help.txt"
 check "the usage says the implicit newline is not printed" \
   "tr '\n' ' ' <'$tmp/help.txt' | grep -q 'without --prompt the model starts after a newline, which is not printed'"

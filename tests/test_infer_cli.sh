@@ -3,7 +3,7 @@
 # build dir): a PNG of the wrong size is an error (it was a double free); a
 # language model is refused by predict; --top-k above the class count ranks
 # every class; eval of a bf16 run computes in bf16 and equals the run's own
-# test record; generate names a non-integer option; inspect takes a run
+# test record, eval of a language model its last val_loss; generate names a non-integer option; inspect takes a run
 # directory; bench refuses a 33rd --set; batchnorm in a token model is
 # refused when the config is read.
 . "$(dirname "$0")/lib/check.sh" "$1"
@@ -43,6 +43,14 @@ tiny_lm "$tmp/lm.yaml" "{type: lstm, hidden: 8}" "train: {steps: 2, batch: 2}"
 check "predict refuses a language model" '[ $? -eq 1 ] && grep -q "is a language model" "$tmp/p3.log"'
 "$kiln" generate "$tmp/lm" --prompt "the" --top-k 2.5 >"$tmp/g.log" 2>&1
 check "generate names a non-integer --top-k" '[ $? -eq 2 ] && grep -q "top-k expects a whole number from 0 to 16777216, got .2.5." "$tmp/g.log"'
+# eval of a language model: its run's held-out windows, the loss of the last epoch record's val_loss
+want=$(grep '"type":"epoch"' "$tmp/lm/metrics.jsonl" | tail -n 1 | sed 's/.*"val_loss":\([^,]*\),.*/\1/')
+"$kiln" eval "$tmp/lm" >"$tmp/le.log" 2>&1
+check "eval of a language model: loss, perplexity and bpc of the run's last val_loss" \
+  "[ \$? -eq 0 ] && [ -n '$want' ] && grep -q \"^val: 16 windows of 16 tokens (of [0-9]* held out)  loss \$(printf %.4f '$want')  perplexity [0-9.]*  bpc [0-9.]*\$\" '$tmp/le.log'"
+"$kiln" eval "$tmp/lm" --data test >"$tmp/le.log" 2>&1
+check "eval of a language model: --data test refused, pointing to val" \
+  '[ $? -eq 1 ] && grep -q "evaluated on its run.s held-out windows, --data val" "$tmp/le.log"'
 tiny_lm "$tmp/bn.yaml" "{type: batchnorm}" "train: {steps: 2, batch: 2}"
 "$kiln" train "$tmp/bn.yaml" --threads 1 --no-tensorboard --out "$tmp/bn" >"$tmp/bn.log" 2>&1
 check "batchnorm in a token model is refused" '[ $? -eq 1 ] && grep -q "batchnorm: in a token model its channels would be the 16 positions" "$tmp/bn.log"'

@@ -2,7 +2,8 @@
 # kiln train's optim, schedule, clip and watch keys ($1 = build dir): bad
 # values and keys of another kind are refused before training, located in
 # the file; betas [0, x] is Adam without momentum (not the default); a
-# language model's overflowing perplexity is JSON null; a resume after a
+# language model's overflowing perplexity is JSON null, and its epochs x
+# steps_per_epoch past 2^62 refused; a resume after a
 # cut-off last line starts a new line; kiln report on a language model
 # (perplexity, no accuracy), on an early stop, and after a resume from an
 # earlier checkpoint (the best accuracy of the epochs kept); KILN_PROFILE=1
@@ -48,6 +49,12 @@ check "betas [0, 0.999] is not the default" '[ -n "$(last_loss "$tmp/b0")" ] && 
 tiny_lm "$tmp/lm.yaml" "{type: lstm, hidden: 16}" "optim: {kind: sgd, lr: 30000}
 train: {steps: 12, batch: 4, log_every: 1, steps_per_epoch: 6, val_batches: 2, nan_watch: false}"
 "$kiln" train "$tmp/lm.yaml" --threads 1 --no-tensorboard --out "$tmp/lm" >"$tmp/lm.log" 2>&1
+# epochs x steps_per_epoch past 2^62 (it overflowed int64: nothing trained, exit 0)
+check "epochs x steps_per_epoch overflowing is refused, naming both keys" \
+  'timeout 20 "$kiln" train "$tmp/lm.yaml" --threads 1 --no-tensorboard --out "$tmp/ovf" --steps 0 --epochs 3 \
+     --set train.steps_per_epoch=4000000000000000000 >"$tmp/ovf.log" 2>&1; [ $? -eq 1 ] &&
+   grep -qF "train: epochs 3 x steps_per_epoch 4000000000000000000 is more than 2^62 steps" "$tmp/ovf.log" &&
+   [ ! -e "$tmp/ovf" ]'
 check "diverging LM: metrics.jsonl is all JSON" \
   'python3 -c "import json,sys; [json.loads(l) for l in open(sys.argv[1])]" "$tmp/lm/metrics.jsonl"'
 "$kiln" report "$tmp/lm" >"$tmp/lmr.log" 2>&1

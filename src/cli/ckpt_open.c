@@ -19,10 +19,10 @@ kl_status open_ckpt(const char *path, const char **sets, int nsets, const char *
     kl_device dev = {KL_DEVICE_CPU, 0};
     char note[256];
     if (device) KL_TRY(train_pick_device(device, &dev, note, sizeof note));
-    char dir[4096], cfgp[4200];
+    char *dir = l->dir, cfgp[4200];
     kl_train_state st;
     kl_cfg_node *model;
-    KL_TRY(kl_checkpoint_resolve(path, dir, sizeof dir));
+    KL_TRY(kl_checkpoint_resolve(path, dir, sizeof l->dir));
     snprintf(cfgp, sizeof cfgp, "%s/config.yaml", dir);
     KL_TRY(kl_cfg_load(cfgp, &l->cfg));
     for (int i = 0; i < nsets; i++) KL_TRY(kl_cfg_set(l->cfg, sets[i]));

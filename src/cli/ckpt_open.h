@@ -12,6 +12,7 @@ typedef struct loaded {
     train_opts o;
     kl_model *model;
     kl_ctx *ctx;
+    char dir[4096]; /* the checkpoint directory (a run directory resolved to its latest) */
 } loaded;
 
 /* Fills *l (zeroed by the caller) with the ctx on device (--device: "cpu",

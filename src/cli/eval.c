@@ -4,6 +4,7 @@
 #include "cli/cli.h"
 #include "cli/ckpt_open.h"
 #include "cli/evaluator.h"
+#include "cli/train_text.h"
 #include "cli/train_opts.h"
 #include "core/error.h"
 #include "io/checkpoint.h"
@@ -13,14 +14,46 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A language model (data.kind text) on its run's held-out windows: the
+ * fixed validation windows each epoch of its training was validated on
+ * (train_text.c), so the loss is the epoch record's val_loss. */
+static kl_status eval_text(loaded *l, const char *split, int confusion)
+{
+    if (strcmp(split, "val"))
+        return kl_fail(KL_EINVAL, "--data %s: a language model (data.kind text) is evaluated on its run's held-out "
+                       "windows, --data val (the default for it)", split);
+    if (confusion) return kl_fail(KL_EINVAL, "--confusion: a language model predicts characters, not classes");
+    text_corpus c = {0};
+    char vp[4200];
+    double loss = 0;
+    kl_status s = text_vocab_path(l->dir, vp, sizeof vp);
+    if (s == KL_OK) s = text_corpus_load(&c, l->cfg, &l->o, vp);
+    if (s == KL_OK) s = text_corpus_split(&c, &l->o, kl_model_tokens(l->model));
+    if (s == KL_OK && !c.n_val)
+        s = kl_fail(KL_EINVAL, "data.val_fraction 0: the run held no text out to evaluate on (--set "
+                    "data.val_fraction=F evaluates on the last F of the corpus)");
+    if (s == KL_OK) s = text_corpus_graphs(&c, l->model, l->ctx, l->o.batch);
+    if (s == KL_OK) s = text_validate(&c, &l->o, l->model, &loss);
+    if (s == KL_OK)
+        printf("val: %lld windows of %lld tokens (of %lld held out)  loss %.4f  perplexity %.3f  bpc %.3f\n",
+               (long long)(l->o.val_batches * l->o.batch), (long long)c.T, (long long)c.n_val, loss, exp(loss),
+               loss / M_LN2);
+    text_corpus_free(&c);
+    return s;
+}
+
 int kl_cmd_eval(int argc, char **argv)
 {
-    const char *ckpt = NULL, *split = "test", *sets[32], *device = NULL;
+    const char *ckpt = NULL, *split = NULL, *sets[32], *device = NULL;
     int nsets = 0, confusion = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             printf("usage: kiln eval CKPT [--data test|val|train] [--confusion] [--device D] [--set KEY=VALUE]\n\n"
-                   "Prints loss and accuracy of a checkpoint (or run directory) on a dataset split.\n"
+                   "Prints loss and accuracy of a checkpoint (or run directory) on a dataset split\n"
+                   "(default test).\n"
+                   "A language model (data.kind text) is evaluated on its run's held-out windows (--data\n"
+                   "val, its default): the fixed validation windows of training, so the loss is the\n"
+                   "epoch records' val_loss; it prints loss, perplexity and bits per character.\n"
                    "--device cpu (default), cuda:N or auto.\n"
                    "--set data.* changes the data, e.g. --set data.kind=idx --set data.test_images=...\n");
             return 0;
@@ -49,7 +82,7 @@ int kl_cmd_eval(int argc, char **argv)
         fprintf(stderr, "kiln eval: which checkpoint? (kiln eval CKPT)\n");
         return 2;
     }
-    if (strcmp(split, "test") && strcmp(split, "val") && strcmp(split, "train")) {
+    if (split && strcmp(split, "test") && strcmp(split, "val") && strcmp(split, "train")) {
         fprintf(stderr, "kiln eval: --data must be test, val or train, got '%s'\n", split);
         return 2;
     }
@@ -58,6 +91,13 @@ int kl_cmd_eval(int argc, char **argv)
     int64_t *cm = NULL;
     float mean, std;
     kl_status s = open_ckpt(ckpt, sets, nsets, device, &l);
+    if (s == KL_OK && l.o.data_kind == DATA_TEXT) {
+        s = eval_text(&l, split ? split : "val", confusion);
+        if (s != KL_OK) fprintf(stderr, "kiln eval: %s\n", kl_last_error());
+        loaded_free(&l);
+        return s == KL_OK ? 0 : 1;
+    }
+    if (!split) split = "test";
     if (s == KL_OK) s = train_load_data(&l.o, (int)kl_model_outputs(l.model), &tr, &va, &te, &mean, &std);
     const kl_dataset *ds = !strcmp(split, "test") ? te : !strcmp(split, "val") ? va : tr;
     if (s == KL_OK && !ds) s = kl_fail(KL_EINVAL, "the run's data has no %s split", split);

@@ -17,6 +17,7 @@
  * draw from Philox(seed, character index); temperature 0 is greedy. Same
  * checkpoint, prompt and --seed give the same text. */
 #include "cli/cli.h"
+#include "cli/train_text.h" /* text_vocab_path */
 #include "core/error.h"
 #include "core/philox.h"
 #include "io/checkpoint.h"
@@ -105,9 +106,7 @@ static kl_status gen_open(generator *gn, const char *path, int threads, int64_t 
     KL_TRY(kl_model_from_cfg(mn, &gn->model));
     if (!kl_model_tokens(gn->model))
         return kl_fail(KL_EINVAL, "%s: not a language model (its model.input is not {tokens: T})", dir);
-    snprintf(p, pn, "%s/vocab.txt", dir);
-    if (access(p, F_OK) != 0) snprintf(p, pn, "%s/../../vocab.txt", dir);
-    if (access(p, F_OK) != 0) return kl_fail(KL_EIO, "%s: no vocab.txt in the checkpoint or its run directory", dir);
+    KL_TRY(text_vocab_path(dir, p, pn));
     KL_TRY(kl_vocab_load(p, &gn->vocab));
     gn->V = kl_model_vocab(gn->model);
     if (kl_vocab_size(gn->vocab) > gn->V)
@@ -239,6 +238,7 @@ typedef struct {
     const char *ckpt, *prompt;
     int64_t tokens, top_k, threads;
     int no_kv, logits; /* logits: print the next token's logits after the prompt, and stop */
+    int say_seed;      /* the seed was drawn: tell it when sampling starts */
     double temp;
     uint64_t seed;
 } gen_args;
@@ -278,6 +278,9 @@ static kl_status generate(const gen_args *a)
         gen_free(&gn);
         return s;
     }
+    if (s == KL_OK && a->say_seed) /* not before: a run that fails has nothing to repeat */
+        fprintf(stderr, "(seed %llu: pass --seed %llu to repeat)\n", (unsigned long long)a->seed,
+                (unsigned long long)a->seed);
     if (s == KL_OK) {
         fwrite(a->prompt, 1, plen, stdout);
         fflush(stdout);
@@ -374,7 +377,7 @@ int kl_cmd_generate(int argc, char **argv)
     }
     if (!have_seed && !a.logits && a.temp > 0 && a.top_k != 1) { /* (--logits, greedy: nothing drawn) */
         a.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-        fprintf(stderr, "(seed %llu: pass --seed %llu to repeat)\n", (unsigned long long)a.seed, (unsigned long long)a.seed);
+        a.say_seed = 1;
     }
     kl_status s = generate(&a);
     if (s != KL_OK) {

@@ -90,7 +90,8 @@ static kl_status record(run_data *d, const json_t *o, double *wall_base, double 
     } else if (!strcmp(type, "throughput")) {
         KL_TRY(field(&d->sps, o, "samples_per_s", step, 1));
     } else if (!strcmp(type, "epoch")) {
-        if (num(o, "epoch", &v)) d->epochs = (int64_t)v;
+        /* a text run that ended mid-epoch: that epoch's record so far, not a completed one */
+        if (num(o, "epoch", &v)) d->epochs = (int64_t)v - json_is_true(json_object_get(o, "partial"));
         KL_TRY(field(&d->ep_loss, o, "loss", step, 1));
         KL_TRY(field(&d->ep_acc, o, "accuracy", step, 1));
         /* an image run without a validation set logs val 0/0; a language

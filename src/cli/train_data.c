@@ -51,7 +51,7 @@ kl_status train_load_data(const train_opts *o, int classes, kl_dataset **train, 
     *train = *val = *test = NULL;
     if (o->data_kind == DATA_TEXT) /* text corpora are read by cli/train_text.c */
         return kl_fail(KL_EUNSUPPORTED, "data.kind text is a corpus for token models, not a dataset of samples "
-                       "(kiln train reads it; use kiln generate to sample from the model)");
+                       "(kiln train reads it; kiln eval evaluates the model on its held-out windows, kiln generate samples from it)");
     kl_status s = load_one(o, 0, &all);
     if (s == KL_OK && o->limit > 0 && o->limit < kl_dataset_count(all)) {
         kl_dataset *sub;

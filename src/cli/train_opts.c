@@ -341,6 +341,10 @@ static kl_status read_train(kl_cfg *cfg, train_opts *o)
     KL_TRY(put(cfg, "train", "grad_norm_warn", "%.17g", o->grad_norm_warn));
     if (o->data_kind == DATA_TEXT) { /* text has no natural epoch: a fixed number of steps */
         GET_INT("train", "steps_per_epoch", 200, 1, INT64_MAX / 2, o->steps_per_epoch);
+        if (!o->steps && o->epochs > INT64_MAX / 2 / o->steps_per_epoch) /* the run's steps: steps' own limit */
+            return kl_cfg_fail(kl_cfg_get(m, "steps_per_epoch"), KL_EINVAL,
+                               "train: epochs %lld x steps_per_epoch %lld is more than 2^62 steps; lower either, or "
+                               "set steps", (long long)o->epochs, (long long)o->steps_per_epoch);
         GET_INT("train", "val_batches", 8, 1, 1 << 20, o->val_batches);
     } else {
         static const char *const text_only[] = {"steps_per_epoch", "val_batches"};

@@ -93,14 +93,16 @@ kl_status train_ckpt_save(const char *ckpt_root, kl_cfg *cfg, kl_ctx *ctx, kl_op
  * train.seed orders (the held-out split, each epoch's shuffle, text batches).
  * A text run's epochs are train.steps_per_epoch steps: the checkpoint's
  * epoch loss so far belongs to its epoch, which other boundaries would cut
- * elsewhere (image runs have no such key). Compared as the checkpoint's own
+ * elsewhere (image runs have no such key), and its batches are windows of
+ * model.input.tokens + 1 (the corpus itself: train_text.c's same_corpus).
+ * Compared as the checkpoint's own
  * config.yaml resolved them; keys older checkpoints lack are not compared
  * (except accumulate: 1). */
 static kl_status same_cuts(const train_args *a, const kl_cfg *cfg, const kl_train_state *st, const kl_cfg *c)
 {
     static const char *const keys[] = {"train.batch", "train.accumulate", "train.seed", "train.steps_per_epoch",
                                        "data.kind", "data.limit", "data.val_split", "data.drop_last", "data.shuffle",
-                                       "data.val_fraction"};
+                                       "data.val_fraction", "model.input.tokens"};
     kl_status s = KL_OK;
     for (size_t i = 0; i < sizeof keys / sizeof *keys && s == KL_OK; i++) {
         const char *was = kl_cfg_str_value(kl_cfg_at(kl_cfg_root(c), keys[i]));
@@ -108,12 +110,13 @@ static kl_status same_cuts(const train_args *a, const kl_cfg *cfg, const kl_trai
         if (!was && !strcmp(keys[i], "train.accumulate")) was = "1";
         if (!was || !now || !strcmp(was, now)) continue;
         char wb[40], nb[40]; /* floats as written, not as the %.17g write-back */
+        const char *why = strcmp(keys[i], "model.input.tokens") ? "its batch positions and step counts would not line up"
+                                                                 : "its batches would be other windows";
         s = kl_fail(KL_EINVAL,
                     "--resume %s: this run has %s %s, the checkpoint (step %lld, epoch %lld, batch %lld) was trained "
-                    "with %s: its batch positions and step counts would not line up; resume with the checkpoint's "
-                    "value (or start a new run from its weights with --init)",
+                    "with %s: %s; resume with the checkpoint's value (or start a new run from its weights with --init)",
                     a->ckpt_dir, keys[i], kl_cfg_shown(now, nb, sizeof nb), (long long)st->step,
-                    (long long)st->epoch + 1, (long long)st->batch, kl_cfg_shown(was, wb, sizeof wb));
+                    (long long)st->epoch + 1, (long long)st->batch, kl_cfg_shown(was, wb, sizeof wb), why);
     }
     return s;
 }

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define VAL_SEED_SALT 0x76616c69646174ull /* validation windows: their own fixed stream */
 
@@ -30,11 +31,8 @@ typedef struct {
     kl_model *model;
     kl_ctx *ctx;
     kl_optim *opt;
-    step_graph train, val;
-    kl_vocab *vocab;
-    kl_tokens *tok;
-    int64_t n_train, n_val, T;
-    int32_t *x, *y;
+    step_graph train;
+    text_corpus c; /* the corpus, its split, a batch and the validation graph */
     char run_dir[4096], ckpt_root[4200];
     FILE *metrics;
     double t0;
@@ -56,29 +54,24 @@ int train_text_wanted(const kl_cfg *cfg)
     return k && !strcmp(k, "text");
 }
 
-/* The corpus as tokens and its vocabulary: the checkpoint's vocab.txt when
- * resuming (ids must not move), else built from the corpus. model.vocab
- * `auto` becomes the vocabulary's size; a number must cover it. */
-static kl_status load_corpus(lm_runner *r, kl_cfg *cfg, const train_args *a)
+kl_status text_corpus_load(text_corpus *c, kl_cfg *cfg, const train_opts *o, const char *vocab_path)
 {
     kl_text *text = NULL;
-    char vp[4200];
-    KL_TRY(kl_text_load_dir(r->o.path, &text));
-    kl_status s = KL_OK;
-    snprintf(vp, sizeof vp, "%s/vocab.txt", a->ckpt_dir);
-    if (a->resume && access(vp, F_OK) == 0) s = kl_vocab_load(vp, &r->vocab);
-    else s = kl_vocab_build(kl_text_data(text), kl_text_size(text), &r->vocab);
+    KL_TRY(kl_text_load_dir(o->path, &text));
+    kl_status s = vocab_path ? kl_vocab_load(vocab_path, &c->vocab)
+                             : kl_vocab_build(kl_text_data(text), kl_text_size(text), &c->vocab);
+    c->crc = (uint32_t)crc32_z(crc32_z(0, NULL, 0), kl_text_data(text), kl_text_size(text));
     if (s == KL_OK) {
-        s = kl_tokens_encode(r->vocab, kl_text_data(text), kl_text_size(text), &r->tok);
-        if (s != KL_OK && a->resume) {
+        s = kl_tokens_encode(c->vocab, kl_text_data(text), kl_text_size(text), &c->tok);
+        if (s != KL_OK && vocab_path) {
             char msg[512];
             snprintf(msg, sizeof msg, "%s", kl_last_error());
-            s = kl_fail(s, "data.path %s: %s (the vocabulary is the checkpoint's %s)", r->o.path, msg, vp);
+            s = kl_fail(s, "data.path %s: %s (the vocabulary is the checkpoint's %s)", o->path, msg, vocab_path);
         }
     }
     kl_text_free(text);
     KL_TRY(s);
-    int V = kl_vocab_size(r->vocab);
+    int V = kl_vocab_size(c->vocab);
     kl_cfg_node *vn = kl_cfg_at(kl_cfg_root(cfg), "model.vocab");
     const char *vt = kl_cfg_str_value(vn);
     if (!vn || kl_cfg_kind_of(vn) == KL_CFG_NULL || (vt && !strcmp(vt, "auto"))) { /* null: absent, as kiln plan reads it */
@@ -90,23 +83,82 @@ static kl_status load_corpus(lm_runner *r, kl_cfg *cfg, const train_args *a)
     KL_TRY(kl_cfg_int(kl_cfg_at(kl_cfg_root(cfg), "model"), "vocab", 1, 0, &given));
     if (given < V)
         return kl_cfg_fail(vn, KL_EINVAL, "model.vocab %lld is smaller than the corpus's %d distinct characters (%s); use auto",
-                           (long long)given, V, r->o.path);
+                           (long long)given, V, o->path);
     return KL_OK;
 }
 
-/* The held-out tail and the training part must each hold a window. */
-static kl_status split_corpus(lm_runner *r)
+kl_status text_corpus_split(text_corpus *c, const train_opts *o, int64_t T)
 {
-    int64_t n = kl_tokens_count(r->tok), T = r->T;
-    r->n_val = (int64_t)((double)n * r->o.val_fraction);
-    r->n_train = n - r->n_val;
-    if (r->n_train < T + 1)
+    int64_t n = kl_tokens_count(c->tok);
+    c->T = T;
+    c->n_val = (int64_t)((double)n * o->val_fraction);
+    c->n_train = n - c->n_val;
+    if (c->n_train < T + 1)
         return kl_fail(KL_EINVAL, "data.path %s: the training part has %lld characters, fewer than one window of "
-                       "model.input.tokens + 1 = %lld", r->o.path, (long long)r->n_train, (long long)(T + 1));
-    if ((r->n_val || r->o.val_fraction > 0) && r->n_val < T + 1) /* a fraction rounding to 0 characters too */
+                       "model.input.tokens + 1 = %lld", o->path, (long long)c->n_train, (long long)(T + 1));
+    if ((c->n_val || o->val_fraction > 0) && c->n_val < T + 1) /* a fraction rounding to 0 characters too */
         return kl_fail(KL_EINVAL, "data.path %s: the held-out tail (val_fraction %g) has %lld characters, fewer than one "
-                       "window of %lld; raise data.val_fraction or shorten the context", r->o.path, r->o.val_fraction,
-                       (long long)r->n_val, (long long)(T + 1));
+                       "window of %lld; raise data.val_fraction or shorten the context", o->path, o->val_fraction,
+                       (long long)c->n_val, (long long)(T + 1));
+    return KL_OK;
+}
+
+kl_status text_corpus_graphs(text_corpus *c, kl_model *model, kl_ctx *ctx, int64_t batch)
+{
+    size_t n = (size_t)(batch * c->T);
+    if (c->n_val) KL_TRY(step_graph_build(&c->val, model, ctx, NULL, batch));
+    c->x = malloc(n * sizeof *c->x);
+    c->y = malloc(n * sizeof *c->y);
+    if (!c->x || !c->y) return kl_fail(KL_ENOMEM, "out of memory for a batch of %zu tokens", n);
+    return KL_OK;
+}
+
+kl_status text_validate(text_corpus *c, const train_opts *o, kl_model *model, double *loss)
+{
+    double sum = 0;
+    int64_t dummy = 0;
+    for (int64_t k = 0; k < o->val_batches; k++) {
+        KL_TRY(kl_tokens_batch(c->tok, c->n_train, c->n_val, o->seed ^ VAL_SEED_SALT, k, o->batch, c->T, c->x, c->y));
+        KL_TRY(step_graph_run(&c->val, model, c->x, c->y, &sum, &dummy, NULL, NULL));
+    }
+    *loss = sum / (double)(o->val_batches * c->val.rows);
+    return KL_OK;
+}
+
+void text_corpus_free(text_corpus *c)
+{
+    step_graph_free(&c->val);
+    kl_tokens_free(c->tok);
+    kl_vocab_free(c->vocab);
+    free(c->x);
+    free(c->y);
+    *c = (text_corpus){0};
+}
+
+kl_status text_vocab_path(const char *ckpt_dir, char *out, size_t n)
+{
+    snprintf(out, n, "%s/vocab.txt", ckpt_dir);
+    if (access(out, F_OK) != 0) snprintf(out, n, "%s/../../vocab.txt", ckpt_dir);
+    if (access(out, F_OK) != 0)
+        return kl_fail(KL_EIO, "%s: no vocab.txt in the checkpoint or its run directory", ckpt_dir);
+    return KL_OK;
+}
+
+/* A resumed run trains on the checkpoint's corpus (older checkpoints do
+ * not record it): another text of the same characters would go on with
+ * other windows. Then r->st records this corpus for the checkpoints. */
+static kl_status same_corpus(lm_runner *r, const train_args *a)
+{
+    int64_t n = kl_tokens_count(r->c.tok);
+    const kl_train_state *st = &r->st;
+    if (a->resume && st->data_count && (st->data_count != n || st->data_hash != r->c.crc))
+        return kl_fail(KL_EINVAL,
+                       "--resume %s: data.path %s holds %lld characters (CRC-32 %08x), the checkpoint (step %lld) "
+                       "was trained on a corpus of %lld (CRC-32 %08llx): its batches would be other windows; resume "
+                       "on the checkpoint's corpus (or start a new run from its weights with --init)",
+                       a->ckpt_dir, r->o.path, (long long)n, (unsigned)r->c.crc, (long long)st->step,
+                       (long long)st->data_count, (unsigned long long)st->data_hash);
+    r->st.data_count = n, r->st.data_hash = r->c.crc;
     return KL_OK;
 }
 
@@ -115,7 +167,7 @@ static kl_status run_dir_open(lm_runner *r, kl_cfg *cfg, const train_args *a)
     char path[4300];
     KL_TRY(train_run_dir_open(a, r->o.name, cfg, r->run_dir, r->ckpt_root, &r->metrics));
     snprintf(path, sizeof path, "%s/vocab.txt", r->run_dir);
-    KL_TRY(kl_vocab_save(r->vocab, path));
+    KL_TRY(kl_vocab_save(r->c.vocab, path));
     KL_TRY(train_monitor_open(&r->mon, r->run_dir, r->ctx, r->opt, r->metrics, r->t0, a->resume ? r->st.step : -1));
     KL_TRY(watch_init(&r->watch, &r->o, r->train.g, r->metrics));
     return a->resume ? watch_restore(&r->watch, r->st.watch, a->ckpt_dir) : KL_OK;
@@ -130,23 +182,21 @@ static kl_status setup(lm_runner *r, kl_cfg *cfg, const train_args *a)
     if (in && kl_cfg_kind_of(in) != KL_CFG_MAP)
         return kl_cfg_fail(in, KL_EINVAL,
                            "data.kind text trains token models: set model.input to {tokens: T} and start with an embedding");
-    KL_TRY(load_corpus(r, cfg, a));
+    char vp[4200]; /* resuming: the checkpoint's vocabulary (ids must not move), else the corpus's */
+    snprintf(vp, sizeof vp, "%s/vocab.txt", a->ckpt_dir);
+    KL_TRY(text_corpus_load(&r->c, cfg, &r->o, a->resume && access(vp, F_OK) == 0 ? vp : NULL));
     KL_TRY(kl_cfg_get_map(kl_cfg_root(cfg), "model", 1, &model));
     KL_TRY(kl_model_from_cfg(model, &r->model));
     KL_TRY(kl_model_set_precision(r->model, r->o.precision));
-    r->T = kl_model_tokens(r->model);
-    KL_TRY(split_corpus(r));
+    KL_TRY(text_corpus_split(&r->c, &r->o, kl_model_tokens(r->model)));
     KL_TRY(plan_open_ctx(a->device, r->model, &r->o.optim, (int)r->o.threads, 0, r->o.seed, cfg, &r->o.batch, NULL,
                          &r->ctx)); /* every batch whole: no partial step */
     KL_TRY(kl_optim_new(r->ctx, &r->o.optim, &r->opt));
     KL_TRY(step_graph_build(&r->train, r->model, r->ctx, r->opt, r->o.batch));
-    if (r->n_val) KL_TRY(step_graph_build(&r->val, r->model, r->ctx, NULL, r->o.batch));
+    KL_TRY(text_corpus_graphs(&r->c, r->model, r->ctx, r->o.batch));
     if (a->init) KL_TRY(kl_weights_load(a->init, r->ctx));
-    size_t n = (size_t)(r->o.batch * r->T);
-    r->x = malloc(n * sizeof *r->x);
-    r->y = malloc(n * sizeof *r->y);
-    if (!r->x || !r->y) return kl_fail(KL_ENOMEM, "out of memory for a batch of %zu tokens", n);
     KL_TRY(train_state_start(a, cfg, &r->o, r->ctx, r->opt, &r->st)); /* before the run directory is touched */
+    KL_TRY(same_corpus(r, a));
     return run_dir_open(r, cfg, a);
 }
 
@@ -156,14 +206,10 @@ static void teardown(lm_runner *r)
     train_monitor_close(&r->mon);
     if (r->metrics) fclose(r->metrics);
     step_graph_free(&r->train);
-    step_graph_free(&r->val);
+    text_corpus_free(&r->c);
     kl_optim_free(r->opt);
     kl_ctx_free(r->ctx);
     kl_model_free(r->model);
-    kl_tokens_free(r->tok);
-    kl_vocab_free(r->vocab);
-    free(r->x);
-    free(r->y);
 }
 
 /* The epoch's step losses so far; n0 of the n came from a checkpoint. */
@@ -177,20 +223,7 @@ static kl_status save_ckpt(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, 
     s.epoch_loss_sum = ep->sum, s.epoch_count = ep->n;
     KL_TRY(train_ckpt_save(r->ckpt_root, cfg, r->ctx, r->opt, &r->watch, &s, path, n));
     snprintf(vp, sizeof vp, "%s/vocab.txt", path);
-    return kl_vocab_save(r->vocab, vp);
-}
-
-/* Mean loss over the fixed validation windows (the same every time). */
-static kl_status validate(lm_runner *r, double *loss)
-{
-    double sum = 0;
-    int64_t dummy = 0;
-    for (int64_t k = 0; k < r->o.val_batches; k++) {
-        KL_TRY(kl_tokens_batch(r->tok, r->n_train, r->n_val, r->o.seed ^ VAL_SEED_SALT, k, r->o.batch, r->T, r->x, r->y));
-        KL_TRY(step_graph_run(&r->val, r->model, r->x, r->y, &sum, &dummy, NULL, NULL));
-    }
-    *loss = sum / (double)(r->o.val_batches * r->val.rows);
-    return KL_OK;
+    return kl_vocab_save(r->c.vocab, vp);
 }
 
 /* "loss":L,"perplexity":P,"bpc":B with a key prefix ("" or "val_"). */
@@ -206,31 +239,42 @@ static void lm_fields(FILE *f, const char *pre, double l)
 
 /* End of an epoch (steps_per_epoch steps, or the last step): validation,
  * the epoch's metrics line, the plateau watch (which may stop the run
- * early), then a checkpoint. */
+ * early), then a checkpoint. A run whose last step falls mid-epoch ends
+ * with a partial record (marked "partial":true) of the epoch's steps so
+ * far; the epoch goes on in its checkpoint (the sum so far, not a new
+ * epoch) and is no plateau evaluation, so a run extended with --resume
+ * --steps logs the uninterrupted run's records at the epoch's end. */
 static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, int tty, mean_acc *ep, char *ck, size_t n)
 {
     double vl = 0, l = ep->n ? ep->sum / (double)ep->n : 0;
     int64_t epoch = (st->step - 1) / r->o.steps_per_epoch + 1;
-    if (r->n_val) KL_TRY(nan_watch_eval(validate(r, &vl), "validation", st->step, r->metrics));
+    int whole = st->step % r->o.steps_per_epoch == 0;
+    if (r->c.n_val) KL_TRY(nan_watch_eval(text_validate(&r->c, &r->o, r->model, &vl), "validation", st->step, r->metrics));
     if (tty) fprintf(stderr, "\n");
-    printf("epoch %lld (step %lld): train loss %.4f bpc %.3f", (long long)epoch, (long long)st->step, l, l / M_LN2);
-    if (r->n_val) printf("  val loss %.4f perplexity %.3f bpc %.3f", vl, exp(vl), vl / M_LN2);
+    char part[64] = "";
+    if (!whole) snprintf(part, sizeof part, ", partial: %lld of %lld steps", (long long)ep->n, (long long)r->o.steps_per_epoch);
+    printf("epoch %lld (step %lld%s): train loss %.4f bpc %.3f", (long long)epoch, (long long)st->step, part, l,
+           l / M_LN2);
+    if (r->c.n_val) printf("  val loss %.4f perplexity %.3f bpc %.3f", vl, exp(vl), vl / M_LN2);
     char sc_line[96], scaler[96];
     KL_TRY(watch_scaler(r->opt, &r->o, sc_line, sizeof sc_line, scaler, sizeof scaler));
     printf("%s  (%.1f s)\n", sc_line, now() - r->t0);
     fflush(stdout);
-    fprintf(r->metrics, "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,", (long long)epoch, (long long)st->step);
+    fprintf(r->metrics, "{\"type\":\"epoch\",\"epoch\":%lld,\"step\":%lld,%s", (long long)epoch, (long long)st->step,
+            whole ? "" : "\"partial\":true,");
     lm_fields(r->metrics, "", l);
-    if (r->n_val) {
+    if (r->c.n_val) {
         fputc(',', r->metrics);
         lm_fields(r->metrics, "val_", vl);
     }
     fprintf(r->metrics, ",\"lr\":" MON_LOSS ",\"wall_s\":%.3f%s}\n", kl_optim_lr(r->opt), now() - r->t0, scaler);
     int64_t samples = (ep->n - ep->n0) * r->o.batch * r->o.optim.accumulate; /* this process's: its energy */
-    train_monitor_epoch(&r->mon, epoch, st->step, samples, l, NAN, r->n_val > 0, vl, NAN, kl_optim_lr(r->opt));
+    train_monitor_epoch(&r->mon, epoch, st->step, samples, l, NAN, r->c.n_val > 0, vl, NAN, kl_optim_lr(r->opt));
     fflush(r->metrics);
-    *ep = (mean_acc){0};
-    r->early_stopped = watch_eval(&r->watch, epoch, st->step, r->n_val ? vl : l, r->n_val > 0);
+    if (whole) {
+        *ep = (mean_acc){0};
+        r->early_stopped = watch_eval(&r->watch, epoch, st->step, r->c.n_val ? vl : l, r->c.n_val > 0);
+    }
     KL_TRY(save_ckpt(r, cfg, st, ep, ck, n)); /* with the watch's state after this evaluation */
     if (r->early_stopped) printf("stopped early; checkpoint %s\n", ck);
     return KL_OK;
@@ -255,14 +299,14 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
         for (int64_t k = 0; k < K; k++) {
             double t0 = now(), lk = 0;
             int64_t dummy = 0;
-            KL_TRY(kl_tokens_batch(r->tok, 0, r->n_train, r->o.seed, (int64_t)st.graph_runs, r->o.batch, r->T, r->x,
-                                   r->y));
+            KL_TRY(kl_tokens_batch(r->c.tok, 0, r->c.n_train, r->o.seed, (int64_t)st.graph_runs, r->o.batch, r->c.T, r->c.x,
+                                   r->c.y));
             t_data += now() - t0;
-            kl_status rs = step_graph_run(&r->train, r->model, r->x, r->y, &lk, &dummy, NULL, NULL);
+            kl_status rs = step_graph_run(&r->train, r->model, r->c.x, r->c.y, &lk, &dummy, NULL, NULL);
             /* a non-finite loss, or (the step's last batch) a gradient norm that halted the optimizer: it
              * skipped the update, and the NaN watch re-runs this batch from the parameters it kept */
             if (rs == KL_ENUMERIC || (rs == KL_OK && k == K - 1 && kl_optim_halted(r->opt))) {
-                nan_step ns = {.model = r->model, .ctx = r->ctx, .opt = r->opt, .cfg = cfg, .x = r->x, .y = r->y,
+                nan_step ns = {.model = r->model, .ctx = r->ctx, .opt = r->opt, .cfg = cfg, .x = r->c.x, .y = r->c.y,
                                .batch = r->o.batch, .step = st.step + 1, .runs = st.graph_runs,
                                .grad_norm = rs == KL_OK ? kl_optim_last_grad_norm(r->opt) : 0, .metrics = r->metrics};
                 fflush(r->metrics);
@@ -294,17 +338,17 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
             double eta = wps > 0 ? (double)((total - st.step) * B) / wps : 0;
             char tel[160];
             fprintf(r->metrics, "{\"type\":\"throughput\",\"step\":%lld,\"samples_per_s\":" MON_RATE
-                    ",\"tokens_per_s\":" MON_RATE "}\n", (long long)st.step, wps, wps * (double)r->T);
-            train_monitor_scalar(&r->mon, "train/tokens_per_s", st.step, MON_RATE, wps * (double)r->T);
+                    ",\"tokens_per_s\":" MON_RATE "}\n", (long long)st.step, wps, wps * (double)r->c.T);
+            train_monitor_scalar(&r->mon, "train/tokens_per_s", st.step, MON_RATE, wps * (double)r->c.T);
             train_monitor_throughput(&r->mon, st.step, wps);
             train_monitor_progress(&r->mon, tel, sizeof tel);
             if (tty)
                 fprintf(stderr, "\r  epoch %lld  step %lld/%lld  loss %.4f  bpc %.3f  %.0f tokens/s  ETA %dm%02ds%s   ",
-                        (long long)epoch, (long long)st.step, (long long)total, ml, ml / M_LN2, wps * (double)r->T,
+                        (long long)epoch, (long long)st.step, (long long)total, ml, ml / M_LN2, wps * (double)r->c.T,
                         (int)eta / 60, (int)eta % 60, tel);
             else
                 printf("epoch %lld step %lld/%lld loss %.4f bpc %.3f tokens/s %.0f eta %.0fs%s\n", (long long)epoch,
-                       (long long)st.step, (long long)total, ml, ml / M_LN2, wps * (double)r->T, eta, tel);
+                       (long long)st.step, (long long)total, ml, ml / M_LN2, wps * (double)r->c.T, eta, tel);
             fflush(tty ? stderr : stdout);
             win = (mean_acc){0}, t_win = t;
         }
@@ -337,8 +381,8 @@ int train_text_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop
     if (s == KL_OK) {
         printf("model %s: %lld parameters; corpus %s: %lld characters, vocabulary %d; %lld training, %lld held out; "
                "batch %lld x %lld tokens\n", r.o.name, (long long)kl_model_param_count(r.model), r.o.path,
-               (long long)kl_tokens_count(r.tok), kl_vocab_size(r.vocab), (long long)r.n_train, (long long)r.n_val,
-               (long long)r.o.batch, (long long)r.T);
+               (long long)kl_tokens_count(r.c.tok), kl_vocab_size(r.c.vocab), (long long)r.c.n_train, (long long)r.c.n_val,
+               (long long)r.o.batch, (long long)r.c.T);
         printf("run directory: %s (first step after %.2f s)\n", r.run_dir, now() - r.t0);
         fflush(stdout);
         s = loop(&r, cfg, a, stop, &interrupted);

@@ -235,6 +235,10 @@ static kl_status state_fill(kl_st_writer *w, kl_ctx *c, kl_optim *opt, const kl_
         KL_TRY(meta_num(w, "epoch_count", (unsigned long long)st->epoch_count, true));
         KL_TRY(meta_num(w, "epoch_correct", (unsigned long long)st->epoch_correct, true));
     }
+    if (st->data_count > 0) {
+        KL_TRY(meta_num(w, "data_count", (unsigned long long)st->data_count, true));
+        KL_TRY(meta_num(w, "data_hash", st->data_hash, false));
+    }
     if (!opt) return KL_OK;
     KL_TRY(meta_num(w, "optim_steps", (unsigned long long)kl_optim_steps(opt), true));
     double scale; /* the loss scaler, and the skipped updates Adam's t leaves out */

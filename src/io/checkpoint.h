@@ -44,6 +44,11 @@ typedef struct kl_train_state {
      * correct predictions; 0 where a checkpoint has none (older ones) */
     double epoch_loss_sum;
     int64_t epoch_count, epoch_correct;
+    /* the training data's fingerprint, so a resume can refuse other data:
+     * its size in the caller's unit (a text corpus's characters) and a hash
+     * of it; saved when data_count > 0, 0 where a checkpoint has none */
+    int64_t data_count;
+    uint64_t data_hash;
 } kl_train_state;
 
 /* Saves a checkpoint as <ckpt_root>/<tag>/{model,state}.safetensors and

@@ -213,6 +213,12 @@ static kl_status check_state(const char *file, const kl_st_file *f, const kl_ctx
         KL_TRY(meta_num(file, f, "epoch_correct", (unsigned long long)ns->epoch_count, &v));
         ns->epoch_correct = (int64_t)v;
     }
+    if (kl_st_meta(f, "data_count")) { /* optional too */
+        KL_TRY(meta_num(file, f, "data_count", INT64_MAX, &v));
+        ns->data_count = (int64_t)v;
+        KL_TRY(meta_num(file, f, "data_hash", UINT64_MAX, &v));
+        ns->data_hash = v;
+    }
     *optim_steps = ns->step;
     if (!opt) return KL_OK;
     if (kl_st_meta(f, "optim_steps")) {
