@@ -514,14 +514,15 @@ static void run_fails(kl_graph *g, kl_tensor *loss, const char *msg)
 }
 
 /* Bad labels and indices: the error names them (on the GPU at the next
- * sync), and the step they are in changes no parameter (on the GPU the
- * update is skipped on the device). Run on the CPU too. */
+ * sync), and the step they are in changes no parameter and no running
+ * statistic (on the GPU the update and batchnorm's running update are
+ * skipped on the device). Run on the CPU too. */
 static void test_failed_steps(kl_device dev)
 {
     kl_ctx_opts co = {.device = dev, .seed = 5};
     kl_ctx *ctx;
     kl_graph *g;
-    kl_tensor *x, *lab, *loss, *w, *idx, *e;
+    kl_tensor *x, *lab, *loss, *w, *idx, *e, *rm, *rv, *bn;
     CHECK_OK(kl_ctx_new(&co, &ctx));
     CHECK_OK(kl_graph_new(ctx, &g));
     CHECK_OK(kl_parity_param(g, "logits", KL_F32, 2, (int64_t[]){8, 10}, &x));
@@ -531,6 +532,11 @@ static void test_failed_steps(kl_device dev)
     CHECK_OK(kl_input(g, "idx", KL_I32, 1, (int64_t[]){4}, &idx));
     CHECK_OK(kl_embedding(g, w, idx, &e));
     CHECK_OK(kl_output(g, e));
+    CHECK_OK(kl_buffer(g, "rm", KL_F32, 1, (int64_t[]){3}, NULL, &rm)); /* params 2, 3 */
+    CHECK_OK(kl_buffer(g, "rv", KL_F32, 1, (int64_t[]){3}, NULL, &rv));
+    kl_batchnorm_opts bo = {.training = 1};
+    CHECK_OK(kl_batchnorm(g, e, NULL, NULL, rm, rv, &bo, &bn)); /* [4, 3]: channels 3 */
+    CHECK_OK(kl_output(g, bn));
     CHECK_OK(kl_backward(g, loss));
     kl_optim_opts oo = {.kind = KL_OPTIM_SGD, .lr = 0.1};
     kl_optim *opt;
@@ -541,18 +547,23 @@ static void test_failed_steps(kl_device dev)
     float l;
     CHECK_OK(kl_tensor_set(idx, igood, sizeof igood));
     CHECK_OK(kl_tensor_set(lab, bad, sizeof bad));
-    float p[4][80]; /* logits (param 0) before and after each run: a failed step changes nothing */
+    float p[4][80], r[4][3]; /* logits (param 0), rm (2) before and after each run: a failed step changes nothing */
     CHECK_OK(kl_ctx_param_get(ctx, 0, p[0], sizeof p[0]));
+    CHECK_OK(kl_ctx_param_get(ctx, 2, r[0], sizeof r[0]));
     run_fails(g, loss, "label 12 of row 3 out of range [0,10)");
     CHECK_OK(kl_ctx_param_get(ctx, 0, p[1], sizeof p[1]));
+    CHECK_OK(kl_ctx_param_get(ctx, 2, r[1], sizeof r[1]));
     CHECK_OK(kl_tensor_set(lab, good, sizeof good));
     CHECK_OK(kl_graph_run(g));
     CHECK_OK(kl_tensor_get(loss, &l, sizeof l));
     CHECK(l > 0 && isfinite(l));
     CHECK_OK(kl_ctx_param_get(ctx, 0, p[2], sizeof p[2]));
+    CHECK_OK(kl_ctx_param_get(ctx, 2, r[2], sizeof r[2]));
     CHECK_OK(kl_tensor_set(idx, ibad, sizeof ibad));
     run_fails(g, loss, "index 25 at position 2 out of range [0,20)");
     CHECK_OK(kl_ctx_param_get(ctx, 0, p[3], sizeof p[3]));
+    CHECK_OK(kl_ctx_param_get(ctx, 2, r[3], sizeof r[3]));
+    CHECK(!memcmp(r[0], r[1], sizeof r[0]) && memcmp(r[1], r[2], sizeof r[0]) && !memcmp(r[2], r[3], sizeof r[0]));
     CHECK(memcmp(p[0], p[1], sizeof p[0]) == 0);
     CHECK(memcmp(p[1], p[2], sizeof p[0]) != 0); /* the good step did update */
     CHECK(memcmp(p[2], p[3], sizeof p[0]) == 0);

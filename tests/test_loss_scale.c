@@ -306,7 +306,9 @@ static void test_misuse(void)
     CHECK_OK(kl_ctx_new(&co, &ctx));
     kl_optim *opt = NULL;
     kl_optim_opts bad = {.kind = KL_OPTIM_SGD, .lr = 0.1, .loss_scale = -1};
-    CHECK_ERR(kl_optim_new(ctx, &bad, &opt), KL_EINVAL, "loss_scale must be >= 0");
+    CHECK_ERR(kl_optim_new(ctx, &bad, &opt), KL_EINVAL, "loss_scale must be in [0, 2^64]");
+    bad.loss_scale = 1e39; /* inf as the kernels' float */
+    CHECK_ERR(kl_optim_new(ctx, &bad, &opt), KL_EINVAL, "loss_scale must be in [0, 2^64] (0: none), got 1e+39");
     bad.loss_scale = 0, bad.scale_window = 10;
     CHECK_ERR(kl_optim_new(ctx, &bad, &opt), KL_EINVAL, "scale_window 10 needs loss_scale > 0");
     kl_model *m = parse(KL_F32);
@@ -356,7 +358,7 @@ static void test_misuse(void)
     int64_t good, skipped;
     CHECK_OK(kl_optim_scaler(opt, &S, &good, &skipped));
     CHECK(S == 256 && good == 3 && skipped == 2);
-    CHECK_ERR(kl_optim_set_scaler(opt, 0, 0, 0), KL_EINVAL, "scale must be a positive number");
+    CHECK_ERR(kl_optim_set_scaler(opt, 0, 0, 0), KL_EINVAL, "scale must be in (0, 2^64]");
     kl_optim_free(opt);
     /* without scaling kl_optim_scale_loss hands the loss back */
     kl_optim_opts plain = {.kind = KL_OPTIM_SGD, .lr = 0.1};

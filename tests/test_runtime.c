@@ -230,6 +230,29 @@ static void test_training_readback(void)
     net_free(&m);
 }
 
+/* ---- a NaN input behind linear+ReLU, no clipping (no norm computed): the
+ * ReLU keeps the NaN, so the loss is NaN and the guard halts before w1
+ * takes a NaN gradient (a ReLU zeroing NaN left the loss finite) ---- */
+static void test_nan_input_halts(void)
+{
+    net m;
+    CHECK_OK(net_build(&m, 0, 0));
+    float x[B * IN], before[HID * IN], after[HID * IN];
+    int32_t y[B];
+    net_data(x, y);
+    x[3] = NAN;
+    CHECK_OK(kl_ctx_param_get(m.ctx, 0, before, sizeof before));
+    CHECK_OK(kl_tensor_set(m.x, x, sizeof x));
+    CHECK_OK(kl_tensor_set(m.y, y, sizeof y));
+    CHECK_OK(kl_graph_run(m.g));
+    float l;
+    CHECK_OK(kl_tensor_get(m.loss, &l, sizeof l));
+    CHECK(isnan(l) && kl_optim_halted(m.opt) == 1);
+    CHECK_OK(kl_ctx_param_get(m.ctx, 0, after, sizeof after));
+    CHECK(!memcmp(before, after, sizeof before));
+    net_free(&m);
+}
+
 /* ---- per-run values: dropout's mask follows the run counter ---- */
 static void test_run_values(void)
 {
@@ -386,6 +409,7 @@ int main(void)
     test_gather();
     test_argmax_match();
     test_training_readback();
+    test_nan_input_halts();
     test_run_values();
     test_readback_errors();
     test_stream();

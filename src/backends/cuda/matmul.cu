@@ -287,10 +287,14 @@ extern "C" kl_status kl_cuda_matmul(const kl_exec *ex, const kl_tensor *t)
     g.ldy = g.N;
     gemm_layout(a, &g.ta, &g.lda);
     gemm_layout(b, &g.tb, &g.ldb);
-    /* epilogue: bias and ReLU fused but for f64; the rest afterwards */
+    /* epilogue: bias fused but for f64; the activation afterwards, ReLU
+     * too: cuBLASLt documents its ReLU epilogue as max(x, 0), which need
+     * not keep NaN as kiln's ReLU does (ops/elem.h: the loss must see a NaN
+     * for the guard to halt before a NaN gradient is applied). gemm_run
+     * keeps the ReLU epilogues for when a GPU test shows they keep NaN. */
     const void *bias = bt ? kl_data(ex, bt) : NULL;
     g.bias = epi ? bias : NULL;
-    g.relu = epi && act == KL_ACT_RELU;
+    g.relu = false;
     int post_kind = g.relu ? -1 : kl_act_unary(act);
     const void *post_bias = g.bias ? NULL : bias;
 

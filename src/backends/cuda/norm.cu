@@ -139,9 +139,12 @@ static const char *bn_sums(const ST *x, const ST *dy, const typename kl_cu_calc<
 }
 
 /* thread per channel: mean and invstd (from the chunks, or the running
- * statistics in evaluation), and the running statistics' update */
-template <typename ST> __global__ void bn_stats_k(bn_args<ST> a, int training)
+ * statistics in evaluation), and the running statistics' update, which a
+ * data error recorded in this step or a queued one skips (the CPU stops the
+ * run before it: a failed step changes no buffer, as no parameter) */
+template <typename ST> __global__ void bn_stats_k(bn_args<ST> a, int training, const kl_cuda_err *err)
 {
+    bool keep_running = *(const volatile int *)&err->poison != 0;
     typedef typename kl_cu_calc<ST>::T T;
     int64_t M = a.N * a.S;
     T *invstd = a.mean + a.C;
@@ -159,6 +162,7 @@ template <typename ST> __global__ void bn_stats_k(bn_args<ST> a, int training)
         double mu = (double)kl_cu_load(a.x, c * a.S) + d;
         a.mean[c] = (T)mu;
         invstd[c] = (T)(1.0 / sqrt(var + a.eps));
+        if (keep_running) continue;
         if (a.rm) a.rm[c] = (T)((1 - a.mom) * (double)a.rm[c] + a.mom * mu);
         if (a.rv) a.rv[c] = (T)((1 - a.mom) * (double)a.rv[c] + a.mom * var * (double)M / (double)(M - 1));
     }
@@ -201,7 +205,7 @@ template <typename ST> static kl_status bn_fwd_launch(const kl_exec *ex, const k
         const char *k = bn_sums<ST, 0>(a.x, (const ST *)NULL, (const T *)NULL, a.N, a.C, a.S, a.nch, a.part, s);
         KL_CUDA_LAUNCHED(t, k);
     }
-    bn_stats_k<ST><<<kl_cu_blocks(a.C, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a, at->training);
+    bn_stats_k<ST><<<kl_cu_blocks(a.C, KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a, at->training, kl_cu_err());
     KL_CUDA_LAUNCHED(t, "bn_stats_k");
     bn_apply_k<ST><<<kl_cu_blocks(kl_numel(t), KL_CU_THREADS), KL_CU_THREADS, 0, s>>>(a);
     KL_CUDA_LAUNCHED(t, "bn_apply_k");
