@@ -6,7 +6,8 @@
 # the file's order (not the validation split's); CSV's auto header takes
 # only an all-text first row (a mixed one is an error, not dropped) and
 # data.header overrides it; IDX NaN values, a folder given as a data file,
-# label_col -2, half a test set and --resume with another seed are refused
+# label_col -2, half a test set, --resume with another seed or on changed
+# training data are refused
 # with messages that name them (a refused resume leaves the run's files
 # as they were); a val_fraction that rounds to no characters
 # is refused.
@@ -97,6 +98,16 @@ before=$(cat "$tmp/r/config.yaml" "$tmp/r/metrics.jsonl" | md5sum)
 check "--resume with another train.seed" '[ $? -eq 1 ] && grep -q "this run has train.seed 99" "$tmp/rs.log"'
 check "the refused resume left config.yaml and metrics.jsonl as they were" \
   '[ "$(cat "$tmp/r/config.yaml" "$tmp/r/metrics.jsonl" | md5sum)" = "$before" ]'
+# resume on other data at the same path (a value changed): refused; the same data moved resumes
+cp "$tmp/tr.csv" "$tmp/tr_keep.csv"
+sed -i '2s/0.4,/0.45,/' "$tmp/tr.csv"
+"$kiln" train --resume "$tmp/r" --epochs 3 --threads 1 --no-tensorboard >"$tmp/rd.log" 2>&1
+check "--resume on changed training data is refused, naming it" \
+  '[ $? -eq 1 ] && grep -q "the training set holds 4 samples (CRC-32 [0-9a-f]*), the checkpoint (step [0-9]*) was trained on 4 (CRC-32 [0-9a-f]*): its batches would be other samples; .*--init" "$tmp/rd.log" &&
+   [ "$(cat "$tmp/r/config.yaml" "$tmp/r/metrics.jsonl" | md5sum)" = "$before" ]'
+mv "$tmp/tr_keep.csv" "$tmp/tr.csv"
+"$kiln" train --resume "$tmp/r" --epochs 3 --threads 1 --no-tensorboard >"$tmp/rk.log" 2>&1
+check "--resume on the same data trains on" '[ $? -eq 0 ] && grep -q "\"epoch\":3" "$tmp/r/metrics.jsonl"'
 
 # IDX: a NaN pixel in f32 images; half a test set
 "$py" - "$tmp" <<'PY'

@@ -57,7 +57,7 @@ check "another model.input.tokens is refused" \
 rev "$tmp/corpus.txt" >"$tmp/other.txt"
 run --resume "$tmp/r3" --set data.path="$tmp/other.txt" >"$tmp/r3.log" 2>&1
 check "another corpus of the same characters and size is refused" \
-  '[ $? -eq 1 ] && grep -q "data.path $tmp/other.txt holds [0-9]* characters (CRC-32 [0-9a-f]*), the checkpoint (step 3) was trained on a corpus of [0-9]* (CRC-32 [0-9a-f]*): its batches would be other windows; .*--init" "$tmp/r3.log" && [ ! -e "$tmp/r3/metrics.jsonl" ]'
+  '[ $? -eq 1 ] && grep -q "data.path $tmp/other.txt holds [0-9]* characters (CRC-32 [0-9a-f]*), the checkpoint (step 3) was trained on [0-9]* (CRC-32 [0-9a-f]*): its batches would be other windows; .*--init" "$tmp/r3.log" && [ ! -e "$tmp/r3/metrics.jsonl" ]'
 cp "$tmp/corpus.txt" "$tmp/moved.txt"
 run --resume "$tmp/r3" --set data.path="$tmp/moved.txt" >"$tmp/r3.log" 2>&1
 check "the same corpus at another path resumes" '[ $? -eq 0 ] && [ "$(epochs "$tmp/r3")" = "$(epochs "$tmp/full")" ]'

@@ -30,6 +30,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 /* Steps in flight at most on a GPU (each read-back ring holds PIPE_RING). */
 #define PIPE_DEPTH 32
@@ -119,6 +120,20 @@ static kl_status same_cuts(const train_args *a, const kl_cfg *cfg, const kl_trai
                     (long long)st->epoch + 1, (long long)st->batch, kl_cfg_shown(was, wb, sizeof wb), why);
     }
     return s;
+}
+
+kl_status train_same_data(const train_args *a, kl_train_state *st, const char *what, const char *unit, int64_t n,
+                          uint32_t hash, const char *batches)
+{
+    if (a->resume && st->data_count && (st->data_count != n || st->data_hash != hash))
+        return kl_fail(KL_EINVAL,
+                       "--resume %s: %s holds %lld %s (CRC-32 %08x), the checkpoint (step %lld) was trained on %lld "
+                       "(CRC-32 %08llx): its batches would be other %s; resume on the checkpoint's data (or start a "
+                       "new run from its weights with --init)",
+                       a->ckpt_dir, what, (long long)n, unit, (unsigned)hash, (long long)st->step,
+                       (long long)st->data_count, (unsigned long long)st->data_hash, batches);
+    st->data_count = n, st->data_hash = hash;
+    return KL_OK;
 }
 
 /* Whether the checkpoint's run scaled its loss dynamically (loss_scale
@@ -239,6 +254,7 @@ typedef struct {
     int classes; /* the model's outputs: the labels' range */
     kl_dataset *tr, *va, *te;
     float mean, std;
+    uint32_t crc; /* of the training set's features and labels, as training sees them */
     kl_status s;
     char msg[2048];
 } load_job;
@@ -248,7 +264,15 @@ static void *load_run(void *arg)
     load_job *j = arg;
     j->mean = 0, j->std = 1;
     j->s = train_load_data(j->o, j->classes, &j->tr, &j->va, &j->te, &j->mean, &j->std);
-    if (j->s != KL_OK) snprintf(j->msg, sizeof j->msg, "%s", kl_last_error());
+    if (j->s != KL_OK) {
+        snprintf(j->msg, sizeof j->msg, "%s", kl_last_error());
+        return NULL;
+    }
+    int64_t n = kl_dataset_count(j->tr), d = 1;
+    for (int i = 0; i < kl_dataset_sample_ndim(j->tr); i++) d *= kl_dataset_sample_dims(j->tr)[i];
+    uLong c = crc32_z(0, NULL, 0);
+    c = crc32_z(c, (const Bytef *)kl_dataset_features(j->tr), (z_size_t)(n * d) * sizeof(float));
+    j->crc = (uint32_t)crc32_z(c, (const Bytef *)kl_dataset_labels(j->tr), (z_size_t)n * sizeof(int32_t));
     return NULL;
 }
 
@@ -313,6 +337,7 @@ static kl_status setup(runner *r, kl_cfg *cfg, const train_args *a)
     r->eval = (evaluator){.model = r->model, .ctx = r->ctx, .batch = r->o.batch};
     if (a->init) KL_TRY(kl_weights_load(a->init, r->ctx));
     KL_TRY(train_state_start(a, cfg, &r->o, r->ctx, r->opt, &r->st)); /* before the run directory is touched */
+    KL_TRY(train_same_data(a, &r->st, "the training set", "samples", kl_dataset_count(r->tr), job.crc, "samples"));
     KL_TRY(train_run_dir_open(a, r->o.name, cfg, r->run_dir, r->ckpt_root, &r->metrics));
     KL_TRY(watch_init(&r->watch, &r->o, r->train.g, r->metrics)); /* monitoring hook */
     if (a->resume) KL_TRY(watch_restore(&r->watch, r->st.watch, a->ckpt_dir));

@@ -31,6 +31,14 @@ kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg,
 kl_status train_state_start(const train_args *a, const kl_cfg *cfg, const train_opts *o, kl_ctx *ctx, kl_optim *opt,
                             kl_train_state *st);
 
+/* A resumed run trains on its checkpoint's data: refused (naming the
+ * data, what: "data.path x" and unit: "characters") when the checkpoint
+ * recorded a fingerprint (st->data_count > 0) other than (n, hash), with
+ * how its batches would differ (`batches`: "windows", "samples"); then st
+ * records (n, hash) for the run's checkpoints. */
+kl_status train_same_data(const train_args *a, kl_train_state *st, const char *what, const char *unit, int64_t n,
+                          uint32_t hash, const char *batches);
+
 /* Saves checkpoint <ckpt_root>/step-<N> of st with the config text and the
  * watch's state; path (n bytes) gets its directory. */
 kl_status train_ckpt_save(const char *ckpt_root, kl_cfg *cfg, kl_ctx *ctx, kl_optim *opt, const train_watch *w,

@@ -146,20 +146,12 @@ kl_status text_vocab_path(const char *ckpt_dir, char *out, size_t n)
 
 /* A resumed run trains on the checkpoint's corpus (older checkpoints do
  * not record it): another text of the same characters would go on with
- * other windows. Then r->st records this corpus for the checkpoints. */
+ * other windows. */
 static kl_status same_corpus(lm_runner *r, const train_args *a)
 {
-    int64_t n = kl_tokens_count(r->c.tok);
-    const kl_train_state *st = &r->st;
-    if (a->resume && st->data_count && (st->data_count != n || st->data_hash != r->c.crc))
-        return kl_fail(KL_EINVAL,
-                       "--resume %s: data.path %s holds %lld characters (CRC-32 %08x), the checkpoint (step %lld) "
-                       "was trained on a corpus of %lld (CRC-32 %08llx): its batches would be other windows; resume "
-                       "on the checkpoint's corpus (or start a new run from its weights with --init)",
-                       a->ckpt_dir, r->o.path, (long long)n, (unsigned)r->c.crc, (long long)st->step,
-                       (long long)st->data_count, (unsigned long long)st->data_hash);
-    r->st.data_count = n, r->st.data_hash = r->c.crc;
-    return KL_OK;
+    char what[4200];
+    snprintf(what, sizeof what, "data.path %s", r->o.path);
+    return train_same_data(a, &r->st, what, "characters", kl_tokens_count(r->c.tok), r->c.crc, "windows");
 }
 
 static kl_status run_dir_open(lm_runner *r, kl_cfg *cfg, const train_args *a)
