@@ -253,6 +253,31 @@ static void test_nan_input_halts(void)
     net_free(&m);
 }
 
+/* ---- kl_optim_free before the graph using it (and kl_ctx_free before
+ * both): both stay until the graph goes; it runs and updates meanwhile
+ * (ASan builds see a use after free or a leak otherwise) ---- */
+static void test_free_order(void)
+{
+    net m;
+    CHECK_OK(net_build(&m, 1.0, 0));
+    float x[B * IN], w0[HID * IN], w1[HID * IN];
+    int32_t y[B];
+    net_data(x, y);
+    CHECK_OK(kl_tensor_set(m.x, x, sizeof x));
+    CHECK_OK(kl_tensor_set(m.y, y, sizeof y));
+    CHECK_OK(kl_ctx_param_get(m.ctx, 0, w0, sizeof w0));
+    kl_optim_free(m.opt);
+    CHECK_OK(kl_graph_run(m.g));
+    CHECK_OK(kl_ctx_param_get(m.ctx, 0, w1, sizeof w1));
+    CHECK(memcmp(w0, w1, sizeof w0) != 0); /* the update ran */
+    kl_ctx_free(m.ctx);
+    CHECK_OK(kl_graph_run(m.g));
+    float l;
+    CHECK_OK(kl_tensor_get(m.loss, &l, sizeof l));
+    CHECK(isfinite(l));
+    kl_graph_free(m.g);
+}
+
 /* ---- per-run values: dropout's mask follows the run counter ---- */
 static void test_run_values(void)
 {
@@ -410,6 +435,7 @@ int main(void)
     test_argmax_match();
     test_training_readback();
     test_nan_input_halts();
+    test_free_order();
     test_run_values();
     test_readback_errors();
     test_stream();

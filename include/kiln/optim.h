@@ -80,7 +80,8 @@ KL_API kl_optim_opts kl_optim_defaults(kl_optim_kind kind, double lr);
  * differs for a parameter first updated after others (created later, or
  * left out of the graphs' gradients until then). */
 KL_API kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim **out);
-/* NULL: no-op. Free graphs that use it first. */
+/* NULL: no-op. Graphs that use it go first; one still alive keeps the
+ * optimizer until it is freed. */
 KL_API void kl_optim_free(kl_optim *opt);
 /* Records the update of every parameter whose gradient g computes; call
  * after kl_backward. norm (may be NULL) gets an f64 scalar tensor holding

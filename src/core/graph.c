@@ -28,7 +28,10 @@ void kl_graph_free(kl_graph *g)
     char keep[2048];
     snprintf(keep, sizeof keep, "%s", kl_last_error());
     if (g->ctx->be->sync() != KL_OK) kl_error_restore(keep);
-    for (int i = 0; i < g->n_nodes; i++) kl_free(g->nodes[i]);
+    for (int i = 0; i < g->n_nodes; i++) {
+        if (kl_ops[g->nodes[i]->op]->release) kl_ops[g->nodes[i]->op]->release(g->nodes[i]);
+        kl_free(g->nodes[i]);
+    }
     kl_free(g->nodes);
     kl_free(g->grad_written);
     kl_free(g->prof);
@@ -97,6 +100,7 @@ kl_status kl_node_new(kl_graph *g, kl_op_id op, int n_src, kl_tensor *const *src
         kl_free(t);
         return s;
     }
+    if (kl_ops[op]->retain) kl_ops[op]->retain(t); /* in the graph now: released with it */
     /* extras follow their producer in execution order */
     for (int i = 0; i < t->n_extra; i++) {
         s = push_node(g, t->extra[i]);

@@ -135,6 +135,11 @@ typedef struct kl_op_def {
     /* The run stopped at an error before this node ran, after its prepare
      * (vals): account for what prepare committed. NULL: nothing to do. */
     void (*failed)(const struct kl_exec *ex, const kl_tensor *t, const void *vals);
+    /* The node uses an object its attr points to (an optimizer): retain
+     * when the node is in its graph, release when the graph is freed, so
+     * an object freed before the graph stays until then. NULL: none. */
+    void (*retain)(const kl_tensor *t);
+    void (*release)(const kl_tensor *t);
     /* Bit (1 << backend): that backend's kernel reads and writes f16/bf16
      * storage itself; for the others the executor widens (core/widen.c). */
     unsigned half_native;

@@ -44,6 +44,8 @@ static kl_status loss_scale_backward(kl_graph *g, kl_tensor *t, kl_tensor *dy)
 const kl_op_def kl_op_loss_scale = {.name = "loss_scale",
                                     .shape = loss_scale_shape,
                                     .backward = loss_scale_backward,
+                                    .retain = kl_optim_retain_node,
+                                    .release = kl_optim_release_node,
                                     .fwd = {[KL_BACKEND_CPU] = loss_scale_cpu}};
 
 kl_optim *kl_optim_of_scaled_loss(const kl_tensor *t)

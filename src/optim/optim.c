@@ -59,9 +59,8 @@ kl_status kl_optim_new(kl_ctx *ctx, const kl_optim_opts *opts, kl_optim **out)
     return KL_OK;
 }
 
-void kl_optim_free(kl_optim *opt)
+static void optim_destroy(kl_optim *opt)
 {
-    if (!opt) return;
     opt->be->free(opt->m); /* the backend, not the ctx: it may be freed already */
     opt->be->free(opt->v);
     opt->be->free(opt->acc);
@@ -70,6 +69,24 @@ void kl_optim_free(kl_optim *opt)
     kl_free(opt->host[0]);
     kl_free(opt->host[1]);
     kl_free(opt);
+}
+
+void kl_optim_free(kl_optim *opt)
+{
+    if (!opt) return;
+    if (opt->users > 0) { /* freed before a graph using it: it goes with that graph */
+        opt->closing = true;
+        return;
+    }
+    optim_destroy(opt);
+}
+
+void kl_optim_retain_node(const kl_tensor *t) { KL_ATTR_C(t, optim_attr)->opt->users++; }
+
+void kl_optim_release_node(const kl_tensor *t)
+{
+    kl_optim *opt = KL_ATTR_C(t, optim_attr)->opt;
+    if (--opt->users == 0 && opt->closing) optim_destroy(opt);
 }
 
 /* One state buffer of need bytes in the ctx backend's memory: the old
@@ -308,6 +325,8 @@ const kl_op_def kl_op_optim = {.name = "optim",
                                .shape = optim_shape,
                                .prepare = optim_prepare,
                                .failed = optim_failed,
+                               .retain = kl_optim_retain_node,
+                               .release = kl_optim_release_node,
                                .fwd = {[KL_BACKEND_CPU] = optim_cpu}};
 
 kl_status kl_optim_step(kl_graph *g, kl_optim *opt, kl_tensor **norm)

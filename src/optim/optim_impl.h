@@ -32,11 +32,17 @@ struct kl_optim {
      * written by the update; seen, a copy the host can read (mapped pinned
      * memory on CUDA; the same memory on the CPU), seen_dev as kernels see it. */
     kl_optim_flags *flags, *seen, *seen_dev;
+    int users;    /* graph nodes using it (optim, loss_scale: their retain/release) */
+    bool closing; /* kl_optim_free came while nodes used it: the last release frees it */
 };
+
+/* The optim and loss_scale ops' retain and release hooks. */
+void kl_optim_retain_node(const kl_tensor *t);
+void kl_optim_release_node(const kl_tensor *t);
 
 /* The optim op's attribute: the optimizer it runs. Sources: the loss. Value:
  * the gradient norm (f64). Per-run values: the kl_optim_hp of the update. */
-typedef struct { kl_optim *opt; } optim_attr;
+typedef struct { kl_optim *opt; } optim_attr; /* first in loss_scale_attr too (the retain hooks) */
 
 /* Grows the state to cover every parameter of the ctx (new ones start at 0);
  * allocates the flags on first use. */
