@@ -61,8 +61,9 @@ typedef struct kl_optim_opts {
      * accumulation the gradient norm is always computed (the non-finite
      * guard needs it). */
     int accumulate;
-    /* Loss scaling: > 0, the initial scale S (a power of two keeps the
-     * unscaling exact; PyTorch starts at 65536); 0: none. The step graph
+    /* Loss scaling: > 0, the initial scale S, at most 2^64, which dynamic
+     * scaling never doubles past (a power of two keeps the unscaling exact;
+     * PyTorch starts at 65536); 0: none. The step graph
      * needs kl_optim_scale_loss. scale_window: > 0, dynamic (PyTorch: 2000);
      * 0, S stays and non-finite gradients halt as without scaling. With
      * scaling the gradient norm is always computed. */
