@@ -675,6 +675,8 @@ int main(int argc, char **argv)
     test_training(gpu, KL_F64, &sgd, "mlp sgd f64");
     kl_optim_opts adamw = {.kind = KL_OPTIM_ADAMW, .lr = 1e-3, .weight_decay = 0.01, .max_grad_norm = 0.5};
     test_training(gpu, KL_F32, &adamw, "mlp adamw f32");
+    adamw.no_decay_1d = 1, adamw.weight_decay = 0.5; /* biases apart: the update splits its spans there */
+    test_training(gpu, KL_F32, &adamw, "mlp adamw f32, no decay of 1-d parameters");
     test_big_optim(gpu);
     test_device_errors(gpu);
     return kl_test_done("test_cuda");

@@ -30,17 +30,18 @@ static void ref_step(const kl_optim_opts *o, int t, double *p, double *m, double
     *p -= o->lr * mh / (sqrt(vh) + eps);
 }
 
-static void run_case(const char *name, kl_optim_opts o, kl_dtype dt)
+/* p is [3], or [1, 3] with ndim 2 (no_decay_1d decays that one only) */
+static void run_case_nd(const char *name, kl_optim_opts o, kl_dtype dt, int ndim)
 {
     kl_ctx *ctx;
     kl_graph *g;
     kl_optim *opt;
     kl_tensor *p, *l;
-    int64_t d[1] = {N};
+    int64_t d[2] = {1, N};
     double p0[N] = {1.5, -0.75, 0.3}, ref[N], m[N] = {0}, v[N] = {0};
     CHECK_OK(kl_ctx_new(NULL, &ctx));
     CHECK_OK(kl_graph_new(ctx, &g));
-    CHECK_OK(kl_param(g, "p", dt, 1, d, NULL, &p));
+    CHECK_OK(kl_param(g, "p", dt, ndim, ndim == 1 ? d + 1 : d, NULL, &p));
     CHECK_OK(kl_square(g, p, &l));
     CHECK_OK(kl_sum(g, l, 0, NULL, 0, &l));
     CHECK_OK(kl_scale(g, l, 0.5, &l));
@@ -56,9 +57,11 @@ static void run_case(const char *name, kl_optim_opts o, kl_dtype dt)
     }
     for (int i = 0; i < N; i++) ref[i] = p0[i];
     int bad = 0;
+    kl_optim_opts ro = o; /* the reference's hyperparameters for this parameter */
+    if (o.no_decay_1d && ndim < 2) ro.weight_decay = 0;
     for (int t = 1; t <= 3; t++) {
         CHECK_OK(kl_graph_run(g));
-        for (int i = 0; i < N; i++) ref_step(&o, t, &ref[i], &m[i], &v[i]);
+        for (int i = 0; i < N; i++) ref_step(&ro, t, &ref[i], &m[i], &v[i]);
         double got[N];
         if (dt == KL_F64) {
             CHECK_OK(kl_tensor_get(p, got, sizeof got));
@@ -82,6 +85,8 @@ static void run_case(const char *name, kl_optim_opts o, kl_dtype dt)
     kl_ctx_free(ctx);
 }
 
+static void run_case(const char *name, kl_optim_opts o, kl_dtype dt) { run_case_nd(name, o, dt, 1); }
+
 int main(void)
 {
     run_case("sgd", (kl_optim_opts){.kind = KL_OPTIM_SGD, .lr = 0.1}, KL_F64);
@@ -91,6 +96,13 @@ int main(void)
     run_case("adam_wd", (kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.01, .weight_decay = 0.1, .beta1 = 0.8, .beta2 = 0.99}, KL_F64);
     run_case("adamw", (kl_optim_opts){.kind = KL_OPTIM_ADAMW, .lr = 0.01, .weight_decay = 0.1}, KL_F64);
     run_case("adam_f32", (kl_optim_opts){.kind = KL_OPTIM_ADAM, .lr = 0.1}, KL_F32);
+    /* no_decay_1d: a vector (a bias, a norm scale) is not decayed, a matrix is */
+    kl_optim_opts nd = {.kind = KL_OPTIM_ADAMW, .lr = 0.01, .weight_decay = 0.5, .no_decay_1d = 1};
+    run_case_nd("adamw_no_decay_1d", nd, KL_F64, 1);
+    run_case_nd("adamw_no_decay_2d", nd, KL_F64, 2);
+    nd.kind = KL_OPTIM_SGD, nd.momentum = 0.9;
+    run_case_nd("sgd_no_decay_1d", nd, KL_F64, 1);
+    run_case_nd("sgd_no_decay_2d", nd, KL_F32, 2);
     /* exact: beta1 0 is Adam without momentum (GAN recipes), not the default 0.9 */
     kl_optim_opts b0 = kl_optim_defaults(KL_OPTIM_ADAM, 0.1);
     CHECK(b0.beta1 == 0.9 && b0.beta2 == 0.999 && b0.eps == 1e-8 && b0.exact);

@@ -23,6 +23,11 @@ check "momentum under adam" 'refused "optim.momentum: optim: momentum is for kin
 check "eps under sgd" 'refused "optim: eps is for kind adam or adamw; kind sgd does not use it" "$tmp/bad.yaml" "${ok[@]}" --set optim.kind=sgd --set optim.eps=0.1'
 check "betas of 1" 'refused "optim: betas must be in [0, 1), got [0.9, 1]" "$tmp/bad.yaml" "${ok[@]}" --set "optim.betas=[0.9, 1.0]"'
 check "a negative weight_decay" 'refused "optim: weight_decay must be a number >= 0, got -0.1" "$tmp/bad.yaml" "${ok[@]}" --set optim.weight_decay=-0.1'
+check "decay_1d takes a boolean" 'refused "optim.decay_1d: expected a boolean (true/false, yes/no, on/off), got \"maybe\"" "$tmp/bad.yaml" "${ok[@]}" --set optim.decay_1d=maybe'
+printf 'name: nd\nmodel:\n  input: [1, 28, 28]\n  layers:\n    - {type: flatten}\n    - {type: linear, out: 10}\n' >"$tmp/nd.yaml"
+"$kiln" train "$tmp/nd.yaml" --set optim.kind=adamw --set optim.weight_decay=0.1 --set optim.decay_1d=false \
+  --epochs 1 "${small[@]}" --out "$tmp/nd" >"$tmp/nd.log" 2>&1
+check "optim.decay_1d false trains and is recorded" '[ $? -eq 0 ] && grep -q "decay_1d: false" "$tmp/nd/config.yaml"'
 check "a negative clip.max_norm, by its key" 'refused "clip.max_norm: clip: max_norm must be a number >= 0 (0: off), got -5" "$tmp/bad.yaml" "${ok[@]}" --set clip.max_norm=-5'
 check "a cosine min_lr above lr" 'refused "schedule: min_lr must be in [0, optim.lr 0.01], got 0.5" "$tmp/bad.yaml" "${ok[@]}" --set schedule.kind=cosine --set schedule.min_lr=0.5'
 check "a negative min_lr" 'refused "schedule: min_lr must be in [0, optim.lr 0.01], got -0.001" "$tmp/bad.yaml" "${ok[@]}" --set schedule.kind=cosine --set schedule.min_lr=-0.001'

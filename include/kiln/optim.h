@@ -48,6 +48,9 @@ typedef struct kl_optim_opts {
     double momentum;     /* SGD */
     int nesterov;        /* SGD; needs momentum > 0 */
     double weight_decay;
+    /* nonzero: weight decay skips parameters of fewer than 2 dims (biases,
+     * norm scales), as nanoGPT's optimizer groups do; 0: every parameter */
+    int no_decay_1d;
     double beta1, beta2; /* Adam/AdamW; 0 means 0.9, 0.999 (unless exact) */
     double eps;          /* Adam/AdamW; 0 means 1e-8 (unless exact) */
     /* nonzero: a 0 in beta1, beta2 or eps is taken as 0 (beta1 = 0, Adam

@@ -187,7 +187,8 @@ static kl_status read_data(kl_cfg *cfg, train_opts *o)
 
 static kl_status read_optim(kl_cfg *cfg, train_opts *o)
 {
-    static const char *const keys[] = {"kind", "lr", "momentum", "nesterov", "weight_decay", "betas", "eps", NULL};
+    static const char *const keys[] = {"kind", "lr", "momentum", "nesterov", "weight_decay", "decay_1d", "betas", "eps",
+                                       NULL};
     static const char *const kinds[] = {"sgd", "adam", "adamw", NULL};
     kl_cfg_node *m;
     int kind, nest;
@@ -208,6 +209,9 @@ static kl_status read_optim(kl_cfg *cfg, train_opts *o)
     GET_BOOL_IF("optim", "nesterov", 0, nest, !nest || o->optim.momentum > 0, "nesterov needs momentum > 0");
     o->optim.nesterov = nest;
     GET_FLOAT_IF("optim", "weight_decay", 0, o->optim.weight_decay, v_ >= 0 && isfinite(v_), "a number >= 0");
+    int decay_1d;
+    GET_BOOL("optim", "decay_1d", 1, decay_1d);
+    o->optim.no_decay_1d = !decay_1d;
     if (kind == KL_OPTIM_SGD) KL_TRY(only_for(m, "optim", "eps", 1e-8, kinds[kind], "adam or adamw"));
     GET_FLOAT_IF("optim", "eps", 1e-8, o->optim.eps, v_ >= 0 && isfinite(v_), "a number >= 0");
     KL_TRY(kl_cfg_float_list(m, "betas", 0, 2, betas, &nb));

@@ -298,13 +298,16 @@ static kl_status optim_cpu(const kl_exec *ex, const kl_tensor *t)
     *(double *)kl_data(ex, t) = opt->flags->norm;
     if (!opt->flags->apply) return KL_OK;
     kl_optim_hp_apply(&h, opt->flags);
+    kl_optim_hp nodecay = h;
+    nodecay.weight_decay = 0;
     for (int s = 0; (sl = next_slot(c, g, &s));) {
         int64_t n = (int64_t)(sl->nbytes / kl_dtype_size(sl->dtype));
         unsigned char *p = c->params + sl->off, *m = opt->m + sl->off;
         const unsigned char *gr = geff + sl->off;
         unsigned char *v = opt->v ? opt->v + sl->off : m; /* SGD never reads v */
-        if (sl->dtype == KL_F32) update_float(&h, o->kind, n, (float *)p, (const float *)gr, (float *)m, (float *)v);
-        else update_double(&h, o->kind, n, (double *)p, (const double *)gr, (double *)m, (double *)v);
+        const kl_optim_hp *hs = kl_optim_decays(o, sl->ndim) ? &h : &nodecay;
+        if (sl->dtype == KL_F32) update_float(hs, o->kind, n, (float *)p, (const float *)gr, (float *)m, (float *)v);
+        else update_double(hs, o->kind, n, (double *)p, (const double *)gr, (double *)m, (double *)v);
     }
     return KL_OK;
 }

@@ -36,6 +36,9 @@ struct kl_optim {
     bool closing; /* kl_optim_free came while nodes used it: the last release frees it */
 };
 
+/* Whether weight decay applies to a parameter of ndim dims. */
+static inline bool kl_optim_decays(const kl_optim_opts *o, int ndim) { return !(o->no_decay_1d && ndim < 2); }
+
 /* The optim and loss_scale ops' retain and release hooks. */
 void kl_optim_retain_node(const kl_tensor *t);
 void kl_optim_release_node(const kl_tensor *t);

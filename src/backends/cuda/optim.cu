@@ -40,11 +40,12 @@ template <typename T> static __device__ __forceinline__ const T *grads_used(cons
 
 template <typename T, int KIND>
 __global__ void optim_k(const kl_optim_hp *hp, const kl_optim_flags *f, int64_t n, T *p, const T *g, const T *acc,
-                        T *m, T *v)
+                        T *m, T *v, int decay)
 {
     if (!f->apply) return;
     kl_optim_hp h = *hp;
     kl_optim_hp_apply(&h, f);
+    if (!decay) h.weight_decay = 0; /* kl_optim_opts.no_decay_1d: a span of biases and norm scales */
     const T *ge = grads_used(&h, g, acc);
     KL_CU_FOR(i, n) elem(&h, KIND, p + i, ge[i], m + i, v + i);
 }
@@ -118,11 +119,12 @@ __global__ void sumsq_add_k(const double *part, int nparts, double *acc)
     *acc += s;
 }
 
-/* A run of adjacent trainable parameters with gradients, one dtype. */
-typedef struct { size_t off, bytes; kl_dtype dt; } span;
+/* A run of adjacent trainable parameters with gradients, one dtype, all
+ * weight-decayed or none. */
+typedef struct { size_t off, bytes; kl_dtype dt; bool decay; } span;
 
 /* The next run starting at slot *i (advanced past it); 0 when none is left. */
-static int next_span(const kl_ctx *c, const kl_graph *g, int *i, span *out)
+static int next_span(const kl_ctx *c, const kl_graph *g, const kl_optim_opts *o, int *i, span *out)
 {
     int n = c->n_slots < g->grad_written_n ? c->n_slots : g->grad_written_n, found = 0;
     size_t end = 0;
@@ -133,10 +135,12 @@ static int next_span(const kl_ctx *c, const kl_graph *g, int *i, span *out)
             if (found) break;
             continue;
         }
-        if (found && (sl->dtype != out->dt || sl->off != end)) break;
+        bool decay = kl_optim_decays(o, sl->ndim);
+        if (found && (sl->dtype != out->dt || sl->off != end || decay != out->decay)) break;
         if (!found) {
             out->off = sl->off;
             out->dt = sl->dtype;
+            out->decay = decay;
             found = 1;
         }
         out->bytes = sl->off + sl->nbytes - out->off;
@@ -148,26 +152,28 @@ static int next_span(const kl_ctx *c, const kl_graph *g, int *i, span *out)
 /* The update of one span (acc: the accumulator, or g without one). */
 template <typename T>
 static void update(const kl_optim_hp *hp, const kl_optim_flags *f, int kind, int64_t n, unsigned char *p,
-                   const unsigned char *g, unsigned char *acc, unsigned char *m, unsigned char *v, cudaStream_t s)
+                   const unsigned char *g, unsigned char *acc, unsigned char *m, unsigned char *v, int decay,
+                   cudaStream_t s)
 {
     unsigned nb = kl_cu_blocks(n, KL_CU_THREADS);
     T *pp = (T *)p, *mm = (T *)m, *vv = (T *)v, *aa = (T *)acc;
     const T *gg = (const T *)g;
-    if (kind == KL_OPTIM_SGD) optim_k<T, KL_OPTIM_SGD><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, aa, mm, vv);
-    else if (kind == KL_OPTIM_ADAM) optim_k<T, KL_OPTIM_ADAM><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, aa, mm, vv);
-    else optim_k<T, KL_OPTIM_ADAMW><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, aa, mm, vv);
+    if (kind == KL_OPTIM_SGD) optim_k<T, KL_OPTIM_SGD><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, aa, mm, vv, decay);
+    else if (kind == KL_OPTIM_ADAM)
+        optim_k<T, KL_OPTIM_ADAM><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, aa, mm, vv, decay);
+    else optim_k<T, KL_OPTIM_ADAMW><<<nb, KL_CU_THREADS, 0, s>>>(hp, f, n, pp, gg, aa, mm, vv, decay);
 }
 
 /* Sum of squares of the gradients the update uses (those this graph
  * writes, with the accumulator), into *acc (device). */
 static kl_status grad_sumsq(const kl_tensor *t, const kl_optim_hp *hp, kl_ctx *c, const kl_graph *g,
-                            const unsigned char *accum, double *acc)
+                            const kl_optim_opts *o, const unsigned char *accum, double *acc)
 {
     cudaStream_t s = kl_cu_stream();
     double *part = kl_cu_reduce_buf();
     KL_CUDA_CHECK(cudaMemsetAsync(acc, 0, sizeof *acc, s), "optim", "cudaMemsetAsync");
     span sp;
-    for (int i = 0; next_span(c, g, &i, &sp);) {
+    for (int i = 0; next_span(c, g, o, &i, &sp);) {
         int64_t n = (int64_t)(sp.bytes / kl_dtype_size(sp.dt));
         unsigned nb = kl_cu_blocks(n, KL_CU_THREADS);
         if (nb > KL_CU_RED_BLOCKS) nb = KL_CU_RED_BLOCKS;
@@ -192,7 +198,7 @@ extern "C" kl_status kl_cuda_optim(const kl_exec *ex, const kl_tensor *t)
     span sp;
     /* accumulation first (the run's values say what it does, so one captured
      * graph serves every run of a cycle) */
-    for (int i = 0; opt->acc && next_span(c, g, &i, &sp);) {
+    for (int i = 0; opt->acc && next_span(c, g, o, &i, &sp);) {
         int64_t n = (int64_t)(sp.bytes / kl_dtype_size(sp.dt));
         unsigned nb = kl_cu_blocks(n, KL_CU_THREADS);
         unsigned char *gr = c->grads + sp.off, *acc = opt->acc + sp.off;
@@ -205,19 +211,19 @@ extern "C" kl_status kl_cuda_optim(const kl_exec *ex, const kl_tensor *t)
     double *ss = NULL;
     if (kl_optim_needs_norm(o)) {
         ss = kl_cu_reduce_buf() + KL_CU_RED_BLOCKS;
-        KL_TRY(grad_sumsq(t, hp, c, g, opt->acc, ss));
+        KL_TRY(grad_sumsq(t, hp, c, g, o, opt->acc, ss));
     }
     const kl_tensor *loss = t->src[0];
     decide_k<<<1, 1, 0, s>>>(hp, kl_data(ex, loss), (int)loss->dtype, ss, opt->flags, opt->seen_dev,
                              (double *)kl_data(ex, t), kl_cu_err());
     KL_CUDA_LAUNCHED(t, "decide_k");
-    for (int i = 0; next_span(c, g, &i, &sp);) {
+    for (int i = 0; next_span(c, g, o, &i, &sp);) {
         int64_t n = (int64_t)(sp.bytes / kl_dtype_size(sp.dt));
         unsigned char *p = c->params + sp.off, *gr = c->grads + sp.off, *m = opt->m + sp.off;
         unsigned char *v = opt->v ? opt->v + sp.off : m;        /* SGD never reads v */
         unsigned char *acc = opt->acc ? opt->acc + sp.off : gr; /* read only with accumulation */
-        if (sp.dt == KL_F32) update<float>(hp, opt->flags, o->kind, n, p, gr, acc, m, v, s);
-        else update<double>(hp, opt->flags, o->kind, n, p, gr, acc, m, v, s);
+        if (sp.dt == KL_F32) update<float>(hp, opt->flags, o->kind, n, p, gr, acc, m, v, sp.decay, s);
+        else update<double>(hp, opt->flags, o->kind, n, p, gr, acc, m, v, sp.decay, s);
         KL_CUDA_LAUNCHED(t, "optim_k");
     }
     return KL_OK;
