@@ -101,6 +101,13 @@ check "streamed run resumed at step 50 (mid-epoch) gives the same losses" '[ "$(
 # the checkpoint carries the epoch so far: the resumed epoch's line covers all of it
 check "the resumed run's epoch records equal the uninterrupted run's" \
   '[ -n "$(epochs "$tmp/sres/metrics.jsonl")" ] && [ "$(epochs "$tmp/full/metrics.jsonl" | tail -n "$(epochs "$tmp/sres/metrics.jsonl" | wc -l)")" = "$(epochs "$tmp/sres/metrics.jsonl")" ]'
+# a run whose checkpoints/ is a link elsewhere resumes in the run named, not in the link's parent
+mkdir -p "$tmp/lnk" "$tmp/far"
+cp -r "$tmp/sres/checkpoints" "$tmp/far/" && ln -s "$tmp/far/checkpoints" "$tmp/lnk/checkpoints" && cp "$tmp/sres/config.yaml" "$tmp/lnk/"
+echo step-000000050 >"$tmp/far/checkpoints/latest"
+"$kiln" train --resume "$tmp/lnk" --threads 2 >"$tmp/lnk.log" 2>&1
+check "--resume RUN with checkpoints/ a symlink: the run's files stay in RUN" \
+  '[ $? -eq 0 ] && [ -s "$tmp/lnk/metrics.jsonl" ] && [ ! -e "$tmp/far/metrics.jsonl" ] && grep -q "run directory: $tmp/lnk\b" "$tmp/lnk.log"'
 
 # eval, predict, inspect on the trained run
 "$kiln" eval "$tmp/acc" --data val --confusion >"$tmp/eval.log" 2>&1

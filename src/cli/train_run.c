@@ -203,7 +203,12 @@ static void run_dir_of(const char *ckpt, char *out, size_t n)
 kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg, char *run_dir, char *ckpt_root,
                              FILE **metrics)
 {
+    struct stat rs;
+    char rck[4200];
+    snprintf(rck, sizeof rck, "%s/checkpoints", a->resume_path ? a->resume_path : "");
     if (a->out) snprintf(run_dir, 4096, "%s", a->out);
+    else if (a->resume && a->resume_path && stat(rck, &rs) == 0 && S_ISDIR(rs.st_mode))
+        snprintf(run_dir, 4096, "%s", a->resume_path); /* --resume RUN: that path as written, even if checkpoints/ is a link */
     else if (a->resume) run_dir_of(a->ckpt_dir, run_dir, 4096); /* <run>/checkpoints/<tag> */
     else {
         char ts[32];
