@@ -122,10 +122,17 @@ check "inspect lists tensors and step" 'grep -q "layers.1.weight *f32 *\[256,784
 "$kiln" train "${common[@]}" --steps 100000 --out "$tmp/int" >"$tmp/int.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 200); do grep -q '"step":5,' "$tmp/int/metrics.jsonl" 2>/dev/null && break; sleep 0.05; done
+"$kiln" train "${common[@]}" --out "$tmp/int" >"$tmp/lock.log" 2>&1 # while the first one runs
+lockrc=$?
 kill -INT "$pid"
 wait "$pid"
 rc=$?
 check "SIGINT exits 130 with a checkpoint and a resume hint" '[ $rc -eq 130 ] && grep -q "resume with: kiln train --resume" "$tmp/int.log" && [ -s "$tmp/int/checkpoints/latest" ]'
+check "a second kiln train on a run directory in use is refused" '[ $lockrc -eq 1 ] && grep -q "$tmp/int is in use by another kiln train" "$tmp/lock.log"'
+before=$(md5sum <"$tmp/int/metrics.jsonl")
+"$kiln" train "${common[@]}" --out "$tmp/int" >"$tmp/over.log" 2>&1
+check "a new run into a finished run's --out is refused, its records kept" \
+  '[ $? -eq 1 ] && grep -q "holds a run already .*continue it with --resume" "$tmp/over.log" && [ "$(md5sum <"$tmp/int/metrics.jsonl")" = "$before" ]'
 
 # last-batch handling: 900 samples at batch 128 are 7 full batches and one of 4
 "$kiln" train models/mlp.yaml --epochs 1 --set data.limit=1000 --set data.val_split=100 --set data.drop_last=false \

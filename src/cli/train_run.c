@@ -27,6 +27,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -200,6 +203,26 @@ static void run_dir_of(const char *ckpt, char *out, size_t n)
         snprintf(out, n, "%s", run);
 }
 
+/* One kiln train per run directory: an flock on RUN/.lock, held until the
+ * process exits (two runs would write each other's records and
+ * checkpoints). */
+static kl_status run_dir_lock(const char *run_dir)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/.lock", run_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return kl_fail(KL_EIO, "%s: cannot open: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return kl_fail(KL_EINVAL, "%s is in use by another kiln train (%s is locked); wait for it or choose another --out",
+                           run_dir, path);
+        return kl_fail(KL_EIO, "%s: cannot lock: %s", path, strerror(e));
+    }
+    return KL_OK; /* fd stays open: the lock lasts as long as the process */
+}
+
 kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg, char *run_dir, char *ckpt_root,
                              FILE **metrics)
 {
@@ -218,7 +241,13 @@ kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg,
     }
     snprintf(ckpt_root, 4200, "%s/checkpoints", run_dir);
     KL_TRY(kl_mkdir_p(ckpt_root));
+    KL_TRY(run_dir_lock(run_dir));
     char path[4300];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run_dir);
+    struct stat ms;
+    if (!a->resume && stat(path, &ms) == 0 && ms.st_size > 0) /* a new run would truncate the old one's records */
+        return kl_fail(KL_EINVAL, "--out %s holds a run already (%s): continue it with --resume %s, or choose another --out",
+                       run_dir, path, run_dir);
     snprintf(path, sizeof path, "%s/config.yaml", run_dir);
     KL_TRY(kl_cfg_write(cfg, path));
     snprintf(path, sizeof path, "%s/metrics.jsonl", run_dir);
