@@ -13,6 +13,7 @@
 #include "testutil.h"
 
 #include <ftw.h>
+#include <math.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -348,6 +349,36 @@ static void test_mismatch(void)
     load_refused(&m, in_dir("mm/t3"), NULL, KL_EFORMAT, "mm/t3/state.safetensors: metadata 'step' is missing");
     tamper_state(dir, in_dir("mm/t4"), NULL, "format", NULL);
     load_refused(&m, in_dir("mm/t4"), NULL, KL_EFORMAT, "mm/t4/state.safetensors: not a kiln checkpoint (no 'format' metadata)");
+
+    /* A NaN weight or a negative Adam second moment (a flipped bit, a save
+     * of a diverged run) is refused naming the tensor, nothing loaded. */
+    {
+        net bad;
+        net_build(&bad, 1, 6, 0);
+        net_train(&bad, 2, 5);
+        float w[5 * 6];
+        CHECK_OK(kl_ctx_param_get(bad.ctx, 0, w, sizeof w));
+        float keep = w[7];
+        w[7] = NAN;
+        CHECK_OK(kl_ctx_param_set(bad.ctx, 0, w, sizeof w));
+        char bd[512];
+        CHECK_OK(kl_checkpoint_save(in_dir("nan"), "step-2", bad.ctx, bad.opt, &g_st, NULL, bd, sizeof bd));
+        snprintf(msg, sizeof msg, "%s/model.safetensors: tensor 'layers.0.weight' holds nan at element 7: the file is damaged", bd);
+        load_refused(&m, bd, NULL, KL_EFORMAT, msg);
+        w[7] = keep;
+        CHECK_OK(kl_ctx_param_set(bad.ctx, 0, w, sizeof w));
+        const char *sname;
+        void *sdata;
+        size_t sbytes;
+        CHECK_OK(kl_optim_state(bad.opt, 1, &sname, &sdata, &sbytes));
+        CHECK(!strcmp(sname, "exp_avg_sq"));
+        ((float *)sdata)[3] = -1.0f;
+        CHECK_OK(kl_checkpoint_save(in_dir("neg"), "step-2", bad.ctx, bad.opt, &g_st, NULL, bd, sizeof bd));
+        snprintf(msg, sizeof msg, "%s/state.safetensors: tensor 'exp_avg_sq.layers.0.weight' holds -1 at element 3, below 0", bd);
+        load_refused(&m, bd, NULL, KL_EFORMAT, msg);
+        CHECK_ERR(kl_weights_load(in_dir("nan/step-2/model.safetensors"), m.ctx), KL_EFORMAT, "holds nan at element 7");
+        net_free(&bad);
+    }
 
     /* Without an optimizer only the weights and train state are read. */
     CHECK_OK(kl_checkpoint_load(in_dir("mm/t2"), m.ctx, NULL, &st, NULL));

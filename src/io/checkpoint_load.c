@@ -5,6 +5,7 @@
 #include "io/checkpoint_internal.h"
 #include "io/fileio.h"
 #include "core/graph.h"
+#include "core/half.h"
 
 #include <errno.h>
 #include <math.h>
@@ -56,6 +57,29 @@ static kl_status check_model(const char *file, const kl_st_file *f, const kl_ctx
         KL_TRY(kl_st_info(f, ti, &name, NULL, NULL, NULL));
         if (kl_ctx_param_find(c, name) < 0 && !(weights && ignorable(name)))
             return kl_fail(KL_EFORMAT, "%s: unexpected tensor '%s' (not in the model)", file, name);
+    }
+    return KL_OK;
+}
+
+/* A tensor read from file holds finite values (and, nonneg, none below 0):
+ * a flipped bit or a diverged run's save would otherwise train on, or be
+ * evaluated and exported, silently. The message names the tensor. */
+static kl_status check_values(const char *file, const char *tname, kl_dtype dt, const void *p, size_t bytes, bool nonneg)
+{
+    size_t n = bytes / kl_dtype_size(dt);
+    for (size_t i = 0; i < n; i++) {
+        double v;
+        switch (dt) {
+        case KL_F32: v = ((const float *)p)[i]; break;
+        case KL_F64: v = ((const double *)p)[i]; break;
+        case KL_F16: v = kl_f16_to_f32(((const uint16_t *)p)[i]); break;
+        case KL_BF16: v = kl_bf16_to_f32(((const uint16_t *)p)[i]); break;
+        default: return KL_OK; /* integers: any value is one */
+        }
+        if (!isfinite(v) || (nonneg && v < 0))
+            return kl_fail(KL_EFORMAT, "%s: tensor '%s' holds %g at element %zu%s: the file is damaged (or was saved "
+                           "from a run that had diverged)", file, tname, v, i,
+                           isfinite(v) ? ", below 0 where only values >= 0 can be" : "");
     }
     return KL_OK;
 }
@@ -257,6 +281,31 @@ static kl_status copy_optim(const kl_st_file *f, const kl_ctx *c, const optim_vi
     return KL_OK;
 }
 
+/* check_values over the model's tensors in f (ov NULL) or the optimizer
+ * state's, read into one scratch buffer before anything is copied, so a
+ * refused file leaves the parameters and the state as they were. */
+static kl_status check_values_of(const char *file, const kl_st_file *f, const kl_ctx *c, const optim_view *ov)
+{
+    size_t most = 1;
+    for (int i = 0; i < c->n_slots; i++)
+        if (c->slots[i].nbytes > most) most = c->slots[i].nbytes;
+    unsigned char *buf = kl_malloc(most);
+    if (!buf) return kl_fail(KL_ENOMEM, "checking %s: %zu bytes of host buffer", file, most);
+    kl_status s = KL_OK;
+    char tname[1024];
+    for (int k = 0; k < (ov ? ov->n : 1) && s == KL_OK; k++)
+        for (int i = 0; i < c->n_slots && s == KL_OK; i++) {
+            const kl_param_slot *sl = &c->slots[i];
+            if (ov && !sl->trainable) continue;
+            snprintf(tname, sizeof tname, "%s%s%s", ov ? ov->name[k] : "", ov ? "." : "", sl->name); /* fits: checked */
+            s = kl_st_read(f, kl_st_find(f, tname), buf, sl->nbytes);
+            if (s == KL_OK) /* Adam's second moment is never below 0 */
+                s = check_values(file, tname, sl->dtype, buf, sl->nbytes, ov && !strcmp(ov->name[k], "exp_avg_sq"));
+        }
+    kl_free(buf);
+    return s;
+}
+
 kl_status kl_checkpoint_load(const char *dir, kl_ctx *ctx, kl_optim *opt, kl_train_state *st, char **config_yaml)
 {
     if (config_yaml) *config_yaml = NULL;
@@ -282,6 +331,8 @@ kl_status kl_checkpoint_load(const char *dir, kl_ctx *ctx, kl_optim *opt, kl_tra
     if (s == KL_OK && config_yaml && kl_ckpt_is_file(cp)) s = kl_read_file_raw(cp, &text, &len);
     /* Everything checked: from here on only a read error (the files changed
      * while open) can fail on the CPU backend. */
+    if (s == KL_OK) s = check_values_of(mp, mf, ctx, NULL);
+    if (s == KL_OK && opt) s = check_values_of(sp, sf, ctx, &ov);
     if (s == KL_OK) s = copy_model(mf, ctx);
     if (s == KL_OK && opt) {
         s = copy_optim(sf, ctx, &ov);
@@ -304,6 +355,7 @@ kl_status kl_weights_load(const char *path, kl_ctx *ctx)
     kl_st_file *f;
     KL_TRY(kl_st_open(path, &f));
     kl_status s = check_model(path, f, ctx, true);
+    if (s == KL_OK) s = check_values_of(path, f, ctx, NULL);
     if (s == KL_OK) s = copy_model(f, ctx);
     kl_st_close(f);
     return s;
