@@ -4,7 +4,7 @@
 # line, and a {"type":"nan"} record:
 #  1. the MLP with a huge learning rate: the second linear (layers.4) overflows;
 #  2. the CNN with SGD and lr 1e20: the first linear after the convolutions;
-#  3. weights with an Inf loaded with --init: the parameter is named;
+#  3. weights with an Inf loaded with --init: refused on load, the tensor named (its CRC-32, or its value);
 #  4. train.nan_watch=false: the plain divergence message only;
 #  5. the MLP case with streamed data (data.on_device=false): the same report;
 #  6. the MLP case with train.accumulate 2: the same layer named;
@@ -79,21 +79,33 @@ sed -n 's/^NaN watch: /     /p' "$tmp/lm.log"
 "$kiln" train models/mlp.yaml --steps 10 --lr 1e30 "${small[@]}" --set train.nan_watch=false --out "$tmp/off" >"$tmp/off.log" 2>&1
 check "nan_watch=false: plain message" '[ $? -eq 1 ] && grep -q "loss is .*nan: training diverged" "$tmp/off.log" && ! grep -q "NaN watch" "$tmp/off.log" && ! grep -q "\"type\":\"nan\"" "$tmp/off/metrics.jsonl"'
 
-# weights with one Inf (a trained checkpoint's model.safetensors, patched)
+# weights with one Inf (a trained checkpoint's model.safetensors, patched): refused on load, naming the
+# tensor, by its CRC-32 and, with the CRC-32 made to match, by the value check
 "$kiln" train models/mlp.yaml --steps 1 "${small[@]}" --out "$tmp/ok" >"$tmp/ok.log" 2>&1
 ck="$tmp/ok/checkpoints/$(cat "$tmp/ok/checkpoints/latest")/model.safetensors"
-"$py" - "$ck" "$tmp/inf.safetensors" <<'EOF'
-import json, struct, sys
+patch_inf() { # SRC DST [fix-crc]
+  "$py" - "$@" <<'EOF'
+import json, struct, sys, zlib
 b = bytearray(open(sys.argv[1], "rb").read())
 n = struct.unpack("<Q", b[:8])[0]
 h = json.loads(b[8:8 + n])
-start = h["layers.6.weight"]["data_offsets"][0] + 8 + n + 4 * 77
+lo, hi = h["layers.6.weight"]["data_offsets"]
+start = lo + 8 + n + 4 * 77
 b[start:start + 4] = struct.pack("<f", float("inf"))
+if len(sys.argv) > 3:
+    key = b'"crc32:layers.6.weight":"'
+    old = h["__metadata__"]["crc32:layers.6.weight"].encode()
+    new = b"%08x" % zlib.crc32(bytes(b[8 + n + lo:8 + n + hi]))
+    b[8:8 + n] = bytes(b[8:8 + n]).replace(key + old, key + new)
 open(sys.argv[2], "wb").write(b)
 EOF
+}
+patch_inf "$ck" "$tmp/inf.safetensors"
 "$kiln" train models/mlp.yaml --steps 3 --init "$tmp/inf.safetensors" "${small[@]}" --out "$tmp/inf" >"$tmp/inf.log" 2>&1
-check "an Inf in the loaded weights: the parameter is named" \
-  '[ $? -eq 1 ] && grep -q "^NaN watch: parameter .layers.6.weight. was already non-finite before this step (0 nan, 1 inf of 1280 values)" "$tmp/inf.log" &&
-   grep -q "\"phase\":\"parameters\",\"layer\":\"layers.6\"" "$tmp/inf/metrics.jsonl"'
-sed -n 's/^NaN watch: /     /p' "$tmp/inf.log"
+check "an Inf in the loaded weights, its CRC-32 off: refused, the tensor named" \
+  '[ $? -eq 1 ] && grep -q "inf.safetensors: tensor .layers.6.weight.: its data.s CRC-32 is [0-9a-f]*, the file.s metadata says [0-9a-f]*: the file is damaged" "$tmp/inf.log"'
+patch_inf "$ck" "$tmp/inf2.safetensors" fix-crc
+"$kiln" train models/mlp.yaml --steps 3 --init "$tmp/inf2.safetensors" "${small[@]}" --out "$tmp/inf2" >"$tmp/inf2.log" 2>&1
+check "an Inf in the loaded weights, its CRC-32 right: refused, the tensor and element named" \
+  '[ $? -eq 1 ] && grep -q "inf2.safetensors: tensor .layers.6.weight. holds inf at element 77: the file is damaged" "$tmp/inf2.log"'
 check_done test_nan_watch

@@ -172,6 +172,28 @@ static void test_round_trip(void)
     CHECK_OK(kl_st_open_mem(raw2, n2, "copy", &f));
     check_file_matches(f, data);
     kl_st_close(f);
+    /* a flipped bit in the data: the tensor's CRC-32 (metadata "crc32:<name>") catches it */
+    ((unsigned char *)raw2)[n2 - 1] ^= 0x10;
+    CHECK_OK(kl_st_open_mem(raw2, n2, "flipped", &f));
+    {
+        int bad = -1, ok = 0;
+        for (int i = 0; i < kl_st_count(f); i++) {
+            const char *nm;
+            kl_dtype dt;
+            int nd;
+            int64_t dims[KL_MAX_DIMS];
+            CHECK_OK(kl_st_info(f, i, &nm, &dt, &nd, dims));
+            size_t nb = kl_dtype_size(dt);
+            for (int d = 0; d < nd; d++) nb *= (size_t)dims[d];
+            unsigned char buf[4096];
+            if (nb > sizeof buf) continue;
+            kl_status st = kl_st_read(f, i, buf, nb);
+            if (st == KL_EFORMAT && strstr(kl_last_error(), "CRC-32") && strstr(kl_last_error(), "the file is damaged")) bad = i;
+            else if (st == KL_OK) ok++;
+        }
+        CHECK(bad >= 0 && ok == kl_st_count(f) - 1); /* the last tensor's bytes changed, the others read */
+    }
+    kl_st_close(f);
     kl_free(raw);
     kl_free(raw2);
     kl_st_writer_free(w);

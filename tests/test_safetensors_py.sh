@@ -17,7 +17,7 @@ trap 'rm -rf "$tmp"' EXIT
 # 1. kiln writes, Python reads (see py_write in test_safetensors.c).
 "$tool" --write "$tmp/kiln.safetensors"
 python3 - "$tmp/kiln.safetensors" <<'EOF'
-import json, struct, sys
+import json, struct, sys, zlib
 import numpy as np
 from safetensors import safe_open, deserialize
 
@@ -29,7 +29,16 @@ assert json.loads(raw[8:8 + n])["c"]["dtype"] == "BF16"
 
 with safe_open(path, framework="np") as f:
     assert sorted(f.keys()) == ["a", "b", "c", 'q"\\\n'], f.keys()
-    assert f.metadata() == {"step": "7", "name": "kiln"}, f.metadata()
+    meta = f.metadata()
+    crcs = {k[6:]: v for k, v in meta.items() if k.startswith("crc32:")}
+    assert {k: v for k, v in meta.items() if not k.startswith("crc32:")} == {"step": "7", "name": "kiln"}, meta
+    header = json.loads(raw[8:8 + n])
+    for name, info in header.items():  # each tensor's CRC-32, as zlib computes it over its bytes
+        if name == "__metadata__":
+            continue
+        lo, hi = info["data_offsets"]
+        assert crcs.pop(name) == "%08x" % zlib.crc32(raw[8 + n + lo:8 + n + hi]), name
+    assert not crcs, crcs
     a, b = f.get_tensor("a"), f.get_tensor("b")
     assert f.get_tensor('q"\\\n').tolist() == [9, 8]
 assert a.dtype == np.float32 and a.shape == (2, 3), (a.dtype, a.shape)

@@ -73,7 +73,10 @@ KL_API const void *kl_st_data(const kl_st_file *f, int i, size_t *nbytes);
 /* Copies tensor i's nbytes little-endian bytes into dst (any alignment),
  * reading them from the file without holding the rest. KL_EINVAL if i is
  * out of range or nbytes is not the tensor's size; KL_EIO if the file
- * changed since kl_st_open and ends early. */
+ * changed since kl_st_open and ends early; KL_EFORMAT if the bytes do not
+ * match the CRC-32 the metadata holds for them ("crc32:<name>", 8 hex
+ * digits: kl_st_writer_save writes one for every tensor; files of other
+ * writers have none and are not checked). kl_st_data does not check. */
 KL_API kl_status kl_st_read(const kl_st_file *f, int i, void *dst, size_t nbytes);
 
 /* The "__metadata__" value for key, or NULL. Borrowed until kl_st_close. */

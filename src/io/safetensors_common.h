@@ -23,6 +23,16 @@ int kl_st_utf8_valid(const char *s);
  * when that overflows 64 bits. */
 uint64_t kl_st_nbytes(kl_dtype dt, int ndim, const int64_t *dims, int *ok);
 
+/* Each tensor kiln writes has its data's CRC-32 (8 hex digits) in the
+ * metadata under "crc32:<name>"; readers check it where present (a file
+ * of another writer has none). 0 (no key) for names too long for one. */
+#include <stdio.h>
+#include <string.h>
+static inline int kl_st_crc_key(char *key, size_t n, const char *name)
+{
+    return strlen(name) + 7 <= n && snprintf(key, n, "crc32:%s", name) > 0;
+}
+
 static inline uint64_t kl_st_get_le64(const unsigned char *p)
 {
     uint64_t v = 0;

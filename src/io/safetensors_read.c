@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 typedef struct st_entry {
     char *name;
@@ -418,12 +419,22 @@ kl_status kl_st_read(const kl_st_file *f, int i, void *dst, size_t nbytes)
     if (nbytes != e->end - e->begin)
         return kl_fail(KL_EINVAL, "%s: tensor '%s' holds %llu bytes, asked for %zu", f->path, e->name,
                        (unsigned long long)(e->end - e->begin), nbytes);
-    if (f->data) {
-        memcpy(dst, f->data + e->begin, nbytes);
-        return KL_OK;
+    if (f->data) memcpy(dst, f->data + e->begin, nbytes);
+    else {
+        kl_status s = read_at(f->fd, f->path, dst, nbytes, f->data_off + e->begin);
+        if (s != KL_OK) return kl_fail_prefix(s, "tensor '%s'", e->name);
     }
-    kl_status s = read_at(f->fd, f->path, dst, nbytes, f->data_off + e->begin);
-    return s == KL_OK ? s : kl_fail_prefix(s, "tensor '%s'", e->name);
+    char key[1100];
+    const char *want = kl_st_crc_key(key, sizeof key, e->name) ? kl_st_meta(f, key) : NULL;
+    if (want) { /* the writer's CRC-32: a flipped bit in the data is caught here */
+        unsigned long got = crc32_z(crc32_z(0, NULL, 0), dst, nbytes);
+        char hex[16];
+        snprintf(hex, sizeof hex, "%08lx", got);
+        if (strcmp(hex, want))
+            return kl_fail(KL_EFORMAT, "%s: tensor '%s': its data's CRC-32 is %s, the file's metadata says %.16s: the "
+                           "file is damaged", f->path, e->name, hex, want);
+    }
+    return KL_OK;
 }
 
 const char *kl_st_meta(const kl_st_file *f, const char *key)
