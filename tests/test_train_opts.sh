@@ -28,6 +28,14 @@ printf 'name: nd\nmodel:\n  input: [1, 28, 28]\n  layers:\n    - {type: flatten}
 "$kiln" train "$tmp/nd.yaml" --set optim.kind=adamw --set optim.weight_decay=0.1 --set optim.decay_1d=false \
   --epochs 1 "${small[@]}" --out "$tmp/nd" >"$tmp/nd.log" 2>&1
 check "optim.decay_1d false trains and is recorded" '[ $? -eq 0 ] && grep -q "decay_1d: false" "$tmp/nd/config.yaml"'
+# train.keep_checkpoints: the newest N stay (latest among them), older ones go; the run resumes
+"$kiln" train "$tmp/nd.yaml" --epochs 1 --set train.checkpoint_every=2 --set train.keep_checkpoints=2 --set train.batch=64 \
+  "${small[@]}" --out "$tmp/keep" >"$tmp/keep.log" 2>&1
+check "keep_checkpoints 2: two checkpoints left, the newest two, latest the last" \
+  '[ $? -eq 0 ] && [ "$(ls "$tmp/keep/checkpoints" | grep -c "^step-")" -eq 2 ] &&
+   [ "$(ls "$tmp/keep/checkpoints" | grep "^step-" | tail -n 1)" = "$(cat "$tmp/keep/checkpoints/latest")" ] &&
+   [ "$(ls "$tmp/keep/checkpoints" | grep "^step-" | head -n 1)" = step-000000004 ]'
+check "a negative keep_checkpoints is refused" 'refused "train.keep_checkpoints" "$tmp/nd.yaml" --set train.keep_checkpoints=-1'
 check "a negative clip.max_norm, by its key" 'refused "clip.max_norm: clip: max_norm must be a number >= 0 (0: off), got -5" "$tmp/bad.yaml" "${ok[@]}" --set clip.max_norm=-5'
 check "a cosine min_lr above lr" 'refused "schedule: min_lr must be in [0, optim.lr 0.01], got 0.5" "$tmp/bad.yaml" "${ok[@]}" --set schedule.kind=cosine --set schedule.min_lr=0.5'
 check "a negative min_lr" 'refused "schedule: min_lr must be in [0, optim.lr 0.01], got -0.001" "$tmp/bad.yaml" "${ok[@]}" --set schedule.kind=cosine --set schedule.min_lr=-0.001'

@@ -303,7 +303,7 @@ static kl_status read_loss_scale(kl_cfg *cfg, kl_cfg_node *m, train_opts *o, int
 
 static kl_status read_train(kl_cfg *cfg, train_opts *o)
 {
-    static const char *const keys[] = {"epochs", "steps", "batch", "seed", "log_every", "checkpoint_every",
+    static const char *const keys[] = {"epochs", "steps", "batch", "seed", "log_every", "checkpoint_every", "keep_checkpoints",
                                        "threads", "steps_per_epoch",
                                        "val_batches", "plateau_patience", "early_stop", "grad_norm_warn", "accumulate",
                                        "precision", "loss_scale", "loss_scale_init", "loss_scale_window",
@@ -329,6 +329,9 @@ static kl_status read_train(kl_cfg *cfg, train_opts *o)
     o->seed = (uint64_t)seed;
     GET_INT("train", "log_every", 50, 1, INT64_MAX / 2, o->log_every);
     GET_INT("train", "checkpoint_every", 0, 0, INT64_MAX / 2, o->checkpoint_every);
+    int64_t keep; /* checked and recorded here; train_ckpt_save reads it from the resolved config */
+    GET_INT("train", "keep_checkpoints", 0, 0, INT32_MAX, keep);
+    (void)keep;
     GET_INT("train", "threads", 0, 0, 4096, o->threads);
     GET_INT("train", "plateau_patience", 0, 0, 1 << 30, o->plateau_patience);
     GET_BOOL_IF("train", "early_stop", 0, o->early_stop, !o->early_stop || o->plateau_patience,

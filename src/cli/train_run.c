@@ -87,7 +87,9 @@ kl_status train_ckpt_save(const char *ckpt_root, kl_cfg *cfg, kl_ctx *ctx, kl_op
     KL_TRY(kl_cfg_to_string(cfg, &text));
     kl_status s = kl_checkpoint_save(ckpt_root, tag, ctx, opt, &ws, text, path, n);
     free(text);
-    return s;
+    int64_t keep = 0; /* train.keep_checkpoints, checked by train_opts_read */
+    if (s == KL_OK) s = kl_cfg_int(kl_cfg_at(kl_cfg_root(cfg), "train"), "keep_checkpoints", 0, 0, &keep);
+    return s == KL_OK ? kl_checkpoint_prune(ckpt_root, keep) : s;
 }
 
 /* A resumed run must cut its data as the checkpointed one did: batch

@@ -140,6 +140,46 @@ static bool has_suffix(const char *s, const char *suf)
 /* Removes what interrupted saves left in root: ".<tag>.tmp" directories,
  * "latest.tmp.<pid>" files, and ".<tag>.old" directories once <tag> is
  * complete again (until then .old is the copy resolve falls back to). */
+static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+kl_status kl_checkpoint_prune(const char *root, int64_t keep)
+{
+    if (keep <= 0) return KL_OK;
+    DIR *d = opendir(root);
+    if (!d) return kl_fail(KL_EIO, "%s: cannot list: %s", root, strerror(errno));
+    char latest[PATH_MAX] = "", p[PATH_MAX], **tags = NULL;
+    if (snprintf(p, sizeof p, "%s/" KL_CKPT_LATEST, root) < (int)sizeof p) {
+        FILE *f = fopen(p, "r");
+        if (f && fgets(latest, sizeof latest, f)) latest[strcspn(latest, "\n")] = 0;
+        if (f) fclose(f);
+    }
+    size_t n = 0, cap = 0;
+    kl_status s = KL_OK;
+    struct dirent *e;
+    while (s == KL_OK && (e = readdir(d))) {
+        if (e->d_name[0] == '.' || !strcmp(e->d_name, KL_CKPT_LATEST)) continue;
+        if (snprintf(p, sizeof p, "%s/%s", root, e->d_name) >= (int)sizeof p || !kl_ckpt_complete(p)) continue;
+        if (n == cap) {
+            char **t = kl_realloc(tags, (cap = cap ? 2 * cap : 16) * sizeof *tags);
+            if (!t) { s = KL_ENOMEM; break; }
+            tags = t;
+        }
+        if (!(tags[n] = kl_strdup(e->d_name))) s = KL_ENOMEM;
+        else n++;
+    }
+    closedir(d);
+    if (s == KL_OK && n) qsort(tags, n, sizeof *tags, by_name);
+    for (size_t i = 0; s == KL_OK && n > (size_t)keep && i < n - (size_t)keep; i++) {
+        if (!strcmp(tags[i], latest)) continue;
+        snprintf(p, sizeof p, "%s/%s", root, tags[i]);
+        int r = remove_tree(p, 0);
+        if (r) s = kl_fail(KL_EIO, "%s: cannot remove an old checkpoint: %s", p, strerror(r));
+    }
+    for (size_t i = 0; i < n; i++) kl_free(tags[i]);
+    kl_free(tags);
+    return s;
+}
+
 static void clean_stale(const char *root)
 {
     DIR *d = opendir(root);

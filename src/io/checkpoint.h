@@ -65,6 +65,12 @@ kl_status kl_checkpoint_save(const char *ckpt_root, const char *tag, kl_ctx *ctx
                              const kl_train_state *st, const char *config_yaml, char *out_path,
                              size_t n);
 
+/* Keeps the keep newest checkpoints of ckpt_root (by tag: step-<N> tags are
+ * zero-padded, so name order is step order) and the one 'latest' names,
+ * removing the other complete ones; keep 0 keeps all. Directories that
+ * are not complete checkpoints are left alone. */
+kl_status kl_checkpoint_prune(const char *ckpt_root, int64_t keep);
+
 /* Resolves a --resume argument to a checkpoint directory: a checkpoint dir
  * (has model.safetensors and state.safetensors), a checkpoints root (its
  * 'latest') or a run dir (<run>/checkpoints/latest). Writes the directory to
