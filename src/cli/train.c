@@ -32,7 +32,9 @@ static void usage(FILE *f)
             "                    checkpoint of --out\n"
             "  --init FILE       start from weights in a safetensors file\n"
             "  --set KEY=VALUE   override any config key, e.g. --set optim.kind=sgd\n"
-            "  --help            this message\n");
+            "  --help            this message\n\n"
+            "Ctrl-C or SIGTERM: checkpoint after the step in progress, exit 130 or 143; a second one quits at once.\n"
+            "Exit 1 on an error, or when metrics.jsonl could not all be written (the checkpoints are).\n");
 }
 
 static volatile sig_atomic_t g_stop;
@@ -43,12 +45,26 @@ static volatile sig_atomic_t g_stop;
  * middle of a library's kernel corrupted oneDNN's sgemm buffers now and
  * then (2026-12-07: 8 of 60 interrupted runs), and blocked signals
  * interrupt no system call either. */
+/* The first signal asks the run to stop at the next step boundary with a
+ * checkpoint; a second one ends the process at once, as by default (the
+ * signal's default action, re-raised here with it unblocked). */
 static void *signal_waiter(void *arg)
 {
     const sigset_t *set = arg;
     for (;;) {
         int sig;
-        if (sigwait(set, &sig) == 0) g_stop = sig;
+        if (sigwait(set, &sig) != 0) continue;
+        if (g_stop) {
+            sigset_t one;
+            sigemptyset(&one);
+            sigaddset(&one, sig);
+            signal(sig, SIG_DFL);
+            pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+            raise(sig);
+        }
+        g_stop = sig;
+        fprintf(stderr, "\nkiln train: %s: stopping after this step with a checkpoint (again to quit at once, "
+                        "without one)\n", sig == SIGINT ? "interrupt" : "SIGTERM");
     }
     return NULL;
 }

@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -56,6 +57,7 @@ typedef struct {
     train_watch watch; /* --profile, plateau and gradient-norm warnings (cli/train_watch.h) */
     int early_stopped;
     int finished;      /* resumed at its last step: nothing left to train */
+    int metrics_bad;   /* a write to metrics.jsonl failed (train_metrics_flush) */
     kl_train_state st; /* where training starts (a checkpoint's with --resume) */
 } runner;
 
@@ -242,6 +244,14 @@ kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg,
         snprintf(run_dir, 4096, "runs/%s-%.200s", ts, name);
     }
     snprintf(ckpt_root, 4200, "%s/checkpoints", run_dir);
+    /* the longest path a checkpoint writes (kl_checkpoint_save's temporary directory, a file's temporary):
+     * refused now, not at the first checkpoint an epoch later */
+    static const char longest[] = "/.step-000000000.tmp/state.safetensors.tmp.4294967295";
+    const char *want = a->out ? a->out : run_dir;
+    if (strlen(want) + strlen("/checkpoints") + strlen(longest) > PATH_MAX - 1)
+        return kl_fail(KL_EINVAL, "run directory %.200s...%.200s: %zu bytes, too long for its checkpoints' paths "
+                       "(%s%s: at most %d bytes); choose a shorter --out", want, want + (strlen(want) > 200 ? strlen(want) - 200 : 0),
+                       strlen(want), "checkpoints", longest, PATH_MAX - 1);
     KL_TRY(kl_mkdir_p(ckpt_root));
     KL_TRY(run_dir_lock(run_dir));
     char path[4300];
@@ -258,9 +268,44 @@ kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg,
     if (old && fseek(old, -1, SEEK_END) == 0) cut = fgetc(old) != '\n';
     if (old) fclose(old);
     *metrics = fopen(path, a->resume ? "a" : "w");
-    if (!*metrics) return kl_fail(KL_EIO, "%s: cannot open for writing", path);
+    if (!*metrics) return kl_fail(KL_EIO, "%s: cannot open for writing: %s", path, strerror(errno));
     if (cut) fputc('\n', *metrics);
     return KL_OK;
+}
+
+/* The first failed write to metrics.jsonl (flushed at epoch ends,
+ * checkpoints and the close): a warning naming the file and the reason;
+ * later ones are the same loss, said at the end by train_exit_code. */
+static void metrics_failed(const char *run_dir, int e, int *bad)
+{
+    if (!*bad)
+        fprintf(stderr, "kiln train: warning: %s/metrics.jsonl: write failed: %s; training goes on (the checkpoints "
+                        "are written), but records are lost\n", run_dir, strerror(e ? e : EIO));
+    *bad = 1;
+}
+
+void train_metrics_flush(FILE *f, const char *run_dir, int *bad)
+{
+    errno = 0;
+    if (f && (fflush(f) != 0 || ferror(f))) metrics_failed(run_dir, errno, bad);
+}
+
+void train_metrics_close(FILE **f, const char *run_dir, int *bad)
+{
+    if (!*f) return;
+    train_metrics_flush(*f, run_dir, bad);
+    errno = 0;
+    if (fclose(*f) != 0) metrics_failed(run_dir, errno, bad);
+    *f = NULL;
+}
+
+int train_exit_code(kl_status s, int stopped, int bad, const char *run_dir)
+{
+    if (s != KL_OK) fprintf(stderr, "kiln train: %s\n", kl_last_error());
+    if (bad)
+        fprintf(stderr, "kiln train: %s/metrics.jsonl: not all metrics were written (see the warning above); "
+                        "the checkpoints are complete\n", run_dir);
+    return s != KL_OK || bad ? 1 : stopped ? 128 + stopped : 0;
 }
 
 void train_say_finished(int64_t step, int64_t total)
@@ -385,7 +430,7 @@ static void teardown(runner *r)
 {
     if (r->train.g) kl_graph_profile_print(r->train.g, stderr);
     train_monitor_close(&r->mon); /* monitoring hook */
-    if (r->metrics) fclose(r->metrics);
+    train_metrics_close(&r->metrics, r->run_dir, &r->metrics_bad);
     step_graph_free(&r->train);
     step_graph_free(&r->train_rest);
     evaluator_free(&r->eval);
@@ -446,7 +491,7 @@ static kl_status end_epoch(runner *r, kl_cfg *cfg, kl_train_state *st, int tty, 
     /* monitoring hook */
     train_monitor_epoch(&r->mon, st->epoch + 1, st->step, ep->n - ep->n0, l, acc, r->va != NULL, vl, vacc,
                         kl_optim_lr(r->opt));
-    fflush(r->metrics);
+    train_metrics_flush(r->metrics, r->run_dir, &r->metrics_bad);
     *ep = (epoch_acc){0};
     st->epoch++;
     st->batch = 0;
@@ -623,7 +668,10 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
     /* a resumed epoch's metrics line covers the whole epoch, as an uninterrupted one */
     p.ep = (epoch_acc){.loss = st.epoch_loss_sum, .correct = st.epoch_correct, .n = st.epoch_count, .n0 = st.epoch_count};
     p.t_last = p.t_win = now();
-    if (a->resume && st.step >= p.total) { /* no step, no new checkpoint */
+    if (a->resume && st.step >= p.total) { /* no step to train */
+        /* stopped in its last step (a signal, a kill after its checkpoint) before the epoch's end: that end's
+         * validation, record and checkpoint, as a mid-run epoch's at the next loop */
+        if (st.batch == per_epoch && p.ep.n) KL_TRY(end_epoch(r, cfg, &st, p.tty, &p.ep));
         train_say_finished(st.step, p.total);
         r->finished = 1;
         return KL_OK;
@@ -677,7 +725,7 @@ static kl_status loop(runner *r, kl_cfg *cfg, const train_args *a, volatile sig_
         if (r->mon.o.histogram_every && st.step % r->mon.o.histogram_every == 0) KL_TRY(drain(r, cfg, &p));
         if ((r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) || *stop) {
             KL_TRY(drain(r, cfg, &p));
-            fflush(r->metrics);
+            train_metrics_flush(r->metrics, r->run_dir, &r->metrics_bad);
             double t = now();
             KL_TRY(save_ckpt(r, cfg, &st, &p.ep, ck, sizeof ck));
             skip_time(&p, t);
@@ -728,6 +776,11 @@ int train_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop)
         if (s == KL_OK) train_monitor_end(&r.mon); /* monitoring hook: last histograms */
     }
     int test = r.te && !(r.finished && test_recorded(r.run_dir, r.mon.step)); /* (its record stands) */
+    if (s == KL_OK && !interrupted && test && *stop) { /* a signal during the last validation */
+        printf("interrupted: the test evaluation was skipped; resume with: kiln train --resume %s (to evaluate)\n",
+               r.run_dir);
+        interrupted = 1;
+    }
     if (s == KL_OK && !interrupted && test) {
         double tl, tacc;
         s = nan_watch_eval(evaluate(&r, r.te, r.d.test, &tl, &tacc), "test", r.mon.step, r.metrics);
@@ -740,7 +793,6 @@ int train_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop)
             train_monitor_test(&r.mon, tl, tacc); /* monitoring hook */
         }
     }
-    if (s != KL_OK) fprintf(stderr, "kiln train: %s\n", kl_last_error());
     teardown(&r);
-    return s != KL_OK ? 1 : interrupted ? 130 : 0;
+    return train_exit_code(s, interrupted ? (int)*stop : 0, r.metrics_bad, r.run_dir);
 }

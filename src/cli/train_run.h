@@ -22,6 +22,19 @@ typedef struct train_args {
 kl_status train_run_dir_open(const train_args *a, const char *name, kl_cfg *cfg, char *run_dir, char *ckpt_root,
                              FILE **metrics);
 
+/* metrics.jsonl's records so far flushed (f NULL: nothing); on the first
+ * failed write (a full disk) a warning on stderr naming the file and the
+ * reason, and *bad set: training goes on, since the checkpoints are what a
+ * resume needs, and train_exit_code fails the run at its end. */
+void train_metrics_flush(FILE *f, const char *run_dir, int *bad);
+/* Flushes and closes *f (NULL after), as train_metrics_flush. */
+void train_metrics_close(FILE **f, const char *run_dir, int *bad);
+/* The exit code of a run that ended with s (its message printed here): 1
+ * when s failed or metrics.jsonl lost records (bad: said here), else
+ * 128 + stopped when a signal stopped it (130 for SIGINT, 143 for SIGTERM),
+ * else 0. */
+int train_exit_code(kl_status s, int stopped, int bad, const char *run_dir);
+
 /* The state training starts from: step 0 with o's seed and optimizer kind,
  * or with --resume the checkpoint's (into ctx and opt); refused when cfg
  * (resolved) cuts the data otherwise than the checkpoint's config did.

@@ -39,6 +39,7 @@ typedef struct {
     train_watch watch; /* --profile, plateau and gradient-norm warnings (cli/train_watch.h) */
     kl_train_state st; /* where training starts (a checkpoint's with --resume) */
     int early_stopped;
+    int metrics_bad; /* a write to metrics.jsonl failed (train_metrics_flush) */
 } lm_runner;
 
 static double now(void)
@@ -196,7 +197,7 @@ static void teardown(lm_runner *r)
 {
     if (r->train.g) kl_graph_profile_print(r->train.g, stderr);
     train_monitor_close(&r->mon);
-    if (r->metrics) fclose(r->metrics);
+    train_metrics_close(&r->metrics, r->run_dir, &r->metrics_bad);
     step_graph_free(&r->train);
     text_corpus_free(&r->c);
     kl_optim_free(r->opt);
@@ -262,7 +263,7 @@ static kl_status end_epoch(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, 
     fprintf(r->metrics, ",\"lr\":" MON_LOSS ",\"wall_s\":%.3f%s}\n", kl_optim_lr(r->opt), now() - r->t0, scaler);
     int64_t samples = (ep->n - ep->n0) * r->o.batch * r->o.optim.accumulate; /* this process's: its energy */
     train_monitor_epoch(&r->mon, epoch, st->step, samples, l, NAN, r->c.n_val > 0, vl, NAN, kl_optim_lr(r->opt));
-    fflush(r->metrics);
+    train_metrics_flush(r->metrics, r->run_dir, &r->metrics_bad);
     if (whole) {
         *ep = (mean_acc){0};
         r->early_stopped = watch_eval(&r->watch, epoch, st->step, r->c.n_val ? vl : l, r->c.n_val > 0);
@@ -301,7 +302,7 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
                 nan_step ns = {.model = r->model, .ctx = r->ctx, .opt = r->opt, .cfg = cfg, .x = r->c.x, .y = r->c.y,
                                .batch = r->o.batch, .step = st.step + 1, .runs = st.graph_runs,
                                .grad_norm = rs == KL_OK ? kl_optim_last_grad_norm(r->opt) : 0, .metrics = r->metrics};
-                fflush(r->metrics);
+                train_metrics_flush(r->metrics, r->run_dir, &r->metrics_bad);
                 kl_status ws = nan_watch_after(&r->mon.nan, rs, &ns);
                 return ws != KL_OK ? ws : kl_fail(KL_ENUMERIC, "step %lld: training diverged (the optimizer halted)",
                                                   (long long)st.step + 1);
@@ -347,12 +348,12 @@ static kl_status loop(lm_runner *r, kl_cfg *cfg, const train_args *a, volatile s
         double t_off = now(); /* validation and checkpoints: not in the throughput window */
         if (st.step % spe == 0 || st.step == total) KL_TRY(end_epoch(r, cfg, &st, tty, &ep, ck, sizeof ck));
         else if (r->o.checkpoint_every && st.step % r->o.checkpoint_every == 0) {
-            fflush(r->metrics);
+            train_metrics_flush(r->metrics, r->run_dir, &r->metrics_bad);
             KL_TRY(save_ckpt(r, cfg, &st, &ep, ck, sizeof ck));
         }
         t_win += now() - t_off;
         if (*stop) {
-            fflush(r->metrics);
+            train_metrics_flush(r->metrics, r->run_dir, &r->metrics_bad);
             KL_TRY(save_ckpt(r, cfg, &st, &ep, ck, sizeof ck));
             train_say_interrupted(tty, st.step, ck, r->run_dir);
             *interrupted = 1;
@@ -380,7 +381,6 @@ int train_text_run(kl_cfg *cfg, const train_args *a, volatile sig_atomic_t *stop
         s = loop(&r, cfg, a, stop, &interrupted);
         if (s == KL_OK) train_monitor_end(&r.mon);
     }
-    if (s != KL_OK) fprintf(stderr, "kiln train: %s\n", kl_last_error());
     teardown(&r);
-    return s != KL_OK ? 1 : interrupted ? 130 : 0;
+    return train_exit_code(s, interrupted ? (int)*stop : 0, r.metrics_bad, r.run_dir);
 }

@@ -2,6 +2,8 @@
 #include "core/error.h"
 
 #include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static _Thread_local char tl_msg[2048];
@@ -20,7 +22,8 @@ const char *kl_status_str(kl_status s)
 
 const char *kl_last_error(void) { return tl_msg; }
 void kl_clear_error(void) { tl_msg[0] = 0; }
-void kl_error_restore(const char *msg) { snprintf(tl_msg, sizeof tl_msg, "%s", msg); }
+static void set_msg(const char *msg, size_t n);
+void kl_error_restore(const char *msg) { set_msg(msg, strlen(msg)); }
 
 void kl_set_error_handler(kl_error_handler fn, void *user)
 {
@@ -28,11 +31,44 @@ void kl_set_error_handler(kl_error_handler fn, void *user)
     g_handler_user = user;
 }
 
+/* msg (n bytes) into tl_msg; one too long (long paths) keeps its start and
+ * its end, where the reason is, and shortens the middle to "...", cutting
+ * between UTF-8 characters. */
+static void set_msg(const char *msg, size_t n)
+{
+    enum { TAIL = 768 };
+    if (n < sizeof tl_msg) {
+        memmove(tl_msg, msg, n + 1);
+        return;
+    }
+    size_t head = sizeof tl_msg - TAIL - 4, tail = n - TAIL;
+    while (head > 0 && ((unsigned char)msg[head] & 0xC0) == 0x80) head--;
+    while (tail < n && ((unsigned char)msg[tail] & 0xC0) == 0x80) tail++;
+    memmove(tl_msg, msg, head);
+    memcpy(tl_msg + head, "...", 3);
+    memmove(tl_msg + head + 3, msg + tail, n - tail + 1);
+}
+
+/* The message of fmt and ap into tl_msg (set_msg). */
+static void format_msg(const char *fmt, va_list ap)
+{
+    va_list ap2;
+    va_copy(ap2, ap);
+    int k = vsnprintf(tl_msg, sizeof tl_msg, fmt, ap);
+    char *big = k >= (int)sizeof tl_msg ? malloc((size_t)k + 1) : NULL;
+    if (big) {
+        vsnprintf(big, (size_t)k + 1, fmt, ap2);
+        set_msg(big, (size_t)k);
+        free(big);
+    }
+    va_end(ap2);
+}
+
 kl_status kl_fail(kl_status s, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(tl_msg, sizeof tl_msg, fmt, ap);
+    format_msg(fmt, ap);
     va_end(ap);
     if (g_handler) g_handler(s, tl_msg, g_handler_user);
     return s;
@@ -40,14 +76,13 @@ kl_status kl_fail(kl_status s, const char *fmt, ...)
 
 kl_status kl_fail_prefix(kl_status s, const char *fmt, ...)
 {
-    char prefix[512], old[sizeof tl_msg];
+    char prefix[512], both[sizeof prefix + 2 + sizeof tl_msg];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
-    memcpy(old, tl_msg, sizeof old);
-    int k = snprintf(tl_msg, sizeof tl_msg, "%s: ", prefix);
-    if (k > 0 && (size_t)k < sizeof tl_msg) memcpy(tl_msg + k, old, strnlen(old, sizeof tl_msg - (size_t)k - 1) + 1), tl_msg[sizeof tl_msg - 1] = 0;
+    int k = snprintf(both, sizeof both, "%s: %s", prefix, tl_msg);
+    set_msg(both, k < 0 ? 0 : (size_t)k < sizeof both ? (size_t)k : sizeof both - 1);
     /* again, with the context: the handler's last message is kl_last_error's */
     if (g_handler) g_handler(s, tl_msg, g_handler_user);
     return s;
