@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Writes that fail half way ($1 = build dir), made with an LD_PRELOAD shim
+# (tests/fixtures/fail_write.c, built here with cc) whose write(2) to
+# matching paths fails with ENOSPC: a failed `kiln export --onnx FILE
+# --external-data` leaves the old FILE and FILE.data as they were (and
+# loadable by onnxruntime when installed); a FIFO as the export path is
+# refused and stays a FIFO.
+# Skipped (77) without a C compiler.
+. "$(dirname "$0")/lib/check.sh" "$1"
+cc=${CC:-cc}
+command -v "$cc" >/dev/null && "$cc" -shared -fPIC -o "$tmp/libfail_write.so" tests/fixtures/fail_write.c -ldl 2>"$tmp/cc.log" ||
+  { echo "skip: cannot build the write-failing shim (no C compiler)"; exit 77; }
+failing() { FAIL_WRITE_GLOB="$1" LD_PRELOAD="$tmp/libfail_write.so" "${@:2}"; }
+
+# ONNX with external data: both files are written before either is renamed in
+"$kiln" train models/mlp.yaml --steps 4 --set train.checkpoint_every=2 --set data.limit=1000 --set data.val_split=200 \
+  --threads 2 --no-tensorboard --out "$tmp/mlp" >"$tmp/mlp.log" 2>&1
+check "mlp trains with two checkpoints" '[ $? -eq 0 ] && [ -d "$tmp/mlp/checkpoints/step-000000002" ] && [ -d "$tmp/mlp/checkpoints/step-000000004" ]'
+m="$tmp/m.onnx"
+"$kiln" export "$tmp/mlp/checkpoints/step-000000002" --onnx "$m" --external-data >"$tmp/ex1.log" 2>&1
+check "export with external data" '[ $? -eq 0 ] && [ -s "$m" ] && [ -s "$m.data" ]'
+cp "$m" "$tmp/m.before"; cp "$m.data" "$tmp/m.data.before"
+failing "$m.tmp.*" "$kiln" export "$tmp/mlp/checkpoints/step-000000004" --onnx "$m" --external-data >"$tmp/ex2.log" 2>&1
+check "a failed model write fails the export, naming the file" '[ $? -ne 0 ] && grep -q "m.onnx: cannot write temporary file .*No space left on device" "$tmp/ex2.log"'
+check "... and leaves the old model and its data as they were" 'cmp -s "$m" "$tmp/m.before" && cmp -s "$m.data" "$tmp/m.data.before"'
+failing "$m.data.tmp.*" "$kiln" export "$tmp/mlp/checkpoints/step-000000004" --onnx "$m" --external-data >"$tmp/ex3.log" 2>&1
+check "a failed data write: the same" '[ $? -ne 0 ] && cmp -s "$m" "$tmp/m.before" && cmp -s "$m.data" "$tmp/m.data.before"'
+check "no temporaries left" '[ -z "$(ls "$tmp" | grep "\.tmp\.\|\.old\.")" ]'
+py=${PYTHON:-python3}
+if "$py" -c "import onnxruntime" 2>/dev/null; then
+  check "the old pair still loads in onnxruntime" '"$py" -c "import onnxruntime as o; o.InferenceSession(\"$m\")" 2>"$tmp/ort.log"'
+fi
+"$kiln" export "$tmp/mlp/checkpoints/step-000000004" --onnx "$m" --external-data >"$tmp/ex4.log" 2>&1
+check "an export that works replaces both" '[ $? -eq 0 ] && ! cmp -s "$m.data" "$tmp/m.data.before"'
+mkfifo "$tmp/fifo"
+"$kiln" export "$tmp/mlp" --onnx "$tmp/fifo" >"$tmp/ex5.log" 2>&1
+check "a FIFO as the export path is refused and stays a FIFO" '[ $? -ne 0 ] && [ -p "$tmp/fifo" ] && grep -q "fifo: is a FIFO, not a regular file; not replacing it" "$tmp/ex5.log"'
+
+check_done test_failed_writes
