@@ -4,7 +4,8 @@
 # matching paths fails with ENOSPC: a failed `kiln export --onnx FILE
 # --external-data` leaves the old FILE and FILE.data as they were (and
 # loadable by onnxruntime when installed); a FIFO as the export path is
-# refused and stays a FIFO.
+# refused and stays a FIFO; a text run's checkpoints have vocab.txt, and one
+# whose vocab.txt cannot be written is never named by latest.
 # Skipped (77) without a C compiler.
 . "$(dirname "$0")/lib/check.sh" "$1"
 cc=${CC:-cc}
@@ -35,5 +36,17 @@ check "an export that works replaces both" '[ $? -eq 0 ] && ! cmp -s "$m.data" "
 mkfifo "$tmp/fifo"
 "$kiln" export "$tmp/mlp" --onnx "$tmp/fifo" >"$tmp/ex5.log" 2>&1
 check "a FIFO as the export path is refused and stays a FIFO" '[ $? -ne 0 ] && [ -p "$tmp/fifo" ] && grep -q "fifo: is a FIFO, not a regular file; not replacing it" "$tmp/ex5.log"'
+
+# text checkpoints: vocab.txt is written before the checkpoint is published
+tiny_lm "$tmp/lm.yaml" "{type: lstm, hidden: 8}" \
+  "train: {steps: 9, steps_per_epoch: 4, checkpoint_every: 3, val_batches: 1, batch: 2, seed: 3, log_every: 100}"
+"$kiln" train "$tmp/lm.yaml" --threads 2 --no-tensorboard --out "$tmp/lm" >"$tmp/lm.log" 2>&1
+check "text run: every checkpoint has vocab.txt" '[ $? -eq 0 ] && [ "$(ls -d "$tmp"/lm/checkpoints/step-* | wc -l)" -eq 5 ] &&
+  [ -z "$(for d in "$tmp"/lm/checkpoints/step-*; do [ -s "$d/vocab.txt" ] || echo "$d"; done)" ]'
+failing "*/lmv/checkpoints/*step-000000006*/vocab.txt.tmp.*" "$kiln" train "$tmp/lm.yaml" --threads 2 --no-tensorboard \
+  --out "$tmp/lmv" >"$tmp/lmv.log" 2>&1
+check "a failed vocab.txt write fails the run, naming it" '[ $? -ne 0 ] && grep -q "vocab.txt: cannot write temporary file .*No space left on device" "$tmp/lmv.log"'
+check "... and latest still names the previous, complete checkpoint" \
+  '[ "$(cat "$tmp/lmv/checkpoints/latest")" = step-000000004 ] && [ -s "$tmp/lmv/checkpoints/step-000000004/vocab.txt" ] && [ ! -e "$tmp/lmv/checkpoints/step-000000006" ]'
 
 check_done test_failed_writes
