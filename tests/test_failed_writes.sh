@@ -5,7 +5,9 @@
 # --external-data` leaves the old FILE and FILE.data as they were (and
 # loadable by onnxruntime when installed); a FIFO as the export path is
 # refused and stays a FIFO; a text run's checkpoints have vocab.txt, and one
-# whose vocab.txt cannot be written is never named by latest.
+# whose vocab.txt cannot be written is never named by latest; `kiln report`
+# keeps the old report.md when writing it fails, and an old plot when
+# gnuplot's PNG comes out torn, naming the plot (needs gnuplot).
 # Skipped (77) without a C compiler.
 . "$(dirname "$0")/lib/check.sh" "$1"
 cc=${CC:-cc}
@@ -48,5 +50,32 @@ failing "*/lmv/checkpoints/*step-000000006*/vocab.txt.tmp.*" "$kiln" train "$tmp
 check "a failed vocab.txt write fails the run, naming it" '[ $? -ne 0 ] && grep -q "vocab.txt: cannot write temporary file .*No space left on device" "$tmp/lmv.log"'
 check "... and latest still names the previous, complete checkpoint" \
   '[ "$(cat "$tmp/lmv/checkpoints/latest")" = step-000000004 ] && [ -s "$tmp/lmv/checkpoints/step-000000004/vocab.txt" ] && [ ! -e "$tmp/lmv/checkpoints/step-000000006" ]'
+
+# kiln report: report.md atomically, each PNG renamed in only when whole
+if command -v "${KILN_GNUPLOT:-gnuplot}" >/dev/null; then
+  "$kiln" report "$tmp/mlp" >"$tmp/rep1.log" 2>&1
+  check "report of the mlp run" '[ $? -eq 0 ] && [ -s "$tmp/mlp/report.md" ] && [ -s "$tmp/mlp/plots/accuracy.png" ]'
+  cp "$tmp/mlp/report.md" "$tmp/report.before"; cp "$tmp/mlp/plots/accuracy.png" "$tmp/acc.before"
+  # a stand-in gnuplot whose accuracy.png is cut short, as on a full disk
+  # (gnuplot writes through stdio, which the shim does not reach)
+  cat >"$tmp/gnuplot" <<'SH'
+#!/bin/sh
+sed -n "s/^set output '\(.*\)'$/\1/p" | while read -r o; do
+  case "$o" in *accuracy*) head -c 2000 "$PNG" >"$o" ;; *) cp "$PNG" "$o" ;; esac
+done
+SH
+  chmod +x "$tmp/gnuplot"
+  PNG="$tmp/acc.before" KILN_GNUPLOT="$tmp/gnuplot" "$kiln" report "$tmp/mlp" >"$tmp/rep2.log" 2>&1
+  check "a torn plot is named and the old one kept" '[ $? -eq 0 ] && grep -q "plots/accuracy.png: not written" "$tmp/rep2.log" &&
+    cmp -s "$tmp/mlp/plots/accuracy.png" "$tmp/acc.before" && ! grep -q "plots/accuracy.png" "$tmp/mlp/report.md" && grep -q "plots/loss.png" "$tmp/mlp/report.md"'
+  "$kiln" report "$tmp/mlp" >"$tmp/rep3.log" 2>&1
+  cp "$tmp/mlp/report.md" "$tmp/report.before"
+  failing "*/mlp/report.md*" "$kiln" report "$tmp/mlp" >"$tmp/rep4.log" 2>&1
+  check "a failed report.md write fails and keeps the old report" '[ $? -ne 0 ] && grep -q "report.md: cannot write temporary file .*No space left on device" "$tmp/rep4.log" &&
+    cmp -s "$tmp/mlp/report.md" "$tmp/report.before"'
+  check "no temporary plots left" '[ -z "$(ls "$tmp/mlp/plots" | grep "\.tmp\.")" ] && [ -z "$(ls "$tmp/mlp" | grep "\.tmp\.")" ]'
+else
+  echo "skip report checks: gnuplot not installed"
+fi
 
 check_done test_failed_writes
