@@ -298,13 +298,13 @@ static void test_atomic_failures(void)
     check_old_intact(path);
     CHECK(count_tmp_files() == 0);
 
-    /* The target is a directory: rename fails, directory and contents stay. */
+    /* The target is a directory: refused before writing, directory and contents stay. */
     const char *dir = in_dir("adir");
     CHECK(mkdir(dir, 0755) == 0);
     char inside[600];
     snprintf(inside, sizeof inside, "%s/file", dir);
     write_bytes(inside, "x", 1);
-    CHECK_ERR(kl_st_writer_save(w_new, dir), KL_EIO, "adir: cannot rename");
+    CHECK_ERR(kl_st_writer_save(w_new, dir), KL_EIO, "adir: is a directory, not a regular file");
     struct stat st;
     CHECK(stat(inside, &st) == 0 && st.st_size == 1 && count_tmp_files() == 0);
 

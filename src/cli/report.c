@@ -4,6 +4,7 @@
 #include "cli/report.h"
 #include "core/error.h"
 #include "io/config.h"
+#include "io/fileio.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -260,10 +261,11 @@ static kl_status write_md(const char *dir, const char *name, char rows[][2][128]
     static const char *const titles[][2] = {{"loss", "Loss"}, {"accuracy", "Accuracy"}, {"lr", "Learning rate"},
                                             {"throughput", "Throughput"}, {"telemetry", "CPU and memory"},
                                             {"gpu", "GPU"}};
-    char path[4200];
+    char path[4200], *text = NULL;
+    size_t len = 0;
     snprintf(path, sizeof path, "%s/report.md", dir);
-    FILE *f = fopen(path, "w");
-    if (!f) return kl_fail(KL_EIO, "%s: cannot open for writing: %s", path, strerror(errno));
+    FILE *f = open_memstream(&text, &len); /* then written atomically: a failure keeps the old report */
+    if (!f) return kl_fail(KL_ENOMEM, "%s: cannot compose the report: %s", path, strerror(errno));
     fprintf(f, "# Run report: %s\n\nRun directory `%s`; configuration in [config.yaml](config.yaml), "
                "records in [metrics.jsonl](metrics.jsonl).\n\n| | |\n|---|---|\n", name, dir);
     for (int i = 0; i < nrows; i++) fprintf(f, "| %s | %s |\n", rows[i][0], rows[i][1]);
@@ -272,8 +274,15 @@ static kl_status write_md(const char *dir, const char *name, char rows[][2][128]
             if (!strcmp(plots[i], titles[k][0]))
                 fprintf(f, "\n## %s\n\n![%s](plots/%s.png)\n", titles[k][1], titles[k][1], plots[i]);
     if (!nplots) fprintf(f, "\n(no plots: gnuplot was not available or failed)\n");
-    if (fclose(f) != 0) return kl_fail(KL_EIO, "%s: write failed: %s", path, strerror(errno));
-    return KL_OK;
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad || !text) {
+        free(text);
+        return kl_fail(KL_ENOMEM, "%s: cannot compose the report", path);
+    }
+    const void *chunk = text;
+    kl_status s = kl_write_file_atomic(path, &chunk, &len, 1);
+    free(text);
+    return s;
 }
 
 int kl_cmd_report(int argc, char **argv)

@@ -46,8 +46,8 @@ static int figure(FILE *g, const char *dir, const char *file, const char *title,
     int any = 0;
     for (int i = 0; i < n; i++) any |= c[i].s->n > 0;
     if (!any) return 0;
-    char out[4300];
-    snprintf(out, sizeof out, "%s/plots/%s.png", dir, file);
+    char out[4400];
+    snprintf(out, sizeof out, "%s/plots/%s.png.tmp.%ld", dir, file, (long)getpid()); /* renamed in by keep() */
     fprintf(g, "reset\nset terminal pngcairo size 900,520 noenhanced font ',10'\nset output ");
     quoted(g, out);
     fprintf(g, "\nset title '%s'\nset xlabel '%s'\nset ylabel '%s'\nset grid\nset key outside bottom center horizontal\n",
@@ -62,6 +62,42 @@ static int figure(FILE *g, const char *dir, const char *file, const char *title,
         first = 0;
     }
     fprintf(g, "\nunset output\n");
+    return 1;
+}
+
+/* 1 if the PNG at p is whole: it ends with the IEND chunk (a full disk
+ * leaves cairo's output cut short, or empty, without gnuplot failing). */
+static int png_whole(const char *p)
+{
+    static const unsigned char iend[12] = {0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xae, 0x42, 0x60, 0x82};
+    unsigned char tail[12];
+    FILE *f = fopen(p, "rb");
+    if (!f) return 0;
+    int ok = fseek(f, -12, SEEK_END) == 0 && fread(tail, 1, 12, f) == 12 && !memcmp(tail, iend, 12);
+    fclose(f);
+    return ok;
+}
+
+/* Moves plots/<name>.png.tmp.<pid> over plots/<name>.png if publish and
+ * the PNG is whole, else removes it (an old plot stays; a torn one is
+ * named on stderr); 1 if moved. */
+static int keep(const char *plots, const char *name, int publish)
+{
+    char p[4300], t[4400];
+    snprintf(p, sizeof p, "%s/%s.png", plots, name);
+    snprintf(t, sizeof t, "%s.tmp.%ld", p, (long)getpid());
+    if (!publish || !png_whole(t)) {
+        if (publish)
+            fprintf(stderr, "kiln report: warning: %s: not written (gnuplot's output is missing or cut short: disk "
+                    "full?); any old plot left as it was\n", p);
+        unlink(t);
+        return 0;
+    }
+    if (rename(t, p) != 0) {
+        fprintf(stderr, "kiln report: warning: %s: cannot rename %s to it: %s\n", p, t, strerror(errno));
+        unlink(t);
+        return 0;
+    }
     return 1;
 }
 
@@ -121,19 +157,16 @@ kl_status report_plot(const char *dir, const run_data *d, const char *names[8], 
         if (e) fclose(e);
         msg[k] = 0;
         unlink(errp);
+        for (int i = 0; i < *n; i++) keep(plots, names[i], 0);
         *n = 0;
         return kl_fail(KL_EIO, "%s failed (exit status %d) drawing the plots in %s: %s", gp,
                        WIFEXITED(st) ? WEXITSTATUS(st) : -1, plots, msg);
     }
     unlink(errp);
-    /* keep only the plots that exist (gnuplot reports errors but goes on) */
+    /* keep only the plots drawn whole (gnuplot reports errors but goes on) */
     int k = 0;
-    for (int i = 0; i < *n; i++) {
-        struct stat sb;
-        char p[4300];
-        snprintf(p, sizeof p, "%s/%s.png", plots, names[i]);
-        if (stat(p, &sb) == 0 && sb.st_size > 0) names[k++] = names[i];
-    }
+    for (int i = 0; i < *n; i++)
+        if (keep(plots, names[i], 1)) names[k++] = names[i];
     *n = k;
     return KL_OK;
 }

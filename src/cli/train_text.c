@@ -208,15 +208,21 @@ static void teardown(lm_runner *r)
 /* The epoch's step losses so far; n0 of the n came from a checkpoint. */
 typedef struct { double sum; int64_t n, n0; } mean_acc;
 
+/* <dir>/vocab.txt, into a checkpoint's directory before it is published. */
+static kl_status save_vocab(const char *dir, void *vocab)
+{
+    char vp[4500];
+    snprintf(vp, sizeof vp, "%s/vocab.txt", dir);
+    return kl_vocab_save(vocab, vp);
+}
+
 /* A checkpoint with the epoch so far, the vocabulary beside model.safetensors. */
 static kl_status save_ckpt(lm_runner *r, kl_cfg *cfg, const kl_train_state *st, const mean_acc *ep, char *path, size_t n)
 {
-    char vp[4500];
     kl_train_state s = *st;
     s.epoch_loss_sum = ep->sum, s.epoch_count = ep->n;
-    KL_TRY(train_ckpt_save(r->ckpt_root, cfg, r->ctx, r->opt, &r->watch, &s, path, n));
-    snprintf(vp, sizeof vp, "%s/vocab.txt", path);
-    return kl_vocab_save(r->c.vocab, vp);
+    s.extra_files = save_vocab, s.extra_arg = r->c.vocab;
+    return train_ckpt_save(r->ckpt_root, cfg, r->ctx, r->opt, &r->watch, &s, path, n);
 }
 
 /* "loss":L,"perplexity":P,"bpc":B with a key prefix ("" or "val_"). */

@@ -335,7 +335,8 @@ static kl_status write_files(const char *dir, kl_ctx *c, kl_optim *opt, const kl
     KL_TRY(kl_ckpt_join(path, sizeof path, dir, KL_CKPT_CONFIG));
     const void *chunk = config_yaml ? config_yaml : "";
     size_t size = config_yaml ? strlen(config_yaml) : 0;
-    return kl_write_file_atomic(path, &chunk, &size, 1);
+    KL_TRY(kl_write_file_atomic(path, &chunk, &size, 1));
+    return st->extra_files ? st->extra_files(dir, st->extra_arg) : KL_OK;
 }
 
 kl_status kl_checkpoint_save(const char *root, const char *tag, kl_ctx *ctx, kl_optim *opt,

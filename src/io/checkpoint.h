@@ -49,10 +49,17 @@ typedef struct kl_train_state {
      * of it; saved when data_count > 0, 0 where a checkpoint has none */
     int64_t data_count;
     uint64_t data_hash;
+    /* save only (NULL after a load): the caller's own files, written into
+     * the temporary directory before it is published, so a checkpoint that
+     * latest names always has them (a text run's vocab.txt). Called with
+     * that directory and extra_arg; a failure fails the save. */
+    kl_status (*extra_files)(const char *dir, void *extra_arg);
+    void *extra_arg;
 } kl_train_state;
 
 /* Saves a checkpoint as <ckpt_root>/<tag>/{model,state}.safetensors and
- * config.yaml (config_yaml NULL: empty), then points <ckpt_root>/latest at
+ * config.yaml (config_yaml NULL: empty), and whatever st->extra_files
+ * writes, then points <ckpt_root>/latest at
  * it. Atomic as a directory: files go to <ckpt_root>/.<tag>.tmp, each
  * fsynced, the directory is renamed (an existing <tag> is swapped out) and
  * latest replaced atomically, so a crash leaves the old or the new

@@ -58,43 +58,136 @@ kl_status kl_fsync_dir(const char *dir)
     return KL_OK;
 }
 
-kl_status kl_write_file_atomic(const char *path, const void *const *chunks,
-                               const size_t *sizes, int nchunks)
+/* What st is, for a refusal: "a FIFO", "a directory"... */
+static const char *kind_of(mode_t m)
 {
-    if (!path || !*path || nchunks < 0 || (nchunks > 0 && (!chunks || !sizes)))
+    return S_ISDIR(m) ? "a directory" : S_ISFIFO(m) ? "a FIFO" : S_ISCHR(m) ? "a character device"
+         : S_ISBLK(m) ? "a block device" : S_ISSOCK(m) ? "a socket" : "not a plain file";
+}
+
+/* The file a write of path replaces, into out (PATH_MAX): path itself when
+ * it does not exist or is a regular file, a symlink's regular target; any
+ * other existing path is refused, as a rename over it would replace a
+ * device node or FIFO with a regular file. */
+static kl_status target_of(const char *path, char *out)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0) {
+        if (errno != ENOENT && errno != ENOTDIR)
+            return kl_fail(KL_EIO, "%s: cannot stat: %s", path, strerror(errno));
+        snprintf(out, PATH_MAX, "%s", path); /* a missing folder fails at the create */
+        return KL_OK;
+    }
+    if (S_ISLNK(st.st_mode)) {
+        if (!realpath(path, out))
+            return kl_fail(KL_EIO, "%s: is a symbolic link whose target cannot be resolved: %s; "
+                           "not replacing it", path, strerror(errno));
+        if (stat(out, &st) != 0)
+            return kl_fail(KL_EIO, "%s: cannot stat its target %s: %s", path, out, strerror(errno));
+    } else {
+        snprintf(out, PATH_MAX, "%s", path);
+    }
+    if (!S_ISREG(st.st_mode))
+        return kl_fail(KL_EIO, "%s: is %s, not a regular file; not replacing it", path,
+                       kind_of(st.st_mode));
+    return KL_OK;
+}
+
+kl_status kl_file_stage(kl_staged_file *f, const char *path, const void *const *chunks,
+                        const size_t *sizes, int nchunks)
+{
+    if (!f || !path || !*path || nchunks < 0 || (nchunks > 0 && (!chunks || !sizes)))
         return kl_fail(KL_EMISUSE, "kl_write_file_atomic: null or empty argument");
-    char tmp[PATH_MAX + 32], dirbuf[PATH_MAX];
+    f->path[0] = f->tmp[0] = 0;
     if (strlen(path) >= PATH_MAX)
         return kl_fail(KL_EIO, "%.200s...: path longer than %d bytes", path, PATH_MAX);
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    KL_TRY(target_of(path, f->path));
+    snprintf(f->tmp, sizeof f->tmp, "%s.tmp.%ld", f->path, (long)getpid());
 
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return kl_fail(KL_EIO, "%s: cannot create temporary file %s: %s", path, tmp,
-                       strerror(errno));
+    int fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int e = errno;
+        f->tmp[0] = 0;
+        return kl_fail(KL_EIO, "%s: cannot create temporary file %s.tmp.%ld: %s", path, f->path,
+                       (long)getpid(), strerror(e));
+    }
     const char *what = "write";
     int err = 0;
     for (int i = 0; i < nchunks && !err; i++) {
         if (sizes[i] == 0) continue;
         if (!chunks[i]) {
             close(fd);
-            unlink(tmp);
+            kl_file_discard(f);
             return kl_fail(KL_EMISUSE, "kl_write_file_atomic: chunk %d is NULL", i);
         }
         err = write_all(fd, chunks[i], sizes[i]);
     }
     if (!err && fsync(fd) != 0) { what = "sync"; err = errno; }
     if (close(fd) != 0 && !err) { what = "close"; err = errno; }
-    if (!err && rename(tmp, path) != 0) { what = "rename"; err = errno; }
     if (err) {
-        unlink(tmp);
-        if (!strcmp(what, "rename"))
-            return kl_fail(KL_EIO, "%s: cannot rename %s over it: %s (old file left as "
-                           "it was)", path, tmp, strerror(err));
-        return kl_fail(KL_EIO, "%s: cannot %s temporary file %s: %s (old file left as "
-                       "it was)", path, what, tmp, strerror(err));
+        kl_status s = kl_fail(KL_EIO, "%s: cannot %s temporary file %s: %s (old file left as "
+                              "it was)", path, what, f->tmp, strerror(err));
+        kl_file_discard(f);
+        return s;
     }
-    return kl_fsync_dir(dir_of(path, dirbuf, sizeof dirbuf));
+    return KL_OK;
+}
+
+void kl_file_discard(kl_staged_file *f)
+{
+    if (f && f->tmp[0]) unlink(f->tmp);
+    if (f) f->tmp[0] = 0;
+}
+
+kl_status kl_files_publish(kl_staged_file *f, int n)
+{
+    if (!f || n < 0) return kl_fail(KL_EMISUSE, "kl_files_publish: null argument");
+    enum { MAXF = 8 };
+    if (n > MAXF) return kl_fail(KL_EMISUSE, "kl_files_publish: more than %d files", MAXF);
+    char old[MAXF][PATH_MAX + 32];
+    int had[MAXF] = {0}, i, err = 0;
+    /* the old content of every file but the last, to undo an early rename */
+    for (i = 0; i + 1 < n && !err; i++) {
+        snprintf(old[i], sizeof old[i], "%s.old.%ld", f[i].path, (long)getpid());
+        unlink(old[i]);
+        if (link(f[i].path, old[i]) == 0) had[i] = 1;
+        else if (errno != ENOENT) err = errno;
+    }
+    if (err) {
+        kl_status s = kl_fail(KL_EIO, "%s: cannot keep the old file as %s while replacing it: %s "
+                              "(old file left as it was)", f[i - 1].path, old[i - 1], strerror(err));
+        for (int j = 0; j < i; j++) if (had[j]) unlink(old[j]);
+        for (int j = 0; j < n; j++) kl_file_discard(&f[j]);
+        return s;
+    }
+    for (i = 0; i < n; i++)
+        if (rename(f[i].tmp, f[i].path) != 0) { err = errno; break; }
+        else f[i].tmp[0] = 0;
+    kl_status s = KL_OK;
+    if (err) {
+        s = kl_fail(KL_EIO, "%s: cannot rename %s over it: %s (old file%s)", f[i].path, f[i].tmp,
+                    strerror(err), n > 1 ? "s left as they were" : " left as it was");
+        for (int j = 0; j < i; j++) { /* undo the renames done; a failed undo keeps old[j] */
+            if (had[j]) rename(old[j], f[j].path);
+            else unlink(f[j].path);
+            had[j] = 0;
+        }
+        for (int j = i; j < n; j++) kl_file_discard(&f[j]);
+    }
+    char dirbuf[PATH_MAX];
+    for (int j = 0; j < n; j++) {
+        if (j + 1 < n && had[j]) unlink(old[j]);
+        if (s == KL_OK) s = kl_fsync_dir(dir_of(f[j].path, dirbuf, sizeof dirbuf));
+    }
+    return s;
+}
+
+kl_status kl_write_file_atomic(const char *path, const void *const *chunks,
+                               const size_t *sizes, int nchunks)
+{
+    kl_staged_file f;
+    KL_TRY(kl_file_stage(&f, path, chunks, sizes, nchunks));
+    return kl_files_publish(&f, 1);
 }
 
 kl_status kl_read_file_raw(const char *path, void **data, size_t *n)

@@ -7,16 +7,51 @@
 #ifndef KL_IO_FILEIO_H
 #define KL_IO_FILEIO_H
 
+#include <limits.h>
 #include <stddef.h>
 #include "kiln/status.h"
 
 /* Writes the chunks, in order, as the new content of path, atomically: data
  * goes to "<path>.tmp.<pid>", is fsynced and renamed over path, then the
  * directory is fsynced. Chunks of size 0 may be NULL.
+ * Only a regular file is replaced: a path that exists and is not one (a
+ * FIFO, a device, a directory) is refused, "<path>: is a FIFO, not a regular
+ * file; not replacing it". A symbolic link to a regular file is kept and its
+ * target written (atomically, beside the target); a dangling one is refused.
  * On failure (KL_EIO naming the path and errno text) the old file at path is
  * untouched and the temporary file removed. */
 kl_status kl_write_file_atomic(const char *path, const void *const *chunks,
                                const size_t *sizes, int nchunks);
+
+/* A file written and synced under a temporary name, not yet in place: so
+ * that several files can be published together, only once all are written.
+ *
+ *   kl_staged_file f[2];
+ *   KL_TRY(kl_file_stage(&f[0], "m.onnx.data", dc, dn, 1));
+ *   if ((s = kl_file_stage(&f[1], "m.onnx", mc, mn, 4)) != KL_OK)
+ *       return kl_file_discard(&f[0]), s;
+ *   KL_TRY(kl_files_publish(f, 2));
+ */
+typedef struct kl_staged_file {
+    char path[PATH_MAX]; /* the file to replace (a symlink's target) */
+    char tmp[PATH_MAX + 32]; /* "<path>.tmp.<pid>", holding the new content */
+} kl_staged_file;
+
+/* Writes the chunks to f->tmp and syncs it, with kl_write_file_atomic's
+ * checks of path; nothing is renamed. On failure nothing is left behind. */
+kl_status kl_file_stage(kl_staged_file *f, const char *path, const void *const *chunks,
+                        const size_t *sizes, int nchunks);
+
+/* Removes a staged file's temporary (publishes nothing). */
+void kl_file_discard(kl_staged_file *f);
+
+/* Renames the n staged files into place, in order, and syncs their
+ * directories. If a rename fails, the files already renamed get their old
+ * content back (kept meanwhile as a hard link "<path>.old.<pid>"; a file
+ * that did not exist is removed again) and the rest are discarded: either
+ * all n are published or none. (A crash between the renames can still leave
+ * some published: order them so the first ones alone do no harm.) */
+kl_status kl_files_publish(kl_staged_file *f, int n);
 
 /* Reads the whole file at path, byte for byte (no gunzip, unlike data's
  * kl_read_file), into *data: n bytes plus a NUL terminator not counted in

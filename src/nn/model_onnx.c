@@ -269,15 +269,19 @@ kl_status kl_model_export_onnx(const kl_model *m, kl_ctx *ctx, const kl_onnx_opt
         if (s == KL_OK && !again && external && bytes > ONNX_PROTO_MAX)
             s = kl_fail(KL_EUNSUPPORTED, "ONNX export: the model's graph alone is %lld bytes, past protobuf's 2 GiB",
                         (long long)bytes);
-        if (s == KL_OK && !again && external) {
+        if (s == KL_OK && !again) {
+            /* both files written before either is renamed in, so a failed
+             * export leaves an old model and its data as they were */
+            kl_staged_file f[2];
+            int nf = 0;
             const void *dc[1] = {ext.p};
             size_t dn[1] = {ext.n};
-            s = kl_write_file_atomic(data_path, dc, dn, 1);
-        }
-        if (s == KL_OK && !again) {
+            if (external && (s = kl_file_stage(&f[nf], data_path, dc, dn, 1)) == KL_OK) nf++;
             const void *chunks[4] = {head.p, w.g.p, tail.p, end.p};
             size_t sizes[4] = {head.n, w.g.n, tail.n, end.n};
-            s = kl_write_file_atomic(path, chunks, sizes, 4);
+            if (s == KL_OK && (s = kl_file_stage(&f[nf], path, chunks, sizes, 4)) == KL_OK) nf++;
+            if (s == KL_OK) s = kl_files_publish(f, nf);
+            else if (nf) kl_file_discard(&f[0]);
         }
         kl_pb_free(&w.g), kl_pb_free(&ext), kl_pb_free(&head), kl_pb_free(&tail), kl_pb_free(&end);
         if (!again) break;
