@@ -13,7 +13,9 @@
 cc=${CC:-cc}
 command -v "$cc" >/dev/null && "$cc" -shared -fPIC -o "$tmp/libfail_write.so" tests/fixtures/fail_write.c -ldl 2>"$tmp/cc.log" ||
   { echo "skip: cannot build the write-failing shim (no C compiler)"; exit 77; }
-failing() { FAIL_WRITE_GLOB="$1" LD_PRELOAD="$tmp/libfail_write.so" "${@:2}"; }
+# a sanitizer build's runtime must come first among preloaded libraries
+asan=$(ldd "$kiln" 2>/dev/null | awk '/libasan/ {print $3; exit}')
+failing() { FAIL_WRITE_GLOB="$1" LD_PRELOAD="${asan:+$asan:}$tmp/libfail_write.so" "${@:2}"; }
 
 # ONNX with external data: both files are written before either is renamed in
 "$kiln" train models/mlp.yaml --steps 4 --set train.checkpoint_every=2 --set data.limit=1000 --set data.val_split=200 \
