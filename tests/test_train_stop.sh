@@ -49,7 +49,7 @@ check "resumed: the epoch's validation and record, then the run had finished and
 big=(models/mlp.yaml --set data.limit=60000 --set data.val_split=59744 --threads 1 --no-tensorboard)
 "$kiln" train "${big[@]}" --steps 2 --set train.checkpoint_every=2 --out "$tmp/val" >"$tmp/val.log" 2>&1 &
 pid=$!
-for _ in $(seq 1 2000); do grep -qs step-000000002 "$tmp/val/checkpoints/latest" && break; sleep 0.005; done
+for _ in $(seq 1 24000); do grep -qs step-000000002 "$tmp/val/checkpoints/latest" && break; sleep 0.005; done
 kill -INT "$pid"
 wait "$pid"
 rc=$?
@@ -57,7 +57,7 @@ check "SIGINT during the last validation: the test is skipped, exit 130" \
   '[ $rc -eq 130 ] && grep -q "test evaluation was skipped" "$tmp/val.log" && ! grep -q "\"type\":\"test\"" "$tmp/val/metrics.jsonl"'
 "$kiln" train "${mlp[@]}" --steps 100000 --out "$tmp/two" >"$tmp/two.log" 2>&1 &
 pid=$!
-for _ in $(seq 1 1000); do [ -s "$tmp/two/config.yaml" ] && break; sleep 0.01; done
+for _ in $(seq 1 6000); do [ -s "$tmp/two/config.yaml" ] && break; sleep 0.01; done
 sleep 0.3
 kill -STOP "$pid" && kill -INT "$pid" && kill -TERM "$pid" && kill -CONT "$pid" # (two SIGINTs would merge)
 wait "$pid"
@@ -66,7 +66,7 @@ check "a second signal ends the run at once: no checkpoint, killed by it" \
   '[ $rc -eq 130 -o $rc -eq 143 ] && grep -q "again to quit at once" "$tmp/two.log" && ! grep -q "^interrupted at step" "$tmp/two.log"'
 "$kiln" train "${mlp[@]}" --steps 100000 --out "$tmp/term" >"$tmp/term.log" 2>&1 &
 pid=$!
-for _ in $(seq 1 1000); do [ -s "$tmp/term/config.yaml" ] && break; sleep 0.01; done
+for _ in $(seq 1 6000); do [ -s "$tmp/term/config.yaml" ] && break; sleep 0.01; done
 kill -TERM "$pid"
 wait "$pid"
 rc=$?
