@@ -148,10 +148,11 @@ kl_status kl_checkpoint_prune(const char *root, int64_t keep)
     DIR *d = opendir(root);
     if (!d) return kl_fail(KL_EIO, "%s: cannot list: %s", root, strerror(errno));
     char latest[PATH_MAX] = "", p[PATH_MAX], **tags = NULL;
-    if (snprintf(p, sizeof p, "%s/" KL_CKPT_LATEST, root) < (int)sizeof p) {
-        FILE *f = fopen(p, "r");
-        if (f && fgets(latest, sizeof latest, f)) latest[strcspn(latest, "\n")] = 0;
-        if (f) fclose(f);
+    if (kl_checkpoint_resolve(root, latest, sizeof latest) == KL_OK) { /* latest's tag, as --resume reads it */
+        const char *slash = strrchr(latest, '/');
+        memmove(latest, slash ? slash + 1 : latest, strlen(slash ? slash + 1 : latest) + 1);
+    } else {
+        latest[0] = 0; /* none readable: every checkpoint is old but the keep newest */
     }
     size_t n = 0, cap = 0;
     kl_status s = KL_OK;
