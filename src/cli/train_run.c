@@ -34,7 +34,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 /* Steps in flight at most on a GPU (each read-back ring holds PIPE_RING). */
 #define PIPE_DEPTH 32
@@ -351,9 +350,8 @@ static void *load_run(void *arg)
     }
     int64_t n = kl_dataset_count(j->tr), d = 1;
     for (int i = 0; i < kl_dataset_sample_ndim(j->tr); i++) d *= kl_dataset_sample_dims(j->tr)[i];
-    uLong c = crc32_z(0, NULL, 0);
-    c = crc32_z(c, (const Bytef *)kl_dataset_features(j->tr), (z_size_t)(n * d) * sizeof(float));
-    j->crc = (uint32_t)crc32_z(c, (const Bytef *)kl_dataset_labels(j->tr), (z_size_t)n * sizeof(int32_t));
+    j->crc = kl_crc32(kl_crc32(0, kl_dataset_features(j->tr), (size_t)(n * d) * sizeof(float)), kl_dataset_labels(j->tr),
+                      (size_t)n * sizeof(int32_t));
     return NULL;
 }
 

@@ -21,7 +21,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #define VAL_SEED_SALT 0x76616c69646174ull /* validation windows: their own fixed stream */
 
@@ -61,7 +60,7 @@ kl_status text_corpus_load(text_corpus *c, kl_cfg *cfg, const train_opts *o, con
     KL_TRY(kl_text_load_dir(o->path, &text));
     kl_status s = vocab_path ? kl_vocab_load(vocab_path, &c->vocab)
                              : kl_vocab_build(kl_text_data(text), kl_text_size(text), &c->vocab);
-    c->crc = (uint32_t)crc32_z(crc32_z(0, NULL, 0), kl_text_data(text), kl_text_size(text));
+    c->crc = kl_crc32(0, kl_text_data(text), kl_text_size(text));
     if (s == KL_OK) {
         s = kl_tokens_encode(c->vocab, kl_text_data(text), kl_text_size(text), &c->tok);
         if (s != KL_OK && vocab_path) {

@@ -9,6 +9,8 @@
 
 #include <limits.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <zlib.h>
 #include "kiln/status.h"
 
 /* Writes the chunks, in order, as the new content of path, atomically: data
@@ -69,5 +71,9 @@ kl_status kl_fsync_dir(const char *dir);
 /* Byte c of a JSON string's text: esc gets c itself or its escape (\" \\,
  * \u00XX below 0x20; UTF-8 bytes pass through); returns its length. */
 int kl_json_escape(unsigned char c, char esc[8]);
+
+/* zlib's CRC-32 of n bytes at p, continuing from crc (0 to start): the
+ * fingerprint in checkpoints (tensors, training data). */
+static inline uint32_t kl_crc32(uint32_t crc, const void *p, size_t n) { return (uint32_t)crc32_z(crc, p, n); }
 
 #endif

@@ -10,7 +10,6 @@
 
 #include <stdio.h>
 #include <string.h>
-#include <zlib.h>
 
 typedef struct st_wentry {
     char *name;
@@ -224,7 +223,7 @@ kl_status kl_st_writer_save(kl_st_writer *w, const char *path)
     for (int i = 0; i < w->n && s == KL_OK; i++) { /* "crc32:<name>": kl_st_read checks the bytes it reads */
         char key[1100], hex[16];
         if (!kl_st_crc_key(key, sizeof key, order[i]->name)) continue; /* in write order: same bytes whatever the add order */
-        snprintf(hex, sizeof hex, "%08lx", crc32_z(crc32_z(0, NULL, 0), order[i]->data, order[i]->nbytes));
+        snprintf(hex, sizeof hex, "%08lx", (unsigned long)kl_crc32(0, order[i]->data, order[i]->nbytes));
         s = kl_st_writer_meta(w, key, hex);
     }
     if (s == KL_OK) s = build_header(w, order, &head);
